@@ -1,0 +1,75 @@
+# memprof -- build, test, demo, bench, fuzz, install.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BUILD   ?= build
+CC      ?= cc
+PKGS     = libelf libdw libbpf libprotobuf-c
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+PB_LIBS    := $(shell pkg-config --libs libprotobuf-c 2>/dev/null)
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -fno-strict-aliasing \
+           -I$(BUILD)/gen -Iproto -Icommon $(PKG_CFLAGS)
+PYTHON  ?= /usr/bin/python3
+
+GEN      = $(BUILD)/gen/memprof.pb-c.c $(BUILD)/gen/memprof.pb-c.h
+WIRE_SRC = $(BUILD)/gen/memprof.pb-c.c proto/wire.c common/util.c
+AGENT_SRC  = $(wildcard agent/*.c)
+DAEMON_SRC = $(wildcard daemon/*.c)
+CLI_SRC    = $(filter-out cli/main.c,$(wildcard cli/*.c))
+HDRS = $(wildcard proto/*.h common/*.h agent/*.h daemon/*.h cli/*.h) $(BUILD)/gen/memprof.pb-c.h
+
+BINS = $(BUILD)/memprofd $(BUILD)/memprof $(BUILD)/libmemprof_agent.so
+.PHONY: all test unit demo bench fuzz install clean deps
+all: $(BINS)
+
+deps:
+	@sh scripts/install-deps.sh
+
+$(BUILD)/gen/memprof.pb-c.c $(BUILD)/gen/memprof.pb-c.h: proto/memprof.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c --proto_path=proto --c_out=$(BUILD)/gen proto/memprof.proto
+
+# The agent runs inside the target: PIC, hidden symbols but its entry point, no
+# dependency on Python headers (it resolves the C API at run time).
+$(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS)
+	$(CC) $(CFLAGS) -fPIC -shared -fvisibility=hidden -ftls-model=initial-exec -Iagent \
+	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_LIBS) -lpthread -ldl
+
+$(BUILD)/memprofd: $(DAEMON_SRC) cli/client.c $(WIRE_SRC) $(HDRS)
+	$(CC) $(CFLAGS) -Idaemon -Icli -o $@ $(DAEMON_SRC) cli/client.c $(WIRE_SRC) $(PKG_LIBS) -lm
+
+$(BUILD)/memprof: cli/main.c $(CLI_SRC) $(WIRE_SRC) $(HDRS)
+	$(CC) $(CFLAGS) -Icli -o $@ cli/main.c $(CLI_SRC) $(WIRE_SRC) $(PB_LIBS) -lm
+
+$(BUILD)/test_wire: tests/unit/test_wire.c $(WIRE_SRC) $(HDRS)
+	$(CC) $(CFLAGS) -o $@ tests/unit/test_wire.c $(WIRE_SRC) $(PB_LIBS)
+
+# libFuzzer target for the daemon's message decoding (clang only).
+$(BUILD)/fuzz_decode: tests/fuzz/fuzz_decode.c $(WIRE_SRC) $(HDRS)
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE \
+	    -I$(BUILD)/gen -Iproto -Icommon -o $@ tests/fuzz/fuzz_decode.c $(WIRE_SRC) $(PB_LIBS)
+
+unit: $(BUILD)/test_wire
+	$(BUILD)/test_wire
+
+test: all $(BUILD)/test_wire
+	$(PYTHON) -m pytest -p no:cacheprovider -rs tests
+
+demo: deps all
+	sh scripts/demo.sh
+
+bench: all
+	sh scripts/bench.sh
+
+fuzz: $(BUILD)/fuzz_decode
+	@mkdir -p $(BUILD)/fuzz-corpus
+	$(BUILD)/fuzz_decode -max_total_time=60 -max_len=65536 $(BUILD)/fuzz-corpus
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/memprof
+	install -m 0755 $(BUILD)/memprofd $(BUILD)/memprof $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 $(BUILD)/libmemprof_agent.so $(DESTDIR)$(PREFIX)/lib/memprof/
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,34 @@
+/* agent.h -- what the agent's parts share: the entry point the injector calls, the
+ * Python C API resolved at run time, and the request handlers the agent thread runs. */
+#ifndef MEMPROF_AGENT_H
+#define MEMPROF_AGENT_H
+
+#include <stdint.h>
+#include "memprof.pb-c.h"
+#include "util.h"
+
+#define AGENT_API __attribute__((visibility("default")))
+
+/* Called by the injector on a hijacked thread of the target; copies arg and
+ * starts the agent's own thread, then returns at once. Never runs Python code.
+ * arg: space-separated key=value: sock=@ABSTRACT|/path token=HEX pylib=PATH
+ *      rate=BYTES exact=0|1 frames=N interval=MS track=0|1
+ * Returns 0 started, 1 already running, <0 error. */
+AGENT_API int memprof_agent_start(const char *arg);
+
+/* The Python C API, resolved with dlsym from the interpreter's own image
+ * (libpython or the executable). NULL when not exported. */
+void *pyapi_sym(const char *name);
+/* PY_VERSION_HEX of the running interpreter, e.g. 0x030b07f0. */
+uint32_t pyapi_hexversion(void);
+
+/* Request handlers run on the agent thread with the GIL held (the core takes
+ * it, measures how long, and fills AgentReply.gil_ms). They fill reply->body,
+ * or return -1 with err set. What they allocate into the reply is released by
+ * the matching *_free after the reply is sent. */
+int census_handle(const Memprof__CensusRequest *req, Memprof__AgentReply *reply, char *err);
+void census_free(Memprof__AgentReply *reply);
+int backrefs_handle(const Memprof__BackrefsRequest *req, Memprof__AgentReply *reply, char *err);
+void backrefs_free(Memprof__AgentReply *reply);
+
+#endif

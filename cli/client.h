@@ -1,0 +1,24 @@
+/* client.h -- how memprof and `memprofd attach/detach/stop` talk to the daemon. */
+#ifndef MEMPROF_CLIENT_H
+#define MEMPROF_CLIENT_H
+
+#include "wire.h"
+
+/* Connect to the daemon at socket (NULL: the default) and shake hands. With
+ * spawn set and no daemon running, start `memprofd serve` in the background
+ * first. Returns the fd, or -1 with err set. */
+int client_connect(const char *socket, int spawn, char *err);
+
+/* Send one request and wait for its reply (timeout_ms < 0: forever). An
+ * ErrorReply from the daemon becomes -1 with its message in err. */
+int client_call(int fd, const Envelope *req, Envelope **reply, int timeout_ms, char *err);
+
+/* Forward req to the agent in pid through the daemon; *reply is the agent's
+ * AgentReply (free with wire_free(*env)). An agent error becomes -1. */
+int client_agent_call(int fd, int pid, Memprof__AgentRequest *req, Envelope **env,
+                      Memprof__AgentReply **reply, int timeout_ms, char *err);
+
+/* Common option parsing: --socket PATH is accepted by every command. */
+extern const char *client_socket_opt;
+
+#endif

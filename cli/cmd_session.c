@@ -1,0 +1,176 @@
+/* cmd_session.c -- `memprof status` and `memprof ps`: what the daemon is attached to, and what it could be. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <pwd.h>
+
+#include "client.h"
+#include "commands.h"
+
+static const char *usage_status =
+    "usage: memprof status [--json] [--socket PATH]\n"
+    "\n"
+    "List the daemon's sessions: attached processes and ended ones it keeps.\n"
+    "\n"
+    "example:\n"
+    "  $ memprof status\n"
+    "  PID      PYTHON   STATE      MODE      ATTACHED SINCE        STOPPED  COMMAND\n"
+    "  4242     3.11.2   attached   sampling  2026-11-23 20:31:02   1.10 ms  python3 service.py\n";
+
+static const char *usage_ps =
+    "usage: memprof ps [--json] [--socket PATH]\n"
+    "\n"
+    "List the Python processes you may attach to (your own; all for root).\n"
+    "\n"
+    "example:\n"
+    "  $ memprof ps\n"
+    "  PID      USER       PYTHON   RSS         ATTACHED  COMMAND\n"
+    "  4242     root       3.11.2   24.1 MiB    yes       python3 service.py\n";
+
+/* Parse --json / --socket; returns 0 to go on, or an exit code + 1. */
+static int parse_simple(int argc, char **argv, const char *usage, int *json)
+{
+    static struct option opts[] = {{"socket", required_argument, 0, 's'}, {"json", no_argument, 0, 'j'}, {0}};
+    int c;
+    if (cli_wants_help(argc, argv)) {
+        fputs(usage, stdout);
+        return 1;
+    }
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 's') client_socket_opt = optarg;
+        else if (c == 'j') *json = 1;
+        else {
+            fputs(usage, stderr);
+            return 3;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "memprof: unexpected argument '%s'\n%s", argv[optind], usage);
+        return 3;
+    }
+    return 0;
+}
+
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; s && *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
+        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
+        else fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+static void join_argv(char **argv, size_t n, char *out, size_t len)
+{
+    out[0] = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i) strncat(out, " ", len - strlen(out) - 1);
+        strncat(out, argv[i], len - strlen(out) - 1);
+    }
+}
+
+static int request(int type, Envelope **reply)
+{
+    Envelope env = MEMPROF__ENVELOPE__INIT;
+    Memprof__StatusRequest st = MEMPROF__STATUS_REQUEST__INIT;
+    Memprof__PsRequest ps = MEMPROF__PS_REQUEST__INIT;
+    char err[MP_ERRLEN];
+    int fd = client_connect(client_socket_opt, type == MEMPROF__ENVELOPE__MSG_PS, err);
+    if (fd < 0) return cli_fail("%s", err);
+    env.msg_case = type;
+    if (type == MEMPROF__ENVELOPE__MSG_PS) env.ps = &ps;
+    else env.status = &st;
+    if (client_call(fd, &env, reply, 30000, err) < 0) {
+        close(fd);
+        return cli_fail("%s", err);
+    }
+    close(fd);
+    return 0;
+}
+
+int cmd_status(int argc, char **argv)
+{
+    Envelope *reply;
+    int json = 0, rc = parse_simple(argc, argv, usage_status, &json);
+    char cmd[1024], since[32];
+    if (rc) return rc - 1;
+    if (request(MEMPROF__ENVELOPE__MSG_STATUS, &reply)) return 1;
+    Memprof__StatusReply *r = reply->status_reply;
+    if (json) {
+        printf("[");
+        for (size_t i = 0; i < r->n_sessions; i++) {
+            Memprof__SessionInfo *s = r->sessions[i];
+            join_argv(s->argv, s->n_argv, cmd, sizeof cmd);
+            printf("%s{\"pid\": %d, \"python\": ", i ? ", " : "", s->pid);
+            json_str(stdout, s->python_version);
+            printf(", \"state\": \"%s\", \"mode\": \"%s\", \"attached_since\": %.3f, \"stop_ms\": %.3f, \"command\": ",
+                   s->state, s->mode, s->attached_since, s->stop_ms);
+            json_str(stdout, cmd);
+            printf("}");
+        }
+        printf("]\n");
+    } else if (r->n_sessions == 0) {
+        printf("no sessions (attach with: memprofd attach --pid PID)\n");
+    } else {
+        printf("%-8s %-8s %-10s %-9s %-21s %8s  %s\n", "PID", "PYTHON", "STATE", "MODE", "ATTACHED SINCE", "STOPPED",
+               "COMMAND");
+        for (size_t i = 0; i < r->n_sessions; i++) {
+            Memprof__SessionInfo *s = r->sessions[i];
+            time_t t = (time_t)s->attached_since;
+            if (t) strftime(since, sizeof since, "%Y-%m-%d %H:%M:%S", localtime(&t));
+            else snprintf(since, sizeof since, "-");
+            join_argv(s->argv, s->n_argv, cmd, sizeof cmd);
+            printf("%-8d %-8s %-10s %-9s %-21s %5.2f ms  %s\n", s->pid, s->python_version, s->state, s->mode, since,
+                   s->stop_ms, cmd);
+        }
+    }
+    wire_free(reply);
+    return 0;
+}
+
+int cmd_ps(int argc, char **argv)
+{
+    Envelope *reply;
+    int json = 0, rc = parse_simple(argc, argv, usage_ps, &json);
+    char rss[32];
+    if (rc) return rc - 1;
+    if (request(MEMPROF__ENVELOPE__MSG_PS, &reply)) return 1;
+    Memprof__PsReply *r = reply->ps_reply;
+    if (json) {
+        printf("[");
+        for (size_t i = 0; i < r->n_procs; i++) {
+            Memprof__PsEntry *e = r->procs[i];
+            printf("%s{\"pid\": %d, \"uid\": %d, \"python\": ", i ? ", " : "", e->pid, e->uid);
+            json_str(stdout, e->python_version);
+            printf(", \"supported\": %s, \"rss\": %llu, \"attached\": %s, \"command\": ", e->supported ? "true" : "false",
+                   (unsigned long long)e->rss_bytes, e->attached ? "true" : "false");
+            json_str(stdout, e->cmdline);
+            printf("}");
+        }
+        printf("]\n");
+    } else if (r->n_procs == 0) {
+        printf("no Python processes you may attach to\n");
+    } else {
+        printf("%-8s %-10s %-8s %-11s %-9s %s\n", "PID", "USER", "PYTHON", "RSS", "ATTACHED", "COMMAND");
+        for (size_t i = 0; i < r->n_procs; i++) {
+            Memprof__PsEntry *e = r->procs[i];
+            struct passwd *pw = getpwuid((uid_t)e->uid);
+            char user[16], ver[40];
+            snprintf(user, sizeof user, "%s", pw ? pw->pw_name : "?");
+            snprintf(ver, sizeof ver, "%s%s", e->python_version, e->supported ? "" : "!");
+            printf("%-8d %-10s %-8s %-11s %-9s %.200s\n", e->pid, user, ver,
+                   cli_bytes((double)e->rss_bytes, rss, sizeof rss), e->attached ? "yes" : "no", e->cmdline);
+        }
+        int unsupported = 0;
+        for (size_t i = 0; i < r->n_procs; i++) unsupported |= !r->procs[i]->supported;
+        if (unsupported) printf("(! = unsupported version; memprof supports Python 3.8 to 3.13)\n");
+    }
+    wire_free(reply);
+    return 0;
+}

@@ -1,0 +1,18 @@
+/* commands.h -- every `memprof` subcommand: int cmd_NAME(argc, argv) returns the exit code. */
+#ifndef MEMPROF_COMMANDS_H
+#define MEMPROF_COMMANDS_H
+
+int cmd_status(int argc, char **argv);
+int cmd_ps(int argc, char **argv);
+int cmd_types(int argc, char **argv);
+int cmd_growth(int argc, char **argv);
+int cmd_backrefs(int argc, char **argv);
+int cmd_chain(int argc, char **argv);
+
+/* Shared by the commands: print "memprof: MSG" to stderr and return 1. */
+int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int cli_wants_help(int argc, char **argv);
+/* "12.3 MiB" style sizes. */
+const char *cli_bytes(double n, char *buf, size_t len);
+
+#endif

@@ -1,0 +1,82 @@
+/* main.c -- memprof, the command line: dispatches to one file per group of commands. */
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+
+struct command {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *summary;
+};
+
+static const struct command commands[] = {
+    {"status", cmd_status, "sessions of the daemon: pid, Python, state, attached since"},
+    {"ps", cmd_ps, "Python processes you may attach to, with RSS and version"},
+    {"types", cmd_types, "object census by type (like objgraph.show_most_common_types)"},
+    {"growth", cmd_growth, "streaming per-type count/size changes (like objgraph.show_growth)"},
+    {"backrefs", cmd_backrefs, "back-reference graph to DOT/PNG/SVG (like objgraph.show_backrefs)"},
+    {"chain", cmd_chain, "shortest reference chain from a module to an object"},
+};
+
+static void usage(FILE *f)
+{
+    fputs("usage: memprof COMMAND [OPTIONS]\n\n"
+          "Memory profiler for live Python processes. Attach first with\n"
+          "`memprofd attach --pid PID`; then:\n\n",
+          f);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].summary);
+    fputs("\nRun `memprof COMMAND --help` for a command's options. Every command takes\n"
+          "--socket PATH to talk to a daemon other than the default one.\n",
+          f);
+}
+
+int cli_fail(const char *fmt, ...)
+{
+    va_list ap;
+    fputs("memprof: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return 1;
+}
+
+int cli_wants_help(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
+    return 0;
+}
+
+const char *cli_bytes(double n, char *buf, size_t len)
+{
+    const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    double a = n < 0 ? -n : n;
+    while (a >= 1024 && u < 4) {
+        a /= 1024;
+        n /= 1024;
+        u++;
+    }
+    if (u == 0) snprintf(buf, len, "%.0f %s", n, units[u]);
+    else snprintf(buf, len, "%.1f %s", n, units[u]);
+    return buf;
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = argc > 1 ? argv[1] : NULL;
+    signal(SIGPIPE, SIG_IGN);
+    if (!cmd || !strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+        usage(cmd ? stdout : stderr);
+        return cmd ? 0 : 2;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(cmd, commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "memprof: unknown command '%s' (try memprof --help)\n", cmd);
+    return 2;
+}

@@ -1,0 +1,37 @@
+/* util.h -- small helpers every memprof program shares: error buffers, clocks, paths. */
+#ifndef MEMPROF_UTIL_H
+#define MEMPROF_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* One error convention across memprof: functions return 0 on success and -1 on
+ * failure, after writing a one-line, user-actionable message into a caller
+ * supplied buffer of MP_ERRLEN bytes. */
+#define MP_ERRLEN 512
+
+void mp_err(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Like mp_err, with ": strerror(errno)" appended. */
+void mp_errno(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+double mp_now(void);      /* CLOCK_MONOTONIC seconds */
+double mp_wallclock(void); /* CLOCK_REALTIME seconds */
+
+/* The daemon's default socket: /run/memprof/memprofd.sock for root, else
+ * $XDG_RUNTIME_DIR/memprof/memprofd.sock, else /tmp/memprof-UID/memprofd.sock.
+ * $MEMPROF_SOCKET overrides. */
+int mp_default_socket(char *out, size_t outlen);
+
+/* Read a whole small file (e.g. under /proc) into buf, NUL-terminated. Returns
+ * bytes read or -1. */
+ssize_t mp_read_file(const char *path, char *buf, size_t buflen);
+
+/* /proc/PID/cmdline with NULs turned into spaces. */
+int mp_proc_cmdline(pid_t pid, char *out, size_t outlen);
+
+/* Parse a decimal pid; -1 if not a positive integer. */
+pid_t mp_parse_pid(const char *s);
+
+#endif

@@ -1,0 +1,554 @@
+/* attach.c -- session lifecycle: inject, wait for the agent's hello, forward
+ * requests, detach and unload, notice exits; and status/ps for clients. */
+#include "attach.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "inject.h"
+#include "procinfo.h"
+#include "pyprobe.h"
+#include "session.h"
+#include "util.h"
+
+#define ATTACH_TIMEOUT 15.0   /* seconds for the agent to say hello */
+#define DETACH_TIMEOUT 5.0
+#define CALL_TIMEOUT 120.0    /* a census of a huge heap may take a while */
+#define DEFAULT_SAMPLE_RATE (512 * 1024)
+#define DEFAULT_MAX_FRAMES 64
+#define DEFAULT_INTERVAL_MS 250
+
+/* Requests forwarded to agents, waiting for their replies. */
+struct call {
+    uint64_t id;          /* our id, sent to the agent */
+    uint64_t client_id;   /* the id the client used */
+    uint64_t client_conn; /* 0: the daemon's own request (detach) */
+    pid_t pid;
+    double deadline;
+    struct call *next;
+};
+static struct call *calls;
+static uint64_t next_call_id = 1;
+
+static void send_env(struct conn *c, Envelope *env) { conn_send(c, env); }
+
+static void reply_attach_error(uint64_t conn_id, const char *msg)
+{
+    struct conn *c = conn_by_id(conn_id);
+    Envelope env = MEMPROF__ENVELOPE__INIT;
+    Memprof__AttachReply r = MEMPROF__ATTACH_REPLY__INIT;
+    if (!c) return;
+    r.error = (char *)msg;
+    env.msg_case = MEMPROF__ENVELOPE__MSG_ATTACH_REPLY;
+    env.attach_reply = &r;
+    send_env(c, &env);
+}
+
+static void reply_attach_ok(uint64_t conn_id, struct session *s, int already)
+{
+    struct conn *c = conn_by_id(conn_id);
+    Envelope env = MEMPROF__ENVELOPE__INIT;
+    Memprof__AttachReply r = MEMPROF__ATTACH_REPLY__INIT;
+    Memprof__SessionInfo info;
+    if (!c) return;
+    session_fill_info(s, &info);
+    r.already = already;
+    r.session = &info;
+    r.stop_ms = s->stop_ms;
+    r.total_ms = already ? 0 : (mp_now() - s->attach_started) * 1000.0;
+    r.retries = s->retries;
+    env.msg_case = MEMPROF__ENVELOPE__MSG_ATTACH_REPLY;
+    env.attach_reply = &r;
+    send_env(c, &env);
+}
+
+static void reply_detach(uint64_t conn_id, const char *error, double stop_ms, int unloaded)
+{
+    struct conn *c = conn_by_id(conn_id);
+    Envelope env = MEMPROF__ENVELOPE__INIT;
+    Memprof__DetachReply r = MEMPROF__DETACH_REPLY__INIT;
+    if (!c) return;
+    r.error = (char *)(error ? error : "");
+    r.stop_ms = stop_ms;
+    r.unloaded = unloaded;
+    env.msg_case = MEMPROF__ENVELOPE__MSG_DETACH_REPLY;
+    env.detach_reply = &r;
+    send_env(c, &env);
+}
+
+static void make_token(char *out)
+{
+    unsigned char rnd[16];
+    if (getrandom(rnd, sizeof rnd, 0) != sizeof rnd) memset(rnd, 0, sizeof rnd); /* refused below */
+    for (int i = 0; i < 16; i++) sprintf(out + 2 * i, "%02x", rnd[i]);
+}
+
+static void tracking_from_request(Memprof__TrackingConfig *t, const Memprof__AttachRequest *req)
+{
+    t->enabled = !req->no_tracking;
+    t->exact = req->exact;
+    t->sample_rate = req->sample_rate ? req->sample_rate : DEFAULT_SAMPLE_RATE;
+    t->max_frames = req->max_frames ? req->max_frames : DEFAULT_MAX_FRAMES;
+    t->interval_ms = req->interval_ms ? req->interval_ms : DEFAULT_INTERVAL_MS;
+}
+
+/* Checks that need no ptrace: who may attach to what, and is it a Python we support. */
+static int attach_precheck(struct conn *c, pid_t pid, struct pyinfo *py, char *err)
+{
+    char st;
+    if (pid == getpid()) {
+        mp_err(err, "pid %d: is memprofd itself", (int)pid);
+        return -1;
+    }
+    if (proc_may_access(c->peer_uid, pid, err) < 0) return -1;
+    st = proc_state(pid);
+    if (st == 'Z' || st == 'X') {
+        mp_err(err, "pid %d: is a zombie (it has exited)", (int)pid);
+        return -1;
+    }
+    if (pyprobe(pid, py, err) < 0) return -1;
+    if (!pyprobe_supported(py)) {
+        mp_err(err, "pid %d: unsupported Python %d.%d (memprof supports 3.%d to 3.%d)", (int)pid, py->major,
+               py->minor, PY_MIN_MINOR, PY_MAX_MINOR);
+        return -1;
+    }
+    return 0;
+}
+
+static void do_attach(struct conn *c, const Memprof__AttachRequest *req)
+{
+    char err[MP_ERRLEN], arg[PATH_MAX + 512];
+    struct pyinfo py;
+    struct session *s = session_find(req->pid);
+    struct inject_result res;
+    pid_t pid = req->pid;
+
+    if (s && (s->state == SESS_ATTACHED || s->state == SESS_ATTACHING || s->state == SESS_DETACHING)) {
+        if (proc_may_access(c->peer_uid, pid, err) < 0) {
+            reply_attach_error(c->id, err);
+        } else if (s->state == SESS_ATTACHED) {
+            reply_attach_ok(c->id, s, 1);
+        } else {
+            snprintf(err, sizeof err, "pid %d: a session is %s", (int)pid, session_state_name(s->state));
+            reply_attach_error(c->id, err);
+        }
+        return;
+    }
+    if (attach_precheck(c, pid, &py, err) < 0) {
+        reply_attach_error(c->id, err);
+        return;
+    }
+    s = session_new(pid);
+    if (!s) {
+        reply_attach_error(c->id, "out of memory");
+        return;
+    }
+    s->py = py;
+    proc_uid(pid, &s->uid);
+    s->attach_started = mp_now();
+    s->attach_waiter = c->id;
+    tracking_from_request(&s->track, req);
+    make_token(s->token);
+    snprintf(arg, sizeof arg, "sock=@%s token=%s pylib=%s rate=%llu exact=%d frames=%u interval=%u track=%d",
+             server_agent_sock, s->token, py.pylib, (unsigned long long)s->track.sample_rate, s->track.exact,
+             s->track.max_frames, s->track.interval_ms, s->track.enabled);
+    memset(&res, 0, sizeof res);
+    if (inject_load(pid, server_agent_lib, "memprof_agent_start", arg, &res, err) < 0) {
+        server_log("attach to pid %d failed: %s", (int)pid, err);
+        reply_attach_error(c->id, err);
+        session_free(s);
+        return;
+    }
+    s->handle = res.handle;
+    s->stop_ms = res.stop_ms;
+    s->retries = res.retries;
+    if (res.start_rc != 0) {
+        snprintf(err, sizeof err, "pid %d: %s", (int)pid,
+                 res.start_rc == 1 ? "an agent is already running in it (attached by another memprofd?)"
+                                   : "the agent failed to start in the target");
+        reply_attach_error(c->id, err);
+        session_free(s);
+        return;
+    }
+    s->deadline = mp_now() + ATTACH_TIMEOUT;
+    server_log("injected agent into pid %d (Python %s): stopped %.2f ms, %u retries", (int)pid, py.version,
+               res.stop_ms, res.retries);
+}
+
+static int token_equal(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned diff = (unsigned)(la ^ lb);
+    for (size_t i = 0; i < la && i < lb; i++) diff |= (unsigned char)a[i] ^ (unsigned char)b[i];
+    return diff == 0 && la == 32;
+}
+
+int attach_agent_hello(struct conn *c, const Memprof__Hello *h, char *err)
+{
+    struct session *s = session_find(c->peer_pid);
+    const Memprof__AgentInfo *a = h->agent;
+    if (!s || s->state != SESS_ATTACHING || s->agent_conn) {
+        mp_err(err, "no attach in progress for pid %d", (int)c->peer_pid);
+        return -1;
+    }
+    if (!h->token || !token_equal(h->token, s->token)) {
+        mp_err(err, "bad token from pid %d", (int)c->peer_pid);
+        return -1;
+    }
+    if (!a || a->pid != s->pid) {
+        mp_err(err, "agent of pid %d did not say who it is", (int)c->peer_pid);
+        return -1;
+    }
+    s->agent_conn = c->id;
+    s->agent_tid = a->agent_tid;
+    s->gil_wait_ms = a->gil_wait_ms;
+    free(s->executable);
+    s->executable = strdup(a->executable ? a->executable : "");
+    for (size_t i = 0; i < s->argc; i++) free(s->argv[i]);
+    free(s->argv);
+    s->argc = 0;
+    s->argv = calloc(a->n_argv ? a->n_argv : 1, sizeof *s->argv);
+    for (size_t i = 0; s->argv && i < a->n_argv; i++) s->argv[s->argc++] = strdup(a->argv[i]);
+    if (a->python_version && *a->python_version) snprintf(s->py.version, sizeof s->py.version, "%s", a->python_version);
+    return 0;
+}
+
+void attach_agent_ready(struct conn *c)
+{
+    struct session *s = session_find(c->peer_pid);
+    if (!s) return;
+    s->state = SESS_ATTACHED;
+    s->attached_since = mp_wallclock();
+    s->deadline = 0;
+    server_log("pid %d attached: Python %s, stopped %.2f ms, attach %.1f ms", (int)s->pid, s->py.version,
+               s->stop_ms, (mp_now() - s->attach_started) * 1000.0);
+    reply_attach_ok(s->attach_waiter, s, 0);
+    s->attach_waiter = 0;
+}
+
+static struct session *session_of_agent(struct conn *c)
+{
+    for (struct session *s = sessions; s; s = s->next)
+        if (s->agent_conn == c->id) return s;
+    return NULL;
+}
+
+static void send_agent_request(struct session *s, Memprof__AgentRequest *req)
+{
+    Envelope env = MEMPROF__ENVELOPE__INIT;
+    env.msg_case = MEMPROF__ENVELOPE__MSG_AGENT_REQUEST;
+    env.agent_request = req;
+    conn_send(conn_by_id(s->agent_conn), &env);
+}
+
+static struct call *call_new(pid_t pid, uint64_t client_conn, uint64_t client_id)
+{
+    struct call *k = calloc(1, sizeof *k);
+    if (!k) return NULL;
+    k->id = next_call_id++;
+    k->pid = pid;
+    k->client_conn = client_conn;
+    k->client_id = client_id;
+    k->deadline = mp_now() + CALL_TIMEOUT;
+    k->next = calls;
+    calls = k;
+    return k;
+}
+
+static void call_finish(struct call *k, const Memprof__AgentReply *reply, const char *error)
+{
+    struct call **pp;
+    struct conn *c = k->client_conn ? conn_by_id(k->client_conn) : NULL;
+    if (c) {
+        Envelope env = MEMPROF__ENVELOPE__INIT;
+        Memprof__AgentReply r = MEMPROF__AGENT_REPLY__INIT;
+        if (reply) r = *reply;
+        else r.error = (char *)error;
+        r.id = k->client_id;
+        env.msg_case = MEMPROF__ENVELOPE__MSG_AGENT_REPLY;
+        env.agent_reply = &r;
+        send_env(c, &env);
+    }
+    for (pp = &calls; *pp; pp = &(*pp)->next)
+        if (*pp == k) {
+            *pp = k->next;
+            break;
+        }
+    free(k);
+}
+
+static void do_detach(struct conn *c, pid_t pid)
+{
+    char err[MP_ERRLEN];
+    struct session *s = session_find(pid);
+    Memprof__AgentRequest req = MEMPROF__AGENT_REQUEST__INIT;
+    Memprof__DetachRequest d = MEMPROF__DETACH_REQUEST__INIT;
+    struct call *k;
+    if (proc_may_access(c->peer_uid, pid, err) < 0 && !(s && (c->peer_uid == 0 || c->peer_uid == s->uid))) {
+        reply_detach(c->id, err, 0, 0);
+        return;
+    }
+    if (!s || s->state != SESS_ATTACHED) {
+        snprintf(err, sizeof err, "pid %d: not attached%s%s", (int)pid, s ? " (session " : "",
+                 s ? session_state_name(s->state) : "");
+        if (s) strncat(err, ")", sizeof err - strlen(err) - 1);
+        reply_detach(c->id, err, 0, 0);
+        return;
+    }
+    k = call_new(pid, 0, 0);
+    if (!k) {
+        reply_detach(c->id, "out of memory", 0, 0);
+        return;
+    }
+    s->state = SESS_DETACHING;
+    s->detach_waiter = c->id;
+    s->detach_acked = 0;
+    s->deadline = mp_now() + DETACH_TIMEOUT;
+    req.id = k->id;
+    req.body_case = MEMPROF__AGENT_REQUEST__BODY_DETACH;
+    d.pid = pid;
+    req.detach = &d;
+    send_agent_request(s, &req);
+}
+
+static void do_agent_call(struct conn *c, const Memprof__AgentCall *ac)
+{
+    char err[MP_ERRLEN];
+    struct session *s;
+    struct call *k;
+    Memprof__AgentRequest req;
+    Memprof__AgentReply fail = MEMPROF__AGENT_REPLY__INIT;
+    Envelope env = MEMPROF__ENVELOPE__INIT;
+    env.msg_case = MEMPROF__ENVELOPE__MSG_AGENT_REPLY;
+    env.agent_reply = &fail;
+    if (!ac->request || ac->request->body_case == MEMPROF__AGENT_REQUEST__BODY_DETACH) {
+        fail.error = (char *)"malformed agent call";
+        send_env(c, &env);
+        return;
+    }
+    fail.id = ac->request->id;
+    s = session_find(ac->pid);
+    if (proc_may_access(c->peer_uid, ac->pid, err) < 0 && !(s && (c->peer_uid == 0 || c->peer_uid == s->uid))) {
+        fail.error = err;
+        send_env(c, &env);
+        return;
+    }
+    if (!s || s->state != SESS_ATTACHED || !conn_by_id(s->agent_conn)) {
+        if (s && s->state == SESS_EXITED)
+            snprintf(err, sizeof err, "pid %d: the process has exited", (int)ac->pid);
+        else
+            snprintf(err, sizeof err, "pid %d: not attached (attach first: memprofd attach --pid %d)", (int)ac->pid,
+                     (int)ac->pid);
+        fail.error = err;
+        send_env(c, &env);
+        return;
+    }
+    k = call_new(ac->pid, c->id, ac->request->id);
+    if (!k) {
+        fail.error = (char *)"out of memory";
+        send_env(c, &env);
+        return;
+    }
+    req = *ac->request;
+    req.id = k->id;
+    send_agent_request(s, &req);
+}
+
+static void do_status(struct conn *c)
+{
+    Envelope env = MEMPROF__ENVELOPE__INIT;
+    Memprof__StatusReply r = MEMPROF__STATUS_REPLY__INIT;
+    size_t n = 0;
+    for (struct session *s = sessions; s; s = s->next) n++;
+    Memprof__SessionInfo *infos = calloc(n ? n : 1, sizeof *infos);
+    Memprof__SessionInfo **ptrs = calloc(n ? n : 1, sizeof *ptrs);
+    if (!infos || !ptrs) {
+        free(infos);
+        free(ptrs);
+        conn_send_error(c, "out of memory");
+        return;
+    }
+    for (struct session *s = sessions; s; s = s->next) {
+        if (c->peer_uid != 0 && c->peer_uid != s->uid) continue;
+        session_fill_info(s, &infos[r.n_sessions]);
+        ptrs[r.n_sessions] = &infos[r.n_sessions];
+        r.n_sessions++;
+    }
+    r.sessions = ptrs;
+    env.msg_case = MEMPROF__ENVELOPE__MSG_STATUS_REPLY;
+    env.status_reply = &r;
+    send_env(c, &env);
+    free(infos);
+    free(ptrs);
+}
+
+static void do_ps(struct conn *c)
+{
+    Envelope env = MEMPROF__ENVELOPE__INIT;
+    Memprof__PsReply r;
+    proc_list_python(c->peer_uid, &r);
+    for (size_t i = 0; i < r.n_procs; i++) {
+        struct session *s = session_find(r.procs[i]->pid);
+        r.procs[i]->attached = s && s->state == SESS_ATTACHED;
+    }
+    env.msg_case = MEMPROF__ENVELOPE__MSG_PS_REPLY;
+    env.ps_reply = &r;
+    send_env(c, &env);
+    proc_list_free(&r);
+}
+
+void attach_client_message(struct conn *c, const Envelope *env)
+{
+    switch (env->msg_case) {
+    case MEMPROF__ENVELOPE__MSG_ATTACH: do_attach(c, env->attach); break;
+    case MEMPROF__ENVELOPE__MSG_DETACH: do_detach(c, env->detach->pid); break;
+    case MEMPROF__ENVELOPE__MSG_STATUS: do_status(c); break;
+    case MEMPROF__ENVELOPE__MSG_PS: do_ps(c); break;
+    case MEMPROF__ENVELOPE__MSG_AGENT_CALL: do_agent_call(c, env->agent_call); break;
+    default: {
+        char msg[128];
+        snprintf(msg, sizeof msg, "unexpected message %s from a client", wire_name(env));
+        conn_send_error(c, msg);
+    }
+    }
+}
+
+void attach_agent_message(struct conn *c, const Envelope *env)
+{
+    struct session *s = session_of_agent(c);
+    const Memprof__AgentReply *r;
+    if (!s) return;
+    if (env->msg_case != MEMPROF__ENVELOPE__MSG_AGENT_REPLY) {
+        server_log("pid %d: agent sent unexpected %s", (int)s->pid, wire_name(env));
+        return;
+    }
+    r = env->agent_reply;
+    for (struct call *k = calls; k; k = k->next) {
+        if (k->id != r->id || k->pid != s->pid) continue;
+        if (!k->client_conn && r->body_case == MEMPROF__AGENT_REPLY__BODY_DETACH) s->detach_acked = 1;
+        call_finish(k, r, NULL);
+        return;
+    }
+}
+
+static void fail_calls_of(pid_t pid, const char *why)
+{
+    struct call *k = calls, *next;
+    for (; k; k = next) {
+        next = k->next;
+        if (k->pid == pid) call_finish(k, NULL, why);
+    }
+}
+
+void attach_agent_gone(struct conn *c)
+{
+    struct session *s = session_of_agent(c);
+    char why[160];
+    if (!s) return;
+    s->agent_conn = 0;
+    if (s->state == SESS_DETACHING) return; /* expected: the tick finishes the detach */
+    if (!proc_alive(s->pid)) {
+        snprintf(why, sizeof why, "pid %d: the process exited", (int)s->pid);
+        server_log("pid %d exited; session kept", (int)s->pid);
+        fail_calls_of(s->pid, why);
+        session_retire(s, SESS_EXITED);
+    } else {
+        snprintf(why, sizeof why, "pid %d: the agent disconnected", (int)s->pid);
+        server_log("pid %d: agent connection lost", (int)s->pid);
+        fail_calls_of(s->pid, why);
+        session_retire(s, SESS_LOST);
+    }
+}
+
+void attach_client_gone(struct conn *c)
+{
+    for (struct call *k = calls; k; k = k->next)
+        if (k->client_conn == c->id) k->client_conn = 0; /* the reply will be dropped */
+}
+
+static void finish_detach(struct session *s)
+{
+    char err[MP_ERRLEN] = "";
+    double stop_ms = 0;
+    int unloaded = 0;
+    if (s->handle && proc_alive(s->pid)) {
+        if (inject_unload(s->pid, s->handle, &stop_ms, err) == 0)
+            unloaded = 1;
+        else
+            server_log("pid %d: agent left loaded: %s", (int)s->pid, err);
+    }
+    server_log("pid %d detached%s", (int)s->pid, unloaded ? ", agent unloaded" : "");
+    reply_detach(s->detach_waiter, NULL, stop_ms, unloaded);
+    s->detach_waiter = 0;
+    session_retire(s, proc_alive(s->pid) ? SESS_DETACHED : SESS_EXITED);
+}
+
+void attach_tick(void)
+{
+    double now = mp_now();
+    struct session *s, *next;
+    for (s = sessions; s; s = next) {
+        next = s->next;
+        if (s->state == SESS_ATTACHING && s->deadline && now > s->deadline) {
+            char err[MP_ERRLEN];
+            snprintf(err, sizeof err,
+                     "pid %d: the agent was loaded but did not connect within %.0f s "
+                     "(interpreter not initialized, or the GIL never released?)",
+                     (int)s->pid, ATTACH_TIMEOUT);
+            reply_attach_error(s->attach_waiter, err);
+            session_free(s);
+        } else if (s->state == SESS_ATTACHING && !proc_alive(s->pid)) {
+            char err[MP_ERRLEN];
+            snprintf(err, sizeof err, "pid %d: the process exited during the attach", (int)s->pid);
+            reply_attach_error(s->attach_waiter, err);
+            session_free(s);
+        } else if (s->state == SESS_DETACHING) {
+            int thread_gone = !s->agent_tid || !proc_thread_alive(s->pid, s->agent_tid);
+            if ((s->detach_acked || !s->agent_conn) && thread_gone) {
+                finish_detach(s);
+            } else if (now > s->deadline) {
+                char err[MP_ERRLEN];
+                snprintf(err, sizeof err, "pid %d: the agent did not finish detaching within %.0f s; it stays loaded",
+                         (int)s->pid, DETACH_TIMEOUT);
+                reply_detach(s->detach_waiter, err, 0, 0);
+                struct conn *ac = conn_by_id(s->agent_conn);
+                if (ac) conn_close(ac);
+                session_retire(s, SESS_DETACHED);
+            }
+        }
+    }
+    for (struct call *k = calls, *kn; k; k = kn) {
+        kn = k->next;
+        if (now > k->deadline) call_finish(k, NULL, "the agent did not answer in time");
+    }
+}
+
+void attach_detach_all(void)
+{
+    for (struct session *s = sessions; s; s = s->next) {
+        if (s->state != SESS_ATTACHED) continue;
+        struct call *k = call_new(s->pid, 0, 0);
+        Memprof__AgentRequest req = MEMPROF__AGENT_REQUEST__INIT;
+        Memprof__DetachRequest d = MEMPROF__DETACH_REQUEST__INIT;
+        if (!k) continue;
+        s->state = SESS_DETACHING;
+        s->deadline = mp_now() + 2.5;
+        req.id = k->id;
+        req.body_case = MEMPROF__AGENT_REQUEST__BODY_DETACH;
+        d.pid = s->pid;
+        req.detach = &d;
+        send_agent_request(s, &req);
+    }
+}
+
+int attach_busy(void)
+{
+    for (struct session *s = sessions; s; s = s->next)
+        if (s->state == SESS_ATTACHING || s->state == SESS_DETACHING) return 1;
+    return 0;
+}

@@ -1,0 +1,96 @@
+/* session.c -- the session table: creation, lookup, retirement and description. */
+#include "session.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_ENDED_SESSIONS 64
+
+struct session *sessions;
+
+static int live(const struct session *s)
+{
+    return s->state == SESS_ATTACHING || s->state == SESS_ATTACHED || s->state == SESS_DETACHING;
+}
+
+struct session *session_find(pid_t pid)
+{
+    struct session *ended = NULL;
+    for (struct session *s = sessions; s; s = s->next) {
+        if (s->pid != pid) continue;
+        if (live(s)) return s;
+        if (!ended) ended = s;
+    }
+    return ended;
+}
+
+struct session *session_new(pid_t pid)
+{
+    struct session *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->pid = pid;
+    s->state = SESS_ATTACHING;
+    memprof__tracking_config__init(&s->track);
+    s->next = sessions;
+    sessions = s;
+    return s;
+}
+
+void session_free(struct session *s)
+{
+    struct session **pp;
+    for (pp = &sessions; *pp; pp = &(*pp)->next)
+        if (*pp == s) {
+            *pp = s->next;
+            break;
+        }
+    free(s->executable);
+    for (size_t i = 0; i < s->argc; i++) free(s->argv[i]);
+    free(s->argv);
+    free(s);
+}
+
+void session_retire(struct session *s, enum sess_state state)
+{
+    s->state = state;
+    s->agent_conn = 0;
+    s->deadline = 0;
+    session_trim();
+}
+
+void session_trim(void)
+{
+    size_t ended = 0;
+    struct session *s, *next;
+    for (s = sessions; s; s = next) {
+        next = s->next;
+        if (live(s)) continue;
+        if (++ended > MAX_ENDED_SESSIONS) session_free(s);
+    }
+}
+
+const char *session_state_name(enum sess_state st)
+{
+    static const char *names[] = {"attaching", "attached", "detaching", "detached", "exited", "lost"};
+    return names[st];
+}
+
+void session_fill_info(const struct session *s, Memprof__SessionInfo *info)
+{
+    memprof__session_info__init(info);
+    info->pid = s->pid;
+    info->python_version = (char *)s->py.version;
+    info->state = (char *)session_state_name(s->state);
+    info->attached_since = s->attached_since;
+    info->executable = s->executable ? s->executable : (char *)"";
+    info->argv = s->argv;
+    info->n_argv = s->argc;
+    info->stop_ms = s->stop_ms;
+    info->mode = (char *)(!s->track.enabled ? "off" : s->track.exact ? "exact" : "sampling");
+    info->sample_rate = s->track.sample_rate;
+}
+
+void session_info_clear(Memprof__SessionInfo *info)
+{
+    (void)info; /* every field points into the session */
+}

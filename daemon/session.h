@@ -1,0 +1,50 @@
+/* session.h -- one session per attached pid: state, identity of the agent, and
+ * the client requests waiting on it. History of ended sessions is bounded. */
+#ifndef MEMPROF_SESSION_H
+#define MEMPROF_SESSION_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "pyprobe.h"
+#include "wire.h"
+
+enum sess_state { SESS_ATTACHING, SESS_ATTACHED, SESS_DETACHING, SESS_DETACHED, SESS_EXITED, SESS_LOST };
+
+struct session {
+    pid_t pid;
+    uid_t uid;                  /* the target's real uid */
+    enum sess_state state;
+    char token[33];
+    struct pyinfo py;
+    char *executable;
+    char **argv;
+    size_t argc;
+    double attach_started;      /* mp_now() when the attach request arrived */
+    double attached_since;      /* wall clock */
+    double stop_ms, gil_wait_ms;
+    unsigned retries;
+    uint64_t handle;            /* dlopen handle in the target */
+    int agent_tid;
+    uint64_t agent_conn;        /* connection id of the agent, 0 when none */
+    uint64_t attach_waiter;     /* client connection waiting for the attach reply */
+    uint64_t detach_waiter;
+    double deadline;            /* for the current phase (attaching, detaching) */
+    int detach_acked;           /* agent answered the detach request */
+    Memprof__TrackingConfig track;
+    struct session *next;
+};
+
+extern struct session *sessions;
+
+struct session *session_find(pid_t pid);       /* live (attaching/attached/detaching) first */
+struct session *session_new(pid_t pid);
+void session_free(struct session *s);
+void session_retire(struct session *s, enum sess_state state); /* keeps it for status */
+const char *session_state_name(enum sess_state st);
+void session_fill_info(const struct session *s, Memprof__SessionInfo *info);
+void session_info_clear(Memprof__SessionInfo *info);
+/* Drop the oldest ended sessions beyond the history bound. */
+void session_trim(void);
+
+#endif

@@ -1,0 +1,231 @@
+/* wire.c -- length-prefixed protobuf framing shared by agent, daemon and CLI. */
+#include "wire.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "util.h"
+
+static void put_le32(uint8_t *p, uint32_t v)
+{
+    p[0] = v & 0xff; p[1] = (v >> 8) & 0xff; p[2] = (v >> 16) & 0xff; p[3] = v >> 24;
+}
+
+static uint32_t get_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+int wire_encode(const Envelope *env, uint8_t **out, size_t *outlen, char *err)
+{
+    size_t n = memprof__envelope__get_packed_size(env);
+    uint8_t *buf;
+    if (n > WIRE_MAX_MSG) {
+        mp_err(err, "message of %zu bytes exceeds the %u-byte limit", n, WIRE_MAX_MSG);
+        return -1;
+    }
+    buf = malloc(WIRE_HDR + n);
+    if (!buf) {
+        mp_err(err, "out of memory encoding a %zu-byte message", n);
+        return -1;
+    }
+    put_le32(buf, (uint32_t)n);
+    memprof__envelope__pack(env, buf + WIRE_HDR);
+    *out = buf;
+    *outlen = WIRE_HDR + n;
+    return 0;
+}
+
+int wire_decode(const uint8_t *payload, size_t len, Envelope **env, char *err)
+{
+    if (len > WIRE_MAX_MSG) {
+        mp_err(err, "message of %zu bytes exceeds the %u-byte limit", len, WIRE_MAX_MSG);
+        return -1;
+    }
+    *env = memprof__envelope__unpack(NULL, len, payload);
+    if (!*env) {
+        mp_err(err, "malformed message (%zu bytes do not decode)", len);
+        return -1;
+    }
+    if ((*env)->msg_case == MEMPROF__ENVELOPE__MSG__NOT_SET) {
+        memprof__envelope__free_unpacked(*env, NULL);
+        *env = NULL;
+        mp_err(err, "malformed message (empty envelope)");
+        return -1;
+    }
+    return 0;
+}
+
+void wire_free(Envelope *env)
+{
+    if (env) memprof__envelope__free_unpacked(env, NULL);
+}
+
+void wire_rbuf_free(struct wire_rbuf *rb)
+{
+    free(rb->buf);
+    memset(rb, 0, sizeof *rb);
+}
+
+ssize_t wire_rbuf_fill(struct wire_rbuf *rb, int fd, char *err)
+{
+    ssize_t r;
+    if (rb->cap - rb->len < 65536) {
+        size_t ncap = rb->cap ? rb->cap * 2 : 65536;
+        uint8_t *nb;
+        if (ncap > WIRE_MAX_MSG + WIRE_HDR + 65536) ncap = WIRE_MAX_MSG + WIRE_HDR + 65536;
+        if (ncap <= rb->len) {
+            mp_err(err, "peer sent more than one maximal message without a break");
+            errno = EMSGSIZE;
+            return -1;
+        }
+        nb = realloc(rb->buf, ncap);
+        if (!nb) {
+            mp_err(err, "out of memory for a receive buffer");
+            return -1;
+        }
+        rb->buf = nb;
+        rb->cap = ncap;
+    }
+    do
+        r = read(fd, rb->buf + rb->len, rb->cap - rb->len);
+    while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) mp_errno(err, "read");
+        return -1;
+    }
+    rb->len += (size_t)r;
+    return r;
+}
+
+int wire_take(struct wire_rbuf *rb, Envelope **env, char *err)
+{
+    uint32_t n;
+    *env = NULL;
+    if (rb->len < WIRE_HDR) return 0;
+    n = get_le32(rb->buf);
+    if (n > WIRE_MAX_MSG) {
+        mp_err(err, "frame announces %u bytes, over the %u-byte limit", n, WIRE_MAX_MSG);
+        return -1;
+    }
+    if (rb->len < WIRE_HDR + (size_t)n) return 0;
+    if (wire_decode(rb->buf + WIRE_HDR, n, env, err) < 0) return -1;
+    memmove(rb->buf, rb->buf + WIRE_HDR + n, rb->len - WIRE_HDR - n);
+    rb->len -= WIRE_HDR + n;
+    return 1;
+}
+
+static int wait_fd(int fd, short events, double deadline, char *err)
+{
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = events};
+        int ms = -1, r;
+        if (deadline > 0) {
+            double left = deadline - mp_now();
+            if (left <= 0) {
+                mp_err(err, "timed out");
+                return -1;
+            }
+            ms = (int)(left * 1000) + 1;
+        }
+        r = poll(&p, 1, ms);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            mp_errno(err, "poll");
+            return -1;
+        }
+        if (r == 0) continue;
+        return 0;
+    }
+}
+
+int wire_write_all(int fd, const uint8_t *buf, size_t len, int timeout_ms, char *err)
+{
+    double deadline = timeout_ms < 0 ? 0 : mp_now() + timeout_ms / 1000.0;
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = send(fd, buf + off, len - off, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (wait_fd(fd, POLLOUT, deadline, err) < 0) return -1;
+            continue;
+        }
+        if (w < 0) {
+            mp_errno(err, "send");
+            return -1;
+        }
+        off += (size_t)w;
+    }
+    return 0;
+}
+
+int wire_send(int fd, const Envelope *env, int timeout_ms, char *err)
+{
+    uint8_t *buf;
+    size_t len;
+    int rc;
+    if (wire_encode(env, &buf, &len, err) < 0) return -1;
+    rc = wire_write_all(fd, buf, len, timeout_ms, err);
+    free(buf);
+    return rc;
+}
+
+static int read_exact(int fd, uint8_t *buf, size_t len, double deadline, char *err)
+{
+    size_t off = 0;
+    while (off < len) {
+        ssize_t r = read(fd, buf + off, len - off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (wait_fd(fd, POLLIN, deadline, err) < 0) return -1;
+            continue;
+        }
+        if (r < 0) {
+            mp_errno(err, "read");
+            return -1;
+        }
+        if (r == 0) {
+            mp_err(err, "connection closed by peer");
+            return -1;
+        }
+        off += (size_t)r;
+    }
+    return 0;
+}
+
+int wire_recv(int fd, Envelope **env, int timeout_ms, char *err)
+{
+    double deadline = timeout_ms < 0 ? 0 : mp_now() + timeout_ms / 1000.0;
+    uint8_t hdr[WIRE_HDR], *buf;
+    uint32_t n;
+    int rc;
+    *env = NULL;
+    if (deadline > 0 && wait_fd(fd, POLLIN, deadline, err) < 0) return -1;
+    if (read_exact(fd, hdr, WIRE_HDR, deadline, err) < 0) return -1;
+    n = get_le32(hdr);
+    if (n > WIRE_MAX_MSG) {
+        mp_err(err, "frame announces %u bytes, over the %u-byte limit", n, WIRE_MAX_MSG);
+        return -1;
+    }
+    buf = malloc(n ? n : 1);
+    if (!buf) {
+        mp_err(err, "out of memory for a %u-byte message", n);
+        return -1;
+    }
+    rc = read_exact(fd, buf, n, deadline, err);
+    if (rc == 0) rc = wire_decode(buf, n, env, err);
+    free(buf);
+    return rc;
+}
+
+const char *wire_name(const Envelope *env)
+{
+    const ProtobufCFieldDescriptor *f;
+    if (!env) return "(none)";
+    f = protobuf_c_message_descriptor_get_field(&memprof__envelope__descriptor, env->msg_case);
+    return f ? f->name : "(unknown)";
+}

@@ -1,0 +1,47 @@
+/* wire.h -- framing of memprof messages: 4-byte little-endian length, then one
+ * protobuf-encoded Envelope. The size cap is checked before anything is allocated. */
+#ifndef MEMPROF_WIRE_H
+#define MEMPROF_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "memprof.pb-c.h"
+#include "util.h"
+
+#define MEMPROF_PROTOCOL 1
+#define WIRE_MAX_MSG (16u << 20) /* 16 MiB: a census or graph of a big heap fits */
+#define WIRE_HDR 4
+
+typedef Memprof__Envelope Envelope;
+
+/* Encode env as one frame into a malloc'd buffer. */
+int wire_encode(const Envelope *env, uint8_t **out, size_t *outlen, char *err);
+
+/* Decode one payload (without the length header). */
+int wire_decode(const uint8_t *payload, size_t len, Envelope **env, char *err);
+void wire_free(Envelope *env);
+
+/* A growable receive buffer for non-blocking readers. */
+struct wire_rbuf {
+    uint8_t *buf;
+    size_t len, cap;
+};
+void wire_rbuf_free(struct wire_rbuf *rb);
+/* Append what can be read from fd now. Returns bytes read, 0 on EOF, -1 on
+ * error (EAGAIN gives -1 with errno EAGAIN and no message). Refuses to grow
+ * past one maximal frame. */
+ssize_t wire_rbuf_fill(struct wire_rbuf *rb, int fd, char *err);
+/* Take one complete frame off the front: 1 = *env set, 0 = need more bytes,
+ * -1 = malformed or oversized (the connection must be dropped). */
+int wire_take(struct wire_rbuf *rb, Envelope **env, char *err);
+
+/* Blocking helpers with a deadline (timeout_ms < 0: wait forever). */
+int wire_send(int fd, const Envelope *env, int timeout_ms, char *err);
+int wire_recv(int fd, Envelope **env, int timeout_ms, char *err);
+/* Write a whole buffer to a (possibly non-blocking) fd within timeout_ms. */
+int wire_write_all(int fd, const uint8_t *buf, size_t len, int timeout_ms, char *err);
+
+/* Short name of the envelope's message, for logs and errors. */
+const char *wire_name(const Envelope *env);
+
+#endif

@@ -83,7 +83,7 @@ static int spawn_daemon(const char *path, char *err)
         int fd;
         setsid();
         if (fork() != 0) _exit(0);
-        mkdir(dir, 0700);
+        mp_mkdirs(dir, 0700);
         fd = open("/dev/null", O_RDONLY);
         if (fd >= 0) dup2(fd, 0);
         fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -98,4 +99,17 @@ pid_t mp_parse_pid(const char *s)
     v = strtol(s, &end, 10);
     if (errno || *end || v <= 0 || v > INT_MAX) return -1;
     return (pid_t)v;
+}
+
+int mp_mkdirs(const char *dir, mode_t mode)
+{
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", dir);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) < 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    return (mkdir(buf, mode) < 0 && errno != EEXIST) ? -1 : 0;
 }

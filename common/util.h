@@ -24,6 +24,9 @@ double mp_wallclock(void); /* CLOCK_REALTIME seconds */
  * $MEMPROF_SOCKET overrides. */
 int mp_default_socket(char *out, size_t outlen);
 
+/* mkdir -p: missing parents 0755, the last component with mode. */
+int mp_mkdirs(const char *dir, mode_t mode);
+
 /* Read a whole small file (e.g. under /proc) into buf, NUL-terminated. Returns
  * bytes read or -1. */
 ssize_t mp_read_file(const char *path, char *buf, size_t buflen);

@@ -115,7 +115,7 @@ static int prepare_dir(const char *socket_path, char *dir, char *err)
         return -1;
     }
     *slash = 0;
-    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+    if (mp_mkdirs(dir, 0700) < 0) {
         mp_errno(err, "cannot create socket directory %s", dir);
         return -1;
     }

@@ -1,0 +1,457 @@
+"""Attach, status, detach and re-attach against real Python processes of every
+interpreter on the machine; targets blocked in system calls; bad input;
+socket privacy and agent authentication; the daemon dying under a target."""
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+
+from conftest import (INTERPRETERS, MEMPROFD, SUPPORTED_IDS, UNSUPPORTED_IDS, Target, agent_mapped, interpreter,
+                      proc_state, target_script, workload)
+
+
+def status_of(daemon, pid):
+    r = daemon.run("status", "--json")
+    assert r.returncode == 0, r.stderr
+    for s in json.loads(r.stdout):
+        if s["pid"] == pid:
+            return s
+    return None
+
+
+def agent_threads(pid):
+    """Threads of pid that are not the target's own: the agent's is named memprof-agent."""
+    names = []
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                names.append(f.read().strip())
+        except OSError:
+            pass
+    return [n for n in names if n.startswith("memprof")]
+
+
+def assert_untouched(pid):
+    state, tracer = proc_state(pid)
+    assert tracer == 0, "pid %d is still traced by %d" % (pid, tracer)
+    assert state not in ("t",), "pid %d left in tracing stop" % pid
+    assert not agent_mapped(pid), "agent library mapped in pid %d" % pid
+
+
+# ---------------------------------------------------------------- attach cycles
+
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_attach_status_detach_reattach(pyid, daemon, targets):
+    exe, version = interpreter(pyid)
+    t = targets.start([exe, "-u", workload("service.py"), "4"])
+    t.wait_for(r"^ready \d+")
+    t.wait_for(r"^beat 1 ")
+
+    r = daemon.attach(t.pid)
+    assert re.search(r"attached to pid %d: Python %s, target stopped [\d.]+ ms, attach took \d+ ms" %
+                     (t.pid, re.escape(version)), r.stdout), r.stdout
+    s = status_of(daemon, t.pid)
+    assert s and s["state"] == "attached" and s["python"] == version
+    assert "service.py" in s["command"]
+    table = daemon.run("status").stdout
+    assert re.search(r"^%d\s+%s\s+attached" % (t.pid, re.escape(version)), table, re.M), table
+    assert agent_mapped(t.pid)
+    assert agent_threads(t.pid) == ["memprof-agent"], agent_threads(t.pid)
+
+    r = daemon.detach(t.pid)
+    assert "agent unloaded" in r.stdout, r.stdout
+    assert status_of(daemon, t.pid)["state"] == "detached"
+    assert_untouched(t.pid)
+    assert agent_threads(t.pid) == []
+
+    # 20 more cycles on the same target, then check it never noticed.
+    for i in range(20):
+        daemon.attach(t.pid)
+        daemon.detach(t.pid)
+    assert_untouched(t.pid)
+    last = int(t.wait_for(r"^beat (\d+) ").group(1))
+    nxt = int(t.wait_for(r"^beat (\d+) ").group(1))
+    assert nxt == last + 1
+    served = [int(x) for x in re.findall(r"served=(\d+)", t.output())]
+    assert served[-1] > served[0], "workers stopped serving"
+    assert "ERROR" not in t.output(), t.output()
+    assert t.proc.poll() is None, "target died"
+
+
+# ------------------------------------------------- targets blocked in syscalls
+
+BLOCK_SECONDS = 30
+STDIN_DATA = hashlib.sha256(b"memprof").digest() * 4096  # 128 KiB, more than a pipe buffer
+
+
+@pytest.fixture(scope="module")
+def blocked(daemon):
+    """For every interpreter at once: targets in time.sleep, stdin.read() and
+    select; attach, detach and attach again while they are blocked; then feed
+    stdin. The tests below check each result."""
+    started = {}
+    for pyid in SUPPORTED_IDS:
+        if pyid not in INTERPRETERS:
+            continue
+        exe = INTERPRETERS[pyid][0]
+        for mode in ("sleep", "stdin", "select"):
+            t = Target([exe, "-u", target_script("blocked.py"), mode, str(BLOCK_SECONDS)],
+                       stdin=subprocess.PIPE if mode == "stdin" else subprocess.DEVNULL)
+            started[(pyid, mode)] = t
+    try:
+        for t in started.values():
+            t.wait_for(r"^ready \d+")
+        time.sleep(0.5)  # let each reach its blocking call
+        events = {}
+        for key, t in started.items():
+            out = []
+            for step in ("attach", "detach", "attach"):
+                r = daemon.memprofd(step, "--pid", t.pid)
+                out.append((step, r.returncode, r.stdout + r.stderr))
+            events[key] = out
+        for (pyid, mode), t in started.items():
+            if mode == "stdin":
+                t.proc.stdin.write(STDIN_DATA.decode("latin-1"))
+                t.proc.stdin.close()
+        yield started, events
+    finally:
+        for t in started.values():
+            t.kill()
+
+
+def _blocked_result(blocked, pyid, mode):
+    interpreter(pyid)
+    started, events = blocked
+    t = started[(pyid, mode)]
+    for step, rc, text in events[(pyid, mode)]:
+        assert rc == 0, "%s during %s failed: %s" % (step, mode, text)
+    line = t.readline(timeout=BLOCK_SECONDS + 30)
+    assert line is not None, "target exited without a result: %r" % t.lines
+    assert not line.startswith("ERROR"), line
+    return line
+
+
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_sleep_keeps_full_duration(pyid, blocked):
+    line = _blocked_result(blocked, pyid, "sleep")
+    elapsed = float(re.match(r"slept ([\d.]+)", line).group(1))
+    assert elapsed >= BLOCK_SECONDS - 0.01, "time.sleep(%d) returned after %.3f s" % (BLOCK_SECONDS, elapsed)
+
+
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_stdin_read_gets_exact_data(pyid, blocked):
+    line = _blocked_result(blocked, pyid, "stdin")
+    n, digest = re.match(r"read (\d+) (\w+)", line).groups()
+    assert int(n) == len(STDIN_DATA.decode("latin-1").encode("utf-8"))
+    assert digest == hashlib.sha256(STDIN_DATA.decode("latin-1").encode("utf-8")).hexdigest()
+
+
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_select_waits_its_timeout(pyid, blocked):
+    line = _blocked_result(blocked, pyid, "select")
+    ready, elapsed = re.match(r"select (\d+) ([\d.]+)", line).groups()
+    assert int(ready) == 0
+    assert float(elapsed) >= BLOCK_SECONDS - 0.01
+
+
+# ------------------------------------------------------------------- bad input
+
+def expect_refused(daemon, pid, pattern):
+    r = daemon.memprofd("attach", "--pid", pid)
+    assert r.returncode != 0, "attach to %s succeeded: %s" % (pid, r.stdout)
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1, "expected a one-line error, got %r" % err
+    assert re.search(pattern, err), err
+    return err
+
+
+def unused_pid():
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_no_such_process(daemon):
+    expect_refused(daemon, unused_pid(), r"pid \d+: no such process")
+
+
+def test_not_a_pid(daemon):
+    r = daemon.memprofd("attach", "--pid", "abc")
+    assert r.returncode != 0 and "not a process id" in r.stderr
+
+
+def test_non_python_process(daemon, targets):
+    t = targets.start(["sleep", "100"])
+    time.sleep(0.2)
+    expect_refused(daemon, t.pid, r"pid %d: not a Python process" % t.pid)
+    assert_untouched(t.pid)
+
+
+def test_zombie(daemon, targets):
+    exe = INTERPRETERS.get("debian-3.11", next(iter(INTERPRETERS.values())))[0]
+    t = targets.start([exe, "-u", target_script("zombie_parent.py")])
+    child = int(t.wait_for(r"zombie (\d+)").group(1))
+    assert proc_state(child)[0] == "Z"
+    expect_refused(daemon, child, r"pid %d: is a zombie" % child)
+
+
+def test_daemon_itself(daemon):
+    expect_refused(daemon, daemon.proc.pid, r"is memprofd itself")
+
+
+def test_kernel_thread(daemon):
+    with open("/proc/2/comm") as f:
+        assert f.read().strip() == "kthreadd"
+    expect_refused(daemon, 2, r"pid 2: is a kernel thread")
+
+
+@pytest.mark.parametrize("pyid", UNSUPPORTED_IDS)
+def test_unsupported_python(pyid, daemon, targets):
+    exe, version = interpreter(pyid)
+    t = targets.start([exe, "-u", target_script("idle.py")])
+    t.wait_for(r"^ready")
+    major_minor = ".".join(version.split(".")[:2])
+    expect_refused(daemon, t.pid, r"pid %d: unsupported Python %s" % (t.pid, re.escape(major_minor)))
+    assert_untouched(t.pid)
+    t.wait_for(r"^tick")
+
+
+def test_stopped_target_is_left_stopped(daemon, targets):
+    exe = next(iter(INTERPRETERS.values()))[0]
+    t = targets.start([exe, "-u", target_script("idle.py")])
+    t.wait_for(r"^ready")
+    os.kill(t.pid, signal.SIGSTOP)
+    deadline = time.time() + 5
+    while proc_state(t.pid)[0] != "T" and time.time() < deadline:
+        time.sleep(0.01)
+    expect_refused(daemon, t.pid, r"pid %d: is stopped" % t.pid)
+    assert proc_state(t.pid) == ("T", 0), "stopped target's state changed: %r" % (proc_state(t.pid),)
+    assert not agent_mapped(t.pid)
+    os.kill(t.pid, signal.SIGCONT)
+    t.wait_for(r"^tick")  # carries on after SIGCONT
+
+
+def test_second_attach_reports_existing_session(daemon, targets):
+    exe = next(iter(INTERPRETERS.values()))[0]
+    t = targets.start([exe, "-u", target_script("idle.py")])
+    t.wait_for(r"^ready")
+    daemon.attach(t.pid)
+    try:
+        r = daemon.memprofd("attach", "--pid", t.pid)
+        assert r.returncode != 0
+        assert re.search(r"pid %d is already attached \(Python [\d.]+" % t.pid, r.stderr), r.stderr
+    finally:
+        daemon.detach(t.pid)
+
+
+def test_detach_not_attached(daemon, targets):
+    exe = next(iter(INTERPRETERS.values()))[0]
+    t = targets.start([exe, "-u", target_script("idle.py")])
+    t.wait_for(r"^ready")
+    r = daemon.memprofd("detach", "--pid", t.pid)
+    assert r.returncode != 0 and re.search(r"pid %d: not attached" % t.pid, r.stderr), r.stderr
+
+
+def as_nobody(argv, env):
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + argv,
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.fixture
+def nobody_env(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a second user's daemon")
+    d = tmp_path / "nobody"
+    d.mkdir()
+    os.chown(str(d), 65534, 65534)
+    env = dict(os.environ, MEMPROF_SOCKET=str(d / "run" / "memprofd.sock"), HOME=str(d))
+    yield env
+    as_nobody([MEMPROFD, "stop"], env)
+
+
+def test_permission_denied_for_other_users_process(daemon, targets, nobody_env):
+    t = targets.start(["/usr/bin/python3", "-u", target_script("idle.py")])
+    t.wait_for(r"^ready")
+    r = as_nobody([MEMPROFD, "attach", "--pid", str(t.pid)], nobody_env)
+    assert r.returncode != 0
+    assert re.search(r"pid %d: permission denied" % t.pid, r.stderr), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert_untouched(t.pid)
+
+
+# ------------------------------------------------------------------ security
+
+def test_socket_is_private(daemon, nobody_env):
+    st_dir = os.stat(os.path.dirname(daemon.socket))
+    st_sock = os.stat(daemon.socket)
+    assert st_dir.st_mode & 0o777 == 0o700
+    assert st_sock.st_mode & 0o777 == 0o600
+    env = dict(nobody_env, MEMPROF_SOCKET=daemon.socket)
+    r = as_nobody([os.path.join(os.path.dirname(MEMPROFD), "memprof"), "status"], env)
+    assert r.returncode != 0 and "Permission denied" in r.stderr, r.stderr
+
+
+def _agent_socket_name(daemon):
+    m = re.search(r"agents on @(\S+)\)", open(daemon.log).read())
+    assert m, "daemon log does not name the agent socket"
+    return m.group(1)
+
+
+def _frame(payload):
+    return struct.pack("<I", len(payload)) + payload
+
+
+def _field(num, wire, data):
+    key = bytes([num << 3 | wire])
+    if wire == 0:
+        return key + bytes([data])
+    return key + bytes([len(data)]) + data
+
+
+def test_agent_with_bad_token_is_refused(daemon):
+    name = _agent_socket_name(daemon)
+    hello = _field(1, 0, 1) + _field(2, 0, 1) + _field(3, 2, b"0" * 32)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect("\0" + name)
+    s.sendall(_frame(_field(1, 2, hello)))
+    reply = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break  # the daemon closed the connection
+        reply += chunk
+    s.close()
+    assert b"no attach in progress" in reply or b"bad token" in reply, reply
+
+
+def test_garbage_on_client_socket_gets_error_and_daemon_survives(daemon):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(daemon.socket)
+    s.sendall(struct.pack("<I", 0x7fffffff) + b"junk")
+    reply = b""
+    try:
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    except socket.timeout:
+        pass
+    s.close()
+    assert b"limit" in reply, reply
+    assert daemon.run("status").returncode == 0
+
+
+# ---------------------------------------------------------- robustness
+
+def test_daemon_killed_target_carries_on(fresh_daemon, targets):
+    exe = INTERPRETERS.get("pyenv-3.12", next(iter(INTERPRETERS.values())))[0]
+    t = targets.start([exe, "-u", workload("service.py"), "2"])
+    t.wait_for(r"^beat 1 ")
+    fresh_daemon.attach(t.pid)
+    fresh_daemon.proc.kill()
+    fresh_daemon.proc.wait()
+    deadline = time.time() + 5
+    while agent_threads(t.pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert agent_threads(t.pid) == [], "agent thread still running after the daemon died"
+    b1 = int(t.wait_for(r"^beat (\d+)").group(1))
+    b2 = int(t.wait_for(r"^beat (\d+)").group(1))
+    assert b2 == b1 + 1 and "ERROR" not in t.output()
+    # A new daemon attaches again (the library is still loaded: its start runs again).
+    fresh_daemon.start()
+    fresh_daemon.attach(t.pid)
+    fresh_daemon.detach(t.pid)
+    t.wait_for(r"^beat")
+    assert "ERROR" not in t.output() and t.proc.poll() is None
+
+
+def test_target_exit_keeps_session(daemon, targets):
+    exe = next(iter(INTERPRETERS.values()))[0]
+    t = targets.start([exe, "-u", workload("service.py"), "2", "2"])
+    t.wait_for(r"^ready")
+    daemon.attach(t.pid)
+    assert t.proc.wait(timeout=30) == 0
+    deadline = time.time() + 5
+    while status_of(daemon, t.pid)["state"] != "exited" and time.time() < deadline:
+        time.sleep(0.05)
+    assert status_of(daemon, t.pid)["state"] == "exited"
+
+
+def test_stop_detaches_everything(fresh_daemon, targets):
+    exe = next(iter(INTERPRETERS.values()))[0]
+    t = targets.start([exe, "-u", target_script("idle.py")])
+    t.wait_for(r"^ready")
+    fresh_daemon.attach(t.pid)
+    r = fresh_daemon.memprofd("stop")
+    assert r.returncode == 0, r.stderr
+    fresh_daemon.proc.wait(timeout=10)
+    assert not os.path.exists(fresh_daemon.socket)
+    assert_untouched(t.pid)
+    t.wait_for(r"^tick")
+
+
+def test_attach_starts_daemon_when_none_runs(tmp_path, targets):
+    env = dict(os.environ, MEMPROF_SOCKET=str(tmp_path / "run" / "memprofd.sock"))
+    exe = next(iter(INTERPRETERS.values()))[0]
+    t = targets.start([exe, "-u", target_script("idle.py")])
+    t.wait_for(r"^ready")
+    try:
+        r = subprocess.run([MEMPROFD, "attach", "--pid", str(t.pid)], capture_output=True, text=True, timeout=60,
+                           env=env)
+        assert r.returncode == 0, r.stderr
+        assert "attached to pid" in r.stdout
+    finally:
+        subprocess.run([MEMPROFD, "stop"], capture_output=True, timeout=30, env=env)
+    assert_untouched(t.pid)
+
+
+# ------------------------------------------------------------------- CLI
+
+@pytest.mark.parametrize("argv", [
+    [MEMPROFD, "--help"], [MEMPROFD, "serve", "--help"], [MEMPROFD, "attach", "--help"],
+    [MEMPROFD, "detach", "--help"], [MEMPROFD, "stop", "--help"],
+])
+def test_memprofd_help(argv):
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0 and r.stdout.startswith("usage: memprofd")
+
+
+def test_memprof_help_lists_commands_and_each_has_help():
+    memprof = os.path.join(os.path.dirname(MEMPROFD), "memprof")
+    r = subprocess.run([memprof, "--help"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0
+    cmds = re.findall(r"^  (\w+)\s", r.stdout, re.M)
+    assert "status" in cmds and "ps" in cmds
+    for c in cmds:
+        h = subprocess.run([memprof, c, "--help"], capture_output=True, text=True, timeout=10)
+        assert h.returncode == 0 and h.stdout.startswith("usage: memprof %s" % c), (c, h.stdout, h.stderr)
+
+
+def test_ps_lists_python_processes(daemon, targets):
+    found = {}
+    for pyid in ("debian-3.11", "pyenv-3.13", "pyenv-3.7"):
+        if pyid in INTERPRETERS:
+            t = targets.start([INTERPRETERS[pyid][0], "-u", target_script("idle.py")])
+            t.wait_for(r"^ready")
+            found[t.pid] = INTERPRETERS[pyid][1]
+    s = targets.start(["sleep", "100"])
+    r = daemon.run("ps", "--json")
+    assert r.returncode == 0, r.stderr
+    procs = {p["pid"]: p for p in json.loads(r.stdout)}
+    for pid, version in found.items():
+        assert pid in procs and procs[pid]["python"] == version
+        assert procs[pid]["rss"] > 1 << 20
+        assert procs[pid]["supported"] == (version.startswith("3.") and 8 <= int(version.split(".")[1]) <= 13)
+    assert s.pid not in procs
+    table = daemon.run("ps").stdout
+    assert table.startswith("PID") and str(next(iter(found))) in table

@@ -1,0 +1,189 @@
+/* test_wire.c -- unit tests of the framing: round trips, truncated, oversized and garbage input. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "wire.h"
+
+static int passed, failed;
+
+#define CHECK(cond, name)                                                    \
+    do {                                                                     \
+        if (cond) {                                                          \
+            passed++;                                                        \
+            printf("ok      %s\n", name);                                    \
+        } else {                                                             \
+            failed++;                                                        \
+            printf("FAILED  %s (%s:%d: %s)\n", name, __FILE__, __LINE__, #cond); \
+        }                                                                    \
+    } while (0)
+
+static void make_status(Envelope *env, Memprof__StatusRequest *st)
+{
+    memprof__envelope__init(env);
+    memprof__status_request__init(st);
+    env->msg_case = MEMPROF__ENVELOPE__MSG_STATUS;
+    env->status = st;
+}
+
+static void test_roundtrip(void)
+{
+    Envelope env, *out = NULL;
+    Memprof__AttachRequest req = MEMPROF__ATTACH_REQUEST__INIT;
+    struct wire_rbuf rb = {0};
+    char err[MP_ERRLEN];
+    uint8_t *buf;
+    size_t len;
+    memprof__envelope__init(&env);
+    req.pid = 4242;
+    req.sample_rate = 1 << 19;
+    env.msg_case = MEMPROF__ENVELOPE__MSG_ATTACH;
+    env.attach = &req;
+    CHECK(wire_encode(&env, &buf, &len, err) == 0, "encode attach request");
+    /* Feed it one byte at a time: no frame until the last byte. */
+    rb.cap = len + 16;
+    rb.buf = malloc(rb.cap);
+    int early = 0;
+    for (size_t i = 0; i < len; i++) {
+        rb.buf[rb.len++] = buf[i];
+        int t = wire_take(&rb, &out, err);
+        if (i + 1 < len && t != 0) early = 1;
+        if (i + 1 == len) CHECK(t == 1, "frame complete on its last byte");
+    }
+    CHECK(!early, "no frame taken from a partial one");
+    CHECK(out && out->msg_case == MEMPROF__ENVELOPE__MSG_ATTACH && out->attach->pid == 4242 &&
+              out->attach->sample_rate == (1 << 19),
+          "fields survive the round trip");
+    CHECK(rb.len == 0, "buffer consumed");
+    wire_free(out);
+    wire_rbuf_free(&rb);
+    free(buf);
+}
+
+static void test_two_frames_in_one_read(void)
+{
+    Envelope env, *out = NULL;
+    Memprof__StatusRequest st;
+    struct wire_rbuf rb = {0};
+    char err[MP_ERRLEN];
+    uint8_t *buf;
+    size_t len;
+    make_status(&env, &st);
+    wire_encode(&env, &buf, &len, err);
+    rb.cap = 2 * len;
+    rb.buf = malloc(rb.cap);
+    memcpy(rb.buf, buf, len);
+    memcpy(rb.buf + len, buf, len);
+    rb.len = 2 * len;
+    int a = wire_take(&rb, &out, err);
+    wire_free(out);
+    int b = wire_take(&rb, &out, err);
+    wire_free(out);
+    int c = wire_take(&rb, &out, err);
+    CHECK(a == 1 && b == 1 && c == 0, "two frames back to back are both taken");
+    wire_rbuf_free(&rb);
+    free(buf);
+}
+
+static void test_oversized_header(void)
+{
+    struct wire_rbuf rb = {0};
+    Envelope *out;
+    char err[MP_ERRLEN] = "";
+    uint8_t hdr[4] = {0xff, 0xff, 0xff, 0x7f};
+    rb.cap = 8;
+    rb.buf = malloc(rb.cap);
+    memcpy(rb.buf, hdr, 4);
+    rb.len = 4;
+    CHECK(wire_take(&rb, &out, err) == -1, "oversized length refused before allocating");
+    CHECK(strstr(err, "limit") != NULL, "oversized error names the limit");
+    wire_rbuf_free(&rb);
+}
+
+static void test_garbage(void)
+{
+    struct wire_rbuf rb = {0};
+    Envelope *out;
+    char err[MP_ERRLEN] = "";
+    uint8_t junk[] = {8, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    rb.cap = sizeof junk;
+    rb.buf = malloc(rb.cap);
+    memcpy(rb.buf, junk, sizeof junk);
+    rb.len = sizeof junk;
+    CHECK(wire_take(&rb, &out, err) == -1 && out == NULL, "garbage payload is a decode error");
+    CHECK(strstr(err, "malformed") != NULL, "garbage error says malformed");
+    wire_rbuf_free(&rb);
+
+    uint8_t empty[] = {0, 0, 0, 0};
+    CHECK(wire_decode(empty + 4, 0, &out, err) == -1, "empty envelope refused");
+}
+
+static void test_socket_truncated(void)
+{
+    int sv[2];
+    Envelope env, *out = NULL;
+    Memprof__StatusRequest st;
+    char err[MP_ERRLEN] = "";
+    uint8_t *buf;
+    size_t len;
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    make_status(&env, &st);
+    CHECK(wire_send(sv[0], &env, 1000, err) == 0, "send over a socket");
+    CHECK(wire_recv(sv[1], &out, 1000, err) == 0 && out->msg_case == MEMPROF__ENVELOPE__MSG_STATUS,
+          "receive over a socket");
+    wire_free(out);
+    /* A frame cut short by the peer closing. */
+    wire_encode(&env, &buf, &len, err);
+    (void)!write(sv[0], buf, len > 4 ? 5 : len);
+    close(sv[0]);
+    CHECK(wire_recv(sv[1], &out, 1000, err) == -1 && strstr(err, "closed"), "truncated frame: peer closed");
+    close(sv[1]);
+    free(buf);
+    /* A peer that never finishes the frame times out. */
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    uint8_t hdr[4] = {100, 0, 0, 0};
+    (void)!write(sv[0], hdr, 4);
+    CHECK(wire_recv(sv[1], &out, 200, err) == -1 && strstr(err, "timed out"), "stalled frame times out");
+    /* A header announcing too much is refused without reading it. */
+    uint8_t big[4] = {0, 0, 0, 0x20};
+    close(sv[0]);
+    close(sv[1]);
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    (void)!write(sv[0], big, 4);
+    CHECK(wire_recv(sv[1], &out, 200, err) == -1 && strstr(err, "limit"), "oversized frame refused on a socket");
+    close(sv[0]);
+    close(sv[1]);
+}
+
+static void test_encode_limit(void)
+{
+    Envelope env;
+    Memprof__ErrorReply e = MEMPROF__ERROR_REPLY__INIT;
+    char err[MP_ERRLEN] = "";
+    uint8_t *buf = NULL;
+    size_t len;
+    char *big = malloc(WIRE_MAX_MSG + 10);
+    memset(big, 'x', WIRE_MAX_MSG + 9);
+    big[WIRE_MAX_MSG + 9] = 0;
+    memprof__envelope__init(&env);
+    e.message = big;
+    env.msg_case = MEMPROF__ENVELOPE__MSG_ERROR;
+    env.error = &e;
+    CHECK(wire_encode(&env, &buf, &len, err) == -1 && buf == NULL, "encoding over the limit is refused");
+    free(big);
+}
+
+int main(void)
+{
+    test_roundtrip();
+    test_two_frames_in_one_read();
+    test_oversized_header();
+    test_garbage();
+    test_socket_truncated();
+    test_encode_limit();
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}

@@ -70,6 +70,14 @@ SUPPORTED_IDS = ["pyenv-%d.%d" % v for v in SUPPORTED] + ["debian-3.11"]
 UNSUPPORTED_IDS = ["pyenv-%d.%d" % v for v in UNSUPPORTED]
 
 
+def default_python():
+    """A supported interpreter for tests that need just one: Debian's, else any supported."""
+    for pyid in ["debian-3.11"] + SUPPORTED_IDS:
+        if pyid in INTERPRETERS:
+            return INTERPRETERS[pyid][0]
+    pytest.skip("no supported Python on this machine")
+
+
 def interpreter(pyid):
     """The interpreter's (path, version), or a visible skip when this machine lacks it."""
     if pyid not in INTERPRETERS:

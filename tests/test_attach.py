@@ -8,12 +8,14 @@ import re
 import signal
 import socket
 import struct
+import shutil
 import subprocess
+import tempfile
 import time
 
 import pytest
 
-from conftest import (INTERPRETERS, MEMPROFD, SUPPORTED_IDS, UNSUPPORTED_IDS, Target, agent_mapped, interpreter,
+from conftest import (INTERPRETERS, default_python, MEMPROFD, SUPPORTED_IDS, UNSUPPORTED_IDS, Target, agent_mapped, interpreter,
                       proc_state, target_script, workload)
 
 
@@ -195,7 +197,7 @@ def test_non_python_process(daemon, targets):
 
 
 def test_zombie(daemon, targets):
-    exe = INTERPRETERS.get("debian-3.11", next(iter(INTERPRETERS.values())))[0]
+    exe = default_python()
     t = targets.start([exe, "-u", target_script("zombie_parent.py")])
     child = int(t.wait_for(r"zombie (\d+)").group(1))
     assert proc_state(child)[0] == "Z"
@@ -224,7 +226,7 @@ def test_unsupported_python(pyid, daemon, targets):
 
 
 def test_stopped_target_is_left_stopped(daemon, targets):
-    exe = next(iter(INTERPRETERS.values()))[0]
+    exe = default_python()
     t = targets.start([exe, "-u", target_script("idle.py")])
     t.wait_for(r"^ready")
     os.kill(t.pid, signal.SIGSTOP)
@@ -239,7 +241,7 @@ def test_stopped_target_is_left_stopped(daemon, targets):
 
 
 def test_second_attach_reports_existing_session(daemon, targets):
-    exe = next(iter(INTERPRETERS.values()))[0]
+    exe = default_python()
     t = targets.start([exe, "-u", target_script("idle.py")])
     t.wait_for(r"^ready")
     daemon.attach(t.pid)
@@ -252,7 +254,7 @@ def test_second_attach_reports_existing_session(daemon, targets):
 
 
 def test_detach_not_attached(daemon, targets):
-    exe = next(iter(INTERPRETERS.values()))[0]
+    exe = default_python()
     t = targets.start([exe, "-u", target_script("idle.py")])
     t.wait_for(r"^ready")
     r = daemon.memprofd("detach", "--pid", t.pid)
@@ -265,15 +267,15 @@ def as_nobody(argv, env):
 
 
 @pytest.fixture
-def nobody_env(tmp_path):
+def nobody_env():
     if os.geteuid() != 0:
         pytest.skip("needs root to run a second user's daemon")
-    d = tmp_path / "nobody"
-    d.mkdir()
-    os.chown(str(d), 65534, 65534)
-    env = dict(os.environ, MEMPROF_SOCKET=str(d / "run" / "memprofd.sock"), HOME=str(d))
+    d = tempfile.mkdtemp(prefix="memprof-nobody-")  # /tmp itself: nobody must reach it
+    os.chown(d, 65534, 65534)
+    env = dict(os.environ, MEMPROF_SOCKET=os.path.join(d, "run", "memprofd.sock"), HOME=d)
     yield env
     as_nobody([MEMPROFD, "stop"], env)
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_permission_denied_for_other_users_process(daemon, targets, nobody_env):
@@ -354,7 +356,7 @@ def test_garbage_on_client_socket_gets_error_and_daemon_survives(daemon):
 # ---------------------------------------------------------- robustness
 
 def test_daemon_killed_target_carries_on(fresh_daemon, targets):
-    exe = INTERPRETERS.get("pyenv-3.12", next(iter(INTERPRETERS.values())))[0]
+    exe = INTERPRETERS.get("pyenv-3.12", (default_python(),))[0]
     t = targets.start([exe, "-u", workload("service.py"), "2"])
     t.wait_for(r"^beat 1 ")
     fresh_daemon.attach(t.pid)
@@ -376,7 +378,7 @@ def test_daemon_killed_target_carries_on(fresh_daemon, targets):
 
 
 def test_target_exit_keeps_session(daemon, targets):
-    exe = next(iter(INTERPRETERS.values()))[0]
+    exe = default_python()
     t = targets.start([exe, "-u", workload("service.py"), "2", "2"])
     t.wait_for(r"^ready")
     daemon.attach(t.pid)
@@ -388,7 +390,7 @@ def test_target_exit_keeps_session(daemon, targets):
 
 
 def test_stop_detaches_everything(fresh_daemon, targets):
-    exe = next(iter(INTERPRETERS.values()))[0]
+    exe = default_python()
     t = targets.start([exe, "-u", target_script("idle.py")])
     t.wait_for(r"^ready")
     fresh_daemon.attach(t.pid)
@@ -402,7 +404,7 @@ def test_stop_detaches_everything(fresh_daemon, targets):
 
 def test_attach_starts_daemon_when_none_runs(tmp_path, targets):
     env = dict(os.environ, MEMPROF_SOCKET=str(tmp_path / "run" / "memprofd.sock"))
-    exe = next(iter(INTERPRETERS.values()))[0]
+    exe = default_python()
     t = targets.start([exe, "-u", target_script("idle.py")])
     t.wait_for(r"^ready")
     try:

@@ -1,0 +1,670 @@
+/* agent.c -- the agent's entry point and its one native thread: handshake with
+ * memprofd, the request loop, detach. Of all this only memprof_agent_start runs
+ * on a thread of the target (the hijacked one), and it just starts the thread. */
+#include "agent.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "pyapi.h"
+#include "wire.h"
+
+/* Pages are only committed when touched, so this costs what is used. It is
+ * larger than the agent core needs because request handlers run the target's
+ * C API (and through it, Python code such as __sizeof__) on this stack. */
+#define AGENT_STACK_SIZE (2u << 20)
+#define AGENT_ARG_MAX 8192
+#define INIT_WAIT_S 30.0        /* for Py_IsInitialized in a process still starting */
+#define INIT_POLL_NS 10000000L
+#define IO_TIMEOUT_MS 5000      /* connect, hello, hello reply */
+#define REPLY_TIMEOUT_MS 10000  /* one reply (a census may be megabytes) */
+#define RBUF_KEEP (256u << 10)  /* receive buffer kept between messages */
+
+#define DEFAULT_RATE (512u << 10)
+#define DEFAULT_FRAMES 64
+#define MAX_FRAMES 512
+#define DEFAULT_INTERVAL_MS 250
+
+/* What the injector asked for. Written by memprof_agent_start only while no
+ * agent thread runs; read-only for the thread. */
+struct agent_conf {
+    char sock[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* "@abstract" or a path */
+    char token[256];
+    char pylib[PATH_MAX];
+    uint64_t rate;        /* mean bytes between samples */
+    uint32_t frames;      /* max Python frames per stack */
+    uint32_t interval_ms; /* flush interval */
+    int exact, track, debug;
+};
+
+/* One connection to the daemon, owned by the agent thread. */
+struct session {
+    int fd;
+    struct wire_rbuf rb;
+    double gil_wait_ms;
+};
+
+static struct agent_conf conf;
+static atomic_int running;          /* 1 from a successful start to the thread's end */
+static atomic_int sock_fd = -1;     /* the session's socket, for the fork-child handler */
+static int debug;
+static int atfork_registered;
+
+/* ------------------------------------------------------------ logging */
+
+static void agent_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void agent_log(const char *fmt, ...)
+{
+    char line[768];
+    va_list ap;
+    int n;
+    ssize_t w;
+    if (!debug) return;
+    n = snprintf(line, sizeof line, "memprof-agent[%d]: ", (int)getpid());
+    va_start(ap, fmt);
+    vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    n = (int)strlen(line);
+    line[n++] = '\n';
+    w = write(STDERR_FILENO, line, (size_t)n); /* no stdio: never its locks */
+    (void)w;
+}
+
+/* Whether NAME is set to something other than "" or "0" in the environment the
+ * process started with. /proc/self/environ, not getenv: getenv races with the
+ * target's own setenv/putenv (os.environ) and may read a freed array. */
+static int environ_flag(const char *name)
+{
+    size_t klen = strlen(name), pos = 0;
+    int match = 1, found = 0;
+    char buf[4096];
+    ssize_t n;
+    int fd = open("/proc/self/environ", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    while (!found && (n = read(fd, buf, sizeof buf)) > 0) {
+        for (ssize_t i = 0; i < n && !found; i++, pos++) {
+            char c = buf[i];
+            if (c == 0) {
+                pos = (size_t)-1; /* ++ makes it 0 */
+                match = 1;
+            } else if (!match) {
+                continue;
+            } else if (pos < klen) {
+                match = c == name[pos];
+            } else if (pos == klen) {
+                match = c == '=';
+            } else {
+                found = c != '0';
+                match = 0;
+            }
+        }
+    }
+    close(fd);
+    return found;
+}
+
+/* ------------------------------------------------------------ arguments */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Values cannot hold whitespace; %XX escapes stand for any byte (a path with
+ * a space: %20). Decoded in place. */
+static int unescape(char *s)
+{
+    char *o = s;
+    for (; *s; s++) {
+        if (*s == '%') {
+            int hi = hexval(s[1]), lo = hi < 0 ? -1 : hexval(s[2]);
+            if (lo < 0 || (hi == 0 && lo == 0)) return -1;
+            *o++ = (char)(hi << 4 | lo);
+            s += 2;
+        } else {
+            *o++ = *s;
+        }
+    }
+    *o = 0;
+    return 0;
+}
+
+static int parse_u64(const char *s, uint64_t max, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+    if (*s < '0' || *s > '9') return -1;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno || *end || v > max) return -1;
+    *out = v;
+    return 0;
+}
+
+static int copy_value(char *dst, size_t dstlen, const char *val)
+{
+    size_t n = strlen(val);
+    if (n >= dstlen) return -1;
+    memcpy(dst, val, n + 1);
+    return 0;
+}
+
+static int conf_set(struct agent_conf *c, const char *key, const char *val)
+{
+    uint64_t v;
+    if (!strcmp(key, "sock")) {
+        /* "@" alone would be the unnamed abstract address */
+        if (!strcmp(val, "@") || !*val) return -1;
+        return copy_value(c->sock, sizeof c->sock, val);
+    }
+    if (!strcmp(key, "token")) return copy_value(c->token, sizeof c->token, val);
+    if (!strcmp(key, "pylib")) return copy_value(c->pylib, sizeof c->pylib, val);
+    if (!strcmp(key, "rate")) {
+        if (parse_u64(val, UINT64_MAX, &v) < 0) return -1;
+        c->rate = v ? v : DEFAULT_RATE;
+    } else if (!strcmp(key, "frames")) {
+        if (parse_u64(val, MAX_FRAMES, &v) < 0) return -1;
+        c->frames = v ? (uint32_t)v : DEFAULT_FRAMES;
+    } else if (!strcmp(key, "interval")) {
+        if (parse_u64(val, 60000, &v) < 0) return -1;
+        c->interval_ms = v == 0 ? DEFAULT_INTERVAL_MS : v < 10 ? 10 : (uint32_t)v;
+    } else if (!strcmp(key, "exact") || !strcmp(key, "track") || !strcmp(key, "debug")) {
+        if (parse_u64(val, 1, &v) < 0) return -1;
+        *(key[0] == 'e' ? &c->exact : key[0] == 't' ? &c->track : &c->debug) = (int)v;
+    }
+    /* other keys: from a newer daemon, ignored */
+    return 0;
+}
+
+/* "key=value key=value ..." into c; buf is modified. */
+static int conf_parse(struct agent_conf *c, char *buf)
+{
+    char *save = NULL, *tok;
+    memset(c, 0, sizeof *c);
+    c->rate = DEFAULT_RATE;
+    c->frames = DEFAULT_FRAMES;
+    c->interval_ms = DEFAULT_INTERVAL_MS;
+    c->track = 1;
+    for (tok = strtok_r(buf, " \t\n", &save); tok; tok = strtok_r(NULL, " \t\n", &save)) {
+        char *eq = strchr(tok, '=');
+        if (!eq || eq == tok) return -1;
+        *eq = 0;
+        if (unescape(eq + 1) < 0 || conf_set(c, tok, eq + 1) < 0) return -1;
+    }
+    return c->sock[0] ? 0 : -1;
+}
+
+/* ------------------------------------------------------------ the GIL */
+
+/* Take the GIL for this thread, unless the interpreter is finalizing: then
+ * PyGILState_Ensure may crash (cpython#124619, #132948) or end this thread.
+ * The check races with a finalization starting right after it; in that window
+ * CPython 3.8-3.13 end the thread inside Ensure (pthread_exit), which
+ * agent_main's cleanup handler turns into a normal agent exit. */
+static int gil_take(int *state)
+{
+    if (pyapi_finalizing()) return -1;
+    *state = PY.GILState_Ensure();
+    return 0;
+}
+
+static void gil_give(int state) { PY.GILState_Release(state); }
+
+/* ------------------------------------------------------------ hook points */
+
+/* Runs every flush interval on the agent thread, without the GIL: where the
+ * sampler's deltas will be sent to the daemon. */
+static void agent_tick(struct session *s)
+{
+    (void)s;
+}
+
+/* Removes everything the agent installed in the target (allocator hooks, ...)
+ * so that the library can be unloaded. Runs on the agent thread without the
+ * GIL, on every way out: detach, lost daemon, finalization, errors. Must be
+ * idempotent. Nothing is installed yet. */
+static void agent_undo(void)
+{
+}
+
+/* ------------------------------------------------------------ handlers */
+
+/* Until census.c exists: so that the library links and answers. */
+__attribute__((weak)) int census_handle(const Memprof__CensusRequest *req,
+                                        Memprof__AgentReply *reply, char *err)
+{
+    (void)req;
+    (void)reply;
+    mp_err(err, "object census not supported by this agent");
+    return -1;
+}
+__attribute__((weak)) void census_free(Memprof__AgentReply *reply) { (void)reply; }
+__attribute__((weak)) int backrefs_handle(const Memprof__BackrefsRequest *req,
+                                          Memprof__AgentReply *reply, char *err)
+{
+    (void)req;
+    (void)reply;
+    mp_err(err, "back-references not supported by this agent");
+    return -1;
+}
+__attribute__((weak)) void backrefs_free(Memprof__AgentReply *reply) { (void)reply; }
+
+/* Run a census/backrefs handler with the GIL held, timing how long it is held.
+ * Returns the handler's result, or -2 when the interpreter is finalizing. */
+static int handle_locked(const Memprof__AgentRequest *req, Memprof__AgentReply *reply, char *err)
+{
+    int state, rc;
+    double t0;
+    if (gil_take(&state) < 0) {
+        mp_err(err, "the Python interpreter is shutting down");
+        return -2;
+    }
+    t0 = mp_now();
+    if (req->body_case == MEMPROF__AGENT_REQUEST__BODY_CENSUS)
+        rc = census_handle(req->census, reply, err);
+    else
+        rc = backrefs_handle(req->backrefs, reply, err);
+    reply->gil_ms = (mp_now() - t0) * 1e3;
+    gil_give(state);
+    return rc;
+}
+
+/* Answer one request. Returns 1 when the session must end (detach, shutdown,
+ * or the reply could not be sent), else 0. */
+static int session_request(struct session *s, const Memprof__AgentRequest *req)
+{
+    Memprof__AgentReply reply = MEMPROF__AGENT_REPLY__INIT;
+    Memprof__DetachReply detach = MEMPROF__DETACH_REPLY__INIT;
+    Envelope env = MEMPROF__ENVELOPE__INIT;
+    void (*release)(Memprof__AgentReply *) = NULL;
+    char err[MP_ERRLEN] = "", serr[MP_ERRLEN] = "";
+    Memprof__AgentReply__BodyCase body;
+    int rc = 0, stop = 0;
+
+    reply.id = req->id;
+    switch (req->body_case) {
+    case MEMPROF__AGENT_REQUEST__BODY_DETACH:
+        agent_undo();
+        detach.unloaded = 0; /* the daemon unloads the library once this thread is gone */
+        reply.body_case = MEMPROF__AGENT_REPLY__BODY_DETACH;
+        reply.detach = &detach;
+        stop = 1;
+        break;
+    case MEMPROF__AGENT_REQUEST__BODY_CENSUS:
+    case MEMPROF__AGENT_REQUEST__BODY_BACKREFS:
+        release = req->body_case == MEMPROF__AGENT_REQUEST__BODY_CENSUS ? census_free : backrefs_free;
+        rc = handle_locked(req, &reply, err);
+        if (rc == -2) stop = 1;
+        break;
+    case MEMPROF__AGENT_REQUEST__BODY_TRACKING:
+        mp_err(err, "allocation tracking not available yet");
+        rc = -1;
+        break;
+    default:
+        mp_err(err, "unknown request (body %d): this agent is older than the daemon",
+               (int)req->body_case);
+        rc = -1;
+        break;
+    }
+    agent_log("request %llu (body %d): %s%s", (unsigned long long)req->id, (int)req->body_case,
+              rc < 0 ? "error: " : "ok", rc < 0 ? err : "");
+
+    body = reply.body_case;
+    if (rc < 0) {
+        reply.error = err[0] ? err : "request failed";
+        reply.body_case = MEMPROF__AGENT_REPLY__BODY__NOT_SET; /* an error has no body */
+    }
+    env.msg_case = MEMPROF__ENVELOPE__MSG_AGENT_REPLY;
+    env.agent_reply = &reply;
+    if (wire_send(s->fd, &env, REPLY_TIMEOUT_MS, serr) < 0) {
+        agent_log("sending reply %llu: %s", (unsigned long long)req->id, serr);
+        stop = 1;
+    }
+    reply.body_case = body;
+    if (release) release(&reply);
+    return stop;
+}
+
+/* ------------------------------------------------------------ connection */
+
+static void session_close(struct session *s)
+{
+    if (s->fd >= 0) {
+        /* forget it before closing: a fork in between leaks it in the child
+         * rather than letting the child handler close a reused number */
+        atomic_store(&sock_fd, -1);
+        close(s->fd);
+        s->fd = -1;
+    }
+    wire_rbuf_free(&s->rb);
+}
+
+static int session_connect(struct session *s, char *err)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t n = strlen(conf.sock);
+    socklen_t len;
+    double deadline = mp_now() + IO_TIMEOUT_MS / 1000.0;
+    int fd;
+
+    memcpy(sa.sun_path, conf.sock, n); /* fits: checked by conf_set */
+    if (conf.sock[0] == '@') {
+        sa.sun_path[0] = 0; /* Linux abstract namespace: no trailing NUL */
+        len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+    } else {
+        len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+    }
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        mp_errno(err, "socket");
+        return -1;
+    }
+    s->fd = fd;
+    atomic_store(&sock_fd, fd);
+    while (connect(fd, (struct sockaddr *)&sa, len) < 0) {
+        struct timespec ts = {0, INIT_POLL_NS};
+        if (errno == EINTR) continue;
+        if (errno == EINPROGRESS) {
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            int soerr = 0;
+            socklen_t sl = sizeof soerr;
+            if (poll(&p, 1, IO_TIMEOUT_MS) <= 0 ||
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0 || soerr) {
+                if (soerr) errno = soerr;
+                mp_errno(err, "connect to memprofd at %s", conf.sock);
+                return -1;
+            }
+            break;
+        }
+        /* a full listen backlog gives EAGAIN on a unix socket: retry */
+        if (errno != EAGAIN || mp_now() > deadline) {
+            mp_errno(err, "connect to memprofd at %s", conf.sock);
+            return -1;
+        }
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+/* Who we are, for the Hello. Buffers in *buf, freed by the caller. */
+struct self_info {
+    char exe[PATH_MAX];
+    char cmdline[32768];
+    char *argv[256];
+};
+
+static void self_info_fill(struct self_info *si, Memprof__AgentInfo *ai)
+{
+    ssize_t n = readlink("/proc/self/exe", si->exe, sizeof si->exe - 1);
+    si->exe[n > 0 ? n : 0] = 0;
+    ai->executable = si->exe;
+    n = mp_read_file("/proc/self/cmdline", si->cmdline, sizeof si->cmdline);
+    ai->n_argv = 0;
+    for (ssize_t i = 0; i < n && ai->n_argv < sizeof si->argv / sizeof si->argv[0];) {
+        si->argv[ai->n_argv++] = si->cmdline + i;
+        i += (ssize_t)strlen(si->cmdline + i) + 1;
+    }
+    ai->argv = si->argv;
+    ai->pid = (int32_t)getpid();
+    ai->agent_tid = (int32_t)syscall(SYS_gettid);
+}
+
+/* Send our Hello; with want_reply, wait for and check the daemon's answer. */
+static int session_hello(struct session *s, int want_reply, char *err)
+{
+    Memprof__Hello hello = MEMPROF__HELLO__INIT;
+    Memprof__AgentInfo ai = MEMPROF__AGENT_INFO__INIT;
+    Envelope env = MEMPROF__ENVELOPE__INIT, *rep = NULL;
+    char version[32];
+    struct self_info *si = malloc(sizeof *si);
+    int rc;
+
+    if (!si) {
+        mp_err(err, "out of memory");
+        return -1;
+    }
+    self_info_fill(si, &ai);
+    ai.py_hexversion = pyapi_hexversion();
+    ai.python_version = (char *)pyapi_version();
+    if (!ai.py_hexversion && (ai.py_hexversion = pyapi_exported_hexversion())) {
+        snprintf(version, sizeof version, "%u.%u.%u", ai.py_hexversion >> 24,
+                 ai.py_hexversion >> 16 & 0xff, ai.py_hexversion >> 8 & 0xff);
+        ai.python_version = version;
+    }
+    ai.gil_wait_ms = s->gil_wait_ms;
+    hello.protocol = MEMPROF_PROTOCOL;
+    hello.role = MEMPROF__HELLO__ROLE__AGENT;
+    hello.token = conf.token;
+    hello.agent = &ai;
+    env.msg_case = MEMPROF__ENVELOPE__MSG_HELLO;
+    env.hello = &hello;
+    rc = wire_send(s->fd, &env, IO_TIMEOUT_MS, err);
+    agent_log("hello: python %s (0x%08x), tid %d, gil wait %.3f ms%s", ai.python_version,
+              ai.py_hexversion, ai.agent_tid, ai.gil_wait_ms, rc < 0 ? ", not sent" : "");
+    free(si);
+    if (rc < 0 || !want_reply) return rc;
+
+    if (wire_recv(s->fd, &rep, IO_TIMEOUT_MS, err) < 0) return -1;
+    rc = -1;
+    if (rep->msg_case != MEMPROF__ENVELOPE__MSG_HELLO_REPLY)
+        mp_err(err, "daemon answered the hello with %s", wire_name(rep));
+    else if (rep->hello_reply->error && rep->hello_reply->error[0])
+        mp_err(err, "daemon refused the agent: %s", rep->hello_reply->error);
+    else if (rep->hello_reply->protocol != MEMPROF_PROTOCOL)
+        mp_err(err, "daemon speaks protocol %u, this agent %u", rep->hello_reply->protocol,
+               MEMPROF_PROTOCOL);
+    else
+        rc = 0;
+    wire_free(rep);
+    return rc;
+}
+
+/* Serve requests until detach, an error, or the daemon goes away. */
+static void session_loop(struct session *s)
+{
+    char err[MP_ERRLEN];
+    double next_tick = mp_now() + conf.interval_ms / 1000.0;
+    for (;;) {
+        struct pollfd p = {.fd = s->fd, .events = POLLIN};
+        int ms = (int)((next_tick - mp_now()) * 1000) + 1, r;
+        Envelope *env;
+        if (ms < 0) ms = 0;
+        r = poll(&p, 1, ms);
+        if (r < 0 && errno != EINTR) {
+            agent_log("poll: %s", strerror(errno));
+            return;
+        }
+        if (r > 0 && (p.revents & POLLNVAL)) {
+            /* someone in the target closed our descriptor: it is not ours anymore */
+            agent_log("connection descriptor %d closed under us", s->fd);
+            atomic_store(&sock_fd, -1);
+            s->fd = -1;
+            return;
+        }
+        if (r > 0) {
+            ssize_t n = wire_rbuf_fill(&s->rb, s->fd, err);
+            if (n == 0) {
+                agent_log("daemon closed the connection");
+                return;
+            }
+            if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+                agent_log("reading from daemon: %s", err);
+                return;
+            }
+            while ((r = wire_take(&s->rb, &env, err)) == 1) {
+                int stop = 0;
+                if (env->msg_case == MEMPROF__ENVELOPE__MSG_AGENT_REQUEST)
+                    stop = session_request(s, env->agent_request);
+                else
+                    agent_log("ignoring a %s message", wire_name(env));
+                wire_free(env);
+                if (stop) return;
+            }
+            if (r < 0) {
+                agent_log("from daemon: %s", err);
+                return;
+            }
+            if (s->rb.len == 0 && s->rb.cap > RBUF_KEEP) wire_rbuf_free(&s->rb);
+        }
+        if (mp_now() >= next_tick) {
+            agent_tick(s);
+            next_tick = mp_now() + conf.interval_ms / 1000.0;
+        }
+    }
+}
+
+/* ------------------------------------------------------------ the thread */
+
+/* In a forked child there is no agent thread: forget the session so that an
+ * attach to the child starts afresh, and do not keep the parent's daemon
+ * connection open. glibc drops this handler when the library is dlclosed. */
+static void agent_atfork_child(void)
+{
+    int fd = atomic_exchange(&sock_fd, -1);
+    if (fd >= 0) close(fd);
+    atomic_store(&running, 0);
+}
+
+/* Wait for a starting interpreter. 0 when initialized, -1 when it never is or
+ * is going away. */
+static int wait_initialized(char *err)
+{
+    double deadline = mp_now() + INIT_WAIT_S;
+    while (!PY.IsInitialized()) {
+        struct timespec ts = {0, INIT_POLL_NS};
+        if (PY.IsFinalizing()) {
+            mp_err(err, "the interpreter is finalizing");
+            return -1;
+        }
+        if (mp_now() > deadline) {
+            mp_err(err, "Python not initialized after %.0f s", INIT_WAIT_S);
+            return -1;
+        }
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+/* Take the GIL once: proves we can, measures how long it takes, reads the version. */
+static int gil_probe(struct session *s, char *err)
+{
+    int state;
+    double t0 = mp_now();
+    if (gil_take(&state) < 0) {
+        mp_err(err, "the interpreter is finalizing");
+        return -1;
+    }
+    s->gil_wait_ms = (mp_now() - t0) * 1e3;
+    if (pyapi_load_version(err) < 0) agent_log("%s", err); /* go on without a version */
+    gil_give(state);
+    return 0;
+}
+
+static void agent_run(struct session *s)
+{
+    char err[MP_ERRLEN] = "";
+    prctl(PR_SET_NAME, "memprof-agent", 0, 0, 0); /* in top -H, py-spy, gdb */
+    debug = conf.debug || environ_flag("MEMPROF_AGENT_DEBUG");
+    agent_log("thread started (sock=%s pylib=%s interval=%u ms)", conf.sock,
+              conf.pylib[0] ? conf.pylib : "-", conf.interval_ms);
+    if (!atfork_registered && pthread_atfork(NULL, NULL, agent_atfork_child) == 0)
+        atfork_registered = 1;
+
+    if (pyapi_init(conf.pylib, err) < 0) {
+        /* Not a Python we can drive: say who we are, then leave. */
+        agent_log("%s", err);
+        if (session_connect(s, err) == 0) session_hello(s, 0, err);
+        return;
+    }
+    agent_log("C API found in the %s", pyapi_where());
+    if (wait_initialized(err) < 0 || gil_probe(s, err) < 0) {
+        agent_log("%s", err);
+        return;
+    }
+    if (session_connect(s, err) < 0 || session_hello(s, 1, err) < 0) {
+        agent_log("%s", err);
+        return;
+    }
+    agent_log("attached");
+    session_loop(s);
+}
+
+/* Runs on the normal way out and when CPython ends the thread inside
+ * PyGILState_Ensure during finalization. After the store to `running` no code
+ * of this library runs on this thread (only the return into libc). */
+static void agent_cleanup(void *arg)
+{
+    struct session *s = arg;
+    agent_undo();
+    session_close(s);
+    pyapi_fini();
+    agent_log("thread exits");
+    atomic_store(&running, 0);
+}
+
+static void *agent_main(void *unused)
+{
+    struct session s = {.fd = -1};
+    (void)unused;
+    pthread_cleanup_push(agent_cleanup, &s);
+    agent_run(&s);
+    pthread_cleanup_pop(1);
+    return NULL;
+}
+
+/* Parse arg and start the thread; the caller owns the `running` flag. */
+static int agent_spawn(const char *arg)
+{
+    static char argbuf[AGENT_ARG_MAX];
+    pthread_attr_t attr;
+    pthread_t th;
+    sigset_t all, old;
+    size_t n;
+    int rc;
+
+    if (!arg || (n = strnlen(arg, sizeof argbuf)) == sizeof argbuf) return -1;
+    memcpy(argbuf, arg, n + 1);
+    if (conf_parse(&conf, argbuf) < 0) return -1;
+
+    if (pthread_attr_init(&attr)) return -2;
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, AGENT_STACK_SIZE);
+    /* The new thread inherits this mask: with every signal blocked in it, the
+     * kernel keeps delivering the target's signals to the target's threads. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = pthread_create(&th, &attr, agent_main, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    return rc ? -2 : 0;
+}
+
+AGENT_API int memprof_agent_start(const char *arg)
+{
+    int saved_errno = errno; /* the hijacked thread may be about to read it */
+    int idle = 0, rc;
+    if (!atomic_compare_exchange_strong(&running, &idle, 1)) return 1;
+    rc = agent_spawn(arg);
+    if (rc) atomic_store(&running, 0);
+    errno = saved_errno;
+    return rc;
+}

@@ -1,0 +1,33 @@
+"""The injector on its own (tests/inject/run_tests.py through pytest): version
+probes, restarted system calls, busy and multi-threaded targets, SIGSTOP,
+misbehaving agents, seccomp — with a stand-in agent library."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "inject"))
+
+import run_tests  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    if os.geteuid() != 0:
+        pytest.skip("the injector tests need root")
+    subprocess.run(["make", "-s", "-C", os.path.join(HERE, "inject")], check=True, capture_output=True)
+    yield
+    run_tests.cleanup()
+
+
+@pytest.mark.parametrize("test", run_tests.TESTS, ids=[t.__name__ for t in run_tests.TESTS])
+def test_injector(test, capsys):
+    before = len(run_tests.failures)
+    try:
+        test()
+    finally:
+        run_tests.cleanup()
+    new = run_tests.failures[before:]
+    assert not new, "injector checks failed:\n  " + "\n  ".join(new)

@@ -1,0 +1,919 @@
+/* cmd_objects.c -- `memprof types`, `growth`, `backrefs` and `chain`: what objects a
+ * process holds and why, asked of the agent in it (agent/census.c) through memprofd. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "commands.h"
+
+#define CALL_TIMEOUT_MS 120000 /* a chain on a huge heap takes a few levels of passes */
+
+static const char *usage_types =
+    "usage: memprof types --pid PID [--limit N] [--sort count|size] [--long] [--all] [--json]\n"
+    "                     [--socket PATH]\n"
+    "\n"
+    "Count the objects of a running Python process by type (objgraph's\n"
+    "show_most_common_types), with their total shallow size (sys.getsizeof of each,\n"
+    "plus the list/dict/set buffers they own). The census runs inside the target,\n"
+    "in C, holding the GIL; the footer says for how long.\n"
+    "\n"
+    "  --pid PID         the process (attach first: memprofd attach --pid PID)\n"
+    "  --limit N         show the N biggest types (default 20, 0 = all)\n"
+    "  --sort count|size order by object count (default) or total size\n"
+    "  --long            module-qualified type names (collections.OrderedDict)\n"
+    "  --all             also count objects the GC does not track (str, int, float,\n"
+    "                    bytes, ...) reachable from tracked ones, each once\n"
+    "  --json            one JSON object instead of the table\n"
+    "\n"
+    "example:\n"
+    "  $ memprof types --pid 4242 --limit 3\n"
+    "  TYPE                    COUNT        SIZE\n"
+    "  MyBigFatObject        1000000    53.4 MiB\n"
+    "  list                  1000113    61.0 MiB\n"
+    "  function                 6212   868.9 KiB\n"
+    "  total: 2035402 objects, 118.7 MiB, 512 types (GC-tracked); GIL held 21.3 ms\n";
+
+static const char *usage_growth =
+    "usage: memprof growth --pid PID [--interval S] [--limit N] [--count K] [--all] [--json]\n"
+    "                      [--socket PATH]\n"
+    "\n"
+    "Watch object counts change (objgraph's show_growth, with decreases and sizes):\n"
+    "first a baseline census, then every S seconds the types whose count or total\n"
+    "size changed since the previous census, with signed deltas.\n"
+    "\n"
+    "  --interval S   seconds between censuses (default 5; fractions allowed)\n"
+    "  --limit N      at most N types per report (default 20, 0 = all)\n"
+    "  --count K      stop after K reports (default: run until interrupted)\n"
+    "  --all          include untracked objects (see memprof types --help)\n"
+    "  --json         one JSON object per census, one per line\n"
+    "\n"
+    "example:\n"
+    "  $ memprof growth --pid 4242 --interval 2 --count 1\n"
+    "  baseline: 2035402 objects, 118.7 MiB (GIL 21.3 ms)\n"
+    "  ...\n"
+    "  [+2.0s] 2039404 objects (+4002), 119.0 MiB (+259.4 KiB); GIL 20.9 ms\n"
+    "  TYPE                    COUNT    DELTA     RATE        SIZE       DELTA\n"
+    "  MyBigFatObject        1002000    +2000  +1000/s    53.5 MiB   +109.4 KiB\n"
+    "  list                  1002115    +2002  +1001/s    61.1 MiB   +125.1 KiB\n";
+
+static const char *usage_backrefs =
+    "usage: memprof backrefs --pid PID (--type NAME | --addr 0xADDR) -o FILE.dot|.png|.svg\n"
+    "                        [--max-depth N] [--too-many N] [--max-start N] [--socket PATH]\n"
+    "\n"
+    "Draw who refers to some objects (objgraph's show_backrefs): the objects of type\n"
+    "NAME (a sample of --max-start of them) or the one at ADDR, their referrers, the\n"
+    "referrers of those, ... up to --max-depth. Boxes show the type and a short repr;\n"
+    "the starting objects are red, modules green, edges carry the attribute name,\n"
+    "dict key or index, and nodes with more than --too-many referrers get a\n"
+    "\"N more backreferences\" box. .png/.svg are rendered with Graphviz's dot.\n"
+    "\n"
+    "  --type NAME     type name, short (Foo) or module-qualified (pkg.mod.Foo)\n"
+    "  --addr 0xADDR   one object, by id()\n"
+    "  --max-depth N   levels of referrers (default 3)\n"
+    "  --too-many N    referrers shown per object (default 10)\n"
+    "  --max-start N   objects of the type to start from (default 1)\n"
+    "  -o FILE         output: .dot (Graphviz source), .png or .svg\n"
+    "\n"
+    "example:\n"
+    "  $ memprof backrefs --pid 4242 --addr 0x7f3a1c2b4d80 -o x.png\n"
+    "  Graph written to x.png (6 objects; GIL held 35.2 ms)\n";
+
+static const char *usage_chain =
+    "usage: memprof chain --pid PID (--type NAME | --addr 0xADDR) [--max-depth N]\n"
+    "                     [--socket PATH]\n"
+    "\n"
+    "Print the shortest chain of references from a module to an object of type NAME\n"
+    "(or the object at ADDR): why it is still alive (objgraph's find_backref_chain).\n"
+    "When no module leads to it, the chain starts at an object nothing else refers\n"
+    "to: a running function's local variable, C code or the interpreter holds it.\n"
+    "\n"
+    "  --max-depth N   give up after N references (default 20)\n"
+    "\n"
+    "example:\n"
+    "  $ memprof chain --pid 4242 --type MyBigFatObject\n"
+    "  module __main__ → dict (module globals) ['cache'] → list [3] → MyBigFatObject 0x7f3a1c2b4d80\n";
+
+/* ---------------------------------------------------------------- options */
+
+struct opts {
+    int pid;
+    int limit;
+    int sort_size, longnames, all, json;
+    double interval;
+    long count;
+    const char *type_name;
+    uint64_t addr;
+    unsigned max_depth, too_many, max_start;
+    const char *output;
+};
+
+enum { O_PID = 1000, O_LIMIT, O_SORT, O_LONG, O_ALL, O_JSON, O_SOCKET, O_INTERVAL, O_COUNT,
+       O_TYPE, O_ADDR, O_DEPTH, O_TOOMANY, O_START };
+
+static int parse_uint(const char *opt, const char *s, unsigned long max, unsigned long *out)
+{
+    char *end;
+    unsigned long v;
+    errno = 0;
+    v = strtoul(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-' || v > max) {
+        fprintf(stderr, "memprof: %s wants a number from 0 to %lu, not '%s'\n", opt, max, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Parse argv against the options a command accepts ("which" lists them as
+ * letters). Returns 0 to go on, else the exit code + 1. */
+static int parse(int argc, char **argv, const char *usage, const char *which, struct opts *o)
+{
+    static const struct option all[] = {
+        {"pid", required_argument, 0, O_PID},         {"limit", required_argument, 0, O_LIMIT},
+        {"sort", required_argument, 0, O_SORT},       {"long", no_argument, 0, O_LONG},
+        {"all", no_argument, 0, O_ALL},               {"json", no_argument, 0, O_JSON},
+        {"socket", required_argument, 0, O_SOCKET},   {"interval", required_argument, 0, O_INTERVAL},
+        {"count", required_argument, 0, O_COUNT},     {"type", required_argument, 0, O_TYPE},
+        {"addr", required_argument, 0, O_ADDR},       {"max-depth", required_argument, 0, O_DEPTH},
+        {"too-many", required_argument, 0, O_TOOMANY}, {"max-start", required_argument, 0, O_START},
+        {0, 0, 0, 0}};
+    const char *letters = "plsLajSicTAdmno"; /* one per entry of all[], then -o */
+    struct option opts[16];
+    unsigned long v;
+    int c, n = 0;
+    char *end;
+
+    memset(o, 0, sizeof *o);
+    o->limit = 20;
+    o->interval = 5;
+    if (cli_wants_help(argc, argv)) {
+        fputs(usage, stdout);
+        return 1;
+    }
+    for (int i = 0; all[i].name; i++)
+        if (strchr(which, letters[i]) || all[i].val == O_SOCKET) opts[n++] = all[i];
+    memset(&opts[n], 0, sizeof opts[n]);
+    optind = 0; /* also resets GNU getopt's state: commands may run more than once per process */
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, strchr(which, 'o') ? "+o:" : "+", opts, NULL)) != -1) {
+        switch (c) {
+        case O_PID:
+            if ((o->pid = mp_parse_pid(optarg)) < 0) {
+                fprintf(stderr, "memprof: --pid wants a process id, not '%s'\n", optarg);
+                return 3;
+            }
+            break;
+        case O_LIMIT:
+            if (parse_uint("--limit", optarg, 1000000, &v) < 0) return 3;
+            o->limit = (int)v;
+            break;
+        case O_SORT:
+            if (strcmp(optarg, "count") && strcmp(optarg, "size")) {
+                fprintf(stderr, "memprof: --sort is count or size, not '%s'\n", optarg);
+                return 3;
+            }
+            o->sort_size = !strcmp(optarg, "size");
+            break;
+        case O_LONG: o->longnames = 1; break;
+        case O_ALL: o->all = 1; break;
+        case O_JSON: o->json = 1; break;
+        case O_SOCKET: client_socket_opt = optarg; break;
+        case O_INTERVAL:
+            o->interval = strtod(optarg, &end);
+            if (end == optarg || *end || !(o->interval >= 0.1 && o->interval <= 86400)) {
+                fprintf(stderr, "memprof: --interval wants seconds from 0.1 to 86400, not '%s'\n", optarg);
+                return 3;
+            }
+            break;
+        case O_COUNT:
+            if (parse_uint("--count", optarg, 100000000, &v) < 0) return 3;
+            o->count = (long)v;
+            break;
+        case O_TYPE: o->type_name = optarg; break;
+        case O_ADDR:
+            errno = 0;
+            o->addr = strtoull(optarg, &end, 16);
+            if (errno || end == optarg || *end || !o->addr) {
+                fprintf(stderr, "memprof: --addr wants an address like 0x7f3a1c2b4d80, not '%s'\n", optarg);
+                return 3;
+            }
+            break;
+        case O_DEPTH:
+            if (parse_uint("--max-depth", optarg, 100, &v) < 0) return 3;
+            o->max_depth = (unsigned)v;
+            break;
+        case O_TOOMANY:
+            if (parse_uint("--too-many", optarg, 1000, &v) < 0) return 3;
+            o->too_many = (unsigned)v;
+            break;
+        case O_START:
+            if (parse_uint("--max-start", optarg, 100, &v) < 0) return 3;
+            o->max_start = (unsigned)v;
+            break;
+        case 'o': o->output = optarg; break;
+        default:
+            if (optopt) fprintf(stderr, "memprof: option needs a value or is unknown (try --help)\n");
+            else fprintf(stderr, "memprof: unknown option '%s' (try --help)\n", argv[optind - 1]);
+            return 3;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "memprof: unexpected argument '%s' (try --help)\n", argv[optind]);
+        return 3;
+    }
+    if (!o->pid) {
+        fprintf(stderr, "memprof: --pid PID is required (try --help)\n");
+        return 3;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- agent calls */
+
+/* One request to the agent in o->pid. On success *env owns *reply. */
+static int agent_call(const struct opts *o, Memprof__AgentRequest *req, Envelope **env,
+                      Memprof__AgentReply **reply)
+{
+    char err[MP_ERRLEN];
+    int fd = client_connect(client_socket_opt, 1, err);
+    if (fd < 0) return cli_fail("%s", err);
+    if (client_agent_call(fd, o->pid, req, env, reply, CALL_TIMEOUT_MS, err) < 0) {
+        char prefix[32];
+        close(fd);
+        snprintf(prefix, sizeof prefix, "pid %d:", o->pid);
+        if (!strncmp(err, prefix, strlen(prefix))) return cli_fail("%s", err); /* the daemon named it */
+        return cli_fail("pid %d: %s", o->pid, err);
+    }
+    close(fd);
+    if (!*reply) {
+        wire_free(*env);
+        return cli_fail("pid %d: empty reply from the agent", o->pid);
+    }
+    return 0;
+}
+
+static int census_call(const struct opts *o, Envelope **env, Memprof__AgentReply **reply)
+{
+    Memprof__AgentRequest req = MEMPROF__AGENT_REQUEST__INIT;
+    Memprof__CensusRequest creq = MEMPROF__CENSUS_REQUEST__INIT;
+    creq.all = o->all;
+    req.body_case = MEMPROF__AGENT_REQUEST__BODY_CENSUS;
+    req.census = &creq;
+    if (agent_call(o, &req, env, reply)) return 1;
+    if ((*reply)->body_case != MEMPROF__AGENT_REPLY__BODY_CENSUS || !(*reply)->census) {
+        wire_free(*env);
+        return cli_fail("pid %d: the agent answered something else than a census", o->pid);
+    }
+    return 0;
+}
+
+static double gil_of(const Memprof__AgentReply *r, double inner)
+{
+    return r->gil_ms > 0 ? r->gil_ms : inner;
+}
+
+/* ---------------------------------------------------------------- census tables */
+
+/* One row per displayed name: types of the same name are merged, as objgraph does. */
+struct row {
+    char *name;
+    uint64_t count, bytes;
+};
+
+struct table {
+    struct row *rows;
+    size_t n;
+    uint64_t objects, bytes;
+};
+
+static int row_by_name(const void *a, const void *b)
+{
+    return strcmp(((const struct row *)a)->name, ((const struct row *)b)->name);
+}
+
+static int row_by_count(const void *a, const void *b)
+{
+    const struct row *x = a, *y = b;
+    if (x->count != y->count) return x->count < y->count ? 1 : -1;
+    return strcmp(x->name, y->name);
+}
+
+static int row_by_size(const void *a, const void *b)
+{
+    const struct row *x = a, *y = b;
+    if (x->bytes != y->bytes) return x->bytes < y->bytes ? 1 : -1;
+    return strcmp(x->name, y->name);
+}
+
+static void table_free(struct table *t)
+{
+    for (size_t i = 0; i < t->n; i++) free(t->rows[i].name);
+    free(t->rows);
+    memset(t, 0, sizeof *t);
+}
+
+/* Rows of a census, merged by name and sorted by name (for diffs). */
+static int table_make(const Memprof__CensusReply *c, int longnames, struct table *t)
+{
+    size_t k = 0;
+    memset(t, 0, sizeof *t);
+    t->rows = calloc(c->n_types + 1, sizeof *t->rows);
+    if (!t->rows) return -1;
+    for (size_t i = 0; i < c->n_types; i++) {
+        const Memprof__TypeCount *tc = c->types[i];
+        char *name;
+        if (longnames && tc->module[0] && strcmp(tc->module, "builtins")) {
+            if (asprintf(&name, "%s.%s", tc->module, tc->name) < 0) name = NULL;
+        } else {
+            name = strdup(tc->name);
+        }
+        if (!name) return -1;
+        t->rows[k].name = name;
+        t->rows[k].count = tc->count;
+        t->rows[k].bytes = tc->bytes;
+        k++;
+    }
+    qsort(t->rows, k, sizeof *t->rows, row_by_name);
+    t->n = 0;
+    for (size_t i = 0; i < k; i++) {
+        if (t->n && !strcmp(t->rows[t->n - 1].name, t->rows[i].name)) {
+            t->rows[t->n - 1].count += t->rows[i].count;
+            t->rows[t->n - 1].bytes += t->rows[i].bytes;
+            free(t->rows[i].name);
+            continue;
+        }
+        t->rows[t->n++] = t->rows[i];
+    }
+    t->objects = c->objects;
+    t->bytes = c->bytes;
+    return 0;
+}
+
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; s && *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
+        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
+        else fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+static int name_width(const struct row *rows, size_t n)
+{
+    int w = 20;
+    for (size_t i = 0; i < n; i++)
+        if ((int)strlen(rows[i].name) > w) w = (int)strlen(rows[i].name);
+    return w > 60 ? 60 : w;
+}
+
+static void print_rows(struct row *rows, size_t n, int limit)
+{
+    char sz[32];
+    size_t shown = limit && (size_t)limit < n ? (size_t)limit : n;
+    int w = name_width(rows, shown);
+    printf("%-*s %12s %12s\n", w, "TYPE", "COUNT", "SIZE");
+    for (size_t i = 0; i < shown; i++)
+        printf("%-*s %12" PRIu64 " %12s\n", w, rows[i].name, rows[i].count,
+               cli_bytes((double)rows[i].bytes, sz, sizeof sz));
+}
+
+int cmd_types(int argc, char **argv)
+{
+    struct opts o;
+    struct table t;
+    Envelope *env;
+    Memprof__AgentReply *reply;
+    Memprof__CensusReply *c;
+    char sz[32];
+    int rc = parse(argc, argv, usage_types, "plsLajS", &o);
+    if (rc) return rc - 1;
+    if (census_call(&o, &env, &reply)) return 1;
+    c = reply->census;
+    if (table_make(c, o.longnames, &t) < 0) {
+        wire_free(env);
+        return cli_fail("out of memory");
+    }
+    qsort(t.rows, t.n, sizeof *t.rows, o.sort_size ? row_by_size : row_by_count);
+    if (o.json) {
+        size_t shown = o.limit && (size_t)o.limit < t.n ? (size_t)o.limit : t.n;
+        printf("{\"pid\": %d, \"objects\": %" PRIu64 ", \"bytes\": %" PRIu64 ", \"types\": %zu, "
+               "\"all\": %s, \"gil_ms\": %.3f, \"timestamp\": %.3f, \"by_type\": [",
+               o.pid, c->objects, c->bytes, t.n, o.all ? "true" : "false", gil_of(reply, c->gil_ms),
+               c->timestamp);
+        for (size_t i = 0; i < shown; i++) {
+            printf("%s{\"name\": ", i ? ", " : "");
+            json_str(stdout, t.rows[i].name);
+            printf(", \"count\": %" PRIu64 ", \"bytes\": %" PRIu64 "}", t.rows[i].count, t.rows[i].bytes);
+        }
+        printf("]}\n");
+    } else {
+        print_rows(t.rows, t.n, o.limit);
+        printf("total: %" PRIu64 " objects, %s, %zu types (%s); GIL held %.1f ms\n", c->objects,
+               cli_bytes((double)c->bytes, sz, sizeof sz), t.n,
+               o.all ? "GC-tracked and the untracked objects they reach" : "GC-tracked",
+               gil_of(reply, c->gil_ms));
+    }
+    table_free(&t);
+    wire_free(env);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- growth */
+
+struct change {
+    const char *name;
+    uint64_t count, bytes;
+    int64_t dcount, dbytes;
+};
+
+static int change_cmp(const void *a, const void *b)
+{
+    const struct change *x = a, *y = b;
+    uint64_t ax = (uint64_t)llabs(x->dcount), ay = (uint64_t)llabs(y->dcount);
+    if (ax != ay) return ax < ay ? 1 : -1;
+    ax = (uint64_t)llabs(x->dbytes);
+    ay = (uint64_t)llabs(y->dbytes);
+    if (ax != ay) return ax < ay ? 1 : -1;
+    return strcmp(x->name, y->name);
+}
+
+/* Types whose count or size differs between two name-sorted tables. */
+static size_t diff_tables(const struct table *a, const struct table *b, struct change *out)
+{
+    size_t i = 0, j = 0, n = 0;
+    while (i < a->n || j < b->n) {
+        int c = i >= a->n ? 1 : j >= b->n ? -1 : strcmp(a->rows[i].name, b->rows[j].name);
+        struct change ch = {0};
+        if (c < 0) { /* gone */
+            ch.name = a->rows[i].name;
+            ch.dcount = -(int64_t)a->rows[i].count;
+            ch.dbytes = -(int64_t)a->rows[i].bytes;
+            i++;
+        } else if (c > 0) { /* new */
+            ch.name = b->rows[j].name;
+            ch.count = b->rows[j].count;
+            ch.bytes = b->rows[j].bytes;
+            ch.dcount = (int64_t)b->rows[j].count;
+            ch.dbytes = (int64_t)b->rows[j].bytes;
+            j++;
+        } else {
+            ch.name = b->rows[j].name;
+            ch.count = b->rows[j].count;
+            ch.bytes = b->rows[j].bytes;
+            ch.dcount = (int64_t)b->rows[j].count - (int64_t)a->rows[i].count;
+            ch.dbytes = (int64_t)b->rows[j].bytes - (int64_t)a->rows[i].bytes;
+            i++, j++;
+        }
+        if (ch.dcount || ch.dbytes) out[n++] = ch;
+    }
+    return n;
+}
+
+static const char *signed_bytes(int64_t d, char *buf, size_t len)
+{
+    char tmp[24];
+    cli_bytes((double)d, tmp, sizeof tmp);
+    snprintf(buf, len, "%s%s", d > 0 ? "+" : "", tmp);
+    return buf;
+}
+
+static void growth_print(const struct opts *o, const struct table *prev, const struct table *cur,
+                         double elapsed, double dt, double gil)
+{
+    struct change *ch = calloc(prev->n + cur->n + 1, sizeof *ch);
+    size_t n = ch ? diff_tables(prev, cur, ch) : 0, shown;
+    int64_t dobj = (int64_t)cur->objects - (int64_t)prev->objects;
+    int64_t dbytes = (int64_t)cur->bytes - (int64_t)prev->bytes;
+    char s1[32], s2[32], s3[32];
+    qsort(ch, n, sizeof *ch, change_cmp);
+    shown = o->limit && (size_t)o->limit < n ? (size_t)o->limit : n;
+    if (o->json) {
+        printf("{\"t\": %.3f, \"interval\": %.3f, \"objects\": %" PRIu64 ", \"objects_delta\": %" PRId64
+               ", \"bytes\": %" PRIu64 ", \"bytes_delta\": %" PRId64 ", \"gil_ms\": %.3f, \"changes\": [",
+               elapsed, dt, cur->objects, dobj, cur->bytes, dbytes, gil);
+        for (size_t i = 0; i < shown; i++) {
+            printf("%s{\"name\": ", i ? ", " : "");
+            json_str(stdout, ch[i].name);
+            printf(", \"count\": %" PRIu64 ", \"delta\": %" PRId64 ", \"bytes\": %" PRIu64
+                   ", \"bytes_delta\": %" PRId64 "}",
+                   ch[i].count, ch[i].dcount, ch[i].bytes, ch[i].dbytes);
+        }
+        printf("]}\n");
+    } else {
+        printf("[+%.1fs] %" PRIu64 " objects (%+" PRId64 "), %s (%s); GIL %.1f ms\n", elapsed,
+               cur->objects, dobj, cli_bytes((double)cur->bytes, s1, sizeof s1),
+               signed_bytes(dbytes, s2, sizeof s2), gil);
+        if (!n) {
+            printf("no type changed\n");
+        } else {
+            struct row *names = calloc(shown + 1, sizeof *names);
+            int w;
+            for (size_t i = 0; names && i < shown; i++) names[i].name = (char *)ch[i].name;
+            w = names ? name_width(names, shown) : 20;
+            free(names);
+            printf("%-*s %12s %9s %9s %12s %12s\n", w, "TYPE", "COUNT", "DELTA", "RATE", "SIZE", "DELTA");
+            for (size_t i = 0; i < shown; i++) {
+                char rate[32];
+                snprintf(rate, sizeof rate, "%+.0f/s", dt > 0 ? ch[i].dcount / dt : 0.0);
+                printf("%-*s %12" PRIu64 " %+9" PRId64 " %9s %12s %12s\n", w, ch[i].name, ch[i].count,
+                       ch[i].dcount, rate, cli_bytes((double)ch[i].bytes, s1, sizeof s1),
+                       signed_bytes(ch[i].dbytes, s3, sizeof s3));
+            }
+            if (shown < n) printf("(%zu more types changed)\n", n - shown);
+        }
+    }
+    fflush(stdout);
+    free(ch);
+}
+
+static void sleep_until(double t)
+{
+    double now = mp_now();
+    if (t > now) {
+        struct timespec ts = {(time_t)(t - now), (long)((t - now - (time_t)(t - now)) * 1e9)};
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {}
+    }
+}
+
+int cmd_growth(int argc, char **argv)
+{
+    struct opts o;
+    struct table prev, cur;
+    Envelope *env;
+    Memprof__AgentReply *reply;
+    double t0, tprev, next;
+    char sz[32];
+    int rc = parse(argc, argv, usage_growth, "plaSjic", &o);
+    if (rc) return rc - 1;
+    t0 = tprev = mp_now();
+    if (census_call(&o, &env, &reply)) return 1;
+    if (table_make(reply->census, 0, &prev) < 0) {
+        wire_free(env);
+        return cli_fail("out of memory");
+    }
+    if (o.json) {
+        printf("{\"t\": 0, \"baseline\": true, \"objects\": %" PRIu64 ", \"bytes\": %" PRIu64
+               ", \"types\": %zu, \"gil_ms\": %.3f}\n",
+               prev.objects, prev.bytes, prev.n, gil_of(reply, reply->census->gil_ms));
+    } else {
+        struct table top;
+        printf("baseline: %" PRIu64 " objects, %s, %zu types (GIL %.1f ms)\n", prev.objects,
+               cli_bytes((double)prev.bytes, sz, sizeof sz), prev.n, gil_of(reply, reply->census->gil_ms));
+        if (table_make(reply->census, 0, &top) == 0) {
+            qsort(top.rows, top.n, sizeof *top.rows, row_by_count);
+            print_rows(top.rows, top.n, o.limit);
+            table_free(&top);
+        }
+    }
+    fflush(stdout);
+    wire_free(env);
+    next = t0 + o.interval;
+    for (long i = 0; !o.count || i < o.count; i++) {
+        double t;
+        sleep_until(next);
+        next += o.interval;
+        t = mp_now();
+        if (census_call(&o, &env, &reply)) {
+            table_free(&prev);
+            return 1;
+        }
+        if (table_make(reply->census, 0, &cur) < 0) {
+            wire_free(env);
+            table_free(&prev);
+            return cli_fail("out of memory");
+        }
+        growth_print(&o, &prev, &cur, t - t0, t - tprev, gil_of(reply, reply->census->gil_ms));
+        wire_free(env);
+        table_free(&prev);
+        prev = cur;
+        tprev = t;
+    }
+    table_free(&prev);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- backrefs graph */
+
+static int backrefs_call(const struct opts *o, int chain, Envelope **env, Memprof__AgentReply **reply)
+{
+    Memprof__AgentRequest req = MEMPROF__AGENT_REQUEST__INIT;
+    Memprof__BackrefsRequest breq = MEMPROF__BACKREFS_REQUEST__INIT;
+    if (!!o->type_name == !!o->addr)
+        return cli_fail("give one of --type NAME or --addr 0xADDR (try --help)") + 1;
+    breq.type_name = o->type_name ? (char *)o->type_name : (char *)"";
+    breq.addr = o->addr;
+    breq.max_depth = o->max_depth;
+    breq.too_many = o->too_many;
+    breq.max_start = o->max_start;
+    breq.chain_only = chain;
+    req.body_case = MEMPROF__AGENT_REQUEST__BODY_BACKREFS;
+    req.backrefs = &breq;
+    if (agent_call(o, &req, env, reply)) return 1;
+    if ((*reply)->body_case != MEMPROF__AGENT_REPLY__BODY_BACKREFS || !(*reply)->backrefs) {
+        wire_free(*env);
+        return cli_fail("pid %d: the agent answered something else than back-references", o->pid);
+    }
+    return 0;
+}
+
+/* objgraph's _quote */
+static void dot_quoted(FILE *f, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\') fputs("\\\\", f);
+        else if (*s == '"') fputs("\\\"", f);
+        else if (*s == '\n') fputs("\\n", f);
+        else fputc(*s, f);
+    }
+}
+
+static int is_identifier(const char *s, size_t n)
+{
+    if (!n || !(s[0] == '_' || (s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z'))) return 0;
+    for (size_t i = 1; i < n; i++)
+        if (!(s[i] == '_' || (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+              (s[i] >= '0' && s[i] <= '9')))
+            return 0;
+    return 1;
+}
+
+/* The agent labels edges in accessor syntax (".attr", "['key']", "[3]");
+ * objgraph writes attributes with weight 10, identifier keys bare with weight
+ * 2, other keys as "type\nrepr". */
+static void dot_edge_label(FILE *f, const char *label, const char *src_type)
+{
+    size_t n = strlen(label);
+    if (!n) return;
+    if (label[0] == '.') {
+        fputs(" [label=\"", f);
+        dot_quoted(f, label + 1);
+        fputs("\",weight=10]", f);
+    } else if (n > 4 && label[0] == '[' && (label[1] == '\'' || label[1] == '"') && label[n - 1] == ']' &&
+               label[n - 2] == label[1]) {
+        if (is_identifier(label + 2, n - 4)) {
+            fprintf(f, " [label=\"%.*s\",weight=2]", (int)(n - 4), label + 2);
+        } else {
+            char *inner = strndup(label + 1, n - 2);
+            fputs(" [label=\"str\\n", f);
+            if (inner) dot_quoted(f, inner);
+            fputs("\"]", f);
+            free(inner);
+        }
+    } else if (label[0] == '[' && strcmp(src_type, "list") && strcmp(src_type, "tuple") &&
+               n > 2 && strspn(label + 1, "-0123456789") == n - 2) {
+        fprintf(f, " [label=\"int\\n%.*s\"]", (int)(n - 2), label + 1);
+    } else {
+        fputs(" [label=\"", f);
+        dot_quoted(f, label);
+        fputs("\"]", f);
+    }
+}
+
+static void gradient(double from, double to, unsigned depth, unsigned max_depth, double *v)
+{
+    double t = max_depth ? (double)depth / max_depth : 0;
+    *v = from * (1 - t) + to * t;
+}
+
+static const Memprof__GraphNode *node_at(const Memprof__BackrefsReply *r, uint64_t addr)
+{
+    for (size_t i = 0; i < r->n_nodes; i++)
+        if (r->nodes[i]->addr == addr && !r->nodes[i]->more) return r->nodes[i];
+    return NULL;
+}
+
+/* The graph in objgraph's DOT dialect (objgraph._show_graph), node by node in
+ * breadth-first order, each followed by the edges from its referrers. */
+static void dot_write(FILE *f, const Memprof__BackrefsReply *r, unsigned max_depth)
+{
+    fputs("digraph ObjectGraph {\n  node[shape=box, style=filled, fillcolor=white];\n", f);
+    for (size_t i = 0; i < r->n_nodes; i++)
+        if (r->nodes[i]->start && !r->nodes[i]->more)
+            fprintf(f, "  o%" PRIu64 "[fontcolor=red];\n", r->nodes[i]->addr);
+    for (size_t i = 0; i < r->n_nodes; i++) {
+        const Memprof__GraphNode *n = r->nodes[i];
+        double h = 0, s = 0, v;
+        if (n->more) continue;
+        fprintf(f, "  o%" PRIu64 "[label=\"", n->addr);
+        dot_quoted(f, n->type_name);
+        fputs("\\n", f);
+        dot_quoted(f, n->label);
+        fputs("\"];\n", f);
+        gradient(1, .3, n->depth, max_depth, &v);
+        if (n->is_module) h = .3, s = 1;
+        fprintf(f, "  o%" PRIu64 "[fillcolor=\"%g,%g,%g\"];\n", n->addr, h, s, v);
+        if (v < 0.5) fprintf(f, "  o%" PRIu64 "[fontcolor=white];\n", n->addr);
+        for (size_t e = 0; e < r->n_edges; e++) {
+            const Memprof__GraphEdge *ed = r->edges[e];
+            const Memprof__GraphNode *src;
+            if (ed->dst != n->addr) continue;
+            src = node_at(r, ed->src);
+            fprintf(f, "  o%" PRIu64 " -> o%" PRIu64, ed->src, ed->dst);
+            dot_edge_label(f, ed->label, src ? src->type_name : "");
+            fputs(";\n", f);
+        }
+        for (size_t k = 0; k < r->n_nodes; k++) {
+            const Memprof__GraphNode *m = r->nodes[k];
+            if (!m->more || m->addr != n->addr) continue;
+            gradient(1, .3, n->depth + 1, max_depth, &v);
+            fprintf(f, "  too_many_o%" PRIu64 "->o%" PRIu64 "[color=red,style=dotted,len=0.25,weight=10];\n",
+                    n->addr, n->addr);
+            fprintf(f, "  too_many_o%" PRIu64 "[label=\"%u more backreferences\",shape=box,height=0.25,"
+                       "color=red,fillcolor=\"%g,%g,%g\",fontsize=6];\n",
+                    n->addr, m->more, 0.0, 1.0, v);
+            fprintf(f, "  too_many_o%" PRIu64 "[fontcolor=white];\n", n->addr);
+        }
+    }
+    fputs("}\n", f);
+}
+
+/* dot on PATH, like objgraph's _program_in_path. */
+static int find_dot(char *out, size_t len)
+{
+    const char *path = getenv("PATH");
+    char *copy, *dir, *save = NULL;
+    int found = 0;
+    if (!path || !*path) path = "/usr/local/bin:/usr/bin:/bin";
+    if (!(copy = strdup(path))) return 0;
+    for (dir = strtok_r(copy, ":", &save); dir && !found; dir = strtok_r(NULL, ":", &save)) {
+        snprintf(out, len, "%s/dot", *dir ? dir : ".");
+        found = access(out, X_OK) == 0;
+    }
+    free(copy);
+    return found;
+}
+
+static int render(const char *dotbin, const char *fmt, const char *src, const char *out, char *err)
+{
+    int status;
+    pid_t pid = fork();
+    if (pid < 0) {
+        mp_errno(err, "fork");
+        return -1;
+    }
+    if (pid == 0) {
+        char tflag[16], oflag[4096];
+        snprintf(tflag, sizeof tflag, "-T%s", fmt);
+        snprintf(oflag, sizeof oflag, "-o%s", out);
+        execl(dotbin, "dot", tflag, oflag, src, (char *)NULL);
+        _exit(127);
+    }
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR) {
+            mp_errno(err, "waiting for dot");
+            return -1;
+        }
+    if (!WIFEXITED(status) || WEXITSTATUS(status)) {
+        mp_err(err, "dot failed (%s %d) rendering %s", WIFEXITED(status) ? "exit code" : "signal",
+               WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status), out);
+        return -1;
+    }
+    return 0;
+}
+
+/* Write the graph to .dot, or render it to .png/.svg through a temporary .dot. */
+static int write_graph(const char *out, const Memprof__BackrefsReply *r, unsigned max_depth, char *err)
+{
+    const char *ext = strrchr(out, '.');
+    char dotbin[4096], tmp[] = "/tmp/memprof-graph-XXXXXX.dot";
+    FILE *f;
+    int fd, rc;
+    if (ext && !strcmp(ext, ".dot")) {
+        if (!(f = fopen(out, "w"))) {
+            mp_errno(err, "cannot write %s", out);
+            return -1;
+        }
+        dot_write(f, r, max_depth);
+        if (fclose(f) != 0) {
+            mp_errno(err, "writing %s", out);
+            return -1;
+        }
+        return 0;
+    }
+    if (!ext || (strcmp(ext, ".png") && strcmp(ext, ".svg"))) {
+        mp_err(err, "-o %s: the output must end in .dot, .png or .svg", out);
+        return -1;
+    }
+    if (!find_dot(dotbin, sizeof dotbin)) {
+        mp_err(err, "Graphviz 'dot' not found on PATH: install graphviz to render %s, or write the graph "
+                    "source with -o graph.dot",
+               out);
+        return -1;
+    }
+    if ((fd = mkstemps(tmp, 4)) < 0 || !(f = fdopen(fd, "w"))) {
+        mp_errno(err, "temporary file");
+        if (fd >= 0) close(fd), unlink(tmp);
+        return -1;
+    }
+    dot_write(f, r, max_depth);
+    if (fclose(f) != 0) {
+        mp_errno(err, "writing %s", tmp);
+        unlink(tmp);
+        return -1;
+    }
+    rc = render(dotbin, ext + 1, tmp, out, err);
+    unlink(tmp);
+    return rc;
+}
+
+int cmd_backrefs(int argc, char **argv)
+{
+    struct opts o;
+    Envelope *env;
+    Memprof__AgentReply *reply;
+    Memprof__BackrefsReply *r;
+    char err[MP_ERRLEN];
+    size_t objects = 0;
+    int rc = parse(argc, argv, usage_backrefs, "pSTAdmno", &o);
+    if (rc) return rc - 1;
+    if (!o.output) return cli_fail("-o FILE.dot|FILE.png|FILE.svg is required (try --help)") + 1;
+    {   /* refuse a bad output name before asking the target for anything */
+        const char *ext = strrchr(o.output, '.');
+        if (!ext || (strcmp(ext, ".dot") && strcmp(ext, ".png") && strcmp(ext, ".svg")))
+            return cli_fail("-o %s: the output must end in .dot, .png or .svg", o.output) + 1;
+        if (strcmp(ext, ".dot") && !find_dot(err, sizeof err))
+            return cli_fail("Graphviz 'dot' not found on PATH: install graphviz to render %s, or write "
+                            "the graph source with -o graph.dot",
+                            o.output);
+    }
+    if ((rc = backrefs_call(&o, 0, &env, &reply))) return rc;
+    r = reply->backrefs;
+    if (write_graph(o.output, r, o.max_depth ? o.max_depth : 3, err) < 0) {
+        wire_free(env);
+        return cli_fail("%s", err);
+    }
+    for (size_t i = 0; i < r->n_nodes; i++) objects += !r->nodes[i]->more;
+    printf("Graph written to %s (%zu objects, %" PRIu64 " matching %s; GIL held %.1f ms)\n", o.output,
+           objects, r->matched, o.addr ? "address" : o.type_name, reply->gil_ms);
+    wire_free(env);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- chain */
+
+static void chain_node_text(const Memprof__GraphNode *n, const Memprof__GraphNode *prev, const char *in_label,
+                            int first)
+{
+    if (n->is_module) {
+        printf("module %s", n->label);
+    } else if (in_label && !strcmp(in_label, ".__dict__")) {
+        printf("%s (%s)", n->type_name, prev && prev->is_module ? "module globals" : "__dict__");
+    } else if (first) {
+        printf("%s (%s)", n->type_name, n->label);
+    } else {
+        printf("%s", n->type_name);
+    }
+}
+
+int cmd_chain(int argc, char **argv)
+{
+    struct opts o;
+    Envelope *env;
+    Memprof__AgentReply *reply;
+    Memprof__BackrefsReply *r;
+    const Memprof__GraphNode *prev = NULL;
+    const char *in_label = NULL;
+    int rc = parse(argc, argv, usage_chain, "pSTAd", &o);
+    if (rc) return rc - 1;
+    o.max_start = 1;
+    if ((rc = backrefs_call(&o, 1, &env, &reply))) return rc;
+    r = reply->backrefs;
+    if (!r->n_chain) {
+        wire_free(env);
+        return cli_fail("pid %d: no reference chain found", o.pid);
+    }
+    for (size_t i = 0; i < r->n_chain; i++) {
+        const Memprof__GraphNode *n = node_at(r, r->chain[i]);
+        const char *out_label = NULL;
+        if (!n) break;
+        for (size_t e = 0; e < r->n_edges && i + 1 < r->n_chain; e++)
+            if (r->edges[e]->src == r->chain[i] && r->edges[e]->dst == r->chain[i + 1])
+                out_label = r->edges[e]->label;
+        if (i) fputs(" → ", stdout);
+        chain_node_text(n, prev, in_label, i == 0 && !n->is_module && r->n_chain > 1);
+        if (i + 1 == r->n_chain) printf(" 0x%" PRIx64, n->addr);
+        else if (out_label && out_label[0] && strcmp(out_label, ".__dict__")) printf(" %s", out_label);
+        prev = n;
+        in_label = out_label;
+    }
+    putchar('\n');
+    {
+        const Memprof__GraphNode *root = node_at(r, r->chain[0]);
+        if (root && !root->is_module)
+            printf("(no module leads here: the first object is referred to by no other object, so a "
+                   "running function's local variables, C code or the interpreter hold it)\n");
+    }
+    wire_free(env);
+    return 0;
+}

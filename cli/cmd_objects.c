@@ -357,18 +357,6 @@ static int table_make(const Memprof__CensusReply *c, int longnames, struct table
     return 0;
 }
 
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; s && *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
-        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
-        else fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
 static int name_width(const struct row *rows, size_t n)
 {
     int w = 20;
@@ -413,7 +401,7 @@ int cmd_types(int argc, char **argv)
                c->timestamp);
         for (size_t i = 0; i < shown; i++) {
             printf("%s{\"name\": ", i ? ", " : "");
-            json_str(stdout, t.rows[i].name);
+            cli_json_str(stdout, t.rows[i].name);
             printf(", \"count\": %" PRIu64 ", \"bytes\": %" PRIu64 "}", t.rows[i].count, t.rows[i].bytes);
         }
         printf("]}\n");
@@ -504,7 +492,7 @@ static void growth_print(const struct opts *o, const struct table *prev, const s
                elapsed, dt, cur->objects, dobj, cur->bytes, dbytes, gil);
         for (size_t i = 0; i < shown; i++) {
             printf("%s{\"name\": ", i ? ", " : "");
-            json_str(stdout, ch[i].name);
+            cli_json_str(stdout, ch[i].name);
             printf(", \"count\": %" PRIu64 ", \"delta\": %" PRId64 ", \"bytes\": %" PRIu64
                    ", \"bytes_delta\": %" PRId64 "}",
                    ch[i].count, ch[i].dcount, ch[i].bytes, ch[i].dbytes);

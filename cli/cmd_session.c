@@ -54,18 +54,6 @@ static int parse_simple(int argc, char **argv, const char *usage, int *json)
     return 0;
 }
 
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; s && *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
-        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
-        else fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
 static void join_argv(char **argv, size_t n, char *out, size_t len)
 {
     out[0] = 0;
@@ -108,10 +96,10 @@ int cmd_status(int argc, char **argv)
             Memprof__SessionInfo *s = r->sessions[i];
             join_argv(s->argv, s->n_argv, cmd, sizeof cmd);
             printf("%s{\"pid\": %d, \"python\": ", i ? ", " : "", s->pid);
-            json_str(stdout, s->python_version);
+            cli_json_str(stdout, s->python_version);
             printf(", \"state\": \"%s\", \"mode\": \"%s\", \"attached_since\": %.3f, \"stop_ms\": %.3f, \"command\": ",
                    s->state, s->mode, s->attached_since, s->stop_ms);
-            json_str(stdout, cmd);
+            cli_json_str(stdout, cmd);
             printf("}");
         }
         printf("]\n");
@@ -147,10 +135,10 @@ int cmd_ps(int argc, char **argv)
         for (size_t i = 0; i < r->n_procs; i++) {
             Memprof__PsEntry *e = r->procs[i];
             printf("%s{\"pid\": %d, \"uid\": %d, \"python\": ", i ? ", " : "", e->pid, e->uid);
-            json_str(stdout, e->python_version);
+            cli_json_str(stdout, e->python_version);
             printf(", \"supported\": %s, \"rss\": %llu, \"attached\": %s, \"command\": ", e->supported ? "true" : "false",
                    (unsigned long long)e->rss_bytes, e->attached ? "true" : "false");
-            json_str(stdout, e->cmdline);
+            cli_json_str(stdout, e->cmdline);
             printf("}");
         }
         printf("]\n");

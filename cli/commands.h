@@ -2,6 +2,9 @@
 #ifndef MEMPROF_COMMANDS_H
 #define MEMPROF_COMMANDS_H
 
+#include <stddef.h>
+#include <stdio.h>
+
 int cmd_status(int argc, char **argv);
 int cmd_ps(int argc, char **argv);
 int cmd_types(int argc, char **argv);
@@ -12,6 +15,8 @@ int cmd_chain(int argc, char **argv);
 /* Shared by the commands: print "memprof: MSG" to stderr and return 1. */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int cli_wants_help(int argc, char **argv);
+/* s as a JSON string literal. */
+void cli_json_str(FILE *f, const char *s);
 /* "12.3 MiB" style sizes. */
 const char *cli_bytes(double n, char *buf, size_t len);
 

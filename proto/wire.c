@@ -178,7 +178,10 @@ static int read_exact(int fd, uint8_t *buf, size_t len, double deadline, char *e
 {
     size_t off = 0;
     while (off < len) {
-        ssize_t r = read(fd, buf + off, len - off);
+        ssize_t r;
+        /* Wait first, so a blocking fd honours the deadline too. */
+        if (deadline > 0 && wait_fd(fd, POLLIN, deadline, err) < 0) return -1;
+        r = read(fd, buf + off, len - off);
         if (r < 0 && errno == EINTR) continue;
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             if (wait_fd(fd, POLLIN, deadline, err) < 0) return -1;
@@ -204,7 +207,6 @@ int wire_recv(int fd, Envelope **env, int timeout_ms, char *err)
     uint32_t n;
     int rc;
     *env = NULL;
-    if (deadline > 0 && wait_fd(fd, POLLIN, deadline, err) < 0) return -1;
     if (read_exact(fd, hdr, WIRE_HDR, deadline, err) < 0) return -1;
     n = get_le32(hdr);
     if (n > WIRE_MAX_MSG) {

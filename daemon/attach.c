@@ -10,6 +10,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "alloc.h"
 #include "inject.h"
 #include "procinfo.h"
 #include "pyprobe.h"
@@ -218,6 +219,8 @@ int attach_agent_hello(struct conn *c, const Memprof__Hello *h, char *err)
     return 0;
 }
 
+static void start_detach(struct session *s, uint64_t waiter, double timeout);
+
 void attach_agent_ready(struct conn *c)
 {
     struct session *s = session_find(c->peer_pid);
@@ -225,6 +228,12 @@ void attach_agent_ready(struct conn *c)
     s->state = SESS_ATTACHED;
     s->attached_since = mp_wallclock();
     s->deadline = 0;
+    if (s->cancelled) {
+        /* Nobody asked for this session any more (memprofd attach was interrupted). */
+        server_log("pid %d: attach cancelled by its client; detaching", (int)s->pid);
+        start_detach(s, 0, DETACH_TIMEOUT);
+        return;
+    }
     server_log("pid %d attached: Python %s, stopped %.2f ms, attach %.1f ms", (int)s->pid, s->py.version,
                s->stop_ms, (mp_now() - s->attach_started) * 1000.0);
     reply_attach_ok(s->attach_waiter, s, 0);
@@ -282,13 +291,31 @@ static void call_finish(struct call *k, const Memprof__AgentReply *reply, const 
     free(k);
 }
 
+/* Ask the agent to undo itself; attach_tick finishes (unload) once its thread is gone. */
+static void start_detach(struct session *s, uint64_t waiter, double timeout)
+{
+    Memprof__AgentRequest req = MEMPROF__AGENT_REQUEST__INIT;
+    Memprof__DetachRequest d = MEMPROF__DETACH_REQUEST__INIT;
+    struct call *k = call_new(s->pid, 0, 0);
+    if (!k) {
+        reply_detach(waiter, "out of memory", 0, 0);
+        return;
+    }
+    s->state = SESS_DETACHING;
+    s->detach_waiter = waiter;
+    s->detach_acked = 0;
+    s->deadline = mp_now() + timeout;
+    req.id = k->id;
+    req.body_case = MEMPROF__AGENT_REQUEST__BODY_DETACH;
+    d.pid = s->pid;
+    req.detach = &d;
+    send_agent_request(s, &req);
+}
+
 static void do_detach(struct conn *c, pid_t pid)
 {
     char err[MP_ERRLEN];
     struct session *s = session_find(pid);
-    Memprof__AgentRequest req = MEMPROF__AGENT_REQUEST__INIT;
-    Memprof__DetachRequest d = MEMPROF__DETACH_REQUEST__INIT;
-    struct call *k;
     if (proc_may_access(c->peer_uid, pid, err) < 0 && !(s && (c->peer_uid == 0 || c->peer_uid == s->uid))) {
         reply_detach(c->id, err, 0, 0);
         return;
@@ -300,20 +327,7 @@ static void do_detach(struct conn *c, pid_t pid)
         reply_detach(c->id, err, 0, 0);
         return;
     }
-    k = call_new(pid, 0, 0);
-    if (!k) {
-        reply_detach(c->id, "out of memory", 0, 0);
-        return;
-    }
-    s->state = SESS_DETACHING;
-    s->detach_waiter = c->id;
-    s->detach_acked = 0;
-    s->deadline = mp_now() + DETACH_TIMEOUT;
-    req.id = k->id;
-    req.body_case = MEMPROF__AGENT_REQUEST__BODY_DETACH;
-    d.pid = pid;
-    req.detach = &d;
-    send_agent_request(s, &req);
+    start_detach(s, c->id, DETACH_TIMEOUT);
 }
 
 static void do_agent_call(struct conn *c, const Memprof__AgentCall *ac)
@@ -410,6 +424,7 @@ void attach_client_message(struct conn *c, const Envelope *env)
     case MEMPROF__ENVELOPE__MSG_STATUS: do_status(c); break;
     case MEMPROF__ENVELOPE__MSG_PS: do_ps(c); break;
     case MEMPROF__ENVELOPE__MSG_AGENT_CALL: do_agent_call(c, env->agent_call); break;
+    case MEMPROF__ENVELOPE__MSG_ALLOC_QUERY: alloc_query(c, env->alloc_query); break;
     default: {
         char msg[128];
         snprintf(msg, sizeof msg, "unexpected message %s from a client", wire_name(env));
@@ -423,6 +438,10 @@ void attach_agent_message(struct conn *c, const Envelope *env)
     struct session *s = session_of_agent(c);
     const Memprof__AgentReply *r;
     if (!s) return;
+    if (env->msg_case == MEMPROF__ENVELOPE__MSG_ALLOC_REPORT) {
+        alloc_report(s, env->alloc_report);
+        return;
+    }
     if (env->msg_case != MEMPROF__ENVELOPE__MSG_AGENT_REPLY) {
         server_log("pid %d: agent sent unexpected %s", (int)s->pid, wire_name(env));
         return;
@@ -467,6 +486,8 @@ void attach_agent_gone(struct conn *c)
 
 void attach_client_gone(struct conn *c)
 {
+    for (struct session *s = sessions; s; s = s->next)
+        if (s->state == SESS_ATTACHING && s->attach_waiter == c->id) s->cancelled = 1;
     for (struct call *k = calls; k; k = k->next)
         if (k->client_conn == c->id) k->client_conn = 0; /* the reply will be dropped */
 }
@@ -530,20 +551,8 @@ void attach_tick(void)
 
 void attach_detach_all(void)
 {
-    for (struct session *s = sessions; s; s = s->next) {
-        if (s->state != SESS_ATTACHED) continue;
-        struct call *k = call_new(s->pid, 0, 0);
-        Memprof__AgentRequest req = MEMPROF__AGENT_REQUEST__INIT;
-        Memprof__DetachRequest d = MEMPROF__DETACH_REQUEST__INIT;
-        if (!k) continue;
-        s->state = SESS_DETACHING;
-        s->deadline = mp_now() + 2.5;
-        req.id = k->id;
-        req.body_case = MEMPROF__AGENT_REQUEST__BODY_DETACH;
-        d.pid = s->pid;
-        req.detach = &d;
-        send_agent_request(s, &req);
-    }
+    for (struct session *s = sessions; s; s = s->next)
+        if (s->state == SESS_ATTACHED) start_detach(s, 0, 2.5);
 }
 
 int attach_busy(void)

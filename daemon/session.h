@@ -9,6 +9,8 @@
 #include "pyprobe.h"
 #include "wire.h"
 
+struct alloc_data;
+
 enum sess_state { SESS_ATTACHING, SESS_ATTACHED, SESS_DETACHING, SESS_DETACHED, SESS_EXITED, SESS_LOST };
 
 struct session {
@@ -31,7 +33,9 @@ struct session {
     uint64_t detach_waiter;
     double deadline;            /* for the current phase (attaching, detaching) */
     int detach_acked;           /* agent answered the detach request */
+    int cancelled;              /* the attaching client went away: undo once the agent is up */
     Memprof__TrackingConfig track;
+    struct alloc_data *alloc;   /* allocation tracking data (alloc.c), NULL until a report */
     struct session *next;
 };
 

@@ -310,11 +310,21 @@ def _frame(payload):
     return struct.pack("<I", len(payload)) + payload
 
 
+def _varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7f, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
 def _field(num, wire, data):
-    key = bytes([num << 3 | wire])
+    """One protobuf field: wire 0 = varint, 2 = length-delimited bytes."""
+    key = _varint(num << 3 | wire)
     if wire == 0:
-        return key + bytes([data])
-    return key + bytes([len(data)]) + data
+        return key + _varint(data)
+    return key + _varint(len(data)) + data
 
 
 def test_agent_with_bad_token_is_refused(daemon):
@@ -457,3 +467,77 @@ def test_ps_lists_python_processes(daemon, targets):
     assert s.pid not in procs
     table = daemon.run("ps").stdout
     assert table.startswith("PID") and str(next(iter(found))) in table
+
+
+def test_interrupted_attach_leaves_target_clean(daemon, targets):
+    """SIGINT/SIGTERM to `memprofd attach` at any moment: the target keeps
+    running, is never left stopped, and ends up either attached (the command had
+    finished) or with nothing of memprof in it."""
+    exe = default_python()
+    t = targets.start([exe, "-u", workload("service.py"), "2"])
+    t.wait_for(r"^beat 1 ")
+    for i, delay in enumerate([0, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08] * 2):
+        cmd = subprocess.Popen([MEMPROFD, "attach", "--pid", str(t.pid)], env=daemon.env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        cmd.send_signal(signal.SIGINT if i % 2 == 0 else signal.SIGTERM)
+        cmd.wait(timeout=30)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            s = status_of(daemon, t.pid)
+            if s is None or s["state"] not in ("attaching", "detaching"):
+                break
+            time.sleep(0.02)
+        state, tracer = proc_state(t.pid)
+        assert tracer == 0 and state != "t", "target left stopped after an interrupted attach"
+        if s and s["state"] == "attached":
+            daemon.detach(t.pid)
+        deadline = time.time() + 5
+        while agent_mapped(t.pid) and time.time() < deadline:
+            time.sleep(0.02)
+        assert not agent_mapped(t.pid), "agent left loaded after an interrupted attach (delay %s)" % delay
+    b1 = int(t.wait_for(r"^beat (\d+)").group(1))
+    b2 = int(t.wait_for(r"^beat (\d+)").group(1))
+    assert b2 == b1 + 1 and "ERROR" not in t.output() and t.proc.poll() is None
+
+
+def test_protocol_mismatch_is_refused_clearly(daemon):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(daemon.socket)
+    s.sendall(_frame(_field(1, 2, _field(1, 0, 99))))  # Hello{protocol=99, role=CLIENT}
+    reply = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+    s.close()
+    assert b"protocol mismatch" in reply, reply
+
+
+def test_attach_whose_client_vanishes_is_undone(daemon, targets):
+    """A client that asks for an attach and disconnects at once: the daemon
+    finishes the injection, then detaches and unloads instead of keeping a
+    session nobody asked for."""
+    exe = default_python()
+    t = targets.start([exe, "-u", target_script("idle.py")])
+    t.wait_for(r"^ready")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(daemon.socket)
+    s.settimeout(5)
+    s.sendall(_frame(_field(1, 2, _field(1, 0, 1))))          # Hello{protocol=1}
+    assert s.recv(4096)                                       # HelloReply
+    s.sendall(_frame(_field(3, 2, _field(1, 0, t.pid))))      # AttachRequest{pid}
+    s.close()
+    deadline = time.time() + 15
+    st = None
+    while time.time() < deadline:
+        st = status_of(daemon, t.pid)
+        if st and st["state"] == "detached":
+            break
+        time.sleep(0.05)
+    assert st and st["state"] == "detached", st
+    assert "attach cancelled by its client" in daemon.log_tail(40)
+    assert_untouched(t.pid)
+    t.wait_for(r"^tick")

@@ -85,8 +85,11 @@ def main():
     print("bench: Python %s, %d cores" % (PY, os.cpu_count()), file=sys.stderr)
     try:
         bench_attach(env)
+        parts = os.environ.get("BENCH_PARTS")  # e.g. "objects,alloc"; default: all
         for extra in sorted(os.listdir(os.path.join(ROOT, "scripts"))):
             if extra.startswith("bench_") and extra.endswith(".py"):
+                if parts and extra[6:-3] not in parts.split(","):
+                    continue
                 ns = {"__name__": "bench_part", "row": row, "BUILD": BUILD, "WORKLOADS": WORKLOADS,
                       "PEERS": PEERS, "PY": PY, "ENV": env, "start_target": start_target, "stop_target": stop_target}
                 exec(compile(open(os.path.join(ROOT, "scripts", extra)).read(), extra, "exec"), ns)

@@ -34,7 +34,7 @@ $(BUILD)/gen/memprof.pb-c.c $(BUILD)/gen/memprof.pb-c.h: proto/memprof.proto
 # dependency on Python headers (it resolves the C API at run time).
 $(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS)
 	$(CC) $(CFLAGS) -fPIC -shared -fvisibility=hidden -ftls-model=initial-exec -Iagent \
-	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_LIBS) -lpthread -ldl
+	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_LIBS) -lpthread -ldl -lm
 
 $(BUILD)/memprofd: $(DAEMON_SRC) cli/client.c $(WIRE_SRC) $(HDRS)
 	$(CC) $(CFLAGS) -Idaemon -Icli -o $@ $(DAEMON_SRC) cli/client.c $(WIRE_SRC) $(PKG_LIBS) -lm

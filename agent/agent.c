@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hooks.h"
 #include "pyapi.h"
 #include "wire.h"
 
@@ -58,6 +59,9 @@ struct session {
     int fd;
     struct wire_rbuf rb;
     double gil_wait_ms;
+    uint8_t *pend;        /* an allocation report not yet fully written */
+    size_t pend_len, pend_off;
+    uint64_t coalesced;   /* ticks skipped because the daemon was not reading */
 };
 
 static struct agent_conf conf;
@@ -231,19 +235,94 @@ static void gil_give(int state) { PY.GILState_Release(state); }
 
 /* ------------------------------------------------------------ hook points */
 
-/* Runs every flush interval on the agent thread, without the GIL: where the
- * sampler's deltas will be sent to the daemon. */
+void agent_tracking_settings(uint64_t *rate, uint32_t *frames, uint32_t *interval_ms, int *exact, int *track)
+{
+    *rate = conf.rate;
+    *frames = conf.frames;
+    *interval_ms = conf.interval_ms;
+    *exact = conf.exact;
+    *track = conf.track;
+}
+
+/* Write what the socket takes now of the pending report. 1: all written. */
+static int pend_push(struct session *s)
+{
+    while (s->pend && s->pend_off < s->pend_len) {
+        ssize_t w = send(s->fd, s->pend + s->pend_off, s->pend_len - s->pend_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return 0;
+        s->pend_off += (size_t)w;
+    }
+    free(s->pend);
+    s->pend = NULL;
+    s->pend_len = s->pend_off = 0;
+    return 1;
+}
+
+/* Before a reply: the rest of a half-sent report must go first. */
+static int pend_flush(struct session *s, char *err)
+{
+    int rc = 0;
+    if (s->pend && s->pend_off < s->pend_len)
+        rc = wire_write_all(s->fd, s->pend + s->pend_off, s->pend_len - s->pend_off, REPLY_TIMEOUT_MS, err);
+    free(s->pend);
+    s->pend = NULL;
+    s->pend_len = s->pend_off = 0;
+    return rc;
+}
+
+/* Runs every flush interval on the agent thread, without the GIL: sends the
+ * allocation deltas. Never waits for the daemon: while a report is still
+ * being written, the deltas keep accumulating in the tables (coalesced). */
 static void agent_tick(struct session *s)
 {
-    (void)s;
+    Memprof__AllocReport r;
+    Envelope env = MEMPROF__ENVELOPE__INIT;
+    char err[MP_ERRLEN];
+    if (!hooks_installed() || s->fd < 0) return;
+    if (!pend_push(s)) {
+        s->coalesced++;
+        return;
+    }
+    if (hooks_collect(&r) < 0) return;
+    r.reports_coalesced = s->coalesced;
+    env.msg_case = MEMPROF__ENVELOPE__MSG_ALLOC_REPORT;
+    env.alloc_report = &r;
+    if (wire_encode(&env, &s->pend, &s->pend_len, err) < 0) agent_log("report: %s", err);
+    hooks_report_free(&r);
+    s->pend_off = 0;
+    pend_push(s);
+}
+
+/* Install the allocation hooks, with the GIL, when the attach asked for them. */
+static void agent_track(void)
+{
+    struct hooks_conf hc = {.rate = conf.rate, .frames = conf.frames, .exact = conf.exact};
+    char err[MP_ERRLEN];
+    int state;
+    if (!conf.track || gil_take(&state) < 0) return;
+    if (hooks_install(&hc, err) < 0) agent_log("allocation tracking off: %s", err);
+    else agent_log("allocation hooks installed (%s, rate %llu)", conf.exact ? "exact" : "sampling",
+                   (unsigned long long)conf.rate);
+    gil_give(state);
 }
 
 /* Removes everything the agent installed in the target (allocator hooks, ...)
  * so that the library can be unloaded. Runs on the agent thread without the
  * GIL, on every way out: detach, lost daemon, finalization, errors. Must be
- * idempotent. Nothing is installed yet. */
+ * idempotent. */
 static void agent_undo(void)
 {
+    int state;
+    if (hooks_installed()) {
+        if (gil_take(&state) == 0) {
+            hooks_uninstall();
+            gil_give(state);
+        } else {
+            hooks_abandon(); /* finalizing: the process is going away anyway */
+        }
+    }
+    hooks_release();
 }
 
 /* ------------------------------------------------------------ handlers */
@@ -294,6 +373,7 @@ static int session_request(struct session *s, const Memprof__AgentRequest *req)
 {
     Memprof__AgentReply reply = MEMPROF__AGENT_REPLY__INIT;
     Memprof__DetachReply detach = MEMPROF__DETACH_REPLY__INIT;
+    Memprof__TrackingConfig tracking = MEMPROF__TRACKING_CONFIG__INIT;
     Envelope env = MEMPROF__ENVELOPE__INIT;
     void (*release)(Memprof__AgentReply *) = NULL;
     char err[MP_ERRLEN] = "", serr[MP_ERRLEN] = "";
@@ -316,8 +396,14 @@ static int session_request(struct session *s, const Memprof__AgentRequest *req)
         if (rc == -2) stop = 1;
         break;
     case MEMPROF__AGENT_REQUEST__BODY_TRACKING:
-        mp_err(err, "allocation tracking not available yet");
-        rc = -1;
+        /* settings are fixed at attach: answer with what is in force */
+        tracking.enabled = hooks_installed();
+        tracking.exact = conf.exact;
+        tracking.sample_rate = conf.rate;
+        tracking.max_frames = conf.frames;
+        tracking.interval_ms = conf.interval_ms;
+        reply.body_case = MEMPROF__AGENT_REPLY__BODY_TRACKING;
+        reply.tracking = &tracking;
         break;
     default:
         mp_err(err, "unknown request (body %d): this agent is older than the daemon",
@@ -335,7 +421,7 @@ static int session_request(struct session *s, const Memprof__AgentRequest *req)
     }
     env.msg_case = MEMPROF__ENVELOPE__MSG_AGENT_REPLY;
     env.agent_reply = &reply;
-    if (wire_send(s->fd, &env, REPLY_TIMEOUT_MS, serr) < 0) {
+    if (pend_flush(s, serr) < 0 || wire_send(s->fd, &env, REPLY_TIMEOUT_MS, serr) < 0) {
         agent_log("sending reply %llu: %s", (unsigned long long)req->id, serr);
         stop = 1;
     }
@@ -356,6 +442,9 @@ static void session_close(struct session *s)
         s->fd = -1;
     }
     wire_rbuf_free(&s->rb);
+    free(s->pend);
+    s->pend = NULL;
+    s->pend_len = s->pend_off = 0;
 }
 
 static int session_connect(struct session *s, char *err)
@@ -502,7 +591,8 @@ static void session_loop(struct session *s)
         }
         if (r > 0) {
             ssize_t n = wire_rbuf_fill(&s->rb, s->fd, err);
-            if (n == 0) {
+            if (n == 0 || (n < 0 && errno == ECONNRESET)) {
+                /* a reset when it went away with our reports unread */
                 agent_log("daemon closed the connection");
                 return;
             }
@@ -541,6 +631,7 @@ static void agent_atfork_child(void)
 {
     int fd = atomic_exchange(&sock_fd, -1);
     if (fd >= 0) close(fd);
+    hooks_atfork_child(); /* the child is not tracked: wrappers pass through */
     atomic_store(&running, 0);
 }
 
@@ -600,6 +691,9 @@ static void agent_run(struct session *s)
         agent_log("%s", err);
         return;
     }
+    /* Hooks first: once the daemon has our hello, the attach is reported
+     * done, and allocations from then on must be seen. */
+    agent_track();
     if (session_connect(s, err) < 0 || session_hello(s, 1, err) < 0) {
         agent_log("%s", err);
         return;

@@ -22,6 +22,9 @@ void *pyapi_sym(const char *name);
 /* PY_VERSION_HEX of the running interpreter, e.g. 0x030b07f0. */
 uint32_t pyapi_hexversion(void);
 
+/* The attach's tracking settings (rate in bytes, frames, interval, exact, track). */
+void agent_tracking_settings(uint64_t *rate, uint32_t *frames, uint32_t *interval_ms, int *exact, int *track);
+
 /* Request handlers run on the agent thread with the GIL held (the core takes
  * it, measures how long, and fills AgentReply.gil_ms). They fill reply->body,
  * or return -1 with err set. What they allocate into the reply is released by

@@ -3,6 +3,7 @@
 #include "pyapi.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -210,4 +211,109 @@ int pyapi_finalizing(void)
 {
     if (!PY.IsInitialized || !PY.IsFinalizing) return 1;
     return PY.IsFinalizing() || !PY.IsInitialized();
+}
+
+/* ------------------------------------------------------------ frame walking */
+
+#define FIELD(p, off, type) (*(type *)((char *)(p) + (off)))
+#define WALK_MAX_DEPTH 1024 /* guards against a corrupt (cyclic) chain */
+
+static void *code_type;
+static int (*addr2line)(void *, int);
+static const char *(*as_utf8)(void *);
+
+int pyapi_walk_init(char *err)
+{
+    code_type = pyapi_sym("PyCode_Type");
+    addr2line = (int (*)(void *, int))pyapi_sym("PyCode_Addr2Line");
+    as_utf8 = (const char *(*)(void *))pyapi_sym("PyUnicode_AsUTF8");
+    if (!offsets || !PY.ThreadState_Get || !code_type || !addr2line || !as_utf8) {
+        mp_err(err, "Python %s: no frame layout or C API for stack capture", version[0] ? version : "?");
+        return -1;
+    }
+    return 0;
+}
+
+void *pyapi_tstate_if_gil(void)
+{
+    void *ts;
+    if (!offsets || !PY.ThreadState_Get) return NULL;
+    /* 3.8-3.11: the GIL holder's state (any thread's); 3.12+: this thread's
+     * while attached. The thread id tells whether it is ours. */
+    ts = PY.ThreadState_Get();
+    if (!ts || FIELD(ts, offsets->ts_thread_id, unsigned long) != (unsigned long)pthread_self()) return NULL;
+    return ts;
+}
+
+static void *top_frame(void *ts)
+{
+    const struct pyoffsets *o = offsets;
+    void *cf;
+    if (o->ts_frame >= 0) return FIELD(ts, o->ts_frame, void *);
+    if (o->ts_cframe >= 0) {
+        cf = FIELD(ts, o->ts_cframe, void *);
+        return cf ? FIELD(cf, o->cframe_current_frame, void *) : NULL;
+    }
+    return FIELD(ts, o->ts_current_frame, void *);
+}
+
+int pyapi_walk(void *ts, struct pyframe *out, int max)
+{
+    const struct pyoffsets *o = offsets;
+    int n = 0, depth = 0;
+    void *frame;
+    if (!o || !ts) return 0;
+    for (frame = top_frame(ts); frame && n < max && depth < WALK_MAX_DEPTH;
+         frame = FIELD(frame, o->frame_back, void *), depth++) {
+        void *code = FIELD(frame, o->frame_code, void *);
+        int lasti;
+        if (!code || FIELD(code, o->ob_type, void *) != code_type) continue; /* 3.13 f_executable */
+        if (o->frame_owner >= 0) {
+            int owner = FIELD(frame, o->frame_owner, char);
+            char *first = (char *)code + o->co_code_adaptive;
+            char *instr = FIELD(frame, o->frame_instr, char *);
+            if (owner == o->owner_cstack) continue; /* shim frame */
+            if (owner != o->owner_generator && instr < first + 2 * FIELD(code, o->co_firsttraceable, int))
+                continue; /* incomplete: not started yet */
+            lasti = (int)(instr - first);
+        } else {
+            lasti = FIELD(frame, o->frame_lasti, int);
+            if (o->minor == 10 && lasti > 0) lasti *= 2; /* 3.10 counts code units */
+        }
+        out[n].code = code;
+        out[n].lasti = lasti;
+        n++;
+    }
+    return n;
+}
+
+void pyapi_code_key(void *code, void **file, void **name, int *firstline)
+{
+    *file = FIELD(code, offsets->co_filename, void *);
+    *name = FIELD(code, offsets->co_name, void *);
+    *firstline = FIELD(code, offsets->co_firstlineno, int);
+}
+
+/* A str's UTF-8 text. Compact ASCII strings (nearly every file and function
+ * name) are read in place: no allocation, no exception possible. PyASCIIObject:
+ * state bits at 32 (compact bit 5, ascii bit 6); the text follows the struct,
+ * which holds a wstr pointer up to 3.11 (48 bytes) and not since 3.12 (40). */
+static const char *str_utf8(void *str)
+{
+    unsigned state;
+    if (!str) return "?";
+    state = FIELD(str, 32, unsigned);
+    if ((state >> 5 & 1) && (state >> 6 & 1)) return (const char *)str + (offsets->minor >= 12 ? 40 : 48);
+    {
+        const char *s = as_utf8(str);
+        return s ? s : "?";
+    }
+}
+
+void pyapi_code_where(const struct pyframe *f, const char **file, const char **func, int *firstline, int *line)
+{
+    *file = str_utf8(FIELD(f->code, offsets->co_filename, void *));
+    *func = str_utf8(FIELD(f->code, offsets->co_name, void *));
+    *firstline = FIELD(f->code, offsets->co_firstlineno, int);
+    *line = addr2line(f->code, f->lasti);
 }

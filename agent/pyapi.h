@@ -86,6 +86,31 @@ int pyapi_finalizing(void);
  * without the GIL and without pyapi_load_version; 0 when not exported. */
 uint32_t pyapi_exported_hexversion(void);
 
+/* ---- frame walking, for the allocation hooks (they run inside PyMem calls:
+ * nothing here takes a lock; pyapi_code_where may allocate a UTF-8 cache). */
+
+/* One raw Python frame: its code object and instruction byte offset. */
+struct pyframe {
+    void *code;
+    int lasti;
+};
+
+/* Resolve what the walk needs (PyCode_Type, PyCode_Addr2Line, PyUnicode_AsUTF8).
+ * After pyapi_load_version. Fails when they are missing or no offsets. */
+int pyapi_walk_init(char *err);
+/* The calling thread's PyThreadState when this thread holds the GIL, else NULL.
+ * Safe without the GIL, on any thread. */
+void *pyapi_tstate_if_gil(void);
+/* Up to max frames of tstate, innermost first (incomplete and shim frames
+ * skipped). With the GIL held by the caller. Returns the count. */
+int pyapi_walk(void *tstate, struct pyframe *out, int max);
+/* What identifies a code object for caching (its filename and name objects,
+ * def line): equal keys at one address mean the same code. */
+void pyapi_code_key(void *code, void **file, void **name, int *firstline);
+/* UTF-8 filename, function name, def line and the line of lasti. GIL held. */
+void pyapi_code_where(const struct pyframe *f, const char **file, const char **func, int *firstline,
+                      int *line);
+
 /* "3.11.7 (main, ...)" -> 0x030b07f0; 0 if unparsable. Also copies the first
  * word into out (outlen bytes) when out is not NULL. */
 uint32_t pyapi_parse_version(const char *s, char *out, int outlen);

@@ -11,6 +11,10 @@ int cmd_types(int argc, char **argv);
 int cmd_growth(int argc, char **argv);
 int cmd_backrefs(int argc, char **argv);
 int cmd_chain(int argc, char **argv);
+int cmd_top(int argc, char **argv);
+int cmd_lines(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
+int cmd_diff(int argc, char **argv);
 
 /* Shared by the commands: print "memprof: MSG" to stderr and return 1. */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -19,6 +19,10 @@ static const struct command commands[] = {
     {"growth", cmd_growth, "streaming per-type count/size changes (like objgraph.show_growth)"},
     {"backrefs", cmd_backrefs, "back-reference graph to DOT/PNG/SVG (like objgraph.show_backrefs)"},
     {"chain", cmd_chain, "shortest reference chain from a module to an object"},
+    {"top", cmd_top, "live view of allocations and live memory by line or function"},
+    {"lines", cmd_lines, "memory_profiler-style line-by-line report for one function"},
+    {"snapshot", cmd_snapshot, "save a process's allocation data to a file"},
+    {"diff", cmd_diff, "what grew between two snapshots, by line and by function"},
 };
 
 static void usage(FILE *f)

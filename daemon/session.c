@@ -1,6 +1,8 @@
 /* session.c -- the session table: creation, lookup, retirement and description. */
 #include "session.h"
 
+#include "alloc.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,6 +49,7 @@ void session_free(struct session *s)
     free(s->executable);
     for (size_t i = 0; i < s->argc; i++) free(s->argv[i]);
     free(s->argv);
+    alloc_free(s->alloc);
     free(s);
 }
 

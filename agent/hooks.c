@@ -1,0 +1,969 @@
+/* hooks.c -- allocation tracking inside the target: wrappers around the RAW,
+ * MEM and OBJ allocators, Poisson sampling by bytes (or exact per-block
+ * accounting), interned frames and stacks, and the deltas agent_tick sends.
+ *
+ * Locking: the frame/stack/block tables and deltas are guarded by one spinlock,
+ * because RAW wrappers run on any thread without the GIL and the agent thread
+ * collects without it. The code-object cache is only touched by threads holding
+ * the GIL. No Python API is called while the spinlock is held. */
+#include "hooks.h"
+
+#include <dlfcn.h>
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "pyapi.h"
+#include "util.h"
+
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
+#define MAX_FRAMES_TAB 16384      /* distinct (file, function, line) */
+#define MAX_STACKS 8192           /* distinct stacks */
+#define STACK_ARENA (1u << 20)    /* frame ids of all stacks */
+#define STR_ARENA (2u << 20)      /* file and function names */
+#define CODE_CACHE 16384          /* (code, offset) -> frame, direct mapped */
+#define MAX_BLOCKS_SAMPLED (1u << 20)
+#define MAX_BLOCKS_EXACT (8u << 20)
+#define BITMAP_BITS (1u << 16)    /* 8 KiB */
+#define EXACT_EVENT_NS 30.0       /* overhead estimate per tracked call, exact mode */
+
+enum { FRAME_OTHER, FRAME_NOGIL, FRAME_NOPY, FRAME_FIRST };
+
+typedef struct {
+    void *ctx;
+    void *(*malloc)(void *ctx, size_t size);
+    void *(*calloc)(void *ctx, size_t nelem, size_t elsize);
+    void *(*realloc)(void *ctx, void *ptr, size_t new_size);
+    void (*free)(void *ctx, void *ptr);
+} memalloc_t;
+
+struct domain {
+    int id;
+    memalloc_t saved;
+};
+
+struct frame {
+    uint32_t file, func; /* offsets into strs */
+    uint32_t line, firstline, hash;
+};
+
+struct code_ent {
+    void *code, *file, *name;
+    int firstline, lasti;
+    uint32_t frame;
+};
+
+struct blk {
+    uintptr_t ptr;  /* 0: empty */
+    uint64_t meta;  /* size << 24 | stack */
+};
+
+struct delta {
+    double ab, ac, fb, fc;
+};
+
+struct tls {
+    int guard;
+    int init;
+    int64_t countdown;
+    uint64_t rng;
+};
+
+static __thread struct tls T;
+
+static struct domain doms[3];
+static void (*get_alloc)(int, memalloc_t *);
+static void (*set_alloc)(int, memalloc_t *);
+
+static atomic_int passthrough;
+static atomic_int inflight;
+static int installed, ever_hooked, exact_mode, walk_ok;
+static double rate = 512 * 1024;
+static uint32_t max_frames = 64;
+
+static atomic_flag lock = ATOMIC_FLAG_INIT;
+
+/* tables (lock) */
+static struct frame *frames;
+static uint32_t nframes, frames_sent;
+static uint32_t *frame_index;   /* 2*MAX_FRAMES_TAB slots of id+1 */
+static char *strs;
+static uint32_t strs_len;
+static uint32_t *stack_off, *stack_hash, *stack_index;
+static uint16_t *stack_len;
+static uint32_t nstacks, stacks_sent;
+static uint32_t *stack_frames;
+static uint32_t stack_frames_len;
+static uint32_t *frame_stack;   /* exact: one-frame stack of a frame, or UINT32_MAX */
+static struct delta *deltas;
+static uint32_t *dirty;
+static uint8_t *is_dirty;
+static uint32_t ndirty;
+static struct blk *blocks;
+static size_t bcap, bcount;
+static uint8_t bitmap[BITMAP_BITS / 8]; /* static: safe to test even after the tables are gone */
+static uint32_t *bitcount;
+static uint64_t dropped, samples, events;
+static double sample_ns;
+static struct code_ent *code_cache; /* GIL */
+
+/* ------------------------------------------------------------ small helpers */
+
+static inline void lock_take(void)
+{
+    unsigned spins = 0;
+    while (atomic_flag_test_and_set_explicit(&lock, memory_order_acquire)) {
+        if (++spins > 64) sched_yield();
+#if defined(__x86_64__) || defined(__i386__)
+        else __builtin_ia32_pause();
+#endif
+    }
+}
+static inline void lock_give(void) { atomic_flag_clear_explicit(&lock, memory_order_release); }
+
+static void *map_zero(size_t bytes)
+{
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+static void unmap(void *p, size_t bytes)
+{
+    if (p) munmap(p, bytes);
+}
+
+static inline uint64_t ptr_hash(uintptr_t p) { return (uint64_t)(p >> 4) * 0x9E3779B97F4A7C15ull; }
+static inline uint32_t bit_of(const void *p) { return (uint32_t)(ptr_hash((uintptr_t)p) >> 48); }
+static inline int bit_test(const void *p)
+{
+    uint32_t b = bit_of(p);
+    return bitmap[b >> 3] >> (b & 7) & 1;
+}
+
+static uint32_t hash_bytes(uint32_t h, const void *data, size_t n)
+{
+    const unsigned char *s = data;
+    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 16777619u;
+    return h;
+}
+
+static double now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+/* xorshift64*, seeded per thread */
+static inline uint64_t rng_next(void)
+{
+    uint64_t x = T.rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    T.rng = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+static int64_t next_gap(void)
+{
+    double u;
+    if (!T.init) {
+        T.init = 1;
+        T.rng = (uint64_t)now_ns() ^ (uint64_t)syscall(SYS_gettid) << 32 ^ (uintptr_t)&T;
+        if (!T.rng) T.rng = 88172645463325252ull;
+    }
+    u = ((rng_next() >> 11) + 1) * (1.0 / 9007199254740993.0); /* (0, 1] */
+    return (int64_t)(-log(u) * rate) + 1;
+}
+
+static inline double weight(size_t size)
+{
+    double s = size ? (double)size : 1.0;
+    return exact_mode ? 1.0 : 1.0 / (1.0 - exp(-s / rate));
+}
+
+/* ------------------------------------------------------------ interning (lock) */
+
+static uint32_t str_add(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    uint32_t off;
+    if (strs_len + n > STR_ARENA) return 0; /* offset 0 holds "?" */
+    off = strs_len;
+    memcpy(strs + off, s, n);
+    strs_len += (uint32_t)n;
+    return off;
+}
+
+static uint32_t frame_intern(const char *file, const char *func, int line, int firstline)
+{
+    uint32_t h = hash_bytes(hash_bytes(2166136261u, file, strlen(file)), func, strlen(func));
+    uint32_t mask = 2 * MAX_FRAMES_TAB - 1, i;
+    h = hash_bytes(h, &line, sizeof line);
+    for (i = h & mask;; i = (i + 1) & mask) {
+        uint32_t id = frame_index[i];
+        struct frame *f;
+        if (!id) break;
+        f = &frames[id - 1];
+        if (f->hash == h && f->line == (uint32_t)line && !strcmp(strs + f->file, file) &&
+            !strcmp(strs + f->func, func))
+            return id - 1;
+    }
+    if (nframes >= MAX_FRAMES_TAB) return FRAME_OTHER;
+    frames[nframes] = (struct frame){str_add(file), str_add(func), (uint32_t)line, (uint32_t)firstline, h};
+    frame_index[i] = ++nframes;
+    return nframes - 1;
+}
+
+static uint32_t stack_intern(const uint32_t *ids, int n)
+{
+    uint32_t h = hash_bytes(2166136261u, ids, (size_t)n * sizeof *ids), mask = 2 * MAX_STACKS - 1, i;
+    for (i = h & mask;; i = (i + 1) & mask) {
+        uint32_t id = stack_index[i];
+        if (!id) break;
+        id--;
+        if (stack_hash[id] == h && stack_len[id] == n &&
+            !memcmp(stack_frames + stack_off[id], ids, (size_t)n * sizeof *ids))
+            return id;
+    }
+    if (nstacks >= MAX_STACKS || stack_frames_len + (uint32_t)n > STACK_ARENA) return FRAME_OTHER; /* stack 0 */
+    stack_off[nstacks] = stack_frames_len;
+    stack_len[nstacks] = (uint16_t)n;
+    stack_hash[nstacks] = h;
+    memcpy(stack_frames + stack_frames_len, ids, (size_t)n * sizeof *ids);
+    stack_frames_len += (uint32_t)n;
+    stack_index[i] = ++nstacks;
+    return nstacks - 1;
+}
+
+static inline void delta_add(uint32_t stack, double bytes, double count, int is_free)
+{
+    struct delta *d = &deltas[stack];
+    if (is_free) {
+        d->fb += bytes;
+        d->fc += count;
+    } else {
+        d->ab += bytes;
+        d->ac += count;
+    }
+    if (!is_dirty[stack]) {
+        is_dirty[stack] = 1;
+        dirty[ndirty++] = stack;
+    }
+}
+
+/* ------------------------------------------------------------ block table (lock) */
+
+static int blocks_grow(void)
+{
+    size_t max = exact_mode ? MAX_BLOCKS_EXACT : MAX_BLOCKS_SAMPLED;
+    size_t ncap = bcap ? bcap * 2 : 1u << 16, mask = ncap - 1;
+    struct blk *nb;
+    if (ncap / 2 > max) return -1;
+    nb = map_zero(ncap * sizeof *nb);
+    if (!nb) return -1;
+    for (size_t i = 0; i < bcap; i++) {
+        size_t j;
+        if (!blocks[i].ptr) continue;
+        for (j = ptr_hash(blocks[i].ptr) & mask; nb[j].ptr; j = (j + 1) & mask) {}
+        nb[j] = blocks[i];
+    }
+    unmap(blocks, bcap * sizeof *blocks);
+    blocks = nb;
+    bcap = ncap;
+    return 0;
+}
+
+static int block_put(void *p, size_t size, uint32_t stack)
+{
+    size_t mask, i;
+    if ((bcount + 1) * 2 > bcap && blocks_grow() < 0) return -1;
+    mask = bcap - 1;
+    for (i = ptr_hash((uintptr_t)p) & mask; blocks[i].ptr; i = (i + 1) & mask)
+        if (blocks[i].ptr == (uintptr_t)p) break; /* stale entry (freed unseen): replace */
+    if (!blocks[i].ptr) bcount++;
+    blocks[i].ptr = (uintptr_t)p;
+    blocks[i].meta = (uint64_t)size << 24 | stack;
+    return 0;
+}
+
+/* Remove p; returns its meta or 0 when absent. Backward-shift deletion. */
+static uint64_t block_take(const void *p)
+{
+    size_t mask, i, j;
+    uint64_t meta;
+    if (!bcap) return 0;
+    mask = bcap - 1;
+    for (i = ptr_hash((uintptr_t)p) & mask;; i = (i + 1) & mask) {
+        if (!blocks[i].ptr) return 0;
+        if (blocks[i].ptr == (uintptr_t)p) break;
+    }
+    meta = blocks[i].meta;
+    bcount--;
+    for (j = i;;) {
+        size_t k;
+        blocks[i].ptr = 0;
+        for (;;) {
+            j = (j + 1) & mask;
+            if (!blocks[j].ptr) return meta;
+            k = ptr_hash(blocks[j].ptr) & mask;
+            /* move j to i unless its home k lies cyclically in (i, j] */
+            if (i <= j ? (i < k && k <= j) : (i < k || k <= j)) continue;
+            break;
+        }
+        blocks[i] = blocks[j];
+        i = j;
+    }
+}
+
+static void bit_set(const void *p)
+{
+    uint32_t b = bit_of(p);
+    if (bitcount[b]++ == 0) bitmap[b >> 3] |= (uint8_t)(1u << (b & 7));
+}
+static void bit_clear(const void *p)
+{
+    uint32_t b = bit_of(p);
+    if (bitcount[b] && --bitcount[b] == 0) bitmap[b >> 3] &= (uint8_t)~(1u << (b & 7));
+}
+
+/* ------------------------------------------------------------ stacks (GIL) */
+
+/* Frame id of one raw frame, through the code cache. */
+static uint32_t frame_resolve(const struct pyframe *f)
+{
+    void *file, *name;
+    int first, line;
+    const char *sfile, *sfunc;
+    uint32_t slot = (uint32_t)(((uintptr_t)f->code >> 4) * 2654435761u ^ (uint32_t)f->lasti * 40503u) & (CODE_CACHE - 1);
+    struct code_ent *e = &code_cache[slot];
+    uint32_t id;
+    pyapi_code_key(f->code, &file, &name, &first);
+    if (e->code == f->code && e->lasti == f->lasti && e->file == file && e->name == name && e->firstline == first)
+        return e->frame;
+    pyapi_code_where(f, &sfile, &sfunc, &first, &line);
+    lock_take();
+    id = frame_intern(sfile, sfunc, line < 0 ? 0 : line, first);
+    lock_give();
+    *e = (struct code_ent){f->code, file, name, first, f->lasti, id};
+    return id;
+}
+
+/* The frame ids of the calling thread's stack, innermost first. */
+static int capture(uint32_t *ids, int max)
+{
+    struct pyframe raw[max];
+    void *ts = walk_ok ? pyapi_tstate_if_gil() : NULL;
+    int n;
+    if (!ts) {
+        ids[0] = FRAME_NOGIL;
+        return 1;
+    }
+    n = pyapi_walk(ts, raw, max);
+    if (!n) {
+        ids[0] = FRAME_NOPY;
+        return 1;
+    }
+    for (int i = 0; i < n; i++) ids[i] = frame_resolve(&raw[i]);
+    return n;
+}
+
+/* ------------------------------------------------------------ accounting */
+
+/* A sampled allocation of size at p (not NULL). Guard set. */
+static void sample_alloc(void *p, size_t size)
+{
+    uint32_t ids[MAX_FRAMES_TAB < 512 ? MAX_FRAMES_TAB : 512];
+    double t0 = now_ns(), w = weight(size);
+    int n = capture(ids, (int)max_frames);
+    uint32_t st;
+    lock_take();
+    st = stack_intern(ids, n);
+    samples++;
+    if (block_put(p, size, st) == 0) bit_set(p);
+    else dropped++;
+    delta_add(st, w * (double)size, w, 0);
+    sample_ns += now_ns() - t0;
+    lock_give();
+}
+
+/* A free of p whose bit is set (sampling) or any free (exact). Guard set. */
+static void account_free(const void *p)
+{
+    uint64_t meta;
+    lock_take();
+    events++;
+    meta = block_take(p);
+    if (meta) {
+        size_t size = (size_t)(meta >> 24);
+        uint32_t st = (uint32_t)(meta & 0xffffff);
+        double w = weight(size);
+        if (!exact_mode) bit_clear(p);
+        delta_add(st, w * (double)size, w, 1);
+    }
+    lock_give();
+}
+
+/* Exact: every allocation, by its top frame. Guard set. */
+static void exact_alloc(void *p, size_t size)
+{
+    uint32_t id;
+    int n = capture(&id, 1);
+    uint32_t st;
+    (void)n;
+    lock_take();
+    events++;
+    samples++;
+    st = frame_stack[id];
+    if (st == UINT32_MAX) {
+        st = stack_intern(&id, 1);
+        frame_stack[id] = st;
+    }
+    if (block_put(p, size, st) < 0) dropped++;
+    delta_add(st, (double)size, 1, 0);
+    lock_give();
+}
+
+/* ------------------------------------------------------------ sampling wrappers */
+
+/* Who may still be running wrapper code when the hooks are removed: MEM and
+ * OBJ wrappers run with the GIL held and never release it, so once the saved
+ * allocators are back (under the GIL) none is inside one. RAW wrappers run on
+ * any thread without the GIL: their slow paths are counted. */
+#define INFLIGHT_INC(d) \
+    if ((d)->id == 0) atomic_fetch_add_explicit(&inflight, 1, memory_order_acquire)
+#define INFLIGHT_DEC(d) \
+    if ((d)->id == 0) atomic_fetch_sub_explicit(&inflight, 1, memory_order_release)
+
+/* The fast paths only count down and tail-call the saved allocator. Requests
+ * above LARGE go the slow way even when not sampled: pymalloc hands them on to
+ * PyMem_RawMalloc, and the guard keeps that nested RAW call from counting the
+ * same bytes twice (the slow paths also undo what nested calls counted). */
+#define LARGE 512
+
+static __attribute__((noinline)) void *s_malloc_slow(struct domain *d, size_t size, int64_t c)
+{
+    void *p;
+    int64_t keep;
+    int first;
+    if (T.guard || atomic_load_explicit(&passthrough, memory_order_relaxed)) return d->saved.malloc(d->saved.ctx, size);
+    INFLIGHT_INC(d);
+    T.guard = 1;
+    keep = T.countdown;
+    p = d->saved.malloc(d->saved.ctx, size);
+    T.countdown = keep;
+    if (c <= 0) {
+        first = !T.init; /* a thread's first call only starts its countdown */
+        T.countdown = next_gap();
+        if (p && !first) sample_alloc(p, size);
+    }
+    T.guard = 0;
+    INFLIGHT_DEC(d);
+    return p;
+}
+
+static void *s_malloc(void *ctx, size_t size)
+{
+    struct domain *d = ctx;
+    int64_t c = T.countdown - (int64_t)size;
+    T.countdown = c;
+    if (likely(c > 0 && size <= LARGE)) return d->saved.malloc(d->saved.ctx, size);
+    return s_malloc_slow(d, size, c);
+}
+
+static __attribute__((noinline)) void *s_calloc_slow(struct domain *d, size_t nelem, size_t elsize, int64_t c)
+{
+    void *p;
+    int64_t keep;
+    int first;
+    if (T.guard || atomic_load_explicit(&passthrough, memory_order_relaxed))
+        return d->saved.calloc(d->saved.ctx, nelem, elsize);
+    INFLIGHT_INC(d);
+    T.guard = 1;
+    keep = T.countdown;
+    p = d->saved.calloc(d->saved.ctx, nelem, elsize);
+    T.countdown = keep;
+    if (c <= 0) {
+        first = !T.init;
+        T.countdown = next_gap();
+        if (p && !first) sample_alloc(p, nelem * elsize);
+    }
+    T.guard = 0;
+    INFLIGHT_DEC(d);
+    return p;
+}
+
+static void *s_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+    struct domain *d = ctx;
+    size_t size = nelem * elsize;
+    int64_t c = T.countdown - (int64_t)size;
+    T.countdown = c;
+    if (likely(c > 0 && size <= LARGE)) return d->saved.calloc(d->saved.ctx, nelem, elsize);
+    return s_calloc_slow(d, nelem, elsize, c);
+}
+
+static __attribute__((noinline)) void *s_realloc_slow(struct domain *d, void *ptr, size_t size, int64_t c)
+{
+    void *p;
+    uint64_t meta = 0;
+    int64_t keep;
+    if (T.guard || atomic_load_explicit(&passthrough, memory_order_relaxed))
+        return d->saved.realloc(d->saved.ctx, ptr, size);
+    INFLIGHT_INC(d);
+    T.guard = 1;
+    /* Take the old block out before the address can be handed out again. */
+    if (ptr && bit_test(ptr)) {
+        lock_take();
+        meta = block_take(ptr);
+        if (meta) bit_clear(ptr);
+        lock_give();
+    }
+    keep = T.countdown;
+    p = d->saved.realloc(d->saved.ctx, ptr, size);
+    T.countdown = keep;
+    if (meta) {
+        size_t osz = (size_t)(meta >> 24);
+        uint32_t st = (uint32_t)(meta & 0xffffff);
+        lock_take();
+        if (!p) { /* failed: the old block lives on */
+            if (block_put(ptr, osz, st) == 0) bit_set(ptr);
+        } else {
+            double w = weight(osz);
+            delta_add(st, w * (double)osz, w, 1);
+        }
+        lock_give();
+    }
+    if (c <= 0) {
+        int first = !T.init;
+        T.countdown = next_gap();
+        if (p && !first) sample_alloc(p, size);
+    }
+    T.guard = 0;
+    INFLIGHT_DEC(d);
+    return p;
+}
+
+static void *s_realloc(void *ctx, void *ptr, size_t size)
+{
+    struct domain *d = ctx;
+    int64_t c = T.countdown - (int64_t)size;
+    T.countdown = c;
+    if (likely(c > 0 && size <= LARGE) && (!ptr || !bit_test(ptr))) return d->saved.realloc(d->saved.ctx, ptr, size);
+    return s_realloc_slow(d, ptr, size, c);
+}
+
+static __attribute__((noinline)) void s_free_slow(struct domain *d, void *ptr)
+{
+    if (T.guard || atomic_load_explicit(&passthrough, memory_order_relaxed)) {
+        d->saved.free(d->saved.ctx, ptr);
+        return;
+    }
+    INFLIGHT_INC(d);
+    T.guard = 1;
+    account_free(ptr);
+    d->saved.free(d->saved.ctx, ptr);
+    T.guard = 0;
+    INFLIGHT_DEC(d);
+}
+
+static void s_free(void *ctx, void *ptr)
+{
+    struct domain *d = ctx;
+    if (likely(!ptr || !bit_test(ptr))) {
+        d->saved.free(d->saved.ctx, ptr);
+        return;
+    }
+    s_free_slow(d, ptr);
+}
+
+/* ------------------------------------------------------------ exact wrappers */
+
+#define EXACT_ENTER(d, call)                                                                   \
+    if (unlikely(T.guard || atomic_load_explicit(&passthrough, memory_order_relaxed))) return call; \
+    INFLIGHT_INC(d);                                                                           \
+    T.guard = 1
+
+#define EXACT_LEAVE()                                                                          \
+    T.guard = 0;                                                                               \
+    atomic_fetch_sub_explicit(&inflight, 1, memory_order_release)
+
+static void *x_malloc(void *ctx, size_t size)
+{
+    struct domain *d = ctx;
+    void *p;
+    EXACT_ENTER(d, d->saved.malloc(d->saved.ctx, size));
+    p = d->saved.malloc(d->saved.ctx, size);
+    if (p) exact_alloc(p, size);
+    EXACT_LEAVE();
+    return p;
+}
+
+static void *x_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+    struct domain *d = ctx;
+    void *p;
+    EXACT_ENTER(d, d->saved.calloc(d->saved.ctx, nelem, elsize));
+    p = d->saved.calloc(d->saved.ctx, nelem, elsize);
+    if (p) exact_alloc(p, nelem * elsize);
+    EXACT_LEAVE();
+    return p;
+}
+
+static void *x_realloc(void *ctx, void *ptr, size_t size)
+{
+    struct domain *d = ctx;
+    void *p;
+    uint64_t meta = 0;
+    EXACT_ENTER(d, d->saved.realloc(d->saved.ctx, ptr, size));
+    if (ptr) {
+        lock_take();
+        meta = block_take(ptr);
+        lock_give();
+    }
+    p = d->saved.realloc(d->saved.ctx, ptr, size);
+    if (!p) {
+        if (meta) {
+            lock_take();
+            block_put(ptr, (size_t)(meta >> 24), (uint32_t)(meta & 0xffffff));
+            lock_give();
+        }
+    } else {
+        if (meta) {
+            lock_take();
+            delta_add((uint32_t)(meta & 0xffffff), (double)(meta >> 24), 1, 1);
+            lock_give();
+        }
+        exact_alloc(p, size);
+    }
+    EXACT_LEAVE();
+    return p;
+}
+
+static void x_free(void *ctx, void *ptr)
+{
+    struct domain *d = ctx;
+    if (!ptr || T.guard || atomic_load_explicit(&passthrough, memory_order_relaxed)) {
+        d->saved.free(d->saved.ctx, ptr);
+        return;
+    }
+    INFLIGHT_INC(d);
+    T.guard = 1;
+    account_free(ptr);
+    d->saved.free(d->saved.ctx, ptr);
+    EXACT_LEAVE();
+}
+
+/* ------------------------------------------------------------ install / remove */
+
+static int is_ours(void *fn) { return fn == (void *)s_malloc || fn == (void *)x_malloc; }
+
+static void tables_free(void)
+{
+    unmap(frames, MAX_FRAMES_TAB * sizeof *frames);
+    unmap(frame_index, 2 * MAX_FRAMES_TAB * sizeof *frame_index);
+    unmap(strs, STR_ARENA);
+    unmap(stack_off, MAX_STACKS * sizeof *stack_off);
+    unmap(stack_hash, MAX_STACKS * sizeof *stack_hash);
+    unmap(stack_index, 2 * MAX_STACKS * sizeof *stack_index);
+    unmap(stack_len, MAX_STACKS * sizeof *stack_len);
+    unmap(stack_frames, STACK_ARENA * sizeof *stack_frames);
+    unmap(frame_stack, MAX_FRAMES_TAB * sizeof *frame_stack);
+    unmap(deltas, MAX_STACKS * sizeof *deltas);
+    unmap(dirty, MAX_STACKS * sizeof *dirty);
+    unmap(is_dirty, MAX_STACKS);
+    unmap(blocks, bcap * sizeof *blocks);
+    unmap(bitcount, BITMAP_BITS * sizeof *bitcount);
+    unmap(code_cache, CODE_CACHE * sizeof *code_cache);
+    frames = NULL, frame_index = NULL, strs = NULL, stack_off = stack_hash = stack_index = NULL;
+    stack_len = NULL, stack_frames = frame_stack = dirty = NULL, deltas = NULL, is_dirty = NULL;
+    blocks = NULL, bitcount = NULL, code_cache = NULL;
+    bcap = bcount = 0;
+}
+
+static int tables_alloc(void)
+{
+    static const char *const names[FRAME_FIRST] = {"<other>", "<unknown (no GIL)>", "<no Python frame>"};
+    frames = map_zero(MAX_FRAMES_TAB * sizeof *frames);
+    frame_index = map_zero(2 * MAX_FRAMES_TAB * sizeof *frame_index);
+    strs = map_zero(STR_ARENA);
+    stack_off = map_zero(MAX_STACKS * sizeof *stack_off);
+    stack_hash = map_zero(MAX_STACKS * sizeof *stack_hash);
+    stack_index = map_zero(2 * MAX_STACKS * sizeof *stack_index);
+    stack_len = map_zero(MAX_STACKS * sizeof *stack_len);
+    stack_frames = map_zero(STACK_ARENA * sizeof *stack_frames);
+    frame_stack = map_zero(MAX_FRAMES_TAB * sizeof *frame_stack);
+    deltas = map_zero(MAX_STACKS * sizeof *deltas);
+    dirty = map_zero(MAX_STACKS * sizeof *dirty);
+    is_dirty = map_zero(MAX_STACKS);
+    memset(bitmap, 0, sizeof bitmap);
+    bitcount = map_zero(BITMAP_BITS * sizeof *bitcount);
+    code_cache = map_zero(CODE_CACHE * sizeof *code_cache);
+    if (!frames || !frame_index || !strs || !stack_off || !stack_hash || !stack_index || !stack_len ||
+        !stack_frames || !frame_stack || !deltas || !dirty || !is_dirty || !bitcount || !code_cache ||
+        blocks_grow() < 0) {
+        tables_free();
+        return -1;
+    }
+    memset(frame_stack, 0xff, MAX_FRAMES_TAB * sizeof *frame_stack);
+    strs[0] = '?';
+    strs_len = 2;
+    nframes = frames_sent = nstacks = stacks_sent = stack_frames_len = ndirty = 0;
+    dropped = samples = events = 0;
+    sample_ns = 0;
+    for (uint32_t i = 0; i < FRAME_FIRST; i++) {
+        frame_intern(names[i], names[i], 0, 0);
+        frame_stack[i] = stack_intern(&i, 1);
+    }
+    return 0;
+}
+
+int hooks_installed(void) { return installed; }
+
+int hooks_install(const struct hooks_conf *c, char *err)
+{
+    char werr[MP_ERRLEN];
+    memalloc_t cur, mine;
+    if (installed) return 0;
+    get_alloc = (void (*)(int, memalloc_t *))pyapi_sym("PyMem_GetAllocator");
+    set_alloc = (void (*)(int, memalloc_t *))pyapi_sym("PyMem_SetAllocator");
+    if (!get_alloc || !set_alloc) {
+        mp_err(err, "PyMem_GetAllocator/PyMem_SetAllocator not found");
+        return -1;
+    }
+    walk_ok = pyapi_walk_init(werr) == 0; /* without it: sites are "<unknown>" */
+    rate = c->rate ? (double)c->rate : 512.0 * 1024;
+    max_frames = c->frames ? (c->frames > 512 ? 512 : c->frames) : 64;
+    exact_mode = c->exact;
+    if (tables_alloc() < 0) {
+        mp_err(err, "cannot allocate the allocation tables");
+        return -1;
+    }
+    T.countdown = 0;
+    T.init = 0;
+    for (int i = 0; i < 3; i++) {
+        get_alloc(i, &cur);
+        /* a fork child re-attached: ours are in place, the originals saved */
+        if (!is_ours((void *)cur.malloc)) doms[i].saved = cur;
+        doms[i].id = i;
+        mine.ctx = &doms[i];
+        mine.malloc = exact_mode ? x_malloc : s_malloc;
+        mine.calloc = exact_mode ? x_calloc : s_calloc;
+        mine.realloc = exact_mode ? x_realloc : s_realloc;
+        mine.free = exact_mode ? x_free : s_free;
+        set_alloc(i, &mine);
+    }
+    atomic_store(&passthrough, 0);
+    installed = ever_hooked = 1;
+    return 0;
+}
+
+/* Keep this library mapped for good: some code may still call our wrappers. */
+static void pin_library(void)
+{
+    Dl_info di;
+    if (dladdr((void *)hooks_install, &di) && di.dli_fname)
+        dlopen(di.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
+/* Wait until no thread is in a wrapper's slow path, then a grace period for
+ * the few instructions of a fast path (they tail-call the saved allocator). */
+static int quiesce(void)
+{
+    struct timespec ts = {0, 1000000};
+    for (int round = 0; round < 2; round++) {
+        double deadline = mp_now() + 2.0;
+        while (atomic_load(&inflight) > 0) {
+            if (mp_now() > deadline) return -1;
+            nanosleep(&ts, NULL);
+        }
+        ts.tv_nsec = 20000000;
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+static int need_release;
+
+void hooks_uninstall(void)
+{
+    memalloc_t cur;
+    int wrapped = 0;
+    if (!installed) return;
+    for (int i = 0; i < 3; i++) {
+        get_alloc(i, &cur);
+        if (cur.ctx != &doms[i]) wrapped = 1;
+    }
+    atomic_store(&passthrough, 1);
+    installed = 0;
+    if (wrapped) {
+        /* e.g. tracemalloc started after us and still holds our wrappers as its
+         * "previous" allocator: removing ours would remove theirs */
+        pin_library();
+        return;
+    }
+    for (int i = 0; i < 3; i++) set_alloc(i, &doms[i].saved);
+    need_release = 1;
+}
+
+void hooks_release(void)
+{
+    if (!need_release) return;
+    need_release = 0;
+    if (quiesce() < 0) {
+        pin_library();
+        return;
+    }
+    lock_take();
+    tables_free();
+    lock_give();
+}
+
+void hooks_abandon(void)
+{
+    if (!installed) return;
+    atomic_store(&passthrough, 1);
+    installed = 0;
+    pin_library();
+}
+
+void hooks_atfork_child(void)
+{
+    /* Only this thread survives; the lock may have been held by another. The
+     * wrappers stay installed but only pass through (document: forked children
+     * are not tracked; attach to them separately). */
+    atomic_store(&passthrough, 1);
+    atomic_flag_clear(&lock);
+    atomic_store(&inflight, 0);
+    installed = 0;
+    T.guard = 0;
+}
+
+/* ------------------------------------------------------------ reports */
+
+static uint64_t rss_bytes(void)
+{
+    char buf[128];
+    unsigned long long size, res;
+    if (mp_read_file("/proc/self/statm", buf, sizeof buf) <= 0 || sscanf(buf, "%llu %llu", &size, &res) != 2) return 0;
+    return res * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+static double thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+int hooks_collect(Memprof__AllocReport *r)
+{
+    static uint64_t seq;
+    uint32_t f0, f1, s0, s1, nd;
+    struct delta *dv = NULL;
+    uint32_t *ds = NULL;
+    double cost_ns;
+    memprof__alloc_report__init(r);
+    if (!frames) return -1;
+    dv = malloc(MAX_STACKS * sizeof *dv);
+    ds = malloc(MAX_STACKS * sizeof *ds);
+    if (!dv || !ds) {
+        free(dv);
+        free(ds);
+        return -1;
+    }
+    lock_take();
+    f0 = frames_sent, f1 = frames_sent = nframes;
+    s0 = stacks_sent, s1 = stacks_sent = nstacks;
+    nd = ndirty;
+    for (uint32_t i = 0; i < nd; i++) {
+        ds[i] = dirty[i];
+        dv[i] = deltas[dirty[i]];
+        deltas[dirty[i]] = (struct delta){0, 0, 0, 0};
+        is_dirty[dirty[i]] = 0;
+    }
+    ndirty = 0;
+    r->dropped = dropped;
+    r->samples = samples;
+    cost_ns = sample_ns + (exact_mode ? events * EXACT_EVENT_NS : 0);
+    lock_give();
+
+    /* entries below the counts are immutable: read them without the lock */
+    r->seq = ++seq;
+    r->exact = exact_mode;
+    r->sample_rate = (uint64_t)rate;
+    r->rss_bytes = rss_bytes();
+    r->timestamp = mp_wallclock();
+    r->agent_cpu_s = thread_cpu_s() + cost_ns / 1e9;
+    r->frames = calloc(f1 - f0 + 1, sizeof *r->frames);
+    r->stacks = calloc(s1 - s0 + 1, sizeof *r->stacks);
+    r->deltas = calloc(nd + 1, sizeof *r->deltas);
+    Memprof__AllocFrame *fa = calloc(f1 - f0 + 1, sizeof *fa);
+    Memprof__AllocStack *sa = calloc(s1 - s0 + 1, sizeof *sa);
+    Memprof__AllocDelta *da = calloc(nd + 1, sizeof *da);
+    if (!r->frames || !r->stacks || !r->deltas || !fa || !sa || !da) {
+        r->n_frames = r->n_stacks = r->n_deltas = 0;
+        free(fa), free(sa), free(da), free(dv), free(ds);
+        hooks_report_free(r);
+        return -1;
+    }
+    /* element blocks hang off index 0; empty ones are not needed */
+    if (f1 == f0) free(fa), fa = NULL;
+    if (s1 == s0) free(sa), sa = NULL;
+    if (nd == 0) free(da), da = NULL;
+    for (uint32_t i = f0; i < f1; i++) {
+        Memprof__AllocFrame *f = &fa[i - f0];
+        memprof__alloc_frame__init(f);
+        f->id = i;
+        f->file = strs + frames[i].file;
+        f->function = strs + frames[i].func;
+        f->line = frames[i].line;
+        f->first_line = frames[i].firstline;
+        r->frames[r->n_frames++] = f;
+    }
+    for (uint32_t i = s0; i < s1; i++) {
+        Memprof__AllocStack *s = &sa[i - s0];
+        memprof__alloc_stack__init(s);
+        s->id = i;
+        s->n_frames = stack_len[i];
+        s->frames = stack_frames + stack_off[i];
+        r->stacks[r->n_stacks++] = s;
+    }
+    for (uint32_t i = 0; i < nd; i++) {
+        Memprof__AllocDelta *d = &da[i];
+        memprof__alloc_delta__init(d);
+        d->stack = ds[i];
+        d->alloc_bytes = dv[i].ab;
+        d->alloc_count = dv[i].ac;
+        d->free_bytes = dv[i].fb;
+        d->free_count = dv[i].fc;
+        r->deltas[r->n_deltas++] = d;
+    }
+    free(dv);
+    free(ds);
+    return 0;
+}
+
+void hooks_report_free(Memprof__AllocReport *r)
+{
+    /* the element arrays were allocated as one block each, at index 0 */
+    if (r->frames) free(r->n_frames ? r->frames[0] : NULL);
+    if (r->stacks) free(r->n_stacks ? r->stacks[0] : NULL);
+    if (r->deltas) free(r->n_deltas ? r->deltas[0] : NULL);
+    free(r->frames);
+    free(r->stacks);
+    free(r->deltas);
+    r->frames = NULL, r->stacks = NULL, r->deltas = NULL;
+    r->n_frames = r->n_stacks = r->n_deltas = 0;
+}

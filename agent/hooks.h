@@ -1,0 +1,34 @@
+/* hooks.h -- allocation tracking in the target: the PyMem allocator wrappers,
+ * sampling or exact accounting, and the deltas the agent thread reports. */
+#ifndef MEMPROF_HOOKS_H
+#define MEMPROF_HOOKS_H
+
+#include <stdint.h>
+#include "memprof.pb-c.h"
+
+struct hooks_conf {
+    uint64_t rate;   /* mean bytes between samples */
+    uint32_t frames; /* max frames per sample */
+    int exact;
+};
+
+/* Wrap the RAW, MEM and OBJ allocators. With the GIL held. */
+int hooks_install(const struct hooks_conf *c, char *err);
+/* Put the saved allocators back (GIL held) when nobody wrapped ours since;
+ * else make ours pass straight through and keep the library loaded. Idempotent. */
+void hooks_uninstall(void);
+/* After hooks_uninstall, without the GIL: wait until no thread runs wrapper
+ * code, then free the tables (or keep the library loaded if that never happens). */
+void hooks_release(void);
+/* When the GIL cannot be taken (finalizing): pass through, keep the library. */
+void hooks_abandon(void);
+/* In a forked child: wrappers pass straight through from now on. */
+void hooks_atfork_child(void);
+int hooks_installed(void);
+
+/* Fill r with what changed since the last call (new frames and stacks, deltas,
+ * counters); arrays are malloc'd, release with hooks_report_free. Agent thread. */
+int hooks_collect(Memprof__AllocReport *r);
+void hooks_report_free(Memprof__AllocReport *r);
+
+#endif

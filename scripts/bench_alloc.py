@@ -1,0 +1,84 @@
+"""bench_alloc.py -- allocation tracking overhead on alloc_churn.py, exec'd by bench.py.
+
+Elapsed time of alloc_churn.py's churn (the workload's own 'elapsed' line), in
+one run, interleaved, median of BENCH_ALLOC_RUNS (default 5): unprofiled;
+memprof sampling (attached before churn starts); memprof exact; after a
+detach (attach + detach, then churn); tracemalloc with 1 frame; memory_profiler's
+line mode on fewer iterations, scaled per iteration. Ratios to unprofiled.
+Globals from bench.py: row, BUILD, WORKLOADS, PEERS, PY, ENV.
+"""
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+ITER = int(os.environ.get("BENCH_ALLOC_ITER", "200000"))
+MP_ITER = int(os.environ.get("BENCH_MP_ITER", "3000"))
+RUNS = int(os.environ.get("BENCH_ALLOC_RUNS", "5"))
+ROOT = os.path.dirname(BUILD)
+CHURN = os.path.join(WORKLOADS, "alloc_churn.py")
+WAITER = os.path.join(ROOT, "tests", "targets", "churn_wait.py")
+MEMPROFD = os.path.join(BUILD, "memprofd")
+
+
+def elapsed_of(text):
+    m = re.search(r"^elapsed ([\d.]+)", text, re.M)
+    if not m:
+        sys.exit("bench_alloc: no 'elapsed' in output: %s" % text[-500:])
+    return float(m.group(1))
+
+
+def churn(attach_args=None, detach_first=False):
+    """Elapsed of one churn; attach_args None: unprofiled."""
+    p = subprocess.Popen([PY, "-u", WAITER, CHURN, str(ITER), "--exit"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        p.stdout.readline()  # ready PID
+        if attach_args is not None:
+            subprocess.run([MEMPROFD, "attach", "--pid", str(p.pid)] + attach_args, capture_output=True, text=True,
+                           env=ENV, check=True)
+            if detach_first:
+                subprocess.run([MEMPROFD, "detach", "--pid", str(p.pid)], capture_output=True, env=ENV, check=True)
+        out, _ = p.communicate("go\n", timeout=600)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    if attach_args is not None and not detach_first:
+        subprocess.run([MEMPROFD, "detach", "--pid", str(p.pid)], capture_output=True, env=ENV)
+    return elapsed_of(out)
+
+
+def peer(argv):
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=1800).stdout
+    return elapsed_of(out)
+
+
+def main():
+    res = {k: [] for k in ("base", "sampling", "exact", "detached", "tracemalloc", "memory_profiler")}
+    for _ in range(RUNS):
+        res["base"].append(churn())
+        res["sampling"].append(churn([]))
+        res["exact"].append(churn(["--exact"]))
+        res["detached"].append(churn([], detach_first=True))
+        res["tracemalloc"].append(peer(["sh", os.path.join(PEERS, "tracemalloc_run.sh"), "1", str(ITER), PY]))
+        res["memory_profiler"].append(peer(["sh", os.path.join(PEERS, "memory_profiler_run.sh"), str(MP_ITER), PY])
+                                      * ITER / MP_ITER)
+    med = {k: statistics.median(v) for k, v in res.items()}
+    base = med["base"]
+    for k, v in res.items():
+        print("alloc_churn %s: median %.3f s (runs: %s)" % (k, med[k], " ".join("%.3f" % x for x in v)),
+              file=sys.stderr)
+    what = "alloc_churn.py %d, elapsed, median of %d (unprofiled %.2f s)" % (ITER, RUNS, base)
+    row(what + ": memprof sampling (512 KiB) vs tracemalloc(1)", "%.2fx" % (med["sampling"] / base),
+        "%.2fx" % (med["tracemalloc"] / base), "tracemalloc_run.sh 1 %d" % ITER)
+    row(what + ": memprof exact vs tracemalloc(1)", "%.2fx" % (med["exact"] / base),
+        "%.2fx" % (med["tracemalloc"] / base), "tracemalloc_run.sh 1 %d" % ITER)
+    row(what + ": memprof sampling vs memory_profiler line mode", "%.2fx" % (med["sampling"] / base),
+        "%.0fx" % (med["memory_profiler"] / base), "memory_profiler_run.sh %d, scaled to %d" % (MP_ITER, ITER))
+    row("alloc_churn.py after attach + detach (back to unprofiled speed?)", "%.2fx" % (med["detached"] / base),
+        "1.00x", "unprofiled")
+
+
+main()

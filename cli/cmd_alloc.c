@@ -135,33 +135,41 @@ static double view_live(const struct view *v)
     return live;
 }
 
-/* Ask the daemon. 0, or 1 after printing the error. */
-static int fetch(int pid, struct view *v)
+/* Ask the daemon for pid's allocation data: 0, or -1 with err set. */
+static int fetch_data(int pid, struct view *v, char *err)
 {
     Envelope env = MEMPROF__ENVELOPE__INIT, *reply = NULL;
     Memprof__AllocQuery q = MEMPROF__ALLOC_QUERY__INIT;
-    char err[MP_ERRLEN];
     int fd = client_connect(client_socket_opt, 0, err);
-    if (fd < 0) return cli_fail("%s", err);
+    if (fd < 0) return -1;
     q.pid = pid;
     env.msg_case = MEMPROF__ENVELOPE__MSG_ALLOC_QUERY;
     env.alloc_query = &q;
     if (client_call(fd, &env, &reply, 30000, err) < 0) {
         close(fd);
-        return cli_fail("%s", err);
+        return -1;
     }
     close(fd);
     if (reply->msg_case != MEMPROF__ENVELOPE__MSG_ALLOC_DATA) {
         wire_free(reply);
-        return cli_fail("unexpected reply from memprofd (is it older than this memprof?)");
+        mp_err(err, "unexpected reply from memprofd (is it older than this memprof?)");
+        return -1;
     }
     if (reply->alloc_data->error && reply->alloc_data->error[0]) {
-        cli_fail("%s", reply->alloc_data->error);
+        mp_err(err, "%s", reply->alloc_data->error);
         wire_free(reply);
-        return 1;
+        return -1;
     }
     view_from_data(v, reply->alloc_data);
     wire_free(reply);
+    return 0;
+}
+
+/* Ask the daemon. 0, or 1 after printing the error. */
+static int fetch(int pid, struct view *v)
+{
+    char err[MP_ERRLEN];
+    if (fetch_data(pid, v, err) < 0) return cli_fail("%s", err);
     return 0;
 }
 
@@ -949,4 +957,72 @@ int cmd_diff(int argc, char **argv)
     view_free(&a);
     view_free(&b);
     return 0;
+}
+
+/* ------------------------------------------------------------ leak suspects */
+
+/* One line's own live bytes followed across the censuses of `memprof growth`. */
+struct suspect {
+    char *key;
+    char where[600];
+    double first, last;
+    unsigned grew, seen;
+};
+static struct suspect *suspects;
+static size_t nsuspects;
+static unsigned suspect_rounds;
+
+static int suspect_cmp(const void *a, const void *b)
+{
+    const struct suspect *x = a, *y = b;
+    /* Steadiest growth first, then the most growth. */
+    double sx = x->seen ? (double)x->grew / x->seen : 0, sy = y->seen ? (double)y->grew / y->seen : 0;
+    if (sx != sy) return sx < sy ? 1 : -1;
+    return (x->last - x->first) < (y->last - y->first) ? 1 : -1;
+}
+
+void alloc_leak_suspects(int pid, int limit, FILE *out)
+{
+    struct view v;
+    struct row *rows;
+    size_t n, shown = 0;
+    char err[MP_ERRLEN], g[32], l[32];
+    memset(&v, 0, sizeof v);
+    if (fetch_data(pid, &v, err) < 0) return; /* no tracking: nothing to rank */
+    n = rows_build(&v, BY_LINE, SORT_OWN, &rows);
+    for (size_t i = 0; i < n; i++) {
+        struct suspect *s = NULL;
+        for (size_t k = 0; k < nsuspects && !s; k++)
+            if (!strcmp(suspects[k].key, rows[i].key)) s = &suspects[k];
+        if (!s) {
+            struct suspect *ns = realloc(suspects, (nsuspects + 1) * sizeof *ns);
+            if (!ns) break;
+            suspects = ns;
+            s = &suspects[nsuspects++];
+            memset(s, 0, sizeof *s);
+            s->key = strdup(rows[i].key);
+            s->first = s->last = suspect_rounds ? 0 : rows[i].own; /* new since baseline: grew from 0 */
+            location(&v, &rows[i], BY_LINE, s->where, sizeof s->where);
+        }
+        if (suspect_rounds) {
+            s->seen = suspect_rounds;
+            if (rows[i].own > s->last) s->grew++;
+        }
+        s->last = rows[i].own;
+    }
+    rows_free(rows, n);
+    view_free(&v);
+    if (suspect_rounds++ == 0) return; /* the baseline */
+    qsort(suspects, nsuspects, sizeof *suspects, suspect_cmp);
+    for (size_t k = 0; k < nsuspects && (!limit || (int)shown < limit); k++) {
+        struct suspect *s = &suspects[k];
+        if (s->last - s->first < 1.0 || !s->grew) continue; /* under a byte: sampling noise */
+        if (!shown++)
+            fprintf(out, "leak suspects (allocation sites whose live memory grew, steadiest first):\n"
+                         "  %10s %11s  %6s  %s\n", "GROWTH", "LIVE NOW", "STEADY", "LOCATION");
+        g[0] = '+';
+        cli_bytes(s->last - s->first, g + 1, sizeof g - 1);
+        fprintf(out, "  %10s %11s  %2u/%-3u  %s\n", g, cli_bytes(s->last, l, sizeof l), s->grew, s->seen, s->where);
+    }
+    fflush(out);
 }

@@ -566,6 +566,7 @@ int cmd_growth(int argc, char **argv)
     }
     fflush(stdout);
     wire_free(env);
+    if (!o.json) alloc_leak_suspects(o.pid, 0, stdout); /* baseline of the allocation sites */
     next = t0 + o.interval;
     for (long i = 0; !o.count || i < o.count; i++) {
         double t;
@@ -582,6 +583,7 @@ int cmd_growth(int argc, char **argv)
             return cli_fail("out of memory");
         }
         growth_print(&o, &prev, &cur, t - t0, t - tprev, gil_of(reply, reply->census->gil_ms));
+        if (!o.json) alloc_leak_suspects(o.pid, o.limit < 10 && o.limit ? o.limit : 10, stdout);
         wire_free(env);
         table_free(&prev);
         prev = cur;

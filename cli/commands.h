@@ -16,6 +16,11 @@ int cmd_lines(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_diff(int argc, char **argv);
 
+/* For `memprof growth`: follow the attached process's allocation sites across
+ * calls and print those whose live memory grew, steadiest first (nothing when
+ * allocation tracking is off). The first call is the baseline. */
+void alloc_leak_suspects(int pid, int limit, FILE *out);
+
 /* Shared by the commands: print "memprof: MSG" to stderr and return 1. */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int cli_wants_help(int argc, char **argv);

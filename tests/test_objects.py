@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SUPPORTED_IDS, interpreter, workload
+from conftest import ROOT, SUPPORTED_IDS, default_python, interpreter, workload
 
 OBJECTS = os.path.join(ROOT, "tests", "objects")
 HEAP_N = 1000000
@@ -290,3 +290,25 @@ all_objects, all_bytes, _, ta = h.census(True)
 assert ta["int"][1] >= 19000 and all_objects > objects and all_bytes > nbytes
 print("OK", objects, all_objects, gil)
 '''
+
+
+def test_growth_ranks_leak_suspects_when_tracking(daemon, targets):
+    """With allocation tracking on, growth also ranks the allocation sites whose
+    live memory grew: service.py's LEAK_LINE must lead, grown in every window."""
+    import re as _re
+    exe = default_python()
+    svc = workload("service.py")
+    leak_line = [i for i, l in enumerate(open(svc), 1) if "# LEAK_LINE" in l][0]
+    t = targets.start([exe, "-u", svc, "4"])
+    t.wait_for(r"^ready")
+    daemon.attach(t.pid)
+    try:
+        r = daemon.run("growth", "--pid", t.pid, "--interval", "1.5", "--count", "3", timeout=120)
+        assert r.returncode == 0, r.stderr
+        blocks = r.stdout.split("leak suspects")
+        assert len(blocks) == 4, r.stdout  # one ranking per report, none for the baseline
+        first = [l for l in blocks[-1].splitlines()[2:] if l.strip()][0]
+        assert _re.search(r"service\.py:%d \(handle\)" % leak_line, first), blocks[-1]
+        assert _re.search(r"\s3/3\s", first), first
+    finally:
+        daemon.detach(t.pid)

@@ -5,6 +5,7 @@
  *   faked SOCK [--conns N] [--refuse MSG] [--protocol N] [--script A,B,...]
  *   SOCK: @name (abstract) or a path. Script actions, run after each hello:
  *     census backrefs tracking empty unknown   send that AgentRequest, print the reply
+ *                                              (and any allocation report before it)
  *     detach                                   send detach, print the reply, wait for EOF
  *     sleep:SECS                               wait
  *     garbage oversize                         send a malformed / oversized frame
@@ -74,6 +75,13 @@ static void print_reply(const Memprof__AgentReply *r)
     if (r->body_case == MEMPROF__AGENT_REPLY__BODY_CENSUS)
         printf(" types=%zu objects=%llu", r->census->n_types,
                (unsigned long long)r->census->objects);
+    if (r->body_case == MEMPROF__AGENT_REPLY__BODY_BACKREFS)
+        printf(" nodes=%zu edges=%zu matched=%llu", r->backrefs->n_nodes, r->backrefs->n_edges,
+               (unsigned long long)r->backrefs->matched);
+    if (r->body_case == MEMPROF__AGENT_REPLY__BODY_TRACKING)
+        printf(" enabled=%d exact=%d rate=%llu frames=%u interval=%u", (int)r->tracking->enabled,
+               (int)r->tracking->exact, (unsigned long long)r->tracking->sample_rate,
+               r->tracking->max_frames, r->tracking->interval_ms);
     printf("\n");
     fflush(stdout);
 }
@@ -122,11 +130,13 @@ static int send_unknown(int fd)
     return wire_write_all(fd, frame, sizeof frame, 5000, err);
 }
 
-/* Wait for the agent's next message; print it. 0 on EOF, 1 message, -1 error. */
+/* Wait for the agent's next message; print it. 0 on EOF, 2 a reply, 1 another
+ * message (an unsolicited allocation report), -1 error. */
 static int read_one(int fd, int timeout_ms)
 {
     Envelope *env;
     char err[MP_ERRLEN];
+    int rc = 1;
     if (wire_recv(fd, &env, timeout_ms, err) < 0) {
         if (strstr(err, "closed")) {
             printf("eof\n");
@@ -137,12 +147,26 @@ static int read_one(int fd, int timeout_ms)
         fflush(stdout);
         return -1;
     }
-    if (env->msg_case == MEMPROF__ENVELOPE__MSG_AGENT_REPLY) print_reply(env->agent_reply);
-    else if (env->msg_case == MEMPROF__ENVELOPE__MSG_HELLO) print_hello(env->hello);
-    else printf("message %s\n", wire_name(env));
+    if (env->msg_case == MEMPROF__ENVELOPE__MSG_AGENT_REPLY) {
+        print_reply(env->agent_reply);
+        rc = 2;
+    } else if (env->msg_case == MEMPROF__ENVELOPE__MSG_HELLO) {
+        print_hello(env->hello);
+    } else {
+        printf("message %s\n", wire_name(env));
+    }
     fflush(stdout);
     wire_free(env);
-    return 1;
+    return rc;
+}
+
+/* After a request: read (and print) messages up to its reply. Like read_one. */
+static int read_reply(int fd, int timeout_ms)
+{
+    int rc;
+    while ((rc = read_one(fd, timeout_ms)) == 1)
+        ;
+    return rc;
 }
 
 static void serve(int fd)
@@ -194,9 +218,9 @@ static void serve(int fd)
             uint8_t g[] = {0, 0, 0, 0x40, 1, 2, 3};
             wire_write_all(fd, g, sizeof g, 5000, err);
         } else if (!strcmp(act, "unknown")) {
-            if (send_unknown(fd) < 0 || read_one(fd, 30000) <= 0) break;
+            if (send_unknown(fd) < 0 || read_reply(fd, 30000) <= 0) break;
         } else {
-            if (send_request(fd, act) < 0 || read_one(fd, 30000) <= 0) break;
+            if (send_request(fd, act) < 0 || read_reply(fd, 30000) <= 0) break;
         }
     }
     free(copy);

@@ -3,6 +3,7 @@
  * on a thread of the target (the hijacked one), and it just starts the thread. */
 #include "agent.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -219,6 +220,57 @@ static int conf_parse(struct agent_conf *c, char *buf)
 
 /* ------------------------------------------------------------ the GIL */
 
+/* CPython 3.10.8+ (the gh-96387 change to take_gil): a thread waiting for the
+ * GIL that has asked the holder to drop it (it does after 5 ms) and then sees
+ * the runtime finalizing resets that request through its interpreter state
+ * before it exits. If the holder finalized completely before the waiter got
+ * the CPU again, that state has been freed (3.10 is the last version with a
+ * heap-allocated main interpreter) and the process dies (SIGSEGV in
+ * RESET_GIL_DROP_REQUEST): e.g. an embedder holding the GIL while the agent
+ * waits in PyGILState_Ensure, then calling Py_FinalizeEx and living on. So on
+ * 3.10 the agent makes the thread state PyGILState_Ensure would make, with an
+ * on_delete callback: Py_FinalizeEx clears the other threads' states right
+ * after it starts finalizing (_PyThreadState_DeleteExcept, GIL held), long
+ * before it frees the interpreter. The callback closes the gate and holds
+ * finalization there until the agent thread, ended by take_gil, has left it.
+ * Offsets: 3.10's PyThreadState (LP64). */
+#define PY310_TS_GILSTATE_COUNTER 0xa0 /* int gilstate_counter */
+#define PY310_TS_ON_DELETE 0xc8        /* void (*on_delete)(void *) */
+#define GATE_IN_TAKE 1   /* from making the thread state to holding the GIL */
+#define GATE_CLOSED 2    /* the interpreter cleared our thread state: no more takes */
+#define GATE_WAIT_S 5.0  /* at most, in the callback */
+
+static atomic_int gil_gate;
+static int gil_mode; /* 0 undecided, 1 PyGILState_Ensure alone, 2 the 3.10 way */
+static void *gil_tstate;
+static void *(*ThreadState_New)(void *);
+static void *(*InterpreterState_Main)(void);
+
+#define TS_FIELD(ts, off, type) (*(type volatile *)((char *)(ts) + (off)))
+
+/* on_delete of the agent's thread state, on the thread clearing it (which
+ * holds the GIL): finalization, or PyOS_AfterFork_Child in a forked child. */
+static void gil_tstate_cleared(void *unused)
+{
+    struct timespec ts = {0, 1000000};
+    double deadline = mp_now() + GATE_WAIT_S;
+    (void)unused;
+    if (!(atomic_fetch_or(&gil_gate, GATE_CLOSED) & GATE_IN_TAKE)) return;
+    while ((atomic_load(&gil_gate) & GATE_IN_TAKE) && mp_now() < deadline) nanosleep(&ts, NULL);
+}
+
+/* On the agent thread's way out (CPython may end it inside PyGILState_Ensure). */
+static void gil_exit(void)
+{
+    Dl_info self;
+    int g = atomic_fetch_and(&gil_gate, ~GATE_IN_TAKE); /* lets a waiting callback go on */
+    /* a thread state left for the interpreter to clear calls back into this
+     * library: keep it mapped for good (the process is finalizing) */
+    if ((g & GATE_IN_TAKE) && !(g & GATE_CLOSED) && dladdr((void *)gil_tstate_cleared, &self) &&
+        self.dli_fname)
+        dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 /* Take the GIL for this thread, unless the interpreter is finalizing: then
  * PyGILState_Ensure may crash (cpython#124619, #132948) or end this thread.
  * The check races with a finalization starting right after it; in that window
@@ -226,8 +278,32 @@ static int conf_parse(struct agent_conf *c, char *buf)
  * agent_main's cleanup handler turns into a normal agent exit. */
 static int gil_take(int *state)
 {
-    if (pyapi_finalizing()) return -1;
+    void *interp;
+    int open = 0;
+    if (!gil_mode) {
+        const char *v = PY.GetVersion(); /* formats constants: no GIL needed */
+        ThreadState_New = (void *(*)(void *))pyapi_sym("PyThreadState_New");
+        InterpreterState_Main = (void *(*)(void))pyapi_sym("PyInterpreterState_Main");
+        gil_mode = v && !strncmp(v, "3.10.", 5) && ThreadState_New && InterpreterState_Main ? 2 : 1;
+    }
+    if (gil_mode == 1) {
+        if (pyapi_finalizing()) return -1;
+        *state = PY.GILState_Ensure();
+        return 0;
+    }
+    if (!atomic_compare_exchange_strong(&gil_gate, &open, GATE_IN_TAKE)) return -1;
+    if (pyapi_finalizing() || !(interp = InterpreterState_Main()) ||
+        !(gil_tstate = ThreadState_New(interp))) {
+        atomic_fetch_and(&gil_gate, ~GATE_IN_TAKE);
+        return -1;
+    }
+    /* PyThreadState_New bound it to this thread; counter 0 as in Ensure: the
+     * matching PyGILState_Release deletes it */
+    TS_FIELD(gil_tstate, PY310_TS_GILSTATE_COUNTER, int) = 0;
+    TS_FIELD(gil_tstate, PY310_TS_ON_DELETE, void *) = (void *)gil_tstate_cleared;
     *state = PY.GILState_Ensure();
+    TS_FIELD(gil_tstate, PY310_TS_ON_DELETE, void *) = NULL; /* we hold the GIL: no one clears it */
+    atomic_fetch_and(&gil_gate, ~GATE_IN_TAKE);
     return 0;
 }
 
@@ -631,6 +707,7 @@ static void agent_atfork_child(void)
 {
     int fd = atomic_exchange(&sock_fd, -1);
     if (fd >= 0) close(fd);
+    atomic_store(&gil_gate, 0); /* no agent thread here to wait for */
     hooks_atfork_child(); /* the child is not tracked: wrappers pass through */
     atomic_store(&running, 0);
 }
@@ -708,6 +785,7 @@ static void agent_run(struct session *s)
 static void agent_cleanup(void *arg)
 {
     struct session *s = arg;
+    gil_exit();
     agent_undo();
     session_close(s);
     pyapi_fini();
@@ -719,6 +797,8 @@ static void *agent_main(void *unused)
 {
     struct session s = {.fd = -1};
     (void)unused;
+    atomic_store(&gil_gate, 0);
+    gil_mode = 0;
     pthread_cleanup_push(agent_cleanup, &s);
     agent_run(&s);
     pthread_cleanup_pop(1);

@@ -99,6 +99,10 @@ def test_service_leak_line_on_top(pyid, daemon, targets, tmp_path):
     row = [l for l in lines.stdout.splitlines() if l.strip().startswith("%d " % want)]
     assert row and "_sessions[digest] = Session(digest)" in row[0], lines.stdout
 
+    # snapshot/diff over a 3 s window: re-attach sampling finely enough that the
+    # leak (tens of KiB/s on the slower interpreters) is sure to be sampled in it
+    daemon.detach(t.pid)
+    daemon.attach(t.pid, "--sample-rate", "16384")
     a, b = str(tmp_path / "a.mps"), str(tmp_path / "b.mps")
     assert daemon.run("snapshot", "--pid", t.pid, "-o", a).returncode == 0
     time.sleep(3)

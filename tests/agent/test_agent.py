@@ -2,7 +2,6 @@
 ctypes (target.py) or into a C program embedding CPython (embed.c), talking to a
 fake daemon (faked.c). Checks the hello, requests, detach, re-attach, a daemon
 that dies, bad input from the daemon, fork, dlclose and exits while attaching."""
-import glob
 import os
 import re
 import signal
@@ -11,6 +10,8 @@ import sys
 import time
 
 import pytest
+
+from conftest import SUPPORTED_IDS, interpreter
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HERE = os.path.join(ROOT, "tests", "agent")
@@ -23,17 +24,6 @@ OFFSETS = os.path.join(BUILD, "offsets_check.so")
 CFLAGS = ["-O1", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE",
           "-I" + os.path.join(BUILD, "gen"), "-Iproto", "-Icommon", "-Iagent"]
 WIRE = [os.path.join(BUILD, "gen", "memprof.pb-c.c"), "proto/wire.c", "common/util.c"]
-
-
-def interpreters():
-    found = sorted(glob.glob("/root/.pyenv/versions/3.*/bin/python3.[0-9]*"))
-    found = [p for p in found if re.search(r"python3\.(8|9|1[0-3])$", p)]
-    if os.path.exists("/usr/bin/python3.11"):
-        found.append("/usr/bin/python3.11")
-    return found
-
-
-PYTHONS = interpreters()
 
 
 def py_facts(python):
@@ -114,9 +104,10 @@ def ok_exit(p):
     assert "Fatal Python error" not in p.stderr, p.stderr
 
 
-@pytest.fixture(params=PYTHONS, ids=lambda p: p.replace("/root/.pyenv/versions/", "pyenv-"))
+@pytest.fixture(params=SUPPORTED_IDS)
 def python(request):
-    return request.param
+    """Every supported interpreter found by conftest; a missing one is skipped with a note."""
+    return interpreter(request.param)[0]
 
 
 def test_session_and_reattach(python):

@@ -12,20 +12,31 @@
  *               PyGILState_Ensure when finalization begins.
  *        nopython: LIBPYTHON is "-": a process without Python; live 2 s.
  *   global|local: how libpython is loaded; with local, only pylib= finds it.
- *   Prints "tasks N" (threads of the process) at the end. */
+ *   Prints "thread NAME" per thread and "tasks N" (their number) at the end. */
 #include <dirent.h>
 #include <dlfcn.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
+/* Threads of the process; their names go to stdout as "thread NAME". */
 static int count_tasks(void)
 {
     DIR *d = opendir("/proc/self/task");
     struct dirent *e;
     int n = 0;
-    while (d && (e = readdir(d)))
-        if (e->d_name[0] != '.') n++;
+    while (d && (e = readdir(d))) {
+        char path[300], name[64] = "";
+        FILE *f;
+        if (e->d_name[0] == '.') continue;
+        n++;
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        if ((f = fopen(path, "r"))) {
+            if (fgets(name, sizeof name, f)) name[strcspn(name, "\n")] = 0;
+            fclose(f);
+        }
+        printf("thread %s\n", name);
+    }
     if (d) closedir(d);
     return n;
 }

@@ -288,10 +288,14 @@ def test_embedded(python, mode, load):
     assert "start 0" in p.stdout and "finalized 0" in p.stdout
     if mode == "early":  # waited for Py_Initialize, then served
         assert len(hellos(out)) == 1 and "unloaded=0" in out, out
-    if mode in ("held", "late") and facts["hex"] < 0x03090000:
-        # 3.8 never hands the GIL over once finalizing: an agent that entered
-        # PyGILState_Ensure before stays parked there (harmless; the library
-        # must then not be unloaded)
-        assert "tasks 1" in p.stdout or "tasks 2" in p.stdout
+    threads = re.findall(r"^thread (.*)$", p.stdout, re.M)
+    assert threads and "tasks %d" % len(threads) in p.stdout, p.stdout
+    if mode == "held" or (mode == "late" and facts["hex"] < 0x03090000):
+        # The agent entered PyGILState_Ensure before finalization began. CPython
+        # ends such a waiter only if it wakes up while the runtime is finalizing
+        # (take_gil's timed wait); if it does not get the CPU in that window
+        # (3.8 always, 3.9+ on a loaded machine) it stays parked in take_gil for
+        # good. Harmless: nothing else but that one agent thread may be left.
+        assert threads[1:] in ([], ["memprof-agent"]), p.stdout
     else:
-        assert "tasks 1" in p.stdout, p.stdout + p.stderr
+        assert threads == [threads[0]], p.stdout + p.stderr

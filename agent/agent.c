@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -24,7 +25,9 @@
 #include <unistd.h>
 
 #include "hooks.h"
+#include "launch.h"
 #include "pyapi.h"
+#include "pycall.h"
 #include "wire.h"
 
 /* Pages are only committed when touched, so this costs what is used. It is
@@ -53,6 +56,7 @@ struct agent_conf {
     uint32_t frames;      /* max Python frames per stack */
     uint32_t interval_ms; /* flush interval */
     int exact, track, debug;
+    int follow;           /* memprof run --follow-fork: forked children are sessions too */
 };
 
 /* One connection to the daemon, owned by the agent thread. */
@@ -70,6 +74,9 @@ static atomic_int running;          /* 1 from a successful start to the thread's
 static atomic_int sock_fd = -1;     /* the session's socket, for the fork-child handler */
 static int debug;
 static int atfork_registered;
+static int launched;                /* started by memprof run (preloaded), not injected */
+static int wake_fd = -1;            /* eventfd the agent thread polls: a final report is wanted */
+static atomic_int final_asked, final_done, conn_ready;
 
 /* ------------------------------------------------------------ logging */
 
@@ -192,9 +199,9 @@ static int conf_set(struct agent_conf *c, const char *key, const char *val)
     } else if (!strcmp(key, "interval")) {
         if (parse_u64(val, 60000, &v) < 0) return -1;
         c->interval_ms = v == 0 ? DEFAULT_INTERVAL_MS : v < 10 ? 10 : (uint32_t)v;
-    } else if (!strcmp(key, "exact") || !strcmp(key, "track") || !strcmp(key, "debug")) {
+    } else if (!strcmp(key, "exact") || !strcmp(key, "track") || !strcmp(key, "debug") || !strcmp(key, "follow")) {
         if (parse_u64(val, 1, &v) < 0) return -1;
-        *(key[0] == 'e' ? &c->exact : key[0] == 't' ? &c->track : &c->debug) = (int)v;
+        *(key[0] == 'e' ? &c->exact : key[0] == 't' ? &c->track : key[0] == 'd' ? &c->debug : &c->follow) = (int)v;
     }
     /* other keys: from a newer daemon, ignored */
     return 0;
@@ -350,7 +357,7 @@ static int pend_flush(struct session *s, char *err)
 /* Runs every flush interval on the agent thread, without the GIL: sends the
  * allocation deltas. Never waits for the daemon: while a report is still
  * being written, the deltas keep accumulating in the tables (coalesced). */
-static void agent_tick(struct session *s)
+static void agent_tick(struct session *s, int final)
 {
     Memprof__AllocReport r;
     Envelope env = MEMPROF__ENVELOPE__INIT;
@@ -362,9 +369,13 @@ static void agent_tick(struct session *s)
     }
     if (hooks_collect(&r) < 0) return;
     r.reports_coalesced = s->coalesced;
+    r.final = final;
+    r.n_profiled = pycall_profiled_take(&r.profiled);
     env.msg_case = MEMPROF__ENVELOPE__MSG_ALLOC_REPORT;
     env.alloc_report = &r;
     if (wire_encode(&env, &s->pend, &s->pend_len, err) < 0) agent_log("report: %s", err);
+    pycall_profiled_free(r.profiled, r.n_profiled);
+    r.profiled = NULL, r.n_profiled = 0;
     hooks_report_free(&r);
     s->pend_off = 0;
     pend_push(s);
@@ -377,10 +388,22 @@ static void agent_track(void)
     char err[MP_ERRLEN];
     int state;
     if (!conf.track || gil_take(&state) < 0) return;
-    if (hooks_install(&hc, err) < 0) agent_log("allocation tracking off: %s", err);
-    else agent_log("allocation hooks installed (%s, rate %llu)", conf.exact ? "exact" : "sampling",
-                   (unsigned long long)conf.rate);
+    if (hooks_install(&hc, err) < 0) {
+        agent_log("allocation tracking off: %s", err);
+    } else {
+        agent_log("allocation hooks installed (%s, rate %llu)", conf.exact ? "exact" : "sampling",
+                  (unsigned long long)conf.rate);
+        if (pycall_atexit_register() < 0) agent_log("no atexit callback: the last figures may be partial");
+    }
     gil_give(state);
+}
+
+/* Keep this library mapped for good (something in the target still points into it). */
+static void pin_self(void)
+{
+    Dl_info self;
+    if (dladdr((void *)pin_self, &self) && self.dli_fname)
+        dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
 }
 
 /* Removes everything the agent installed in the target (allocator hooks, ...)
@@ -390,12 +413,15 @@ static void agent_track(void)
 static void agent_undo(void)
 {
     int state;
-    if (hooks_installed()) {
+    if (hooks_installed() || pycall_atexit_registered()) {
         if (gil_take(&state) == 0) {
             hooks_uninstall();
+            /* the callback lives in this library: if it stays registered, so must the library */
+            if (pycall_atexit_unregister() < 0) pin_self();
             gil_give(state);
         } else {
             hooks_abandon(); /* finalizing: the process is going away anyway */
+            pin_self();
         }
     }
     hooks_release();
@@ -643,29 +669,61 @@ static int session_hello(struct session *s, int want_reply, char *err)
     return rc;
 }
 
+/* The process is exiting (agent_final_report): everything counted so far goes
+ * out now, written in full. */
+static void final_flush(struct session *s)
+{
+    char err[MP_ERRLEN];
+    eventfd_t v;
+    if (eventfd_read(wake_fd, &v) < 0 || !atomic_exchange(&final_asked, 0)) return;
+    if (pend_flush(s, err) == 0) {
+        agent_tick(s, 1);
+        if (pend_flush(s, err) < 0) agent_log("final report: %s", err);
+        else agent_log("final report sent");
+    }
+    atomic_store(&final_done, 1);
+}
+
+void agent_final_report(double wait_s)
+{
+    struct timespec ts = {0, 200000};
+    double deadline = mp_now() + wait_s;
+    hooks_freeze();
+    /* a thread just started (a forked child's) may still be saying hello */
+    while (atomic_load(&running) && !atomic_load(&conn_ready) && mp_now() < deadline) nanosleep(&ts, NULL);
+    if (!atomic_load(&running) || !atomic_load(&conn_ready) || wake_fd < 0) return;
+    atomic_store(&final_done, 0);
+    atomic_store(&final_asked, 1);
+    if (eventfd_write(wake_fd, 1) < 0) return;
+    while (!atomic_load(&final_done) && atomic_load(&running) && mp_now() < deadline) nanosleep(&ts, NULL);
+}
+
 /* Serve requests until detach, an error, or the daemon goes away. */
 static void session_loop(struct session *s)
 {
     char err[MP_ERRLEN];
     double next_tick = mp_now() + conf.interval_ms / 1000.0;
+    atomic_store(&conn_ready, 1);
     for (;;) {
-        struct pollfd p = {.fd = s->fd, .events = POLLIN};
+        struct pollfd pfd[2] = {{.fd = s->fd, .events = POLLIN}, {.fd = wake_fd, .events = POLLIN}};
+        struct pollfd *p = &pfd[0];
         int ms = (int)((next_tick - mp_now()) * 1000) + 1, r;
         Envelope *env;
         if (ms < 0) ms = 0;
-        r = poll(&p, 1, ms);
+        r = poll(pfd, wake_fd >= 0 ? 2 : 1, ms);
         if (r < 0 && errno != EINTR) {
             agent_log("poll: %s", strerror(errno));
             return;
         }
-        if (r > 0 && (p.revents & POLLNVAL)) {
+        if (r > 0 && wake_fd >= 0 && (pfd[1].revents & POLLIN)) final_flush(s);
+        if (r > 0 && (p->revents & POLLNVAL)) {
             /* someone in the target closed our descriptor: it is not ours anymore */
             agent_log("connection descriptor %d closed under us", s->fd);
             atomic_store(&sock_fd, -1);
             s->fd = -1;
             return;
         }
-        if (r > 0) {
+        if (r > 0 && (p->revents & (POLLIN | POLLHUP | POLLERR))) {
             ssize_t n = wire_rbuf_fill(&s->rb, s->fd, err);
             if (n == 0 || (n < 0 && errno == ECONNRESET)) {
                 /* a reset when it went away with our reports unread */
@@ -692,7 +750,7 @@ static void session_loop(struct session *s)
             if (s->rb.len == 0 && s->rb.cap > RBUF_KEEP) wire_rbuf_free(&s->rb);
         }
         if (mp_now() >= next_tick) {
-            agent_tick(s);
+            agent_tick(s, 0);
             next_tick = mp_now() + conf.interval_ms / 1000.0;
         }
     }
@@ -703,13 +761,32 @@ static void session_loop(struct session *s)
 /* In a forked child there is no agent thread: forget the session so that an
  * attach to the child starts afresh, and do not keep the parent's daemon
  * connection open. glibc drops this handler when the library is dlclosed. */
+static int spawn_thread(void);
+
 static void agent_atfork_child(void)
 {
     int fd = atomic_exchange(&sock_fd, -1);
+    int was_running = atomic_load(&running);
     if (fd >= 0) close(fd);
     atomic_store(&gil_gate, 0); /* no agent thread here to wait for */
-    hooks_atfork_child(); /* the child is not tracked: wrappers pass through */
+    atomic_store(&conn_ready, 0);
+    atomic_store(&final_asked, 0);
     atomic_store(&running, 0);
+    if (launched && conf.follow && was_running && hooks_installed() && !hooks_frozen()) {
+        /* memprof run --follow-fork: the child is a session of its own, with
+         * a fresh agent thread (it needs no GIL to connect and report) */
+        hooks_atfork_follow();
+        pycall_atfork_child();
+        if (wake_fd >= 0) close(wake_fd);
+        wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        atomic_store(&running, 1);
+        if (spawn_thread() != 0) {
+            atomic_store(&running, 0);
+            hooks_atfork_child();
+        }
+        return;
+    }
+    hooks_atfork_child(); /* the child is not tracked: wrappers pass through */
 }
 
 /* Wait for a starting interpreter. 0 when initialized, -1 when it never is or
@@ -757,6 +834,17 @@ static void agent_run(struct session *s)
     if (!atfork_registered && pthread_atfork(NULL, NULL, agent_atfork_child) == 0)
         atfork_registered = 1;
 
+    if (launched) {
+        /* memprof run: the API, the version and the hooks were set up on a
+         * Python thread before the program's first line (launch.c) */
+        if (session_connect(s, err) < 0 || session_hello(s, 1, err) < 0) {
+            agent_log("%s", err);
+            return;
+        }
+        agent_log("connected (memprof run)");
+        session_loop(s);
+        return;
+    }
     if (pyapi_init(conf.pylib, err) < 0) {
         /* Not a Python we can drive: say who we are, then leave. */
         agent_log("%s", err);
@@ -786,9 +874,10 @@ static void agent_cleanup(void *arg)
 {
     struct session *s = arg;
     gil_exit();
+    atomic_store(&conn_ready, 0);
     agent_undo();
     session_close(s);
-    pyapi_fini();
+    if (!launched) pyapi_fini(); /* memprof run: launch.c's audit hook and the exit path keep using it */
     agent_log("thread exits");
     atomic_store(&running, 0);
 }
@@ -805,20 +894,24 @@ static void *agent_main(void *unused)
     return NULL;
 }
 
-/* Parse arg and start the thread; the caller owns the `running` flag. */
-static int agent_spawn(const char *arg)
+static int configure(const char *arg)
 {
     static char argbuf[AGENT_ARG_MAX];
+    size_t n;
+    if (!arg || (n = strnlen(arg, sizeof argbuf)) == sizeof argbuf) return -1;
+    memcpy(argbuf, arg, n + 1);
+    return conf_parse(&conf, argbuf);
+}
+
+/* Start the thread; the caller owns the `running` flag. */
+static int spawn_thread(void)
+{
     pthread_attr_t attr;
     pthread_t th;
     sigset_t all, old;
-    size_t n;
     int rc;
 
-    if (!arg || (n = strnlen(arg, sizeof argbuf)) == sizeof argbuf) return -1;
-    memcpy(argbuf, arg, n + 1);
-    if (conf_parse(&conf, argbuf) < 0) return -1;
-
+    if (wake_fd < 0) wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (pthread_attr_init(&attr)) return -2;
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, AGENT_STACK_SIZE);
@@ -837,8 +930,48 @@ AGENT_API int memprof_agent_start(const char *arg)
     int saved_errno = errno; /* the hijacked thread may be about to read it */
     int idle = 0, rc;
     if (!atomic_compare_exchange_strong(&running, &idle, 1)) return 1;
-    rc = agent_spawn(arg);
+    rc = configure(arg) < 0 ? -1 : spawn_thread();
     if (rc) atomic_store(&running, 0);
     errno = saved_errno;
     return rc;
 }
+
+/* ------------------------------------------------------------ memprof run */
+
+int agent_launch_configure(const char *arg, int *follow, char *err)
+{
+    if (configure(arg) < 0) {
+        mp_err(err, "malformed MEMPROF_RUN settings");
+        return -1;
+    }
+    *follow = conf.follow;
+    debug = conf.debug || environ_flag("MEMPROF_AGENT_DEBUG");
+    return 0;
+}
+
+int agent_launch_setup(char *err)
+{
+    struct hooks_conf hc = {.rate = conf.rate, .frames = conf.frames, .exact = conf.exact};
+    int idle = 0, rc;
+    if (pyapi_load_version(err) < 0) return -1;
+    if (!pyapi_offsets()) {
+        mp_err(err, "Python %s is not supported (memprof supports CPython 3.%d to 3.%d, release builds)",
+               pyapi_version(), PYAPI_MIN_MINOR, PYAPI_MAX_MINOR);
+        return -1;
+    }
+    if (hooks_install(&hc, err) < 0) return -1;
+    if (pycall_atexit_register() < 0) agent_log("no atexit callback: the last figures may be partial");
+    rc = pycall_profile_install();
+    agent_log("hooks installed before the first line (%s, rate %llu)%s", conf.exact ? "exact" : "sampling",
+              (unsigned long long)conf.rate, rc < 0 ? "; no profile builtin" : rc > 0 ? "; profile builtin already defined" : "");
+    launched = 1;
+    if (!atomic_compare_exchange_strong(&running, &idle, 1)) return 0;
+    if (spawn_thread() != 0) {
+        atomic_store(&running, 0);
+        mp_err(err, "cannot start the agent thread");
+        return -1;
+    }
+    return 0;
+}
+
+int agent_launched(void) { return launched; }

@@ -107,6 +107,7 @@ static uint32_t *stack_frames;
 static uint32_t stack_frames_len;
 static uint32_t *frame_stack;   /* exact: one-frame stack of a frame, or UINT32_MAX */
 static struct delta *deltas;
+static double *stack_live, *stack_peak; /* since tracking began: the peak live bytes per stack */
 static uint32_t *dirty;
 static uint8_t *is_dirty;
 static uint32_t ndirty;
@@ -253,9 +254,11 @@ static inline void delta_add(uint32_t stack, double bytes, double count, int is_
     if (is_free) {
         d->fb += bytes;
         d->fc += count;
+        stack_live[stack] -= bytes;
     } else {
         d->ab += bytes;
         d->ac += count;
+        if ((stack_live[stack] += bytes) > stack_peak[stack]) stack_peak[stack] = stack_live[stack];
     }
     if (!is_dirty[stack]) {
         is_dirty[stack] = 1;
@@ -681,6 +684,8 @@ static void tables_free(void)
     unmap(stack_frames, STACK_ARENA * sizeof *stack_frames);
     unmap(frame_stack, MAX_FRAMES_TAB * sizeof *frame_stack);
     unmap(deltas, MAX_STACKS * sizeof *deltas);
+    unmap(stack_live, MAX_STACKS * sizeof *stack_live);
+    unmap(stack_peak, MAX_STACKS * sizeof *stack_peak);
     unmap(dirty, MAX_STACKS * sizeof *dirty);
     unmap(is_dirty, MAX_STACKS);
     unmap(blocks, bcap * sizeof *blocks);
@@ -688,6 +693,7 @@ static void tables_free(void)
     unmap(code_cache, CODE_CACHE * sizeof *code_cache);
     frames = NULL, frame_index = NULL, strs = NULL, stack_off = stack_hash = stack_index = NULL;
     stack_len = NULL, stack_frames = frame_stack = dirty = NULL, deltas = NULL, is_dirty = NULL;
+    stack_live = stack_peak = NULL;
     blocks = NULL, bitcount = NULL, code_cache = NULL;
     bcap = bcount = 0;
 }
@@ -705,13 +711,15 @@ static int tables_alloc(void)
     stack_frames = map_zero(STACK_ARENA * sizeof *stack_frames);
     frame_stack = map_zero(MAX_FRAMES_TAB * sizeof *frame_stack);
     deltas = map_zero(MAX_STACKS * sizeof *deltas);
+    stack_live = map_zero(MAX_STACKS * sizeof *stack_live);
+    stack_peak = map_zero(MAX_STACKS * sizeof *stack_peak);
     dirty = map_zero(MAX_STACKS * sizeof *dirty);
     is_dirty = map_zero(MAX_STACKS);
     memset(bitmap, 0, sizeof bitmap);
     bitcount = map_zero(BITMAP_BITS * sizeof *bitcount);
     code_cache = map_zero(CODE_CACHE * sizeof *code_cache);
     if (!frames || !frame_index || !strs || !stack_off || !stack_hash || !stack_index || !stack_len ||
-        !stack_frames || !frame_stack || !deltas || !dirty || !is_dirty || !bitcount || !code_cache ||
+        !stack_frames || !frame_stack || !deltas || !stack_live || !stack_peak || !dirty || !is_dirty || !bitcount || !code_cache ||
         blocks_grow() < 0) {
         tables_free();
         return -1;
@@ -838,6 +846,39 @@ void hooks_abandon(void)
     pin_library();
 }
 
+void hooks_freeze(void)
+{
+    if (installed) atomic_store(&passthrough, 1);
+}
+
+int hooks_frozen(void) { return installed && atomic_load(&passthrough); }
+
+void hooks_atfork_follow(void)
+{
+    /* Only this thread survives; the lock may have been held by another. */
+    atomic_flag_clear(&lock);
+    atomic_store(&inflight, 0);
+    T.guard = 0;
+    if (!installed || !frames) return;
+    /* The child is a session of its own: it starts with no deltas and no
+     * blocks (what it inherited was the parent's), and sends every frame and
+     * stack again to its new daemon connection. */
+    for (uint32_t i = 0; i < ndirty; i++) {
+        deltas[dirty[i]] = (struct delta){0, 0, 0, 0};
+        is_dirty[dirty[i]] = 0;
+    }
+    ndirty = 0;
+    memset(stack_live, 0, MAX_STACKS * sizeof *stack_live);
+    memset(stack_peak, 0, MAX_STACKS * sizeof *stack_peak);
+    if (bcap) memset(blocks, 0, bcap * sizeof *blocks);
+    bcount = 0;
+    memset(bitmap, 0, sizeof bitmap);
+    memset(bitcount, 0, BITMAP_BITS * sizeof *bitcount);
+    frames_sent = stacks_sent = 0;
+    dropped = samples = events = 0;
+    sample_ns = 0;
+}
+
 void hooks_atfork_child(void)
 {
     /* Only this thread survives; the lock may have been held by another. The
@@ -873,14 +914,17 @@ int hooks_collect(Memprof__AllocReport *r)
     uint32_t f0, f1, s0, s1, nd;
     struct delta *dv = NULL;
     uint32_t *ds = NULL;
+    double *pk = NULL;
     double cost_ns;
     memprof__alloc_report__init(r);
     if (!frames) return -1;
     dv = malloc(MAX_STACKS * sizeof *dv);
     ds = malloc(MAX_STACKS * sizeof *ds);
-    if (!dv || !ds) {
+    pk = malloc(MAX_STACKS * sizeof *pk);
+    if (!dv || !ds || !pk) {
         free(dv);
         free(ds);
+        free(pk);
         return -1;
     }
     lock_take();
@@ -890,6 +934,7 @@ int hooks_collect(Memprof__AllocReport *r)
     for (uint32_t i = 0; i < nd; i++) {
         ds[i] = dirty[i];
         dv[i] = deltas[dirty[i]];
+        pk[i] = stack_peak[dirty[i]];
         deltas[dirty[i]] = (struct delta){0, 0, 0, 0};
         is_dirty[dirty[i]] = 0;
     }
@@ -914,7 +959,7 @@ int hooks_collect(Memprof__AllocReport *r)
     Memprof__AllocDelta *da = calloc(nd + 1, sizeof *da);
     if (!r->frames || !r->stacks || !r->deltas || !fa || !sa || !da) {
         r->n_frames = r->n_stacks = r->n_deltas = 0;
-        free(fa), free(sa), free(da), free(dv), free(ds);
+        free(fa), free(sa), free(da), free(dv), free(ds), free(pk);
         hooks_report_free(r);
         return -1;
     }
@@ -948,10 +993,12 @@ int hooks_collect(Memprof__AllocReport *r)
         d->alloc_count = dv[i].ac;
         d->free_bytes = dv[i].fb;
         d->free_count = dv[i].fc;
+        d->peak_live = pk[i];
         r->deltas[r->n_deltas++] = d;
     }
     free(dv);
     free(ds);
+    free(pk);
     return 0;
 }
 

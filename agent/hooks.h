@@ -24,6 +24,14 @@ void hooks_release(void);
 void hooks_abandon(void);
 /* In a forked child: wrappers pass straight through from now on. */
 void hooks_atfork_child(void);
+/* A forked child that is a session of its own (memprof run --follow-fork):
+ * keep tracking, with empty deltas and block tables. */
+void hooks_atfork_follow(void);
+/* At the process's exit: stop counting (the final figures are what was live
+ * when shutdown began, not what finalization frees); the wrappers pass
+ * through, the tables stay for the last report. Any thread. */
+void hooks_freeze(void);
+int hooks_frozen(void);
 int hooks_installed(void);
 
 /* Fill r with what changed since the last call (new frames and stacks, deltas,

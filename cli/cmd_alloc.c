@@ -32,7 +32,7 @@ struct frame {
 struct stack {
     unsigned *frames;
     size_t n;
-    double live, ab, ac, fb, fc, rate;
+    double live, ab, ac, fb, fc, rate, peak;
 };
 
 /* A snapshot: from the daemon (AllocData) or from a snapshot file. */
@@ -80,6 +80,15 @@ static int frame_slot(struct view *v, unsigned id)
     return 0;
 }
 
+static void view_frames(struct view *v, const Memprof__AllocData *d)
+{
+    for (size_t i = 0; i < d->n_frames; i++) {
+        const Memprof__AllocFrame *f = d->frames[i];
+        if (frame_slot(v, f->id) < 0) continue;
+        v->frames[f->id] = (struct frame){1, strdup(f->file), strdup(f->function), f->line, f->first_line};
+    }
+}
+
 static void view_from_data(struct view *v, const Memprof__AllocData *d)
 {
     memset(v, 0, sizeof *v);
@@ -103,11 +112,7 @@ static void view_from_data(struct view *v, const Memprof__AllocData *d)
     v->samples = (double)d->samples;
     v->dropped = (double)d->dropped;
     v->rate_bytes = (double)d->sample_rate;
-    for (size_t i = 0; i < d->n_frames; i++) {
-        const Memprof__AllocFrame *f = d->frames[i];
-        if (frame_slot(v, f->id) < 0) continue;
-        v->frames[f->id] = (struct frame){1, strdup(f->file), strdup(f->function), f->line, f->first_line};
-    }
+    view_frames(v, d);
     v->stacks = calloc(d->n_stacks + 1, sizeof *v->stacks);
     for (size_t i = 0; v->stacks && i < d->n_stacks; i++) {
         const Memprof__AllocStack *s = d->stacks[i];
@@ -123,6 +128,7 @@ static void view_from_data(struct view *v, const Memprof__AllocData *d)
         st->ab = t->alloc_bytes, st->ac = t->alloc_count, st->fb = t->free_bytes, st->fc = t->free_count;
         st->live = t->alloc_bytes - t->free_bytes;
         st->rate = t->alloc_rate;
+        st->peak = t->peak_live;
         if (st->n) v->nstacks++;
         else free(st->frames);
     }
@@ -135,31 +141,43 @@ static double view_live(const struct view *v)
     return live;
 }
 
-/* Ask the daemon for pid's allocation data: 0, or -1 with err set. */
-static int fetch_data(int pid, struct view *v, char *err)
+int alloc_fetch(int pid, unsigned session_id, int history, Envelope **reply, char *err)
 {
-    Envelope env = MEMPROF__ENVELOPE__INIT, *reply = NULL;
+    Envelope env = MEMPROF__ENVELOPE__INIT;
     Memprof__AllocQuery q = MEMPROF__ALLOC_QUERY__INIT;
     int fd = client_connect(client_socket_opt, 0, err);
+    *reply = NULL;
     if (fd < 0) return -1;
     q.pid = pid;
+    q.session_id = session_id;
+    q.history = history;
     env.msg_case = MEMPROF__ENVELOPE__MSG_ALLOC_QUERY;
     env.alloc_query = &q;
-    if (client_call(fd, &env, &reply, 30000, err) < 0) {
+    if (client_call(fd, &env, reply, 30000, err) < 0) {
         close(fd);
         return -1;
     }
     close(fd);
-    if (reply->msg_case != MEMPROF__ENVELOPE__MSG_ALLOC_DATA) {
-        wire_free(reply);
+    if ((*reply)->msg_case != MEMPROF__ENVELOPE__MSG_ALLOC_DATA) {
+        wire_free(*reply);
+        *reply = NULL;
         mp_err(err, "unexpected reply from memprofd (is it older than this memprof?)");
         return -1;
     }
-    if (reply->alloc_data->error && reply->alloc_data->error[0]) {
-        mp_err(err, "%s", reply->alloc_data->error);
-        wire_free(reply);
+    if ((*reply)->alloc_data->error && (*reply)->alloc_data->error[0]) {
+        mp_err(err, "%s", (*reply)->alloc_data->error);
+        wire_free(*reply);
+        *reply = NULL;
         return -1;
     }
+    return 0;
+}
+
+/* Ask the daemon for pid's allocation data: 0, or -1 with err set. */
+static int fetch_data(int pid, struct view *v, char *err)
+{
+    Envelope *reply;
+    if (alloc_fetch(pid, 0, 0, &reply, err) < 0) return -1;
     view_from_data(v, reply->alloc_data);
     wire_free(reply);
     return 0;
@@ -601,6 +619,106 @@ static int indent_of(const char *s)
     return *s && *s != '#' ? n : -1; /* -1: blank or comment */
 }
 
+/* memory_profiler's report of function func (in a file matching file, with
+ * def line first when non-zero) to o. Attach mode: Increment is what the line
+ * allocated since attach and still holds. Run mode (memprof run): Increment is
+ * the line's peak (the most its allocations held at once), like the RSS
+ * increase memory_profiler sees while the line runs. 0, or 1 after an error. */
+static int lines_print(FILE *o, struct view *v, const char *func, const char *file, unsigned first, int run_mode)
+{
+    const char *chosen = NULL;
+    unsigned maxline = 0, start, end;
+    char near[512];
+    double *inc = NULL, *occ = NULL, best = -1;
+    char **src;
+    size_t nsrc;
+    int pid = v->pid, exact = !strcmp(v->mode, "exact");
+    /* the (file, def line) of NAME holding the most memory */
+    for (size_t i = 0; i < v->nframes; i++) {
+        struct frame *f = &v->frames[i];
+        double held = 0;
+        if (!f->used || strcmp(f->func, func) || (file && (first ? strcmp(f->file, file) : !strstr(f->file, file))) ||
+            (first && f->first != first))
+            continue;
+        for (size_t s = 0; s < v->nstacks; s++)
+            for (size_t k = 0; k < v->stacks[s].n; k++)
+                if (v->stacks[s].frames[k] == i) held += fabs(v->stacks[s].live) + v->stacks[s].ac;
+        if (held > best) best = held, chosen = f->file, first = f->first;
+    }
+    if (!chosen && first && file) {
+        chosen = file; /* memprof run's @profile: known, nothing sampled in it */
+    } else if (!chosen) {
+        near_matches(v, func, near, sizeof near);
+        return cli_fail("pid %d: no function '%s'%s%s has allocated since %s%s%s", pid, func, file ? " in " : "",
+                        file ? file : "", run_mode ? "the start" : "attach", near[0] ? "; near matches: " : "", near);
+    }
+    for (size_t i = 0; i < v->nframes; i++) {
+        struct frame *f = &v->frames[i];
+        if (f->used && !strcmp(f->func, func) && !strcmp(f->file, chosen) && f->first == first && f->line > maxline)
+            maxline = f->line;
+    }
+    inc = calloc(maxline + 2, sizeof *inc);
+    occ = calloc(maxline + 2, sizeof *occ);
+    if (!inc || !occ) {
+        free(inc);
+        free(occ);
+        return cli_fail("out of memory");
+    }
+    /* a stack counts at the innermost frame of this function (inclusive of callees) */
+    for (size_t s = 0; s < v->nstacks; s++)
+        for (size_t k = 0; k < v->stacks[s].n; k++) {
+            struct frame *f = &v->frames[v->stacks[s].frames[k]];
+            if (strcmp(f->func, func) || strcmp(f->file, chosen) || f->first != first) continue;
+            if (f->line <= maxline) {
+                inc[f->line] += run_mode ? v->stacks[s].peak : v->stacks[s].live;
+                occ[f->line] += v->stacks[s].ac;
+            }
+            break;
+        }
+    src = read_source(pid, chosen, &nsrc);
+    start = first ? first : 1;
+    end = maxline;
+    if (src && start <= nsrc) {
+        /* the function ends before the first line indented no deeper than its def */
+        int def_indent = indent_of(src[start - 1]);
+        unsigned l = start;
+        while (l < nsrc && (src[l - 1][0] == '@' || !strchr(src[l - 1], ':'))) l++; /* decorators, def line */
+        for (end = l; end < nsrc; end++) {
+            int ind = indent_of(src[end]);
+            if (ind >= 0 && ind <= def_indent) break;
+        }
+        while (end > l && indent_of(src[end - 1]) < 0) end--; /* trailing blank lines */
+        if (end < maxline) end = maxline;
+    }
+    if (run_mode)
+        fprintf(o, "Filename: %s  (function %s, pid %d, %s mode: %s)\n\n", chosen, func, pid, v->mode,
+                exact ? "exact counts; Increment = the line's peak held memory"
+                      : "sampled estimates; Increment = the line's peak held memory");
+    else
+        fprintf(o, "Filename: %s  (function %s, pid %d, %s mode: %s)\n\n", chosen, func, pid, v->mode,
+                exact ? "exact counts of allocations since attach" : "estimates from sampled allocations since attach");
+    fprintf(o, "Line #    Mem usage    Increment  Occurrences   Line Contents\n");
+    fprintf(o, "=============================================================\n");
+    double run = 0;
+    for (unsigned l = start; l <= end; l++) {
+        const char *text = src && l <= nsrc ? src[l - 1] : "";
+        int has = l <= maxline && (occ[l] > 0 || inc[l] != 0);
+        if (has) {
+            run += inc[l];
+            fprintf(o, "%6u %9.1f MiB %9.1f MiB %12.0f   %s\n", l, run / 1048576.0, inc[l] / 1048576.0, occ[l], text);
+        } else {
+            fprintf(o, "%6u %12s %12s %12s   %s\n", l, "", "", "", text);
+        }
+    }
+    if (!src) fprintf(o, "\n(source not readable at /proc/%d/root%s nor %s)\n", pid, chosen, chosen);
+    else if (!maxline) fprintf(o, "\n(no allocations recorded in %s%s)\n", func, exact ? "" : " at this sample rate");
+    for (size_t i = 0; src && i < nsrc; i++) free(src[i]);
+    free(src);
+    free(inc);
+    free(occ);
+    return 0;
+}
+
 int cmd_lines(int argc, char **argv)
 {
     static struct option opts[] = {{"pid", required_argument, 0, 'p'},
@@ -609,13 +727,8 @@ int cmd_lines(int argc, char **argv)
                                    {"socket", required_argument, 0, 's'},
                                    {0}};
     int pid = 0, c;
-    const char *func = NULL, *file = NULL, *chosen = NULL;
-    unsigned first = 0, maxline = 0, start, end;
+    const char *func = NULL, *file = NULL;
     struct view v;
-    char near[512];
-    double *inc = NULL, *occ = NULL, best = -1;
-    char **src;
-    size_t nsrc;
     if (cli_wants_help(argc, argv)) {
         fputs(usage_lines, stdout);
         return 0;
@@ -636,80 +749,20 @@ int cmd_lines(int argc, char **argv)
         return cli_fail("--pid and --function are required");
     }
     if (fetch(pid, &v)) return 1;
-    /* the (file, def line) of NAME holding the most memory */
-    for (size_t i = 0; i < v.nframes; i++) {
-        struct frame *f = &v.frames[i];
-        double held = 0;
-        if (!f->used || strcmp(f->func, func) || (file && !strstr(f->file, file))) continue;
-        for (size_t s = 0; s < v.nstacks; s++)
-            for (size_t k = 0; k < v.stacks[s].n; k++)
-                if (v.stacks[s].frames[k] == i) held += fabs(v.stacks[s].live) + v.stacks[s].ac;
-        if (held > best) best = held, chosen = f->file, first = f->first;
-    }
-    if (!chosen) {
-        near_matches(&v, func, near, sizeof near);
-        cli_fail("pid %d: no function '%s'%s%s has allocated since attach%s%s", pid, func, file ? " in " : "",
-                 file ? file : "", near[0] ? "; near matches: " : "", near);
-        view_free(&v);
-        return 1;
-    }
-    for (size_t i = 0; i < v.nframes; i++) {
-        struct frame *f = &v.frames[i];
-        if (f->used && !strcmp(f->func, func) && !strcmp(f->file, chosen) && f->first == first && f->line > maxline)
-            maxline = f->line;
-    }
-    inc = calloc(maxline + 2, sizeof *inc);
-    occ = calloc(maxline + 2, sizeof *occ);
-    if (!inc || !occ) return cli_fail("out of memory");
-    /* a stack counts at the innermost frame of this function (inclusive of callees) */
-    for (size_t s = 0; s < v.nstacks; s++)
-        for (size_t k = 0; k < v.stacks[s].n; k++) {
-            struct frame *f = &v.frames[v.stacks[s].frames[k]];
-            if (strcmp(f->func, func) || strcmp(f->file, chosen) || f->first != first) continue;
-            if (f->line <= maxline) {
-                inc[f->line] += v.stacks[s].live;
-                occ[f->line] += v.stacks[s].ac;
-            }
-            break;
-        }
-    src = read_source(pid, chosen, &nsrc);
-    start = first ? first : 1;
-    end = maxline;
-    if (src && start <= nsrc) {
-        /* the function ends before the first line indented no deeper than its def */
-        int def_indent = indent_of(src[start - 1]);
-        unsigned l = start;
-        while (l < nsrc && (src[l - 1][0] == '@' || !strchr(src[l - 1], ':'))) l++; /* decorators, def line */
-        for (end = l; end < nsrc; end++) {
-            int ind = indent_of(src[end]);
-            if (ind >= 0 && ind <= def_indent) break;
-        }
-        while (end > l && indent_of(src[end - 1]) < 0) end--; /* trailing blank lines */
-        if (end < maxline) end = maxline;
-    }
-    printf("Filename: %s  (function %s, pid %d, %s mode: %s)\n\n", chosen, func, pid, v.mode,
-           !strcmp(v.mode, "exact") ? "exact counts of allocations since attach"
-                                    : "estimates from sampled allocations since attach");
-    printf("Line #    Mem usage    Increment  Occurrences   Line Contents\n");
-    printf("=============================================================\n");
-    double run = 0;
-    for (unsigned l = start; l <= end; l++) {
-        const char *text = src && l <= nsrc ? src[l - 1] : "";
-        int has = l <= maxline && (occ[l] > 0 || inc[l] != 0);
-        if (has) {
-            run += inc[l];
-            printf("%6u %9.1f MiB %9.1f MiB %12.0f   %s\n", l, run / 1048576.0, inc[l] / 1048576.0, occ[l], text);
-        } else {
-            printf("%6u %12s %12s %12s   %s\n", l, "", "", "", text);
-        }
-    }
-    if (!src) printf("\n(source not readable at /proc/%d/root%s nor %s)\n", pid, chosen, chosen);
-    for (size_t i = 0; src && i < nsrc; i++) free(src[i]);
-    free(src);
-    free(inc);
-    free(occ);
+    c = lines_print(stdout, &v, func, file, 0, 0);
     view_free(&v);
-    return 0;
+    return c;
+}
+
+/* memprof run: the report of one function of a finished (or running) session. */
+int alloc_lines_report(FILE *o, const Memprof__AllocData *d, const char *func, const char *file, unsigned first)
+{
+    struct view v;
+    int rc;
+    view_from_data(&v, d);
+    rc = lines_print(o, &v, func, file, first, 1);
+    view_free(&v);
+    return rc;
 }
 
 /* ------------------------------------------------------------ snapshot / diff */
@@ -728,15 +781,24 @@ static const char *usage_snapshot =
 
 static const char *usage_diff =
     "usage: memprof diff A B [--limit N] [--socket PATH]\n"
+    "       memprof diff --pid PID --window SECONDS [--session ID] [--limit N] [--socket PATH]\n"
     "\n"
-    "What grew between two snapshots (memprof snapshot): live memory by line and\n"
-    "by function, largest growth first.\n"
+    "What grew (and shrank) in live memory, by line and by function, largest\n"
+    "growth first: between two snapshot files (memprof snapshot), or over the\n"
+    "last SECONDS of an attached or exited process, from the daemon's history\n"
+    "(one point a second for ten minutes, the 256 largest sites of each point).\n"
+    "--session ID picks one of the daemon's sessions (memprof status), e.g. an\n"
+    "ended one whose pid was reused.\n"
     "\n"
-    "example:\n"
+    "examples:\n"
     "  $ memprof diff before.mps after.mps\n"
     "  live: 9.8 MiB -> 15.9 MiB (+6.1 MiB) over 60.0 s\n"
     "  by line:\n"
-    "      +6.1 MiB   6.1 MiB -> 12.2 MiB  service.py:36 (handle)\n";
+    "      +6.1 MiB   6.1 MiB -> 12.2 MiB  service.py:36 (handle)\n"
+    "  $ memprof diff --pid 4242 --window 30\n"
+    "  live: 1.2 MiB -> 2.0 MiB (+820.3 KiB) over 30.0 s\n"
+    "  by line:\n"
+    "    +806.7 KiB   1.2 MiB -> 2.0 MiB   service.py:36 (handle)\n";
 
 static void tabfree(char *s)
 {
@@ -920,10 +982,98 @@ static void diff_by(const struct view *a, const struct view *b, enum by by, int 
     rows_free(rb, nb);
 }
 
+int cli_parse_session(const char *s, unsigned *id)
+{
+    char *end;
+    unsigned long v;
+    errno = 0;
+    v = strtoul(s, &end, 10);
+    if (!*s || *end || errno || v == 0 || v > 0xffffffffUL || s[0] == '-') return -1;
+    *id = (unsigned)v;
+    return 0;
+}
+
+void cli_who(int pid, unsigned session_id, char *out, size_t len)
+{
+    if (session_id) snprintf(out, len, "session %u", session_id);
+    else snprintf(out, len, "pid %d", pid);
+}
+
+/* One history point as a view: one single-frame stack per site. */
+static void view_from_point(struct view *v, const Memprof__AllocData *d, const Memprof__AllocPoint *p)
+{
+    memset(v, 0, sizeof *v);
+    v->pid = d->session ? d->session->pid : 0;
+    v->ts = p->t;
+    view_frames(v, d);
+    v->stacks = calloc(p->n_sites + 1, sizeof *v->stacks);
+    for (size_t i = 0; v->stacks && i < p->n_sites; i++) {
+        unsigned f = p->sites[i]->frame;
+        struct stack *st = &v->stacks[v->nstacks];
+        if (f >= v->nframes || !v->frames[f].used || !(st->frames = malloc(sizeof *st->frames))) continue;
+        st->frames[0] = f;
+        st->n = 1;
+        st->live = p->sites[i]->live_bytes;
+        v->nstacks++;
+    }
+}
+
+#define WINDOW_SLACK 0.5 /* history points are a second apart: take one within half a second */
+
+static int diff_window(int pid, unsigned session_id, double window, int limit)
+{
+    char err[MP_ERRLEN], who[48], x[32], y[32], z[32];
+    Envelope *reply;
+    const Memprof__AllocData *d;
+    const Memprof__AllocPoint *p0 = NULL, *p1;
+    struct view a, b;
+    double span;
+    cli_who(pid, session_id, who, sizeof who);
+    if (alloc_fetch(pid, session_id, 1, &reply, err) < 0) return cli_fail("%s", err);
+    d = reply->alloc_data;
+    if (d->n_history < 2) {
+        wire_free(reply);
+        return cli_fail("%s: no history yet (one point a second from the first report): try again in a moment", who);
+    }
+    p1 = d->history[d->n_history - 1];
+    for (size_t i = d->n_history; i-- > 0 && !p0;)
+        if (d->history[i]->t <= p1->t - window + WINDOW_SLACK) p0 = d->history[i];
+    span = p1->t - d->history[0]->t;
+    if (!p0 || p0 == p1) {
+        cli_fail("%s: the history reaches back %.1f s only, not %g s (it starts at the first report after attach "
+                 "and keeps the last ten minutes)", who, span, window);
+        wire_free(reply);
+        return 1;
+    }
+    if (!p1->n_sites && p1->live_bytes >= 1) {
+        wire_free(reply);
+        return cli_fail("memprofd keeps no per-line history: it is older than this memprof (restart it: memprofd stop)");
+    }
+    view_from_point(&a, d, p0);
+    view_from_point(&b, d, p1);
+    printf("live: %s -> %s (%s%s) over %.1f s\n", cli_bytes(p0->live_bytes, x, sizeof x),
+           cli_bytes(p1->live_bytes, y, sizeof y), p1->live_bytes >= p0->live_bytes ? "+" : "-",
+           cli_bytes(fabs(p1->live_bytes - p0->live_bytes), z, sizeof z), p1->t - p0->t);
+    diff_by(&a, &b, BY_LINE, limit);
+    diff_by(&a, &b, BY_FUNCTION, limit);
+    if (p0->other_live_bytes >= 1024 || p1->other_live_bytes >= 1024)
+        printf("(not itemized: %s then %s held by sites smaller than the 256 largest)\n",
+               cli_bytes(p0->other_live_bytes, x, sizeof x), cli_bytes(p1->other_live_bytes, y, sizeof y));
+    view_free(&a);
+    view_free(&b);
+    wire_free(reply);
+    return 0;
+}
+
 int cmd_diff(int argc, char **argv)
 {
-    static struct option opts[] = {{"limit", required_argument, 0, 'l'}, {"socket", required_argument, 0, 's'}, {0}};
-    int c, limit = 20;
+    static struct option opts[] = {{"limit", required_argument, 0, 'l'},  {"socket", required_argument, 0, 's'},
+                                   {"pid", required_argument, 0, 'p'},    {"window", required_argument, 0, 'w'},
+                                   {"session", required_argument, 0, 'S'}, {0}};
+    int c, limit = 20, pid = 0;
+    unsigned session_id = 0;
+    double window = 0;
+    char *end;
     struct view a, b;
     char x[32], y[32], z[32];
     double la, lb;
@@ -932,16 +1082,34 @@ int cmd_diff(int argc, char **argv)
         return 0;
     }
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c == 'l') limit = atoi(optarg);
-        else if (c == 's') client_socket_opt = optarg;
-        else {
-            fputs(usage_diff, stderr);
-            return 3;
+        switch (c) {
+        case 'l': limit = atoi(optarg); break;
+        case 's': client_socket_opt = optarg; break;
+        case 'p':
+            if (parse_pid_opt(optarg, &pid) < 0) return cli_fail("--pid: '%s' is not a pid", optarg);
+            break;
+        case 'S':
+            if (cli_parse_session(optarg, &session_id) < 0) return cli_fail("--session: '%s' is not a session id", optarg);
+            break;
+        case 'w':
+            window = strtod(optarg, &end);
+            if (end == optarg || *end || !(window > 0) || window > 600)
+                return cli_fail("--window: expected seconds between 0 and 600 (the history keeps ten minutes), not '%s'",
+                                optarg);
+            break;
+        default: fputs(usage_diff, stderr); return 3;
         }
+    }
+    if (pid || session_id || window > 0) {
+        if (optind < argc) return cli_fail("unexpected argument '%s' (two snapshot files, or --pid with --window)",
+                                           argv[optind]);
+        if (!pid && !session_id) return cli_fail("--window needs --pid PID (or --session ID)");
+        if (!(window > 0)) return cli_fail("--pid needs --window SECONDS: how far back to compare");
+        return diff_window(pid, session_id, window, limit);
     }
     if (argc - optind != 2) {
         fputs(usage_diff, stderr);
-        return cli_fail("expected two snapshot files");
+        return cli_fail("expected two snapshot files, or --pid PID --window SECONDS");
     }
     if (load_snapshot(argv[optind], &a)) return 1;
     if (load_snapshot(argv[optind + 1], &b)) {

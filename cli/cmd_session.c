@@ -17,8 +17,11 @@ static const char *usage_status =
     "\n"
     "example:\n"
     "  $ memprof status\n"
-    "  PID      PYTHON   STATE      MODE      ATTACHED SINCE        STOPPED  COMMAND\n"
-    "  4242     3.11.2   attached   sampling  2026-11-23 20:31:02   1.10 ms  python3 service.py\n";
+    "  ID   PID      PYTHON   STATE      MODE      ATTACHED SINCE        STOPPED  COMMAND\n"
+    "  3    4242     3.11.2   attached   sampling  2026-11-23 20:31:02   1.10 ms  python3 service.py\n"
+    "\n"
+    "ID names a session for `memprof plot/export/diff --session ID`, also once it\n"
+    "has ended and its pid has been reused.\n";
 
 static const char *usage_ps =
     "usage: memprof ps [--json] [--socket PATH]\n"
@@ -95,7 +98,7 @@ int cmd_status(int argc, char **argv)
         for (size_t i = 0; i < r->n_sessions; i++) {
             Memprof__SessionInfo *s = r->sessions[i];
             join_argv(s->argv, s->n_argv, cmd, sizeof cmd);
-            printf("%s{\"pid\": %d, \"python\": ", i ? ", " : "", s->pid);
+            printf("%s{\"id\": %u, \"pid\": %d, \"python\": ", i ? ", " : "", s->id, s->pid);
             cli_json_str(stdout, s->python_version);
             printf(", \"state\": \"%s\", \"mode\": \"%s\", \"attached_since\": %.3f, \"stop_ms\": %.3f, \"command\": ",
                    s->state, s->mode, s->attached_since, s->stop_ms);
@@ -106,16 +109,16 @@ int cmd_status(int argc, char **argv)
     } else if (r->n_sessions == 0) {
         printf("no sessions (attach with: memprofd attach --pid PID)\n");
     } else {
-        printf("%-8s %-8s %-10s %-9s %-21s %8s  %s\n", "PID", "PYTHON", "STATE", "MODE", "ATTACHED SINCE", "STOPPED",
-               "COMMAND");
+        printf("%-4s %-8s %-8s %-10s %-9s %-21s %8s  %s\n", "ID", "PID", "PYTHON", "STATE", "MODE", "ATTACHED SINCE",
+               "STOPPED", "COMMAND");
         for (size_t i = 0; i < r->n_sessions; i++) {
             Memprof__SessionInfo *s = r->sessions[i];
             time_t t = (time_t)s->attached_since;
             if (t) strftime(since, sizeof since, "%Y-%m-%d %H:%M:%S", localtime(&t));
             else snprintf(since, sizeof since, "-");
             join_argv(s->argv, s->n_argv, cmd, sizeof cmd);
-            printf("%-8d %-8s %-10s %-9s %-21s %5.2f ms  %s\n", s->pid, s->python_version, s->state, s->mode, since,
-                   s->stop_ms, cmd);
+            printf("%-4u %-8d %-8s %-10s %-9s %-21s %5.2f ms  %s\n", s->id, s->pid, s->python_version, s->state, s->mode,
+                   since, s->stop_ms, cmd);
         }
     }
     wire_free(reply);

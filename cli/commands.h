@@ -15,11 +15,29 @@ int cmd_top(int argc, char **argv);
 int cmd_lines(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_diff(int argc, char **argv);
+int cmd_plot(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 /* For `memprof growth`: follow the attached process's allocation sites across
  * calls and print those whose live memory grew, steadiest first (nothing when
  * allocation tracking is off). The first call is the baseline. */
 void alloc_leak_suspects(int pid, int limit, FILE *out);
+
+/* The allocation data of pid's session, or of session session_id (non-zero),
+ * with the history when asked: 0 and *reply (wire_free it), or -1 with err. */
+struct Memprof__Envelope;
+int alloc_fetch(int pid, unsigned session_id, int history, struct Memprof__Envelope **reply, char *err);
+/* memprof run: memory_profiler's report of func (file and def line first when
+ * known, else the best match by name) from a session's AllocData. 0, or 1
+ * after printing an error. */
+struct Memprof__AllocData;
+int alloc_lines_report(FILE *o, const struct Memprof__AllocData *d, const char *func, const char *file,
+                       unsigned first);
+int cmd_run(int argc, char **argv);
+/* --session ID: 0, or -1 when not a session id. */
+int cli_parse_session(const char *s, unsigned *id);
+/* "pid N" or "session ID", for messages. */
+void cli_who(int pid, unsigned session_id, char *out, size_t len);
 
 /* Shared by the commands: print "memprof: MSG" to stderr and return 1. */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

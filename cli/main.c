@@ -13,6 +13,7 @@ struct command {
 };
 
 static const struct command commands[] = {
+    {"run", cmd_run, "run a Python program profiled from its first line; @profile reports (like memory_profiler)"},
     {"status", cmd_status, "sessions of the daemon: pid, Python, state, attached since"},
     {"ps", cmd_ps, "Python processes you may attach to, with RSS and version"},
     {"types", cmd_types, "object census by type (like objgraph.show_most_common_types)"},
@@ -22,7 +23,9 @@ static const struct command commands[] = {
     {"top", cmd_top, "live view of allocations and live memory by line or function"},
     {"lines", cmd_lines, "memory_profiler-style line-by-line report for one function"},
     {"snapshot", cmd_snapshot, "save a process's allocation data to a file"},
-    {"diff", cmd_diff, "what grew between two snapshots, by line and by function"},
+    {"diff", cmd_diff, "what grew between two snapshots, or over the last N seconds, by line and function"},
+    {"plot", cmd_plot, "RSS and tracked heap over time, peaks named, as an SVG (like mprof plot)"},
+    {"export", cmd_export, "a session's allocation data as JSON or collapsed stacks (flame graphs)"},
 };
 
 static void usage(FILE *f)

@@ -1,6 +1,7 @@
 /* alloc.c -- allocation data per session: folds the agents' AllocReports into
  * per-stack totals (allocated, freed, live, peak, recent rate) and a bounded
- * history of totals, and answers AllocQuery. Kept after the target exits. */
+ * history of totals and of the top sites, and answers AllocQuery. Kept after
+ * the target exits. */
 #include "alloc.h"
 
 #include <math.h>
@@ -12,9 +13,22 @@
 #include "util.h"
 
 #define MAX_IDS 65536          /* the agent caps frames at 16384, stacks at 8192 */
+#define MAX_PROFILED 256   /* @profile'd functions kept per session */
 #define HISTORY 600            /* snapshots: one a second for ten minutes */
 #define HISTORY_STEP 1.0
 #define RATE_TAU 2.0           /* seconds: smoothing of rates */
+/* Each history point also keeps the live bytes of its HIST_SITES largest sites
+ * (site: innermost frame, constructors folded into their caller), so growth by
+ * line or function over any window of the history can be computed. Bound per
+ * session: HISTORY x HIST_SITES x 8 B = 1.2 MB of sites, plus HISTORY x ~100 B
+ * of totals; with the daemon's 64 ended sessions kept (session.c), ~80 MB at
+ * most for those. */
+#define HIST_SITES 256
+
+struct hsite {
+    uint32_t frame;
+    float live;
+};
 
 struct aframe {
     char *file, *func;
@@ -42,8 +56,12 @@ struct alloc_data {
     double first_ts, last_ts, agent_cpu;
     double samples_rate, alloc_rate, overhead, peak_live;
     Memprof__AllocPoint hist[HISTORY];
+    struct hsite *hist_sites[HISTORY]; /* the top sites of hist[i], largest first */
+    uint16_t hist_nsites[HISTORY];
     size_t hist_head, hist_len;
     double hist_last;
+    Memprof__AllocFrame **profiled; /* memprof run: @profile'd functions (file, function, first_line) */
+    size_t nprofiled;
 };
 
 static int grow(void **arr, size_t *n, size_t want, size_t elsize)
@@ -77,6 +95,13 @@ void alloc_free(struct alloc_data *a)
         free(a->frames[i].func);
     }
     for (size_t i = 0; i < a->nstacks; i++) free(a->stacks[i].frames);
+    for (size_t i = 0; i < HISTORY; i++) free(a->hist_sites[i]);
+    for (size_t i = 0; i < a->nprofiled; i++) {
+        free(a->profiled[i]->file);
+        free(a->profiled[i]->function);
+        free(a->profiled[i]);
+    }
+    free(a->profiled);
     free(a->frames);
     free(a->stacks);
     free(a->stats);
@@ -108,12 +133,63 @@ static void define(struct alloc_data *a, const Memprof__AllocReport *r)
     }
 }
 
+static int is_ctor(const char *func)
+{
+    return !strcmp(func, "__init__") || !strcmp(func, "__new__") || !strcmp(func, "__post_init__");
+}
+
+/* The site of a stack: its innermost frame, or for what a constructor
+ * allocates, the frame that created the object (whoever keeps it holds it). */
+static int stack_site(const struct alloc_data *a, const struct astack *st, uint32_t *site)
+{
+    uint32_t own = 0;
+    if (!st->defined || !st->n) return -1;
+    while (own + 1 < st->n && a->frames[st->frames[own]].func && is_ctor(a->frames[st->frames[own]].func)) own++;
+    *site = st->frames[own];
+    return 0;
+}
+
+static int hsite_cmp(const void *x, const void *y)
+{
+    const struct hsite *p = x, *q = y;
+    return p->live < q->live ? 1 : p->live > q->live ? -1 : (p->frame > q->frame) - (p->frame < q->frame);
+}
+
+/* The HIST_SITES sites holding the most live bytes now; *n of them. */
+static struct hsite *top_sites(const struct alloc_data *a, size_t *n)
+{
+    double *by_frame = calloc(a->nframes + 1, sizeof *by_frame);
+    struct hsite *all = NULL, *top;
+    size_t count = 0;
+    uint32_t site;
+    *n = 0;
+    if (!by_frame) return NULL;
+    for (size_t i = 0; i < a->nstacks; i++)
+        if (stack_site(a, &a->stacks[i], &site) == 0) by_frame[site] += a->stats[i].ab - a->stats[i].fb;
+    for (size_t f = 0; f < a->nframes; f++) count += by_frame[f] >= 0.5;
+    if (count && (all = malloc(count * sizeof *all))) {
+        count = 0;
+        for (size_t f = 0; f < a->nframes; f++)
+            if (by_frame[f] >= 0.5) all[count++] = (struct hsite){(uint32_t)f, (float)by_frame[f]};
+        qsort(all, count, sizeof *all, hsite_cmp);
+        if (count > HIST_SITES) count = HIST_SITES;
+        top = realloc(all, count * sizeof *top);
+        if (top) all = top;
+        *n = count;
+    }
+    free(by_frame);
+    return all;
+}
+
 static void history_push(struct alloc_data *a, double t, double live, double allocated)
 {
     Memprof__AllocPoint *p;
+    size_t slot, nsites;
+    double kept = 0;
     if (a->hist_len && t - a->hist_last < HISTORY_STEP) return;
     a->hist_last = t;
-    p = &a->hist[(a->hist_head + a->hist_len) % HISTORY];
+    slot = (a->hist_head + a->hist_len) % HISTORY;
+    p = &a->hist[slot];
     if (a->hist_len < HISTORY) a->hist_len++;
     else a->hist_head = (a->hist_head + 1) % HISTORY;
     memprof__alloc_point__init(p);
@@ -122,6 +198,33 @@ static void history_push(struct alloc_data *a, double t, double live, double all
     p->alloc_bytes = allocated;
     p->rss_bytes = a->rss;
     p->samples = a->samples;
+    free(a->hist_sites[slot]);
+    a->hist_sites[slot] = top_sites(a, &nsites);
+    a->hist_nsites[slot] = (uint16_t)nsites;
+    for (size_t i = 0; i < nsites; i++) kept += a->hist_sites[slot][i].live;
+    p->other_live_bytes = live - kept;
+}
+
+/* memprof run: keep the functions the program decorated with @profile. */
+static void profiled_add(struct alloc_data *a, const Memprof__AllocReport *r)
+{
+    for (size_t i = 0; i < r->n_profiled && a->nprofiled < MAX_PROFILED; i++) {
+        const Memprof__AllocFrame *f = r->profiled[i];
+        Memprof__AllocFrame *c, **v;
+        if (!f->file || !f->function) continue;
+        if (!(v = realloc(a->profiled, (a->nprofiled + 1) * sizeof *v))) return;
+        a->profiled = v;
+        if (!(c = calloc(1, sizeof *c))) return;
+        memprof__alloc_frame__init(c);
+        c->file = strdup(f->file);
+        c->function = strdup(f->function);
+        c->first_line = c->line = f->first_line;
+        if (!c->file || !c->function) {
+            free(c->file), free(c->function), free(c);
+            return;
+        }
+        a->profiled[a->nprofiled++] = c;
+    }
 }
 
 void alloc_report(struct session *s, const Memprof__AllocReport *r)
@@ -148,6 +251,7 @@ void alloc_report(struct session *s, const Memprof__AllocReport *r)
         st->fb += d->free_bytes;
         st->fc += d->free_count;
         if (st->ab - st->fb > st->peak) st->peak = st->ab - st->fb;
+        if (d->peak_live > st->peak) st->peak = d->peak_live; /* the agent's, between reports too */
         if (dt > 0) st->rate += k * d->alloc_bytes / dt;
         dalloc += d->alloc_bytes;
     }
@@ -169,6 +273,7 @@ void alloc_report(struct session *s, const Memprof__AllocReport *r)
     a->rate_bytes = r->sample_rate;
     a->last_ts = r->timestamp;
     history_push(a, r->timestamp, live, allocated);
+    profiled_add(a, r);
 }
 
 /* ------------------------------------------------------------ query */
@@ -183,10 +288,74 @@ static void reply_error(struct conn *c, const char *msg)
     conn_send(c, &env);
 }
 
+/* The session a query addresses: by session id when given (an ended session
+ * stays reachable after its pid is reused), else pid's. NULL with err set. */
+static struct session *query_session(struct conn *c, const Memprof__AllocQuery *q, char *err)
+{
+    struct session *s;
+    if (q->session_id) {
+        s = session_by_id(q->session_id);
+        if (!s || (c->peer_uid != 0 && c->peer_uid != s->uid)) {
+            mp_err(err, "no session %u (memprof status lists them)", q->session_id);
+            return NULL;
+        }
+        if (q->pid && q->pid != s->pid) {
+            mp_err(err, "session %u is of pid %d, not %d", q->session_id, (int)s->pid, (int)q->pid);
+            return NULL;
+        }
+        if (s->state == SESS_ATTACHING || (s->state != SESS_ATTACHED && !s->alloc)) {
+            mp_err(err, "session %u (pid %d, %s): no allocation data", q->session_id, (int)s->pid,
+                   session_state_name(s->state));
+            return NULL;
+        }
+        return s;
+    }
+    s = session_find(q->pid);
+    if (proc_may_access(c->peer_uid, q->pid, err) < 0 && !(s && (c->peer_uid == 0 || c->peer_uid == s->uid)))
+        return NULL;
+    if (!s || s->state == SESS_DETACHED || s->state == SESS_LOST || (s->state != SESS_ATTACHED && !s->alloc)) {
+        mp_err(err, "pid %d: not attached (attach first: memprofd attach --pid %d)", (int)q->pid, (int)q->pid);
+        return NULL;
+    }
+    return s;
+}
+
+/* The history as AllocPoints with their sites: arrays for the caller to free. */
+struct history_out {
+    Memprof__AllocPoint *points, **ptrs;
+    Memprof__AllocPointSite *sites, **site_ptrs;
+};
+
+static int history_fill(const struct alloc_data *a, struct history_out *h)
+{
+    size_t total = 0, k = 0;
+    for (size_t i = 0; i < a->hist_len; i++) total += a->hist_nsites[(a->hist_head + i) % HISTORY];
+    h->points = calloc(a->hist_len + 1, sizeof *h->points);
+    h->ptrs = calloc(a->hist_len + 1, sizeof *h->ptrs);
+    h->sites = calloc(total + 1, sizeof *h->sites);
+    h->site_ptrs = calloc(total + 1, sizeof *h->site_ptrs);
+    if (!h->points || !h->ptrs || !h->sites || !h->site_ptrs) return -1;
+    for (size_t i = 0; i < a->hist_len; i++) {
+        size_t slot = (a->hist_head + i) % HISTORY;
+        Memprof__AllocPoint *p = &h->points[i];
+        *p = a->hist[slot];
+        p->sites = &h->site_ptrs[k];
+        p->n_sites = a->hist_nsites[slot];
+        for (size_t j = 0; j < p->n_sites; j++, k++) {
+            memprof__alloc_point_site__init(&h->sites[k]);
+            h->sites[k].frame = a->hist_sites[slot][j].frame;
+            h->sites[k].live_bytes = a->hist_sites[slot][j].live;
+            h->site_ptrs[k] = &h->sites[k];
+        }
+        h->ptrs[i] = p;
+    }
+    return 0;
+}
+
 void alloc_query(struct conn *c, const Memprof__AllocQuery *q)
 {
     char err[MP_ERRLEN];
-    struct session *s = session_find(q->pid);
+    struct session *s = query_session(c, q, err);
     struct alloc_data *a;
     Envelope env = MEMPROF__ENVELOPE__INIT;
     Memprof__AllocData d = MEMPROF__ALLOC_DATA__INIT;
@@ -194,21 +363,15 @@ void alloc_query(struct conn *c, const Memprof__AllocQuery *q)
     Memprof__AllocFrame *fa = NULL, **fp = NULL;
     Memprof__AllocStack *sa = NULL, **sp = NULL;
     Memprof__AllocStat *ta = NULL, **tp = NULL;
-    Memprof__AllocPoint **hp = NULL;
+    struct history_out h = {0};
 
-    if (proc_may_access(c->peer_uid, q->pid, err) < 0 && !(s && (c->peer_uid == 0 || c->peer_uid == s->uid))) {
-        reply_error(c, err);
-        return;
-    }
-    if (!s || s->state == SESS_DETACHED || s->state == SESS_LOST || (s->state != SESS_ATTACHED && !s->alloc)) {
-        snprintf(err, sizeof err, "pid %d: not attached (attach first: memprofd attach --pid %d)", (int)q->pid,
-                 (int)q->pid);
+    if (!s) {
         reply_error(c, err);
         return;
     }
     if (!s->track.enabled) {
         snprintf(err, sizeof err, "pid %d: attached without allocation tracking (detach, then attach without --no-track)",
-                 (int)q->pid);
+                 (int)s->pid);
         reply_error(c, err);
         return;
     }
@@ -218,14 +381,17 @@ void alloc_query(struct conn *c, const Memprof__AllocQuery *q)
     d.exact = s->track.exact;
     d.sample_rate = s->track.sample_rate;
     if (a) {
+        d.profiled = a->profiled;
+        d.n_profiled = a->nprofiled;
+    }
+    if (a) {
         fa = calloc(a->nframes + 1, sizeof *fa);
         fp = calloc(a->nframes + 1, sizeof *fp);
         sa = calloc(a->nstacks + 1, sizeof *sa);
         sp = calloc(a->nstacks + 1, sizeof *sp);
         ta = calloc(a->nstacks + 1, sizeof *ta);
         tp = calloc(a->nstacks + 1, sizeof *tp);
-        hp = calloc(a->hist_len + 1, sizeof *hp);
-        if (!fa || !fp || !sa || !sp || !ta || !tp || !hp) {
+        if (!fa || !fp || !sa || !sp || !ta || !tp || (q->history && history_fill(a, &h) < 0)) {
             reply_error(c, "out of memory");
             goto out;
         }
@@ -260,12 +426,13 @@ void alloc_query(struct conn *c, const Memprof__AllocQuery *q)
             tp[d.n_stats] = &ta[d.n_stats];
             d.n_stats++;
         }
-        if (q->history)
-            for (size_t i = 0; i < a->hist_len; i++) hp[d.n_history++] = &a->hist[(a->hist_head + i) % HISTORY];
+        if (q->history) {
+            d.history = h.ptrs;
+            d.n_history = a->hist_len;
+        }
         d.frames = fp;
         d.stacks = sp;
         d.stats = tp;
-        d.history = hp;
         d.rss_bytes = a->rss;
         d.samples = a->samples;
         d.dropped = a->dropped;
@@ -284,5 +451,6 @@ void alloc_query(struct conn *c, const Memprof__AllocQuery *q)
     env.alloc_data = &d;
     conn_send(c, &env);
 out:
-    free(fa), free(fp), free(sa), free(sp), free(ta), free(tp), free(hp);
+    free(fa), free(fp), free(sa), free(sp), free(ta), free(tp);
+    free(h.points), free(h.ptrs), free(h.sites), free(h.site_ptrs);
 }

@@ -14,6 +14,7 @@
 #include "inject.h"
 #include "procinfo.h"
 #include "pyprobe.h"
+#include "run.h"
 #include "session.h"
 #include "util.h"
 
@@ -193,10 +194,7 @@ int attach_agent_hello(struct conn *c, const Memprof__Hello *h, char *err)
 {
     struct session *s = session_find(c->peer_pid);
     const Memprof__AgentInfo *a = h->agent;
-    if (!s || s->state != SESS_ATTACHING || s->agent_conn) {
-        mp_err(err, "no attach in progress for pid %d", (int)c->peer_pid);
-        return -1;
-    }
+    if ((!s || s->state != SESS_ATTACHING || s->agent_conn) && !(s = run_agent_hello(c, h, err))) return -1;
     if (!h->token || !token_equal(h->token, s->token)) {
         mp_err(err, "bad token from pid %d", (int)c->peer_pid);
         return -1;
@@ -425,6 +423,7 @@ void attach_client_message(struct conn *c, const Envelope *env)
     case MEMPROF__ENVELOPE__MSG_PS: do_ps(c); break;
     case MEMPROF__ENVELOPE__MSG_AGENT_CALL: do_agent_call(c, env->agent_call); break;
     case MEMPROF__ENVELOPE__MSG_ALLOC_QUERY: alloc_query(c, env->alloc_query); break;
+    case MEMPROF__ENVELOPE__MSG_RUN: run_request(c, env->run); break;
     default: {
         char msg[128];
         snprintf(msg, sizeof msg, "unexpected message %s from a client", wire_name(env));
@@ -486,6 +485,7 @@ void attach_agent_gone(struct conn *c)
 
 void attach_client_gone(struct conn *c)
 {
+    run_client_gone(c);
     for (struct session *s = sessions; s; s = s->next)
         if (s->state == SESS_ATTACHING && s->attach_waiter == c->id) s->cancelled = 1;
     for (struct call *k = calls; k; k = k->next)

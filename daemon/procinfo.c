@@ -32,6 +32,16 @@ char proc_state(pid_t pid)
     return (p && p[1] == ' ') ? p[2] : 0;
 }
 
+pid_t proc_ppid(pid_t pid)
+{
+    char path[64], buf[1024], *p;
+    int ppid = 0;
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    if (mp_read_file(path, buf, sizeof buf) <= 0 || !(p = strrchr(buf, ')'))) return 0;
+    if (sscanf(p + 1, " %*c %d", &ppid) != 1) return 0;
+    return (pid_t)ppid;
+}
+
 int proc_alive(pid_t pid)
 {
     char st = proc_state(pid);

@@ -9,6 +9,7 @@
 int proc_uid(pid_t pid, uid_t *uid);
 /* State letter from /proc/PID/stat ('R','S','T','Z',...), 0 when gone. */
 char proc_state(pid_t pid);
+pid_t proc_ppid(pid_t pid);          /* 0 when unknown */
 int proc_alive(pid_t pid);           /* exists and is not a zombie */
 int proc_thread_alive(pid_t pid, int tid);
 unsigned long long proc_rss(pid_t pid);

@@ -26,10 +26,19 @@ struct session *session_find(pid_t pid)
     return ended;
 }
 
+struct session *session_by_id(uint32_t id)
+{
+    for (struct session *s = sessions; s; s = s->next)
+        if (s->id == id) return s;
+    return NULL;
+}
+
 struct session *session_new(pid_t pid)
 {
+    static uint32_t last_id;
     struct session *s = calloc(1, sizeof *s);
     if (!s) return NULL;
+    s->id = ++last_id;
     s->pid = pid;
     s->state = SESS_ATTACHING;
     memprof__tracking_config__init(&s->track);
@@ -81,7 +90,10 @@ const char *session_state_name(enum sess_state st)
 void session_fill_info(const struct session *s, Memprof__SessionInfo *info)
 {
     memprof__session_info__init(info);
+    info->id = s->id;
     info->pid = s->pid;
+    info->run = s->run;
+    info->ppid = s->ppid;
     info->python_version = (char *)s->py.version;
     info->state = (char *)session_state_name(s->state);
     info->attached_since = s->attached_since;

@@ -14,6 +14,7 @@ struct alloc_data;
 enum sess_state { SESS_ATTACHING, SESS_ATTACHED, SESS_DETACHING, SESS_DETACHED, SESS_EXITED, SESS_LOST };
 
 struct session {
+    uint32_t id;                /* small, unique, increasing: names an ended session after pid reuse */
     pid_t pid;
     uid_t uid;                  /* the target's real uid */
     enum sess_state state;
@@ -36,12 +37,15 @@ struct session {
     int cancelled;              /* the attaching client went away: undo once the agent is up */
     Memprof__TrackingConfig track;
     struct alloc_data *alloc;   /* allocation tracking data (alloc.c), NULL until a report */
+    uint32_t run;               /* memprof run: the run (run.c) it belongs to; 0 when attached */
+    pid_t ppid;                 /* memprof run: parent pid, for a child's session */
     struct session *next;
 };
 
 extern struct session *sessions;
 
 struct session *session_find(pid_t pid);       /* live (attaching/attached/detaching) first */
+struct session *session_by_id(uint32_t id);
 struct session *session_new(pid_t pid);
 void session_free(struct session *s);
 void session_retire(struct session *s, enum sess_state state); /* keeps it for status */

@@ -63,7 +63,7 @@ def test_attach_status_detach_reattach(pyid, daemon, targets):
     assert s and s["state"] == "attached" and s["python"] == version
     assert "service.py" in s["command"]
     table = daemon.run("status").stdout
-    assert re.search(r"^%d\s+%s\s+attached" % (t.pid, re.escape(version)), table, re.M), table
+    assert re.search(r"^\d+\s+%d\s+%s\s+attached" % (t.pid, re.escape(version)), table, re.M), table
     assert agent_mapped(t.pid)
     assert agent_threads(t.pid) == ["memprof-agent"], agent_threads(t.pid)
 

@@ -1,0 +1,105 @@
+/* launch.c -- memprof run: the agent preloaded into a program at its start.
+ *
+ * `memprof run -- python script.py` starts the program with LD_PRELOAD naming
+ * this library and MEMPROF_RUN holding the agent's settings. The constructor
+ * below runs before main: in a process that is not a Python (a shell, a tool
+ * the program starts) it does nothing. In a Python it registers an audit hook
+ * (PySys_AddAuditHook may be called before Py_Initialize, and a static build
+ * exports it like a shared one). The first audit event raised once the
+ * interpreter is initialized -- at the latest cpython.run_file, run_module or
+ * run_command, right before the program's first line -- installs the allocation
+ * hooks under the GIL and starts the agent thread. After that the hook costs a
+ * load and a compare per audit event (imports, open, exec...).
+ *
+ * The process's end: Python's atexit (pycall.c) and os._exit (below, how
+ * multiprocessing children end) send the final report first. */
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "launch.h"
+#include "pyapi.h"
+#include "pycall.h"
+
+static int setup_state; /* 0 waiting, 1 in progress (the GIL serializes), 2 done */
+
+static void warn(const char *what, const char *err)
+{
+    char line[MP_ERRLEN + 128];
+    int n = snprintf(line, sizeof line, "memprof: %s: %s; the program runs without memory tracking\n", what, err);
+    if (n > 0 && write(STDERR_FILENO, line, (size_t)(n < (int)sizeof line ? n : (int)sizeof line - 1)) < 0) {}
+}
+
+static int audit_hook(const char *event, void *args, void *data)
+{
+    char err[MP_ERRLEN];
+    (void)event, (void)args, (void)data;
+    if (__builtin_expect(setup_state != 0, 1)) return 0;
+    if (!PY.IsInitialized || !PY.IsInitialized()) return 0; /* still starting up */
+    setup_state = 1; /* what the setup itself raises (imports) comes back here */
+    if (agent_launch_setup(err) < 0) warn("memprof run", err);
+    setup_state = 2;
+    return 0;
+}
+
+/* Take this library out of LD_PRELOAD and MEMPROF_RUN out of the environment,
+ * so that the programs this one starts run without it. */
+static void scrub_env(void)
+{
+    Dl_info self;
+    const char *pre = getenv("LD_PRELOAD");
+    unsetenv("MEMPROF_RUN");
+    if (!pre || !dladdr((void *)scrub_env, &self) || !self.dli_fname) return;
+    char *copy = strdup(pre), *out = calloc(1, strlen(pre) + 1), *save = NULL;
+    if (!copy || !out) {
+        free(copy);
+        free(out);
+        return;
+    }
+    for (char *tok = strtok_r(copy, " :", &save); tok; tok = strtok_r(NULL, " :", &save)) {
+        if (!strcmp(tok, self.dli_fname)) continue;
+        if (*out) strcat(out, " ");
+        strcat(out, tok);
+    }
+    if (*out) setenv("LD_PRELOAD", out, 1);
+    else unsetenv("LD_PRELOAD");
+    free(copy);
+    free(out);
+}
+
+__attribute__((constructor)) static void launch_init(void)
+{
+    int (*add_hook)(int (*)(const char *, void *, void *), void *);
+    const char *arg = getenv("MEMPROF_RUN"); /* before main: one thread, getenv is safe */
+    char err[MP_ERRLEN];
+    int follow = 0;
+    if (!arg || !*arg) return;
+    add_hook = (int (*)(int (*)(const char *, void *, void *), void *))dlsym(RTLD_DEFAULT, "PySys_AddAuditHook");
+    if (!add_hook) return; /* not a Python 3.8+: a shell, a tool, an older Python */
+    if (agent_launch_configure(arg, &follow, err) < 0) {
+        warn("memprof run", err);
+        return;
+    }
+    if (!follow) scrub_env();
+    if (pyapi_init("", err) < 0) {
+        warn("memprof run", err);
+        return;
+    }
+    if (add_hook(audit_hook, NULL) < 0) warn("memprof run", "PySys_AddAuditHook failed");
+}
+
+/* os._exit (multiprocessing's children end with it) skips atexit: the final
+ * report goes out here. Only LD_PRELOAD makes this the process's _exit; an
+ * injected agent is found after libc and never called. */
+AGENT_API void _exit(int status)
+{
+    void (*real)(int);
+    if (agent_launched()) agent_final_report(PYCALL_FINAL_WAIT_S);
+    real = (void (*)(int))dlsym(RTLD_NEXT, "_exit");
+    if (real) real(status);
+    for (;;) syscall(SYS_exit_group, status);
+}

@@ -1,0 +1,31 @@
+/* pycall.h -- what the agent installs in the interpreter with the C API: the
+ * atexit callback sending the final report, and memprof run's `profile` builtin. */
+#ifndef MEMPROF_PYCALL_H
+#define MEMPROF_PYCALL_H
+
+#include <stddef.h>
+#include "memprof.pb-c.h"
+
+/* How long the exiting thread waits, at most, for the final report to be written. */
+#define PYCALL_FINAL_WAIT_S 1.0
+
+/* With the GIL held. 0 done, -1 failed (the Python error is cleared). */
+int pycall_atexit_register(void);
+/* -1: still registered (the library must then stay loaded). */
+int pycall_atexit_unregister(void);
+int pycall_atexit_registered(void);
+
+/* builtins.profile, unless one exists (1). GIL held. */
+int pycall_profile_install(void);
+/* The @profile'd functions not yet sent: an array of n frames (file, function,
+ * first_line), for AllocReport.profiled; release with pycall_profiled_free. */
+size_t pycall_profiled_take(Memprof__AllocFrame ***out);
+void pycall_profiled_free(Memprof__AllocFrame **v, size_t n);
+/* In a follow-fork child: every recorded function is sent again. */
+void pycall_atfork_child(void);
+
+/* agent.c: freeze the hooks and have the agent thread send everything it has
+ * now; waits up to wait_s for the write. Any thread, GIL not needed. */
+void agent_final_report(double wait_s);
+
+#endif

@@ -1,0 +1,286 @@
+/* cmd_export.c -- `memprof export`: a session's allocation data for other
+ * tools, as JSON or as collapsed stacks (flamegraph.pl, speedscope). */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "commands.h"
+
+static const char *usage_export =
+    "usage: memprof export (--pid PID | --session ID) [--format json|collapsed] [-o FILE]\n"
+    "                      [--socket PATH]\n"
+    "\n"
+    "Write the allocation data of an attached or ended session (memprof status\n"
+    "lists them; --session ID picks one, e.g. after its pid was reused):\n"
+    "  json       frames, stacks (frame ids, innermost first) with their figures,\n"
+    "             totals and the history (one point a second: totals and the\n"
+    "             live bytes of the 256 largest sites, as [frame id, bytes]).\n"
+    "  collapsed  Brendan Gregg's folded stacks of live bytes, outermost frame\n"
+    "             first, one stack a line: FILE:FUNCTION:LINE;...;FILE:FUNCTION:LINE BYTES\n"
+    "             for flamegraph.pl or speedscope.\n"
+    "In sampling mode the figures are estimates. Default: json to stdout.\n"
+    "\n"
+    "examples:\n"
+    "  $ memprof export --pid 4242 --format collapsed -o live.folded\n"
+    "  wrote live.folded: 14 stacks, 1.6 MiB live (collapsed)\n"
+    "  $ flamegraph.pl --countname bytes live.folded > live.svg\n"
+    "  $ memprof export --session 3 | python3 -m json.tool | head\n";
+
+/* Non-finite numbers are not JSON. */
+static void json_num(FILE *f, double v)
+{
+    if (isfinite(v)) fprintf(f, "%.15g", v);
+    else fputs("null", f);
+}
+
+static void json_field(FILE *f, const char *name, double v, int comma)
+{
+    fprintf(f, "%s\"%s\": ", comma ? ", " : "", name);
+    json_num(f, v);
+}
+
+static void export_json(FILE *f, const Memprof__AllocData *d)
+{
+    const Memprof__SessionInfo *s = d->session;
+    double live = 0, allocated = 0;
+    for (size_t i = 0; i < d->n_stats; i++) {
+        live += d->stats[i]->alloc_bytes - d->stats[i]->free_bytes;
+        allocated += d->stats[i]->alloc_bytes;
+    }
+    fputs("{\"format\": \"memprof-export 1\", \"session\": {", f);
+    if (s) {
+        fprintf(f, "\"id\": %u, \"pid\": %d, \"state\": ", s->id, s->pid);
+        cli_json_str(f, s->state);
+        fputs(", \"python\": ", f);
+        cli_json_str(f, s->python_version);
+        fputs(", \"executable\": ", f);
+        cli_json_str(f, s->executable);
+        fputs(", \"argv\": [", f);
+        for (size_t i = 0; i < s->n_argv; i++) {
+            if (i) fputs(", ", f);
+            cli_json_str(f, s->argv[i]);
+        }
+        fputs("], \"mode\": ", f);
+        cli_json_str(f, s->mode);
+        json_field(f, "attached_since", s->attached_since, 1);
+    }
+    fprintf(f, "},\n \"mode\": \"%s\", \"sample_rate\": %llu,\n \"totals\": {", d->exact ? "exact" : "sampling",
+            (unsigned long long)d->sample_rate);
+    json_field(f, "timestamp", d->timestamp, 0);
+    json_field(f, "first_report", d->first_report, 1);
+    json_field(f, "rss", (double)d->rss_bytes, 1);
+    json_field(f, "live", live, 1);
+    json_field(f, "peak_live", d->peak_live, 1);
+    json_field(f, "allocated", allocated, 1);
+    json_field(f, "alloc_rate", d->alloc_rate, 1);
+    json_field(f, "samples", (double)d->samples, 1);
+    json_field(f, "samples_per_s", d->samples_rate, 1);
+    json_field(f, "dropped", (double)d->dropped, 1);
+    json_field(f, "overhead", d->overhead, 1);
+    fputs("},\n \"frames\": [", f);
+    for (size_t i = 0; i < d->n_frames; i++) {
+        const Memprof__AllocFrame *fr = d->frames[i];
+        fprintf(f, "%s\n  {\"id\": %u, \"file\": ", i ? "," : "", fr->id);
+        cli_json_str(f, fr->file);
+        fputs(", \"function\": ", f);
+        cli_json_str(f, fr->function);
+        fprintf(f, ", \"line\": %u, \"first_line\": %u}", fr->line, fr->first_line);
+    }
+    fputs("],\n \"stacks\": [", f);
+    for (size_t i = 0, n = 0; i < d->n_stacks; i++) {
+        const Memprof__AllocStack *st = d->stacks[i];
+        const Memprof__AllocStat *t = NULL;
+        for (size_t k = 0; k < d->n_stats && !t; k++)
+            if (d->stats[k]->stack == st->id) t = d->stats[k];
+        if (!t) continue;
+        fprintf(f, "%s\n  {\"id\": %u, \"frames\": [", n++ ? "," : "", st->id);
+        for (size_t k = 0; k < st->n_frames; k++) fprintf(f, "%s%u", k ? ", " : "", st->frames[k]);
+        fputs("]", f);
+        json_field(f, "live", t->alloc_bytes - t->free_bytes, 1);
+        json_field(f, "alloc_bytes", t->alloc_bytes, 1);
+        json_field(f, "alloc_count", t->alloc_count, 1);
+        json_field(f, "free_bytes", t->free_bytes, 1);
+        json_field(f, "free_count", t->free_count, 1);
+        json_field(f, "peak_live", t->peak_live, 1);
+        json_field(f, "alloc_rate", t->alloc_rate, 1);
+        fputs("}", f);
+    }
+    fputs("],\n \"history\": [", f);
+    for (size_t i = 0; i < d->n_history; i++) {
+        const Memprof__AllocPoint *p = d->history[i];
+        fprintf(f, "%s\n  {", i ? "," : "");
+        json_field(f, "t", p->t, 0);
+        json_field(f, "live", p->live_bytes, 1);
+        json_field(f, "allocated", p->alloc_bytes, 1);
+        json_field(f, "rss", (double)p->rss_bytes, 1);
+        json_field(f, "samples", (double)p->samples, 1);
+        json_field(f, "other_live", p->other_live_bytes, 1);
+        fputs(", \"sites\": [", f);
+        for (size_t k = 0; k < p->n_sites; k++) {
+            fprintf(f, "%s[%u, ", k ? ", " : "", p->sites[k]->frame);
+            json_num(f, p->sites[k]->live_bytes);
+            fputc(']', f);
+        }
+        fputs("]}", f);
+    }
+    fputs("]}\n", f);
+}
+
+/* ------------------------------------------------------------ collapsed */
+
+struct folded {
+    char *stack;
+    double bytes;
+};
+
+static int folded_by_stack(const void *a, const void *b)
+{
+    return strcmp(((const struct folded *)a)->stack, ((const struct folded *)b)->stack);
+}
+
+static int folded_by_bytes(const void *a, const void *b)
+{
+    const struct folded *x = a, *y = b;
+    return x->bytes < y->bytes ? 1 : x->bytes > y->bytes ? -1 : strcmp(x->stack, y->stack);
+}
+
+/* A frame's name in folded stacks: ';' separates frames, a line ends a stack. */
+static void put_name(FILE *f, const char *s)
+{
+    for (; s && *s; s++) fputc(*s == ';' ? ',' : *s == '\n' || *s == '\r' ? ' ' : *s, f);
+}
+
+/* Folded stacks of live bytes, largest first; returns how many, -1 on error. */
+static long export_collapsed(FILE *f, const Memprof__AllocData *d, double *total)
+{
+    size_t nids = 0, n = 0;
+    const Memprof__AllocFrame **by_id;
+    struct folded *rows = calloc(d->n_stacks + 1, sizeof *rows);
+    for (size_t i = 0; i < d->n_frames; i++)
+        if (d->frames[i]->id + 1 > nids) nids = d->frames[i]->id + 1;
+    by_id = calloc(nids + 1, sizeof *by_id);
+    if (!rows || !by_id) {
+        free(rows);
+        free(by_id);
+        return -1;
+    }
+    for (size_t i = 0; i < d->n_frames; i++) by_id[d->frames[i]->id] = d->frames[i];
+    for (size_t i = 0; i < d->n_stacks; i++) {
+        const Memprof__AllocStack *st = d->stacks[i];
+        const Memprof__AllocStat *t = NULL;
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *m;
+        int any = 0;
+        for (size_t k = 0; k < d->n_stats && !t; k++)
+            if (d->stats[k]->stack == st->id) t = d->stats[k];
+        if (!t || t->alloc_bytes - t->free_bytes < 0.5 || !(m = open_memstream(&buf, &len))) continue;
+        for (size_t k = st->n_frames; k-- > 0;) { /* outermost first */
+            const Memprof__AllocFrame *fr = st->frames[k] < nids ? by_id[st->frames[k]] : NULL;
+            if (!fr) continue;
+            if (any++) fputc(';', m);
+            put_name(m, fr->file);
+            fputc(':', m);
+            put_name(m, fr->function);
+            fprintf(m, ":%u", fr->line);
+        }
+        fclose(m);
+        if (!any) {
+            free(buf);
+            continue;
+        }
+        rows[n++] = (struct folded){buf, t->alloc_bytes - t->free_bytes};
+    }
+    /* distinct stack ids may print alike (same lines): one line each */
+    qsort(rows, n, sizeof *rows, folded_by_stack);
+    size_t out = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (out && !strcmp(rows[out - 1].stack, rows[i].stack)) {
+            rows[out - 1].bytes += rows[i].bytes;
+            free(rows[i].stack);
+        } else {
+            rows[out++] = rows[i];
+        }
+    }
+    qsort(rows, out, sizeof *rows, folded_by_bytes);
+    *total = 0;
+    for (size_t i = 0; i < out; i++) {
+        fprintf(f, "%s %.0f\n", rows[i].stack, rows[i].bytes);
+        *total += rows[i].bytes;
+        free(rows[i].stack);
+    }
+    free(rows);
+    free(by_id);
+    return (long)out;
+}
+
+int cmd_export(int argc, char **argv)
+{
+    static struct option opts[] = {{"pid", required_argument, 0, 'p'},    {"session", required_argument, 0, 'S'},
+                                   {"format", required_argument, 0, 'f'}, {"output", required_argument, 0, 'o'},
+                                   {"socket", required_argument, 0, 's'}, {0}};
+    int c, pid = 0, collapsed = 0, to_stdout;
+    unsigned session_id = 0;
+    const char *out = "-";
+    char err[MP_ERRLEN], b[32];
+    Envelope *reply;
+    FILE *f;
+    long nstacks = 0;
+    double total = 0;
+    if (cli_wants_help(argc, argv)) {
+        fputs(usage_export, stdout);
+        return 0;
+    }
+    while ((c = getopt_long(argc, argv, "o:", opts, NULL)) != -1) {
+        switch (c) {
+        case 'p': {
+            pid_t p = mp_parse_pid(optarg);
+            if (p <= 0) return cli_fail("--pid: '%s' is not a pid", optarg);
+            pid = (int)p;
+            break;
+        }
+        case 'S':
+            if (cli_parse_session(optarg, &session_id) < 0) return cli_fail("--session: '%s' is not a session id", optarg);
+            break;
+        case 'f':
+            if (!strcmp(optarg, "json")) collapsed = 0;
+            else if (!strcmp(optarg, "collapsed")) collapsed = 1;
+            else return cli_fail("--format: expected json or collapsed, not '%s'", optarg);
+            break;
+        case 'o': out = optarg; break;
+        case 's': client_socket_opt = optarg; break;
+        default: fputs(usage_export, stderr); return 3;
+        }
+    }
+    if (optind < argc) return cli_fail("unexpected argument '%s' (see memprof export --help)", argv[optind]);
+    if (!pid && !session_id) {
+        fputs(usage_export, stderr);
+        return cli_fail("--pid PID or --session ID is required");
+    }
+    if (alloc_fetch(pid, session_id, !collapsed, &reply, err) < 0) return cli_fail("%s", err);
+    to_stdout = !strcmp(out, "-");
+    if (!(f = to_stdout ? stdout : fopen(out, "w"))) {
+        wire_free(reply);
+        return cli_fail("cannot write %s: %s", out, strerror(errno));
+    }
+    if (collapsed) nstacks = export_collapsed(f, reply->alloc_data, &total);
+    else export_json(f, reply->alloc_data);
+    wire_free(reply);
+    if (nstacks < 0 || (to_stdout ? fflush(f) : fclose(f)) != 0 || (to_stdout && ferror(f))) {
+        int e = nstacks < 0 ? ENOMEM : errno;
+        if (!to_stdout) unlink(out);
+        return cli_fail("cannot write %s: %s", to_stdout ? "stdout" : out, strerror(e));
+    }
+    if (!to_stdout) {
+        if (collapsed)
+            printf("wrote %s: %ld stacks, %s live (collapsed)\n", out, nstacks, cli_bytes(total, b, sizeof b));
+        else
+            printf("wrote %s (json)\n", out);
+    }
+    return 0;
+}

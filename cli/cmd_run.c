@@ -1,0 +1,307 @@
+/* cmd_run.c -- `memprof run`: start a program with the agent preloaded, so that
+ * tracking covers it from its first line, pass its exit status through, and
+ * print memory_profiler-style reports of the chosen functions at the end. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "commands.h"
+
+#define SETTLE_S 5.0        /* after the program ends, for its sessions' final reports */
+#define MAX_FUNCS 64
+
+static const char *usage_run =
+    "usage: memprof run [--function NAME]... [--exact] [--sample-rate BYTES]\n"
+    "                   [--max-frames N] [--follow-fork] [-o FILE] [--socket PATH]\n"
+    "                   -- PROGRAM [ARGS...]\n"
+    "\n"
+    "Run PROGRAM (a Python 3.8-3.13 interpreter, or anything that starts one)\n"
+    "with memprof's agent preloaded: allocations are tracked from the script's\n"
+    "first line, no restart or gdb needed. At the end, a memory_profiler-style\n"
+    "report (Line #, Mem usage, Increment, Occurrences, Line Contents) of every\n"
+    "function decorated with @profile -- the builtin memory_profiler scripts use,\n"
+    "provided without importing anything -- and of every --function NAME.\n"
+    "\n"
+    "  --function NAME   report this function too (repeatable)\n"
+    "  --exact           count every allocation (slower), instead of sampling\n"
+    "  --sample-rate B   mean bytes between samples (default 64 KiB)\n"
+    "  --max-frames N    Python frames kept per sample (default 64)\n"
+    "  --follow-fork     children (os.fork, multiprocessing) are sessions too,\n"
+    "                    each with its own reports\n"
+    "  -o FILE           write the reports to FILE instead of stderr\n"
+    "\n"
+    "The program's stdin, stdout, stderr, exit status and signals pass through\n"
+    "untouched; memprof writes only to stderr (or FILE). The sessions stay in\n"
+    "memprofd afterwards: memprof status, top, lines, plot, export.\n"
+    "\n"
+    "In a report, Increment is the most memory the line's allocations held at\n"
+    "once (memory_profiler: the RSS change while the line ran), Mem usage the\n"
+    "running sum from the top of the function, and Occurrences the allocations\n"
+    "the line made (memory_profiler: how often it ran).\n"
+    "\n"
+    "example:\n"
+    "  $ memprof run -- python3 primes.py\n"
+    "  78498\n"
+    "  Filename: primes.py  (function primes, pid 4242, sampling mode: ...)\n"
+    "\n"
+    "  Line #    Mem usage    Increment  Occurrences   Line Contents\n"
+    "  =============================================================\n"
+    "       5                                           @profile\n"
+    "       6                                           def primes(n):\n"
+    "      ...\n"
+    "      11      19.1 MiB     19.1 MiB          291       s = list(range(3, n + 1, 2))\n";
+
+static volatile sig_atomic_t child_pid;
+
+static void forward(int sig)
+{
+    if (child_pid > 0) kill(child_pid, sig);
+}
+
+/* The daemon's answer to a RunRequest. */
+static int request_run(int fd, const Memprof__RunRequest *rq, Envelope **reply, char *err)
+{
+    Envelope env = MEMPROF__ENVELOPE__INIT;
+    env.msg_case = MEMPROF__ENVELOPE__MSG_RUN;
+    env.run = (Memprof__RunRequest *)rq;
+    if (client_call(fd, &env, reply, 10000, err) < 0) return -1;
+    if ((*reply)->msg_case != MEMPROF__ENVELOPE__MSG_RUN_REPLY) {
+        mp_err(err, "memprofd does not know memprof run (is it older than this memprof?)");
+        return -1;
+    }
+    if ((*reply)->run_reply->error && (*reply)->run_reply->error[0]) {
+        mp_err(err, "%s", (*reply)->run_reply->error);
+        return -1;
+    }
+    return 0;
+}
+
+static void start_child(char **argv, const char *agent_env, const char *agent_lib)
+{
+    const char *old = getenv("LD_PRELOAD");
+    char *pre = malloc(strlen(agent_lib) + (old ? strlen(old) : 0) + 2);
+    sigset_t none;
+    if (pre) {
+        sprintf(pre, "%s%s%s", agent_lib, old && *old ? " " : "", old && *old ? old : "");
+        setenv("LD_PRELOAD", pre, 1);
+    }
+    setenv("MEMPROF_RUN", agent_env, 1);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGQUIT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execvp(argv[0], argv);
+    fprintf(stderr, "memprof: cannot run %s: %s\n", argv[0], strerror(errno));
+    _exit(errno == ENOENT ? 127 : 126);
+}
+
+/* The sessions of run id, in StatusReply order reversed (oldest first). */
+static Envelope *run_sessions(int fd, uint32_t run, size_t *live, char *err)
+{
+    Envelope env = MEMPROF__ENVELOPE__INIT, *reply = NULL;
+    Memprof__StatusRequest sr = MEMPROF__STATUS_REQUEST__INIT;
+    env.msg_case = MEMPROF__ENVELOPE__MSG_STATUS;
+    env.status = &sr;
+    *live = 0;
+    if (client_call(fd, &env, &reply, 10000, err) < 0) return NULL;
+    if (reply->msg_case != MEMPROF__ENVELOPE__MSG_STATUS_REPLY) {
+        mp_err(err, "unexpected reply from memprofd");
+        wire_free(reply);
+        return NULL;
+    }
+    for (size_t i = 0; i < reply->status_reply->n_sessions; i++) {
+        const Memprof__SessionInfo *si = reply->status_reply->sessions[i];
+        if (si->run == run && (!strcmp(si->state, "attaching") || !strcmp(si->state, "attached"))) (*live)++;
+    }
+    return reply;
+}
+
+/* Whether d has any frame of function name (in file, def line first, when given). */
+static int has_function(const Memprof__AllocData *d, const char *name, const char *file, unsigned first)
+{
+    for (size_t i = 0; i < d->n_frames; i++) {
+        const Memprof__AllocFrame *f = d->frames[i];
+        if (!strcmp(f->function, name) && (!file || (!strcmp(f->file, file) && f->first_line == first))) return 1;
+    }
+    return 0;
+}
+
+static void report_session(FILE *o, const Memprof__SessionInfo *si, char **funcs, size_t nfuncs, int child)
+{
+    Envelope *reply;
+    char err[MP_ERRLEN];
+    const Memprof__AllocData *d;
+    size_t printed = 0;
+    if (alloc_fetch(si->pid, si->id, 0, &reply, err) < 0) {
+        fprintf(o, "memprof: pid %d: %s\n", (int)si->pid, err);
+        return;
+    }
+    d = reply->alloc_data;
+    for (size_t i = 0; i < d->n_profiled; i++) {
+        const Memprof__AllocFrame *f = d->profiled[i];
+        if (child && !has_function(d, f->function, f->file, f->first_line)) continue;
+        if (printed++) fputc('\n', o);
+        alloc_lines_report(o, d, f->function, f->file, f->first_line);
+    }
+    for (size_t i = 0; i < nfuncs; i++) {
+        int dup = 0;
+        for (size_t k = 0; k < d->n_profiled && !dup; k++) dup = !strcmp(d->profiled[k]->function, funcs[i]);
+        if (dup || (child && !has_function(d, funcs[i], NULL, 0))) continue;
+        if (printed++) fputc('\n', o);
+        if (alloc_lines_report(o, d, funcs[i], NULL, 0)) fflush(stderr);
+    }
+    if (!printed && !child)
+        fprintf(o, "memprof: pid %d: no function to report: decorate one with @profile or pass --function NAME\n",
+                (int)si->pid);
+    if (printed || !child)
+        fprintf(o, "%smemprof: pid %d%s kept as session %u: memprof top --pid %d, memprof plot --session %u -o mem.svg\n",
+                printed ? "\n" : "", (int)si->pid, child ? " (child)" : "", si->id, (int)si->pid, si->id);
+    wire_free(reply);
+}
+
+/* Exit as the program did: same code, or killed by the same signal. */
+static int pass_status(int status)
+{
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) {
+        int sig = WTERMSIG(status);
+        struct rlimit none = {0, 0};
+        sigset_t set;
+        fflush(NULL);
+        setrlimit(RLIMIT_CORE, &none); /* the program dumped its own core, if any */
+        signal(sig, SIG_DFL);
+        sigemptyset(&set);
+        sigaddset(&set, sig);
+        sigprocmask(SIG_UNBLOCK, &set, NULL);
+        kill(getpid(), sig);
+        return 128 + sig;
+    }
+    return 1;
+}
+
+int cmd_run(int argc, char **argv)
+{
+    static struct option opts[] = {{"function", required_argument, 0, 'f'},
+                                   {"exact", no_argument, 0, 'x'},
+                                   {"sample-rate", required_argument, 0, 'r'},
+                                   {"max-frames", required_argument, 0, 'm'},
+                                   {"follow-fork", no_argument, 0, 'F'},
+                                   {"output", required_argument, 0, 'o'},
+                                   {"socket", required_argument, 0, 's'},
+                                   {0}};
+    Memprof__RunRequest rq = MEMPROF__RUN_REQUEST__INIT;
+    Envelope *reply = NULL, *st;
+    char *funcs[MAX_FUNCS], err[MP_ERRLEN], *end;
+    const char *out_path = NULL;
+    size_t nfuncs = 0, live = 0;
+    int c, fd, status = 0;
+    struct sigaction sa = {0};
+    FILE *o = stderr;
+    pid_t pid;
+    double deadline;
+
+    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        fputs(usage_run, stdout);
+        return 0;
+    }
+    rq.sample_rate = 64 * 1024;
+    while ((c = getopt_long(argc, argv, "+o:", opts, NULL)) != -1) {
+        switch (c) {
+        case 'f':
+            if (nfuncs == MAX_FUNCS) return cli_fail("at most %d --function", MAX_FUNCS);
+            funcs[nfuncs++] = optarg;
+            break;
+        case 'x': rq.exact = 1; break;
+        case 'r':
+            errno = 0;
+            rq.sample_rate = strtoull(optarg, &end, 10);
+            if (errno || *end || !rq.sample_rate) return cli_fail("--sample-rate: '%s' is not a number of bytes", optarg);
+            break;
+        case 'm':
+            errno = 0;
+            rq.max_frames = (uint32_t)strtoul(optarg, &end, 10);
+            if (errno || *end || !rq.max_frames || rq.max_frames > 512)
+                return cli_fail("--max-frames: '%s' is not a number from 1 to 512", optarg);
+            break;
+        case 'F': rq.follow_fork = 1; break;
+        case 'o': out_path = optarg; break;
+        case 's': client_socket_opt = optarg; break;
+        default: fputs(usage_run, stderr); return 2;
+        }
+    }
+    if (optind >= argc) {
+        fputs(usage_run, stderr);
+        return cli_fail("no program to run (memprof run -- python3 script.py)");
+    }
+    if (out_path && !(o = fopen(out_path, "w"))) return cli_fail("cannot write %s: %s", out_path, strerror(errno));
+    if ((fd = client_connect(client_socket_opt, 1, err)) < 0 || request_run(fd, &rq, &reply, err) < 0) {
+        if (o != stderr) fclose(o);
+        return cli_fail("%s", err);
+    }
+    /* orphaned descendants come back to us, so the daemon's ancestry check
+     * holds for them too, and we reap them */
+    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    fflush(NULL);
+    pid = fork();
+    if (pid < 0) return cli_fail("fork: %s", strerror(errno));
+    if (pid == 0) start_child(argv + optind, reply->run_reply->agent_env, reply->run_reply->agent_lib);
+    child_pid = pid;
+    /* a terminal's ^C and ^\ go to the whole group: the program decides */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGQUIT, SIG_IGN);
+    sa.sa_handler = forward;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGUSR2, &sa, NULL);
+    for (;;) {
+        int s;
+        pid_t w = waitpid(-1, &s, 0);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) break;
+        if (w == pid) {
+            status = s;
+            break;
+        }
+    }
+    child_pid = 0;
+
+    /* the sessions' final reports are in once the daemon has seen them end */
+    deadline = mp_now() + SETTLE_S;
+    while ((st = run_sessions(fd, reply->run_reply->run, &live, err)) && live && mp_now() < deadline) {
+        struct timespec ts = {0, 50000000};
+        wire_free(st);
+        nanosleep(&ts, NULL);
+    }
+    if (!st) {
+        fprintf(o, "memprof: %s\n", err);
+    } else {
+        size_t n = 0;
+        /* StatusReply lists the newest first: the program, then its children */
+        for (size_t i = st->status_reply->n_sessions; i-- > 0;) {
+            const Memprof__SessionInfo *si = st->status_reply->sessions[i];
+            if (si->run != reply->run_reply->run) continue;
+            if (n++) fputc('\n', o);
+            report_session(o, si, funcs, nfuncs, si->ppid != 0);
+        }
+        if (!n)
+            fprintf(o, "memprof: no Python process reported to memprofd (%s is not CPython 3.8-3.13, or it never "
+                       "started one)\n", argv[optind]);
+        wire_free(st);
+    }
+    if (o != stderr) fclose(o);
+    wire_free(reply);
+    close(fd);
+    return pass_status(status);
+}

@@ -1,0 +1,154 @@
+/* run.c -- memprof run: programs started with the agent preloaded. A client asks
+ * for a run (RunRequest) and gets a one-time token plus the agent settings; it
+ * starts the program with them. An agent saying hello with that token becomes a
+ * session without any injection, provided it is the client's descendant and
+ * runs as the client's user; with follow_fork every such descendant does
+ * (fork children, multiprocessing workers, Pythons the program execs). A run
+ * lasts as long as its client's connection. */
+#include "run.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "procinfo.h"
+#include "session.h"
+#include "util.h"
+
+#define DEFAULT_SAMPLE_RATE (512 * 1024)
+#define DEFAULT_MAX_FRAMES 64
+#define DEFAULT_INTERVAL_MS 250
+#define MAX_DEPTH 64 /* parent links followed from an agent up to the client */
+
+struct run {
+    uint32_t id;
+    char token[33];
+    uint64_t client_conn;
+    pid_t client_pid;
+    uid_t uid;
+    int follow, sessions;
+    Memprof__TrackingConfig track;
+    struct run *next;
+};
+static struct run *runs;
+static uint32_t last_run_id;
+
+static void reply(struct conn *c, const char *error, const struct run *r, const char *env)
+{
+    Envelope e = MEMPROF__ENVELOPE__INIT;
+    Memprof__RunReply rr = MEMPROF__RUN_REPLY__INIT;
+    rr.error = (char *)(error ? error : "");
+    if (r) {
+        rr.run = r->id;
+        rr.agent_env = (char *)env;
+        rr.agent_lib = (char *)server_agent_lib;
+    }
+    e.msg_case = MEMPROF__ENVELOPE__MSG_RUN_REPLY;
+    e.run_reply = &rr;
+    conn_send(c, &e);
+}
+
+void run_request(struct conn *c, const Memprof__RunRequest *req)
+{
+    unsigned char rnd[16];
+    char env[512];
+    struct run *r;
+    if (getrandom(rnd, sizeof rnd, 0) != sizeof rnd) {
+        reply(c, "no randomness for a token", NULL, NULL);
+        return;
+    }
+    if (!(r = calloc(1, sizeof *r))) {
+        reply(c, "out of memory", NULL, NULL);
+        return;
+    }
+    for (int i = 0; i < 16; i++) sprintf(r->token + 2 * i, "%02x", rnd[i]);
+    r->id = ++last_run_id;
+    r->client_conn = c->id;
+    r->client_pid = c->peer_pid;
+    r->uid = c->peer_uid;
+    r->follow = req->follow_fork;
+    memprof__tracking_config__init(&r->track);
+    r->track.enabled = 1;
+    r->track.exact = req->exact;
+    r->track.sample_rate = req->sample_rate ? req->sample_rate : DEFAULT_SAMPLE_RATE;
+    r->track.max_frames = req->max_frames ? req->max_frames : DEFAULT_MAX_FRAMES;
+    r->track.interval_ms = req->interval_ms ? req->interval_ms : DEFAULT_INTERVAL_MS;
+    r->next = runs;
+    runs = r;
+    snprintf(env, sizeof env, "sock=@%s token=%s rate=%llu exact=%d frames=%u interval=%u follow=%d",
+             server_agent_sock, r->token, (unsigned long long)r->track.sample_rate, r->track.exact,
+             r->track.max_frames, r->track.interval_ms, r->follow);
+    server_log("run %u for pid %d (uid %d)%s", r->id, (int)c->peer_pid, (int)c->peer_uid,
+               r->follow ? ", following forks" : "");
+    reply(c, NULL, r, env);
+}
+
+static int token_equal(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned diff = (unsigned)(la ^ lb);
+    for (size_t i = 0; i < la && i < lb; i++) diff |= (unsigned char)a[i] ^ (unsigned char)b[i];
+    return diff == 0 && la == 32;
+}
+
+/* Whether pid descends from ancestor (following parent links in /proc). */
+static int descends_from(pid_t pid, pid_t ancestor)
+{
+    for (int depth = 0; depth < MAX_DEPTH && pid > 1; depth++) {
+        pid = proc_ppid(pid);
+        if (pid == ancestor) return 1;
+    }
+    return 0;
+}
+
+struct session *run_agent_hello(struct conn *c, const Memprof__Hello *h, char *err)
+{
+    struct run *r;
+    struct session *s;
+    for (r = runs; r; r = r->next)
+        if (h->token && token_equal(h->token, r->token)) break;
+    if (!r) {
+        mp_err(err, "no attach in progress for pid %d", (int)c->peer_pid);
+        return NULL;
+    }
+    if (c->peer_uid != r->uid || !descends_from(c->peer_pid, r->client_pid)) {
+        mp_err(err, "pid %d: not started by the memprof run that owns this token", (int)c->peer_pid);
+        return NULL;
+    }
+    if (r->sessions && !r->follow) {
+        mp_err(err, "pid %d: run %u already has its process (no --follow-fork)", (int)c->peer_pid, r->id);
+        return NULL;
+    }
+    if ((s = session_find(c->peer_pid)) && s->state <= SESS_DETACHING) {
+        mp_err(err, "pid %d: already has a session", (int)c->peer_pid);
+        return NULL;
+    }
+    if (!(s = session_new(c->peer_pid))) {
+        mp_err(err, "out of memory");
+        return NULL;
+    }
+    s->uid = c->peer_uid;
+    s->run = r->id;
+    s->ppid = r->sessions ? proc_ppid(c->peer_pid) : 0;
+    s->track = r->track;
+    s->attach_started = mp_now();
+    s->deadline = mp_now() + 15.0; /* attach_tick drops it if the hello goes no further */
+    snprintf(s->token, sizeof s->token, "%s", r->token);
+    r->sessions++;
+    server_log("run %u: pid %d started%s", r->id, (int)c->peer_pid, s->ppid ? " (a child)" : "");
+    return s;
+}
+
+void run_client_gone(struct conn *c)
+{
+    for (struct run **pp = &runs; *pp;) {
+        struct run *r = *pp;
+        if (r->client_conn == c->id) {
+            *pp = r->next;
+            free(r);
+        } else {
+            pp = &r->next;
+        }
+    }
+}

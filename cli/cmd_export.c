@@ -258,10 +258,7 @@ int cmd_export(int argc, char **argv)
         }
     }
     if (optind < argc) return cli_fail("unexpected argument '%s' (see memprof export --help)", argv[optind]);
-    if (!pid && !session_id) {
-        fputs(usage_export, stderr);
-        return cli_fail("--pid PID or --session ID is required");
-    }
+    if (!pid && !session_id) return cli_fail("--pid PID or --session ID is required (see memprof export --help)");
     if (alloc_fetch(pid, session_id, !collapsed, &reply, err) < 0) return cli_fail("%s", err);
     to_stdout = !strcmp(out, "-");
     if (!(f = to_stdout ? stdout : fopen(out, "w"))) {

@@ -584,10 +584,7 @@ int cmd_plot(int argc, char **argv)
         }
     }
     if (optind < argc) return cli_fail("unexpected argument '%s' (see memprof plot --help)", argv[optind]);
-    if (!pid && !session_id) {
-        fputs(usage_plot, stderr);
-        return cli_fail("--pid PID or --session ID is required");
-    }
+    if (!pid && !session_id) return cli_fail("--pid PID or --session ID is required (see memprof plot --help)");
     if (!out) return cli_fail("-o FILE.svg is required (-o - writes the SVG to stdout)");
     if (!svg_name(out)) return cli_fail("%s: memprof plot writes SVG only: use an .svg name", out);
     cli_who(pid, session_id, who, sizeof who);

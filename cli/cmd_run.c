@@ -295,7 +295,7 @@ int cmd_run(int argc, char **argv)
             if (n++) fputc('\n', o);
             report_session(o, si, funcs, nfuncs, si->ppid != 0);
         }
-        if (!n)
+        if (!n && !(WIFEXITED(status) && WEXITSTATUS(status) >= 126)) /* exec failed: said so */
             fprintf(o, "memprof: no Python process reported to memprofd (%s is not CPython 3.8-3.13, or it never "
                        "started one)\n", argv[optind]);
         wire_free(st);

@@ -1,0 +1,239 @@
+"""memprof run: programs started with the agent preloaded, @profile reports in
+memory_profiler's format, exit status/signal/stdio passthrough, --follow-fork."""
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import MEMPROF, SUPPORTED_IDS, UNSUPPORTED_IDS, INTERPRETERS, interpreter, workload
+
+TABLE_HEADER = re.compile(r"^Line #\s+Mem usage\s+Increment\s+Occurrences\s+Line Contents$", re.M)
+ROW = re.compile(r"^\s*(\d+)\s+(-?[\d.]+) MiB\s+(-?[\d.]+) MiB\s+(\d+)\s{3}(.*)$")
+LINE_NO = re.compile(r"^\s*(\d+)\s")
+
+
+def decorated(tmp_path, name, func):
+    """A copy of a shared workload with @profile on func (the builtin, not imported)."""
+    src = open(workload(name)).read()
+    out = tmp_path / name
+    out.write_text(src.replace("\ndef %s(" % func, "\n@profile\ndef %s(" % func))
+    return str(out)
+
+
+def run(daemon, argv, *opts, input=None, timeout=120, cwd=None):
+    return subprocess.run([MEMPROF, "run"] + list(opts) + ["--"] + [str(a) for a in argv], capture_output=True,
+                          text=True, timeout=timeout, env=daemon.env, input=input, cwd=cwd)
+
+
+def tables(text):
+    """{function: [(line, inc MiB or None, occurrences or None, text)]} of every report in text."""
+    out = {}
+    for block in re.split(r"^(?=Filename: )", text, flags=re.M):
+        m = re.match(r"Filename: (\S+)\s+\(function (\S+), pid (\d+)", block)
+        if not m:
+            continue
+        rows = []
+        body = block.split("=" * 61 + "\n", 1)[1] if "=" * 61 in block else ""
+        for line in body.splitlines():
+            r = ROW.match(line)
+            if r:
+                rows.append((int(r.group(1)), float(r.group(3)), int(r.group(4)), r.group(5)))
+            elif LINE_NO.match(line):
+                rows.append((int(LINE_NO.match(line).group(1)), None, None, line))
+            else:
+                break
+        out.setdefault(m.group(2), []).append((int(m.group(3)), rows))
+    return out
+
+
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_primes_profile_report(pyid, daemon, tmp_path):
+    exe, _ = interpreter(pyid)
+    script = decorated(tmp_path, "primes.py", "primes")
+    report = tmp_path / "report.txt"
+    r = run(daemon, [exe, script, 1000000], "-o", report)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout == "78498\n"  # the program's output, untouched
+    text = report.read_text()
+    assert TABLE_HEADER.search(text), text
+    (pid, rows), = tables(text)["primes"]
+    lines = [n for n, _, _, _ in rows]
+    src = open(script).read().splitlines()
+    first = src.index("@profile") + 1
+    last = next(n for n, l in enumerate(src, 1) if l.strip().startswith("return [2] + ["))
+    assert lines == list(range(first, last + 1)), (lines, text)  # decorator to the return line
+    by_line = {n: (inc, occ, txt) for n, inc, occ, txt in rows}
+    list_line = next(n for n, l in enumerate(src, 1) if "s = list(range(" in l)
+    inc, occ, txt = by_line[list_line]
+    # 500k ints + a 500k-slot list: about 19 MiB (memory_profiler says 19.1)
+    assert inc is not None and 14 <= inc <= 26, text
+    assert inc == max(i for i, _, _ in by_line.values() if i is not None), text
+    assert "s = list(range(3, n + 1, 2))" in txt
+    assert "kept as session" in text and str(pid) in text
+
+
+def test_same_lines_as_memory_profiler(daemon, tmp_path):
+    """Debian's python3.11 -m memory_profiler on the same file lists the same lines,
+    and the line that adds the most memory is the same one."""
+    if "debian-3.11" not in INTERPRETERS:
+        pytest.skip("Debian's /usr/bin/python3.11 is not installed")
+    exe = INTERPRETERS["debian-3.11"][0]
+    if subprocess.run([exe, "-c", "import memory_profiler"], capture_output=True).returncode:
+        pytest.skip("python3-memory-profiler is not installed (scripts/install-deps.sh)")
+    script = decorated(tmp_path, "primes.py", "primes")
+    mp = subprocess.run([exe, "-m", "memory_profiler", script, "300000"], capture_output=True, text=True,
+                        timeout=600, cwd=str(tmp_path))
+    assert mp.returncode == 0, mp.stderr
+    ours = run(daemon, [exe, script, 300000], "--exact", cwd=str(tmp_path))
+    assert ours.returncode == 0, ours.stderr
+    assert mp.stdout.splitlines()[0] == ours.stdout.strip() == "25997"
+    theirs = tables(mp.stdout.replace("Filename: %s" % script, "Filename: %s  (function primes, pid 0" % script))
+    mine = tables(ours.stderr)
+    t_rows, m_rows = theirs["primes"][0][1], mine["primes"][0][1]
+    assert [n for n, *_ in t_rows] == [n for n, *_ in m_rows], (mp.stdout, ours.stderr)
+    t_top = max((r for r in t_rows if r[1] is not None), key=lambda r: r[1])
+    m_top = max((r for r in m_rows if r[1] is not None), key=lambda r: r[1])
+    assert t_top[0] == m_top[0], (mp.stdout, ours.stderr)
+    # lines that allocate nothing (s[j] = 0 stores a cached small int) show nothing
+    store = next(n for n, *_, txt in m_rows if txt.strip() == "s[j] = 0")
+    assert dict((n, inc) for n, inc, *_ in m_rows)[store] is None
+
+
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_exit_status_and_stdio(pyid, daemon, tmp_path):
+    exe, _ = interpreter(pyid)
+    r = run(daemon, [exe, "-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"])
+    assert r.returncode == 3 and r.stdout == "out\n" and r.stderr.startswith("err\n"), r
+    r = run(daemon, [exe, "-c", "pass"])
+    assert r.returncode == 0, r.stderr
+    r = run(daemon, [exe, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    assert r.returncode == -signal.SIGKILL, r
+    r = run(daemon, [exe, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"])
+    assert r.returncode == -signal.SIGTERM, r
+    # stdin passes through, byte for byte, both ways
+    data = os.urandom(200000).hex()
+    prog = "import sys, hashlib; d = sys.stdin.read(); print(hashlib.sha256(d.encode()).hexdigest()); print(len(d))"
+    r = run(daemon, [exe, "-c", prog], input=data)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "%s\n%d\n" % (hashlib.sha256(data.encode()).hexdigest(), len(data))
+
+
+POOL = '''
+import multiprocessing, os, sys
+
+@profile
+def work(n):
+    data = [str(i) * 10 for i in range(n)]
+    return len(data)
+
+def task(n):
+    os.write(1, b"worker %d\\n" % os.getpid())  # one write: workers share stdout
+    return work(n)
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method("fork")
+    pool = multiprocessing.Pool(2)
+    print("total", sum(pool.map(task, [150000] * 4, chunksize=1)), flush=True)
+    pool.close()
+    pool.join()
+'''
+
+
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_pool_follow_fork(pyid, daemon, tmp_path):
+    exe, _ = interpreter(pyid)
+    script = tmp_path / "pool.py"
+    script.write_text(POOL)
+    r = run(daemon, [exe, script], "--follow-fork", cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "total 600000" in r.stdout, r.stdout
+    workers = {int(p) for p in re.findall(r"^worker (\d+)$", r.stdout, re.M)}
+    assert workers, r.stdout
+    reports = {pid: rows for pid, rows in tables(r.stderr).get("work", [])}
+    for w in workers:  # one report per child that ran work(), with its figures
+        assert w in reports, (w, r.stderr)
+        line = next(row for row in reports[w] if "data = [str(i)" in row[3])
+        assert line[1] is not None and line[1] > 1, r.stderr
+        assert "pid %d (child) kept as session" % w in r.stderr
+    # without --follow-fork: the children run untracked, only the program has a session
+    r = run(daemon, [exe, script], cwd=str(tmp_path))
+    assert r.returncode == 0 and "total 600000" in r.stdout, r.stdout + r.stderr
+    assert "(child)" not in r.stderr, r.stderr
+    assert len(re.findall(r"kept as session", r.stderr)) == 1, r.stderr
+
+
+def test_profile_builtin_forms(daemon, tmp_path):
+    """memory_profiler's ways of using profile: bare, with options, as a call, on a method."""
+    from conftest import default_python
+    script = tmp_path / "forms.py"
+    script.write_text('''
+@profile(precision=4)
+def with_options():
+    return [0] * 300000
+
+def called():
+    return bytearray(3000000)
+
+class K:
+    @profile
+    def method(self):
+        return [1.5] * 400000
+
+called = profile(called)
+assert callable(profile)
+print(len(with_options()), len(called()), len(K().method()))
+''')
+    r = run(daemon, [default_python(), script], "--exact", cwd=str(tmp_path))
+    assert r.returncode == 0 and r.stdout == "300000 3000000 400000\n", r.stdout + r.stderr
+    t = tables(r.stderr)
+    assert set(t) == {"with_options", "called", "method"}, r.stderr
+    for name in t:
+        rows = [row for row in t[name][0][1] if row[1] is not None]
+        assert rows and max(row[1] for row in rows) >= 2, (name, r.stderr)
+
+
+def test_function_option_and_kept_session(daemon, tmp_path):
+    """--function NAME reports an undecorated function; the session stays for memprof lines."""
+    from conftest import default_python
+    script = workload("alloc_churn.py")
+    r = run(daemon, [default_python(), script, 20000], "--function", "churn", "--exact")
+    assert r.returncode == 0 and "checksum" in r.stdout, r.stdout + r.stderr
+    (pid, rows), = tables(r.stderr)["churn"]
+    occ = {txt.strip(): o for _, _, o, txt in rows}
+    # exact mode counts every allocation at its own line: each pass builds a dict
+    # and a list at line `d = ...`; every 100th keeps a Record
+    assert occ['d = {"id": i, "name": "item%d" % i, "vals": list(range(i % 50))}'] >= 20000, r.stderr
+    assert occ["kept.append(Record(i))"] >= 200, r.stderr
+    st = daemon.run("status")
+    assert re.search(r"\b%d\b.*exited" % pid, st.stdout), st.stdout
+    lines = daemon.run("lines", "--pid", pid, "--function", "churn")
+    assert lines.returncode == 0 and TABLE_HEADER.search(lines.stdout), lines.stdout + lines.stderr
+    m = re.search(r"kept as session (\d+)", r.stderr)
+    svg = tmp_path / "mem.svg"
+    p = daemon.run("plot", "--session", m.group(1), "-o", svg)
+    assert p.returncode == 0, p.stderr
+    ET.parse(str(svg))
+
+
+@pytest.mark.parametrize("pyid", UNSUPPORTED_IDS)
+def test_unsupported_python_runs_untracked(pyid, daemon):
+    exe, _ = interpreter(pyid)
+    r = run(daemon, [exe, "-c", "print(6 * 7)"])
+    assert r.returncode == 0 and r.stdout == "42\n", r.stdout + r.stderr
+    assert "no Python process reported" in r.stderr, r.stderr
+
+
+def test_bad_usage(daemon):
+    r = daemon.run("run")
+    assert r.returncode != 0 and "no program to run" in r.stderr
+    r = daemon.run("run", "--", "/nonexistent/prog")
+    assert r.returncode == 127 and "cannot run /nonexistent/prog" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = daemon.run("run", "--sample-rate", "lots", "--", "true")
+    assert r.returncode != 0 and "--sample-rate" in r.stderr
+    r = daemon.run("run", "--help")
+    assert r.returncode == 0 and "@profile" in r.stdout

@@ -439,6 +439,7 @@ void attach_agent_message(struct conn *c, const Envelope *env)
     if (!s) return;
     if (env->msg_case == MEMPROF__ENVELOPE__MSG_ALLOC_REPORT) {
         alloc_report(s, env->alloc_report);
+        if (env->alloc_report->final) s->exiting = 1;
         return;
     }
     if (env->msg_case != MEMPROF__ENVELOPE__MSG_AGENT_REPLY) {
@@ -470,7 +471,7 @@ void attach_agent_gone(struct conn *c)
     if (!s) return;
     s->agent_conn = 0;
     if (s->state == SESS_DETACHING) return; /* expected: the tick finishes the detach */
-    if (!proc_alive(s->pid)) {
+    if (!proc_alive(s->pid) || s->exiting) {
         snprintf(why, sizeof why, "pid %d: the process exited", (int)s->pid);
         server_log("pid %d exited; session kept", (int)s->pid);
         fail_calls_of(s->pid, why);

@@ -275,3 +275,50 @@ def test_bad_input(daemon, targets):
         r = daemon.run(cmd, "--help")
         assert r.returncode == 0 and r.stdout.startswith("usage: memprof %s" % cmd), r.stdout
         assert "--socket PATH" in r.stdout
+
+
+# ---------------------------------------------------------------- exit: final figures, atexit
+
+def hold_line():
+    with open(target_script("atexit_hold.py")) as f:
+        return next(n for n, text in enumerate(f, 1) if "# HOLD_LINE" in text)
+
+
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_exit_final_figures_and_atexit(pyid, daemon, targets):
+    """The agent's atexit callback sends the figures as they are when shutdown
+    begins (what finalization frees afterwards is not counted), and the
+    program's own atexit handlers still run; after a detach the callback is
+    gone with the agent and the program exits normally."""
+    exe, _ = interpreter(pyid)
+    t = targets.start([exe, "-u", target_script("atexit_hold.py")], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    # no periodic report in between: only the exit path can deliver the figures
+    daemon.attach(t.pid, "--exact", "--interval", "60000")
+    for i in range(1, 9):
+        t.proc.stdin.write("grow\n")
+        t.proc.stdin.flush()
+        read_until(t, r"^grown %d$" % i)
+    t.proc.stdin.write("exit\n")
+    t.proc.stdin.flush()
+    assert t.proc.wait(timeout=30) == 0
+    assert "atexit ran, 8 MiB held" in "\n".join(read_until(t, r"^atexit ran"))
+    deadline = time.time() + 10
+    while time.time() < deadline and top_json(daemon, t.pid)["state"] != "exited":
+        time.sleep(0.1)
+    data = top_json(daemon, t.pid, "--by", "line")
+    assert data["state"] == "exited"
+    held = live_by_line(data, "atexit_hold.py").get(hold_line(), 0)
+    assert 8 << 20 <= held < 9 << 20, data["rows"][:5]
+
+    # attached, then detached: the program's exit is its own again
+    t = targets.start([exe, "-u", target_script("atexit_hold.py")], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    daemon.attach(t.pid)
+    daemon.detach(t.pid)
+    with open("/proc/%d/maps" % t.pid) as f:
+        assert "libmemprof_agent" not in f.read()
+    t.proc.stdin.write("grow\nexit\n")
+    t.proc.stdin.flush()
+    assert t.proc.wait(timeout=30) == 0
+    assert "atexit ran, 1 MiB held" in "\n".join(read_until(t, r"^atexit ran"))

@@ -1,0 +1,92 @@
+"""bench_run.py -- `memprof run` against `python -m memory_profiler`, exec'd by bench.py.
+
+Same scripts, decorated with @profile the way memory_profiler users do, in one
+run, median of BENCH_RUN_RUNS (default 3): primes.py (whole run, wall clock) and
+alloc_churn.py with @profile on churn (the workload's own 'elapsed' line; for
+memory_profiler on BENCH_MP_ITER iterations, scaled per iteration, as
+bench_alloc does). Ratios: to unprofiled, and memory_profiler's time to ours.
+Globals from bench.py: row, BUILD, WORKLOADS, PY, ENV.
+"""
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+RUNS = int(os.environ.get("BENCH_RUN_RUNS", "3"))
+PRIMES_N = int(os.environ.get("BENCH_RUN_PRIMES", "300000"))
+ITER = int(os.environ.get("BENCH_ALLOC_ITER", "200000"))
+MP_ITER = int(os.environ.get("BENCH_MP_ITER", "3000"))
+MEMPROF = os.path.join(BUILD, "memprof")
+
+
+def decorate(tmp, name, func):
+    src = open(os.path.join(WORKLOADS, name)).read().replace("\ndef %s(" % func, "\n@profile\ndef %s(" % func)
+    path = os.path.join(tmp, name)
+    with open(path, "w") as f:
+        f.write(src)
+    return path
+
+
+def timed(argv, plain_profile=False):
+    """(wall seconds, stdout). plain_profile: define a no-op profile builtin (unprofiled runs)."""
+    if plain_profile:
+        argv = [argv[0], "-c", "import builtins, runpy, sys; builtins.profile = lambda f=None, **k: f; "
+                "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"] + argv[1:]
+    t = time.perf_counter()
+    r = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=3600)
+    wall = time.perf_counter() - t
+    if r.returncode:
+        sys.exit("bench_run: %s failed: %s" % (argv, r.stderr[-500:]))
+    return wall, r.stdout
+
+
+def elapsed_of(text):
+    m = re.search(r"^elapsed ([\d.]+)", text, re.M)
+    if not m:
+        sys.exit("bench_run: no 'elapsed' in output: %s" % text[-500:])
+    return float(m.group(1))
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="memprof-bench-run-")
+    primes = decorate(tmp, "primes.py", "primes")
+    churn = decorate(tmp, "alloc_churn.py", "churn")
+    res = {k: [] for k in ("p_base", "p_run", "p_mp", "c_base", "c_run", "c_exact", "c_mp")}
+    for _ in range(RUNS):
+        res["p_base"].append(timed([PY, primes, str(PRIMES_N)], plain_profile=True)[0])
+        res["p_run"].append(timed([MEMPROF, "run", "-o", os.devnull, "--", PY, primes, str(PRIMES_N)])[0])
+        res["p_mp"].append(timed([PY, "-m", "memory_profiler", primes, str(PRIMES_N)])[0])
+        res["c_base"].append(elapsed_of(timed([PY, churn, str(ITER)], plain_profile=True)[1]))
+        res["c_run"].append(elapsed_of(timed([MEMPROF, "run", "-o", os.devnull, "--", PY, churn, str(ITER)])[1]))
+        res["c_exact"].append(elapsed_of(timed([MEMPROF, "run", "--exact", "-o", os.devnull, "--", PY, churn,
+                                                str(ITER)])[1]))
+        res["c_mp"].append(elapsed_of(timed([PY, "-m", "memory_profiler", churn, str(MP_ITER)])[1]) * ITER / MP_ITER)
+    med = {k: statistics.median(v) for k, v in res.items()}
+    for k, v in res.items():
+        print("memprof run %s: median %.3f s (runs: %s)" % (k, med[k], " ".join("%.3f" % x for x in v)),
+              file=sys.stderr)
+    row("primes.py %d with @profile, whole run, wall, median of %d (unprofiled %.2f s): memprof run vs "
+        "python -m memory_profiler" % (PRIMES_N, RUNS, med["p_base"]),
+        "%.2f s (%.2fx)" % (med["p_run"], med["p_run"] / med["p_base"]),
+        "%.1f s (%.0fx)" % (med["p_mp"], med["p_mp"] / med["p_base"]), "python -m memory_profiler primes.py")
+    rows_speed("primes.py", med["p_mp"] / med["p_run"])
+    row("alloc_churn.py %d, @profile on churn, churn's elapsed, median of %d (unprofiled %.2f s): memprof run "
+        "(sampling 64 KiB) vs memory_profiler" % (ITER, RUNS, med["c_base"]),
+        "%.2f s (%.2fx)" % (med["c_run"], med["c_run"] / med["c_base"]),
+        "%.1f s (%.0fx)" % (med["c_mp"], med["c_mp"] / med["c_base"]),
+        "python -m memory_profiler, %d iterations, scaled to %d" % (MP_ITER, ITER))
+    rows_speed("alloc_churn.py (sampling)", med["c_mp"] / med["c_run"])
+    row("alloc_churn.py %d, same, memprof run --exact vs memory_profiler" % ITER,
+        "%.2f s (%.2fx)" % (med["c_exact"], med["c_exact"] / med["c_base"]),
+        "%.1f s (%.0fx)" % (med["c_mp"], med["c_mp"] / med["c_base"]), "same")
+    rows_speed("alloc_churn.py (--exact)", med["c_mp"] / med["c_exact"])
+
+
+def rows_speed(what, x):
+    row("→ memprof run speed-up over memory_profiler, %s" % what, "%.0fx" % x, "", "goal ≥ 20x")
+
+
+main()

@@ -16,6 +16,7 @@
 #define MAX_PROFILED 256   /* @profile'd functions kept per session */
 #define HISTORY 600            /* snapshots: one a second for ten minutes */
 #define HISTORY_STEP 1.0
+#define RUN_HISTORY_STEP 0.1
 #define RATE_TAU 2.0           /* seconds: smoothing of rates */
 /* Each history point also keeps the live bytes of its HIST_SITES largest sites
  * (site: innermost frame, constructors folded into their caller), so growth by
@@ -60,6 +61,8 @@ struct alloc_data {
     uint16_t hist_nsites[HISTORY];
     size_t hist_head, hist_len;
     double hist_last;
+    double hist_step;          /* seconds between points: 1 (attach); memprof run starts at
+                                * 0.1 and doubles whenever the history fills (whole run kept) */
     Memprof__AllocFrame **profiled; /* memprof run: @profile'd functions (file, function, first_line) */
     size_t nprofiled;
 };
@@ -181,12 +184,41 @@ static struct hsite *top_sites(const struct alloc_data *a, size_t *n)
     return all;
 }
 
-static void history_push(struct alloc_data *a, double t, double live, double allocated)
+/* memprof run: keep every other point, so the history spans the whole run at
+ * half the resolution. A run's ring never wraps (it is halved when full), so
+ * hist_head is 0 and moving point i to keep <= i in place is safe. */
+static void history_halve(struct alloc_data *a)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < a->hist_len; i++) {
+        size_t from = (a->hist_head + i) % HISTORY;
+        if (i % 2 && i + 1 != a->hist_len) { /* the odd ones go; the newest stays */
+            free(a->hist_sites[from]);
+            a->hist_sites[from] = NULL;
+            continue;
+        }
+        Memprof__AllocPoint p = a->hist[from];
+        struct hsite *sites = a->hist_sites[from];
+        uint16_t n = a->hist_nsites[from];
+        a->hist_sites[from] = NULL;
+        a->hist[keep] = p;
+        a->hist_sites[keep] = sites;
+        a->hist_nsites[keep] = n;
+        keep++;
+    }
+    a->hist_head = 0;
+    a->hist_len = keep;
+    a->hist_step *= 2;
+}
+
+static void history_push(struct alloc_data *a, double t, double live, double allocated, int run, int force)
 {
     Memprof__AllocPoint *p;
     size_t slot, nsites;
     double kept = 0;
-    if (a->hist_len && t - a->hist_last < HISTORY_STEP) return;
+    if (!a->hist_step) a->hist_step = run ? RUN_HISTORY_STEP : HISTORY_STEP;
+    if (a->hist_len && t - a->hist_last < a->hist_step && !force) return;
+    if (run && a->hist_len == HISTORY) history_halve(a);
     a->hist_last = t;
     slot = (a->hist_head + a->hist_len) % HISTORY;
     p = &a->hist[slot];
@@ -272,7 +304,7 @@ void alloc_report(struct session *s, const Memprof__AllocReport *r)
     a->exact = r->exact;
     a->rate_bytes = r->sample_rate;
     a->last_ts = r->timestamp;
-    history_push(a, r->timestamp, live, allocated);
+    history_push(a, r->timestamp, live, allocated, s->run != 0, r->final);
     profiled_add(a, r);
 }
 

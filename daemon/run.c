@@ -18,7 +18,7 @@
 
 #define DEFAULT_SAMPLE_RATE (512 * 1024)
 #define DEFAULT_MAX_FRAMES 64
-#define DEFAULT_INTERVAL_MS 250
+#define DEFAULT_INTERVAL_MS 100 /* finer than an attach's 250: runs are often short */
 #define MAX_DEPTH 64 /* parent links followed from an agent up to the client */
 
 struct run {

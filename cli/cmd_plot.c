@@ -251,7 +251,7 @@ static void find_peaks(struct plot *p)
 {
     const Memprof__AllocData *d = p->d;
     size_t n = d->n_history, best = 0;
-    struct {
+    struct cand {
         size_t i;
         double h;
     } cand[MAX_PEAKS];
@@ -259,7 +259,7 @@ static void find_peaks(struct plot *p)
     for (size_t i = 1; i < n; i++)
         if (d->history[i]->live_bytes > d->history[best]->live_bytes) best = i;
     if (!(d->history[best]->live_bytes > 0)) return;
-    cand[nc++] = (typeof(cand[0])){best, d->history[best]->live_bytes};
+    cand[nc++] = (struct cand){best, d->history[best]->live_bytes};
     for (size_t i = 0; i < n; i++) {
         double h = d->history[i]->live_bytes, lmin = h, rmin = h, col;
         size_t j;
@@ -278,12 +278,12 @@ static void find_peaks(struct plot *p)
         /* the key col: the higher of the two sides' lowest points; an edge side without a higher point does not count */
         col = i == 0 ? rmin : i + 1 == n ? lmin : lmin > rmin ? lmin : rmin;
         if (h - col < 0.25 * d->history[best]->live_bytes || h < 0.3 * d->history[best]->live_bytes) continue;
-        if (nc < MAX_PEAKS) cand[nc++] = (typeof(cand[0])){i, h};
+        if (nc < MAX_PEAKS) cand[nc++] = (struct cand){i, h};
         else {
             size_t low = 1;
             for (size_t c = 2; c < nc; c++)
                 if (cand[c].h < cand[low].h) low = c;
-            if (h > cand[low].h) cand[low] = (typeof(cand[0])){i, h};
+            if (h > cand[low].h) cand[low] = (struct cand){i, h};
         }
     }
     for (size_t c = 0; c < nc; c++) {
@@ -349,10 +349,9 @@ static void draw_series(FILE *f, const struct plot *p)
     fprintf(f, "\"><title>tracked heap</title></polyline>\n");
 }
 
-static void draw_legend(FILE *f, const struct plot *p)
+static void draw_legend(FILE *f)
 {
     double y = TOP - 20, x = LEFT;
-    (void)p;
     fprintf(f, "<g class=\"legend\" %s font-size=\"13\" fill=\"%s\">\n", FONT, COLOR_TEXT);
     fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"3\"/>\n", x, y - 4,
             x + 26, y - 4, COLOR_RSS);
@@ -481,7 +480,7 @@ static void draw_peaks(FILE *f, struct plot *p)
 static void draw_titles(FILE *f, const struct plot *p, const char *title)
 {
     const Memprof__SessionInfo *s = p->d->session;
-    char cmd[2048], sub[512], x[32], y[32];
+    char cmd[2048], heading[128], sub[512], x[32], y[32];
     double peak_rss = 0, peak_heap = 0;
     size_t l;
     for (size_t i = 0; i < p->d->n_history; i++) {
@@ -491,8 +490,9 @@ static void draw_titles(FILE *f, const struct plot *p, const char *title)
     command_of(s, cmd, sizeof cmd);
     fprintf(f, "<text class=\"title\" x=\"%.1f\" y=\"30\" %s font-size=\"19\" font-weight=\"bold\" fill=\"%s\">", LEFT,
             FONT, COLOR_TEXT);
-    if (title) xml_text(f, title, 90);
-    else fprintf(f, "Memory of pid %d (Python ", s ? s->pid : 0), xml_text(f, s ? s->python_version : "?", 20), fputs(")", f);
+    if (!title) snprintf(heading, sizeof heading, "Memory of pid %d (Python %s)", s ? s->pid : 0,
+                         s ? s->python_version : "?");
+    xml_text(f, title ? title : heading, 80);
     fputs("</text>\n", f);
     fprintf(f, "<text class=\"subtitle\" x=\"%.1f\" y=\"54\" %s font-size=\"13\" fill=\"%s\">", LEFT, FONT, COLOR_MUTED);
     sub[0] = 0;
@@ -528,7 +528,7 @@ static void write_svg(FILE *f, struct plot *p, const char *title)
     fputs("</title>\n", f);
     fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"#fff\"/>\n");
     draw_titles(f, p, title);
-    draw_legend(f, p);
+    draw_legend(f);
     draw_axes(f, p, start);
     draw_series(f, p);
     draw_peaks(f, p);

@@ -113,3 +113,11 @@ int mp_mkdirs(const char *dir, mode_t mode)
     }
     return (mkdir(buf, mode) < 0 && errno != EEXIST) ? -1 : 0;
 }
+
+int mp_token_equal(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned diff = (unsigned)(la ^ lb);
+    for (size_t i = 0; i < la && i < lb; i++) diff |= (unsigned char)a[i] ^ (unsigned char)b[i];
+    return diff == 0 && la == 32;
+}

@@ -36,5 +36,7 @@ int mp_proc_cmdline(pid_t pid, char *out, size_t outlen);
 
 /* Parse a decimal pid; -1 if not a positive integer. */
 pid_t mp_parse_pid(const char *s);
+/* 1 when a and b are the same 32-character token; time independent of where they differ. */
+int mp_token_equal(const char *a, const char *b);
 
 #endif

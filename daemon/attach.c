@@ -182,20 +182,12 @@ static void do_attach(struct conn *c, const Memprof__AttachRequest *req)
                res.stop_ms, res.retries);
 }
 
-static int token_equal(const char *a, const char *b)
-{
-    size_t la = strlen(a), lb = strlen(b);
-    unsigned diff = (unsigned)(la ^ lb);
-    for (size_t i = 0; i < la && i < lb; i++) diff |= (unsigned char)a[i] ^ (unsigned char)b[i];
-    return diff == 0 && la == 32;
-}
-
 int attach_agent_hello(struct conn *c, const Memprof__Hello *h, char *err)
 {
     struct session *s = session_find(c->peer_pid);
     const Memprof__AgentInfo *a = h->agent;
     if ((!s || s->state != SESS_ATTACHING || s->agent_conn) && !(s = run_agent_hello(c, h, err))) return -1;
-    if (!h->token || !token_equal(h->token, s->token)) {
+    if (!h->token || !mp_token_equal(h->token, s->token)) {
         mp_err(err, "bad token from pid %d", (int)c->peer_pid);
         return -1;
     }

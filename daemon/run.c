@@ -84,14 +84,6 @@ void run_request(struct conn *c, const Memprof__RunRequest *req)
     reply(c, NULL, r, env);
 }
 
-static int token_equal(const char *a, const char *b)
-{
-    size_t la = strlen(a), lb = strlen(b);
-    unsigned diff = (unsigned)(la ^ lb);
-    for (size_t i = 0; i < la && i < lb; i++) diff |= (unsigned char)a[i] ^ (unsigned char)b[i];
-    return diff == 0 && la == 32;
-}
-
 /* Whether pid descends from ancestor (following parent links in /proc). */
 static int descends_from(pid_t pid, pid_t ancestor)
 {
@@ -107,7 +99,7 @@ struct session *run_agent_hello(struct conn *c, const Memprof__Hello *h, char *e
     struct run *r;
     struct session *s;
     for (r = runs; r; r = r->next)
-        if (h->token && token_equal(h->token, r->token)) break;
+        if (h->token && mp_token_equal(h->token, r->token)) break;
     if (!r) {
         mp_err(err, "no attach in progress for pid %d", (int)c->peer_pid);
         return NULL;

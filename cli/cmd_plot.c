@@ -300,7 +300,7 @@ static void draw_axes(FILE *f, const struct plot *p, const char *start)
 {
     char lab[48];
     double xstep = nice_step(p->span, 8);
-    if (xstep < 1) xstep = 1;
+    if (xstep < 0.01) xstep = 0.01; /* memprof run: sub-second runs get fractions */
     fprintf(f, "<g class=\"grid\" stroke=\"#e3e3e3\" stroke-width=\"1\">\n");
     for (double v = 0; v <= p->ymax * (1 + 1e-9); v += p->ystep * p->unit)
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>\n", LEFT, py(p, v), W - RIGHT, py(p, v));
@@ -412,7 +412,8 @@ static void peak_text(const struct plot *p, const struct peak *pk, char *head, s
 {
     const Memprof__AllocPoint *pt = p->d->history[pk->i];
     char a[32];
-    snprintf(head, headlen, "peak %s at %.0f s, held by:", cli_bytes(pt->live_bytes, a, sizeof a), pt->t - p->t0);
+    snprintf(head, headlen, "peak %s at %.*f s, held by:", cli_bytes(pt->live_bytes, a, sizeof a),
+             p->span < 10 ? 1 : 0, pt->t - p->t0);
     for (size_t j = 0; j < pk->ntop; j++) {
         const Memprof__AllocFrame *fr = pk->top[j].frame;
         snprintf(names[j], 400, "%s (%s:%u)", fr->function, base_name(fr->file), fr->first_line);
@@ -636,7 +637,7 @@ int cmd_plot(int argc, char **argv)
         for (size_t k = 0; k < p.npeaks; k++) {
             const struct peak *pk = &p.peaks[k];
             const Memprof__AllocPoint *pt = p.d->history[pk->i];
-            printf("%s tracked heap peak %s at %.0f s", k ? "," : ";", cli_bytes(pt->live_bytes, a, sizeof a),
+            printf("%s tracked heap peak %s at %.*f s", k ? "," : ";", cli_bytes(pt->live_bytes, a, sizeof a), p.span < 10 ? 1 : 0,
                    pt->t - p.t0);
             if (pk->ntop)
                 printf(" (%s %s)", pk->top[0].frame->function, cli_bytes(pk->top[0].live, a, sizeof a));

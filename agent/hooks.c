@@ -50,6 +50,7 @@ typedef struct {
 
 struct domain {
     int id;
+    int free_unwatched; /* sampling over pymalloc: frees go straight to it (see hooks_install) */
     memalloc_t saved;
 };
 
@@ -455,6 +456,19 @@ static void exact_alloc(void *p, size_t size)
  * same bytes twice (the slow paths also undo what nested calls counted). */
 #define LARGE 512
 
+/* pymalloc serves requests up to 512 bytes (SMALL_REQUEST_THRESHOLD, 3.8-3.13)
+ * from its arenas and hands larger ones to PyMem_RawMalloc. */
+#define PYMALLOC_SMALL_MAX 512
+
+/* In a domain whose frees are unwatched, a sampled block must live outside
+ * pymalloc's arenas: asked for as a large block, pymalloc takes it from the
+ * RAW domain (and counts it), and its free comes back through PyMem_RawFree,
+ * where the RAW wrapper sees it. A sample costs at most 513 bytes of memory. */
+static inline size_t sampled_size(const struct domain *d, size_t size)
+{
+    return d->free_unwatched && size <= PYMALLOC_SMALL_MAX ? PYMALLOC_SMALL_MAX + 1 : size;
+}
+
 static __attribute__((noinline)) void *s_malloc_slow(struct domain *d, size_t size, int64_t c)
 {
     void *p;
@@ -464,10 +478,10 @@ static __attribute__((noinline)) void *s_malloc_slow(struct domain *d, size_t si
     INFLIGHT_INC(d);
     T.guard = 1;
     keep = T.countdown;
-    p = d->saved.malloc(d->saved.ctx, size);
+    first = !T.init; /* a thread's first call only starts its countdown */
+    p = d->saved.malloc(d->saved.ctx, c <= 0 && !first ? sampled_size(d, size) : size);
     T.countdown = keep;
     if (c <= 0) {
-        first = !T.init; /* a thread's first call only starts its countdown */
         T.countdown = next_gap();
         if (p && !first) sample_alloc(p, size);
     }
@@ -476,9 +490,8 @@ static __attribute__((noinline)) void *s_malloc_slow(struct domain *d, size_t si
     return p;
 }
 
-static void *s_malloc(void *ctx, size_t size)
+static inline __attribute__((always_inline)) void *s_malloc(struct domain *d, size_t size)
 {
-    struct domain *d = ctx;
     int64_t c = T.countdown - (int64_t)size;
     T.countdown = c;
     if (likely(c > 0 && size <= LARGE)) return d->saved.malloc(d->saved.ctx, size);
@@ -495,10 +508,13 @@ static __attribute__((noinline)) void *s_calloc_slow(struct domain *d, size_t ne
     INFLIGHT_INC(d);
     T.guard = 1;
     keep = T.countdown;
-    p = d->saved.calloc(d->saved.ctx, nelem, elsize);
+    first = !T.init;
+    if (c <= 0 && !first && sampled_size(d, nelem * elsize) != nelem * elsize)
+        p = d->saved.calloc(d->saved.ctx, 1, sampled_size(d, nelem * elsize)); /* zeroed all the same */
+    else
+        p = d->saved.calloc(d->saved.ctx, nelem, elsize);
     T.countdown = keep;
     if (c <= 0) {
-        first = !T.init;
         T.countdown = next_gap();
         if (p && !first) sample_alloc(p, nelem * elsize);
     }
@@ -507,9 +523,8 @@ static __attribute__((noinline)) void *s_calloc_slow(struct domain *d, size_t ne
     return p;
 }
 
-static void *s_calloc(void *ctx, size_t nelem, size_t elsize)
+static inline __attribute__((always_inline)) void *s_calloc(struct domain *d, size_t nelem, size_t elsize)
 {
-    struct domain *d = ctx;
     size_t size = nelem * elsize;
     int64_t c = T.countdown - (int64_t)size;
     T.countdown = c;
@@ -534,7 +549,7 @@ static __attribute__((noinline)) void *s_realloc_slow(struct domain *d, void *pt
         lock_give();
     }
     keep = T.countdown;
-    p = d->saved.realloc(d->saved.ctx, ptr, size);
+    p = d->saved.realloc(d->saved.ctx, ptr, c <= 0 && T.init ? sampled_size(d, size) : size);
     T.countdown = keep;
     if (meta) {
         size_t osz = (size_t)(meta >> 24);
@@ -558,9 +573,8 @@ static __attribute__((noinline)) void *s_realloc_slow(struct domain *d, void *pt
     return p;
 }
 
-static void *s_realloc(void *ctx, void *ptr, size_t size)
+static inline __attribute__((always_inline)) void *s_realloc(struct domain *d, void *ptr, size_t size)
 {
-    struct domain *d = ctx;
     int64_t c = T.countdown - (int64_t)size;
     T.countdown = c;
     if (likely(c > 0 && size <= LARGE) && (!ptr || !bit_test(ptr))) return d->saved.realloc(d->saved.ctx, ptr, size);
@@ -581,9 +595,8 @@ static __attribute__((noinline)) void s_free_slow(struct domain *d, void *ptr)
     INFLIGHT_DEC(d);
 }
 
-static void s_free(void *ctx, void *ptr)
+static inline __attribute__((always_inline)) void s_free(struct domain *d, void *ptr)
 {
-    struct domain *d = ctx;
     if (likely(!ptr || !bit_test(ptr))) {
         d->saved.free(d->saved.ctx, ptr);
         return;
@@ -602,9 +615,8 @@ static void s_free(void *ctx, void *ptr)
     T.guard = 0;                                                                               \
     atomic_fetch_sub_explicit(&inflight, 1, memory_order_release)
 
-static void *x_malloc(void *ctx, size_t size)
+static inline __attribute__((always_inline)) void *x_malloc(struct domain *d, size_t size)
 {
-    struct domain *d = ctx;
     void *p;
     EXACT_ENTER(d, d->saved.malloc(d->saved.ctx, size));
     p = d->saved.malloc(d->saved.ctx, size);
@@ -613,9 +625,8 @@ static void *x_malloc(void *ctx, size_t size)
     return p;
 }
 
-static void *x_calloc(void *ctx, size_t nelem, size_t elsize)
+static inline __attribute__((always_inline)) void *x_calloc(struct domain *d, size_t nelem, size_t elsize)
 {
-    struct domain *d = ctx;
     void *p;
     EXACT_ENTER(d, d->saved.calloc(d->saved.ctx, nelem, elsize));
     p = d->saved.calloc(d->saved.ctx, nelem, elsize);
@@ -624,9 +635,8 @@ static void *x_calloc(void *ctx, size_t nelem, size_t elsize)
     return p;
 }
 
-static void *x_realloc(void *ctx, void *ptr, size_t size)
+static inline __attribute__((always_inline)) void *x_realloc(struct domain *d, void *ptr, size_t size)
 {
-    struct domain *d = ctx;
     void *p;
     uint64_t meta = 0;
     EXACT_ENTER(d, d->saved.realloc(d->saved.ctx, ptr, size));
@@ -654,9 +664,8 @@ static void *x_realloc(void *ctx, void *ptr, size_t size)
     return p;
 }
 
-static void x_free(void *ctx, void *ptr)
+static inline __attribute__((always_inline)) void x_free(struct domain *d, void *ptr)
 {
-    struct domain *d = ctx;
     if (!ptr || T.guard || atomic_load_explicit(&passthrough, memory_order_relaxed)) {
         d->saved.free(d->saved.ctx, ptr);
         return;
@@ -670,7 +679,46 @@ static void x_free(void *ctx, void *ptr)
 
 /* ------------------------------------------------------------ install / remove */
 
-static int is_ours(void *fn) { return fn == (void *)s_malloc || fn == (void *)x_malloc; }
+/* The allocators installed, one set per domain: each knows its domain without
+ * a context, so the domain keeps its own ctx -- and a free left unwrapped is
+ * called exactly as before. */
+#define DOMAIN_WRAPPERS(i)                                                                                  \
+    static void *s_malloc_##i(void *ctx, size_t n) { (void)ctx; return s_malloc(&doms[i], n); }            \
+    static void *s_calloc_##i(void *ctx, size_t n, size_t e) { (void)ctx; return s_calloc(&doms[i], n, e); } \
+    static void *s_realloc_##i(void *ctx, void *p, size_t n) { (void)ctx; return s_realloc(&doms[i], p, n); } \
+    static void s_free_##i(void *ctx, void *p) { (void)ctx; s_free(&doms[i], p); }                          \
+    static void *x_malloc_##i(void *ctx, size_t n) { (void)ctx; return x_malloc(&doms[i], n); }            \
+    static void *x_calloc_##i(void *ctx, size_t n, size_t e) { (void)ctx; return x_calloc(&doms[i], n, e); } \
+    static void *x_realloc_##i(void *ctx, void *p, size_t n) { (void)ctx; return x_realloc(&doms[i], p, n); } \
+    static void x_free_##i(void *ctx, void *p) { (void)ctx; x_free(&doms[i], p); }
+DOMAIN_WRAPPERS(0)
+DOMAIN_WRAPPERS(1)
+DOMAIN_WRAPPERS(2)
+
+static const memalloc_t sampling_wrappers[3] = {
+    {NULL, s_malloc_0, s_calloc_0, s_realloc_0, s_free_0},
+    {NULL, s_malloc_1, s_calloc_1, s_realloc_1, s_free_1},
+    {NULL, s_malloc_2, s_calloc_2, s_realloc_2, s_free_2}};
+static const memalloc_t exact_wrappers[3] = {
+    {NULL, x_malloc_0, x_calloc_0, x_realloc_0, x_free_0},
+    {NULL, x_malloc_1, x_calloc_1, x_realloc_1, x_free_1},
+    {NULL, x_malloc_2, x_calloc_2, x_realloc_2, x_free_2}};
+
+static int is_ours(void *fn)
+{
+    for (int i = 0; i < 3; i++)
+        if (fn == (void *)sampling_wrappers[i].malloc || fn == (void *)exact_wrappers[i].malloc) return 1;
+    return 0;
+}
+
+/* pymalloc's own allocator in domain i (MEM or OBJ, as CPython sets them up):
+ * context NULL, the same functions in MEM and OBJ, others than RAW's. Not
+ * under PYTHONMALLOC=malloc, the debug hooks or another tracer (tracemalloc). */
+static int is_pymalloc(const memalloc_t *cur, const memalloc_t *raw, const memalloc_t *mem, int i)
+{
+    return i > 0 && !cur->ctx && cur->free == mem->free && cur->malloc == mem->malloc &&
+           cur->free != raw->free && cur->malloc != raw->malloc;
+}
 
 static void tables_free(void)
 {
@@ -765,11 +813,15 @@ int hooks_install(const struct hooks_conf *c, char *err)
         /* a fork child re-attached: ours are in place, the originals saved */
         if (!is_ours((void *)cur.malloc)) doms[i].saved = cur;
         doms[i].id = i;
-        mine.ctx = &doms[i];
-        mine.malloc = exact_mode ? x_malloc : s_malloc;
-        mine.calloc = exact_mode ? x_calloc : s_calloc;
-        mine.realloc = exact_mode ? x_realloc : s_realloc;
-        mine.free = exact_mode ? x_free : s_free;
+    }
+    for (int i = 0; i < 3; i++) {
+        /* Sampling over pymalloc leaves its free alone: most frees then cost
+         * nothing at all. The blocks sampled there are placed outside the
+         * arenas (sampled_size), so theirs reach the RAW wrapper. */
+        doms[i].free_unwatched = !exact_mode && is_pymalloc(&doms[i].saved, &doms[0].saved, &doms[1].saved, i);
+        mine = exact_mode ? exact_wrappers[i] : sampling_wrappers[i];
+        mine.ctx = doms[i].saved.ctx;
+        if (doms[i].free_unwatched) mine.free = doms[i].saved.free;
         set_alloc(i, &mine);
     }
     atomic_store(&passthrough, 0);
@@ -811,7 +863,7 @@ void hooks_uninstall(void)
     if (!installed) return;
     for (int i = 0; i < 3; i++) {
         get_alloc(i, &cur);
-        if (cur.ctx != &doms[i]) wrapped = 1;
+        if (!is_ours((void *)cur.malloc)) wrapped = 1;
     }
     atomic_store(&passthrough, 1);
     installed = 0;

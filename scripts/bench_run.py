@@ -30,11 +30,8 @@ def decorate(tmp, name, func):
     return path
 
 
-def timed(argv, plain_profile=False):
-    """(wall seconds, stdout). plain_profile: define a no-op profile builtin (unprofiled runs)."""
-    if plain_profile:
-        argv = [argv[0], "-c", "import builtins, runpy, sys; builtins.profile = lambda f=None, **k: f; "
-                "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"] + argv[1:]
+def timed(argv):
+    """(wall seconds, stdout); unprofiled runs use the undecorated workload."""
     t = time.perf_counter()
     r = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=3600)
     wall = time.perf_counter() - t
@@ -56,10 +53,10 @@ def main():
     churn = decorate(tmp, "alloc_churn.py", "churn")
     res = {k: [] for k in ("p_base", "p_run", "p_mp", "c_base", "c_run", "c_exact", "c_mp")}
     for _ in range(RUNS):
-        res["p_base"].append(timed([PY, primes, str(PRIMES_N)], plain_profile=True)[0])
+        res["p_base"].append(timed([PY, os.path.join(WORKLOADS, "primes.py"), str(PRIMES_N)])[0])
         res["p_run"].append(timed([MEMPROF, "run", "-o", os.devnull, "--", PY, primes, str(PRIMES_N)])[0])
         res["p_mp"].append(timed([PY, "-m", "memory_profiler", primes, str(PRIMES_N)])[0])
-        res["c_base"].append(elapsed_of(timed([PY, churn, str(ITER)], plain_profile=True)[1]))
+        res["c_base"].append(elapsed_of(timed([PY, os.path.join(WORKLOADS, "alloc_churn.py"), str(ITER)])[1]))
         res["c_run"].append(elapsed_of(timed([MEMPROF, "run", "-o", os.devnull, "--", PY, churn, str(ITER)])[1]))
         res["c_exact"].append(elapsed_of(timed([MEMPROF, "run", "--exact", "-o", os.devnull, "--", PY, churn,
                                                 str(ITER)])[1]))

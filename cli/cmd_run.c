@@ -159,7 +159,7 @@ static void report_session(FILE *o, const Memprof__SessionInfo *si, char **funcs
         for (size_t k = 0; k < d->n_profiled && !dup; k++) dup = !strcmp(d->profiled[k]->function, funcs[i]);
         if (dup || (child && !has_function(d, funcs[i], NULL, 0))) continue;
         if (printed++) fputc('\n', o);
-        if (alloc_lines_report(o, d, funcs[i], NULL, 0)) fflush(stderr);
+        alloc_lines_report(o, d, funcs[i], NULL, 0); /* an unknown name: said on stderr, near matches */
     }
     if (!printed && !child)
         fprintf(o, "memprof: pid %d: no function to report: decorate one with @profile or pass --function NAME\n",

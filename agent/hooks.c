@@ -581,7 +581,8 @@ static inline __attribute__((always_inline)) void *s_realloc(struct domain *d, v
     return s_realloc_slow(d, ptr, size, c);
 }
 
-static __attribute__((noinline)) void s_free_slow(struct domain *d, void *ptr)
+/* A free that may be of a tracked block: account it, then free. Both modes. */
+static inline __attribute__((always_inline)) void free_tracked(struct domain *d, void *ptr)
 {
     if (T.guard || atomic_load_explicit(&passthrough, memory_order_relaxed)) {
         d->saved.free(d->saved.ctx, ptr);
@@ -594,6 +595,8 @@ static __attribute__((noinline)) void s_free_slow(struct domain *d, void *ptr)
     T.guard = 0;
     INFLIGHT_DEC(d);
 }
+
+static __attribute__((noinline)) void s_free_slow(struct domain *d, void *ptr) { free_tracked(d, ptr); }
 
 static inline __attribute__((always_inline)) void s_free(struct domain *d, void *ptr)
 {
@@ -666,15 +669,11 @@ static inline __attribute__((always_inline)) void *x_realloc(struct domain *d, v
 
 static inline __attribute__((always_inline)) void x_free(struct domain *d, void *ptr)
 {
-    if (!ptr || T.guard || atomic_load_explicit(&passthrough, memory_order_relaxed)) {
+    if (!ptr) {
         d->saved.free(d->saved.ctx, ptr);
         return;
     }
-    INFLIGHT_INC(d);
-    T.guard = 1;
-    account_free(ptr);
-    d->saved.free(d->saved.ctx, ptr);
-    EXACT_LEAVE(d);
+    free_tracked(d, ptr);
 }
 
 /* ------------------------------------------------------------ install / remove */

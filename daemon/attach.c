@@ -83,20 +83,23 @@ static void reply_detach(uint64_t conn_id, const char *error, double stop_ms, in
     send_env(c, &env);
 }
 
-static void make_token(char *out)
+int attach_make_token(char out[33])
 {
     unsigned char rnd[16];
-    if (getrandom(rnd, sizeof rnd, 0) != sizeof rnd) memset(rnd, 0, sizeof rnd); /* refused below */
+    if (getrandom(rnd, sizeof rnd, 0) != sizeof rnd) return -1;
     for (int i = 0; i < 16; i++) sprintf(out + 2 * i, "%02x", rnd[i]);
+    return 0;
 }
 
-static void tracking_from_request(Memprof__TrackingConfig *t, const Memprof__AttachRequest *req)
+void attach_tracking(Memprof__TrackingConfig *t, int enabled, int exact, uint64_t rate, uint32_t frames,
+                     uint32_t interval_ms, uint32_t default_interval_ms)
 {
-    t->enabled = !req->no_tracking;
-    t->exact = req->exact;
-    t->sample_rate = req->sample_rate ? req->sample_rate : DEFAULT_SAMPLE_RATE;
-    t->max_frames = req->max_frames ? req->max_frames : DEFAULT_MAX_FRAMES;
-    t->interval_ms = req->interval_ms ? req->interval_ms : DEFAULT_INTERVAL_MS;
+    memprof__tracking_config__init(t);
+    t->enabled = enabled;
+    t->exact = exact;
+    t->sample_rate = rate ? rate : DEFAULT_SAMPLE_RATE;
+    t->max_frames = frames ? frames : DEFAULT_MAX_FRAMES;
+    t->interval_ms = interval_ms ? interval_ms : default_interval_ms;
 }
 
 /* Checks that need no ptrace: who may attach to what, and is it a Python we support. */
@@ -154,8 +157,13 @@ static void do_attach(struct conn *c, const Memprof__AttachRequest *req)
     proc_uid(pid, &s->uid);
     s->attach_started = mp_now();
     s->attach_waiter = c->id;
-    tracking_from_request(&s->track, req);
-    make_token(s->token);
+    attach_tracking(&s->track, !req->no_tracking, req->exact, req->sample_rate, req->max_frames, req->interval_ms,
+                    DEFAULT_INTERVAL_MS);
+    if (attach_make_token(s->token) < 0) {
+        reply_attach_error(c->id, "no randomness for a token");
+        session_free(s);
+        return;
+    }
     snprintf(arg, sizeof arg, "sock=@%s token=%s pylib=%s rate=%llu exact=%d frames=%u interval=%u track=%d",
              server_agent_sock, s->token, py.pylib, (unsigned long long)s->track.sample_rate, s->track.exact,
              s->track.max_frames, s->track.interval_ms, s->track.enabled);

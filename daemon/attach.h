@@ -14,5 +14,10 @@ void attach_client_gone(struct conn *c);
 void attach_tick(void);            /* timeouts, detach progress, exit detection */
 void attach_detach_all(void);      /* on stop */
 int attach_busy(void);             /* sessions still being attached or detached */
+/* A one-time agent token: 32 hex characters of getrandom. -1 without randomness. */
+int attach_make_token(char out[33]);
+/* Tracking settings of an attach or a run, the defaults filled in (0 = default). */
+void attach_tracking(Memprof__TrackingConfig *t, int enabled, int exact, uint64_t rate, uint32_t frames,
+                     uint32_t interval_ms, uint32_t default_interval_ms);
 
 #endif

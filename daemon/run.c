@@ -10,15 +10,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
+#include "attach.h"
 #include "procinfo.h"
 #include "session.h"
 #include "util.h"
 
-#define DEFAULT_SAMPLE_RATE (512 * 1024)
-#define DEFAULT_MAX_FRAMES 64
-#define DEFAULT_INTERVAL_MS 100 /* finer than an attach's 250: runs are often short */
+#define RUN_INTERVAL_MS 100 /* finer than an attach's 250: runs are often short */
 #define MAX_DEPTH 64 /* parent links followed from an agent up to the client */
 
 struct run {
@@ -51,29 +49,23 @@ static void reply(struct conn *c, const char *error, const struct run *r, const 
 
 void run_request(struct conn *c, const Memprof__RunRequest *req)
 {
-    unsigned char rnd[16];
     char env[512];
     struct run *r;
-    if (getrandom(rnd, sizeof rnd, 0) != sizeof rnd) {
-        reply(c, "no randomness for a token", NULL, NULL);
-        return;
-    }
     if (!(r = calloc(1, sizeof *r))) {
         reply(c, "out of memory", NULL, NULL);
         return;
     }
-    for (int i = 0; i < 16; i++) sprintf(r->token + 2 * i, "%02x", rnd[i]);
+    if (attach_make_token(r->token) < 0) {
+        free(r);
+        reply(c, "no randomness for a token", NULL, NULL);
+        return;
+    }
     r->id = ++last_run_id;
     r->client_conn = c->id;
     r->client_pid = c->peer_pid;
     r->uid = c->peer_uid;
     r->follow = req->follow_fork;
-    memprof__tracking_config__init(&r->track);
-    r->track.enabled = 1;
-    r->track.exact = req->exact;
-    r->track.sample_rate = req->sample_rate ? req->sample_rate : DEFAULT_SAMPLE_RATE;
-    r->track.max_frames = req->max_frames ? req->max_frames : DEFAULT_MAX_FRAMES;
-    r->track.interval_ms = req->interval_ms ? req->interval_ms : DEFAULT_INTERVAL_MS;
+    attach_tracking(&r->track, 1, req->exact, req->sample_rate, req->max_frames, req->interval_ms, RUN_INTERVAL_MS);
     r->next = runs;
     runs = r;
     snprintf(env, sizeof env, "sock=@%s token=%s rate=%llu exact=%d frames=%u interval=%u follow=%d",

@@ -450,11 +450,24 @@ static void exact_alloc(void *p, size_t size)
 #define INFLIGHT_DEC(d) \
     if ((d)->id == 0) atomic_fetch_sub_explicit(&inflight, 1, memory_order_release)
 
-/* The fast paths only count down and tail-call the saved allocator. Requests
- * above LARGE go the slow way even when not sampled: pymalloc hands them on to
- * PyMem_RawMalloc, and the guard keeps that nested RAW call from counting the
- * same bytes twice (the slow paths also undo what nested calls counted). */
+/* The fast paths only count down and tail-call the saved allocator. Which
+ * requests count where depends on what lies below a wrapper (enum wrap_kind):
+ *  - RAW: nothing below calls back into a wrapper; every request counts.
+ *  - pymalloc (MEM/OBJ, frees unwatched): pymalloc hands requests above 512
+ *    bytes on to PyMem_RawMalloc/Realloc, so those pass straight through and
+ *    the RAW wrapper counts (and samples) them, stack and all.
+ *  - other MEM/OBJ allocators (debug hooks, tracemalloc, PYTHONMALLOC=malloc):
+ *    requests above LARGE take the slow way even when not sampled, and the
+ *    guard keeps a nested RAW call from counting the same bytes twice (the slow
+ *    paths also undo what nested calls counted). */
+enum wrap_kind { WRAP_RAW, WRAP_PYMALLOC, WRAP_OTHER };
 #define LARGE 512
+
+/* Bytes left until the next sample. Per thread, except over pymalloc: its
+ * callers hold the GIL, which serializes them, so one countdown (a plain
+ * global, cheaper to reach than a thread-local in a shared library) serves. */
+static int64_t gil_countdown;
+#define COUNTDOWN(kind) (*((kind) == WRAP_PYMALLOC ? &gil_countdown : &T.countdown))
 
 /* pymalloc serves requests up to 512 bytes (SMALL_REQUEST_THRESHOLD, 3.8-3.13)
  * from its arenas and hands larger ones to PyMem_RawMalloc. */
@@ -469,8 +482,10 @@ static inline size_t sampled_size(const struct domain *d, size_t size)
     return d->free_unwatched && size <= PYMALLOC_SMALL_MAX ? PYMALLOC_SMALL_MAX + 1 : size;
 }
 
-static __attribute__((noinline)) void *s_malloc_slow(struct domain *d, size_t size, int64_t c)
+/* The slow paths: cd is the countdown the fast path counted size down on. */
+static __attribute__((noinline)) void *s_malloc_slow(struct domain *d, size_t size, int64_t *cd)
 {
+    int64_t c = *cd;
     void *p;
     int64_t keep;
     int first;
@@ -478,11 +493,11 @@ static __attribute__((noinline)) void *s_malloc_slow(struct domain *d, size_t si
     INFLIGHT_INC(d);
     T.guard = 1;
     keep = T.countdown;
-    first = !T.init; /* a thread's first call only starts its countdown */
+    first = cd == &T.countdown && !T.init; /* a thread's first call only starts its countdown */
     p = d->saved.malloc(d->saved.ctx, c <= 0 && !first ? sampled_size(d, size) : size);
-    T.countdown = keep;
+    T.countdown = keep; /* what a nested RAW call counted */
     if (c <= 0) {
-        T.countdown = next_gap();
+        *cd = next_gap();
         if (p && !first) sample_alloc(p, size);
     }
     T.guard = 0;
@@ -490,16 +505,22 @@ static __attribute__((noinline)) void *s_malloc_slow(struct domain *d, size_t si
     return p;
 }
 
-static inline __attribute__((always_inline)) void *s_malloc(struct domain *d, size_t size)
+/* Requests that bypass counting here: pymalloc's large ones (see above). */
+#define PASS_LARGE(kind, size) ((kind) == WRAP_PYMALLOC && (size) > PYMALLOC_SMALL_MAX)
+/* The fast path's condition once counted. */
+/* Counts size down; true on the fast path (the slow one reads the countdown). */
+#define FAST(kind, size) ((COUNTDOWN(kind) -= (int64_t)(size)) > 0 && ((kind) != WRAP_OTHER || (size) <= LARGE))
+
+static inline __attribute__((always_inline)) void *s_malloc(struct domain *d, size_t size, enum wrap_kind kind)
 {
-    int64_t c = T.countdown - (int64_t)size;
-    T.countdown = c;
-    if (likely(c > 0 && size <= LARGE)) return d->saved.malloc(d->saved.ctx, size);
-    return s_malloc_slow(d, size, c);
+    if (PASS_LARGE(kind, size)) return d->saved.malloc(d->saved.ctx, size);
+    if (likely(FAST(kind, size))) return d->saved.malloc(d->saved.ctx, size);
+    return s_malloc_slow(d, size, &COUNTDOWN(kind));
 }
 
-static __attribute__((noinline)) void *s_calloc_slow(struct domain *d, size_t nelem, size_t elsize, int64_t c)
+static __attribute__((noinline)) void *s_calloc_slow(struct domain *d, size_t nelem, size_t elsize, int64_t *cd)
 {
+    int64_t c = *cd;
     void *p;
     int64_t keep;
     int first;
@@ -508,14 +529,14 @@ static __attribute__((noinline)) void *s_calloc_slow(struct domain *d, size_t ne
     INFLIGHT_INC(d);
     T.guard = 1;
     keep = T.countdown;
-    first = !T.init;
+    first = cd == &T.countdown && !T.init;
     if (c <= 0 && !first && sampled_size(d, nelem * elsize) != nelem * elsize)
         p = d->saved.calloc(d->saved.ctx, 1, sampled_size(d, nelem * elsize)); /* zeroed all the same */
     else
         p = d->saved.calloc(d->saved.ctx, nelem, elsize);
     T.countdown = keep;
     if (c <= 0) {
-        T.countdown = next_gap();
+        *cd = next_gap();
         if (p && !first) sample_alloc(p, nelem * elsize);
     }
     T.guard = 0;
@@ -523,20 +544,22 @@ static __attribute__((noinline)) void *s_calloc_slow(struct domain *d, size_t ne
     return p;
 }
 
-static inline __attribute__((always_inline)) void *s_calloc(struct domain *d, size_t nelem, size_t elsize)
+static inline __attribute__((always_inline)) void *s_calloc(struct domain *d, size_t nelem, size_t elsize,
+                                                             enum wrap_kind kind)
 {
     size_t size = nelem * elsize;
-    int64_t c = T.countdown - (int64_t)size;
-    T.countdown = c;
-    if (likely(c > 0 && size <= LARGE)) return d->saved.calloc(d->saved.ctx, nelem, elsize);
-    return s_calloc_slow(d, nelem, elsize, c);
+    if (PASS_LARGE(kind, size)) return d->saved.calloc(d->saved.ctx, nelem, elsize);
+    if (likely(FAST(kind, size))) return d->saved.calloc(d->saved.ctx, nelem, elsize);
+    return s_calloc_slow(d, nelem, elsize, &COUNTDOWN(kind));
 }
 
-static __attribute__((noinline)) void *s_realloc_slow(struct domain *d, void *ptr, size_t size, int64_t c)
+static __attribute__((noinline)) void *s_realloc_slow(struct domain *d, void *ptr, size_t size, int64_t *cd)
 {
+    int64_t c = *cd;
     void *p;
     uint64_t meta = 0;
     int64_t keep;
+    int first;
     if (T.guard || atomic_load_explicit(&passthrough, memory_order_relaxed))
         return d->saved.realloc(d->saved.ctx, ptr, size);
     INFLIGHT_INC(d);
@@ -549,7 +572,8 @@ static __attribute__((noinline)) void *s_realloc_slow(struct domain *d, void *pt
         lock_give();
     }
     keep = T.countdown;
-    p = d->saved.realloc(d->saved.ctx, ptr, c <= 0 && T.init ? sampled_size(d, size) : size);
+    first = cd == &T.countdown && !T.init;
+    p = d->saved.realloc(d->saved.ctx, ptr, c <= 0 && !first ? sampled_size(d, size) : size);
     T.countdown = keep;
     if (meta) {
         size_t osz = (size_t)(meta >> 24);
@@ -564,8 +588,7 @@ static __attribute__((noinline)) void *s_realloc_slow(struct domain *d, void *pt
         lock_give();
     }
     if (c <= 0) {
-        int first = !T.init;
-        T.countdown = next_gap();
+        *cd = next_gap();
         if (p && !first) sample_alloc(p, size);
     }
     T.guard = 0;
@@ -573,12 +596,15 @@ static __attribute__((noinline)) void *s_realloc_slow(struct domain *d, void *pt
     return p;
 }
 
-static inline __attribute__((always_inline)) void *s_realloc(struct domain *d, void *ptr, size_t size)
+/* Over pymalloc no block of this domain is a sampled one: those live in the RAW
+ * domain (sampled_size), and pymalloc hands their reallocs on to it. */
+static inline __attribute__((always_inline)) void *s_realloc(struct domain *d, void *ptr, size_t size,
+                                                              enum wrap_kind kind)
 {
-    int64_t c = T.countdown - (int64_t)size;
-    T.countdown = c;
-    if (likely(c > 0 && size <= LARGE) && (!ptr || !bit_test(ptr))) return d->saved.realloc(d->saved.ctx, ptr, size);
-    return s_realloc_slow(d, ptr, size, c);
+    if (PASS_LARGE(kind, size)) return d->saved.realloc(d->saved.ctx, ptr, size);
+    if (likely(FAST(kind, size)) && (kind == WRAP_PYMALLOC || !ptr || !bit_test(ptr)))
+        return d->saved.realloc(d->saved.ctx, ptr, size);
+    return s_realloc_slow(d, ptr, size, &COUNTDOWN(kind));
 }
 
 /* A free that may be of a tracked block: account it, then free. Both modes. */
@@ -681,23 +707,42 @@ static inline __attribute__((always_inline)) void x_free(struct domain *d, void 
 /* The allocators installed, one set per domain: each knows its domain without
  * a context, so the domain keeps its own ctx -- and a free left unwrapped is
  * called exactly as before. */
-#define DOMAIN_WRAPPERS(i)                                                                                  \
-    static void *s_malloc_##i(void *ctx, size_t n) { (void)ctx; return s_malloc(&doms[i], n); }            \
-    static void *s_calloc_##i(void *ctx, size_t n, size_t e) { (void)ctx; return s_calloc(&doms[i], n, e); } \
-    static void *s_realloc_##i(void *ctx, void *p, size_t n) { (void)ctx; return s_realloc(&doms[i], p, n); } \
+#define DOMAIN_WRAPPERS(i, kind)                                                                            \
+    static void *s_malloc_##i(void *ctx, size_t n) { (void)ctx; return s_malloc(&doms[i], n, kind); }      \
+    static void *s_calloc_##i(void *ctx, size_t n, size_t e) { (void)ctx; return s_calloc(&doms[i], n, e, kind); } \
+    static void *s_realloc_##i(void *ctx, void *p, size_t n) { (void)ctx; return s_realloc(&doms[i], p, n, kind); } \
     static void s_free_##i(void *ctx, void *p) { (void)ctx; s_free(&doms[i], p); }                          \
     static void *x_malloc_##i(void *ctx, size_t n) { (void)ctx; return x_malloc(&doms[i], n); }            \
     static void *x_calloc_##i(void *ctx, size_t n, size_t e) { (void)ctx; return x_calloc(&doms[i], n, e); } \
     static void *x_realloc_##i(void *ctx, void *p, size_t n) { (void)ctx; return x_realloc(&doms[i], p, n); } \
     static void x_free_##i(void *ctx, void *p) { (void)ctx; x_free(&doms[i], p); }
-DOMAIN_WRAPPERS(0)
-DOMAIN_WRAPPERS(1)
-DOMAIN_WRAPPERS(2)
+/* sampling over pymalloc: its free is left in place (hooks_install) */
+#define PYMALLOC_WRAPPERS(i)                                                                                \
+    static void *p_malloc_##i(void *ctx, size_t n) { (void)ctx; return s_malloc(&doms[i], n, WRAP_PYMALLOC); } \
+    static void *p_calloc_##i(void *ctx, size_t n, size_t e)                                                 \
+    {                                                                                                        \
+        (void)ctx;                                                                                           \
+        return s_calloc(&doms[i], n, e, WRAP_PYMALLOC);                                                      \
+    }                                                                                                        \
+    static void *p_realloc_##i(void *ctx, void *p, size_t n)                                                 \
+    {                                                                                                        \
+        (void)ctx;                                                                                           \
+        return s_realloc(&doms[i], p, n, WRAP_PYMALLOC);                                                     \
+    }
+DOMAIN_WRAPPERS(0, WRAP_RAW)
+DOMAIN_WRAPPERS(1, WRAP_OTHER)
+DOMAIN_WRAPPERS(2, WRAP_OTHER)
+PYMALLOC_WRAPPERS(1)
+PYMALLOC_WRAPPERS(2)
 
 static const memalloc_t sampling_wrappers[3] = {
     {NULL, s_malloc_0, s_calloc_0, s_realloc_0, s_free_0},
     {NULL, s_malloc_1, s_calloc_1, s_realloc_1, s_free_1},
     {NULL, s_malloc_2, s_calloc_2, s_realloc_2, s_free_2}};
+static const memalloc_t pymalloc_wrappers[3] = {
+    {NULL, NULL, NULL, NULL, NULL}, /* RAW is never pymalloc */
+    {NULL, p_malloc_1, p_calloc_1, p_realloc_1, NULL},
+    {NULL, p_malloc_2, p_calloc_2, p_realloc_2, NULL}};
 static const memalloc_t exact_wrappers[3] = {
     {NULL, x_malloc_0, x_calloc_0, x_realloc_0, x_free_0},
     {NULL, x_malloc_1, x_calloc_1, x_realloc_1, x_free_1},
@@ -706,7 +751,9 @@ static const memalloc_t exact_wrappers[3] = {
 static int is_ours(void *fn)
 {
     for (int i = 0; i < 3; i++)
-        if (fn == (void *)sampling_wrappers[i].malloc || fn == (void *)exact_wrappers[i].malloc) return 1;
+        if (fn == (void *)sampling_wrappers[i].malloc || fn == (void *)exact_wrappers[i].malloc ||
+            (fn && fn == (void *)pymalloc_wrappers[i].malloc))
+            return 1;
     return 0;
 }
 
@@ -807,6 +854,8 @@ int hooks_install(const struct hooks_conf *c, char *err)
     }
     T.countdown = 0;
     T.init = 0;
+    gil_countdown = next_gap(); /* also starts this thread's generator... */
+    T.countdown = next_gap();   /* ...so its countdown starts here */
     for (int i = 0; i < 3; i++) {
         get_alloc(i, &cur);
         /* a fork child re-attached: ours are in place, the originals saved */
@@ -818,7 +867,7 @@ int hooks_install(const struct hooks_conf *c, char *err)
          * nothing at all. The blocks sampled there are placed outside the
          * arenas (sampled_size), so theirs reach the RAW wrapper. */
         doms[i].free_unwatched = !exact_mode && is_pymalloc(&doms[i].saved, &doms[0].saved, &doms[1].saved, i);
-        mine = exact_mode ? exact_wrappers[i] : sampling_wrappers[i];
+        mine = exact_mode ? exact_wrappers[i] : doms[i].free_unwatched ? pymalloc_wrappers[i] : sampling_wrappers[i];
         mine.ctx = doms[i].saved.ctx;
         if (doms[i].free_unwatched) mine.free = doms[i].saved.free;
         set_alloc(i, &mine);

@@ -24,9 +24,12 @@ def build():
     b = [bytearray(3000) for _ in range(3000)]  # LINE_B
     c = [str(i) * 1000 for i in range(2500)]  # LINE_C
     d = [list(range(250)) for _ in range(4000)]  # LINE_D
+    e = [bytes(100 + i % 300) for i in range(50000)]  # LINE_E: small blocks, pymalloc's own
     for i in range(20000):
         x = bytes(5000 + i % 100)  # LINE_CHURN
-    return a, b, c, d
+    for i in range(100000):
+        x = bytes(100 + i % 300)  # LINE_CHURN_SMALL: freed at once
+    return a, b, c, d, e
 
 
 def truth(kept):
@@ -40,8 +43,8 @@ kept = build()
 lines = {}
 for n, text in enumerate(open(__file__).read().splitlines(), 1):
     if "# LINE_" in text and "lines[" not in text:
-        lines[text.split("# ")[-1]] = n
-for name, size in zip(["LINE_A", "LINE_B", "LINE_C", "LINE_D"], truth(kept)):
+        lines[text.split("# ")[-1].split(":")[0]] = n
+for name, size in zip(["LINE_A", "LINE_B", "LINE_C", "LINE_D", "LINE_E"], truth(kept)):
     print("truth %d %d" % (lines[name], size))
 if tracemalloc:
     snap = tracemalloc.take_snapshot()

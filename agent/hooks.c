@@ -507,14 +507,33 @@ static __attribute__((noinline)) void *s_malloc_slow(struct domain *d, size_t si
 
 /* Requests that bypass counting here: pymalloc's large ones (see above). */
 #define PASS_LARGE(kind, size) ((kind) == WRAP_PYMALLOC && (size) > PYMALLOC_SMALL_MAX)
-/* The fast path's condition once counted. */
-/* Counts size down; true on the fast path (the slow one reads the countdown). */
-#define FAST(kind, size) ((COUNTDOWN(kind) -= (int64_t)(size)) > 0 && ((kind) != WRAP_OTHER || (size) <= LARGE))
-
-static inline __attribute__((always_inline)) void *s_malloc(struct domain *d, size_t size, enum wrap_kind kind)
+/* Counts size down on the GIL's countdown; false once it reaches zero. On
+ * x86-64 one read-modify-write instruction and its branch, where compilers
+ * keep a load, a subtraction, a store and a test. */
+static inline __attribute__((always_inline)) int gil_count_down(size_t size)
 {
-    if (PASS_LARGE(kind, size)) return d->saved.malloc(d->saved.ctx, size);
-    if (likely(FAST(kind, size))) return d->saved.malloc(d->saved.ctx, size);
+#if defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 11)
+    __asm__ goto("subq %1, %0\n\tjle %l[due]" : "+m"(gil_countdown) : "r"(size) : "cc" : due);
+    return 1;
+due:
+    return 0;
+#else
+    return (gil_countdown -= (int64_t)size) > 0;
+#endif
+}
+
+/* Counts size down; true on the fast path (the slow one reads the countdown). */
+#define FAST(kind, size)                                                                                    \
+    ((kind) == WRAP_PYMALLOC ? gil_count_down(size)                                                         \
+                             : (T.countdown -= (int64_t)(size)) > 0 && ((kind) != WRAP_OTHER || (size) <= LARGE))
+
+/* The fast paths hand on the ctx they were called with: the saved allocator's
+ * own (hooks_install installs each wrapper with it), already in its register. */
+static inline __attribute__((always_inline)) void *s_malloc(struct domain *d, void *ctx, size_t size,
+                                                             enum wrap_kind kind)
+{
+    if (PASS_LARGE(kind, size)) return d->saved.malloc(ctx, size);
+    if (likely(FAST(kind, size))) return d->saved.malloc(ctx, size);
     return s_malloc_slow(d, size, &COUNTDOWN(kind));
 }
 
@@ -544,12 +563,12 @@ static __attribute__((noinline)) void *s_calloc_slow(struct domain *d, size_t ne
     return p;
 }
 
-static inline __attribute__((always_inline)) void *s_calloc(struct domain *d, size_t nelem, size_t elsize,
+static inline __attribute__((always_inline)) void *s_calloc(struct domain *d, void *ctx, size_t nelem, size_t elsize,
                                                              enum wrap_kind kind)
 {
     size_t size = nelem * elsize;
-    if (PASS_LARGE(kind, size)) return d->saved.calloc(d->saved.ctx, nelem, elsize);
-    if (likely(FAST(kind, size))) return d->saved.calloc(d->saved.ctx, nelem, elsize);
+    if (PASS_LARGE(kind, size)) return d->saved.calloc(ctx, nelem, elsize);
+    if (likely(FAST(kind, size))) return d->saved.calloc(ctx, nelem, elsize);
     return s_calloc_slow(d, nelem, elsize, &COUNTDOWN(kind));
 }
 
@@ -598,12 +617,12 @@ static __attribute__((noinline)) void *s_realloc_slow(struct domain *d, void *pt
 
 /* Over pymalloc no block of this domain is a sampled one: those live in the RAW
  * domain (sampled_size), and pymalloc hands their reallocs on to it. */
-static inline __attribute__((always_inline)) void *s_realloc(struct domain *d, void *ptr, size_t size,
+static inline __attribute__((always_inline)) void *s_realloc(struct domain *d, void *ctx, void *ptr, size_t size,
                                                               enum wrap_kind kind)
 {
-    if (PASS_LARGE(kind, size)) return d->saved.realloc(d->saved.ctx, ptr, size);
+    if (PASS_LARGE(kind, size)) return d->saved.realloc(ctx, ptr, size);
     if (likely(FAST(kind, size)) && (kind == WRAP_PYMALLOC || !ptr || !bit_test(ptr)))
-        return d->saved.realloc(d->saved.ctx, ptr, size);
+        return d->saved.realloc(ctx, ptr, size);
     return s_realloc_slow(d, ptr, size, &COUNTDOWN(kind));
 }
 
@@ -708,9 +727,9 @@ static inline __attribute__((always_inline)) void x_free(struct domain *d, void 
  * a context, so the domain keeps its own ctx -- and a free left unwrapped is
  * called exactly as before. */
 #define DOMAIN_WRAPPERS(i, kind)                                                                            \
-    static void *s_malloc_##i(void *ctx, size_t n) { (void)ctx; return s_malloc(&doms[i], n, kind); }      \
-    static void *s_calloc_##i(void *ctx, size_t n, size_t e) { (void)ctx; return s_calloc(&doms[i], n, e, kind); } \
-    static void *s_realloc_##i(void *ctx, void *p, size_t n) { (void)ctx; return s_realloc(&doms[i], p, n, kind); } \
+    static void *s_malloc_##i(void *ctx, size_t n) { return s_malloc(&doms[i], ctx, n, kind); }             \
+    static void *s_calloc_##i(void *ctx, size_t n, size_t e) { return s_calloc(&doms[i], ctx, n, e, kind); } \
+    static void *s_realloc_##i(void *ctx, void *p, size_t n) { return s_realloc(&doms[i], ctx, p, n, kind); } \
     static void s_free_##i(void *ctx, void *p) { (void)ctx; s_free(&doms[i], p); }                          \
     static void *x_malloc_##i(void *ctx, size_t n) { (void)ctx; return x_malloc(&doms[i], n); }            \
     static void *x_calloc_##i(void *ctx, size_t n, size_t e) { (void)ctx; return x_calloc(&doms[i], n, e); } \
@@ -718,17 +737,9 @@ static inline __attribute__((always_inline)) void x_free(struct domain *d, void 
     static void x_free_##i(void *ctx, void *p) { (void)ctx; x_free(&doms[i], p); }
 /* sampling over pymalloc: its free is left in place (hooks_install) */
 #define PYMALLOC_WRAPPERS(i)                                                                                \
-    static void *p_malloc_##i(void *ctx, size_t n) { (void)ctx; return s_malloc(&doms[i], n, WRAP_PYMALLOC); } \
-    static void *p_calloc_##i(void *ctx, size_t n, size_t e)                                                 \
-    {                                                                                                        \
-        (void)ctx;                                                                                           \
-        return s_calloc(&doms[i], n, e, WRAP_PYMALLOC);                                                      \
-    }                                                                                                        \
-    static void *p_realloc_##i(void *ctx, void *p, size_t n)                                                 \
-    {                                                                                                        \
-        (void)ctx;                                                                                           \
-        return s_realloc(&doms[i], p, n, WRAP_PYMALLOC);                                                     \
-    }
+    static void *p_malloc_##i(void *ctx, size_t n) { return s_malloc(&doms[i], ctx, n, WRAP_PYMALLOC); }    \
+    static void *p_calloc_##i(void *ctx, size_t n, size_t e) { return s_calloc(&doms[i], ctx, n, e, WRAP_PYMALLOC); } \
+    static void *p_realloc_##i(void *ctx, void *p, size_t n) { return s_realloc(&doms[i], ctx, p, n, WRAP_PYMALLOC); }
 DOMAIN_WRAPPERS(0, WRAP_RAW)
 DOMAIN_WRAPPERS(1, WRAP_OTHER)
 DOMAIN_WRAPPERS(2, WRAP_OTHER)
@@ -759,11 +770,12 @@ static int is_ours(void *fn)
 
 /* pymalloc's own allocator in domain i (MEM or OBJ, as CPython sets them up):
  * context NULL, the same functions in MEM and OBJ, others than RAW's. Not
- * under PYTHONMALLOC=malloc, the debug hooks or another tracer (tracemalloc). */
-static int is_pymalloc(const memalloc_t *cur, const memalloc_t *raw, const memalloc_t *mem, int i)
+ * under PYTHONMALLOC=malloc, mimalloc (3.13: MEM and OBJ functions differ),
+ * the debug hooks or another tracer (tracemalloc). */
+static int is_pymalloc(const memalloc_t *raw, const memalloc_t *mem, const memalloc_t *obj, int i)
 {
-    return i > 0 && !cur->ctx && cur->free == mem->free && cur->malloc == mem->malloc &&
-           cur->free != raw->free && cur->malloc != raw->malloc;
+    return i > 0 && !mem->ctx && !obj->ctx && mem->malloc == obj->malloc && mem->free == obj->free &&
+           mem->realloc == obj->realloc && mem->free != raw->free && mem->malloc != raw->malloc;
 }
 
 static void tables_free(void)
@@ -866,7 +878,7 @@ int hooks_install(const struct hooks_conf *c, char *err)
         /* Sampling over pymalloc leaves its free alone: most frees then cost
          * nothing at all. The blocks sampled there are placed outside the
          * arenas (sampled_size), so theirs reach the RAW wrapper. */
-        doms[i].free_unwatched = !exact_mode && is_pymalloc(&doms[i].saved, &doms[0].saved, &doms[1].saved, i);
+        doms[i].free_unwatched = !exact_mode && is_pymalloc(&doms[0].saved, &doms[1].saved, &doms[2].saved, i);
         mine = exact_mode ? exact_wrappers[i] : doms[i].free_unwatched ? pymalloc_wrappers[i] : sampling_wrappers[i];
         mine.ctx = doms[i].saved.ctx;
         if (doms[i].free_unwatched) mine.free = doms[i].saved.free;

@@ -173,12 +173,16 @@ def test_sampled_live_bytes_per_line_within_10_percent(pyid, daemon, targets):
 
 
 @pytest.mark.parametrize("pyid", SUPPORTED_IDS)
-@pytest.mark.parametrize("allocator", ["malloc", "debug"])
+@pytest.mark.parametrize("allocator", ["malloc", "debug", "mimalloc"])
 def test_sampled_accuracy_other_allocators(pyid, allocator, daemon, targets):
-    """PYTHONMALLOC=malloc (MEM/OBJ straight to malloc) and =debug (hooks over
-    pymalloc, which nests its large requests into the RAW domain): the wrappers
-    then count on per-thread countdowns and watch every free."""
-    check_sampled_lines(daemon, targets, interpreter(pyid)[0], env=dict(os.environ, PYTHONMALLOC=allocator))
+    """PYTHONMALLOC=malloc (MEM/OBJ straight to malloc), =debug (hooks over
+    pymalloc, which nests its large requests into the RAW domain) and, from 3.13,
+    =mimalloc (never hands anything to RAW): the wrappers then count on
+    per-thread countdowns and watch every free."""
+    exe, version = interpreter(pyid)
+    if allocator == "mimalloc" and tuple(int(x) for x in version.split(".")[:2]) < (3, 13):
+        pytest.skip("PYTHONMALLOC=mimalloc is CPython 3.13's (this is %s)" % version)
+    check_sampled_lines(daemon, targets, exe, env=dict(os.environ, PYTHONMALLOC=allocator))
 
 
 @pytest.mark.parametrize("pyid", SUPPORTED_IDS)

@@ -465,7 +465,10 @@ enum wrap_kind { WRAP_RAW, WRAP_PYMALLOC, WRAP_OTHER };
 
 /* Bytes left until the next sample. Per thread, except over pymalloc: its
  * callers hold the GIL, which serializes them, so one countdown (a plain
- * global, cheaper to reach than a thread-local in a shared library) serves. */
+ * global, cheaper to reach than a thread-local in a shared library) serves.
+ * Where that does not hold (an extension breaking the rule; subinterpreters
+ * with their own GIL, 3.12+) a racing update only shifts when the next sample
+ * falls: the slow path's state is the thread's own. */
 static int64_t gil_countdown;
 #define COUNTDOWN(kind) (*((kind) == WRAP_PYMALLOC ? &gil_countdown : &T.countdown))
 

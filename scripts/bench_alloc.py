@@ -5,9 +5,10 @@ one run, interleaved, BENCH_ALLOC_RUNS rounds (default 7): unprofiled; memprof
 sampling (attached before churn starts); memprof exact; after a detach (attach +
 detach, then churn); and, in the first BENCH_PEER_RUNS rounds (default 3),
 tracemalloc with 1 frame and memory_profiler's line mode (fewer iterations,
-scaled per iteration). Ratios to unprofiled, of the fastest run of each (as
-timeit reports: on this shared 2-core machine the slow runs are other load, in
-bursts of seconds), with the ratio of the medians beside them.
+scaled per iteration). Ratios to unprofiled, of the fastest run of each, as
+timeit reports: on this shared 2-core machine whole runs slow down by up to
+1.6x in bursts of seconds, which medians of a few runs do not survive; every
+run is printed on stderr.
 Globals from bench.py: row, BUILD, WORKLOADS, PEERS, PY, ENV.
 """
 import os
@@ -77,7 +78,7 @@ def main():
               file=sys.stderr)
 
     def ratio(k, fmt="%.2fx"):
-        return (fmt + " (median " + fmt + ")") % (best[k] / best["base"], med[k] / med["base"])
+        return fmt % (best[k] / best["base"])
 
     what = "alloc_churn.py %d, elapsed, fastest of %d (unprofiled %.2f s)" % (ITER, RUNS, best["base"])
     tm = "tracemalloc_run.sh 1 %d, fastest of %d" % (ITER, PEER_RUNS)

@@ -1,7 +1,7 @@
 """bench_alloc.py -- allocation tracking overhead on alloc_churn.py, exec'd by bench.py.
 
 Elapsed time of alloc_churn.py's churn (the workload's own 'elapsed' line), in
-one run, interleaved, BENCH_ALLOC_RUNS rounds (default 7): unprofiled; memprof
+one run, interleaved, BENCH_ALLOC_RUNS rounds (default 11): unprofiled; memprof
 sampling (attached before churn starts); memprof exact; after a detach (attach +
 detach, then churn); and, in the first BENCH_PEER_RUNS rounds (default 3),
 tracemalloc with 1 frame and memory_profiler's line mode (fewer iterations,
@@ -19,7 +19,7 @@ import sys
 
 ITER = int(os.environ.get("BENCH_ALLOC_ITER", "200000"))
 MP_ITER = int(os.environ.get("BENCH_MP_ITER", "3000"))
-RUNS = int(os.environ.get("BENCH_ALLOC_RUNS", "7"))
+RUNS = int(os.environ.get("BENCH_ALLOC_RUNS", "11"))
 PEER_RUNS = int(os.environ.get("BENCH_PEER_RUNS", "3"))
 ROOT = os.path.dirname(BUILD)
 CHURN = os.path.join(WORKLOADS, "alloc_churn.py")

@@ -403,14 +403,6 @@ static void print_top(FILE *o, const struct view *v, enum by by, enum sort sort,
     rows_free(rows, n);
 }
 
-static int parse_pid_opt(const char *s, int *pid)
-{
-    pid_t p = mp_parse_pid(s);
-    if (p <= 0) return -1;
-    *pid = (int)p;
-    return 0;
-}
-
 int cmd_top(int argc, char **argv)
 {
     static struct option opts[] = {{"pid", required_argument, 0, 'p'},     {"by", required_argument, 0, 'b'},
@@ -430,7 +422,7 @@ int cmd_top(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'p':
-            if (parse_pid_opt(optarg, &pid) < 0) return cli_fail("--pid: '%s' is not a pid", optarg);
+            if (cli_parse_pid(optarg, &pid) < 0) return cli_fail("--pid: '%s' is not a pid", optarg);
             break;
         case 'b':
             if (!strcmp(optarg, "line")) by = BY_LINE;
@@ -736,7 +728,7 @@ int cmd_lines(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'p':
-            if (parse_pid_opt(optarg, &pid) < 0) return cli_fail("--pid: '%s' is not a pid", optarg);
+            if (cli_parse_pid(optarg, &pid) < 0) return cli_fail("--pid: '%s' is not a pid", optarg);
             break;
         case 'f': func = optarg; break;
         case 'F': file = optarg; break;
@@ -824,7 +816,7 @@ int cmd_snapshot(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "o:", opts, NULL)) != -1) {
         switch (c) {
         case 'p':
-            if (parse_pid_opt(optarg, &pid) < 0) return cli_fail("--pid: '%s' is not a pid", optarg);
+            if (cli_parse_pid(optarg, &pid) < 0) return cli_fail("--pid: '%s' is not a pid", optarg);
             break;
         case 'o': out = optarg; break;
         case 's': client_socket_opt = optarg; break;
@@ -982,6 +974,14 @@ static void diff_by(const struct view *a, const struct view *b, enum by by, int 
     rows_free(rb, nb);
 }
 
+int cli_parse_pid(const char *s, int *pid)
+{
+    pid_t p = mp_parse_pid(s);
+    if (p <= 0) return -1;
+    *pid = (int)p;
+    return 0;
+}
+
 int cli_parse_session(const char *s, unsigned *id)
 {
     char *end;
@@ -1086,7 +1086,7 @@ int cmd_diff(int argc, char **argv)
         case 'l': limit = atoi(optarg); break;
         case 's': client_socket_opt = optarg; break;
         case 'p':
-            if (parse_pid_opt(optarg, &pid) < 0) return cli_fail("--pid: '%s' is not a pid", optarg);
+            if (cli_parse_pid(optarg, &pid) < 0) return cli_fail("--pid: '%s' is not a pid", optarg);
             break;
         case 'S':
             if (cli_parse_session(optarg, &session_id) < 0) return cli_fail("--session: '%s' is not a session id", optarg);

@@ -564,12 +564,9 @@ int cmd_plot(int argc, char **argv)
     }
     while ((c = getopt_long(argc, argv, "o:", opts, NULL)) != -1) {
         switch (c) {
-        case 'p': {
-            pid_t v = mp_parse_pid(optarg);
-            if (v <= 0) return cli_fail("--pid: '%s' is not a pid", optarg);
-            pid = (int)v;
+        case 'p':
+            if (cli_parse_pid(optarg, &pid) < 0) return cli_fail("--pid: '%s' is not a pid", optarg);
             break;
-        }
         case 'S':
             if (cli_parse_session(optarg, &session_id) < 0) return cli_fail("--session: '%s' is not a session id", optarg);
             break;

@@ -36,6 +36,8 @@ int alloc_lines_report(FILE *o, const struct Memprof__AllocData *d, const char *
 int cmd_run(int argc, char **argv);
 /* --session ID: 0, or -1 when not a session id. */
 int cli_parse_session(const char *s, unsigned *id);
+/* --pid N: 0, or -1 when not a pid. */
+int cli_parse_pid(const char *s, int *pid);
 /* "pid N" or "session ID", for messages. */
 void cli_who(int pid, unsigned session_id, char *out, size_t len);
 

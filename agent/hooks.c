@@ -457,11 +457,11 @@ static void exact_alloc(void *p, size_t size)
  *    bytes on to PyMem_RawMalloc/Realloc, so those pass straight through and
  *    the RAW wrapper counts (and samples) them, stack and all.
  *  - other MEM/OBJ allocators (debug hooks, tracemalloc, PYTHONMALLOC=malloc):
- *    requests above LARGE take the slow way even when not sampled, and the
- *    guard keeps a nested RAW call from counting the same bytes twice (the slow
- *    paths also undo what nested calls counted). */
+ *    requests above PYMALLOC_SMALL_MAX (which pymalloc, under debug hooks or
+ *    tracemalloc, hands on to RAW) take the slow way even when not sampled, and
+ *    the guard keeps a nested RAW call from counting the same bytes twice (the
+ *    slow paths also undo what nested calls counted). */
 enum wrap_kind { WRAP_RAW, WRAP_PYMALLOC, WRAP_OTHER };
-#define LARGE 512
 
 /* Bytes left until the next sample. Per thread, except over pymalloc: its
  * callers hold the GIL, which serializes them, so one countdown (a plain
@@ -528,7 +528,7 @@ due:
 /* Counts size down; true on the fast path (the slow one reads the countdown). */
 #define FAST(kind, size)                                                                                    \
     ((kind) == WRAP_PYMALLOC ? gil_count_down(size)                                                         \
-                             : (T.countdown -= (int64_t)(size)) > 0 && ((kind) != WRAP_OTHER || (size) <= LARGE))
+                             : (T.countdown -= (int64_t)(size)) > 0 && ((kind) != WRAP_OTHER || (size) <= PYMALLOC_SMALL_MAX))
 
 /* The fast paths hand on the ctx they were called with: the saved allocator's
  * own (hooks_install installs each wrapper with it), already in its register. */

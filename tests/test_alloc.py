@@ -232,7 +232,9 @@ def test_target_exit_during_top(pyid, daemon, targets):
     exe, _ = interpreter(pyid)
     t = targets.start([exe, "-u", workload("service.py"), "2", "4"])
     t.wait_for(r"^ready \d+")
-    daemon.attach(t.pid)
+    # 64 KiB between samples: at the default 512 KiB a slow 4 s run (3.8/3.9 on
+    # a loaded machine) leaks only a few samples' worth, sometimes none
+    daemon.attach(t.pid, "--sample-rate", "65536")
     master, slave = pty.openpty()
     top = subprocess.Popen([MEMPROF, "top", "--pid", str(t.pid), "--interval", "0.3"], stdin=slave, stdout=slave,
                            stderr=slave, env=daemon.env, close_fds=True)

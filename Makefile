@@ -3,10 +3,13 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 BUILD   ?= build
 CC      ?= cc
-PKGS     = libelf libdw libbpf libprotobuf-c
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
-PB_LIBS    := $(shell pkg-config --libs libprotobuf-c 2>/dev/null)
+# Libraries are asked of pkg-config when a rule runs, not when make parses this
+# file: `make demo` installs them (deps) before anything is compiled.
+# A library is linked only into the program that uses it.
+DAEMON_PKGS = libelf libprotobuf-c
+PKG_CFLAGS = $(shell pkg-config --cflags $(DAEMON_PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(DAEMON_PKGS) 2>/dev/null)
+PB_LIBS    = $(shell pkg-config --libs libprotobuf-c 2>/dev/null)
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -Wno-format-truncation -D_GNU_SOURCE -fno-strict-aliasing \
            -I$(BUILD)/gen -Iproto -Icommon $(PKG_CFLAGS)
@@ -56,7 +59,10 @@ unit: $(BUILD)/test_wire
 test: all $(BUILD)/test_wire
 	$(PYTHON) -m pytest -p no:cacheprovider -rs tests
 
-demo: deps all
+# deps first, then a new make for the build, so the libraries it installed are
+# the ones the build finds.
+demo: deps
+	$(MAKE) all
 	sh scripts/demo.sh
 
 bench: all

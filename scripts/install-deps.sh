@@ -17,7 +17,13 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: missing packages:$missing (run as root, or: sudo apt-get install$missing)" >&2
     exit 1
 fi
-echo "install-deps: installing$missing"
+log=$(mktemp /tmp/memprof-install-deps.XXXXXX.log)
+echo "install-deps: installing$missing (apt's output: $log)"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends $missing
+if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing; } >"$log" 2>&1; then
+    tail -n 15 "$log" >&2
+    echo "install-deps: apt-get failed (whole output in $log)" >&2
+    exit 1
+fi
+rm -f "$log"
+echo "install-deps: done"

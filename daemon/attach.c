@@ -186,6 +186,7 @@ static void do_attach(struct conn *c, const Memprof__AttachRequest *req)
         return;
     }
     s->deadline = mp_now() + ATTACH_TIMEOUT;
+    server_wake_tick();
     server_log("injected agent into pid %d (Python %s): stopped %.2f ms, %u retries", (int)pid, py.version,
                res.stop_ms, res.retries);
 }
@@ -262,6 +263,7 @@ static struct call *call_new(pid_t pid, uint64_t client_conn, uint64_t client_id
     k->client_conn = client_conn;
     k->client_id = client_id;
     k->deadline = mp_now() + CALL_TIMEOUT;
+    server_wake_tick();
     k->next = calls;
     calls = k;
     return k;
@@ -303,6 +305,7 @@ static void start_detach(struct session *s, uint64_t waiter, double timeout)
     s->detach_waiter = waiter;
     s->detach_acked = 0;
     s->deadline = mp_now() + timeout;
+    server_wake_tick();
     req.id = k->id;
     req.body_case = MEMPROF__AGENT_REQUEST__BODY_DETACH;
     d.pid = s->pid;
@@ -510,10 +513,11 @@ static void finish_detach(struct session *s)
     session_retire(s, proc_alive(s->pid) ? SESS_DETACHED : SESS_EXITED);
 }
 
-void attach_tick(void)
+long attach_tick(void)
 {
     double now = mp_now();
     struct session *s, *next;
+    long next_ms = -1;
     for (s = sessions; s; s = next) {
         next = s->next;
         if (s->state == SESS_ATTACHING && s->deadline && now > s->deadline) {
@@ -548,6 +552,18 @@ void attach_tick(void)
         kn = k->next;
         if (now > k->deadline) call_finish(k, NULL, "the agent did not answer in time");
     }
+    /* What is still pending decides when to look again: a detach waits for the agent's thread to end
+     * (no event tells), an attach for the process to stay alive; calls only for their deadlines. */
+    for (s = sessions; s; s = s->next) {
+        long ms = s->state == SESS_DETACHING ? 10 : s->state == SESS_ATTACHING ? 100 : -1;
+        if (ms >= 0 && (next_ms < 0 || ms < next_ms)) next_ms = ms;
+    }
+    for (struct call *k = calls; k; k = k->next) {
+        long ms = (long)((k->deadline - now) * 1000.0) + 1;
+        if (ms < 1) ms = 1;
+        if (next_ms < 0 || ms < next_ms) next_ms = ms;
+    }
+    return next_ms;
 }
 
 void attach_detach_all(void)

@@ -11,7 +11,7 @@ void attach_agent_ready(struct conn *c);
 void attach_agent_message(struct conn *c, const Envelope *env);
 void attach_agent_gone(struct conn *c);
 void attach_client_gone(struct conn *c);
-void attach_tick(void);            /* timeouts, detach progress, exit detection */
+long attach_tick(void);            /* timeouts, detach progress, exit detection; ms until it must run again, -1: nothing pending */
 void attach_detach_all(void);      /* on stop */
 int attach_busy(void);             /* sessions still being attached or detached */
 /* A one-time agent token: 32 hex characters of getrandom. -1 without randomness. */

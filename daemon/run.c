@@ -118,6 +118,7 @@ struct session *run_agent_hello(struct conn *c, const Memprof__Hello *h, char *e
     s->track = r->track;
     s->attach_started = mp_now();
     s->deadline = mp_now() + 15.0; /* attach_tick drops it if the hello goes no further */
+    server_wake_tick();
     snprintf(s->token, sizeof s->token, "%s", r->token);
     r->sessions++;
     server_log("run %u: pid %d started%s", r->id, (int)c->peer_pid, s->ppid ? " (a child)" : "");

@@ -1,5 +1,5 @@
-/* server.c -- memprofd's single-threaded epoll loop: a private client socket, an
- * abstract socket for agents, signals through signalfd, and timers per session. */
+/* server.c -- memprofd's connections on the event loop (loop.c): a private client socket, an abstract socket
+ * for agents, signals through signalfd; per-connection output queues so that no peer can block the daemon. */
 #include "server.h"
 
 #include <errno.h>
@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/signalfd.h>
@@ -21,18 +20,27 @@
 #include <unistd.h>
 
 #include "attach.h"
+#include "loop.h"
 #include "session.h"
 #include "util.h"
 
 char server_agent_sock[108];
 const char *server_agent_lib;
 
-static struct conn *conns;
-static uint64_t next_conn_id = 1;
-static int epfd = -1;
-static int stop_requested;
+/* A connection's id is its fd in the low bits and a sequence number above them: O(1) lookups, and an id
+ * of a closed connection never names the next one on the same fd. */
+#define CONN_FD_BITS 24
+/* Replies a peer has not read yet. Past this it is dropped, never waited for (4 maximal messages). */
+#define CONN_OUT_MAX (4 * (size_t)(WIRE_MAX_MSG + WIRE_HDR))
 
-enum { TAG_CLIENT_LISTEN = 1, TAG_AGENT_LISTEN = 2, TAG_SIGNAL = 3 };
+static struct conn *conns;     /* all, for shutdown and reaping */
+static struct conn **conn_fd;  /* by fd */
+static int nconn_fd;
+static uint64_t next_conn_seq = 1;
+static int stop_requested;
+static double stop_deadline;
+static int client_lfd = -1;
+static const char *client_path;
 
 void server_log(const char *fmt, ...)
 {
@@ -52,30 +60,98 @@ void server_request_stop(void) { stop_requested = 1; }
 
 struct conn *conn_by_id(uint64_t id)
 {
-    for (struct conn *c = conns; c; c = c->next)
-        if (c->id == id && !c->closing) return c;
-    return NULL;
+    int fd = (int)(id & ((1u << CONN_FD_BITS) - 1));
+    struct conn *c = fd < nconn_fd ? conn_fd[fd] : NULL;
+    return c && c->id == id && !c->closing ? c : NULL;
 }
 
 void conn_close(struct conn *c)
 {
     if (c->closing) return;
     c->closing = 1;
-    epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    loop_del_fd(c->fd, LOOP_READ | LOOP_WRITE);
+    conn_fd[c->fd] = NULL;
     close(c->fd);
     c->fd = -1;
     if (c->kind == CONN_AGENT) attach_agent_gone(c);
     attach_client_gone(c);
 }
 
+static void conn_drop(struct conn *c, const char *why)
+{
+    server_log("dropping connection %llu (pid %d): %s", (unsigned long long)c->id, (int)c->peer_pid, why);
+    conn_close(c);
+}
+
+/* Writes what the socket takes now; arms or disarms the writable event. */
+static void conn_flush(struct conn *c)
+{
+    char err[MP_ERRLEN];
+    while (c->ooff < c->olen) {
+        ssize_t w = send(c->fd, c->obuf + c->ooff, c->olen - c->ooff, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        if (w <= 0) {
+            mp_errno(err, "send");
+            conn_drop(c, err);
+            return;
+        }
+        c->ooff += (size_t)w;
+    }
+    if (c->ooff == c->olen) {
+        c->ooff = c->olen = 0;
+        if (c->ocap > (1u << 20)) { /* do not keep a census-sized buffer for an idle peer */
+            free(c->obuf);
+            c->obuf = NULL;
+            c->ocap = 0;
+        }
+        loop_del_fd(c->fd, LOOP_WRITE);
+        if (c->close_when_flushed) conn_close(c);
+    } else if (loop_add_fd(c->fd, LOOP_WRITE, c->on_event, c, err) < 0) {
+        conn_drop(c, err);
+    }
+}
+
+static int conn_queue(struct conn *c, const uint8_t *buf, size_t len)
+{
+    size_t pending = c->olen - c->ooff;
+    if (pending + len > CONN_OUT_MAX) return -1;
+    if (c->ooff && c->olen + len > c->ocap) { /* reclaim what was sent */
+        memmove(c->obuf, c->obuf + c->ooff, pending);
+        c->olen = pending;
+        c->ooff = 0;
+    }
+    if (c->olen + len > c->ocap) {
+        size_t ncap = c->ocap ? c->ocap : 65536;
+        uint8_t *nb;
+        while (ncap < c->olen + len) ncap *= 2;
+        if (!(nb = realloc(c->obuf, ncap))) return -1;
+        c->obuf = nb;
+        c->ocap = ncap;
+    }
+    memcpy(c->obuf + c->olen, buf, len);
+    c->olen += len;
+    return 0;
+}
+
 void conn_send(struct conn *c, const Envelope *env)
 {
     char err[MP_ERRLEN];
+    uint8_t *buf;
+    size_t len;
     if (!c || c->closing) return;
-    if (wire_send(c->fd, env, 1000, err) < 0) {
-        server_log("dropping connection %llu (pid %d): %s", (unsigned long long)c->id, (int)c->peer_pid, err);
-        conn_close(c);
+    if (wire_encode(env, &buf, &len, err) < 0) {
+        server_log("connection %llu: cannot send %s: %s", (unsigned long long)c->id, wire_name(env), err);
+        return;
     }
+    if (conn_queue(c, buf, len) < 0) {
+        snprintf(err, sizeof err, "it fell behind: %zu bytes of replies unread", c->olen - c->ooff + len);
+        free(buf);
+        conn_drop(c, err);
+        return;
+    }
+    free(buf);
+    conn_flush(c);
 }
 
 void conn_send_error(struct conn *c, const char *msg)
@@ -96,6 +172,7 @@ static void reap_closed(void)
         if (c->closing) {
             *pp = c->next;
             wire_rbuf_free(&c->rb);
+            free(c->obuf);
             free(c);
         } else {
             pp = &c->next;
@@ -185,40 +262,72 @@ static int listen_agents(char *err)
     return listen_unix(&sa, len, err);
 }
 
-static void accept_conns(int lfd, enum conn_kind expect)
+static void conn_event(int fd, int mask, void *data);
+
+static struct conn *conn_new(int fd, const struct ucred *cred, int from_agent_socket, char *err)
 {
+    struct conn *c;
+    if (fd >= (1 << CONN_FD_BITS)) {
+        mp_err(err, "fd %d out of range", fd);
+        return NULL;
+    }
+    if (fd >= nconn_fd) {
+        int n = nconn_fd ? nconn_fd : 64;
+        struct conn **nt;
+        while (n <= fd) n *= 2;
+        if (!(nt = realloc(conn_fd, (size_t)n * sizeof *nt))) {
+            mp_err(err, "out of memory");
+            return NULL;
+        }
+        memset(nt + nconn_fd, 0, (size_t)(n - nconn_fd) * sizeof *nt);
+        conn_fd = nt;
+        nconn_fd = n;
+    }
+    if (!(c = calloc(1, sizeof *c))) {
+        mp_err(err, "out of memory");
+        return NULL;
+    }
+    c->id = next_conn_seq++ << CONN_FD_BITS | (uint64_t)fd;
+    c->fd = fd;
+    c->kind = CONN_NEW;
+    c->from_agent_socket = from_agent_socket;
+    c->peer_pid = cred->pid;
+    c->peer_uid = cred->uid;
+    c->on_event = conn_event;
+    if (loop_add_fd(fd, LOOP_READ, conn_event, c, err) < 0) {
+        free(c);
+        return NULL;
+    }
+    conn_fd[fd] = c;
+    c->next = conns;
+    conns = c;
+    return c;
+}
+
+/* The kind a connection may take is decided by the socket it came in on. */
+static void accept_conns(int lfd, int mask, void *data)
+{
+    int from_agent_socket = data != NULL;
+    (void)mask;
     for (;;) {
+        char err[MP_ERRLEN];
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         struct ucred cred;
         socklen_t len = sizeof cred;
-        struct conn *c;
-        struct epoll_event ev = {.events = EPOLLIN};
         if (fd < 0) return;
         if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
             close(fd);
             continue;
         }
         /* Clients must be us or root; the 0700 directory already ensures it. */
-        if (expect == CONN_CLIENT && cred.uid != geteuid() && cred.uid != 0) {
+        if (!from_agent_socket && cred.uid != geteuid() && cred.uid != 0) {
             close(fd);
             continue;
         }
-        c = calloc(1, sizeof *c);
-        if (!c) {
+        if (!conn_new(fd, &cred, from_agent_socket, err)) {
+            server_log("refused a connection from pid %d: %s", (int)cred.pid, err);
             close(fd);
-            continue;
         }
-        c->id = next_conn_id++;
-        c->fd = fd;
-        c->kind = CONN_NEW;
-        c->peer_pid = cred.pid;
-        c->peer_uid = cred.uid;
-        c->next = conns;
-        conns = c;
-        /* The kind a connection may take is decided by the socket it came in on. */
-        c->closing = 0;
-        ev.data.u64 = c->id << 8 | (expect == CONN_AGENT ? 1 : 0);
-        epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
     }
 }
 
@@ -231,8 +340,8 @@ static void hello_reply(struct conn *c, const char *error)
     r.daemon_pid = getpid();
     env.msg_case = MEMPROF__ENVELOPE__MSG_HELLO_REPLY;
     env.hello_reply = &r;
+    if (error) c->close_when_flushed = 1; /* the peer gets the reason, then EOF */
     conn_send(c, &env);
-    if (error) conn_close(c);
 }
 
 static void handle_hello(struct conn *c, const Memprof__Hello *h, int from_agent_socket)
@@ -286,7 +395,7 @@ static void handle_message(struct conn *c, Envelope *env, int from_agent_socket)
         r.stop_reply = &sr;
         server_log("stop requested by pid %d", (int)c->peer_pid);
         conn_send(c, &r);
-        stop_requested = 1;
+        server_request_stop();
         break;
     }
     default:
@@ -294,7 +403,7 @@ static void handle_message(struct conn *c, Envelope *env, int from_agent_socket)
     }
 }
 
-static void conn_readable(struct conn *c, int from_agent_socket)
+static void conn_readable(struct conn *c)
 {
     char err[MP_ERRLEN] = "";
     ssize_t r = wire_rbuf_fill(&c->rb, c->fd, err);
@@ -305,16 +414,82 @@ static void conn_readable(struct conn *c, int from_agent_socket)
         conn_close(c);
         return;
     }
-    while (!c->closing && (t = wire_take(&c->rb, &env, err)) != 0) {
+    while (!c->closing && !c->close_when_flushed && (t = wire_take(&c->rb, &env, err)) != 0) {
         if (t < 0) {
             server_log("connection from pid %d sent a bad message: %s", (int)c->peer_pid, err);
-            if (c->kind != CONN_AGENT) conn_send_error(c, err);
-            conn_close(c);
+            if (c->kind != CONN_AGENT) {
+                c->close_when_flushed = 1;
+                conn_send_error(c, err);
+            } else {
+                conn_close(c);
+            }
             return;
         }
-        handle_message(c, env, from_agent_socket);
+        handle_message(c, env, c->from_agent_socket);
         wire_free(env);
     }
+}
+
+static void conn_event(int fd, int mask, void *data)
+{
+    struct conn *c = data;
+    (void)fd;
+    if ((mask & LOOP_WRITE) && !c->closing) conn_flush(c);
+    if ((mask & LOOP_READ) && !c->closing) conn_readable(c);
+}
+
+static void signal_event(int fd, int mask, void *data)
+{
+    struct signalfd_siginfo si;
+    (void)mask;
+    (void)data;
+    while (read(fd, &si, sizeof si) == sizeof si) {
+        if (si.ssi_signo == SIGCHLD) continue;
+        server_log("signal %d: stopping", (int)si.ssi_signo);
+        server_request_stop();
+    }
+}
+
+/* Deadlines of attaches, detaches and agent calls: a timer armed only while one is pending. */
+static long long tick_timer;
+static long tick(long long id, void *data)
+{
+    long next = attach_tick();
+    (void)data;
+    if (next < 0 && tick_timer == id) tick_timer = 0;
+    return next < 0 ? LOOP_NOMORE : next;
+}
+
+/* Runs attach_tick at the next turn of the loop, whenever it was due before. */
+void server_wake_tick(void)
+{
+    if (tick_timer) loop_del_timer(tick_timer);
+    tick_timer = loop_add_timer(0, tick, NULL);
+}
+
+static long wake_only(long long id, void *data)
+{
+    (void)id;
+    (void)data;
+    return LOOP_NOMORE;
+}
+
+/* After every round of events: free closed connections; on stop, detach everything, then leave. */
+static void before_sleep(void)
+{
+    reap_closed();
+    if (!stop_requested) return;
+    if (!stop_deadline) {
+        stop_deadline = mp_now() + 3.0;
+        loop_del_fd(client_lfd, LOOP_READ); /* no new clients */
+        close(client_lfd);
+        client_lfd = -1;
+        unlink(client_path);
+        attach_detach_all();
+        server_wake_tick();
+        loop_add_timer(3000, wake_only, NULL); /* wakes the loop at the deadline */
+    }
+    if (!attach_busy() || mp_now() > stop_deadline) loop_stop();
 }
 
 static int setup_signals(char *err)
@@ -354,65 +529,35 @@ static int take_lock(const char *dir, char *err)
 int server_run(const char *socket_path, char *err)
 {
     char dir[PATH_MAX];
-    int lock_fd, cfd, afd, sfd;
-    struct epoll_event ev = {.events = EPOLLIN};
-    double stop_deadline = 0;
+    int lock_fd, afd, sfd;
 
     if (prepare_dir(socket_path, dir, err) < 0) return -1;
     if ((lock_fd = take_lock(dir, err)) < 0) return -1;
     if ((sfd = setup_signals(err)) < 0) return -1;
-    if ((cfd = listen_clients(socket_path, err)) < 0) return -1;
+    if ((client_lfd = listen_clients(socket_path, err)) < 0) return -1;
     if ((afd = listen_agents(err)) < 0) return -1;
-    epfd = epoll_create1(EPOLL_CLOEXEC);
-    ev.data.u64 = TAG_CLIENT_LISTEN;
-    epoll_ctl(epfd, EPOLL_CTL_ADD, cfd, &ev);
-    ev.data.u64 = TAG_AGENT_LISTEN;
-    epoll_ctl(epfd, EPOLL_CTL_ADD, afd, &ev);
-    ev.data.u64 = TAG_SIGNAL;
-    epoll_ctl(epfd, EPOLL_CTL_ADD, sfd, &ev);
+    client_path = socket_path;
+    if (loop_init(err) < 0 || loop_add_fd(client_lfd, LOOP_READ, accept_conns, NULL, err) < 0 ||
+        loop_add_fd(afd, LOOP_READ, accept_conns, (void *)1, err) < 0 ||
+        loop_add_fd(sfd, LOOP_READ, signal_event, NULL, err) < 0)
+        return -1;
     server_log("listening on %s (agents on @%s), agent library %s", socket_path, server_agent_sock,
                server_agent_lib);
-
-    for (;;) {
-        struct epoll_event evs[32];
-        int n = epoll_wait(epfd, evs, 32, 100);
-        for (int i = 0; i < n; i++) {
-            uint64_t tag = evs[i].data.u64;
-            if (tag == TAG_CLIENT_LISTEN) {
-                accept_conns(cfd, CONN_CLIENT);
-            } else if (tag == TAG_AGENT_LISTEN) {
-                accept_conns(afd, CONN_AGENT);
-            } else if (tag == TAG_SIGNAL) {
-                struct signalfd_siginfo si;
-                while (read(sfd, &si, sizeof si) == sizeof si) {
-                    if (si.ssi_signo == SIGCHLD) continue;
-                    server_log("signal %d: stopping", (int)si.ssi_signo);
-                    stop_requested = 1;
-                }
-            } else {
-                struct conn *c = conn_by_id(tag >> 8);
-                if (c) conn_readable(c, (int)(tag & 1));
-            }
-        }
-        attach_tick();
-        reap_closed();
-        if (stop_requested) {
-            if (!stop_deadline) {
-                stop_deadline = mp_now() + 3.0;
-                close(cfd); /* no new clients */
-                cfd = -1;
-                unlink(socket_path);
-                attach_detach_all();
-            }
-            if (!attach_busy() || mp_now() > stop_deadline) break;
-        }
-    }
+    loop_run(before_sleep);
     server_log("stopped");
-    for (struct conn *c = conns; c; c = c->next) conn_close(c);
+    for (struct conn *c = conns; c; c = c->next) {
+        if (!c->closing && c->ooff < c->olen) /* last replies (stop's) get a short chance to leave */
+            wire_write_all(c->fd, c->obuf + c->ooff, c->olen - c->ooff, 200, err);
+        conn_close(c);
+    }
     reap_closed();
+    loop_free();
+    free(conn_fd);
+    conn_fd = NULL;
+    nconn_fd = 0;
+    if (client_lfd >= 0) close(client_lfd);
     close(afd);
     close(sfd);
-    close(epfd);
     close(lock_fd);
     return 0;
 }

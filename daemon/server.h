@@ -14,7 +14,12 @@ struct conn {
     enum conn_kind kind;
     pid_t peer_pid;
     uid_t peer_uid;
+    int from_agent_socket;
     struct wire_rbuf rb;
+    uint8_t *obuf;             /* replies not yet written: obuf[ooff..olen) */
+    size_t olen, ooff, ocap;
+    int close_when_flushed;    /* read nothing more; close once obuf is written */
+    void (*on_event)(int fd, int mask, void *data);
     int closing;
     struct conn *next;
 };
@@ -23,7 +28,8 @@ struct conn {
 int server_run(const char *socket_path, char *err);
 
 struct conn *conn_by_id(uint64_t id);
-/* Send env on c; a connection that cannot take it within a second is closed. */
+/* Queue env on c and write what the socket takes now; never blocks. A peer that leaves more than
+ * CONN_OUT_MAX bytes unread is dropped with a logged reason. */
 void conn_send(struct conn *c, const Envelope *env);
 void conn_send_error(struct conn *c, const char *msg);
 void conn_close(struct conn *c);
@@ -33,5 +39,7 @@ extern char server_agent_sock[108];
 extern const char *server_agent_lib;
 void server_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void server_request_stop(void);
+/* Something with a deadline began (attach, detach, agent call): make sure attach_tick runs. */
+void server_wake_tick(void);
 
 #endif

@@ -268,20 +268,30 @@ def as_nobody(argv, env):
 
 @pytest.fixture
 def nobody_env():
+    """Environment for running memprof as nobody: its own socket, and copies of the programs in a directory
+    nobody can reach (a checkout under /root is not)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to run a second user's daemon")
     d = tempfile.mkdtemp(prefix="memprof-nobody-")  # /tmp itself: nobody must reach it
-    os.chown(d, 65534, 65534)
-    env = dict(os.environ, MEMPROF_SOCKET=os.path.join(d, "run", "memprofd.sock"), HOME=d)
+    os.chmod(d, 0o755)
+    bindir = os.path.join(d, "bin")
+    os.mkdir(bindir)
+    for name in ("memprofd", "memprof", "libmemprof_agent.so"):
+        shutil.copy(os.path.join(os.path.dirname(MEMPROFD), name), bindir)
+    home = os.path.join(d, "home")
+    os.mkdir(home)
+    os.chown(home, 65534, 65534)
+    env = dict(os.environ, MEMPROF_SOCKET=os.path.join(home, "run", "memprofd.sock"), HOME=home,
+               PATH=bindir + os.pathsep + os.environ.get("PATH", ""))
     yield env
-    as_nobody([MEMPROFD, "stop"], env)
+    as_nobody(["memprofd", "stop"], env)
     shutil.rmtree(d, ignore_errors=True)
 
 
 def test_permission_denied_for_other_users_process(daemon, targets, nobody_env):
     t = targets.start(["/usr/bin/python3", "-u", target_script("idle.py")])
     t.wait_for(r"^ready")
-    r = as_nobody([MEMPROFD, "attach", "--pid", str(t.pid)], nobody_env)
+    r = as_nobody(["memprofd", "attach", "--pid", str(t.pid)], nobody_env)
     assert r.returncode != 0
     assert re.search(r"pid %d: permission denied" % t.pid, r.stderr), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -296,7 +306,7 @@ def test_socket_is_private(daemon, nobody_env):
     assert st_dir.st_mode & 0o777 == 0o700
     assert st_sock.st_mode & 0o777 == 0o600
     env = dict(nobody_env, MEMPROF_SOCKET=daemon.socket)
-    r = as_nobody([os.path.join(os.path.dirname(MEMPROFD), "memprof"), "status"], env)
+    r = as_nobody(["memprof", "status"], env)
     assert r.returncode != 0 and "Permission denied" in r.stderr, r.stderr
 
 

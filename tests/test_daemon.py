@@ -1,0 +1,108 @@
+"""The daemon under bad peers: a client that never reads its replies, a client that floods requests, many
+targets on one daemon. Nothing a peer does may stall the other sessions or grow the daemon without bound."""
+import json
+import os
+import re
+import socket
+import struct
+import time
+
+from conftest import INTERPRETERS, SUPPORTED_IDS, default_python, workload
+
+
+def _frame(payload):
+    return struct.pack("<I", len(payload)) + payload
+
+
+def _varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7f, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def _field(num, wire, data):
+    key = _varint(num << 3 | wire)
+    return key + (_varint(data) if wire == 0 else _varint(len(data)) + data)
+
+
+HELLO = _frame(_field(1, 2, _field(1, 0, 1)))  # Envelope.hello{protocol 1, role CLIENT}
+
+
+def alloc_query(pid):
+    return _frame(_field(18, 2, _field(1, 0, pid) + _field(2, 0, 1)))  # Envelope.alloc_query{pid, history}
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return int(re.search(r"^VmRSS:\s+(\d+)", f.read(), re.M).group(1))
+
+
+def history_len(daemon, pid):
+    r = daemon.run("export", "--pid", pid)
+    assert r.returncode == 0, r.stderr
+    return len(json.loads(r.stdout)["history"])
+
+
+def test_client_that_never_reads_is_dropped_and_others_carry_on(daemon, targets):
+    exe = default_python()
+    t = targets.start([exe, "-u", workload("service.py"), "4"])
+    t.wait_for(r"^ready")
+    daemon.attach(t.pid)
+    try:
+        stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stuck.connect(daemon.socket)
+        stuck.sendall(HELLO)
+        query = alloc_query(t.pid)
+        stuck.sendall(query * 200)  # 200 replies it will never read
+        # Meanwhile the daemon answers others and the agent keeps reporting.
+        before = history_len(daemon, t.pid)
+        r = daemon.run("status")
+        assert r.returncode == 0 and str(t.pid) in r.stdout, r.stderr
+        t.wait_for(r"^beat", timeout=30)
+        time.sleep(2.5)
+        assert history_len(daemon, t.pid) > before, "the session stopped gaining history points"
+        # Keep asking until the daemon gives up on the reader: it must, within a bounded backlog.
+        stuck.settimeout(30)
+        dropped = False
+        for _ in range(200000):
+            try:
+                stuck.sendall(query * 50)
+            except (BrokenPipeError, ConnectionResetError, socket.timeout):
+                dropped = True
+                break
+        stuck.close()
+        assert dropped, "the daemon kept queueing replies for a client that never reads"
+        log = open(daemon.log).read()
+        assert re.search(r"dropping connection \d+ \(pid %d\): it fell behind" % os.getpid(), log), daemon.log_tail()
+        # Bounded: the backlog cap is 4 maximal messages (64 MiB), freed with the connection.
+        assert rss_kib(daemon.proc.pid) < 160 * 1024, rss_kib(daemon.proc.pid)
+        assert daemon.run("status").returncode == 0
+    finally:
+        daemon.detach(t.pid)
+
+
+def test_many_targets_keep_reporting(daemon, targets):
+    """16 targets over the interpreters found, each reporting every 250 ms, on one daemon: all keep up."""
+    exes = [INTERPRETERS[i][0] for i in SUPPORTED_IDS if i in INTERPRETERS] or [default_python()]
+    started = []
+    for i in range(16):
+        t = targets.start([exes[i % len(exes)], "-u", workload("service.py"), "2"])
+        started.append(t)
+    for t in started:
+        t.wait_for(r"^ready")
+        daemon.attach(t.pid)
+    try:
+        first = {t.pid: history_len(daemon, t.pid) for t in started}
+        time.sleep(4)
+        for t in started:
+            assert history_len(daemon, t.pid) >= first[t.pid] + 2, "pid %d fell behind" % t.pid
+        r = daemon.run("status", "--json")
+        assert r.returncode == 0
+        states = {s["pid"]: s["state"] for s in json.loads(r.stdout)}
+        assert all(states[t.pid] == "attached" for t in started), states
+    finally:
+        for t in started:
+            daemon.detach(t.pid)

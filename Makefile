@@ -17,10 +17,12 @@ PYTHON  ?= /usr/bin/python3
 
 GEN      = $(BUILD)/gen/memprof.pb-c.c $(BUILD)/gen/memprof.pb-c.h
 WIRE_SRC = $(BUILD)/gen/memprof.pb-c.c proto/wire.c common/util.c
+# The client library: connect, handshake, typed calls; linked by memprof and memprofd (attach/detach/stop).
+CLIENT_SRC = client/client.c
 AGENT_SRC  = $(wildcard agent/*.c)
 DAEMON_SRC = $(wildcard daemon/*.c)
 CLI_SRC    = $(filter-out cli/main.c,$(wildcard cli/*.c))
-HDRS = $(wildcard proto/*.h common/*.h agent/*.h daemon/*.h cli/*.h) $(BUILD)/gen/memprof.pb-c.h
+HDRS = $(wildcard proto/*.h common/*.h client/*.h agent/*.h daemon/*.h cli/*.h) $(BUILD)/gen/memprof.pb-c.h
 
 BINS = $(BUILD)/memprofd $(BUILD)/memprof $(BUILD)/libmemprof_agent.so
 .PHONY: all test unit demo bench fuzz install clean deps check-fresh
@@ -39,11 +41,11 @@ $(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS)
 	$(CC) $(CFLAGS) -fPIC -shared -fvisibility=hidden -ftls-model=initial-exec -Iagent \
 	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_LIBS) -lpthread -ldl -lm
 
-$(BUILD)/memprofd: $(DAEMON_SRC) cli/client.c $(WIRE_SRC) $(HDRS)
-	$(CC) $(CFLAGS) -Idaemon -Icli -o $@ $(DAEMON_SRC) cli/client.c $(WIRE_SRC) $(PKG_LIBS) -lm
+$(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(HDRS)
+	$(CC) $(CFLAGS) -Idaemon -Iclient -o $@ $(DAEMON_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PKG_LIBS) -lm
 
-$(BUILD)/memprof: cli/main.c $(CLI_SRC) $(WIRE_SRC) $(HDRS)
-	$(CC) $(CFLAGS) -Icli -o $@ cli/main.c $(CLI_SRC) $(WIRE_SRC) $(PB_LIBS) -lm
+$(BUILD)/memprof: cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(HDRS)
+	$(CC) $(CFLAGS) -Icli -Iclient -o $@ cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PB_LIBS) -lm
 
 $(BUILD)/test_wire: tests/unit/test_wire.c $(WIRE_SRC) $(HDRS)
 	$(CC) $(CFLAGS) -o $@ tests/unit/test_wire.c $(WIRE_SRC) $(PB_LIBS)

@@ -61,7 +61,7 @@ static void release(const Memprof__AgentRequest *req, Memprof__AgentReply *rep)
     else backrefs_free(rep);
 }
 
-/* ------------------------------------------------ cli/client.c, stubbed */
+/* ------------------------------------------------ client/client.c, stubbed */
 
 const char *client_socket_opt;
 

@@ -384,8 +384,9 @@ static int history_fill(const struct alloc_data *a, struct history_out *h)
     return 0;
 }
 
-void alloc_query(struct conn *c, const Memprof__AllocQuery *q)
+void alloc_on_query(struct conn *c, const Envelope *in)
 {
+    const Memprof__AllocQuery *q = in->alloc_query;
     char err[MP_ERRLEN];
     struct session *s = query_session(c, q, err);
     struct alloc_data *a;

@@ -9,7 +9,7 @@
 /* Fold one agent report into the session's data (created on first use). */
 void alloc_report(struct session *s, const Memprof__AllocReport *r);
 /* Answer a client's AllocQuery with AllocData (or an error in it). */
-void alloc_query(struct conn *c, const Memprof__AllocQuery *q);
+void alloc_on_query(struct conn *c, const Envelope *env);
 void alloc_free(struct alloc_data *a);
 
 #endif

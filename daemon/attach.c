@@ -125,8 +125,9 @@ static int attach_precheck(struct conn *c, pid_t pid, struct pyinfo *py, char *e
     return 0;
 }
 
-static void do_attach(struct conn *c, const Memprof__AttachRequest *req)
+void attach_on_attach(struct conn *c, const Envelope *in)
 {
+    const Memprof__AttachRequest *req = in->attach;
     char err[MP_ERRLEN], arg[PATH_MAX + 512];
     struct pyinfo py;
     struct session *s = session_find(req->pid);
@@ -313,8 +314,9 @@ static void start_detach(struct session *s, uint64_t waiter, double timeout)
     send_agent_request(s, &req);
 }
 
-static void do_detach(struct conn *c, pid_t pid)
+void attach_on_detach(struct conn *c, const Envelope *in)
 {
+    pid_t pid = in->detach->pid;
     char err[MP_ERRLEN];
     struct session *s = session_find(pid);
     if (proc_may_access(c->peer_uid, pid, err) < 0 && !(s && (c->peer_uid == 0 || c->peer_uid == s->uid))) {
@@ -331,8 +333,9 @@ static void do_detach(struct conn *c, pid_t pid)
     start_detach(s, c->id, DETACH_TIMEOUT);
 }
 
-static void do_agent_call(struct conn *c, const Memprof__AgentCall *ac)
+void attach_on_agent_call(struct conn *c, const Envelope *in)
 {
+    const Memprof__AgentCall *ac = in->agent_call;
     char err[MP_ERRLEN];
     struct session *s;
     struct call *k;
@@ -374,8 +377,9 @@ static void do_agent_call(struct conn *c, const Memprof__AgentCall *ac)
     send_agent_request(s, &req);
 }
 
-static void do_status(struct conn *c)
+void attach_on_status(struct conn *c, const Envelope *in)
 {
+    (void)in;
     Envelope env = MEMPROF__ENVELOPE__INIT;
     Memprof__StatusReply r = MEMPROF__STATUS_REPLY__INIT;
     size_t n = 0;
@@ -402,8 +406,9 @@ static void do_status(struct conn *c)
     free(ptrs);
 }
 
-static void do_ps(struct conn *c)
+void attach_on_ps(struct conn *c, const Envelope *in)
 {
+    (void)in;
     Envelope env = MEMPROF__ENVELOPE__INIT;
     Memprof__PsReply r;
     proc_list_python(c->peer_uid, &r);
@@ -417,39 +422,19 @@ static void do_ps(struct conn *c)
     proc_list_free(&r);
 }
 
-void attach_client_message(struct conn *c, const Envelope *env)
-{
-    switch (env->msg_case) {
-    case MEMPROF__ENVELOPE__MSG_ATTACH: do_attach(c, env->attach); break;
-    case MEMPROF__ENVELOPE__MSG_DETACH: do_detach(c, env->detach->pid); break;
-    case MEMPROF__ENVELOPE__MSG_STATUS: do_status(c); break;
-    case MEMPROF__ENVELOPE__MSG_PS: do_ps(c); break;
-    case MEMPROF__ENVELOPE__MSG_AGENT_CALL: do_agent_call(c, env->agent_call); break;
-    case MEMPROF__ENVELOPE__MSG_ALLOC_QUERY: alloc_query(c, env->alloc_query); break;
-    case MEMPROF__ENVELOPE__MSG_RUN: run_request(c, env->run); break;
-    default: {
-        char msg[128];
-        snprintf(msg, sizeof msg, "unexpected message %s from a client", wire_name(env));
-        conn_send_error(c, msg);
-    }
-    }
-}
-
-void attach_agent_message(struct conn *c, const Envelope *env)
+void attach_on_alloc_report(struct conn *c, const Envelope *env)
 {
     struct session *s = session_of_agent(c);
-    const Memprof__AgentReply *r;
     if (!s) return;
-    if (env->msg_case == MEMPROF__ENVELOPE__MSG_ALLOC_REPORT) {
-        alloc_report(s, env->alloc_report);
-        if (env->alloc_report->final) s->exiting = 1;
-        return;
-    }
-    if (env->msg_case != MEMPROF__ENVELOPE__MSG_AGENT_REPLY) {
-        server_log("pid %d: agent sent unexpected %s", (int)s->pid, wire_name(env));
-        return;
-    }
-    r = env->agent_reply;
+    alloc_report(s, env->alloc_report);
+    if (env->alloc_report->final) s->exiting = 1;
+}
+
+void attach_on_agent_reply(struct conn *c, const Envelope *env)
+{
+    struct session *s = session_of_agent(c);
+    const Memprof__AgentReply *r = env->agent_reply;
+    if (!s) return;
     for (struct call *k = calls; k; k = k->next) {
         if (k->id != r->id || k->pid != s->pid) continue;
         if (!k->client_conn && r->body_case == MEMPROF__AGENT_REPLY__BODY_DETACH) s->detach_acked = 1;

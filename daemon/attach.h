@@ -5,10 +5,17 @@
 
 #include "server.h"
 
-void attach_client_message(struct conn *c, const Envelope *env);
+/* Handlers of the dispatch table (dispatch.c): clients' requests, then agents' messages. */
+void attach_on_attach(struct conn *c, const Envelope *env);
+void attach_on_detach(struct conn *c, const Envelope *env);
+void attach_on_status(struct conn *c, const Envelope *env);
+void attach_on_ps(struct conn *c, const Envelope *env);
+void attach_on_agent_call(struct conn *c, const Envelope *env);
+void attach_on_alloc_report(struct conn *c, const Envelope *env);
+void attach_on_agent_reply(struct conn *c, const Envelope *env);
+
 int attach_agent_hello(struct conn *c, const Memprof__Hello *h, char *err);
 void attach_agent_ready(struct conn *c);
-void attach_agent_message(struct conn *c, const Envelope *env);
 void attach_agent_gone(struct conn *c);
 void attach_client_gone(struct conn *c);
 long attach_tick(void);            /* timeouts, detach progress, exit detection; ms until it must run again, -1: nothing pending */

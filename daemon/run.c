@@ -47,8 +47,9 @@ static void reply(struct conn *c, const char *error, const struct run *r, const 
     conn_send(c, &e);
 }
 
-void run_request(struct conn *c, const Memprof__RunRequest *req)
+void run_on_request(struct conn *c, const Envelope *in)
 {
+    const Memprof__RunRequest *req = in->run;
     char env[512];
     struct run *r;
     if (!(r = calloc(1, sizeof *r))) {

@@ -7,7 +7,7 @@
 struct session;
 
 /* A client's RunRequest: answers with the token and the agent's settings. */
-void run_request(struct conn *c, const Memprof__RunRequest *req);
+void run_on_request(struct conn *c, const Envelope *env);
 /* An agent hello with no attach in progress for its pid: the session of a
  * run when the token and the process's ancestry say so, else NULL (err set). */
 struct session *run_agent_hello(struct conn *c, const Memprof__Hello *h, char *err);

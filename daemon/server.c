@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "attach.h"
+#include "dispatch.h"
 #include "loop.h"
 #include "session.h"
 #include "util.h"
@@ -156,9 +157,15 @@ void conn_send(struct conn *c, const Envelope *env)
 
 void conn_send_error(struct conn *c, const char *msg)
 {
+    conn_send_error_code(c, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, msg);
+}
+
+void conn_send_error_code(struct conn *c, Memprof__ErrorReply__Code code, const char *msg)
+{
     Envelope env = MEMPROF__ENVELOPE__INIT;
     Memprof__ErrorReply e = MEMPROF__ERROR_REPLY__INIT;
     e.message = (char *)msg;
+    e.code = code;
     env.msg_case = MEMPROF__ENVELOPE__MSG_ERROR;
     env.error = &e;
     conn_send(c, &env);
@@ -344,8 +351,11 @@ static void hello_reply(struct conn *c, const char *error)
     conn_send(c, &env);
 }
 
-static void handle_hello(struct conn *c, const Memprof__Hello *h, int from_agent_socket)
+void server_refuse_hello(struct conn *c, const char *why) { hello_reply(c, why); }
+
+void server_on_hello(struct conn *c, const Envelope *env)
 {
+    const Memprof__Hello *h = env->hello;
     char err[MP_ERRLEN];
     if (h->protocol != MEMPROF_PROTOCOL) {
         snprintf(err, sizeof err, "protocol mismatch: peer speaks %u, memprofd %d speaks %u (use matching memprof versions)",
@@ -354,10 +364,10 @@ static void handle_hello(struct conn *c, const Memprof__Hello *h, int from_agent
         return;
     }
     if (h->role == MEMPROF__HELLO__ROLE__AGENT) {
-        if (!from_agent_socket || attach_agent_hello(c, h, err) < 0) {
+        if (!c->from_agent_socket || attach_agent_hello(c, h, err) < 0) {
             server_log("refused agent connection from pid %d: %s", (int)c->peer_pid,
-                       from_agent_socket ? err : "agents connect on the agent socket");
-            hello_reply(c, from_agent_socket ? err : "wrong socket");
+                       c->from_agent_socket ? err : "agents connect on the agent socket");
+            hello_reply(c, c->from_agent_socket ? err : "wrong socket");
             return;
         }
         c->kind = CONN_AGENT;
@@ -365,7 +375,7 @@ static void handle_hello(struct conn *c, const Memprof__Hello *h, int from_agent
         attach_agent_ready(c);
         return;
     }
-    if (from_agent_socket) {
+    if (c->from_agent_socket) {
         hello_reply(c, "clients connect on the daemon's socket");
         return;
     }
@@ -373,34 +383,16 @@ static void handle_hello(struct conn *c, const Memprof__Hello *h, int from_agent
     hello_reply(c, NULL);
 }
 
-static void handle_message(struct conn *c, Envelope *env, int from_agent_socket)
+void server_on_stop(struct conn *c, const Envelope *env)
 {
-    if (c->kind == CONN_NEW) {
-        if (env->msg_case != MEMPROF__ENVELOPE__MSG_HELLO) {
-            hello_reply(c, "expected a hello first");
-            return;
-        }
-        handle_hello(c, env->hello, from_agent_socket);
-        return;
-    }
-    if (c->kind == CONN_AGENT) {
-        attach_agent_message(c, env);
-        return;
-    }
-    switch (env->msg_case) {
-    case MEMPROF__ENVELOPE__MSG_STOP: {
-        Envelope r = MEMPROF__ENVELOPE__INIT;
-        Memprof__StopReply sr = MEMPROF__STOP_REPLY__INIT;
-        r.msg_case = MEMPROF__ENVELOPE__MSG_STOP_REPLY;
-        r.stop_reply = &sr;
-        server_log("stop requested by pid %d", (int)c->peer_pid);
-        conn_send(c, &r);
-        server_request_stop();
-        break;
-    }
-    default:
-        attach_client_message(c, env);
-    }
+    Envelope r = MEMPROF__ENVELOPE__INIT;
+    Memprof__StopReply sr = MEMPROF__STOP_REPLY__INIT;
+    (void)env;
+    r.msg_case = MEMPROF__ENVELOPE__MSG_STOP_REPLY;
+    r.stop_reply = &sr;
+    server_log("stop requested by pid %d", (int)c->peer_pid);
+    conn_send(c, &r);
+    server_request_stop();
 }
 
 static void conn_readable(struct conn *c)
@@ -419,13 +411,13 @@ static void conn_readable(struct conn *c)
             server_log("connection from pid %d sent a bad message: %s", (int)c->peer_pid, err);
             if (c->kind != CONN_AGENT) {
                 c->close_when_flushed = 1;
-                conn_send_error(c, err);
+                conn_send_error_code(c, MEMPROF__ERROR_REPLY__CODE__BAD_REQUEST, err);
             } else {
                 conn_close(c);
             }
             return;
         }
-        handle_message(c, env, c->from_agent_socket);
+        dispatch(c, env);
         wire_free(env);
     }
 }

@@ -32,6 +32,11 @@ struct conn *conn_by_id(uint64_t id);
  * CONN_OUT_MAX bytes unread is dropped with a logged reason. */
 void conn_send(struct conn *c, const Envelope *env);
 void conn_send_error(struct conn *c, const char *msg);
+void conn_send_error_code(struct conn *c, Memprof__ErrorReply__Code code, const char *msg);
+/* Handlers of the server's own messages (dispatch.c routes them). */
+void server_on_hello(struct conn *c, const Envelope *env);
+void server_on_stop(struct conn *c, const Envelope *env);
+void server_refuse_hello(struct conn *c, const char *why);
 void conn_close(struct conn *c);
 
 /* The abstract socket name agents connect to (without the leading NUL). */

@@ -51,7 +51,8 @@ int wire_decode(const uint8_t *payload, size_t len, Envelope **env, char *err)
         mp_err(err, "malformed message (%zu bytes do not decode)", len);
         return -1;
     }
-    if ((*env)->msg_case == MEMPROF__ENVELOPE__MSG__NOT_SET) {
+    /* An envelope whose only field is unknown comes from a newer peer: the caller answers it. */
+    if ((*env)->msg_case == MEMPROF__ENVELOPE__MSG__NOT_SET && !(*env)->base.n_unknown_fields) {
         memprof__envelope__free_unpacked(*env, NULL);
         *env = NULL;
         mp_err(err, "malformed message (empty envelope)");

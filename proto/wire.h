@@ -17,7 +17,8 @@ typedef Memprof__Envelope Envelope;
 /* Encode env as one frame into a malloc'd buffer. */
 int wire_encode(const Envelope *env, uint8_t **out, size_t *outlen, char *err);
 
-/* Decode one payload (without the length header). */
+/* Decode one payload (without the length header). An envelope holding only a message this build does not
+ * know decodes with msg_case MEMPROF__ENVELOPE__MSG__NOT_SET (the receiver says "unsupported"). */
 int wire_decode(const uint8_t *payload, size_t len, Envelope **env, char *err);
 void wire_free(Envelope *env);
 

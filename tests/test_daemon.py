@@ -106,3 +106,44 @@ def test_many_targets_keep_reporting(daemon, targets):
     finally:
         for t in started:
             daemon.detach(t.pid)
+
+
+def _recv_frame(s):
+    def exact(n):
+        buf = b""
+        while len(buf) < n:
+            chunk = s.recv(n - len(buf))
+            assert chunk, "the daemon closed the connection"
+            buf += chunk
+        return buf
+    (n,) = struct.unpack("<I", exact(4))
+    return exact(n)
+
+
+def test_unknown_request_gets_typed_error_and_connection_stays(daemon):
+    """A newer client's message: ErrorReply{code UNSUPPORTED_REQUEST}, and the connection still serves."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(daemon.socket)
+    s.sendall(HELLO)
+    assert _recv_frame(s)[:1] == b"\x12"  # Envelope.hello_reply (field 2)
+    s.sendall(_frame(_field(99, 2, b"")))  # Envelope field 99: not in this daemon's schema
+    reply = _recv_frame(s)
+    assert reply[:1] == b"\x6a", reply  # Envelope.error (field 13)
+    assert b"unsupported request" in reply and _field(2, 0, 1) in reply, reply  # ErrorReply.code = 1
+    s.sendall(_frame(_field(7, 2, b"")))  # Envelope.status
+    assert _recv_frame(s)[:1] == b"\x42"  # Envelope.status_reply (field 8)
+    s.close()
+
+
+def test_agent_message_from_a_client_is_refused_with_bad_request(daemon):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(daemon.socket)
+    s.sendall(HELLO)
+    _recv_frame(s)
+    s.sendall(_frame(_field(17, 2, b"")))  # Envelope.alloc_report: agents only
+    reply = _recv_frame(s)
+    assert b"unexpected message" in reply and _field(2, 0, 2) in reply, reply  # ErrorReply.code = BAD_REQUEST
+    s.close()
+    assert daemon.run("status").returncode == 0

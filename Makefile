@@ -11,8 +11,9 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(DAEMON_PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(DAEMON_PKGS) 2>/dev/null)
 PB_LIBS    = $(shell pkg-config --libs libprotobuf-c 2>/dev/null)
 CFLAGS  ?= -O2 -g
+SANITIZE ?=
 CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -Wno-format-truncation -D_GNU_SOURCE -fno-strict-aliasing \
-           -I$(BUILD)/gen -Iproto -Icommon $(PKG_CFLAGS)
+           -I$(BUILD)/gen -Iproto -Icommon $(PKG_CFLAGS) $(SANITIZE)
 PYTHON  ?= /usr/bin/python3
 
 GEN      = $(BUILD)/gen/memprof.pb-c.c $(BUILD)/gen/memprof.pb-c.h
@@ -25,7 +26,7 @@ CLI_SRC    = $(filter-out cli/main.c,$(wildcard cli/*.c))
 HDRS = $(wildcard proto/*.h common/*.h client/*.h agent/*.h daemon/*.h cli/*.h) $(BUILD)/gen/memprof.pb-c.h
 
 BINS = $(BUILD)/memprofd $(BUILD)/memprof $(BUILD)/libmemprof_agent.so
-.PHONY: all test unit demo bench fuzz install clean deps check-fresh
+.PHONY: all test unit demo bench fuzz install clean deps check-fresh test-asan
 all: $(BINS)
 
 deps:
@@ -66,6 +67,21 @@ test: all $(BUILD)/test_wire
 demo: deps
 	$(MAKE) all
 	sh scripts/demo.sh
+
+# The daemon and the CLI built with ASan+UBSan (the agent as usual: it runs inside the target), then the
+# integration tests that exercise them; any sanitizer report fails the run.
+ASAN_FLAGS = -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+ASAN_TESTS = tests/test_attach.py tests/test_daemon.py tests/test_alloc.py tests/test_plot.py tests/test_objects.py
+test-asan: $(BUILD)/libmemprof_agent.so
+	$(MAKE) BUILD=$(BUILD)/asan SANITIZE="$(ASAN_FLAGS)" $(BUILD)/asan/memprofd $(BUILD)/asan/memprof
+	cp $(BUILD)/libmemprof_agent.so $(BUILD)/asan/
+	rm -rf $(BUILD)/asan/reports && mkdir -p $(BUILD)/asan/reports
+	MEMPROF_BUILD=$(BUILD)/asan ASAN_OPTIONS=log_path=$(abspath $(BUILD))/asan/reports/asan:detect_leaks=1 \
+	    UBSAN_OPTIONS=log_path=$(abspath $(BUILD))/asan/reports/ubsan:print_stacktrace=1 \
+	    $(PYTHON) -m pytest -p no:cacheprovider -rs $(ASAN_TESTS)
+	@if ls $(BUILD)/asan/reports/* >/dev/null 2>&1; then cat $(BUILD)/asan/reports/*; \
+	    echo "test-asan: sanitizer reports above" >&2; exit 1; fi
+	@echo "test-asan: 0 sanitizer reports"
 
 # The README's two commands on a fresh Debian 12 root, and the .deb on a root without build tools (root only).
 check-fresh:

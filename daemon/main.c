@@ -190,6 +190,7 @@ static int cmd_attach(int argc, char **argv)
     if (r->already) {
         fprintf(stderr, "memprofd: pid %d is already attached (Python %s, %s mode, session since %.0f s ago)\n",
                 req.pid, r->session->python_version, r->session->mode, mp_wallclock() - r->session->attached_since);
+        wire_free(reply);
         return 3;
     }
     printf("attached to pid %d: Python %s, target stopped %.2f ms, attach took %.0f ms\n", req.pid,

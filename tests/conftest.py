@@ -14,7 +14,7 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.path.join(ROOT, "build")
+BUILD = os.path.abspath(os.environ.get("MEMPROF_BUILD", os.path.join(ROOT, "build")))  # make test-asan: build/asan
 MEMPROFD = os.path.join(BUILD, "memprofd")
 MEMPROF = os.path.join(BUILD, "memprof")
 SHARED = os.environ.get("MEMPROF_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))

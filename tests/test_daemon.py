@@ -77,8 +77,10 @@ def test_client_that_never_reads_is_dropped_and_others_carry_on(daemon, targets)
         assert dropped, "the daemon kept queueing replies for a client that never reads"
         log = open(daemon.log).read()
         assert re.search(r"dropping connection \d+ \(pid %d\): it fell behind" % os.getpid(), log), daemon.log_tail()
-        # Bounded: the backlog cap is 4 maximal messages (64 MiB), freed with the connection.
-        assert rss_kib(daemon.proc.pid) < 160 * 1024, rss_kib(daemon.proc.pid)
+        # Bounded: the backlog cap is 4 maximal messages (64 MiB), freed with the connection. Under ASan
+        # (make test-asan) freed memory waits in its 256 MiB quarantine and shadow memory adds more.
+        bound = (160 + (512 if "ASAN_OPTIONS" in os.environ else 0)) * 1024
+        assert rss_kib(daemon.proc.pid) < bound, rss_kib(daemon.proc.pid)
         assert daemon.run("status").returncode == 0
     finally:
         daemon.detach(t.pid)

@@ -5,9 +5,13 @@ import os
 import re
 import socket
 import struct
+import subprocess
 import time
 
-from conftest import INTERPRETERS, SUPPORTED_IDS, default_python, workload
+import pytest
+
+from conftest import (INTERPRETERS, MEMPROF, SUPPORTED_IDS, default_python, interpreter, proc_state, target_script,
+                      workload)
 
 
 def _frame(payload):
@@ -149,3 +153,105 @@ def test_agent_message_from_a_client_is_refused_with_bad_request(daemon):
     assert b"unexpected message" in reply and _field(2, 0, 2) in reply, reply  # ErrorReply.code = BAD_REQUEST
     s.close()
     assert daemon.run("status").returncode == 0
+
+
+# ------------------------------------------------------------ faults
+
+
+def agent_threads(pid):
+    names = []
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                names.append(f.read().strip())
+        except OSError:
+            pass
+    return [n for n in names if n.startswith("memprof")]
+
+
+def memprof_mappings(pid):
+    with open("/proc/%d/maps" % pid) as f:
+        return [l for l in f.read().splitlines() if "memprof" in l]
+
+
+def test_daemon_killed_with_8_tracking_targets(fresh_daemon, targets):
+    """kill -9 of the daemon: every target carries on, each agent unhooks and ends its thread, and a new
+    daemon attaches to all of them again."""
+    exes = [INTERPRETERS[i][0] for i in SUPPORTED_IDS if i in INTERPRETERS] or [default_python()]
+    started = [targets.start([exes[i % len(exes)], "-u", workload("service.py"), "2"]) for i in range(8)]
+    for t in started:
+        t.wait_for(r"^beat 1 ")
+        fresh_daemon.attach(t.pid)
+    fresh_daemon.proc.kill()
+    fresh_daemon.proc.wait()
+    for t in started:
+        deadline = time.time() + 10
+        while agent_threads(t.pid) and time.time() < deadline:
+            time.sleep(0.05)
+        assert agent_threads(t.pid) == [], "pid %d: agent thread still running after the daemon died" % t.pid
+    for t in started:
+        b1 = int(t.wait_for(r"^beat (\d+)").group(1))
+        assert int(t.wait_for(r"^beat (\d+)").group(1)) == b1 + 1
+        assert "ERROR" not in t.output() and "Traceback" not in t.output(), t.output()
+    fresh_daemon.start()
+    for t in started:
+        fresh_daemon.attach(t.pid)
+    r = fresh_daemon.run("top", "--pid", started[0].pid, "--once")
+    assert r.returncode == 0, r.stderr
+    for t in started:
+        fresh_daemon.detach(t.pid)
+        assert memprof_mappings(t.pid) == [], memprof_mappings(t.pid)
+
+
+@pytest.mark.parametrize("what", ["types", "backrefs"])
+def test_target_exits_mid_request(what, daemon, targets, tmp_path):
+    """The target dies while the agent walks its heap: the client gets one clear line, the daemon serves on."""
+    exe = default_python()
+    for delay in (0.0, 0.05, 0.2):
+        t = targets.start([exe, "-u", workload("heap_census.py"), "1500000"])
+        t.wait_for(r"^ready", timeout=120)
+        daemon.attach(t.pid, "--no-track")
+        args = ["types", "--pid", t.pid] if what == "types" else \
+            ["backrefs", "--pid", t.pid, "--type", "MyBigFatObject", "-o", str(tmp_path / "g.dot")]
+        cmd = subprocess.Popen([MEMPROF] + [str(a) for a in args], env=daemon.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        t.proc.kill()
+        out, err = cmd.communicate(timeout=60)
+        if cmd.returncode != 0:
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and re.search(r"exited|gone|no such process|lost", lines[0]), err
+        t.proc.wait(timeout=30)
+        deadline = time.time() + 15
+        while True:  # the agent's socket closes with the process; the daemon marks the session ended
+            st = daemon.run("status", "--json")
+            assert st.returncode == 0
+            ended = [s for s in json.loads(st.stdout) if s["pid"] == t.pid]
+            if (ended and ended[-1]["state"] in ("exited", "lost")) or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        assert ended and ended[-1]["state"] in ("exited", "lost"), ended
+
+
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_100_attach_detach_cycles_on_8_threads(pyid, daemon, targets):
+    exe, _ = interpreter(pyid)
+    t = targets.start([exe, "-u", target_script("threads_alloc.py")])
+    t.wait_for(r"^ready")
+    t.wait_for(r"^tick")
+    with open("/proc/%d/maps" % t.pid) as f:
+        baseline = len(f.read().splitlines())
+    for i in range(100):
+        daemon.attach(t.pid)
+        daemon.detach(t.pid)
+        assert memprof_mappings(t.pid) == [], "cycle %d: %s" % (i, memprof_mappings(t.pid))
+        assert agent_threads(t.pid) == [], "cycle %d" % i
+        state, tracer = proc_state(t.pid)
+        assert state not in ("t", "T", "Z", None) and tracer == 0, (i, state, tracer)
+    with open("/proc/%d/maps" % t.pid) as f:
+        after = len(f.read().splitlines())
+    assert after <= baseline + 16, "mappings grew from %d to %d over 100 cycles" % (baseline, after)
+    fds = os.listdir("/proc/%d/fd" % t.pid)
+    m = t.wait_for(r"^tick \d+ (\d+)")
+    assert m.group(1) == "8" and t.proc.poll() is None and "Traceback" not in t.output(), t.output()
+    assert len(fds) < 16, "fds left in the target: %s" % fds

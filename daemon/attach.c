@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "alloc.h"
+#include "elfsym.h"
 #include "inject.h"
 #include "procinfo.h"
 #include "pyprobe.h"
@@ -117,6 +118,7 @@ static int attach_precheck(struct conn *c, pid_t pid, struct pyinfo *py, char *e
         return -1;
     }
     if (pyprobe(pid, py, err) < 0) return -1;
+    if (proc_root_check(pid, err) < 0) return -1;
     if (!pyprobe_supported(py)) {
         mp_err(err, "pid %d: unsupported Python %d.%d (memprof supports 3.%d to 3.%d)", (int)pid, py->major,
                py->minor, PY_MIN_MINOR, PY_MAX_MINOR);

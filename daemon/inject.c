@@ -308,6 +308,10 @@ static int resolve_target(pid_t pid, struct target *t, char *err)
         mp_err(err, "pid %d: no C library mapped (statically linked?); cannot load a library into it", (int)pid);
         goto out;
     }
+    if (base_is(maps[libc].path, "ld-musl") || base_is(maps[libc].path, "libc.musl")) {
+        mp_err(err, "pid %d: unsupported libc (musl)", (int)pid);
+        goto out;
+    }
     if (elfimg_open(t->pid, &maps[libc], &img, ierr) < 0) {
         mp_err(err, "pid %d: cannot read its C library: %s", (int)pid, ierr);
         goto out;

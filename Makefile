@@ -23,7 +23,7 @@ CLI_SRC    = $(filter-out cli/main.c,$(wildcard cli/*.c))
 HDRS = $(wildcard proto/*.h common/*.h agent/*.h daemon/*.h cli/*.h) $(BUILD)/gen/memprof.pb-c.h
 
 BINS = $(BUILD)/memprofd $(BUILD)/memprof $(BUILD)/libmemprof_agent.so
-.PHONY: all test unit demo bench fuzz install clean deps
+.PHONY: all test unit demo bench fuzz install clean deps check-fresh
 all: $(BINS)
 
 deps:
@@ -68,6 +68,10 @@ test: all $(BUILD)/test_wire
 demo: deps
 	$(MAKE) all
 	sh scripts/demo.sh
+
+# The README's two commands on a fresh Debian 12 root, and the .deb on a root without build tools (root only).
+check-fresh:
+	sh scripts/check-fresh.sh
 
 bench: all
 	sh scripts/bench.sh

@@ -144,6 +144,17 @@ static int add_mapping(struct procmap **maps, int *n, int *cap, const char *line
     return 0;
 }
 
+void proc_target_path(pid_t pid, char *path)
+{
+    char link[64], root[PATH_MAX];
+    ssize_t n;
+    snprintf(link, sizeof link, "/proc/%d/root", (int)pid);
+    n = readlink(link, root, sizeof root - 1);
+    if (n <= 1) return; /* "/" or unreadable */
+    root[n] = 0;
+    if (strncmp(path, root, (size_t)n) == 0 && path[n] == '/') memmove(path, path + n, strlen(path + n) + 1);
+}
+
 int procmaps_read(pid_t pid, struct procmap **out)
 {
     char path[64], line[PATH_MAX + 128];
@@ -170,6 +181,7 @@ int procmaps_read(pid_t pid, struct procmap **out)
         return -1;
     }
     fclose(f);
+    for (int i = 0; i < n; i++) proc_target_path(pid, maps[i].path);
     *out = maps;
     return n;
 }

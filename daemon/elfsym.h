@@ -29,7 +29,13 @@ pid_t proc_live_task(pid_t pid);
  * namespace being torn down, a deleted chroot dir)? 0, or -1 with a one-line err. */
 int proc_root_check(pid_t pid, char *err);
 
-/* Every file-backed mapping of pid, grouped per file in address order. *out is
+/* Paths in /proc/PID/maps and /proc/PID/exe are relative to the root of pid's mount
+ * namespace, not to pid's root: after a chroot in its own mount namespace they start
+ * with the chroot directory. Strips that prefix (readlink /proc/PID/root) so that the
+ * path is the one pid itself uses, and /proc/PID/root/<path> names the file. */
+void proc_target_path(pid_t pid, char *path);
+
+/* Every file-backed mapping of pid (paths as pid sees them), grouped per file in address order. *out is
  * malloc'ed. Returns the count, or -1 with errno (ENOENT: gone, EACCES: not ours). */
 int procmaps_read(pid_t pid, struct procmap **out);
 

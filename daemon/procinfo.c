@@ -172,6 +172,11 @@ int proc_may_access(uid_t client, pid_t pid, char *err)
         mp_err(err, "pid %d: no such process", (int)pid);
         return -1;
     }
+    if (client != 0 && client != owner && !same_ns(pid, "user")) {
+        mp_err(err, "pid %d: permission denied (owned by uid %u, in a user namespace: a rootless container's); "
+               "run memprofd as root or as uid %u", (int)pid, (unsigned)owner, (unsigned)owner);
+        return -1;
+    }
     if (client != 0 && client != owner) {
         mp_err(err, "pid %d: permission denied (owned by uid %u; you may only profile your own processes)",
                (int)pid, (unsigned)owner);

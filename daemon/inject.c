@@ -1111,11 +1111,20 @@ static int do_load(struct hijack *h, void *vctx, char *err)
     struct stub_data d;
     char why_memfd[MP_ERRLEN] = "", why_tmp[MP_ERRLEN] = "", why_sock[MP_ERRLEN] = "", arg[AGENT_ARG_ROOM];
     uint64_t handle = 0;
-    int tfd = -1;
+    int tfd = -1, reused = 0;
 
     if (c->loaded) { /* a copy mapped already (left loaded, or memprof run's): reuse it by its soname */
         handle = remote_dlopen(h, NULL, h->t->dlopen_flags | RTLD_NOLOAD_FLAG, why_memfd, sizeof why_memfd, err);
-        if (handle) snprintf(res->how, sizeof res->how, "already loaded");
+        if (handle) {
+            /* give back the reference NOLOAD took: the copy keeps the one of whoever loaded
+             * it (a session whose daemon died), which the next unload drops */
+            struct stub_data close_d;
+            memset(&close_d, 0, sizeof close_d);
+            close_d.call[0] = (struct stub_call){.fn = h->t->dlclose, .a0 = handle};
+            if (run_calls(h, &close_d, 0, "dlclose", err) < 0) return -1;
+            reused = 1;
+            snprintf(res->how, sizeof res->how, "already loaded");
+        }
     }
     if (!handle && !err[0] && (handle = load_memfd(h, c, why_memfd, sizeof why_memfd, err)))
         snprintf(res->how, sizeof res->how, "memfd");
@@ -1158,10 +1167,12 @@ undo:
         struct stub_data close_d;
         char ignored[MP_ERRLEN];
         remote_close(h, tfd);
+        if (reused) goto out; /* not our reference */
         memset(&close_d, 0, sizeof close_d);
         close_d.call[0] = (struct stub_call){.fn = h->t->dlclose, .a0 = handle};
         if (h->scratch || map_scratch(h, NULL, 0, ignored) == 0) run_calls(h, &close_d, 1, "dlclose", ignored);
     }
+out:
     if (res->sock_fd >= 0) close(res->sock_fd);
     res->sock_fd = -1;
     return -1;

@@ -37,10 +37,14 @@ $(BUILD)/gen/memprof.pb-c.c $(BUILD)/gen/memprof.pb-c.h: proto/memprof.proto
 	protoc-c --proto_path=proto --c_out=$(BUILD)/gen proto/memprof.proto
 
 # The agent runs inside the target: PIC, hidden symbols but its entry point, no
-# dependency on Python headers (it resolves the C API at run time).
-$(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS)
+# dependency on Python headers (it resolves the C API at run time). protobuf-c is
+# linked in statically (a container's root rarely has libprotobuf-c.so.1); the
+# version script keeps its symbols local, which also lets its non-PIC archive link.
+PB_STATIC = $(shell pkg-config --variable=libdir libprotobuf-c 2>/dev/null)/libprotobuf-c.a
+$(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS) agent/agent.map
 	$(CC) $(CFLAGS) -fPIC -shared -fvisibility=hidden -ftls-model=initial-exec -Iagent \
-	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_LIBS) -lpthread -ldl -lm
+	    -Wl,-soname,libmemprof_agent.so -Wl,--version-script=agent/agent.map -Wl,-z,defs \
+	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_STATIC) -lpthread -ldl -lm
 
 $(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(HDRS)
 	$(CC) $(CFLAGS) -Idaemon -Iclient -o $@ $(DAEMON_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PKG_LIBS) -lm

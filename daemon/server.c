@@ -338,6 +338,21 @@ static void accept_conns(int lfd, int mask, void *data)
     }
 }
 
+/* An agent's end of a socket pair the injector made in the target (it came in on no socket: it is an
+ * agent's by construction, and its peer is who SO_PEERCRED says). Returns its id, 0 on failure (fd closed). */
+uint64_t server_adopt_agent(int fd)
+{
+    char err[MP_ERRLEN];
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    struct conn *c = NULL;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || !(c = conn_new(fd, &cred, 1, err))) {
+        close(fd);
+        return 0;
+    }
+    return c->id;
+}
+
 static void hello_reply(struct conn *c, const char *error)
 {
     Envelope env = MEMPROF__ENVELOPE__INIT;

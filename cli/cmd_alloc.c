@@ -273,9 +273,12 @@ static void rows_free(struct row *rows, size_t n)
 static void location(const struct view *v, const struct row *r, enum by by, char *out, size_t len)
 {
     const struct frame *f = &v->frames[r->frame];
-    if (f->line == 0 && f->first == 0) snprintf(out, len, "%s", f->func); /* <other>, <unknown ...> */
-    else if (by == BY_LINE) snprintf(out, len, "%s:%u (%s)", f->file, f->line, f->func);
-    else snprintf(out, len, "%s (%s:%u)", f->func, f->file, f->first);
+    char file[1024], func[512];
+    cli_esc(f->file, file, sizeof file);
+    cli_esc(f->func, func, sizeof func);
+    if (f->line == 0 && f->first == 0) snprintf(out, len, "%s", func); /* <other>, <unknown ...> */
+    else if (by == BY_LINE) snprintf(out, len, "%s:%u (%s)", file, f->line, func);
+    else snprintf(out, len, "%s (%s:%u)", func, file, f->first);
 }
 
 /* ------------------------------------------------------------ top */
@@ -382,8 +385,9 @@ static void print_top(FILE *o, const struct view *v, enum by by, enum sort sort,
         rows_free(rows, n);
         return;
     }
-    fprintf(o, "pid %d  %.120s  Python %s  %s%s\n", v->pid, v->command, v->python, v->state,
-            paused ? "  [paused]" : "");
+    char cmd[121], ver[64];
+    fprintf(o, "pid %d  %s  Python %s  %s%s\n", v->pid, cli_esc(v->command, cmd, sizeof cmd),
+            cli_esc(v->python, ver, sizeof ver), v->state, paused ? "  [paused]" : "");
     if (exited) fprintf(o, "the process has exited: final figures\n");
     fprintf(o, "RSS %s  tracked live %s (peak %s)  alloc %s/s  samples/s %.1f  mode %s", cli_bytes(v->rss, a, sizeof a),
             cli_bytes(live, b, sizeof b), cli_bytes(v->peak_live, c, sizeof c), cli_bytes(v->alloc_rate, d, sizeof d),
@@ -682,12 +686,15 @@ static int lines_print(FILE *o, struct view *v, const char *func, const char *fi
         while (end > l && indent_of(src[end - 1]) < 0) end--; /* trailing blank lines */
         if (end < maxline) end = maxline;
     }
+    char efile[1024], efunc[512];
+    cli_esc(chosen, efile, sizeof efile);
+    cli_esc(func, efunc, sizeof efunc);
     if (run_mode)
-        fprintf(o, "Filename: %s  (function %s, pid %d, %s mode: %s)\n\n", chosen, func, pid, v->mode,
+        fprintf(o, "Filename: %s  (function %s, pid %d, %s mode: %s)\n\n", efile, efunc, pid, v->mode,
                 exact ? "exact counts; Increment = the line's peak held memory"
                       : "sampled estimates; Increment = the line's peak held memory");
     else
-        fprintf(o, "Filename: %s  (function %s, pid %d, %s mode: %s)\n\n", chosen, func, pid, v->mode,
+        fprintf(o, "Filename: %s  (function %s, pid %d, %s mode: %s)\n\n", efile, efunc, pid, v->mode,
                 exact ? "exact counts of allocations since attach" : "estimates from sampled allocations since attach");
     fprintf(o, "Line #    Mem usage    Increment  Occurrences   Line Contents\n");
     fprintf(o, "=============================================================\n");
@@ -702,8 +709,8 @@ static int lines_print(FILE *o, struct view *v, const char *func, const char *fi
             fprintf(o, "%6u %12s %12s %12s   %s\n", l, "", "", "", text);
         }
     }
-    if (!src) fprintf(o, "\n(source not readable at /proc/%d/root%s nor %s)\n", pid, chosen, chosen);
-    else if (!maxline) fprintf(o, "\n(no allocations recorded in %s%s)\n", func, exact ? "" : " at this sample rate");
+    if (!src) fprintf(o, "\n(source not readable at /proc/%d/root%s nor %s)\n", pid, efile, efile);
+    else if (!maxline) fprintf(o, "\n(no allocations recorded in %s%s)\n", efunc, exact ? "" : " at this sample rate");
     for (size_t i = 0; src && i < nsrc; i++) free(src[i]);
     free(src);
     free(inc);

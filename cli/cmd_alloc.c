@@ -273,12 +273,11 @@ static void rows_free(struct row *rows, size_t n)
 static void location(const struct view *v, const struct row *r, enum by by, char *out, size_t len)
 {
     const struct frame *f = &v->frames[r->frame];
-    char file[1024], func[512];
-    cli_esc(f->file, file, sizeof file);
-    cli_esc(f->func, func, sizeof func);
-    if (f->line == 0 && f->first == 0) snprintf(out, len, "%s", func); /* <other>, <unknown ...> */
-    else if (by == BY_LINE) snprintf(out, len, "%s:%u (%s)", file, f->line, func);
-    else snprintf(out, len, "%s (%s:%u)", func, file, f->first);
+    char raw[2048];
+    if (f->line == 0 && f->first == 0) snprintf(raw, sizeof raw, "%s", f->func); /* <other>, <unknown ...> */
+    else if (by == BY_LINE) snprintf(raw, sizeof raw, "%s:%u (%s)", f->file, f->line, f->func);
+    else snprintf(raw, sizeof raw, "%s (%s:%u)", f->func, f->file, f->first);
+    cli_esc(raw, out, len); /* for tables only: one row whatever the names hold */
 }
 
 /* ------------------------------------------------------------ top */

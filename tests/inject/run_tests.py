@@ -446,7 +446,8 @@ def test_misbehaving():
     with open("/proc/%d/maps" % p.pid) as f:
         check(" rwxp " not in f.read(), "no scratch page left behind")
     res = read_result(p, 30)
-    check(res.startswith("elapsed 15.0") and "usr1 1" in res, "target: " + res.strip())
+    m = re.search(r"^elapsed ([\d.]+) usr1 1$", res.strip())  # slept its full time (later is load, not a fault)
+    check(bool(m) and float(m.group(1)) >= 14.99, "target: " + res.strip())
     # SIGSTOP during the call: the target ends up stopped, as it asked
     p = spawn([py, "-c", sleeper_code("time.sleep(8)")], stdout=subprocess.PIPE, text=True)
     wait_blocked(p.pid)
@@ -483,7 +484,8 @@ def test_seccomp():
         rc, out = drv("load", p.pid, LIB, SYM, "seccomp-" + mode)
         check(want in out, "%s: %s" % (mode, out))
         res = read_result(p, 30)
-        check(res.startswith("alive, slept 15.0"), "%s: target %s" % (mode, res.strip()))
+        m = re.match(r"alive, slept ([\d.]+)", res)  # its full 15 s (more on a loaded machine is fine)
+        check(bool(m) and float(m.group(1)) >= 14.99, "%s: target %s" % (mode, res.strip()))
 
 
 TESTS = [test_probe, test_methods, test_stopped, test_misbehaving, test_seccomp, test_raw_syscalls, test_stdin_pipe, test_busy, test_threads, test_select,

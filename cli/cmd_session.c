@@ -89,7 +89,7 @@ int cmd_status(int argc, char **argv)
 {
     Envelope *reply;
     int json = 0, rc = parse_simple(argc, argv, usage_status, &json);
-    char cmd[1024], since[32], where[128];
+    char cmd[1024], since[32], where[128], ecmd[4 * sizeof cmd], ever[64], ewhere[4 * sizeof where];
     if (rc) return rc - 1;
     if (request(MEMPROF__ENVELOPE__MSG_STATUS, &reply)) return 1;
     Memprof__StatusReply *r = reply->status_reply;
@@ -119,8 +119,10 @@ int cmd_status(int argc, char **argv)
             if (t) strftime(since, sizeof since, "%Y-%m-%d %H:%M:%S", localtime(&t));
             else snprintf(since, sizeof since, "-");
             join_argv(s->argv, s->n_argv, cmd, sizeof cmd);
-            printf("%-4u %-8d %-8s %-10s %-9s %-21s %5.2f ms  %s%s\n", s->id, s->pid, s->python_version, s->state, s->mode,
-                   since, s->stop_ms, cli_container(s->ns_pid, s->container, where, sizeof where), cmd);
+            printf("%-4u %-8d %-8s %-10s %-9s %-21s %5.2f ms  %s%s\n", s->id, s->pid,
+                   cli_esc(s->python_version, ever, sizeof ever), s->state, s->mode, since, s->stop_ms,
+                   cli_esc(cli_container(s->ns_pid, s->container, where, sizeof where), ewhere, sizeof ewhere),
+                   cli_esc(cmd, ecmd, sizeof ecmd));
         }
     }
     wire_free(reply);
@@ -131,7 +133,7 @@ int cmd_ps(int argc, char **argv)
 {
     Envelope *reply;
     int json = 0, rc = parse_simple(argc, argv, usage_ps, &json);
-    char rss[32], where[128];
+    char rss[32], where[128], ewhere[4 * sizeof where];
     if (rc) return rc - 1;
     if (request(MEMPROF__ENVELOPE__MSG_PS, &reply)) return 1;
     Memprof__PsReply *r = reply->ps_reply;
@@ -157,12 +159,13 @@ int cmd_ps(int argc, char **argv)
         for (size_t i = 0; i < r->n_procs; i++) {
             Memprof__PsEntry *e = r->procs[i];
             struct passwd *pw = getpwuid((uid_t)e->uid);
-            char user[16], ver[40];
+            char user[16], ver[40], ever[64], cmd[201];
             snprintf(user, sizeof user, "%s", pw ? pw->pw_name : "?");
             snprintf(ver, sizeof ver, "%s%s", e->python_version, e->supported ? "" : "!");
-            printf("%-8d %-10s %-8s %-11s %-9s %s%.200s\n", e->pid, user, ver,
+            printf("%-8d %-10s %-8s %-11s %-9s %s%s\n", e->pid, user, cli_esc(ver, ever, sizeof ever),
                    cli_bytes((double)e->rss_bytes, rss, sizeof rss), e->attached ? "yes" : "no",
-                   cli_container(e->ns_pid, e->container, where, sizeof where), e->cmdline);
+                   cli_esc(cli_container(e->ns_pid, e->container, where, sizeof where), ewhere, sizeof ewhere),
+                   cli_esc(e->cmdline, cmd, sizeof cmd)); /* the first 200 characters, as before */
         }
         int unsupported = 0;
         for (size_t i = 0; i < r->n_procs; i++) unsupported |= !r->procs[i]->supported;

@@ -44,12 +44,33 @@ static void usage(FILE *f)
 int cli_fail(const char *fmt, ...)
 {
     va_list ap;
-    fputs("memprof: ", stderr);
+    char msg[2048], line[4 * sizeof msg];
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    fprintf(stderr, "memprof: %s\n", cli_esc(msg, line, sizeof line)); /* one line, whatever it quotes */
     return 1;
+}
+
+const char *cli_esc(const char *s, char *out, size_t len)
+{
+    size_t o = 0;
+    if (!len) return out;
+    for (const unsigned char *u = (const unsigned char *)(s ? s : ""); *u; u++) {
+        char esc[5];
+        const char *piece = esc;
+        if (*u == '\n') piece = "\\n";
+        else if (*u == '\t') piece = "\\t";
+        else if (*u == '\r') piece = "\\r";
+        else if (*u < 0x20 || *u == 0x7f) snprintf(esc, sizeof esc, "\\x%02x", *u);
+        else esc[0] = (char)*u, esc[1] = 0;
+        size_t n = strlen(piece);
+        if (o + n >= len) break; /* cut before an escape, never inside one */
+        memcpy(out + o, piece, n);
+        o += n;
+    }
+    out[o] = 0;
+    return out;
 }
 
 int cli_wants_help(int argc, char **argv)
@@ -92,7 +113,7 @@ void cli_json_str(FILE *f, const char *s)
     for (; s && *s; s++) {
         unsigned char ch = (unsigned char)*s;
         if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
-        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
+        else if (ch < 0x20 || ch == 0x7f) fprintf(f, "\\u%04x", ch); /* JSON must; DEL kept off terminals too */
         else fputc(ch, f);
     }
     fputc('"', f);

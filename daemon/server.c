@@ -23,6 +23,7 @@
 #include "attach.h"
 #include "session.h"
 #include "util.h"
+#include "version.h"
 
 char server_agent_sock[108];
 const char *server_agent_lib;
@@ -229,6 +230,7 @@ static void hello_reply(struct conn *c, const char *error)
     r.protocol = MEMPROF_PROTOCOL;
     r.error = (char *)(error ? error : "");
     r.daemon_pid = getpid();
+    r.daemon_version = (char *)MEMPROF_VERSION;
     env.msg_case = MEMPROF__ENVELOPE__MSG_HELLO_REPLY;
     env.hello_reply = &r;
     conn_send(c, &env);
@@ -370,7 +372,7 @@ int server_run(const char *socket_path, char *err)
     epoll_ctl(epfd, EPOLL_CTL_ADD, afd, &ev);
     ev.data.u64 = TAG_SIGNAL;
     epoll_ctl(epfd, EPOLL_CTL_ADD, sfd, &ev);
-    server_log("listening on %s (agents on @%s), agent library %s", socket_path, server_agent_sock,
+    server_log("memprofd " MEMPROF_VERSION " listening on %s (agents on @%s), agent library %s", socket_path, server_agent_sock,
                server_agent_lib);
 
     for (;;) {

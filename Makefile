@@ -127,7 +127,7 @@ uninstall:
 
 # build/memprof_VERSION_ARCH.deb from a staged `make install PREFIX=/usr` (own build tree).
 deb:
-	sh scripts/mkdeb.sh
+	BUILD='$(BUILD)' MEMPROF_VERSION='$(MEMPROF_VERSION)' sh scripts/mkdeb.sh
 
 version:
 	@echo $(MEMPROF_VERSION)

@@ -16,7 +16,8 @@ STAGE=$PKG/src/debian/memprof # where dpkg-shlibdeps expects a package's files
 DEB=$BUILD/memprof_${VERSION}_${ARCH}.deb
 
 rm -rf "$PKG/src"
-$MAKE --no-print-directory install BUILD="$PKG/build" DESTDIR="$(pwd)/$STAGE" PREFIX=/usr MEMPROF_VERSION="$VERSION"
+mkdir -p "$STAGE"
+$MAKE --no-print-directory install BUILD="$PKG/build" DESTDIR="$(cd "$STAGE" && pwd)" PREFIX=/usr MEMPROF_VERSION="$VERSION"
 
 # Debian ships binaries stripped (the agent keeps its dynamic symbols: memprofd looks them up there).
 for f in "$STAGE"/usr/bin/memprof "$STAGE"/usr/bin/memprofd "$STAGE"/usr/lib/memprof/libmemprof_agent.so; do

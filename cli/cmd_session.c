@@ -18,13 +18,13 @@ static const char *usage_status =
     "\n"
     "example:\n"
     "  $ memprof status\n"
-    "  memprofd 0.5.0\n"
     "  ID   PID      PYTHON   STATE      MODE      ATTACHED SINCE        STOPPED  COMMAND\n"
     "  3    4242     3.11.2   attached   sampling  2026-11-23 20:31:02   1.10 ms  python3 service.py\n"
+    "  memprofd 0.5.0\n"
     "\n"
     "ID names a session for `memprof plot/export/diff --session ID`, also once it\n"
-    "has ended and its pid has been reused. The first line is the daemon's version;\n"
-    "an attached agent of another version is named below the table. --json gives\n"
+    "has ended and its pid has been reused. The line below the table is the daemon's\n"
+    "version; an attached agent of another version is named after it. --json gives\n"
     "each session's agent_version and the daemon_version.\n";
 
 static const char *usage_ps =
@@ -118,9 +118,6 @@ int cmd_status(int argc, char **argv)
         wire_free(reply);
         return 0;
     }
-    printf("memprofd %s", dver);
-    if (strcmp(dver, MEMPROF_VERSION) != 0) printf(" (this memprof is %s)", MEMPROF_VERSION);
-    printf("\n");
     if (r->n_sessions == 0) {
         printf("no sessions (attach with: memprofd attach --pid PID)\n");
     } else {
@@ -135,12 +132,16 @@ int cmd_status(int argc, char **argv)
             printf("%-4u %-8d %-8s %-10s %-9s %-21s %5.2f ms  %s\n", s->id, s->pid, s->python_version, s->state, s->mode,
                    since, s->stop_ms, cmd);
         }
-        for (size_t i = 0; i < r->n_sessions; i++) {
-            Memprof__SessionInfo *s = r->sessions[i];
-            if (strcmp(s->state, "attached") || !*s->agent_version || !strcmp(s->agent_version, dver)) continue;
-            printf("session %u (pid %d): agent %s differs from memprofd %s (detach and attach again)\n", s->id,
-                   s->pid, s->agent_version, dver);
-        }
+    }
+    /* Versions below the table: the daemon's, and any attached agent that differs. */
+    printf("memprofd %s", dver);
+    if (strcmp(dver, MEMPROF_VERSION) != 0) printf(" (this memprof is %s)", MEMPROF_VERSION);
+    printf("\n");
+    for (size_t i = 0; i < r->n_sessions; i++) {
+        Memprof__SessionInfo *s = r->sessions[i];
+        if (strcmp(s->state, "attached") || !*s->agent_version || !strcmp(s->agent_version, dver)) continue;
+        printf("session %u (pid %d): agent %s differs from memprofd %s (detach and attach again)\n", s->id, s->pid,
+               s->agent_version, dver);
     }
     wire_free(reply);
     return 0;

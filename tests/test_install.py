@@ -277,7 +277,8 @@ def test_installed_memprofd_attaches_with_installed_agent(installed, installed_d
 
     r = d.run("status")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[0] == "memprofd %s" % version, r.stdout
+    lines = r.stdout.splitlines()
+    assert re.match(r"^ID\s+PID\s+PYTHON", lines[0]) and lines[-1] == "memprofd %s" % version, r.stdout
     assert "differs" not in r.stdout, r.stdout
     r = d.run("status", "--json")
     s = [s for s in json.loads(r.stdout) if s["pid"] == t.pid][0]

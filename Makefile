@@ -23,22 +23,8 @@ CLI_SRC    = $(filter-out cli/main.c,$(wildcard cli/*.c))
 HDRS = $(wildcard proto/*.h common/*.h agent/*.h daemon/*.h cli/*.h) $(BUILD)/gen/memprof.pb-c.h
 
 BINS = $(BUILD)/memprofd $(BUILD)/memprof $(BUILD)/libmemprof_agent.so
-.PHONY: all test unit demo bench fuzz install clean deps uninstall deb version FORCE
+.PHONY: all test unit demo bench fuzz install clean deps
 
-# ---------------------------------------------------------------- version
-.DEFAULT_GOAL := all
-# One place: the VERSION file, plus the commit (and .dirty) inside a git checkout.
-# Every program and the agent get it as -DMEMPROF_VERSION, and memprofd the
-# agent's installed path; the stamp rebuilds them when either changes.
-VERSION_BASE := $(shell cat VERSION)
-GIT_DESC     := $(if $(wildcard .git),$(shell git describe --always --dirty --exclude='*' 2>/dev/null))
-MEMPROF_VERSION ?= $(VERSION_BASE)$(if $(GIT_DESC),+g$(subst -,.,$(GIT_DESC)))
-AGENT_PATH = $(PREFIX)/lib/memprof/libmemprof_agent.so
-CFLAGS  += -DMEMPROF_VERSION='"$(MEMPROF_VERSION)"' -DMEMPROF_AGENT_PATH='"$(AGENT_PATH)"'
-$(BUILD)/version.stamp: FORCE
-	@mkdir -p $(BUILD)
-	@echo '$(MEMPROF_VERSION) $(AGENT_PATH)' | cmp -s - $@ || echo '$(MEMPROF_VERSION) $(AGENT_PATH)' > $@
-$(BINS) $(BUILD)/test_wire: $(BUILD)/version.stamp
 all: $(BINS)
 
 deps:
@@ -134,3 +120,18 @@ version:
 
 clean:
 	rm -rf $(BUILD)
+
+# ---------------------------------------------------------------- version
+.PHONY: uninstall deb version FORCE
+# One place: the VERSION file, plus the commit (and .dirty) inside a git checkout.
+# Every program and the agent get it as -DMEMPROF_VERSION, and memprofd the
+# agent's installed path; the stamp rebuilds them when either changes.
+VERSION_BASE := $(shell cat VERSION)
+GIT_DESC     := $(if $(wildcard .git),$(shell git describe --always --dirty --exclude='*' 2>/dev/null))
+MEMPROF_VERSION ?= $(VERSION_BASE)$(if $(GIT_DESC),+g$(subst -,.,$(GIT_DESC)))
+AGENT_PATH = $(PREFIX)/lib/memprof/libmemprof_agent.so
+CFLAGS  += -DMEMPROF_VERSION='"$(MEMPROF_VERSION)"' -DMEMPROF_AGENT_PATH='"$(AGENT_PATH)"'
+$(BUILD)/version.stamp: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(MEMPROF_VERSION) $(AGENT_PATH)' | cmp -s - $@ || echo '$(MEMPROF_VERSION) $(AGENT_PATH)' > $@
+$(BINS) $(BUILD)/test_wire: $(BUILD)/version.stamp

@@ -28,6 +28,7 @@
 #include "launch.h"
 #include "pyapi.h"
 #include "pycall.h"
+#include "version.h"
 #include "wire.h"
 
 /* Pages are only committed when touched, so this costs what is used. It is
@@ -656,6 +657,7 @@ static int session_hello(struct session *s, int want_reply, char *err)
         ai.python_version = version;
     }
     ai.gil_wait_ms = s->gil_wait_ms;
+    ai.agent_version = (char *)MEMPROF_VERSION;
     hello.protocol = MEMPROF_PROTOCOL;
     hello.role = MEMPROF__HELLO__ROLE__AGENT;
     hello.token = conf.token;

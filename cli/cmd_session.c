@@ -9,6 +9,7 @@
 
 #include "client.h"
 #include "commands.h"
+#include "version.h"
 
 static const char *usage_status =
     "usage: memprof status [--json] [--socket PATH]\n"
@@ -19,9 +20,12 @@ static const char *usage_status =
     "  $ memprof status\n"
     "  ID   PID      PYTHON   STATE      MODE      ATTACHED SINCE        STOPPED  COMMAND\n"
     "  3    4242     3.11.2   attached   sampling  2026-11-23 20:31:02   1.10 ms  python3 service.py\n"
+    "  memprofd 0.5.0\n"
     "\n"
     "ID names a session for `memprof plot/export/diff --session ID`, also once it\n"
-    "has ended and its pid has been reused.\n";
+    "has ended and its pid has been reused. The line below the table is the daemon's\n"
+    "version; an attached agent of another version is named after it. --json gives\n"
+    "each session's agent_version and the daemon_version.\n";
 
 static const char *usage_ps =
     "usage: memprof ps [--json] [--socket PATH]\n"
@@ -93,6 +97,7 @@ int cmd_status(int argc, char **argv)
     if (rc) return rc - 1;
     if (request(MEMPROF__ENVELOPE__MSG_STATUS, &reply)) return 1;
     Memprof__StatusReply *r = reply->status_reply;
+    const char *dver = r->daemon_version && *r->daemon_version ? r->daemon_version : "unknown";
     if (json) {
         printf("[");
         for (size_t i = 0; i < r->n_sessions; i++) {
@@ -105,10 +110,17 @@ int cmd_status(int argc, char **argv)
             cli_json_str(stdout, s->container);
             printf(", \"command\": ");
             cli_json_str(stdout, cmd);
+            printf(", \"agent_version\": ");
+            cli_json_str(stdout, s->agent_version);
+            printf(", \"daemon_version\": ");
+            cli_json_str(stdout, dver);
             printf("}");
         }
         printf("]\n");
-    } else if (r->n_sessions == 0) {
+        wire_free(reply);
+        return 0;
+    }
+    if (r->n_sessions == 0) {
         printf("no sessions (attach with: memprofd attach --pid PID)\n");
     } else {
         printf("%-4s %-8s %-8s %-10s %-9s %-21s %8s  %s\n", "ID", "PID", "PYTHON", "STATE", "MODE", "ATTACHED SINCE",
@@ -124,6 +136,16 @@ int cmd_status(int argc, char **argv)
                    cli_esc(cli_container(s->ns_pid, s->container, where, sizeof where), ewhere, sizeof ewhere),
                    cli_esc(cmd, ecmd, sizeof ecmd));
         }
+    }
+    /* Versions below the table: the daemon's, and any attached agent that differs. */
+    printf("memprofd %s", dver);
+    if (strcmp(dver, MEMPROF_VERSION) != 0) printf(" (this memprof is %s)", MEMPROF_VERSION);
+    printf("\n");
+    for (size_t i = 0; i < r->n_sessions; i++) {
+        Memprof__SessionInfo *s = r->sessions[i];
+        if (strcmp(s->state, "attached") || !*s->agent_version || !strcmp(s->agent_version, dver)) continue;
+        printf("session %u (pid %d): agent %s differs from memprofd %s (detach and attach again)\n", s->id, s->pid,
+               s->agent_version, dver);
     }
     wire_free(reply);
     return 0;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "commands.h"
+#include "version.h"
 
 struct command {
     const char *name;
@@ -37,7 +38,8 @@ static void usage(FILE *f)
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].summary);
     fputs("\nRun `memprof COMMAND --help` for a command's options. Every command takes\n"
-          "--socket PATH to talk to a daemon other than the default one.\n",
+          "--socket PATH to talk to a daemon other than the default one.\n"
+          "`memprof --version` prints the version.\n",
           f);
 }
 
@@ -126,6 +128,10 @@ int main(int argc, char **argv)
     if (!cmd || !strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         usage(cmd ? stdout : stderr);
         return cmd ? 0 : 2;
+    }
+    if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V")) {
+        printf("memprof %s\n", MEMPROF_VERSION);
+        return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(cmd, commands[i].name)) return commands[i].fn(argc - 1, argv + 1);

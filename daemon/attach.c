@@ -18,6 +18,7 @@
 #include "run.h"
 #include "session.h"
 #include "util.h"
+#include "version.h"
 
 #define ATTACH_TIMEOUT 15.0   /* seconds for the agent to say hello */
 #define DETACH_TIMEOUT 5.0
@@ -222,6 +223,10 @@ int attach_agent_hello(struct conn *c, const Memprof__Hello *h, char *err)
         return -1;
     }
     s->gil_wait_ms = a->gil_wait_ms;
+    snprintf(s->agent_version, sizeof s->agent_version, "%s", a->agent_version ? a->agent_version : "");
+    if (strcmp(s->agent_version, MEMPROF_VERSION) != 0)
+        server_log("pid %d: agent version %s differs from memprofd %s", (int)s->pid,
+                   *s->agent_version ? s->agent_version : "(unknown)", MEMPROF_VERSION);
     free(s->executable);
     s->executable = strdup(a->executable ? a->executable : "");
     for (size_t i = 0; i < s->argc; i++) free(s->argv[i]);
@@ -413,6 +418,7 @@ void attach_on_status(struct conn *c, const Envelope *in)
         r.n_sessions++;
     }
     r.sessions = ptrs;
+    r.daemon_version = (char *)MEMPROF_VERSION;
     env.msg_case = MEMPROF__ENVELOPE__MSG_STATUS_REPLY;
     env.status_reply = &r;
     send_env(c, &env);

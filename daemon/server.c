@@ -24,6 +24,7 @@
 #include "loop.h"
 #include "session.h"
 #include "util.h"
+#include "version.h"
 
 char server_agent_sock[108];
 const char *server_agent_lib;
@@ -360,6 +361,7 @@ static void hello_reply(struct conn *c, const char *error)
     r.protocol = MEMPROF_PROTOCOL;
     r.error = (char *)(error ? error : "");
     r.daemon_pid = getpid();
+    r.daemon_version = (char *)MEMPROF_VERSION;
     env.msg_case = MEMPROF__ENVELOPE__MSG_HELLO_REPLY;
     env.hello_reply = &r;
     if (error) c->close_when_flushed = 1; /* the peer gets the reason, then EOF */
@@ -548,7 +550,7 @@ int server_run(const char *socket_path, char *err)
         loop_add_fd(afd, LOOP_READ, accept_conns, (void *)1, err) < 0 ||
         loop_add_fd(sfd, LOOP_READ, signal_event, NULL, err) < 0)
         return -1;
-    server_log("listening on %s (agents on @%s), agent library %s", socket_path, server_agent_sock,
+    server_log("memprofd " MEMPROF_VERSION " listening on %s (agents on @%s), agent library %s", socket_path, server_agent_sock,
                server_agent_lib);
     loop_run(before_sleep);
     server_log("stopped");

@@ -105,6 +105,7 @@ void session_fill_info(const struct session *s, Memprof__SessionInfo *info)
     info->stop_ms = s->stop_ms;
     info->mode = (char *)(!s->track.enabled ? "off" : s->track.exact ? "exact" : "sampling");
     info->sample_rate = s->track.sample_rate;
+    info->agent_version = (char *)s->agent_version;
 }
 
 void session_info_clear(Memprof__SessionInfo *info)

@@ -29,6 +29,7 @@ struct session {
     unsigned retries;
     uint64_t handle;            /* dlopen handle in the target */
     int agent_tid;
+    char agent_version[64];     /* the agent's MEMPROF_VERSION, from its hello */
     uint64_t agent_conn;        /* connection id of the agent, 0 when none */
     uint64_t attach_waiter;     /* client connection waiting for the attach reply */
     uint64_t detach_waiter;

@@ -2,6 +2,7 @@
 # install-deps.sh -- installs every Debian package memprof's build, tests, demo and bench need (idempotent).
 set -eu
 PKGS="build-essential pkg-config libelf-dev libdw-dev libbpf-dev libprotobuf-c-dev protobuf-c-compiler
+      dpkg-dev man-db groff-base bash-completion
       python3 python3-pytest graphviz gdb bc procps
       python3-memory-profiler python3-objgraph python3-psutil"
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then

@@ -455,9 +455,69 @@ __attribute__((weak)) int backrefs_handle(const Memprof__BackrefsRequest *req,
 }
 __attribute__((weak)) void backrefs_free(Memprof__AgentReply *reply) { (void)reply; }
 
-/* Run a census/backrefs handler with the GIL held, timing how long it is held.
- * Returns the handler's result, or -2 when the interpreter is finalizing. */
-static int handle_locked(const Memprof__AgentRequest *req, Memprof__AgentReply *reply, char *err)
+/* ---------------------------------------------------------- requests */
+
+/* A request's handler fills reply (its body) or err; returns 0, -1 (error), or -2 (the interpreter is
+ * finalizing: the session ends). */
+typedef int request_fn(const Memprof__AgentRequest *req, Memprof__AgentReply *reply, char *err);
+
+static int on_detach(const Memprof__AgentRequest *req, Memprof__AgentReply *reply, char *err)
+{
+    static Memprof__DetachReply detach = MEMPROF__DETACH_REPLY__INIT; /* static: the reply points at it until
+                                                                       * sent; only the agent thread answers */
+    (void)req;
+    (void)err;
+    agent_undo();
+    detach.unloaded = 0; /* the daemon unloads the library once this thread is gone */
+    reply->body_case = MEMPROF__AGENT_REPLY__BODY_DETACH;
+    reply->detach = &detach;
+    return 0;
+}
+
+/* Settings are fixed at attach: answer with what is in force. */
+static int on_tracking(const Memprof__AgentRequest *req, Memprof__AgentReply *reply, char *err)
+{
+    static Memprof__TrackingConfig tracking;
+    (void)req;
+    (void)err;
+    memprof__tracking_config__init(&tracking);
+    tracking.enabled = hooks_installed();
+    tracking.exact = conf.exact;
+    tracking.sample_rate = conf.rate;
+    tracking.max_frames = conf.frames;
+    tracking.interval_ms = conf.interval_ms;
+    reply->body_case = MEMPROF__AGENT_REPLY__BODY_TRACKING;
+    reply->tracking = &tracking;
+    return 0;
+}
+
+static int on_census(const Memprof__AgentRequest *req, Memprof__AgentReply *reply, char *err)
+{
+    return census_handle(req->census, reply, err);
+}
+
+static int on_backrefs(const Memprof__AgentRequest *req, Memprof__AgentReply *reply, char *err)
+{
+    return backrefs_handle(req->backrefs, reply, err);
+}
+
+/* The agent's dispatch table: a new request is a schema entry, one handler and one row. */
+static const struct request_route {
+    Memprof__AgentRequest__BodyCase body;
+    request_fn *fn;
+    int needs_gil;                               /* run with the GIL held, timed into gil_ms */
+    void (*release)(Memprof__AgentReply *reply); /* frees the reply's body after it was sent */
+    int ends_session;
+} request_routes[] = {
+    {MEMPROF__AGENT_REQUEST__BODY_DETACH, on_detach, 0, NULL, 1},
+    {MEMPROF__AGENT_REQUEST__BODY_CENSUS, on_census, 1, census_free, 0},
+    {MEMPROF__AGENT_REQUEST__BODY_BACKREFS, on_backrefs, 1, backrefs_free, 0},
+    {MEMPROF__AGENT_REQUEST__BODY_TRACKING, on_tracking, 0, NULL, 0},
+};
+
+/* Run a handler with the GIL held, timing how long it is held. -2 when the interpreter is finalizing. */
+static int handle_locked(const struct request_route *r, const Memprof__AgentRequest *req,
+                         Memprof__AgentReply *reply, char *err)
 {
     int state, rc;
     double t0;
@@ -466,10 +526,7 @@ static int handle_locked(const Memprof__AgentRequest *req, Memprof__AgentReply *
         return -2;
     }
     t0 = mp_now();
-    if (req->body_case == MEMPROF__AGENT_REQUEST__BODY_CENSUS)
-        rc = census_handle(req->census, reply, err);
-    else
-        rc = backrefs_handle(req->backrefs, reply, err);
+    rc = r->fn(req, reply, err);
     reply->gil_ms = (mp_now() - t0) * 1e3;
     gil_give(state);
     return rc;
@@ -480,44 +537,21 @@ static int handle_locked(const Memprof__AgentRequest *req, Memprof__AgentReply *
 static int session_request(struct session *s, const Memprof__AgentRequest *req)
 {
     Memprof__AgentReply reply = MEMPROF__AGENT_REPLY__INIT;
-    Memprof__DetachReply detach = MEMPROF__DETACH_REPLY__INIT;
-    Memprof__TrackingConfig tracking = MEMPROF__TRACKING_CONFIG__INIT;
     Envelope env = MEMPROF__ENVELOPE__INIT;
-    void (*release)(Memprof__AgentReply *) = NULL;
+    const struct request_route *route = NULL;
     char err[MP_ERRLEN] = "", serr[MP_ERRLEN] = "";
     Memprof__AgentReply__BodyCase body;
-    int rc = 0, stop = 0;
+    int rc, stop = 0;
 
     reply.id = req->id;
-    switch (req->body_case) {
-    case MEMPROF__AGENT_REQUEST__BODY_DETACH:
-        agent_undo();
-        detach.unloaded = 0; /* the daemon unloads the library once this thread is gone */
-        reply.body_case = MEMPROF__AGENT_REPLY__BODY_DETACH;
-        reply.detach = &detach;
-        stop = 1;
-        break;
-    case MEMPROF__AGENT_REQUEST__BODY_CENSUS:
-    case MEMPROF__AGENT_REQUEST__BODY_BACKREFS:
-        release = req->body_case == MEMPROF__AGENT_REQUEST__BODY_CENSUS ? census_free : backrefs_free;
-        rc = handle_locked(req, &reply, err);
-        if (rc == -2) stop = 1;
-        break;
-    case MEMPROF__AGENT_REQUEST__BODY_TRACKING:
-        /* settings are fixed at attach: answer with what is in force */
-        tracking.enabled = hooks_installed();
-        tracking.exact = conf.exact;
-        tracking.sample_rate = conf.rate;
-        tracking.max_frames = conf.frames;
-        tracking.interval_ms = conf.interval_ms;
-        reply.body_case = MEMPROF__AGENT_REPLY__BODY_TRACKING;
-        reply.tracking = &tracking;
-        break;
-    default:
-        mp_err(err, "unknown request (body %d): this agent is older than the daemon",
-               (int)req->body_case);
+    for (size_t i = 0; i < sizeof request_routes / sizeof request_routes[0]; i++)
+        if (request_routes[i].body == req->body_case) route = &request_routes[i];
+    if (!route) {
+        mp_err(err, "unknown request (body %d): this agent is older than the daemon", (int)req->body_case);
         rc = -1;
-        break;
+    } else {
+        rc = route->needs_gil ? handle_locked(route, req, &reply, err) : route->fn(req, &reply, err);
+        stop = route->ends_session || rc == -2;
     }
     agent_log("request %llu (body %d): %s%s", (unsigned long long)req->id, (int)req->body_case,
               rc < 0 ? "error: " : "ok", rc < 0 ? err : "");
@@ -534,7 +568,7 @@ static int session_request(struct session *s, const Memprof__AgentRequest *req)
         stop = 1;
     }
     reply.body_case = body;
-    if (release) release(&reply);
+    if (route && route->release) route->release(&reply);
     return stop;
 }
 

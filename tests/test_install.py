@@ -272,7 +272,10 @@ def test_installed_memprofd_attaches_with_installed_agent(installed, installed_d
     d.attach(t.pid)
     with open("/proc/%d/maps" % t.pid) as f:
         maps = f.read()
-    assert agent in maps, "the target did not map the installed agent"
+    # The daemon named the installed library (above); the target maps its bytes from a memfd (or, where
+    # memfd_create is refused, from a copy in its /tmp).
+    assert "libmemprof_agent" in maps, "the target did not map the agent"
+    assert "injected agent into pid %d" % t.pid in open(d.log).read(), d.log_tail()
     assert os.path.join(BUILD, "libmemprof_agent.so") not in maps
 
     r = d.run("status")

@@ -497,7 +497,7 @@ def test_multiline_command_is_one_row(daemon, targets):
         lines = r.stdout.splitlines()
         assert lines[0].startswith(first), r.stdout
         # every line is the header, a row starting with a number, or ps's footnote
-        assert all(re.match(r"^(\d+ |\(! = )", l) for l in lines[1:]), r.stdout
+        assert all(re.match(r"^(\d+ |\(! = |memprofd )", l) for l in lines[1:]), r.stdout  # status ends with the versions
         mine = [l for l in lines if re.match(r"^(\d+\s+)?%d\s" % t.pid, l)]
         assert len(mine) == 1 and mine[0].endswith(shown), (shown, r.stdout)
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", r.stdout), repr(r.stdout)

@@ -35,6 +35,7 @@ HDRS = $(wildcard proto/*.h common/*.h client/*.h agent/*.h daemon/*.h cli/*.h) 
 
 BINS = $(BUILD)/memprofd $(BUILD)/memprof $(BUILD)/libmemprof_agent.so
 .PHONY: all test unit demo bench fuzz install clean deps check-fresh test-asan
+
 all: $(BINS)
 
 deps:
@@ -64,10 +65,14 @@ $(BUILD)/flame_page.o: cli/flame_page.S $(BUILD)/flame.html
 	$(CC) -c -DFLAME_HTML='"$(BUILD)/flame.html"' -o $@ cli/flame_page.S
 
 # The agent runs inside the target: PIC, hidden symbols but its entry point, no
-# dependency on Python headers (it resolves the C API at run time).
-$(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS)
+# dependency on Python headers (it resolves the C API at run time). protobuf-c is
+# linked in statically (a container's root rarely has libprotobuf-c.so.1); the
+# version script keeps its symbols local, which also lets its non-PIC archive link.
+PB_STATIC = $(shell pkg-config --variable=libdir libprotobuf-c 2>/dev/null)/libprotobuf-c.a
+$(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS) agent/agent.map
 	$(CC) $(CFLAGS) -fPIC -shared -fvisibility=hidden -ftls-model=initial-exec -Iagent \
-	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_LIBS) -lpthread -ldl -lm
+	    -Wl,-soname,libmemprof_agent.so -Wl,--version-script=agent/agent.map -Wl,-z,defs \
+	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_STATIC) -lpthread -ldl -lm
 
 $(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PPROF_SRC) $(HDRS)
 	$(CC) $(CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) -Idaemon -Iclient -o $@ $(DAEMON_SRC) $(CLIENT_SRC) $(WIRE_SRC) \
@@ -123,10 +128,65 @@ fuzz: $(BUILD)/fuzz_decode
 	@mkdir -p $(BUILD)/fuzz-corpus
 	$(BUILD)/fuzz_decode -max_total_time=60 -max_len=65536 $(BUILD)/fuzz-corpus
 
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/memprof
-	install -m 0755 $(BUILD)/memprofd $(BUILD)/memprof $(DESTDIR)$(PREFIX)/bin/
-	install -m 0644 $(BUILD)/libmemprof_agent.so $(DESTDIR)$(PREFIX)/lib/memprof/
+# ---------------------------------------------------------------- install
+# Every installed file, once: SOURCE:DESTINATION (under PREFIX):MODE. `install`
+# copies these, `uninstall` removes exactly these, `deb` packages them.
+INSTALL_FILES = \
+    $(BUILD)/memprofd:bin/memprofd:0755 \
+    $(BUILD)/memprof:bin/memprof:0755 \
+    $(BUILD)/libmemprof_agent.so:lib/memprof/libmemprof_agent.so:0644 \
+    $(BUILD)/man/memprof.1:share/man/man1/memprof.1:0644 \
+    $(BUILD)/man/memprofd.8:share/man/man8/memprofd.8:0644 \
+    scripts/completion.bash:share/bash-completion/completions/memprof:0644 \
+    scripts/completion.bash:share/bash-completion/completions/memprofd:0644 \
+    $(BUILD)/memprofd.service:lib/systemd/system/memprofd.service:0644
+# Directories that are memprof's alone: uninstall removes them once empty.
+INSTALL_OWN_DIRS = lib/memprof
+
+# Pages and unit name the installed paths and version: filled in here.
+SUBST = sed -e 's|@VERSION@|$(MEMPROF_VERSION)|g' -e 's|@PREFIX@|$(PREFIX)|g'
+$(BUILD)/man/%: docs/man/% $(BUILD)/version.stamp
+	@mkdir -p $(BUILD)/man
+	$(SUBST) $< > $@
+$(BUILD)/memprofd.service: scripts/memprofd.service.in $(BUILD)/version.stamp
+	$(SUBST) $< > $@
+
+install: all $(foreach f,$(INSTALL_FILES),$(word 1,$(subst :, ,$(f))))
+	@set -e; for f in $(INSTALL_FILES); do \
+	    src=$${f%%:*}; rest=$${f#*:}; dst='$(DESTDIR)$(PREFIX)'/$${rest%%:*}; mode=$${rest#*:}; \
+	    echo "install -D -m $$mode $$src $$dst"; install -D -m $$mode "$$src" "$$dst"; \
+	done
+
+uninstall:
+	@for f in $(INSTALL_FILES); do \
+	    rest=$${f#*:}; dst='$(DESTDIR)$(PREFIX)'/$${rest%%:*}; \
+	    if [ -e "$$dst" ] || [ -L "$$dst" ]; then echo "rm -f $$dst"; rm -f "$$dst"; fi; \
+	done
+	@for d in $(INSTALL_OWN_DIRS); do \
+	    if [ -d '$(DESTDIR)$(PREFIX)'/$$d ]; then rmdir '$(DESTDIR)$(PREFIX)'/$$d; fi; \
+	done
+
+# build/memprof_VERSION_ARCH.deb from a staged `make install PREFIX=/usr` (own build tree).
+deb:
+	BUILD='$(BUILD)' MEMPROF_VERSION='$(MEMPROF_VERSION)' sh scripts/mkdeb.sh
+
+version:
+	@echo $(MEMPROF_VERSION)
 
 clean:
 	rm -rf $(BUILD)
+
+# ---------------------------------------------------------------- version
+.PHONY: uninstall deb version FORCE
+# One place: the VERSION file, plus the commit (and .dirty) inside a git checkout.
+# Every program and the agent get it as -DMEMPROF_VERSION, and memprofd the
+# agent's installed path; the stamp rebuilds them when either changes.
+VERSION_BASE := $(shell cat VERSION)
+GIT_DESC     := $(if $(wildcard .git),$(shell git describe --always --dirty --exclude='*' 2>/dev/null))
+MEMPROF_VERSION ?= $(VERSION_BASE)$(if $(GIT_DESC),+g$(subst -,.,$(GIT_DESC)))
+AGENT_PATH = $(PREFIX)/lib/memprof/libmemprof_agent.so
+CFLAGS  += -DMEMPROF_VERSION='"$(MEMPROF_VERSION)"' -DMEMPROF_AGENT_PATH='"$(AGENT_PATH)"'
+$(BUILD)/version.stamp: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(MEMPROF_VERSION) $(AGENT_PATH)' | cmp -s - $@ || echo '$(MEMPROF_VERSION) $(AGENT_PATH)' > $@
+$(BINS) $(BUILD)/test_wire: $(BUILD)/version.stamp

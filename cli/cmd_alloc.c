@@ -38,7 +38,7 @@ struct stack {
 /* A snapshot: from the daemon (AllocData) or from a snapshot file. */
 struct view {
     int pid;
-    char state[16], mode[16], python[32], command[512];
+    char state[16], mode[16], python[32], command[512], where[128]; /* where: cli_container */
     double rss, samples_rate, alloc_rate, overhead, ts, first_ts, peak_live;
     double samples, dropped, rate_bytes;
     struct frame *frames;
@@ -94,6 +94,7 @@ static void view_from_data(struct view *v, const Memprof__AllocData *d)
     memset(v, 0, sizeof *v);
     if (d->session) {
         v->pid = d->session->pid;
+        cli_container(d->session->ns_pid, d->session->container, v->where, sizeof v->where);
         snprintf(v->state, sizeof v->state, "%s", d->session->state);
         snprintf(v->python, sizeof v->python, "%s", d->session->python_version);
         for (size_t i = 0; i < d->session->n_argv; i++) {
@@ -273,9 +274,11 @@ static void rows_free(struct row *rows, size_t n)
 static void location(const struct view *v, const struct row *r, enum by by, char *out, size_t len)
 {
     const struct frame *f = &v->frames[r->frame];
-    if (f->line == 0 && f->first == 0) snprintf(out, len, "%s", f->func); /* <other>, <unknown ...> */
-    else if (by == BY_LINE) snprintf(out, len, "%s:%u (%s)", f->file, f->line, f->func);
-    else snprintf(out, len, "%s (%s:%u)", f->func, f->file, f->first);
+    char raw[2048];
+    if (f->line == 0 && f->first == 0) snprintf(raw, sizeof raw, "%s", f->func); /* <other>, <unknown ...> */
+    else if (by == BY_LINE) snprintf(raw, sizeof raw, "%s:%u (%s)", f->file, f->line, f->func);
+    else snprintf(raw, sizeof raw, "%s (%s:%u)", f->func, f->file, f->first);
+    cli_esc(raw, out, len); /* for tables only: one row whatever the names hold */
 }
 
 /* ------------------------------------------------------------ top */
@@ -382,7 +385,9 @@ static void print_top(FILE *o, const struct view *v, enum by by, enum sort sort,
         rows_free(rows, n);
         return;
     }
-    fprintf(o, "pid %d  %.120s  Python %s  %s%s\n", v->pid, v->command, v->python, v->state,
+    char cmd[121], ver[64], where[512];
+    fprintf(o, "pid %d  %s%s  Python %s  %s%s\n", v->pid, cli_esc(v->where, where, sizeof where),
+            cli_esc(v->command, cmd, sizeof cmd), cli_esc(v->python, ver, sizeof ver), v->state,
             paused ? "  [paused]" : "");
     if (exited) fprintf(o, "the process has exited: final figures\n");
     fprintf(o, "RSS %s  tracked live %s (peak %s)  alloc %s/s  samples/s %.1f  mode %s", cli_bytes(v->rss, a, sizeof a),
@@ -682,12 +687,15 @@ static int lines_print(FILE *o, struct view *v, const char *func, const char *fi
         while (end > l && indent_of(src[end - 1]) < 0) end--; /* trailing blank lines */
         if (end < maxline) end = maxline;
     }
+    char efile[1024], efunc[512];
+    cli_esc(chosen, efile, sizeof efile);
+    cli_esc(func, efunc, sizeof efunc);
     if (run_mode)
-        fprintf(o, "Filename: %s  (function %s, pid %d, %s mode: %s)\n\n", chosen, func, pid, v->mode,
+        fprintf(o, "Filename: %s  (function %s, pid %d, %s mode: %s)\n\n", efile, efunc, pid, v->mode,
                 exact ? "exact counts; Increment = the line's peak held memory"
                       : "sampled estimates; Increment = the line's peak held memory");
     else
-        fprintf(o, "Filename: %s  (function %s, pid %d, %s mode: %s)\n\n", chosen, func, pid, v->mode,
+        fprintf(o, "Filename: %s  (function %s, pid %d, %s mode: %s)\n\n", efile, efunc, pid, v->mode,
                 exact ? "exact counts of allocations since attach" : "estimates from sampled allocations since attach");
     fprintf(o, "Line #    Mem usage    Increment  Occurrences   Line Contents\n");
     fprintf(o, "=============================================================\n");
@@ -702,8 +710,8 @@ static int lines_print(FILE *o, struct view *v, const char *func, const char *fi
             fprintf(o, "%6u %12s %12s %12s   %s\n", l, "", "", "", text);
         }
     }
-    if (!src) fprintf(o, "\n(source not readable at /proc/%d/root%s nor %s)\n", pid, chosen, chosen);
-    else if (!maxline) fprintf(o, "\n(no allocations recorded in %s%s)\n", func, exact ? "" : " at this sample rate");
+    if (!src) fprintf(o, "\n(source not readable at /proc/%d/root%s nor %s)\n", pid, efile, efile);
+    else if (!maxline) fprintf(o, "\n(no allocations recorded in %s%s)\n", efunc, exact ? "" : " at this sample rate");
     for (size_t i = 0; src && i < nsrc; i++) free(src[i]);
     free(src);
     free(inc);

@@ -15,6 +15,7 @@
 #include "commands.h"
 
 #define CALL_TIMEOUT_MS 120000 /* a chain on a huge heap takes a few levels of passes */
+#define TYPE_CELL 1024        /* a type name in a table, escaped (cli_esc) */
 
 static const char *usage_types =
     "usage: memprof types --pid PID [--limit N] [--sort count|size] [--long] [--all] [--json]\n"
@@ -359,20 +360,21 @@ static int table_make(const Memprof__CensusReply *c, int longnames, struct table
 
 static int name_width(const struct row *rows, size_t n)
 {
+    char name[TYPE_CELL];
     int w = 20;
     for (size_t i = 0; i < n; i++)
-        if ((int)strlen(rows[i].name) > w) w = (int)strlen(rows[i].name);
+        if ((int)strlen(cli_esc(rows[i].name, name, sizeof name)) > w) w = (int)strlen(name);
     return w > 60 ? 60 : w;
 }
 
 static void print_rows(struct row *rows, size_t n, int limit)
 {
-    char sz[32];
+    char sz[32], name[TYPE_CELL];
     size_t shown = limit && (size_t)limit < n ? (size_t)limit : n;
     int w = name_width(rows, shown);
     printf("%-*s %12s %12s\n", w, "TYPE", "COUNT", "SIZE");
     for (size_t i = 0; i < shown; i++)
-        printf("%-*s %12" PRIu64 " %12s\n", w, rows[i].name, rows[i].count,
+        printf("%-*s %12" PRIu64 " %12s\n", w, cli_esc(rows[i].name, name, sizeof name), rows[i].count,
                cli_bytes((double)rows[i].bytes, sz, sizeof sz));
 }
 
@@ -512,9 +514,10 @@ static void growth_print(const struct opts *o, const struct table *prev, const s
             free(names);
             printf("%-*s %12s %9s %9s %12s %12s\n", w, "TYPE", "COUNT", "DELTA", "RATE", "SIZE", "DELTA");
             for (size_t i = 0; i < shown; i++) {
-                char rate[32];
+                char rate[32], name[TYPE_CELL];
                 snprintf(rate, sizeof rate, "%+.0f/s", dt > 0 ? ch[i].dcount / dt : 0.0);
-                printf("%-*s %12" PRIu64 " %+9" PRId64 " %9s %12s %12s\n", w, ch[i].name, ch[i].count,
+                printf("%-*s %12" PRIu64 " %+9" PRId64 " %9s %12s %12s\n", w,
+                       cli_esc(ch[i].name, name, sizeof name), ch[i].count,
                        ch[i].dcount, rate, cli_bytes((double)ch[i].bytes, s1, sizeof s1),
                        signed_bytes(ch[i].dbytes, s3, sizeof s3));
             }
@@ -855,14 +858,17 @@ int cmd_backrefs(int argc, char **argv)
 static void chain_node_text(const Memprof__GraphNode *n, const Memprof__GraphNode *prev, const char *in_label,
                             int first)
 {
+    char type[TYPE_CELL], label[1024];
+    cli_esc(n->type_name, type, sizeof type);
+    cli_esc(n->label, label, sizeof label);
     if (n->is_module) {
-        printf("module %s", n->label);
+        printf("module %s", label);
     } else if (in_label && !strcmp(in_label, ".__dict__")) {
-        printf("%s (%s)", n->type_name, prev && prev->is_module ? "module globals" : "__dict__");
+        printf("%s (%s)", type, prev && prev->is_module ? "module globals" : "__dict__");
     } else if (first) {
-        printf("%s (%s)", n->type_name, n->label);
+        printf("%s (%s)", type, label);
     } else {
-        printf("%s", n->type_name);
+        printf("%s", type);
     }
 }
 
@@ -893,7 +899,10 @@ int cmd_chain(int argc, char **argv)
         if (i) fputs(" → ", stdout);
         chain_node_text(n, prev, in_label, i == 0 && !n->is_module && r->n_chain > 1);
         if (i + 1 == r->n_chain) printf(" 0x%" PRIx64, n->addr);
-        else if (out_label && out_label[0] && strcmp(out_label, ".__dict__")) printf(" %s", out_label);
+        else if (out_label && out_label[0] && strcmp(out_label, ".__dict__")) {
+            char label[1024];
+            printf(" %s", cli_esc(out_label, label, sizeof label));
+        }
         prev = n;
         in_label = out_label;
     }

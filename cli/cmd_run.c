@@ -144,7 +144,8 @@ static void report_session(FILE *o, const Memprof__SessionInfo *si, char **funcs
     const Memprof__AllocData *d;
     size_t printed = 0;
     if (alloc_fetch(si->pid, si->id, 0, &reply, err) < 0) {
-        fprintf(o, "memprof: pid %d: %s\n", (int)si->pid, err);
+        char line[4 * MP_ERRLEN];
+        fprintf(o, "memprof: pid %d: %s\n", (int)si->pid, cli_esc(err, line, sizeof line));
         return;
     }
     d = reply->alloc_data;
@@ -285,7 +286,8 @@ int cmd_run(int argc, char **argv)
         nanosleep(&ts, NULL);
     }
     if (!st) {
-        fprintf(o, "memprof: %s\n", err);
+        char line[4 * MP_ERRLEN];
+        fprintf(o, "memprof: %s\n", cli_esc(err, line, sizeof line));
     } else {
         size_t n = 0;
         /* StatusReply lists the newest first: the program, then its children */

@@ -9,6 +9,7 @@
 
 #include "client.h"
 #include "commands.h"
+#include "version.h"
 
 static const char *usage_status =
     "usage: memprof status [--json] [--socket PATH]\n"
@@ -19,9 +20,12 @@ static const char *usage_status =
     "  $ memprof status\n"
     "  ID   PID      PYTHON   STATE      MODE      ATTACHED SINCE        STOPPED  COMMAND\n"
     "  3    4242     3.11.2   attached   sampling  2026-11-23 20:31:02   1.10 ms  python3 service.py\n"
+    "  memprofd 0.5.0\n"
     "\n"
     "ID names a session for `memprof plot/export/diff --session ID`, also once it\n"
-    "has ended and its pid has been reused.\n";
+    "has ended and its pid has been reused. The line below the table is the daemon's\n"
+    "version; an attached agent of another version is named after it. --json gives\n"
+    "each session's agent_version and the daemon_version.\n";
 
 static const char *usage_ps =
     "usage: memprof ps [--json] [--socket PATH]\n"
@@ -89,10 +93,11 @@ int cmd_status(int argc, char **argv)
 {
     Envelope *reply;
     int json = 0, rc = parse_simple(argc, argv, usage_status, &json);
-    char cmd[1024], since[32];
+    char cmd[1024], since[32], where[128], ecmd[4 * sizeof cmd], ever[64], ewhere[4 * sizeof where];
     if (rc) return rc - 1;
     if (request(MEMPROF__ENVELOPE__MSG_STATUS, &reply)) return 1;
     Memprof__StatusReply *r = reply->status_reply;
+    const char *dver = r->daemon_version && *r->daemon_version ? r->daemon_version : "unknown";
     if (json) {
         printf("[");
         for (size_t i = 0; i < r->n_sessions; i++) {
@@ -100,13 +105,22 @@ int cmd_status(int argc, char **argv)
             join_argv(s->argv, s->n_argv, cmd, sizeof cmd);
             printf("%s{\"id\": %u, \"pid\": %d, \"python\": ", i ? ", " : "", s->id, s->pid);
             cli_json_str(stdout, s->python_version);
-            printf(", \"state\": \"%s\", \"mode\": \"%s\", \"attached_since\": %.3f, \"stop_ms\": %.3f, \"command\": ",
-                   s->state, s->mode, s->attached_since, s->stop_ms);
+            printf(", \"state\": \"%s\", \"mode\": \"%s\", \"attached_since\": %.3f, \"stop_ms\": %.3f, \"ns_pid\": %d, "
+                   "\"container\": ", s->state, s->mode, s->attached_since, s->stop_ms, s->ns_pid ? s->ns_pid : s->pid);
+            cli_json_str(stdout, s->container);
+            printf(", \"command\": ");
             cli_json_str(stdout, cmd);
+            printf(", \"agent_version\": ");
+            cli_json_str(stdout, s->agent_version);
+            printf(", \"daemon_version\": ");
+            cli_json_str(stdout, dver);
             printf("}");
         }
         printf("]\n");
-    } else if (r->n_sessions == 0) {
+        wire_free(reply);
+        return 0;
+    }
+    if (r->n_sessions == 0) {
         printf("no sessions (attach with: memprofd attach --pid PID)\n");
     } else {
         printf("%-4s %-8s %-8s %-10s %-9s %-21s %8s  %s\n", "ID", "PID", "PYTHON", "STATE", "MODE", "ATTACHED SINCE",
@@ -117,9 +131,21 @@ int cmd_status(int argc, char **argv)
             if (t) strftime(since, sizeof since, "%Y-%m-%d %H:%M:%S", localtime(&t));
             else snprintf(since, sizeof since, "-");
             join_argv(s->argv, s->n_argv, cmd, sizeof cmd);
-            printf("%-4u %-8d %-8s %-10s %-9s %-21s %5.2f ms  %s\n", s->id, s->pid, s->python_version, s->state, s->mode,
-                   since, s->stop_ms, cmd);
+            printf("%-4u %-8d %-8s %-10s %-9s %-21s %5.2f ms  %s%s\n", s->id, s->pid,
+                   cli_esc(s->python_version, ever, sizeof ever), s->state, s->mode, since, s->stop_ms,
+                   cli_esc(cli_container(s->ns_pid, s->container, where, sizeof where), ewhere, sizeof ewhere),
+                   cli_esc(cmd, ecmd, sizeof ecmd));
         }
+    }
+    /* Versions below the table: the daemon's, and any attached agent that differs. */
+    printf("memprofd %s", dver);
+    if (strcmp(dver, MEMPROF_VERSION) != 0) printf(" (this memprof is %s)", MEMPROF_VERSION);
+    printf("\n");
+    for (size_t i = 0; i < r->n_sessions; i++) {
+        Memprof__SessionInfo *s = r->sessions[i];
+        if (strcmp(s->state, "attached") || !*s->agent_version || !strcmp(s->agent_version, dver)) continue;
+        printf("session %u (pid %d): agent %s differs from memprofd %s (detach and attach again)\n", s->id, s->pid,
+               s->agent_version, dver);
     }
     wire_free(reply);
     return 0;
@@ -129,7 +155,7 @@ int cmd_ps(int argc, char **argv)
 {
     Envelope *reply;
     int json = 0, rc = parse_simple(argc, argv, usage_ps, &json);
-    char rss[32];
+    char rss[32], where[128], ewhere[4 * sizeof where];
     if (rc) return rc - 1;
     if (request(MEMPROF__ENVELOPE__MSG_PS, &reply)) return 1;
     Memprof__PsReply *r = reply->ps_reply;
@@ -139,8 +165,11 @@ int cmd_ps(int argc, char **argv)
             Memprof__PsEntry *e = r->procs[i];
             printf("%s{\"pid\": %d, \"uid\": %d, \"python\": ", i ? ", " : "", e->pid, e->uid);
             cli_json_str(stdout, e->python_version);
-            printf(", \"supported\": %s, \"rss\": %llu, \"attached\": %s, \"command\": ", e->supported ? "true" : "false",
-                   (unsigned long long)e->rss_bytes, e->attached ? "true" : "false");
+            printf(", \"supported\": %s, \"rss\": %llu, \"attached\": %s, \"ns_pid\": %d, \"container\": ",
+                   e->supported ? "true" : "false", (unsigned long long)e->rss_bytes, e->attached ? "true" : "false",
+                   e->ns_pid ? e->ns_pid : e->pid);
+            cli_json_str(stdout, e->container);
+            printf(", \"command\": ");
             cli_json_str(stdout, e->cmdline);
             printf("}");
         }
@@ -152,11 +181,13 @@ int cmd_ps(int argc, char **argv)
         for (size_t i = 0; i < r->n_procs; i++) {
             Memprof__PsEntry *e = r->procs[i];
             struct passwd *pw = getpwuid((uid_t)e->uid);
-            char user[16], ver[40];
+            char user[16], ver[40], ever[64], cmd[201];
             snprintf(user, sizeof user, "%s", pw ? pw->pw_name : "?");
             snprintf(ver, sizeof ver, "%s%s", e->python_version, e->supported ? "" : "!");
-            printf("%-8d %-10s %-8s %-11s %-9s %.200s\n", e->pid, user, ver,
-                   cli_bytes((double)e->rss_bytes, rss, sizeof rss), e->attached ? "yes" : "no", e->cmdline);
+            printf("%-8d %-10s %-8s %-11s %-9s %s%s\n", e->pid, user, cli_esc(ver, ever, sizeof ever),
+                   cli_bytes((double)e->rss_bytes, rss, sizeof rss), e->attached ? "yes" : "no",
+                   cli_esc(cli_container(e->ns_pid, e->container, where, sizeof where), ewhere, sizeof ewhere),
+                   cli_esc(e->cmdline, cmd, sizeof cmd)); /* the first 200 characters, as before */
         }
         int unsupported = 0;
         for (size_t i = 0; i < r->n_procs; i++) unsupported |= !r->procs[i]->supported;

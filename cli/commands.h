@@ -48,9 +48,18 @@ void cli_who(int pid, unsigned session_id, char *out, size_t len);
 /* Shared by the commands: print "memprof: MSG" to stderr and return 1. */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int cli_wants_help(int argc, char **argv);
-/* s as a JSON string literal. */
+/* s for a table cell or a message line, into out (cut to fit len): \n, \t, \r
+ * and the other control characters (< 0x20, 0x7f) as \n, \t, \r and \xNN, so
+ * that a string from the target (command line, file, function or type name)
+ * never breaks a row. Every table and message of the CLI goes through it;
+ * JSON has cli_json_str. Returns out. */
+const char *cli_esc(const char *s, char *out, size_t len);
+/* s as a JSON string literal (control characters as \u00XX). */
 void cli_json_str(FILE *f, const char *s);
 /* "12.3 MiB" style sizes. */
 const char *cli_bytes(double n, char *buf, size_t len);
+/* "[pid 1 in docker-3f2a1b0c9d8e] " for a process in a container (its pid there and a
+ * hint which container), "" for one of the host. */
+const char *cli_container(int ns_pid, const char *container, char *buf, size_t len);
 
 #endif

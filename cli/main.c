@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "commands.h"
+#include "version.h"
 
 struct command {
     const char *name;
@@ -38,19 +39,41 @@ static void usage(FILE *f)
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
     fputs("\nRun `memprof COMMAND --help` for a command's options. Every command takes\n"
-          "--socket PATH to talk to a daemon other than the default one.\n",
+          "--socket PATH to talk to a daemon other than the default one.\n"
+          "`memprof --version` prints the version.\n",
           f);
 }
 
 int cli_fail(const char *fmt, ...)
 {
     va_list ap;
-    fputs("memprof: ", stderr);
+    char msg[2048], line[4 * sizeof msg];
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    fprintf(stderr, "memprof: %s\n", cli_esc(msg, line, sizeof line)); /* one line, whatever it quotes */
     return 1;
+}
+
+const char *cli_esc(const char *s, char *out, size_t len)
+{
+    size_t o = 0;
+    if (!len) return out;
+    for (const unsigned char *u = (const unsigned char *)(s ? s : ""); *u; u++) {
+        char esc[5];
+        const char *piece = esc;
+        if (*u == '\n') piece = "\\n";
+        else if (*u == '\t') piece = "\\t";
+        else if (*u == '\r') piece = "\\r";
+        else if (*u < 0x20 || *u == 0x7f) snprintf(esc, sizeof esc, "\\x%02x", *u);
+        else esc[0] = (char)*u, esc[1] = 0;
+        size_t n = strlen(piece);
+        if (o + n >= len) break; /* cut before an escape, never inside one */
+        memcpy(out + o, piece, n);
+        o += n;
+    }
+    out[o] = 0;
+    return out;
 }
 
 int cli_wants_help(int argc, char **argv)
@@ -58,6 +81,18 @@ int cli_wants_help(int argc, char **argv)
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
     return 0;
+}
+
+const char *cli_container(int ns_pid, const char *container, char *buf, size_t len)
+{
+    buf[0] = 0;
+    if (ns_pid > 0 && container && *container)
+        snprintf(buf, len, "[pid %d in %s] ", ns_pid, container);
+    else if (ns_pid > 0)
+        snprintf(buf, len, "[pid %d in its pid namespace] ", ns_pid);
+    else if (container && *container)
+        snprintf(buf, len, "[in %s] ", container);
+    return buf;
 }
 
 const char *cli_bytes(double n, char *buf, size_t len)
@@ -81,7 +116,7 @@ void cli_json_str(FILE *f, const char *s)
     for (; s && *s; s++) {
         unsigned char ch = (unsigned char)*s;
         if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
-        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
+        else if (ch < 0x20 || ch == 0x7f) fprintf(f, "\\u%04x", ch); /* JSON must; DEL kept off terminals too */
         else fputc(ch, f);
     }
     fputc('"', f);
@@ -94,6 +129,10 @@ int main(int argc, char **argv)
     if (!cmd || !strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         usage(cmd ? stdout : stderr);
         return cmd ? 0 : 2;
+    }
+    if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V")) {
+        printf("memprof %s\n", MEMPROF_VERSION);
+        return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(cmd, commands[i].name)) return commands[i].fn(argc - 1, argv + 1);

@@ -12,6 +12,11 @@
 #include "http.h"
 #include "server.h"
 #include "util.h"
+#include "version.h"
+
+#ifndef MEMPROF_AGENT_PATH
+#error "MEMPROF_AGENT_PATH is set by the Makefile from PREFIX"
+#endif
 
 static const char *usage_main =
     "usage: memprofd COMMAND [OPTIONS]\n"
@@ -25,7 +30,8 @@ static const char *usage_main =
     "  detach   remove the agent from a process; it carries on as before\n"
     "  stop     detach from every process and stop the daemon\n"
     "\n"
-    "Run `memprofd COMMAND --help` for a command's options.\n";
+    "Run `memprofd COMMAND --help` for a command's options; `memprofd --version`\n"
+    "prints the version.\n";
 
 static const char *usage_serve =
     "usage: memprofd serve [--socket PATH] [--agent LIB] [--http HOST:PORT [--http-allow-remote]\n"
@@ -34,8 +40,9 @@ static const char *usage_serve =
     "Run the daemon in the foreground, logging to stderr.\n"
     "  --socket PATH   listen here (default: /run/memprof/memprofd.sock for root,\n"
     "                  $XDG_RUNTIME_DIR/memprof/memprofd.sock or /tmp/memprof-UID/...)\n"
-    "  --agent LIB     agent library to inject (default: next to memprofd, or\n"
-    "                  PREFIX/lib/memprof/libmemprof_agent.so)\n"
+    "  --agent LIB     agent library to inject (default: $MEMPROF_AGENT, else\n"
+    "                  libmemprof_agent.so next to memprofd, in ../lib/memprof/\n"
+    "                  beside it, or " MEMPROF_AGENT_PATH ")\n"
     "  --http HOST:PORT  also serve HTTP (off by default): /metrics (Prometheus),\n"
     "                  /debug/pprof/heap?pid=N and /allocs?pid=N (pprof, for go tool\n"
     "                  pprof, Parca, Pyroscope), /debug/pprof/ (the sessions).\n"
@@ -98,7 +105,8 @@ static unsigned long long parse_num(const char *opt, const char *s)
     return v;
 }
 
-/* Default agent library: $MEMPROF_AGENT, next to this binary, or ../lib/memprof/. */
+/* Default agent library: $MEMPROF_AGENT, next to this binary, ../lib/memprof/, or
+ * where `make install` put it (MEMPROF_AGENT_PATH, from PREFIX). */
 static const char *find_agent(void)
 {
     static char path[PATH_MAX];
@@ -107,15 +115,16 @@ static const char *find_agent(void)
     ssize_t n;
     if (env && *env) return env;
     n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) return NULL;
-    self[n] = 0;
+    self[n > 0 ? n : 0] = 0;
     slash = strrchr(self, '/');
-    if (!slash) return NULL;
-    *slash = 0;
-    snprintf(path, sizeof path, "%s/libmemprof_agent.so", self);
-    if (access(path, R_OK) == 0) return path;
-    snprintf(path, sizeof path, "%s/../lib/memprof/libmemprof_agent.so", self);
-    if (access(path, R_OK) == 0) return realpath(path, self) ? strcpy(path, self) : path;
+    if (slash) {
+        *slash = 0;
+        snprintf(path, sizeof path, "%s/libmemprof_agent.so", self);
+        if (access(path, R_OK) == 0) return path;
+        snprintf(path, sizeof path, "%s/../lib/memprof/libmemprof_agent.so", self);
+        if (access(path, R_OK) == 0) return realpath(path, self) ? strcpy(path, self) : path;
+    }
+    if (access(MEMPROF_AGENT_PATH, R_OK) == 0) return MEMPROF_AGENT_PATH;
     return NULL;
 }
 
@@ -160,7 +169,9 @@ static int cmd_serve(int argc, char **argv)
         sock = path;
     }
     server_agent_lib = agent ? agent : find_agent();
-    if (!server_agent_lib) die("cannot find libmemprof_agent.so (set MEMPROF_AGENT or use --agent)");
+    if (!server_agent_lib)
+        die("cannot find libmemprof_agent.so next to memprofd nor at " MEMPROF_AGENT_PATH
+            " (set MEMPROF_AGENT or use --agent)");
     if (access(server_agent_lib, R_OK) < 0) {
         mp_errno(err, "agent library %s", server_agent_lib);
         die(err);
@@ -307,6 +318,10 @@ int main(int argc, char **argv)
     if (!cmd || !strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         fputs(usage_main, cmd ? stdout : stderr);
         return cmd ? 0 : 2;
+    }
+    if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V")) {
+        printf("memprofd %s\n", MEMPROF_VERSION);
+        return 0;
     }
     signal(SIGPIPE, SIG_IGN);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);

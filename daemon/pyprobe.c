@@ -248,6 +248,7 @@ int pyprobe(pid_t pid, struct pyinfo *info, char *err)
     }
     exe[len] = 0;
     if (len > 10 && strcmp(exe + len - 10, " (deleted)") == 0) exe[len - 10] = 0;
+    proc_target_path(task, exe);
     n = procmaps_read(task, &maps);
     if (n < 0) {
         access_error(pid, errno, err);

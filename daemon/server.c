@@ -25,6 +25,7 @@
 #include "loop.h"
 #include "session.h"
 #include "util.h"
+#include "version.h"
 
 char server_agent_sock[108];
 const char *server_agent_lib;
@@ -349,6 +350,21 @@ static void accept_conns(int lfd, int mask, void *data)
     }
 }
 
+/* An agent's end of a socket pair the injector made in the target (it came in on no socket: it is an
+ * agent's by construction, and its peer is who SO_PEERCRED says). Returns its id, 0 on failure (fd closed). */
+uint64_t server_adopt_agent(int fd)
+{
+    char err[MP_ERRLEN];
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    struct conn *c = NULL;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || !(c = conn_new(fd, &cred, 1, err))) {
+        close(fd);
+        return 0;
+    }
+    return c->id;
+}
+
 static void hello_reply(struct conn *c, const char *error)
 {
     Envelope env = MEMPROF__ENVELOPE__INIT;
@@ -356,6 +372,7 @@ static void hello_reply(struct conn *c, const char *error)
     r.protocol = MEMPROF_PROTOCOL;
     r.error = (char *)(error ? error : "");
     r.daemon_pid = getpid();
+    r.daemon_version = (char *)MEMPROF_VERSION;
     env.msg_case = MEMPROF__ENVELOPE__MSG_HELLO_REPLY;
     env.hello_reply = &r;
     if (error) c->close_when_flushed = 1; /* the peer gets the reason, then EOF */
@@ -544,7 +561,7 @@ int server_run(const char *socket_path, char *err)
         loop_add_fd(afd, LOOP_READ, accept_conns, (void *)1, err) < 0 ||
         loop_add_fd(sfd, LOOP_READ, signal_event, NULL, err) < 0 || http_start(err) < 0)
         return -1;
-    server_log("listening on %s (agents on @%s), agent library %s", socket_path, server_agent_sock,
+    server_log("memprofd " MEMPROF_VERSION " listening on %s (agents on @%s), agent library %s", socket_path, server_agent_sock,
                server_agent_lib);
     loop_run(before_sleep);
     server_log("stopped");

@@ -94,6 +94,8 @@ void session_fill_info(const struct session *s, Memprof__SessionInfo *info)
     info->pid = s->pid;
     info->run = s->run;
     info->ppid = s->ppid;
+    info->ns_pid = s->ns_pid != s->pid ? s->ns_pid : 0;
+    info->container = (char *)s->container;
     info->python_version = (char *)s->py.version;
     info->state = (char *)session_state_name(s->state);
     info->attached_since = s->attached_since;
@@ -103,6 +105,7 @@ void session_fill_info(const struct session *s, Memprof__SessionInfo *info)
     info->stop_ms = s->stop_ms;
     info->mode = (char *)(!s->track.enabled ? "off" : s->track.exact ? "exact" : "sampling");
     info->sample_rate = s->track.sample_rate;
+    info->agent_version = (char *)s->agent_version;
 }
 
 void session_info_clear(Memprof__SessionInfo *info)

@@ -29,6 +29,7 @@ struct session {
     unsigned retries;
     uint64_t handle;            /* dlopen handle in the target */
     int agent_tid;
+    char agent_version[64];     /* the agent's MEMPROF_VERSION, from its hello */
     uint64_t agent_conn;        /* connection id of the agent, 0 when none */
     uint64_t attach_waiter;     /* client connection waiting for the attach reply */
     uint64_t detach_waiter;
@@ -39,6 +40,8 @@ struct session {
     struct alloc_data *alloc;   /* allocation tracking data (alloc.c), NULL until a report */
     uint32_t run;               /* memprof run: the run (run.c) it belongs to; 0 when attached */
     pid_t ppid;                 /* memprof run: parent pid, for a child's session */
+    pid_t ns_pid;               /* pid inside its own pid namespace (== pid on the host) */
+    char container[64];         /* container hint (procinfo.h), "" on the host */
     int exiting;                /* the agent sent its final report: the process is ending */
     struct session *next;
 };

@@ -1,6 +1,9 @@
 """bench.py -- `make bench`: memprof against its peers, measured in the same run, as ratios.
 
-Prints a Markdown table for the README. Sections run only when their parts exist.
+Prints a Markdown table for the README. memprof runs on the project's workloads
+(tests/workloads). The peers (gdb injection, tracemalloc and memory_profiler
+runs, objgraph) are the scripts of ../shared/bench/peers (MEMPROF_SHARED): an
+optional extra, measured only when present (their rows say n/a otherwise).
 """
 import os
 import re
@@ -14,8 +17,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build")
 SHARED = os.environ.get("MEMPROF_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
-WORKLOADS = os.path.join(SHARED, "bench", "workloads")
+WORKLOADS = os.path.join(ROOT, "tests", "workloads")
 PEERS = os.path.join(SHARED, "bench", "peers")
+HAVE_PEERS = os.path.isdir(PEERS)
 PY = os.environ.get("BENCH_PYTHON", "/usr/bin/python3.11")
 N = int(os.environ.get("BENCH_ATTACH_RUNS", "20"))
 
@@ -59,7 +63,7 @@ def bench_attach(env):
             subprocess.run([os.path.join(BUILD, "memprofd"), "detach", "--pid", str(p.pid)], capture_output=True,
                            env=env, check=True)
         gdb = []
-        if shutil.which("gdb"):
+        if shutil.which("gdb") and HAVE_PEERS:
             for _ in range(int(os.environ.get("BENCH_GDB_RUNS", "10"))):
                 out = subprocess.run(["sh", os.path.join(PEERS, "gdb_inject.sh"), str(p.pid)], capture_output=True,
                                      text=True).stdout
@@ -83,6 +87,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="memprof-bench-")
     env = dict(os.environ, MEMPROF_SOCKET=os.path.join(tmp, "run", "memprofd.sock"))
     print("bench: Python %s, %d cores" % (PY, os.cpu_count()), file=sys.stderr)
+    if not HAVE_PEERS:
+        print("bench: %s not found: peers not measured (n/a)" % PEERS, file=sys.stderr)
     try:
         bench_attach(env)
         parts = os.environ.get("BENCH_PARTS")  # e.g. "objects,alloc"; default: all
@@ -91,7 +97,7 @@ def main():
                 if parts and extra[6:-3] not in parts.split(","):
                     continue
                 ns = {"__name__": "bench_part", "row": row, "BUILD": BUILD, "WORKLOADS": WORKLOADS,
-                      "PEERS": PEERS, "PY": PY, "ENV": env, "start_target": start_target, "stop_target": stop_target}
+                      "PEERS": PEERS, "HAVE_PEERS": HAVE_PEERS, "PY": PY, "ENV": env, "start_target": start_target, "stop_target": stop_target}
                 exec(compile(open(os.path.join(ROOT, "scripts", extra)).read(), extra, "exec"), ns)
     finally:
         subprocess.run([os.path.join(BUILD, "memprofd"), "stop"], capture_output=True, env=env)

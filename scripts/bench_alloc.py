@@ -8,8 +8,10 @@ tracemalloc with 1 frame and memory_profiler's line mode (fewer iterations,
 scaled per iteration). Ratios to unprofiled, of the fastest run of each, as
 timeit reports: on this shared 2-core machine whole runs slow down by up to
 1.6x in bursts of seconds, which medians of a few runs do not survive; every
-run is printed on stderr.
-Globals from bench.py: row, BUILD, WORKLOADS, PEERS, PY, ENV.
+run is printed on stderr. The peers (only when ../shared/bench/peers is present)
+run their own copy of alloc_churn.py: its checksum must equal ours, or their
+rows say n/a, so that the ratios compare the same work.
+Globals from bench.py: row, BUILD, WORKLOADS, PEERS, HAVE_PEERS, PY, ENV.
 """
 import os
 import re
@@ -27,11 +29,19 @@ WAITER = os.path.join(ROOT, "tests", "targets", "churn_wait.py")
 MEMPROFD = os.path.join(BUILD, "memprofd")
 
 
+checksums = set()  # of every run, ours and the peers': one value when all did the same work
+
+
 def elapsed_of(text):
     m = re.search(r"^elapsed ([\d.]+)", text, re.M)
     if not m:
         sys.exit("bench_alloc: no 'elapsed' in output: %s" % text[-500:])
     return float(m.group(1))
+
+
+def checksum_of(text):
+    m = re.search(r"^checksum .*$", text, re.M)
+    return m.group(0) if m else None
 
 
 def churn(attach_args=None, detach_first=False):
@@ -52,11 +62,14 @@ def churn(attach_args=None, detach_first=False):
             p.wait()
     if attach_args is not None and not detach_first:
         subprocess.run([MEMPROFD, "detach", "--pid", str(p.pid)], capture_output=True, env=ENV)
+    checksums.add(checksum_of(out))
     return elapsed_of(out)
 
 
-def peer(argv):
+def peer(argv, same_iterations=True):
     out = subprocess.run(argv, capture_output=True, text=True, timeout=1800).stdout
+    if same_iterations:
+        checksums.add(checksum_of(out))
     return elapsed_of(out)
 
 
@@ -67,10 +80,15 @@ def main():
         res["sampling"].append(churn([]))
         res["exact"].append(churn(["--exact"]))
         res["detached"].append(churn([], detach_first=True))
-        if r < PEER_RUNS:
+        if r < PEER_RUNS and HAVE_PEERS:
             res["tracemalloc"].append(peer(["sh", os.path.join(PEERS, "tracemalloc_run.sh"), "1", str(ITER), PY]))
             res["memory_profiler"].append(
-                peer(["sh", os.path.join(PEERS, "memory_profiler_run.sh"), str(MP_ITER), PY]) * ITER / MP_ITER)
+                peer(["sh", os.path.join(PEERS, "memory_profiler_run.sh"), str(MP_ITER), PY], False) * ITER / MP_ITER)
+    if len(checksums) != 1:
+        print("bench_alloc: the peers' alloc_churn.py did other work (checksums %s): peers n/a" % sorted(checksums),
+              file=sys.stderr)
+        res["tracemalloc"], res["memory_profiler"] = [], []
+    res = {k: v for k, v in res.items() if v}
     best = {k: min(v) for k, v in res.items()}
     med = {k: statistics.median(v) for k, v in res.items()}
     for k, v in res.items():
@@ -78,7 +96,7 @@ def main():
               file=sys.stderr)
 
     def ratio(k, fmt="%.2fx"):
-        return fmt % (best[k] / best["base"])
+        return fmt % (best[k] / best["base"]) if k in best else "n/a"
 
     what = "alloc_churn.py %d, elapsed, fastest of %d (unprofiled %.2f s)" % (ITER, RUNS, best["base"])
     tm = "tracemalloc_run.sh 1 %d, fastest of %d" % (ITER, PEER_RUNS)

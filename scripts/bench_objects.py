@@ -17,6 +17,8 @@ def _memprof(*args):
 
 
 def _objgraph(n):
+    if not HAVE_PEERS:
+        return None, None
     out = subprocess.run([PY, os.path.join(PEERS, "objgraph_census.py"), str(n)], capture_output=True, text=True,
                          timeout=900).stdout
     m = re.search(r"census ([\d.]+) s, growth diff ([\d.]+) s", out)

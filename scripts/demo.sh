@@ -10,8 +10,7 @@ if [ -z "$PY" ]; then
     done
 fi
 [ -n "$PY" ] || { echo "demo: no python3 found" >&2; exit 1; }
-WORKLOAD=../shared/bench/workloads/service.py
-[ -f "$WORKLOAD" ] || WORKLOAD=scripts/demo_service.py
+WORKLOAD=tests/workloads/service.py
 
 tmp=$(mktemp -d /tmp/memprof-demo.XXXXXX)
 export MEMPROF_SOCKET="$tmp/run/memprofd.sock"

@@ -3,6 +3,7 @@
 set -eu
 PKGS="build-essential pkg-config libelf-dev libdw-dev libbpf-dev libprotobuf-c-dev protobuf-c-compiler
       zlib1g-dev libmicrohttpd-dev
+      dpkg-dev man-db groff-base bash-completion
       python3 python3-pytest graphviz gdb bc procps curl
       python3-memory-profiler python3-objgraph python3-psutil
       golang-go chromium prometheus"

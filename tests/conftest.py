@@ -1,73 +1,24 @@
 """Fixtures for memprof's integration tests: the interpreters on this machine,
 a private daemon, and targets that are always cleaned up (killed by pid, never
 left ptrace-stopped)."""
-import glob
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 
+from pythons import INTERPRETERS, SUPPORTED_IDS, UNSUPPORTED_IDS, report_lines
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.abspath(os.environ.get("MEMPROF_BUILD", os.path.join(ROOT, "build")))  # make test-asan: build/asan
 MEMPROFD = os.path.join(BUILD, "memprofd")
 MEMPROF = os.path.join(BUILD, "memprof")
-SHARED = os.environ.get("MEMPROF_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
-WORKLOADS = os.path.join(SHARED, "bench", "workloads")
+WORKLOADS = os.path.join(ROOT, "tests", "workloads")
 TARGETS = os.path.join(ROOT, "tests", "targets")
-
-SUPPORTED = [(3, m) for m in range(8, 14)]
-UNSUPPORTED = [(2, 7), (3, 6), (3, 7)]
-
-
-def _pyenv_root():
-    root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
-    exe = shutil.which("pyenv")
-    if exe:
-        try:
-            root = subprocess.run([exe, "root"], capture_output=True, text=True, timeout=10).stdout.strip() or root
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return root
-
-
-def _version_of(path):
-    try:
-        out = subprocess.run([path, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
-                             capture_output=True, text=True, timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out or None
-
-
-def find_interpreters():
-    """{id: (path, 'X.Y.Z')} for pyenv's newest patch of each minor, plus Debian's python3.11."""
-    found = {}
-    for d in sorted(glob.glob(os.path.join(_pyenv_root(), "versions", "*"))):
-        m = re.match(r"^(\d+)\.(\d+)\.(\d+)$", os.path.basename(d))
-        if not m:
-            continue
-        major, minor = int(m.group(1)), int(m.group(2))
-        exe = os.path.join(d, "bin", "python%d.%d" % (major, minor))
-        if os.access(exe, os.X_OK):
-            ver = _version_of(exe)
-            if ver:
-                found["pyenv-%d.%d" % (major, minor)] = (exe, ver)
-    if os.access("/usr/bin/python3.11", os.X_OK):
-        ver = _version_of("/usr/bin/python3.11")
-        if ver:
-            found["debian-3.11"] = ("/usr/bin/python3.11", ver)
-    return found
-
-
-INTERPRETERS = find_interpreters()
-SUPPORTED_IDS = ["pyenv-%d.%d" % v for v in SUPPORTED] + ["debian-3.11"]
-UNSUPPORTED_IDS = ["pyenv-%d.%d" % v for v in UNSUPPORTED]
 
 
 def default_python():
@@ -86,11 +37,7 @@ def interpreter(pyid):
 
 
 def pytest_report_header(config):
-    lines = ["memprof interpreters found:"]
-    for pyid in SUPPORTED_IDS + UNSUPPORTED_IDS:
-        path, ver = INTERPRETERS.get(pyid, (None, None))
-        lines.append("  %-12s %s" % (pyid, "%s (%s)" % (path, ver) if path else "MISSING - its tests are skipped"))
-    return lines
+    return ["memprof interpreters found:"] + report_lines()
 
 
 def proc_state(pid):
@@ -264,9 +211,10 @@ def fresh_daemon(tmp_path):
 
 
 def workload(name):
+    """One of the project's workloads (tests/workloads): part of the checkout, so never a skip."""
     path = os.path.join(WORKLOADS, name)
     if not os.path.exists(path):
-        pytest.skip("workload %s not found (shared/ missing beside the checkout?)" % path)
+        raise FileNotFoundError("workload %s is missing from the checkout" % path)
     return path
 
 

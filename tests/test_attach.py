@@ -479,6 +479,40 @@ def test_ps_lists_python_processes(daemon, targets):
     assert table.startswith("PID") and str(next(iter(found))) in table
 
 
+def test_multiline_command_is_one_row(daemon, targets):
+    """A target started as python -c "<program of several lines>": its command
+    line is one row of `memprof ps` and `memprof status`, newlines, tabs and
+    other control characters escaped; --json keeps it as it is."""
+    prog = "import os, time\nprint('ready %d' % os.getpid(), flush=True)\nwhile True:\n\ttime.sleep(0.2)  # \x01\x7f\r\n"
+    exe = default_python()
+    t = targets.start([exe, "-c", prog])
+    t.wait_for(r"^ready \d+")
+    shown = "%s -c %s" % (exe, prog.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+                           .replace("\x01", "\\x01").replace("\x7f", "\\x7f"))
+    raw = "%s -c %s" % (exe, prog)
+
+    def one_row(args, first):
+        r = daemon.run(*args)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith(first), r.stdout
+        # every line is the header, a row starting with a number, or ps's footnote
+        assert all(re.match(r"^(\d+ |\(! = )", l) for l in lines[1:]), r.stdout
+        mine = [l for l in lines if re.match(r"^(\d+\s+)?%d\s" % t.pid, l)]
+        assert len(mine) == 1 and mine[0].endswith(shown), (shown, r.stdout)
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", r.stdout), repr(r.stdout)
+
+    one_row(["ps"], "PID")
+    procs = {p["pid"]: p for p in json.loads(daemon.run("ps", "--json").stdout)}
+    assert procs[t.pid]["command"] == raw
+    daemon.attach(t.pid)
+    try:
+        one_row(["status"], "ID")
+        assert status_of(daemon, t.pid)["command"] == raw
+    finally:
+        daemon.detach(t.pid)
+
+
 def test_interrupted_attach_leaves_target_clean(daemon, targets):
     """SIGINT/SIGTERM to `memprofd attach` at any moment: the target keeps
     running, is never left stopped, and ends up either attached (the command had

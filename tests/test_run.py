@@ -17,7 +17,7 @@ LINE_NO = re.compile(r"^\s*(\d+)\s")
 
 
 def decorated(tmp_path, name, func):
-    """A copy of a shared workload with @profile on func (the builtin, not imported)."""
+    """A copy of a project workload with @profile on func (the builtin, not imported)."""
     src = open(workload(name)).read()
     out = tmp_path / name
     out.write_text(src.replace("\ndef %s(" % func, "\n@profile\ndef %s(" % func))

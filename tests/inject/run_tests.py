@@ -2,9 +2,9 @@
 """run_tests.py -- exercises the ptrace injector against live Python processes.
 
 Run as root after `make -C tests/inject`:  python3 tests/inject/run_tests.py [-k NAME]
+Interpreters come from tests/pythons.py; checks wanting one this machine lacks say so and skip it.
 Starts its own targets and kills only those (by pid); never leaves anything stopped.
 """
-import glob
 import os
 import re
 import signal
@@ -19,13 +19,14 @@ DRV = os.path.abspath(os.path.join(BUILD, "injdrv"))
 LIB = os.path.abspath(os.path.join(BUILD, "libinjtest.so"))
 SYM = "memprof_agent_start"
 
-PYENV = sorted(p for p in glob.glob("/root/.pyenv/versions/*/bin/python[23].*")
-               if re.search(r"python\d\.\d+$", p))
-PYTHONS = PYENV + ["/usr/bin/python3.11"]
-MODERN = [p for p in PYTHONS if re.search(r"python3\.(8|9|1\d)$", p)]
+sys.path.insert(0, os.path.dirname(HERE))
+from pythons import INTERPRETERS, SUPPORTED_IDS, UNSUPPORTED_IDS, first_of, report_lines  # noqa: E402
+
+ALL_IDS = UNSUPPORTED_IDS + SUPPORTED_IDS
 
 started = []
 failures = []
+missing = []   # interpreters a test wanted that this machine lacks (pytest reports them as a skip)
 stops = []     # every stop_ms measured
 retries = []   # (stop_ms, retries) of the busy tests
 
@@ -34,6 +35,30 @@ def check(cond, what):
     print(("  ok   " if cond else "  FAIL ") + what, flush=True)
     if not cond:
         failures.append(what)
+
+
+def pythons(*ids):
+    """Paths of those of ids found on this machine; each one not found is noted in missing."""
+    paths = []
+    for pyid in ids:
+        if pyid in INTERPRETERS:
+            paths.append(INTERPRETERS[pyid][0])
+        else:
+            print("  skip %s: not found on this machine" % pyid, flush=True)
+            missing.append(pyid)
+    return paths
+
+
+def main_python():
+    """pyenv's 3.12 for checks that need one modern Python, else another supported one (None: noted missing)."""
+    hit = first_of("pyenv-3.12", *SUPPORTED_IDS)
+    if not hit:
+        print("  skip: no supported Python found on this machine", flush=True)
+        missing.append("pyenv-3.12")
+        return None
+    if hit[0] != "pyenv-3.12":
+        print("  info pyenv-3.12 not found: using %s (%s)" % (hit[0], hit[1]), flush=True)
+    return hit[1]
 
 
 def spawn(args, **kw):
@@ -111,7 +136,7 @@ def read_result(p, timeout):
 
 def test_probe():
     print("probe: version read from every interpreter")
-    for py in PYTHONS:
+    for py in pythons(*ALL_IDS):
         p = spawn([py, "-c", "import time; time.sleep(60)"])
         time.sleep(0.4)
         want = subprocess.run([py, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
@@ -146,7 +171,7 @@ def sleeper_code(call):
 def test_sleep():
     print("time.sleep(30) keeps sleeping its full time after injections (all interpreters)")
     procs = []
-    for py in PYTHONS:
+    for py in pythons(*ALL_IDS):
         p = spawn([py, "-c", sleeper_code("time.sleep(30)")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append((py, p))
     for py, p in procs:
@@ -192,7 +217,9 @@ print("result %r errno %d elapsed %.3f" % (r, e, time.time() - t), flush=True)
 
 def test_raw_syscalls():
     print("raw libc calls (no Python EINTR retry) resume transparently")
-    py = "/root/.pyenv/versions/3.12.1/bin/python3.12"
+    py = main_python()
+    if not py:
+        return
     for what, expect, min_t in (("nanosleep", "result 0 errno 0", 9.99), ("select", "result 0 errno 0", 9.99),
                                 ("poll", "result 0 errno 0", 9.99)):
         p = spawn([py, "-c", RAW, what], stdout=subprocess.PIPE, text=True)
@@ -212,8 +239,7 @@ def test_raw_syscalls():
 
 def test_stdin_pipe():
     print("sys.stdin.read() on a pipe reads exactly the data written after the injection")
-    for py in ["/root/.pyenv/versions/3.12.1/bin/python3.12", "/usr/bin/python3.11",
-               "/root/.pyenv/versions/3.8.18/bin/python3.8"]:
+    for py in pythons("pyenv-3.12", "debian-3.11", "pyenv-3.8"):
         p = spawn([py, "-c", "import sys; d = sys.stdin.read(); sys.stdout.write(repr(d))"],
                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         wait_blocked(p.pid)
@@ -225,7 +251,10 @@ def test_stdin_pipe():
         p.wait(10)
         check(res == repr("hello\nworld\n") and p.returncode == 0, "%s: read %s" % (py, res))
     print("raw read(0) on a pipe")
-    p = spawn(["/root/.pyenv/versions/3.12.1/bin/python3.12", "-c", RAW, "read"], stdin=subprocess.PIPE,
+    py = main_python()
+    if not py:
+        return
+    p = spawn([py, "-c", RAW, "read"], stdin=subprocess.PIPE,
               stdout=subprocess.PIPE)
     wait_blocked(p.pid)
     load(p.pid, "raw-read")
@@ -239,8 +268,7 @@ def test_stdin_pipe():
 def test_select():
     print("select.select([], [], [], 20) does not return early")
     procs = []
-    for py in ["/root/.pyenv/versions/3.12.1/bin/python3.12", "/usr/bin/python3.11",
-               "/root/.pyenv/versions/3.9.18/bin/python3.9"]:
+    for py in pythons("pyenv-3.12", "debian-3.11", "pyenv-3.9"):
         p = spawn([py, "-c", sleeper_code("import select; r = select.select([], [], [], 20)")],
                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append((py, p))
@@ -296,17 +324,17 @@ def busy_loads(py, code, n, label):
 
 def test_busy():
     print("busy allocating loop: 20 loads in a row, never deadlocked")
-    for py in ["/root/.pyenv/versions/3.12.1/bin/python3.12", "/usr/bin/python3.11",
-               "/root/.pyenv/versions/3.13.0/bin/python3.13", "/root/.pyenv/versions/3.9.18/bin/python3.9"]:
+    for py in pythons("pyenv-3.12", "debian-3.11", "pyenv-3.13", "pyenv-3.9"):
         p = busy_loads(py, BUSY, 20, "busy " + os.path.basename(py))
         p.kill()
     tr = [t for _, _, t in retries]
-    print("  info retries per load: total %d over %d loads, max %d" % (sum(tr), len(tr), max(tr)))
+    if tr:
+        print("  info retries per load: total %d over %d loads, max %d" % (sum(tr), len(tr), max(tr)))
 
 
 def test_threads():
     print("4 busy threads: load, unload (library gone from maps), load again")
-    for py in ["/root/.pyenv/versions/3.12.1/bin/python3.12", "/usr/bin/python3.11"]:
+    for py in pythons("pyenv-3.12", "debian-3.11"):
         p = spawn([py, "-c", THREADS])
         time.sleep(0.5)
         for rnd in range(5):
@@ -324,7 +352,10 @@ def test_threads():
 
 def test_stopped():
     print("a SIGSTOPped target is refused and left stopped")
-    p = spawn(["/root/.pyenv/versions/3.12.1/bin/python3.12", "-c", "import time; time.sleep(60)"])
+    py = main_python()
+    if not py:
+        return
+    p = spawn([py, "-c", "import time; time.sleep(60)"])
     time.sleep(0.4)
     os.kill(p.pid, signal.SIGSTOP)
     time.sleep(0.2)
@@ -345,7 +376,7 @@ def test_stopped():
 
 def test_methods():
     print("each version reader on its own (Py_Version, Py_GetVersion buffer, code, .rodata)")
-    for py in PYTHONS:
+    for py in pythons(*ALL_IDS):
         p = spawn([py, "-c", "import time; time.sleep(60)"])
         time.sleep(0.4)
         out = subprocess.run([os.path.join(BUILD, "probemethods"), str(p.pid)], capture_output=True,
@@ -354,17 +385,24 @@ def test_methods():
         ok = m and all(v in ("-", m.group(1)) for v in m.groups()[1:]) and m.group(4) == m.group(1)
         check(bool(ok), "%s: %s" % (os.path.basename(py), out))
         p.kill()
+    # embed39: a C program embedding pyenv's 3.9 (built by the Makefile where that is found)
     emb = os.path.join(BUILD, "embed39")
-    if os.path.exists(emb):
+    if not pythons("pyenv-3.9"):
+        return
+    if not os.path.exists(emb):
+        print("  skip embed39: not built (no headers or libpython3.9.so beside pyenv-3.9?)", flush=True)
+        missing.append("embed39 (pyenv-3.9 headers)")
+    else:
+        want = "python %s " % INTERPRETERS["pyenv-3.9"][1]
         p = spawn([emb, "noinit"])
         time.sleep(0.4)
         rc, out = drv("probe", p.pid)
-        check("python 3.9.18" in out, "libpython mapped, not initialised yet: " + out)
+        check(want in out, "libpython mapped, not initialised yet: " + out)
         p.kill()
         p = spawn([emb])
         time.sleep(0.6)
         rc, out = drv("probe", p.pid)
-        check("python 3.9.18" in out, "main thread exited (zombie leader): " + out)
+        check(want in out, "main thread exited (zombie leader): " + out)
         h, _, _, _, out = load(p.pid, "zombie-leader")
         check(h is not None, "zombie leader: load -> " + out)
         p.kill()
@@ -372,7 +410,9 @@ def test_methods():
 
 def test_misbehaving():
     print("agents and targets that misbehave: the target always survives, restored")
-    py = "/root/.pyenv/versions/3.12.1/bin/python3.12"
+    py = main_python()
+    if not py:
+        return
     code = ("import signal, sys, time\ngot = []\nsignal.signal(signal.SIGUSR1, lambda s, f: got.append(s))\n"
             "t = time.time(); time.sleep(15)\nprint('elapsed %.2f usr1 %d' % (time.time() - t, len(got)))\n")
     p = spawn([py, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -386,7 +426,7 @@ def test_misbehaving():
     rc, out = drv("load", p.pid, LIB, "no_such_symbol", "x")
     check(rc != 0 and "has no symbol no_such_symbol" in out, "missing symbol -> " + out)
     rc, out = drv("load", p.pid, "/nonexistent/lib.so", SYM, "x")
-    check("dlopen failed in target: /nonexistent/lib.so: cannot open shared object file" in out,
+    check("cannot read the library /nonexistent/lib.so: No such file or directory" in out,
           "missing library -> " + out)
     rc, out = drv("unload", p.pid, "0x1000")  # glibc dereferences it: a caught crash
     check(rc != 0 and "dlclose crashed in the target (SEGV); the thread was put back" in out, "bad handle -> " + out)
@@ -406,7 +446,8 @@ def test_misbehaving():
     with open("/proc/%d/maps" % p.pid) as f:
         check(" rwxp " not in f.read(), "no scratch page left behind")
     res = read_result(p, 30)
-    check(res.startswith("elapsed 15.0") and "usr1 1" in res, "target: " + res.strip())
+    m = re.search(r"^elapsed ([\d.]+) usr1 1$", res.strip())  # slept its full time (later is load, not a fault)
+    check(bool(m) and float(m.group(1)) >= 14.99, "target: " + res.strip())
     # SIGSTOP during the call: the target ends up stopped, as it asked
     p = spawn([py, "-c", sleeper_code("time.sleep(8)")], stdout=subprocess.PIPE, text=True)
     wait_blocked(p.pid)
@@ -434,14 +475,17 @@ def test_misbehaving():
 
 def test_seccomp():
     print("seccomp: W^X enforced (mmap RWX -> EACCES) works; SIGSYS is reported, target survives")
-    py = "/root/.pyenv/versions/3.12.1/bin/python3.12"
+    py = main_python()
+    if not py:
+        return
     for mode, want in (("eacces", "ok"), ("trap", "a seccomp filter forbids")):
         p = spawn([py, os.path.join(HERE, "seccomp_target.py"), mode], stdout=subprocess.PIPE, text=True)
         wait_blocked(p.pid)
         rc, out = drv("load", p.pid, LIB, SYM, "seccomp-" + mode)
         check(want in out, "%s: %s" % (mode, out))
         res = read_result(p, 30)
-        check(res.startswith("alive, slept 15.0"), "%s: target %s" % (mode, res.strip()))
+        m = re.match(r"alive, slept ([\d.]+)", res)  # its full 15 s (more on a loaded machine is fine)
+        check(bool(m) and float(m.group(1)) >= 14.99, "%s: target %s" % (mode, res.strip()))
 
 
 TESTS = [test_probe, test_methods, test_stopped, test_misbehaving, test_seccomp, test_raw_syscalls, test_stdin_pipe, test_busy, test_threads, test_select,
@@ -450,6 +494,7 @@ TESTS = [test_probe, test_methods, test_stopped, test_misbehaving, test_seccomp,
 
 def main():
     only = sys.argv[sys.argv.index("-k") + 1] if "-k" in sys.argv else None
+    print("interpreters:\n" + "\n".join(report_lines()))
     try:
         for t in TESTS:
             if not only or only in t.__name__:
@@ -465,6 +510,8 @@ def main():
         tr = [t for l, _, t in retries if l == label]
         print("  %-24s stop_ms median %.3f max %.3f; retries %d total, max %d per load"
               % (label, statistics.median(ms), ms[-1], sum(tr), max(tr)))
+    if missing:
+        print("not found here, their checks skipped: " + ", ".join(sorted(set(missing))))
     print("FAILED: %d" % len(failures) if failures else "all passed")
     return 1 if failures else 0
 

@@ -1,4 +1,4 @@
-"""Runs the shared alloc_churn.py workload after a line on stdin, so that a
+"""Runs the alloc_churn.py workload (tests/workloads) after a line on stdin, so that a
 profiler can attach first. Usage: python churn_wait.py ALLOC_CHURN_PATH [ITERATIONS]
 Prints 'ready PID'; after the first stdin line runs churn and prints its
 'elapsed' and 'checksum' lines; then 'done', and exits after another stdin line

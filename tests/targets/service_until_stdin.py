@@ -1,4 +1,4 @@
-"""The shared service.py workload (its handle() and leak, from its own file)
+"""The service.py workload of tests/workloads (its handle() and leak, from its own file)
 until a line arrives on stdin: then its workers stop and the process exits
 normally, at a moment the test chooses. Usage: service_until_stdin.py SERVICE_PY [THREADS]"""
 import os

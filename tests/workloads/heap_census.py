@@ -1,0 +1,26 @@
+"""A large heap of one class that then grows by 1000 objects a second: a target for types, growth and chain."""
+# Usage: python heap_census.py [OBJECTS]  (default 1000000)
+# Prints 'ready PID' once the heap is built. The list of objects is a local of
+# main(), so no module refers to it.
+import os
+import sys
+import time
+
+
+class MyBigFatObject:
+    def __init__(self, i):
+        self.i = i
+        self.children = []
+
+
+def main():
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000000
+    objs = [MyBigFatObject(i) for i in range(n)]
+    print("ready %d" % os.getpid(), flush=True)
+    while True:
+        time.sleep(1)
+        objs.extend(MyBigFatObject(i) for i in range(1000))
+
+
+if __name__ == "__main__":
+    main()

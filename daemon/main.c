@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "http.h"
 #include "server.h"
 #include "util.h"
 #include "version.h"
@@ -33,14 +34,24 @@ static const char *usage_main =
     "prints the version.\n";
 
 static const char *usage_serve =
-    "usage: memprofd serve [--socket PATH] [--agent LIB]\n"
+    "usage: memprofd serve [--socket PATH] [--agent LIB] [--http HOST:PORT [--http-allow-remote]\n"
+    "                      [--http-token-file FILE] [--metrics-top N]]\n"
     "\n"
     "Run the daemon in the foreground, logging to stderr.\n"
     "  --socket PATH   listen here (default: /run/memprof/memprofd.sock for root,\n"
     "                  $XDG_RUNTIME_DIR/memprof/memprofd.sock or /tmp/memprof-UID/...)\n"
     "  --agent LIB     agent library to inject (default: $MEMPROF_AGENT, else\n"
     "                  libmemprof_agent.so next to memprofd, in ../lib/memprof/\n"
-    "                  beside it, or " MEMPROF_AGENT_PATH ")\n";
+    "                  beside it, or " MEMPROF_AGENT_PATH ")\n"
+    "  --http HOST:PORT  also serve HTTP (off by default): /metrics (Prometheus),\n"
+    "                  /debug/pprof/heap?pid=N and /allocs?pid=N (pprof, for go tool\n"
+    "                  pprof, Parca, Pyroscope), /debug/pprof/ (the sessions).\n"
+    "                  A loopback address, e.g. 127.0.0.1:9464, unless:\n"
+    "  --http-allow-remote  allow a non-loopback address (anyone reaching it reads\n"
+    "                  the profiles: use a token and a firewall)\n"
+    "  --http-token-file FILE  require \"Authorization: Bearer <FILE's content>\"\n"
+    "  --metrics-top N  sites by live bytes and census types per process in\n"
+    "                  /metrics (default 10; 0: none)\n";
 
 static const char *usage_attach =
     "usage: memprofd attach --pid PID [OPTIONS]\n"
@@ -119,7 +130,13 @@ static const char *find_agent(void)
 
 static int cmd_serve(int argc, char **argv)
 {
-    static struct option opts[] = {{"socket", required_argument, 0, 's'}, {"agent", required_argument, 0, 'a'}, {0}};
+    static struct option opts[] = {{"socket", required_argument, 0, 's'},
+                                   {"agent", required_argument, 0, 'a'},
+                                   {"http", required_argument, 0, 'H'},
+                                   {"http-allow-remote", no_argument, 0, 'R'},
+                                   {"http-token-file", required_argument, 0, 'T'},
+                                   {"metrics-top", required_argument, 0, 'N'},
+                                   {0}};
     char path[PATH_MAX], err[MP_ERRLEN];
     const char *sock = NULL, *agent = NULL;
     int c;
@@ -130,11 +147,23 @@ static int cmd_serve(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (c == 's') sock = optarg;
         else if (c == 'a') agent = optarg;
-        else {
+        else if (c == 'H') http_config.listen = optarg;
+        else if (c == 'R') http_config.allow_remote = 1;
+        else if (c == 'T') http_config.token_file = optarg;
+        else if (c == 'N') {
+            unsigned long long n = parse_num("--metrics-top", optarg);
+            if (n > 1000) die("--metrics-top: at most 1000 (every value is a Prometheus series)");
+            http_config.top_n = (unsigned)n;
+        } else {
             fputs(usage_serve, stderr);
             return 2;
         }
     }
+    if (optind < argc) {
+        snprintf(err, sizeof err, "serve: unexpected argument '%s' (see memprofd serve --help)", argv[optind]);
+        die(err);
+    }
+    if (http_check(err) < 0) die(err);
     if (!sock) {
         if (mp_default_socket(path, sizeof path) < 0) die("cannot work out the socket path");
         sock = path;

@@ -2,11 +2,16 @@
 # install-deps.sh -- installs every Debian package memprof's build, tests, demo and bench need (idempotent).
 set -eu
 PKGS="build-essential pkg-config libelf-dev libdw-dev libbpf-dev libprotobuf-c-dev protobuf-c-compiler
+      zlib1g-dev libmicrohttpd-dev
       dpkg-dev man-db groff-base bash-completion
-      python3 python3-pytest graphviz gdb bc procps
-      python3-memory-profiler python3-objgraph python3-psutil"
+      python3 python3-pytest graphviz gdb bc procps curl
+      python3-memory-profiler python3-objgraph python3-psutil
+      golang-go chromium prometheus"
+# npm fetches d3-flame-graph for memprof flamegraph's page at build time; Debian's npm package, unless an
+# npm is already there (NodeSource's nodejs ships its own and conflicts with Debian's).
+command -v npm >/dev/null 2>&1 || PKGS="$PKGS npm"
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-deps: not a Debian system (no dpkg/apt-get): install by hand a C compiler, make, pkg-config, the development files of libelf, libdw, libbpf and protobuf-c, protoc-c, python3 and pytest, then run make" >&2
+    echo "install-deps: not a Debian system (no dpkg/apt-get): install by hand a C compiler, make, pkg-config, the development files of libelf, libdw, libbpf, protobuf-c, zlib and libmicrohttpd, protoc-c, npm, python3 and pytest, then run make" >&2
     exit 1
 fi
 missing=""

@@ -76,7 +76,7 @@ def installed(work):
 def test_install_tree_and_modes(installed, version):
     assert files_under(installed) == EXPECTED
     unit = open(os.path.join(installed, "lib/systemd/system/memprofd.service")).read()
-    assert re.search(r"^ExecStart=/usr/bin/memprofd serve --socket /run/memprof/memprofd.sock$", unit, re.M), unit
+    assert re.search(r"^ExecStart=/usr/bin/memprofd serve --socket /run/memprof/memprofd.sock \$MEMPROFD_OPTS$", unit, re.M), unit
     assert re.search(r"^RuntimeDirectoryMode=0700$", unit, re.M), unit
     for page in ("share/man/man1/memprof.1", "share/man/man8/memprofd.8"):
         text = open(os.path.join(installed, page)).read()
@@ -189,7 +189,7 @@ def test_completion_subcommands_and_options(installed):
     assert complete(installed, "memprof", "t") == ["top", "types"]
     assert complete(installed, "memprof", "") == sorted(
         ["run", "status", "ps", "types", "growth", "backrefs", "chain", "top", "lines", "snapshot", "diff", "plot",
-         "export", "help", "--help", "--version"])
+         "export", "flamegraph", "help", "--help", "--version"])
     assert complete(installed, "memprofd", "") == sorted(["serve", "attach", "detach", "stop", "help", "--help",
                                                           "--version"])
     assert complete(installed, "memprofd", "a") == ["attach"]

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import time
@@ -220,3 +221,25 @@ def workload(name):
 
 def target_script(name):
     return os.path.join(TARGETS, name)
+
+
+# ---- hand-made wire messages, for tests that speak to the daemon below the client library
+
+def pb_frame(payload):
+    """One frame: 4-byte little-endian length, then the encoded Envelope."""
+    return struct.pack("<I", len(payload)) + payload
+
+
+def pb_varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7f, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def pb_field(num, wire, data):
+    """One protobuf field: wire 0 = varint, 2 = length-delimited bytes."""
+    key = pb_varint(num << 3 | wire)
+    return key + (pb_varint(data) if wire == 0 else pb_varint(len(data)) + data)

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import (INTERPRETERS, default_python, MEMPROFD, SUPPORTED_IDS, UNSUPPORTED_IDS, Target, agent_mapped, interpreter,
-                      proc_state, target_script, workload)
+                      proc_state, target_script, workload, pb_field, pb_frame)
 
 
 def status_of(daemon, pid):
@@ -316,34 +316,19 @@ def _agent_socket_name(daemon):
     return m.group(1)
 
 
-def _frame(payload):
-    return struct.pack("<I", len(payload)) + payload
 
 
-def _varint(n):
-    out = b""
-    while True:
-        b, n = n & 0x7f, n >> 7
-        out += bytes([b | (0x80 if n else 0)])
-        if not n:
-            return out
 
 
-def _field(num, wire, data):
-    """One protobuf field: wire 0 = varint, 2 = length-delimited bytes."""
-    key = _varint(num << 3 | wire)
-    if wire == 0:
-        return key + _varint(data)
-    return key + _varint(len(data)) + data
 
 
 def test_agent_with_bad_token_is_refused(daemon):
     name = _agent_socket_name(daemon)
-    hello = _field(1, 0, 1) + _field(2, 0, 1) + _field(3, 2, b"0" * 32)
+    hello = pb_field(1, 0, 1) + pb_field(2, 0, 1) + pb_field(3, 2, b"0" * 32)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(5)
     s.connect("\0" + name)
-    s.sendall(_frame(_field(1, 2, hello)))
+    s.sendall(pb_frame(pb_field(1, 2, hello)))
     reply = b""
     while True:
         chunk = s.recv(4096)
@@ -549,7 +534,7 @@ def test_protocol_mismatch_is_refused_clearly(daemon):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(5)
     s.connect(daemon.socket)
-    s.sendall(_frame(_field(1, 2, _field(1, 0, 99))))  # Hello{protocol=99, role=CLIENT}
+    s.sendall(pb_frame(pb_field(1, 2, pb_field(1, 0, 99))))  # Hello{protocol=99, role=CLIENT}
     reply = b""
     while True:
         chunk = s.recv(4096)
@@ -570,9 +555,9 @@ def test_attach_whose_client_vanishes_is_undone(daemon, targets):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(daemon.socket)
     s.settimeout(5)
-    s.sendall(_frame(_field(1, 2, _field(1, 0, 1))))          # Hello{protocol=1}
+    s.sendall(pb_frame(pb_field(1, 2, pb_field(1, 0, 1))))          # Hello{protocol=1}
     assert s.recv(4096)                                       # HelloReply
-    s.sendall(_frame(_field(3, 2, _field(1, 0, t.pid))))      # AttachRequest{pid}
+    s.sendall(pb_frame(pb_field(3, 2, pb_field(1, 0, t.pid))))      # AttachRequest{pid}
     s.close()
     deadline = time.time() + 15
     st = None

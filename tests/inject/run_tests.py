@@ -310,8 +310,11 @@ def busy_loads(py, code, n, label):
             continue
         ok += 1
         retries.append((label, ms, tries))
-        t0 = cpu_ticks(p.pid)
-        time.sleep(0.1)
+        # Still running? A deadlocked target never uses CPU again; a starved one (a loaded machine gives it
+        # less than a 10 ms tick in 0.1 s) does within seconds.
+        t0, deadline = cpu_ticks(p.pid), time.time() + 10
+        while cpu_ticks(p.pid) == t0 and time.time() < deadline:
+            time.sleep(0.05)
         if cpu_ticks(p.pid) == t0:
             check(False, "%s: target stopped making progress after load %d (deadlock?)" % (label, i))
             break

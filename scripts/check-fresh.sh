@@ -26,12 +26,6 @@ t0=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - t0 )) s"; }
 fail() { echo "check-fresh: FAILED: $*" >&2; echo "FAILED: $*" >>"$out/summary"; exit 1; }
 
-# A root from a cached tarball, with the host's resolver.
-make_root() { # DIR NAME
-    mkdir -p "$1"
-    tar -C "$1" -xzf "$(sh scripts/mkroot.sh "$2")"
-    cp /etc/resolv.conf "$1/etc/resolv.conf"
-}
 # Runs a shell command as root inside DIR, as on a machine of its own: a new mount and pid namespace whose
 # root is DIR (pivot_root, not chroot: user namespaces and mount propagation work inside as on a real host),
 # with /proc, /dev, /sys and a tmpfs /tmp. When the command ends, the namespaces end: every process it left
@@ -52,6 +46,22 @@ in_root() { # DIR COMMAND
         rmdir /.oldroot
         exec /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
             PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /bin/sh -c "$0"' "$2" "$1"
+}
+
+# This workplace reaches package registries through a TLS proxy whose CA the host trusts
+# (/usr/local/share/ca-certificates, npm's cafile); a machine of its own here has them too, so the root gets
+# them as well: that is the machine's setup, not something memprof needs. A root from a cached tarball,
+# with the host's resolver.
+make_root() { # DIR NAME
+    mkdir -p "$1"
+    tar -C "$1" -xzf "$(sh scripts/mkroot.sh "$2")"
+    cp /etc/resolv.conf "$1/etc/resolv.conf"
+    if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+        mkdir -p "$1/usr/local/share/ca-certificates"
+        cp /usr/local/share/ca-certificates/*.crt "$1/usr/local/share/ca-certificates/"
+        in_root "$1" 'update-ca-certificates >/dev/null 2>&1 || true'
+        echo "cafile=/etc/ssl/certs/ca-certificates.crt" >>"$1/etc/npmrc"
+    fi
 }
 
 : >"$out/summary"

@@ -39,8 +39,9 @@ $(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS)
 	$(CC) $(CFLAGS) -fPIC -shared -fvisibility=hidden -ftls-model=initial-exec -Iagent \
 	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_LIBS) -lpthread -ldl -lm
 
-$(BUILD)/memprofd: $(DAEMON_SRC) cli/client.c $(WIRE_SRC) $(HDRS)
-	$(CC) $(CFLAGS) -Idaemon -Icli -o $@ $(DAEMON_SRC) cli/client.c $(WIRE_SRC) $(PKG_LIBS) -lm
+# The daemon shares the agent's CPython ABI table (pyabi.c: data only).
+$(BUILD)/memprofd: $(DAEMON_SRC) cli/client.c agent/pyabi.c $(WIRE_SRC) $(HDRS)
+	$(CC) $(CFLAGS) -Idaemon -Icli -Iagent -o $@ $(DAEMON_SRC) cli/client.c agent/pyabi.c $(WIRE_SRC) $(PKG_LIBS) -lm
 
 $(BUILD)/memprof: cli/main.c $(CLI_SRC) $(WIRE_SRC) $(HDRS)
 	$(CC) $(CFLAGS) -Icli -o $@ cli/main.c $(CLI_SRC) $(WIRE_SRC) $(PB_LIBS) -lm

@@ -240,9 +240,8 @@ static int conf_parse(struct agent_conf *c, char *buf)
  * after it starts finalizing (_PyThreadState_DeleteExcept, GIL held), long
  * before it frees the interpreter. The callback closes the gate and holds
  * finalization there until the agent thread, ended by take_gil, has left it.
- * Offsets: 3.10's PyThreadState (LP64). */
-#define PY310_TS_GILSTATE_COUNTER 0xa0 /* int gilstate_counter */
-#define PY310_TS_ON_DELETE 0xc8        /* void (*on_delete)(void *) */
+ * Versions that need it have PYABI_TSTATE_GATE and the two PyThreadState
+ * fields (gilstate_counter, on_delete) in their pyabi entry. */
 #define GATE_IN_TAKE 1   /* from making the thread state to holding the GIL */
 #define GATE_CLOSED 2    /* the interpreter cleared our thread state: no more takes */
 #define GATE_WAIT_S 5.0  /* at most, in the callback */
@@ -250,6 +249,7 @@ static int conf_parse(struct agent_conf *c, char *buf)
 static atomic_int gil_gate;
 static int gil_mode; /* 0 undecided, 1 PyGILState_Ensure alone, 2 the 3.10 way */
 static void *gil_tstate;
+static const struct pyabi *gil_abi; /* the entry with PYABI_TSTATE_GATE, in mode 2 */
 static void *(*ThreadState_New)(void *);
 static void *(*InterpreterState_Main)(void);
 
@@ -289,9 +289,10 @@ static int gil_take(int *state)
     int open = 0;
     if (!gil_mode) {
         const char *v = PY.GetVersion(); /* formats constants: no GIL needed */
+        gil_abi = pyabi_for(pyapi_parse_version(v, NULL, 0));
         ThreadState_New = (void *(*)(void *))pyapi_sym("PyThreadState_New");
         InterpreterState_Main = (void *(*)(void))pyapi_sym("PyInterpreterState_Main");
-        gil_mode = v && !strncmp(v, "3.10.", 5) && ThreadState_New && InterpreterState_Main ? 2 : 1;
+        gil_mode = gil_abi && (gil_abi->caps & PYABI_TSTATE_GATE) && ThreadState_New && InterpreterState_Main ? 2 : 1;
     }
     if (gil_mode == 1) {
         if (pyapi_finalizing()) return -1;
@@ -306,10 +307,10 @@ static int gil_take(int *state)
     }
     /* PyThreadState_New bound it to this thread; counter 0 as in Ensure: the
      * matching PyGILState_Release deletes it */
-    TS_FIELD(gil_tstate, PY310_TS_GILSTATE_COUNTER, int) = 0;
-    TS_FIELD(gil_tstate, PY310_TS_ON_DELETE, void *) = (void *)gil_tstate_cleared;
+    TS_FIELD(gil_tstate, gil_abi->ts.gilstate_counter, int) = 0;
+    TS_FIELD(gil_tstate, gil_abi->ts.on_delete, void *) = (void *)gil_tstate_cleared;
     *state = PY.GILState_Ensure();
-    TS_FIELD(gil_tstate, PY310_TS_ON_DELETE, void *) = NULL; /* we hold the GIL: no one clears it */
+    TS_FIELD(gil_tstate, gil_abi->ts.on_delete, void *) = NULL; /* we hold the GIL: no one clears it */
     atomic_fetch_and(&gil_gate, ~GATE_IN_TAKE);
     return 0;
 }
@@ -820,6 +821,7 @@ static int gil_probe(struct session *s, char *err)
     }
     s->gil_wait_ms = (mp_now() - t0) * 1e3;
     if (pyapi_load_version(err) < 0) agent_log("%s", err); /* go on without a version */
+    else if (!pyapi_abi()) agent_log("%s", pyapi_abi_error()); /* go on: no stacks, no census */
     gil_give(state);
     return 0;
 }
@@ -954,9 +956,8 @@ int agent_launch_setup(char *err)
     struct hooks_conf hc = {.rate = conf.rate, .frames = conf.frames, .exact = conf.exact};
     int idle = 0, rc;
     if (pyapi_load_version(err) < 0) return -1;
-    if (!pyapi_offsets()) {
-        mp_err(err, "Python %s is not supported (memprof supports CPython 3.%d to 3.%d, release builds)",
-               pyapi_version(), PYAPI_MIN_MINOR, PYAPI_MAX_MINOR);
+    if (!pyapi_abi()) {
+        mp_err(err, "%s", pyapi_abi_error());
         return -1;
     }
     if (hooks_install(&hc, err) < 0) return -1;

@@ -13,6 +13,7 @@
 #include "alloc.h"
 #include "inject.h"
 #include "procinfo.h"
+#include "pyabi.h"
 #include "pyprobe.h"
 #include "run.h"
 #include "session.h"
@@ -117,9 +118,13 @@ static int attach_precheck(struct conn *c, pid_t pid, struct pyinfo *py, char *e
         return -1;
     }
     if (pyprobe(pid, py, err) < 0) return -1;
-    if (!pyprobe_supported(py)) {
-        mp_err(err, "pid %d: unsupported Python %d.%d (memprof supports 3.%d to 3.%d)", (int)pid, py->major,
-               py->minor, PY_MIN_MINOR, PY_MAX_MINOR);
+    if (!pyabi_supported(py->major, py->minor)) {
+        mp_err(err, "pid %d: unsupported Python %d.%d (memprof supports " MP_PY_RANGE ")", (int)pid, py->major,
+               py->minor);
+        return -1;
+    }
+    if (py->abi_error[0]) {
+        mp_err(err, "pid %d: %s", (int)pid, py->abi_error);
         return -1;
     }
     return 0;

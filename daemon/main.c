@@ -10,6 +10,7 @@
 
 #include "client.h"
 #include "server.h"
+#include "pyversions.h"
 #include "util.h"
 
 static const char *usage_main =
@@ -38,7 +39,7 @@ static const char *usage_serve =
 static const char *usage_attach =
     "usage: memprofd attach --pid PID [OPTIONS]\n"
     "\n"
-    "Inject the agent into a running CPython 3.8-3.13 process and start a session.\n"
+    "Inject the agent into a running CPython " MP_PY_RANGE_SHORT " process and start a session.\n"
     "  --pid PID            the process\n"
     "  --sample-rate BYTES  mean bytes between allocation samples (default 524288)\n"
     "  --exact              count every allocation (slower) instead of sampling\n"

@@ -317,6 +317,8 @@ static int heap_walk(const struct heap *h, heap_fn fn, void *arg)
 static int gc_state_valid(char *gc)
 {
     uintptr_t heads[4];
+    /* the generation0 pointer: 3.14.0's incremental collector has none, and
+     * then this fails and the census lists objects with gc.get_objects() */
     if (FLD(gc, L->gc.generation0, uintptr_t) != (uintptr_t)(gc + L->gc.generations)) return 0;
     for (int i = 0; i < 3; i++) heads[i] = (uintptr_t)(gc + L->gc.generations + 24 * i);
     heads[3] = (uintptr_t)(gc + L->gc.permanent);

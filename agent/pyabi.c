@@ -124,6 +124,67 @@ static const struct pyabi table[] = {
              .code_qualname = 296, .code_firstlineno = 312, .code_adaptive = 344, .ob_type = 360,
              .tp_name = 376, .tp_flags = 392, .list_items = 432, .dict_keys = 456, .dict_values = 464,
              .long_tag = 496, .str_state = 544, .str_ascii_size = 560, .gc_collecting = 576, .size = 584}},
+    /* 3.14: f_executable became a _PyStackRef (tag bits 3); frame owner moved
+     * to 74 and FRAME_OWNED_BY_INTERPRETER (3, entry frames) joined CSTACK (4)
+     * among the frames to skip; code objects grew by 8 (co_code_adaptive 208).
+     * GC: 3.14.0 shipped the incremental collector (young, old[2], permanent at
+     * the same places as generations[3], permanent; no generation0 pointer), later
+     * 3.14.x went back to the generational one with generation0 at 256. Where
+     * generation0 does not check out, the census lists objects with gc.get_objects. */
+    {.minor = 14,
+     .caps = PYABI_DICT_KEYS_V2 | PYABI_FRAME_SIZED_BY_CODE | PYABI_LONG_TAG | PYABI_ANY_EXECUTABLE |
+             PYABI_STACKREF | PYABI_DEBUG_OFFSETS | PYABI_REMOTE_EXEC,
+     .measured = "offsetof with Debian sid's 3.14.10 headers; its _Py_DebugOffsets",
+     .ts = {.interp = 16, .next = 8, .thread_id = 152, .native_thread_id = 160, .frame = -1, .cframe = -1,
+            .cframe_current = -1, .current_frame = 72, NO_TSTATE_GATE},
+     .frame = {.back = 8, .code = 0, .lasti = -1, .instr = 56, .owner = 74, .owned_by_generator = 1,
+               .first_not_python = 3 /* FRAME_OWNED_BY_INTERPRETER */, .executable_tag = 3},
+     .code = {.firstlineno = 68, .filename = 112, .name = 120, .qualname = 128, .code_adaptive = 208,
+              .firsttraceable = 192},
+     .type = {.cached_keys = 0x370, .preheader_flags = F_MANAGED_DICT | F_MANAGED_WEAKREF},
+     .gc = {.state = 7408, .enabled = 0x0c, .collecting = 192, .generations = 0x18, .permanent = 0x60,
+            .generation0 = 256},
+     .dict = {.keys = 0x20, .values = 0x28, .inst_values = PYABI_VALUES_INLINE},
+     .list = {.items = 0x18}, .longobj = {.tag = 0x10},
+     .str = {.state = 0x20, .ascii_size = 40, .compact_size = 56},
+     .frameobj = {.iframe = 0x18, .globals = 0x18, .locals = 0x28},
+     .alloc = {.small_max = 512},
+     .dbg = {.free_threaded = 16, .interp_gc = 88, .ts_interp = 200, .ts_next = 192, .ts_current_frame = 208,
+             .ts_thread_id = 216, .ts_native_thread_id = 224, .frame_previous = 256, .frame_executable = 264,
+             .frame_instr_ptr = 272, .frame_owner = 288, .code_filename = 320, .code_name = 328,
+             .code_qualname = 336, .code_firstlineno = 352, .code_adaptive = 384, .ob_type = 408,
+             .tp_name = 424, .tp_flags = 440, .list_items = 480, .dict_keys = 536, .dict_values = 544,
+             .long_tag = 576, .str_state = 624, .str_ascii_size = 640, .gc_collecting = 656, .size = 760}},
+    /* 3.15: thread_id/native_thread_id moved by 24; CSTACK frames are gone
+     * (INTERPRETER, 3, is the first non-Python owner; each thread's bottom is a
+     * base_frame of that kind); ht_cached_keys at 888; the collector's state
+     * lost its trash fields (enabled 0, generations 8, permanent 80, collecting
+     * 112, generation0 168). Its _Py_DebugOffsets also give ht_cached_keys and
+     * sizeof(PyCompactUnicodeObject), both checked. */
+    {.minor = 15,
+     .caps = PYABI_DICT_KEYS_V2 | PYABI_FRAME_SIZED_BY_CODE | PYABI_LONG_TAG | PYABI_ANY_EXECUTABLE |
+             PYABI_STACKREF | PYABI_DEBUG_OFFSETS | PYABI_REMOTE_EXEC,
+     .measured = "offsetof with Debian sid's 3.15.2 headers; its _Py_DebugOffsets",
+     .ts = {.interp = 16, .next = 8, .thread_id = 176, .native_thread_id = 184, .frame = -1, .cframe = -1,
+            .cframe_current = -1, .current_frame = 72, NO_TSTATE_GATE},
+     .frame = {.back = 8, .code = 0, .lasti = -1, .instr = 56, .owner = 74, .owned_by_generator = 1,
+               .first_not_python = 3 /* FRAME_OWNED_BY_INTERPRETER */, .executable_tag = 3},
+     .code = {.firstlineno = 68, .filename = 112, .name = 120, .qualname = 128, .code_adaptive = 208,
+              .firsttraceable = 192},
+     .type = {.cached_keys = 888, .preheader_flags = F_MANAGED_DICT | F_MANAGED_WEAKREF},
+     .gc = {.state = 7400, .enabled = 0, .collecting = 112, .generations = 8, .permanent = 80, .generation0 = 168},
+     .dict = {.keys = 0x20, .values = 0x28, .inst_values = PYABI_VALUES_INLINE},
+     .list = {.items = 0x18}, .longobj = {.tag = 0x10},
+     .str = {.state = 0x20, .ascii_size = 40, .compact_size = 56},
+     .frameobj = {.iframe = 0x18, .globals = 0x18, .locals = 0x28},
+     .alloc = {.small_max = 512},
+     .dbg = {.free_threaded = 16, .interp_gc = 88, .ts_interp = 200, .ts_next = 192, .ts_current_frame = 208,
+             .ts_thread_id = 240, .ts_native_thread_id = 248, .frame_previous = 320, .frame_executable = 328,
+             .frame_instr_ptr = 336, .frame_owner = 352, .code_filename = 384, .code_name = 392,
+             .code_qualname = 400, .code_firstlineno = 416, .code_adaptive = 448, .ob_type = 472,
+             .tp_name = 488, .tp_flags = 504, .cached_keys = 536, .list_items = 576, .dict_keys = 632,
+             .dict_values = 640, .long_tag = 672, .str_state = 720, .str_ascii_size = 736,
+             .str_compact_size = 744, .gc_collecting = 760, .size = 888}},
 };
 
 #define NENTRIES (sizeof table / sizeof table[0])

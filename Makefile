@@ -23,7 +23,7 @@ CLI_SRC    = $(filter-out cli/main.c,$(wildcard cli/*.c))
 HDRS = $(wildcard proto/*.h common/*.h agent/*.h daemon/*.h cli/*.h) $(BUILD)/gen/memprof.pb-c.h
 
 BINS = $(BUILD)/memprofd $(BUILD)/memprof $(BUILD)/libmemprof_agent.so
-.PHONY: all test unit demo bench fuzz install clean deps
+.PHONY: all test unit demo bench fuzz install clean deps check-fresh
 all: $(BINS)
 
 deps:
@@ -34,10 +34,14 @@ $(BUILD)/gen/memprof.pb-c.c $(BUILD)/gen/memprof.pb-c.h: proto/memprof.proto
 	protoc-c --proto_path=proto --c_out=$(BUILD)/gen proto/memprof.proto
 
 # The agent runs inside the target: PIC, hidden symbols but its entry point, no
-# dependency on Python headers (it resolves the C API at run time).
-$(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS)
+# dependency on Python headers (it resolves the C API at run time). protobuf-c is
+# linked in statically (a container's root rarely has libprotobuf-c.so.1); the
+# version script keeps its symbols local, which also lets its non-PIC archive link.
+PB_STATIC = $(shell pkg-config --variable=libdir libprotobuf-c 2>/dev/null)/libprotobuf-c.a
+$(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS) agent/agent.map
 	$(CC) $(CFLAGS) -fPIC -shared -fvisibility=hidden -ftls-model=initial-exec -Iagent \
-	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_LIBS) -lpthread -ldl -lm
+	    -Wl,-soname,libmemprof_agent.so -Wl,--version-script=agent/agent.map -Wl,-z,defs \
+	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_STATIC) -lpthread -ldl -lm
 
 # The daemon shares the agent's CPython ABI table (pyabi.c: data only).
 $(BUILD)/memprofd: $(DAEMON_SRC) cli/client.c agent/pyabi.c $(WIRE_SRC) $(HDRS)
@@ -65,6 +69,10 @@ test: all $(BUILD)/test_wire
 demo: deps
 	$(MAKE) all
 	sh scripts/demo.sh
+
+# The README's two commands on a fresh Debian 12 root, and the .deb on a root without build tools (root only).
+check-fresh:
+	sh scripts/check-fresh.sh
 
 bench: all
 	sh scripts/bench.sh

@@ -56,6 +56,7 @@ struct agent_conf {
     uint32_t frames;      /* max Python frames per stack */
     uint32_t interval_ms; /* flush interval */
     int exact, track, debug;
+    int fd;               /* a socket already connected to memprofd (injected across namespaces), or -1 */
     int follow;           /* memprof run --follow-fork: forked children are sessions too */
 };
 
@@ -199,6 +200,9 @@ static int conf_set(struct agent_conf *c, const char *key, const char *val)
     } else if (!strcmp(key, "interval")) {
         if (parse_u64(val, 60000, &v) < 0) return -1;
         c->interval_ms = v == 0 ? DEFAULT_INTERVAL_MS : v < 10 ? 10 : (uint32_t)v;
+    } else if (!strcmp(key, "fd")) {
+        if (parse_u64(val, INT_MAX, &v) < 0) return -1;
+        c->fd = (int)v;
     } else if (!strcmp(key, "exact") || !strcmp(key, "track") || !strcmp(key, "debug") || !strcmp(key, "follow")) {
         if (parse_u64(val, 1, &v) < 0) return -1;
         *(key[0] == 'e' ? &c->exact : key[0] == 't' ? &c->track : key[0] == 'd' ? &c->debug : &c->follow) = (int)v;
@@ -216,6 +220,7 @@ static int conf_parse(struct agent_conf *c, char *buf)
     c->frames = DEFAULT_FRAMES;
     c->interval_ms = DEFAULT_INTERVAL_MS;
     c->track = 1;
+    c->fd = -1;
     for (tok = strtok_r(buf, " \t\n", &save); tok; tok = strtok_r(NULL, " \t\n", &save)) {
         char *eq = strchr(tok, '=');
         if (!eq || eq == tok) return -1;
@@ -558,6 +563,15 @@ static int session_connect(struct session *s, char *err)
     double deadline = mp_now() + IO_TIMEOUT_MS / 1000.0;
     int fd;
 
+    if (conf.fd >= 0) {
+        /* memprofd made this socket pair in our process when it injected us (it works
+         * across network namespaces, where the abstract socket is not reachable);
+         * it is ours from now on, used once */
+        s->fd = conf.fd;
+        conf.fd = -1;
+        atomic_store(&sock_fd, s->fd);
+        return 0;
+    }
     memcpy(sa.sun_path, conf.sock, n); /* fits: checked by conf_set */
     if (conf.sock[0] == '@') {
         sa.sun_path[0] = 0; /* Linux abstract namespace: no trailing NUL */
@@ -925,6 +939,16 @@ static int spawn_thread(void)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&attr);
     return rc ? -2 : 0;
+}
+
+/* dlclose after a detach: the library goes away, its eventfd with it (a new copy
+ * makes its own). Not while an agent thread may still poll it (process exit). */
+__attribute__((destructor)) static void agent_unloaded(void)
+{
+    if (!atomic_load(&running) && wake_fd >= 0) {
+        close(wake_fd);
+        wake_fd = -1;
+    }
 }
 
 AGENT_API int memprof_agent_start(const char *arg)

@@ -38,7 +38,7 @@ struct stack {
 /* A snapshot: from the daemon (AllocData) or from a snapshot file. */
 struct view {
     int pid;
-    char state[16], mode[16], python[32], command[512];
+    char state[16], mode[16], python[32], command[512], where[128]; /* where: cli_container */
     double rss, samples_rate, alloc_rate, overhead, ts, first_ts, peak_live;
     double samples, dropped, rate_bytes;
     struct frame *frames;
@@ -94,6 +94,7 @@ static void view_from_data(struct view *v, const Memprof__AllocData *d)
     memset(v, 0, sizeof *v);
     if (d->session) {
         v->pid = d->session->pid;
+        cli_container(d->session->ns_pid, d->session->container, v->where, sizeof v->where);
         snprintf(v->state, sizeof v->state, "%s", d->session->state);
         snprintf(v->python, sizeof v->python, "%s", d->session->python_version);
         for (size_t i = 0; i < d->session->n_argv; i++) {
@@ -382,7 +383,7 @@ static void print_top(FILE *o, const struct view *v, enum by by, enum sort sort,
         rows_free(rows, n);
         return;
     }
-    fprintf(o, "pid %d  %.120s  Python %s  %s%s\n", v->pid, v->command, v->python, v->state,
+    fprintf(o, "pid %d  %s%.120s  Python %s  %s%s\n", v->pid, v->where, v->command, v->python, v->state,
             paused ? "  [paused]" : "");
     if (exited) fprintf(o, "the process has exited: final figures\n");
     fprintf(o, "RSS %s  tracked live %s (peak %s)  alloc %s/s  samples/s %.1f  mode %s", cli_bytes(v->rss, a, sizeof a),

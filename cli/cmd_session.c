@@ -90,7 +90,7 @@ int cmd_status(int argc, char **argv)
 {
     Envelope *reply;
     int json = 0, rc = parse_simple(argc, argv, usage_status, &json);
-    char cmd[1024], since[32];
+    char cmd[1024], since[32], where[128];
     if (rc) return rc - 1;
     if (request(MEMPROF__ENVELOPE__MSG_STATUS, &reply)) return 1;
     Memprof__StatusReply *r = reply->status_reply;
@@ -101,8 +101,10 @@ int cmd_status(int argc, char **argv)
             join_argv(s->argv, s->n_argv, cmd, sizeof cmd);
             printf("%s{\"id\": %u, \"pid\": %d, \"python\": ", i ? ", " : "", s->id, s->pid);
             cli_json_str(stdout, s->python_version);
-            printf(", \"state\": \"%s\", \"mode\": \"%s\", \"attached_since\": %.3f, \"stop_ms\": %.3f, \"command\": ",
-                   s->state, s->mode, s->attached_since, s->stop_ms);
+            printf(", \"state\": \"%s\", \"mode\": \"%s\", \"attached_since\": %.3f, \"stop_ms\": %.3f, \"ns_pid\": %d, "
+                   "\"container\": ", s->state, s->mode, s->attached_since, s->stop_ms, s->ns_pid ? s->ns_pid : s->pid);
+            cli_json_str(stdout, s->container);
+            printf(", \"command\": ");
             cli_json_str(stdout, cmd);
             printf("}");
         }
@@ -118,8 +120,8 @@ int cmd_status(int argc, char **argv)
             if (t) strftime(since, sizeof since, "%Y-%m-%d %H:%M:%S", localtime(&t));
             else snprintf(since, sizeof since, "-");
             join_argv(s->argv, s->n_argv, cmd, sizeof cmd);
-            printf("%-4u %-8d %-8s %-10s %-9s %-21s %5.2f ms  %s\n", s->id, s->pid, s->python_version, s->state, s->mode,
-                   since, s->stop_ms, cmd);
+            printf("%-4u %-8d %-8s %-10s %-9s %-21s %5.2f ms  %s%s\n", s->id, s->pid, s->python_version, s->state, s->mode,
+                   since, s->stop_ms, cli_container(s->ns_pid, s->container, where, sizeof where), cmd);
         }
     }
     wire_free(reply);
@@ -130,7 +132,7 @@ int cmd_ps(int argc, char **argv)
 {
     Envelope *reply;
     int json = 0, rc = parse_simple(argc, argv, usage_ps, &json);
-    char rss[32];
+    char rss[32], where[128];
     if (rc) return rc - 1;
     if (request(MEMPROF__ENVELOPE__MSG_PS, &reply)) return 1;
     Memprof__PsReply *r = reply->ps_reply;
@@ -140,8 +142,11 @@ int cmd_ps(int argc, char **argv)
             Memprof__PsEntry *e = r->procs[i];
             printf("%s{\"pid\": %d, \"uid\": %d, \"python\": ", i ? ", " : "", e->pid, e->uid);
             cli_json_str(stdout, e->python_version);
-            printf(", \"supported\": %s, \"rss\": %llu, \"attached\": %s, \"command\": ", e->supported ? "true" : "false",
-                   (unsigned long long)e->rss_bytes, e->attached ? "true" : "false");
+            printf(", \"supported\": %s, \"rss\": %llu, \"attached\": %s, \"ns_pid\": %d, \"container\": ",
+                   e->supported ? "true" : "false", (unsigned long long)e->rss_bytes, e->attached ? "true" : "false",
+                   e->ns_pid ? e->ns_pid : e->pid);
+            cli_json_str(stdout, e->container);
+            printf(", \"command\": ");
             cli_json_str(stdout, e->cmdline);
             printf("}");
         }
@@ -156,8 +161,9 @@ int cmd_ps(int argc, char **argv)
             char user[16], ver[40];
             snprintf(user, sizeof user, "%s", pw ? pw->pw_name : "?");
             snprintf(ver, sizeof ver, "%s%s", e->python_version, e->supported ? "" : "!");
-            printf("%-8d %-10s %-8s %-11s %-9s %.200s\n", e->pid, user, ver,
-                   cli_bytes((double)e->rss_bytes, rss, sizeof rss), e->attached ? "yes" : "no", e->cmdline);
+            printf("%-8d %-10s %-8s %-11s %-9s %s%.200s\n", e->pid, user, ver,
+                   cli_bytes((double)e->rss_bytes, rss, sizeof rss), e->attached ? "yes" : "no",
+                   cli_container(e->ns_pid, e->container, where, sizeof where), e->cmdline);
         }
         int unsupported = 0;
         for (size_t i = 0; i < r->n_procs; i++) unsupported |= !r->procs[i]->supported;

@@ -48,5 +48,8 @@ int cli_wants_help(int argc, char **argv);
 void cli_json_str(FILE *f, const char *s);
 /* "12.3 MiB" style sizes. */
 const char *cli_bytes(double n, char *buf, size_t len);
+/* "[pid 1 in docker-3f2a1b0c9d8e] " for a process in a container (its pid there and a
+ * hint which container), "" for one of the host. */
+const char *cli_container(int ns_pid, const char *container, char *buf, size_t len);
 
 #endif

@@ -59,6 +59,18 @@ int cli_wants_help(int argc, char **argv)
     return 0;
 }
 
+const char *cli_container(int ns_pid, const char *container, char *buf, size_t len)
+{
+    buf[0] = 0;
+    if (ns_pid > 0 && container && *container)
+        snprintf(buf, len, "[pid %d in %s] ", ns_pid, container);
+    else if (ns_pid > 0)
+        snprintf(buf, len, "[pid %d in its pid namespace] ", ns_pid);
+    else if (container && *container)
+        snprintf(buf, len, "[in %s] ", container);
+    return buf;
+}
+
 const char *cli_bytes(double n, char *buf, size_t len)
 {
     const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "alloc.h"
+#include "elfsym.h"
 #include "inject.h"
 #include "procinfo.h"
 #include "pyabi.h"
@@ -118,6 +119,7 @@ static int attach_precheck(struct conn *c, pid_t pid, struct pyinfo *py, char *e
         return -1;
     }
     if (pyprobe(pid, py, err) < 0) return -1;
+    if (proc_root_check(pid, err) < 0) return -1;
     if (!pyabi_supported(py->major, py->minor)) {
         mp_err(err, "pid %d: unsupported Python %d.%d (memprof supports " MP_PY_RANGE ")", (int)pid, py->major,
                py->minor);
@@ -160,6 +162,8 @@ static void do_attach(struct conn *c, const Memprof__AttachRequest *req)
     }
     s->py = py;
     proc_uid(pid, &s->uid);
+    s->ns_pid = proc_ns_pid(pid);
+    proc_container(pid, s->container, sizeof s->container);
     s->attach_started = mp_now();
     s->attach_waiter = c->id;
     attach_tracking(&s->track, !req->no_tracking, req->exact, req->sample_rate, req->max_frames, req->interval_ms,
@@ -173,7 +177,9 @@ static void do_attach(struct conn *c, const Memprof__AttachRequest *req)
              server_agent_sock, s->token, py.pylib, (unsigned long long)s->track.sample_rate, s->track.exact,
              s->track.max_frames, s->track.interval_ms, s->track.enabled);
     memset(&res, 0, sizeof res);
-    if (inject_load(pid, server_agent_lib, "memprof_agent_start", arg, &res, err) < 0) {
+    /* The agent is handed a connected socket (it works across network namespaces);
+     * the abstract socket name stays its way in when that cannot be made. */
+    if (inject_load(pid, server_agent_lib, "memprof_agent_start", arg, INJECT_SOCKET, &res, err) < 0) {
         server_log("attach to pid %d failed: %s", (int)pid, err);
         reply_attach_error(c->id, err);
         session_free(s);
@@ -181,6 +187,9 @@ static void do_attach(struct conn *c, const Memprof__AttachRequest *req)
     }
     s->handle = res.handle;
     s->stop_ms = res.stop_ms;
+    if (res.sock_fd >= 0 && !server_adopt_agent(res.sock_fd))
+        server_log("pid %d: could not keep the socket made in it; the agent connects by name", (int)pid);
+    if (res.sock_note[0]) server_log("pid %d: no socket pair (%s); the agent connects by name", (int)pid, res.sock_note);
     s->retries = res.retries;
     if (res.start_rc != 0) {
         snprintf(err, sizeof err, "pid %d: %s", (int)pid,
@@ -191,8 +200,8 @@ static void do_attach(struct conn *c, const Memprof__AttachRequest *req)
         return;
     }
     s->deadline = mp_now() + ATTACH_TIMEOUT;
-    server_log("injected agent into pid %d (Python %s): stopped %.2f ms, %u retries", (int)pid, py.version,
-               res.stop_ms, res.retries);
+    server_log("injected agent into pid %d (Python %s) by %s: stopped %.2f ms, %u retries", (int)pid, py.version,
+               res.how, res.stop_ms, res.retries);
 }
 
 int attach_agent_hello(struct conn *c, const Memprof__Hello *h, char *err)
@@ -204,12 +213,17 @@ int attach_agent_hello(struct conn *c, const Memprof__Hello *h, char *err)
         mp_err(err, "bad token from pid %d", (int)c->peer_pid);
         return -1;
     }
-    if (!a || a->pid != s->pid) {
+    /* In a pid namespace (a container) it knows itself by its pid and tid there. */
+    if (!a || (a->pid != s->pid && a->pid != s->ns_pid)) {
         mp_err(err, "agent of pid %d did not say who it is", (int)c->peer_pid);
         return -1;
     }
     s->agent_conn = c->id;
     s->agent_tid = a->agent_tid;
+    if (s->ns_pid && s->ns_pid != s->pid && !(s->agent_tid = proc_host_tid(s->pid, a->agent_tid))) {
+        mp_err(err, "agent of pid %d: its thread %d is not found", (int)c->peer_pid, (int)a->agent_tid);
+        return -1;
+    }
     s->gil_wait_ms = a->gil_wait_ms;
     free(s->executable);
     s->executable = strdup(a->executable ? a->executable : "");

@@ -53,6 +53,30 @@ pid_t proc_live_task(pid_t pid)
     return found;
 }
 
+int proc_root_check(pid_t pid, char *err)
+{
+    char path[64], link[PATH_MAX];
+    struct stat st;
+    ssize_t n;
+    snprintf(path, sizeof path, "/proc/%d/root", (int)pid);
+    n = readlink(path, link, sizeof link - 1);
+    if (n < 0 || stat(path, &st) < 0) {
+        if (errno == EACCES || errno == EPERM)
+            mp_err(err, "pid %d: permission denied reading its root directory (/proc/%d/root; try as root)", (int)pid,
+                   (int)pid);
+        else
+            mp_err(err, "pid %d: cannot read its root directory (/proc/%d/root: %s); is its container shutting down?",
+                   (int)pid, (int)pid, strerror(errno));
+        return -1;
+    }
+    link[n] = 0;
+    if (st.st_nlink == 0 || (n > 10 && strcmp(link + n - 10, DELETED_SUFFIX) == 0)) {
+        mp_err(err, "pid %d: its root directory %s is gone; its files cannot be read", (int)pid, link);
+        return -1;
+    }
+    return 0;
+}
+
 static struct procmap *find_group(struct procmap *maps, int n, const char *path, uint64_t ino)
 {
     for (int i = n - 1; i >= 0; i--)
@@ -196,28 +220,42 @@ static int same_first_page(pid_t pid, const struct procmap *map, int fd)
            memcmp(a, b, n) == 0;
 }
 
-/* The mapped file itself: by path in the target's root when it is the same file, else
- * through /proc/PID/map_files (root only), which never lies. */
+/* The mapped file itself, never a look-alike: by its path in the target's root
+ * (/proc/PID/root: the kernel resolves it in the target's mount namespace, so a
+ * container's files are found, not the host's) when device and inode match the
+ * mapping, or when its first page matches (overlayfs reports the lower file's
+ * device and inode in maps); else through /proc/PID/map_files (root only), which
+ * is the mapping itself. A "(deleted)" mapping is never looked up by path. */
 static int open_mapped(pid_t pid, const struct procmap *map, char *err)
 {
     char path[PATH_MAX + 64];
     struct stat st;
-    int fd;
+    int fd = -1, root_err = 0;
 
-    snprintf(path, sizeof path, "/proc/%d/root%s", (int)pid, map->path);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_ino == map->ino) return fd;
-    if (fd >= 0 && same_first_page(pid, map, fd)) return fd;
-    if (fd >= 0) close(fd);
+    if (!map->deleted) {
+        snprintf(path, sizeof path, "/proc/%d/root%s", (int)pid, map->path);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) root_err = errno;
+        if (fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_ino == map->ino && major(st.st_dev) == map->dev_major &&
+            minor(st.st_dev) == map->dev_minor)
+            return fd;
+        if (fd >= 0 && same_first_page(pid, map, fd)) return fd;
+        if (fd >= 0) close(fd);
+    }
     snprintf(path, sizeof path, "/proc/%d/map_files/%llx-%llx", (int)pid, (unsigned long long)map->first_start,
              (unsigned long long)map->first_end);
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd >= 0) return fd;
-    if (errno == EACCES || errno == EPERM)
-        mp_err(err, "pid %d: %s was replaced on disk since it was loaded; restart the process", (int)pid,
-               map->path);
-    else
+    if (errno != EACCES && errno != EPERM)
         mp_errno(err, "pid %d: cannot open %s", (int)pid, map->path);
+    else if (map->deleted)
+        mp_err(err, "pid %d: %s was deleted since it was loaded (an upgrade?); restart the process, or run memprofd "
+               "as root to read the mapped copy", (int)pid, map->path);
+    else if (root_err)
+        mp_err(err, "pid %d: cannot open %s in its root (/proc/%d/root): %s", (int)pid, map->path, (int)pid,
+               strerror(root_err));
+    else
+        mp_err(err, "pid %d: %s was replaced on disk since it was loaded; restart the process", (int)pid, map->path);
     return -1;
 }
 

@@ -25,6 +25,10 @@ struct procmap {
  * thread has exited (a zombie leader has no mm) while other threads run on. */
 pid_t proc_live_task(pid_t pid);
 
+/* Can pid's files be read through /proc/PID/root (a container's root; a mount
+ * namespace being torn down, a deleted chroot dir)? 0, or -1 with a one-line err. */
+int proc_root_check(pid_t pid, char *err);
+
 /* Every file-backed mapping of pid, grouped per file in address order. *out is
  * malloc'ed. Returns the count, or -1 with errno (ENOENT: gone, EACCES: not ours). */
 int procmaps_read(pid_t pid, struct procmap **out);
@@ -41,7 +45,8 @@ struct elfimg {
 };
 
 /* Opens map's file through /proc/PID/root (other mount namespaces), checks it is the
- * mapped file (inode; falls back to /proc/PID/map_files) and computes the load bias. */
+ * mapped file (device and inode, or its first page on overlayfs; falls back to
+ * /proc/PID/map_files, the only way for a "(deleted)" mapping) and computes the load bias. */
 int elfimg_open(pid_t pid, const struct procmap *map, struct elfimg *img, char *err);
 void elfimg_close(struct elfimg *img);
 

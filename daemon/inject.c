@@ -27,6 +27,7 @@
 #include <sys/mman.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/user.h>
@@ -34,6 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "deliver.h"
 #include "elfsym.h"
 #include "util.h"
 
@@ -44,9 +46,13 @@
 #define BOOST_NICE       (-15) /* our nice value while a target is stopped */
 #define RED_ZONE         256  /* bytes left untouched below the thread's rsp */
 #define XSTATE_MAX       (16 * 1024)
-#define MAX_STRS         4
+#define MAX_STRS         6
 #define MAX_SIGS         8
 #define RTLD_NOW_FLAG    2
+#define RTLD_NOLOAD_FLAG 4
+#define MFD_CLOEXEC_FLAG 0x0001U
+#define MFD_EXEC_FLAG    0x0010U /* Linux >= 6.3: executable even under vm.memfd_noexec=1 */
+#define AGENT_ARG_ROOM   (PATH_MAX + 1024)
 #define RTLD_DLOPEN_FLAG 0x80000000 /* __libc_dlopen_mode's __RTLD_DLOPEN */
 #ifndef NT_X86_SHSTK
 #define NT_X86_SHSTK     0x204 /* CET shadow stack pointer */
@@ -172,6 +178,7 @@ struct hijack {
     int errno_val, have_errno;
     int sigs[MAX_SIGS], nsigs;      /* signals that arrived meanwhile, re-sent after detach */
     int exited;
+    int sigsys;                     /* a remote syscall was stopped by a seccomp filter */
     double t_resumed;               /* when we let it go */
     uint64_t ssp;                   /* shadow stack pointer, when have_ssp */
     int have_ssp;
@@ -306,6 +313,10 @@ static int resolve_target(pid_t pid, struct target *t, char *err)
     }
     if (libc < 0) {
         mp_err(err, "pid %d: no C library mapped (statically linked?); cannot load a library into it", (int)pid);
+        goto out;
+    }
+    if (base_is(maps[libc].path, "ld-musl") || base_is(maps[libc].path, "libc.musl")) {
+        mp_err(err, "pid %d: unsupported libc (musl)", (int)pid);
         goto out;
     }
     if (elfimg_open(t->pid, &maps[libc], &img, ierr) < 0) {
@@ -547,6 +558,7 @@ static int remote_syscall(struct hijack *h, long nr, uint64_t a0, uint64_t a1, u
         if (WIFEXITED(st) || WIFSIGNALED(st) || ptrace(PTRACE_GETREGS, h->tid, 0, &r) < 0) goto gone;
         int sig = WSTOPSIG(st);
         if ((st >> 16) == 0 && sig == SIGSYS) {
+            h->sigsys = 1;
             mp_err(err, "pid %d: a seccomp filter forbids the syscalls memprof needs (%ld)", (int)h->pid, nr);
             return -1;
         }
@@ -969,52 +981,238 @@ static int with_thread(pid_t pid, const char **strs, int nstrs, work_fn work, vo
 
 /* ---- the two operations ----------------------------------------------------------------- */
 
+/* The strings copied into the scratch page for a load; ARG and PATH are rewritten there. */
+enum { S_BASE, S_SYM, S_ARG, S_PATH, S_SV, S_COUNT };
+#define ARG_ROOM  32  /* for " fd=N" */
+#define PATH_ROOM 320 /* /proc/self/fd/N or the /tmp copy's path */
+
 struct load_ctx {
-    const char *lib, *sym;
+    const struct libbytes *lb;
+    const char *sym, *arg;
+    int flags, loaded;
     struct inject_result *res;
 };
+
+/* Runs dlopen(path) (path written into the page first); 0 on error, with a note. */
+static uint64_t remote_dlopen(struct hijack *h, const char *path, uint64_t flags, char *note, size_t notelen,
+                              char *err)
+{
+    struct stub_data d;
+    char msg[400];
+    memset(&d, 0, sizeof d);
+    if (path && procmem_write(h->tid, h->str[S_PATH], path, strlen(path) + 1) < 0) {
+        snprintf(note, notelen, "writing to its memory: %s", strerror(errno));
+        return 0;
+    }
+    d.call[0] = (struct stub_call){.fn = h->t->dlopen, .a0 = h->str[path ? S_PATH : S_BASE], .a1 = flags};
+    if (run_calls(h, &d, 0, "dlopen", err) < 0) return 0;
+    if (!d.call[0].ret && !(flags & RTLD_NOLOAD_FLAG)) {
+        remote_dlerror(h, msg, sizeof msg);
+        snprintf(note, notelen, "dlopen: %s", msg);
+    }
+    return d.call[0].ret;
+}
+
+static void remote_close(struct hijack *h, int fd)
+{
+    uint64_t ret;
+    char ignored[MP_ERRLEN];
+    if (fd >= 0) remote_syscall(h, SYS_close, (uint64_t)fd, 0, 0, 0, 0, 0, &ret, ignored);
+}
+
+/* memfd_create in the target, the library written into it through /proc/PID/fd, then
+ * dlopen("/proc/thread-self/fd/N") and close(N): nothing of the target's filesystem is used
+ * but its /proc. 0 with a note when that did not work. */
+static uint64_t load_memfd(struct hijack *h, struct load_ctx *c, char *note, size_t notelen, char *err)
+{
+    char path[64], ierr[MP_ERRLEN];
+    uint64_t ret, handle;
+    int64_t fd;
+    if (remote_syscall(h, SYS_memfd_create, h->str[S_BASE], MFD_CLOEXEC_FLAG | MFD_EXEC_FLAG, 0, 0, 0, 0, &ret,
+                       err) == 0 &&
+        (int64_t)ret == -EINVAL) /* before Linux 6.3 */
+        remote_syscall(h, SYS_memfd_create, h->str[S_BASE], MFD_CLOEXEC_FLAG, 0, 0, 0, 0, &ret, err);
+    if (err[0]) {
+        if (h->sigsys) {
+            snprintf(note, notelen, "memfd_create stopped by a seccomp filter (SIGSYS)");
+            err[0] = 0;
+        }
+        return 0;
+    }
+    fd = (int64_t)ret;
+    if (fd < 0) {
+        snprintf(note, notelen, "memfd_create refused: %s", strerror((int)-fd));
+        return 0;
+    }
+    if (deliver_fill_memfd(h->tid, (int)fd, c->lb, ierr) < 0) {
+        snprintf(note, notelen, "%s", ierr);
+        remote_close(h, (int)fd);
+        return 0;
+    }
+    /* thread-self: /proc/self/fd is empty when the main thread has exited */
+    snprintf(path, sizeof path, "/proc/thread-self/fd/%d", (int)fd);
+    handle = remote_dlopen(h, path, h->t->dlopen_flags, note, notelen, err);
+    if (!h->exited) remote_close(h, (int)fd);
+    return handle;
+}
+
+/* The fallback: a private copy in the target's /tmp, removed right after dlopen. */
+static uint64_t load_tmpcopy(struct hijack *h, struct load_ctx *c, char *note, size_t notelen, char *err)
+{
+    struct tmpcopy tc;
+    char ierr[MP_ERRLEN];
+    uint64_t handle;
+    if (deliver_tmp_copy(h->tid, c->lb, &tc, ierr) < 0) {
+        snprintf(note, notelen, "%s", ierr);
+        return 0;
+    }
+    handle = remote_dlopen(h, tc.path, h->t->dlopen_flags, note, notelen, err);
+    deliver_tmp_remove(&tc);
+    return handle;
+}
+
+/* A connected socketpair in the target; its first end comes over to us (pidfd_getfd) and
+ * is closed there. *tfd: the target's end; res->sock_fd: ours. */
+static int make_socket(struct hijack *h, struct load_ctx *c, int *tfd, char *note, size_t notelen, char *err)
+{
+    int32_t sv[2];
+    uint64_t ret;
+    char ierr[MP_ERRLEN];
+    if (remote_syscall(h, SYS_socketpair, AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, h->str[S_SV], 0, 0,
+                       &ret, err) < 0) {
+        if (!h->sigsys) return -1;
+        snprintf(note, notelen, "socketpair stopped by a seccomp filter");
+        err[0] = 0;
+        return 0;
+    }
+    if ((int64_t)ret < 0) {
+        snprintf(note, notelen, "socketpair refused: %s", strerror((int)-(int64_t)ret));
+        return 0;
+    }
+    if (procmem_read(h->tid, h->str[S_SV], sv, sizeof sv) < 0) {
+        snprintf(note, notelen, "reading its memory: %s", strerror(errno));
+        return 0; /* two descriptors we cannot name stay in the target: cannot happen after our write */
+    }
+    c->res->sock_fd = deliver_take_fd(h->pid, sv[0], ierr); /* pidfd_open wants the process */
+    remote_close(h, sv[0]);
+    if (c->res->sock_fd < 0) {
+        snprintf(note, notelen, "%s", ierr);
+        remote_close(h, sv[1]);
+        return 0;
+    }
+    *tfd = sv[1];
+    return 0;
+}
 
 static int do_load(struct hijack *h, void *vctx, char *err)
 {
     struct load_ctx *c = vctx;
+    struct inject_result *res = c->res;
     struct stub_data d;
-    char msg[400];
+    char why_memfd[MP_ERRLEN] = "", why_tmp[MP_ERRLEN] = "", why_sock[MP_ERRLEN] = "", arg[AGENT_ARG_ROOM];
+    uint64_t handle = 0;
+    int tfd = -1;
 
+    if (c->loaded) { /* a copy mapped already (left loaded, or memprof run's): reuse it by its soname */
+        handle = remote_dlopen(h, NULL, h->t->dlopen_flags | RTLD_NOLOAD_FLAG, why_memfd, sizeof why_memfd, err);
+        if (handle) snprintf(res->how, sizeof res->how, "already loaded");
+    }
+    if (!handle && !err[0] && (handle = load_memfd(h, c, why_memfd, sizeof why_memfd, err)))
+        snprintf(res->how, sizeof res->how, "memfd");
+    if (!handle && !err[0] && (handle = load_tmpcopy(h, c, why_tmp, sizeof why_tmp, err)))
+        snprintf(res->how, sizeof res->how, "a copy in its /tmp (memfd: %.200s)", why_memfd);
+    if (!handle) {
+        if (!err[0])
+            mp_err(err, "pid %d: cannot load %s: memfd: %.200s; copy in its /tmp: %.200s", (int)h->pid, c->lb->base,
+                   why_memfd, why_tmp);
+        return -1;
+    }
+    if ((c->flags & INJECT_SOCKET) && make_socket(h, c, &tfd, why_sock, sizeof why_sock, err) < 0) return -1;
+    if (why_sock[0]) snprintf(res->sock_note, sizeof res->sock_note, "%s", why_sock);
+    if (tfd >= 0)
+        snprintf(arg, sizeof arg, "%s fd=%d", c->arg, tfd);
+    else
+        snprintf(arg, sizeof arg, "%s", c->arg);
     memset(&d, 0, sizeof d);
-    d.call[0] = (struct stub_call){.fn = h->t->dlopen, .a0 = h->str[0], .a1 = h->t->dlopen_flags};
-    d.call[1] = (struct stub_call){.fn = h->t->dlsym, .a1 = h->str[1], .flags = STUB_A0_PREV};
-    d.call[2] = (struct stub_call){.a0 = h->str[2], .flags = STUB_FN_PREV};
-    if (run_calls(h, &d, 1, "loading the agent", err) < 0) return -1;
-    if (!d.call[0].ret) {
-        remote_dlerror(h, msg, sizeof msg);
-        mp_err(err, "pid %d: dlopen failed in target: %s", (int)h->pid, msg);
-        return -1;
+    d.call[0] = (struct stub_call){.fn = h->t->dlsym, .a0 = handle, .a1 = h->str[S_SYM]};
+    d.call[1] = (struct stub_call){.a0 = h->str[S_ARG], .flags = STUB_FN_PREV};
+    if (procmem_write(h->tid, h->str[S_ARG], arg, strlen(arg) + 1) < 0) {
+        mp_errno(err, "pid %d: writing to its memory", (int)h->pid);
+        d.call[1].flags = d.call[1].a0 = 0; /* dlsym alone, to undo below */
     }
-    if (!d.call[1].ret) {
-        struct stub_data close;
-        char ignored[MP_ERRLEN];
-        memset(&close, 0, sizeof close);
-        close.call[0] = (struct stub_call){.fn = h->t->dlclose, .a0 = d.call[0].ret};
-        run_calls(h, &close, 1, "dlclose", ignored);
-        mp_err(err, "pid %d: %s has no symbol %s", (int)h->pid, c->lib, c->sym);
-        return -1;
+    if (!err[0] && run_calls(h, &d, 1, "loading the agent", err) < 0) goto undo;
+    if (err[0] || !d.call[0].ret) {
+        if (!err[0]) mp_err(err, "pid %d: %s has no symbol %s", (int)h->pid, c->lb->base, c->sym);
+        goto undo;
     }
-    c->res->handle = d.call[0].ret;
-    c->res->start_rc = (int)(int32_t)d.call[2].ret;
+    res->handle = handle;
+    res->start_rc = (int)(int32_t)d.call[1].ret;
+    if (res->start_rc != 0) { /* the agent did not take its socket */
+        remote_close(h, tfd);
+        if (res->sock_fd >= 0) close(res->sock_fd);
+        res->sock_fd = -1;
+    }
     return 0;
+undo:
+    if (!h->exited) {
+        struct stub_data close_d;
+        char ignored[MP_ERRLEN];
+        remote_close(h, tfd);
+        memset(&close_d, 0, sizeof close_d);
+        close_d.call[0] = (struct stub_call){.fn = h->t->dlclose, .a0 = handle};
+        if (h->scratch || map_scratch(h, NULL, 0, ignored) == 0) run_calls(h, &close_d, 1, "dlclose", ignored);
+    }
+    if (res->sock_fd >= 0) close(res->sock_fd);
+    res->sock_fd = -1;
+    return -1;
 }
 
-int inject_load(pid_t pid, const char *lib_path, const char *start_sym, const char *arg,
+/* Is a copy of the library (file name base, or a memfd named so) mapped in pid? */
+static int lib_mapped(pid_t pid, const char *base)
+{
+    struct procmap *maps = NULL;
+    int n = procmaps_read(proc_live_task(pid), &maps), found = 0;
+    for (int i = 0; i < n && !found; i++) {
+        const char *b = path_base(maps[i].path);
+        if (!strncmp(b, "memfd:", 6)) b += 6;
+        found = strcmp(b, base) == 0;
+    }
+    free(maps);
+    return found;
+}
+
+int inject_load(pid_t pid, const char *lib_path, const char *start_sym, const char *arg, int flags,
                 struct inject_result *res, char *err)
 {
-    const char *strs[3] = {lib_path, start_sym, arg ? arg : ""};
-    struct load_ctx c = {lib_path, start_sym, res};
+    struct libbytes lb;
+    char argroom[AGENT_ARG_ROOM], pathroom[PATH_ROOM + 1];
+    const char *strs[S_COUNT];
+    struct load_ctx c = {&lb, start_sym, arg ? arg : "", flags, 0, res};
+    int rc;
+
     memset(res, 0, sizeof *res);
+    res->sock_fd = -1;
     if (lib_path[0] != '/') {
         mp_err(err, "agent library path must be absolute: %s", lib_path);
         return -1;
     }
-    return with_thread(pid, strs, 3, do_load, &c, &res->stop_ms, &res->retries, err);
+    if (strlen(c.arg) + ARG_ROOM >= sizeof argroom) {
+        mp_err(err, "injection argument too long");
+        return -1;
+    }
+    if (deliver_read_lib(lib_path, &lb, err) < 0) return -1;
+    c.loaded = lib_mapped(pid, lb.base);
+    snprintf(argroom, sizeof argroom, "%s%*s", c.arg, ARG_ROOM, "");
+    memset(pathroom, 'x', PATH_ROOM);
+    pathroom[PATH_ROOM] = 0;
+    strs[S_BASE] = lb.base;
+    strs[S_SYM] = start_sym;
+    strs[S_ARG] = argroom;
+    strs[S_PATH] = pathroom;
+    strs[S_SV] = "sv[0]sv[1]";
+    rc = with_thread(pid, strs, S_COUNT, do_load, &c, &res->stop_ms, &res->retries, err);
+    deliver_free_lib(&lb);
+    return rc;
 }
 
 static int do_unload(struct hijack *h, void *vctx, char *err)

@@ -10,13 +10,21 @@ struct inject_result {
     int start_rc;      /* what start_sym(arg) returned in the target */
     double stop_ms;    /* how long the target's threads were ptrace-stopped, summed over tries */
     unsigned retries;  /* attempts abandoned because the thread was in libc/ld.so */
+    int sock_fd;       /* INJECT_SOCKET: our end of the socket pair, or -1 (see sock_note) */
+    char how[300];     /* how the library got in: "memfd", "a copy in its /tmp (memfd: why)", "already loaded" */
+    char sock_note[300]; /* why there is no socket pair, when asked for one */
 };
 
-/* dlopen(lib_path) in pid, then call `int start_sym(const char *arg)` in the
- * loaded library (arg is copied into the target). On every failure path the
- * target is left running, with its registers and memory as they were, and not
- * stopped. SIGINT/SIGTERM/SIGHUP are held off while the target is stopped. */
-int inject_load(pid_t pid, const char *lib_path, const char *start_sym, const char *arg,
+#define INJECT_SOCKET 1 /* make a connected socket pair in the target; start_sym gets " fd=N" */
+
+/* Loads lib_path into pid whatever its mount namespace: an already mapped copy (same
+ * file name) is reused by soname (RTLD_NOLOAD); else the bytes go into a memfd of the
+ * target, dlopen("/proc/thread-self/fd/N"); else into a private copy in its /tmp, removed right
+ * after dlopen. Then calls `int start_sym(const char *arg)` (arg copied into the target).
+ * No descriptor or file is left in the target; on every failure path it is left running,
+ * with its registers and memory as they were, and not stopped. SIGINT/SIGTERM/SIGHUP are
+ * held off while the target is stopped. */
+int inject_load(pid_t pid, const char *lib_path, const char *start_sym, const char *arg, int flags,
                 struct inject_result *res, char *err);
 
 /* dlclose(handle) in pid (after the agent's thread has exited). */

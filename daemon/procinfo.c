@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "pyprobe.h"
@@ -65,6 +66,105 @@ unsigned long long proc_rss(pid_t pid)
     return rss * (unsigned long long)sysconf(_SC_PAGESIZE);
 }
 
+/* The NSpid: line of a status file: its last field, or 0. */
+static pid_t nspid_of(const char *status_path)
+{
+    char buf[4096], *p, *end;
+    pid_t last = 0;
+    if (mp_read_file(status_path, buf, sizeof buf) <= 0 || !(p = strstr(buf, "\nNSpid:"))) return 0;
+    p += 7;
+    end = strchr(p, '\n');
+    if (end) *end = 0;
+    for (char *tok = strtok(p, " \t"); tok; tok = strtok(NULL, " \t")) last = (pid_t)atoi(tok);
+    return last;
+}
+
+pid_t proc_ns_pid(pid_t pid)
+{
+    char path[64];
+    pid_t n;
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    n = nspid_of(path);
+    return n > 0 ? n : pid;
+}
+
+pid_t proc_host_tid(pid_t pid, pid_t ns_tid)
+{
+    char path[96];
+    struct dirent *de;
+    pid_t found = 0;
+    DIR *d;
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    if (!(d = opendir(path))) return 0;
+    while (!found && (de = readdir(d))) {
+        int tid = atoi(de->d_name);
+        if (tid <= 0) continue;
+        snprintf(path, sizeof path, "/proc/%d/task/%d/status", (int)pid, tid);
+        if (nspid_of(path) == ns_tid) found = tid;
+    }
+    closedir(d);
+    return found;
+}
+
+static int same_ns(pid_t pid, const char *ns)
+{
+    char a[64], b[64];
+    struct stat sa, sb;
+    snprintf(a, sizeof a, "/proc/%d/ns/%s", (int)pid, ns);
+    snprintf(b, sizeof b, "/proc/self/ns/%s", ns);
+    if (stat(a, &sa) < 0 || stat(b, &sb) < 0) return 1; /* unknown: say nothing */
+    return sa.st_ino == sb.st_ino && sa.st_dev == sb.st_dev;
+}
+
+/* The unified (v2) cgroup path of pid from /proc/PID/cgroup, else the first line's. */
+static void cgroup_of(pid_t pid, char *out, size_t outlen)
+{
+    char path[64], buf[8192], *line, *save = NULL;
+    snprintf(path, sizeof path, "/proc/%d/cgroup", (int)pid);
+    out[0] = 0;
+    if (mp_read_file(path, buf, sizeof buf) <= 0) return;
+    for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char *p = strchr(line, ':');
+        char *q = p ? strchr(p + 1, ':') : NULL;
+        if (!q) continue;
+        if (!out[0] || strncmp(line, "0::", 3) == 0) snprintf(out, outlen, "%s", q + 1);
+    }
+}
+
+void proc_container(pid_t pid, char *out, size_t outlen)
+{
+    static const char *nss[] = {"mnt", "pid", "net", "user"};
+    char cg[4096], ours[4096], diff[64] = "";
+    out[0] = 0;
+    for (size_t i = 0; i < sizeof nss / sizeof nss[0]; i++)
+        if (!same_ns(pid, nss[i])) snprintf(diff + strlen(diff), sizeof diff - strlen(diff), "%s%s", diff[0] ? "," : "", nss[i]);
+    if (!diff[0]) return;
+    cgroup_of(pid, cg, sizeof cg);
+    cgroup_of(getpid(), ours, sizeof ours);
+    if (cg[0] && strcmp(cg, "/") != 0 && strcmp(cg, ours) != 0) {
+        char last[256], *dot;
+        size_t run = 0, start = 0;
+        const char *b = strrchr(cg, '/');
+        snprintf(last, sizeof last, "%s", b && b[1] ? b + 1 : cg);
+        if ((dot = strstr(last, ".scope")) && !dot[6]) *dot = 0;
+        /* a container id: a run of 32+ hex digits, cut to 12 */
+        for (size_t i = 0; last[i]; i++) {
+            if (isxdigit((unsigned char)last[i])) {
+                if (!run++) start = i;
+                if (run >= 32 && !isxdigit((unsigned char)last[i + 1])) {
+                    memmove(last + start + 12, last + i + 1, strlen(last + i + 1) + 1);
+                    break;
+                }
+            } else {
+                run = 0;
+            }
+        }
+        snprintf(out, outlen, "%s", last);
+        return;
+    }
+    snprintf(out, outlen, "ns:%s", diff);
+}
+
 int proc_may_access(uid_t client, pid_t pid, char *err)
 {
     uid_t owner;
@@ -100,6 +200,10 @@ static int add_entry(Memprof__PsReply *out, pid_t pid, uid_t uid, const struct p
     if (mp_proc_cmdline(pid, cmd, sizeof cmd) < 0) cmd[0] = 0;
     e->cmdline = strdup(cmd);
     e->note = strdup(e->supported ? "" : "unsupported version");
+    e->ns_pid = proc_ns_pid(pid);
+    if (e->ns_pid == pid) e->ns_pid = 0;
+    proc_container(pid, cmd, sizeof cmd);
+    e->container = strdup(cmd);
     out->procs[out->n_procs++] = e;
     return 0;
 }
@@ -134,6 +238,7 @@ void proc_list_free(Memprof__PsReply *out)
         free(out->procs[i]->python_version);
         free(out->procs[i]->cmdline);
         free(out->procs[i]->note);
+        free(out->procs[i]->container);
         free(out->procs[i]);
     }
     free(out->procs);

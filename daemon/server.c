@@ -185,41 +185,51 @@ static int listen_agents(char *err)
     return listen_unix(&sa, len, err);
 }
 
+/* A new connection on fd (closed on failure); the kind it may take is decided by the
+ * socket it came in on. Its peer is who the kernel says (SO_PEERCRED). */
+static struct conn *add_conn(int fd, enum conn_kind expect)
+{
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    struct conn *c;
+    struct epoll_event ev = {.events = EPOLLIN};
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+        close(fd);
+        return NULL;
+    }
+    /* Clients must be us or root; the 0700 directory already ensures it. */
+    if (expect == CONN_CLIENT && cred.uid != geteuid() && cred.uid != 0) {
+        close(fd);
+        return NULL;
+    }
+    c = calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        return NULL;
+    }
+    c->id = next_conn_id++;
+    c->fd = fd;
+    c->kind = CONN_NEW;
+    c->peer_pid = cred.pid;
+    c->peer_uid = cred.uid;
+    c->next = conns;
+    conns = c;
+    c->closing = 0;
+    ev.data.u64 = c->id << 8 | (expect == CONN_AGENT ? 1 : 0);
+    epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+    return c;
+}
+
 static void accept_conns(int lfd, enum conn_kind expect)
 {
-    for (;;) {
-        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        struct ucred cred;
-        socklen_t len = sizeof cred;
-        struct conn *c;
-        struct epoll_event ev = {.events = EPOLLIN};
-        if (fd < 0) return;
-        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
-            close(fd);
-            continue;
-        }
-        /* Clients must be us or root; the 0700 directory already ensures it. */
-        if (expect == CONN_CLIENT && cred.uid != geteuid() && cred.uid != 0) {
-            close(fd);
-            continue;
-        }
-        c = calloc(1, sizeof *c);
-        if (!c) {
-            close(fd);
-            continue;
-        }
-        c->id = next_conn_id++;
-        c->fd = fd;
-        c->kind = CONN_NEW;
-        c->peer_pid = cred.pid;
-        c->peer_uid = cred.uid;
-        c->next = conns;
-        conns = c;
-        /* The kind a connection may take is decided by the socket it came in on. */
-        c->closing = 0;
-        ev.data.u64 = c->id << 8 | (expect == CONN_AGENT ? 1 : 0);
-        epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
-    }
+    int fd;
+    while ((fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) add_conn(fd, expect);
+}
+
+uint64_t server_adopt_agent(int fd)
+{
+    struct conn *c = add_conn(fd, CONN_AGENT);
+    return c ? c->id : 0;
 }
 
 static void hello_reply(struct conn *c, const char *error)

@@ -30,6 +30,9 @@ void conn_close(struct conn *c);
 
 /* The abstract socket name agents connect to (without the leading NUL). */
 extern char server_agent_sock[108];
+/* Our end of a socket pair made in a target at injection: an agent connection like one
+ * accepted on the agent socket (its peer credentials are the target's). Conn id or 0. */
+uint64_t server_adopt_agent(int fd);
 extern const char *server_agent_lib;
 void server_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void server_request_stop(void);

@@ -94,6 +94,8 @@ void session_fill_info(const struct session *s, Memprof__SessionInfo *info)
     info->pid = s->pid;
     info->run = s->run;
     info->ppid = s->ppid;
+    info->ns_pid = s->ns_pid != s->pid ? s->ns_pid : 0;
+    info->container = (char *)s->container;
     info->python_version = (char *)s->py.version;
     info->state = (char *)session_state_name(s->state);
     info->attached_since = s->attached_since;

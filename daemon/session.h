@@ -39,6 +39,8 @@ struct session {
     struct alloc_data *alloc;   /* allocation tracking data (alloc.c), NULL until a report */
     uint32_t run;               /* memprof run: the run (run.c) it belongs to; 0 when attached */
     pid_t ppid;                 /* memprof run: parent pid, for a child's session */
+    pid_t ns_pid;               /* pid inside its own pid namespace (== pid on the host) */
+    char container[64];         /* container hint (procinfo.h), "" on the host */
     int exiting;                /* the agent sent its final report: the process is ending */
     struct session *next;
 };

@@ -4,6 +4,10 @@ set -eu
 PKGS="build-essential pkg-config libelf-dev libdw-dev libbpf-dev libprotobuf-c-dev protobuf-c-compiler
       python3 python3-pytest graphviz gdb bc procps
       python3-memory-profiler python3-objgraph python3-psutil"
+if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-deps: not a Debian system (no dpkg/apt-get): install by hand a C compiler, make, pkg-config, the development files of libelf, libdw, libbpf and protobuf-c, protoc-c, python3 and pytest, then run make" >&2
+    exit 1
+fi
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -35,10 +35,10 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "load") && argc == 6) {
         struct inject_result r;
-        int rc = inject_load(pid, argv[3], argv[4], argv[5], &r, err);
+        int rc = inject_load(pid, argv[3], argv[4], argv[5], 0, &r, err);
         if (rc < 0) printf("error: %s\n", err);
-        printf("%s handle=0x%" PRIx64 " start_rc=%d stop_ms=%.3f retries=%u total_ms=%.2f\n", rc ? "FAIL" : "ok",
-               r.handle, r.start_rc, r.stop_ms, r.retries, (mp_now() - t0) * 1e3);
+        printf("%s handle=0x%" PRIx64 " start_rc=%d stop_ms=%.3f retries=%u total_ms=%.2f how=%s\n", rc ? "FAIL" : "ok",
+               r.handle, r.start_rc, r.stop_ms, r.retries, (mp_now() - t0) * 1e3, r.how);
         return rc ? 1 : 0;
     }
     if (!strcmp(argv[1], "unload") && argc == 4) {

@@ -1,0 +1,194 @@
+/* deliver.c -- the host side of loading the agent into a target that may live in a container:
+ * the library's bytes, written into a memfd of the target or into a private copy in the
+ * target's /tmp, and one end of a socket taken out of the target (pidfd_getfd). */
+#include "deliver.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/fsuid.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "elfsym.h"
+#include "util.h"
+
+int deliver_read_lib(const char *path, struct libbytes *lb, char *err)
+{
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    memset(lb, 0, sizeof *lb);
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        mp_errno(err, "cannot read the library %s", path);
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    lb->len = (size_t)st.st_size;
+    lb->data = malloc(lb->len ? lb->len : 1);
+    if (!lb->data) {
+        close(fd);
+        mp_err(err, "out of memory");
+        return -1;
+    }
+    for (size_t off = 0; off < lb->len;) {
+        ssize_t r = read(fd, (char *)lb->data + off, lb->len - off);
+        if (r <= 0) {
+            mp_errno(err, "cannot read the library %s", path);
+            close(fd);
+            deliver_free_lib(lb);
+            return -1;
+        }
+        off += (size_t)r;
+    }
+    close(fd);
+    snprintf(lb->base, sizeof lb->base, "%s", path_base(path));
+    return 0;
+}
+
+void deliver_free_lib(struct libbytes *lb)
+{
+    free(lb->data);
+    lb->data = NULL;
+}
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+    for (size_t off = 0; off < len;) {
+        ssize_t r = write(fd, (const char *)buf + off, len - off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        off += (size_t)r;
+    }
+    return 0;
+}
+
+int deliver_fill_memfd(pid_t pid, int fd, const struct libbytes *lb, char *err)
+{
+    char path[64];
+    int w;
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)pid, fd);
+    w = open(path, O_WRONLY | O_CLOEXEC);
+    if (w < 0) {
+        mp_errno(err, "opening its memfd %s", path);
+        return -1;
+    }
+    if (write_all(w, lb->data, lb->len) < 0) {
+        mp_errno(err, "writing the library into its memfd %s", path);
+        close(w);
+        return -1;
+    }
+    close(w);
+    return 0;
+}
+
+/* fsuid and fsgid of pid (the 4th fields of Uid: and Gid:). */
+static int target_fsids(pid_t pid, uid_t *uid, gid_t *gid)
+{
+    char path[64], buf[4096];
+    const char *u, *g;
+    unsigned a[4], b[4];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    if (mp_read_file(path, buf, sizeof buf) <= 0 || !(u = strstr(buf, "\nUid:")) || !(g = strstr(buf, "\nGid:")) ||
+        sscanf(u + 5, "%u %u %u %u", &a[0], &a[1], &a[2], &a[3]) != 4 ||
+        sscanf(g + 5, "%u %u %u %u", &b[0], &b[1], &b[2], &b[3]) != 4)
+        return -1;
+    *uid = a[3];
+    *gid = b[3];
+    return 0;
+}
+
+/* The directory is made as the target's uid: readable by it, and creatable on a /tmp
+ * that belongs to a user namespace where our uid is not mapped. Only single path
+ * components are created or opened below the target's /tmp (O_NOFOLLOW): a symlink
+ * planted in the container cannot redirect us into the host's files. */
+int deliver_tmp_copy(pid_t pid, const struct libbytes *lb, struct tmpcopy *tc, char *err)
+{
+    char path[64];
+    unsigned char rnd[6];
+    uid_t uid, old_uid;
+    gid_t gid, old_gid;
+    int rootfd, fd = -1, rc = -1, e = 0;
+    const char *step = "";
+
+    memset(tc, 0, sizeof *tc);
+    tc->tmpfd = tc->dirfd = -1;
+    if (target_fsids(pid, &uid, &gid) < 0 || getrandom(rnd, sizeof rnd, 0) != sizeof rnd) {
+        mp_err(err, "pid %d: cannot read its credentials", (int)pid);
+        return -1;
+    }
+    snprintf(path, sizeof path, "/proc/%d/root", (int)pid);
+    rootfd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0) {
+        mp_errno(err, "pid %d: cannot open its root %s", (int)pid, path);
+        return -1;
+    }
+    tc->tmpfd = openat(rootfd, "tmp", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    close(rootfd);
+    if (tc->tmpfd < 0) {
+        mp_errno(err, "pid %d: no /tmp directory in its root", (int)pid);
+        return -1;
+    }
+    snprintf(tc->name, sizeof tc->name, ".memprof-%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3], rnd[4],
+             rnd[5]);
+    snprintf(tc->path, sizeof tc->path, "/tmp/%s/%s", tc->name, lb->base);
+    old_gid = (gid_t)setfsgid(gid);
+    old_uid = (uid_t)setfsuid(uid);
+    if (mkdirat(tc->tmpfd, tc->name, 0711) < 0) {
+        e = errno, step = "creating a directory in";
+    } else if ((tc->dirfd = openat(tc->tmpfd, tc->name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0) {
+        e = errno, step = "opening the directory it made in";
+    } else if ((fd = openat(tc->dirfd, lb->base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444)) < 0) {
+        e = errno, step = "creating the library in";
+    } else if (write_all(fd, lb->data, lb->len) < 0 || fchmod(fd, 0444) < 0) {
+        e = errno, step = "writing the library into";
+    } else {
+        rc = 0;
+    }
+    if (fd >= 0) close(fd);
+    setfsuid(old_uid);
+    setfsgid(old_gid);
+    if (rc < 0) {
+        mp_err(err, "pid %d: %s its /tmp: %s", (int)pid, step, strerror(e));
+        deliver_tmp_remove(tc);
+    }
+    return rc;
+}
+
+void deliver_tmp_remove(struct tmpcopy *tc)
+{
+    if (tc->dirfd >= 0) {
+        char base[NAME_MAX + 1];
+        snprintf(base, sizeof base, "%s", path_base(tc->path));
+        unlinkat(tc->dirfd, base, 0);
+        close(tc->dirfd);
+        tc->dirfd = -1;
+    }
+    if (tc->tmpfd >= 0) {
+        if (tc->name[0]) unlinkat(tc->tmpfd, tc->name, AT_REMOVEDIR);
+        close(tc->tmpfd);
+        tc->tmpfd = -1;
+    }
+}
+
+int deliver_take_fd(pid_t pid, int fd, char *err)
+{
+#if defined(SYS_pidfd_open) && defined(SYS_pidfd_getfd)
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0), ours;
+    if (pidfd < 0) {
+        mp_errno(err, "pidfd_open");
+        return -1;
+    }
+    ours = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    if (ours < 0) mp_errno(err, "pidfd_getfd (Linux >= 5.6, ptrace rights)");
+    close(pidfd);
+    return ours;
+#else
+    (void)pid, (void)fd;
+    mp_err(err, "pidfd_getfd unknown to this build");
+    return -1;
+#endif
+}

@@ -1,0 +1,36 @@
+/* deliver.h -- getting the agent's bytes and a socket into a target whatever its filesystem
+ * and network namespace: memfd filling, a private copy in its /tmp, pidfd_getfd. */
+#ifndef MEMPROF_DELIVER_H
+#define MEMPROF_DELIVER_H
+
+#include <limits.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+/* A library read into memory before the target is stopped. */
+struct libbytes {
+    void *data;
+    size_t len;
+    char base[NAME_MAX + 1]; /* its file name: the memfd's name, the copy's name */
+};
+int deliver_read_lib(const char *path, struct libbytes *lb, char *err);
+void deliver_free_lib(struct libbytes *lb);
+
+/* Writes the library into the target's descriptor fd (a memfd) through /proc/TID/fd (pid
+ * may be any live thread of the target; so for deliver_tmp_copy). */
+int deliver_fill_memfd(pid_t pid, int fd, const struct libbytes *lb, char *err);
+
+/* The library as /tmp/.memprof-XXXXXXXXXXXX/<base> in the target's root, made as the
+ * target's uid, 0444 in a 0711 directory. deliver_tmp_remove deletes both. */
+struct tmpcopy {
+    int tmpfd, dirfd;
+    char name[32];   /* the directory's name in /tmp */
+    char path[320];  /* the library's path as the target sees it */
+};
+int deliver_tmp_copy(pid_t pid, const struct libbytes *lb, struct tmpcopy *tc, char *err);
+void deliver_tmp_remove(struct tmpcopy *tc);
+
+/* A duplicate of the target's descriptor fd in this process (pidfd_getfd), or -1. */
+int deliver_take_fd(pid_t pid, int fd, char *err);
+
+#endif

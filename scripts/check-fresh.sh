@@ -1,0 +1,119 @@
+#!/bin/sh
+# check-fresh.sh -- the README's two commands on a fresh Debian 12 root, then the .deb on a root with no build tools.
+#
+# 1. A minbase bookworm root with only build-essential, git and ca-certificates (scripts/mkroot.sh, cached),
+#    a clean `git archive` of HEAD copied into it (no ../shared beside it), and inside it, as root:
+#    `make demo`, then `make test`. Both must exit 0; the demo must show an attached session and a census;
+#    the test summary must have no failure and no skip for a missing file.
+# 2. `make deb` there, then a bare minbase root (no compiler): `apt-get install ./memprof_*.deb python3`,
+#    `memprofd attach`, `memprof top --once`, `memprofd detach` on a real Python process.
+# Every mount is undone on every exit path. Logs and a summary go to build/fresh/.
+set -eu
+cd "$(dirname "$0")/.."
+top=$(pwd)
+out="$top/build/fresh"
+mkdir -p "$out"
+[ "$(id -u)" -eq 0 ] || { echo "check-fresh: needs root (debootstrap, chroot, mounts)" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/memprof-fresh.XXXXXX)
+mounted=""
+cleanup() {
+    # Any process still running inside our roots was started by this script: end it by pid.
+    for d in /proc/[0-9]*; do
+        case "$(readlink "$d/root" 2>/dev/null)" in "$work"/*) kill -9 "${d#/proc/}" 2>/dev/null || true ;; esac
+    done
+    for m in $mounted; do umount -l "$m" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+t0=$(date +%s)
+elapsed() { echo "$(( $(date +%s) - t0 )) s"; }
+fail() { echo "check-fresh: FAILED: $*" >&2; echo "FAILED: $*" >>"$out/summary"; exit 1; }
+
+# A root from a cached tarball, with /proc, /dev, /sys mounted and the host's resolver.
+make_root() { # DIR NAME
+    mkdir -p "$1"
+    tar -C "$1" -xzf "$(sh scripts/mkroot.sh "$2")"
+    cp /etc/resolv.conf "$1/etc/resolv.conf"
+    mount -t proc proc "$1/proc" && mounted="$1/proc $mounted"
+    mount --bind /dev "$1/dev" && mounted="$1/dev $mounted"
+    mount --bind /dev/pts "$1/dev/pts" && mounted="$1/dev/pts $mounted"
+    mount -t sysfs sysfs "$1/sys" && mounted="$1/sys $mounted"
+    mount -t tmpfs tmpfs "$1/tmp" && mounted="$1/tmp $mounted"
+}
+# Runs a shell command as root inside DIR with a login-like environment (no host variables leak in).
+in_root() { # DIR COMMAND
+    chroot "$1" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
+        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /bin/sh -c "$2"
+}
+
+: >"$out/summary"
+echo "== check-fresh: Debian 12 root ($(elapsed))"
+root="$work/bookworm"
+make_root "$root" bookworm
+mkdir -p "$root/root/memprof"
+git archive HEAD | tar -x -C "$root/root/memprof"
+in_root "$root" 'command -v python3 || true; ls /root/.pyenv 2>/dev/null || true' >"$out/before.log" 2>&1
+
+echo "== make demo ($(elapsed))"
+s=$(date +%s)
+rc=0; in_root "$root" 'cd /root/memprof && make demo' >"$out/demo.log" 2>&1 || rc=$?
+echo "make demo: exit $rc in $(( $(date +%s) - s )) s" | tee -a "$out/summary"
+[ $rc -eq 0 ] || { tail -n 30 "$out/demo.log"; fail "make demo exited $rc"; }
+grep -q '^attached to pid' "$out/demo.log" || fail "the demo shows no attached session"
+grep -qE '^ *ID +PID' "$out/demo.log" || fail "the demo shows no session table"
+grep -q 'TYPE' "$out/demo.log" || fail "the demo shows no census"
+
+echo "== make test ($(elapsed))"
+s=$(date +%s)
+rc=0; in_root "$root" 'cd /root/memprof && make test' >"$out/test.log" 2>&1 || rc=$?
+summary=$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$out/test.log" | tail -n 1)
+echo "make test: exit $rc in $(( $(date +%s) - s )) s: $summary" | tee -a "$out/summary"
+[ $rc -eq 0 ] || { tail -n 40 "$out/test.log"; fail "make test exited $rc"; }
+echo "$summary" | grep -q ' passed' || fail "make test printed no passed count"
+echo "$summary" | grep -qE ' (failed|error)' && fail "make test reported failures"
+grep -iE '^SKIPPED.*(not found|no such file|missing beside)' "$out/test.log" && fail "a test skipped for a missing file"
+grep -E 'MISSING|not found' "$out/test.log" | sed -n '1,20p' >>"$out/summary" || true
+
+echo "== make deb ($(elapsed))"
+rc=0; in_root "$root" 'cd /root/memprof && make deb' >"$out/deb.log" 2>&1 || rc=$?
+[ $rc -eq 0 ] || { tail -n 20 "$out/deb.log"; fail "make deb exited $rc"; }
+deb=$(ls "$root"/root/memprof/build/memprof_*_amd64.deb 2>/dev/null | head -n 1)
+[ -n "$deb" ] || fail "make deb made no build/memprof_*_amd64.deb"
+cp "$deb" "$out/"
+
+echo "== the .deb on a root without build tools ($(elapsed))"
+bare="$work/bare"
+make_root "$bare" bookworm-bare
+cp "$deb" "$bare/root/"
+rc=0; in_root "$bare" '
+    set -e
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends ./root/memprof_*.deb python3 >/dev/null
+    ! command -v cc && ! command -v gcc && ! command -v make
+    memprofd --version
+    memprof --version
+    python3 -u -c "
+import time
+keep = []
+print(\"ready\", flush=True)
+while True:
+    keep.append(bytearray(100000)); time.sleep(0.01)
+" >/tmp/target.log 2>&1 &
+    pid=$!
+    trap "kill $pid 2>/dev/null; memprofd stop >/dev/null 2>&1" EXIT
+    for i in $(seq 50); do grep -q ready /tmp/target.log && break; sleep 0.1; done
+    memprofd attach --pid $pid
+    sleep 2
+    memprof top --pid $pid --once
+    memprofd detach --pid $pid
+' >"$out/deb-install.log" 2>&1 || rc=$?
+cat "$out/deb-install.log"
+[ $rc -eq 0 ] || fail "installing and using the .deb failed (exit $rc)"
+grep -q '^attached to pid' "$out/deb-install.log" || fail "the installed memprofd did not attach"
+grep -q '^detached from pid' "$out/deb-install.log" || fail "the installed memprofd did not detach"
+
+echo "check-fresh: passed in $(elapsed)" | tee -a "$out/summary"

@@ -65,8 +65,75 @@ def find_interpreters():
     return found
 
 
+# Debian sid's Pythons (3.13-3.15 here need sid's glibc): run inside a root
+# built by scripts/mkroot.sh, extracted once to build/sid-root, as
+# `chroot ROOT /usr/bin/python3.X` through a wrapper script (exec keeps the pid;
+# the working directory is kept).
+# /work, /tmp, /proc and /dev are bind-mounted in for the session so paths mean
+# the same inside; unmounted at exit.
+SID_MINORS = (13, 14, 15)
+SID_ROOT = os.path.join(BUILD, "sid-root")
+SID_TARBALLS = [os.environ.get("MEMPROF_SID_TARBALL", ""), "/var/cache/memprof/sid.tar.gz",
+                os.path.join(BUILD, "cache", "sid.tar.gz")]
+SID_BINDS = ["/work", "/tmp", "/proc", "/dev"]
+SID_NOTE = []  # why the sid interpreters are missing
+
+
+def _sid_mounted():
+    """The bind mounts under SID_ROOT (from mountinfo: a bind of the same file
+    system is no mount point to os.path.ismount)."""
+    with open("/proc/self/mountinfo") as f:
+        points = {line.split()[4] for line in f}
+    return [m for m in SID_BINDS if SID_ROOT + m in points]
+
+
+def sid_unmount():
+    for m in reversed(_sid_mounted()):
+        subprocess.call(["umount", "-l", SID_ROOT + m])
+
+
+def _sid_interpreters():
+    tarball = next((t for t in SID_TARBALLS if t and os.path.exists(t)), None)
+    if os.geteuid() != 0:
+        SID_NOTE.append("the sid root needs root (chroot, bind mounts)")
+        return {}
+    if not os.path.exists(os.path.join(SID_ROOT, ".extracted")):
+        if not tarball:
+            SID_NOTE.append("no sid root (MEMPROF_CACHE=/var/cache/memprof sh scripts/mkroot.sh sid builds one)")
+            return {}
+        os.makedirs(SID_ROOT, exist_ok=True)
+        if subprocess.call(["tar", "-xzf", tarball, "-C", SID_ROOT]) != 0:
+            SID_NOTE.append("cannot extract %s" % tarball)
+            return {}
+        open(os.path.join(SID_ROOT, ".extracted"), "w").close()
+    import atexit
+    atexit.register(sid_unmount)
+    for m in SID_BINDS:
+        if m not in _sid_mounted() and os.path.isdir(m):
+            os.makedirs(SID_ROOT + m, exist_ok=True)
+            subprocess.check_call(["mount", "--bind", m, SID_ROOT + m])
+    found = {}
+    wrappers = os.path.join(BUILD, "sid-bin")
+    os.makedirs(wrappers, exist_ok=True)
+    for minor in SID_MINORS:
+        inside = "/usr/bin/python3.%d" % minor
+        if not os.access(SID_ROOT + inside, os.X_OK):
+            continue
+        exe = os.path.join(wrappers, "python3.%d" % minor)
+        with open(exe, "w") as f:
+            # the same working directory inside (chroot starts in /)
+            f.write('#!/bin/sh\nexec chroot %s /usr/bin/env --chdir="$PWD" %s "$@"\n' % (SID_ROOT, inside))
+        os.chmod(exe, 0o755)
+        ver = _version_of(exe)
+        if ver:
+            found["sid-3.%d" % minor] = (exe, ver)
+    return found
+
+
 INTERPRETERS = find_interpreters()
-SUPPORTED_IDS = ["pyenv-%d.%d" % v for v in SUPPORTED] + ["debian-3.11"]
+INTERPRETERS.update(_sid_interpreters())
+SID_IDS = ["sid-3.%d" % m for m in SID_MINORS]
+SUPPORTED_IDS = ["pyenv-%d.%d" % v for v in SUPPORTED] + ["debian-3.11"] + SID_IDS
 UNSUPPORTED_IDS = ["pyenv-%d.%d" % v for v in UNSUPPORTED]
 
 
@@ -81,8 +148,14 @@ def default_python():
 def interpreter(pyid):
     """The interpreter's (path, version), or a visible skip when this machine lacks it."""
     if pyid not in INTERPRETERS:
+        if pyid in SID_IDS and SID_NOTE:
+            pytest.skip("%s: %s" % (pyid, SID_NOTE[0]))
         pytest.skip("%s is not installed on this machine" % pyid)
     return INTERPRETERS[pyid]
+
+
+def pytest_unconfigure(config):
+    sid_unmount()
 
 
 def pytest_report_header(config):

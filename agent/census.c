@@ -20,7 +20,7 @@
 /* Every CPython layout fact used below comes from agent/pyabi.h: constants for
  * what every supported version shares, the running version's entry (L) for the
  * rest. Read at fixed offsets, the same in every supported version (LP64):
- * str length 0x10; dict ma_used 0x10; tuple ob_item 0x18; long digits 0x18;
+ * str length 0x10; dict ma_used 0x10; long digits 0x18;
  * float ob_fval 0x10; bytes ob_sval 0x20; bytearray ob_alloc 0x18; set used
  * 0x18, mask 0x20, table 0x28, smalltable 0x40; module md_dict 0x10; cell
  * ob_ref 0x10; method im_func 0x10, im_self 0x18; C function m_ml 0x10, m_self
@@ -1037,7 +1037,7 @@ static void obj_label(pyobj *o, struct sb *b)
     char *tp = OB_TYPE(o);
     unsigned long fl = TP_FLAGS(tp);
     if (fl & F_TYPE_SUB) type_short((char *)o, b);
-    else if (is_sub(tp, api.module_t)) sb_str(b, FLD(o, 0x30, pyobj *));
+    else if (is_sub(tp, api.module_t)) sb_str(b, FLD(o, L->module.name, pyobj *));
     else if (is_sub(tp, api.cfunction_t)) {
         char *ml = FLD(o, 0x10, char *);
         sb_puts(b, ml && FLD(ml, 0, const char *) ? FLD(ml, 0, const char *) : "?");
@@ -1228,7 +1228,7 @@ static void edge_label(pyobj *src, pyobj *dst, struct sb *b)
         return;
     }
     if (fl & (F_LIST_SUB | F_TUPLE_SUB)) {
-        pyobj **items = (fl & F_LIST_SUB) ? FLD(src, 0x18, pyobj **) : &FLD(src, 0x18, pyobj *);
+        pyobj **items = (fl & F_LIST_SUB) ? FLD(src, L->list.items, pyobj **) : &FLD(src, L->tuple.items, pyobj *);
         ssize_t n = OB_SIZE(src);
         for (ssize_t i = 0; items && i < n; i++)
             if (items[i] == dst) {

@@ -37,7 +37,7 @@ static const struct pyabi table[] = {
      .type = {.cached_keys = -1, .preheader_flags = 0},
      .gc = {.state = 0x158, .collecting = 0xc8, GC_3_8},
      .dict = {.keys = 0x20, .values = 0x28, .inst_values = PYABI_VALUES_NONE},
-     .list = {.items = 0x18}, .longobj = {.tag = -1},
+     .list = {.items = 0x18}, .tuple = {.items = 0x18}, .module = {.name = 0x30}, .longobj = {.tag = -1},
      .str = {.state = 0x20, .ascii_size = 48, .compact_size = 72},
      .frameobj = {.iframe = -1, .globals = 0x30, .locals = 0x38},
      .alloc = {.small_max = 512}},
@@ -50,7 +50,7 @@ static const struct pyabi table[] = {
      .type = {.cached_keys = -1, .preheader_flags = 0},
      .gc = {.state = 0x268, .collecting = 0xc8, GC_3_8},
      .dict = {.keys = 0x20, .values = 0x28, .inst_values = PYABI_VALUES_NONE},
-     .list = {.items = 0x18}, .longobj = {.tag = -1},
+     .list = {.items = 0x18}, .tuple = {.items = 0x18}, .module = {.name = 0x30}, .longobj = {.tag = -1},
      .str = {.state = 0x20, .ascii_size = 48, .compact_size = 72},
      .frameobj = {.iframe = -1, .globals = 0x30, .locals = 0x38},
      .alloc = {.small_max = 512}},
@@ -66,7 +66,7 @@ static const struct pyabi table[] = {
      .type = {.cached_keys = -1, .preheader_flags = 0},
      .gc = {.state = 0x268, .collecting = 0xc8, GC_3_8},
      .dict = {.keys = 0x20, .values = 0x28, .inst_values = PYABI_VALUES_NONE},
-     .list = {.items = 0x18}, .longobj = {.tag = -1},
+     .list = {.items = 0x18}, .tuple = {.items = 0x18}, .module = {.name = 0x30}, .longobj = {.tag = -1},
      .str = {.state = 0x20, .ascii_size = 48, .compact_size = 72},
      .frameobj = {.iframe = -1, .globals = 0x30, .locals = 0x38},
      .alloc = {.small_max = 512}},
@@ -81,7 +81,7 @@ static const struct pyabi table[] = {
      .type = {.cached_keys = 0x368, .preheader_flags = F_MANAGED_DICT},
      .gc = {.state = 0x288, .collecting = 0xc8, GC_3_8},
      .dict = {.keys = 0x20, .values = 0x28, .inst_values = PYABI_VALUES_PREHEADER},
-     .list = {.items = 0x18}, .longobj = {.tag = -1},
+     .list = {.items = 0x18}, .tuple = {.items = 0x18}, .module = {.name = 0x30}, .longobj = {.tag = -1},
      .str = {.state = 0x20, .ascii_size = 48, .compact_size = 72},
      .frameobj = {.iframe = 0x18, .globals = 0x08, .locals = 0x18},
      .alloc = {.small_max = 512}},
@@ -96,7 +96,7 @@ static const struct pyabi table[] = {
      .type = {.cached_keys = 0x370, .preheader_flags = F_MANAGED_DICT | F_MANAGED_WEAKREF},
      .gc = {.state = 0x070, .collecting = 0xc8, GC_3_8},
      .dict = {.keys = 0x20, .values = 0x28, .inst_values = PYABI_VALUES_TAGGED},
-     .list = {.items = 0x18}, .longobj = {.tag = 0x10},
+     .list = {.items = 0x18}, .tuple = {.items = 0x18}, .module = {.name = 0x30}, .longobj = {.tag = 0x10},
      .str = {.state = 0x20, .ascii_size = 40, .compact_size = 56},
      .frameobj = {.iframe = 0x18, .globals = 0x18, .locals = 0x28},
      .alloc = {.small_max = 512}},
@@ -113,7 +113,7 @@ static const struct pyabi table[] = {
      .type = {.cached_keys = 0x370, .preheader_flags = F_MANAGED_DICT | F_MANAGED_WEAKREF},
      .gc = {.state = 0x1ce8, .collecting = 0xc8, GC_3_8},
      .dict = {.keys = 0x20, .values = 0x28, .inst_values = PYABI_VALUES_INLINE},
-     .list = {.items = 0x18}, .longobj = {.tag = 0x10},
+     .list = {.items = 0x18}, .tuple = {.items = 0x18}, .module = {.name = 0x30}, .longobj = {.tag = 0x10},
      .str = {.state = 0x20, .ascii_size = 40, .compact_size = 56},
      .frameobj = {.iframe = 0x18, .globals = 0x18, .locals = 0x28},
      .alloc = {.small_max = 512},
@@ -127,7 +127,8 @@ static const struct pyabi table[] = {
     /* 3.14: f_executable became a _PyStackRef (tag bits 3); frame owner moved
      * to 74 and FRAME_OWNED_BY_INTERPRETER (3, entry frames) joined CSTACK (4)
      * among the frames to skip; code objects grew by 8 (co_code_adaptive 208).
-     * GC: 3.14.0 shipped the incremental collector (young, old[2], permanent at
+     * Tuples cache their hash (ob_hash) before ob_item, now at 0x20.
+ * GC: 3.14.0 shipped the incremental collector (young, old[2], permanent at
      * the same places as generations[3], permanent; no generation0 pointer), later
      * 3.14.x went back to the generational one with generation0 at 256. Where
      * generation0 does not check out, the census lists objects with gc.get_objects. */
@@ -145,7 +146,7 @@ static const struct pyabi table[] = {
      .gc = {.state = 7408, .enabled = 0x0c, .collecting = 192, .generations = 0x18, .permanent = 0x60,
             .generation0 = 256},
      .dict = {.keys = 0x20, .values = 0x28, .inst_values = PYABI_VALUES_INLINE},
-     .list = {.items = 0x18}, .longobj = {.tag = 0x10},
+     .list = {.items = 0x18}, .tuple = {.items = 0x20}, .module = {.name = 0x30}, .longobj = {.tag = 0x10},
      .str = {.state = 0x20, .ascii_size = 40, .compact_size = 56},
      .frameobj = {.iframe = 0x18, .globals = 0x18, .locals = 0x28},
      .alloc = {.small_max = 512},
@@ -159,7 +160,7 @@ static const struct pyabi table[] = {
      * (INTERPRETER, 3, is the first non-Python owner; each thread's bottom is a
      * base_frame of that kind); ht_cached_keys at 888; the collector's state
      * lost its trash fields (enabled 0, generations 8, permanent 80, collecting
-     * 112, generation0 168). Its _Py_DebugOffsets also give ht_cached_keys and
+     * 112, generation0 168); modules lost md_def (md_name at 0x28). Its _Py_DebugOffsets also give ht_cached_keys and
      * sizeof(PyCompactUnicodeObject), both checked. */
     {.minor = 15,
      .caps = PYABI_DICT_KEYS_V2 | PYABI_FRAME_SIZED_BY_CODE | PYABI_LONG_TAG | PYABI_ANY_EXECUTABLE |
@@ -174,7 +175,7 @@ static const struct pyabi table[] = {
      .type = {.cached_keys = 888, .preheader_flags = F_MANAGED_DICT | F_MANAGED_WEAKREF},
      .gc = {.state = 7400, .enabled = 0, .collecting = 112, .generations = 8, .permanent = 80, .generation0 = 168},
      .dict = {.keys = 0x20, .values = 0x28, .inst_values = PYABI_VALUES_INLINE},
-     .list = {.items = 0x18}, .longobj = {.tag = 0x10},
+     .list = {.items = 0x18}, .tuple = {.items = 0x20}, .module = {.name = 0x28}, .longobj = {.tag = 0x10},
      .str = {.state = 0x20, .ascii_size = 40, .compact_size = 56},
      .frameobj = {.iframe = 0x18, .globals = 0x18, .locals = 0x28},
      .alloc = {.small_max = 512},

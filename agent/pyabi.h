@@ -112,6 +112,8 @@ struct pyabi {
         enum pyabi_values inst_values;
     } dict;
     struct { int items; } list;     /* PyListObject ob_item */
+    struct { int items; } tuple;    /* PyTupleObject ob_item[] (3.14+ caches ob_hash before it) */
+    struct { int name; } module;    /* PyModuleObject md_name (3.15 dropped md_def) */
     struct { int tag; } longobj;    /* PYABI_LONG_TAG: lv_tag (else ob_size) */
     struct { int state, ascii_size, compact_size; } str; /* state bits; sizeof PyASCIIObject, PyCompactUnicodeObject */
     struct { int iframe, globals, locals; } frameobj; /* PyFrameObject: its _PyInterpreterFrame * (3.11+, else -1); f_globals/f_locals */

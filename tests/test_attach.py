@@ -451,7 +451,7 @@ def test_memprof_help_lists_commands_and_each_has_help():
 
 def test_ps_lists_python_processes(daemon, targets):
     found = {}
-    for pyid in ("debian-3.11", "pyenv-3.13", "pyenv-3.7"):
+    for pyid in ("debian-3.11", "pyenv-3.13", "pyenv-3.7", "sid-3.14", "sid-3.15"):
         if pyid in INTERPRETERS:
             t = targets.start([INTERPRETERS[pyid][0], "-u", target_script("idle.py")])
             t.wait_for(r"^ready")
@@ -463,10 +463,13 @@ def test_ps_lists_python_processes(daemon, targets):
     for pid, version in found.items():
         assert pid in procs and procs[pid]["python"] == version
         assert procs[pid]["rss"] > 1 << 20
-        assert procs[pid]["supported"] == (version.startswith("3.") and 8 <= int(version.split(".")[1]) <= 13)
+        assert procs[pid]["supported"] == (version.startswith("3.") and 8 <= int(version.split(".")[1]) <= 15)
     assert s.pid not in procs
     table = daemon.run("ps").stdout
     assert table.startswith("PID") and str(next(iter(found))) in table
+    for pid, version in found.items():  # '!' marks an unsupported version
+        mark = "" if procs[pid]["supported"] else "!"
+        assert re.search(r"^%d\s+\S+\s+%s%s\s" % (pid, re.escape(version), re.escape(mark)), table, re.M), table
 
 
 def test_interrupted_attach_leaves_target_clean(daemon, targets):

@@ -58,6 +58,8 @@ struct agent_conf {
     int exact, track, debug;
     int fd;               /* a socket already connected to memprofd (injected across namespaces), or -1 */
     int follow;           /* memprof run --follow-fork: forked children are sessions too */
+    uint64_t handle;      /* remote-exec: our dlopen handle (ctypes), reported for the unload */
+    uint64_t busy_us;     /* remote-exec: how long its script had run before starting us */
 };
 
 /* One connection to the daemon, owned by the agent thread. */
@@ -200,6 +202,10 @@ static int conf_set(struct agent_conf *c, const char *key, const char *val)
     } else if (!strcmp(key, "interval")) {
         if (parse_u64(val, 60000, &v) < 0) return -1;
         c->interval_ms = v == 0 ? DEFAULT_INTERVAL_MS : v < 10 ? 10 : (uint32_t)v;
+    } else if (!strcmp(key, "handle")) {
+        if (parse_u64(val, UINT64_MAX, &c->handle) < 0) return -1;
+    } else if (!strcmp(key, "busy_us")) {
+        if (parse_u64(val, UINT64_MAX, &c->busy_us) < 0) return -1;
     } else if (!strcmp(key, "fd")) {
         if (parse_u64(val, INT_MAX, &v) < 0) return -1;
         c->fd = (int)v;
@@ -657,6 +663,8 @@ static int session_hello(struct session *s, int want_reply, char *err)
         ai.python_version = version;
     }
     ai.gil_wait_ms = s->gil_wait_ms;
+    ai.dl_handle = conf.handle;
+    ai.exec_ms = (double)conf.busy_us / 1e3;
     hello.protocol = MEMPROF_PROTOCOL;
     hello.role = MEMPROF__HELLO__ROLE__AGENT;
     hello.token = conf.token;

@@ -155,7 +155,10 @@ static const struct pyabi table[] = {
              .frame_instr_ptr = 272, .frame_owner = 288, .code_filename = 320, .code_name = 328,
              .code_qualname = 336, .code_firstlineno = 352, .code_adaptive = 384, .ob_type = 408,
              .tp_name = 424, .tp_flags = 440, .list_items = 480, .dict_keys = 536, .dict_values = 544,
-             .long_tag = 576, .str_state = 624, .str_ascii_size = 640, .gc_collecting = 656, .size = 760}},
+             .long_tag = 576, .str_state = 624, .str_ascii_size = 640, .gc_collecting = 656,
+             .rt_interpreters_head = 40, .interp_threads_main = 80, .rx_eval_breaker = 712, .rx_support = 720,
+             .rx_enabled = 728, .rx_pending_call = 736, .rx_script_path = 744, .rx_script_path_size = 752,
+             .size = 760}},
     /* 3.15: thread_id/native_thread_id moved by 24; CSTACK frames are gone
      * (INTERPRETER, 3, is the first non-Python owner; each thread's bottom is a
      * base_frame of that kind); ht_cached_keys at 888; the collector's state
@@ -185,7 +188,10 @@ static const struct pyabi table[] = {
              .code_qualname = 400, .code_firstlineno = 416, .code_adaptive = 448, .ob_type = 472,
              .tp_name = 488, .tp_flags = 504, .cached_keys = 536, .list_items = 576, .dict_keys = 632,
              .dict_values = 640, .long_tag = 672, .str_state = 720, .str_ascii_size = 736,
-             .str_compact_size = 744, .gc_collecting = 760, .size = 888}},
+             .str_compact_size = 744, .gc_collecting = 760,
+             .rt_interpreters_head = 40, .interp_threads_main = 80, .rx_eval_breaker = 840, .rx_support = 848,
+             .rx_enabled = 856, .rx_pending_call = 864, .rx_script_path = 872, .rx_script_path_size = 880,
+             .size = 888}},
 };
 
 #define NENTRIES (sizeof table / sizeof table[0])

@@ -66,6 +66,10 @@ struct pyabi_dbg {
     int ob_type, tp_name, tp_flags, cached_keys, dict_keys, dict_values, list_items, long_tag;
     int str_state, str_ascii_size, str_compact_size;
     int gc_collecting;
+    /* PEP 768 (PYABI_REMOTE_EXEC): where _Py_DebugOffsets keeps the offsets
+     * sys.remote_exec() uses (read from the target, not compared) */
+    int rt_interpreters_head, interp_threads_main;
+    int rx_eval_breaker, rx_support, rx_enabled, rx_pending_call, rx_script_path, rx_script_path_size;
     int size; /* bytes to read from _PyRuntime to see them all */
 };
 

@@ -225,6 +225,7 @@ static void check_abi(pid_t task, struct elfimg *img, struct pyinfo *info)
         mp_err(info->abi_error, "Python %s: cannot read _PyRuntime: %s", info->version, strerror(errno));
         return;
     }
+    info->runtime = addr;
     pyabi_check_debug_offsets(abi, hex, buf, (size_t)abi->dbg.size, info->abi_error);
 }
 

@@ -5,6 +5,7 @@
 #define MEMPROF_PYPROBE_H
 
 #include <limits.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "pyversions.h" /* the supported range: MP_PY_MIN_MINOR ... MP_PY_MAX_MINOR */
@@ -15,6 +16,7 @@ struct pyinfo {
     char version[32];        /* "3.11.7" */
     char pylib[PATH_MAX];    /* file with the C API: libpython*.so or the executable, as the target sees it */
     int shared;              /* 1: libpython shared library; 0: linked into the executable */
+    uint64_t runtime;        /* address of _PyRuntime (3.13+: its _Py_DebugOffsets), 0 when unknown */
     char abi_error[MP_ERRLEN]; /* why a supported version still cannot be profiled (its
                                   _Py_DebugOffsets disagree with agent/pyabi.c, a
                                   free-threaded build); "" when it can */

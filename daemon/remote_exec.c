@@ -87,7 +87,7 @@ int rx_usable(pid_t pid, const struct pyinfo *py, char *why)
     struct rx_offsets o;
     if (read_offsets(pid, py, &o, why) < 0) return -1;
     if (o.enabled != 1) {
-        mp_err(why, "remote debugging is disabled in it (-X disable_remote_debug or PYTHON_DISABLE_REMOTE_DEBUG)");
+        mp_err(why, "remote debugging is disabled in it (-X disable-remote-debug or PYTHON_DISABLE_REMOTE_DEBUG)");
         return -1;
     }
     if (!o.tstate) {

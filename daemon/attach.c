@@ -634,10 +634,17 @@ void attach_tick(void)
             rx_done(&s->rx);
         if (s->state == SESS_ATTACHING && s->deadline && now > s->deadline) {
             char err[MP_ERRLEN];
-            snprintf(err, sizeof err,
-                     "pid %d: the agent was loaded but did not connect within %.0f s "
-                     "(interpreter not initialized, or the GIL never released?)",
-                     (int)s->pid, ATTACH_TIMEOUT);
+            if (s->method == ATTACH_REMOTE_EXEC)
+                snprintf(err, sizeof err,
+                         "pid %d: its interpreter took the remote-exec request but no agent connected within %.0f s "
+                         "(ctypes missing, or an audit hook refused cpython.remote_debugger_script?); "
+                         "--method ptrace may work",
+                         (int)s->pid, ATTACH_TIMEOUT);
+            else
+                snprintf(err, sizeof err,
+                         "pid %d: the agent was loaded but did not connect within %.0f s "
+                         "(interpreter not initialized, or the GIL never released?)",
+                         (int)s->pid, ATTACH_TIMEOUT);
             reply_attach_error(s->attach_waiter, err);
             session_free(s);
         } else if (s->state == SESS_ATTACHING && !proc_alive(s->pid)) {

@@ -155,3 +155,24 @@ def test_remote_exec_before_3_14_is_refused(pyid, daemon, targets):
 def test_unknown_method_is_refused(daemon):
     r = daemon.memprofd("attach", "--pid", os.getpid(), "--method", "gdb")
     assert r.returncode != 0 and "--method is auto, ptrace or remote-exec" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("pyid", ["sid-3.14"])
+def test_audit_hook_refusing_the_script_is_reported(pyid, daemon, targets, no_leftovers):
+    """The interpreter takes the request but its audit hook refuses to run the
+    script: after the attach timeout, one line saying so; nothing loaded or left."""
+    exe, version = interpreter(pyid)
+    code = ("import sys, time\n"
+            "def hook(event, args):\n"
+            "    if event == 'cpython.remote_debugger_script':\n"
+            "        raise RuntimeError('no remote scripts here')\n"
+            "sys.addaudithook(hook)\n"
+            "print('ready', flush=True)\n"
+            "while True:\n"
+            "    time.sleep(0.05)\n")
+    t = targets.start([exe, "-u", "-c", code])
+    t.wait_for(r"^ready")
+    r = daemon.memprofd("attach", "--pid", t.pid, timeout=90)
+    assert r.returncode != 0, r.stdout
+    assert "its interpreter took the remote-exec request but no agent connected" in r.stderr, r.stderr
+    assert not agent_mapped(t.pid) and proc_state(t.pid)[0] in ("S", "R")

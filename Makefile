@@ -74,9 +74,10 @@ $(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS) agent/agent.map
 	    -Wl,-soname,libmemprof_agent.so -Wl,--version-script=agent/agent.map -Wl,-z,defs \
 	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_STATIC) -lpthread -ldl -lm
 
-$(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PPROF_SRC) $(HDRS)
-	$(CC) $(CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) -Idaemon -Iclient -o $@ $(DAEMON_SRC) $(CLIENT_SRC) $(WIRE_SRC) \
-	    $(PPROF_SRC) $(PKG_LIBS) $(Z_LIBS) $(MHD_LIBS) -lm
+# The daemon shares the agent's CPython ABI table (pyabi.c: data only).
+$(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) agent/pyabi.c $(WIRE_SRC) $(PPROF_SRC) $(HDRS)
+	$(CC) $(CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) -Idaemon -Iclient -Iagent -o $@ $(DAEMON_SRC) $(CLIENT_SRC) agent/pyabi.c \
+	    $(WIRE_SRC) $(PPROF_SRC) $(PKG_LIBS) $(Z_LIBS) $(MHD_LIBS) -lm
 
 $(BUILD)/memprof: cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PPROF_SRC) $(HDRS) $(BUILD)/flame_page.o
 	$(CC) $(CFLAGS) $(Z_CFLAGS) -Icli -Iclient -o $@ cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PPROF_SRC) \

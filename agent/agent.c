@@ -59,6 +59,8 @@ struct agent_conf {
     int exact, track, debug;
     int fd;               /* a socket already connected to memprofd (injected across namespaces), or -1 */
     int follow;           /* memprof run --follow-fork: forked children are sessions too */
+    uint64_t handle;      /* remote-exec: our dlopen handle (ctypes), reported for the unload */
+    uint64_t busy_us;     /* remote-exec: how long its script had run before starting us */
 };
 
 /* One connection to the daemon, owned by the agent thread. */
@@ -201,6 +203,10 @@ static int conf_set(struct agent_conf *c, const char *key, const char *val)
     } else if (!strcmp(key, "interval")) {
         if (parse_u64(val, 60000, &v) < 0) return -1;
         c->interval_ms = v == 0 ? DEFAULT_INTERVAL_MS : v < 10 ? 10 : (uint32_t)v;
+    } else if (!strcmp(key, "handle")) {
+        if (parse_u64(val, UINT64_MAX, &c->handle) < 0) return -1;
+    } else if (!strcmp(key, "busy_us")) {
+        if (parse_u64(val, UINT64_MAX, &c->busy_us) < 0) return -1;
     } else if (!strcmp(key, "fd")) {
         if (parse_u64(val, INT_MAX, &v) < 0) return -1;
         c->fd = (int)v;
@@ -246,9 +252,8 @@ static int conf_parse(struct agent_conf *c, char *buf)
  * after it starts finalizing (_PyThreadState_DeleteExcept, GIL held), long
  * before it frees the interpreter. The callback closes the gate and holds
  * finalization there until the agent thread, ended by take_gil, has left it.
- * Offsets: 3.10's PyThreadState (LP64). */
-#define PY310_TS_GILSTATE_COUNTER 0xa0 /* int gilstate_counter */
-#define PY310_TS_ON_DELETE 0xc8        /* void (*on_delete)(void *) */
+ * Versions that need it have PYABI_TSTATE_GATE and the two PyThreadState
+ * fields (gilstate_counter, on_delete) in their pyabi entry. */
 #define GATE_IN_TAKE 1   /* from making the thread state to holding the GIL */
 #define GATE_CLOSED 2    /* the interpreter cleared our thread state: no more takes */
 #define GATE_WAIT_S 5.0  /* at most, in the callback */
@@ -256,6 +261,7 @@ static int conf_parse(struct agent_conf *c, char *buf)
 static atomic_int gil_gate;
 static int gil_mode; /* 0 undecided, 1 PyGILState_Ensure alone, 2 the 3.10 way */
 static void *gil_tstate;
+static const struct pyabi *gil_abi; /* the entry with PYABI_TSTATE_GATE, in mode 2 */
 static void *(*ThreadState_New)(void *);
 static void *(*InterpreterState_Main)(void);
 
@@ -295,9 +301,10 @@ static int gil_take(int *state)
     int open = 0;
     if (!gil_mode) {
         const char *v = PY.GetVersion(); /* formats constants: no GIL needed */
+        gil_abi = pyabi_for(pyapi_parse_version(v, NULL, 0));
         ThreadState_New = (void *(*)(void *))pyapi_sym("PyThreadState_New");
         InterpreterState_Main = (void *(*)(void))pyapi_sym("PyInterpreterState_Main");
-        gil_mode = v && !strncmp(v, "3.10.", 5) && ThreadState_New && InterpreterState_Main ? 2 : 1;
+        gil_mode = gil_abi && (gil_abi->caps & PYABI_TSTATE_GATE) && ThreadState_New && InterpreterState_Main ? 2 : 1;
     }
     if (gil_mode == 1) {
         if (pyapi_finalizing()) return -1;
@@ -312,10 +319,10 @@ static int gil_take(int *state)
     }
     /* PyThreadState_New bound it to this thread; counter 0 as in Ensure: the
      * matching PyGILState_Release deletes it */
-    TS_FIELD(gil_tstate, PY310_TS_GILSTATE_COUNTER, int) = 0;
-    TS_FIELD(gil_tstate, PY310_TS_ON_DELETE, void *) = (void *)gil_tstate_cleared;
+    TS_FIELD(gil_tstate, gil_abi->ts.gilstate_counter, int) = 0;
+    TS_FIELD(gil_tstate, gil_abi->ts.on_delete, void *) = (void *)gil_tstate_cleared;
     *state = PY.GILState_Ensure();
-    TS_FIELD(gil_tstate, PY310_TS_ON_DELETE, void *) = NULL; /* we hold the GIL: no one clears it */
+    TS_FIELD(gil_tstate, gil_abi->ts.on_delete, void *) = NULL; /* we hold the GIL: no one clears it */
     atomic_fetch_and(&gil_gate, ~GATE_IN_TAKE);
     return 0;
 }
@@ -692,6 +699,8 @@ static int session_hello(struct session *s, int want_reply, char *err)
     }
     ai.gil_wait_ms = s->gil_wait_ms;
     ai.agent_version = (char *)MEMPROF_VERSION;
+    ai.dl_handle = conf.handle;
+    ai.exec_ms = (double)conf.busy_us / 1e3;
     hello.protocol = MEMPROF_PROTOCOL;
     hello.role = MEMPROF__HELLO__ROLE__AGENT;
     hello.token = conf.token;
@@ -870,6 +879,7 @@ static int gil_probe(struct session *s, char *err)
     }
     s->gil_wait_ms = (mp_now() - t0) * 1e3;
     if (pyapi_load_version(err) < 0) agent_log("%s", err); /* go on without a version */
+    else if (!pyapi_abi()) agent_log("%s", pyapi_abi_error()); /* go on: no stacks, no census */
     gil_give(state);
     return 0;
 }
@@ -1014,9 +1024,8 @@ int agent_launch_setup(char *err)
     struct hooks_conf hc = {.rate = conf.rate, .frames = conf.frames, .exact = conf.exact};
     int idle = 0, rc;
     if (pyapi_load_version(err) < 0) return -1;
-    if (!pyapi_offsets()) {
-        mp_err(err, "Python %s is not supported (memprof supports CPython 3.%d to 3.%d, release builds)",
-               pyapi_version(), PYAPI_MIN_MINOR, PYAPI_MAX_MINOR);
+    if (!pyapi_abi()) {
+        mp_err(err, "%s", pyapi_abi_error());
         return -1;
     }
     if (hooks_install(&hc, err) < 0) return -1;

@@ -11,6 +11,7 @@
 #include "client.h"
 #include "http.h"
 #include "server.h"
+#include "pyversions.h"
 #include "util.h"
 #include "version.h"
 
@@ -56,13 +57,17 @@ static const char *usage_serve =
 static const char *usage_attach =
     "usage: memprofd attach --pid PID [OPTIONS]\n"
     "\n"
-    "Inject the agent into a running CPython 3.8-3.13 process and start a session.\n"
+    "Inject the agent into a running CPython " MP_PY_RANGE_SHORT " process and start a session.\n"
     "  --pid PID            the process\n"
     "  --sample-rate BYTES  mean bytes between allocation samples (default 524288)\n"
     "  --exact              count every allocation (slower) instead of sampling\n"
     "  --max-frames N       Python frames kept per sample (default 64)\n"
     "  --interval MS        how often the agent reports (default 250)\n"
     "  --no-track           attach without allocation tracking\n"
+    "  --method M           how the agent gets in: auto (default: remote-exec where it\n"
+    "                       works, else ptrace), ptrace (stop a thread briefly and\n"
+    "                       load it), remote-exec (Python 3.14+, PEP 768: the main\n"
+    "                       thread loads it at its next safe point; nothing is stopped)\n"
     "  --socket PATH        the daemon's socket\n"
     "\n"
     "example:\n"
@@ -196,7 +201,8 @@ static int cmd_attach(int argc, char **argv)
     static struct option opts[] = {{"pid", required_argument, 0, 'p'},         {"socket", required_argument, 0, 's'},
                                    {"sample-rate", required_argument, 0, 'r'}, {"exact", no_argument, 0, 'e'},
                                    {"max-frames", required_argument, 0, 'f'},  {"interval", required_argument, 0, 'i'},
-                                   {"no-track", no_argument, 0, 'n'},          {0}};
+                                   {"no-track", no_argument, 0, 'n'},          {"method", required_argument, 0, 'm'},
+                                   {0}};
     Memprof__AttachRequest req = MEMPROF__ATTACH_REQUEST__INIT;
     Envelope env = MEMPROF__ENVELOPE__INIT, *reply;
     char err[MP_ERRLEN];
@@ -215,6 +221,11 @@ static int cmd_attach(int argc, char **argv)
         case 'f': req.max_frames = (uint32_t)parse_num("--max-frames", optarg); break;
         case 'i': req.interval_ms = (uint32_t)parse_num("--interval", optarg); break;
         case 'n': req.no_tracking = 1; break;
+        case 'm':
+            if (strcmp(optarg, "auto") && strcmp(optarg, "ptrace") && strcmp(optarg, "remote-exec"))
+                die("attach: --method is auto, ptrace or remote-exec");
+            req.method = optarg;
+            break;
         default: fputs(usage_attach, stderr); return 2;
         }
     }
@@ -233,8 +244,12 @@ static int cmd_attach(int argc, char **argv)
         wire_free(reply);
         return 3;
     }
-    printf("attached to pid %d: Python %s, target stopped %.2f ms, attach took %.0f ms\n", req.pid,
+    if (r->note && *r->note) fprintf(stderr, "memprofd: pid %d: %s; attached by ptrace\n", req.pid, r->note);
+    printf("attached to pid %d: Python %s, target stopped %.2f ms, attach took %.0f ms", req.pid,
            r->session->python_version, r->stop_ms, (mp_now() - t0) * 1000.0);
+    if (r->method && !strcmp(r->method, "remote-exec"))
+        printf(" (remote-exec: its main thread ran the loader for %.1f ms)", r->exec_ms);
+    putchar('\n');
     wire_free(reply);
     close(fd);
     return 0;

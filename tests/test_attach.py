@@ -225,6 +225,22 @@ def test_unsupported_python(pyid, daemon, targets):
     t.wait_for(r"^tick")
 
 
+def test_unknown_future_python(daemon, targets, tmp_path):
+    """A version past the table (3.16) is refused by its number, never guessed at:
+    a stand-in program (tests/targets/fake_python.c) that exports what the probe
+    reads from a real interpreter (Py_Version, Py_GetVersion) as python3.16."""
+    exe = str(tmp_path / "python3.16")
+    subprocess.check_call(["cc", "-O0", "-rdynamic", "-o", exe, os.path.join(os.path.dirname(__file__), "targets",
+                                                                           "fake_python.c")])
+    t = targets.start([exe])
+    t.wait_for(r"^ready 3.16.0a1")
+    expect_refused(daemon, t.pid, r"pid %d: unsupported Python 3.16 \(memprof supports 3.8 to 3.15\)" % t.pid)
+    assert_untouched(t.pid)
+    procs = {p["pid"]: p for p in json.loads(daemon.run("ps", "--json").stdout)}
+    assert procs[t.pid]["python"] == "3.16.0a1" and not procs[t.pid]["supported"]
+    assert re.search(r"^%d\s+\S+\s+3\.16\.0a1!" % t.pid, daemon.run("ps").stdout, re.M)
+
+
 def test_stopped_target_is_left_stopped(daemon, targets):
     exe = default_python()
     t = targets.start([exe, "-u", target_script("idle.py")])
@@ -446,7 +462,7 @@ def test_memprof_help_lists_commands_and_each_has_help():
 
 def test_ps_lists_python_processes(daemon, targets):
     found = {}
-    for pyid in ("debian-3.11", "pyenv-3.13", "pyenv-3.7"):
+    for pyid in ("debian-3.11", "pyenv-3.13", "pyenv-3.7", "sid-3.14", "sid-3.15"):
         if pyid in INTERPRETERS:
             t = targets.start([INTERPRETERS[pyid][0], "-u", target_script("idle.py")])
             t.wait_for(r"^ready")
@@ -458,10 +474,13 @@ def test_ps_lists_python_processes(daemon, targets):
     for pid, version in found.items():
         assert pid in procs and procs[pid]["python"] == version
         assert procs[pid]["rss"] > 1 << 20
-        assert procs[pid]["supported"] == (version.startswith("3.") and 8 <= int(version.split(".")[1]) <= 13)
+        assert procs[pid]["supported"] == (version.startswith("3.") and 8 <= int(version.split(".")[1]) <= 15)
     assert s.pid not in procs
     table = daemon.run("ps").stdout
     assert table.startswith("PID") and str(next(iter(found))) in table
+    for pid, version in found.items():  # '!' marks an unsupported version
+        mark = "" if procs[pid]["supported"] else "!"
+        assert re.search(r"^%d\s+\S+\s+%s%s\s" % (pid, re.escape(version), re.escape(mark)), table, re.M), table
 
 
 def test_multiline_command_is_one_row(daemon, targets):

@@ -34,12 +34,15 @@ HDRS = $(wildcard proto/*.h common/*.h client/*.h agent/*.h daemon/*.h cli/*.h) 
        $(BUILD)/gen/profile.pb-c.h
 
 BINS = $(BUILD)/memprofd $(BUILD)/memprof $(BUILD)/libmemprof_agent.so
-.PHONY: all test unit demo bench fuzz install clean deps check-fresh test-asan
+.PHONY: all test unit demo bench fuzz install clean deps deps-test check-fresh test-asan
 
 all: $(BINS)
 
+# What the build and the demo need (make demo), and everything the tests use too (make test).
 deps:
-	@sh scripts/install-deps.sh
+	@sh scripts/install-deps.sh build
+deps-test:
+	@sh scripts/install-deps.sh all
 
 $(BUILD)/gen/memprof.pb-c.c $(BUILD)/gen/memprof.pb-c.h: proto/memprof.proto
 	@mkdir -p $(BUILD)/gen
@@ -94,7 +97,7 @@ $(BUILD)/fuzz_decode: tests/fuzz/fuzz_decode.c $(WIRE_SRC) $(HDRS)
 unit: $(BUILD)/test_wire
 	$(BUILD)/test_wire
 
-test: all $(BUILD)/test_wire
+test: deps-test all $(BUILD)/test_wire
 	$(PYTHON) -m pytest -p no:cacheprovider -rs tests
 
 # deps first, then a new make for the build, so the libraries it installed are

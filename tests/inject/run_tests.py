@@ -477,11 +477,13 @@ def test_misbehaving():
 
 
 def test_seccomp():
-    print("seccomp: W^X enforced (mmap RWX -> EACCES) works; SIGSYS is reported, target survives")
+    print("seccomp: W^X enforced (mmap RWX -> EACCES) works; SIGSYS is reported, target survives;")
+    print("  memfd_create trapped (SIGSYS in the stub's own syscall): a copy in its /tmp instead")
     py = main_python()
     if not py:
         return
-    for mode, want in (("eacces", "ok"), ("trap", "a seccomp filter forbids")):
+    for mode, want in (("eacces", "ok"), ("trap", "a seccomp filter forbids"),
+                       ("memfd-trap", "how=a copy in its /tmp (memfd: memfd_create stopped by a seccomp filter")):
         p = spawn([py, os.path.join(HERE, "seccomp_target.py"), mode], stdout=subprocess.PIPE, text=True)
         wait_blocked(p.pid)
         rc, out = drv("load", p.pid, LIB, SYM, "seccomp-" + mode)

@@ -52,6 +52,8 @@ static const char *usage_attach =
     "  --max-frames N       Python frames kept per sample (default 64)\n"
     "  --interval MS        how often the agent reports (default 250)\n"
     "  --no-track           attach without allocation tracking\n"
+    "  --native             also native allocations (malloc, mmap... of C extensions),\n"
+    "                       attributed to the Python line running (not with --exact)\n"
     "  --socket PATH        the daemon's socket\n"
     "\n"
     "example:\n"
@@ -167,7 +169,8 @@ static int cmd_attach(int argc, char **argv)
     static struct option opts[] = {{"pid", required_argument, 0, 'p'},         {"socket", required_argument, 0, 's'},
                                    {"sample-rate", required_argument, 0, 'r'}, {"exact", no_argument, 0, 'e'},
                                    {"max-frames", required_argument, 0, 'f'},  {"interval", required_argument, 0, 'i'},
-                                   {"no-track", no_argument, 0, 'n'},          {0}};
+                                   {"no-track", no_argument, 0, 'n'},          {"native", no_argument, 0, 'N'},
+                                   {0}};
     Memprof__AttachRequest req = MEMPROF__ATTACH_REQUEST__INIT;
     Envelope env = MEMPROF__ENVELOPE__INIT, *reply;
     char err[MP_ERRLEN];
@@ -186,10 +189,13 @@ static int cmd_attach(int argc, char **argv)
         case 'f': req.max_frames = (uint32_t)parse_num("--max-frames", optarg); break;
         case 'i': req.interval_ms = (uint32_t)parse_num("--interval", optarg); break;
         case 'n': req.no_tracking = 1; break;
+        case 'N': req.native = 1; break;
         default: fputs(usage_attach, stderr); return 2;
         }
     }
     if (!req.pid) die("attach: --pid is required (see memprofd attach --help)");
+    if (req.native && (req.exact || req.no_tracking))
+        die("attach: --native samples native allocations: not with --exact or --no-track");
     fd = client_connect(client_socket_opt, 1, err);
     if (fd < 0) die(err);
     env.msg_case = MEMPROF__ENVELOPE__MSG_ATTACH;

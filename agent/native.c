@@ -17,9 +17,8 @@
  * walks the objects still loaded and puts back each entry that still holds a
  * hook (an object unloaded meanwhile is never written to).
  *
- * dlopen is patched only in objects without DT_RPATH/DT_RUNPATH: called from
- * here, dlopen searches as if this agent had called it, which only differs for
- * those. Libraries they load are patched by native_rescan (agent tick).
+ * A library loaded by a call that does not go through a patched dlopen
+ * (dlmopen, a dlsym'd dlopen) is patched by native_rescan (agent tick).
  *
  * Concurrency: patching runs inside dl_iterate_phdr callbacks, which the
  * loader lock serializes. The hooks' fast paths count bytes down in a
@@ -264,11 +263,45 @@ static void *h_mremap(void *old, size_t olen, size_t nlen, int flags, ...)
 
 static void scan_all(void);
 
+/* dlopen as the caller would have: ld.so searches a bare name with the
+ * caller's DT_RPATH/DT_RUNPATH (and $ORIGIN), and a call from here would use
+ * this agent's. An object already loaded is found by name as before; else the
+ * caller's search path (dlinfo RTLD_DI_SERINFO on its link map) is tried in
+ * order, then dlopen's own (ld.so.cache, default directories). */
+static void *dlopen_as(const char *file, int mode, const void *caller)
+{
+    Dl_info di;
+    struct link_map *lm = NULL;
+    Dl_serinfo size, *si;
+    void *h;
+    if (!file || strchr(file, '/')) return dlopen(file, mode);
+    if ((h = dlopen(file, (mode & ~RTLD_NOLOAD) | RTLD_NOLOAD)) != NULL) {
+        dlclose(h);
+        return dlopen(file, mode);
+    }
+    if (!dladdr1(caller, &di, (void **)&lm, RTLD_DL_LINKMAP) || !lm || dlinfo(lm, RTLD_DI_SERINFOSIZE, &size) != 0)
+        return dlopen(file, mode);
+    si = malloc(size.dls_size);
+    if (!si) return dlopen(file, mode);
+    memcpy(si, &size, sizeof size); /* dls_size and dls_cnt, as dlinfo wants them */
+    if (dlinfo(lm, RTLD_DI_SERINFO, si) == 0) {
+        for (unsigned i = 0; i < si->dls_cnt; i++) {
+            char path[4096];
+            if (snprintf(path, sizeof path, "%s/%s", si->dls_serpath[i].dls_name, file) >= (int)sizeof path ||
+                access(path, F_OK) != 0)
+                continue;
+            if ((h = dlopen(path, mode)) != NULL) break;
+        }
+    }
+    free(si);
+    return h ? h : dlopen(file, mode);
+}
+
 static void *h_dlopen(const char *file, int mode)
 {
     void *h;
     ENTER();
-    h = dlopen(file, mode);
+    h = dlopen_as(file, mode, __builtin_return_address(0));
     if (h && atomic_load(&active)) scan_all();
     LEAVE();
     return h;
@@ -377,7 +410,6 @@ struct walk {
     const char *strtab;
     uintptr_t relro_lo, relro_hi; /* pages made read-only after relocation */
     const struct dl_phdr_info *info;
-    int has_runpath;
     unsigned patched, restored, failed;
 };
 
@@ -430,7 +462,6 @@ static void one_reloc(struct walk *w, ElfW(Addr) offset, ElfW(Xword) info)
         return;
     }
     if (w->kind == OBJ_DLOPEN_ONLY && h != (int)HOOK_DLOPEN) return;
-    if (h == (int)HOOK_DLOPEN && w->has_runpath) return;
     if (cur == (uintptr_t)hooks[h].hook) return; /* ours already */
     if (cur != (uintptr_t)hooks[h].real && cur != (uintptr_t)hooks[h].def && cur != (uintptr_t)hooks[h].libc &&
         !in_object(w, cur))
@@ -460,7 +491,6 @@ static int walk_cb(struct dl_phdr_info *info, size_t size, void *arg)
     w->base = info->dlpi_addr;
     w->info = info;
     w->relro_lo = w->relro_hi = 0;
-    w->symtab = NULL, w->strtab = NULL, w->has_runpath = 0;
     for (int i = 0; i < info->dlpi_phnum; i++) {
         const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
         if (ph->p_type == PT_DYNAMIC) dyn = (const ElfW(Dyn) *)(w->base + ph->p_vaddr);
@@ -481,8 +511,6 @@ static int walk_cb(struct dl_phdr_info *info, size_t size, void *arg)
         case DT_RELASZ: relasz = dyn->d_un.d_val; break;
         case DT_REL: rel = dyn_ptr(w, dyn->d_un.d_ptr); break;
         case DT_RELSZ: relsz = dyn->d_un.d_val; break;
-        case DT_RPATH:
-        case DT_RUNPATH: w->has_runpath = 1; break;
         }
     }
     if (!w->symtab || !w->strtab) return 0;

@@ -40,6 +40,7 @@ struct astack {
     uint32_t *frames;
     uint32_t n;
     int defined;
+    int native; /* allocations by C code under these Python frames (agent --native) */
 };
 
 struct astat {
@@ -133,6 +134,7 @@ static void define(struct alloc_data *a, const Memprof__AllocReport *r)
         for (size_t k = 0; k < s->n_frames; k++)
             if (s->frames[k] < a->nframes) st->frames[st->n++] = s->frames[k];
         st->defined = 1;
+        st->native = s->native;
     }
 }
 
@@ -446,6 +448,7 @@ void alloc_on_query(struct conn *c, const Envelope *in)
             sa[d.n_stacks].id = (uint32_t)i;
             sa[d.n_stacks].frames = a->stacks[i].frames;
             sa[d.n_stacks].n_frames = a->stacks[i].n;
+            sa[d.n_stacks].native = a->stacks[i].native;
             sp[d.n_stacks] = &sa[d.n_stacks];
             d.n_stacks++;
             memprof__alloc_stat__init(&ta[d.n_stats]);

@@ -145,6 +145,19 @@ def test_numpy_line_holds_200mb_churn_holds_nothing(pyid, daemon, targets):
     assert abs(own_live(data, churn)) <= 0.01 * HOLD_BYTES, own_live(data, churn)
     churned = [r for r in data["rows"] if r["line"] == churn and os.path.basename(r["file"]) == "native_np.py"]
     assert churned and churned[0]["allocations"] >= 150, churned  # 200 arrays of 10 MB: each one sampled
+    # views: the header's split, the NATIVE share, --native-only, export json and collapsed
+    assert abs(data["live_native"] - HOLD_BYTES) <= 0.10 * HOLD_BYTES and data["live_python"] < 0.1 * HOLD_BYTES, data
+    assert abs(top["own_native"] - top["own_live"]) <= 0.01 * HOLD_BYTES, top
+    only = top_json(daemon, t.pid, "--native-only")
+    assert only["native_only"] and all(abs(r["own_native"] - r["own_live"]) < 1 for r in only["rows"]), only["rows"][:3]
+    text = daemon.run("top", "--pid", t.pid, "--once", "--by", "line").stdout
+    assert re.search(r"tracked live .* = Python .* \+ native ", text) and " NATIVE " in text, text
+    row = [l for l in text.splitlines() if l.rstrip().endswith("native_np.py:%d (hold)" % hold)]
+    assert row and re.search(r" 100% ", row[0]), text
+    ex = json.loads(daemon.run("export", "--pid", t.pid).stdout)
+    assert any(st.get("native") and abs(st["live"] - HOLD_BYTES) <= 0.1 * HOLD_BYTES for st in ex["stacks"]), ex["stacks"]
+    folded = daemon.run("export", "--pid", t.pid, "--format", "collapsed").stdout.splitlines()
+    assert any(re.search(r"native_np.py:hold:%d;\[native\] \d+$" % hold, l) for l in folded), folded[:5]
     send(t, "release")
     time.sleep(1.0)
     assert own_live(top_json(daemon, t.pid), hold) <= 0.01 * HOLD_BYTES

@@ -468,10 +468,11 @@ static int capture_nogil(uint32_t *ids, int max)
 {
     struct pyframe raw[max];
     const struct pyoffsets *o = pyapi_offsets();
-    void *ts = walk_ok && this_tstate && addr2line_nogil && o ? this_tstate() : NULL;
+    int can = walk_ok && this_tstate && addr2line_nogil && o;
+    void *ts = can ? this_tstate() : NULL; /* NULL: a thread Python never ran on (a BLAS worker...) */
     int n = ts ? pyapi_walk(ts, raw, max) : 0;
     if (!n) {
-        ids[0] = ts ? FRAME_NOPY : FRAME_NOGIL;
+        ids[0] = can ? FRAME_NOPY : FRAME_NOGIL;
         return 1;
     }
     for (int i = 0; i < n; i++) {

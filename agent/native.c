@@ -71,14 +71,19 @@ static unsigned npatched;
 
 /* ------------------------------------------------------------ the hooks */
 
-/* A countdown hit for p of size bytes: sample it (unless this is the thread's
- * first), draw the next gap. */
+/* A countdown hit for p of size bytes: sample it, draw the next gap. A
+ * thread's first call finds the countdown at 0: it draws its first gap and
+ * samples only if this allocation reaches it (as if the gap had been drawn
+ * before; dropping the first hit would miss, say, a thread's first 10 MB array). */
 static void hit(void *p, size_t size)
 {
-    int first = !started;
-    started = 1;
+    if (!started) {
+        started = 1;
+        countdown = hooks_next_gap() - (int64_t)size;
+        if (countdown > 0) return;
+    }
     countdown = hooks_next_gap();
-    if (p && !first && atomic_load_explicit(&active, memory_order_relaxed)) hooks_native_alloc(p, size);
+    if (p && atomic_load_explicit(&active, memory_order_relaxed)) hooks_native_alloc(p, size);
 }
 
 #define COUNT(size) likely((countdown -= (int64_t)(size)) > 0)

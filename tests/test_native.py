@@ -204,12 +204,15 @@ def test_got_entries_restored_after_detach(daemon, targets, libnt):
     send(t, "release")
 
 
-def test_attach_detach_cycles_numpy(daemon, targets):
+def test_attach_detach_cycles_numpy(daemon, targets, libnt):
+    """numpy work and two threads calling malloc/free without the GIL run throughout."""
     exe = numpy_interpreter("debian-3.11")
     t = start(targets, exe)
     send(t, "spin")
+    send(t, "lib %s" % libnt)
+    send(t, "cspin")
     want = [l for l in send(t, "sum") if l.startswith("sum ")][0]
-    paths = [numpy_core(exe)]
+    paths = [numpy_core(exe), libnt]
     before = read_got(t.pid, paths)
     for i in range(20):
         daemon.attach(t.pid, "--native")
@@ -263,3 +266,23 @@ def test_run_native_profile_report(daemon, tmp_path):
         m = re.search(r"^\s+6\s+\S+ MiB\s+(\S+) MiB\s+\d+\s+a = np.zeros", r.stderr, re.M)
         held = float(m.group(1)) * 2**20 if m else 0.0  # without --native the line shows no figures
         assert (m or not native) and lo <= held <= hi, (native, r.stderr)
+
+
+def test_library_unloaded_while_hooked(daemon, targets, libnt):
+    """A library loaded after attach is patched (dlopen hook); dlclosed while
+    hooked, it is never written to at detach, and the others are restored."""
+    exe, _ = interpreter("debian-3.11")
+    t = start(targets, exe)
+    daemon.attach(t.pid, "--native")
+    send(t, "lib %s" % libnt)
+    assert any(v != 0 for v in read_got(t.pid, [libnt]).values())
+    send(t, "ctypes %s 10 1000" % libnt)
+    send(t, "cfree")
+    send(t, "unload")
+    with open("/proc/%d/maps" % t.pid) as f:
+        assert os.path.realpath(libnt) not in f.read()
+    daemon.detach(t.pid)
+    assert not agent_mapped(t.pid)
+    send(t, "lib %s" % libnt)  # loads afresh, unpatched, and works
+    send(t, "ctypes %s 10 1000" % libnt)
+    send(t, "cfree")

@@ -10,15 +10,19 @@
  * modules imported later are patched as they load.
  *
  * Which entries: JUMP_SLOT and GLOB_DAT relocations (DT_JMPREL, DT_RELA,
- * DT_REL) of an undefined symbol named as a hook, whose value is the function
- * the agent itself calls or still a lazy-binding stub inside the object:
- * another tool's hook is left alone. RELRO pages are made writable for the
+ * DT_REL) of an undefined symbol named as a hook, whose value is libc's
+ * function, the global definition (dlsym RTLD_DEFAULT: an LD_PRELOAD'd
+ * allocator), the address this agent takes (a non-PIE executable's PLT stub)
+ * or still a lazy-binding stub inside the object: another tool's hook is left
+ * alone. The hooks call what this agent's own calls reach. RELRO pages are made writable for the
  * store and read-only again. Every (address, original) is kept; uninstall
  * walks the objects still loaded and puts back each entry that still holds a
  * hook (an object unloaded meanwhile is never written to).
  *
- * A library loaded by a call that does not go through a patched dlopen
- * (dlmopen, a dlsym'd dlopen) is patched by native_rescan (agent tick).
+ * The dlopen hook searches a bare name as its caller would (dlopen_as) and
+ * patches what got loaded. A library loaded otherwise (dlmopen, a dlsym'd
+ * dlopen) is patched by native_rescan (agent tick): what it allocated before
+ * is not seen.
  *
  * Concurrency: patching runs inside dl_iterate_phdr callbacks, which the
  * loader lock serializes. The hooks' fast paths count bytes down in a
@@ -63,7 +67,7 @@
 #define R_SYM(info) ELF64_R_SYM(info)
 
 static __thread int64_t countdown;
-static __thread int started; /* a thread's first countdown hit only starts it */
+static __thread int started; /* the thread has drawn its first gap (hit) */
 static atomic_int active;    /* sampling (else the hooks only pass through) */
 static atomic_int inflight;
 static int installed;

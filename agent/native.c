@@ -495,6 +495,10 @@ static int walk_cb(struct dl_phdr_info *info, size_t size, void *arg)
     size_t pltrelsz = 0, relasz = 0, relsz = 0;
     long pltrel = 0, ps = sysconf(_SC_PAGESIZE);
     (void)size;
+    /* A scan that waited for the loader lock while uninstall restored the
+     * entries must not patch them again: active is cleared before the restore,
+     * which holds the same lock. */
+    if (!w->restore && !atomic_load(&active)) return 1;
     w->kind = classify(info);
     if (w->kind == OBJ_SKIP) return 0;
     w->base = info->dlpi_addr;

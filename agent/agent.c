@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "hooks.h"
+#include "native.h"
 #include "launch.h"
 #include "pyapi.h"
 #include "pycall.h"
@@ -57,6 +58,7 @@ struct agent_conf {
     uint32_t frames;      /* max Python frames per stack */
     uint32_t interval_ms; /* flush interval */
     int exact, track, debug;
+    int native;           /* native allocations too (native.c) */
     int fd;               /* a socket already connected to memprofd (injected across namespaces), or -1 */
     int follow;           /* memprof run --follow-fork: forked children are sessions too */
     uint64_t handle;      /* remote-exec: our dlopen handle (ctypes), reported for the unload */
@@ -84,8 +86,7 @@ static atomic_int final_asked, final_done, conn_ready;
 
 /* ------------------------------------------------------------ logging */
 
-static void agent_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void agent_log(const char *fmt, ...)
+void agent_log(const char *fmt, ...)
 {
     char line[768];
     va_list ap;
@@ -210,6 +211,9 @@ static int conf_set(struct agent_conf *c, const char *key, const char *val)
     } else if (!strcmp(key, "fd")) {
         if (parse_u64(val, INT_MAX, &v) < 0) return -1;
         c->fd = (int)v;
+    } else if (!strcmp(key, "native")) {
+        if (parse_u64(val, 1, &v) < 0) return -1;
+        c->native = (int)v;
     } else if (!strcmp(key, "exact") || !strcmp(key, "track") || !strcmp(key, "debug") || !strcmp(key, "follow")) {
         if (parse_u64(val, 1, &v) < 0) return -1;
         *(key[0] == 'e' ? &c->exact : key[0] == 't' ? &c->track : key[0] == 'd' ? &c->debug : &c->follow) = (int)v;
@@ -376,6 +380,7 @@ static void agent_tick(struct session *s, int final)
     Envelope env = MEMPROF__ENVELOPE__INIT;
     char err[MP_ERRLEN];
     if (!hooks_installed() || s->fd < 0) return;
+    native_rescan();
     if (!pend_push(s)) {
         s->coalesced++;
         return;
@@ -407,6 +412,7 @@ static void agent_track(void)
         agent_log("allocation hooks installed (%s, rate %llu)", conf.exact ? "exact" : "sampling",
                   (unsigned long long)conf.rate);
         if (pycall_atexit_register() < 0) agent_log("no atexit callback: the last figures may be partial");
+        if (conf.native && native_install(err) < 0) agent_log("native tracking off: %s", err);
     }
     gil_give(state);
 }
@@ -426,6 +432,8 @@ static void pin_self(void)
 static void agent_undo(void)
 {
     int state;
+    /* first: the native hooks write into the tables hooks_release frees */
+    if (native_uninstall() < 0) pin_self();
     if (hooks_installed() || pycall_atexit_registered()) {
         if (gil_take(&state) == 0) {
             hooks_uninstall();
@@ -493,6 +501,7 @@ static int on_tracking(const Memprof__AgentRequest *req, Memprof__AgentReply *re
     tracking.sample_rate = conf.rate;
     tracking.max_frames = conf.frames;
     tracking.interval_ms = conf.interval_ms;
+    tracking.native = native_installed();
     reply->body_case = MEMPROF__AGENT_REPLY__BODY_TRACKING;
     reply->tracking = &tracking;
     return 0;
@@ -824,6 +833,7 @@ static int spawn_thread(void);
 
 static void agent_atfork_child(void)
 {
+    native_atfork_child();
     int fd = atomic_exchange(&sock_fd, -1);
     int was_running = atomic_load(&running);
     if (fd >= 0) close(fd);
@@ -1033,6 +1043,7 @@ int agent_launch_setup(char *err)
     rc = pycall_profile_install();
     agent_log("hooks installed before the first line (%s, rate %llu)%s", conf.exact ? "exact" : "sampling",
               (unsigned long long)conf.rate, rc < 0 ? "; no profile builtin" : rc > 0 ? "; profile builtin already defined" : "");
+    if (conf.native && native_install(err) < 0) agent_log("native tracking off: %s", err);
     launched = 1;
     if (!atomic_compare_exchange_strong(&running, &idle, 1)) return 0;
     if (spawn_thread() != 0) {

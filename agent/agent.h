@@ -27,6 +27,9 @@ uint32_t pyapi_hexversion(void);
 const struct pyabi *pyapi_abi(void);
 const char *pyapi_abi_error(void);
 
+/* One line to stderr when MEMPROF_AGENT_DEBUG / debug=1; else nothing. */
+void agent_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* The attach's tracking settings (rate in bytes, frames, interval, exact, track). */
 void agent_tracking_settings(uint64_t *rate, uint32_t *frames, uint32_t *interval_ms, int *exact, int *track);
 

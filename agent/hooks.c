@@ -38,7 +38,10 @@
 #define BITMAP_BITS (1u << 16)    /* 8 KiB */
 #define EXACT_EVENT_NS 30.0       /* overhead estimate per tracked call, exact mode */
 
-enum { FRAME_OTHER, FRAME_NOGIL, FRAME_NOPY, FRAME_FIRST };
+/* FRAME_NATIVE never appears in a stack sent: native.c's samples are interned
+ * with it as their outermost id, which hooks_collect turns into the stack's
+ * native flag (same Python frames, separate stack). */
+enum { FRAME_OTHER, FRAME_NOGIL, FRAME_NOPY, FRAME_NATIVE, FRAME_FIRST };
 
 typedef struct {
     void *ctx;
@@ -114,7 +117,9 @@ static uint8_t *is_dirty;
 static uint32_t ndirty;
 static struct blk *blocks;
 static size_t bcap, bcount;
-static uint8_t bitmap[BITMAP_BITS / 8]; /* static: safe to test even after the tables are gone */
+/* static storage: safe to test even after the tables are gone; native.c tests it too */
+uint8_t hooks_bitmap[BITMAP_BITS / 8] __attribute__((visibility("hidden")));
+#define bitmap hooks_bitmap
 static uint32_t *bitcount;
 static uint64_t dropped, samples, events;
 static double sample_ns;
@@ -437,6 +442,98 @@ static void exact_alloc(void *p, size_t size)
     if (block_put(p, size, st) < 0) dropped++;
     delta_add(st, (double)size, 1, 0);
     lock_give();
+}
+
+
+/* ------------------------------------------------------------ native allocations (native.c) */
+
+static void *(*this_tstate)(void); /* PyGILState_GetThisThreadState: safe without the GIL */
+static int (*addr2line_nogil)(void *, int);
+
+/* A str's text when it is compact ASCII (read in place, as pyapi's str_utf8),
+ * else "?": without the GIL no Python API may run. */
+/* A compact ASCII str's characters, read in place (no GIL: no call into Python), else "?". */
+static const char *ascii_or_what(void *str, const struct pyabi *abi)
+{
+    unsigned state;
+    if (!str) return "?";
+    state = *(unsigned *)((char *)str + abi->str.state);
+    return (state >> 5 & 1) && (state >> 6 & 1) ? (const char *)str + abi->str.ascii_size : "?";
+}
+
+/* The frame ids of the calling thread's stack while it does not hold the GIL:
+ * its frames change only when it runs Python, so they are stable here, and
+ * their code objects alive. Names are read in place, lines computed from the
+ * (immutable) line table; the code cache is not used (GIL only). */
+static int capture_nogil(uint32_t *ids, int max)
+{
+    struct pyframe raw[max];
+    const struct pyabi *abi = pyapi_abi();
+    int can = walk_ok && this_tstate && addr2line_nogil && abi;
+    void *ts = can ? this_tstate() : NULL; /* NULL: a thread Python never ran on (a BLAS worker...) */
+    int n = ts ? pyapi_walk(ts, raw, max) : 0;
+    if (!n) {
+        ids[0] = can ? FRAME_NOPY : FRAME_NOGIL;
+        return 1;
+    }
+    for (int i = 0; i < n; i++) {
+        char *code = raw[i].code;
+        const char *file = ascii_or_what(*(void **)(code + abi->code.filename), abi);
+        const char *func = ascii_or_what(*(void **)(code + abi->code.name), abi);
+        int first = *(int *)(code + abi->code.firstlineno), line = addr2line_nogil(code, raw[i].lasti);
+        lock_take();
+        ids[i] = frame_intern(file, func, line < 0 ? 0 : line, first);
+        lock_give();
+    }
+    return n;
+}
+
+int64_t hooks_next_gap(void) { return next_gap(); }
+
+int hooks_native_ready(char *err)
+{
+    if (!installed) {
+        mp_err(err, "allocation tracking is off");
+        return -1;
+    }
+    if (exact_mode) {
+        mp_err(err, "native tracking samples: not with --exact");
+        return -1;
+    }
+    this_tstate = (void *(*)(void))pyapi_sym("PyGILState_GetThisThreadState");
+    addr2line_nogil = (int (*)(void *, int))pyapi_sym("PyCode_Addr2Line");
+    return 0;
+}
+
+void hooks_native_alloc(void *p, size_t size)
+{
+    uint32_t ids[513];
+    double w;
+    int n;
+    uint32_t st;
+    if (T.guard || !installed || atomic_load_explicit(&passthrough, memory_order_relaxed)) return;
+    T.guard = 1;
+    w = weight(size);
+    n = walk_ok && pyapi_tstate_if_gil() ? capture(ids, (int)max_frames) : capture_nogil(ids, (int)max_frames);
+    ids[n++] = FRAME_NATIVE;
+    lock_take();
+    if (frames) {
+        st = stack_intern(ids, n);
+        samples++;
+        if (block_put(p, size, st) == 0) bit_set(p);
+        else dropped++;
+        delta_add(st, w * (double)size, w, 0);
+    }
+    lock_give();
+    T.guard = 0;
+}
+
+void hooks_native_free(const void *p)
+{
+    if (T.guard || !installed) return;
+    T.guard = 1;
+    if (frames) account_free(p);
+    T.guard = 0;
 }
 
 /* ------------------------------------------------------------ sampling wrappers */
@@ -810,7 +907,7 @@ static void tables_free(void)
 
 static int tables_alloc(void)
 {
-    static const char *const names[FRAME_FIRST] = {"<other>", "<unknown (no GIL)>", "<no Python frame>"};
+    static const char *const names[FRAME_FIRST] = {"<other>", "<unknown (no GIL)>", "<no Python frame>", "<native>"};
     frames = map_zero(MAX_FRAMES_TAB * sizeof *frames);
     frame_index = map_zero(2 * MAX_FRAMES_TAB * sizeof *frame_index);
     strs = map_zero(STR_ARENA);
@@ -1100,6 +1197,10 @@ int hooks_collect(Memprof__AllocReport *r)
         s->id = i;
         s->n_frames = stack_len[i];
         s->frames = stack_frames + stack_off[i];
+        if (s->n_frames > 1 && s->frames[s->n_frames - 1] == FRAME_NATIVE) {
+            s->n_frames--;
+            s->native = 1;
+        }
         r->stacks[r->n_stacks++] = s;
     }
     for (uint32_t i = 0; i < nd; i++) {

@@ -39,4 +39,24 @@ int hooks_installed(void);
 int hooks_collect(Memprof__AllocReport *r);
 void hooks_report_free(Memprof__AllocReport *r);
 
+/* ---- for native.c: its sampled allocations go into the same tables */
+
+/* The sampled-block bitmap (BITMAP_BITS bits): a clear bit means "not sampled". */
+extern uint8_t hooks_bitmap[];
+static inline int hooks_maybe_sampled(const void *p)
+{
+    uint32_t b = (uint32_t)(((uint64_t)((uintptr_t)p >> 4) * 0x9E3779B97F4A7C15ull) >> 48);
+    return hooks_bitmap[b >> 3] >> (b & 7) & 1;
+}
+/* 0 when native tracking may start (sampling hooks installed), else -1 and err. */
+int hooks_native_ready(char *err);
+/* The calling thread's next gap in bytes (same Poisson sampler as Python's). */
+int64_t hooks_next_gap(void);
+/* A sampled native allocation of size at p: recorded against the calling
+ * thread's Python stack (with or without the GIL), flagged native. Any thread;
+ * does nothing inside the hooks (reentrancy guard) or when tracking is off. */
+void hooks_native_alloc(void *p, size_t size);
+/* A free of p (whose bit is set). Any thread. */
+void hooks_native_free(const void *p);
+
 #endif

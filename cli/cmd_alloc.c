@@ -33,6 +33,7 @@ struct stack {
     unsigned *frames;
     size_t n;
     double live, ab, ac, fb, fc, rate, peak;
+    int native; /* allocations by C code under these frames (memprofd attach --native) */
 };
 
 /* A snapshot: from the daemon (AllocData) or from a snapshot file. */
@@ -41,6 +42,8 @@ struct view {
     char state[16], mode[16], python[32], command[512], where[128]; /* where: cli_container */
     double rss, samples_rate, alloc_rate, overhead, ts, first_ts, peak_live;
     double samples, dropped, rate_bytes;
+    double live_python, live_native; /* tracked live split, before any --native-only */
+    int has_native;
     struct frame *frames;
     size_t nframes;
     struct stack *stacks;
@@ -53,6 +56,7 @@ struct row {
     unsigned frame;
     double own, total, rate, allocs;
     size_t last_stack; /* to count a stack once in total */
+    double own_native;  /* the part of own allocated by C code */
 };
 
 static void view_free(struct view *v)
@@ -88,6 +92,9 @@ static void view_frames(struct view *v, const Memprof__AllocData *d)
         v->frames[f->id] = (struct frame){1, strdup(f->file), strdup(f->function), f->line, f->first_line};
     }
 }
+
+/* --native-only (top, lines): only what C code allocated (memprofd attach --native) */
+static int native_only;
 
 static void view_from_data(struct view *v, const Memprof__AllocData *d)
 {
@@ -128,6 +135,15 @@ static void view_from_data(struct view *v, const Memprof__AllocData *d)
             if (s->frames[k] < v->nframes && v->frames[s->frames[k]].used) st->frames[st->n++] = s->frames[k];
         st->ab = t->alloc_bytes, st->ac = t->alloc_count, st->fb = t->free_bytes, st->fc = t->free_count;
         st->live = t->alloc_bytes - t->free_bytes;
+        st->native = s->native;
+        *(s->native ? &v->live_native : &v->live_python) += st->live;
+        v->has_native |= s->native;
+        if (native_only && !s->native) {
+            free(st->frames);
+            st->frames = NULL;
+            st->n = 0;
+            continue;
+        }
         st->rate = t->alloc_rate;
         st->peak = t->peak_live;
         if (st->n) v->nstacks++;
@@ -212,7 +228,7 @@ static struct row *row_get(struct row **rows, size_t *n, size_t *cap, const char
         *rows = r;
         *cap = nc;
     }
-    (*rows)[*n] = (struct row){strdup(key), fid, 0, 0, 0, 0, (size_t)-1};
+    (*rows)[*n] = (struct row){strdup(key), fid, 0, 0, 0, 0, (size_t)-1, 0};
     return &(*rows)[(*n)++];
 }
 
@@ -250,6 +266,7 @@ static size_t rows_build(const struct view *v, enum by by, enum sort sort, struc
             if (!(r = row_get(&rows, &n, &cap, key, s->frames[k]))) continue;
             if (k == own) {
                 r->own += s->live;
+                if (s->native) r->own_native += s->live;
                 r->rate += s->rate;
                 r->allocs += s->ac;
             }
@@ -285,7 +302,7 @@ static void location(const struct view *v, const struct row *r, enum by by, char
 
 static const char *usage_top =
     "usage: memprof top --pid PID [--by function|line] [--once] [--json] [--limit N]\n"
-    "                   [--interval SECONDS] [--no-fold] [--socket PATH]\n"
+    "                   [--interval SECONDS] [--no-fold] [--native-only] [--socket PATH]\n"
     "\n"
     "Live view of where an attached process allocates and what it holds, like\n"
     "py-spy top. Rows are lines or functions; OWN LIVE is memory still held that\n"
@@ -293,6 +310,10 @@ static const char *usage_top =
     "In sampling mode figures are unbiased estimates (Poisson sampling by bytes).\n"
     "What __init__/__new__ allocate is shown at the line that created the object\n"
     "(whoever keeps the object holds it); --no-fold shows it inside __init__.\n"
+    "Sessions attached with --native also count what C code (numpy, extensions)\n"
+    "allocates with malloc/mmap: the header splits tracked live into Python and\n"
+    "native, NATIVE is the share of OWN LIVE allocated by C code, and\n"
+    "--native-only shows only native allocations.\n"
     "On a terminal it refreshes in place; keys: q quit, l by line, f by function,\n"
     "s cycle the sort column, p pause. With --once or when stdout is not a\n"
     "terminal it prints one snapshot. --json prints machine-readable snapshots.\n"
@@ -367,9 +388,11 @@ static void print_top(FILE *o, const struct view *v, enum by by, enum sort sort,
         fprintf(o,
                 ", \"mode\": \"%s\", \"sample_rate\": %.0f, \"rss\": %.0f, \"live\": %.0f, \"peak_live\": %.0f, "
                 "\"alloc_rate\": %.1f, \"samples_per_s\": %.2f, \"samples\": %.0f, \"dropped\": %.0f, "
-                "\"overhead\": %.5f, \"timestamp\": %.3f, \"by\": \"%s\", \"rows\": [",
+                "\"overhead\": %.5f, \"timestamp\": %.3f, \"by\": \"%s\", \"live_python\": %.0f, \"live_native\": %.0f, "
+                "\"native_only\": %s, \"rows\": [",
                 v->mode, v->rate_bytes, v->rss, live, v->peak_live, v->alloc_rate, v->samples_rate, v->samples,
-                v->dropped, v->overhead, v->ts, by == BY_LINE ? "line" : "function");
+                v->dropped, v->overhead, v->ts, by == BY_LINE ? "line" : "function", v->live_python, v->live_native,
+                native_only ? "true" : "false");
         for (size_t i = 0; i < n && (limit <= 0 || (int)i < limit); i++) {
             const struct frame *f = &v->frames[rows[i].frame];
             fprintf(o, "%s{\"file\": ", i ? ", " : "");
@@ -377,9 +400,9 @@ static void print_top(FILE *o, const struct view *v, enum by by, enum sort sort,
             fprintf(o, ", \"function\": ");
             cli_json_str(o, f->func);
             fprintf(o, ", \"line\": %u, \"first_line\": %u, \"own_live\": %.0f, \"total_live\": %.0f, "
-                       "\"pct_live\": %.2f, \"alloc_rate\": %.1f, \"allocations\": %.0f}",
+                       "\"pct_live\": %.2f, \"alloc_rate\": %.1f, \"allocations\": %.0f, \"own_native\": %.0f}",
                     by == BY_LINE ? f->line : f->first, f->first, rows[i].own, rows[i].total,
-                    live > 0 ? 100 * rows[i].own / live : 0, rows[i].rate, rows[i].allocs);
+                    live > 0 ? 100 * rows[i].own / live : 0, rows[i].rate, rows[i].allocs, rows[i].own_native);
         }
         fprintf(o, "]}\n");
         rows_free(rows, n);
@@ -390,18 +413,27 @@ static void print_top(FILE *o, const struct view *v, enum by by, enum sort sort,
             cli_esc(v->command, cmd, sizeof cmd), cli_esc(v->python, ver, sizeof ver), v->state,
             paused ? "  [paused]" : "");
     if (exited) fprintf(o, "the process has exited: final figures\n");
-    fprintf(o, "RSS %s  tracked live %s (peak %s)  alloc %s/s  samples/s %.1f  mode %s", cli_bytes(v->rss, a, sizeof a),
-            cli_bytes(live, b, sizeof b), cli_bytes(v->peak_live, c, sizeof c), cli_bytes(v->alloc_rate, d, sizeof d),
-            v->samples_rate, v->mode);
+    fprintf(o, "RSS %s  tracked live %s (peak %s)", cli_bytes(v->rss, a, sizeof a), cli_bytes(live, b, sizeof b),
+            cli_bytes(v->peak_live, c, sizeof c));
+    if (v->has_native)
+        fprintf(o, " = Python %s + native %s%s", cli_bytes(v->live_python, a, sizeof a),
+                cli_bytes(v->live_native, b, sizeof b), native_only ? " [native only]" : "");
+    fprintf(o, "  alloc %s/s  samples/s %.1f  mode %s", cli_bytes(v->alloc_rate, d, sizeof d), v->samples_rate, v->mode);
     if (!strcmp(v->mode, "sampling")) fprintf(o, " (1 per %s)", cli_bytes(v->rate_bytes, a, sizeof a));
     fprintf(o, "  agent overhead ~%.1f%%", 100 * v->overhead);
     if (v->dropped > 0) fprintf(o, "  dropped %.0f", v->dropped);
-    fprintf(o, "\n%12s %12s %6s %12s %10s  %s   [by %s, sorted by %s]\n", "OWN LIVE", "TOTAL LIVE", "%LIVE", "ALLOC/S",
-            "ALLOCS", "LOCATION", by == BY_LINE ? "line" : "function", sort_names[sort]);
+    fprintf(o, "\n%12s %12s %6s%s %12s %10s  %s   [by %s, sorted by %s]\n", "OWN LIVE", "TOTAL LIVE", "%LIVE",
+            v->has_native ? " NATIVE" : "", "ALLOC/S", "ALLOCS", "LOCATION", by == BY_LINE ? "line" : "function",
+            sort_names[sort]);
     for (size_t i = 0; i < n && (limit <= 0 || (int)i < limit); i++) {
+        char nat[16] = "";
         location(v, &rows[i], by, loc, sizeof loc);
-        fprintf(o, "%12s %12s %5.1f%% %10s/s %10s  %s\n", cli_bytes(rows[i].own, a, sizeof a),
-                cli_bytes(rows[i].total, b, sizeof b), live > 0 ? 100 * rows[i].own / live : 0.0,
+        /* NATIVE: the share of OWN LIVE that C code allocated */
+        if (v->has_native)
+            snprintf(nat, sizeof nat, " %5.0f%%",
+                     rows[i].own > 0 ? fmax(0, fmin(100, 100 * rows[i].own_native / rows[i].own)) : 0.0);
+        fprintf(o, "%12s %12s %5.1f%%%s %10s/s %10s  %s\n", cli_bytes(rows[i].own, a, sizeof a),
+                cli_bytes(rows[i].total, b, sizeof b), live > 0 ? 100 * rows[i].own / live : 0.0, nat,
                 cli_bytes(rows[i].rate, c, sizeof c), human_count(rows[i].allocs, d, sizeof d), loc);
     }
     if (!n) fprintf(o, "(no allocations recorded yet)\n");
@@ -414,7 +446,7 @@ int cmd_top(int argc, char **argv)
                                    {"once", no_argument, 0, 'o'},          {"json", no_argument, 0, 'j'},
                                    {"limit", required_argument, 0, 'l'},   {"interval", required_argument, 0, 'i'},
                                    {"socket", required_argument, 0, 's'},  {"no-fold", no_argument, 0, 'n'},
-                                   {0}};
+                                   {"native-only", no_argument, 0, 'N'},   {0}};
     int pid = 0, once = 0, json = 0, limit = 20, c, paused = 0;
     double interval = 1.0;
     enum by by = BY_LINE;
@@ -436,6 +468,7 @@ int cmd_top(int argc, char **argv)
             break;
         case 'o': once = 1; break;
         case 'n': fold_ctors = 0; break;
+        case 'N': native_only = 1; break;
         case 'j': json = 1; break;
         case 'l': limit = atoi(optarg); break;
         case 'i':
@@ -505,7 +538,7 @@ int cmd_top(int argc, char **argv)
 /* ------------------------------------------------------------ lines */
 
 static const char *usage_lines =
-    "usage: memprof lines --pid PID --function NAME [--file FILE] [--socket PATH]\n"
+    "usage: memprof lines --pid PID --function NAME [--file FILE] [--native-only] [--socket PATH]\n"
     "\n"
     "memory_profiler's line-by-line report for one function of an attached\n"
     "process, without a decorator or a restart. Increment is the net memory\n"
@@ -513,6 +546,8 @@ static const char *usage_lines =
     "functions it calls allocated); Mem usage is the running sum of increments\n"
     "down the function; Occurrences counts allocations made at the line.\n"
     "Sampling mode estimates these; exact mode (memprofd attach --exact) counts.\n"
+    "With memprofd attach --native, C code's allocations count too; --native-only\n"
+    "counts only them.\n"
     "The source is read through /proc/PID/root.\n"
     "\n"
     "example:\n"
@@ -725,6 +760,7 @@ int cmd_lines(int argc, char **argv)
                                    {"function", required_argument, 0, 'f'},
                                    {"file", required_argument, 0, 'F'},
                                    {"socket", required_argument, 0, 's'},
+                                   {"native-only", no_argument, 0, 'N'},
                                    {0}};
     int pid = 0, c;
     const char *func = NULL, *file = NULL;
@@ -740,6 +776,7 @@ int cmd_lines(int argc, char **argv)
             break;
         case 'f': func = optarg; break;
         case 'F': file = optarg; break;
+        case 'N': native_only = 1; break;
         case 's': client_socket_opt = optarg; break;
         default: fputs(usage_lines, stderr); return 3;
         }

@@ -19,12 +19,15 @@ static const char *usage_export =
     "\n"
     "Write the allocation data of an attached or ended session (memprof status\n"
     "lists them; --session ID picks one, e.g. after its pid was reused):\n"
-    "  json       frames, stacks (frame ids, innermost first) with their figures,\n"
+    "  json       frames, stacks (frame ids, innermost first, \"native\": true for\n"
+    "             what C code allocated under them, memprofd attach --native)\n"
+    "             with their figures,\n"
     "             totals and the history (one point a second: totals and the\n"
     "             live bytes of the 256 largest sites, as [frame id, bytes]).\n"
     "  collapsed  Brendan Gregg's folded stacks of live bytes, outermost frame\n"
     "             first, one stack a line: FILE:FUNCTION:LINE;...;FILE:FUNCTION:LINE BYTES\n"
-    "             for flamegraph.pl or speedscope.\n"
+    "             for flamegraph.pl or speedscope; native allocations end in a\n"
+    "             [native] frame.\n"
     "  pprof      a gzip'd pprof heap profile (go tool pprof, Parca, Pyroscope):\n"
     "             sample types alloc_objects, alloc_space, inuse_objects and\n"
     "             inuse_space (shown first; alloc_space with --allocated), one\n"
@@ -111,6 +114,7 @@ static void export_json(FILE *f, const Memprof__AllocData *d)
         fprintf(f, "%s\n  {\"id\": %u, \"frames\": [", n++ ? "," : "", st->id);
         for (size_t k = 0; k < st->n_frames; k++) fprintf(f, "%s%u", k ? ", " : "", st->frames[k]);
         fputs("]", f);
+        if (st->native) fputs(", \"native\": true", f);
         json_field(f, "live", t->alloc_bytes - t->free_bytes, 1);
         json_field(f, "alloc_bytes", t->alloc_bytes, 1);
         json_field(f, "alloc_count", t->alloc_count, 1);
@@ -199,6 +203,7 @@ static long export_collapsed(FILE *f, const Memprof__AllocData *d, double *total
             put_name(m, fr->function);
             fprintf(m, ":%u", fr->line);
         }
+        if (any && st->native) fputs(";[native]", m); /* C code under the line that called it */
         fclose(m);
         if (!any) {
             free(buf);

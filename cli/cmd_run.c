@@ -21,7 +21,7 @@
 #define MAX_FUNCS 64
 
 static const char *usage_run =
-    "usage: memprof run [--function NAME]... [--exact] [--sample-rate BYTES]\n"
+    "usage: memprof run [--function NAME]... [--exact] [--native] [--sample-rate BYTES]\n"
     "                   [--max-frames N] [--follow-fork] [-o FILE] [--socket PATH]\n"
     "                   -- PROGRAM [ARGS...]\n"
     "\n"
@@ -34,6 +34,7 @@ static const char *usage_run =
     "\n"
     "  --function NAME   report this function too (repeatable)\n"
     "  --exact           count every allocation (slower), instead of sampling\n"
+    "  --native          also native allocations (malloc, mmap... of C extensions)\n"
     "  --sample-rate B   mean bytes between samples (default 64 KiB)\n"
     "  --max-frames N    Python frames kept per sample (default 64)\n"
     "  --follow-fork     children (os.fork, multiprocessing) are sessions too,\n"
@@ -196,6 +197,7 @@ int cmd_run(int argc, char **argv)
 {
     static struct option opts[] = {{"function", required_argument, 0, 'f'},
                                    {"exact", no_argument, 0, 'x'},
+                                   {"native", no_argument, 0, 'N'},
                                    {"sample-rate", required_argument, 0, 'r'},
                                    {"max-frames", required_argument, 0, 'm'},
                                    {"follow-fork", no_argument, 0, 'F'},
@@ -225,6 +227,7 @@ int cmd_run(int argc, char **argv)
             funcs[nfuncs++] = optarg;
             break;
         case 'x': rq.exact = 1; break;
+        case 'N': rq.native = 1; break;
         case 'r':
             errno = 0;
             rq.sample_rate = strtoull(optarg, &end, 10);
@@ -246,6 +249,7 @@ int cmd_run(int argc, char **argv)
         fputs(usage_run, stderr);
         return cli_fail("no program to run (memprof run -- python3 script.py)");
     }
+    if (rq.native && rq.exact) return cli_fail("--native samples native allocations: not with --exact");
     if (out_path && !(o = fopen(out_path, "w"))) return cli_fail("cannot write %s: %s", out_path, strerror(errno));
     if ((fd = client_connect(client_socket_opt, 1, err)) < 0 || request_run(fd, &rq, &reply, err) < 0) {
         if (o != stderr) fclose(o);

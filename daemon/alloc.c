@@ -40,6 +40,7 @@ struct astack {
     uint32_t *frames;
     uint32_t n;
     int defined;
+    int native; /* allocations by C code under these Python frames (agent --native) */
 };
 
 struct astat {
@@ -133,6 +134,7 @@ static void define(struct alloc_data *a, const Memprof__AllocReport *r)
         for (size_t k = 0; k < s->n_frames; k++)
             if (s->frames[k] < a->nframes) st->frames[st->n++] = s->frames[k];
         st->defined = 1;
+        st->native = s->native;
     }
 }
 
@@ -437,6 +439,7 @@ int alloc_view(struct session *s, int history, struct alloc_view *v, char *err)
         k->id = (uint32_t)i;
         k->frames = a->stacks[i].frames;
         k->n_frames = a->stacks[i].n;
+        k->native = a->stacks[i].native;
         v->sp[d->n_stacks++] = k;
         memprof__alloc_stat__init(t);
         t->stack = (uint32_t)i;

@@ -151,9 +151,9 @@ static int attach_method_of(const char *name, int *method)
 /* The agent's settings (memprof_agent_start's argument). */
 static const char *agent_arg(const struct session *s, char *arg, size_t len)
 {
-    snprintf(arg, len, "sock=@%s token=%s pylib=%s rate=%llu exact=%d frames=%u interval=%u track=%d",
+    snprintf(arg, len, "sock=@%s token=%s pylib=%s rate=%llu exact=%d frames=%u interval=%u track=%d native=%d",
              server_agent_sock, s->token, s->py.pylib, (unsigned long long)s->track.sample_rate, s->track.exact,
-             s->track.max_frames, s->track.interval_ms, s->track.enabled);
+             s->track.max_frames, s->track.interval_ms, s->track.enabled, s->track.native);
     return arg;
 }
 
@@ -227,6 +227,7 @@ void attach_on_attach(struct conn *c, const Envelope *in)
     s->attach_waiter = c->id;
     attach_tracking(&s->track, !req->no_tracking, req->exact, req->sample_rate, req->max_frames, req->interval_ms,
                     DEFAULT_INTERVAL_MS);
+    s->track.native = req->native && !req->exact;
     if (attach_make_token(s->token) < 0) {
         reply_attach_error(c->id, "no randomness for a token");
         session_free(s);

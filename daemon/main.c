@@ -68,6 +68,8 @@ static const char *usage_attach =
     "                       works, else ptrace), ptrace (stop a thread briefly and\n"
     "                       load it), remote-exec (Python 3.14+, PEP 768: the main\n"
     "                       thread loads it at its next safe point; nothing is stopped)\n"
+    "  --native             also native allocations (malloc, mmap... of C extensions),\n"
+    "                       attributed to the Python line running (not with --exact)\n"
     "  --socket PATH        the daemon's socket\n"
     "\n"
     "example:\n"
@@ -202,6 +204,7 @@ static int cmd_attach(int argc, char **argv)
                                    {"sample-rate", required_argument, 0, 'r'}, {"exact", no_argument, 0, 'e'},
                                    {"max-frames", required_argument, 0, 'f'},  {"interval", required_argument, 0, 'i'},
                                    {"no-track", no_argument, 0, 'n'},          {"method", required_argument, 0, 'm'},
+                                   {"native", no_argument, 0, 'N'},
                                    {0}};
     Memprof__AttachRequest req = MEMPROF__ATTACH_REQUEST__INIT;
     Envelope env = MEMPROF__ENVELOPE__INIT, *reply;
@@ -226,10 +229,13 @@ static int cmd_attach(int argc, char **argv)
                 die("attach: --method is auto, ptrace or remote-exec");
             req.method = optarg;
             break;
+        case 'N': req.native = 1; break;
         default: fputs(usage_attach, stderr); return 2;
         }
     }
     if (!req.pid) die("attach: --pid is required (see memprofd attach --help)");
+    if (req.native && (req.exact || req.no_tracking))
+        die("attach: --native samples native allocations: not with --exact or --no-track");
     fd = client_connect(client_socket_opt, 1, err);
     if (fd < 0) die(err);
     env.msg_case = MEMPROF__ENVELOPE__MSG_ATTACH;

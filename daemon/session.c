@@ -103,7 +103,7 @@ void session_fill_info(const struct session *s, Memprof__SessionInfo *info)
     info->argv = s->argv;
     info->n_argv = s->argc;
     info->stop_ms = s->stop_ms;
-    info->mode = (char *)(!s->track.enabled ? "off" : s->track.exact ? "exact" : "sampling");
+    info->mode = (char *)(!s->track.enabled ? "off" : s->track.exact ? "exact" : s->track.native ? "native" : "sampling");
     info->sample_rate = s->track.sample_rate;
     info->agent_version = (char *)s->agent_version;
 }

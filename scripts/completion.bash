@@ -72,14 +72,14 @@ _memprof()
     fi
     _memprof_value "$prev" "$cmd" "$sock" && return 0
     case $cmd in
-        run) opts="--function --exact --sample-rate --max-frames --follow-fork -o --output --socket --" ;;
+        run) opts="--function --exact --native --sample-rate --max-frames --follow-fork -o --output --socket --" ;;
         status | ps) opts="--json --socket" ;;
         types) opts="--pid --limit --sort --long --all --json --socket" ;;
         growth) opts="--pid --interval --limit --count --all --json --socket" ;;
         backrefs) opts="--pid --type --addr -o --output --max-depth --too-many --max-start --socket" ;;
         chain) opts="--pid --type --addr --max-depth --socket" ;;
-        top) opts="--pid --by --once --json --limit --interval --no-fold --socket" ;;
-        lines) opts="--pid --function --file --socket" ;;
+        top) opts="--pid --by --once --json --limit --interval --no-fold --native-only --socket" ;;
+        lines) opts="--pid --function --file --native-only --socket" ;;
         snapshot) opts="--pid -o --output --socket" ;;
         diff) opts="--pid --window --session --limit --socket" ;;
         plot) opts="--pid --session -o --output --title --format --socket" ;;
@@ -109,7 +109,7 @@ _memprofd()
     _memprof_value "$prev" "$cmd" "" && return 0
     case $cmd in
         serve) opts="--socket --agent --http --http-allow-remote --http-token-file --metrics-top" ;;
-        attach) opts="--pid --sample-rate --exact --max-frames --interval --no-track --socket" ;;
+        attach) opts="--pid --sample-rate --exact --max-frames --interval --no-track --method --native --socket" ;;
         detach) opts="--pid --socket" ;;
         stop) opts="--socket" ;;
         *) return 0 ;;

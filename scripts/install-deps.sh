@@ -6,7 +6,7 @@ BUILD_PKGS="build-essential pkg-config libelf-dev libdw-dev libbpf-dev libprotob
       zlib1g-dev libmicrohttpd-dev python3 graphviz procps"
 TEST_PKGS="dpkg-dev man-db groff-base bash-completion
       python3-pytest gdb bc curl
-      python3-memory-profiler python3-objgraph python3-psutil
+      python3-memory-profiler python3-objgraph python3-psutil python3-numpy
       golang-go chromium prometheus"
 case "${1:-all}" in
     build) PKGS=$BUILD_PKGS ;;

@@ -193,7 +193,7 @@ def test_completion_subcommands_and_options(installed):
     assert complete(installed, "memprofd", "") == sorted(["serve", "attach", "detach", "stop", "help", "--help",
                                                           "--version"])
     assert complete(installed, "memprofd", "a") == ["attach"]
-    assert complete(installed, "memprof", "top", "--n") == ["--no-fold"]
+    assert complete(installed, "memprof", "top", "--no") == ["--no-fold"]
     assert complete(installed, "memprof", "top", "--by", "") == ["function", "line"]
     assert complete(installed, "memprof", "export", "--format", "") == ["collapsed", "json"]
     assert complete(installed, "memprofd", "attach", "--e") == ["--exact"]

@@ -1,0 +1,288 @@
+"""Native allocations (memprofd attach --native): numpy's arrays attributed to
+the Python line that made them, a C library called through ctypes from two
+threads without the GIL, every GOT entry put back at detach (read back from
+/proc/PID/mem), repeated attach/detach of a numpy workload, the daemon killed
+while native tracking is on. numpy is Debian's python3-numpy (scripts/install-deps.sh);
+interpreters without numpy skip those tests with a note."""
+import functools
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import time
+
+import pytest
+
+from conftest import SUPPORTED_IDS, agent_mapped, interpreter, target_script
+from test_alloc import read_until
+
+TARGET = target_script("native_np.py")
+HOLD_BYTES = 20 * 10000000
+LIB_SRC = r"""
+#include <stdlib.h>
+void *nt_alloc(size_t n) { return malloc(n); }
+void nt_free(void *p) { free(p); }
+"""
+HOOKED = ("malloc", "calloc", "realloc", "free", "posix_memalign", "aligned_alloc", "memalign", "valloc", "mmap",
+          "munmap", "mremap")
+
+
+def marked_line(tag):
+    with open(TARGET) as f:
+        for n, text in enumerate(f, 1):
+            if "# " + tag in text:
+                return n
+    raise AssertionError("no %s in %s" % (tag, TARGET))
+
+
+@functools.lru_cache(maxsize=None)
+def has_numpy(exe):
+    return subprocess.run([exe, "-c", "import numpy"], capture_output=True, timeout=60).returncode == 0
+
+
+def numpy_interpreter(pyid):
+    exe, _ = interpreter(pyid)
+    if not has_numpy(exe):
+        pytest.skip("%s has no numpy (Debian's python3.11 gets it from python3-numpy)" % pyid)
+    return exe
+
+
+@pytest.fixture(scope="module")
+def libnt(tmp_path_factory):
+    """A small C library calling libc's malloc/free through its PLT, built with cc."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler to build the test library")
+    d = tmp_path_factory.mktemp("libnt")
+    src = d / "nt.c"
+    src.write_text(LIB_SRC)
+    out = str(d / "libnt.so")
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", out, str(src)], check=True)
+    return out
+
+
+def send(t, cmd, timeout=120):
+    t.proc.stdin.write(cmd + "\n")
+    t.proc.stdin.flush()
+    return read_until(t, r"^ok %s" % cmd.split()[0], timeout=timeout)
+
+
+def start(targets, exe):
+    t = targets.start([exe, "-u", TARGET], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    return t
+
+
+def top_json(daemon, pid, *extra):
+    r = daemon.run("top", "--pid", pid, "--once", "--json", "--by", "line", "--limit", "0", "--no-fold", *extra)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def own_live(data, line):
+    return sum(r["own_live"] for r in data["rows"] if os.path.basename(r["file"]) == "native_np.py" and r["line"] == line)
+
+
+# ------------------------------------------------------------ GOT entries, read back from /proc/PID/mem
+
+def got_offsets(path):
+    """{offset: symbol} of path's JUMP_SLOT/GLOB_DAT relocations of the hooked functions."""
+    out = subprocess.run(["readelf", "-rW", path], capture_output=True, text=True, check=True).stdout
+    offs = {}
+    for line in out.splitlines():
+        m = re.match(r"^\s*([0-9a-f]+)\s+[0-9a-f]+\s+R_\w+_(JUMP_SLOT|GLOB_DAT)\s+[0-9a-f]+\s+(\w+)", line)
+        if m and m.group(3) in HOOKED:
+            offs[int(m.group(1), 16)] = m.group(3)
+    return offs
+
+
+def load_base(pid, path):
+    real = os.path.realpath(path)
+    with open("/proc/%d/maps" % pid) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 6 and os.path.realpath(parts[5]) == real and int(parts[2], 16) == 0:
+                return int(parts[0].split("-")[0], 16)
+    raise AssertionError("%s is not mapped in %d" % (path, pid))
+
+
+def read_got(pid, paths):
+    """{(path, symbol, offset): value} for the hooked entries of paths in pid."""
+    vals = {}
+    with open("/proc/%d/mem" % pid, "rb") as mem:
+        for path in paths:
+            base = load_base(pid, path)
+            for off, name in got_offsets(path).items():
+                mem.seek(base + off)
+                vals[(path, name, off)] = struct.unpack("<Q", mem.read(8))[0]
+    return vals
+
+
+def numpy_core(exe):
+    out = subprocess.run([exe, "-c", "import numpy.core._multiarray_umath as m; print(m.__file__)"],
+                         capture_output=True, text=True, timeout=60)
+    return out.stdout.strip()
+
+
+# ------------------------------------------------------------ tests
+
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_numpy_line_holds_200mb_churn_holds_nothing(pyid, daemon, targets):
+    exe = numpy_interpreter(pyid)
+    t = start(targets, exe)
+    daemon.attach(t.pid, "--native")
+    send(t, "hold")
+    send(t, "churn")
+    time.sleep(1.0)  # a few report intervals
+    data = top_json(daemon, t.pid)
+    hold, churn = marked_line("HOLD_LINE"), marked_line("CHURN_LINE")
+    assert abs(own_live(data, hold) - HOLD_BYTES) <= 0.10 * HOLD_BYTES, (own_live(data, hold), data["rows"][:3])
+    top = data["rows"][0]
+    assert os.path.basename(top["file"]) == "native_np.py" and top["line"] == hold, data["rows"][:3]
+    assert abs(own_live(data, churn)) <= 0.01 * HOLD_BYTES, own_live(data, churn)
+    churned = [r for r in data["rows"] if r["line"] == churn and os.path.basename(r["file"]) == "native_np.py"]
+    assert churned and churned[0]["allocations"] >= 150, churned  # 200 arrays of 10 MB: each one sampled
+    # views: the header's split, the NATIVE share, --native-only, export json and collapsed
+    assert abs(data["live_native"] - HOLD_BYTES) <= 0.10 * HOLD_BYTES and data["live_python"] < 0.1 * HOLD_BYTES, data
+    assert abs(top["own_native"] - top["own_live"]) <= 0.01 * HOLD_BYTES, top
+    only = top_json(daemon, t.pid, "--native-only")
+    assert only["native_only"] and all(abs(r["own_native"] - r["own_live"]) < 1 for r in only["rows"]), only["rows"][:3]
+    text = daemon.run("top", "--pid", t.pid, "--once", "--by", "line").stdout
+    assert re.search(r"tracked live .* = Python .* \+ native ", text) and " NATIVE " in text, text
+    row = [l for l in text.splitlines() if l.rstrip().endswith("native_np.py:%d (hold)" % hold)]
+    assert row and re.search(r" 100% ", row[0]), text
+    ex = json.loads(daemon.run("export", "--pid", t.pid).stdout)
+    assert any(st.get("native") and abs(st["live"] - HOLD_BYTES) <= 0.1 * HOLD_BYTES for st in ex["stacks"]), ex["stacks"]
+    folded = daemon.run("export", "--pid", t.pid, "--format", "collapsed").stdout.splitlines()
+    assert any(re.search(r"native_np.py:hold:%d;\[native\] \d+$" % hold, l) for l in folded), folded[:5]
+    send(t, "release")
+    time.sleep(1.0)
+    assert own_live(top_json(daemon, t.pid), hold) <= 0.01 * HOLD_BYTES
+    daemon.detach(t.pid)
+
+
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_ctypes_two_threads_without_gil(pyid, daemon, targets, libnt):
+    """Known sizes from a known line, malloc'd by C code called without the GIL."""
+    exe, _ = interpreter(pyid)
+    t = start(targets, exe)
+    daemon.attach(t.pid, "--native", "--sample-rate", "65536")
+    n, size = 400, 100000
+    send(t, "ctypes %s %d %d" % (libnt, n, size))
+    time.sleep(1.0)
+    data = top_json(daemon, t.pid)
+    line = marked_line("CTYPES_LINE")
+    truth = 2 * n * size
+    assert abs(own_live(data, line) - truth) <= 0.10 * truth, (own_live(data, line), truth, data["rows"][:3])
+    send(t, "cfree")
+    time.sleep(1.0)
+    assert abs(own_live(top_json(daemon, t.pid), line)) <= 0.02 * truth
+    daemon.detach(t.pid)
+
+
+def test_got_entries_restored_after_detach(daemon, targets, libnt):
+    exe = numpy_interpreter("debian-3.11")
+    t = start(targets, exe)
+    send(t, "lib %s" % libnt)
+    paths = [libnt, numpy_core(exe)]
+    before = read_got(t.pid, paths)
+    assert any(k[1] == "malloc" for k in before) and any(k[1] == "free" for k in before), before
+    daemon.attach(t.pid, "--native")
+    during = read_got(t.pid, paths)
+    patched = [k for k in before if during[k] != before[k]]
+    assert any(k[0] == libnt and k[1] == "malloc" for k in patched), "libnt's malloc was not patched"
+    assert any(k[0] == paths[1] for k in patched), "numpy's entries were not patched"
+    send(t, "hold")
+    daemon.detach(t.pid)
+    after = read_got(t.pid, paths)
+    assert after == before, [(k, hex(before[k]), hex(after[k])) for k in before if after[k] != before[k]]
+    assert not agent_mapped(t.pid)
+    send(t, "churn")  # the restored entries work
+    send(t, "release")
+
+
+def test_attach_detach_cycles_numpy(daemon, targets, libnt):
+    """numpy work and two threads calling malloc/free without the GIL run throughout."""
+    exe = numpy_interpreter("debian-3.11")
+    t = start(targets, exe)
+    send(t, "spin")
+    send(t, "lib %s" % libnt)
+    send(t, "cspin")
+    want = [l for l in send(t, "sum") if l.startswith("sum ")][0]
+    paths = [numpy_core(exe), libnt]
+    before = read_got(t.pid, paths)
+    for i in range(20):
+        daemon.attach(t.pid, "--native")
+        send(t, "churn" if i % 5 == 0 else "sum")
+        daemon.detach(t.pid)
+    assert not agent_mapped(t.pid)
+    assert read_got(t.pid, paths) == before
+    assert [l for l in send(t, "sum") if l.startswith("sum ")][0] == want
+    send(t, "hold")
+
+
+def test_daemon_killed_target_carries_on(fresh_daemon, targets):
+    exe = numpy_interpreter("debian-3.11")
+    t = start(targets, exe)
+    send(t, "spin")
+    paths = [numpy_core(exe)]
+    before = read_got(t.pid, paths)
+    fresh_daemon.attach(t.pid, "--native")
+    assert read_got(t.pid, paths) != before
+    fresh_daemon.proc.send_signal(signal.SIGKILL)
+    fresh_daemon.proc.wait()
+    send(t, "hold")
+    send(t, "churn")
+    # the agent saw its daemon go: it takes everything back
+    deadline = time.time() + 15
+    while time.time() < deadline and read_got(t.pid, paths) != before:
+        time.sleep(0.2)
+    assert read_got(t.pid, paths) == before
+    send(t, "release")
+    assert t.proc.poll() is None
+
+
+def test_native_with_exact_refused(daemon, targets):
+    exe, _ = interpreter("debian-3.11")
+    t = start(targets, exe)
+    r = daemon.memprofd("attach", "--pid", t.pid, "--native", "--exact")
+    assert r.returncode != 0 and "--native" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_run_native_profile_report(daemon, tmp_path):
+    """memprof run --native: the @profile report counts numpy's array at its line."""
+    from conftest import MEMPROF
+    exe = numpy_interpreter("debian-3.11")
+    script = tmp_path / "np_profile.py"
+    script.write_text("import numpy as np\n\n\n@profile\ndef f():\n    a = np.zeros(25000000)  # 200 MB\n"
+                      "    b = [0] * 10\n    return a\n\n\nx = f()\nprint('done')\n")
+    for native, lo, hi in ((True, 0.9 * HOLD_BYTES, 1.1 * HOLD_BYTES), (False, 0, 0.01 * HOLD_BYTES)):
+        r = subprocess.run([MEMPROF, "run"] + (["--native"] if native else []) + ["--", exe, str(script)],
+                           capture_output=True, text=True, timeout=120, env=daemon.env)
+        assert r.returncode == 0 and "done" in r.stdout, r.stdout + r.stderr
+        m = re.search(r"^\s+6\s+\S+ MiB\s+(\S+) MiB\s+\d+\s+a = np.zeros", r.stderr, re.M)
+        held = float(m.group(1)) * 2**20 if m else 0.0  # without --native the line shows no figures
+        assert (m or not native) and lo <= held <= hi, (native, r.stderr)
+
+
+def test_library_unloaded_while_hooked(daemon, targets, libnt):
+    """A library loaded after attach is patched (dlopen hook); dlclosed while
+    hooked, it is never written to at detach, and the others are restored."""
+    exe, _ = interpreter("debian-3.11")
+    t = start(targets, exe)
+    daemon.attach(t.pid, "--native")
+    send(t, "lib %s" % libnt)
+    assert any(v != 0 for v in read_got(t.pid, [libnt]).values())
+    send(t, "ctypes %s 10 1000" % libnt)
+    send(t, "cfree")
+    send(t, "unload")
+    with open("/proc/%d/maps" % t.pid) as f:
+        assert os.path.realpath(libnt) not in f.read()
+    daemon.detach(t.pid)
+    assert not agent_mapped(t.pid)
+    send(t, "lib %s" % libnt)  # loads afresh, unpatched, and works
+    send(t, "ctypes %s 10 1000" % libnt)
+    send(t, "cfree")

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import (INTERPRETERS, MEMPROF, SUPPORTED_IDS, default_python, interpreter, proc_state, target_script,
                       workload, pb_field, pb_frame)
+from test_attach import agent_threads
 
 
 
@@ -146,15 +147,6 @@ def test_agent_message_from_a_client_is_refused_with_bad_request(daemon):
 # ------------------------------------------------------------ faults
 
 
-def agent_threads(pid):
-    names = []
-    for tid in os.listdir("/proc/%d/task" % pid):
-        try:
-            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
-                names.append(f.read().strip())
-        except OSError:
-            pass
-    return [n for n in names if n.startswith("memprof")]
 
 
 def memprof_mappings(pid):

@@ -17,6 +17,8 @@ int cmd_snapshot(int argc, char **argv);
 int cmd_diff(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_ipython_path(int argc, char **argv);
+int cmd_inproc(int argc, char **argv); /* the IPython extension's run; not in --help */
 
 /* For `memprof growth`: follow the attached process's allocation sites across
  * calls and print those whose live memory grew, steadiest first (nothing when

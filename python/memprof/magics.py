@@ -93,15 +93,21 @@ def _line_report(code, before, after, mode):
     """memprof's line report (the format of memprof lines / memprof run) of code over what
     happened between two exports of this process's session."""
     file, name, first = code.co_filename, code.co_name, code.co_firstlineno
+    src = linecache.getlines(file)  # IPython keeps cells here too
+    end = first
+    if src and first <= len(src):
+        end = first + len(inspect.getblock(src[first - 1:])) - 1
     old = {s["id"]: s for s in before["stacks"]}
     frames = {f["id"]: f for f in after["frames"]}
     inc, occ = {}, {}
     for st in after["stacks"]:
         line = None
-        for fid in st["frames"]:  # innermost first: the first frame in this function
+        for fid in st["frames"]:  # innermost first: the first frame in this function's lines
             f = frames.get(fid)
-            if f and f["function"] == name and f["file"] == file and f["first_line"] == first:
-                line = f["line"]
+            if not f or f["file"] != file:
+                continue
+            if (f["function"] == name and f["first_line"] == first) or first <= f["first_line"] and f["line"] <= end:
+                line = f["line"]  # its own lines, or a comprehension/lambda inside it (exact mode keeps one frame)
                 break
         if line is None:
             continue
@@ -115,13 +121,7 @@ def _line_report(code, before, after, mode):
             continue
         inc[line] = inc.get(line, 0.0) + max(0.0, grew)
         occ[line] = occ.get(line, 0.0) + allocs
-    src = linecache.getlines(file)  # IPython keeps cells here too
     start = first
-    if src and first <= len(src):
-        body = inspect.getblock(src[first - 1:])
-        end = first + len(body) - 1
-    else:
-        end = max(list(inc) + [first])
     end = max([end] + list(inc))
     out = ["Filename: %s  (function %s, pid %d, %s mode: %s; Increment = the line's peak held memory during the statement)"
            % (file, name, os.getpid(), mode, "exact counts" if mode == "exact" else "sampled estimates"), "",

@@ -67,7 +67,7 @@ _memprof()
     done
     if [[ -z $cmd ]]; then
         COMPREPLY=($(compgen -W "run status ps types growth backrefs chain top lines snapshot diff plot export
-                                 help --help --version" -- "$cur"))
+                                 ipython-path help --help --version" -- "$cur"))
         return 0
     fi
     _memprof_value "$prev" "$cmd" "$sock" && return 0
@@ -84,6 +84,7 @@ _memprof()
         diff) opts="--pid --window --session --limit --socket" ;;
         plot) opts="--pid --session -o --output --title --format --socket" ;;
         export) opts="--pid --session --format -o --output --socket" ;;
+        ipython-path) opts="" ;;
         *) return 0 ;;
     esac
     if [[ $cur == -* || $cmd != diff ]]; then

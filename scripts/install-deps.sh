@@ -4,7 +4,8 @@ set -eu
 PKGS="build-essential pkg-config libelf-dev libdw-dev libbpf-dev libprotobuf-c-dev protobuf-c-compiler
       dpkg-dev man-db groff-base bash-completion
       python3 python3-pytest graphviz gdb bc procps
-      python3-memory-profiler python3-objgraph python3-psutil"
+      python3-memory-profiler python3-objgraph python3-psutil
+      python3-ipython python3-ipykernel python3-jupyter-client"
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
     echo "install-deps: not a Debian system (no dpkg/apt-get): install by hand a C compiler, make, pkg-config, the development files of libelf, libdw, libbpf and protobuf-c, protoc-c, python3 and pytest, then run make" >&2
     exit 1

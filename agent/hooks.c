@@ -872,6 +872,7 @@ int hooks_install(const struct hooks_conf *c, char *err)
         mp_err(err, "cannot allocate the allocation tables");
         return -1;
     }
+    heap_live = heap_peak = heap_alloc_bytes = heap_alloc_count = 0;
     T.countdown = 0;
     T.init = 0;
     gil_countdown = next_gap(); /* also starts this thread's generator... */

@@ -301,3 +301,24 @@ def test_kernel_attached_from_outside(kernel, daemon):
     assert not agent_mapped(kernel.pid)
     out, err, error = kernel.run("print(len(leak), sum(range(100)))")
     assert error is None and "3010 4950" in out, (out, err, error)
+
+
+def test_kernel_extension_detached_from_outside(kernel, daemon):
+    """memprofd detach of a kernel that loaded the extension: hooks off, the magics say so, the kernel goes on."""
+    out, err, error = kernel.run("%load_ext memprof")
+    assert "memprof: tracking this process" in out, (out, err, error)
+    r = daemon.run("status", "--json")
+    assert [s for s in json.loads(r.stdout) if s["pid"] == kernel.pid and s["state"] == "attached"], r.stdout
+    daemon.detach(kernel.pid)
+    out, err, error = kernel.run("%memit [0] * 10**6")
+    assert "UsageError: memprof was detached from this process" in err, (out, err, error)
+    out, err, error = kernel.run("x = [str(i) for i in range(100000)]\nprint(len(x), sum(range(100)))")
+    assert error is None and "100000 4950" in out, (out, err, error)
+    # attached again from outside (the library is still loaded: memprofd reuses it), then detached for good
+    daemon.attach(kernel.pid, "--exact")
+    out, err, error = kernel.run("%memit [0] * 10**7")
+    assert error is None and 76.3 * 0.9 <= increment(out) <= 76.3 * 1.1, (out, err, error)
+    daemon.detach(kernel.pid)
+    for cell, want in (("print(6 * 7)", "42"), ("y = {i: str(i) for i in range(50000)}; print(len(y))", "50000")):
+        out, err, error = kernel.run(cell)
+        assert error is None and want in out, (out, err, error)

@@ -53,6 +53,18 @@ def run_cli(*args, timeout=60):
     return r.returncode, r.stdout, r.stderr
 
 
+def session_mode():
+    """'exact' or 'sampling': this process's session in memprofd (it may have been attached again from outside)."""
+    try:
+        rc, out, err = run_cli("status", "--json", timeout=30)
+        for s in json.loads(out) if rc == 0 else []:
+            if s["pid"] == os.getpid() and s["state"] == "attached":
+                return s["mode"]
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+    return state["mode"]
+
+
 def _session_state():
     """This process's session state in memprofd ('attached', ...) or None."""
     rc, out, err = run_cli("status", "--json", timeout=30)

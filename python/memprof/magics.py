@@ -61,6 +61,9 @@ def _ensure():
     if not _agent.state["started"]:
         why = _agent.state["error"] or "not started"
         raise UsageError("memprof is not running in this process (%s); fix it and run %%reload_ext memprof" % why)
+    if not _agent.heap()[4]:
+        raise UsageError("memprof was detached from this process (memprofd detach): attach again with "
+                         "memprofd attach --pid %d, or restart the kernel" % os.getpid())
 
 
 def _export():
@@ -197,7 +200,7 @@ class MemprofMagics(Magics):
             rincs.append(max(0, rpeak - rss0) / MiB)
             if error is not None:
                 break
-        result = MemitResult(peaks, incs, rpeaks, rincs, _agent.state["mode"])
+        result = MemitResult(peaks, incs, rpeaks, rincs, _agent.session_mode())
         if "q" not in opts:
             print(result)
         if error is not None:
@@ -239,7 +242,7 @@ class MemprofMagics(Magics):
             error = e
         allocated = _agent.heap()[2]
         after = _export_after(allocated)
-        text = "\n".join(_line_report(c, before, after, _agent.state["mode"]) for c in codes)
+        text = "\n".join(_line_report(c, before, after, after.get("mode", "exact")) for c in codes)
         tfile = getattr(opts, "T", [None])[0]
         if tfile:
             with open(tfile, "w") as f:

@@ -322,3 +322,33 @@ def test_kernel_extension_detached_from_outside(kernel, daemon):
     for cell, want in (("print(6 * 7)", "42"), ("y = {i: str(i) for i in range(50000)}; print(len(y))", "50000")):
         out, err, error = kernel.run(cell)
         assert error is None and want in out, (out, err, error)
+
+
+def test_installed_layout_found_without_path(daemon, tmp_path):
+    """Laid out as make install does (the Makefile's INSTALL_FILES): `memprof ipython-path` names the package's
+    directory, and the extension finds PREFIX/bin/memprof next to it with nothing of memprof on PATH."""
+    import shutil
+    exe = ipython_python()
+    prefix = tmp_path / "usr"
+    text = open(os.path.join(ROOT, "Makefile")).read()
+    entries = re.findall(r"(python/memprof/\S+?):(lib/python3/dist-packages/\S+?):0644", text)
+    assert len(entries) >= 3, "INSTALL_FILES has no python/memprof entries"
+    for src, dst in entries:
+        (prefix / dst).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(os.path.join(ROOT, src), str(prefix / dst))
+    (prefix / "bin").mkdir()
+    for name in ("memprof", "memprofd"):
+        shutil.copy(os.path.join(BUILD, name), str(prefix / "bin" / name))
+    r = subprocess.run([str(prefix / "bin" / "memprof"), "ipython-path"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == str(prefix / "lib/python3/dist-packages"), r.stdout + r.stderr
+    r = subprocess.run([MEMPROF, "ipython-path"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == PYDIR, r.stdout + r.stderr  # the checkout's own
+    if os.path.exists("/usr/bin/memprof") or os.path.exists("/bin/memprof"):
+        pytest.skip("memprof is installed in /usr/bin: the PATH of this test would find it first")
+    env = ext_env(daemon, PATH="/usr/bin:/bin", PYTHONPATH=str(prefix / "lib/python3/dist-packages"))
+    env.pop("MEMPROF")
+    rc, out, err = run_ipython(exe, daemon, tmp_path, "%load_ext memprof\nimport memprof\nprint(memprof.__file__)\n"
+                               "%memit [0] * 10**7\n", env=env)
+    assert rc == 0 and "memprof: tracking this process" in out, out + err
+    assert str(prefix / "lib/python3/dist-packages/memprof/__init__.py") in out, out
+    assert 76.3 * 0.9 <= increment(out) <= 76.3 * 1.1, out

@@ -180,6 +180,8 @@ class MemprofMagics(Magics):
             stmt = cell
         if not stmt.strip():
             raise UsageError("usage: %memit [-r N] statement   (e.g. %memit [0] * 10**7)")
+        import gc
+        gc.collect()  # as memory_profiler: garbage freed during the statement would blur the baseline
         peaks, incs, rpeaks, rincs = [], [], [], []
         error = None
         for _ in range(repeat):

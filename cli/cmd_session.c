@@ -151,7 +151,7 @@ int cmd_status(int argc, char **argv)
     return 0;
 }
 
-/* Jupyter/IPython kernels: "[kernel] ", or "[kernel: NOTEBOOK] " when the kernel's
+/* Jupyter/IPython kernels (ipykernel_launcher, python -m ipykernel): "[kernel] ", or "[kernel: NOTEBOOK] " when the kernel's
  * environment names its notebook (Jupyter server 2.x sets JPY_SESSION_NAME;
  * readable for our own processes, or as root). notebook gets the name or "". */
 static const char *kernel_mark(const Memprof__PsEntry *e, char *notebook, size_t nlen, char *buf, size_t len)
@@ -160,7 +160,7 @@ static const char *kernel_mark(const Memprof__PsEntry *e, char *notebook, size_t
     size_t n;
     FILE *f;
     buf[0] = notebook[0] = 0;
-    if (!e->cmdline || !strstr(e->cmdline, "ipykernel")) return buf;
+    if (!e->cmdline || !(strstr(e->cmdline, "ipykernel_launcher") || strstr(e->cmdline, "-m ipykernel "))) return buf;
     snprintf(path, sizeof path, "/proc/%d/environ", e->pid);
     if ((f = fopen(path, "r"))) {
         n = fread(env, 1, sizeof env - 1, f);

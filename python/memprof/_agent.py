@@ -76,10 +76,6 @@ def _session_state():
     return None
 
 
-def _lib():
-    return state["lib"]
-
-
 def start():
     """Load and start the agent in this process (once). Raises MemprofError."""
     if state["started"]:

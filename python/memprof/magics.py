@@ -170,7 +170,7 @@ class MemprofMagics(Magics):
         try:
             repeat = int(getattr(opts, "r", 1))
         except ValueError:
-            raise UsageError("%memit -r: a number of runs, not %r" % opts.r)
+            raise UsageError("%%memit -r: a number of runs, not %r" % opts.r)
         if repeat < 1:
             raise UsageError("%memit -r: at least 1 run")
         ns = self.shell.user_ns

@@ -10,6 +10,11 @@ DAEMON_PKGS = libelf libprotobuf-c
 PKG_CFLAGS = $(shell pkg-config --cflags $(DAEMON_PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(DAEMON_PKGS) 2>/dev/null)
 PB_LIBS    = $(shell pkg-config --libs libprotobuf-c 2>/dev/null)
+# pprof profiles are gzip'd (zlib: memprof and memprofd); memprofd's HTTP endpoint is libmicrohttpd.
+Z_CFLAGS   = $(shell pkg-config --cflags zlib 2>/dev/null)
+Z_LIBS     = $(shell pkg-config --libs zlib 2>/dev/null)
+MHD_CFLAGS = $(shell pkg-config --cflags libmicrohttpd 2>/dev/null)
+MHD_LIBS   = $(shell pkg-config --libs libmicrohttpd 2>/dev/null)
 CFLAGS  ?= -O2 -g
 SANITIZE ?=
 CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -Wno-format-truncation -D_GNU_SOURCE -fno-strict-aliasing \
@@ -17,25 +22,50 @@ CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -Wno-format-truncation -D_GNU_SOURCE
 PYTHON  ?= /usr/bin/python3
 
 GEN      = $(BUILD)/gen/memprof.pb-c.c $(BUILD)/gen/memprof.pb-c.h
+# pprof's profile.proto (our copy of its messages) and the profile builder: memprof and memprofd only.
+PPROF_SRC = $(BUILD)/gen/profile.pb-c.c common/pprof.c
 WIRE_SRC = $(BUILD)/gen/memprof.pb-c.c proto/wire.c common/util.c
 # The client library: connect, handshake, typed calls; linked by memprof and memprofd (attach/detach/stop).
 CLIENT_SRC = client/client.c
 AGENT_SRC  = $(wildcard agent/*.c)
 DAEMON_SRC = $(wildcard daemon/*.c)
 CLI_SRC    = $(filter-out cli/main.c,$(wildcard cli/*.c))
-HDRS = $(wildcard proto/*.h common/*.h client/*.h agent/*.h daemon/*.h cli/*.h) $(BUILD)/gen/memprof.pb-c.h
+HDRS = $(wildcard proto/*.h common/*.h client/*.h agent/*.h daemon/*.h cli/*.h) $(BUILD)/gen/memprof.pb-c.h \
+       $(BUILD)/gen/profile.pb-c.h
 
 BINS = $(BUILD)/memprofd $(BUILD)/memprof $(BUILD)/libmemprof_agent.so
-.PHONY: all test unit demo bench fuzz install clean deps check-fresh test-asan
+.PHONY: all test unit demo bench fuzz install clean deps deps-test check-fresh test-asan
 
 all: $(BINS)
 
+# What the build and the demo need (make demo), and everything the tests use too (make test).
 deps:
-	@sh scripts/install-deps.sh
+	@sh scripts/install-deps.sh build
+deps-test:
+	@sh scripts/install-deps.sh all
 
 $(BUILD)/gen/memprof.pb-c.c $(BUILD)/gen/memprof.pb-c.h: proto/memprof.proto
 	@mkdir -p $(BUILD)/gen
 	protoc-c --proto_path=proto --c_out=$(BUILD)/gen proto/memprof.proto
+
+$(BUILD)/gen/profile.pb-c.c $(BUILD)/gen/profile.pb-c.h: proto/profile.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c --proto_path=proto --c_out=$(BUILD)/gen proto/profile.proto
+
+# The flame graph page of `memprof flamegraph`: web/flame.html.in with d3-flame-graph (from npm, pinned by
+# web/package-lock.json, installed into $(BUILD)/web) inlined; embedded into memprof by cli/flame_page.S.
+FLAMEGRAPH_DIST = $(BUILD)/web/node_modules/d3-flame-graph/dist
+$(FLAMEGRAPH_DIST)/d3-flamegraph.min.js: web/package.json web/package-lock.json
+	@mkdir -p $(BUILD)/web
+	cp web/package.json web/package-lock.json $(BUILD)/web/
+	cd $(BUILD)/web && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $@
+
+$(BUILD)/flame.html: web/flame.html.in scripts/inline-page.sh $(FLAMEGRAPH_DIST)/d3-flamegraph.min.js
+	sh scripts/inline-page.sh web/flame.html.in $(FLAMEGRAPH_DIST) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/flame_page.o: cli/flame_page.S $(BUILD)/flame.html
+	$(CC) -c -DFLAME_HTML='"$(BUILD)/flame.html"' -o $@ cli/flame_page.S
 
 # The agent runs inside the target: PIC, hidden symbols but its entry point, no
 # dependency on Python headers (it resolves the C API at run time). protobuf-c is
@@ -47,11 +77,14 @@ $(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS) agent/agent.map
 	    -Wl,-soname,libmemprof_agent.so -Wl,--version-script=agent/agent.map -Wl,-z,defs \
 	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_STATIC) -lpthread -ldl -lm
 
-$(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(HDRS)
-	$(CC) $(CFLAGS) -Idaemon -Iclient -o $@ $(DAEMON_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PKG_LIBS) -lm
+# The daemon shares the agent's CPython ABI table (pyabi.c: data only).
+$(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) agent/pyabi.c $(WIRE_SRC) $(PPROF_SRC) $(HDRS)
+	$(CC) $(CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) -Idaemon -Iclient -Iagent -o $@ $(DAEMON_SRC) $(CLIENT_SRC) agent/pyabi.c \
+	    $(WIRE_SRC) $(PPROF_SRC) $(PKG_LIBS) $(Z_LIBS) $(MHD_LIBS) -lm
 
-$(BUILD)/memprof: cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(HDRS)
-	$(CC) $(CFLAGS) -Icli -Iclient -o $@ cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PB_LIBS) -lm
+$(BUILD)/memprof: cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PPROF_SRC) $(HDRS) $(BUILD)/flame_page.o
+	$(CC) $(CFLAGS) $(Z_CFLAGS) -Icli -Iclient -o $@ cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PPROF_SRC) \
+	    $(BUILD)/flame_page.o $(PB_LIBS) $(Z_LIBS) -lm
 
 $(BUILD)/test_wire: tests/unit/test_wire.c $(WIRE_SRC) $(HDRS)
 	$(CC) $(CFLAGS) -o $@ tests/unit/test_wire.c $(WIRE_SRC) $(PB_LIBS)
@@ -64,7 +97,7 @@ $(BUILD)/fuzz_decode: tests/fuzz/fuzz_decode.c $(WIRE_SRC) $(HDRS)
 unit: $(BUILD)/test_wire
 	$(BUILD)/test_wire
 
-test: all $(BUILD)/test_wire
+test: deps-test all $(BUILD)/test_wire
 	$(PYTHON) -m pytest -p no:cacheprovider -rs tests
 
 # deps first, then a new make for the build, so the libraries it installed are

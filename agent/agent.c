@@ -59,6 +59,8 @@ struct agent_conf {
     int exact, track, debug;
     int fd;               /* a socket already connected to memprofd (injected across namespaces), or -1 */
     int follow;           /* memprof run --follow-fork: forked children are sessions too */
+    uint64_t handle;      /* remote-exec: our dlopen handle (ctypes), reported for the unload */
+    uint64_t busy_us;     /* remote-exec: how long its script had run before starting us */
 };
 
 /* One connection to the daemon, owned by the agent thread. */
@@ -201,6 +203,10 @@ static int conf_set(struct agent_conf *c, const char *key, const char *val)
     } else if (!strcmp(key, "interval")) {
         if (parse_u64(val, 60000, &v) < 0) return -1;
         c->interval_ms = v == 0 ? DEFAULT_INTERVAL_MS : v < 10 ? 10 : (uint32_t)v;
+    } else if (!strcmp(key, "handle")) {
+        if (parse_u64(val, UINT64_MAX, &c->handle) < 0) return -1;
+    } else if (!strcmp(key, "busy_us")) {
+        if (parse_u64(val, UINT64_MAX, &c->busy_us) < 0) return -1;
     } else if (!strcmp(key, "fd")) {
         if (parse_u64(val, INT_MAX, &v) < 0) return -1;
         c->fd = (int)v;
@@ -246,9 +252,8 @@ static int conf_parse(struct agent_conf *c, char *buf)
  * after it starts finalizing (_PyThreadState_DeleteExcept, GIL held), long
  * before it frees the interpreter. The callback closes the gate and holds
  * finalization there until the agent thread, ended by take_gil, has left it.
- * Offsets: 3.10's PyThreadState (LP64). */
-#define PY310_TS_GILSTATE_COUNTER 0xa0 /* int gilstate_counter */
-#define PY310_TS_ON_DELETE 0xc8        /* void (*on_delete)(void *) */
+ * Versions that need it have PYABI_TSTATE_GATE and the two PyThreadState
+ * fields (gilstate_counter, on_delete) in their pyabi entry. */
 #define GATE_IN_TAKE 1   /* from making the thread state to holding the GIL */
 #define GATE_CLOSED 2    /* the interpreter cleared our thread state: no more takes */
 #define GATE_WAIT_S 5.0  /* at most, in the callback */
@@ -256,6 +261,7 @@ static int conf_parse(struct agent_conf *c, char *buf)
 static atomic_int gil_gate;
 static int gil_mode; /* 0 undecided, 1 PyGILState_Ensure alone, 2 the 3.10 way */
 static void *gil_tstate;
+static const struct pyabi *gil_abi; /* the entry with PYABI_TSTATE_GATE, in mode 2 */
 static void *(*ThreadState_New)(void *);
 static void *(*InterpreterState_Main)(void);
 
@@ -295,9 +301,10 @@ static int gil_take(int *state)
     int open = 0;
     if (!gil_mode) {
         const char *v = PY.GetVersion(); /* formats constants: no GIL needed */
+        gil_abi = pyabi_for(pyapi_parse_version(v, NULL, 0));
         ThreadState_New = (void *(*)(void *))pyapi_sym("PyThreadState_New");
         InterpreterState_Main = (void *(*)(void))pyapi_sym("PyInterpreterState_Main");
-        gil_mode = v && !strncmp(v, "3.10.", 5) && ThreadState_New && InterpreterState_Main ? 2 : 1;
+        gil_mode = gil_abi && (gil_abi->caps & PYABI_TSTATE_GATE) && ThreadState_New && InterpreterState_Main ? 2 : 1;
     }
     if (gil_mode == 1) {
         if (pyapi_finalizing()) return -1;
@@ -312,10 +319,10 @@ static int gil_take(int *state)
     }
     /* PyThreadState_New bound it to this thread; counter 0 as in Ensure: the
      * matching PyGILState_Release deletes it */
-    TS_FIELD(gil_tstate, PY310_TS_GILSTATE_COUNTER, int) = 0;
-    TS_FIELD(gil_tstate, PY310_TS_ON_DELETE, void *) = (void *)gil_tstate_cleared;
+    TS_FIELD(gil_tstate, gil_abi->ts.gilstate_counter, int) = 0;
+    TS_FIELD(gil_tstate, gil_abi->ts.on_delete, void *) = (void *)gil_tstate_cleared;
     *state = PY.GILState_Ensure();
-    TS_FIELD(gil_tstate, PY310_TS_ON_DELETE, void *) = NULL; /* we hold the GIL: no one clears it */
+    TS_FIELD(gil_tstate, gil_abi->ts.on_delete, void *) = NULL; /* we hold the GIL: no one clears it */
     atomic_fetch_and(&gil_gate, ~GATE_IN_TAKE);
     return 0;
 }
@@ -455,9 +462,69 @@ __attribute__((weak)) int backrefs_handle(const Memprof__BackrefsRequest *req,
 }
 __attribute__((weak)) void backrefs_free(Memprof__AgentReply *reply) { (void)reply; }
 
-/* Run a census/backrefs handler with the GIL held, timing how long it is held.
- * Returns the handler's result, or -2 when the interpreter is finalizing. */
-static int handle_locked(const Memprof__AgentRequest *req, Memprof__AgentReply *reply, char *err)
+/* ---------------------------------------------------------- requests */
+
+/* A request's handler fills reply (its body) or err; returns 0, -1 (error), or -2 (the interpreter is
+ * finalizing: the session ends). */
+typedef int request_fn(const Memprof__AgentRequest *req, Memprof__AgentReply *reply, char *err);
+
+static int on_detach(const Memprof__AgentRequest *req, Memprof__AgentReply *reply, char *err)
+{
+    static Memprof__DetachReply detach = MEMPROF__DETACH_REPLY__INIT; /* static: the reply points at it until
+                                                                       * sent; only the agent thread answers */
+    (void)req;
+    (void)err;
+    agent_undo();
+    detach.unloaded = 0; /* the daemon unloads the library once this thread is gone */
+    reply->body_case = MEMPROF__AGENT_REPLY__BODY_DETACH;
+    reply->detach = &detach;
+    return 0;
+}
+
+/* Settings are fixed at attach: answer with what is in force. */
+static int on_tracking(const Memprof__AgentRequest *req, Memprof__AgentReply *reply, char *err)
+{
+    static Memprof__TrackingConfig tracking;
+    (void)req;
+    (void)err;
+    memprof__tracking_config__init(&tracking);
+    tracking.enabled = hooks_installed();
+    tracking.exact = conf.exact;
+    tracking.sample_rate = conf.rate;
+    tracking.max_frames = conf.frames;
+    tracking.interval_ms = conf.interval_ms;
+    reply->body_case = MEMPROF__AGENT_REPLY__BODY_TRACKING;
+    reply->tracking = &tracking;
+    return 0;
+}
+
+static int on_census(const Memprof__AgentRequest *req, Memprof__AgentReply *reply, char *err)
+{
+    return census_handle(req->census, reply, err);
+}
+
+static int on_backrefs(const Memprof__AgentRequest *req, Memprof__AgentReply *reply, char *err)
+{
+    return backrefs_handle(req->backrefs, reply, err);
+}
+
+/* The agent's dispatch table: a new request is a schema entry, one handler and one row. */
+static const struct request_route {
+    Memprof__AgentRequest__BodyCase body;
+    request_fn *fn;
+    int needs_gil;                               /* run with the GIL held, timed into gil_ms */
+    void (*release)(Memprof__AgentReply *reply); /* frees the reply's body after it was sent */
+    int ends_session;
+} request_routes[] = {
+    {MEMPROF__AGENT_REQUEST__BODY_DETACH, on_detach, 0, NULL, 1},
+    {MEMPROF__AGENT_REQUEST__BODY_CENSUS, on_census, 1, census_free, 0},
+    {MEMPROF__AGENT_REQUEST__BODY_BACKREFS, on_backrefs, 1, backrefs_free, 0},
+    {MEMPROF__AGENT_REQUEST__BODY_TRACKING, on_tracking, 0, NULL, 0},
+};
+
+/* Run a handler with the GIL held, timing how long it is held. -2 when the interpreter is finalizing. */
+static int handle_locked(const struct request_route *r, const Memprof__AgentRequest *req,
+                         Memprof__AgentReply *reply, char *err)
 {
     int state, rc;
     double t0;
@@ -466,10 +533,7 @@ static int handle_locked(const Memprof__AgentRequest *req, Memprof__AgentReply *
         return -2;
     }
     t0 = mp_now();
-    if (req->body_case == MEMPROF__AGENT_REQUEST__BODY_CENSUS)
-        rc = census_handle(req->census, reply, err);
-    else
-        rc = backrefs_handle(req->backrefs, reply, err);
+    rc = r->fn(req, reply, err);
     reply->gil_ms = (mp_now() - t0) * 1e3;
     gil_give(state);
     return rc;
@@ -480,44 +544,21 @@ static int handle_locked(const Memprof__AgentRequest *req, Memprof__AgentReply *
 static int session_request(struct session *s, const Memprof__AgentRequest *req)
 {
     Memprof__AgentReply reply = MEMPROF__AGENT_REPLY__INIT;
-    Memprof__DetachReply detach = MEMPROF__DETACH_REPLY__INIT;
-    Memprof__TrackingConfig tracking = MEMPROF__TRACKING_CONFIG__INIT;
     Envelope env = MEMPROF__ENVELOPE__INIT;
-    void (*release)(Memprof__AgentReply *) = NULL;
+    const struct request_route *route = NULL;
     char err[MP_ERRLEN] = "", serr[MP_ERRLEN] = "";
     Memprof__AgentReply__BodyCase body;
-    int rc = 0, stop = 0;
+    int rc, stop = 0;
 
     reply.id = req->id;
-    switch (req->body_case) {
-    case MEMPROF__AGENT_REQUEST__BODY_DETACH:
-        agent_undo();
-        detach.unloaded = 0; /* the daemon unloads the library once this thread is gone */
-        reply.body_case = MEMPROF__AGENT_REPLY__BODY_DETACH;
-        reply.detach = &detach;
-        stop = 1;
-        break;
-    case MEMPROF__AGENT_REQUEST__BODY_CENSUS:
-    case MEMPROF__AGENT_REQUEST__BODY_BACKREFS:
-        release = req->body_case == MEMPROF__AGENT_REQUEST__BODY_CENSUS ? census_free : backrefs_free;
-        rc = handle_locked(req, &reply, err);
-        if (rc == -2) stop = 1;
-        break;
-    case MEMPROF__AGENT_REQUEST__BODY_TRACKING:
-        /* settings are fixed at attach: answer with what is in force */
-        tracking.enabled = hooks_installed();
-        tracking.exact = conf.exact;
-        tracking.sample_rate = conf.rate;
-        tracking.max_frames = conf.frames;
-        tracking.interval_ms = conf.interval_ms;
-        reply.body_case = MEMPROF__AGENT_REPLY__BODY_TRACKING;
-        reply.tracking = &tracking;
-        break;
-    default:
-        mp_err(err, "unknown request (body %d): this agent is older than the daemon",
-               (int)req->body_case);
+    for (size_t i = 0; i < sizeof request_routes / sizeof request_routes[0]; i++)
+        if (request_routes[i].body == req->body_case) route = &request_routes[i];
+    if (!route) {
+        mp_err(err, "unknown request (body %d): this agent is older than the daemon", (int)req->body_case);
         rc = -1;
-        break;
+    } else {
+        rc = route->needs_gil ? handle_locked(route, req, &reply, err) : route->fn(req, &reply, err);
+        stop = route->ends_session || rc == -2;
     }
     agent_log("request %llu (body %d): %s%s", (unsigned long long)req->id, (int)req->body_case,
               rc < 0 ? "error: " : "ok", rc < 0 ? err : "");
@@ -534,7 +575,7 @@ static int session_request(struct session *s, const Memprof__AgentRequest *req)
         stop = 1;
     }
     reply.body_case = body;
-    if (release) release(&reply);
+    if (route && route->release) route->release(&reply);
     return stop;
 }
 
@@ -658,6 +699,8 @@ static int session_hello(struct session *s, int want_reply, char *err)
     }
     ai.gil_wait_ms = s->gil_wait_ms;
     ai.agent_version = (char *)MEMPROF_VERSION;
+    ai.dl_handle = conf.handle;
+    ai.exec_ms = (double)conf.busy_us / 1e3;
     hello.protocol = MEMPROF_PROTOCOL;
     hello.role = MEMPROF__HELLO__ROLE__AGENT;
     hello.token = conf.token;
@@ -836,6 +879,7 @@ static int gil_probe(struct session *s, char *err)
     }
     s->gil_wait_ms = (mp_now() - t0) * 1e3;
     if (pyapi_load_version(err) < 0) agent_log("%s", err); /* go on without a version */
+    else if (!pyapi_abi()) agent_log("%s", pyapi_abi_error()); /* go on: no stacks, no census */
     gil_give(state);
     return 0;
 }
@@ -982,9 +1026,8 @@ int agent_launch_setup(char *err)
     struct hooks_conf hc = {.rate = conf.rate, .frames = conf.frames, .exact = conf.exact};
     int idle = 0, rc;
     if (pyapi_load_version(err) < 0) return -1;
-    if (!pyapi_offsets()) {
-        mp_err(err, "Python %s is not supported (memprof supports CPython 3.%d to 3.%d, release builds)",
-               pyapi_version(), PYAPI_MIN_MINOR, PYAPI_MAX_MINOR);
+    if (!pyapi_abi()) {
+        mp_err(err, "%s", pyapi_abi_error());
         return -1;
     }
     if (hooks_install(&hc, err) < 0) return -1;

@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 #include "memprof.pb-c.h"
+#include "pyabi.h"
 #include "util.h"
 
 #define AGENT_API __attribute__((visibility("default")))
@@ -21,6 +22,10 @@ AGENT_API int memprof_agent_start(const char *arg);
 void *pyapi_sym(const char *name);
 /* PY_VERSION_HEX of the running interpreter, e.g. 0x030b07f0. */
 uint32_t pyapi_hexversion(void);
+/* Its pyabi entry, checked against the interpreter; NULL when there is none,
+ * and then pyapi_abi_error() says why in one line. */
+const struct pyabi *pyapi_abi(void);
+const char *pyapi_abi_error(void);
 
 /* The attach's tracking settings (rate in bytes, frames, interval, exact, track). */
 void agent_tracking_settings(uint64_t *rate, uint32_t *frames, uint32_t *interval_ms, int *exact, int *track);

@@ -17,45 +17,15 @@
 
 #include "agent.h"
 
-/* ======================================================================
- * Per-version layout. THE ONLY PLACE in this file where CPython versions
- * differ. Everything else read below is identical in 3.8-3.13 release builds
- * on x86_64 (checked with gdb on each pyenv build): ob_refcnt 0, ob_type 8,
- * ob_size 16; the PyTypeObject slots (TP_* below); PyGC_Head (16 bytes, just
- * before the object; _gc_next == 0 means untracked; low 2 bits are flags);
- * struct _gc_runtime_state's inside (generations[3] at 0x18, 24 bytes each,
- * generation0 at 0x60, permanent_generation 0x68, enabled 0x0c, collecting
- * 0xc8); PyModuleObject md_dict 0x10 / md_name 0x30; PyDictObject ma_used 0x10,
- * ma_keys 0x20, ma_values 0x28; PyListObject ob_item 0x18, allocated 0x20;
- * PySetObject used 0x18, mask 0x20, table 0x28, smalltable 0x40; PyMemberDef
- * (40 bytes: name 0, type 8, offset 16, flags 24); str state bits at 0x20.
- * ====================================================================== */
-struct layout {
-    unsigned minor;
-    unsigned gc_off;        /* struct _gc_runtime_state in _PyRuntime (3.8) ... */
-    unsigned gc_in_runtime; /* ... or in PyInterpreterState (3.9+) */
-    unsigned cached_keys;   /* PyHeapTypeObject.ht_cached_keys (3.11+) */
-    unsigned keys_v2;       /* PyDictKeysObject: dk_log2_size etc., 32-byte header (3.11+) */
-    unsigned values;        /* instance attribute values without a dict: 0 none,
-                             * 11: PyDictValues* at obj-32, 12: at obj-24, tagged: values-1,
-                             * 13: inline after the object (Py_TPFLAGS_INLINE_VALUES) */
-    unsigned long_tag;      /* PyLongObject: lv_tag (ndigits << 3 | sign) instead of ob_size */
-    unsigned str_ascii;     /* sizeof(PyASCIIObject) */
-    unsigned str_compact;   /* sizeof(PyCompactUnicodeObject) */
-    unsigned iframe;        /* frame object -> _PyInterpreterFrame at 0x18 (3.11+) */
-    unsigned f_globals, f_locals; /* in PyFrameObject (3.8-3.10) or _PyInterpreterFrame */
-};
-
-static const struct layout layouts[] = {
-    /* minor gc_off rt  keys  v2 vals tag ascii compact ifr glob  loc */
-    {8, 0x158, 1, 0, 0, 0, 0, 48, 72, 0, 0x30, 0x38},
-    {9, 0x268, 0, 0, 0, 0, 0, 48, 72, 0, 0x30, 0x38},
-    {10, 0x268, 0, 0, 0, 0, 0, 48, 72, 0, 0x30, 0x38},
-    {11, 0x288, 0, 0x368, 1, 11, 0, 48, 72, 1, 0x08, 0x18},
-    {12, 0x070, 0, 0x370, 1, 12, 1, 40, 56, 1, 0x18, 0x28},
-    {13, 0x1ce8, 0, 0x370, 1, 13, 1, 40, 56, 1, 0x18, 0x28},
-};
-static const struct layout *L;
+/* Every CPython layout fact used below comes from agent/pyabi.h: constants for
+ * what every supported version shares, the running version's entry (L) for the
+ * rest. Read at fixed offsets, the same in every supported version (LP64):
+ * str length 0x10; dict ma_used 0x10; long digits 0x18;
+ * float ob_fval 0x10; bytes ob_sval 0x20; bytearray ob_alloc 0x18; set used
+ * 0x18, mask 0x20, table 0x28, smalltable 0x40; module md_dict 0x10; cell
+ * ob_ref 0x10; method im_func 0x10, im_self 0x18; C function m_ml 0x10, m_self
+ * 0x18. tests/test_objects.py checks them against the interpreter on each. */
+static const struct pyabi *L;
 
 /* ---------------------------------------------------------------- object access */
 
@@ -65,22 +35,22 @@ typedef int (*traverse_fn)(pyobj *, visit_fn, void *);
 typedef int (*inquiry_fn)(pyobj *);
 
 #define FLD(p, off, T) (*(T *)((char *)(p) + (off)))
-#define OB_REFCNT(o) FLD(o, 0, ssize_t)
-#define OB_TYPE(o) FLD(o, 8, char *)
-#define OB_SIZE(o) FLD(o, 16, ssize_t)
-#define GC_NEXT(o) FLD((char *)(o) - 16, 0, uintptr_t)
-#define TP_NAME(t) FLD(t, 24, const char *)
-#define TP_BASICSIZE(t) FLD(t, 32, ssize_t)
-#define TP_ITEMSIZE(t) FLD(t, 40, ssize_t)
-#define TP_FLAGS(t) FLD(t, 168, unsigned long)
-#define TP_TRAVERSE(t) FLD(t, 184, traverse_fn)
-#define TP_MEMBERS(t) FLD(t, 240, char *)
-#define TP_BASE(t) FLD(t, 256, char *)
-#define TP_DICT(t) FLD(t, 264, pyobj *)
-#define TP_DICTOFFSET(t) FLD(t, 288, ssize_t)
-#define TP_IS_GC(t) FLD(t, 328, inquiry_fn)
-#define TP_BASES(t) FLD(t, 336, pyobj *)
-#define TP_MRO(t) FLD(t, 344, pyobj *)
+#define OB_REFCNT(o) FLD(o, PYABI_OB_REFCNT, ssize_t)
+#define OB_TYPE(o) FLD(o, PYABI_OB_TYPE, char *)
+#define OB_SIZE(o) FLD(o, PYABI_OB_SIZE, ssize_t)
+#define GC_NEXT(o) FLD((char *)(o) - PYABI_GC_HEAD, 0, uintptr_t)
+#define TP_NAME(t) FLD(t, PYABI_TP_NAME, const char *)
+#define TP_BASICSIZE(t) FLD(t, PYABI_TP_BASICSIZE, ssize_t)
+#define TP_ITEMSIZE(t) FLD(t, PYABI_TP_ITEMSIZE, ssize_t)
+#define TP_FLAGS(t) FLD(t, PYABI_TP_FLAGS, unsigned long)
+#define TP_TRAVERSE(t) FLD(t, PYABI_TP_TRAVERSE, traverse_fn)
+#define TP_MEMBERS(t) FLD(t, PYABI_TP_MEMBERS, char *)
+#define TP_BASE(t) FLD(t, PYABI_TP_BASE, char *)
+#define TP_DICT(t) FLD(t, PYABI_TP_DICT, pyobj *)
+#define TP_DICTOFFSET(t) FLD(t, PYABI_TP_DICTOFFSET, ssize_t)
+#define TP_IS_GC(t) FLD(t, PYABI_TP_IS_GC, inquiry_fn)
+#define TP_BASES(t) FLD(t, PYABI_TP_BASES, pyobj *)
+#define TP_MRO(t) FLD(t, PYABI_TP_MRO, pyobj *)
 
 #define F_INLINE_VALUES (1UL << 2) /* 3.13 */
 #define F_MANAGED_WEAKREF (1UL << 3) /* 3.12+ */
@@ -158,13 +128,9 @@ static int api_load(char *err)
         {(void **)&api.asyncgen_t, "PyAsyncGen_Type"},
         {(void **)&api.none, "_Py_NoneStruct"}, {(void **)&api.true_, "_Py_TrueStruct"},
     };
-    uint32_t hex = pyapi_hexversion();
-    unsigned minor = (hex >> 16) & 0xff;
-    L = NULL;
-    for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++)
-        if ((hex >> 24) == 3 && layouts[i].minor == minor) L = &layouts[i];
+    L = pyapi_abi();
     if (!L) {
-        mp_err(err, "object census: Python %u.%u is not supported (3.8 to 3.13 are)", hex >> 24, minor);
+        mp_err(err, "object census: %s", pyapi_abi_error());
         return -1;
     }
     if (api.ready) return 0;
@@ -351,9 +317,11 @@ static int heap_walk(const struct heap *h, heap_fn fn, void *arg)
 static int gc_state_valid(char *gc)
 {
     uintptr_t heads[4];
-    if (FLD(gc, 0x60, uintptr_t) != (uintptr_t)(gc + 0x18)) return 0; /* generation0 */
-    for (int i = 0; i < 3; i++) heads[i] = (uintptr_t)(gc + 0x18 + 24 * i);
-    heads[3] = (uintptr_t)(gc + 0x68);
+    /* the generation0 pointer: 3.14.0's incremental collector has none, and
+     * then this fails and the census lists objects with gc.get_objects() */
+    if (FLD(gc, L->gc.generation0, uintptr_t) != (uintptr_t)(gc + L->gc.generations)) return 0;
+    for (int i = 0; i < 3; i++) heads[i] = (uintptr_t)(gc + L->gc.generations + 24 * i);
+    heads[3] = (uintptr_t)(gc + L->gc.permanent);
     for (int i = 0; i < 4; i++) {
         uintptr_t next = FLD(heads[i], 0, uintptr_t) & ~(uintptr_t)3;
         uintptr_t prev = FLD(heads[i], 8, uintptr_t) & ~(uintptr_t)3;
@@ -389,8 +357,8 @@ static int gc_module_call(const char *name)
 static void heap_pause_gc(struct heap *h)
 {
     if (h->gc) {
-        h->was_enabled = FLD(h->gc, 0x0c, int);
-        FLD(h->gc, 0x0c, int) = 0;
+        h->was_enabled = FLD(h->gc, L->gc.enabled, int);
+        FLD(h->gc, L->gc.enabled, int) = 0;
     } else if (api.GC_Disable) {
         h->was_enabled = api.GC_Disable();
     } else {
@@ -403,7 +371,7 @@ static void heap_pause_gc(struct heap *h)
 static void heap_close(struct heap *h)
 {
     if (h->paused && h->was_enabled) {
-        if (h->gc) FLD(h->gc, 0x0c, int) = 1;
+        if (h->gc) FLD(h->gc, L->gc.enabled, int) = 1;
         else if (api.GC_Enable) api.GC_Enable();
         else gc_module_call("enable");
     }
@@ -415,20 +383,20 @@ static int heap_open(struct heap *h, char *err)
 {
     char *base = NULL;
     memset(h, 0, sizeof *h);
-    if (L->gc_in_runtime) base = api.runtime;
+    if (L->caps & PYABI_GC_IN_RUNTIME) base = api.runtime;
     else if (api.InterpreterState_Main) base = api.InterpreterState_Main();
 #ifdef CENSUS_TEST_FALLBACK /* tests/objects: exercise the gc.get_objects() path */
     base = NULL;
 #endif
-    if (base && gc_state_valid(base + L->gc_off)) {
-        h->gc = base + L->gc_off;
-        if (FLD(h->gc, 0xc8, int)) {
+    if (base && gc_state_valid(base + L->gc.state)) {
+        h->gc = base + L->gc.state;
+        if (FLD(h->gc, L->gc.collecting, int)) {
             mp_err(err, "the target is in the middle of a garbage collection; try again");
             h->gc = NULL;
             return -1;
         }
-        for (int i = 0; i < 3; i++) h->heads[i] = (uintptr_t)(h->gc + 0x18 + 24 * i);
-        h->heads[3] = (uintptr_t)(h->gc + 0x68);
+        for (int i = 0; i < 3; i++) h->heads[i] = (uintptr_t)(h->gc + L->gc.generations + 24 * i);
+        h->heads[3] = (uintptr_t)(h->gc + L->gc.permanent);
         h->nheads = 4;
         heap_pause_gc(h);
         return 0;
@@ -450,7 +418,7 @@ static int heap_open(struct heap *h, char *err)
         return -1;
     }
     h->len = OB_SIZE(h->list);
-    h->items = FLD(h->list, 0x18, pyobj **);
+    h->items = FLD(h->list, L->list.items, pyobj **);
     return 0;
 }
 
@@ -466,14 +434,14 @@ struct str_view {
  * string is in a form we do not read (3.8-3.11 not-ready wstr strings). */
 static int str_view(pyobj *s, struct str_view *v)
 {
-    uint32_t state = FLD(s, 0x20, uint32_t);
+    uint32_t state = FLD(s, L->str.state, uint32_t);
     unsigned kind = (state >> 2) & 7, compact = (state >> 5) & 1, ascii = (state >> 6) & 1;
     v->len = FLD(s, 0x10, ssize_t);
     v->kind = kind;
     if (kind != 1 && kind != 2 && kind != 4) return 0;
-    if (compact && ascii) v->data = (const unsigned char *)s + L->str_ascii;
-    else if (compact) v->data = (const unsigned char *)s + L->str_compact;
-    else v->data = FLD(s, L->str_compact, const unsigned char *);
+    if (compact && ascii) v->data = (const unsigned char *)s + L->str.ascii_size;
+    else if (compact) v->data = (const unsigned char *)s + L->str.compact_size;
+    else v->data = FLD(s, L->str.compact_size, const unsigned char *);
     return v->data != NULL && v->len >= 0;
 }
 
@@ -613,7 +581,7 @@ struct ttab {
 /* Inline values of 3.13 instances: allocated with the object. */
 static uint64_t inline_values_size(char *tp)
 {
-    char *keys = FLD(tp, L->cached_keys, char *);
+    char *keys = FLD(tp, L->type.cached_keys, char *);
     ssize_t size;
     if (!keys) return 0;
     size = FLD(keys, 16, ssize_t) + FLD(keys, 24, ssize_t); /* dk_usable + dk_nentries */
@@ -636,17 +604,16 @@ static void tinfo_init(struct tinfo *t, char *tp)
     t->tp = tp;
     t->itemsize = TP_ITEMSIZE(tp);
     if (fl & F_HAVE_GC) t->pre = 16;
-    if (L->minor == 11 && (fl & F_MANAGED_DICT)) t->pre += 16;
-    if (L->minor >= 12 && (fl & (F_MANAGED_DICT | F_MANAGED_WEAKREF))) t->pre += 16;
+    if (fl & L->type.preheader_flags) t->pre += 16;
     t->fixed = (uint64_t)TP_BASICSIZE(tp) + t->pre;
-    if (L->values == 13 && (fl & F_INLINE_VALUES)) t->fixed += inline_values_size(tp);
+    if (L->dict.inst_values == PYABI_VALUES_INLINE && (fl & F_INLINE_VALUES)) t->fixed += inline_values_size(tp);
     if (fl & F_LONG_SUB) t->kind = SK_LONG;
     else if (fl & F_UNICODE_SUB) t->kind = SK_STR;
     else if (fl & F_LIST_SUB) t->kind = SK_LIST;
     else if (fl & F_DICT_SUB) t->kind = SK_DICT;
     else if (is_sub(tp, api.set_t) || is_sub(tp, api.frozenset_t)) t->kind = SK_SET;
     else if (is_sub(tp, api.bytearray_t)) t->kind = SK_BYTEARRAY;
-    else if (t->itemsize && !(L->iframe && not_var(tp))) t->kind = SK_VAR;
+    else if (t->itemsize && !((L->caps & PYABI_FRAME_SIZED_BY_CODE) && not_var(tp))) t->kind = SK_VAR;
     else t->kind = SK_FIXED;
 }
 
@@ -698,11 +665,11 @@ static inline struct tinfo *tt_get(struct ttab *tt, char *tp)
 
 static uint64_t dict_extra(pyobj *o)
 {
-    char *keys = FLD(o, 0x20, char *);
-    int has_values = FLD(o, 0x28, char *) != NULL;
+    char *keys = FLD(o, L->dict.keys, char *);
+    int has_values = FLD(o, L->dict.values, char *) != NULL;
     uint64_t extra = 0;
     if (!keys) return 0;
-    if (!L->keys_v2) {
+    if (!(L->caps & PYABI_DICT_KEYS_V2)) {
         ssize_t size = FLD(keys, 8, ssize_t), usable, es;
         if (size <= 0 || size > ((ssize_t)1 << 40)) return 0;
         usable = (size << 1) / 3;
@@ -721,12 +688,12 @@ static uint64_t dict_extra(pyobj *o)
 
 static uint64_t str_size(pyobj *o)
 {
-    uint32_t state = FLD(o, 0x20, uint32_t);
+    uint32_t state = FLD(o, L->str.state, uint32_t);
     unsigned kind = (state >> 2) & 7, compact = (state >> 5) & 1, ascii = (state >> 6) & 1;
     uint64_t len = (uint64_t)FLD(o, 0x10, ssize_t);
-    if (compact && ascii) return L->str_ascii + len + 1;
-    if (compact) return L->str_compact + (len + 1) * kind;
-    return L->str_compact + 8 + (FLD(o, L->str_compact, void *) ? (len + 1) * kind : 0);
+    if (compact && ascii) return L->str.ascii_size + len + 1;
+    if (compact) return L->str.compact_size + (len + 1) * kind;
+    return L->str.compact_size + 8 + (FLD(o, L->str.compact_size, void *) ? (len + 1) * kind : 0);
 }
 
 /* Shallow size, like sys.getsizeof without calling __sizeof__: the object's
@@ -743,15 +710,15 @@ static inline uint64_t obj_size(pyobj *o, const struct tinfo *t)
         n = OB_SIZE(o);
         if (n < 0) n = -n;
         return t->fixed + (n < ((ssize_t)1 << 36) ? (uint64_t)n * (uint64_t)t->itemsize : 0);
-    case SK_LIST: return t->fixed + (uint64_t)FLD(o, 0x20, ssize_t) * 8;
+    case SK_LIST: return t->fixed + (uint64_t)FLD(o, L->list.items + 8, ssize_t) * 8; /* allocated */
     case SK_DICT: return t->fixed + dict_extra(o);
     case SK_SET:
         return t->fixed + (FLD(o, 0x28, char *) != (char *)o + 0x40 ? (uint64_t)(FLD(o, 0x20, ssize_t) + 1) * 16 : 0);
     case SK_BYTEARRAY: return t->fixed + (uint64_t)FLD(o, 0x18, ssize_t);
     case SK_STR: return t->fixed - (uint64_t)TP_BASICSIZE(t->tp) + str_size(o);
     case SK_LONG:
-        if (L->long_tag) {
-            uint64_t nd = FLD(o, 0x10, uintptr_t) >> 3;
+        if (L->caps & PYABI_LONG_TAG) {
+            uint64_t nd = FLD(o, L->longobj.tag, uintptr_t) >> 3;
             return t->fixed + (nd ? nd : 1) * 4;
         }
         n = OB_SIZE(o);
@@ -960,8 +927,8 @@ static int long_value(pyobj *o, __int128 *out)
     ssize_t nd;
     int neg;
     __int128 v = 0;
-    if (L->long_tag) {
-        uintptr_t tag = FLD(o, 0x10, uintptr_t);
+    if (L->caps & PYABI_LONG_TAG) {
+        uintptr_t tag = FLD(o, L->longobj.tag, uintptr_t);
         nd = (ssize_t)(tag >> 3);
         neg = (tag & 3) == 2;
     } else {
@@ -1070,7 +1037,7 @@ static void obj_label(pyobj *o, struct sb *b)
     char *tp = OB_TYPE(o);
     unsigned long fl = TP_FLAGS(tp);
     if (fl & F_TYPE_SUB) type_short((char *)o, b);
-    else if (is_sub(tp, api.module_t)) sb_str(b, FLD(o, 0x30, pyobj *));
+    else if (is_sub(tp, api.module_t)) sb_str(b, FLD(o, L->module.name, pyobj *));
     else if (is_sub(tp, api.cfunction_t)) {
         char *ml = FLD(o, 0x10, char *);
         sb_puts(b, ml && FLD(ml, 0, const char *) ? FLD(ml, 0, const char *) : "?");
@@ -1124,9 +1091,9 @@ static pyobj *dict_of(pyobj *src, char *tp)
     ssize_t off;
     if (fl & F_TYPE_SUB) return TP_DICT((char *)src);
     if (is_sub(tp, api.module_t)) return FLD(src, 0x10, pyobj *);
-    if (L->values && (fl & F_MANAGED_DICT)) {
+    if (L->dict.inst_values != PYABI_VALUES_NONE && (fl & F_MANAGED_DICT)) {
         uintptr_t d = FLD(src, -24, uintptr_t);
-        if (L->values == 12 && (d & 1)) return NULL; /* values, no dict */
+        if (L->dict.inst_values == PYABI_VALUES_TAGGED && (d & 1)) return NULL; /* values, no dict */
         return (pyobj *)d;
     }
     off = TP_DICTOFFSET(tp);
@@ -1148,20 +1115,20 @@ static int managed_attr(pyobj *src, char *tp, pyobj *dst, struct sb *b)
     char *values = NULL, *keys, *entries;
     ssize_t n;
     unsigned kind;
-    if (!L->values || !(fl & F_MANAGED_DICT) || !(fl & F_HEAPTYPE)) return 0;
-    if (L->values == 11) values = FLD(src, -32, char *);
-    else if (L->values == 12) {
+    if (L->dict.inst_values == PYABI_VALUES_NONE || !(fl & F_MANAGED_DICT) || !(fl & F_HEAPTYPE)) return 0;
+    if (L->dict.inst_values == PYABI_VALUES_PREHEADER) values = FLD(src, -32, char *);
+    else if (L->dict.inst_values == PYABI_VALUES_TAGGED) {
         uintptr_t d = FLD(src, -24, uintptr_t);
         if (d & 1) values = (char *)(d + 1); /* stored as values - 1 */
     } else if (fl & F_INLINE_VALUES) {
         values = (char *)src + TP_BASICSIZE(tp);
         if (!FLD(values, 3, uint8_t)) values = NULL; /* not valid: the dict has them */
     }
-    keys = FLD(tp, L->cached_keys, char *);
+    keys = FLD(tp, L->type.cached_keys, char *);
     if (!values || !keys) return 0;
     n = FLD(keys, 24, ssize_t);
     kind = FLD(keys, 10, uint8_t);
-    if (L->values == 13) {
+    if (L->dict.inst_values == PYABI_VALUES_INLINE) {
         if (n > FLD(values, 0, uint8_t)) n = FLD(values, 0, uint8_t);
         values += 8;
     }
@@ -1182,7 +1149,7 @@ static int member_attr(pyobj *src, char *tp, pyobj *dst, struct sb *b)
     int depth = 0;
     for (char *t = tp; t && depth < 64; t = TP_BASE(t), depth++) {
         char *m = TP_MEMBERS(t);
-        for (int i = 0; m && FLD(m, 0, const char *) && i < 1000; m += 40, i++) {
+        for (int i = 0; m && FLD(m, 0, const char *) && i < 1000; m += PYABI_MEMBERDEF_SIZE, i++) {
             int type = FLD(m, 8, int), flags = FLD(m, 24, int);
             ssize_t off = FLD(m, 16, ssize_t);
             if ((type != 6 && type != 16) || (flags & 8) || off < 16 || off + 8 > TP_BASICSIZE(tp)) continue;
@@ -1220,9 +1187,9 @@ static int special_attr(pyobj *src, char *tp, pyobj *dst, struct sb *b)
     } else if (tp == api.cell_t) {
         if (FLD(src, 0x10, pyobj *) == dst) name = "cell_contents";
     } else if (tp == api.frame_t) {
-        char *f = L->iframe ? FLD(src, 0x18, char *) : (char *)src;
-        if (f && FLD(f, L->f_locals, pyobj *) == dst) name = "f_locals";
-        else if (f && FLD(f, L->f_globals, pyobj *) == dst) name = "f_globals";
+        char *f = L->frameobj.iframe >= 0 ? FLD(src, L->frameobj.iframe, char *) : (char *)src;
+        if (f && FLD(f, L->frameobj.locals, pyobj *) == dst) name = "f_locals";
+        else if (f && FLD(f, L->frameobj.globals, pyobj *) == dst) name = "f_globals";
     } else if (is_sub(tp, api.cfunction_t)) {
         if (FLD(src, 0x18, pyobj *) == dst) name = "__self__";
     } else if (TP_FLAGS(tp) & F_TYPE_SUB) {
@@ -1261,7 +1228,7 @@ static void edge_label(pyobj *src, pyobj *dst, struct sb *b)
         return;
     }
     if (fl & (F_LIST_SUB | F_TUPLE_SUB)) {
-        pyobj **items = (fl & F_LIST_SUB) ? FLD(src, 0x18, pyobj **) : &FLD(src, 0x18, pyobj *);
+        pyobj **items = (fl & F_LIST_SUB) ? FLD(src, L->list.items, pyobj **) : &FLD(src, L->tuple.items, pyobj *);
         ssize_t n = OB_SIZE(src);
         for (ssize_t i = 0; items && i < n; i++)
             if (items[i] == dst) {

@@ -462,7 +462,7 @@ static void exact_alloc(void *p, size_t size)
  *    bytes on to PyMem_RawMalloc/Realloc, so those pass straight through and
  *    the RAW wrapper counts (and samples) them, stack and all.
  *  - other MEM/OBJ allocators (debug hooks, tracemalloc, PYTHONMALLOC=malloc):
- *    requests above PYMALLOC_SMALL_MAX (which pymalloc, under debug hooks or
+ *    requests above pymalloc_small_max (which pymalloc, under debug hooks or
  *    tracemalloc, hands on to RAW) take the slow way even when not sampled, and
  *    the guard keeps a nested RAW call from counting the same bytes twice (the
  *    slow paths also undo what nested calls counted). */
@@ -477,9 +477,10 @@ enum wrap_kind { WRAP_RAW, WRAP_PYMALLOC, WRAP_OTHER };
 static int64_t gil_countdown;
 #define COUNTDOWN(kind) (*((kind) == WRAP_PYMALLOC ? &gil_countdown : &T.countdown))
 
-/* pymalloc serves requests up to 512 bytes (SMALL_REQUEST_THRESHOLD, 3.8-3.13)
- * from its arenas and hands larger ones to PyMem_RawMalloc. */
-#define PYMALLOC_SMALL_MAX 512
+/* pymalloc serves requests up to SMALL_REQUEST_THRESHOLD bytes (the running
+ * version's pyabi alloc.small_max, 512 in every supported one) from its arenas
+ * and hands larger ones to PyMem_RawMalloc. Set before the wrappers go in. */
+static size_t pymalloc_small_max = 512;
 
 /* In a domain whose frees are unwatched, a sampled block must live outside
  * pymalloc's arenas: asked for as a large block, pymalloc takes it from the
@@ -487,7 +488,7 @@ static int64_t gil_countdown;
  * where the RAW wrapper sees it. A sample costs at most 513 bytes of memory. */
 static inline size_t sampled_size(const struct domain *d, size_t size)
 {
-    return d->free_unwatched && size <= PYMALLOC_SMALL_MAX ? PYMALLOC_SMALL_MAX + 1 : size;
+    return d->free_unwatched && size <= pymalloc_small_max ? pymalloc_small_max + 1 : size;
 }
 
 /* The slow paths: cd is the countdown the fast path counted size down on. */
@@ -514,7 +515,7 @@ static __attribute__((noinline)) void *s_malloc_slow(struct domain *d, size_t si
 }
 
 /* Requests that bypass counting here: pymalloc's large ones (see above). */
-#define PASS_LARGE(kind, size) ((kind) == WRAP_PYMALLOC && (size) > PYMALLOC_SMALL_MAX)
+#define PASS_LARGE(kind, size) ((kind) == WRAP_PYMALLOC && (size) > pymalloc_small_max)
 /* Counts size down on the GIL's countdown; false once it reaches zero. On
  * x86-64 one read-modify-write instruction and its branch, where compilers
  * keep a load, a subtraction, a store and a test. */
@@ -533,7 +534,7 @@ due:
 /* Counts size down; true on the fast path (the slow one reads the countdown). */
 #define FAST(kind, size)                                                                                    \
     ((kind) == WRAP_PYMALLOC ? gil_count_down(size)                                                         \
-                             : (T.countdown -= (int64_t)(size)) > 0 && ((kind) != WRAP_OTHER || (size) <= PYMALLOC_SMALL_MAX))
+                             : (T.countdown -= (int64_t)(size)) > 0 && ((kind) != WRAP_OTHER || (size) <= pymalloc_small_max))
 
 /* The fast paths hand on the ctx they were called with: the saved allocator's
  * own (hooks_install installs each wrapper with it), already in its register. */
@@ -865,6 +866,7 @@ int hooks_install(const struct hooks_conf *c, char *err)
         return -1;
     }
     walk_ok = pyapi_walk_init(werr) == 0; /* without it: sites are "<unknown>" */
+    if (pyapi_abi()) pymalloc_small_max = pyapi_abi()->alloc.small_max;
     rate = c->rate ? (double)c->rate : 512.0 * 1024;
     max_frames = c->frames ? (c->frames > 512 ? 512 : c->frames) : 64;
     exact_mode = c->exact;

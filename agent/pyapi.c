@@ -1,5 +1,4 @@
-/* pyapi.c -- resolves the Python C API at run time and holds the one table of
- * per-CPython-version details (symbol names, struct offsets). */
+/* pyapi.c -- resolves the Python C API at run time and walks Python frames with the layout pyabi.c gives. */
 #include "pyapi.h"
 
 #include <dlfcn.h>
@@ -16,66 +15,8 @@ struct pyapi PY;
 static void *lib;                 /* dlopen(pylib, RTLD_NOLOAD) handle, or NULL */
 static uint32_t hexversion;
 static char version[32];
-static const struct pyoffsets *offsets;
-
-/* Offsets read with gdb `ptype /o` / `print &((T*)0)->f` from the debug info of
- * the pyenv builds 3.8.18, 3.9.18, 3.10.13, 3.11.7, 3.12.1, 3.13.0 on x86_64, and
- * checked at run time by tests/agent/offsets_check.c (a frame walk compared with
- * traceback.extract_stack()) on those and on Debian's 3.11.2. These are private
- * structures: a micro release may in principle move them, which is why the
- * frame walk must validate what it reads (code object type, bounded depth). */
-static const struct pyoffsets offset_table[] = {
-    {.minor = 8,
-     .ts_interp = 16, .ts_next = 8, .ts_thread_id = 176, .ts_native_thread_id = -1,
-     .ts_frame = 24, .ts_cframe = -1, .cframe_current_frame = -1, .ts_current_frame = -1,
-     .frame_back = 24, .frame_code = 32, .frame_lasti = 104, .frame_instr = -1,
-     .frame_owner = -1, .owner_generator = -1, .owner_cstack = -1,
-     .co_firstlineno = 40, .co_filename = 104, .co_name = 112, .co_qualname = -1,
-     .co_code_adaptive = -1, .co_firsttraceable = -1,
-     .ob_type = 8, .tp_name = 24},
-    {.minor = 9,
-     .ts_interp = 16, .ts_next = 8, .ts_thread_id = 176, .ts_native_thread_id = -1,
-     .ts_frame = 24, .ts_cframe = -1, .cframe_current_frame = -1, .ts_current_frame = -1,
-     .frame_back = 24, .frame_code = 32, .frame_lasti = 104, .frame_instr = -1,
-     .frame_owner = -1, .owner_generator = -1, .owner_cstack = -1,
-     .co_firstlineno = 40, .co_filename = 104, .co_name = 112, .co_qualname = -1,
-     .co_code_adaptive = -1, .co_firsttraceable = -1,
-     .ob_type = 8, .tp_name = 24},
-    /* 3.10 has a tstate->cframe too, but it only carries use_tracing: frames
-     * are still PyFrameObjects hanging off tstate->frame. */
-    {.minor = 10,
-     .ts_interp = 16, .ts_next = 8, .ts_thread_id = 176, .ts_native_thread_id = -1,
-     .ts_frame = 24, .ts_cframe = -1, .cframe_current_frame = -1, .ts_current_frame = -1,
-     .frame_back = 24, .frame_code = 32, .frame_lasti = 96, .frame_instr = -1,
-     .frame_owner = -1, .owner_generator = -1, .owner_cstack = -1,
-     .co_firstlineno = 40, .co_filename = 104, .co_name = 112, .co_qualname = -1,
-     .co_code_adaptive = -1, .co_firsttraceable = -1,
-     .ob_type = 8, .tp_name = 24},
-    {.minor = 11,
-     .ts_interp = 16, .ts_next = 8, .ts_thread_id = 152, .ts_native_thread_id = 160,
-     .ts_frame = -1, .ts_cframe = 56, .cframe_current_frame = 8, .ts_current_frame = -1,
-     .frame_back = 48, .frame_code = 32, .frame_lasti = -1, .frame_instr = 56,
-     .frame_owner = 69, .owner_generator = 1, .owner_cstack = -1,
-     .co_firstlineno = 72, .co_filename = 112, .co_name = 120, .co_qualname = 128,
-     .co_code_adaptive = 184, .co_firsttraceable = 168,
-     .ob_type = 8, .tp_name = 24},
-    {.minor = 12,
-     .ts_interp = 16, .ts_next = 8, .ts_thread_id = 136, .ts_native_thread_id = 144,
-     .ts_frame = -1, .ts_cframe = 56, .cframe_current_frame = 0, .ts_current_frame = -1,
-     .frame_back = 8, .frame_code = 0, .frame_lasti = -1, .frame_instr = 56,
-     .frame_owner = 70, .owner_generator = 1, .owner_cstack = 3,
-     .co_firstlineno = 68, .co_filename = 112, .co_name = 120, .co_qualname = 128,
-     .co_code_adaptive = 192, .co_firsttraceable = 176,
-     .ob_type = 8, .tp_name = 24},
-    {.minor = 13,
-     .ts_interp = 16, .ts_next = 8, .ts_thread_id = 152, .ts_native_thread_id = 160,
-     .ts_frame = -1, .ts_cframe = -1, .cframe_current_frame = -1, .ts_current_frame = 72,
-     .frame_back = 8, .frame_code = 0, .frame_lasti = -1, .frame_instr = 56,
-     .frame_owner = 70, .owner_generator = 1, .owner_cstack = 3,
-     .co_firstlineno = 68, .co_filename = 112, .co_name = 120, .co_qualname = 128,
-     .co_code_adaptive = 200, .co_firsttraceable = 184,
-     .ob_type = 8, .tp_name = 24},
-};
+static const struct pyabi *offsets;
+static char abi_error[MP_ERRLEN];
 
 void *pyapi_sym(const char *name)
 {
@@ -139,6 +80,7 @@ void pyapi_fini(void)
     hexversion = 0;
     version[0] = 0;
     offsets = NULL;
+    abi_error[0] = 0;
 }
 
 uint32_t pyapi_parse_version(const char *s, char *out, int outlen)
@@ -175,37 +117,59 @@ uint32_t pyapi_exported_hexversion(void)
     return v ? (uint32_t)*v : 0;
 }
 
-/* The offset table holds for release builds with a GIL: free-threaded builds
- * (3.13t) have another PyObject header, and debug builds (Py_REF_DEBUG, and
- * Py_TRACE_REFS which adds two pointers to every object) are not covered. */
-static int release_build(const char *version_string)
+/* The ABI table holds for release builds with a GIL: free-threaded builds
+ * (3.13t, 3.14t) have another PyObject header, and debug builds (Py_REF_DEBUG,
+ * and Py_TRACE_REFS which adds two pointers to every object) are not covered. */
+static int release_build(void)
 {
     static const char *const debug_syms[] = {"_Py_NegativeRefcount", "_Py_RefTotal",
                                              "_Py_GetRefTotal", "_Py_PrintReferences", NULL};
-    return !strstr(version_string, "free-threading") && !sym_any(debug_syms);
+    return !sym_any(debug_syms);
 }
 
 int pyapi_load_version(char *err)
 {
     const char *v = PY.GetVersion ? PY.GetVersion() : NULL;
     uint32_t hex = pyapi_parse_version(v, version, sizeof version);
-    size_t i;
+    const struct pyabi *abi;
     if (!hex) {
         mp_err(err, "cannot parse the Python version \"%.40s\"", v ? v : "(null)");
         return -1;
     }
     hexversion = hex;
     offsets = NULL;
-    if (!release_build(v)) return 0; /* no offsets: the table is for release builds */
-    if ((hex >> 24) == 3)
-        for (i = 0; i < sizeof offset_table / sizeof offset_table[0]; i++)
-            if (offset_table[i].minor == (int)(hex >> 16 & 0xff)) offsets = &offset_table[i];
+    abi_error[0] = 0;
+    abi = pyabi_for(hex);
+    if (!abi) {
+        mp_err(abi_error, "unsupported Python %u.%u (memprof supports " MP_PY_RANGE ")", hex >> 24, hex >> 16 & 0xff);
+        return 0;
+    }
+    if (strstr(v, "free-threading")) {
+        mp_err(abi_error, "Python %s: free-threaded builds are not supported (use the default build with a GIL)",
+               version);
+        return 0;
+    }
+    if (!release_build()) {
+        mp_err(abi_error, "Python %s: debug builds are not supported (other object layout)", version);
+        return 0;
+    }
+    if (abi->caps & PYABI_DEBUG_OFFSETS) {
+        /* 3.13+: _PyRuntime opens with _Py_DebugOffsets (exported data) */
+        const void *rt = pyapi_sym("_PyRuntime");
+        if (!rt) {
+            mp_err(abi_error, "Python %s: _PyRuntime is not exported; cannot check its layout", version);
+            return 0;
+        }
+        if (pyabi_check_debug_offsets(abi, hex, rt, (size_t)abi->dbg.size, abi_error) < 0) return 0;
+    }
+    offsets = abi;
     return 0;
 }
 
 uint32_t pyapi_hexversion(void) { return hexversion; }
 const char *pyapi_version(void) { return version; }
-const struct pyoffsets *pyapi_offsets(void) { return offsets; }
+const struct pyabi *pyapi_abi(void) { return offsets; }
+const char *pyapi_abi_error(void) { return abi_error; }
 
 int pyapi_finalizing(void)
 {
@@ -228,7 +192,8 @@ int pyapi_walk_init(char *err)
     addr2line = (int (*)(void *, int))pyapi_sym("PyCode_Addr2Line");
     as_utf8 = (const char *(*)(void *))pyapi_sym("PyUnicode_AsUTF8");
     if (!offsets || !PY.ThreadState_Get || !code_type || !addr2line || !as_utf8) {
-        mp_err(err, "Python %s: no frame layout or C API for stack capture", version[0] ? version : "?");
+        if (!offsets && abi_error[0]) mp_err(err, "%s", abi_error);
+        else mp_err(err, "Python %s: no frame layout or C API for stack capture", version[0] ? version : "?");
         return -1;
     }
     return 0;
@@ -241,44 +206,50 @@ void *pyapi_tstate_if_gil(void)
     /* 3.8-3.11: the GIL holder's state (any thread's); 3.12+: this thread's
      * while attached. The thread id tells whether it is ours. */
     ts = PY.ThreadState_Get();
-    if (!ts || FIELD(ts, offsets->ts_thread_id, unsigned long) != (unsigned long)pthread_self()) return NULL;
+    if (!ts || FIELD(ts, offsets->ts.thread_id, unsigned long) != (unsigned long)pthread_self()) return NULL;
     return ts;
 }
 
-static void *top_frame(void *ts)
+void *pyapi_frame_code(void *frame)
 {
-    const struct pyoffsets *o = offsets;
+    uintptr_t bits = FIELD(frame, offsets->frame.code, uintptr_t);
+    return (void *)(bits & ~offsets->frame.executable_tag); /* 3.14+: a tagged _PyStackRef */
+}
+
+void *pyapi_top_frame(void *ts)
+{
+    const struct pyabi *o = offsets;
     void *cf;
-    if (o->ts_frame >= 0) return FIELD(ts, o->ts_frame, void *);
-    if (o->ts_cframe >= 0) {
-        cf = FIELD(ts, o->ts_cframe, void *);
-        return cf ? FIELD(cf, o->cframe_current_frame, void *) : NULL;
+    if (o->caps & PYABI_FRAME_OBJECTS) return FIELD(ts, o->ts.frame, void *);
+    if (o->caps & PYABI_CFRAME) {
+        cf = FIELD(ts, o->ts.cframe, void *);
+        return cf ? FIELD(cf, o->ts.cframe_current, void *) : NULL;
     }
-    return FIELD(ts, o->ts_current_frame, void *);
+    return FIELD(ts, o->ts.current_frame, void *);
 }
 
 int pyapi_walk(void *ts, struct pyframe *out, int max)
 {
-    const struct pyoffsets *o = offsets;
+    const struct pyabi *o = offsets;
     int n = 0, depth = 0;
     void *frame;
     if (!o || !ts) return 0;
-    for (frame = top_frame(ts); frame && n < max && depth < WALK_MAX_DEPTH;
-         frame = FIELD(frame, o->frame_back, void *), depth++) {
-        void *code = FIELD(frame, o->frame_code, void *);
+    for (frame = pyapi_top_frame(ts); frame && n < max && depth < WALK_MAX_DEPTH;
+         frame = FIELD(frame, o->frame.back, void *), depth++) {
+        void *code = pyapi_frame_code(frame);
         int lasti;
-        if (!code || FIELD(code, o->ob_type, void *) != code_type) continue; /* 3.13 f_executable */
-        if (o->frame_owner >= 0) {
-            int owner = FIELD(frame, o->frame_owner, char);
-            char *first = (char *)code + o->co_code_adaptive;
-            char *instr = FIELD(frame, o->frame_instr, char *);
-            if (owner == o->owner_cstack) continue; /* shim frame */
-            if (owner != o->owner_generator && instr < first + 2 * FIELD(code, o->co_firsttraceable, int))
+        if (!code || FIELD(code, PYABI_OB_TYPE, void *) != code_type) continue; /* 3.13+ f_executable */
+        if (o->frame.owner >= 0) {
+            int owner = FIELD(frame, o->frame.owner, char);
+            char *first = (char *)code + o->code.code_adaptive;
+            char *instr = FIELD(frame, o->frame.instr, char *);
+            if (owner >= o->frame.first_not_python) continue; /* shim or entry frame */
+            if (owner != o->frame.owned_by_generator && instr < first + 2 * FIELD(code, o->code.firsttraceable, int))
                 continue; /* incomplete: not started yet */
             lasti = (int)(instr - first);
         } else {
-            lasti = FIELD(frame, o->frame_lasti, int);
-            if (o->minor == 10 && lasti > 0) lasti *= 2; /* 3.10 counts code units */
+            lasti = FIELD(frame, o->frame.lasti, int);
+            if ((o->caps & PYABI_LASTI_UNITS) && lasti > 0) lasti *= 2; /* 3.10 counts code units */
         }
         out[n].code = code;
         out[n].lasti = lasti;
@@ -289,21 +260,20 @@ int pyapi_walk(void *ts, struct pyframe *out, int max)
 
 void pyapi_code_key(void *code, void **file, void **name, int *firstline)
 {
-    *file = FIELD(code, offsets->co_filename, void *);
-    *name = FIELD(code, offsets->co_name, void *);
-    *firstline = FIELD(code, offsets->co_firstlineno, int);
+    *file = FIELD(code, offsets->code.filename, void *);
+    *name = FIELD(code, offsets->code.name, void *);
+    *firstline = FIELD(code, offsets->code.firstlineno, int);
 }
 
 /* A str's UTF-8 text. Compact ASCII strings (nearly every file and function
- * name) are read in place: no allocation, no exception possible. PyASCIIObject:
- * state bits at 32 (compact bit 5, ascii bit 6); the text follows the struct,
- * which holds a wstr pointer up to 3.11 (48 bytes) and not since 3.12 (40). */
+ * name) are read in place: no allocation, no exception possible. State bits:
+ * compact bit 5, ascii bit 6; the text follows the PyASCIIObject. */
 static const char *str_utf8(void *str)
 {
     unsigned state;
     if (!str) return "?";
-    state = FIELD(str, 32, unsigned);
-    if ((state >> 5 & 1) && (state >> 6 & 1)) return (const char *)str + (offsets->minor >= 12 ? 40 : 48);
+    state = FIELD(str, offsets->str.state, unsigned);
+    if ((state >> 5 & 1) && (state >> 6 & 1)) return (const char *)str + offsets->str.ascii_size;
     {
         const char *s = as_utf8(str);
         return s ? s : "?";
@@ -312,8 +282,8 @@ static const char *str_utf8(void *str)
 
 void pyapi_code_where(const struct pyframe *f, const char **file, const char **func, int *firstline, int *line)
 {
-    *file = str_utf8(FIELD(f->code, offsets->co_filename, void *));
-    *func = str_utf8(FIELD(f->code, offsets->co_name, void *));
-    *firstline = FIELD(f->code, offsets->co_firstlineno, int);
+    *file = str_utf8(FIELD(f->code, offsets->code.filename, void *));
+    *func = str_utf8(FIELD(f->code, offsets->code.name, void *));
+    *firstline = FIELD(f->code, offsets->code.firstlineno, int);
     *line = addr2line(f->code, f->lasti);
 }

@@ -1,13 +1,12 @@
 /* pyapi.h -- the Python C API as the agent sees it: functions resolved at run time
- * (no Python headers) and the one table of per-version struct offsets. Everything
- * that differs between CPython versions is decided in pyapi.c and nowhere else. */
+ * (no Python headers), and the frame walk over the layout pyabi.c describes for
+ * the running version. */
 #ifndef MEMPROF_PYAPI_H
 #define MEMPROF_PYAPI_H
 
 #include <stdint.h>
 
-#define PYAPI_MIN_MINOR 8 /* struct offsets known for 3.8 ... 3.13 */
-#define PYAPI_MAX_MINOR 13
+#include "pyabi.h"
 
 /* Functions the agent core cannot work without; pyapi_init fails when one is
  * missing. Optional ones are looked up with pyapi_sym when needed. */
@@ -21,38 +20,6 @@ struct pyapi {
                                            _PyThreadState_UncheckedGet (3.8-3.12); may be NULL */
 };
 extern struct pyapi PY;
-
-/* Byte offsets of the CPython fields the agent reads directly, for one minor
- * version; -1 where the field does not exist in that version. Release builds on
- * x86_64/aarch64 (not Py_DEBUG / Py_TRACE_REFS, which shift every PyObject). */
-struct pyoffsets {
-    int minor;
-    /* PyThreadState */
-    int ts_interp, ts_next;
-    int ts_thread_id;            /* unsigned long: pthread_t */
-    int ts_native_thread_id;     /* unsigned long: tid, 3.11+ */
-    int ts_frame;                /* 3.8-3.10: PyFrameObject *frame */
-    int ts_cframe;               /* 3.11-3.12: _PyCFrame *cframe ... */
-    int cframe_current_frame;    /* ... whose current_frame is the _PyInterpreterFrame */
-    int ts_current_frame;        /* 3.13: _PyInterpreterFrame *current_frame */
-    /* The frame the walk goes through: PyFrameObject (3.8-3.10) or
-     * _PyInterpreterFrame (3.11+) */
-    int frame_back;              /* f_back / previous */
-    int frame_code;              /* f_code; 3.13 f_executable (check it is a code object) */
-    int frame_lasti;             /* 3.8-3.10 int f_lasti: 3.8/3.9 bytes, 3.10 code units */
-    int frame_instr;             /* 3.11-3.12 prev_instr (last executed), 3.13 instr_ptr (current) */
-    int frame_owner;             /* 3.11+: char owner */
-    int owner_generator;         /* FRAME_OWNED_BY_GENERATOR */
-    int owner_cstack;            /* FRAME_OWNED_BY_CSTACK (3.12+: shim frames, skip) */
-    /* PyCodeObject */
-    int co_firstlineno;          /* int */
-    int co_filename, co_name;    /* PyObject * (str) */
-    int co_qualname;             /* 3.11+ */
-    int co_code_adaptive;        /* 3.11+: first code unit, inline in the object */
-    int co_firsttraceable;       /* 3.11+: int _co_firsttraceable (incomplete-frame test) */
-    /* PyObject / PyTypeObject */
-    int ob_type, tp_name;
-};
 
 /* Resolve the C API: from the library already loaded at pylib (RTLD_NOLOAD; a
  * libpython*.so or, for a static build, the executable), else from the global
@@ -68,15 +35,19 @@ void pyapi_fini(void);
 void *pyapi_sym(const char *name);
 
 /* With the GIL held: read Py_GetVersion, derive the hex version, select the
- * offsets table. Fails when the version string cannot be parsed. */
+ * ABI entry and, on 3.13+, check it against the interpreter's _Py_DebugOffsets.
+ * Fails when the version string cannot be parsed. */
 int pyapi_load_version(char *err);
 /* PY_VERSION_HEX, e.g. 0x030b07f0 (0 before pyapi_load_version). */
 uint32_t pyapi_hexversion(void);
 /* "3.11.7" ("" before pyapi_load_version). */
 const char *pyapi_version(void);
-/* The offsets for this interpreter; NULL when its version is not in the table,
- * or for a free-threaded or debug build (other layouts). */
-const struct pyoffsets *pyapi_offsets(void);
+/* The ABI entry for this interpreter; NULL when its version is not in the
+ * table, for a free-threaded or debug build (other layouts), or when its
+ * _Py_DebugOffsets disagree with the table (pyapi_abi_error says why). */
+const struct pyabi *pyapi_abi(void);
+/* Why pyapi_abi is NULL, one line ("" when it is not, or before loading). */
+const char *pyapi_abi_error(void);
 
 /* 1 when the runtime is finalizing or not (or no longer) initialized: then the
  * GIL must not be taken (PyGILState_Ensure may crash or end the thread). */
@@ -101,6 +72,10 @@ int pyapi_walk_init(char *err);
 /* The calling thread's PyThreadState when this thread holds the GIL, else NULL.
  * Safe without the GIL, on any thread. */
 void *pyapi_tstate_if_gil(void);
+/* The innermost frame of tstate (PyFrameObject or _PyInterpreterFrame), and a
+ * frame's code object (or other executable, 3.13+; untagged). GIL held. */
+void *pyapi_top_frame(void *tstate);
+void *pyapi_frame_code(void *frame);
 /* Up to max frames of tstate, innermost first (incomplete and shim frames
  * skipped). With the GIL held by the caller. Returns the count. */
 int pyapi_walk(void *tstate, struct pyframe *out, int max);

@@ -1,5 +1,5 @@
 /* cmd_export.c -- `memprof export`: a session's allocation data for other
- * tools, as JSON or as collapsed stacks (flamegraph.pl, speedscope). */
+ * tools, as JSON, collapsed stacks (flamegraph.pl), pprof or speedscope. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -10,10 +10,12 @@
 
 #include "client.h"
 #include "commands.h"
+#include "pprof.h"
 
 static const char *usage_export =
-    "usage: memprof export (--pid PID | --session ID) [--format json|collapsed] [-o FILE]\n"
-    "                      [--socket PATH]\n"
+    "usage: memprof export (--pid PID | --session ID)\n"
+    "                      [--format json|collapsed|pprof|speedscope] [-o FILE]\n"
+    "                      [--allocated] [--socket PATH]\n"
     "\n"
     "Write the allocation data of an attached or ended session (memprof status\n"
     "lists them; --session ID picks one, e.g. after its pid was reused):\n"
@@ -23,12 +25,20 @@ static const char *usage_export =
     "  collapsed  Brendan Gregg's folded stacks of live bytes, outermost frame\n"
     "             first, one stack a line: FILE:FUNCTION:LINE;...;FILE:FUNCTION:LINE BYTES\n"
     "             for flamegraph.pl or speedscope.\n"
+    "  pprof      a gzip'd pprof heap profile (go tool pprof, Parca, Pyroscope):\n"
+    "             sample types alloc_objects, alloc_space, inuse_objects and\n"
+    "             inuse_space (shown first; alloc_space with --allocated), one\n"
+    "             location per Python frame. Needs -o or a redirected stdout.\n"
+    "  speedscope speedscope's JSON: profiles 'live bytes' and 'allocated bytes'.\n"
     "In sampling mode the figures are estimates. Default: json to stdout.\n"
     "\n"
     "examples:\n"
     "  $ memprof export --pid 4242 --format collapsed -o live.folded\n"
     "  wrote live.folded: 14 stacks, 1.6 MiB live (collapsed)\n"
     "  $ flamegraph.pl --countname bytes live.folded > live.svg\n"
+    "  $ memprof export --pid 4242 --format pprof -o heap.pb.gz\n"
+    "  wrote heap.pb.gz: 14 stacks, 1.6 MiB live (pprof)\n"
+    "  $ go tool pprof -top heap.pb.gz\n"
     "  $ memprof export --session 3 | python3 -m json.tool | head\n";
 
 /* Non-finite numbers are not JSON. */
@@ -223,8 +233,10 @@ int cmd_export(int argc, char **argv)
 {
     static struct option opts[] = {{"pid", required_argument, 0, 'p'},    {"session", required_argument, 0, 'S'},
                                    {"format", required_argument, 0, 'f'}, {"output", required_argument, 0, 'o'},
-                                   {"socket", required_argument, 0, 's'}, {0}};
-    int c, pid = 0, collapsed = 0, to_stdout;
+                                   {"socket", required_argument, 0, 's'}, {"allocated", no_argument, 0, 'a'},
+                                   {0}};
+    enum { JSON, COLLAPSED, PPROF, SPEEDSCOPE } format = JSON;
+    int c, pid = 0, allocated = 0, to_stdout;
     unsigned session_id = 0;
     const char *out = "-";
     char err[MP_ERRLEN], b[32];
@@ -245,10 +257,13 @@ int cmd_export(int argc, char **argv)
             if (cli_parse_session(optarg, &session_id) < 0) return cli_fail("--session: '%s' is not a session id", optarg);
             break;
         case 'f':
-            if (!strcmp(optarg, "json")) collapsed = 0;
-            else if (!strcmp(optarg, "collapsed")) collapsed = 1;
-            else return cli_fail("--format: expected json or collapsed, not '%s'", optarg);
+            if (!strcmp(optarg, "json")) format = JSON;
+            else if (!strcmp(optarg, "collapsed")) format = COLLAPSED;
+            else if (!strcmp(optarg, "pprof")) format = PPROF;
+            else if (!strcmp(optarg, "speedscope")) format = SPEEDSCOPE;
+            else return cli_fail("--format: expected json, collapsed, pprof or speedscope, not '%s'", optarg);
             break;
+        case 'a': allocated = 1; break;
         case 'o': out = optarg; break;
         case 's': client_socket_opt = optarg; break;
         default: fputs(usage_export, stderr); return 3;
@@ -256,14 +271,36 @@ int cmd_export(int argc, char **argv)
     }
     if (optind < argc) return cli_fail("unexpected argument '%s' (see memprof export --help)", argv[optind]);
     if (!pid && !session_id) return cli_fail("--pid PID or --session ID is required (see memprof export --help)");
-    if (alloc_fetch(pid, session_id, !collapsed, &reply, err) < 0) return cli_fail("%s", err);
     to_stdout = !strcmp(out, "-");
+    if (format == PPROF && to_stdout && isatty(STDOUT_FILENO))
+        return cli_fail("--format pprof writes binary data: give -o FILE or redirect stdout");
+    if (alloc_fetch(pid, session_id, format == JSON, &reply, err) < 0) return cli_fail("%s", err);
     if (!(f = to_stdout ? stdout : fopen(out, "w"))) {
         wire_free(reply);
         return cli_fail("cannot write %s: %s", out, strerror(errno));
     }
-    if (collapsed) nstacks = export_collapsed(f, reply->alloc_data, &total);
-    else export_json(f, reply->alloc_data);
+    if (format == COLLAPSED) {
+        nstacks = export_collapsed(f, reply->alloc_data, &total);
+    } else if (format == SPEEDSCOPE) {
+        nstacks = export_speedscope(f, reply->alloc_data, &total) < 0 ? -1 : (long)reply->alloc_data->n_stats;
+    } else if (format == PPROF) {
+        uint8_t *gz;
+        size_t len;
+        if (pprof_heap(reply->alloc_data, allocated, &gz, &len, err) < 0) {
+            wire_free(reply);
+            if (!to_stdout) fclose(f), unlink(out);
+            return cli_fail("%s", err);
+        }
+        fwrite(gz, 1, len, f);
+        free(gz);
+        nstacks = (long)reply->alloc_data->n_stats;
+        for (size_t i = 0; i < reply->alloc_data->n_stats; i++) {
+            const Memprof__AllocStat *t = reply->alloc_data->stats[i];
+            total += (allocated ? t->alloc_bytes : t->alloc_bytes - t->free_bytes);
+        }
+    } else {
+        export_json(f, reply->alloc_data);
+    }
     wire_free(reply);
     if (nstacks < 0 || (to_stdout ? fflush(f) : fclose(f)) != 0 || (to_stdout && ferror(f))) {
         int e = nstacks < 0 ? ENOMEM : errno;
@@ -271,10 +308,12 @@ int cmd_export(int argc, char **argv)
         return cli_fail("cannot write %s: %s", to_stdout ? "stdout" : out, strerror(e));
     }
     if (!to_stdout) {
-        if (collapsed)
-            printf("wrote %s: %ld stacks, %s live (collapsed)\n", out, nstacks, cli_bytes(total, b, sizeof b));
-        else
+        static const char *names[] = {"json", "collapsed", "pprof", "speedscope"};
+        if (format == JSON)
             printf("wrote %s (json)\n", out);
+        else
+            printf("wrote %s: %ld stacks, %s %s (%s)\n", out, nstacks, cli_bytes(total, b, sizeof b),
+                   format == PPROF && allocated ? "allocated" : "live", names[format]);
     }
     return 0;
 }

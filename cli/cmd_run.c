@@ -15,6 +15,7 @@
 
 #include "client.h"
 #include "commands.h"
+#include "pyversions.h"
 
 #define SETTLE_S 5.0        /* after the program ends, for its sessions' final reports */
 #define MAX_FUNCS 64
@@ -24,7 +25,7 @@ static const char *usage_run =
     "                   [--max-frames N] [--follow-fork] [-o FILE] [--socket PATH]\n"
     "                   -- PROGRAM [ARGS...]\n"
     "\n"
-    "Run PROGRAM (a Python 3.8-3.13 interpreter, or anything that starts one)\n"
+    "Run PROGRAM (a Python " MP_PY_RANGE_SHORT " interpreter, or anything that starts one)\n"
     "with memprof's agent preloaded: allocations are tracked from the script's\n"
     "first line, no restart or gdb needed. At the end, a memory_profiler-style\n"
     "report (Line #, Mem usage, Increment, Occurrences, Line Contents) of every\n"
@@ -298,7 +299,7 @@ int cmd_run(int argc, char **argv)
             report_session(o, si, funcs, nfuncs, si->ppid != 0);
         }
         if (!n && !(WIFEXITED(status) && WEXITSTATUS(status) >= 126)) /* exec failed: said so */
-            fprintf(o, "memprof: no Python process reported to memprofd (%s is not CPython 3.8-3.13, or it never "
+            fprintf(o, "memprof: no Python process reported to memprofd (%s is not CPython " MP_PY_RANGE_SHORT ", or it never "
                        "started one)\n", argv[optind]);
         wire_free(st);
     }

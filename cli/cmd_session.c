@@ -10,6 +10,7 @@
 #include "client.h"
 #include "commands.h"
 #include "version.h"
+#include "pyversions.h"
 
 static const char *usage_status =
     "usage: memprof status [--json] [--socket PATH]\n"
@@ -217,7 +218,7 @@ int cmd_ps(int argc, char **argv)
         }
         int unsupported = 0;
         for (size_t i = 0; i < r->n_procs; i++) unsupported |= !r->procs[i]->supported;
-        if (unsupported) printf("(! = unsupported version; memprof supports Python 3.8 to 3.13)\n");
+        if (unsupported) printf("(! = unsupported version; memprof supports Python " MP_PY_RANGE ")\n");
     }
     wire_free(reply);
     return 0;

@@ -17,6 +17,10 @@ int cmd_snapshot(int argc, char **argv);
 int cmd_diff(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_flamegraph(int argc, char **argv);
+/* memprof export --format speedscope: speedscope's JSON of d; *live_total: the live bytes in it. 0 or -1. */
+struct Memprof__AllocData;
+int export_speedscope(FILE *f, const struct Memprof__AllocData *d, double *live_total);
 int cmd_ipython_path(int argc, char **argv);
 int cmd_inproc(int argc, char **argv); /* the IPython extension's run; not in --help */
 

@@ -26,9 +26,10 @@ static const struct command commands[] = {
     {"snapshot", cmd_snapshot, "save a process's allocation data to a file"},
     {"diff", cmd_diff, "what grew between two snapshots, or over the last N seconds, by line and function"},
     {"plot", cmd_plot, "RSS and tracked heap over time, peaks named, as an SVG (like mprof plot)"},
+    {"export", cmd_export, "a session's allocation data as JSON, collapsed stacks, pprof or speedscope"},
+    {"flamegraph", cmd_flamegraph, "an interactive flame graph of live (or allocated) bytes as one HTML file"},
     {"ipython-path", cmd_ipython_path, "where the IPython extension is (%load_ext memprof: %memit, %mprun)"},
     {"inproc", cmd_inproc, NULL},
-    {"export", cmd_export, "a session's allocation data as JSON or collapsed stacks (flame graphs)"},
 };
 
 static void usage(FILE *f)
@@ -38,7 +39,7 @@ static void usage(FILE *f)
           "`memprofd attach --pid PID`; then:\n\n",
           f);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (commands[i].summary) fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].summary);
+        if (commands[i].summary) fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
     fputs("\nRun `memprof COMMAND --help` for a command's options. Every command takes\n"
           "--socket PATH to talk to a daemon other than the default one.\n"
           "`memprof --version` prints the version.\n",

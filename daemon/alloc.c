@@ -352,12 +352,6 @@ static struct session *query_session(struct conn *c, const Memprof__AllocQuery *
     return s;
 }
 
-/* The history as AllocPoints with their sites: arrays for the caller to free. */
-struct history_out {
-    Memprof__AllocPoint *points, **ptrs;
-    Memprof__AllocPointSite *sites, **site_ptrs;
-};
-
 static int history_fill(const struct alloc_data *a, struct history_out *h)
 {
     size_t total = 0, k = 0;
@@ -384,106 +378,140 @@ static int history_fill(const struct alloc_data *a, struct history_out *h)
     return 0;
 }
 
+void alloc_view_free(struct alloc_view *v)
+{
+    free(v->fa), free(v->fp), free(v->sa), free(v->sp), free(v->ta), free(v->tp);
+    free(v->h.points), free(v->h.ptrs), free(v->h.sites), free(v->h.site_ptrs);
+    memset(v, 0, sizeof *v);
+}
+
+int alloc_view(struct session *s, int history, struct alloc_view *v, char *err)
+{
+    struct alloc_data *a = s->alloc;
+    Memprof__AllocData *d = &v->d;
+    memset(v, 0, sizeof *v);
+    memprof__alloc_data__init(d);
+    if (!s->track.enabled) {
+        mp_err(err, "pid %d: attached without allocation tracking (detach, then attach without --no-track)",
+               (int)s->pid);
+        return -1;
+    }
+    session_fill_info(s, &v->info);
+    d->session = &v->info;
+    d->exact = s->track.exact;
+    d->sample_rate = s->track.sample_rate;
+    if (!a) {
+        d->rss_bytes = proc_rss(s->pid);
+        return 0;
+    }
+    d->profiled = a->profiled;
+    d->n_profiled = a->nprofiled;
+    v->fa = calloc(a->nframes + 1, sizeof *v->fa);
+    v->fp = calloc(a->nframes + 1, sizeof *v->fp);
+    v->sa = calloc(a->nstacks + 1, sizeof *v->sa);
+    v->sp = calloc(a->nstacks + 1, sizeof *v->sp);
+    v->ta = calloc(a->nstacks + 1, sizeof *v->ta);
+    v->tp = calloc(a->nstacks + 1, sizeof *v->tp);
+    if (!v->fa || !v->fp || !v->sa || !v->sp || !v->ta || !v->tp || (history && history_fill(a, &v->h) < 0)) {
+        alloc_view_free(v);
+        mp_err(err, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < a->nframes; i++) {
+        Memprof__AllocFrame *f = &v->fa[d->n_frames];
+        if (!a->frames[i].file) continue;
+        memprof__alloc_frame__init(f);
+        f->id = (uint32_t)i;
+        f->file = a->frames[i].file;
+        f->function = a->frames[i].func;
+        f->line = a->frames[i].line;
+        f->first_line = a->frames[i].first;
+        v->fp[d->n_frames++] = f;
+    }
+    for (size_t i = 0; i < a->nstacks; i++) {
+        struct astat *st = &a->stats[i];
+        Memprof__AllocStack *k = &v->sa[d->n_stacks];
+        Memprof__AllocStat *t = &v->ta[d->n_stats];
+        if (!a->stacks[i].defined || (st->ac == 0 && st->fc == 0)) continue;
+        memprof__alloc_stack__init(k);
+        k->id = (uint32_t)i;
+        k->frames = a->stacks[i].frames;
+        k->n_frames = a->stacks[i].n;
+        v->sp[d->n_stacks++] = k;
+        memprof__alloc_stat__init(t);
+        t->stack = (uint32_t)i;
+        t->alloc_bytes = st->ab;
+        t->alloc_count = st->ac;
+        t->free_bytes = st->fb;
+        t->free_count = st->fc;
+        t->peak_live = st->peak;
+        t->alloc_rate = st->rate;
+        v->tp[d->n_stats++] = t;
+    }
+    if (history) {
+        d->history = v->h.ptrs;
+        d->n_history = a->hist_len;
+    }
+    d->frames = v->fp;
+    d->stacks = v->sp;
+    d->stats = v->tp;
+    d->rss_bytes = a->rss;
+    d->samples = a->samples;
+    d->dropped = a->dropped;
+    d->samples_rate = a->samples_rate;
+    d->alloc_rate = a->alloc_rate;
+    d->overhead = a->overhead;
+    d->timestamp = a->last_ts;
+    d->first_report = a->first_ts;
+    d->peak_live = a->peak_live;
+    d->exact = a->exact;
+    d->sample_rate = a->rate_bytes;
+    return 0;
+}
+
 void alloc_on_query(struct conn *c, const Envelope *in)
 {
-    const Memprof__AllocQuery *q = in->alloc_query;
     char err[MP_ERRLEN];
-    struct session *s = query_session(c, q, err);
-    struct alloc_data *a;
+    struct session *s = query_session(c, in->alloc_query, err);
+    struct alloc_view v;
     Envelope env = MEMPROF__ENVELOPE__INIT;
-    Memprof__AllocData d = MEMPROF__ALLOC_DATA__INIT;
-    Memprof__SessionInfo info;
-    Memprof__AllocFrame *fa = NULL, **fp = NULL;
-    Memprof__AllocStack *sa = NULL, **sp = NULL;
-    Memprof__AllocStat *ta = NULL, **tp = NULL;
-    struct history_out h = {0};
-
-    if (!s) {
+    if (!s || alloc_view(s, in->alloc_query->history, &v, err) < 0) {
         reply_error(c, err);
         return;
-    }
-    if (!s->track.enabled) {
-        snprintf(err, sizeof err, "pid %d: attached without allocation tracking (detach, then attach without --no-track)",
-                 (int)s->pid);
-        reply_error(c, err);
-        return;
-    }
-    a = s->alloc;
-    session_fill_info(s, &info);
-    d.session = &info;
-    d.exact = s->track.exact;
-    d.sample_rate = s->track.sample_rate;
-    if (a) {
-        d.profiled = a->profiled;
-        d.n_profiled = a->nprofiled;
-    }
-    if (a) {
-        fa = calloc(a->nframes + 1, sizeof *fa);
-        fp = calloc(a->nframes + 1, sizeof *fp);
-        sa = calloc(a->nstacks + 1, sizeof *sa);
-        sp = calloc(a->nstacks + 1, sizeof *sp);
-        ta = calloc(a->nstacks + 1, sizeof *ta);
-        tp = calloc(a->nstacks + 1, sizeof *tp);
-        if (!fa || !fp || !sa || !sp || !ta || !tp || (q->history && history_fill(a, &h) < 0)) {
-            reply_error(c, "out of memory");
-            goto out;
-        }
-        for (size_t i = 0; i < a->nframes; i++) {
-            if (!a->frames[i].file) continue;
-            memprof__alloc_frame__init(&fa[d.n_frames]);
-            fa[d.n_frames].id = (uint32_t)i;
-            fa[d.n_frames].file = a->frames[i].file;
-            fa[d.n_frames].function = a->frames[i].func;
-            fa[d.n_frames].line = a->frames[i].line;
-            fa[d.n_frames].first_line = a->frames[i].first;
-            fp[d.n_frames] = &fa[d.n_frames];
-            d.n_frames++;
-        }
-        for (size_t i = 0; i < a->nstacks; i++) {
-            struct astat *st = &a->stats[i];
-            if (!a->stacks[i].defined || (st->ac == 0 && st->fc == 0)) continue;
-            memprof__alloc_stack__init(&sa[d.n_stacks]);
-            sa[d.n_stacks].id = (uint32_t)i;
-            sa[d.n_stacks].frames = a->stacks[i].frames;
-            sa[d.n_stacks].n_frames = a->stacks[i].n;
-            sp[d.n_stacks] = &sa[d.n_stacks];
-            d.n_stacks++;
-            memprof__alloc_stat__init(&ta[d.n_stats]);
-            ta[d.n_stats].stack = (uint32_t)i;
-            ta[d.n_stats].alloc_bytes = st->ab;
-            ta[d.n_stats].alloc_count = st->ac;
-            ta[d.n_stats].free_bytes = st->fb;
-            ta[d.n_stats].free_count = st->fc;
-            ta[d.n_stats].peak_live = st->peak;
-            ta[d.n_stats].alloc_rate = st->rate;
-            tp[d.n_stats] = &ta[d.n_stats];
-            d.n_stats++;
-        }
-        if (q->history) {
-            d.history = h.ptrs;
-            d.n_history = a->hist_len;
-        }
-        d.frames = fp;
-        d.stacks = sp;
-        d.stats = tp;
-        d.rss_bytes = a->rss;
-        d.samples = a->samples;
-        d.dropped = a->dropped;
-        d.samples_rate = a->samples_rate;
-        d.alloc_rate = a->alloc_rate;
-        d.overhead = a->overhead;
-        d.timestamp = a->last_ts;
-        d.first_report = a->first_ts;
-        d.peak_live = a->peak_live;
-        d.exact = a->exact;
-        d.sample_rate = a->rate_bytes;
-    } else {
-        d.rss_bytes = proc_rss(s->pid);
     }
     env.msg_case = MEMPROF__ENVELOPE__MSG_ALLOC_DATA;
-    env.alloc_data = &d;
+    env.alloc_data = &v.d;
     conn_send(c, &env);
-out:
-    free(fa), free(fp), free(sa), free(sp), free(ta), free(tp);
-    free(h.points), free(h.ptrs), free(h.sites), free(h.site_ptrs);
+    alloc_view_free(&v);
+}
+
+int alloc_totals(const struct session *s, struct alloc_totals *t)
+{
+    const struct alloc_data *a = s->alloc;
+    memset(t, 0, sizeof *t);
+    if (!a) return -1;
+    for (size_t i = 0; i < a->nstacks; i++) {
+        t->live += a->stats[i].ab - a->stats[i].fb;
+        t->allocated += a->stats[i].ab;
+    }
+    t->rss = a->rss;
+    t->samples = a->samples;
+    t->dropped = a->dropped;
+    t->peak_live = a->peak_live;
+    return 0;
+}
+
+size_t alloc_top_sites(const struct session *s, size_t n, struct alloc_site *out)
+{
+    const struct alloc_data *a = s->alloc;
+    struct hsite *top;
+    size_t count;
+    if (!a || !(top = top_sites(a, &count))) return 0;
+    if (count > n) count = n;
+    for (size_t i = 0; i < count; i++) {
+        const struct aframe *f = &a->frames[top[i].frame];
+        out[i] = (struct alloc_site){f->file, f->func, f->line, top[i].live};
+    }
+    free(top);
+    return count;
 }

@@ -14,7 +14,9 @@
 #include "elfsym.h"
 #include "inject.h"
 #include "procinfo.h"
+#include "pyabi.h"
 #include "pyprobe.h"
+#include "remote_exec.h"
 #include "run.h"
 #include "session.h"
 #include "util.h"
@@ -26,6 +28,8 @@
 #define DEFAULT_SAMPLE_RATE (512 * 1024)
 #define DEFAULT_MAX_FRAMES 64
 #define DEFAULT_INTERVAL_MS 250
+
+enum { ATTACH_AUTO, ATTACH_PTRACE, ATTACH_REMOTE_EXEC };
 
 /* Requests forwarded to agents, waiting for their replies. */
 struct call {
@@ -66,6 +70,9 @@ static void reply_attach_ok(uint64_t conn_id, struct session *s, int already)
     r.stop_ms = s->stop_ms;
     r.total_ms = already ? 0 : (mp_now() - s->attach_started) * 1000.0;
     r.retries = s->retries;
+    r.method = (char *)(already ? "" : s->method == ATTACH_REMOTE_EXEC ? "remote-exec" : "ptrace");
+    r.note = s->note;
+    r.exec_ms = s->exec_ms;
     env.msg_case = MEMPROF__ENVELOPE__MSG_ATTACH_REPLY;
     env.attach_reply = &r;
     send_env(c, &env);
@@ -120,11 +127,67 @@ static int attach_precheck(struct conn *c, pid_t pid, struct pyinfo *py, char *e
     }
     if (pyprobe(pid, py, err) < 0) return -1;
     if (proc_root_check(pid, err) < 0) return -1;
-    if (!pyprobe_supported(py)) {
-        mp_err(err, "pid %d: unsupported Python %d.%d (memprof supports 3.%d to 3.%d)", (int)pid, py->major,
-               py->minor, PY_MIN_MINOR, PY_MAX_MINOR);
+    if (!pyabi_supported(py->major, py->minor)) {
+        mp_err(err, "pid %d: unsupported Python %d.%d (memprof supports " MP_PY_RANGE ")", (int)pid, py->major,
+               py->minor);
         return -1;
     }
+    if (py->abi_error[0]) {
+        mp_err(err, "pid %d: %s", (int)pid, py->abi_error);
+        return -1;
+    }
+    return 0;
+}
+
+static int attach_method_of(const char *name, int *method)
+{
+    if (!name || !*name || !strcmp(name, "auto")) *method = ATTACH_AUTO;
+    else if (!strcmp(name, "ptrace")) *method = ATTACH_PTRACE;
+    else if (!strcmp(name, "remote-exec")) *method = ATTACH_REMOTE_EXEC;
+    else return -1;
+    return 0;
+}
+
+/* The agent's settings (memprof_agent_start's argument). */
+static const char *agent_arg(const struct session *s, char *arg, size_t len)
+{
+    snprintf(arg, len, "sock=@%s token=%s pylib=%s rate=%llu exact=%d frames=%u interval=%u track=%d",
+             server_agent_sock, s->token, s->py.pylib, (unsigned long long)s->track.sample_rate, s->track.exact,
+             s->track.max_frames, s->track.interval_ms, s->track.enabled);
+    return arg;
+}
+
+/* ptrace: stop a thread, load the agent, start it (inject.c); the hello follows. */
+static int attach_by_ptrace(struct session *s, char *err)
+{
+    char arg[PATH_MAX + 512];
+    struct inject_result res;
+    pid_t pid = s->pid;
+    memset(&res, 0, sizeof res);
+    s->method = ATTACH_PTRACE;
+    /* The agent is handed a connected socket (it works across network namespaces);
+     * the abstract socket name stays its way in when that cannot be made. */
+    if (inject_load(pid, server_agent_lib, "memprof_agent_start", agent_arg(s, arg, sizeof arg), INJECT_SOCKET, &res,
+                    err) < 0) {
+        server_log("attach to pid %d failed: %s", (int)pid, err);
+        return -1;
+    }
+    s->handle = res.handle;
+    s->stop_ms = res.stop_ms;
+    if (res.sock_fd >= 0 && !server_adopt_agent(res.sock_fd))
+        server_log("pid %d: could not keep the socket made in it; the agent connects by name", (int)pid);
+    if (res.sock_note[0]) server_log("pid %d: no socket pair (%s); the agent connects by name", (int)pid, res.sock_note);
+    s->retries = res.retries;
+    if (res.start_rc != 0) {
+        snprintf(err, MP_ERRLEN, "pid %d: %s", (int)pid,
+                 res.start_rc == 1 ? "an agent is already running in it (attached by another memprofd?)"
+                                   : "the agent failed to start in the target");
+        return -1;
+    }
+    s->deadline = mp_now() + ATTACH_TIMEOUT;
+    server_wake_tick();
+    server_log("injected agent into pid %d (Python %s) by %s: stopped %.2f ms, %u retries", (int)pid, s->py.version,
+               res.how, res.stop_ms, res.retries);
     return 0;
 }
 
@@ -134,7 +197,6 @@ void attach_on_attach(struct conn *c, const Envelope *in)
     char err[MP_ERRLEN], arg[PATH_MAX + 512];
     struct pyinfo py;
     struct session *s = session_find(req->pid);
-    struct inject_result res;
     pid_t pid = req->pid;
 
     if (s && (s->state == SESS_ATTACHED || s->state == SESS_ATTACHING || s->state == SESS_DETACHING)) {
@@ -170,36 +232,64 @@ void attach_on_attach(struct conn *c, const Envelope *in)
         session_free(s);
         return;
     }
-    snprintf(arg, sizeof arg, "sock=@%s token=%s pylib=%s rate=%llu exact=%d frames=%u interval=%u track=%d",
-             server_agent_sock, s->token, py.pylib, (unsigned long long)s->track.sample_rate, s->track.exact,
-             s->track.max_frames, s->track.interval_ms, s->track.enabled);
-    memset(&res, 0, sizeof res);
-    /* The agent is handed a connected socket (it works across network namespaces);
-     * the abstract socket name stays its way in when that cannot be made. */
-    if (inject_load(pid, server_agent_lib, "memprof_agent_start", arg, INJECT_SOCKET, &res, err) < 0) {
-        server_log("attach to pid %d failed: %s", (int)pid, err);
+    if (attach_method_of(req->method, &s->method_asked) < 0) {
+        snprintf(err, sizeof err, "unknown attach method '%s' (auto, ptrace or remote-exec)", req->method);
         reply_attach_error(c->id, err);
         session_free(s);
         return;
     }
-    s->handle = res.handle;
-    s->stop_ms = res.stop_ms;
-    if (res.sock_fd >= 0 && !server_adopt_agent(res.sock_fd))
-        server_log("pid %d: could not keep the socket made in it; the agent connects by name", (int)pid);
-    if (res.sock_note[0]) server_log("pid %d: no socket pair (%s); the agent connects by name", (int)pid, res.sock_note);
-    s->retries = res.retries;
-    if (res.start_rc != 0) {
-        snprintf(err, sizeof err, "pid %d: %s", (int)pid,
-                 res.start_rc == 1 ? "an agent is already running in it (attached by another memprofd?)"
-                                   : "the agent failed to start in the target");
+    if (s->method_asked != ATTACH_PTRACE) {
+        char why[MP_ERRLEN];
+        const struct pyabi *abi = pyabi_for((uint32_t)py.major << 24 | (uint32_t)py.minor << 16);
+        int usable = rx_usable(pid, &py, why) == 0;
+        if (usable && rx_start(pid, &s->py, server_agent_lib, agent_arg(s, arg, sizeof arg), &s->rx, err) == 0) {
+            s->method = ATTACH_REMOTE_EXEC;
+            s->deadline = mp_now() + ATTACH_TIMEOUT;
+            server_wake_tick();
+            server_log("pid %d (Python %s): remote-exec request written; waiting for its main thread", (int)pid,
+                       py.version);
+            return;
+        }
+        if (usable) snprintf(why, sizeof why, "%s", err);
+        if (s->method_asked == ATTACH_REMOTE_EXEC) {
+            snprintf(err, sizeof err, "pid %d: cannot attach by remote-exec: %s", (int)pid, why);
+            reply_attach_error(c->id, err);
+            session_free(s);
+            return;
+        }
+        if (abi && (abi->caps & PYABI_REMOTE_EXEC))
+            snprintf(s->note, sizeof s->note, "remote-exec not used: %s", why);
+    }
+    if (attach_by_ptrace(s, err) < 0) {
         reply_attach_error(c->id, err);
         session_free(s);
-        return;
     }
-    s->deadline = mp_now() + ATTACH_TIMEOUT;
-    server_wake_tick();
-    server_log("injected agent into pid %d (Python %s) by %s: stopped %.2f ms, %u retries", (int)pid, py.version,
-               res.how, res.stop_ms, res.retries);
+}
+
+/* The remote-exec request was not taken in time: withdraw it, and go by ptrace
+ * (auto) or give up (remote-exec asked for). 1 when the session went on. */
+static int remote_exec_timeout(struct session *s)
+{
+    char err[MP_ERRLEN];
+    if (!rx_cancel(s->pid, &s->rx)) return 1; /* its script runs after all */
+    rx_done(&s->rx);
+    if (s->method_asked == ATTACH_REMOTE_EXEC) {
+        snprintf(err, sizeof err,
+                 "pid %d: its main thread did not reach a safe point within %.0f s (blocked in C code?); "
+                 "the remote-exec request was withdrawn (--method ptrace attaches anyway)",
+                 (int)s->pid, RX_SAFE_POINT_S);
+        reply_attach_error(s->attach_waiter, err);
+        return 0;
+    }
+    snprintf(s->note, sizeof s->note,
+             "remote-exec not used: the main thread did not reach a safe point within %.0f s", RX_SAFE_POINT_S);
+    server_log("pid %d: %s; attaching by ptrace", (int)s->pid, s->note);
+    s->method = ATTACH_PTRACE;
+    if (attach_by_ptrace(s, err) < 0) {
+        reply_attach_error(s->attach_waiter, err);
+        return 0;
+    }
+    return 1;
 }
 
 int attach_agent_hello(struct conn *c, const Memprof__Hello *h, char *err)
@@ -227,6 +317,12 @@ int attach_agent_hello(struct conn *c, const Memprof__Hello *h, char *err)
     if (strcmp(s->agent_version, MEMPROF_VERSION) != 0)
         server_log("pid %d: agent version %s differs from memprofd %s", (int)s->pid,
                    *s->agent_version ? s->agent_version : "(unknown)", MEMPROF_VERSION);
+    if (s->rx.active) {
+        /* remote-exec: the library is mapped, the files can go */
+        rx_done(&s->rx);
+        s->handle = a->dl_handle;
+        s->exec_ms = a->exec_ms;
+    }
     free(s->executable);
     s->executable = strdup(a->executable ? a->executable : "");
     for (size_t i = 0; i < s->argc; i++) free(s->argv[i]);
@@ -525,12 +621,26 @@ long attach_tick(void)
     long next_ms = -1;
     for (s = sessions; s; s = next) {
         next = s->next;
+        if (s->state == SESS_ATTACHING && s->rx.active && !s->agent_conn && !rx_poll(s->pid, &s->rx) &&
+            now > s->rx.deadline && proc_alive(s->pid)) {
+            if (!remote_exec_timeout(s)) session_free(s);
+            continue;
+        }
+        if (s->state == SESS_ATTACHING && ((s->deadline && now > s->deadline) || !proc_alive(s->pid)))
+            rx_done(&s->rx);
         if (s->state == SESS_ATTACHING && s->deadline && now > s->deadline) {
             char err[MP_ERRLEN];
-            snprintf(err, sizeof err,
-                     "pid %d: the agent was loaded but did not connect within %.0f s "
-                     "(interpreter not initialized, or the GIL never released?)",
-                     (int)s->pid, ATTACH_TIMEOUT);
+            if (s->method == ATTACH_REMOTE_EXEC)
+                snprintf(err, sizeof err,
+                         "pid %d: its interpreter took the remote-exec request but no agent connected within %.0f s "
+                         "(ctypes missing, or an audit hook refused cpython.remote_debugger_script?); "
+                         "--method ptrace may work",
+                         (int)s->pid, ATTACH_TIMEOUT);
+            else
+                snprintf(err, sizeof err,
+                         "pid %d: the agent was loaded but did not connect within %.0f s "
+                         "(interpreter not initialized, or the GIL never released?)",
+                         (int)s->pid, ATTACH_TIMEOUT);
             reply_attach_error(s->attach_waiter, err);
             session_free(s);
         } else if (s->state == SESS_ATTACHING && !proc_alive(s->pid)) {
@@ -573,8 +683,12 @@ long attach_tick(void)
 
 void attach_detach_all(void)
 {
-    for (struct session *s = sessions; s; s = s->next)
+    for (struct session *s = sessions; s; s = s->next) {
         if (s->state == SESS_ATTACHED) start_detach(s, 0, 2.5);
+        /* a remote-exec request not taken yet is withdrawn; its files go */
+        if (s->state == SESS_ATTACHING && s->rx.active && !rx_poll(s->pid, &s->rx) && rx_cancel(s->pid, &s->rx))
+            rx_done(&s->rx);
+    }
 }
 
 int attach_busy(void)

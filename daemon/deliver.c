@@ -3,6 +3,7 @@
  * target's /tmp, and one end of a socket taken out of the target (pidfd_getfd). */
 #include "deliver.h"
 
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -16,6 +17,31 @@
 
 #include "elfsym.h"
 #include "util.h"
+
+/* Drops what the loader never reads: the bytes past the last segment's file extent
+ * (debug info, .symtab, section headers), when the section headers are among them. Less
+ * to write while the target is stopped. */
+static void trim_to_segments(struct libbytes *lb)
+{
+    Elf64_Ehdr *eh = lb->data;
+    uint64_t end;
+    if (lb->len < sizeof *eh || memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64 ||
+        eh->e_phentsize != sizeof(Elf64_Phdr) || eh->e_phoff > lb->len ||
+        eh->e_phnum > (lb->len - eh->e_phoff) / sizeof(Elf64_Phdr))
+        return;
+    end = eh->e_phoff + (uint64_t)eh->e_phnum * sizeof(Elf64_Phdr);
+    for (unsigned i = 0; i < eh->e_phnum; i++) {
+        Elf64_Phdr ph;
+        memcpy(&ph, (char *)lb->data + eh->e_phoff + i * sizeof ph, sizeof ph);
+        if (ph.p_offset > lb->len || ph.p_filesz > lb->len - ph.p_offset) return;
+        if (ph.p_offset + ph.p_filesz > end) end = ph.p_offset + ph.p_filesz;
+    }
+    if (end >= lb->len || eh->e_shoff < end) return;
+    eh->e_shoff = 0;
+    eh->e_shnum = 0;
+    eh->e_shstrndx = SHN_UNDEF;
+    lb->len = (size_t)end;
+}
 
 int deliver_read_lib(const char *path, struct libbytes *lb, char *err)
 {
@@ -45,6 +71,7 @@ int deliver_read_lib(const char *path, struct libbytes *lb, char *err)
         off += (size_t)r;
     }
     close(fd);
+    trim_to_segments(lb);
     snprintf(lb->base, sizeof lb->base, "%s", path_base(path));
     return 0;
 }

@@ -7,7 +7,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-/* A library read into memory before the target is stopped. */
+/* A library read into memory before the target is stopped: its segments, without the
+ * debug info and section headers past them (the loader reads only segments). */
 struct libbytes {
     void *data;
     size_t len;

@@ -6,6 +6,7 @@
 
 #include "alloc.h"
 #include "attach.h"
+#include "metrics.h"
 #include "run.h"
 
 typedef void handler_fn(struct conn *c, const Envelope *env);
@@ -24,8 +25,8 @@ static const struct route {
     {MEMPROF__ENVELOPE__MSG_AGENT_CALL, CONN_CLIENT, attach_on_agent_call},
     {MEMPROF__ENVELOPE__MSG_ALLOC_QUERY, CONN_CLIENT, alloc_on_query},
     {MEMPROF__ENVELOPE__MSG_RUN, CONN_CLIENT, run_on_request},
-    {MEMPROF__ENVELOPE__MSG_ALLOC_REPORT, CONN_AGENT, attach_on_alloc_report},
-    {MEMPROF__ENVELOPE__MSG_AGENT_REPLY, CONN_AGENT, attach_on_agent_reply},
+    {MEMPROF__ENVELOPE__MSG_ALLOC_REPORT, CONN_AGENT, metrics_on_alloc_report}, /* counts, then attach.c's */
+    {MEMPROF__ENVELOPE__MSG_AGENT_REPLY, CONN_AGENT, metrics_on_agent_reply},   /* notes censuses, then attach.c's */
 };
 
 static const char *kind_name(enum conn_kind k)

@@ -9,11 +9,15 @@
  *    syscall, it may hold the malloc or loader lock: let it go, wait 0.5-2 ms, retry;
  *  - save its registers and FPU/AVX state; mmap a private page by single-stepping a
  *    `syscall` instruction of libc; copy the stub below and the strings there; run it:
- *    it saves errno, makes the calls, and on success unmaps its own page through a libc
+ *    it saves errno, makes a program of calls (libc functions or raw syscalls, results
+ *    feeding later arguments), and on success unmaps its own page through a libc
  *    `syscall; ret` that returns onto an int3 byte of libc, results left in registers;
  *  - restore errno, registers and FPU state; detach; re-send signals that arrived meanwhile.
- * So a successful load resumes the thread twice. No byte of the target's code is changed:
- * other threads never see anything. */
+ * Each resume is a round trip through the scheduler while the thread is stopped, so a
+ * load makes few: the page (single step), memfd_create + socketpair (one run; then we
+ * fill the memfd and take our end of the socket), closes + dlopen + close + dlsym +
+ * start (one run, which unmaps the page) -- a copy already loaded needs no memfd. No byte
+ * of the target's code is changed: other threads never see anything. */
 #include "inject.h"
 
 #include <dirent.h>
@@ -31,6 +35,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/user.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -73,14 +78,16 @@
 #define STUB_DATA_OFF   4096
 #define STUB_DATA_OFF_S "4096"
 
-/* A program of up to 3 calls fn(a0, a1). A call may take the previous result as its
- * function (STUB_FN_PREV) or first argument (STUB_A0_PREV); a zero result ends the program
- * early unless it came from the last call. It saves errno before the first call. A
- * complete run with an exit gadget unmaps the page it runs from (munmap through libc's
- * `syscall; ret`, returning onto an int3 byte of libc) and leaves call results in
- * r12/r13/r14, errno's address in r15 and its value in ebp; otherwise it stops on its own
- * int3 with the results in its data block. rsp is 16-aligned at entry and never pushed
- * before a call. Offsets below are those of struct stub_data. */
+/* A program of up to STUB_CALLS calls: a libc function fn(a0..a5), or with STUB_RAW the
+ * raw syscall number fn (its result -errno on failure). Each of fn, a0..a5 may instead
+ * take the result of an earlier call (STUB_FROM). A call with STUB_STOP_ZERO that returns
+ * 0 ends the program there; the program also ends at the first empty call. It saves errno
+ * before the first call. A complete run with an exit gadget unmaps the page it runs from
+ * (munmap through libc's `syscall; ret`, returning onto an int3 byte of libc) and leaves
+ * the call results in r12, r13, r14, r10, r8, r9, errno's address in r15 and its value in
+ * ebp; otherwise it stops on its own int3 with the results in its data block. rsp is
+ * 16-aligned at entry and never pushed before a call. r12 points at the current call.
+ * Offsets below are those of struct stub_data. */
 __asm__(".pushsection .rodata\n"
         ".balign 16\n"
         "memprof_stub:\n"
@@ -92,32 +99,54 @@ __asm__(".pushsection .rodata\n"
         "    mov  %rax, 8(%rbx)\n"              /* errno_ptr */
         "    mov  (%rax), %ecx\n"
         "    mov  %rcx, 16(%rbx)\n"             /* errno_val */
-        "1:  lea  56(%rbx), %r12\n"             /* call[0] */
-        "    lea  200(%rbx), %r13\n"            /* end of call[] */
+        "1:  lea  64(%rbx), %r12\n"             /* call[0] */
+        "    lea  544(%rbx), %r13\n"            /* end of call[] */
+        "2:  cmp  %r13, %r12\n"
+        "    je   4f\n"
+        "    mov  56(%r12), %r14\n"             /* flags */
+        "    mov  0(%r12), %rax\n"
+        "    or   %r14, %rax\n"
+        "    jz   4f\n"                         /* no more calls */
+        "    xor  %ecx, %ecx\n"                 /* slot: fn, a0..a5 */
+        "3:  mov  %r14, %rax\n"
+        "    and  $15, %eax\n"
+        "    jz   6f\n"
+        "    imul $80, %eax, %eax\n"
+        "    mov  48(%rbx,%rax), %rax\n"        /* call[src - 1].ret */
+        "    mov  %rax, (%r12,%rcx)\n"
+        "6:  shr  $4, %r14\n"
+        "    add  $8, %ecx\n"
+        "    cmp  $56, %ecx\n"
+        "    jne  3b\n"
+        "    mov  8(%r12), %rdi\n"
+        "    mov  16(%r12), %rsi\n"
+        "    mov  24(%r12), %rdx\n"
+        "    mov  40(%r12), %r8\n"
+        "    mov  48(%r12), %r9\n"
+        "    test $1, %r14b\n"                  /* STUB_RAW */
+        "    jz   7f\n"
+        "    mov  0(%r12), %rax\n"
+        "    mov  32(%r12), %r10\n"
+        "    syscall\n"
+        "    jmp  8f\n"
+        "7:  mov  0(%r12), %r11\n"
+        "    mov  32(%r12), %rcx\n"
         "    xor  %eax, %eax\n"
-        "2:  mov  0(%r12), %r11\n"              /* fn */
-        "    mov  8(%r12), %rdi\n"              /* a0 */
-        "    testq $1, 24(%r12)\n"
-        "    cmovnz %rax, %rdi\n"
-        "    testq $2, 24(%r12)\n"
-        "    cmovnz %rax, %r11\n"
-        "    mov  16(%r12), %rsi\n"             /* a1 */
         "    call *%r11\n"
-        "    mov  %rax, 32(%r12)\n"             /* ret */
-        "    movq $1, 40(%r12)\n"               /* done */
-        "    add  $48, %r12\n"
-        "    cmp  %r13, %r12\n"
-        "    je   4f\n"
-        "    cmpq $0, 0(%r12)\n"                /* another call? */
-        "    jne  3f\n"
-        "    cmpq $0, 24(%r12)\n"
-        "    je   4f\n"
-        "3:  test %rax, %rax\n"
-        "    jnz  2b\n"
-        "    jmp  5f\n"                         /* failed half-way: keep the page */
-        "4:  mov  88(%rbx), %r12\n"             /* call[0].ret */
-        "    mov  136(%rbx), %r13\n"            /* call[1].ret */
-        "    mov  184(%rbx), %r14\n"            /* call[2].ret */
+        "8:  mov  %rax, 64(%r12)\n"             /* ret */
+        "    movq $1, 72(%r12)\n"               /* done */
+        "    testb $0x20, 59(%r12)\n"           /* STUB_STOP_ZERO */
+        "    jz   9f\n"
+        "    test %rax, %rax\n"
+        "    jz   5f\n"                         /* failed half-way: keep the page */
+        "9:  add  $80, %r12\n"
+        "    jmp  2b\n"
+        "4:  mov  128(%rbx), %r12\n"            /* call[0..5].ret */
+        "    mov  208(%rbx), %r13\n"
+        "    mov  288(%rbx), %r14\n"
+        "    mov  368(%rbx), %r10\n"
+        "    mov  448(%rbx), %r8\n"
+        "    mov  528(%rbx), %r9\n"
         "    mov  8(%rbx), %r15\n"
         "    mov  16(%rbx), %rbp\n"
         "    mov  24(%rbx), %r11\n"             /* exit_gadget */
@@ -136,21 +165,25 @@ __asm__(".pushsection .rodata\n"
 extern const unsigned char memprof_stub[], memprof_stub_trap[], memprof_stub_end[]
     __attribute__((visibility("hidden")));
 
-#define STUB_A0_PREV 1
-#define STUB_FN_PREV 2
+#define STUB_CALLS      6
+#define STUB_RAW        (1ULL << 28)
+#define STUB_STOP_ZERO  (1ULL << 29)
+/* slot 0: fn, 1..6: a0..a5 takes the result of call k */
+#define STUB_FROM(k, slot) ((uint64_t)((k) + 1) << (4 * (slot)))
 
 struct stub_call {
-    uint64_t fn, a0, a1, flags, ret, done;
+    uint64_t fn, a[6], flags, ret, done;
 };
 
 struct stub_data {
     uint64_t errno_loc, errno_ptr, errno_val; /* in: __errno_location or 0; out: errno */
     uint64_t exit_gadget, exit_trap;          /* in: `syscall; ret` and an int3 in libc, or 0 */
     uint64_t page, page_len;                  /* in: the scratch page */
-    struct stub_call call[3];
+    int32_t sv[2];                            /* socketpair's out array */
+    struct stub_call call[STUB_CALLS];
 };
-_Static_assert(sizeof(struct stub_data) == 200 && offsetof(struct stub_data, call) == 56 &&
-                   offsetof(struct stub_data, call[1].ret) == 136,
+_Static_assert(sizeof(struct stub_call) == 80 && sizeof(struct stub_data) == 544 &&
+                   offsetof(struct stub_data, call) == 64 && offsetof(struct stub_data, call[5].ret) == 528,
                "struct stub_data must match the offsets in memprof_stub");
 
 /* ---- what we need in the target --------------------------------------------------------- */
@@ -179,6 +212,7 @@ struct hijack {
     int sigs[MAX_SIGS], nsigs;      /* signals that arrived meanwhile, re-sent after detach */
     int exited;
     int sigsys;                     /* a remote syscall was stopped by a seccomp filter */
+    unsigned sigsys_calls;          /* the stub's raw syscalls so stopped (bit per call) */
     double t_resumed;               /* when we let it go */
     uint64_t ssp;                   /* shadow stack pointer, when have_ssp */
     int have_ssp;
@@ -592,6 +626,7 @@ static int run_stub(struct hijack *h, struct stub_data *d, int final, const char
     double deadline = mp_now() + CALL_TIMEOUT;
     int st;
 
+    h->sigsys_calls = 0;
     d->exit_gadget = final ? h->t->exit_gadget : 0;
     d->exit_trap = h->t->exit_trap;
     d->page = h->scratch;
@@ -627,14 +662,27 @@ static int run_stub(struct hijack *h, struct stub_data *d, int final, const char
             if (d->exit_gadget && r.rip == d->exit_trap + 1) { /* complete; the page is gone */
                 TRACE("%s: stub exited", what);
                 if (r.rax == 0) h->scratch = 0;
-                for (int i = 0; i < 3; i++) d->call[i].done = d->call[i].fn || d->call[i].flags;
-                d->call[0].ret = r.r12, d->call[1].ret = r.r13, d->call[2].ret = r.r14;
+                uint64_t rets[STUB_CALLS] = {r.r12, r.r13, r.r14, r.r10, r.r8, r.r9};
+                for (int i = 0, more = 1; i < STUB_CALLS; i++) {
+                    more = more && (d->call[i].fn || d->call[i].flags);
+                    d->call[i].done = (uint64_t)more;
+                    if (more) d->call[i].ret = rets[i];
+                }
                 d->errno_ptr = r.r15, d->errno_val = r.rbp;
                 return 0;
             }
         } else if (event == 0 && sig == SIGSYS) {
-            mp_err(err, "pid %d: a seccomp filter stopped %s in the target", (int)h->pid, what);
-            return -1;
+            uint64_t first = data + offsetof(struct stub_data, call);
+            if (ptrace(PTRACE_GETREGS, h->tid, 0, &r) < 0) goto gone;
+            if (r.rip < h->scratch || r.rip >= trap || r.r12 < first ||
+                (r.r12 - first) / sizeof(struct stub_call) >= STUB_CALLS) {
+                mp_err(err, "pid %d: a seccomp filter stopped %s in the target", (int)h->pid, what);
+                return -1;
+            }
+            /* one of our raw syscalls (SECCOMP_RET_TRAP): it fails with ENOSYS, the signal is dropped */
+            h->sigsys_calls |= 1u << ((r.r12 - first) / sizeof(struct stub_call));
+            r.rax = (unsigned long long)-ENOSYS;
+            if (ptrace(PTRACE_SETREGS, h->tid, 0, &r) < 0) goto gone;
         } else if (event == 0) {
             siginfo_t si;
             int fault = sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE || sig == SIGABRT;
@@ -982,200 +1030,281 @@ static int with_thread(pid_t pid, const char **strs, int nstrs, work_fn work, vo
 /* ---- the two operations ----------------------------------------------------------------- */
 
 /* The strings copied into the scratch page for a load; ARG and PATH are rewritten there. */
-enum { S_BASE, S_SYM, S_ARG, S_PATH, S_SV, S_COUNT };
+enum { S_BASE, S_SYM, S_ARG, S_PATH, S_COUNT };
 #define ARG_ROOM  32  /* for " fd=N" */
-#define PATH_ROOM 320 /* /proc/self/fd/N or the /tmp copy's path */
+#define PATH_ROOM 320 /* /proc/thread-self/fd/N or the /tmp copy's path */
+#define MAX_CLOSE 3
 
 struct load_ctx {
     const struct libbytes *lb;
     const char *sym, *arg;
     int flags, loaded;
+    unsigned mfd_flags; /* MFD_EXEC where the kernel knows it */
     struct inject_result *res;
 };
 
-/* Runs dlopen(path) (path written into the page first); 0 on error, with a note. */
-static uint64_t remote_dlopen(struct hijack *h, const char *path, uint64_t flags, char *note, size_t notelen,
-                              char *err)
-{
-    struct stub_data d;
-    char msg[400];
-    memset(&d, 0, sizeof d);
-    if (path && procmem_write(h->tid, h->str[S_PATH], path, strlen(path) + 1) < 0) {
-        snprintf(note, notelen, "writing to its memory: %s", strerror(errno));
-        return 0;
-    }
-    d.call[0] = (struct stub_call){.fn = h->t->dlopen, .a0 = h->str[path ? S_PATH : S_BASE], .a1 = flags};
-    if (run_calls(h, &d, 0, "dlopen", err) < 0) return 0;
-    if (!d.call[0].ret && !(flags & RTLD_NOLOAD_FLAG)) {
-        remote_dlerror(h, msg, sizeof msg);
-        snprintf(note, notelen, "dlopen: %s", msg);
-    }
-    return d.call[0].ret;
-}
+/* What a load has made in the target so far, to use or to undo. */
+struct load_state {
+    int mfd;                      /* the filled memfd, or -1 */
+    int tfd;                      /* the agent's end of the socket pair, or -1 */
+    int close[MAX_CLOSE], nclose; /* descriptors to close in the next run */
+    uint64_t handle;
+    int noload;                   /* handle came from RTLD_NOLOAD: not our reference */
+    char why_memfd[MP_ERRLEN], why_tmp[MP_ERRLEN], why_sock[MP_ERRLEN];
+};
 
 static void remote_close(struct hijack *h, int fd)
 {
     uint64_t ret;
     char ignored[MP_ERRLEN];
-    if (fd >= 0) remote_syscall(h, SYS_close, (uint64_t)fd, 0, 0, 0, 0, 0, &ret, ignored);
+    if (fd >= 0 && !h->exited) remote_syscall(h, SYS_close, (uint64_t)fd, 0, 0, 0, 0, 0, &ret, ignored);
 }
 
-/* memfd_create in the target, the library written into it through /proc/PID/fd, then
- * dlopen("/proc/thread-self/fd/N") and close(N): nothing of the target's filesystem is used
- * but its /proc. 0 with a note when that did not work. */
-static uint64_t load_memfd(struct hijack *h, struct load_ctx *c, char *note, size_t notelen, char *err)
+/* memfd_create's result (ret, or sigsys): retried without MFD_EXEC where the kernel does
+ * not know it, then filled with the library through /proc/TID/fd. The descriptor, or -1
+ * with a note in st->why_memfd (or err). */
+static int memfd_result(struct hijack *h, struct load_ctx *c, struct load_state *st, int64_t ret, int sigsys,
+                        char *err)
 {
-    char path[64], ierr[MP_ERRLEN];
-    uint64_t ret, handle;
-    int64_t fd;
-    if (remote_syscall(h, SYS_memfd_create, h->str[S_BASE], MFD_CLOEXEC_FLAG | MFD_EXEC_FLAG, 0, 0, 0, 0, &ret,
-                       err) == 0 &&
-        (int64_t)ret == -EINVAL) /* before Linux 6.3 */
-        remote_syscall(h, SYS_memfd_create, h->str[S_BASE], MFD_CLOEXEC_FLAG, 0, 0, 0, 0, &ret, err);
-    if (err[0]) {
-        if (h->sigsys) {
-            snprintf(note, notelen, "memfd_create stopped by a seccomp filter (SIGSYS)");
-            err[0] = 0;
+    char ierr[MP_ERRLEN];
+    uint64_t r;
+    if (!sigsys && ret == -EINVAL && (c->mfd_flags & MFD_EXEC_FLAG)) { /* before Linux 6.3 */
+        c->mfd_flags &= ~MFD_EXEC_FLAG;
+        if (remote_syscall(h, SYS_memfd_create, h->str[S_BASE], c->mfd_flags, 0, 0, 0, 0, &r, err) == 0)
+            ret = (int64_t)r;
+        else if (!h->sigsys)
+            return -1;
+        sigsys = h->sigsys;
+        err[0] = 0;
+    }
+    if (sigsys) {
+        snprintf(st->why_memfd, sizeof st->why_memfd, "memfd_create stopped by a seccomp filter (SIGSYS)");
+        return -1;
+    }
+    if (ret < 0) {
+        snprintf(st->why_memfd, sizeof st->why_memfd, "memfd_create refused: %s", strerror((int)-ret));
+        return -1;
+    }
+    if (deliver_fill_memfd(h->tid, (int)ret, c->lb, ierr) < 0) {
+        snprintf(st->why_memfd, sizeof st->why_memfd, "%s", ierr);
+        st->close[st->nclose++] = (int)ret;
+        return -1;
+    }
+    TRACE("memfd filled");
+    return (int)ret;
+}
+
+/* socketpair's result: its first end comes over to us (pidfd_getfd) and is closed in the
+ * target by the next run; the other is the agent's (st->tfd). */
+static void socket_result(struct hijack *h, struct load_ctx *c, struct load_state *st, int64_t ret, int sigsys,
+                          const int32_t sv[2])
+{
+    char ierr[MP_ERRLEN];
+    if (sigsys) {
+        snprintf(st->why_sock, sizeof st->why_sock, "socketpair stopped by a seccomp filter");
+        return;
+    }
+    if (ret < 0) {
+        snprintf(st->why_sock, sizeof st->why_sock, "socketpair refused: %s", strerror((int)-ret));
+        return;
+    }
+    c->res->sock_fd = deliver_take_fd(h->pid, sv[0], ierr); /* pidfd_open wants the process */
+    st->close[st->nclose++] = sv[0];
+    if (c->res->sock_fd < 0) {
+        snprintf(st->why_sock, sizeof st->why_sock, "%s", ierr);
+        st->close[st->nclose++] = sv[1];
+        return;
+    }
+    st->tfd = sv[1];
+    TRACE("socket taken");
+}
+
+/* The first run: memfd_create (unless a copy is mapped already) and socketpair, in one go. */
+static int prepare(struct hijack *h, struct load_ctx *c, struct load_state *st, char *err)
+{
+    struct stub_data d;
+    int n = 0, i_mfd = -1, i_sp = -1;
+    unsigned sigsys;
+    memset(&d, 0, sizeof d);
+    if (!c->loaded) {
+        i_mfd = n++;
+        d.call[i_mfd] = (struct stub_call){.fn = SYS_memfd_create, .a = {h->str[S_BASE], c->mfd_flags},
+                                           .flags = STUB_RAW};
+    }
+    if (c->flags & INJECT_SOCKET) {
+        i_sp = n++;
+        d.call[i_sp] = (struct stub_call){.fn = SYS_socketpair,
+                                          .a = {AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0,
+                                                h->scratch + STUB_DATA_OFF + offsetof(struct stub_data, sv)},
+                                          .flags = STUB_RAW};
+    }
+    if (!n) return 0;
+    if (run_calls(h, &d, 0, "memfd_create and socketpair", err) < 0) return -1;
+    sigsys = h->sigsys_calls;
+    if (i_sp >= 0) socket_result(h, c, st, (int64_t)d.call[i_sp].ret, sigsys >> i_sp & 1, d.sv);
+    if (i_mfd >= 0) st->mfd = memfd_result(h, c, st, (int64_t)d.call[i_mfd].ret, sigsys >> i_mfd & 1, err);
+    return err[0] ? -1 : 0;
+}
+
+/* A memfd made with a single step, when the mapped copy could not be reused. */
+static int memfd_step(struct hijack *h, struct load_ctx *c, struct load_state *st, char *err)
+{
+    uint64_t ret;
+    if (remote_syscall(h, SYS_memfd_create, h->str[S_BASE], c->mfd_flags, 0, 0, 0, 0, &ret, err) < 0) {
+        if (!h->sigsys) return -1;
+        err[0] = 0;
+        return memfd_result(h, c, st, 0, 1, err);
+    }
+    return memfd_result(h, c, st, (int64_t)ret, 0, err);
+}
+
+/* One final run: the pending closes, dlopen(path) (the soname with RTLD_NOLOAD when path is
+ * NULL; then dlclose gives back the reference NOLOAD took: the copy keeps the one of whoever
+ * loaded it), close(mfd), dlsym, start(arg). 1: started; 0: dlopen failed, with a note;
+ * -1: error (st->handle set when the library got loaded). */
+static int try_load(struct hijack *h, struct load_ctx *c, struct load_state *st, const char *path, char *note,
+                    size_t notelen, char *err)
+{
+    struct stub_data d;
+    char msg[400];
+    int n = 0, i_dl, i_mfd = -1, i_sym, i_start, noload = !path, mfd = path ? st->mfd : -1, nclose, ran;
+    memset(&d, 0, sizeof d);
+    if (path && procmem_write(h->tid, h->str[S_PATH], path, strlen(path) + 1) < 0) {
+        snprintf(note, notelen, "writing to its memory: %s", strerror(errno));
+        return 0;
+    }
+    while (st->nclose > STUB_CALLS - 4) remote_close(h, st->close[--st->nclose]);
+    for (int i = 0; i < st->nclose; i++)
+        d.call[n++] = (struct stub_call){.fn = SYS_close, .a = {(uint64_t)st->close[i]}, .flags = STUB_RAW};
+    nclose = st->nclose;
+    i_dl = n++;
+    d.call[i_dl] = (struct stub_call){
+        .fn = h->t->dlopen,
+        .a = {h->str[noload ? S_BASE : S_PATH], h->t->dlopen_flags | (noload ? RTLD_NOLOAD_FLAG : 0)},
+        .flags = STUB_STOP_ZERO};
+    if (mfd >= 0) {
+        i_mfd = n++;
+        d.call[i_mfd] = (struct stub_call){.fn = SYS_close, .a = {(uint64_t)mfd}, .flags = STUB_RAW};
+    }
+    if (noload) d.call[n++] = (struct stub_call){.fn = h->t->dlclose, .flags = STUB_FROM(i_dl, 1)};
+    i_sym = n++;
+    d.call[i_sym] = (struct stub_call){.fn = h->t->dlsym, .a = {0, h->str[S_SYM]},
+                                       .flags = STUB_FROM(i_dl, 1) | STUB_STOP_ZERO};
+    i_start = n++;
+    d.call[i_start] = (struct stub_call){.a = {h->str[S_ARG]}, .flags = STUB_FROM(i_sym, 0)};
+
+    /* After a failed run (a crash, a timeout) its data block says what got done; where it
+     * cannot be read, descriptors are left open rather than closing a number reused since. */
+    ran = run_calls(h, &d, 1, "loading the agent", err) == 0 ||
+          (!h->exited && h->scratch && procmem_read(h->tid, h->scratch + STUB_DATA_OFF, &d, sizeof d) == 0);
+    st->nclose = 0;
+    if (mfd >= 0 && (!ran || d.call[i_mfd].done)) st->mfd = -1;
+    if (!ran) return -1;
+    for (int i = 0; i < nclose; i++)
+        if (!d.call[i].done) st->close[st->nclose++] = (int)d.call[i].a[0];
+    if (d.call[i_dl].done && d.call[i_dl].ret) {
+        st->handle = d.call[i_dl].ret;
+        st->noload = noload;
+    }
+    if (err[0]) return -1;
+    if (!d.call[i_dl].ret) {
+        remote_close(h, st->mfd);
+        st->mfd = -1;
+        if (!noload) {
+            remote_dlerror(h, msg, sizeof msg);
+            snprintf(note, notelen, "dlopen: %s", msg);
         }
         return 0;
     }
-    fd = (int64_t)ret;
-    if (fd < 0) {
-        snprintf(note, notelen, "memfd_create refused: %s", strerror((int)-fd));
-        return 0;
+    if (!d.call[i_sym].ret) {
+        mp_err(err, "pid %d: %s has no symbol %s", (int)h->pid, c->lb->base, c->sym);
+        return -1;
     }
-    if (deliver_fill_memfd(h->tid, (int)fd, c->lb, ierr) < 0) {
-        snprintf(note, notelen, "%s", ierr);
-        remote_close(h, (int)fd);
-        return 0;
-    }
-    /* thread-self: /proc/self/fd is empty when the main thread has exited */
-    snprintf(path, sizeof path, "/proc/thread-self/fd/%d", (int)fd);
-    handle = remote_dlopen(h, path, h->t->dlopen_flags, note, notelen, err);
-    if (!h->exited) remote_close(h, (int)fd);
-    return handle;
+    c->res->start_rc = (int)(int32_t)d.call[i_start].ret;
+    return 1;
 }
 
-/* The fallback: a private copy in the target's /tmp, removed right after dlopen. */
-static uint64_t load_tmpcopy(struct hijack *h, struct load_ctx *c, char *note, size_t notelen, char *err)
-{
-    struct tmpcopy tc;
-    char ierr[MP_ERRLEN];
-    uint64_t handle;
-    if (deliver_tmp_copy(h->tid, c->lb, &tc, ierr) < 0) {
-        snprintf(note, notelen, "%s", ierr);
-        return 0;
-    }
-    handle = remote_dlopen(h, tc.path, h->t->dlopen_flags, note, notelen, err);
-    deliver_tmp_remove(&tc);
-    return handle;
-}
-
-/* A connected socketpair in the target; its first end comes over to us (pidfd_getfd) and
- * is closed there. *tfd: the target's end; res->sock_fd: ours. */
-static int make_socket(struct hijack *h, struct load_ctx *c, int *tfd, char *note, size_t notelen, char *err)
-{
-    int32_t sv[2];
-    uint64_t ret;
-    char ierr[MP_ERRLEN];
-    if (remote_syscall(h, SYS_socketpair, AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, h->str[S_SV], 0, 0,
-                       &ret, err) < 0) {
-        if (!h->sigsys) return -1;
-        snprintf(note, notelen, "socketpair stopped by a seccomp filter");
-        err[0] = 0;
-        return 0;
-    }
-    if ((int64_t)ret < 0) {
-        snprintf(note, notelen, "socketpair refused: %s", strerror((int)-(int64_t)ret));
-        return 0;
-    }
-    if (procmem_read(h->tid, h->str[S_SV], sv, sizeof sv) < 0) {
-        snprintf(note, notelen, "reading its memory: %s", strerror(errno));
-        return 0; /* two descriptors we cannot name stay in the target: cannot happen after our write */
-    }
-    c->res->sock_fd = deliver_take_fd(h->pid, sv[0], ierr); /* pidfd_open wants the process */
-    remote_close(h, sv[0]);
-    if (c->res->sock_fd < 0) {
-        snprintf(note, notelen, "%s", ierr);
-        remote_close(h, sv[1]);
-        return 0;
-    }
-    *tfd = sv[1];
-    return 0;
-}
-
+/* Round trips while the thread is stopped: the scratch page (a single step), memfd_create
+ * and socketpair (one run), then, with the library written into the memfd and our end of
+ * the socket taken meanwhile, one run that closes, loads, starts and unmaps the page. */
 static int do_load(struct hijack *h, void *vctx, char *err)
 {
     struct load_ctx *c = vctx;
     struct inject_result *res = c->res;
-    struct stub_data d;
-    char why_memfd[MP_ERRLEN] = "", why_tmp[MP_ERRLEN] = "", why_sock[MP_ERRLEN] = "", arg[AGENT_ARG_ROOM];
-    uint64_t handle = 0;
-    int tfd = -1, reused = 0;
+    struct load_state *st;
+    char arg[AGENT_ARG_ROOM], path[64];
+    int r = 0, rc = -1;
 
-    if (c->loaded) { /* a copy mapped already (left loaded, or memprof run's): reuse it by its soname */
-        handle = remote_dlopen(h, NULL, h->t->dlopen_flags | RTLD_NOLOAD_FLAG, why_memfd, sizeof why_memfd, err);
-        if (handle) {
-            /* give back the reference NOLOAD took: the copy keeps the one of whoever loaded
-             * it (a session whose daemon died), which the next unload drops */
-            struct stub_data close_d;
-            memset(&close_d, 0, sizeof close_d);
-            close_d.call[0] = (struct stub_call){.fn = h->t->dlclose, .a0 = handle};
-            if (run_calls(h, &close_d, 0, "dlclose", err) < 0) return -1;
-            reused = 1;
-            snprintf(res->how, sizeof res->how, "already loaded");
-        }
-    }
-    if (!handle && !err[0] && (handle = load_memfd(h, c, why_memfd, sizeof why_memfd, err)))
-        snprintf(res->how, sizeof res->how, "memfd");
-    if (!handle && !err[0] && (handle = load_tmpcopy(h, c, why_tmp, sizeof why_tmp, err)))
-        snprintf(res->how, sizeof res->how, "a copy in its /tmp (memfd: %.200s)", why_memfd);
-    if (!handle) {
-        if (!err[0])
-            mp_err(err, "pid %d: cannot load %s: memfd: %.200s; copy in its /tmp: %.200s", (int)h->pid, c->lb->base,
-                   why_memfd, why_tmp);
+    if (!(st = calloc(1, sizeof *st))) {
+        mp_err(err, "out of memory");
         return -1;
     }
-    if ((c->flags & INJECT_SOCKET) && make_socket(h, c, &tfd, why_sock, sizeof why_sock, err) < 0) return -1;
-    if (why_sock[0]) snprintf(res->sock_note, sizeof res->sock_note, "%s", why_sock);
-    if (tfd >= 0)
-        snprintf(arg, sizeof arg, "%s fd=%d", c->arg, tfd);
+    st->mfd = st->tfd = -1;
+    if (prepare(h, c, st, err) < 0) goto undo;
+    if (st->why_sock[0]) snprintf(res->sock_note, sizeof res->sock_note, "%.290s", st->why_sock);
+    if (st->tfd >= 0)
+        snprintf(arg, sizeof arg, "%s fd=%d", c->arg, st->tfd);
     else
         snprintf(arg, sizeof arg, "%s", c->arg);
-    memset(&d, 0, sizeof d);
-    d.call[0] = (struct stub_call){.fn = h->t->dlsym, .a0 = handle, .a1 = h->str[S_SYM]};
-    d.call[1] = (struct stub_call){.a0 = h->str[S_ARG], .flags = STUB_FN_PREV};
     if (procmem_write(h->tid, h->str[S_ARG], arg, strlen(arg) + 1) < 0) {
         mp_errno(err, "pid %d: writing to its memory", (int)h->pid);
-        d.call[1].flags = d.call[1].a0 = 0; /* dlsym alone, to undo below */
-    }
-    if (!err[0] && run_calls(h, &d, 1, "loading the agent", err) < 0) goto undo;
-    if (err[0] || !d.call[0].ret) {
-        if (!err[0]) mp_err(err, "pid %d: %s has no symbol %s", (int)h->pid, c->lb->base, c->sym);
         goto undo;
     }
-    res->handle = handle;
-    res->start_rc = (int)(int32_t)d.call[1].ret;
+    if (c->loaded) { /* a copy mapped already (left loaded, or memprof run's): reuse it by its soname */
+        if ((r = try_load(h, c, st, NULL, st->why_memfd, sizeof st->why_memfd, err)) > 0)
+            snprintf(res->how, sizeof res->how, "already loaded");
+        else if (r == 0 && (st->mfd = memfd_step(h, c, st, err)) < 0 && err[0])
+            goto undo;
+    }
+    if (r == 0 && !err[0] && st->mfd >= 0) {
+        /* thread-self: /proc/self/fd is empty when the main thread has exited */
+        snprintf(path, sizeof path, "/proc/thread-self/fd/%d", st->mfd);
+        if ((r = try_load(h, c, st, path, st->why_memfd, sizeof st->why_memfd, err)) > 0)
+            snprintf(res->how, sizeof res->how, "memfd");
+    }
+    if (r == 0 && !err[0]) { /* the fallback: a private copy in the target's /tmp, removed right after dlopen */
+        struct tmpcopy tc;
+        char ierr[MP_ERRLEN];
+        if (deliver_tmp_copy(h->tid, c->lb, &tc, ierr) < 0) {
+            snprintf(st->why_tmp, sizeof st->why_tmp, "%s", ierr);
+        } else {
+            r = try_load(h, c, st, tc.path, st->why_tmp, sizeof st->why_tmp, err);
+            deliver_tmp_remove(&tc);
+        }
+        if (r > 0) snprintf(res->how, sizeof res->how, "a copy in its /tmp (memfd: %.200s)", st->why_memfd);
+    }
+    if (r <= 0) {
+        if (!err[0])
+            mp_err(err, "pid %d: cannot load %s: memfd: %.200s; copy in its /tmp: %.200s", (int)h->pid, c->lb->base,
+                   st->why_memfd, st->why_tmp);
+        goto undo;
+    }
+    res->handle = st->handle;
     if (res->start_rc != 0) { /* the agent did not take its socket */
-        remote_close(h, tfd);
+        remote_close(h, st->tfd);
         if (res->sock_fd >= 0) close(res->sock_fd);
         res->sock_fd = -1;
     }
-    return 0;
+    rc = 0;
+    goto out;
 undo:
     if (!h->exited) {
-        struct stub_data close_d;
-        char ignored[MP_ERRLEN];
-        remote_close(h, tfd);
-        if (reused) goto out; /* not our reference */
-        memset(&close_d, 0, sizeof close_d);
-        close_d.call[0] = (struct stub_call){.fn = h->t->dlclose, .a0 = handle};
-        if (h->scratch || map_scratch(h, NULL, 0, ignored) == 0) run_calls(h, &close_d, 1, "dlclose", ignored);
+        for (int i = 0; i < st->nclose; i++) remote_close(h, st->close[i]);
+        remote_close(h, st->mfd);
+        remote_close(h, st->tfd);
+        if (st->handle && !st->noload) {
+            struct stub_data close_d;
+            char ignored[MP_ERRLEN];
+            memset(&close_d, 0, sizeof close_d);
+            close_d.call[0] = (struct stub_call){.fn = h->t->dlclose, .a = {st->handle}};
+            if (h->scratch || map_scratch(h, NULL, 0, ignored) == 0) run_calls(h, &close_d, 1, "dlclose", ignored);
+        }
     }
-out:
     if (res->sock_fd >= 0) close(res->sock_fd);
     res->sock_fd = -1;
-    return -1;
+out:
+    free(st);
+    return rc;
 }
 
 /* Is a copy of the library (file name base, or a memfd named so) mapped in pid? */
@@ -1192,13 +1321,23 @@ static int lib_mapped(pid_t pid, const char *base)
     return found;
 }
 
+/* MFD_EXEC is Linux >= 6.3's (an older kernel says EINVAL: then retried without). */
+static unsigned memfd_flags(void)
+{
+    struct utsname u;
+    int major = 0, minor = 0;
+    if (uname(&u) == 0 && sscanf(u.release, "%d.%d", &major, &minor) == 2 && major * 100 + minor < 603)
+        return MFD_CLOEXEC_FLAG;
+    return MFD_CLOEXEC_FLAG | MFD_EXEC_FLAG;
+}
+
 int inject_load(pid_t pid, const char *lib_path, const char *start_sym, const char *arg, int flags,
                 struct inject_result *res, char *err)
 {
     struct libbytes lb;
     char argroom[AGENT_ARG_ROOM], pathroom[PATH_ROOM + 1];
     const char *strs[S_COUNT];
-    struct load_ctx c = {&lb, start_sym, arg ? arg : "", flags, 0, res};
+    struct load_ctx c = {&lb, start_sym, arg ? arg : "", flags, 0, memfd_flags(), res};
     int rc;
 
     memset(res, 0, sizeof *res);
@@ -1220,7 +1359,6 @@ int inject_load(pid_t pid, const char *lib_path, const char *start_sym, const ch
     strs[S_SYM] = start_sym;
     strs[S_ARG] = argroom;
     strs[S_PATH] = pathroom;
-    strs[S_SV] = "sv[0]sv[1]";
     rc = with_thread(pid, strs, S_COUNT, do_load, &c, &res->stop_ms, &res->retries, err);
     deliver_free_lib(&lb);
     return rc;
@@ -1231,7 +1369,7 @@ static int do_unload(struct hijack *h, void *vctx, char *err)
     struct stub_data d;
     char msg[400];
     memset(&d, 0, sizeof d);
-    d.call[0] = (struct stub_call){.fn = h->t->dlclose, .a0 = *(uint64_t *)vctx};
+    d.call[0] = (struct stub_call){.fn = h->t->dlclose, .a = {*(uint64_t *)vctx}};
     if (run_calls(h, &d, 1, "dlclose", err) < 0) return -1;
     if ((int)d.call[0].ret != 0) {
         remote_dlerror(h, msg, sizeof msg);

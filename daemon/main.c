@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "http.h"
 #include "server.h"
+#include "pyversions.h"
 #include "util.h"
 #include "version.h"
 
@@ -33,25 +35,39 @@ static const char *usage_main =
     "prints the version.\n";
 
 static const char *usage_serve =
-    "usage: memprofd serve [--socket PATH] [--agent LIB]\n"
+    "usage: memprofd serve [--socket PATH] [--agent LIB] [--http HOST:PORT [--http-allow-remote]\n"
+    "                      [--http-token-file FILE] [--metrics-top N]]\n"
     "\n"
     "Run the daemon in the foreground, logging to stderr.\n"
     "  --socket PATH   listen here (default: /run/memprof/memprofd.sock for root,\n"
     "                  $XDG_RUNTIME_DIR/memprof/memprofd.sock or /tmp/memprof-UID/...)\n"
     "  --agent LIB     agent library to inject (default: $MEMPROF_AGENT, else\n"
     "                  libmemprof_agent.so next to memprofd, in ../lib/memprof/\n"
-    "                  beside it, or " MEMPROF_AGENT_PATH ")\n";
+    "                  beside it, or " MEMPROF_AGENT_PATH ")\n"
+    "  --http HOST:PORT  also serve HTTP (off by default): /metrics (Prometheus),\n"
+    "                  /debug/pprof/heap?pid=N and /allocs?pid=N (pprof, for go tool\n"
+    "                  pprof, Parca, Pyroscope), /debug/pprof/ (the sessions).\n"
+    "                  A loopback address, e.g. 127.0.0.1:9464, unless:\n"
+    "  --http-allow-remote  allow a non-loopback address (anyone reaching it reads\n"
+    "                  the profiles: use a token and a firewall)\n"
+    "  --http-token-file FILE  require \"Authorization: Bearer <FILE's content>\"\n"
+    "  --metrics-top N  sites by live bytes and census types per process in\n"
+    "                  /metrics (default 10; 0: none)\n";
 
 static const char *usage_attach =
     "usage: memprofd attach --pid PID [OPTIONS]\n"
     "\n"
-    "Inject the agent into a running CPython 3.8-3.13 process and start a session.\n"
+    "Inject the agent into a running CPython " MP_PY_RANGE_SHORT " process and start a session.\n"
     "  --pid PID            the process\n"
     "  --sample-rate BYTES  mean bytes between allocation samples (default 524288)\n"
     "  --exact              count every allocation (slower) instead of sampling\n"
     "  --max-frames N       Python frames kept per sample (default 64)\n"
     "  --interval MS        how often the agent reports (default 250)\n"
     "  --no-track           attach without allocation tracking\n"
+    "  --method M           how the agent gets in: auto (default: remote-exec where it\n"
+    "                       works, else ptrace), ptrace (stop a thread briefly and\n"
+    "                       load it), remote-exec (Python 3.14+, PEP 768: the main\n"
+    "                       thread loads it at its next safe point; nothing is stopped)\n"
     "  --socket PATH        the daemon's socket\n"
     "\n"
     "example:\n"
@@ -119,7 +135,13 @@ static const char *find_agent(void)
 
 static int cmd_serve(int argc, char **argv)
 {
-    static struct option opts[] = {{"socket", required_argument, 0, 's'}, {"agent", required_argument, 0, 'a'}, {0}};
+    static struct option opts[] = {{"socket", required_argument, 0, 's'},
+                                   {"agent", required_argument, 0, 'a'},
+                                   {"http", required_argument, 0, 'H'},
+                                   {"http-allow-remote", no_argument, 0, 'R'},
+                                   {"http-token-file", required_argument, 0, 'T'},
+                                   {"metrics-top", required_argument, 0, 'N'},
+                                   {0}};
     char path[PATH_MAX], err[MP_ERRLEN];
     const char *sock = NULL, *agent = NULL;
     int c;
@@ -130,11 +152,23 @@ static int cmd_serve(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (c == 's') sock = optarg;
         else if (c == 'a') agent = optarg;
-        else {
+        else if (c == 'H') http_config.listen = optarg;
+        else if (c == 'R') http_config.allow_remote = 1;
+        else if (c == 'T') http_config.token_file = optarg;
+        else if (c == 'N') {
+            unsigned long long n = parse_num("--metrics-top", optarg);
+            if (n > 1000) die("--metrics-top: at most 1000 (every value is a Prometheus series)");
+            http_config.top_n = (unsigned)n;
+        } else {
             fputs(usage_serve, stderr);
             return 2;
         }
     }
+    if (optind < argc) {
+        snprintf(err, sizeof err, "serve: unexpected argument '%s' (see memprofd serve --help)", argv[optind]);
+        die(err);
+    }
+    if (http_check(err) < 0) die(err);
     if (!sock) {
         if (mp_default_socket(path, sizeof path) < 0) die("cannot work out the socket path");
         sock = path;
@@ -167,7 +201,8 @@ static int cmd_attach(int argc, char **argv)
     static struct option opts[] = {{"pid", required_argument, 0, 'p'},         {"socket", required_argument, 0, 's'},
                                    {"sample-rate", required_argument, 0, 'r'}, {"exact", no_argument, 0, 'e'},
                                    {"max-frames", required_argument, 0, 'f'},  {"interval", required_argument, 0, 'i'},
-                                   {"no-track", no_argument, 0, 'n'},          {0}};
+                                   {"no-track", no_argument, 0, 'n'},          {"method", required_argument, 0, 'm'},
+                                   {0}};
     Memprof__AttachRequest req = MEMPROF__ATTACH_REQUEST__INIT;
     Envelope env = MEMPROF__ENVELOPE__INIT, *reply;
     char err[MP_ERRLEN];
@@ -186,6 +221,11 @@ static int cmd_attach(int argc, char **argv)
         case 'f': req.max_frames = (uint32_t)parse_num("--max-frames", optarg); break;
         case 'i': req.interval_ms = (uint32_t)parse_num("--interval", optarg); break;
         case 'n': req.no_tracking = 1; break;
+        case 'm':
+            if (strcmp(optarg, "auto") && strcmp(optarg, "ptrace") && strcmp(optarg, "remote-exec"))
+                die("attach: --method is auto, ptrace or remote-exec");
+            req.method = optarg;
+            break;
         default: fputs(usage_attach, stderr); return 2;
         }
     }
@@ -204,8 +244,12 @@ static int cmd_attach(int argc, char **argv)
         wire_free(reply);
         return 3;
     }
-    printf("attached to pid %d: Python %s, target stopped %.2f ms, attach took %.0f ms\n", req.pid,
+    if (r->note && *r->note) fprintf(stderr, "memprofd: pid %d: %s; attached by ptrace\n", req.pid, r->note);
+    printf("attached to pid %d: Python %s, target stopped %.2f ms, attach took %.0f ms", req.pid,
            r->session->python_version, r->stop_ms, (mp_now() - t0) * 1000.0);
+    if (r->method && !strcmp(r->method, "remote-exec"))
+        printf(" (remote-exec: its main thread ran the loader for %.1f ms)", r->exec_ms);
+    putchar('\n');
     wire_free(reply);
     close(fd);
     return 0;

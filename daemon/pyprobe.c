@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "elfsym.h"
+#include "pyabi.h"
 #include "util.h"
 
 #define PF_KTHREAD 0x00200000u
@@ -204,6 +205,30 @@ static int read_version(pid_t pid, pid_t task, struct elfimg *img, struct pyinfo
     return 0;
 }
 
+/* 3.13+: the interpreter describes its own layout in _Py_DebugOffsets at the
+ * start of _PyRuntime; what memprof's table says must agree before anything is
+ * injected. Also tells a free-threaded build (other object header). A verdict
+ * goes to info->abi_error; nothing here fails the probe itself. */
+static void check_abi(pid_t task, struct elfimg *img, struct pyinfo *info)
+{
+    const struct pyabi *abi = pyabi_for((uint32_t)info->major << 24 | (uint32_t)info->minor << 16);
+    unsigned char buf[4096];
+    uint64_t addr;
+    uint32_t hex = (uint32_t)info->major << 24 | (uint32_t)info->minor << 16 | (uint32_t)info->micro << 8;
+    if (!abi || !(abi->caps & PYABI_DEBUG_OFFSETS)) return;
+    if ((size_t)abi->dbg.size > sizeof buf) return;
+    if (elfimg_sym(img, "_PyRuntime", ELFSYM_ANY, &addr, NULL) < 0) {
+        mp_err(info->abi_error, "Python %s: no _PyRuntime symbol; cannot check its layout", info->version);
+        return;
+    }
+    if (procmem_read(task, addr, buf, (size_t)abi->dbg.size) < 0) {
+        mp_err(info->abi_error, "Python %s: cannot read _PyRuntime: %s", info->version, strerror(errno));
+        return;
+    }
+    info->runtime = addr;
+    pyabi_check_debug_offsets(abi, hex, buf, (size_t)abi->dbg.size, info->abi_error);
+}
+
 static int is_libpython(const char *path)
 {
     const char *b = path_base(path);
@@ -279,6 +304,7 @@ int pyprobe(pid_t pid, struct pyinfo *info, char *err)
             if (read_version(pid, task, &img, info, err) == 0) {
                 snprintf(info->pylib, sizeof info->pylib, "%s", m->path);
                 info->shared = pass == 0;
+                check_abi(task, &img, info);
                 rc = 0;
             }
             elfimg_close(&img);
@@ -292,5 +318,5 @@ out:
 
 int pyprobe_supported(const struct pyinfo *info)
 {
-    return info->major == 3 && info->minor >= PY_MIN_MINOR && info->minor <= PY_MAX_MINOR;
+    return pyabi_supported(info->major, info->minor) && !info->abi_error[0];
 }

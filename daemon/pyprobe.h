@@ -5,16 +5,21 @@
 #define MEMPROF_PYPROBE_H
 
 #include <limits.h>
+#include <stdint.h>
 #include <sys/types.h>
 
-#define PY_MIN_MINOR 8   /* supported: 3.8 ... 3.13 */
-#define PY_MAX_MINOR 13
+#include "pyversions.h" /* the supported range: MP_PY_MIN_MINOR ... MP_PY_MAX_MINOR */
+#include "util.h"
 
 struct pyinfo {
     int major, minor, micro;
     char version[32];        /* "3.11.7" */
     char pylib[PATH_MAX];    /* file with the C API: libpython*.so or the executable, as the target sees it */
     int shared;              /* 1: libpython shared library; 0: linked into the executable */
+    uint64_t runtime;        /* address of _PyRuntime (3.13+: its _Py_DebugOffsets), 0 when unknown */
+    char abi_error[MP_ERRLEN]; /* why a supported version still cannot be profiled (its
+                                  _Py_DebugOffsets disagree with agent/pyabi.c, a
+                                  free-threaded build); "" when it can */
 };
 
 /* Fills info for a CPython process. Errors (one line, for the user):
@@ -23,7 +28,8 @@ struct pyinfo {
  *   "pid N: permission denied ...". Version support is NOT checked here. */
 int pyprobe(pid_t pid, struct pyinfo *info, char *err);
 
-/* 1 when info's version is within PY_MIN_MINOR..PY_MAX_MINOR of Python 3. */
+/* 1 when info's version has an entry in agent/pyabi.c and nothing in the
+ * target contradicts it (abi_error empty). */
 int pyprobe_supported(const struct pyinfo *info);
 
 #endif

@@ -21,6 +21,7 @@
 
 #include "attach.h"
 #include "dispatch.h"
+#include "http.h"
 #include "loop.h"
 #include "session.h"
 #include "util.h"
@@ -59,6 +60,16 @@ void server_log(const char *fmt, ...)
 }
 
 void server_request_stop(void) { stop_requested = 1; }
+
+void server_conn_counts(unsigned *clients, unsigned *agents)
+{
+    *clients = *agents = 0;
+    for (struct conn *c = conns; c; c = c->next) {
+        if (c->closing) continue;
+        *clients += c->kind == CONN_CLIENT;
+        *agents += c->kind == CONN_AGENT;
+    }
+}
 
 struct conn *conn_by_id(uint64_t id)
 {
@@ -548,7 +559,7 @@ int server_run(const char *socket_path, char *err)
     client_path = socket_path;
     if (loop_init(err) < 0 || loop_add_fd(client_lfd, LOOP_READ, accept_conns, NULL, err) < 0 ||
         loop_add_fd(afd, LOOP_READ, accept_conns, (void *)1, err) < 0 ||
-        loop_add_fd(sfd, LOOP_READ, signal_event, NULL, err) < 0)
+        loop_add_fd(sfd, LOOP_READ, signal_event, NULL, err) < 0 || http_start(err) < 0)
         return -1;
     server_log("memprofd " MEMPROF_VERSION " listening on %s (agents on @%s), agent library %s", socket_path, server_agent_sock,
                server_agent_lib);
@@ -560,6 +571,7 @@ int server_run(const char *socket_path, char *err)
         conn_close(c);
     }
     reap_closed();
+    http_stop();
     loop_free();
     free(conn_fd);
     conn_fd = NULL;

@@ -47,6 +47,8 @@ uint64_t server_adopt_agent(int fd);
 extern const char *server_agent_lib;
 void server_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void server_request_stop(void);
+/* Connections now open, by kind (for /metrics). */
+void server_conn_counts(unsigned *clients, unsigned *agents);
 /* Something with a deadline began (attach, detach, agent call): make sure attach_tick runs. */
 void server_wake_tick(void);
 

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include "pyprobe.h"
+#include "remote_exec.h"
 #include "wire.h"
 
 struct alloc_data;
@@ -43,6 +44,11 @@ struct session {
     pid_t ns_pid;               /* pid inside its own pid namespace (== pid on the host) */
     char container[64];         /* container hint (procinfo.h), "" on the host */
     int exiting;                /* the agent sent its final report: the process is ending */
+    int method_asked;           /* attach.c's ATTACH_AUTO, ATTACH_PTRACE or ATTACH_REMOTE_EXEC */
+    int method;                 /* how the agent went in: ATTACH_PTRACE or ATTACH_REMOTE_EXEC */
+    struct rx rx;               /* remote-exec request in flight (remote_exec.h) */
+    double exec_ms;             /* remote-exec: how long the script held the main thread */
+    char note[256];             /* why auto went by ptrace, for the client */
     struct session *next;
 };
 

@@ -7,7 +7,7 @@
 #    the test summary must have no failure and no skip for a missing file.
 # 2. `make deb` there, then a bare minbase root (no compiler): `apt-get install ./memprof_*.deb python3`,
 #    `memprofd attach`, `memprof top --once`, `memprofd detach` on a real Python process.
-# Every mount is undone on every exit path. Logs and a summary go to build/fresh/.
+# Each step runs in its own mount and pid namespaces: nothing it mounts or starts outlives it. Logs and a summary go to build/fresh/.
 set -eu
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -16,14 +16,8 @@ mkdir -p "$out"
 [ "$(id -u)" -eq 0 ] || { echo "check-fresh: needs root (debootstrap, chroot, mounts)" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/memprof-fresh.XXXXXX)
-mounted=""
 cleanup() {
-    # Any process still running inside our roots was started by this script: end it by pid.
-    for d in /proc/[0-9]*; do
-        case "$(readlink "$d/root" 2>/dev/null)" in "$work"/*) kill -9 "${d#/proc/}" 2>/dev/null || true ;; esac
-    done
-    for m in $mounted; do umount -l "$m" 2>/dev/null || true; done
-    rm -rf "$work"
+    rm -rf "$work" # in_root's namespaces took their processes and mounts with them
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -32,21 +26,42 @@ t0=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - t0 )) s"; }
 fail() { echo "check-fresh: FAILED: $*" >&2; echo "FAILED: $*" >>"$out/summary"; exit 1; }
 
-# A root from a cached tarball, with /proc, /dev, /sys mounted and the host's resolver.
+# Runs a shell command as root inside DIR, as on a machine of its own: a new mount and pid namespace whose
+# root is DIR (pivot_root, not chroot: user namespaces and mount propagation work inside as on a real host),
+# with /proc, /dev, /sys and a tmpfs /tmp. When the command ends, the namespaces end: every process it left
+# is killed and every mount is gone. No host variable leaks in.
+in_root() { # DIR COMMAND
+    unshare --mount --pid --fork --propagation private sh -c '
+        set -e
+        r=$1
+        mount --bind "$r" "$r"
+        mount -t proc proc "$r/proc"
+        mount --rbind /dev "$r/dev"
+        mount -t sysfs sysfs "$r/sys"
+        mount -t tmpfs tmpfs "$r/tmp"
+        cd "$r"
+        mkdir -p .oldroot
+        pivot_root . .oldroot
+        umount -l /.oldroot
+        rmdir /.oldroot
+        exec /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
+            PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /bin/sh -c "$0"' "$2" "$1"
+}
+
+# This workplace reaches package registries through a TLS proxy whose CA the host trusts
+# (/usr/local/share/ca-certificates, npm's cafile); a machine of its own here has them too, so the root gets
+# them as well: that is the machine's setup, not something memprof needs. A root from a cached tarball,
+# with the host's resolver.
 make_root() { # DIR NAME
     mkdir -p "$1"
     tar -C "$1" -xzf "$(sh scripts/mkroot.sh "$2")"
     cp /etc/resolv.conf "$1/etc/resolv.conf"
-    mount -t proc proc "$1/proc" && mounted="$1/proc $mounted"
-    mount --bind /dev "$1/dev" && mounted="$1/dev $mounted"
-    mount --bind /dev/pts "$1/dev/pts" && mounted="$1/dev/pts $mounted"
-    mount -t sysfs sysfs "$1/sys" && mounted="$1/sys $mounted"
-    mount -t tmpfs tmpfs "$1/tmp" && mounted="$1/tmp $mounted"
-}
-# Runs a shell command as root inside DIR with a login-like environment (no host variables leak in).
-in_root() { # DIR COMMAND
-    chroot "$1" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
-        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /bin/sh -c "$2"
+    if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+        mkdir -p "$1/usr/local/share/ca-certificates"
+        cp /usr/local/share/ca-certificates/*.crt "$1/usr/local/share/ca-certificates/"
+        in_root "$1" 'update-ca-certificates >/dev/null 2>&1 || true'
+        echo "cafile=/etc/ssl/certs/ca-certificates.crt" >>"$1/etc/npmrc"
+    fi
 }
 
 : >"$out/summary"

@@ -66,7 +66,7 @@ _memprof()
         fi
     done
     if [[ -z $cmd ]]; then
-        COMPREPLY=($(compgen -W "run status ps types growth backrefs chain top lines snapshot diff plot export
+        COMPREPLY=($(compgen -W "run status ps types growth backrefs chain top lines snapshot diff plot export flamegraph
                                  ipython-path help --help --version" -- "$cur"))
         return 0
     fi
@@ -83,7 +83,8 @@ _memprof()
         snapshot) opts="--pid -o --output --socket" ;;
         diff) opts="--pid --window --session --limit --socket" ;;
         plot) opts="--pid --session -o --output --title --format --socket" ;;
-        export) opts="--pid --session --format -o --output --socket" ;;
+        export) opts="--pid --session --format -o --output --allocated --socket" ;;
+        flamegraph) opts="--pid --session -o --output --allocated --socket" ;;
         ipython-path) opts="" ;;
         *) return 0 ;;
     esac
@@ -108,7 +109,7 @@ _memprofd()
     fi
     _memprof_value "$prev" "$cmd" "" && return 0
     case $cmd in
-        serve) opts="--socket --agent" ;;
+        serve) opts="--socket --agent --http --http-allow-remote --http-token-file --metrics-top" ;;
         attach) opts="--pid --sample-rate --exact --max-frames --interval --no-track --socket" ;;
         detach) opts="--pid --socket" ;;
         stop) opts="--socket" ;;

@@ -1,13 +1,24 @@
 #!/bin/sh
-# install-deps.sh -- installs every Debian package memprof's build, tests, demo and bench need (idempotent).
+# install-deps.sh -- installs the Debian packages memprof needs (idempotent): `build` for make and make demo,
+# `all` (the default) adds what the tests and the benchmark use.
 set -eu
-PKGS="build-essential pkg-config libelf-dev libdw-dev libbpf-dev libprotobuf-c-dev protobuf-c-compiler
-      dpkg-dev man-db groff-base bash-completion
-      python3 python3-pytest graphviz gdb bc procps
+BUILD_PKGS="build-essential pkg-config libelf-dev libdw-dev libbpf-dev libprotobuf-c-dev protobuf-c-compiler
+      zlib1g-dev libmicrohttpd-dev python3 graphviz procps"
+TEST_PKGS="dpkg-dev man-db groff-base bash-completion
+      python3-pytest gdb bc curl
       python3-memory-profiler python3-objgraph python3-psutil
+      golang-go chromium prometheus
       python3-ipython python3-ipykernel python3-jupyter-client"
+case "${1:-all}" in
+    build) PKGS=$BUILD_PKGS ;;
+    all) PKGS="$BUILD_PKGS $TEST_PKGS" ;;
+    *) echo "usage: install-deps.sh [build|all]" >&2; exit 2 ;;
+esac
+# npm fetches d3-flame-graph for memprof flamegraph's page at build time; Debian's npm package, unless an
+# npm is already there (NodeSource's nodejs ships its own and conflicts with Debian's).
+command -v npm >/dev/null 2>&1 || PKGS="$PKGS npm"
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-deps: not a Debian system (no dpkg/apt-get): install by hand a C compiler, make, pkg-config, the development files of libelf, libdw, libbpf and protobuf-c, protoc-c, python3 and pytest, then run make" >&2
+    echo "install-deps: not a Debian system (no dpkg/apt-get): install by hand a C compiler, make, pkg-config, the development files of libelf, libdw, libbpf, protobuf-c, zlib and libmicrohttpd, protoc-c, npm, python3 and pytest, then run make" >&2
     exit 1
 fi
 missing=""

@@ -5,13 +5,14 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import time
 
 import pytest
 
-from pythons import INTERPRETERS, SUPPORTED_IDS, UNSUPPORTED_IDS, report_lines
+from pythons import INTERPRETERS, SUPPORTED_IDS, UNSUPPORTED_IDS, _version_of, report_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.abspath(os.environ.get("MEMPROF_BUILD", os.path.join(ROOT, "build")))  # make test-asan: build/asan
@@ -19,6 +20,84 @@ MEMPROFD = os.path.join(BUILD, "memprofd")
 MEMPROF = os.path.join(BUILD, "memprof")
 WORKLOADS = os.path.join(ROOT, "tests", "workloads")
 TARGETS = os.path.join(ROOT, "tests", "targets")
+
+def debian_root(name):
+    """(tarball, None) of scripts/mkroot.sh NAME, or (None, why not). With $MEMPROF_CACHE set (CI sets it), a
+    missing root is built there (a minute, once, from Debian's mirror); without, only one already in
+    build/cache is used, so a plain `make test` on a new machine downloads nothing and says so."""
+    cache = os.environ.get("MEMPROF_CACHE")
+    if not cache:
+        tarball = os.path.join(ROOT, "build", "cache", "%s.tar.gz" % name)
+        if os.path.isfile(tarball):
+            return tarball, None
+        return None, ("no Debian %s root: MEMPROF_CACHE=DIR make test builds one with scripts/mkroot.sh %s"
+                      % (name, name))
+    try:
+        r = subprocess.run(["sh", os.path.join(ROOT, "scripts", "mkroot.sh"), name], capture_output=True, text=True,
+                           timeout=1800, cwd=ROOT, env=dict(os.environ, MEMPROF_CACHE=cache))
+    except subprocess.TimeoutExpired:
+        return None, "scripts/mkroot.sh %s took more than 30 min" % name
+    tarball = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+    if r.returncode != 0 or not os.path.isfile(tarball):
+        return None, "no Debian %s root (scripts/mkroot.sh %s failed: %s)" % (
+            name, name, (r.stderr.strip().splitlines() or ["?"])[-1])
+    return os.path.abspath(tarball), None
+
+
+# Debian sid's Pythons (3.13-3.15 here need sid's glibc) run inside a root built by scripts/mkroot.sh,
+# extracted once to build/sid-root, through a wrapper script: in a mount namespace of its own (nothing is ever
+# mounted on the host, so no `rm -rf build` can reach through a bind) the checkout, a build outside it, /tmp,
+# /proc and /dev are bound in at the same paths, then `chroot ROOT /usr/bin/python3.X` in the same working
+# directory. Every step execs: the pid the test sees is the interpreter's.
+SID_MINORS = (13, 14, 15)
+SID_ROOT = os.path.join(BUILD, "sid-root")
+SID_BINDS = sorted({ROOT, BUILD if not BUILD.startswith(ROOT + "/") else ROOT, "/tmp", "/proc", "/dev"})
+SID_NOTE = []  # why the sid interpreters are missing
+SID_WRAPPER = """#!/bin/sh
+exec unshare --mount --propagation private sh -c '
+r=$0
+for m in %(binds)s; do mount --bind "$m" "$r$m" || exit 127; done
+exec chroot "$r" /usr/bin/env --chdir="$PWD" %(inside)s "$@"' %(root)s "$@"
+"""
+
+
+def _sid_interpreters():
+    if os.geteuid() != 0:
+        SID_NOTE.append("the sid root needs root (chroot, mount namespaces)")
+        return {}
+    if not os.path.exists(os.path.join(SID_ROOT, ".extracted")):
+        tarball, why = debian_root("sid")
+        if not tarball:
+            SID_NOTE.append(why)
+            return {}
+        os.makedirs(SID_ROOT, exist_ok=True)
+        if subprocess.call(["tar", "-xzf", tarball, "-C", SID_ROOT]) != 0:
+            SID_NOTE.append("cannot extract %s" % tarball)
+            return {}
+        open(os.path.join(SID_ROOT, ".extracted"), "w").close()
+    for m in SID_BINDS:
+        os.makedirs(SID_ROOT + m, exist_ok=True)  # the mount points, empty on the host
+    found = {}
+    wrappers = os.path.join(BUILD, "sid-bin")
+    os.makedirs(wrappers, exist_ok=True)
+    for minor in SID_MINORS:
+        inside = "/usr/bin/python3.%d" % minor
+        if not os.access(SID_ROOT + inside, os.X_OK):
+            continue
+        exe = os.path.join(wrappers, "python3.%d" % minor)
+        with open(exe, "w") as f:
+            f.write(SID_WRAPPER % {"binds": " ".join(SID_BINDS), "inside": inside, "root": SID_ROOT})
+        os.chmod(exe, 0o755)
+        ver = _version_of(exe)
+        if ver:
+            found["sid-3.%d" % minor] = (exe, ver)
+    return found
+
+
+INTERPRETERS.update(_sid_interpreters())
+SID_IDS = ["sid-3.%d" % m for m in SID_MINORS]
+SUPPORTED_IDS = SUPPORTED_IDS + SID_IDS
+
 
 
 def default_python():
@@ -32,6 +111,8 @@ def default_python():
 def interpreter(pyid):
     """The interpreter's (path, version), or a visible skip when this machine lacks it."""
     if pyid not in INTERPRETERS:
+        if pyid in SID_IDS and SID_NOTE:
+            pytest.skip("%s: %s" % (pyid, SID_NOTE[0]))
         pytest.skip("%s is not installed on this machine" % pyid)
     return INTERPRETERS[pyid]
 
@@ -220,3 +301,25 @@ def workload(name):
 
 def target_script(name):
     return os.path.join(TARGETS, name)
+
+
+# ---- hand-made wire messages, for tests that speak to the daemon below the client library
+
+def pb_frame(payload):
+    """One frame: 4-byte little-endian length, then the encoded Envelope."""
+    return struct.pack("<I", len(payload)) + payload
+
+
+def pb_varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7f, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def pb_field(num, wire, data):
+    """One protobuf field: wire 0 = varint, 2 = length-delimited bytes."""
+    key = pb_varint(num << 3 | wire)
+    return key + (pb_varint(data) if wire == 0 else pb_varint(len(data)) + data)

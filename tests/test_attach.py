@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import (INTERPRETERS, default_python, MEMPROFD, SUPPORTED_IDS, UNSUPPORTED_IDS, Target, agent_mapped, interpreter,
-                      proc_state, target_script, workload)
+                      proc_state, target_script, workload, pb_field, pb_frame)
 
 
 def status_of(daemon, pid):
@@ -225,6 +225,22 @@ def test_unsupported_python(pyid, daemon, targets):
     t.wait_for(r"^tick")
 
 
+def test_unknown_future_python(daemon, targets, tmp_path):
+    """A version past the table (3.16) is refused by its number, never guessed at:
+    a stand-in program (tests/targets/fake_python.c) that exports what the probe
+    reads from a real interpreter (Py_Version, Py_GetVersion) as python3.16."""
+    exe = str(tmp_path / "python3.16")
+    subprocess.check_call(["cc", "-O0", "-rdynamic", "-o", exe, os.path.join(os.path.dirname(__file__), "targets",
+                                                                           "fake_python.c")])
+    t = targets.start([exe])
+    t.wait_for(r"^ready 3.16.0a1")
+    expect_refused(daemon, t.pid, r"pid %d: unsupported Python 3.16 \(memprof supports 3.8 to 3.15\)" % t.pid)
+    assert_untouched(t.pid)
+    procs = {p["pid"]: p for p in json.loads(daemon.run("ps", "--json").stdout)}
+    assert procs[t.pid]["python"] == "3.16.0a1" and not procs[t.pid]["supported"]
+    assert re.search(r"^%d\s+\S+\s+3\.16\.0a1!" % t.pid, daemon.run("ps").stdout, re.M)
+
+
 def test_stopped_target_is_left_stopped(daemon, targets):
     exe = default_python()
     t = targets.start([exe, "-u", target_script("idle.py")])
@@ -316,34 +332,19 @@ def _agent_socket_name(daemon):
     return m.group(1)
 
 
-def _frame(payload):
-    return struct.pack("<I", len(payload)) + payload
 
 
-def _varint(n):
-    out = b""
-    while True:
-        b, n = n & 0x7f, n >> 7
-        out += bytes([b | (0x80 if n else 0)])
-        if not n:
-            return out
 
 
-def _field(num, wire, data):
-    """One protobuf field: wire 0 = varint, 2 = length-delimited bytes."""
-    key = _varint(num << 3 | wire)
-    if wire == 0:
-        return key + _varint(data)
-    return key + _varint(len(data)) + data
 
 
 def test_agent_with_bad_token_is_refused(daemon):
     name = _agent_socket_name(daemon)
-    hello = _field(1, 0, 1) + _field(2, 0, 1) + _field(3, 2, b"0" * 32)
+    hello = pb_field(1, 0, 1) + pb_field(2, 0, 1) + pb_field(3, 2, b"0" * 32)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(5)
     s.connect("\0" + name)
-    s.sendall(_frame(_field(1, 2, hello)))
+    s.sendall(pb_frame(pb_field(1, 2, hello)))
     reply = b""
     while True:
         chunk = s.recv(4096)
@@ -461,7 +462,7 @@ def test_memprof_help_lists_commands_and_each_has_help():
 
 def test_ps_lists_python_processes(daemon, targets):
     found = {}
-    for pyid in ("debian-3.11", "pyenv-3.13", "pyenv-3.7"):
+    for pyid in ("debian-3.11", "pyenv-3.13", "pyenv-3.7", "sid-3.14", "sid-3.15"):
         if pyid in INTERPRETERS:
             t = targets.start([INTERPRETERS[pyid][0], "-u", target_script("idle.py")])
             t.wait_for(r"^ready")
@@ -473,10 +474,13 @@ def test_ps_lists_python_processes(daemon, targets):
     for pid, version in found.items():
         assert pid in procs and procs[pid]["python"] == version
         assert procs[pid]["rss"] > 1 << 20
-        assert procs[pid]["supported"] == (version.startswith("3.") and 8 <= int(version.split(".")[1]) <= 13)
+        assert procs[pid]["supported"] == (version.startswith("3.") and 8 <= int(version.split(".")[1]) <= 15)
     assert s.pid not in procs
     table = daemon.run("ps").stdout
     assert table.startswith("PID") and str(next(iter(found))) in table
+    for pid, version in found.items():  # '!' marks an unsupported version
+        mark = "" if procs[pid]["supported"] else "!"
+        assert re.search(r"^%d\s+\S+\s+%s%s\s" % (pid, re.escape(version), re.escape(mark)), table, re.M), table
 
 
 def test_multiline_command_is_one_row(daemon, targets):
@@ -497,7 +501,7 @@ def test_multiline_command_is_one_row(daemon, targets):
         lines = r.stdout.splitlines()
         assert lines[0].startswith(first), r.stdout
         # every line is the header, a row starting with a number, or ps's footnote
-        assert all(re.match(r"^(\d+ |\(! = )", l) for l in lines[1:]), r.stdout
+        assert all(re.match(r"^(\d+ |\(! = |memprofd )", l) for l in lines[1:]), r.stdout  # status ends with the versions
         mine = [l for l in lines if re.match(r"^(\d+\s+)?%d\s" % t.pid, l)]
         assert len(mine) == 1 and mine[0].endswith(shown), (shown, r.stdout)
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", r.stdout), repr(r.stdout)
@@ -549,7 +553,7 @@ def test_protocol_mismatch_is_refused_clearly(daemon):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(5)
     s.connect(daemon.socket)
-    s.sendall(_frame(_field(1, 2, _field(1, 0, 99))))  # Hello{protocol=99, role=CLIENT}
+    s.sendall(pb_frame(pb_field(1, 2, pb_field(1, 0, 99))))  # Hello{protocol=99, role=CLIENT}
     reply = b""
     while True:
         chunk = s.recv(4096)
@@ -570,9 +574,9 @@ def test_attach_whose_client_vanishes_is_undone(daemon, targets):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(daemon.socket)
     s.settimeout(5)
-    s.sendall(_frame(_field(1, 2, _field(1, 0, 1))))          # Hello{protocol=1}
+    s.sendall(pb_frame(pb_field(1, 2, pb_field(1, 0, 1))))          # Hello{protocol=1}
     assert s.recv(4096)                                       # HelloReply
-    s.sendall(_frame(_field(3, 2, _field(1, 0, t.pid))))      # AttachRequest{pid}
+    s.sendall(pb_frame(pb_field(3, 2, pb_field(1, 0, t.pid))))      # AttachRequest{pid}
     s.close()
     deadline = time.time() + 15
     st = None

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from conftest import ROOT, TARGETS, default_python, proc_state, target_script, workload
-from test_attach import _agent_socket_name, _field, _frame, agent_threads
+from conftest import ROOT, TARGETS, debian_root, default_python, pb_field, pb_frame, proc_state, target_script, workload
+from test_attach import _agent_socket_name, agent_threads
 
 PY = "python3.13"
 WORK = "/memprof-test"  # where the test's scripts are, inside the root
@@ -35,16 +35,9 @@ def _need_root_tools():
 def sid_root():
     """The Debian sid root, extracted once into a temporary directory (removed at the end)."""
     _need_root_tools()
-    env = dict(os.environ)
-    env.setdefault("MEMPROF_CACHE", os.path.join(ROOT, "build", "cache"))
-    try:
-        r = subprocess.run(["sh", os.path.join(ROOT, "scripts", "mkroot.sh"), "sid"], capture_output=True, text=True,
-                           timeout=1800, cwd=ROOT, env=env)
-    except subprocess.TimeoutExpired:
-        pytest.skip("scripts/mkroot.sh sid took more than 30 min")
-    tarball = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
-    if r.returncode != 0 or not os.path.isfile(tarball):
-        pytest.skip("no Debian sid root (scripts/mkroot.sh sid failed: %s)" % (r.stderr.strip().splitlines() or ["?"])[-1])
+    tarball, why = debian_root("sid")
+    if not tarball:
+        pytest.skip(why)
     tmp = tempfile.mkdtemp(prefix="sid-root-")
     root = os.path.join(tmp, "root")
     os.mkdir(root)
@@ -216,13 +209,13 @@ def test_other_container_cannot_pose_as_agent(sid_root, daemon, targets):
     # b shares the daemon's network namespace (it can reach the agent socket), not its pids
     b = Contained(targets, sid_root, "idle.py", net=False)
     name = _agent_socket_name(daemon)
-    info = _field(1, 0, a.pid)  # AgentInfo.pid: a's
-    hello = _field(1, 0, 1) + _field(2, 0, 1) + _field(3, 2, b"0" * 32) + _field(4, 2, info)
+    info = pb_field(1, 0, a.pid)  # AgentInfo.pid: a's
+    hello = pb_field(1, 0, 1) + pb_field(2, 0, 1) + pb_field(3, 2, b"0" * 32) + pb_field(4, 2, info)
     code = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.settimeout(5)\n"
             "s.connect('\\0' + sys.argv[1])\ns.sendall(bytes.fromhex(sys.argv[2]))\nr = b''\n"
             "while True:\n    c = s.recv(4096)\n    if not c: break\n    r += c\nprint(r)\n")
     r = subprocess.run(["nsenter", "-t", str(b.pid), "-m", "-p", "-r", "-w", PY, "-c", code, name,
-                        _frame(_field(1, 2, hello)).hex()], capture_output=True, text=True, timeout=30)
+                        pb_frame(pb_field(1, 2, hello)).hex()], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert "no attach in progress" in r.stdout or "bad token" in r.stdout, r.stdout
     assert re.search(r"refused agent connection from pid \d+", daemon.log_tail(10))

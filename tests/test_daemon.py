@@ -11,32 +11,20 @@ import time
 import pytest
 
 from conftest import (INTERPRETERS, MEMPROF, SUPPORTED_IDS, default_python, interpreter, proc_state, target_script,
-                      workload)
+                      workload, pb_field, pb_frame)
 
 
-def _frame(payload):
-    return struct.pack("<I", len(payload)) + payload
 
 
-def _varint(n):
-    out = b""
-    while True:
-        b, n = n & 0x7f, n >> 7
-        out += bytes([b | (0x80 if n else 0)])
-        if not n:
-            return out
 
 
-def _field(num, wire, data):
-    key = _varint(num << 3 | wire)
-    return key + (_varint(data) if wire == 0 else _varint(len(data)) + data)
 
 
-HELLO = _frame(_field(1, 2, _field(1, 0, 1)))  # Envelope.hello{protocol 1, role CLIENT}
+HELLO = pb_frame(pb_field(1, 2, pb_field(1, 0, 1)))  # Envelope.hello{protocol 1, role CLIENT}
 
 
 def alloc_query(pid):
-    return _frame(_field(18, 2, _field(1, 0, pid) + _field(2, 0, 1)))  # Envelope.alloc_query{pid, history}
+    return pb_frame(pb_field(18, 2, pb_field(1, 0, pid) + pb_field(2, 0, 1)))  # Envelope.alloc_query{pid, history}
 
 
 def rss_kib(pid):
@@ -133,11 +121,11 @@ def test_unknown_request_gets_typed_error_and_connection_stays(daemon):
     s.connect(daemon.socket)
     s.sendall(HELLO)
     assert _recv_frame(s)[:1] == b"\x12"  # Envelope.hello_reply (field 2)
-    s.sendall(_frame(_field(99, 2, b"")))  # Envelope field 99: not in this daemon's schema
+    s.sendall(pb_frame(pb_field(99, 2, b"")))  # Envelope field 99: not in this daemon's schema
     reply = _recv_frame(s)
     assert reply[:1] == b"\x6a", reply  # Envelope.error (field 13)
-    assert b"unsupported request" in reply and _field(2, 0, 1) in reply, reply  # ErrorReply.code = 1
-    s.sendall(_frame(_field(7, 2, b"")))  # Envelope.status
+    assert b"unsupported request" in reply and pb_field(2, 0, 1) in reply, reply  # ErrorReply.code = 1
+    s.sendall(pb_frame(pb_field(7, 2, b"")))  # Envelope.status
     assert _recv_frame(s)[:1] == b"\x42"  # Envelope.status_reply (field 8)
     s.close()
 
@@ -148,9 +136,9 @@ def test_agent_message_from_a_client_is_refused_with_bad_request(daemon):
     s.connect(daemon.socket)
     s.sendall(HELLO)
     _recv_frame(s)
-    s.sendall(_frame(_field(17, 2, b"")))  # Envelope.alloc_report: agents only
+    s.sendall(pb_frame(pb_field(17, 2, b"")))  # Envelope.alloc_report: agents only
     reply = _recv_frame(s)
-    assert b"unexpected message" in reply and _field(2, 0, 2) in reply, reply  # ErrorReply.code = BAD_REQUEST
+    assert b"unexpected message" in reply and pb_field(2, 0, 2) in reply, reply  # ErrorReply.code = BAD_REQUEST
     s.close()
     assert daemon.run("status").returncode == 0
 

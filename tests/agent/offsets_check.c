@@ -19,7 +19,7 @@ int oc_walk(char *out, int outlen)
     const char *(*utf8)(void *) = NULL;
     int (*addr2line)(void *, int) = NULL;
     void *code_type, *tstate, *frame;
-    const struct pyoffsets *o;
+    const struct pyabi *o;
     char err[MP_ERRLEN];
     int n = 0, len = 0;
 
@@ -28,41 +28,38 @@ int oc_walk(char *out, int outlen)
         snprintf(out, (size_t)outlen, "%s", err);
         return -1;
     }
-    o = pyapi_offsets();
+    o = pyapi_abi();
     utf8 = (const char *(*)(void *))pyapi_sym("PyUnicode_AsUTF8");
     addr2line = (int (*)(void *, int))pyapi_sym("PyCode_Addr2Line");
     code_type = pyapi_sym("PyCode_Type");
     if (!o || !PY.ThreadState_Get || !utf8 || !addr2line || !code_type) {
-        snprintf(out, (size_t)outlen, "no offsets for %s or missing symbols", pyapi_version());
+        snprintf(out, (size_t)outlen, "no ABI entry for %s (%s) or missing symbols", pyapi_version(),
+                 pyapi_abi_error());
         return -1;
     }
     tstate = PY.ThreadState_Get();
-    if (o->ts_frame >= 0) frame = FIELD(tstate, o->ts_frame, void *);
-    else if (o->ts_cframe >= 0)
-        frame = FIELD(FIELD(tstate, o->ts_cframe, void *), o->cframe_current_frame, void *);
-    else frame = FIELD(tstate, o->ts_current_frame, void *);
-
-    for (; frame && n < 500; frame = FIELD(frame, o->frame_back, void *)) {
-        void *code = FIELD(frame, o->frame_code, void *);
+    /* the same walk as the hooks' pyapi_walk, spelled out from the table */
+    for (frame = pyapi_top_frame(tstate); frame && n < 500; frame = FIELD(frame, o->frame.back, void *)) {
+        void *code = pyapi_frame_code(frame);
         int lasti;
-        if (FIELD(code, o->ob_type, void *) != code_type) continue; /* 3.13 f_executable */
-        if (o->frame_owner >= 0) {
-            int owner = FIELD(frame, o->frame_owner, char);
-            char *first = (char *)code + o->co_code_adaptive;
-            char *instr = FIELD(frame, o->frame_instr, char *);
-            if (owner == o->owner_cstack) continue; /* shim frame */
-            if (owner != o->owner_generator &&
-                instr < first + 2 * FIELD(code, o->co_firsttraceable, int))
+        if (!code || FIELD(code, PYABI_OB_TYPE, void *) != code_type) continue; /* 3.13+ f_executable */
+        if (o->frame.owner >= 0) {
+            int owner = FIELD(frame, o->frame.owner, char);
+            char *first = (char *)code + o->code.code_adaptive;
+            char *instr = FIELD(frame, o->frame.instr, char *);
+            if (owner >= o->frame.first_not_python) continue; /* shim or entry frame */
+            if (owner != o->frame.owned_by_generator &&
+                instr < first + 2 * FIELD(code, o->code.firsttraceable, int))
                 continue; /* incomplete */
             lasti = (int)(instr - first);
         } else {
-            lasti = FIELD(frame, o->frame_lasti, int);
-            if (o->minor == 10) lasti *= 2; /* 3.10 counts code units */
+            lasti = FIELD(frame, o->frame.lasti, int);
+            if (o->caps & PYABI_LASTI_UNITS) lasti *= 2; /* 3.10 counts code units */
         }
         len += snprintf(out + len, (size_t)(outlen - len), "%s|%s|%d|%d\n",
-                        utf8(FIELD(code, o->co_name, void *)),
-                        utf8(FIELD(code, o->co_filename, void *)),
-                        FIELD(code, o->co_firstlineno, int), addr2line(code, lasti));
+                        utf8(FIELD(code, o->code.name, void *)),
+                        utf8(FIELD(code, o->code.filename, void *)),
+                        FIELD(code, o->code.firstlineno, int), addr2line(code, lasti));
         if (len >= outlen) return -1;
         n++;
     }

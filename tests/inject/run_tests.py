@@ -310,8 +310,11 @@ def busy_loads(py, code, n, label):
             continue
         ok += 1
         retries.append((label, ms, tries))
-        t0 = cpu_ticks(p.pid)
-        time.sleep(0.1)
+        # Still running? A deadlocked target never uses CPU again; a starved one (a loaded machine gives it
+        # less than a 10 ms tick in 0.1 s) does within seconds.
+        t0, deadline = cpu_ticks(p.pid), time.time() + 10
+        while cpu_ticks(p.pid) == t0 and time.time() < deadline:
+            time.sleep(0.05)
         if cpu_ticks(p.pid) == t0:
             check(False, "%s: target stopped making progress after load %d (deadlock?)" % (label, i))
             break
@@ -474,11 +477,13 @@ def test_misbehaving():
 
 
 def test_seccomp():
-    print("seccomp: W^X enforced (mmap RWX -> EACCES) works; SIGSYS is reported, target survives")
+    print("seccomp: W^X enforced (mmap RWX -> EACCES) works; SIGSYS is reported, target survives;")
+    print("  memfd_create trapped (SIGSYS in the stub's own syscall): a copy in its /tmp instead")
     py = main_python()
     if not py:
         return
-    for mode, want in (("eacces", "ok"), ("trap", "a seccomp filter forbids")):
+    for mode, want in (("eacces", "ok"), ("trap", "a seccomp filter forbids"),
+                       ("memfd-trap", "how=a copy in its /tmp (memfd: memfd_create stopped by a seccomp filter")):
         p = spawn([py, os.path.join(HERE, "seccomp_target.py"), mode], stdout=subprocess.PIPE, text=True)
         wait_blocked(p.pid)
         rc, out = drv("load", p.pid, LIB, SYM, "seccomp-" + mode)

@@ -30,6 +30,10 @@ uint32_t pyapi_hexversion(void)
     return a << 24 | b << 16 | c << 8 | 0xf0;
 }
 
+const struct pyabi *pyapi_abi(void) { return pyabi_for(pyapi_hexversion()); }
+
+const char *pyapi_abi_error(void) { return "unsupported Python (memprof supports " MP_PY_RANGE ")"; }
+
 /* ------------------------------------------------ the GIL, as agent.c takes it */
 
 static int gil_take(void)

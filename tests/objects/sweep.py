@@ -51,6 +51,7 @@ keep = {
     ("tuple", "key"): "tuple-keyed", 42: "int-keyed", 1.5: "float-keyed",
     "memview": memoryview(b"abc"), "range": range(10), "slice": slice(1, 2),
     "exc": ValueError("x"), "cell_user": None,
+    "tup": (None, Plain()), "lst": [None, None, Plain()],
 }
 keep["slots"][0].a = keep["plain"][0]
 keep["plain"][1].ref = keep["slots"][1]
@@ -84,6 +85,10 @@ def main():
                       ("closure", keep["closure"].__closure__[0].cell_contents),
                       ("bound-self", keep["bound"].__self__)):
         r = h.backrefs(addr=id(obj), max_depth=2)
+        print(what, sorted(set(e[2] for e in r["edges"])))
+    # item labels: only the direct referrers (the tuple, the list)
+    for what, obj in (("tuple-item", keep["tup"][1]), ("list-item", keep["lst"][2])):
+        r = h.backrefs(addr=id(obj), max_depth=1)
         print(what, sorted(set(e[2] for e in r["edges"])))
     print("%s: %d types swept, %d failures" % (sys.version.split()[0], len(names), bad))
     return 1 if bad else 0

@@ -143,9 +143,13 @@ INSTALL_FILES = \
     $(BUILD)/man/memprofd.8:share/man/man8/memprofd.8:0644 \
     scripts/completion.bash:share/bash-completion/completions/memprof:0644 \
     scripts/completion.bash:share/bash-completion/completions/memprofd:0644 \
-    $(BUILD)/memprofd.service:lib/systemd/system/memprofd.service:0644
-# Directories that are memprof's alone: uninstall removes them once empty.
-INSTALL_OWN_DIRS = lib/memprof
+    $(BUILD)/memprofd.service:lib/systemd/system/memprofd.service:0644 \
+    python/memprof/__init__.py:lib/python3/dist-packages/memprof/__init__.py:0644 \
+    python/memprof/_agent.py:lib/python3/dist-packages/memprof/_agent.py:0644 \
+    python/memprof/magics.py:lib/python3/dist-packages/memprof/magics.py:0644
+# Directories that are memprof's alone: uninstall removes them once empty (and
+# the Python package's __pycache__, which importing it as root leaves there).
+INSTALL_OWN_DIRS = lib/memprof lib/python3/dist-packages/memprof
 
 # Pages and unit name the installed paths and version: filled in here.
 SUBST = sed -e 's|@VERSION@|$(MEMPROF_VERSION)|g' -e 's|@PREFIX@|$(PREFIX)|g'
@@ -167,6 +171,7 @@ uninstall:
 	    if [ -e "$$dst" ] || [ -L "$$dst" ]; then echo "rm -f $$dst"; rm -f "$$dst"; fi; \
 	done
 	@for d in $(INSTALL_OWN_DIRS); do \
+	    rm -rf '$(DESTDIR)$(PREFIX)'/$$d/__pycache__; \
 	    if [ -d '$(DESTDIR)$(PREFIX)'/$$d ]; then rmdir '$(DESTDIR)$(PREFIX)'/$$d; fi; \
 	done
 

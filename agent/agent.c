@@ -906,7 +906,9 @@ static void agent_run(struct session *s)
 
     if (launched) {
         /* memprof run: the API, the version and the hooks were set up on a
-         * Python thread before the program's first line (launch.c) */
+         * Python thread before the program's first line (launch.c); attached
+         * again after a detach, the hooks are installed here */
+        if (!hooks_installed()) agent_track();
         if (session_connect(s, err) < 0 || session_hello(s, 1, err) < 0) {
             agent_log("%s", err);
             return;

@@ -112,6 +112,7 @@ static uint32_t stack_frames_len;
 static uint32_t *frame_stack;   /* exact: one-frame stack of a frame, or UINT32_MAX */
 static struct delta *deltas;
 static double *stack_live, *stack_peak; /* since tracking began: the peak live bytes per stack */
+static double heap_live, heap_peak, heap_alloc_bytes, heap_alloc_count; /* all stacks (memprof_heap_stats) */
 static uint32_t *dirty;
 static uint8_t *is_dirty;
 static uint32_t ndirty;
@@ -261,10 +262,14 @@ static inline void delta_add(uint32_t stack, double bytes, double count, int is_
         d->fb += bytes;
         d->fc += count;
         stack_live[stack] -= bytes;
+        heap_live -= bytes;
     } else {
         d->ab += bytes;
         d->ac += count;
         if ((stack_live[stack] += bytes) > stack_peak[stack]) stack_peak[stack] = stack_live[stack];
+        heap_alloc_bytes += bytes;
+        heap_alloc_count += count;
+        if ((heap_live += bytes) > heap_peak) heap_peak = heap_live;
     }
     if (!is_dirty[stack]) {
         is_dirty[stack] = 1;
@@ -966,6 +971,7 @@ int hooks_install(const struct hooks_conf *c, char *err)
         mp_err(err, "cannot allocate the allocation tables");
         return -1;
     }
+    heap_live = heap_peak = heap_alloc_bytes = heap_alloc_count = 0;
     T.countdown = 0;
     T.init = 0;
     gil_countdown = next_gap(); /* also starts this thread's generator... */
@@ -1084,6 +1090,7 @@ void hooks_atfork_follow(void)
     ndirty = 0;
     memset(stack_live, 0, MAX_STACKS * sizeof *stack_live);
     memset(stack_peak, 0, MAX_STACKS * sizeof *stack_peak);
+    heap_live = heap_peak = heap_alloc_bytes = heap_alloc_count = 0;
     if (bcap) memset(blocks, 0, bcap * sizeof *blocks);
     bcount = 0;
     memset(bitmap, 0, sizeof bitmap);
@@ -1231,4 +1238,28 @@ void hooks_report_free(Memprof__AllocReport *r)
     free(r->deltas);
     r->frames = NULL, r->stacks = NULL, r->deltas = NULL;
     r->n_frames = r->n_stacks = r->n_deltas = 0;
+}
+
+/* ------------------------------------------------------------ in-process readers (the IPython extension) */
+
+/* The tracked heap since tracking began, for a caller in the same process
+ * (ctypes): out[0] live bytes, out[1] their peak (since the last reset),
+ * out[2] bytes allocated, out[3] allocations. Estimates when sampling.
+ * Returns 1 with tracking on, 0 (zeros) without. Any thread. */
+AGENT_API int memprof_heap_stats(double *out)
+{
+    int on;
+    lock_take();
+    on = installed;
+    out[0] = heap_live, out[1] = heap_peak, out[2] = heap_alloc_bytes, out[3] = heap_alloc_count;
+    lock_give();
+    return on;
+}
+
+/* Start a new peak from the live bytes now (%memit, before each run). */
+AGENT_API void memprof_heap_peak_reset(void)
+{
+    lock_take();
+    heap_peak = heap_live;
+    lock_give();
 }

@@ -89,7 +89,16 @@ __attribute__((constructor)) static void launch_init(void)
         warn("memprof run", err);
         return;
     }
-    if (add_hook(audit_hook, NULL) < 0) warn("memprof run", "PySys_AddAuditHook failed");
+    if (add_hook(audit_hook, NULL) < 0) {
+        warn("memprof run", "PySys_AddAuditHook failed");
+        return;
+    }
+    /* The audit hook lives here and cannot be removed: the library must stay
+     * mapped, also when it was dlopen'ed (the IPython extension's ctypes) and a
+     * detach dlcloses it. */
+    Dl_info self;
+    if (dladdr((void *)audit_hook, &self) && self.dli_fname)
+        dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
 }
 
 /* os._exit (multiprocessing's children end with it) skips atexit: the final

@@ -152,11 +152,33 @@ int cmd_status(int argc, char **argv)
     return 0;
 }
 
+/* Jupyter/IPython kernels (ipykernel_launcher, python -m ipykernel): "[kernel] ", or "[kernel: NOTEBOOK] " when the kernel's
+ * environment names its notebook (Jupyter server 2.x sets JPY_SESSION_NAME;
+ * readable for our own processes, or as root). notebook gets the name or "". */
+static const char *kernel_mark(const Memprof__PsEntry *e, char *notebook, size_t nlen, char *buf, size_t len)
+{
+    char path[64], env[65536];
+    size_t n;
+    FILE *f;
+    buf[0] = notebook[0] = 0;
+    if (!e->cmdline || !(strstr(e->cmdline, "ipykernel_launcher") || strstr(e->cmdline, "-m ipykernel "))) return buf;
+    snprintf(path, sizeof path, "/proc/%d/environ", e->pid);
+    if ((f = fopen(path, "r"))) {
+        n = fread(env, 1, sizeof env - 1, f);
+        fclose(f);
+        env[n] = 0;
+        for (size_t i = 0; i < n; i += strlen(env + i) + 1)
+            if (!strncmp(env + i, "JPY_SESSION_NAME=", 17) && env[i + 17]) snprintf(notebook, nlen, "%s", env + i + 17);
+    }
+    snprintf(buf, len, notebook[0] ? "[kernel: %s] " : "[kernel] ", notebook);
+    return buf;
+}
+
 int cmd_ps(int argc, char **argv)
 {
     Envelope *reply;
     int json = 0, rc = parse_simple(argc, argv, usage_ps, &json);
-    char rss[32], where[128], ewhere[4 * sizeof where];
+    char rss[32], where[128], ewhere[4 * sizeof where], nb[1024], kmark[1100], ekmark[4 * sizeof kmark];
     if (rc) return rc - 1;
     if (request(MEMPROF__ENVELOPE__MSG_PS, &reply)) return 1;
     Memprof__PsReply *r = reply->ps_reply;
@@ -170,6 +192,9 @@ int cmd_ps(int argc, char **argv)
                    e->supported ? "true" : "false", (unsigned long long)e->rss_bytes, e->attached ? "true" : "false",
                    e->ns_pid ? e->ns_pid : e->pid);
             cli_json_str(stdout, e->container);
+            kernel_mark(e, nb, sizeof nb, kmark, sizeof kmark);
+            printf(", \"kernel\": %s, \"notebook\": ", kmark[0] ? "true" : "false");
+            cli_json_str(stdout, nb);
             printf(", \"command\": ");
             cli_json_str(stdout, e->cmdline);
             printf("}");
@@ -185,9 +210,10 @@ int cmd_ps(int argc, char **argv)
             char user[16], ver[40], ever[64], cmd[201];
             snprintf(user, sizeof user, "%s", pw ? pw->pw_name : "?");
             snprintf(ver, sizeof ver, "%s%s", e->python_version, e->supported ? "" : "!");
-            printf("%-8d %-10s %-8s %-11s %-9s %s%s\n", e->pid, user, cli_esc(ver, ever, sizeof ever),
+            printf("%-8d %-10s %-8s %-11s %-9s %s%s%s\n", e->pid, user, cli_esc(ver, ever, sizeof ever),
                    cli_bytes((double)e->rss_bytes, rss, sizeof rss), e->attached ? "yes" : "no",
                    cli_esc(cli_container(e->ns_pid, e->container, where, sizeof where), ewhere, sizeof ewhere),
+                   cli_esc(kernel_mark(e, nb, sizeof nb, kmark, sizeof kmark), ekmark, sizeof ekmark),
                    cli_esc(e->cmdline, cmd, sizeof cmd)); /* the first 200 characters, as before */
         }
         int unsupported = 0;

@@ -28,6 +28,8 @@ static const struct command commands[] = {
     {"plot", cmd_plot, "RSS and tracked heap over time, peaks named, as an SVG (like mprof plot)"},
     {"export", cmd_export, "a session's allocation data as JSON, collapsed stacks, pprof or speedscope"},
     {"flamegraph", cmd_flamegraph, "an interactive flame graph of live (or allocated) bytes as one HTML file"},
+    {"ipython-path", cmd_ipython_path, "where the IPython extension is (%load_ext memprof: %memit, %mprun)"},
+    {"inproc", cmd_inproc, NULL},
 };
 
 static void usage(FILE *f)
@@ -37,7 +39,7 @@ static void usage(FILE *f)
           "`memprofd attach --pid PID`; then:\n\n",
           f);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+        if (commands[i].summary) fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
     fputs("\nRun `memprof COMMAND --help` for a command's options. Every command takes\n"
           "--socket PATH to talk to a daemon other than the default one.\n"
           "`memprof --version` prints the version.\n",

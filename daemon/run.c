@@ -3,7 +3,9 @@
  * starts the program with them. An agent saying hello with that token becomes a
  * session without any injection, provided it is the client's descendant and
  * runs as the client's user; with follow_fork every such descendant does
- * (fork children, multiprocessing workers, Pythons the program execs). A run
+ * (fork children, multiprocessing workers, Pythons the program execs). The
+ * client's parent may also say hello: `memprof inproc`, started by an
+ * interpreter loading the agent itself (the IPython extension). A run
  * lasts as long as its client's connection. */
 #include "run.h"
 
@@ -98,7 +100,8 @@ struct session *run_agent_hello(struct conn *c, const Memprof__Hello *h, char *e
         mp_err(err, "no attach in progress for pid %d", (int)c->peer_pid);
         return NULL;
     }
-    if (c->peer_uid != r->uid || !descends_from(c->peer_pid, r->client_pid)) {
+    if (c->peer_uid != r->uid ||
+        !(descends_from(c->peer_pid, r->client_pid) || (r->client_pid > 1 && proc_ppid(r->client_pid) == c->peer_pid))) {
         mp_err(err, "pid %d: not started by the memprof run that owns this token", (int)c->peer_pid);
         return NULL;
     }

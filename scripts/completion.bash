@@ -67,7 +67,7 @@ _memprof()
     done
     if [[ -z $cmd ]]; then
         COMPREPLY=($(compgen -W "run status ps types growth backrefs chain top lines snapshot diff plot export flamegraph
-                                 help --help --version" -- "$cur"))
+                                 ipython-path help --help --version" -- "$cur"))
         return 0
     fi
     _memprof_value "$prev" "$cmd" "$sock" && return 0
@@ -85,6 +85,7 @@ _memprof()
         plot) opts="--pid --session -o --output --title --format --socket" ;;
         export) opts="--pid --session --format -o --output --allocated --socket" ;;
         flamegraph) opts="--pid --session -o --output --allocated --socket" ;;
+        ipython-path) opts="" ;;
         *) return 0 ;;
     esac
     if [[ $cur == -* || $cmd != diff ]]; then

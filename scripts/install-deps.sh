@@ -7,7 +7,8 @@ BUILD_PKGS="build-essential pkg-config libelf-dev libdw-dev libbpf-dev libprotob
 TEST_PKGS="dpkg-dev man-db groff-base bash-completion
       python3-pytest gdb bc curl
       python3-memory-profiler python3-objgraph python3-psutil python3-numpy
-      golang-go chromium prometheus"
+      golang-go chromium prometheus
+      python3-ipython python3-ipykernel python3-jupyter-client"
 case "${1:-all}" in
     build) PKGS=$BUILD_PKGS ;;
     all) PKGS="$BUILD_PKGS $TEST_PKGS" ;;

@@ -23,6 +23,9 @@ EXPECTED = {
     "share/bash-completion/completions/memprof": 0o644,
     "share/bash-completion/completions/memprofd": 0o644,
     "lib/systemd/system/memprofd.service": 0o644,
+    "lib/python3/dist-packages/memprof/__init__.py": 0o644,
+    "lib/python3/dist-packages/memprof/_agent.py": 0o644,
+    "lib/python3/dist-packages/memprof/magics.py": 0o644,
 }
 
 
@@ -189,7 +192,7 @@ def test_completion_subcommands_and_options(installed):
     assert complete(installed, "memprof", "t") == ["top", "types"]
     assert complete(installed, "memprof", "") == sorted(
         ["run", "status", "ps", "types", "growth", "backrefs", "chain", "top", "lines", "snapshot", "diff", "plot",
-         "export", "flamegraph", "help", "--help", "--version"])
+         "export", "flamegraph", "ipython-path", "help", "--help", "--version"])
     assert complete(installed, "memprofd", "") == sorted(["serve", "attach", "detach", "stop", "help", "--help",
                                                           "--version"])
     assert complete(installed, "memprofd", "a") == ["attach"]

@@ -60,6 +60,20 @@ def find_interpreters():
 INTERPRETERS = find_interpreters()
 
 
+def kernel_thread():
+    """The pid of a kernel thread this process can see (kthreadd is pid 2 on a host), or None: inside a
+    pid namespace of its own (a container, make check-fresh) none is visible."""
+    for d in sorted(glob.glob("/proc/[0-9]*"), key=lambda p: int(p[6:])):
+        try:
+            with open(d + "/stat") as f:
+                flags = int(f.read().rsplit(")", 1)[1].split()[6])
+        except (OSError, IndexError, ValueError):
+            continue
+        if flags & 0x00200000:  # PF_KTHREAD
+            return int(d[6:])
+    return None
+
+
 def first_of(*ids):
     """(id, path, version) of the first of ids found on this machine, or None."""
     for pyid in ids:

@@ -65,6 +65,10 @@ static void release(const Memprof__AgentRequest *req, Memprof__AgentReply *rep)
     else backrefs_free(rep);
 }
 
+/* ------------------------------------------------ cli/flame_page.S, stubbed (an empty page) */
+
+const char flame_page[] = "";
+
 /* ------------------------------------------------ client/client.c, stubbed */
 
 const char *client_socket_opt;

@@ -118,7 +118,12 @@ def interpreter(pyid):
 
 
 def pytest_report_header(config):
-    return ["memprof interpreters found:"] + report_lines()
+    lines = ["memprof interpreters found:"] + report_lines()
+    for pyid in SID_IDS:
+        path, ver = INTERPRETERS.get(pyid, (None, None))
+        lines.append("  %-12s %s" % (pyid, "%s (%s)" % (path, ver) if path else
+                                     "MISSING - its tests are skipped: %s" % (SID_NOTE[0] if SID_NOTE else "not in the root")))
+    return lines
 
 
 def proc_state(pid):

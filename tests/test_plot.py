@@ -258,7 +258,7 @@ def test_bad_input(daemon, targets, tmp_path):
     fails(["plot", "-o", svg], r"--pid PID or --session ID is required")
     fails(["plot", "--pid", "abc", "-o", svg], r"--pid: 'abc' is not a pid")
     fails(["plot", "--session", "x1", "-o", svg], r"--session: 'x1' is not a session id")
-    fails(["export", "--pid", t.pid, "--format", "xml"], r"--format: expected json or collapsed, not 'xml'")
+    fails(["export", "--pid", t.pid, "--format", "xml"], r"--format: expected json, collapsed, pprof or speedscope, not 'xml'")
     fails(["export", "--pid", t.pid, "-o", str(tmp_path / "no" / "x.json")], r"cannot write .*x\.json")
     fails(["diff", "--pid", t.pid], r"--pid needs --window SECONDS")
     fails(["diff", "--pid", t.pid, "--window", "0"], r"--window: expected a number of seconds above 0, not '0'")

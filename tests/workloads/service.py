@@ -28,8 +28,8 @@ def handle(i):
     if len(json.loads(body)["items"]) != i % 40:
         print("ERROR request %d came back wrong" % i, flush=True)
     if i % 50 == 0:
-        with _lock:
-            _sessions[digest] = Session(digest)  # LEAK_LINE
+        with _lock:  # keyed by arrival, not by digest (digests repeat): the leak never levels off
+            _sessions[len(_sessions)] = Session(digest)  # LEAK_LINE
     return len(digest)
 
 

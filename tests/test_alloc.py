@@ -97,7 +97,7 @@ def test_service_leak_line_on_top(pyid, daemon, targets, tmp_path):
     assert "Line #    Mem usage    Increment  Occurrences   Line Contents" in lines.stdout
     assert "sampling mode" in lines.stdout.splitlines()[0]
     row = [l for l in lines.stdout.splitlines() if l.strip().startswith("%d " % want)]
-    assert row and "_sessions[digest] = Session(digest)" in row[0], lines.stdout
+    assert row and "= Session(digest)  # LEAK_LINE" in row[0], lines.stdout
 
     # snapshot/diff over a 3 s window: re-attach sampling finely enough that the
     # leak (tens of KiB/s on the slower interpreters) is sure to be sampled in it

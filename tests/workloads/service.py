@@ -1,7 +1,7 @@
 """A long-running service to attach to: worker threads serving JSON requests, one steady leak (LEAK_LINE)."""
 # Usage: python service.py [THREADS] [SECONDS]  (SECONDS 0 or absent: until killed)
 # Prints 'ready PID', then 'beat N served=M sessions=K' each second. Every
-# request is checked after its round trip: a disturbed process prints 'ERROR'.
+# request is checked after its round trip (a disturbed process prints 'ERROR'); the leak never levels off.
 import hashlib
 import json
 import os
@@ -28,7 +28,7 @@ def handle(i):
     if len(json.loads(body)["items"]) != i % 40:
         print("ERROR request %d came back wrong" % i, flush=True)
     if i % 50 == 0:
-        with _lock:  # keyed by arrival, not by digest (digests repeat): the leak never levels off
+        with _lock:
             _sessions[len(_sessions)] = Session(digest)  # LEAK_LINE
     return len(digest)
 

@@ -61,9 +61,18 @@ def main_python():
     return hit[1]
 
 
+def result_file(pid):
+    """Where the stand-in agent (testlib.c) appends one line per start in process pid."""
+    return "/tmp/injtest-%d.txt" % pid
+
+
 def spawn(args, **kw):
     p = subprocess.Popen(args, **kw)
     started.append(p)
+    try:  # pids wrap (pid_max 32768): an earlier process's lines must not count as this one's
+        os.unlink(result_file(p.pid))
+    except FileNotFoundError:
+        pass
     return p
 
 
@@ -76,6 +85,10 @@ def cleanup():
                 p.wait(5)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
+        try:
+            os.unlink(result_file(p.pid))
+        except FileNotFoundError:
+            pass
 
 
 def state(pid):
@@ -321,7 +334,7 @@ def busy_loads(py, code, n, label):
             check(False, "%s: target stopped making progress after load %d (deadlock?)" % (label, i))
             break
     check(ok == n, "%s: %d/%d loads, target still %s" % (label, ok, n, state(p.pid)))
-    with open("/tmp/injtest-%d.txt" % p.pid) as f:
+    with open(result_file(p.pid)) as f:
         lines = f.read().splitlines()
     check(len(lines) == n, "%s: start function ran %d times" % (label, len(lines)))
     return p

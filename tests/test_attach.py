@@ -20,13 +20,21 @@ from conftest import (INTERPRETERS, default_python, MEMPROFD, SUPPORTED_IDS, UNS
                       proc_state, target_script, workload, pb_field, pb_frame)
 
 
-def status_of(daemon, pid):
+def status_of(daemon, pid, newer_than=0):
+    """pid's newest session (with an id above newer_than: pids wrap in a long run, and an old session of
+    the same pid must not pass for the one a test just made), or None."""
     r = daemon.run("status", "--json")
     assert r.returncode == 0, r.stderr
     for s in json.loads(r.stdout):
-        if s["pid"] == pid:
+        if s["pid"] == pid and s["id"] > newer_than:
             return s
     return None
+
+
+def newest_session_id(daemon):
+    r = daemon.run("status", "--json")
+    assert r.returncode == 0, r.stderr
+    return max([s["id"] for s in json.loads(r.stdout)] or [0])
 
 
 def agent_threads(pid):
@@ -573,6 +581,7 @@ def test_attach_whose_client_vanishes_is_undone(daemon, targets):
     exe = default_python()
     t = targets.start([exe, "-u", target_script("idle.py")])
     t.wait_for(r"^ready")
+    before = newest_session_id(daemon)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(daemon.socket)
     s.settimeout(5)
@@ -583,7 +592,7 @@ def test_attach_whose_client_vanishes_is_undone(daemon, targets):
     deadline = time.time() + 15
     st = None
     while time.time() < deadline:
-        st = status_of(daemon, t.pid)
+        st = status_of(daemon, t.pid, before)
         if st and st["state"] == "detached":
             break
         time.sleep(0.05)

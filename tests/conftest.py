@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import tempfile
@@ -230,11 +231,23 @@ class Daemon:
         self.logf = open(self.log, "a")
         self.proc = subprocess.Popen([MEMPROFD, "serve", "--socket", self.socket], stdout=self.logf,
                                      stderr=subprocess.STDOUT, env=self.env)
+        # Ready when it accepts a connection: the socket file of a daemon killed before may still be there,
+        # and a client that finds it dead would start a daemon of its own (left running after the test).
         deadline = time.time() + 10
-        while not os.path.exists(self.socket):
+        while not self._accepts():
             assert self.proc.poll() is None, "memprofd exited: %s" % open(self.log).read()
-            assert time.time() < deadline, "memprofd did not create its socket"
+            assert time.time() < deadline, "memprofd did not listen on its socket"
             time.sleep(0.02)
+
+    def _accepts(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(self.socket)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
 
     def run(self, *args, timeout=60, tool=None, input=None):
         exe = tool or MEMPROF
@@ -262,8 +275,9 @@ class Daemon:
             return ""
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
+        if self._accepts():  # ours, or one a client started on this socket: either way, stopped
             self.memprofd("stop", timeout=30)
+        if self.proc and self.proc.poll() is None:
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -292,8 +306,7 @@ def fresh_daemon(tmp_path):
     d = Daemon(str(tmp_path))
     d.start()
     yield d
-    if d.proc and d.proc.poll() is None:
-        d.stop()
+    d.stop()
 
 
 def workload(name):

@@ -344,16 +344,19 @@ void attach_agent_ready(struct conn *c)
     s->state = SESS_ATTACHED;
     s->attached_since = mp_wallclock();
     s->deadline = 0;
+    /* Nobody asked for this session any more (memprofd attach was interrupted): its client went away
+     * before, or the reply cannot reach it (it closed before we saw its EOF: the send fails). */
+    if (!s->cancelled) {
+        server_log("pid %d attached: Python %s, stopped %.2f ms, attach %.1f ms", (int)s->pid, s->py.version,
+                   s->stop_ms, (mp_now() - s->attach_started) * 1000.0);
+        reply_attach_ok(s->attach_waiter, s, 0);
+        s->cancelled = s->attach_waiter && !conn_by_id(s->attach_waiter);
+        s->attach_waiter = 0;
+    }
     if (s->cancelled) {
-        /* Nobody asked for this session any more (memprofd attach was interrupted). */
         server_log("pid %d: attach cancelled by its client; detaching", (int)s->pid);
         start_detach(s, 0, DETACH_TIMEOUT);
-        return;
     }
-    server_log("pid %d attached: Python %s, stopped %.2f ms, attach %.1f ms", (int)s->pid, s->py.version,
-               s->stop_ms, (mp_now() - s->attach_started) * 1000.0);
-    reply_attach_ok(s->attach_waiter, s, 0);
-    s->attach_waiter = 0;
 }
 
 static struct session *session_of_agent(struct conn *c)

@@ -96,6 +96,8 @@ static void conn_drop(struct conn *c, const char *why)
     conn_close(c);
 }
 
+static void conn_event(int fd, int mask, void *data);
+
 /* Writes what the socket takes now; arms or disarms the writable event. */
 static void conn_flush(struct conn *c)
 {
@@ -120,7 +122,7 @@ static void conn_flush(struct conn *c)
         }
         loop_del_fd(c->fd, LOOP_WRITE);
         if (c->close_when_flushed) conn_close(c);
-    } else if (loop_add_fd(c->fd, LOOP_WRITE, c->on_event, c, err) < 0) {
+    } else if (loop_add_fd(c->fd, LOOP_WRITE, conn_event, c, err) < 0) {
         conn_drop(c, err);
     }
 }
@@ -281,8 +283,6 @@ static int listen_agents(char *err)
     return listen_unix(&sa, len, err);
 }
 
-static void conn_event(int fd, int mask, void *data);
-
 static struct conn *conn_new(int fd, const struct ucred *cred, int from_agent_socket, char *err)
 {
     struct conn *c;
@@ -312,7 +312,6 @@ static struct conn *conn_new(int fd, const struct ucred *cred, int from_agent_so
     c->from_agent_socket = from_agent_socket;
     c->peer_pid = cred->pid;
     c->peer_uid = cred->uid;
-    c->on_event = conn_event;
     if (loop_add_fd(fd, LOOP_READ, conn_event, c, err) < 0) {
         free(c);
         return NULL;

@@ -19,7 +19,6 @@ struct conn {
     uint8_t *obuf;             /* replies not yet written: obuf[ooff..olen) */
     size_t olen, ooff, ocap;
     int close_when_flushed;    /* read nothing more; close once obuf is written */
-    void (*on_event)(int fd, int mask, void *data);
     int closing;
     struct conn *next;
 };

@@ -83,7 +83,7 @@ def start():
     if state["lib"] is not None:
         raise MemprofError("an earlier start stopped half-way (agent loaded, no session): restart the interpreter")
     if sys.version_info < (3, 8):
-        raise MemprofError("Python %d.%d is not supported (memprof supports 3.8 to 3.13)" % sys.version_info[:2])
+        raise MemprofError("Python %d.%d is not supported (memprof supports 3.8 to 3.15)" % sys.version_info[:2])
     state["memprof"] = find_memprof()
     args = [state["memprof"], "inproc"]
     rate = os.environ.get("MEMPROF_SAMPLE_RATE")

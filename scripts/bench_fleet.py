@@ -62,16 +62,18 @@ def metric(port, name):
     raise RuntimeError("no %s in /metrics" % name)
 
 
-def history_len(d, pid):
+def history(d, pid):
+    """(points in the session's history, seconds since its newest point)"""
     r = d.run("memprof", "export", "--pid", pid)
     if r.returncode:
         raise RuntimeError("export --pid %d: %s" % (pid, r.stderr))
-    return len(json.loads(r.stdout)["history"])
+    h = json.loads(r.stdout)["history"]
+    return len(h), time.time() - h[-1]["t"]
 
 
 def keep_up(d, targets, label):
     t_h0 = time.monotonic()
-    h0 = {t.pid: history_len(d, t.pid) for t in targets}
+    h0 = {t.pid: history(d, t.pid)[0] for t in targets}
     rep0 = metric(d.port, "memprof_agent_reports_total")
     c0, w0 = bp.cpu_seconds(d.pid), time.monotonic()
     rss = {}
@@ -80,21 +82,24 @@ def keep_up(d, targets, label):
         rss[mark] = bp.rss_kib(d.pid)
     cpu = (bp.cpu_seconds(d.pid) - c0) / (time.monotonic() - w0) * 100
     rep1 = metric(d.port, "memprof_agent_reports_total")
-    h1 = {t.pid: history_len(d, t.pid) for t in targets}
+    h1 = {t.pid: history(d, t.pid) for t in targets}
     span = time.monotonic() - t_h0
-    rates = sorted((h1[p] - h0[p]) / span for p in h0)
+    rates = sorted((h1[p][0] - h0[p]) / span for p in h0)
+    age = max(a for _, a in h1.values())
     reports = (rep1 - rep0) / span
     r = d.run("memprof", "status", "--json")
     states = [s["state"] for s in json.loads(r.stdout) if s["pid"] in h0]
     attached = states.count("attached")
-    log("%d s window: CPU %.2f%%, RSS %s KiB, history points/s per session %s, reports/s %.1f, %d/%d attached"
-        % (WINDOW, cpu, rss, " ".join("%.2f" % x for x in rates), reports, attached, len(targets)))
+    log("%d s window: CPU %.2f%%, RSS %s KiB, history points/s per session %s, reports/s %.1f, newest point at most %.2f s old, %d/%d attached"
+        % (WINDOW, cpu, rss, " ".join("%.2f" % x for x in rates), reports, age, attached, len(targets)))
     row("%s, %d s: memprofd CPU (100%% = one core)" % (label, WINDOW), "%.2f%%" % cpu, "", "goal < 10% of one core")
     row("%s: memprofd RSS at %d s / %d s" % (label, WINDOW // 2, WINDOW),
         "%.1f / %.1f MiB" % (rss[WINDOW // 2] / 1024, rss[WINDOW] / 1024), "", "goal: flat after the first minute")
-    row("%s: history points per session per s, min / median (one a second kept); agent reports per s (expected %d)"
+    row("%s: history points per session per s, min / median (one a second kept); agent reports per s (nominal %d)"
         % (label, 4 * len(targets)), "%.2f / %.2f; %.1f" % (rates[0], statistics.median(rates), reports), "",
         "%d of %d sessions attached at the end" % (attached, len(targets)))
+    row("%s: age of the newest history point at the end, max over sessions" % label, "%.2f s" % age,
+        "", "a point a second from 250 ms reports: up to ~1.3 s is current")
     return cpu
 
 

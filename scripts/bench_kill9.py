@@ -8,10 +8,16 @@ second (each one allocates: JSON, dicts, lists), from service.py's beat lines. E
 speed is divided by the controls' mean in the same window (the shared machine's load moves
 all alike), then by its own unprofiled figure: ratios. tests/test_daemon.py
 (test_daemon_killed_with_8_tracking_targets) asserts the behaviour; this only measures.
-Globals from bench.py: row, BUILD, WORKLOADS.
+Then, as bench_alloc measures "after attach + detach": alloc_churn.py's elapsed (Debian's
+python3.11, normal priority), BENCH_KILL_RUNS (default 7; quick: 3) interleaved rounds of
+unprofiled and of attach --exact + kill -9 of memprofd + agent gone, then churn: the
+fastest of each, as a ratio.
+Globals from bench.py: row, BUILD, WORKLOADS, PY.
 """
 import os
+import re
 import statistics
+import subprocess
 import sys
 import time
 
@@ -20,8 +26,13 @@ import benchproc as bp
 sys.path.insert(0, os.path.join(os.path.dirname(BUILD), "tests"))
 from pythons import INTERPRETERS, SUPPORTED_IDS  # noqa: E402
 
-WINDOW = 8 if os.environ.get("BENCH_QUICK") == "1" else 20
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+WINDOW = 8 if QUICK else 20
 NT, NC = 8, 4
+RUNS = int(os.environ.get("BENCH_KILL_RUNS", "3" if QUICK else "7"))
+ITER = int(os.environ.get("BENCH_ALLOC_ITER", "200000"))
+CHURN = os.path.join(WORKLOADS, "alloc_churn.py")
+WAITER = os.path.join(os.path.dirname(BUILD), "tests", "targets", "churn_wait.py")
 
 
 def log(msg):
@@ -33,6 +44,53 @@ def window(procs):
     t0 = time.monotonic()
     time.sleep(WINDOW + 0.5)
     return {p.pid: p.rate(t0, time.monotonic()) for p in procs}
+
+
+def unhooked(pids, timeout=30):
+    """Seconds until no pid has an agent thread (RuntimeError after timeout)."""
+    t0 = time.monotonic()
+    left = list(pids)
+    while left:
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError("agents still running %d s after the daemon died: %s" % (timeout, left))
+        time.sleep(0.05)
+        left = [p for p in left if bp.agent_threads(p)]
+    return time.monotonic() - t0
+
+
+def churn(killed):
+    """alloc_churn.py's elapsed: unprofiled, or after attach --exact + kill -9 of the daemon."""
+    d = bp.Daemon(BUILD) if killed else None
+    p = subprocess.Popen([PY, "-u", WAITER, CHURN, str(ITER), "--exit"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        p.stdout.readline()  # ready PID
+        if killed:
+            d.attach(p.pid, "--exact")
+            d.kill()
+            unhooked([p.pid])
+        out, _ = p.communicate("go\n", timeout=600)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        if d:
+            d.close()
+    m = re.search(r"^elapsed ([\d.]+)", out, re.M)
+    if not m:
+        raise RuntimeError("alloc_churn.py: no elapsed line: %s" % out[-300:])
+    return float(m.group(1))
+
+
+def churn_rounds():
+    res = {False: [], True: []}
+    for _ in range(RUNS):
+        for killed in (False, True):
+            res[killed].append(churn(killed))
+    for k, v in res.items():
+        log("alloc_churn %s: %s s" % ("after kill -9" if k else "unprofiled", " ".join("%.3f" % x for x in v)))
+    row("alloc_churn.py %d after attach --exact + kill -9 of memprofd, fastest of %d (unprofiled %.2f s)"
+        % (ITER, RUNS, min(res[False])), "%.2fx" % (min(res[True]) / min(res[False])), "1.00x", "unprofiled")
 
 
 def main():
@@ -51,14 +109,7 @@ def main():
         time.sleep(2)
         phases["tracked"] = window(procs)
         d.kill()
-        t_kill = time.monotonic()
-        left = list(tracked)
-        while left and time.monotonic() - t_kill < 30:
-            left = [p for p in left if bp.agent_threads(p.pid)]
-            time.sleep(0.05)
-        unhooked_s = time.monotonic() - t_kill
-        if left:
-            raise RuntimeError("agents still running 30 s after the daemon died: %s" % [p.pid for p in left])
+        unhooked_s = unhooked([p.pid for p in tracked])
         time.sleep(1)
         phases["after"] = window(procs)
         for p in tracked:
@@ -87,3 +138,4 @@ def main():
 
 
 main()
+churn_rounds()

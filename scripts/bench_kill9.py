@@ -104,7 +104,8 @@ def main():
     d = bp.Daemon(BUILD)
     procs = []
     try:
-        procs = [bp.Target([exes[i % len(exes)], "-u", svc, "1"]) for i in range(NT + NC)]
+        for i in range(NT + NC):  # appended one by one: the finally kills whatever was started
+            procs.append(bp.Target([exes[i % len(exes)], "-u", svc, "1"]))
         tracked, controls = procs[:NT], procs[NT:]
         for p in procs:
             p.wait_ready(beats=2)

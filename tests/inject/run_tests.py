@@ -7,6 +7,7 @@ Starts its own targets and kills only those (by pid); never leaves anything stop
 """
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -525,7 +526,24 @@ def test_seccomp():
     check(bool(m) and float(m.group(1)) >= 14.99, "mmap-exec: target %s" % res.strip())
 
 
-TESTS = [test_probe, test_methods, test_stopped, test_misbehaving, test_seccomp, test_raw_syscalls, test_stdin_pipe, test_busy, test_threads, test_select,
+def test_musl():
+    print("musl: a process on musl's C library is refused before it is stopped")
+    if not shutil.which("musl-gcc"):
+        print("  skip: musl-gcc not found (apt-get install musl-tools)", flush=True)
+        missing.append("musl-gcc")
+        return
+    exe = os.path.join(BUILD, "musl_sleeper")
+    subprocess.check_call(["musl-gcc", "-O0", "-o", exe, os.path.join(HERE, "..", "targets", "fake_python.c")])
+    p = spawn([exe], stdout=subprocess.PIPE, text=True)
+    p.stdout.readline()
+    fds = sorted(os.listdir("/proc/%d/fd" % p.pid))
+    rc, out = drv("load", p.pid, LIB, SYM, "musl")
+    check(rc != 0 and "unsupported libc (musl)" in out and "stop_ms=0.000" in out, "musl: %s" % out)
+    check(not lib_mapped(p.pid) and sorted(os.listdir("/proc/%d/fd" % p.pid)) == fds and state(p.pid) in "SR",
+          "musl: untouched (state %s)" % state(p.pid))
+
+
+TESTS = [test_probe, test_musl, test_methods, test_stopped, test_misbehaving, test_seccomp, test_raw_syscalls, test_stdin_pipe, test_busy, test_threads, test_select,
          test_sleep]
 
 

@@ -222,20 +222,27 @@ void deliver_tmp_remove(struct tmpcopy *tc)
     }
 }
 
-int deliver_take_fd(pid_t pid, int fd, char *err)
+int deliver_pidfd(pid_t pid, char *err)
 {
 #if defined(SYS_pidfd_open) && defined(SYS_pidfd_getfd)
-    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0), ours;
-    if (pidfd < 0) {
-        mp_errno(err, "pidfd_open");
-        return -1;
-    }
-    ours = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0) mp_errno(err, "pidfd_open");
+    return pidfd;
+#else
+    (void)pid;
+    mp_err(err, "pidfd_open unknown to this build");
+    return -1;
+#endif
+}
+
+int deliver_take_fd(int pidfd, int fd, char *err)
+{
+#if defined(SYS_pidfd_getfd)
+    int ours = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
     if (ours < 0) mp_errno(err, "pidfd_getfd (Linux >= 5.6, ptrace rights)");
-    close(pidfd);
     return ours;
 #else
-    (void)pid, (void)fd;
+    (void)pidfd, (void)fd;
     mp_err(err, "pidfd_getfd unknown to this build");
     return -1;
 #endif

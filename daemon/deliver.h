@@ -39,7 +39,9 @@ struct tmpcopy {
 int deliver_tmp_copy(pid_t pid, const struct libbytes *lb, struct tmpcopy *tc, char *err);
 void deliver_tmp_remove(struct tmpcopy *tc);
 
+/* A pidfd of the process pid (opened before the target is stopped), or -1. */
+int deliver_pidfd(pid_t pid, char *err);
 /* A duplicate of the target's descriptor fd in this process (pidfd_getfd), or -1. */
-int deliver_take_fd(pid_t pid, int fd, char *err);
+int deliver_take_fd(int pidfd, int fd, char *err);
 
 #endif

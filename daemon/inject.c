@@ -213,6 +213,7 @@ struct hijack {
     int exited;
     int sigsys;                     /* a remote syscall was stopped by a seccomp filter */
     unsigned sigsys_calls;          /* the stub's raw syscalls so stopped (bit per call) */
+    int saw_sigsys;                 /* any SIGSYS stop: a single-step trap may be left pending */
     double t_resumed;               /* when we let it go */
     uint64_t ssp;                   /* shadow stack pointer, when have_ssp */
     int have_ssp;
@@ -593,6 +594,7 @@ static struct user_regs_struct call_regs(const struct hijack *h)
 static void reclaim(struct hijack *h)
 {
     int st;
+    h->saw_sigsys = 1; /* whatever it was doing may have left a trap pending: check before detaching */
     ptrace(PTRACE_INTERRUPT, h->tid, 0, 0);
     while (wait_tid(h->tid, 1.0, &st) == 0 && WIFSTOPPED(st) && (st >> 16) != PTRACE_EVENT_STOP) {
         if (WSTOPSIG(st) != SIGTRAP) note_signal(h, WSTOPSIG(st));
@@ -621,7 +623,7 @@ static int remote_syscall(struct hijack *h, long nr, uint64_t a0, uint64_t a1, u
         if (WIFEXITED(st) || WIFSIGNALED(st) || ptrace(PTRACE_GETREGS, h->tid, 0, &r) < 0) goto gone;
         int sig = WSTOPSIG(st);
         if ((st >> 16) == 0 && sig == SIGSYS) {
-            h->sigsys = 1;
+            h->sigsys = h->saw_sigsys = 1;
             mp_err(err, "pid %d: a seccomp filter forbids the syscalls memprof needs (%ld)", (int)h->pid, nr);
             return -1;
         }
@@ -702,6 +704,7 @@ static int run_stub(struct hijack *h, struct stub_data *d, int final, const char
             }
         } else if (event == 0 && sig == SIGSYS) {
             uint64_t first = data + offsetof(struct stub_data, call);
+            h->saw_sigsys = 1;
             if (ptrace(PTRACE_GETREGS, h->tid, 0, &r) < 0) goto gone;
             if (r.rip < h->scratch || r.rip >= trap || r.r12 < first ||
                 (r.r12 - first) / sizeof(struct stub_call) >= STUB_CALLS) {
@@ -783,10 +786,10 @@ static void remote_dlerror(struct hijack *h, char *msg, size_t len)
 
 /* ---- save, set up, run, tear down, restore ---------------------------------------------- */
 
+/* The registers are in h->saved already (read to judge the moment). */
 static int save_state(struct hijack *h)
 {
     struct iovec iov = {h->xbuf, sizeof h->xbuf}, ssp = {&h->ssp, sizeof h->ssp};
-    if (ptrace(PTRACE_GETREGS, h->tid, 0, &h->saved) < 0) return -1;
     h->have_ssp = ptrace(PTRACE_GETREGSET, h->tid, (void *)NT_X86_SHSTK, &ssp) == 0;
     if (ptrace(PTRACE_GETREGSET, h->tid, (void *)NT_X86_XSTATE, &iov) == 0) {
         h->xtype = NT_X86_XSTATE;
@@ -928,7 +931,7 @@ static int hijack_run(struct hijack *h, const char **strs, int nstrs, work_fn wo
         h->scratch = 0;
         if (h->exited) return -1;
     }
-    drain_own_signals(h);
+    if (h->saw_sigsys) drain_own_signals(h); /* else nothing of ours can be pending: no /proc read */
     if (h->exited) return -1;
     if (restore_state(h) < 0 && rc == 0) {
         mp_errno(err, "pid %d: restoring the thread's registers", (int)h->pid);
@@ -1071,6 +1074,8 @@ struct load_ctx {
     int flags, loaded;
     unsigned mfd_flags; /* MFD_EXEC where the kernel knows it */
     struct inject_result *res;
+    int pidfd;          /* INJECT_SOCKET: the target's pidfd, opened before it is stopped, or -1 */
+    char why_pidfd[MP_ERRLEN];
 };
 
 /* What a load has made in the target so far, to use or to undo. */
@@ -1127,7 +1132,7 @@ static int memfd_result(struct hijack *h, struct load_ctx *c, struct load_state 
 
 /* socketpair's result: its first end comes over to us (pidfd_getfd) and is closed in the
  * target by the next run; the other is the agent's (st->tfd). */
-static void socket_result(struct hijack *h, struct load_ctx *c, struct load_state *st, int64_t ret, int sigsys,
+static void socket_result(struct load_ctx *c, struct load_state *st, int64_t ret, int sigsys,
                           const int32_t sv[2])
 {
     char ierr[MP_ERRLEN];
@@ -1139,7 +1144,10 @@ static void socket_result(struct hijack *h, struct load_ctx *c, struct load_stat
         snprintf(st->why_sock, sizeof st->why_sock, "socketpair refused: %s", strerror((int)-ret));
         return;
     }
-    c->res->sock_fd = deliver_take_fd(h->pid, sv[0], ierr); /* pidfd_open wants the process */
+    if (c->pidfd < 0)
+        snprintf(ierr, sizeof ierr, "%s", c->why_pidfd);
+    else
+        c->res->sock_fd = deliver_take_fd(c->pidfd, sv[0], ierr);
     st->close[st->nclose++] = sv[0];
     if (c->res->sock_fd < 0) {
         snprintf(st->why_sock, sizeof st->why_sock, "%s", ierr);
@@ -1172,7 +1180,7 @@ static int prepare(struct hijack *h, struct load_ctx *c, struct load_state *st, 
     if (!n) return 0;
     if (run_calls(h, &d, 0, "memfd_create and socketpair", err) < 0) return -1;
     sigsys = h->sigsys_calls;
-    if (i_sp >= 0) socket_result(h, c, st, (int64_t)d.call[i_sp].ret, sigsys >> i_sp & 1, d.sv);
+    if (i_sp >= 0) socket_result(c, st, (int64_t)d.call[i_sp].ret, sigsys >> i_sp & 1, d.sv);
     if (i_mfd >= 0) st->mfd = memfd_result(h, c, st, (int64_t)d.call[i_mfd].ret, sigsys >> i_mfd & 1, err);
     return err[0] ? -1 : 0;
 }
@@ -1398,7 +1406,7 @@ int inject_load(pid_t pid, const char *lib_path, const char *start_sym, const ch
     struct libbytes lb;
     char argroom[AGENT_ARG_ROOM], pathroom[PATH_ROOM + 1];
     const char *strs[S_COUNT];
-    struct load_ctx c = {&lb, start_sym, arg ? arg : "", flags, 0, memfd_flags(), res};
+    struct load_ctx c = {&lb, start_sym, arg ? arg : "", flags, 0, memfd_flags(), res, -1, ""};
     int rc;
 
     memset(res, 0, sizeof *res);
@@ -1420,7 +1428,9 @@ int inject_load(pid_t pid, const char *lib_path, const char *start_sym, const ch
     strs[S_SYM] = start_sym;
     strs[S_ARG] = argroom;
     strs[S_PATH] = pathroom;
+    if (flags & INJECT_SOCKET) c.pidfd = deliver_pidfd(pid, c.why_pidfd);
     rc = with_thread(pid, strs, S_COUNT, do_load, &c, &res->stop_ms, &res->retries, err);
+    if (c.pidfd >= 0) close(c.pidfd);
     deliver_free_lib(&lb);
     return rc;
 }

@@ -3,8 +3,10 @@ host's) started under `unshare --mount --pid --net` (and `--user --map-root-user
 with chroot and a private /tmp, attached by its host pid. Top, lines, census,
 back-references, detach leaving nothing behind, attach/detach cycles, the daemon
 dying, another container posing as the agent, seccomp refusing memfd_create, a
-root directory that is gone. The sid root comes from scripts/mkroot.sh (cached
-under $MEMPROF_CACHE); without it these tests skip with the reason."""
+noexec /tmp (alone and with memfd refused), a root directory that is gone, a musl
+process; and memprof installed in the container (the .deb, by apt) running
+`memprof run` there. The sid root comes from scripts/mkroot.sh (cached under
+$MEMPROF_CACHE); without it these tests skip with the reason."""
 import json
 import os
 import re

@@ -127,6 +127,7 @@ static int attach_precheck(struct conn *c, pid_t pid, struct pyinfo *py, char *e
     }
     if (pyprobe(pid, py, err) < 0) return -1;
     if (proc_root_check(pid, err) < 0) return -1;
+    if (inject_libc_check(pid, err) < 0) return -1;
     if (!pyabi_supported(py->major, py->minor)) {
         mp_err(err, "pid %d: unsupported Python %d.%d (memprof supports " MP_PY_RANGE ")", (int)pid, py->major,
                py->minor);

@@ -12,7 +12,9 @@
 #include <sys/fsuid.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "elfsym.h"
@@ -93,7 +95,18 @@ static int write_all(int fd, const void *buf, size_t len)
     return 0;
 }
 
-int deliver_fill_memfd(pid_t pid, int fd, const struct libbytes *lb, char *err)
+static void file_id(int fd, struct fileid *id)
+{
+    struct stat st;
+    memset(id, 0, sizeof *id);
+    if (fstat(fd, &st) == 0) {
+        id->dev_major = major(st.st_dev);
+        id->dev_minor = minor(st.st_dev);
+        id->ino = (unsigned long long)st.st_ino;
+    }
+}
+
+int deliver_fill_memfd(pid_t pid, int fd, const struct libbytes *lb, struct fileid *id, char *err)
 {
     char path[64];
     int w;
@@ -103,6 +116,7 @@ int deliver_fill_memfd(pid_t pid, int fd, const struct libbytes *lb, char *err)
         mp_errno(err, "opening its memfd %s", path);
         return -1;
     }
+    file_id(w, id);
     if (write_all(w, lb->data, lb->len) < 0) {
         mp_errno(err, "writing the library into its memfd %s", path);
         close(w);
@@ -159,6 +173,12 @@ int deliver_tmp_copy(pid_t pid, const struct libbytes *lb, struct tmpcopy *tc, c
         mp_errno(err, "pid %d: no /tmp directory in its root", (int)pid);
         return -1;
     }
+    struct statvfs vfs;
+    if (fstatvfs(tc->tmpfd, &vfs) == 0 && (vfs.f_flag & ST_NOEXEC)) {
+        mp_err(err, "pid %d: its /tmp is mounted noexec", (int)pid);
+        deliver_tmp_remove(tc);
+        return -1;
+    }
     snprintf(tc->name, sizeof tc->name, ".memprof-%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3], rnd[4],
              rnd[5]);
     snprintf(tc->path, sizeof tc->path, "/tmp/%s/%s", tc->name, lb->base);
@@ -173,6 +193,7 @@ int deliver_tmp_copy(pid_t pid, const struct libbytes *lb, struct tmpcopy *tc, c
     } else if (write_all(fd, lb->data, lb->len) < 0 || fchmod(fd, 0444) < 0) {
         e = errno, step = "writing the library into";
     } else {
+        file_id(fd, &tc->id);
         rc = 0;
     }
     if (fd >= 0) close(fd);
@@ -201,20 +222,27 @@ void deliver_tmp_remove(struct tmpcopy *tc)
     }
 }
 
-int deliver_take_fd(pid_t pid, int fd, char *err)
+int deliver_pidfd(pid_t pid, char *err)
 {
 #if defined(SYS_pidfd_open) && defined(SYS_pidfd_getfd)
-    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0), ours;
-    if (pidfd < 0) {
-        mp_errno(err, "pidfd_open");
-        return -1;
-    }
-    ours = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0) mp_errno(err, "pidfd_open");
+    return pidfd;
+#else
+    (void)pid;
+    mp_err(err, "pidfd_open unknown to this build");
+    return -1;
+#endif
+}
+
+int deliver_take_fd(int pidfd, int fd, char *err)
+{
+#if defined(SYS_pidfd_getfd)
+    int ours = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
     if (ours < 0) mp_errno(err, "pidfd_getfd (Linux >= 5.6, ptrace rights)");
-    close(pidfd);
     return ours;
 #else
-    (void)pid, (void)fd;
+    (void)pidfd, (void)fd;
     mp_err(err, "pidfd_getfd unknown to this build");
     return -1;
 #endif

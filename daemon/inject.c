@@ -213,6 +213,7 @@ struct hijack {
     int exited;
     int sigsys;                     /* a remote syscall was stopped by a seccomp filter */
     unsigned sigsys_calls;          /* the stub's raw syscalls so stopped (bit per call) */
+    int saw_sigsys;                 /* any SIGSYS stop: a single-step trap may be left pending */
     double t_resumed;               /* when we let it go */
     uint64_t ssp;                   /* shadow stack pointer, when have_ssp */
     int have_ssp;
@@ -317,6 +318,42 @@ static int resolve_libc_dl(struct target *t, struct elfimg *img)
     return 0;
 }
 
+/* Opens the C library mapped as m, refusing any but glibc: the agent is linked against glibc,
+ * and memprof calls glibc's dlopen. musl names its libc ld-musl-ARCH.so.1 (Alpine) or
+ * .../x86_64-linux-musl/libc.so (Debian's musl); glibc alone exports gnu_get_libc_version. */
+static int libc_open_glibc(pid_t pid, pid_t task, const struct procmap *m, struct elfimg *img, char *err)
+{
+    char ierr[MP_ERRLEN];
+    if (strstr(m->path, "musl")) {
+        mp_err(err, "pid %d: unsupported libc (musl): %s; memprof profiles glibc processes only", (int)pid, m->path);
+        return -1;
+    }
+    if (elfimg_open(task, m, img, ierr) < 0) {
+        mp_err(err, "pid %d: cannot read its C library: %s", (int)pid, ierr);
+        return -1;
+    }
+    if (elfimg_sym(img, "gnu_get_libc_version", ELFSYM_DYNAMIC, NULL, NULL) == 0) return 0;
+    elfimg_close(img);
+    mp_err(err, "pid %d: unsupported libc (not glibc): %s; memprof profiles glibc processes only", (int)pid, m->path);
+    return -1;
+}
+
+/* The C library of pid: 0 when it is glibc, else -1 with a one-line err. */
+int inject_libc_check(pid_t pid, char *err)
+{
+    struct procmap *maps = NULL;
+    struct elfimg img;
+    pid_t task = proc_live_task(pid);
+    int n = procmaps_read(task, &maps), rc = 0;
+    for (int i = 0; i < n; i++) {
+        if (!is_libc(maps[i].path)) continue;
+        if ((rc = libc_open_glibc(pid, task, &maps[i], &img, err)) == 0) elfimg_close(&img);
+        break;
+    }
+    free(maps);
+    return rc; /* no libc at all (static) or no maps: the injector says why, when it gets there */
+}
+
 static int resolve_target(pid_t pid, struct target *t, char *err)
 {
     struct procmap *maps = NULL;
@@ -349,14 +386,7 @@ static int resolve_target(pid_t pid, struct target *t, char *err)
         mp_err(err, "pid %d: no C library mapped (statically linked?); cannot load a library into it", (int)pid);
         goto out;
     }
-    if (base_is(maps[libc].path, "ld-musl") || base_is(maps[libc].path, "libc.musl")) {
-        mp_err(err, "pid %d: unsupported libc (musl)", (int)pid);
-        goto out;
-    }
-    if (elfimg_open(t->pid, &maps[libc], &img, ierr) < 0) {
-        mp_err(err, "pid %d: cannot read its C library: %s", (int)pid, ierr);
-        goto out;
-    }
+    if (libc_open_glibc(pid, t->pid, &maps[libc], &img, err) < 0) goto out;
     elfimg_sym(&img, "__errno_location", ELFSYM_DYNAMIC, &t->errno_loc, NULL);
     if (find_gadgets(t, &img) < 0) {
         mp_err(err, "pid %d: no syscall instruction found in %s", (int)pid, maps[libc].path);
@@ -564,6 +594,7 @@ static struct user_regs_struct call_regs(const struct hijack *h)
 static void reclaim(struct hijack *h)
 {
     int st;
+    h->saw_sigsys = 1; /* whatever it was doing may have left a trap pending: check before detaching */
     ptrace(PTRACE_INTERRUPT, h->tid, 0, 0);
     while (wait_tid(h->tid, 1.0, &st) == 0 && WIFSTOPPED(st) && (st >> 16) != PTRACE_EVENT_STOP) {
         if (WSTOPSIG(st) != SIGTRAP) note_signal(h, WSTOPSIG(st));
@@ -592,7 +623,7 @@ static int remote_syscall(struct hijack *h, long nr, uint64_t a0, uint64_t a1, u
         if (WIFEXITED(st) || WIFSIGNALED(st) || ptrace(PTRACE_GETREGS, h->tid, 0, &r) < 0) goto gone;
         int sig = WSTOPSIG(st);
         if ((st >> 16) == 0 && sig == SIGSYS) {
-            h->sigsys = 1;
+            h->sigsys = h->saw_sigsys = 1;
             mp_err(err, "pid %d: a seccomp filter forbids the syscalls memprof needs (%ld)", (int)h->pid, nr);
             return -1;
         }
@@ -673,6 +704,7 @@ static int run_stub(struct hijack *h, struct stub_data *d, int final, const char
             }
         } else if (event == 0 && sig == SIGSYS) {
             uint64_t first = data + offsetof(struct stub_data, call);
+            h->saw_sigsys = 1;
             if (ptrace(PTRACE_GETREGS, h->tid, 0, &r) < 0) goto gone;
             if (r.rip < h->scratch || r.rip >= trap || r.r12 < first ||
                 (r.r12 - first) / sizeof(struct stub_call) >= STUB_CALLS) {
@@ -747,16 +779,17 @@ static void remote_dlerror(struct hijack *h, char *msg, size_t len)
     snprintf(msg, len, "no message (dlerror unavailable)");
     d.call[0].fn = h->t->dlerror;
     if (!d.call[0].fn || (!h->scratch && map_scratch(h, NULL, 0, ignored) < 0)) return;
-    if (run_calls(h, &d, 1, "dlerror", ignored) == 0 && d.call[0].ret)
+    /* not final: the page stays for what comes next (the /tmp copy's path); hijack_run unmaps it */
+    if (run_calls(h, &d, 0, "dlerror", ignored) == 0 && d.call[0].ret)
         read_cstr(h->tid, d.call[0].ret, msg, len);
 }
 
 /* ---- save, set up, run, tear down, restore ---------------------------------------------- */
 
+/* The registers are in h->saved already (read to judge the moment). */
 static int save_state(struct hijack *h)
 {
     struct iovec iov = {h->xbuf, sizeof h->xbuf}, ssp = {&h->ssp, sizeof h->ssp};
-    if (ptrace(PTRACE_GETREGS, h->tid, 0, &h->saved) < 0) return -1;
     h->have_ssp = ptrace(PTRACE_GETREGSET, h->tid, (void *)NT_X86_SHSTK, &ssp) == 0;
     if (ptrace(PTRACE_GETREGSET, h->tid, (void *)NT_X86_XSTATE, &iov) == 0) {
         h->xtype = NT_X86_XSTATE;
@@ -898,7 +931,7 @@ static int hijack_run(struct hijack *h, const char **strs, int nstrs, work_fn wo
         h->scratch = 0;
         if (h->exited) return -1;
     }
-    drain_own_signals(h);
+    if (h->saw_sigsys) drain_own_signals(h); /* else nothing of ours can be pending: no /proc read */
     if (h->exited) return -1;
     if (restore_state(h) < 0 && rc == 0) {
         mp_errno(err, "pid %d: restoring the thread's registers", (int)h->pid);
@@ -1041,6 +1074,8 @@ struct load_ctx {
     int flags, loaded;
     unsigned mfd_flags; /* MFD_EXEC where the kernel knows it */
     struct inject_result *res;
+    int pidfd;          /* INJECT_SOCKET: the target's pidfd, opened before it is stopped, or -1 */
+    char why_pidfd[MP_ERRLEN];
 };
 
 /* What a load has made in the target so far, to use or to undo. */
@@ -1050,6 +1085,7 @@ struct load_state {
     int close[MAX_CLOSE], nclose; /* descriptors to close in the next run */
     uint64_t handle;
     int noload;                   /* handle came from RTLD_NOLOAD: not our reference */
+    struct fileid mfd_id;         /* the memfd's identity in /proc/PID/maps */
     char why_memfd[MP_ERRLEN], why_tmp[MP_ERRLEN], why_sock[MP_ERRLEN];
 };
 
@@ -1085,7 +1121,7 @@ static int memfd_result(struct hijack *h, struct load_ctx *c, struct load_state 
         snprintf(st->why_memfd, sizeof st->why_memfd, "memfd_create refused: %s", strerror((int)-ret));
         return -1;
     }
-    if (deliver_fill_memfd(h->tid, (int)ret, c->lb, ierr) < 0) {
+    if (deliver_fill_memfd(h->tid, (int)ret, c->lb, &st->mfd_id, ierr) < 0) {
         snprintf(st->why_memfd, sizeof st->why_memfd, "%s", ierr);
         st->close[st->nclose++] = (int)ret;
         return -1;
@@ -1096,7 +1132,7 @@ static int memfd_result(struct hijack *h, struct load_ctx *c, struct load_state 
 
 /* socketpair's result: its first end comes over to us (pidfd_getfd) and is closed in the
  * target by the next run; the other is the agent's (st->tfd). */
-static void socket_result(struct hijack *h, struct load_ctx *c, struct load_state *st, int64_t ret, int sigsys,
+static void socket_result(struct load_ctx *c, struct load_state *st, int64_t ret, int sigsys,
                           const int32_t sv[2])
 {
     char ierr[MP_ERRLEN];
@@ -1108,7 +1144,10 @@ static void socket_result(struct hijack *h, struct load_ctx *c, struct load_stat
         snprintf(st->why_sock, sizeof st->why_sock, "socketpair refused: %s", strerror((int)-ret));
         return;
     }
-    c->res->sock_fd = deliver_take_fd(h->pid, sv[0], ierr); /* pidfd_open wants the process */
+    if (c->pidfd < 0)
+        snprintf(ierr, sizeof ierr, "%s", c->why_pidfd);
+    else
+        c->res->sock_fd = deliver_take_fd(c->pidfd, sv[0], ierr);
     st->close[st->nclose++] = sv[0];
     if (c->res->sock_fd < 0) {
         snprintf(st->why_sock, sizeof st->why_sock, "%s", ierr);
@@ -1141,7 +1180,7 @@ static int prepare(struct hijack *h, struct load_ctx *c, struct load_state *st, 
     if (!n) return 0;
     if (run_calls(h, &d, 0, "memfd_create and socketpair", err) < 0) return -1;
     sigsys = h->sigsys_calls;
-    if (i_sp >= 0) socket_result(h, c, st, (int64_t)d.call[i_sp].ret, sigsys >> i_sp & 1, d.sv);
+    if (i_sp >= 0) socket_result(c, st, (int64_t)d.call[i_sp].ret, sigsys >> i_sp & 1, d.sv);
     if (i_mfd >= 0) st->mfd = memfd_result(h, c, st, (int64_t)d.call[i_mfd].ret, sigsys >> i_mfd & 1, err);
     return err[0] ? -1 : 0;
 }
@@ -1158,12 +1197,38 @@ static int memfd_step(struct hijack *h, struct load_ctx *c, struct load_state *s
     return memfd_result(h, c, st, (int64_t)ret, 0, err);
 }
 
+/* What a failed dlopen of the file id left mapped (glibc keeps its reservation of the
+ * library's span when mapping a later segment fails, e.g. on a noexec mount): unmapped, so
+ * that nothing of ours stays in the target. Only that file's mappings: its name is ours. */
+static void unmap_leftovers(struct hijack *h, const struct fileid *id)
+{
+    char path[64], line[PATH_MAX + 128];
+    unsigned long long lo[8], hi[8], ino;
+    unsigned maj, min;
+    int n = 0;
+    FILE *f;
+    if (!id || !id->ino) return;
+    snprintf(path, sizeof path, "/proc/%d/task/%d/maps", (int)h->pid, (int)h->tid);
+    if (!(f = fopen(path, "re"))) return;
+    while (n < 8 && fgets(line, sizeof line, f))
+        if (sscanf(line, "%llx-%llx %*s %*x %x:%x %llu", &lo[n], &hi[n], &maj, &min, &ino) == 5 && ino == id->ino &&
+            maj == id->dev_major && min == id->dev_minor)
+            n++;
+    fclose(f);
+    for (int i = 0; i < n && !h->exited; i++) {
+        uint64_t ret;
+        char ignored[MP_ERRLEN];
+        remote_syscall(h, SYS_munmap, lo[i], hi[i] - lo[i], 0, 0, 0, 0, &ret, ignored);
+        TRACE("unmapped a leftover of the failed dlopen");
+    }
+}
+
 /* One final run: the pending closes, dlopen(path) (the soname with RTLD_NOLOAD when path is
  * NULL; then dlclose gives back the reference NOLOAD took: the copy keeps the one of whoever
  * loaded it), close(mfd), dlsym, start(arg). 1: started; 0: dlopen failed, with a note;
  * -1: error (st->handle set when the library got loaded). */
-static int try_load(struct hijack *h, struct load_ctx *c, struct load_state *st, const char *path, char *note,
-                    size_t notelen, char *err)
+static int try_load(struct hijack *h, struct load_ctx *c, struct load_state *st, const char *path,
+                    const struct fileid *id, char *note, size_t notelen, char *err)
 {
     struct stub_data d;
     char msg[400];
@@ -1211,6 +1276,7 @@ static int try_load(struct hijack *h, struct load_ctx *c, struct load_state *st,
         remote_close(h, st->mfd);
         st->mfd = -1;
         if (!noload) {
+            unmap_leftovers(h, id);
             remote_dlerror(h, msg, sizeof msg);
             snprintf(note, notelen, "dlopen: %s", msg);
         }
@@ -1251,7 +1317,7 @@ static int do_load(struct hijack *h, void *vctx, char *err)
         goto undo;
     }
     if (c->loaded) { /* a copy mapped already (left loaded, or memprof run's): reuse it by its soname */
-        if ((r = try_load(h, c, st, NULL, st->why_memfd, sizeof st->why_memfd, err)) > 0)
+        if ((r = try_load(h, c, st, NULL, NULL, st->why_memfd, sizeof st->why_memfd, err)) > 0)
             snprintf(res->how, sizeof res->how, "already loaded");
         else if (r == 0 && (st->mfd = memfd_step(h, c, st, err)) < 0 && err[0])
             goto undo;
@@ -1259,16 +1325,19 @@ static int do_load(struct hijack *h, void *vctx, char *err)
     if (r == 0 && !err[0] && st->mfd >= 0) {
         /* thread-self: /proc/self/fd is empty when the main thread has exited */
         snprintf(path, sizeof path, "/proc/thread-self/fd/%d", st->mfd);
-        if ((r = try_load(h, c, st, path, st->why_memfd, sizeof st->why_memfd, err)) > 0)
+        if ((r = try_load(h, c, st, path, &st->mfd_id, st->why_memfd, sizeof st->why_memfd, err)) > 0)
             snprintf(res->how, sizeof res->how, "memfd");
     }
     if (r == 0 && !err[0]) { /* the fallback: a private copy in the target's /tmp, removed right after dlopen */
         struct tmpcopy tc;
         char ierr[MP_ERRLEN];
         if (deliver_tmp_copy(h->tid, c->lb, &tc, ierr) < 0) {
-            snprintf(st->why_tmp, sizeof st->why_tmp, "%s", ierr);
+            const char *why = ierr;
+            int skip = 0;
+            if (sscanf(ierr, "pid %*d: %n", &skip) == 0 && skip > 0) why += skip; /* said once, up front */
+            snprintf(st->why_tmp, sizeof st->why_tmp, "%s", why);
         } else {
-            r = try_load(h, c, st, tc.path, st->why_tmp, sizeof st->why_tmp, err);
+            r = try_load(h, c, st, tc.path, &tc.id, st->why_tmp, sizeof st->why_tmp, err);
             deliver_tmp_remove(&tc);
         }
         if (r > 0) snprintf(res->how, sizeof res->how, "a copy in its /tmp (memfd: %.200s)", st->why_memfd);
@@ -1337,7 +1406,7 @@ int inject_load(pid_t pid, const char *lib_path, const char *start_sym, const ch
     struct libbytes lb;
     char argroom[AGENT_ARG_ROOM], pathroom[PATH_ROOM + 1];
     const char *strs[S_COUNT];
-    struct load_ctx c = {&lb, start_sym, arg ? arg : "", flags, 0, memfd_flags(), res};
+    struct load_ctx c = {&lb, start_sym, arg ? arg : "", flags, 0, memfd_flags(), res, -1, ""};
     int rc;
 
     memset(res, 0, sizeof *res);
@@ -1359,7 +1428,9 @@ int inject_load(pid_t pid, const char *lib_path, const char *start_sym, const ch
     strs[S_SYM] = start_sym;
     strs[S_ARG] = argroom;
     strs[S_PATH] = pathroom;
+    if (flags & INJECT_SOCKET) c.pidfd = deliver_pidfd(pid, c.why_pidfd);
     rc = with_thread(pid, strs, S_COUNT, do_load, &c, &res->stop_ms, &res->retries, err);
+    if (c.pidfd >= 0) close(c.pidfd);
     deliver_free_lib(&lb);
     return rc;
 }

@@ -27,6 +27,10 @@ struct inject_result {
 int inject_load(pid_t pid, const char *lib_path, const char *start_sym, const char *arg, int flags,
                 struct inject_result *res, char *err);
 
+/* 0 when pid's C library is glibc (or none is mapped: inject_load says so); else -1 with
+ * "unsupported libc (musl)" or "(not glibc)" in err. */
+int inject_libc_check(pid_t pid, char *err);
+
 /* dlclose(handle) in pid (after the agent's thread has exited). */
 int inject_unload(pid_t pid, uint64_t handle, double *stop_ms, char *err);
 

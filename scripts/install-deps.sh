@@ -5,7 +5,7 @@ set -eu
 BUILD_PKGS="build-essential pkg-config libelf-dev libdw-dev libbpf-dev libprotobuf-c-dev protobuf-c-compiler
       zlib1g-dev libmicrohttpd-dev python3 graphviz procps"
 TEST_PKGS="dpkg-dev man-db groff-base bash-completion
-      python3-pytest gdb bc curl
+      python3-pytest gdb bc curl musl-tools
       python3-memory-profiler python3-objgraph python3-psutil python3-numpy
       golang-go chromium prometheus
       python3-ipython python3-ipykernel python3-jupyter-client"

@@ -3,8 +3,10 @@ host's) started under `unshare --mount --pid --net` (and `--user --map-root-user
 with chroot and a private /tmp, attached by its host pid. Top, lines, census,
 back-references, detach leaving nothing behind, attach/detach cycles, the daemon
 dying, another container posing as the agent, seccomp refusing memfd_create, a
-root directory that is gone. The sid root comes from scripts/mkroot.sh (cached
-under $MEMPROF_CACHE); without it these tests skip with the reason."""
+noexec /tmp (alone and with memfd refused), a root directory that is gone, a musl
+process; and memprof installed in the container (the .deb, by apt) running
+`memprof run` there. The sid root comes from scripts/mkroot.sh (cached under
+$MEMPROF_CACHE); without it these tests skip with the reason."""
 import json
 import os
 import re
@@ -42,10 +44,7 @@ def sid_root():
     root = os.path.join(tmp, "root")
     os.mkdir(root)
     try:
-        x = subprocess.run(["tar", "-xzf", os.path.abspath(os.path.join(ROOT, tarball)) if not os.path.isabs(tarball)
-                            else tarball, "-C", root], capture_output=True, text=True, timeout=600)
-        if x.returncode != 0:
-            pytest.skip("cannot extract %s: %s" % (tarball, x.stderr.strip()[-200:]))
+        extract(tarball, root)
         if not os.access(os.path.join(root, "usr", "bin", PY), os.X_OK):
             pytest.skip("the sid root has no %s" % PY)
         work = os.path.join(root, WORK.lstrip("/"))
@@ -62,12 +61,12 @@ class Contained:
     """A Python in a container: the unshare process (killed, with the container, at teardown)
     and the Python's host pid."""
 
-    def __init__(self, targets, root, script, *args, userns=False, net=True):
+    def __init__(self, targets, root, script, *args, userns=False, net=True, tmp_opts="mode=1777"):
         ns = ["--user", "--map-root-user"] if userns else []
         ns += ["--mount", "--pid"] + (["--net"] if net else [])
         argv = (["unshare"] + ns + ["--fork", "--kill-child", "--mount-proc=%s/proc" % root, "sh", "-c",
-                'mount -t tmpfs tmpfs "$0/tmp" && exec chroot "$0" "$@"', root, PY, "-u", "%s/%s" % (WORK, script)]
-                + [str(a) for a in args])
+                'mount -t tmpfs -o "$1" tmpfs "$0/tmp" && shift && exec chroot "$0" "$@"', root, tmp_opts, PY, "-u",
+                "%s/%s" % (WORK, script)] + [str(a) for a in args])
         self.t = targets.start(argv)
         self.t.wait_for(r"^ready \d+")
         self.pid = self._python_pid()
@@ -79,6 +78,18 @@ class Contained:
         with open("/proc/%d/cmdline" % kids[0]) as f:
             assert PY in f.read()
         return kids[0]
+
+
+def extract(tarball, root):
+    x = subprocess.run(["tar", "-xzf", os.path.abspath(os.path.join(ROOT, tarball)) if not os.path.isabs(tarball)
+                        else tarball, "-C", root], capture_output=True, text=True, timeout=600)
+    if x.returncode != 0:
+        pytest.skip("cannot extract %s: %s" % (tarball, x.stderr.strip()[-200:]))
+
+
+def mounts_under(path):
+    with open("/proc/self/mountinfo") as f:
+        return [l.split()[4] for l in f if l.split()[4] == path or l.split()[4].startswith(path.rstrip("/") + "/")]
 
 
 def fds(pid):
@@ -251,3 +262,151 @@ def test_root_gone_is_refused_clearly(daemon, targets, tmp_path):
     assert "pid %d: its root directory %s (deleted) is gone; its files cannot be read" % (t.pid, empty) in r.stderr, \
         r.stderr
     assert mapped_memprof(t.pid) == [] and proc_state(t.pid)[1] == 0
+
+
+def test_noexec_tmp_needs_nothing_from_tmp(sid_root, daemon, targets):
+    """A private /tmp mounted noexec: the memfd needs no file system of the target's."""
+    c = Contained(targets, sid_root, "idle.py", tmp_opts="mode=1777,noexec,nosuid,nodev")
+    assert "noexec" in open("/proc/%d/mountinfo" % c.pid).read()
+    before, tmp_before = fds(c.pid), tmp_entries(c.pid)
+    daemon.attach(c.pid)
+    assert "by memfd" in daemon.log_tail(5), daemon.log_tail(5)
+    assert daemon.run("types", "--pid", c.pid, "--limit", "3").returncode == 0
+    daemon.detach(c.pid)
+    assert_clean(c.pid, before, tmp_before)
+
+
+def test_no_memfd_and_noexec_tmp_says_what_failed(sid_root, daemon, targets):
+    """seccomp refuses memfd_create and /tmp is noexec: neither way works, the error names both, and the
+    target is left as it was (no copy in its /tmp, no descriptor, not traced)."""
+    c = Contained(targets, sid_root, "seccomp_memfd.py", tmp_opts="mode=1777,noexec")
+    before, tmp_before = fds(c.pid), tmp_entries(c.pid)
+    r = daemon.memprofd("attach", "--pid", c.pid)
+    assert r.returncode != 0
+    assert re.search(r"^memprofd: pid %d: cannot load libmemprof_agent\.so: memfd: memfd_create refused: Operation "
+                     r"not permitted; copy in its /tmp: its /tmp is mounted noexec$" % c.pid, r.stderr, re.M), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert_clean(c.pid, before, tmp_before)
+    n = int(c.t.wait_for(r"^tick (\d+)").group(1))
+    assert int(c.t.wait_for(r"^tick (\d+)").group(1)) == n + 1
+
+
+def test_musl_python_refused(daemon, targets, tmp_path):
+    """A (stand-in) Python 3.12 linked with musl, as in an Alpine image: refused before anything is
+    injected, with the C library named; the process is not touched."""
+    if not shutil.which("musl-gcc"):
+        pytest.skip("musl-gcc not installed (apt-get install musl-tools; scripts/install-deps.sh)")
+    exe = str(tmp_path / "python3.12")
+    subprocess.check_call(["musl-gcc", "-O0", "-rdynamic", "-DFAKE_HEX=0x030c00f0", '-DFAKE_VERSION="3.12.0"', "-o",
+                           exe, os.path.join(TARGETS, "fake_python.c")])
+    t = targets.start([exe])
+    t.wait_for(r"^ready 3\.12\.0")
+    with open("/proc/%d/maps" % t.pid) as f:
+        assert "musl" in f.read(), "not a musl process"
+    before = fds(t.pid)
+    r = daemon.memprofd("attach", "--pid", t.pid)
+    assert r.returncode != 0
+    assert re.search(r"^memprofd: pid %d: unsupported libc \(musl\): \S+; memprof profiles glibc processes only$"
+                     % t.pid, r.stderr, re.M), r.stderr
+    state, tracer = proc_state(t.pid)
+    assert state not in "tTZ" and tracer == 0 and mapped_memprof(t.pid) == [] and fds(t.pid) == before
+    assert "attach to pid %d" not in daemon.log_tail(5)
+
+
+# ---------------------------------------------------------------- memprof installed in the container
+
+@pytest.fixture(scope="module")
+def memprof_deb(tmp_path_factory):
+    """make deb in a build tree of its own (the package as a user installs it)."""
+    if not shutil.which("dpkg-deb") or not shutil.which("dpkg-shlibdeps"):
+        pytest.skip("dpkg-dev is not installed (scripts/install-deps.sh installs it)")
+    work = str(tmp_path_factory.mktemp("deb"))
+    r = subprocess.run(["make", "--no-print-directory", "deb", "BUILD=%s" % work], cwd=ROOT, capture_output=True,
+                       text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    debs = [f for f in os.listdir(work) if f.endswith(".deb")]
+    assert len(debs) == 1, os.listdir(work)
+    return os.path.join(work, debs[0])
+
+
+def _in_root(root, *argv, timeout=600):
+    """argv run as root in root, in mount and pid namespaces of its own (its /proc unmounted with them)."""
+    return subprocess.run(["unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc=%s/proc" % root,
+                           "chroot", root, "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root",
+                           "DEBIAN_FRONTEND=noninteractive"] + list(argv),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def sid_with_memprof(memprof_deb, tmp_path_factory):
+    """A second copy of the sid root with the .deb (built on this Debian 12) installed by apt: its
+    dependencies resolve to sid's t64 libraries (libelf1t64 Provides libelf1, libmicrohttpd12t64
+    libmicrohttpd12). Those packages come from Debian's mirror once, then from $MEMPROF_CACHE."""
+    _need_root_tools()
+    tarball, why = debian_root("sid")
+    if not tarball:
+        pytest.skip(why)
+    root = str(tmp_path_factory.mktemp("sid-memprof") / "root")
+    os.mkdir(root)
+    try:
+        extract(tarball, root)
+        if not os.access(os.path.join(root, "usr", "bin", PY), os.X_OK):
+            pytest.skip("the sid root has no %s" % PY)
+        cache = os.path.join(os.environ.get("MEMPROF_CACHE") or os.path.join(ROOT, "build", "cache"), "sid-debs")
+        archives = os.path.join(root, "var", "cache", "apt", "archives")
+        for f in os.listdir(cache) if os.path.isdir(cache) else []:
+            shutil.copy(os.path.join(cache, f), archives)
+        shutil.copy(memprof_deb, os.path.join(root, "tmp", "memprof.deb"))
+        if os.path.exists("/etc/resolv.conf"):
+            shutil.copy("/etc/resolv.conf", os.path.join(root, "etc", "resolv.conf"))
+        r = _in_root(root, "apt-get", "-o", "Acquire::Check-Valid-Until=false", "install", "-y", "-q",
+                     "--no-install-recommends", "/tmp/memprof.deb")
+        if r.returncode != 0:
+            pytest.skip("cannot install the .deb in the sid root (its dependencies come from Debian's mirror): %s"
+                        % (r.stderr.strip().splitlines() or ["?"])[-1])
+        os.makedirs(cache, exist_ok=True)
+        for f in os.listdir(archives):
+            if f.endswith(".deb") and not os.path.exists(os.path.join(cache, f)):
+                shutil.copy(os.path.join(archives, f), cache)
+        os.makedirs(os.path.join(root, WORK.lstrip("/")))
+        shutil.copy(workload("service.py"), os.path.join(root, WORK.lstrip("/")))
+        yield root
+    finally:
+        assert mounts_under(root) == [], mounts_under(root)
+        shutil.rmtree(os.path.dirname(root), ignore_errors=True)
+
+
+@pytest.mark.parametrize("userns", [False, True], ids=["netns", "userns"])
+def test_memprof_run_inside_container(sid_with_memprof, userns):
+    """memprof installed in the container (the .deb), `memprof run` there: it starts its own memprofd
+    inside (its socket and log under the container's /run), the agent comes from the container's
+    /usr/lib/memprof, and the report shows the leak line. Nothing of the host is involved (no
+    host daemon, no host path), and nothing is left running or mounted."""
+    root = sid_with_memprof
+    script = ("memprof run --function handle -- %s %s/service.py 2 3; echo \"exit $?\"; memprof status; "
+              "cat /run/memprof/memprofd.log" % (PY, WORK))
+    ns = (["--user", "--map-root-user"] if userns else []) + ["--mount", "--pid", "--net"]
+    r = subprocess.run(["unshare"] + ns + ["--fork", "--kill-child", "--mount-proc=%s/proc" % root, "sh", "-c",
+                        'mount -t tmpfs tmpfs "$0/tmp" && mount -t tmpfs tmpfs "$0/run" && exec chroot "$0" env -i '
+                        'PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root sh -c "$1"', root, script],
+                       capture_output=True, text=True, timeout=300)
+    out, err = r.stdout, r.stderr
+    assert r.returncode == 0 and "exit 0" in out, out + err
+    assert re.search(r"^beat 3 served=\d+ sessions=\d+$", out, re.M), out
+    m = re.search(r"^Filename: %s/service\.py  \(function handle, pid (\d+)," % WORK, err, re.M)
+    assert m, err
+    rows = {}
+    for line in err.split("=" * 61 + "\n", 1)[1].splitlines():
+        row = re.match(r"^\s*(\d+)\s+[\d.]+ MiB\s+([\d.]+) MiB\s+\d+\s{3}(.*)$", line)
+        if row:
+            rows[int(row.group(1))] = (float(row.group(2)), row.group(3))
+    want = leak_line()
+    assert want in rows and "# LEAK_LINE" in rows[want][1], err
+    assert rows[want][0] == max(inc for inc, _ in rows.values()), err  # the leak holds the most
+    # the daemon ran inside, from the package, with the package's agent
+    assert re.search(r"listening on /run/memprof/memprofd\.sock .*agent library /usr/lib/memprof/libmemprof_agent\.so",
+                     out), out
+    assert re.search(r"^1\s+%s\s+3\.13\.\d+\s+exited\s+.*python3\.13 %s/service\.py 2 3$" % (m.group(1), WORK), out,
+                     re.M), out
+    assert mounts_under(root) == [], mounts_under(root)
+    assert not os.path.exists(os.path.join(root, "run", "memprof")), "the container's /run was a private tmpfs"

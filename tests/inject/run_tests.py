@@ -7,6 +7,7 @@ Starts its own targets and kills only those (by pid); never leaves anything stop
 """
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -506,9 +507,43 @@ def test_seccomp():
         res = read_result(p, 30)
         m = re.match(r"alive, slept ([\d.]+)", res)  # its full 15 s (more on a loaded machine is fine)
         check(bool(m) and float(m.group(1)) >= 14.99, "%s: target %s" % (mode, res.strip()))
+    print("  no mmap with PROT_EXEC at all: both ways fail, and what dlopen left mapped is unmapped")
+    p = spawn([py, os.path.join(HERE, "seccomp_target.py"), "mmap-exec"], stdout=subprocess.PIPE, text=True)
+    wait_blocked(p.pid)
+    with open("/proc/%d/maps" % p.pid) as f:
+        maps_before = len(f.readlines())
+    fds_before = sorted(os.listdir("/proc/%d/fd" % p.pid))
+    rc, out = drv("load", p.pid, LIB, SYM, "seccomp-mmap-exec")
+    check(rc != 0 and re.search(r"cannot load libinjtest\.so: memfd: dlopen: .*; copy in its /tmp: dlopen: ", out)
+          is not None, "mmap-exec: %s" % out)
+    with open("/proc/%d/maps" % p.pid) as f:
+        maps = f.readlines()
+    check(not [l for l in maps if "libinjtest" in l or ".memprof-" in l] and len(maps) == maps_before,
+          "mmap-exec: nothing of the library left mapped (%d mappings before, %d after)" % (maps_before, len(maps)))
+    check(sorted(os.listdir("/proc/%d/fd" % p.pid)) == fds_before, "mmap-exec: no descriptor left")
+    res = read_result(p, 30)
+    m = re.match(r"alive, slept ([\d.]+)", res)
+    check(bool(m) and float(m.group(1)) >= 14.99, "mmap-exec: target %s" % res.strip())
 
 
-TESTS = [test_probe, test_methods, test_stopped, test_misbehaving, test_seccomp, test_raw_syscalls, test_stdin_pipe, test_busy, test_threads, test_select,
+def test_musl():
+    print("musl: a process on musl's C library is refused before it is stopped")
+    if not shutil.which("musl-gcc"):
+        print("  skip: musl-gcc not found (apt-get install musl-tools)", flush=True)
+        missing.append("musl-gcc")
+        return
+    exe = os.path.join(BUILD, "musl_sleeper")
+    subprocess.check_call(["musl-gcc", "-O0", "-o", exe, os.path.join(HERE, "..", "targets", "fake_python.c")])
+    p = spawn([exe], stdout=subprocess.PIPE, text=True)
+    p.stdout.readline()
+    fds = sorted(os.listdir("/proc/%d/fd" % p.pid))
+    rc, out = drv("load", p.pid, LIB, SYM, "musl")
+    check(rc != 0 and "unsupported libc (musl)" in out and "stop_ms=0.000" in out, "musl: %s" % out)
+    check(not lib_mapped(p.pid) and sorted(os.listdir("/proc/%d/fd" % p.pid)) == fds and state(p.pid) in "SR",
+          "musl: untouched (state %s)" % state(p.pid))
+
+
+TESTS = [test_probe, test_musl, test_methods, test_stopped, test_misbehaving, test_seccomp, test_raw_syscalls, test_stdin_pipe, test_busy, test_threads, test_select,
          test_sleep]
 
 

@@ -232,3 +232,27 @@ const char *wire_name(const Envelope *env)
     f = protobuf_c_message_descriptor_get_field(&memprof__envelope__descriptor, env->msg_case);
     return f ? f->name : "(unknown)";
 }
+
+const char *wire_state_name(Memprof__SessionInfo__State st)
+{
+    switch (st) {
+    case MEMPROF__SESSION_INFO__STATE__ATTACHING: return "attaching";
+    case MEMPROF__SESSION_INFO__STATE__ATTACHED: return "attached";
+    case MEMPROF__SESSION_INFO__STATE__DETACHING: return "detaching";
+    case MEMPROF__SESSION_INFO__STATE__DETACHED: return "detached";
+    case MEMPROF__SESSION_INFO__STATE__EXITED: return "exited";
+    case MEMPROF__SESSION_INFO__STATE__LOST: return "lost";
+    default: return "unknown";
+    }
+}
+
+const char *wire_mode_name(Memprof__SessionInfo__Mode mode)
+{
+    switch (mode) {
+    case MEMPROF__SESSION_INFO__MODE__OFF: return "off";
+    case MEMPROF__SESSION_INFO__MODE__SAMPLING: return "sampling";
+    case MEMPROF__SESSION_INFO__MODE__EXACT: return "exact";
+    case MEMPROF__SESSION_INFO__MODE__NATIVE: return "native";
+    default: return "unknown";
+    }
+}

@@ -1103,7 +1103,11 @@ int agent_launch_setup(char *err)
     }
     if (launch_wait(LAUNCH_WAITING, mp_now() + LAUNCH_WAIT_S) != LAUNCH_GOT) {
         launch_set(LAUNCH_DONE);
-        mp_err(err, "no tracking settings from memprofd within %.0f s", LAUNCH_WAIT_S);
+        if (atomic_load(&running))
+            mp_err(err, "no tracking settings from memprofd within %.0f s", LAUNCH_WAIT_S);
+        else
+            mp_err(err, "the agent's session with memprofd ended before its tracking settings came "
+                        "(MEMPROF_AGENT_DEBUG=1 says why)");
         return -1;
     }
     rc = 0;

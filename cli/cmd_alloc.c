@@ -85,12 +85,23 @@ static int frame_slot(struct view *v, unsigned id)
     return 0;
 }
 
+/* Frame id's text (a file or a message may define an id twice: the last one stands). */
+static void frame_set(struct view *v, unsigned id, const char *file, const char *func, unsigned line, unsigned first)
+{
+    struct frame *f = &v->frames[id];
+    if (f->used) {
+        free(f->file);
+        free(f->func);
+    }
+    *f = (struct frame){1, strdup(file), strdup(func), line, first};
+}
+
 static void view_frames(struct view *v, const Memprof__AllocData *d)
 {
     for (size_t i = 0; i < d->n_frames; i++) {
         const Memprof__AllocFrame *f = d->frames[i];
         if (frame_slot(v, f->id) < 0) continue;
-        v->frames[f->id] = (struct frame){1, strdup(f->file), strdup(f->function), f->line, f->first_line};
+        frame_set(v, f->id, f->file, f->function, f->line, f->first_line);
     }
 }
 
@@ -937,7 +948,7 @@ static int load_snapshot(const char *path, struct view *v)
             file = strtok_r(NULL, "\t", &save);
             func = strtok_r(NULL, "\t", &save);
             if (!file || !func || frame_slot(v, id) < 0) continue;
-            v->frames[id] = (struct frame){1, strdup(file), strdup(func), ln, fl};
+            frame_set(v, id, file, func, ln, fl);
         } else if (!strncmp(line, "stack\t", 6)) {
             struct stack s = {0};
             double vals[6];

@@ -91,9 +91,10 @@ $(BUILD)/test_wire: tests/unit/test_wire.c $(WIRE_SRC) $(HDRS)
 
 # libFuzzer targets (clang only), one per decoder: fuzz_decode, every frame and message a daemon, agent or
 # client reads off a socket (wire.c); fuzz_snapshot, the snapshot files `memprof diff` reads (cli/cmd_alloc.c);
-# fuzz_agent_arg, the agent's start argument and MEMPROF_RUN (agent/agent.c). Each starts from its seeds and
-# regression inputs in tests/fuzz/corpus/TARGET.
-FUZZ_TARGETS = decode snapshot agent_arg
+# fuzz_agent_arg, the agent's start argument and MEMPROF_RUN (agent/agent.c); fuzz_alloc_report, what the
+# daemon makes of agents' allocation reports and the views it serves from them (daemon/alloc.c). Each starts
+# from its seeds and regression inputs in tests/fuzz/corpus/TARGET.
+FUZZ_TARGETS = decode snapshot agent_arg alloc_report
 FUZZ_CC = clang -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE -I$(BUILD)/gen -Iproto -Icommon \
           -DMEMPROF_VERSION='"fuzz"'
 $(BUILD)/fuzz_decode: tests/fuzz/fuzz_decode.c $(WIRE_SRC) $(HDRS)
@@ -105,6 +106,8 @@ $(BUILD)/fuzz_snapshot: tests/fuzz/fuzz_snapshot.c cli/main.c $(CLI_SRC) $(CLIEN
 $(BUILD)/fuzz_agent_arg: tests/fuzz/fuzz_agent_arg.c $(AGENT_SRC) $(WIRE_SRC) $(HDRS)
 	$(FUZZ_CC) -Iagent -o $@ tests/fuzz/fuzz_agent_arg.c $(filter-out agent/agent.c agent/launch.c,$(AGENT_SRC)) \
 	    $(WIRE_SRC) $(PB_LIBS) -lpthread -ldl -lm
+$(BUILD)/fuzz_alloc_report: tests/fuzz/fuzz_alloc_report.c daemon/alloc.c daemon/session.c $(WIRE_SRC) $(HDRS)
+	$(FUZZ_CC) -Idaemon -Iagent -o $@ tests/fuzz/fuzz_alloc_report.c $(WIRE_SRC) $(PB_LIBS) -lm
 
 unit: $(BUILD)/test_wire
 	$(BUILD)/test_wire

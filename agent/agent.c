@@ -815,13 +815,16 @@ void agent_final_report(double wait_s)
 static void session_loop(struct session *s)
 {
     char err[MP_ERRLEN];
-    double next_tick = mp_now() + conf.interval_ms / 1000.0;
+    double last_tick = mp_now(), next_tick;
     atomic_store(&conn_ready, 1);
     for (;;) {
         struct pollfd pfd[2] = {{.fd = s->fd, .events = POLLIN}, {.fd = wake_fd, .events = POLLIN}};
         struct pollfd *p = &pfd[0];
-        int ms = (int)((next_tick - mp_now()) * 1000) + 1, r;
+        int ms, r;
         Envelope *env;
+        /* from the last tick: the daemon's TrackingConfig (on_tracking) may change the interval */
+        next_tick = last_tick + conf.interval_ms / 1000.0;
+        ms = (int)((next_tick - mp_now()) * 1000) + 1;
         if (ms < 0) ms = 0;
         r = poll(pfd, wake_fd >= 0 ? 2 : 1, ms);
         if (r < 0 && errno != EINTR) {
@@ -862,9 +865,9 @@ static void session_loop(struct session *s)
             }
             if (s->rb.len == 0 && s->rb.cap > RBUF_KEEP) wire_rbuf_free(&s->rb);
         }
-        if (mp_now() >= next_tick) {
+        if (mp_now() >= last_tick + conf.interval_ms / 1000.0) {
             agent_tick(s, 0);
-            next_tick = mp_now() + conf.interval_ms / 1000.0;
+            last_tick = mp_now();
         }
     }
 }

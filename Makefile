@@ -34,7 +34,7 @@ HDRS = $(wildcard proto/*.h common/*.h client/*.h agent/*.h daemon/*.h cli/*.h) 
        $(BUILD)/gen/profile.pb-c.h
 
 BINS = $(BUILD)/memprofd $(BUILD)/memprof $(BUILD)/libmemprof_agent.so
-.PHONY: all test unit demo bench fuzz install clean deps deps-test check-fresh test-asan
+.PHONY: all test unit demo bench fuzz fuzz-long install clean deps deps-test check-fresh test-asan
 
 all: $(BINS)
 
@@ -89,10 +89,25 @@ $(BUILD)/memprof: cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PPROF_SRC) $
 $(BUILD)/test_wire: tests/unit/test_wire.c $(WIRE_SRC) $(HDRS)
 	$(CC) $(CFLAGS) -o $@ tests/unit/test_wire.c $(WIRE_SRC) $(PB_LIBS)
 
-# libFuzzer target for the daemon's message decoding (clang only).
+# libFuzzer targets (clang only), one per decoder: fuzz_decode, every frame and message a daemon, agent or
+# client reads off a socket (wire.c); fuzz_snapshot, the snapshot files `memprof diff` reads (cli/cmd_alloc.c);
+# fuzz_agent_arg, the agent's start argument and MEMPROF_RUN (agent/agent.c); fuzz_alloc_report, what the
+# daemon makes of agents' allocation reports and the views it serves from them (daemon/alloc.c). Each starts
+# from its seeds and regression inputs in tests/fuzz/corpus/TARGET.
+FUZZ_TARGETS = decode snapshot agent_arg alloc_report
+FUZZ_CC = clang -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE -I$(BUILD)/gen -Iproto -Icommon \
+          -DMEMPROF_VERSION='"fuzz"'
 $(BUILD)/fuzz_decode: tests/fuzz/fuzz_decode.c $(WIRE_SRC) $(HDRS)
-	clang -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE \
-	    -I$(BUILD)/gen -Iproto -Icommon -o $@ tests/fuzz/fuzz_decode.c $(WIRE_SRC) $(PB_LIBS)
+	$(FUZZ_CC) -o $@ tests/fuzz/fuzz_decode.c $(WIRE_SRC) $(PB_LIBS)
+$(BUILD)/fuzz_snapshot: tests/fuzz/fuzz_snapshot.c cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PPROF_SRC) $(HDRS)
+	$(FUZZ_CC) -Icli -Iclient -Dmain=memprof_cli_main -c cli/main.c -o $(BUILD)/fuzz_cli_main.o
+	$(FUZZ_CC) -Icli -Iclient -o $@ tests/fuzz/fuzz_snapshot.c $(BUILD)/fuzz_cli_main.o \
+	    $(filter-out cli/cmd_alloc.c,$(CLI_SRC)) $(CLIENT_SRC) $(WIRE_SRC) $(PPROF_SRC) $(PB_LIBS) $(Z_LIBS) -lm
+$(BUILD)/fuzz_agent_arg: tests/fuzz/fuzz_agent_arg.c $(AGENT_SRC) $(WIRE_SRC) $(HDRS)
+	$(FUZZ_CC) -Iagent -o $@ tests/fuzz/fuzz_agent_arg.c $(filter-out agent/agent.c agent/launch.c,$(AGENT_SRC)) \
+	    $(WIRE_SRC) $(PB_LIBS) -lpthread -ldl -lm
+$(BUILD)/fuzz_alloc_report: tests/fuzz/fuzz_alloc_report.c daemon/alloc.c daemon/session.c $(WIRE_SRC) $(HDRS)
+	$(FUZZ_CC) -Idaemon -Iagent -o $@ tests/fuzz/fuzz_alloc_report.c $(WIRE_SRC) $(PB_LIBS) -lm
 
 unit: $(BUILD)/test_wire
 	$(BUILD)/test_wire
@@ -128,9 +143,20 @@ check-fresh:
 bench: all
 	sh scripts/bench.sh
 
-fuzz: $(BUILD)/fuzz_decode
-	@mkdir -p $(BUILD)/fuzz-corpus
-	$(BUILD)/fuzz_decode -max_total_time=60 -max_len=65536 $(BUILD)/fuzz-corpus
+# make fuzz: 60 s per target; make fuzz-long: 10 minutes per target (FUZZ_SECONDS=N: any other time).
+# What a run learns stays in $(BUILD)/fuzz-corpus/TARGET; a crash leaves its input in $(BUILD)/fuzz-crashes/
+# (commit it under tests/fuzz/corpus/TARGET with the fix) and fails the run.
+FUZZ_SECONDS ?= 60
+fuzz: $(addprefix $(BUILD)/fuzz_,$(FUZZ_TARGETS))
+	@set -e; mkdir -p $(BUILD)/fuzz-crashes; for t in $(FUZZ_TARGETS); do \
+	    mkdir -p $(BUILD)/fuzz-corpus/$$t; echo "fuzz_$$t: $(FUZZ_SECONDS) s"; \
+	    $(BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 \
+	        -artifact_prefix=$(BUILD)/fuzz-crashes/$$t- $(BUILD)/fuzz-corpus/$$t tests/fuzz/corpus/$$t \
+	        2>$(BUILD)/fuzz-corpus/$$t.log || { tail -40 $(BUILD)/fuzz-corpus/$$t.log; exit 1; }; \
+	    grep -E '^stat::number_of_executed_units|^Done' $(BUILD)/fuzz-corpus/$$t.log; \
+	done
+fuzz-long:
+	$(MAKE) fuzz FUZZ_SECONDS=600
 
 # ---------------------------------------------------------------- install
 # Every installed file, once: SOURCE:DESTINATION (under PREFIX):MODE. `install`

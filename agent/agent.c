@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "defaults.h"
 #include "hooks.h"
 #include "native.h"
 #include "launch.h"
@@ -42,27 +43,26 @@
 #define IO_TIMEOUT_MS 5000      /* connect, hello, hello reply */
 #define REPLY_TIMEOUT_MS 10000  /* one reply (a census may be megabytes) */
 #define RBUF_KEEP (256u << 10)  /* receive buffer kept between messages */
+#define LAUNCH_WAIT_S 15.0      /* memprof run: for the tracking settings, before the first line */
 
-#define DEFAULT_RATE (512u << 10)
-#define DEFAULT_FRAMES 64
-#define MAX_FRAMES 512
-#define DEFAULT_INTERVAL_MS 250
-
-/* What the injector asked for. Written by memprof_agent_start only while no
- * agent thread runs; read-only for the thread. */
+/* What the injector asked for: only what it takes to connect (the argument), then the tracking
+ * settings the daemon sends after the hello (conf_tracking). The argument is written by
+ * memprof_agent_start only while no agent thread runs; the settings only by the agent thread. */
 struct agent_conf {
     char sock[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* "@abstract" or a path */
     char token[256];
     char pylib[PATH_MAX];
-    uint64_t rate;        /* mean bytes between samples */
-    uint32_t frames;      /* max Python frames per stack */
-    uint32_t interval_ms; /* flush interval */
-    int exact, track, debug;
-    int native;           /* native allocations too (native.c) */
+    int debug;
     int fd;               /* a socket already connected to memprofd (injected across namespaces), or -1 */
     int follow;           /* memprof run --follow-fork: forked children are sessions too */
     uint64_t handle;      /* remote-exec: our dlopen handle (ctypes), reported for the unload */
     uint64_t busy_us;     /* remote-exec: how long its script had run before starting us */
+    /* from the daemon's TrackingConfig: */
+    uint64_t rate;        /* mean bytes between samples */
+    uint32_t frames;      /* max Python frames per stack */
+    uint32_t interval_ms; /* flush interval */
+    int exact, track;
+    int native;           /* native allocations too (native.c) */
 };
 
 /* One connection to the daemon, owned by the agent thread. */
@@ -185,6 +185,9 @@ static int copy_value(char *dst, size_t dstlen, const char *val)
     return 0;
 }
 
+/* The argument's keys: sock, token, fd (memprofd's socket pair in this process), pylib (the file
+ * holding the C API), handle and busy_us (remote-exec), follow (memprof run --follow-fork), debug.
+ * Tracking settings are not among them: they come over the wire (conf_tracking). */
 static int conf_set(struct agent_conf *c, const char *key, const char *val)
 {
     uint64_t v;
@@ -195,30 +198,18 @@ static int conf_set(struct agent_conf *c, const char *key, const char *val)
     }
     if (!strcmp(key, "token")) return copy_value(c->token, sizeof c->token, val);
     if (!strcmp(key, "pylib")) return copy_value(c->pylib, sizeof c->pylib, val);
-    if (!strcmp(key, "rate")) {
-        if (parse_u64(val, UINT64_MAX, &v) < 0) return -1;
-        c->rate = v ? v : DEFAULT_RATE;
-    } else if (!strcmp(key, "frames")) {
-        if (parse_u64(val, MAX_FRAMES, &v) < 0) return -1;
-        c->frames = v ? (uint32_t)v : DEFAULT_FRAMES;
-    } else if (!strcmp(key, "interval")) {
-        if (parse_u64(val, 60000, &v) < 0) return -1;
-        c->interval_ms = v == 0 ? DEFAULT_INTERVAL_MS : v < 10 ? 10 : (uint32_t)v;
-    } else if (!strcmp(key, "handle")) {
+    if (!strcmp(key, "handle")) {
         if (parse_u64(val, UINT64_MAX, &c->handle) < 0) return -1;
     } else if (!strcmp(key, "busy_us")) {
         if (parse_u64(val, UINT64_MAX, &c->busy_us) < 0) return -1;
     } else if (!strcmp(key, "fd")) {
         if (parse_u64(val, INT_MAX, &v) < 0) return -1;
         c->fd = (int)v;
-    } else if (!strcmp(key, "native")) {
+    } else if (!strcmp(key, "debug") || !strcmp(key, "follow")) {
         if (parse_u64(val, 1, &v) < 0) return -1;
-        c->native = (int)v;
-    } else if (!strcmp(key, "exact") || !strcmp(key, "track") || !strcmp(key, "debug") || !strcmp(key, "follow")) {
-        if (parse_u64(val, 1, &v) < 0) return -1;
-        *(key[0] == 'e' ? &c->exact : key[0] == 't' ? &c->track : key[0] == 'd' ? &c->debug : &c->follow) = (int)v;
+        *(key[0] == 'd' ? &c->debug : &c->follow) = (int)v;
     }
-    /* other keys: from a newer daemon, ignored */
+    /* other keys: from another version of the daemon, ignored */
     return 0;
 }
 
@@ -227,10 +218,10 @@ static int conf_parse(struct agent_conf *c, char *buf)
 {
     char *save = NULL, *tok;
     memset(c, 0, sizeof *c);
-    c->rate = DEFAULT_RATE;
-    c->frames = DEFAULT_FRAMES;
-    c->interval_ms = DEFAULT_INTERVAL_MS;
-    c->track = 1;
+    c->rate = MP_DEFAULT_SAMPLE_RATE;
+    c->frames = MP_DEFAULT_MAX_FRAMES;
+    c->interval_ms = MP_DEFAULT_INTERVAL_MS;
+    c->track = 0; /* no hook before the daemon's TrackingConfig */
     c->fd = -1;
     for (tok = strtok_r(buf, " \t\n", &save); tok; tok = strtok_r(NULL, " \t\n", &save)) {
         char *eq = strchr(tok, '=');
@@ -239,6 +230,22 @@ static int conf_parse(struct agent_conf *c, char *buf)
         if (unescape(eq + 1) < 0 || conf_set(c, tok, eq + 1) < 0) return -1;
     }
     return c->sock[0] ? 0 : -1;
+}
+
+/* The daemon's TrackingConfig into conf: 0 is the default, the limits applied (common/defaults.h). */
+static void conf_tracking(struct agent_conf *c, const Memprof__TrackingConfig *t)
+{
+    c->track = t->enabled;
+    c->exact = t->exact;
+    c->native = t->native && !t->exact;
+    c->rate = t->sample_rate ? t->sample_rate : MP_DEFAULT_SAMPLE_RATE;
+    c->frames = !t->max_frames ? MP_DEFAULT_MAX_FRAMES : t->max_frames > MP_MAX_FRAMES ? MP_MAX_FRAMES : t->max_frames;
+}
+
+static uint32_t interval_of(uint32_t ms)
+{
+    return !ms ? MP_DEFAULT_INTERVAL_MS : ms < MP_MIN_INTERVAL_MS ? MP_MIN_INTERVAL_MS
+                                        : ms > MP_MAX_INTERVAL_MS ? MP_MAX_INTERVAL_MS : ms;
 }
 
 /* ------------------------------------------------------------ the GIL */
@@ -335,15 +342,6 @@ static void gil_give(int state) { PY.GILState_Release(state); }
 
 /* ------------------------------------------------------------ hook points */
 
-void agent_tracking_settings(uint64_t *rate, uint32_t *frames, uint32_t *interval_ms, int *exact, int *track)
-{
-    *rate = conf.rate;
-    *frames = conf.frames;
-    *interval_ms = conf.interval_ms;
-    *exact = conf.exact;
-    *track = conf.track;
-}
-
 /* Write what the socket takes now of the pending report. 1: all written. */
 static int pend_push(struct session *s)
 {
@@ -399,7 +397,7 @@ static void agent_tick(struct session *s, int final)
     pend_push(s);
 }
 
-/* Install the allocation hooks, with the GIL, when the attach asked for them. */
+/* Install the allocation hooks, with the GIL, when the daemon's settings ask for them. */
 static void agent_track(void)
 {
     struct hooks_conf hc = {.rate = conf.rate, .frames = conf.frames, .exact = conf.exact};
@@ -489,12 +487,59 @@ static int on_detach(const Memprof__AgentRequest *req, Memprof__AgentReply *repl
     return 0;
 }
 
-/* Settings are fixed at attach: answer with what is in force. */
+/* memprof run: the Python thread setting up before the program's first line (agent_launch_setup,
+ * GIL held) waits for the settings the agent thread gets from the daemon, then installs the hooks
+ * itself; the agent thread answers the daemon once that is done. */
+enum { LAUNCH_NONE, LAUNCH_WAITING, LAUNCH_GOT, LAUNCH_DONE };
+static pthread_mutex_t launch_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t launch_cv = PTHREAD_COND_INITIALIZER;
+static int launch_state; /* under launch_mu */
+
+/* Wait on launch_cv while the state is `while_state` (and cond holds), until deadline. Returns the state. */
+static int launch_wait(int while_state, double deadline)
+{
+    int st;
+    pthread_mutex_lock(&launch_mu);
+    while (launch_state == while_state && mp_now() < deadline && (while_state != LAUNCH_WAITING || atomic_load(&running))) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 20000000L; /* a slice: the deadline is monotonic */
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&launch_cv, &launch_mu, &ts);
+    }
+    st = launch_state;
+    pthread_mutex_unlock(&launch_mu);
+    return st;
+}
+
+static void launch_set(int st)
+{
+    pthread_mutex_lock(&launch_mu);
+    launch_state = st;
+    pthread_cond_broadcast(&launch_cv);
+    pthread_mutex_unlock(&launch_mu);
+}
+
+/* The daemon's settings: the first ones install the hooks (nothing is hooked before them); once the
+ * hooks are in, only the interval changes. The reply is what is in force. */
 static int on_tracking(const Memprof__AgentRequest *req, Memprof__AgentReply *reply, char *err)
 {
     static Memprof__TrackingConfig tracking;
-    (void)req;
+    int handed = 0;
     (void)err;
+    conf.interval_ms = interval_of(req->tracking->interval_ms);
+    if (!hooks_installed()) {
+        conf_tracking(&conf, req->tracking);
+        pthread_mutex_lock(&launch_mu);
+        if (launch_state == LAUNCH_WAITING) {
+            launch_state = LAUNCH_GOT; /* agent_launch_setup installs them, holding the GIL */
+            pthread_cond_broadcast(&launch_cv);
+            handed = 1;
+        }
+        pthread_mutex_unlock(&launch_mu);
+        if (handed) launch_wait(LAUNCH_GOT, mp_now() + LAUNCH_WAIT_S);
+        if (!hooks_installed()) agent_track(); /* injected, or the launch gave up waiting */
+    }
     memprof__tracking_config__init(&tracking);
     tracking.enabled = hooks_installed();
     tracking.exact = conf.exact;
@@ -770,13 +815,16 @@ void agent_final_report(double wait_s)
 static void session_loop(struct session *s)
 {
     char err[MP_ERRLEN];
-    double next_tick = mp_now() + conf.interval_ms / 1000.0;
+    double last_tick = mp_now(), next_tick;
     atomic_store(&conn_ready, 1);
     for (;;) {
         struct pollfd pfd[2] = {{.fd = s->fd, .events = POLLIN}, {.fd = wake_fd, .events = POLLIN}};
         struct pollfd *p = &pfd[0];
-        int ms = (int)((next_tick - mp_now()) * 1000) + 1, r;
+        int ms, r;
         Envelope *env;
+        /* from the last tick: the daemon's TrackingConfig (on_tracking) may change the interval */
+        next_tick = last_tick + conf.interval_ms / 1000.0;
+        ms = (int)((next_tick - mp_now()) * 1000) + 1;
         if (ms < 0) ms = 0;
         r = poll(pfd, wake_fd >= 0 ? 2 : 1, ms);
         if (r < 0 && errno != EINTR) {
@@ -817,9 +865,9 @@ static void session_loop(struct session *s)
             }
             if (s->rb.len == 0 && s->rb.cap > RBUF_KEEP) wire_rbuf_free(&s->rb);
         }
-        if (mp_now() >= next_tick) {
+        if (mp_now() >= last_tick + conf.interval_ms / 1000.0) {
             agent_tick(s, 0);
-            next_tick = mp_now() + conf.interval_ms / 1000.0;
+            last_tick = mp_now();
         }
     }
 }
@@ -838,6 +886,9 @@ static void agent_atfork_child(void)
     int was_running = atomic_load(&running);
     if (fd >= 0) close(fd);
     atomic_store(&gil_gate, 0); /* no agent thread here to wait for */
+    /* the parent's agent thread may have held it at the fork */
+    pthread_mutex_init(&launch_mu, NULL);
+    pthread_cond_init(&launch_cv, NULL);
     atomic_store(&conn_ready, 0);
     atomic_store(&final_asked, 0);
     atomic_store(&running, 0);
@@ -905,10 +956,9 @@ static void agent_run(struct session *s)
         atfork_registered = 1;
 
     if (launched) {
-        /* memprof run: the API, the version and the hooks were set up on a
-         * Python thread before the program's first line (launch.c); attached
-         * again after a detach, the hooks are installed here */
-        if (!hooks_installed()) agent_track();
+        /* memprof run: the API and the version were set up on a Python thread
+         * before the program's first line (launch.c), which waits for the
+         * tracking settings the daemon sends after the hello (on_tracking) */
         if (session_connect(s, err) < 0 || session_hello(s, 1, err) < 0) {
             agent_log("%s", err);
             return;
@@ -928,9 +978,8 @@ static void agent_run(struct session *s)
         agent_log("%s", err);
         return;
     }
-    /* Hooks first: once the daemon has our hello, the attach is reported
-     * done, and allocations from then on must be seen. */
-    agent_track();
+    /* No hook yet: the daemon's first request is the tracking settings
+     * (on_tracking); it reports the attach done once they are in force. */
     if (session_connect(s, err) < 0 || session_hello(s, 1, err) < 0) {
         agent_log("%s", err);
         return;
@@ -951,7 +1000,10 @@ static void agent_cleanup(void *arg)
     session_close(s);
     if (!launched) pyapi_fini(); /* memprof run: launch.c's audit hook and the exit path keep using it */
     agent_log("thread exits");
+    pthread_mutex_lock(&launch_mu);
     atomic_store(&running, 0);
+    pthread_cond_broadcast(&launch_cv); /* a launch waiting for the settings gives up */
+    pthread_mutex_unlock(&launch_mu);
 }
 
 static void *agent_main(void *unused)
@@ -1031,29 +1083,50 @@ int agent_launch_configure(const char *arg, int *follow, char *err)
     return 0;
 }
 
+/* Start the agent thread, wait for the daemon's tracking settings (it connects and says hello
+ * meanwhile; it needs no GIL for that), install the hooks with them. Without the settings in
+ * LAUNCH_WAIT_S (or the thread gave up: no daemon, refused) nothing is hooked. */
 int agent_launch_setup(char *err)
 {
-    struct hooks_conf hc = {.rate = conf.rate, .frames = conf.frames, .exact = conf.exact};
+    struct hooks_conf hc;
     int idle = 0, rc;
     if (pyapi_load_version(err) < 0) return -1;
     if (!pyapi_abi()) {
         mp_err(err, "%s", pyapi_abi_error());
         return -1;
     }
-    if (hooks_install(&hc, err) < 0) return -1;
-    if (pycall_atexit_register() < 0) agent_log("no atexit callback: the last figures may be partial");
-    rc = pycall_profile_install();
-    agent_log("hooks installed before the first line (%s, rate %llu)%s", conf.exact ? "exact" : "sampling",
-              (unsigned long long)conf.rate, rc < 0 ? "; no profile builtin" : rc > 0 ? "; profile builtin already defined" : "");
-    if (conf.native && native_install(err) < 0) agent_log("native tracking off: %s", err);
     launched = 1;
     if (!atomic_compare_exchange_strong(&running, &idle, 1)) return 0;
+    launch_set(LAUNCH_WAITING);
     if (spawn_thread() != 0) {
         atomic_store(&running, 0);
+        launch_set(LAUNCH_DONE);
         mp_err(err, "cannot start the agent thread");
         return -1;
     }
-    return 0;
+    if (launch_wait(LAUNCH_WAITING, mp_now() + LAUNCH_WAIT_S) != LAUNCH_GOT) {
+        launch_set(LAUNCH_DONE);
+        if (atomic_load(&running))
+            mp_err(err, "no tracking settings from memprofd within %.0f s", LAUNCH_WAIT_S);
+        else
+            mp_err(err, "the agent's session with memprofd ended before its tracking settings came "
+                        "(MEMPROF_AGENT_DEBUG=1 says why)");
+        return -1;
+    }
+    rc = 0;
+    if (conf.track) {
+        hc = (struct hooks_conf){.rate = conf.rate, .frames = conf.frames, .exact = conf.exact};
+        if ((rc = hooks_install(&hc, err)) == 0) {
+            if (pycall_atexit_register() < 0) agent_log("no atexit callback: the last figures may be partial");
+            int prc = pycall_profile_install();
+            agent_log("hooks installed before the first line (%s, rate %llu)%s", conf.exact ? "exact" : "sampling",
+                      (unsigned long long)conf.rate,
+                      prc < 0 ? "; no profile builtin" : prc > 0 ? "; profile builtin already defined" : "");
+            if (conf.native && native_install(err) < 0) agent_log("native tracking off: %s", err);
+        }
+    }
+    launch_set(LAUNCH_DONE); /* the agent thread answers the daemon with what is in force */
+    return rc;
 }
 
 int agent_launched(void) { return launched; }

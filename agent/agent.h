@@ -12,8 +12,8 @@
 
 /* Called by the injector on a hijacked thread of the target; copies arg and
  * starts the agent's own thread, then returns at once. Never runs Python code.
- * arg: space-separated key=value: sock=@ABSTRACT|/path token=HEX pylib=PATH
- *      rate=BYTES exact=0|1 frames=N interval=MS track=0|1
+ * arg: space-separated key=value: sock=@ABSTRACT|/path token=HEX pylib=PATH [fd=N]
+ *      (what it takes to connect; the tracking settings come over the wire after the hello)
  * Returns 0 started, 1 already running, <0 error. */
 AGENT_API int memprof_agent_start(const char *arg);
 
@@ -30,8 +30,6 @@ const char *pyapi_abi_error(void);
 /* One line to stderr when MEMPROF_AGENT_DEBUG / debug=1; else nothing. */
 void agent_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* The attach's tracking settings (rate in bytes, frames, interval, exact, track). */
-void agent_tracking_settings(uint64_t *rate, uint32_t *frames, uint32_t *interval_ms, int *exact, int *track);
 
 /* Request handlers run on the agent thread with the GIL held (the core takes
  * it, measures how long, and fills AgentReply.gil_ms). They fill reply->body,

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "defaults.h"
 #include "pyapi.h"
 #include "util.h"
 
@@ -93,8 +94,8 @@ static void (*set_alloc)(int, memalloc_t *);
 static atomic_int passthrough;
 static atomic_int inflight;
 static int installed, ever_hooked, exact_mode, walk_ok;
-static double rate = 512 * 1024;
-static uint32_t max_frames = 64;
+static double rate = MP_DEFAULT_SAMPLE_RATE;
+static uint32_t max_frames = MP_DEFAULT_MAX_FRAMES;
 
 static atomic_flag lock = ATOMIC_FLAG_INIT;
 

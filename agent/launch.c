@@ -7,9 +7,11 @@
  * (PySys_AddAuditHook may be called before Py_Initialize, and a static build
  * exports it like a shared one). The first audit event raised once the
  * interpreter is initialized -- at the latest cpython.run_file, run_module or
- * run_command, right before the program's first line -- installs the allocation
- * hooks under the GIL and starts the agent thread. After that the hook costs a
- * load and a compare per audit event (imports, open, exec...).
+ * run_command, right before the program's first line -- starts the agent thread,
+ * waits for the tracking settings the daemon sends it after its hello, and
+ * installs the allocation hooks with them under the GIL. MEMPROF_RUN carries
+ * only what it takes to connect (socket, token) and follow=0|1. After that the
+ * hook costs a load and a compare per audit event (imports, open, exec...).
  *
  * The process's end: Python's atexit (pycall.c) and os._exit (below, how
  * multiprocessing children end) send the final report first. */

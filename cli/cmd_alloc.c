@@ -40,6 +40,7 @@ struct stack {
 struct view {
     int pid;
     char state[16], mode[16], python[32], command[512], where[128]; /* where: cli_container */
+    int exited, exact; /* the session ended with its process; exact mode (else sampling) */
     double rss, samples_rate, alloc_rate, overhead, ts, first_ts, peak_live;
     double samples, dropped, rate_bytes;
     double live_python, live_native; /* tracked live split, before any --native-only */
@@ -84,12 +85,23 @@ static int frame_slot(struct view *v, unsigned id)
     return 0;
 }
 
+/* Frame id's text (a file or a message may define an id twice: the last one stands). */
+static void frame_set(struct view *v, unsigned id, const char *file, const char *func, unsigned line, unsigned first)
+{
+    struct frame *f = &v->frames[id];
+    if (f->used) {
+        free(f->file);
+        free(f->func);
+    }
+    *f = (struct frame){1, strdup(file), strdup(func), line, first};
+}
+
 static void view_frames(struct view *v, const Memprof__AllocData *d)
 {
     for (size_t i = 0; i < d->n_frames; i++) {
         const Memprof__AllocFrame *f = d->frames[i];
         if (frame_slot(v, f->id) < 0) continue;
-        v->frames[f->id] = (struct frame){1, strdup(f->file), strdup(f->function), f->line, f->first_line};
+        frame_set(v, f->id, f->file, f->function, f->line, f->first_line);
     }
 }
 
@@ -102,13 +114,15 @@ static void view_from_data(struct view *v, const Memprof__AllocData *d)
     if (d->session) {
         v->pid = d->session->pid;
         cli_container(d->session->ns_pid, d->session->container, v->where, sizeof v->where);
-        snprintf(v->state, sizeof v->state, "%s", d->session->state);
+        snprintf(v->state, sizeof v->state, "%s", wire_state_name(d->session->state));
+        v->exited = d->session->state == MEMPROF__SESSION_INFO__STATE__EXITED;
         snprintf(v->python, sizeof v->python, "%s", d->session->python_version);
         for (size_t i = 0; i < d->session->n_argv; i++) {
             size_t l = strlen(v->command);
             snprintf(v->command + l, sizeof v->command - l, "%s%s", i ? " " : "", d->session->argv[i]);
         }
     }
+    v->exact = d->exact;
     snprintf(v->mode, sizeof v->mode, "%s", d->exact ? "exact" : "sampling");
     v->rss = (double)d->rss_bytes;
     v->samples_rate = d->samples_rate;
@@ -379,7 +393,7 @@ static void print_top(FILE *o, const struct view *v, enum by by, enum sort sort,
     size_t n = rows_build(v, by, sort, &rows);
     double live = view_live(v);
     char a[32], b[32], c[32], d[32], loc[1200];
-    int exited = !strcmp(v->state, "exited");
+    int exited = v->exited;
     if (json) {
         fprintf(o, "{\"pid\": %d, \"state\": \"%s\", \"python\": ", v->pid, v->state);
         cli_json_str(o, v->python);
@@ -419,7 +433,7 @@ static void print_top(FILE *o, const struct view *v, enum by by, enum sort sort,
         fprintf(o, " = Python %s + native %s%s", cli_bytes(v->live_python, a, sizeof a),
                 cli_bytes(v->live_native, b, sizeof b), native_only ? " [native only]" : "");
     fprintf(o, "  alloc %s/s  samples/s %.1f  mode %s", cli_bytes(v->alloc_rate, d, sizeof d), v->samples_rate, v->mode);
-    if (!strcmp(v->mode, "sampling")) fprintf(o, " (1 per %s)", cli_bytes(v->rate_bytes, a, sizeof a));
+    if (!v->exact) fprintf(o, " (1 per %s)", cli_bytes(v->rate_bytes, a, sizeof a));
     fprintf(o, "  agent overhead ~%.1f%%", 100 * v->overhead);
     if (v->dropped > 0) fprintf(o, "  dropped %.0f", v->dropped);
     fprintf(o, "\n%12s %12s %6s%s %12s %10s  %s   [by %s, sorted by %s]\n", "OWN LIVE", "TOTAL LIVE", "%LIVE",
@@ -664,7 +678,7 @@ static int lines_print(FILE *o, struct view *v, const char *func, const char *fi
     double *inc = NULL, *occ = NULL, best = -1;
     char **src;
     size_t nsrc;
-    int pid = v->pid, exact = !strcmp(v->mode, "exact");
+    int pid = v->pid, exact = v->exact;
     /* the (file, def line) of NAME holding the most memory */
     for (size_t i = 0; i < v->nframes; i++) {
         struct frame *f = &v->frames[i];
@@ -920,7 +934,10 @@ static int load_snapshot(const char *path, struct view *v)
         }
         if (!strncmp(line, "pid ", 4)) v->pid = atoi(line + 4);
         else if (!strncmp(line, "time ", 5)) v->ts = atof(line + 5);
-        else if (!strncmp(line, "mode ", 5)) snprintf(v->mode, sizeof v->mode, "%s", line + 5);
+        else if (!strncmp(line, "mode ", 5)) {
+            snprintf(v->mode, sizeof v->mode, "%s", line + 5);
+            v->exact = !strcmp(v->mode, "exact"); /* the file's text, not the wire's */
+        }
         else if (!strncmp(line, "frame\t", 6)) {
             unsigned id, ln, fl;
             char *file, *func;
@@ -931,7 +948,7 @@ static int load_snapshot(const char *path, struct view *v)
             file = strtok_r(NULL, "\t", &save);
             func = strtok_r(NULL, "\t", &save);
             if (!file || !func || frame_slot(v, id) < 0) continue;
-            v->frames[id] = (struct frame){1, strdup(file), strdup(func), ln, fl};
+            frame_set(v, id, file, func, ln, fl);
         } else if (!strncmp(line, "stack\t", 6)) {
             struct stack s = {0};
             double vals[6];

@@ -68,7 +68,7 @@ static void export_json(FILE *f, const Memprof__AllocData *d)
     fputs("{\"format\": \"memprof-export 1\", \"session\": {", f);
     if (s) {
         fprintf(f, "\"id\": %u, \"pid\": %d, \"state\": ", s->id, s->pid);
-        cli_json_str(f, s->state);
+        cli_json_str(f, wire_state_name(s->state));
         fputs(", \"python\": ", f);
         cli_json_str(f, s->python_version);
         fputs(", \"executable\": ", f);
@@ -79,7 +79,7 @@ static void export_json(FILE *f, const Memprof__AllocData *d)
             cli_json_str(f, s->argv[i]);
         }
         fputs("], \"mode\": ", f);
-        cli_json_str(f, s->mode);
+        cli_json_str(f, wire_mode_name(s->mode));
         json_field(f, "attached_since", s->attached_since, 1);
     }
     fprintf(f, "},\n \"mode\": \"%s\", \"sample_rate\": %llu,\n \"totals\": {", d->exact ? "exact" : "sampling",

@@ -335,7 +335,7 @@ int cmd_flamegraph(int argc, char **argv)
     snprintf(mode, sizeof mode, "sampling every %s: estimates", cli_bytes((double)d->sample_rate, b2, sizeof b2));
     snprintf(subtitle, sizeof subtitle, "%s total, %ld stacks; Python %s, session %u (%s), %s; data of %s",
              cli_bytes(root.value, b1, sizeof b1), nstacks, s && s->python_version ? s->python_version : "?",
-             s ? s->id : 0, s && s->state ? s->state : "?", d->exact ? "exact mode" : mode,
+             s ? s->id : 0, s ? wire_state_name(s->state) : "?", d->exact ? "exact mode" : mode,
              d->timestamp > 0 ? when : "-");
     if (!(f = fopen(out, "w"))) {
         int e = errno;

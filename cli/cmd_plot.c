@@ -499,7 +499,7 @@ static void draw_titles(FILE *f, const struct plot *p, const char *title)
     sub[0] = 0;
     if (title) snprintf(sub, sizeof sub, "pid %d, Python %s \xc2\xb7 ", s ? s->pid : 0, s ? s->python_version : "?");
     l = strlen(sub);
-    snprintf(sub + l, sizeof sub - l, "session %u (%s) \xc2\xb7 %s", s ? s->id : 0, s ? s->state : "?",
+    snprintf(sub + l, sizeof sub - l, "session %u (%s) \xc2\xb7 %s", s ? s->id : 0, s ? wire_state_name(s->state) : "?",
              p->d->exact ? "exact" : "sampling");
     l = strlen(sub);
     if (!p->d->exact) snprintf(sub + l, sizeof sub - l, " 1 per %s", cli_bytes((double)p->d->sample_rate, x, sizeof x));

@@ -15,6 +15,7 @@
 
 #include "client.h"
 #include "commands.h"
+#include "defaults.h"
 #include "pyversions.h"
 
 #define SETTLE_S 5.0        /* after the program ends, for its sessions' final reports */
@@ -36,7 +37,7 @@ static const char *usage_run =
     "  --exact           count every allocation (slower), instead of sampling\n"
     "  --native          also native allocations (malloc, mmap... of C extensions)\n"
     "  --sample-rate B   mean bytes between samples (default 64 KiB)\n"
-    "  --max-frames N    Python frames kept per sample (default 64)\n"
+    "  --max-frames N    Python frames kept per sample (default " MP_STR(MP_DEFAULT_MAX_FRAMES) ")\n"
     "  --follow-fork     children (os.fork, multiprocessing) are sessions too,\n"
     "                    each with its own reports\n"
     "  -o FILE           write the reports to FILE instead of stderr\n"
@@ -124,7 +125,7 @@ static Envelope *run_sessions(int fd, uint32_t run, size_t *live, char *err)
     }
     for (size_t i = 0; i < reply->status_reply->n_sessions; i++) {
         const Memprof__SessionInfo *si = reply->status_reply->sessions[i];
-        if (si->run == run && (!strcmp(si->state, "attaching") || !strcmp(si->state, "attached"))) (*live)++;
+        if (si->run == run && (si->state == MEMPROF__SESSION_INFO__STATE__ATTACHING || si->state == MEMPROF__SESSION_INFO__STATE__ATTACHED)) (*live)++;
     }
     return reply;
 }
@@ -219,7 +220,7 @@ int cmd_run(int argc, char **argv)
         fputs(usage_run, stdout);
         return 0;
     }
-    rq.sample_rate = 64 * 1024;
+    rq.sample_rate = MP_RUN_SAMPLE_RATE;
     while ((c = getopt_long(argc, argv, "+o:", opts, NULL)) != -1) {
         switch (c) {
         case 'f':
@@ -236,8 +237,8 @@ int cmd_run(int argc, char **argv)
         case 'm':
             errno = 0;
             rq.max_frames = (uint32_t)strtoul(optarg, &end, 10);
-            if (errno || *end || !rq.max_frames || rq.max_frames > 512)
-                return cli_fail("--max-frames: '%s' is not a number from 1 to 512", optarg);
+            if (errno || *end || !rq.max_frames || rq.max_frames > MP_MAX_FRAMES)
+                return cli_fail("--max-frames: '%s' is not a number from 1 to " MP_STR(MP_MAX_FRAMES), optarg);
             break;
         case 'F': rq.follow_fork = 1; break;
         case 'o': out_path = optarg; break;

@@ -107,7 +107,7 @@ int cmd_status(int argc, char **argv)
             printf("%s{\"id\": %u, \"pid\": %d, \"python\": ", i ? ", " : "", s->id, s->pid);
             cli_json_str(stdout, s->python_version);
             printf(", \"state\": \"%s\", \"mode\": \"%s\", \"attached_since\": %.3f, \"stop_ms\": %.3f, \"ns_pid\": %d, "
-                   "\"container\": ", s->state, s->mode, s->attached_since, s->stop_ms, s->ns_pid ? s->ns_pid : s->pid);
+                   "\"container\": ", wire_state_name(s->state), wire_mode_name(s->mode), s->attached_since, s->stop_ms, s->ns_pid ? s->ns_pid : s->pid);
             cli_json_str(stdout, s->container);
             printf(", \"command\": ");
             cli_json_str(stdout, cmd);
@@ -133,7 +133,7 @@ int cmd_status(int argc, char **argv)
             else snprintf(since, sizeof since, "-");
             join_argv(s->argv, s->n_argv, cmd, sizeof cmd);
             printf("%-4u %-8d %-8s %-10s %-9s %-21s %5.2f ms  %s%s\n", s->id, s->pid,
-                   cli_esc(s->python_version, ever, sizeof ever), s->state, s->mode, since, s->stop_ms,
+                   cli_esc(s->python_version, ever, sizeof ever), wire_state_name(s->state), wire_mode_name(s->mode), since, s->stop_ms,
                    cli_esc(cli_container(s->ns_pid, s->container, where, sizeof where), ewhere, sizeof ewhere),
                    cli_esc(cmd, ecmd, sizeof ecmd));
         }
@@ -144,7 +144,7 @@ int cmd_status(int argc, char **argv)
     printf("\n");
     for (size_t i = 0; i < r->n_sessions; i++) {
         Memprof__SessionInfo *s = r->sessions[i];
-        if (strcmp(s->state, "attached") || !*s->agent_version || !strcmp(s->agent_version, dver)) continue;
+        if (s->state != MEMPROF__SESSION_INFO__STATE__ATTACHED || !*s->agent_version || !strcmp(s->agent_version, dver)) continue;
         printf("session %u (pid %d): agent %s differs from memprofd %s (detach and attach again)\n", s->id, s->pid,
                s->agent_version, dver);
     }

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "alloc.h"
+#include "defaults.h"
 #include "elfsym.h"
 #include "inject.h"
 #include "procinfo.h"
@@ -25,9 +26,6 @@
 #define ATTACH_TIMEOUT 15.0   /* seconds for the agent to say hello */
 #define DETACH_TIMEOUT 5.0
 #define CALL_TIMEOUT 120.0    /* a census of a huge heap may take a while */
-#define DEFAULT_SAMPLE_RATE (512 * 1024)
-#define DEFAULT_MAX_FRAMES 64
-#define DEFAULT_INTERVAL_MS 250
 
 enum { ATTACH_AUTO, ATTACH_PTRACE, ATTACH_REMOTE_EXEC };
 
@@ -106,8 +104,8 @@ void attach_tracking(Memprof__TrackingConfig *t, int enabled, int exact, uint64_
     memprof__tracking_config__init(t);
     t->enabled = enabled;
     t->exact = exact;
-    t->sample_rate = rate ? rate : DEFAULT_SAMPLE_RATE;
-    t->max_frames = frames ? frames : DEFAULT_MAX_FRAMES;
+    t->sample_rate = rate ? rate : MP_DEFAULT_SAMPLE_RATE;
+    t->max_frames = frames ? frames : MP_DEFAULT_MAX_FRAMES;
     t->interval_ms = interval_ms ? interval_ms : default_interval_ms;
 }
 
@@ -149,12 +147,11 @@ static int attach_method_of(const char *name, int *method)
     return 0;
 }
 
-/* The agent's settings (memprof_agent_start's argument). */
+/* memprof_agent_start's argument: what the agent needs to connect and say hello (its tracking
+ * settings follow on the wire, attach_agent_hello_done). */
 static const char *agent_arg(const struct session *s, char *arg, size_t len)
 {
-    snprintf(arg, len, "sock=@%s token=%s pylib=%s rate=%llu exact=%d frames=%u interval=%u track=%d native=%d",
-             server_agent_sock, s->token, s->py.pylib, (unsigned long long)s->track.sample_rate, s->track.exact,
-             s->track.max_frames, s->track.interval_ms, s->track.enabled, s->track.native);
+    snprintf(arg, len, "sock=@%s token=%s pylib=%s", server_agent_sock, s->token, s->py.pylib);
     return arg;
 }
 
@@ -227,7 +224,7 @@ void attach_on_attach(struct conn *c, const Envelope *in)
     s->attach_started = mp_now();
     s->attach_waiter = c->id;
     attach_tracking(&s->track, !req->no_tracking, req->exact, req->sample_rate, req->max_frames, req->interval_ms,
-                    DEFAULT_INTERVAL_MS);
+                    MP_DEFAULT_INTERVAL_MS);
     s->track.native = req->native && !req->exact;
     if (attach_make_token(s->token) < 0) {
         reply_attach_error(c->id, "no randomness for a token");
@@ -337,11 +334,12 @@ int attach_agent_hello(struct conn *c, const Memprof__Hello *h, char *err)
 }
 
 static void start_detach(struct session *s, uint64_t waiter, double timeout);
+static struct call *call_new(pid_t pid, uint64_t client_conn, uint64_t client_id);
+static void send_agent_request(struct session *s, Memprof__AgentRequest *req);
 
-void attach_agent_ready(struct conn *c)
+/* The agent's settings are in force (its reply to the TrackingConfig): the attach is done. */
+static void attach_agent_ready(struct session *s)
 {
-    struct session *s = session_find(c->peer_pid);
-    if (!s) return;
     s->state = SESS_ATTACHED;
     s->attached_since = mp_wallclock();
     s->deadline = 0;
@@ -365,6 +363,23 @@ static struct session *session_of_agent(struct conn *c)
     for (struct session *s = sessions; s; s = s->next)
         if (s->agent_conn == c->id) return s;
     return NULL;
+}
+
+void attach_agent_hello_done(struct conn *c)
+{
+    Memprof__AgentRequest req = MEMPROF__AGENT_REQUEST__INIT;
+    struct session *s = session_of_agent(c);
+    struct call *k;
+    if (!s) return;
+    if (!(k = call_new(s->pid, 0, 0))) {
+        conn_close(c); /* attach_agent_gone answers the attach */
+        return;
+    }
+    s->config_call = k->id;
+    req.id = k->id;
+    req.body_case = MEMPROF__AGENT_REQUEST__BODY_TRACKING;
+    req.tracking = &s->track;
+    send_agent_request(s, &req);
 }
 
 static void send_agent_request(struct session *s, Memprof__AgentRequest *req)
@@ -559,6 +574,26 @@ void attach_on_agent_reply(struct conn *c, const Envelope *env)
     for (struct call *k = calls; k; k = k->next) {
         if (k->id != r->id || k->pid != s->pid) continue;
         if (!k->client_conn && r->body_case == MEMPROF__AGENT_REPLY__BODY_DETACH) s->detach_acked = 1;
+        if (k->id == s->config_call && s->state == SESS_ATTACHING) {
+            /* what is in force: tracking may be off (the hooks could not go in) */
+            if (r->body_case == MEMPROF__AGENT_REPLY__BODY_TRACKING) {
+                uint32_t frames = r->tracking->max_frames;
+                s->track.enabled = r->tracking->enabled;
+                s->track.exact = r->tracking->exact;
+                s->track.native = r->tracking->native;
+                s->track.sample_rate = r->tracking->sample_rate;
+                s->track.max_frames = frames;
+                s->track.interval_ms = r->tracking->interval_ms;
+            } else {
+                server_log("pid %d: the agent did not take its tracking settings: %s", (int)s->pid,
+                           r->error && *r->error ? r->error : "(no reason)");
+                s->track.enabled = s->track.native = 0;
+            }
+            s->config_call = 0;
+            call_finish(k, r, NULL);
+            attach_agent_ready(s);
+            return;
+        }
         call_finish(k, r, NULL);
         return;
     }
@@ -580,6 +615,15 @@ void attach_agent_gone(struct conn *c)
     if (!s) return;
     s->agent_conn = 0;
     if (s->state == SESS_DETACHING) return; /* expected: the tick finishes the detach */
+    if (s->state == SESS_ATTACHING) { /* between its hello and its settings */
+        snprintf(why, sizeof why, "pid %d: the agent %s during the attach", (int)s->pid,
+                 proc_alive(s->pid) ? "disconnected" : "exited");
+        server_log("%s", why);
+        fail_calls_of(s->pid, why);
+        reply_attach_error(s->attach_waiter, why);
+        session_free(s);
+        return;
+    }
     if (!proc_alive(s->pid) || s->exiting) {
         snprintf(why, sizeof why, "pid %d: the process exited", (int)s->pid);
         server_log("pid %d exited; session kept", (int)s->pid);
@@ -635,7 +679,11 @@ long attach_tick(void)
             rx_done(&s->rx);
         if (s->state == SESS_ATTACHING && s->deadline && now > s->deadline) {
             char err[MP_ERRLEN];
-            if (s->method == ATTACH_REMOTE_EXEC)
+            struct conn *ac = s->agent_conn ? conn_by_id(s->agent_conn) : NULL;
+            if (ac)
+                snprintf(err, sizeof err, "pid %d: the agent connected but did not take its tracking settings within %.0f s",
+                         (int)s->pid, ATTACH_TIMEOUT);
+            else if (s->method == ATTACH_REMOTE_EXEC)
                 snprintf(err, sizeof err,
                          "pid %d: its interpreter took the remote-exec request but no agent connected within %.0f s "
                          "(ctypes missing, or an audit hook refused cpython.remote_debugger_script?); "
@@ -647,8 +695,10 @@ long attach_tick(void)
                          "(interpreter not initialized, or the GIL never released?)",
                          (int)s->pid, ATTACH_TIMEOUT);
             reply_attach_error(s->attach_waiter, err);
+            s->agent_conn = 0; /* so that closing it finds no session */
+            if (ac) conn_close(ac); /* the agent undoes itself at EOF */
             session_free(s);
-        } else if (s->state == SESS_ATTACHING && !proc_alive(s->pid)) {
+        } else if (s->state == SESS_ATTACHING && !proc_alive(s->pid) && !s->agent_conn) {
             char err[MP_ERRLEN];
             snprintf(err, sizeof err, "pid %d: the process exited during the attach", (int)s->pid);
             reply_attach_error(s->attach_waiter, err);

@@ -15,7 +15,8 @@ void attach_on_alloc_report(struct conn *c, const Envelope *env);
 void attach_on_agent_reply(struct conn *c, const Envelope *env);
 
 int attach_agent_hello(struct conn *c, const Memprof__Hello *h, char *err);
-void attach_agent_ready(struct conn *c);
+/* After the hello: sends the agent its TrackingConfig; its reply makes the session attached. */
+void attach_agent_hello_done(struct conn *c);
 void attach_agent_gone(struct conn *c);
 void attach_client_gone(struct conn *c);
 long attach_tick(void);            /* timeouts, detach progress, exit detection; ms until it must run again, -1: nothing pending */

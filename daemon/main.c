@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "defaults.h"
 #include "http.h"
 #include "server.h"
 #include "pyversions.h"
@@ -59,10 +60,10 @@ static const char *usage_attach =
     "\n"
     "Inject the agent into a running CPython " MP_PY_RANGE_SHORT " process and start a session.\n"
     "  --pid PID            the process\n"
-    "  --sample-rate BYTES  mean bytes between allocation samples (default 524288)\n"
+    "  --sample-rate BYTES  mean bytes between allocation samples (default " MP_STR(MP_DEFAULT_SAMPLE_RATE) ")\n"
     "  --exact              count every allocation (slower) instead of sampling\n"
-    "  --max-frames N       Python frames kept per sample (default 64)\n"
-    "  --interval MS        how often the agent reports (default 250)\n"
+    "  --max-frames N       Python frames kept per sample (default " MP_STR(MP_DEFAULT_MAX_FRAMES) ")\n"
+    "  --interval MS        how often the agent reports (default " MP_STR(MP_DEFAULT_INTERVAL_MS) ")\n"
     "  --no-track           attach without allocation tracking\n"
     "  --method M           how the agent gets in: auto (default: remote-exec where it\n"
     "                       works, else ptrace), ptrace (stop a thread briefly and\n"
@@ -246,7 +247,7 @@ static int cmd_attach(int argc, char **argv)
     if (r->error && *r->error) die(r->error);
     if (r->already) {
         fprintf(stderr, "memprofd: pid %d is already attached (Python %s, %s mode, session since %.0f s ago)\n",
-                req.pid, r->session->python_version, r->session->mode, mp_wallclock() - r->session->attached_since);
+                req.pid, r->session->python_version, wire_mode_name(r->session->mode), mp_wallclock() - r->session->attached_since);
         wire_free(reply);
         return 3;
     }

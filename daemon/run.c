@@ -1,6 +1,6 @@
 /* run.c -- memprof run: programs started with the agent preloaded. A client asks
- * for a run (RunRequest) and gets a one-time token plus the agent settings; it
- * starts the program with them. An agent saying hello with that token becomes a
+ * for a run (RunRequest) and gets a one-time token to start the program with (the
+ * tracking settings reach its agent on the wire, after its hello). An agent saying hello with that token becomes a
  * session without any injection, provided it is the client's descendant and
  * runs as the client's user; with follow_fork every such descendant does
  * (fork children, multiprocessing workers, Pythons the program execs). The
@@ -14,11 +14,11 @@
 #include <string.h>
 
 #include "attach.h"
+#include "defaults.h"
 #include "procinfo.h"
 #include "session.h"
 #include "util.h"
 
-#define RUN_INTERVAL_MS 100 /* finer than an attach's 250: runs are often short */
 #define MAX_DEPTH 64 /* parent links followed from an agent up to the client */
 
 struct run {
@@ -68,13 +68,13 @@ void run_on_request(struct conn *c, const Envelope *in)
     r->client_pid = c->peer_pid;
     r->uid = c->peer_uid;
     r->follow = req->follow_fork;
-    attach_tracking(&r->track, 1, req->exact, req->sample_rate, req->max_frames, req->interval_ms, RUN_INTERVAL_MS);
+    attach_tracking(&r->track, 1, req->exact, req->sample_rate, req->max_frames, req->interval_ms, MP_RUN_INTERVAL_MS);
     r->track.native = req->native && !req->exact;
     r->next = runs;
     runs = r;
-    snprintf(env, sizeof env, "sock=@%s token=%s rate=%llu exact=%d frames=%u interval=%u follow=%d native=%d",
-             server_agent_sock, r->token, (unsigned long long)r->track.sample_rate, r->track.exact,
-             r->track.max_frames, r->track.interval_ms, r->follow, r->track.native);
+    /* what the agent needs before its hello (follow: whether the program's children keep it preloaded);
+     * the tracking settings follow on the wire */
+    snprintf(env, sizeof env, "sock=@%s token=%s follow=%d", server_agent_sock, r->token, r->follow);
     server_log("run %u for pid %d (uid %d)%s", r->id, (int)c->peer_pid, (int)c->peer_uid,
                r->follow ? ", following forks" : "");
     reply(c, NULL, r, env);

@@ -399,7 +399,7 @@ void server_on_hello(struct conn *c, const Envelope *env)
         }
         c->kind = CONN_AGENT;
         hello_reply(c, NULL);
-        attach_agent_ready(c);
+        attach_agent_hello_done(c);
         return;
     }
     if (c->from_agent_socket) {

@@ -81,11 +81,16 @@ void session_trim(void)
     }
 }
 
-const char *session_state_name(enum sess_state st)
+Memprof__SessionInfo__State session_state_proto(enum sess_state st)
 {
-    static const char *names[] = {"attaching", "attached", "detaching", "detached", "exited", "lost"};
-    return names[st];
+    static const Memprof__SessionInfo__State proto[] = {
+        MEMPROF__SESSION_INFO__STATE__ATTACHING, MEMPROF__SESSION_INFO__STATE__ATTACHED,
+        MEMPROF__SESSION_INFO__STATE__DETACHING, MEMPROF__SESSION_INFO__STATE__DETACHED,
+        MEMPROF__SESSION_INFO__STATE__EXITED,    MEMPROF__SESSION_INFO__STATE__LOST};
+    return proto[st];
 }
+
+const char *session_state_name(enum sess_state st) { return wire_state_name(session_state_proto(st)); }
 
 void session_fill_info(const struct session *s, Memprof__SessionInfo *info)
 {
@@ -97,13 +102,16 @@ void session_fill_info(const struct session *s, Memprof__SessionInfo *info)
     info->ns_pid = s->ns_pid != s->pid ? s->ns_pid : 0;
     info->container = (char *)s->container;
     info->python_version = (char *)s->py.version;
-    info->state = (char *)session_state_name(s->state);
+    info->state = session_state_proto(s->state);
     info->attached_since = s->attached_since;
     info->executable = s->executable ? s->executable : (char *)"";
     info->argv = s->argv;
     info->n_argv = s->argc;
     info->stop_ms = s->stop_ms;
-    info->mode = (char *)(!s->track.enabled ? "off" : s->track.exact ? "exact" : s->track.native ? "native" : "sampling");
+    info->mode = !s->track.enabled ? MEMPROF__SESSION_INFO__MODE__OFF
+                 : s->track.exact   ? MEMPROF__SESSION_INFO__MODE__EXACT
+                 : s->track.native  ? MEMPROF__SESSION_INFO__MODE__NATIVE
+                                    : MEMPROF__SESSION_INFO__MODE__SAMPLING;
     info->sample_rate = s->track.sample_rate;
     info->agent_version = (char *)s->agent_version;
 }

@@ -37,7 +37,8 @@ struct session {
     double deadline;            /* for the current phase (attaching, detaching) */
     int detach_acked;           /* agent answered the detach request */
     int cancelled;              /* the attaching client went away: undo once the agent is up */
-    Memprof__TrackingConfig track;
+    Memprof__TrackingConfig track; /* asked for, then (after the agent's reply) in force */
+    uint64_t config_call;       /* the call sending it the TrackingConfig, until its reply */
     struct alloc_data *alloc;   /* allocation tracking data (alloc.c), NULL until a report */
     uint32_t run;               /* memprof run: the run (run.c) it belongs to; 0 when attached */
     pid_t ppid;                 /* memprof run: parent pid, for a child's session */
@@ -59,7 +60,8 @@ struct session *session_by_id(uint32_t id);
 struct session *session_new(pid_t pid);
 void session_free(struct session *s);
 void session_retire(struct session *s, enum sess_state state); /* keeps it for status */
-const char *session_state_name(enum sess_state st);
+const char *session_state_name(enum sess_state st); /* as clients print it (wire_state_name) */
+Memprof__SessionInfo__State session_state_proto(enum sess_state st);
 void session_fill_info(const struct session *s, Memprof__SessionInfo *info);
 void session_info_clear(Memprof__SessionInfo *info);
 /* Drop the oldest ended sessions beyond the history bound. */

@@ -40,6 +40,34 @@ int wire_encode(const Envelope *env, uint8_t **out, size_t *outlen, char *err)
     return 0;
 }
 
+/* Field number 0 does not exist; protobuf-c keeps one spelled in a multi-byte tag as an unknown field and
+ * writes it back in one byte, which it then refuses: a message forwarded as decoded (a client's AgentCall to
+ * the agent, the agent's reply to the client) would break the connection it is forwarded on. 1: none. */
+static int no_field_zero(const ProtobufCMessage *m)
+{
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    for (unsigned i = 0; i < m->n_unknown_fields; i++)
+        if (m->unknown_fields[i].tag == 0) return 0;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        const char *base = (const char *)m;
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)(base + f->quantifier_offset);
+            ProtobufCMessage *const *v = *(ProtobufCMessage *const *const *)(base + f->offset);
+            for (size_t k = 0; k < n; k++)
+                if (v[k] && !no_field_zero(v[k])) return 0;
+        } else {
+            const ProtobufCMessage *sub;
+            if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) && *(const uint32_t *)(base + f->quantifier_offset) != f->id)
+                continue;
+            sub = *(const ProtobufCMessage *const *)(base + f->offset);
+            if (sub && !no_field_zero(sub)) return 0;
+        }
+    }
+    return 1;
+}
+
 int wire_decode(const uint8_t *payload, size_t len, Envelope **env, char *err)
 {
     if (len > WIRE_MAX_MSG) {
@@ -49,6 +77,12 @@ int wire_decode(const uint8_t *payload, size_t len, Envelope **env, char *err)
     *env = memprof__envelope__unpack(NULL, len, payload);
     if (!*env) {
         mp_err(err, "malformed message (%zu bytes do not decode)", len);
+        return -1;
+    }
+    if (!no_field_zero(&(*env)->base)) {
+        memprof__envelope__free_unpacked(*env, NULL);
+        *env = NULL;
+        mp_err(err, "malformed message (field number 0)");
         return -1;
     }
     /* An envelope whose only field is unknown comes from a newer peer: the caller answers it. */
@@ -231,4 +265,28 @@ const char *wire_name(const Envelope *env)
     if (!env) return "(none)";
     f = protobuf_c_message_descriptor_get_field(&memprof__envelope__descriptor, env->msg_case);
     return f ? f->name : "(unknown)";
+}
+
+const char *wire_state_name(Memprof__SessionInfo__State st)
+{
+    switch (st) {
+    case MEMPROF__SESSION_INFO__STATE__ATTACHING: return "attaching";
+    case MEMPROF__SESSION_INFO__STATE__ATTACHED: return "attached";
+    case MEMPROF__SESSION_INFO__STATE__DETACHING: return "detaching";
+    case MEMPROF__SESSION_INFO__STATE__DETACHED: return "detached";
+    case MEMPROF__SESSION_INFO__STATE__EXITED: return "exited";
+    case MEMPROF__SESSION_INFO__STATE__LOST: return "lost";
+    default: return "unknown";
+    }
+}
+
+const char *wire_mode_name(Memprof__SessionInfo__Mode mode)
+{
+    switch (mode) {
+    case MEMPROF__SESSION_INFO__MODE__OFF: return "off";
+    case MEMPROF__SESSION_INFO__MODE__SAMPLING: return "sampling";
+    case MEMPROF__SESSION_INFO__MODE__EXACT: return "exact";
+    case MEMPROF__SESSION_INFO__MODE__NATIVE: return "native";
+    default: return "unknown";
+    }
 }

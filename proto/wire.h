@@ -45,4 +45,9 @@ int wire_write_all(int fd, const uint8_t *buf, size_t len, int timeout_ms, char 
 /* Short name of the envelope's message, for logs and errors. */
 const char *wire_name(const Envelope *env);
 
+/* A session's state and tracking mode as programs print them: "attached", "sampling"...
+ * ("unknown" for a value this build does not know). */
+const char *wire_state_name(Memprof__SessionInfo__State st);
+const char *wire_mode_name(Memprof__SessionInfo__Mode mode);
+
 #endif

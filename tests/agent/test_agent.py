@@ -144,6 +144,52 @@ def test_session_and_reattach(python):
     assert out.count("eof") == 2, out
 
 
+def test_no_hook_before_the_settings(python):
+    """Nothing is hooked until the daemon's TrackingConfig (the injection argument has no
+    tracking settings): no allocation report before it, reports after it."""
+    facts = py_facts(python)
+    f = Faked("--script", "sleep:1,census,tracking,sleep:1,census,detach")
+    p = run_target(python, "session", agent_arg(f.sock, facts))
+    out = f.output()
+    ok_exit(p)
+    before, after = out.split(" body=7 ", 1)
+    assert "body=5" in before and "alloc_report" not in before, out
+    assert re.match(r"gil_ms=0\.000 error=- enabled=1 exact=0 rate=524288 frames=64 interval=250", after), out
+    assert "message alloc_report" in after.split(" body=5 ")[0], out
+    assert "allocation hooks installed (sampling, rate 524288)" in p.stderr, p.stderr
+
+
+def run_preloaded(python, sock, code):
+    """The program as `memprof run` starts it: the agent preloaded, MEMPROF_RUN naming the daemon."""
+    env = dict(os.environ, LD_PRELOAD=AGENT, MEMPROF_RUN="sock=%s token=t follow=0" % sock,
+               MEMPROF_AGENT_DEBUG="1")
+    return subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.parametrize("script,tracked", [("tracking,sleep:0.5,detach", True),
+                                            ("sleep:0.5,close", False)])
+def test_preloaded_waits_for_the_settings(python, script, tracked):
+    """memprof run: the hooks go in before the program's first line, with the settings the daemon
+    sent after the hello; a session that ends before them leaves the program running unhooked."""
+    facts = py_facts(python)
+    if facts["hex"] < 0x03080000:
+        pytest.skip("memprof run needs PySys_AddAuditHook (Python 3.8+)")
+    f = Faked("--script", script)
+    p = run_preloaded(python, f.sock, "import time; time.sleep(1); print('ran')")
+    out = f.output()
+    assert p.returncode == 0 and p.stdout == "ran\n", p.stdout + p.stderr
+    assert len(hellos(out)) == 1, out
+    if tracked:
+        assert "body=7 gil_ms=0.000 error=- enabled=1 exact=0 rate=524288" in out, out
+        assert "hooks installed before the first line (sampling, rate 524288)" in p.stderr, p.stderr
+        assert "without memory tracking" not in p.stderr, p.stderr
+    else:
+        assert "body=7" not in out, out
+        assert "installed" not in p.stderr, p.stderr
+        assert "ended before its tracking settings came" in p.stderr, p.stderr
+        assert "the program runs without memory tracking" in p.stderr, p.stderr
+
+
 def test_thread_name_and_signals(python):
     facts = py_facts(python)
     f = Faked("--script", "sleep:1,detach")

@@ -121,6 +121,24 @@ static void test_garbage(void)
     CHECK(wire_decode(empty + 4, 0, &out, err) == -1, "empty envelope refused");
 }
 
+/* Field number 0 spelled in two bytes (0x82 0x00): protobuf-c takes it, but would write it back in one byte
+ * (0x02), which it refuses; found by fuzz_decode (tests/fuzz/corpus/decode/crash-field-number-0). Refused
+ * at the top level and inside a message the daemon forwards (AgentCall's request). */
+static void test_field_zero(void)
+{
+    Envelope *out = NULL;
+    char err[MP_ERRLEN] = "";
+    uint8_t top[] = {0x82, 0x00, 0x01, 0x00};
+    uint8_t nested[] = {0x72, 0x07, 0x08, 0x01, 0x12, 0x03, 0x82, 0x00, 0x00}; /* agent_call{pid 1, request{<0>: ""}} */
+    uint8_t fine[] = {0x72, 0x04, 0x08, 0x01, 0x12, 0x00};               /* agent_call{pid 1, request{}} */
+    CHECK(wire_decode(top, sizeof top, &out, err) == -1 && out == NULL && strstr(err, "field number 0"),
+          "field number 0 in a two-byte tag refused");
+    CHECK(wire_decode(nested, sizeof nested, &out, err) == -1 && out == NULL && strstr(err, "field number 0"),
+          "field number 0 in a nested message refused");
+    CHECK(wire_decode(fine, sizeof fine, &out, err) == 0 && out && out->agent_call->request, "the same without it decodes");
+    wire_free(out);
+}
+
 static void test_socket_truncated(void)
 {
     int sv[2];
@@ -182,6 +200,7 @@ int main(void)
     test_two_frames_in_one_read();
     test_oversized_header();
     test_garbage();
+    test_field_zero();
     test_socket_truncated();
     test_encode_limit();
     printf("%d passed, %d failed\n", passed, failed);

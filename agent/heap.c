@@ -1,0 +1,361 @@
+/* heap.c -- the census engine's ground floor: the C API it resolves, pointer maps, the walk
+ * over the collector's lists (or gc.get_objects()), and per-type shallow sizes. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "heap.h"
+
+const struct pyabi *abi;
+struct capi api;
+
+static const char *const func_getters[7] = {
+    "PyFunction_GetCode", "PyFunction_GetGlobals", "PyFunction_GetDefaults",
+    "PyFunction_GetKwDefaults", "PyFunction_GetClosure", "PyFunction_GetAnnotations",
+    "PyFunction_GetModule"};
+
+/* ---------------------------------------------------------------- the C API */
+
+int api_load(char *err)
+{
+    struct { void **slot; const char *name; } req[] = {
+        {(void **)&api.Dict_Next, "PyDict_Next"},
+        {(void **)&api.Dict_GetItemString, "PyDict_GetItemString"},
+        {(void **)&api.GetAttrString, "PyObject_GetAttrString"},
+        {(void **)&api.DecRef, "Py_DecRef"},
+        {(void **)&api.Err_Clear, "PyErr_Clear"},
+        {(void **)&api.IsSubtype, "PyType_IsSubtype"},
+        {(void **)&api.Import, "PyImport_ImportModule"},
+        {(void **)&api.CallMethod, "PyObject_CallMethod"},
+        {(void **)&api.Frame_GetLineNumber, "PyFrame_GetLineNumber"},
+        {(void **)&api.type_t, "PyType_Type"}, {(void **)&api.module_t, "PyModule_Type"},
+        {(void **)&api.dict_t, "PyDict_Type"}, {(void **)&api.list_t, "PyList_Type"},
+        {(void **)&api.tuple_t, "PyTuple_Type"}, {(void **)&api.set_t, "PySet_Type"},
+        {(void **)&api.frozenset_t, "PyFrozenSet_Type"}, {(void **)&api.str_t, "PyUnicode_Type"},
+        {(void **)&api.long_t, "PyLong_Type"}, {(void **)&api.bool_t, "PyBool_Type"},
+        {(void **)&api.float_t, "PyFloat_Type"}, {(void **)&api.bytes_t, "PyBytes_Type"},
+        {(void **)&api.bytearray_t, "PyByteArray_Type"},
+        {(void **)&api.function_t, "PyFunction_Type"}, {(void **)&api.method_t, "PyMethod_Type"},
+        {(void **)&api.cfunction_t, "PyCFunction_Type"}, {(void **)&api.cell_t, "PyCell_Type"},
+        {(void **)&api.frame_t, "PyFrame_Type"}, {(void **)&api.code_t, "PyCode_Type"},
+        {(void **)&api.gen_t, "PyGen_Type"}, {(void **)&api.coro_t, "PyCoro_Type"},
+        {(void **)&api.asyncgen_t, "PyAsyncGen_Type"},
+        {(void **)&api.none, "_Py_NoneStruct"}, {(void **)&api.true_, "_Py_TrueStruct"},
+    };
+    abi = pyapi_abi();
+    if (!abi) {
+        mp_err(err, "object census: %s", pyapi_abi_error());
+        return -1;
+    }
+    if (api.ready) return 0;
+    for (size_t i = 0; i < sizeof req / sizeof req[0]; i++) {
+        *req[i].slot = pyapi_sym(req[i].name);
+        if (!*req[i].slot) {
+            mp_err(err, "object census: the interpreter does not export %s", req[i].name);
+            return -1;
+        }
+    }
+    api.InterpreterState_Main = (void *(*)(void))pyapi_sym("PyInterpreterState_Main");
+    api.runtime = pyapi_sym("_PyRuntime");
+    api.GC_Disable = (int (*)(void))pyapi_sym("PyGC_Disable");
+    api.GC_Enable = (int (*)(void))pyapi_sym("PyGC_Enable");
+    for (int i = 0; i < 7; i++) api.Func_Get[i] = (pyobj * (*)(pyobj *)) pyapi_sym(func_getters[i]);
+    api.ready = 1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- pointer maps */
+
+int pm_init(struct pmap *m, size_t want, int with_vals)
+{
+    unsigned bits = 10;
+    while (((size_t)1 << bits) < want * 2 && bits < 25) bits++;
+    memset(m, 0, sizeof *m);
+    m->bits = bits;
+    m->mask = ((size_t)1 << bits) - 1;
+    m->keys = calloc(m->mask + 1, sizeof *m->keys);
+    if (with_vals) m->vals = malloc((m->mask + 1) * sizeof *m->vals);
+    if (!m->keys || (with_vals && !m->vals)) {
+        free(m->keys);
+        free(m->vals);
+        m->keys = NULL;
+        m->vals = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+void pm_free(struct pmap *m)
+{
+    free(m->keys);
+    free(m->vals);
+    memset(m, 0, sizeof *m);
+}
+
+int pm_grow(struct pmap *m)
+{
+    struct pmap g;
+    if (m->mask + 1 >= MAX_SET_SLOTS) return -1;
+    g.bits = m->bits + 1;
+    g.mask = ((size_t)1 << g.bits) - 1;
+    g.n = m->n;
+    g.keys = calloc(g.mask + 1, sizeof *g.keys);
+    g.vals = m->vals ? malloc((g.mask + 1) * sizeof *g.vals) : NULL;
+    if (!g.keys || (m->vals && !g.vals)) {
+        free(g.keys);
+        free(g.vals);
+        return -1;
+    }
+    for (size_t i = 0; i <= m->mask; i++) {
+        size_t j;
+        if (!m->keys[i]) continue;
+        j = pm_pos(&g, m->keys[i]);
+        g.keys[j] = m->keys[i];
+        if (g.vals) g.vals[j] = m->vals[i];
+    }
+    free(m->keys);
+    free(m->vals);
+    *m = g;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- heap walk */
+
+#define GC_PTR(g, off) (FLD(g, off, uintptr_t) & ~(uintptr_t)3)
+
+/* One generation list, from both ends at once: walking a linked list is one
+ * cache miss after another, and two independent chains of misses overlap. */
+static int heap_walk_list(uintptr_t head, heap_fn fn, void *arg)
+{
+    uintptr_t f = GC_PTR(head, 0), b = GC_PTR(head, 8);
+    uint64_t n = 0;
+    int rc;
+    while (f && b && f != head && n < HEAP_MAX) {
+        uintptr_t nf, nb;
+        if ((rc = fn((pyobj *)(f + 16), arg))) return rc;
+        if (f == b) break;
+        if ((rc = fn((pyobj *)(b + 16), arg))) return rc;
+        nf = GC_PTR(f, 0);
+        nb = GC_PTR(b, 8);
+        if (nf == b) break;
+        f = nf;
+        b = nb;
+        n += 2;
+    }
+    return 0;
+}
+
+/* Every tracked object once (in no particular order). Returns what fn stopped with. */
+int heap_walk(const struct heap *h, heap_fn fn, void *arg)
+{
+    int rc = 0;
+    if (h->gc) {
+        for (int i = 0; i < h->nheads && !rc; i++) rc = heap_walk_list(h->heads[i], fn, arg);
+        return rc;
+    }
+    for (ssize_t i = 0; i < h->len && !rc; i++)
+        if (h->items[i] != h->list) rc = fn(h->items[i], arg);
+    return rc;
+}
+
+static int gc_state_valid(char *gc)
+{
+    uintptr_t heads[4];
+    /* the generation0 pointer: 3.14.0's incremental collector has none, and
+     * then this fails and the census lists objects with gc.get_objects() */
+    if (FLD(gc, abi->gc.generation0, uintptr_t) != (uintptr_t)(gc + abi->gc.generations)) return 0;
+    for (int i = 0; i < 3; i++) heads[i] = (uintptr_t)(gc + abi->gc.generations + 24 * i);
+    heads[3] = (uintptr_t)(gc + abi->gc.permanent);
+    for (int i = 0; i < 4; i++) {
+        uintptr_t next = FLD(heads[i], 0, uintptr_t) & ~(uintptr_t)3;
+        uintptr_t prev = FLD(heads[i], 8, uintptr_t) & ~(uintptr_t)3;
+        if (!next || !prev) return 0;
+        if ((FLD(next, 8, uintptr_t) & ~(uintptr_t)3) != heads[i]) return 0;
+        if ((FLD(prev, 0, uintptr_t) & ~(uintptr_t)3) != heads[i]) return 0;
+    }
+    return 1;
+}
+
+/* gc.isenabled()/disable()/enable() through the module, for 3.8/3.9 fallback. */
+static int gc_module_call(const char *name)
+{
+    pyobj *mod = api.Import("gc"), *r;
+    int v = -1;
+    if (!mod) {
+        api.Err_Clear();
+        return -1;
+    }
+    r = api.CallMethod(mod, name, NULL);
+    if (r) {
+        v = r == api.true_;
+        api.DecRef(r);
+    } else {
+        api.Err_Clear();
+    }
+    api.DecRef(mod);
+    return v;
+}
+
+/* No collection may run while we hold borrowed pointers: a collection runs
+ * finalizers (user code) and frees objects. */
+static void heap_pause_gc(struct heap *h)
+{
+    if (h->gc) {
+        h->was_enabled = FLD(h->gc, abi->gc.enabled, int);
+        FLD(h->gc, abi->gc.enabled, int) = 0;
+    } else if (api.GC_Disable) {
+        h->was_enabled = api.GC_Disable();
+    } else {
+        h->was_enabled = gc_module_call("isenabled") == 1;
+        gc_module_call("disable");
+    }
+    h->paused = 1;
+}
+
+void heap_close(struct heap *h)
+{
+    if (h->paused && h->was_enabled) {
+        if (h->gc) FLD(h->gc, abi->gc.enabled, int) = 1;
+        else if (api.GC_Enable) api.GC_Enable();
+        else gc_module_call("enable");
+    }
+    if (h->list) api.DecRef(h->list);
+    memset(h, 0, sizeof *h);
+}
+
+int heap_open(struct heap *h, char *err)
+{
+    char *base = NULL;
+    memset(h, 0, sizeof *h);
+    if (abi->caps & PYABI_GC_IN_RUNTIME) base = api.runtime;
+    else if (api.InterpreterState_Main) base = api.InterpreterState_Main();
+#ifdef CENSUS_TEST_FALLBACK /* tests/objects: exercise the gc.get_objects() path */
+    base = NULL;
+#endif
+    if (base && gc_state_valid(base + abi->gc.state)) {
+        h->gc = base + abi->gc.state;
+        if (FLD(h->gc, abi->gc.collecting, int)) {
+            mp_err(err, "the target is in the middle of a garbage collection; try again");
+            h->gc = NULL;
+            return -1;
+        }
+        for (int i = 0; i < 3; i++) h->heads[i] = (uintptr_t)(h->gc + abi->gc.generations + 24 * i);
+        h->heads[3] = (uintptr_t)(h->gc + abi->gc.permanent);
+        h->nheads = 4;
+        heap_pause_gc(h);
+        return 0;
+    }
+    heap_pause_gc(h);
+    {
+        pyobj *mod = api.Import("gc");
+        if (mod) {
+            h->list = api.CallMethod(mod, "get_objects", NULL);
+            api.DecRef(mod);
+        }
+    }
+    if (!h->list || !(TP_FLAGS(OB_TYPE(h->list)) & F_LIST_SUB)) {
+        api.Err_Clear();
+        if (h->list) api.DecRef(h->list);
+        h->list = NULL;
+        heap_close(h);
+        mp_err(err, "cannot list the objects of the target (gc.get_objects failed)");
+        return -1;
+    }
+    h->len = OB_SIZE(h->list);
+    h->items = FLD(h->list, abi->list.items, pyobj **);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- types */
+
+/* Inline values of 3.13 instances: allocated with the object. */
+static uint64_t inline_values_size(char *tp)
+{
+    char *keys = FLD(tp, abi->type.cached_keys, char *);
+    ssize_t size;
+    if (!keys) return 0;
+    size = FLD(keys, 16, ssize_t) + FLD(keys, 24, ssize_t); /* dk_usable + dk_nentries */
+    if (size < 0 || size > 1 << 16) return 0;
+    return (uint64_t)(((size + 7) & ~7) + (size + 1) * 8);
+}
+
+/* 3.11+ frames and generators have a tp_itemsize but no ob_size: their
+ * variable part is sized by the code object; counted at tp_basicsize. */
+static int not_var(char *tp)
+{
+    return is_sub(tp, api.frame_t) || is_sub(tp, api.gen_t) || is_sub(tp, api.coro_t) ||
+           is_sub(tp, api.asyncgen_t);
+}
+
+void tinfo_init(struct tinfo *t, char *tp)
+{
+    unsigned long fl = TP_FLAGS(tp);
+    memset(t, 0, sizeof *t);
+    t->tp = tp;
+    t->itemsize = TP_ITEMSIZE(tp);
+    if (fl & F_HAVE_GC) t->pre = 16;
+    if (fl & abi->type.preheader_flags) t->pre += 16;
+    t->fixed = (uint64_t)TP_BASICSIZE(tp) + t->pre;
+    if (abi->dict.inst_values == PYABI_VALUES_INLINE && (fl & F_INLINE_VALUES)) t->fixed += inline_values_size(tp);
+    if (fl & F_LONG_SUB) t->kind = SK_LONG;
+    else if (fl & F_UNICODE_SUB) t->kind = SK_STR;
+    else if (fl & F_LIST_SUB) t->kind = SK_LIST;
+    else if (fl & F_DICT_SUB) t->kind = SK_DICT;
+    else if (is_sub(tp, api.set_t) || is_sub(tp, api.frozenset_t)) t->kind = SK_SET;
+    else if (is_sub(tp, api.bytearray_t)) t->kind = SK_BYTEARRAY;
+    else if (t->itemsize && !((abi->caps & PYABI_FRAME_SIZED_BY_CODE) && not_var(tp))) t->kind = SK_VAR;
+    else t->kind = SK_FIXED;
+}
+
+int tt_init(struct ttab *tt)
+{
+    memset(tt, 0, sizeof *tt);
+    tt->cap = 1024;
+    tt->v = malloc(tt->cap * sizeof *tt->v);
+    if (!tt->v || pm_init(&tt->map, 4096, 1) < 0) {
+        free(tt->v);
+        tt->v = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+void tt_free(struct ttab *tt)
+{
+    free(tt->v);
+    pm_free(&tt->map);
+    memset(tt, 0, sizeof *tt);
+}
+
+uint64_t dict_extra(pyobj *o)
+{
+    char *keys = FLD(o, abi->dict.keys, char *);
+    int has_values = FLD(o, abi->dict.values, char *) != NULL;
+    uint64_t extra = 0;
+    if (!keys) return 0;
+    if (!(abi->caps & PYABI_DICT_KEYS_V2)) {
+        ssize_t size = FLD(keys, 8, ssize_t), usable, es;
+        if (size <= 0 || size > ((ssize_t)1 << 40)) return 0;
+        usable = (size << 1) / 3;
+        es = size <= 0xff ? 1 : size <= 0xffff ? 2 : size <= 0xffffffffL ? 4 : 8;
+        if (has_values) extra += (uint64_t)usable * 8;
+        if (FLD(keys, 0, ssize_t) == 1) extra += 40 + (uint64_t)(es * size + 24 * usable);
+    } else {
+        unsigned log2 = FLD(keys, 8, uint8_t), log2ib = FLD(keys, 9, uint8_t), kind = FLD(keys, 10, uint8_t);
+        if (log2 > 40 || log2ib > 43) return 0;
+        if (has_values) extra += (uint64_t)(FLD(keys, 16, ssize_t) + FLD(keys, 24, ssize_t)) * 8;
+        if (FLD(keys, 0, ssize_t) == 1)
+            extra += 32 + ((uint64_t)1 << log2ib) + ((((uint64_t)1 << log2) << 1) / 3) * (kind ? 16 : 24);
+    }
+    return extra;
+}
+
+uint64_t str_size(pyobj *o)
+{
+    uint32_t state = FLD(o, abi->str.state, uint32_t);
+    unsigned kind = (state >> 2) & 7, compact = (state >> 5) & 1, ascii = (state >> 6) & 1;
+    uint64_t len = (uint64_t)FLD(o, 0x10, ssize_t);
+    if (compact && ascii) return abi->str.ascii_size + len + 1;
+    if (compact) return abi->str.compact_size + (len + 1) * kind;
+    return abi->str.compact_size + 8 + (FLD(o, abi->str.compact_size, void *) ? (len + 1) * kind : 0);
+}

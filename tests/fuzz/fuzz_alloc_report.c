@@ -1,0 +1,41 @@
+/* fuzz_alloc_report.c -- libFuzzer target: what memprofd makes of an agent's allocation reports
+ * (daemon/alloc.c: frame, stack and delta ids, counters, timestamps, history) and the views it builds
+ * from them for clients (alloc_view: AllocData with history; the /metrics top sites). The input is a
+ * stream of frames as on the agent's socket; every AllocReport in it goes to one session. */
+#include "../../daemon/alloc.c"
+#include "../../daemon/session.c"
+
+/* The rest of the daemon, as far as alloc.c and session.c reach: never called with a connection here. */
+void conn_send(struct conn *c, const Envelope *env) { (void)c, (void)env; abort(); }
+int proc_may_access(uid_t uid, pid_t pid, char *err) { (void)uid, (void)pid, (void)err; abort(); }
+unsigned long long proc_rss(pid_t pid) { (void)pid; return 1 << 20; }
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    struct wire_rbuf rb = {0};
+    struct session *s = session_new(4242);
+    struct alloc_view v;
+    struct alloc_totals t;
+    struct alloc_site sites[10];
+    Envelope *env;
+    char err[MP_ERRLEN];
+    if (!s) return 0;
+    s->state = SESS_ATTACHED;
+    s->run = size & 1; /* memprof run's history (doubling steps) or an attach's */
+    rb.buf = malloc(size ? size : 1);
+    memcpy(rb.buf, data, size);
+    rb.len = rb.cap = size;
+    while (wire_take(&rb, &env, err) == 1) {
+        if (env->msg_case == MEMPROF__ENVELOPE__MSG_ALLOC_REPORT) alloc_report(s, env->alloc_report);
+        wire_free(env);
+    }
+    wire_rbuf_free(&rb);
+    if (s->alloc) {
+        for (int history = 0; history < 2; history++)
+            if (alloc_view(s, history, &v, err) == 0) alloc_view_free(&v);
+        alloc_totals(s, &t);
+        alloc_top_sites(s, 10, sites);
+    }
+    session_free(s);
+    return 0;
+}

@@ -59,6 +59,7 @@ struct agent_conf {
     uint32_t interval_ms; /* flush interval */
     int exact, track, debug;
     int native;           /* native allocations too (native.c) */
+    int native_frames;    /* and their native call chains */
     int fd;               /* a socket already connected to memprofd (injected across namespaces), or -1 */
     int follow;           /* memprof run --follow-fork: forked children are sessions too */
     uint64_t handle;      /* remote-exec: our dlopen handle (ctypes), reported for the unload */
@@ -214,6 +215,9 @@ static int conf_set(struct agent_conf *c, const char *key, const char *val)
     } else if (!strcmp(key, "native")) {
         if (parse_u64(val, 1, &v) < 0) return -1;
         c->native = (int)v;
+    } else if (!strcmp(key, "native_frames")) {
+        if (parse_u64(val, 1, &v) < 0) return -1;
+        c->native_frames = (int)v;
     } else if (!strcmp(key, "exact") || !strcmp(key, "track") || !strcmp(key, "debug") || !strcmp(key, "follow")) {
         if (parse_u64(val, 1, &v) < 0) return -1;
         *(key[0] == 'e' ? &c->exact : key[0] == 't' ? &c->track : key[0] == 'd' ? &c->debug : &c->follow) = (int)v;
@@ -399,6 +403,24 @@ static void agent_tick(struct session *s, int final)
     pend_push(s);
 }
 
+static char native_off[MP_ERRLEN + 32]; /* why native tracking (or its frames) is off, for the hello */
+
+/* Native tracking when asked for (after hooks_install); what went wrong is
+ * logged and told to the daemon in the hello (native_note). */
+static void native_start(void)
+{
+    char err[MP_ERRLEN];
+    if (!conf.native) return;
+    if (conf.native_frames && native_frames_enable(err) < 0) {
+        agent_log("%s", err);
+        snprintf(native_off, sizeof native_off, "%s", err);
+    }
+    if (native_install(err) < 0) {
+        agent_log("native tracking off: %s", err);
+        snprintf(native_off, sizeof native_off, "native tracking off: %s", err);
+    }
+}
+
 /* Install the allocation hooks, with the GIL, when the attach asked for them. */
 static void agent_track(void)
 {
@@ -412,7 +434,7 @@ static void agent_track(void)
         agent_log("allocation hooks installed (%s, rate %llu)", conf.exact ? "exact" : "sampling",
                   (unsigned long long)conf.rate);
         if (pycall_atexit_register() < 0) agent_log("no atexit callback: the last figures may be partial");
-        if (conf.native && native_install(err) < 0) agent_log("native tracking off: %s", err);
+        native_start();
     }
     gil_give(state);
 }
@@ -502,6 +524,7 @@ static int on_tracking(const Memprof__AgentRequest *req, Memprof__AgentReply *re
     tracking.max_frames = conf.frames;
     tracking.interval_ms = conf.interval_ms;
     tracking.native = native_installed();
+    tracking.native_frames = native_installed() && conf.native_frames;
     reply->body_case = MEMPROF__AGENT_REPLY__BODY_TRACKING;
     reply->tracking = &tracking;
     return 0;
@@ -710,6 +733,7 @@ static int session_hello(struct session *s, int want_reply, char *err)
     ai.agent_version = (char *)MEMPROF_VERSION;
     ai.dl_handle = conf.handle;
     ai.exec_ms = (double)conf.busy_us / 1e3;
+    ai.native_note = (char *)(native_off[0] ? native_off : native_note());
     hello.protocol = MEMPROF_PROTOCOL;
     hello.role = MEMPROF__HELLO__ROLE__AGENT;
     hello.token = conf.token;
@@ -1045,7 +1069,7 @@ int agent_launch_setup(char *err)
     rc = pycall_profile_install();
     agent_log("hooks installed before the first line (%s, rate %llu)%s", conf.exact ? "exact" : "sampling",
               (unsigned long long)conf.rate, rc < 0 ? "; no profile builtin" : rc > 0 ? "; profile builtin already defined" : "");
-    if (conf.native && native_install(err) < 0) agent_log("native tracking off: %s", err);
+    native_start();
     launched = 1;
     if (!atomic_compare_exchange_strong(&running, &idle, 1)) return 0;
     if (spawn_thread() != 0) {

@@ -72,6 +72,7 @@ static void reply_attach_ok(uint64_t conn_id, struct session *s, int already)
     r.retries = s->retries;
     r.method = (char *)(already ? "" : s->method == ATTACH_REMOTE_EXEC ? "remote-exec" : "ptrace");
     r.note = s->note;
+    r.native_note = s->native_note;
     r.exec_ms = s->exec_ms;
     env.msg_case = MEMPROF__ENVELOPE__MSG_ATTACH_REPLY;
     env.attach_reply = &r;
@@ -151,9 +152,10 @@ static int attach_method_of(const char *name, int *method)
 /* The agent's settings (memprof_agent_start's argument). */
 static const char *agent_arg(const struct session *s, char *arg, size_t len)
 {
-    snprintf(arg, len, "sock=@%s token=%s pylib=%s rate=%llu exact=%d frames=%u interval=%u track=%d native=%d",
+    snprintf(arg, len, "sock=@%s token=%s pylib=%s rate=%llu exact=%d frames=%u interval=%u track=%d native=%d native_frames=%d",
              server_agent_sock, s->token, s->py.pylib, (unsigned long long)s->track.sample_rate, s->track.exact,
-             s->track.max_frames, s->track.interval_ms, s->track.enabled, s->track.native);
+             s->track.max_frames, s->track.interval_ms, s->track.enabled, s->track.native,
+             s->track.native_frames);
     return arg;
 }
 
@@ -228,6 +230,7 @@ void attach_on_attach(struct conn *c, const Envelope *in)
     attach_tracking(&s->track, !req->no_tracking, req->exact, req->sample_rate, req->max_frames, req->interval_ms,
                     DEFAULT_INTERVAL_MS);
     s->track.native = req->native && !req->exact;
+    s->track.native_frames = s->track.native && req->native_frames;
     if (attach_make_token(s->token) < 0) {
         reply_attach_error(c->id, "no randomness for a token");
         session_free(s);
@@ -314,6 +317,8 @@ int attach_agent_hello(struct conn *c, const Memprof__Hello *h, char *err)
         return -1;
     }
     s->gil_wait_ms = a->gil_wait_ms;
+    snprintf(s->native_note, sizeof s->native_note, "%s", a->native_note ? a->native_note : "");
+    if (s->native_note[0]) server_log("pid %d: %s", (int)s->pid, s->native_note);
     snprintf(s->agent_version, sizeof s->agent_version, "%s", a->agent_version ? a->agent_version : "");
     if (strcmp(s->agent_version, MEMPROF_VERSION) != 0)
         server_log("pid %d: agent version %s differs from memprofd %s", (int)s->pid,

@@ -70,11 +70,13 @@ void run_on_request(struct conn *c, const Envelope *in)
     r->follow = req->follow_fork;
     attach_tracking(&r->track, 1, req->exact, req->sample_rate, req->max_frames, req->interval_ms, RUN_INTERVAL_MS);
     r->track.native = req->native && !req->exact;
+    r->track.native_frames = r->track.native && req->native_frames;
     r->next = runs;
     runs = r;
-    snprintf(env, sizeof env, "sock=@%s token=%s rate=%llu exact=%d frames=%u interval=%u follow=%d native=%d",
+    snprintf(env, sizeof env, "sock=@%s token=%s rate=%llu exact=%d frames=%u interval=%u follow=%d native=%d native_frames=%d",
              server_agent_sock, r->token, (unsigned long long)r->track.sample_rate, r->track.exact,
-             r->track.max_frames, r->track.interval_ms, r->follow, r->track.native);
+             r->track.max_frames, r->track.interval_ms, r->follow, r->track.native,
+             r->track.native_frames);
     server_log("run %u for pid %d (uid %d)%s", r->id, (int)c->peer_pid, (int)c->peer_uid,
                r->follow ? ", following forks" : "");
     reply(c, NULL, r, env);

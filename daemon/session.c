@@ -65,6 +65,7 @@ void session_free(struct session *s)
 void session_retire(struct session *s, enum sess_state state)
 {
     s->state = state;
+    alloc_session_ended(s);
     s->agent_conn = 0;
     s->deadline = 0;
     session_trim();
@@ -106,6 +107,7 @@ void session_fill_info(const struct session *s, Memprof__SessionInfo *info)
     info->mode = (char *)(!s->track.enabled ? "off" : s->track.exact ? "exact" : s->track.native ? "native" : "sampling");
     info->sample_rate = s->track.sample_rate;
     info->agent_version = (char *)s->agent_version;
+    info->native_note = (char *)s->native_note;
 }
 
 void session_info_clear(Memprof__SessionInfo *info)

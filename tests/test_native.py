@@ -349,7 +349,7 @@ def hybrid_stacks(ex):
     return out
 
 
-def test_native_frames_ctypes_library_names(daemon, targets, libnf):
+def test_native_frames_ctypes_library_names(daemon, targets, libnf, tmp_path):
     """nf_outer -> nf_inner -> nf_hidden -> malloc, called at NF_LINE: the hybrid stack ends in the Python
     line, then the library's functions outermost first; with debug info nf_hidden is named with its file
     and line, stripped it is libnf_s.so+0xOFFSET (never nf_inner or another neighbour)."""
@@ -381,6 +381,14 @@ def test_native_frames_ctypes_library_names(daemon, targets, libnf):
         want = r"native_np.py:nf:%d;\[native\];.*nf_outer \(libnf_\w\.so\);nf_inner \(libnf_\w\.so\);%s \d+$" % (
             line, r"nf_hidden \(libnf_g\.so\)" if inner else r"libnf_s\.so\+0x[0-9a-f]+")
         assert any(re.search(want, l) for l in folded), folded[:5]
+        if inner and shutil.which("go"):  # pprof: native Locations under the Python one, in libnf's Mapping
+            from test_export_pprof import pprof
+            path = str(tmp_path / "nf.pb.gz")
+            r = daemon.run("export", "--pid", t.pid, "--format", "pprof", "-o", path)
+            assert r.returncode == 0, r.stderr
+            traces = pprof("-traces", path)
+            assert re.search(r"nf_hidden\s+nf_inner\s+nf_outer\s+(.*\s+)*?nf\s", traces), traces[:2000]
+            assert re.search(r"libnf_g\.so", pprof("-raw", path)), "no mapping of libnf_g.so"
         daemon.detach(t.pid)
 
 

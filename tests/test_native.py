@@ -433,3 +433,42 @@ def dynsym(module, pid):
 
 def symtab_names(module, pid):
     return _syms(module, "-a")
+
+
+# ------------------------------------------------------------ patch failures are told
+
+def test_unpatchable_got_told_python_tracking_continues(daemon, targets, tmp_path):
+    """A library with full RELRO in a target whose seccomp filter refuses mprotect(PROT_WRITE): its GOT
+    cannot be patched. memprofd attach says so in one line (and memprof status), the attach succeeds
+    and Python allocations are tracked."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("the target's seccomp filter is written for x86_64")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler to build the test library")
+    exe, _ = interpreter("debian-3.11")
+    src = tmp_path / "nt.c"
+    src.write_text(LIB_SRC)
+    lib = str(tmp_path / "libnt_relro.so")
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-Wl,-z,relro,-z,now", "-o", lib, str(src)], check=True)
+    t = targets.start([exe, "-u", target_script("native_seccomp.py"), lib], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    before = read_got(t.pid, [lib])
+    r = daemon.attach(t.pid, "--native", "--sample-rate", "65536")
+    notes = [l for l in r.stderr.splitlines() if "could not be patched" in l]
+    assert len(notes) == 1 and notes[0].startswith("memprofd: pid %d: native: " % t.pid), r.stderr
+    assert "mprotect: Operation not permitted" in notes[0] and "Python allocations are tracked" in notes[0], notes
+    assert read_got(t.pid, [lib]) == before  # nothing written
+    status = daemon.run("status").stdout
+    assert re.search(r"^session \d+ \(pid %d\): native: .*could not be patched" % t.pid, status, re.M), status
+    send(t, "py")
+    send(t, "c 100 100000")
+    time.sleep(1.0)
+    data = top_json(daemon, t.pid)
+    with open(target_script("native_seccomp.py")) as f:
+        py_line = [n for n, text in enumerate(f, 1) if "# PY_LINE" in text][0]
+    held = sum(row["own_live"] for row in data["rows"] if row["line"] == py_line and
+               os.path.basename(row["file"]) == "native_seccomp.py")
+    assert abs(held - 200 * 100000) <= 0.2 * 200 * 100000, data["rows"][:3]  # Python tracking carries on
+    daemon.detach(t.pid)
+    assert read_got(t.pid, [lib]) == before

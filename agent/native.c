@@ -41,6 +41,7 @@
 #include <dlfcn.h>
 #include <elf.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <link.h>
 #include <malloc.h>
 #include <stdarg.h>
@@ -498,7 +499,7 @@ struct walk {
     const char *strtab;
     uintptr_t relro_lo, relro_hi; /* pages made read-only after relocation */
     const struct dl_phdr_info *info;
-    unsigned patched, restored, failed, foreign, allocs; /* allocs: entries of allocation functions patched */
+    unsigned patched, restored, failed, foreign, allocs, unready; /* allocs: entries of allocation functions patched */
     const char *fail_obj; /* the first object with an entry that could not be written, and why */
     int fail_errno;
 };
@@ -588,6 +589,38 @@ static int ranges_cb(struct dl_phdr_info *info, size_t size, void *arg)
     return 0;
 }
 
+/* Whether the page at addr is writable now, from /proc/self/maps (-1: not found). Under the loader's
+ * lock (dl_iterate_phdr): the static buffer is not shared. No allocation. */
+static int page_writable(uintptr_t addr)
+{
+    static char buf[8192];
+    size_t have = 0;
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC), found = -1;
+    if (fd < 0) return -1;
+    for (;;) {
+        ssize_t n = read(fd, buf + have, sizeof buf - 1 - have);
+        char *line = buf, *nl;
+        if (n <= 0) break;
+        have += (size_t)n;
+        buf[have] = 0;
+        while ((nl = strchr(line, '\n')) != NULL) {
+            unsigned long lo, hi;
+            char perms[8];
+            if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 && addr >= lo && addr < hi) {
+                found = perms[1] == 'w';
+                break;
+            }
+            line = nl + 1;
+        }
+        if (found >= 0) break;
+        have -= (size_t)(line - buf);
+        memmove(buf, line, have);
+        if (have >= sizeof buf - 1) have = 0; /* a line longer than the buffer: drop it */
+    }
+    close(fd);
+    return found;
+}
+
 static int walk_cb(struct dl_phdr_info *info, size_t size, void *arg)
 {
     struct walk *w = arg;
@@ -614,6 +647,13 @@ static int walk_cb(struct dl_phdr_info *info, size_t size, void *arg)
         }
     }
     if (!dyn) return 0;
+    /* dl_iterate_phdr lists an object dlopen (another thread's) has added but not finished relocating:
+     * its RELRO pages are still writable then. Making one read-only under the loader's feet would crash
+     * it; the object is left for a later scan (agent tick) instead. */
+    if (w->relro_hi > w->relro_lo && page_writable(w->relro_lo) == 1) {
+        w->unready++;
+        return 0;
+    }
     for (; dyn->d_tag != DT_NULL; dyn++) {
         switch (dyn->d_tag) {
         case DT_SYMTAB: w->symtab = (const ElfW(Sym) *)dyn_ptr(w, dyn->d_un.d_ptr); break;
@@ -667,7 +707,7 @@ static void scan_all(void)
     memset(&w, 0, sizeof w);
     dl_iterate_phdr(adds_cb, &adds);
     dl_iterate_phdr(walk_cb, &w);
-    seen_adds = adds;
+    seen_adds = w.unready ? adds - 1 : adds; /* an object still being loaded: scan again at the next tick */
     __atomic_add_fetch(&npatched, w.patched, __ATOMIC_RELAXED);
     if (w.failed) {
         const char *obj = w.fail_obj && w.fail_obj[0] ? w.fail_obj : "a library", *base = strrchr(obj, '/');

@@ -472,3 +472,37 @@ def test_unpatchable_got_told_python_tracking_continues(daemon, targets, tmp_pat
     assert abs(held - 200 * 100000) <= 0.2 * 200 * 100000, data["rows"][:3]  # Python tracking carries on
     daemon.detach(t.pid)
     assert read_got(t.pid, [lib]) == before
+
+
+# ------------------------------------------------------------ a library being loaded while the agent scans
+
+def test_scan_races_dlopen_of_full_relro_library(daemon, targets, tmp_path):
+    """A thread loads and unloads a full-RELRO library (malloc's GOT slot first, then 600 more symbols
+    to bind on the same read-only pages) in a loop while the agent rescans the loaded objects every 10 ms:
+    the agent must never make a GOT page read-only while ld.so is still relocating it (that crashed the
+    target in ld.so). The target keeps looping; the attach/detach cycles leave it unharmed."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler to build the test libraries")
+    exe, _ = interpreter("debian-3.11")
+    n = 600
+    (tmp_path / "helper.c").write_text("".join("int lf_h%d(int x) { return x + %d; }\n" % (i, i) for i in range(n)))
+    body = "".join("    s += lf_h%d(s);\n" % i for i in range(n))
+    (tmp_path / "lf.c").write_text("#include <stdlib.h>\n" + "".join("int lf_h%d(int);\n" % i for i in range(n)) +
+                                   "void *lf_alloc(size_t k)\n{\n    void *p = malloc(k);\n    int s = (int)k;\n" +
+                                   "    if (!p) return 0;\n    if (k == 1) {\n" + body + "    }\n    return s ? p : 0;\n}\n")
+    helper, lib = str(tmp_path / "libhelper.so"), str(tmp_path / "liblf.so")
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", helper, str(tmp_path / "helper.c")], check=True)
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-Wl,-z,relro,-z,now", "-o", lib, str(tmp_path / "lf.c"),
+                    "-L" + str(tmp_path), "-lhelper", "-Wl,-rpath," + str(tmp_path)], check=True)
+    t = targets.start([exe, "-u", target_script("dlopen_loop.py"), lib], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    for _ in range(6):
+        daemon.attach(t.pid, "--native", "--native-frames", "--interval", "10")
+        time.sleep(1.5)
+        assert t.proc.poll() is None, "the target died: %s" % t.lines[-5:]
+        daemon.detach(t.pid)
+    before = int(t.wait_for(r"^loops (\d+)").group(1))
+    while int(t.wait_for(r"^loops (\d+)").group(1)) < before + 50:  # still loading and unloading, unharmed
+        pass
+    assert t.proc.poll() is None and not agent_mapped(t.pid)

@@ -621,6 +621,25 @@ static int page_writable(uintptr_t addr)
     return found;
 }
 
+/* Objects seen fully relocated (RELRO read-only): they stay so, and need no look at the maps again. An
+ * unload (dlpi_subs changes) empties the set: a new object may be loaded at a known one's address. Under
+ * the loader's lock. */
+#define READY_MAX 512
+static uintptr_t ready[READY_MAX];
+static unsigned nready;
+static unsigned long long ready_subs;
+
+static int relocating(const struct dl_phdr_info *info, uintptr_t relro)
+{
+    int wr;
+    if (info->dlpi_subs != ready_subs) nready = 0, ready_subs = info->dlpi_subs;
+    for (unsigned i = 0; i < nready; i++)
+        if (ready[i] == relro) return 0;
+    if ((wr = page_writable(relro)) == 1) return 1;
+    if (wr == 0 && nready < READY_MAX) ready[nready++] = relro;
+    return 0;
+}
+
 static int walk_cb(struct dl_phdr_info *info, size_t size, void *arg)
 {
     struct walk *w = arg;
@@ -650,7 +669,7 @@ static int walk_cb(struct dl_phdr_info *info, size_t size, void *arg)
     /* dl_iterate_phdr lists an object dlopen (another thread's) has added but not finished relocating:
      * its RELRO pages are still writable then. Making one read-only under the loader's feet would crash
      * it; the object is left for a later scan (agent tick) instead. */
-    if (w->relro_hi > w->relro_lo && page_writable(w->relro_lo) == 1) {
+    if (w->relro_hi > w->relro_lo && relocating(info, w->relro_lo)) {
         w->unready++;
         return 0;
     }

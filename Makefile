@@ -6,7 +6,7 @@ CC      ?= cc
 # Libraries are asked of pkg-config when a rule runs, not when make parses this
 # file: `make demo` installs them (deps) before anything is compiled.
 # A library is linked only into the program that uses it.
-DAEMON_PKGS = libelf libprotobuf-c
+DAEMON_PKGS = libelf libdw libprotobuf-c
 PKG_CFLAGS = $(shell pkg-config --cflags $(DAEMON_PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(DAEMON_PKGS) 2>/dev/null)
 PB_LIBS    = $(shell pkg-config --libs libprotobuf-c 2>/dev/null)

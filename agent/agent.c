@@ -63,6 +63,7 @@ struct agent_conf {
     uint32_t interval_ms; /* flush interval */
     int exact, track;
     int native;           /* native allocations too (native.c) */
+    int native_frames;    /* and their native call chains */
 };
 
 /* One connection to the daemon, owned by the agent thread. */
@@ -238,6 +239,7 @@ static void conf_tracking(struct agent_conf *c, const Memprof__TrackingConfig *t
     c->track = t->enabled;
     c->exact = t->exact;
     c->native = t->native && !t->exact;
+    c->native_frames = c->native && t->native_frames;
     c->rate = t->sample_rate ? t->sample_rate : MP_DEFAULT_SAMPLE_RATE;
     c->frames = !t->max_frames ? MP_DEFAULT_MAX_FRAMES : t->max_frames > MP_MAX_FRAMES ? MP_MAX_FRAMES : t->max_frames;
 }
@@ -397,6 +399,24 @@ static void agent_tick(struct session *s, int final)
     pend_push(s);
 }
 
+static char native_off[MP_ERRLEN + 32]; /* why native tracking (or its frames) is off, for the hello */
+
+/* Native tracking when asked for (after hooks_install); what went wrong is
+ * logged and told to the daemon in the hello (native_note). */
+static void native_start(void)
+{
+    char err[MP_ERRLEN];
+    if (!conf.native) return;
+    if (conf.native_frames && native_frames_enable(err) < 0) {
+        agent_log("%s", err);
+        snprintf(native_off, sizeof native_off, "%s", err);
+    }
+    if (native_install(err) < 0) {
+        agent_log("native tracking off: %s", err);
+        snprintf(native_off, sizeof native_off, "native tracking off: %s", err);
+    }
+}
+
 /* Install the allocation hooks, with the GIL, when the daemon's settings ask for them. */
 static void agent_track(void)
 {
@@ -410,7 +430,7 @@ static void agent_track(void)
         agent_log("allocation hooks installed (%s, rate %llu)", conf.exact ? "exact" : "sampling",
                   (unsigned long long)conf.rate);
         if (pycall_atexit_register() < 0) agent_log("no atexit callback: the last figures may be partial");
-        if (conf.native && native_install(err) < 0) agent_log("native tracking off: %s", err);
+        native_start();
     }
     gil_give(state);
 }
@@ -547,6 +567,7 @@ static int on_tracking(const Memprof__AgentRequest *req, Memprof__AgentReply *re
     tracking.max_frames = conf.frames;
     tracking.interval_ms = conf.interval_ms;
     tracking.native = native_installed();
+    tracking.native_frames = native_installed() && conf.native_frames;
     reply->body_case = MEMPROF__AGENT_REPLY__BODY_TRACKING;
     reply->tracking = &tracking;
     return 0;
@@ -755,6 +776,7 @@ static int session_hello(struct session *s, int want_reply, char *err)
     ai.agent_version = (char *)MEMPROF_VERSION;
     ai.dl_handle = conf.handle;
     ai.exec_ms = (double)conf.busy_us / 1e3;
+    ai.native_note = (char *)(native_off[0] ? native_off : native_note());
     hello.protocol = MEMPROF_PROTOCOL;
     hello.role = MEMPROF__HELLO__ROLE__AGENT;
     hello.token = conf.token;
@@ -1122,7 +1144,7 @@ int agent_launch_setup(char *err)
             agent_log("hooks installed before the first line (%s, rate %llu)%s", conf.exact ? "exact" : "sampling",
                       (unsigned long long)conf.rate,
                       prc < 0 ? "; no profile builtin" : prc > 0 ? "; profile builtin already defined" : "");
-            if (conf.native && native_install(err) < 0) agent_log("native tracking off: %s", err);
+            native_start();
         }
     }
     launch_set(LAUNCH_DONE); /* the agent thread answers the daemon with what is in force */

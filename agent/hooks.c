@@ -23,6 +23,7 @@
 
 #include "agent.h"
 #include "defaults.h"
+#include "native.h"
 #include "pyapi.h"
 #include "util.h"
 
@@ -40,8 +41,10 @@
 #define EXACT_EVENT_NS 30.0       /* overhead estimate per tracked call, exact mode */
 
 /* FRAME_NATIVE never appears in a stack sent: native.c's samples are interned
- * with it as their outermost id, which hooks_collect turns into the stack's
- * native flag (same Python frames, separate stack). */
+ * with it after their outermost Python id, which hooks_collect turns into the
+ * stack's native flag (same Python frames, separate stack). With native frames
+ * the return addresses follow it, each as two ids (low, high 32 bits), and
+ * become the stack's native_pcs. */
 enum { FRAME_OTHER, FRAME_NOGIL, FRAME_NOPY, FRAME_NATIVE, FRAME_FIRST };
 
 typedef struct {
@@ -511,17 +514,25 @@ int hooks_native_ready(char *err)
     return 0;
 }
 
+#define MAX_NATIVE 32 /* native frames per sample */
+
 void hooks_native_alloc(void *p, size_t size)
 {
-    uint32_t ids[513];
+    uint32_t ids[513 + 2 * MAX_NATIVE];
+    uint64_t pcs[MAX_NATIVE];
     double w;
-    int n;
+    int n, npcs;
     uint32_t st;
     if (T.guard || !installed || atomic_load_explicit(&passthrough, memory_order_relaxed)) return;
     T.guard = 1;
     w = weight(size);
+    npcs = native_unwind(pcs, MAX_NATIVE); /* first: the hook's frames are the innermost */
     n = walk_ok && pyapi_tstate_if_gil() ? capture(ids, (int)max_frames) : capture_nogil(ids, (int)max_frames);
     ids[n++] = FRAME_NATIVE;
+    for (int i = 0; i < npcs; i++) {
+        ids[n++] = (uint32_t)pcs[i];
+        ids[n++] = (uint32_t)(pcs[i] >> 32);
+    }
     lock_take();
     if (frames) {
         st = stack_intern(ids, n);
@@ -1205,9 +1216,18 @@ int hooks_collect(Memprof__AllocReport *r)
         s->id = i;
         s->n_frames = stack_len[i];
         s->frames = stack_frames + stack_off[i];
-        if (s->n_frames > 1 && s->frames[s->n_frames - 1] == FRAME_NATIVE) {
-            s->n_frames--;
+        for (size_t k = 1; k < s->n_frames; k++) {
+            size_t npcs;
+            if (s->frames[k] != FRAME_NATIVE) continue; /* never a Python frame's id: the first is the mark */
+            npcs = (s->n_frames - k - 1) / 2;
             s->native = 1;
+            if (npcs && (s->native_pcs = malloc(npcs * sizeof *s->native_pcs))) {
+                for (size_t j = 0; j < npcs; j++)
+                    s->native_pcs[j] = s->frames[k + 1 + 2 * j] | (uint64_t)s->frames[k + 2 + 2 * j] << 32;
+                s->n_native_pcs = npcs;
+            }
+            s->n_frames = k;
+            break;
         }
         r->stacks[r->n_stacks++] = s;
     }
@@ -1232,6 +1252,7 @@ void hooks_report_free(Memprof__AllocReport *r)
 {
     /* the element arrays were allocated as one block each, at index 0 */
     if (r->frames) free(r->n_frames ? r->frames[0] : NULL);
+    for (size_t i = 0; r->stacks && i < r->n_stacks; i++) free(r->stacks[i]->native_pcs);
     if (r->stacks) free(r->n_stacks ? r->stacks[0] : NULL);
     if (r->deltas) free(r->n_deltas ? r->deltas[0] : NULL);
     free(r->frames);

@@ -27,12 +27,21 @@
  * Concurrency: patching runs inside dl_iterate_phdr callbacks, which the
  * loader lock serializes. The hooks' fast paths count bytes down in a
  * thread-local and call the original; the slow paths (sample, free of a
- * sampled block) are counted in `inflight` so uninstall can wait for them. */
+ * sampled block) are counted in `inflight` so uninstall can wait for them.
+ *
+ * Native frames (--native-frames): a sampled allocation's native call chain is
+ * unwound with libgcc's _Unwind_Backtrace (the .eh_frame CFI every Debian
+ * object carries; frame pointers are not kept by Debian's python3.11 or numpy,
+ * so walking them would give wrong chains). libgcc_s is loaded when asked for.
+ * The chain starts at the hooked call's caller and ends at the first frame in
+ * the Python executable or libpython (the Python frames take over there), or
+ * after MAX_NATIVE frames. Only raw return addresses: the daemon names them. */
 #include "native.h"
 
 #include <dlfcn.h>
 #include <elf.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <link.h>
 #include <malloc.h>
 #include <stdarg.h>
@@ -44,6 +53,7 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+#include <unwind.h>
 
 #include "agent.h"
 #include "hooks.h"
@@ -72,6 +82,76 @@ static atomic_int active;    /* sampling (else the hooks only pass through) */
 static atomic_int inflight;
 static int installed;
 static unsigned npatched;
+
+/* ------------------------------------------------------------ native frames */
+
+typedef _Unwind_Reason_Code (*backtrace_fn)(_Unwind_Trace_Fn, void *);
+typedef uintptr_t (*getip_fn)(struct _Unwind_Context *);
+static backtrace_fn unwind_backtrace; /* non-NULL: native frames on */
+static getip_fn unwind_getip;
+static uintptr_t self_lo, self_hi;    /* this agent's text: its frames are skipped */
+#define MAX_INTERP 4
+static uintptr_t interp_lo[MAX_INTERP], interp_hi[MAX_INTERP]; /* the executable, libpython */
+static int ninterp;
+
+struct unwind_state {
+    uint64_t *pcs;
+    int n, max;
+};
+
+static int in_interp(uintptr_t pc)
+{
+    for (int i = 0; i < ninterp; i++)
+        if (pc >= interp_lo[i] && pc < interp_hi[i]) return 1;
+    return 0;
+}
+
+static _Unwind_Reason_Code unwind_one(struct _Unwind_Context *ctx, void *arg)
+{
+    struct unwind_state *u = arg;
+    uintptr_t pc = unwind_getip(ctx);
+    if (!pc) return _URC_END_OF_STACK;
+    if (pc >= self_lo && pc < self_hi) return _URC_NO_REASON; /* the hook and its callees */
+    if (in_interp(pc)) return _URC_END_OF_STACK;
+    u->pcs[u->n++] = pc;
+    return u->n < u->max ? _URC_NO_REASON : _URC_END_OF_STACK;
+}
+
+int native_unwind(uint64_t *pcs, int max)
+{
+    struct unwind_state u = {pcs, 0, max};
+    if (!unwind_backtrace || max <= 0) return 0;
+    unwind_backtrace(unwind_one, &u);
+    return u.n;
+}
+
+/* The address range of an object's PT_LOAD segments. */
+static void load_range(const struct dl_phdr_info *info, uintptr_t *lo, uintptr_t *hi)
+{
+    *lo = UINTPTR_MAX, *hi = 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD) continue;
+        if (info->dlpi_addr + ph->p_vaddr < *lo) *lo = info->dlpi_addr + ph->p_vaddr;
+        if (info->dlpi_addr + ph->p_vaddr + ph->p_memsz > *hi) *hi = info->dlpi_addr + ph->p_vaddr + ph->p_memsz;
+    }
+}
+
+int native_frames_enable(char *err)
+{
+    void *h = dlopen("libgcc_s.so.1", RTLD_NOW | RTLD_NOLOAD);
+    if (!h) h = dlopen("libgcc_s.so.1", RTLD_NOW);
+    if (!h || !(unwind_getip = (getip_fn)dlsym(h, "_Unwind_GetIP"))) {
+        mp_err(err, "native frames off: no unwinder (libgcc_s.so.1: %s)", h ? "no _Unwind_GetIP" : dlerror());
+        return -1;
+    }
+    unwind_backtrace = (backtrace_fn)dlsym(h, "_Unwind_Backtrace");
+    if (!unwind_backtrace) {
+        mp_err(err, "native frames off: no _Unwind_Backtrace in libgcc_s.so.1");
+        return -1;
+    }
+    return 0; /* libgcc_s stays loaded (this handle is never closed) */
+}
 
 /* ------------------------------------------------------------ the hooks */
 
@@ -419,7 +499,9 @@ struct walk {
     const char *strtab;
     uintptr_t relro_lo, relro_hi; /* pages made read-only after relocation */
     const struct dl_phdr_info *info;
-    unsigned patched, restored, failed;
+    unsigned patched, restored, failed, foreign, allocs, unready; /* allocs: entries of allocation functions patched */
+    const char *fail_obj; /* the first object with an entry that could not be written, and why */
+    int fail_errno;
 };
 
 static uintptr_t dyn_ptr(const struct walk *w, ElfW(Addr) v)
@@ -443,7 +525,10 @@ static int got_write(struct walk *w, uintptr_t addr, uintptr_t val)
     long ps = sysconf(_SC_PAGESIZE);
     uintptr_t page = addr & ~(uintptr_t)(ps - 1);
     int ro = page >= w->relro_lo && page < w->relro_hi;
-    if (ro && mprotect((void *)page, (size_t)ps, PROT_READ | PROT_WRITE) != 0) return -1;
+    if (ro && mprotect((void *)page, (size_t)ps, PROT_READ | PROT_WRITE) != 0) {
+        if (!w->fail_obj) w->fail_obj = w->info->dlpi_name, w->fail_errno = errno;
+        return -1;
+    }
     __atomic_store_n((uintptr_t *)addr, val, __ATOMIC_RELEASE);
     if (ro) mprotect((void *)page, (size_t)ps, PROT_READ);
     return 0;
@@ -473,8 +558,10 @@ static void one_reloc(struct walk *w, ElfW(Addr) offset, ElfW(Xword) info)
     if (w->kind == OBJ_DLOPEN_ONLY && h != (int)HOOK_DLOPEN) return;
     if (cur == (uintptr_t)hooks[h].hook) return; /* ours already */
     if (cur != (uintptr_t)hooks[h].real && cur != (uintptr_t)hooks[h].def && cur != (uintptr_t)hooks[h].libc &&
-        !in_object(w, cur))
+        !in_object(w, cur)) {
+        w->foreign++;
         return; /* someone else's */
+    }
     {
         struct rec *r = rec_find(addr, 1);
         if (!r) {
@@ -483,8 +570,74 @@ static void one_reloc(struct walk *w, ElfW(Addr) offset, ElfW(Xword) info)
         }
         r->orig = cur;
     }
-    if (got_write(w, addr, (uintptr_t)hooks[h].hook) == 0) w->patched++;
-    else w->failed++;
+    if (got_write(w, addr, (uintptr_t)hooks[h].hook) == 0) {
+        w->patched++;
+        w->allocs += h != (int)HOOK_DLOPEN;
+    } else {
+        w->failed++;
+    }
+}
+
+static int ranges_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    uintptr_t lo, hi;
+    int kind = classify(info);
+    (void)size, (void)arg;
+    load_range(info, &lo, &hi);
+    if (info->dlpi_addr == self_base) self_lo = lo, self_hi = hi;
+    else if (kind == OBJ_DLOPEN_ONLY && ninterp < MAX_INTERP) interp_lo[ninterp] = lo, interp_hi[ninterp++] = hi;
+    return 0;
+}
+
+/* Whether the page at addr is writable now, from /proc/self/maps (-1: not found). Under the loader's
+ * lock (dl_iterate_phdr): the static buffer is not shared. No allocation. */
+static int page_writable(uintptr_t addr)
+{
+    static char buf[8192];
+    size_t have = 0;
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC), found = -1;
+    if (fd < 0) return -1;
+    for (;;) {
+        ssize_t n = read(fd, buf + have, sizeof buf - 1 - have);
+        char *line = buf, *nl;
+        if (n <= 0) break;
+        have += (size_t)n;
+        buf[have] = 0;
+        while ((nl = strchr(line, '\n')) != NULL) {
+            unsigned long lo, hi;
+            char perms[8];
+            if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 && addr >= lo && addr < hi) {
+                found = perms[1] == 'w';
+                break;
+            }
+            line = nl + 1;
+        }
+        if (found >= 0) break;
+        have -= (size_t)(line - buf);
+        memmove(buf, line, have);
+        if (have >= sizeof buf - 1) have = 0; /* a line longer than the buffer: drop it */
+    }
+    close(fd);
+    return found;
+}
+
+/* Objects seen fully relocated (RELRO read-only): they stay so, and need no look at the maps again. An
+ * unload (dlpi_subs changes) empties the set: a new object may be loaded at a known one's address. Under
+ * the loader's lock. */
+#define READY_MAX 512
+static uintptr_t ready[READY_MAX];
+static unsigned nready;
+static unsigned long long ready_subs;
+
+static int relocating(const struct dl_phdr_info *info, uintptr_t relro)
+{
+    int wr;
+    if (info->dlpi_subs != ready_subs) nready = 0, ready_subs = info->dlpi_subs;
+    for (unsigned i = 0; i < nready; i++)
+        if (ready[i] == relro) return 0;
+    if ((wr = page_writable(relro)) == 1) return 1;
+    if (wr == 0 && nready < READY_MAX) ready[nready++] = relro;
+    return 0;
 }
 
 static int walk_cb(struct dl_phdr_info *info, size_t size, void *arg)
@@ -513,6 +666,13 @@ static int walk_cb(struct dl_phdr_info *info, size_t size, void *arg)
         }
     }
     if (!dyn) return 0;
+    /* dl_iterate_phdr lists an object dlopen (another thread's) has added but not finished relocating:
+     * its RELRO pages are still writable then. Making one read-only under the loader's feet would crash
+     * it; the object is left for a later scan (agent tick) instead. */
+    if (w->relro_hi > w->relro_lo && relocating(info, w->relro_lo)) {
+        w->unready++;
+        return 0;
+    }
     for (; dyn->d_tag != DT_NULL; dyn++) {
         switch (dyn->d_tag) {
         case DT_SYMTAB: w->symtab = (const ElfW(Sym) *)dyn_ptr(w, dyn->d_un.d_ptr); break;
@@ -557,6 +717,8 @@ static int adds_cb(struct dl_phdr_info *info, size_t size, void *arg)
     return 1;
 }
 
+static char note[512]; /* native_note: the first problem seen */
+
 static void scan_all(void)
 {
     struct walk w;
@@ -564,10 +726,22 @@ static void scan_all(void)
     memset(&w, 0, sizeof w);
     dl_iterate_phdr(adds_cb, &adds);
     dl_iterate_phdr(walk_cb, &w);
-    seen_adds = adds;
+    seen_adds = w.unready ? adds - 1 : adds; /* an object still being loaded: scan again at the next tick */
     __atomic_add_fetch(&npatched, w.patched, __ATOMIC_RELAXED);
-    if (w.failed) agent_log("native: %u GOT entries could not be patched", w.failed);
+    if (w.failed) {
+        const char *obj = w.fail_obj && w.fail_obj[0] ? w.fail_obj : "a library", *base = strrchr(obj, '/');
+        agent_log("native: %u GOT entries could not be patched", w.failed);
+        if (!note[0])
+            snprintf(note, sizeof note,
+                     "native: %u allocation entr%s of %s%s could not be patched (its read-only GOT: mprotect: %s): "
+                     "what it allocates is not seen; Python allocations are tracked",
+                     w.failed, w.failed == 1 ? "y" : "ies", base ? base + 1 : obj, w.failed > 1 ? " and others" : "",
+                     w.fail_errno ? strerror(w.fail_errno) : "table full");
+    }
+    if (w.foreign) agent_log("native: %u GOT entries already point elsewhere (another tool's hooks?): left alone", w.foreign);
 }
+
+const char *native_note(void) { return note; }
 
 /* ------------------------------------------------------------ install / remove */
 
@@ -593,10 +767,15 @@ int native_install(char *err)
         recs = m;
     }
     hooks_fill();
+    ninterp = 0;
+    dl_iterate_phdr(ranges_cb, NULL);
     atomic_store(&active, 1);
     installed = 1;
     scan_all();
-    agent_log("native: %u GOT entries patched", npatched);
+    agent_log("native: %u GOT entries patched%s", npatched, unwind_backtrace ? ", native frames on" : "");
+    if (!npatched && !note[0])
+        snprintf(note, sizeof note, "native: no loaded library calls malloc or dlopen through a GOT this agent can "
+                                    "patch (statically linked?): only Python allocations are tracked");
     return 0;
 }
 

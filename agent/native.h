@@ -2,10 +2,23 @@
 #ifndef MEMPROF_NATIVE_H
 #define MEMPROF_NATIVE_H
 
+#include <stdint.h>
+
 /* Patch the GOT entries of every loaded library but libc, ld.so, the vdso,
  * this agent and the Python executable/libpython (whose allocations the PyMem
  * hooks count); after hooks_install (sampling). 0, or -1 with err. Any thread. */
 int native_install(char *err);
+/* With native_install: also unwind each sampled allocation's native call chain
+ * (native_unwind). Before native_install; -1 with err when no unwinder. */
+int native_frames_enable(char *err);
+/* The calling thread's native return addresses from the hooked call's caller
+ * outwards, up to the first frame inside the Python interpreter (its frames
+ * are the Python stack) or max; how many. 0 when native frames are off. Called
+ * by hooks_native_alloc with its reentrancy guard set. */
+int native_unwind(uint64_t *pcs, int max);
+/* One line for the user when native tracking is off or partial ("" when all
+ * is well): what could not be patched and why. Valid after native_install. */
+const char *native_note(void);
 /* Patch libraries loaded since (the dlopen hook does it too). Agent thread. */
 void native_rescan(void);
 /* Put back every GOT entry still ours in a loaded library, then wait until no

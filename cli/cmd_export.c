@@ -20,14 +20,17 @@ static const char *usage_export =
     "Write the allocation data of an attached or ended session (memprof status\n"
     "lists them; --session ID picks one, e.g. after its pid was reused):\n"
     "  json       frames, stacks (frame ids, innermost first, \"native\": true for\n"
-    "             what C code allocated under them, memprofd attach --native)\n"
+    "             what C code allocated under them, memprofd attach --native;\n"
+    "             with --native-frames \"native_frames\": the C call chain, innermost\n"
+    "             first, frames with \"native\": true, \"module\" and \"module_offset\")\n"
     "             with their figures,\n"
     "             totals and the history (one point a second: totals and the\n"
     "             live bytes of the 256 largest sites, as [frame id, bytes]).\n"
     "  collapsed  Brendan Gregg's folded stacks of live bytes, outermost frame\n"
     "             first, one stack a line: FILE:FUNCTION:LINE;...;FILE:FUNCTION:LINE BYTES\n"
     "             for flamegraph.pl or speedscope; native allocations end in a\n"
-    "             [native] frame.\n"
+    "             [native] frame, followed with --native-frames by their C call\n"
+    "             chain: FUNCTION (MODULE), or MODULE+0xOFFSET where no symbol has it.\n"
     "  pprof      a gzip'd pprof heap profile (go tool pprof, Parca, Pyroscope):\n"
     "             sample types alloc_objects, alloc_space, inuse_objects and\n"
     "             inuse_space (shown first; alloc_space with --allocated), one\n"
@@ -102,7 +105,13 @@ static void export_json(FILE *f, const Memprof__AllocData *d)
         cli_json_str(f, fr->file);
         fputs(", \"function\": ", f);
         cli_json_str(f, fr->function);
-        fprintf(f, ", \"line\": %u, \"first_line\": %u}", fr->line, fr->first_line);
+        fprintf(f, ", \"line\": %u, \"first_line\": %u", fr->line, fr->first_line);
+        if (fr->native) {
+            fputs(", \"native\": true, \"module\": ", f);
+            cli_json_str(f, fr->module);
+            fprintf(f, ", \"module_offset\": %llu", (unsigned long long)fr->module_offset);
+        }
+        fputc('}', f);
     }
     fputs("],\n \"stacks\": [", f);
     for (size_t i = 0, n = 0; i < d->n_stacks; i++) {
@@ -115,6 +124,11 @@ static void export_json(FILE *f, const Memprof__AllocData *d)
         for (size_t k = 0; k < st->n_frames; k++) fprintf(f, "%s%u", k ? ", " : "", st->frames[k]);
         fputs("]", f);
         if (st->native) fputs(", \"native\": true", f);
+        if (st->n_native_frames) {
+            fputs(", \"native_frames\": [", f);
+            for (size_t k = 0; k < st->n_native_frames; k++) fprintf(f, "%s%u", k ? ", " : "", st->native_frames[k]);
+            fputs("]", f);
+        }
         json_field(f, "live", t->alloc_bytes - t->free_bytes, 1);
         json_field(f, "alloc_bytes", t->alloc_bytes, 1);
         json_field(f, "alloc_count", t->alloc_count, 1);
@@ -204,6 +218,19 @@ static long export_collapsed(FILE *f, const Memprof__AllocData *d, double *total
             fprintf(m, ":%u", fr->line);
         }
         if (any && st->native) fputs(";[native]", m); /* C code under the line that called it */
+        for (size_t k = st->n_native_frames; any && k-- > 0;) { /* outermost first: "function (module)" */
+            const Memprof__AllocFrame *fr = st->native_frames[k] < nids ? by_id[st->native_frames[k]] : NULL;
+            const char *mod = fr && fr->module ? strrchr(fr->module, '/') : NULL;
+            if (!fr) continue;
+            mod = mod ? mod + 1 : fr && fr->module ? fr->module : "?";
+            fputc(';', m);
+            put_name(m, fr->function);
+            if (!strstr(fr->function, "+0x")) { /* an unnamed frame's name is its module already */
+                fputs(" (", m);
+                put_name(m, mod);
+                fputc(')', m);
+            }
+        }
         fclose(m);
         if (!any) {
             free(buf);

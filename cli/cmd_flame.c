@@ -134,6 +134,9 @@ int export_speedscope(FILE *f, const Memprof__AllocData *d, double *live_total)
                 any = 0;
                 for (size_t k = st->n_frames; k-- > 0;) /* outermost first */
                     if (frame_of(&x, st->frames[k])) fprintf(f, "%s%ld", any++ ? "," : "", slot[st->frames[k]]);
+                for (size_t k = st->n_native_frames; k-- > 0;) /* then C code under the line (--native-frames) */
+                    if (frame_of(&x, st->native_frames[k]))
+                        fprintf(f, "%s%ld", any++ ? "," : "", slot[st->native_frames[k]]);
                 fputc(']', f);
             }
         }
@@ -272,6 +275,11 @@ static long build_tree(struct node *root, const Memprof__AllocData *d, const str
         for (size_t k = st->n_frames; k-- > 0;) {
             if (!frame_of(x, st->frames[k])) continue;
             if (!(at = child_of(at, st->frames[k]))) return -1;
+            at->value += w;
+        }
+        for (size_t k = st->n_native_frames; k-- > 0;) { /* C code under the line (--native-frames) */
+            if (!frame_of(x, st->native_frames[k])) continue;
+            if (!(at = child_of(at, st->native_frames[k]))) return -1;
             at->value += w;
         }
         n++;

@@ -22,8 +22,8 @@
 #define MAX_FUNCS 64
 
 static const char *usage_run =
-    "usage: memprof run [--function NAME]... [--exact] [--native] [--sample-rate BYTES]\n"
-    "                   [--max-frames N] [--follow-fork] [-o FILE] [--socket PATH]\n"
+    "usage: memprof run [--function NAME]... [--exact] [--native [--native-frames]]\n"
+    "                   [--sample-rate BYTES] [--max-frames N] [--follow-fork] [-o FILE] [--socket PATH]\n"
     "                   -- PROGRAM [ARGS...]\n"
     "\n"
     "Run PROGRAM (a Python " MP_PY_RANGE_SHORT " interpreter, or anything that starts one)\n"
@@ -36,6 +36,8 @@ static const char *usage_run =
     "  --function NAME   report this function too (repeatable)\n"
     "  --exact           count every allocation (slower), instead of sampling\n"
     "  --native          also native allocations (malloc, mmap... of C extensions)\n"
+    "  --native-frames   and their native call chains (C functions under the Python\n"
+    "                    line: memprof export, flamegraph)\n"
     "  --sample-rate B   mean bytes between samples (default 64 KiB)\n"
     "  --max-frames N    Python frames kept per sample (default " MP_STR(MP_DEFAULT_MAX_FRAMES) ")\n"
     "  --follow-fork     children (os.fork, multiprocessing) are sessions too,\n"
@@ -152,6 +154,8 @@ static void report_session(FILE *o, const Memprof__SessionInfo *si, char **funcs
         return;
     }
     d = reply->alloc_data;
+    if (d->session && d->session->native_note && *d->session->native_note) /* --native could not patch all */
+        fprintf(stderr, "memprof: pid %d: %s\n", (int)si->pid, d->session->native_note);
     for (size_t i = 0; i < d->n_profiled; i++) {
         const Memprof__AllocFrame *f = d->profiled[i];
         if (child && !has_function(d, f->function, f->file, f->first_line)) continue;
@@ -199,6 +203,7 @@ int cmd_run(int argc, char **argv)
     static struct option opts[] = {{"function", required_argument, 0, 'f'},
                                    {"exact", no_argument, 0, 'x'},
                                    {"native", no_argument, 0, 'N'},
+                                   {"native-frames", no_argument, 0, 'B'},
                                    {"sample-rate", required_argument, 0, 'r'},
                                    {"max-frames", required_argument, 0, 'm'},
                                    {"follow-fork", no_argument, 0, 'F'},
@@ -229,6 +234,7 @@ int cmd_run(int argc, char **argv)
             break;
         case 'x': rq.exact = 1; break;
         case 'N': rq.native = 1; break;
+        case 'B': rq.native_frames = 1; break;
         case 'r':
             errno = 0;
             rq.sample_rate = strtoull(optarg, &end, 10);
@@ -251,6 +257,7 @@ int cmd_run(int argc, char **argv)
         return cli_fail("no program to run (memprof run -- python3 script.py)");
     }
     if (rq.native && rq.exact) return cli_fail("--native samples native allocations: not with --exact");
+    if (rq.native_frames && !rq.native) return cli_fail("--native-frames goes with --native");
     if (out_path && !(o = fopen(out_path, "w"))) return cli_fail("cannot write %s: %s", out_path, strerror(errno));
     if ((fd = client_connect(client_socket_opt, 1, err)) < 0 || request_run(fd, &rq, &reply, err) < 0) {
         if (o != stderr) fclose(o);

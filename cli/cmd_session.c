@@ -115,6 +115,8 @@ int cmd_status(int argc, char **argv)
             cli_json_str(stdout, s->agent_version);
             printf(", \"daemon_version\": ");
             cli_json_str(stdout, dver);
+            printf(", \"native_note\": ");
+            cli_json_str(stdout, s->native_note);
             printf("}");
         }
         printf("]\n");
@@ -148,6 +150,9 @@ int cmd_status(int argc, char **argv)
         printf("session %u (pid %d): agent %s differs from memprofd %s (detach and attach again)\n", s->id, s->pid,
                s->agent_version, dver);
     }
+    for (size_t i = 0; i < r->n_sessions; i++) /* --native that could not patch everything */
+        if (r->sessions[i]->state == MEMPROF__SESSION_INFO__STATE__ATTACHED && r->sessions[i]->native_note && *r->sessions[i]->native_note)
+            printf("session %u (pid %d): %s\n", r->sessions[i]->id, r->sessions[i]->pid, r->sessions[i]->native_note);
     wire_free(reply);
     return 0;
 }

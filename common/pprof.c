@@ -93,8 +93,10 @@ struct builder {
     size_t nowned;
     ValueType vt[4], period;
     ValueType *vtp[4];
-    Mapping map;
-    Mapping *mapp[1];
+    Mapping *maps;  /* [0]: the Python executable; then one per native module (--native-frames) */
+    Mapping **mapp;
+    size_t nmaps;
+    struct table mods;
     int64_t comments[4];
     Function *fa;
     Function **fp;
@@ -118,7 +120,8 @@ static void release(struct builder *b)
     for (size_t i = 0; i < b->nowned; i++) free(b->owned[i]);
     free(b->owned);
     free(b->strings);
-    free(b->strs.slots), free(b->funcs.slots), free(b->locs.slots);
+    free(b->strs.slots), free(b->funcs.slots), free(b->locs.slots), free(b->mods.slots);
+    free(b->maps), free(b->mapp);
     free(b->fa), free(b->fp), free(b->la), free(b->lp), free(b->lines), free(b->linep), free(b->loc_of_frame);
     free(b->sa), free(b->sp), free(b->lab), free(b->labp), free(b->ids), free(b->vals), free(b->stack_of);
 }
@@ -166,11 +169,28 @@ static int64_t strf(struct builder *b, const char *fmt, ...)
     return n < 0 ? -1 : str_owned(b, s);
 }
 
+/* The mapping id of a native frame's module (one Mapping per module path, added on first use). */
+static long module_mapping(struct builder *b, const char *module)
+{
+    int fresh;
+    long i = table_get(&b->mods, module, NULL, b->nmaps, &fresh);
+    Mapping *m = &b->maps[b->nmaps];
+    if (i < 0 || !fresh) return i < 0 ? -1 : i + 1;
+    perftools__profiles__mapping__init(m);
+    m->id = b->nmaps + 1;
+    if ((m->filename = str(b, module)) < 0) return -1;
+    m->has_functions = m->has_filenames = m->has_line_numbers = 1;
+    b->mapp[b->nmaps++] = m;
+    return (long)m->id;
+}
+
 /* Locations and functions for every frame: one Location per frame (file, function, line), one Function
- * per (function, file, def line). */
+ * per (function, file, def line). A native frame's Location is in its module's Mapping, at its address
+ * in the module's ELF addresses. */
 static int add_frames(struct builder *b, const Memprof__AllocData *d)
 {
     size_t nf = 0, nl = 0;
+    long map;
     for (size_t i = 0; i < d->n_frames; i++)
         if (d->frames[i]->id + 1 > b->nframe_ids) b->nframe_ids = (size_t)d->frames[i]->id + 1;
     b->loc_of_frame = calloc(b->nframe_ids + 1, sizeof *b->loc_of_frame);
@@ -198,7 +218,9 @@ static int add_frames(struct builder *b, const Memprof__AllocData *d)
             f->start_line = fr->first_line;
             b->fp[nf++] = f;
         }
-        lkey[0] = fi + 1, lkey[1] = fr->line, lkey[2] = -1;
+        lkey[0] = fi + 1, lkey[1] = fr->line, lkey[2] = fr->native ? (int64_t)fr->module_offset : -1;
+        map = fr->native ? module_mapping(b, fr->module && *fr->module ? fr->module : "?") : 1;
+        if (map < 0) return -1;
         if ((li = table_get(&b->locs, NULL, lkey, nl, &fresh)) < 0) return -1;
         if (fresh) {
             Location *l = &b->la[nl];
@@ -208,7 +230,8 @@ static int add_frames(struct builder *b, const Memprof__AllocData *d)
             b->lines[nl].line = fr->line;
             b->linep[nl] = &b->lines[nl];
             l->id = nl + 1;
-            l->mapping_id = 1;
+            l->mapping_id = (uint64_t)map;
+            if (fr->native) l->address = fr->module_offset;
             l->line = &b->linep[nl];
             l->n_line = 1;
             b->lp[nl++] = l;
@@ -261,7 +284,7 @@ static int add_samples(struct builder *b, const Memprof__AllocData *d)
     uint64_t *id;
     int64_t bytes = str(b, "bytes");
     for (size_t i = 0; i < d->n_stacks; i++) {
-        nlocs += d->stacks[i]->n_frames;
+        nlocs += d->stacks[i]->n_frames + d->stacks[i]->n_native_frames;
         if (d->stacks[i]->id > maxid) maxid = d->stacks[i]->id;
     }
     b->sa = calloc(d->n_stats + 1, sizeof *b->sa);
@@ -282,6 +305,9 @@ static int add_samples(struct builder *b, const Memprof__AllocData *d)
         if (!st) continue;
         perftools__profiles__sample__init(smp);
         smp->location_id = id;
+        for (size_t k = 0; k < st->n_native_frames; k++) /* C code first: it is under the Python line */
+            if (st->native_frames[k] < b->nframe_ids && b->loc_of_frame[st->native_frames[k]])
+                id[smp->n_location_id++] = b->loc_of_frame[st->native_frames[k]];
         for (size_t k = 0; k < st->n_frames; k++) /* AllocStack is innermost first, as pprof wants */
             if (st->frames[k] < b->nframe_ids && b->loc_of_frame[st->frames[k]])
                 id[smp->n_location_id++] = b->loc_of_frame[st->frames[k]];
@@ -334,13 +360,12 @@ static int build(struct builder *b, const Memprof__AllocData *d, int allocated)
     if (d->first_report > 0 && d->timestamp > d->first_report)
         b->p.duration_nanos = (int64_t)((d->timestamp - d->first_report) * 1e9);
 
-    perftools__profiles__mapping__init(&b->map);
-    b->map.id = 1;
-    if ((b->map.filename = str(b, s && s->executable && *s->executable ? s->executable : "python")) < 0) return -1;
-    b->map.has_functions = b->map.has_filenames = b->map.has_line_numbers = 1;
-    b->mapp[0] = &b->map;
-    b->p.mapping = b->mapp;
-    b->p.n_mapping = 1;
+    if (!(b->maps = calloc(d->n_frames + 1, sizeof *b->maps)) || !(b->mapp = calloc(d->n_frames + 1, sizeof *b->mapp)))
+        return -1;
+    /* mapping 1: the Python executable (keyed "" in mods: no module path is empty) */
+    if (module_mapping(b, "") != 1 ||
+        (b->maps[0].filename = str(b, s && s->executable && *s->executable ? s->executable : "python")) < 0)
+        return -1;
 
     b->p.comment = b->comments;
     if (s) {
@@ -359,6 +384,8 @@ static int build(struct builder *b, const Memprof__AllocData *d, int allocated)
                                                          : "mode sampling: values are unbiased estimates")) < 0)
         return -1;
     if (add_frames(b, d) < 0 || add_samples(b, d) < 0) return -1;
+    b->p.mapping = b->mapp;
+    b->p.n_mapping = b->nmaps;
     b->p.string_table = b->strings;
     b->p.n_string_table = b->nstr;
     return 0;

@@ -10,9 +10,12 @@
 #include <string.h>
 
 #include "procinfo.h"
+#include "symbolize.h"
 #include "util.h"
 
 #define MAX_IDS 65536          /* the agent caps frames at 16384, stacks at 8192 */
+#define NATIVE_BASE 32768      /* native frames (named here) take ids from here up, below MAX_IDS */
+#define MAX_NATIVE_PCS 64      /* per stack */
 #define MAX_PROFILED 256   /* @profile'd functions kept per session */
 #define HISTORY 600            /* snapshots: one a second for ten minutes */
 #define HISTORY_STEP 1.0
@@ -34,6 +37,8 @@ struct hsite {
 struct aframe {
     char *file, *func;
     uint32_t line, first;
+    char *module; /* native frames: the module's path */
+    uint64_t offset;
 };
 
 struct astack {
@@ -41,6 +46,23 @@ struct astack {
     uint32_t n;
     int defined;
     int native; /* allocations by C code under these Python frames (agent --native) */
+    uint32_t *native_frames; /* --native-frames: their native call chain (frame ids), innermost first */
+    uint32_t nnative;
+};
+
+/* --native-frames: return address -> frame id, and (module, function, file, line) -> frame id */
+struct pc_ent {
+    uint64_t pc;
+    uint32_t id; /* 0: empty */
+};
+struct natives {
+    struct symbolizer *sym;
+    int sym_failed;                /* the maps could not be read: no more tries */
+    struct pc_ent *pcs;
+    size_t pcs_cap, pcs_n;
+    uint32_t *by_name;             /* open addressing on the name hash: frame id, 0 empty */
+    size_t names_cap;
+    uint32_t next;                 /* the next native frame id */
 };
 
 struct astat {
@@ -66,6 +88,7 @@ struct alloc_data {
                                 * 0.1 and doubles whenever the history fills (whole run kept) */
     Memprof__AllocFrame **profiled; /* memprof run: @profile'd functions (file, function, first_line) */
     size_t nprofiled;
+    struct natives nat;
 };
 
 static int grow(void **arr, size_t *n, size_t want, size_t elsize)
@@ -97,8 +120,12 @@ void alloc_free(struct alloc_data *a)
     for (size_t i = 0; i < a->nframes; i++) {
         free(a->frames[i].file);
         free(a->frames[i].func);
+        free(a->frames[i].module);
     }
-    for (size_t i = 0; i < a->nstacks; i++) free(a->stacks[i].frames);
+    for (size_t i = 0; i < a->nstacks; i++) free(a->stacks[i].frames), free(a->stacks[i].native_frames);
+    sym_close(a->nat.sym);
+    free(a->nat.pcs);
+    free(a->nat.by_name);
     for (size_t i = 0; i < HISTORY; i++) free(a->hist_sites[i]);
     for (size_t i = 0; i < a->nprofiled; i++) {
         free(a->profiled[i]->file);
@@ -112,15 +139,116 @@ void alloc_free(struct alloc_data *a)
     free(a);
 }
 
-static void define(struct alloc_data *a, const Memprof__AllocReport *r)
+/* ------------------------------------------------------------ native frames */
+
+static uint32_t name_hash(const struct sym_frame *f)
+{
+    uint32_t h = 2166136261u;
+    for (const char *p = f->module; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+    for (const char *p = f->func; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+    for (const char *p = f->file; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+    return (h ^ f->line) * 16777619u;
+}
+
+/* The frame id of a named native frame (one per distinct name and line), 0 when the ids are used up. */
+static uint32_t native_intern(struct alloc_data *a, const struct sym_frame *f)
+{
+    struct natives *n = &a->nat;
+    size_t mask, i;
+    uint32_t id;
+    if (!n->next) n->next = NATIVE_BASE;
+    if ((n->next - NATIVE_BASE + 1) * 2 > n->names_cap) {
+        size_t cap = n->names_cap ? n->names_cap * 2 : 1024;
+        uint32_t *t = calloc(cap, sizeof *t);
+        if (!t) return 0;
+        for (size_t k = 0; k < n->names_cap; k++) {
+            struct sym_frame g;
+            const struct aframe *e;
+            if (!n->by_name[k]) continue;
+            e = &a->frames[n->by_name[k]];
+            snprintf(g.module, sizeof g.module, "%s", e->module);
+            snprintf(g.func, sizeof g.func, "%s", e->func);
+            snprintf(g.file, sizeof g.file, "%s", e->file);
+            g.line = e->line;
+            for (i = name_hash(&g) & (cap - 1); t[i]; i = (i + 1) & (cap - 1)) {}
+            t[i] = n->by_name[k];
+        }
+        free(n->by_name);
+        n->by_name = t;
+        n->names_cap = cap;
+    }
+    mask = n->names_cap - 1;
+    for (i = name_hash(f) & mask; (id = n->by_name[i]) != 0; i = (i + 1) & mask) {
+        const struct aframe *e = &a->frames[id];
+        if (e->line == f->line && !strcmp(e->func, f->func) && !strcmp(e->file, f->file) && !strcmp(e->module, f->module))
+            return id;
+    }
+    id = n->next;
+    if (grow((void **)&a->frames, &a->nframes, (size_t)id + 1, sizeof *a->frames) < 0) return 0;
+    a->frames[id] = (struct aframe){strdup(f->file), strdup(f->func), f->line, 0, strdup(f->module), f->offset};
+    if (!a->frames[id].file || !a->frames[id].func || !a->frames[id].module) {
+        free(a->frames[id].file), free(a->frames[id].func), free(a->frames[id].module);
+        a->frames[id] = (struct aframe){0};
+        return 0;
+    }
+    n->by_name[i] = id;
+    n->next++;
+    return id;
+}
+
+/* The frame id of a return address in pid (cached per address), 0 when it cannot be had. */
+static uint32_t native_frame(struct alloc_data *a, pid_t pid, uint64_t pc)
+{
+    struct natives *n = &a->nat;
+    struct sym_frame f;
+    size_t mask, i;
+    uint32_t id;
+    if (!n->sym && !n->sym_failed && !(n->sym = sym_open(pid))) {
+        n->sym_failed = 1;
+        server_log("pid %d: its native frames cannot be named (its /proc/PID/maps is not readable)", (int)pid);
+    }
+    if (!n->sym) return 0;
+    if ((n->pcs_n + 1) * 2 > n->pcs_cap) {
+        size_t cap = n->pcs_cap ? n->pcs_cap * 2 : 4096;
+        struct pc_ent *t = calloc(cap, sizeof *t);
+        if (!t) return 0;
+        for (size_t k = 0; k < n->pcs_cap; k++) {
+            if (!n->pcs[k].id) continue;
+            for (i = (n->pcs[k].pc * 0x9E3779B97F4A7C15ull >> 32) & (cap - 1); t[i].id; i = (i + 1) & (cap - 1)) {}
+            t[i] = n->pcs[k];
+        }
+        free(n->pcs);
+        n->pcs = t;
+        n->pcs_cap = cap;
+    }
+    mask = n->pcs_cap - 1;
+    for (i = (pc * 0x9E3779B97F4A7C15ull >> 32) & mask; n->pcs[i].id; i = (i + 1) & mask)
+        if (n->pcs[i].pc == pc) return n->pcs[i].id;
+    sym_resolve(n->sym, pc, &f);
+    if (!(id = native_intern(a, &f))) return 0;
+    n->pcs[i] = (struct pc_ent){pc, id};
+    n->pcs_n++;
+    return id;
+}
+
+void alloc_session_ended(struct session *s)
+{
+    if (!s->alloc) return;
+    sym_close(s->alloc->nat.sym); /* its open module files */
+    s->alloc->nat.sym = NULL;
+    s->alloc->nat.sym_failed = 1;
+}
+
+static void define(struct alloc_data *a, const Memprof__AllocReport *r, pid_t pid)
 {
     for (size_t i = 0; i < r->n_frames; i++) {
         const Memprof__AllocFrame *f = r->frames[i];
+        if (f->id >= NATIVE_BASE) continue; /* the agent's ids stay below 16384 */
         if (grow((void **)&a->frames, &a->nframes, (size_t)f->id + 1, sizeof *a->frames) < 0) continue;
         free(a->frames[f->id].file);
         free(a->frames[f->id].func);
         a->frames[f->id] = (struct aframe){strdup(f->file ? f->file : "?"), strdup(f->function ? f->function : "?"),
-                                           f->line, f->first_line};
+                                           f->line, f->first_line, NULL, 0};
     }
     for (size_t i = 0; i < r->n_stacks; i++) {
         const Memprof__AllocStack *s = r->stacks[i];
@@ -132,9 +260,17 @@ static void define(struct alloc_data *a, const Memprof__AllocReport *r)
         st->n = 0;
         if (!st->frames) continue;
         for (size_t k = 0; k < s->n_frames; k++)
-            if (s->frames[k] < a->nframes) st->frames[st->n++] = s->frames[k];
+            if (s->frames[k] < a->nframes && s->frames[k] < NATIVE_BASE) st->frames[st->n++] = s->frames[k];
         st->defined = 1;
         st->native = s->native;
+        free(st->native_frames);
+        st->native_frames = NULL;
+        st->nnative = 0;
+        if (s->n_native_pcs && (st->native_frames = malloc(s->n_native_pcs * sizeof *st->native_frames)))
+            for (size_t k = 0; k < s->n_native_pcs && k < MAX_NATIVE_PCS; k++) {
+                uint32_t id = native_frame(a, pid, s->native_pcs[k]);
+                if (id) st->native_frames[st->nnative++] = id;
+            }
     }
 }
 
@@ -271,7 +407,7 @@ void alloc_report(struct session *s, const Memprof__AllocReport *r)
         a->first_ts = r->timestamp;
         a->last_ts = r->timestamp;
     }
-    define(a, r);
+    define(a, r, s->pid);
     dt = r->timestamp - a->last_ts;
     k = dt > 0 ? 1 - exp(-dt / RATE_TAU) : 0;
     for (size_t i = 0; i < a->nstacks; i++) a->stats[i].rate *= 1 - k; /* decay; refreshed below */
@@ -428,6 +564,11 @@ int alloc_view(struct session *s, int history, struct alloc_view *v, char *err)
         f->function = a->frames[i].func;
         f->line = a->frames[i].line;
         f->first_line = a->frames[i].first;
+        if (a->frames[i].module) {
+            f->native = 1;
+            f->module = a->frames[i].module;
+            f->module_offset = a->frames[i].offset;
+        }
         v->fp[d->n_frames++] = f;
     }
     for (size_t i = 0; i < a->nstacks; i++) {
@@ -440,6 +581,8 @@ int alloc_view(struct session *s, int history, struct alloc_view *v, char *err)
         k->frames = a->stacks[i].frames;
         k->n_frames = a->stacks[i].n;
         k->native = a->stacks[i].native;
+        k->native_frames = a->stacks[i].native_frames;
+        k->n_native_frames = a->stacks[i].nnative;
         v->sp[d->n_stacks++] = k;
         memprof__alloc_stat__init(t);
         t->stack = (uint32_t)i;

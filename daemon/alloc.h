@@ -11,6 +11,8 @@ void alloc_report(struct session *s, const Memprof__AllocReport *r);
 /* Answer a client's AllocQuery with AllocData (or an error in it). */
 void alloc_on_query(struct conn *c, const Envelope *env);
 void alloc_free(struct alloc_data *a);
+/* The session's target is gone or detached: its native frames can no longer be named (files closed). */
+void alloc_session_ended(struct session *s);
 
 /* The history as AllocPoints with their sites: arrays owned by an alloc_view. */
 struct history_out {

@@ -70,6 +70,7 @@ static void reply_attach_ok(uint64_t conn_id, struct session *s, int already)
     r.retries = s->retries;
     r.method = (char *)(already ? "" : s->method == ATTACH_REMOTE_EXEC ? "remote-exec" : "ptrace");
     r.note = s->note;
+    r.native_note = s->native_note;
     r.exec_ms = s->exec_ms;
     env.msg_case = MEMPROF__ENVELOPE__MSG_ATTACH_REPLY;
     env.attach_reply = &r;
@@ -226,6 +227,7 @@ void attach_on_attach(struct conn *c, const Envelope *in)
     attach_tracking(&s->track, !req->no_tracking, req->exact, req->sample_rate, req->max_frames, req->interval_ms,
                     MP_DEFAULT_INTERVAL_MS);
     s->track.native = req->native && !req->exact;
+    s->track.native_frames = s->track.native && req->native_frames;
     if (attach_make_token(s->token) < 0) {
         reply_attach_error(c->id, "no randomness for a token");
         session_free(s);
@@ -312,6 +314,8 @@ int attach_agent_hello(struct conn *c, const Memprof__Hello *h, char *err)
         return -1;
     }
     s->gil_wait_ms = a->gil_wait_ms;
+    snprintf(s->native_note, sizeof s->native_note, "%s", a->native_note ? a->native_note : "");
+    if (s->native_note[0]) server_log("pid %d: %s", (int)s->pid, s->native_note);
     snprintf(s->agent_version, sizeof s->agent_version, "%s", a->agent_version ? a->agent_version : "");
     if (strcmp(s->agent_version, MEMPROF_VERSION) != 0)
         server_log("pid %d: agent version %s differs from memprofd %s", (int)s->pid,
@@ -581,13 +585,14 @@ void attach_on_agent_reply(struct conn *c, const Envelope *env)
                 s->track.enabled = r->tracking->enabled;
                 s->track.exact = r->tracking->exact;
                 s->track.native = r->tracking->native;
+                s->track.native_frames = r->tracking->native_frames;
                 s->track.sample_rate = r->tracking->sample_rate;
                 s->track.max_frames = frames;
                 s->track.interval_ms = r->tracking->interval_ms;
             } else {
                 server_log("pid %d: the agent did not take its tracking settings: %s", (int)s->pid,
                            r->error && *r->error ? r->error : "(no reason)");
-                s->track.enabled = s->track.native = 0;
+                s->track.enabled = s->track.native = s->track.native_frames = 0;
             }
             s->config_call = 0;
             call_finish(k, r, NULL);

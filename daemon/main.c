@@ -71,6 +71,9 @@ static const char *usage_attach =
     "                       thread loads it at its next safe point; nothing is stopped)\n"
     "  --native             also native allocations (malloc, mmap... of C extensions),\n"
     "                       attributed to the Python line running (not with --exact)\n"
+    "  --native-frames      with --native: each sampled native allocation keeps its\n"
+    "                       native call chain, named by memprofd (libdw): C functions\n"
+    "                       under the Python line in memprof export and flamegraph\n"
     "  --socket PATH        the daemon's socket\n"
     "\n"
     "example:\n"
@@ -206,6 +209,7 @@ static int cmd_attach(int argc, char **argv)
                                    {"max-frames", required_argument, 0, 'f'},  {"interval", required_argument, 0, 'i'},
                                    {"no-track", no_argument, 0, 'n'},          {"method", required_argument, 0, 'm'},
                                    {"native", no_argument, 0, 'N'},
+                                   {"native-frames", no_argument, 0, 'F'},
                                    {0}};
     Memprof__AttachRequest req = MEMPROF__ATTACH_REQUEST__INIT;
     Envelope env = MEMPROF__ENVELOPE__INIT, *reply;
@@ -231,10 +235,12 @@ static int cmd_attach(int argc, char **argv)
             req.method = optarg;
             break;
         case 'N': req.native = 1; break;
+        case 'F': req.native_frames = 1; break;
         default: fputs(usage_attach, stderr); return 2;
         }
     }
     if (!req.pid) die("attach: --pid is required (see memprofd attach --help)");
+    if (req.native_frames && !req.native) die("attach: --native-frames goes with --native");
     if (req.native && (req.exact || req.no_tracking))
         die("attach: --native samples native allocations: not with --exact or --no-track");
     fd = client_connect(client_socket_opt, 1, err);
@@ -252,6 +258,7 @@ static int cmd_attach(int argc, char **argv)
         return 3;
     }
     if (r->note && *r->note) fprintf(stderr, "memprofd: pid %d: %s; attached by ptrace\n", req.pid, r->note);
+    if (r->native_note && *r->native_note) fprintf(stderr, "memprofd: pid %d: %s\n", req.pid, r->native_note);
     printf("attached to pid %d: Python %s, target stopped %.2f ms, attach took %.0f ms", req.pid,
            r->session->python_version, r->stop_ms, (mp_now() - t0) * 1000.0);
     if (r->method && !strcmp(r->method, "remote-exec"))

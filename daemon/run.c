@@ -70,6 +70,7 @@ void run_on_request(struct conn *c, const Envelope *in)
     r->follow = req->follow_fork;
     attach_tracking(&r->track, 1, req->exact, req->sample_rate, req->max_frames, req->interval_ms, MP_RUN_INTERVAL_MS);
     r->track.native = req->native && !req->exact;
+    r->track.native_frames = r->track.native && req->native_frames;
     r->next = runs;
     runs = r;
     /* what the agent needs before its hello (follow: whether the program's children keep it preloaded);

@@ -65,6 +65,7 @@ void session_free(struct session *s)
 void session_retire(struct session *s, enum sess_state state)
 {
     s->state = state;
+    alloc_session_ended(s);
     s->agent_conn = 0;
     s->deadline = 0;
     session_trim();
@@ -114,6 +115,7 @@ void session_fill_info(const struct session *s, Memprof__SessionInfo *info)
                                     : MEMPROF__SESSION_INFO__MODE__SAMPLING;
     info->sample_rate = s->track.sample_rate;
     info->agent_version = (char *)s->agent_version;
+    info->native_note = (char *)s->native_note;
 }
 
 void session_info_clear(Memprof__SessionInfo *info)

@@ -50,6 +50,7 @@ struct session {
     struct rx rx;               /* remote-exec request in flight (remote_exec.h) */
     double exec_ms;             /* remote-exec: how long the script held the main thread */
     char note[256];             /* why auto went by ptrace, for the client */
+    char native_note[512];      /* --native: why it is off or partial (the agent's hello), "" when all is well */
     struct session *next;
 };
 

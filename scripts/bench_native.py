@@ -3,8 +3,9 @@
 A numpy workload (tests/workloads/numpy_work.py) and the alloc workload
 (alloc_churn.py), interleaved, the fastest of BENCH_NATIVE_RUNS (default 5)
 of each: unprofiled, memprof run (Python allocations, sampling 512 KiB),
-memprof run --native (same rate), and heaptrack (Debian's, which intercepts
-native allocations) when installed. Times are the workloads' own 'elapsed'
+memprof run --native (same rate), memprof run --native --native-frames (each
+native sample unwinds its C call chain), and heaptrack (Debian's, which
+intercepts native allocations and unwinds every one) when installed. Times are the workloads' own 'elapsed'
 lines (the work, not the interpreter's start or the import).
 Globals from bench.py: row, BUILD, WORKLOADS, PY, ENV.
 """
@@ -28,7 +29,7 @@ def elapsed(argv):
     r = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=3600)
     m = re.search(r"^elapsed ([\d.]+)", r.stdout, re.M)
     if r.returncode or not m:
-        sys.exit("bench_native: %s failed: %s" % (argv, (r.stdout + r.stderr)[-500:]))
+        sys.exit("bench_native: %s failed (exit status %d): %s" % (argv, r.returncode, (r.stdout + r.stderr)[-500:]))
     return float(m.group(1))
 
 
@@ -40,7 +41,8 @@ def main():
     work = {"numpy": [os.path.join(WORKLOADS, "numpy_work.py"), str(NP_ITER)],
             "alloc": [os.path.join(WORKLOADS, "alloc_churn.py"), str(ITER)]}
     modes = {"base": [], "run": [MEMPROF, "run", "--sample-rate", RATE, "-o", os.devnull, "--"],
-             "native": [MEMPROF, "run", "--native", "--sample-rate", RATE, "-o", os.devnull, "--"]}
+             "native": [MEMPROF, "run", "--native", "--sample-rate", RATE, "-o", os.devnull, "--"],
+             "frames": [MEMPROF, "run", "--native", "--native-frames", "--sample-rate", RATE, "-o", os.devnull, "--"]}
     if HEAPTRACK:
         modes["heaptrack"] = [HEAPTRACK, "-o", os.path.join(tmp, "ht")]
     res = {(w, m): [] for w in work for m in modes}
@@ -57,8 +59,10 @@ def main():
         base = best[(w, "base")]
         ht = best.get((w, "heaptrack"))
         peer = "%.2fx" % (ht / base) if ht else "n/a"
-        row("%s, elapsed, fastest of %d (unprofiled %.2f s): memprof run (Python only, 512 KiB) / --native vs heaptrack"
-            % (label, RUNS, base), "%.2fx / %.2fx" % (best[(w, "run")] / base, best[(w, "native")] / base), peer,
+        row("%s, elapsed, fastest of %d (unprofiled %.2f s): memprof run (Python only, 512 KiB) / --native / "
+            "--native --native-frames vs heaptrack" % (label, RUNS, base),
+            "%.2fx / %.2fx / %.2fx" % (best[(w, "run")] / base, best[(w, "native")] / base, best[(w, "frames")] / base),
+            peer,
             "heaptrack (Debian)" if ht else "heaptrack not installed")
 
 

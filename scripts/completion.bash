@@ -72,7 +72,7 @@ _memprof()
     fi
     _memprof_value "$prev" "$cmd" "$sock" && return 0
     case $cmd in
-        run) opts="--function --exact --native --sample-rate --max-frames --follow-fork -o --output --socket --" ;;
+        run) opts="--function --exact --native --native-frames --sample-rate --max-frames --follow-fork -o --output --socket --" ;;
         status | ps) opts="--json --socket" ;;
         types) opts="--pid --limit --sort --long --all --json --socket" ;;
         growth) opts="--pid --interval --limit --count --all --json --socket" ;;
@@ -110,7 +110,7 @@ _memprofd()
     _memprof_value "$prev" "$cmd" "" && return 0
     case $cmd in
         serve) opts="--socket --agent --http --http-allow-remote --http-token-file --metrics-top" ;;
-        attach) opts="--pid --sample-rate --exact --max-frames --interval --no-track --method --native --socket" ;;
+        attach) opts="--pid --sample-rate --exact --max-frames --interval --no-track --method --native --native-frames --socket" ;;
         detach) opts="--pid --socket" ;;
         stop) opts="--socket" ;;
         *) return 0 ;;

@@ -286,3 +286,223 @@ def test_library_unloaded_while_hooked(daemon, targets, libnt):
     send(t, "lib %s" % libnt)  # loads afresh, unpatched, and works
     send(t, "ctypes %s 10 1000" % libnt)
     send(t, "cfree")
+
+
+# ------------------------------------------------------------ --native-frames
+
+NF_SRC = r"""
+#include <stdlib.h>
+#include <string.h>
+/* no tail calls (-O0): each function keeps its frame, so its name is on the chain */
+static void *nf_hidden(size_t n)
+{
+    char *p = malloc(n);
+    if (p) memset(p, 1, 1);
+    return p;
+}
+void *nf_inner(size_t n)
+{
+    char *p = nf_hidden(n);
+    if (p) p[0] = 2;
+    return p;
+}
+void *nf_outer(size_t n)
+{
+    char *p = nf_inner(n);
+    if (p) p[0] = 3;
+    return p;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def libnf(tmp_path_factory):
+    """Two builds of one library whose nf_outer -> nf_inner -> (static) nf_hidden calls malloc:
+    with debug info (names and lines from DWARF), and stripped (nf_outer and nf_inner from
+    .dynsym; nf_hidden is in no symbol table: it must be shown as an offset, not as a neighbour)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler to build the test library")
+    d = tmp_path_factory.mktemp("libnf")
+    src = d / "nf.c"
+    src.write_text(NF_SRC)
+    debug, stripped = str(d / "libnf_g.so"), str(d / "libnf_s.so")
+    subprocess.run([cc, "-shared", "-fPIC", "-O0", "-g", "-o", debug, str(src)], check=True)
+    subprocess.run([cc, "-shared", "-fPIC", "-O0", "-s", "-o", stripped, str(src)], check=True)
+    return debug, stripped
+
+
+def export_data(daemon, pid):
+    r = daemon.run("export", "--pid", pid)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def hybrid_stacks(ex):
+    """[(python frames outermost first, native frames outermost first, live)] of the native stacks."""
+    frames = {f["id"]: f for f in ex["frames"]}
+    out = []
+    for st in ex["stacks"]:
+        if st.get("native_frames"):
+            out.append(([frames[i] for i in reversed(st["frames"])], [frames[i] for i in reversed(st["native_frames"])],
+                         st["live"]))
+    return out
+
+
+def test_native_frames_ctypes_library_names(daemon, targets, libnf, tmp_path):
+    """nf_outer -> nf_inner -> nf_hidden -> malloc, called at NF_LINE: the hybrid stack ends in the Python
+    line, then the library's functions outermost first; with debug info nf_hidden is named with its file
+    and line, stripped it is libnf_s.so+0xOFFSET (never nf_inner or another neighbour)."""
+    exe, _ = interpreter("debian-3.11")
+    debug, stripped = libnf
+    line = marked_line("NF_LINE")
+    for lib, inner in ((debug, "nf_hidden"), (stripped, None)):
+        t = start(targets, exe)
+        daemon.attach(t.pid, "--native", "--native-frames", "--sample-rate", "65536")
+        send(t, "nf %s 200 100000" % lib)
+        time.sleep(1.0)
+        ex = export_data(daemon, t.pid)
+        mine = [(py, nat, live) for py, nat, live in hybrid_stacks(ex)
+                if py and os.path.basename(py[-1]["file"]) == "native_np.py" and py[-1]["line"] == line]
+        assert mine, [([f["function"] for f in py], [f["function"] for f in nat]) for py, nat, _ in hybrid_stacks(ex)]
+        assert abs(sum(m[2] for m in mine) - 200 * 100000) <= 0.1 * 200 * 100000, mine
+        names = [f["function"] for f in mine[0][1]]
+        k = names.index("nf_outer")  # above it: ctypes/libffi frames
+        assert names[k + 1] == "nf_inner", names
+        last = mine[0][1][k + 2]
+        assert all(f["native"] and f["module"].endswith(os.path.basename(lib)) for f in mine[0][1][k:]), mine[0][1]
+        if inner:
+            assert last["function"] == "nf_hidden" and last["file"].endswith("nf.c") and last["line"] == 7, last
+        else:
+            assert re.fullmatch(r"libnf_s\.so\+0x[0-9a-f]+", last["function"]), last
+            assert last["line"] == 0, last
+        assert len(mine[0][1]) == k + 3, names  # malloc's caller is the innermost: no agent frame
+        folded = daemon.run("export", "--pid", t.pid, "--format", "collapsed").stdout.splitlines()
+        want = r"native_np.py:nf:%d;\[native\];.*nf_outer \(libnf_\w\.so\);nf_inner \(libnf_\w\.so\);%s \d+$" % (
+            line, r"nf_hidden \(libnf_g\.so\)" if inner else r"libnf_s\.so\+0x[0-9a-f]+")
+        assert any(re.search(want, l) for l in folded), folded[:5]
+        if inner and shutil.which("go"):  # pprof: native Locations under the Python one, in libnf's Mapping
+            from test_export_pprof import pprof
+            path = str(tmp_path / "nf.pb.gz")
+            r = daemon.run("export", "--pid", t.pid, "--format", "pprof", "-o", path)
+            assert r.returncode == 0, r.stderr
+            traces = pprof("-traces", path)
+            assert re.search(r"nf_hidden\s+nf_inner\s+nf_outer\s+(.*\s+)*?nf\s", traces), traces[:2000]
+            assert re.search(r"libnf_g\.so", pprof("-raw", path)), "no mapping of libnf_g.so"
+        daemon.detach(t.pid)
+
+
+def test_native_frames_numpy_hybrid_stack(daemon, targets):
+    """The numpy line's hybrid stack: numpy's C code (_multiarray_umath) under the Python line. Debian's
+    numpy has no debug info here and exports few functions in .dynsym: frames without a symbol containing
+    them are module+0xOFFSET; every frame is in numpy's module (nothing of the interpreter or the agent)."""
+    exe = numpy_interpreter("debian-3.11")
+    t = start(targets, exe)
+    daemon.attach(t.pid, "--native", "--native-frames")
+    send(t, "hold")
+    time.sleep(1.0)
+    hold = marked_line("HOLD_LINE")
+    ex = export_data(daemon, t.pid)
+    mine = [(py, nat, live) for py, nat, live in hybrid_stacks(ex)
+            if py and os.path.basename(py[-1]["file"]) == "native_np.py" and py[-1]["line"] == hold]
+    assert mine and abs(sum(m[2] for m in mine) - HOLD_BYTES) <= 0.1 * HOLD_BYTES, hybrid_stacks(ex)
+    core = os.path.basename(numpy_core(exe))
+    for _, nat, _ in mine:
+        assert nat and all(f["native"] for f in nat), nat
+        assert any(os.path.basename(f["module"]) == core for f in nat), nat
+        for f in nat:
+            # a name, or the module and an offset -- a name is one of the module's own symbols
+            if "+0x" in f["function"]:
+                assert f["function"].startswith(os.path.basename(f["module"]) + "+0x"), f
+            else:
+                assert f["function"] in dynsym(f["module"], t.pid) | symtab_names(f["module"], t.pid), f
+            assert "python3" not in os.path.basename(f["module"]) and "memprof" not in f["module"], f
+    print("numpy hold line, native frames:", [f["function"] for f in mine[0][1]])
+    daemon.detach(t.pid)
+
+
+@functools.lru_cache(maxsize=None)
+def _syms(path, flag):
+    out = subprocess.run(["nm", flag, "--defined-only", path], capture_output=True, text=True).stdout
+    return frozenset(l.split()[-1] for l in out.splitlines() if len(l.split()) >= 3)
+
+
+def dynsym(module, pid):
+    return _syms(module, "-D")
+
+
+def symtab_names(module, pid):
+    return _syms(module, "-a")
+
+
+# ------------------------------------------------------------ patch failures are told
+
+def test_unpatchable_got_told_python_tracking_continues(daemon, targets, tmp_path):
+    """A library with full RELRO in a target whose seccomp filter refuses mprotect(PROT_WRITE): its GOT
+    cannot be patched. memprofd attach says so in one line (and memprof status), the attach succeeds
+    and Python allocations are tracked."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("the target's seccomp filter is written for x86_64")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler to build the test library")
+    exe, _ = interpreter("debian-3.11")
+    src = tmp_path / "nt.c"
+    src.write_text(LIB_SRC)
+    lib = str(tmp_path / "libnt_relro.so")
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-Wl,-z,relro,-z,now", "-o", lib, str(src)], check=True)
+    t = targets.start([exe, "-u", target_script("native_seccomp.py"), lib], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    before = read_got(t.pid, [lib])
+    r = daemon.attach(t.pid, "--native", "--sample-rate", "65536")
+    notes = [l for l in r.stderr.splitlines() if "could not be patched" in l]
+    assert len(notes) == 1 and notes[0].startswith("memprofd: pid %d: native: " % t.pid), r.stderr
+    assert "mprotect: Operation not permitted" in notes[0] and "Python allocations are tracked" in notes[0], notes
+    assert read_got(t.pid, [lib]) == before  # nothing written
+    status = daemon.run("status").stdout
+    assert re.search(r"^session \d+ \(pid %d\): native: .*could not be patched" % t.pid, status, re.M), status
+    send(t, "py")
+    send(t, "c 100 100000")
+    time.sleep(1.0)
+    data = top_json(daemon, t.pid)
+    with open(target_script("native_seccomp.py")) as f:
+        py_line = [n for n, text in enumerate(f, 1) if "# PY_LINE" in text][0]
+    held = sum(row["own_live"] for row in data["rows"] if row["line"] == py_line and
+               os.path.basename(row["file"]) == "native_seccomp.py")
+    assert abs(held - 200 * 100000) <= 0.2 * 200 * 100000, data["rows"][:3]  # Python tracking carries on
+    daemon.detach(t.pid)
+    assert read_got(t.pid, [lib]) == before
+
+
+# ------------------------------------------------------------ a library being loaded while the agent scans
+
+def test_scan_races_dlopen_of_full_relro_library(daemon, targets, tmp_path):
+    """A thread loads and unloads a full-RELRO library (malloc's GOT slot first, then 600 more symbols
+    to bind on the same read-only pages) in a loop while the agent rescans the loaded objects every 10 ms:
+    the agent must never make a GOT page read-only while ld.so is still relocating it (that crashed the
+    target in ld.so). The target keeps looping; the attach/detach cycles leave it unharmed."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler to build the test libraries")
+    exe, _ = interpreter("debian-3.11")
+    n = 600
+    (tmp_path / "helper.c").write_text("".join("int lf_h%d(int x) { return x + %d; }\n" % (i, i) for i in range(n)))
+    body = "".join("    s += lf_h%d(s);\n" % i for i in range(n))
+    (tmp_path / "lf.c").write_text("#include <stdlib.h>\n" + "".join("int lf_h%d(int);\n" % i for i in range(n)) +
+                                   "void *lf_alloc(size_t k)\n{\n    void *p = malloc(k);\n    int s = (int)k;\n" +
+                                   "    if (!p) return 0;\n    if (k == 1) {\n" + body + "    }\n    return s ? p : 0;\n}\n")
+    helper, lib = str(tmp_path / "libhelper.so"), str(tmp_path / "liblf.so")
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", helper, str(tmp_path / "helper.c")], check=True)
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-Wl,-z,relro,-z,now", "-o", lib, str(tmp_path / "lf.c"),
+                    "-L" + str(tmp_path), "-lhelper", "-Wl,-rpath," + str(tmp_path)], check=True)
+    t = targets.start([exe, "-u", target_script("dlopen_loop.py"), lib], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    for _ in range(6):
+        daemon.attach(t.pid, "--native", "--native-frames", "--interval", "10")
+        time.sleep(1.5)
+        assert t.proc.poll() is None, "the target died: %s" % t.lines[-5:]
+        daemon.detach(t.pid)
+    before = int(t.wait_for(r"^loops (\d+)").group(1))
+    while int(t.wait_for(r"^loops (\d+)").group(1)) < before + 50:  # still loading and unloading, unharmed
+        pass
+    assert t.proc.poll() is None and not agent_mapped(t.pid)

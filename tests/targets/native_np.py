@@ -11,6 +11,7 @@ command per stdin line and prints 'ok CMD' after it:
   lib LIB  load LIB (nt_alloc/nt_free) through ctypes
   cspin    two threads calling nt_alloc/nt_free without the GIL until the end
   unload   dlclose the library loaded by lib
+  nf LIB N SIZE  N blocks of SIZE from LIB's nf_outer (which calls nf_inner, which mallocs), kept (NF_LINE)
 """
 import ctypes
 import os
@@ -41,6 +42,14 @@ def churn():
 def ctypes_alloc(n, size, out):
     for _ in range(n):
         out.append(lib.nt_alloc(size))  # CTYPES_LINE
+
+
+def nf(path, n, size):
+    so = ctypes.CDLL(path)
+    so.nf_outer.restype = ctypes.c_void_p
+    so.nf_outer.argtypes = [ctypes.c_size_t]
+    for _ in range(n):
+        blocks.append(so.nf_outer(size))  # NF_LINE
 
 
 def spin():
@@ -108,6 +117,8 @@ for line in sys.stdin:
         _ctypes.dlclose(handle)
     elif cmd[0] == "sum":
         print("sum %d" % checksum(), flush=True)
+    elif cmd[0] == "nf":
+        nf(cmd[1], int(cmd[2]), int(cmd[3]))
     elif cmd[0] == "lib":
         lib = load(cmd[1])
     print("ok %s" % cmd[0], flush=True)

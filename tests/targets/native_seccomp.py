@@ -1,0 +1,49 @@
+"""A Python where one library's read-only GOT cannot be made writable again: LIB (argv[1], built with
+full RELRO) is loaded, then a seccomp filter refuses mprotect with PROT_WRITE inside LIB's mapping (EPERM),
+as a hardened sandbox (or an SELinux policy) might. Prints 'ready PID', then one command per stdin line, 'ok CMD' after it:
+  c N SIZE   N blocks of SIZE from LIB's nt_alloc, kept
+  py         20 MB of Python bytes objects, kept (PY_LINE)"""
+import ctypes
+import os
+import struct
+import sys
+
+lib = ctypes.CDLL(sys.argv[1])
+lib.nt_alloc.restype = ctypes.c_void_p
+lib.nt_alloc.argtypes = [ctypes.c_size_t]
+real = os.path.realpath(sys.argv[1])
+spans = [[int(x, 16) for x in l.split()[0].split("-")] for l in open("/proc/self/maps") if l.rstrip().endswith(real)]
+lo, end = min(s[0] for s in spans), max(s[1] for s in spans)
+assert lo >> 32 == (end - 1) >> 32, "the library spans a 4 GiB boundary"
+# x86_64 only. mprotect (10) of an address in LIB's mapping [lo, end) with PROT_WRITE -> ERRNO(EPERM),
+# anything else allowed (threads, arenas, other libraries).
+prog = [(0x20, 0, 0, 4), (0x15, 1, 0, 0xC000003E), (0x06, 0, 0, 0x7FFF0000),
+        (0x20, 0, 0, 0), (0x15, 1, 0, 10), (0x06, 0, 0, 0x7FFF0000),
+        (0x20, 0, 0, 20), (0x15, 1, 0, lo >> 32), (0x06, 0, 0, 0x7FFF0000),
+        (0x20, 0, 0, 16), (0x35, 1, 0, lo & 0xFFFFFFFF), (0x06, 0, 0, 0x7FFF0000),
+        (0x35, 0, 1, end & 0xFFFFFFFF), (0x06, 0, 0, 0x7FFF0000),
+        (0x20, 0, 0, 32), (0x45, 0, 1, 2), (0x06, 0, 0, 0x00050000 | 1), (0x06, 0, 0, 0x7FFF0000)]
+buf = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in prog))
+
+
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filt", ctypes.c_void_p)]
+
+
+libc = ctypes.CDLL(None, use_errno=True)
+f = Fprog(len(prog), ctypes.addressof(buf))
+assert libc.prctl(38, 1, 0, 0, 0) == 0                      # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.byref(f), 0, 0) == 0, ctypes.get_errno()  # PR_SET_SECCOMP, filter
+keep = []
+print("ready %d" % os.getpid(), flush=True)
+for line in sys.stdin:
+    cmd = line.split()
+    if not cmd:
+        continue
+    if cmd[0] == "c":
+        for _ in range(int(cmd[1])):
+            keep.append(lib.nt_alloc(int(cmd[2])))
+    elif cmd[0] == "py":
+        for _ in range(200):
+            keep.append(bytes(100000))  # PY_LINE
+    print("ok %s" % cmd[0], flush=True)

@@ -31,6 +31,7 @@
 #define PYABI_TP_IS_GC 328
 #define PYABI_TP_BASES 336
 #define PYABI_TP_MRO 344
+#define PYABI_BYTES_SVAL 32 /* PyBytesObject ob_sval (after ob_shash) */
 #define PYABI_MEMBERDEF_SIZE 40 /* name 0, type 8, offset 16, flags 24 */
 
 /* Capabilities: what a version has, named, instead of `minor == N` tests. */
@@ -99,7 +100,12 @@ struct pyabi {
     struct {               /* PyCodeObject */
         int firstlineno, filename, name, qualname;
         int code_adaptive, firsttraceable; /* 3.11+ */
+        int linetable;     /* co_linetable (a bytes object), for `memprof rss`; 0: not measured */
     } code;
+    struct {               /* finding a thread's PyThreadState from outside (memprof rss); 0: not measured */
+        int interpreters_head; /* _PyRuntime.interpreters.head */
+        int threads_head;      /* PyInterpreterState.threads.head */
+    } rt;
     struct {               /* PyHeapTypeObject (the PyTypeObject slots are PYABI_TP_*) */
         int cached_keys;   /* ht_cached_keys (3.11+) */
         unsigned long preheader_flags; /* tp_flags that add 16 bytes before the PyGC_Head */

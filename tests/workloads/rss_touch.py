@@ -1,0 +1,33 @@
+"""rss_touch.py -- memprof rss's target: maps and touches MB megabytes in touch() (mmap + writes), then idles.
+
+usage: rss_touch.py MB [ROUNDS] -- waits for a line on stdin before each round ("go"), prints "touched N" after it;
+the mappings are kept (RSS stays up) until stdin closes."""
+import mmap
+import sys
+
+CHUNK = 1 << 20
+kept = []
+
+
+def touch(mb):
+    m = mmap.mmap(-1, mb * CHUNK)
+    block = b"x" * CHUNK
+    for off in range(0, mb * CHUNK, CHUNK):
+        m[off:off + CHUNK] = block  # the line every page is faulted in by
+    kept.append(m)
+    return len(m)
+
+
+def main():
+    mb = int(sys.argv[1])
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    print("ready", flush=True)
+    for _ in range(rounds):
+        if not sys.stdin.readline():
+            return
+        print("touched", touch(mb), flush=True)
+    sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

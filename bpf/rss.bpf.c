@@ -115,6 +115,7 @@ static __always_inline int py_walk(__u32 tid)
 static __always_inline void emit(void *ctx, __u32 kind, __u32 tid, __u64 addr, __u64 len, __u64 addr2, __u64 len2)
 {
     __u32 zero = 0;
+    __u64 flags;
     struct rss_event *e = bpf_map_lookup_elem(&scratch, &zero);
     if (!e) return;
     e->kind = kind;
@@ -126,7 +127,9 @@ static __always_inline void emit(void *ctx, __u32 kind, __u32 tid, __u64 addr, _
     e->len2 = len2;
     e->nstack = bpf_get_stack(ctx, e->stack, sizeof e->stack, BPF_F_USER_STACK);
     e->npy = py_walk(tid);
-    if (bpf_ringbuf_output(&events, e, sizeof *e, 0)) __sync_fetch_and_add(&events_lost, 1);
+    /* memprof rss reads at least every 100 ms: a wakeup per event would cost the target more than the event */
+    flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > (1 << 20) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+    if (bpf_ringbuf_output(&events, e, sizeof *e, flags)) __sync_fetch_and_add(&events_lost, 1);
 }
 
 SEC("tracepoint/exceptions/page_fault_user")

@@ -136,8 +136,9 @@ int cmd_rss(int argc, char **argv)
         int exited = 0, last;
         if (now < next && !stop) {
             int ms = (int)((next - now) * 1000) + 1;
-            if (rss_trace_poll(trace, ms < 100 ? ms : 100) < 0) {
-                rc = cli_fail("rss: reading the ring buffer: %s", strerror(errno));
+            int n = rss_trace_poll(trace, ms < 100 ? ms : 100);
+            if (n < 0) {
+                rc = cli_fail("rss: reading the ring buffer: %s", strerror(-n));
                 break;
             }
             if (pid_alive(o.pid)) continue;

@@ -17,7 +17,8 @@ struct pyabi;
 struct rss_trace;
 typedef int (*rss_event_fn)(void *ctx, const struct rss_event *e);
 int rss_trace_open(struct rss_trace **out, const struct rss_cfg *cfg, rss_event_fn cb, void *ctx, char *err);
-/* Waits up to timeout_ms and hands over what arrived: the count, or -1 (interrupted: 0). */
+/* Waits up to timeout_ms (the programs wake it only for 1 MiB of events) and hands over everything waiting:
+ * the count, or a negative errno. */
 int rss_trace_poll(struct rss_trace *t, int timeout_ms);
 /* The kernel side's counters: rss_stat's bytes per member (seen[m] 0 until one came), faults, lost events. */
 void rss_trace_counters(struct rss_trace *t, uint64_t rss[RSS_NMEMBERS], int seen[RSS_NMEMBERS], uint64_t *faults,

@@ -108,8 +108,11 @@ fail:
 
 int rss_trace_poll(struct rss_trace *t, int timeout_ms)
 {
-    int n = ring_buffer__poll(t->rb, timeout_ms);
-    return n == -EINTR ? 0 : n;
+    /* the programs wake this only when 1 MiB is waiting: after the wait, read whatever is there */
+    int n = ring_buffer__poll(t->rb, timeout_ms), m;
+    if (n < 0 && n != -EINTR) return n;
+    m = ring_buffer__consume(t->rb);
+    return m < 0 ? m : (n > 0 ? n : 0) + m;
 }
 
 void rss_trace_counters(struct rss_trace *t, uint64_t rss[RSS_NMEMBERS], int seen[RSS_NMEMBERS], uint64_t *faults,

@@ -141,6 +141,8 @@ void rss_view_event(struct rss_view *v, const struct rss_event *e)
     for (int i = 0; i < e->npy && i < RSS_MAX_PYFRAMES && !py; i++)
         py = rss_sym_python(v->sym, e->pycode[i], e->pyoff[i], &file, &func, &line) == 0;
     if (nframes > RSS_MAX_STACK) nframes = RSS_MAX_STACK;
+    for (int i = 0; i < nframes; i++) /* a frame-pointer walk through code without them ends in junk */
+        if (e->stack[i] < 4096 || e->stack[i] >= 0x800000000000ull) nframes = i;
     if (nframes) native = rss_sym_native(v->sym, e->stack[0], 1);
     switch (e->kind) {
     case RSS_FAULT: fault = e->len; mapping = rss_sym_mapping(v->sym, e->addr); break;

@@ -1,9 +1,10 @@
 """rss_touch.py -- memprof rss's target: maps and touches MB megabytes in touch() (mmap + writes), then idles.
 
-usage: rss_touch.py MB [ROUNDS] -- waits for a line on stdin before each round ("go"), prints "touched N" after it;
+usage: rss_touch.py MB [ROUNDS] -- waits for a line on stdin before each round ("go"), prints "touched N SECONDS" after it;
 the mappings are kept (RSS stays up) until stdin closes."""
 import mmap
 import sys
+import time
 
 CHUNK = 1 << 20
 kept = []
@@ -25,7 +26,9 @@ def main():
     for _ in range(rounds):
         if not sys.stdin.readline():
             return
-        print("touched", touch(mb), flush=True)
+        t = time.perf_counter()
+        n = touch(mb)
+        print("touched", n, "%.3f" % (time.perf_counter() - t), flush=True)
     sys.stdin.read()
 
 

@@ -41,31 +41,35 @@ struct rss_view {
     int exited;
 };
 
-/* /proc/PID/status (RssAnon, RssFile, RssShmem, VmRSS) and smaps_rollup (Rss, Pss, Swap); ok 0 when gone. */
-static void read_figures(int pid, struct figures *f)
+/* /proc/PID/status: VmRSS, RssAnon, RssFile, RssShmem; ok 0 when gone (a zombie's has no VmRSS). */
+static void read_status(int pid, struct figures *f)
 {
     char path[64], buf[8192];
-    static const struct { const char *name; int which; } keys[] = {
-        {"\nVmRSS:", 0}, {"\nRssAnon:", 1}, {"\nRssFile:", 2}, {"\nRssShmem:", 3},
-        {"\nRss:", 4}, {"\nPss:", 5}, {"\nSwap:", 6}};
-    struct figures g = {0};
-    uint64_t *dst[] = {&g.vmrss, &g.anon, &g.file, &g.shmem, &g.rss, &g.pss, &g.swap};
+    static const char *keys[] = {"\nVmRSS:", "\nRssAnon:", "\nRssFile:", "\nRssShmem:"};
+    uint64_t *dst[] = {&f->vmrss, &f->anon, &f->file, &f->shmem};
+    f->ok = 0;
     snprintf(path, sizeof path, "/proc/%d/status", pid);
     if (mp_read_file(path, buf, sizeof buf) <= 0) return;
     for (int k = 0; k < 4; k++) {
-        const char *p = strstr(buf, keys[k].name);
-        if (p) *dst[keys[k].which] = strtoull(p + strlen(keys[k].name), NULL, 10) * 1024;
+        const char *p = strstr(buf, keys[k]);
+        if (p) *dst[k] = strtoull(p + strlen(keys[k]), NULL, 10) * 1024;
     }
+    f->ok = f->vmrss > 0;
+}
+
+/* /proc/PID/smaps_rollup: Rss, Pss, Swap (slow on a big process: it walks the page tables). */
+static void read_rollup(int pid, struct figures *f)
+{
+    char path[64], buf[8192];
+    static const char *keys[] = {"\nRss:", "\nPss:", "\nSwap:"};
+    uint64_t *dst[] = {&f->rss, &f->pss, &f->swap};
     snprintf(path, sizeof path, "/proc/%d/smaps_rollup", pid);
-    if (mp_read_file(path, buf + 1, sizeof buf - 1) <= 0) return;
     buf[0] = '\n';
-    for (int k = 4; k < 7; k++) {
-        const char *p = strstr(buf, keys[k].name);
-        if (p) *dst[keys[k].which] = strtoull(p + strlen(keys[k].name), NULL, 10) * 1024;
+    if (mp_read_file(path, buf + 1, sizeof buf - 1) <= 0) return;
+    for (int k = 0; k < 3; k++) {
+        const char *p = strstr(buf, keys[k]);
+        if (p) *dst[k] = strtoull(p + strlen(keys[k]), NULL, 10) * 1024;
     }
-    if (!g.vmrss) return; /* a zombie's status has no VmRSS */
-    g.ok = 1;
-    *f = g;
 }
 
 /* The end of [heap] (the break, page-rounded), 0 when none yet. */
@@ -89,7 +93,8 @@ struct rss_view *rss_view_new(const struct rss_opts *o)
     if (!v) return NULL;
     v->o = *o;
     v->sym = rss_sym_open(o->pid, o->abi);
-    read_figures(o->pid, &v->base);
+    read_status(o->pid, &v->base);
+    read_rollup(o->pid, &v->base);
     v->now = v->base;
     v->brk = heap_end(o->pid);
     v->start = v->last_tick = mp_now();
@@ -229,7 +234,7 @@ static void print_json(struct rss_view *v, double t, double dt, uint64_t faults,
     jstr(f, "python", v->o.version);
     fprintf(f, ",\"python_lines\":%s,", v->o.abi ? "true" : "false");
     jstr(f, "python_lines_unavailable", v->o.abi ? "" : v->o.no_python);
-    fprintf(f, ",\"t\":%.3f,\"interval\":%.3f,\"final\":%s,\"exited\":%s,", t, dt, final ? "true" : "false",
+    fprintf(f, ",\"time\":%.3f,\"t\":%.3f,\"interval\":%.3f,\"final\":%s,\"exited\":%s,", mp_wallclock(), t, dt, final ? "true" : "false",
             v->exited ? "true" : "false");
     fprintf(f, "\"rss\":{\"rss_bytes\":%llu,\"anon_bytes\":%llu,\"file_bytes\":%llu,\"shmem_bytes\":%llu,"
                "\"vmrss_bytes\":%llu,\"pss_bytes\":%llu,\"swap_bytes\":%llu},",
@@ -314,16 +319,21 @@ void rss_view_tick(struct rss_view *v, int exited, int final)
     uint64_t rss[RSS_NMEMBERS], faults, lost;
     int seen[RSS_NMEMBERS];
     struct figures g = {0};
+    uint64_t from_bpf = 0;
     if (exited) v->exited = 1;
-    if (!v->exited) read_figures(v->o.pid, &g);
-    if (g.ok) { /* the same moment: rss_stat's sum and the kernel's VmRSS */
+    if (!v->exited) {
+        read_status(v->o.pid, &g);
+        from_bpf = bpf_rss(v); /* the same moment as VmRSS: before the slow smaps_rollup */
+        read_rollup(v->o.pid, &g);
+    }
+    if (g.ok) {
         v->now = g;
         if (v->ntl == v->tlcap) {
             struct point *p = realloc(v->tl, (size_t)(v->tlcap = v->tlcap ? 2 * v->tlcap : 64) * sizeof *p);
             if (p) v->tl = p;
             else v->tlcap = v->ntl;
         }
-        if (v->ntl < v->tlcap) v->tl[v->ntl++] = (struct point){t, bpf_rss(v), g.vmrss};
+        if (v->ntl < v->tlcap) v->tl[v->ntl++] = (struct point){t, from_bpf, g.vmrss};
     } else {
         v->exited = 1;
     }

@@ -1,0 +1,185 @@
+"""memprof rss: an eBPF view of where RSS comes from, with nothing loaded into the target. A workload that maps
+and touches 300 MB in touch() (tests/workloads/rss_touch.py), on each CPython 3.11+ here: the faulted-in bytes
+land on touch()'s line, the RSS timeline agrees with VmRSS, the target is left as it was; older Pythons get
+native stacks; a target that exits mid-view; the errors (not root, no such pid). Root, BTF and a memprof built
+with rss are needed: otherwise every test is skipped, saying which is missing."""
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import MEMPROF, interpreter, workload
+
+MB = 300
+PY311_IDS = ["debian-3.11", "pyenv-3.11", "pyenv-3.12", "pyenv-3.13"]
+
+
+def _why_not():
+    if os.geteuid() != 0:
+        return "memprof rss needs root (CAP_BPF and CAP_PERFMON)"
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return "this kernel has no BTF (/sys/kernel/btf/vmlinux)"
+    r = subprocess.run([MEMPROF, "rss", "--pid", str(os.getpid()), "--once", "--interval", "0.1"],
+                       capture_output=True, text=True, timeout=60)
+    if "built without" in r.stderr:
+        return r.stderr.strip()
+    return None
+
+
+WHY_NOT = _why_not()
+pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))
+
+
+def touch_line():
+    with open(workload("rss_touch.py")) as f:
+        for n, text in enumerate(f, 1):
+            if "the line every page is faulted in by" in text:
+                return n
+    raise AssertionError("rss_touch.py lost its marked line")
+
+
+class View:
+    """memprof rss --json on pid: its JSON lines read as they come."""
+
+    def __init__(self, pid, *extra):
+        self.p = subprocess.Popen([MEMPROF, "rss", "--pid", str(pid), "--json", "--interval", "0.3"] + list(extra),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.frames = []
+
+    def next(self):
+        line = self.p.stdout.readline()
+        assert line, "memprof rss ended early: %s" % self.p.stderr.read()
+        self.frames.append(json.loads(line))
+        return self.frames[-1]
+
+    def finish(self):
+        """SIGINT, then the rest of its output: the last frame is the final one."""
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGINT)
+        return self.rest()
+
+    def rest(self):
+        """Every line until it ends (readline: the stream buffers ahead), its exit checked; the final frame."""
+        for line in self.p.stdout:
+            if line.strip():
+                self.frames.append(json.loads(line))
+        err = self.p.stderr.read()
+        assert self.p.wait(timeout=60) == 0, err
+        assert self.frames and self.frames[-1]["final"], self.frames[-1:]
+        return self.frames[-1]
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.communicate()
+
+
+def vmrss(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+
+
+def maps(pid):
+    with open("/proc/%d/maps" % pid) as f:
+        return f.read().splitlines()
+
+
+def start_touch(targets, py, mb=MB):
+    t = targets.start([py, workload("rss_touch.py"), str(mb)], stdin=subprocess.PIPE)
+    t.wait_for("^ready")
+    return t
+
+
+@pytest.mark.parametrize("pyid", PY311_IDS)
+def test_faults_land_on_the_python_line(targets, pyid):
+    py, ver = interpreter(pyid)
+    t = start_touch(targets, py)
+    before = maps(t.pid)
+    v = View(t.pid)
+    try:
+        v.next()  # attached: the programs run from here
+        t.proc.stdin.write("go\n")
+        t.proc.stdin.flush()
+        t.wait_for("^touched")
+        mine, at = vmrss(t.pid), time.time()  # the target idles now: the view's next point has the same RSS
+        while v.next()["time"] <= at:
+            pass
+        point = v.frames[-1]["timeline"][-1]
+        final = v.finish()
+    finally:
+        v.kill()
+    assert final["python"] == ver and final["python_lines"], final["python_lines_unavailable"]
+    line = touch_line()
+    on_line = sum(r["faulted_bytes"] for r in final["rows"]
+                  if r["file"].endswith("rss_touch.py") and r["line"] == line and r["function"] == "touch")
+    total = final["total"]["faulted_bytes"]
+    assert on_line >= 0.9 * total, (on_line, total, final["rows"][:4])
+    assert on_line >= 0.9 * MB * 2**20, (on_line, final["rows"][:4])
+    mapped = sum(r["mapped_bytes"] for r in final["rows"] if r["function"] == "touch")
+    assert mapped >= MB * 2**20, final["rows"][:4]
+    # RSS from the kernel's rss_stat events, against VmRSS at the same moments
+    for p in final["timeline"]:
+        assert abs(p["rss_bytes"] - p["vmrss_bytes"]) <= 0.02 * p["vmrss_bytes"], p
+    assert abs(point["rss_bytes"] - mine) <= 0.02 * mine, (point, mine)
+    assert final["rss"]["shmem_bytes"] >= MB * 2**20, final["rss"]
+    # nothing of memprof in the target, which runs on as before
+    after = maps(t.pid)
+    assert not [m for m in after if "memprof" in m], after
+    assert set(before) <= set(after), set(before) - set(after)
+    t.proc.stdin.close()
+    assert t.proc.wait(timeout=30) == 0, t.output()
+
+
+def test_older_python_gets_native_frames(targets):
+    py, ver = interpreter("pyenv-3.10")
+    t = start_touch(targets, py, 64)
+    v = View(t.pid)
+    try:
+        v.next()
+        t.proc.stdin.write("go\n")
+        t.proc.stdin.flush()
+        t.wait_for("^touched")
+        final = v.finish()
+    finally:
+        v.kill()
+    assert not final["python_lines"] and "3.11+" in final["python_lines_unavailable"], final
+    top = final["rows"][0]
+    assert top["file"] == "" and top["line"] == -1 and top["native"] and top["faulted_bytes"] >= 32 * 2**20, top
+
+
+def test_target_exits_mid_view(targets):
+    py, ver = interpreter("debian-3.11")
+    t = start_touch(targets, py, 64)
+    v = View(t.pid)
+    try:
+        v.next()
+        t.proc.stdin.write("go\n")
+        t.proc.stdin.flush()
+        t.wait_for("^touched")
+        v.next()
+        t.proc.stdin.close()  # it exits; the view notices and ends by itself
+        final = v.rest()
+    finally:
+        v.kill()
+    assert final["exited"], final
+    assert final["rss"]["vmrss_bytes"] >= 64 * 2**20, final["rss"]  # the last figures read, kept
+    assert final["total"]["faulted_bytes"] >= 60 * 2**20, final["total"]
+
+
+def test_errors(targets):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    r = subprocess.run([MEMPROF, "rss", "--pid", str(dead.pid)], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and r.stderr.strip() == "memprof: pid %d: no such process" % dead.pid, r.stderr
+    t = targets.start(["sleep", "60"])
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                        MEMPROF, "rss", "--pid", str(t.pid)], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and r.stderr.strip() == "memprof: rss: needs CAP_BPF and CAP_PERFMON: run as root", \
+        r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run([MEMPROF, "rss", "--pid", str(t.pid), "--by", "nothing"], capture_output=True, text=True)
+    assert r.returncode != 0 and "--by" in r.stderr

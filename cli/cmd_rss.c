@@ -40,6 +40,9 @@ int cmd_rss(int argc, char **argv)
 #include "rss.h"
 #include "rss_view.h"
 
+/* A bad option value: one line, exit status 2 (usage). */
+#define BAD(...) (cli_fail(__VA_ARGS__), 2)
+
 static volatile sig_atomic_t stop;
 static void on_signal(int sig) { (void)sig; stop = 1; }
 
@@ -87,26 +90,26 @@ int cmd_rss(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'p': if (cli_parse_pid(optarg, &o.pid) < 0) return cli_fail("--pid: not a pid: %s", optarg); break;
+        case 'p': if (cli_parse_pid(optarg, &o.pid) < 0) return BAD("--pid: not a pid: %s", optarg); break;
         case 'o': o.once = 1; break;
         case 'j': o.json = 1; break;
-        case 'd': if (!((duration = atof(optarg)) > 0)) return cli_fail("--duration: a number of seconds > 0"); break;
-        case 'i': if (!((o.interval = atof(optarg)) >= 0.1)) return cli_fail("--interval: at least 0.1 seconds"); break;
+        case 'd': if (!((duration = atof(optarg)) > 0)) return BAD("--duration: a number of seconds > 0"); break;
+        case 'i': if (!((o.interval = atof(optarg)) >= 0.1)) return BAD("--interval: at least 0.1 seconds"); break;
         case 'b':
             if (!strcmp(optarg, "line")) o.by = RSS_BY_LINE;
             else if (!strcmp(optarg, "function")) o.by = RSS_BY_FUNCTION;
             else if (!strcmp(optarg, "native")) o.by = RSS_BY_NATIVE;
             else if (!strcmp(optarg, "mapping")) o.by = RSS_BY_MAPPING;
-            else return cli_fail("--by: line, function, native or mapping");
+            else return BAD("--by: line, function, native or mapping");
             break;
-        case 's': if ((sample = atoi(optarg)) < 1) return cli_fail("--sample: a whole number >= 1"); break;
-        case 'l': if ((o.limit = atoi(optarg)) < 1) return cli_fail("--limit: a whole number >= 1"); break;
+        case 's': if ((sample = atoi(optarg)) < 1) return BAD("--sample: a whole number >= 1"); break;
+        case 'l': if ((o.limit = atoi(optarg)) < 1) return BAD("--limit: a whole number >= 1"); break;
         case 'h': fputs(usage_text, stdout); return 0;
         default: fputs(usage_text, stderr); return 2;
         }
     }
-    if (optind < argc) return cli_fail("rss: unexpected argument '%s' (see memprof rss --help)", argv[optind]);
-    if (!o.pid) return cli_fail("rss: --pid N is required (see memprof rss --help)");
+    if (optind < argc) return BAD("rss: unexpected argument '%s' (see memprof rss --help)", argv[optind]);
+    if (!o.pid) return BAD("rss: --pid N is required (see memprof rss --help)");
     if (!pid_alive(o.pid)) return cli_fail("pid %d: no such process", o.pid);
     if (!privileged()) return cli_fail("rss: needs CAP_BPF and CAP_PERFMON: run as root");
     if (stat("/sys/kernel/btf/vmlinux", &st) < 0)

@@ -99,8 +99,13 @@ static long frame_step(__u32 i, void *c)
 static __always_inline int py_walk(__u32 tid)
 {
     struct walk w = {.tid = tid};
+    struct bpf_pidns_info ns;
     __u64 interp;
     if (!cfg.runtime || !(interp = rd(cfg.runtime + cfg.rt_interp_head))) return 0;
+    if (cfg.pidns_ino) { /* a target in a container knows its threads by their ids there */
+        if (bpf_get_ns_current_pid_tgid(cfg.pidns_dev, cfg.pidns_ino, &ns, sizeof ns)) return 0;
+        w.tid = ns.pid;
+    }
     w.ts = rd(interp + cfg.interp_threads_head);
     bpf_loop(RSS_MAX_THREADS, thread_step, &w, 0);
     if (!w.found) return 0;

@@ -82,7 +82,7 @@ int cmd_rss(int argc, char **argv)
     struct rss_cfg cfg = {0};
     struct rss_trace *trace = NULL;
     struct rss_view *v;
-    char err[MP_ERRLEN], why[MP_ERRLEN] = "";
+    char err[MP_ERRLEN], why[MP_ERRLEN] = "", nspath[64];
     double duration = 0, start, next;
     int c, sample = 8, rc = 0;
     struct stat st;
@@ -117,11 +117,15 @@ int cmd_rss(int argc, char **argv)
 
     cfg.tgid = (__u32)o.pid;
     cfg.sample_every = (__u32)sample;
+    snprintf(nspath, sizeof nspath, "/proc/%d/ns/pid", o.pid);
     if (rss_python_cfg(o.pid, &cfg, &o.abi, o.version, sizeof o.version, why) < 0) {
         memset(&cfg, 0, sizeof cfg);
         cfg.tgid = (__u32)o.pid;
         cfg.sample_every = (__u32)sample;
         snprintf(o.no_python, sizeof o.no_python, "%s", why);
+    } else if (stat(nspath, &st) == 0) {
+        cfg.pidns_dev = st.st_dev;
+        cfg.pidns_ino = st.st_ino;
     }
     o.sample = (unsigned)sample;
     if (!(v = rss_view_new(&o))) return cli_fail("out of memory");

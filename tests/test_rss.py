@@ -134,6 +134,27 @@ def test_faults_land_on_the_python_line(targets, pyid):
     assert t.proc.wait(timeout=30) == 0, t.output()
 
 
+def test_target_in_its_own_pid_namespace(targets):
+    """Its threads know themselves by their ids in that namespace: the Python line is found all the same."""
+    py, ver = interpreter("debian-3.11")
+    u = targets.start(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", py, workload("rss_touch.py"), "64"],
+                      stdin=subprocess.PIPE)
+    u.wait_for("^ready")
+    with open("/proc/%d/task/%d/children" % (u.pid, u.pid)) as f:
+        pid = int(f.read().split()[0])
+    v = View(pid)
+    try:
+        v.next()
+        u.proc.stdin.write("go\n")
+        u.proc.stdin.flush()
+        u.wait_for("^touched")
+        final = v.finish()
+    finally:
+        v.kill()
+    top = final["rows"][0]
+    assert (top["function"], top["line"]) == ("touch", touch_line()) and top["faulted_bytes"] >= 60 * 2**20, top
+
+
 def test_older_python_gets_native_frames(targets):
     py, ver = interpreter("pyenv-3.10")
     t = start_touch(targets, py, 64)

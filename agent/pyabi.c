@@ -26,7 +26,10 @@
  * those and on Debian's 3.11. These are private structures: a micro release may
  * in principle move them, which is why readers validate what they read (code
  * object type, bounded depth, list heads) and 3.13+ are checked against the
- * interpreter's own _Py_DebugOffsets at attach. */
+ * interpreter's own _Py_DebugOffsets at attach. .rt and .code.linetable (memprof rss):
+ * gdb on the pyenv builds, and for all of 3.11-3.15 found in-process (the fields
+ * that point at the interpreter, its thread state, the code's co_linetable),
+ * which agree with _Py_DebugOffsets where it has them. */
 static const struct pyabi table[] = {
     {.minor = 8, .caps = PYABI_FRAME_OBJECTS | PYABI_GC_IN_RUNTIME, .measured = "gdb, pyenv 3.8.18",
      .ts = {.interp = 16, .next = 8, .thread_id = 176, .native_thread_id = -1, .frame = 24, .cframe = -1,
@@ -121,10 +124,12 @@ static const struct pyabi table[] = {
      .frameobj = {.iframe = 0x18, .globals = 0x18, .locals = 0x28},
      .alloc = {.small_max = 512},
      /* Include/internal/pycore_debug_offsets.h of 3.13 */
-     .dbg = {.free_threaded = 16, .interp_gc = 80, .ts_interp = 176, .ts_next = 168, .ts_current_frame = 184,
+     .dbg = {.free_threaded = 16, .rt_interpreters_head = 40, .interp_threads_head = 72, .interp_gc = 80,
+             .ts_interp = 176, .ts_next = 168, .ts_current_frame = 184,
              .ts_thread_id = 192, .ts_native_thread_id = 200, .frame_previous = 232, .frame_executable = 240,
              .frame_instr_ptr = 248, .frame_owner = 264, .code_filename = 280, .code_name = 288,
-             .code_qualname = 296, .code_firstlineno = 312, .code_adaptive = 344, .ob_type = 360,
+             .code_qualname = 296, .code_linetable = 304, .code_firstlineno = 312, .code_adaptive = 344,
+             .ob_type = 360,
              .tp_name = 376, .tp_flags = 392, .list_items = 432, .dict_keys = 456, .dict_values = 464,
              .long_tag = 496, .str_state = 544, .str_ascii_size = 560, .gc_collecting = 576, .size = 584}},
     /* 3.14: f_executable became a _PyStackRef (tag bits 3); frame owner moved
@@ -144,7 +149,8 @@ static const struct pyabi table[] = {
      .frame = {.back = 8, .code = 0, .lasti = -1, .instr = 56, .owner = 74, .owned_by_generator = 1,
                .first_not_python = 3 /* FRAME_OWNED_BY_INTERPRETER */, .executable_tag = 3},
      .code = {.firstlineno = 68, .filename = 112, .name = 120, .qualname = 128, .code_adaptive = 208,
-              .firsttraceable = 192},
+              .firsttraceable = 192, .linetable = 136},
+     .rt = {.interpreters_head = 808, .threads_head = 7344},
      .type = {.cached_keys = 0x370, .preheader_flags = F_MANAGED_DICT | F_MANAGED_WEAKREF},
      .gc = {.state = 7408, .enabled = 0x0c, .collecting = 192, .generations = 0x18, .permanent = 0x60,
             .generation0 = 256},
@@ -156,10 +162,11 @@ static const struct pyabi table[] = {
      .dbg = {.free_threaded = 16, .interp_gc = 88, .ts_interp = 200, .ts_next = 192, .ts_current_frame = 208,
              .ts_thread_id = 216, .ts_native_thread_id = 224, .frame_previous = 256, .frame_executable = 264,
              .frame_instr_ptr = 272, .frame_owner = 288, .code_filename = 320, .code_name = 328,
-             .code_qualname = 336, .code_firstlineno = 352, .code_adaptive = 384, .ob_type = 408,
+             .code_qualname = 336, .code_linetable = 344, .code_firstlineno = 352, .code_adaptive = 384, .ob_type = 408,
              .tp_name = 424, .tp_flags = 440, .list_items = 480, .dict_keys = 536, .dict_values = 544,
              .long_tag = 576, .str_state = 624, .str_ascii_size = 640, .gc_collecting = 656,
-             .rt_interpreters_head = 40, .interp_threads_main = 80, .rx_eval_breaker = 712, .rx_support = 720,
+             .rt_interpreters_head = 40, .interp_threads_head = 72, .interp_threads_main = 80,
+             .rx_eval_breaker = 712, .rx_support = 720,
              .rx_enabled = 728, .rx_pending_call = 736, .rx_script_path = 744, .rx_script_path_size = 752,
              .size = 760}},
     /* 3.15: thread_id/native_thread_id moved by 24; CSTACK frames are gone
@@ -177,7 +184,8 @@ static const struct pyabi table[] = {
      .frame = {.back = 8, .code = 0, .lasti = -1, .instr = 56, .owner = 74, .owned_by_generator = 1,
                .first_not_python = 3 /* FRAME_OWNED_BY_INTERPRETER */, .executable_tag = 3},
      .code = {.firstlineno = 68, .filename = 112, .name = 120, .qualname = 128, .code_adaptive = 208,
-              .firsttraceable = 192},
+              .firsttraceable = 192, .linetable = 136},
+     .rt = {.interpreters_head = 936, .threads_head = 7336},
      .type = {.cached_keys = 888, .preheader_flags = F_MANAGED_DICT | F_MANAGED_WEAKREF},
      .gc = {.state = 7400, .enabled = 0, .collecting = 112, .generations = 8, .permanent = 80, .generation0 = 168},
      .dict = {.keys = 0x20, .values = 0x28, .inst_values = PYABI_VALUES_INLINE},
@@ -188,11 +196,12 @@ static const struct pyabi table[] = {
      .dbg = {.free_threaded = 16, .interp_gc = 88, .ts_interp = 200, .ts_next = 192, .ts_current_frame = 208,
              .ts_thread_id = 240, .ts_native_thread_id = 248, .frame_previous = 320, .frame_executable = 328,
              .frame_instr_ptr = 336, .frame_owner = 352, .code_filename = 384, .code_name = 392,
-             .code_qualname = 400, .code_firstlineno = 416, .code_adaptive = 448, .ob_type = 472,
+             .code_qualname = 400, .code_linetable = 408, .code_firstlineno = 416, .code_adaptive = 448, .ob_type = 472,
              .tp_name = 488, .tp_flags = 504, .cached_keys = 536, .list_items = 576, .dict_keys = 632,
              .dict_values = 640, .long_tag = 672, .str_state = 720, .str_ascii_size = 736,
              .str_compact_size = 744, .gc_collecting = 760,
-             .rt_interpreters_head = 40, .interp_threads_main = 80, .rx_eval_breaker = 840, .rx_support = 848,
+             .rt_interpreters_head = 40, .interp_threads_head = 72, .interp_threads_main = 80,
+             .rx_eval_breaker = 840, .rx_support = 848,
              .rx_enabled = 856, .rx_pending_call = 864, .rx_script_path = 872, .rx_script_path_size = 880,
              .size = 888}},
 };
@@ -240,6 +249,9 @@ int pyabi_check_debug_offsets(const struct pyabi *a, uint32_t hex, const void *b
         {d->code_filename, a->code.filename, "code_object.filename"},
         {d->code_name, a->code.name, "code_object.name"},
         {d->code_qualname, a->code.qualname, "code_object.qualname"},
+        {d->code_linetable, a->code.linetable, "code_object.linetable"},
+        {d->rt_interpreters_head, a->rt.interpreters_head, "runtime_state.interpreters_head"},
+        {d->interp_threads_head, a->rt.threads_head, "interpreter_state.threads_head"},
         {d->code_firstlineno, a->code.firstlineno, "code_object.firstlineno"},
         {d->code_adaptive, a->code.code_adaptive, "code_object.co_code_adaptive"},
         {d->ob_type, PYABI_OB_TYPE, "pyobject.ob_type"},

@@ -63,10 +63,11 @@ struct pyabi_dbg {
     int free_threaded;
     int interp_gc, ts_interp, ts_next, ts_current_frame, ts_thread_id, ts_native_thread_id;
     int frame_previous, frame_executable, frame_instr_ptr, frame_owner;
-    int code_filename, code_name, code_qualname, code_firstlineno, code_adaptive;
+    int code_filename, code_name, code_qualname, code_linetable, code_firstlineno, code_adaptive;
     int ob_type, tp_name, tp_flags, cached_keys, dict_keys, dict_values, list_items, long_tag;
     int str_state, str_ascii_size, str_compact_size;
     int gc_collecting;
+    int interp_threads_head; /* PyInterpreterState.threads.head (memprof rss; also compared) */
     /* PEP 768 (PYABI_REMOTE_EXEC): where _Py_DebugOffsets keeps the offsets
      * sys.remote_exec() uses (read from the target, not compared) */
     int rt_interpreters_head, interp_threads_main;

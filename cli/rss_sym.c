@@ -5,6 +5,8 @@
 #include "rss.h"
 
 #include <elfutils/libdwfl.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,8 +40,29 @@ struct rss_sym {
     double maps_at;
 };
 
+static pid_t target; /* one per memprof rss */
+
+/* A module's file as the target sees it (a container's root: /proc/PID/root), else libdwfl's own way. */
+static int find_elf(Dwfl_Module *mod, void **userdata, const char *name, Dwarf_Addr base, char **file_name,
+                    Elf **elfp)
+{
+    char path[PATH_MAX], full[PATH_MAX + 32];
+    int fd;
+    if (name[0] == '/' && !strstr(name, " (deleted)")) {
+        snprintf(path, sizeof path, "%s", name);
+        proc_target_path(target, path);
+        snprintf(full, sizeof full, "/proc/%d/root%s", (int)target, path);
+        if ((fd = open(full, O_RDONLY | O_CLOEXEC)) >= 0) {
+            *file_name = strdup(full);
+            *elfp = NULL;
+            return fd;
+        }
+    }
+    return dwfl_linux_proc_find_elf(mod, userdata, name, base, file_name, elfp);
+}
+
 static const Dwfl_Callbacks callbacks = {
-    .find_elf = dwfl_linux_proc_find_elf,
+    .find_elf = find_elf,
     .find_debuginfo = dwfl_standard_find_debuginfo,
 };
 
@@ -66,7 +89,7 @@ struct rss_sym *rss_sym_open(pid_t pid, const struct pyabi *abi)
 {
     struct rss_sym *s = calloc(1, sizeof *s);
     if (!s) return NULL;
-    s->pid = pid;
+    s->pid = target = pid;
     s->abi = abi;
     dwfl_refresh(s);
     return s;

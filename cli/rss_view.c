@@ -182,8 +182,11 @@ void rss_view_event(struct rss_view *v, const struct rss_event *e)
         r->line = py ? line : -1;
         r->native = strdup(native);
         r->mapping = strdup(mapping);
-        for (int i = 0; i < nframes && r->nstack < ROW_STACK; i++)
-            r->stack[r->nstack++] = strdup(rss_sym_native(v->sym, e->stack[i], i == 0));
+        for (int i = 0; i < nframes && r->nstack < ROW_STACK; i++) {
+            const char *name = rss_sym_native(v->sym, e->stack[i], i == 0);
+            if (i && name[0] == '0' && name[1] == 'x') break; /* in no module: a walk gone astray */
+            r->stack[r->nstack++] = strdup(name);
+        }
     }
     r->faulted += fault;
     r->iv_faulted += fault;

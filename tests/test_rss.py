@@ -1,5 +1,5 @@
 """memprof rss: an eBPF view of where RSS comes from, with nothing loaded into the target. A workload that maps
-and touches 300 MB in touch() (tests/workloads/rss_touch.py), on each CPython 3.11+ here: the faulted-in bytes
+and touches 300 MB in touch() (tests/workloads/rss_touch.py), on each CPython 3.11+ here (Debian sid's in its root): the faulted-in bytes
 land on touch()'s line, the RSS timeline agrees with VmRSS, the target is left as it was; older Pythons get
 native stacks; a target that exits mid-view; the errors (not root, no such pid). Root, BTF and a memprof built
 with rss are needed: otherwise every test is skipped, saying which is missing."""
@@ -15,7 +15,7 @@ import pytest
 from conftest import MEMPROF, interpreter, workload
 
 MB = 300
-PY311_IDS = ["debian-3.11", "pyenv-3.11", "pyenv-3.12", "pyenv-3.13"]
+PY311_IDS = ["debian-3.11", "pyenv-3.11", "pyenv-3.12", "pyenv-3.13", "sid-3.13", "sid-3.14", "sid-3.15"]
 
 
 def _why_not():

@@ -237,8 +237,8 @@ static void print_json(struct rss_view *v, double t, double dt, uint64_t faults,
     jstr(f, "python", v->o.version);
     fprintf(f, ",\"python_lines\":%s,", v->o.abi ? "true" : "false");
     jstr(f, "python_lines_unavailable", v->o.abi ? "" : v->o.no_python);
-    fprintf(f, ",\"time\":%.3f,\"t\":%.3f,\"interval\":%.3f,\"final\":%s,\"exited\":%s,", mp_wallclock(), t, dt, final ? "true" : "false",
-            v->exited ? "true" : "false");
+    fprintf(f, ",\"time\":%.3f,\"t\":%.3f,\"interval\":%.3f,\"final\":%s,\"exited\":%s,", mp_wallclock(), t, dt,
+            final ? "true" : "false", v->exited ? "true" : "false");
     fprintf(f, "\"rss\":{\"rss_bytes\":%llu,\"anon_bytes\":%llu,\"file_bytes\":%llu,\"shmem_bytes\":%llu,"
                "\"vmrss_bytes\":%llu,\"pss_bytes\":%llu,\"swap_bytes\":%llu},",
             (unsigned long long)g->rss, (unsigned long long)g->anon, (unsigned long long)g->file,
@@ -306,7 +306,8 @@ static void print_text(struct rss_view *v, FILE *f, double t, double dt, uint64_
         char where[700];
         if (v->o.by == RSS_BY_MAPPING) snprintf(where, sizeof where, "%s", r->mapping);
         else if (v->o.by == RSS_BY_NATIVE || !r->file[0]) snprintf(where, sizeof where, "%s", r->native);
-        else if (v->o.by == RSS_BY_FUNCTION) snprintf(where, sizeof where, "%s %s()  [%s]", r->file, r->func, r->native);
+        else if (v->o.by == RSS_BY_FUNCTION)
+            snprintf(where, sizeof where, "%s %s()  [%s]", r->file, r->func, r->native);
         else snprintf(where, sizeof where, "%s:%d %s()  [%s]", r->file, r->line, r->func, r->native);
         fprintf(f, "%10s %10s %10s  %s\n", cli_bytes((double)r->faulted, a, sizeof a),
                 cli_bytes((double)r->mapped, b, sizeof b), cli_bytes((double)r->unmapped, c, sizeof c),

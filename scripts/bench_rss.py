@@ -17,7 +17,8 @@ RUNS = int(os.environ.get("BENCH_RSS_RUNS", "5"))
 ITER = int(os.environ.get("BENCH_ALLOC_ITER", "200000"))
 MEMPROF = os.path.join(BUILD, "memprof")
 # alloc_churn.py, started only once a line arrives (memprof rss attaches first)
-GATED = "import sys, runpy; sys.stdin.readline(); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+GATED = ("import sys, runpy; sys.stdin.readline(); sys.argv = sys.argv[1:]; "
+         "runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
 def watch(pid, extra=()):

@@ -1,8 +1,9 @@
 """memprof rss: an eBPF view of where RSS comes from, with nothing loaded into the target. A workload that maps
-and touches 300 MB in touch() (tests/workloads/rss_touch.py), on each CPython 3.11+ here (Debian sid's in its root): the faulted-in bytes
-land on touch()'s line, the RSS timeline agrees with VmRSS, the target is left as it was; older Pythons get
-native stacks; a target that exits mid-view; the errors (not root, no such pid). Root, BTF and a memprof built
-with rss are needed: otherwise every test is skipped, saying which is missing."""
+and touches 300 MB in touch() (tests/workloads/rss_touch.py), on each CPython 3.11+ here (sid's in its root):
+the faulted-in bytes land on touch()'s line, the RSS timeline agrees with VmRSS, the target is left as it was;
+a target in its own pid namespace; older Pythons get native stacks; a target that exits mid-view; the errors
+(not root, no such pid, no BTF, tracefs not mountable). Root, BTF and a memprof built with rss are needed:
+otherwise every test is skipped, saying which is missing."""
 import json
 import os
 import re
@@ -15,7 +16,8 @@ import pytest
 from conftest import MEMPROF, interpreter, workload
 
 MB = 300
-PY311_IDS = ["debian-3.11", "pyenv-3.11", "pyenv-3.12", "pyenv-3.13", "sid-3.13", "sid-3.14", "sid-3.15"]
+PY311_IDS = ["debian-3.11", "pyenv-3.11", "pyenv-3.12", "pyenv-3.13",
+             "sid-3.13", "sid-3.14", "sid-3.15"]
 
 
 def _why_not():
@@ -137,8 +139,8 @@ def test_faults_land_on_the_python_line(targets, pyid):
 def test_target_in_its_own_pid_namespace(targets):
     """Its threads know themselves by their ids in that namespace: the Python line is found all the same."""
     py, ver = interpreter("debian-3.11")
-    u = targets.start(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", py, workload("rss_touch.py"), "64"],
-                      stdin=subprocess.PIPE)
+    u = targets.start(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", py, workload("rss_touch.py"),
+                       "64"], stdin=subprocess.PIPE)
     u.wait_for("^ready")
     with open("/proc/%d/task/%d/children" % (u.pid, u.pid)) as f:
         pid = int(f.read().split()[0])
@@ -206,3 +208,23 @@ def test_errors(targets):
     assert len(r.stderr.strip().splitlines()) == 1
     r = subprocess.run([MEMPROF, "rss", "--pid", str(t.pid), "--by", "nothing"], capture_output=True, text=True)
     assert r.returncode != 0 and "--by" in r.stderr
+
+
+def hidden(setup, pid):
+    """memprof rss in a mount namespace of its own where setup (shell) hid part of /sys; gone with it."""
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-ec",
+                           setup + '; exec "$0" rss --pid "$1" --once', MEMPROF, str(pid)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_errors_no_btf_no_tracefs(targets):
+    t = targets.start(["sleep", "60"])
+    r = hidden("mount -t tmpfs none /sys/kernel/btf", t.pid)
+    assert r.returncode == 1 and r.stderr.strip() == ("memprof: rss: this kernel has no BTF (/sys/kernel/btf/vmlinux): "
+                                                      "it needs CONFIG_DEBUG_INFO_BTF=y"), r.stderr
+    # a /sys/kernel with the kernel's BTF but no tracing directory to mount tracefs on
+    r = hidden('d=$(mktemp -d); mount --bind /sys/kernel/btf "$d"; mount -t tmpfs none /sys/kernel; '
+               'mkdir /sys/kernel/btf; mount --move "$d" /sys/kernel/btf; rmdir "$d"', t.pid)
+    assert r.returncode == 1 and r.stderr.startswith("memprof: rss: tracefs not mountable at /sys/kernel/tracing"), \
+        r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -141,11 +141,11 @@ SEC("tracepoint/exceptions/page_fault_user")
 int on_fault(struct trace_event_raw_exceptions *ctx)
 {
     __u32 tid;
-    __u64 n, every = cfg.sample_every ? cfg.sample_every : 1;
+    __u32 every = cfg.sample_every ? cfg.sample_every : 1;
     if (!is_target(&tid)) return 0;
-    n = __sync_fetch_and_add(&faults_seen, 1);
-    if (n % every) return 0;
-    emit(ctx, RSS_FAULT, tid, ctx->address, every * RSS_PAGE, 0, 0);
+    __sync_fetch_and_add(&faults_seen, 1);
+    if (every > 1 && bpf_get_prandom_u32() % every) return 0; /* at random: no aliasing with a loop's stride */
+    emit(ctx, RSS_FAULT, tid, ctx->address, (__u64)every * RSS_PAGE, 0, 0);
     return 0;
 }
 

@@ -16,7 +16,7 @@ enum { RSS_FILE, RSS_ANON, RSS_SWAP, RSS_SHMEM, RSS_NMEMBERS };
  * field does not exist in this interpreter; runtime 0: no Python line. */
 struct rss_cfg {
     __u32 tgid;
-    __u32 sample_every;        /* one page fault in this many is recorded */
+    __u32 sample_every;        /* a page fault is recorded with probability 1/sample_every */
     __u64 pidns_dev, pidns_ino; /* the target's pid namespace: thread ids as its PyThreadStates have them */
     __u64 runtime;             /* address of _PyRuntime in the target */
     __u64 exec_tag;            /* bits to clear from a frame's code pointer (3.14+) */

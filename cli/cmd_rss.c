@@ -23,7 +23,7 @@ static const char usage_text[] =
     "  --duration S       stop after S seconds (default: until Ctrl-C or the process exits)\n"
     "  --interval S       refresh every S seconds (default 1)\n"
     "  --by KEY           rows by line (default), function, native (leaf native frame) or mapping\n"
-    "  --sample N         record one page fault in N (default 8); each stands for N*4 KiB\n"
+    "  --sample N         record one page fault in N, at random (default 32); each stands for N*4 KiB\n"
     "  --limit N          rows shown (default 20)\n";
 
 #if !MEMPROF_HAVE_RSS
@@ -84,7 +84,7 @@ int cmd_rss(int argc, char **argv)
     struct rss_view *v;
     char err[MP_ERRLEN], why[MP_ERRLEN] = "", nspath[64];
     double duration = 0, start, next;
-    int c, sample = 8, rc = 0;
+    int c, sample = 32, rc = 0;
     struct stat st;
 
     optind = 1;

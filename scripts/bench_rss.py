@@ -3,7 +3,7 @@
 Two workloads, a fresh target per run, interleaved, the fastest of BENCH_RSS_RUNS (default 5) of each: touching
 300 MB of a fresh mapping (tests/workloads/rss_touch.py, ~77k page faults; its own timing of touch()) and the
 alloc workload (alloc_churn.py, its 'elapsed' line), unwatched and watched by memprof rss with the default
-sampling (1 fault in 8). Then the events memprof rss takes in with every fault recorded (--sample 1).
+sampling (1 fault in 32, at random). Then the events memprof rss takes in with every fault recorded (--sample 1).
 Globals from bench.py: row, BUILD, WORKLOADS, PY.
 """
 import json

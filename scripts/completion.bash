@@ -66,7 +66,7 @@ _memprof()
         fi
     done
     if [[ -z $cmd ]]; then
-        COMPREPLY=($(compgen -W "run status ps types growth backrefs chain top lines snapshot diff plot export flamegraph
+        COMPREPLY=($(compgen -W "run status ps types growth backrefs chain top lines snapshot diff plot export flamegraph rss
                                  ipython-path help --help --version" -- "$cur"))
         return 0
     fi
@@ -85,6 +85,7 @@ _memprof()
         plot) opts="--pid --session -o --output --title --format --socket" ;;
         export) opts="--pid --session --format -o --output --allocated --socket" ;;
         flamegraph) opts="--pid --session -o --output --allocated --socket" ;;
+        rss) opts="--pid --once --json --duration --interval --by --sample --limit" ;;
         ipython-path) opts="" ;;
         *) return 0 ;;
     esac

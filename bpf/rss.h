@@ -5,7 +5,7 @@
 #define RSS_MAX_STACK 32   /* native frames per event (bpf_get_stack, frame pointers) */
 #define RSS_MAX_PYFRAMES 32 /* Python frames kept per event, innermost first */
 #define RSS_MAX_PYVISIT 256 /* interpreter frames walked (bpf_loop: the verifier checks one step) */
-#define RSS_MAX_THREADS 64 /* thread states looked at to find the faulting thread's */
+#define RSS_MAX_THREADS 1024 /* thread states looked at to find the faulting thread's (bpf_loop) */
 #define RSS_PAGE 4096
 
 enum rss_kind { RSS_FAULT = 1, RSS_MMAP, RSS_MUNMAP, RSS_MREMAP, RSS_BRK };

@@ -1,9 +1,11 @@
 """rss_touch.py -- memprof rss's target: maps and touches MB megabytes in touch() (mmap + writes), then idles.
 
-usage: rss_touch.py MB [ROUNDS] -- waits for a line on stdin before each round ("go"), prints "touched N SECONDS" after it;
-the mappings are kept (RSS stays up) until stdin closes."""
+usage: rss_touch.py MB [ROUNDS [thread]] -- waits for a line on stdin before each round ("go"), prints "touched N SECONDS" after it;
+with "thread", touch() runs in a second thread while the main one waits in join(); the mappings are kept (RSS
+stays up) until stdin closes."""
 import mmap
 import sys
+import threading
 import time
 
 CHUNK = 1 << 20
@@ -22,12 +24,20 @@ def touch(mb):
 def main():
     mb = int(sys.argv[1])
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    threaded = sys.argv[3:] == ["thread"]
     print("ready", flush=True)
     for _ in range(rounds):
         if not sys.stdin.readline():
             return
         t = time.perf_counter()
-        n = touch(mb)
+        if threaded:
+            box = []
+            worker = threading.Thread(target=lambda: box.append(touch(mb)))
+            worker.start()
+            worker.join()
+            n = box[0]
+        else:
+            n = touch(mb)
         print("touched", n, "%.3f" % (time.perf_counter() - t), flush=True)
     sys.stdin.read()
 

@@ -1,6 +1,6 @@
-// SPDX-License-Identifier: GPL-2.0
-/* rss.bpf.c -- memprof rss in the kernel: page faults (sampled), mmap/munmap/mremap/brk and rss_stat of one
- * process, with the user stack and (CPython 3.11+) the Python frames, into a ring buffer. */
+/* rss.bpf.c -- memprof rss in the kernel: one process's page faults, mmap/munmap/mremap/brk and rss_stat.
+ * Sampled faults and the mappings go into a ring buffer with the user stack and (CPython 3.11+) the Python
+ * frames. GPL: the kernel lends its tracing helpers only to GPL-compatible programs. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>

@@ -30,7 +30,7 @@ CLIENT_SRC = client/client.c
 AGENT_SRC  = $(wildcard agent/*.c)
 DAEMON_SRC = $(wildcard daemon/*.c)
 CLI_SRC    = $(filter-out cli/main.c,$(wildcard cli/*.c))
-HDRS = $(wildcard proto/*.h common/*.h client/*.h agent/*.h daemon/*.h cli/*.h) $(BUILD)/gen/memprof.pb-c.h \
+HDRS = $(wildcard proto/*.h common/*.h client/*.h agent/*.h daemon/*.h cli/*.h bpf/*.h) $(BUILD)/gen/memprof.pb-c.h \
        $(BUILD)/gen/profile.pb-c.h
 
 BINS = $(BUILD)/memprofd $(BUILD)/memprof $(BUILD)/libmemprof_agent.so
@@ -82,9 +82,17 @@ $(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) agent/pyabi.c $(WIRE_SRC) $(PPROF
 	$(CC) $(CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) -Idaemon -Iclient -Iagent -o $@ $(DAEMON_SRC) $(CLIENT_SRC) agent/pyabi.c \
 	    $(WIRE_SRC) $(PPROF_SRC) $(PKG_LIBS) $(Z_LIBS) $(MHD_LIBS) -lm
 
-$(BUILD)/memprof: cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PPROF_SRC) $(HDRS) $(BUILD)/flame_page.o
-	$(CC) $(CFLAGS) $(Z_CFLAGS) -Icli -Iclient -o $@ cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PPROF_SRC) \
-	    $(BUILD)/flame_page.o $(PB_LIBS) $(Z_LIBS) -lm
+# memprof rss: BPF programs (bpf/*.bpf.c) compiled against the kernel's BTF (vmlinux.h, generated) and loaded by
+# memprof through a bpftool skeleton; bpf/build.sh writes rss_config.h saying whether that could be built.
+RSS_SRC  = daemon/elfsym.c daemon/pyprobe.c agent/pyabi.c
+RSS_LIBS = $(shell pkg-config --libs libbpf libdw libelf 2>/dev/null)
+$(BUILD)/rss.stamp: bpf/rss.bpf.c bpf/rss.h bpf/build.sh
+	sh bpf/build.sh $(BUILD)
+
+$(BUILD)/memprof: cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PPROF_SRC) $(RSS_SRC) $(HDRS) $(BUILD)/flame_page.o \
+	    $(BUILD)/rss.stamp
+	$(CC) $(CFLAGS) $(Z_CFLAGS) -Icli -Iclient -Idaemon -Iagent -o $@ cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) \
+	    $(PPROF_SRC) $(RSS_SRC) $(BUILD)/flame_page.o $(PB_LIBS) $(Z_LIBS) $(RSS_LIBS) -lm
 
 $(BUILD)/test_wire: tests/unit/test_wire.c $(WIRE_SRC) $(HDRS)
 	$(CC) $(CFLAGS) -o $@ tests/unit/test_wire.c $(WIRE_SRC) $(PB_LIBS)

@@ -31,6 +31,7 @@
 #define PYABI_TP_IS_GC 328
 #define PYABI_TP_BASES 336
 #define PYABI_TP_MRO 344
+#define PYABI_BYTES_SVAL 32 /* PyBytesObject ob_sval (after ob_shash) */
 #define PYABI_MEMBERDEF_SIZE 40 /* name 0, type 8, offset 16, flags 24 */
 
 /* Capabilities: what a version has, named, instead of `minor == N` tests. */
@@ -62,10 +63,11 @@ struct pyabi_dbg {
     int free_threaded;
     int interp_gc, ts_interp, ts_next, ts_current_frame, ts_thread_id, ts_native_thread_id;
     int frame_previous, frame_executable, frame_instr_ptr, frame_owner;
-    int code_filename, code_name, code_qualname, code_firstlineno, code_adaptive;
+    int code_filename, code_name, code_qualname, code_linetable, code_firstlineno, code_adaptive;
     int ob_type, tp_name, tp_flags, cached_keys, dict_keys, dict_values, list_items, long_tag;
     int str_state, str_ascii_size, str_compact_size;
     int gc_collecting;
+    int interp_threads_head; /* PyInterpreterState.threads.head (memprof rss; also compared) */
     /* PEP 768 (PYABI_REMOTE_EXEC): where _Py_DebugOffsets keeps the offsets
      * sys.remote_exec() uses (read from the target, not compared) */
     int rt_interpreters_head, interp_threads_main;
@@ -99,7 +101,12 @@ struct pyabi {
     struct {               /* PyCodeObject */
         int firstlineno, filename, name, qualname;
         int code_adaptive, firsttraceable; /* 3.11+ */
+        int linetable;     /* co_linetable (a bytes object), for `memprof rss`; 0: not measured */
     } code;
+    struct {               /* finding a thread's PyThreadState from outside (memprof rss); 0: not measured */
+        int interpreters_head; /* _PyRuntime.interpreters.head */
+        int threads_head;      /* PyInterpreterState.threads.head */
+    } rt;
     struct {               /* PyHeapTypeObject (the PyTypeObject slots are PYABI_TP_*) */
         int cached_keys;   /* ht_cached_keys (3.11+) */
         unsigned long preheader_flags; /* tp_flags that add 16 bytes before the PyGC_Head */

@@ -18,6 +18,7 @@ int cmd_diff(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_flamegraph(int argc, char **argv);
+int cmd_rss(int argc, char **argv);
 /* memprof export --format speedscope: speedscope's JSON of d; *live_total: the live bytes in it. 0 or -1. */
 struct Memprof__AllocData;
 int export_speedscope(FILE *f, const struct Memprof__AllocData *d, double *live_total);

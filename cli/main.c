@@ -27,6 +27,7 @@ static const struct command commands[] = {
     {"diff", cmd_diff, "what grew between two snapshots, or over the last N seconds, by line and function"},
     {"plot", cmd_plot, "RSS and tracked heap over time, peaks named, as an SVG (like mprof plot)"},
     {"export", cmd_export, "a session's allocation data as JSON, collapsed stacks, pprof or speedscope"},
+    {"rss", cmd_rss, "where RSS comes from, seen from eBPF with nothing injected: faults and mappings by Python line"},
     {"flamegraph", cmd_flamegraph, "an interactive flame graph of live (or allocated) bytes as one HTML file"},
     {"ipython-path", cmd_ipython_path, "where the IPython extension is (%load_ext memprof: %memit, %mprun)"},
     {"inproc", cmd_inproc, NULL},

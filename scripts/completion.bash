@@ -36,7 +36,9 @@ _memprof_value()
     case $prev in
         --pid) COMPREPLY=($(compgen -W "$(_memprof_python_pids)" -- "$cur")) ;;
         --session) COMPREPLY=($(compgen -W "$(_memprof_session_ids "$sock")" -- "$cur")) ;;
-        --by) COMPREPLY=($(compgen -W "function line" -- "$cur")) ;;
+        --by)
+            if [[ $cmd == rss ]]; then COMPREPLY=($(compgen -W "line function native mapping" -- "$cur"))
+            else COMPREPLY=($(compgen -W "function line" -- "$cur")); fi ;;
         --sort) COMPREPLY=($(compgen -W "count size" -- "$cur")) ;;
         --format)
             if [[ $cmd == plot ]]; then COMPREPLY=($(compgen -W "svg" -- "$cur"))
@@ -44,7 +46,7 @@ _memprof_value()
         --agent) _memprof_files so ;;
         --socket | -o | --output | --file) _memprof_files ;;
         --function | --type | --addr | --limit | --interval | --count | --max-depth | --too-many | --max-start | \
-            --window | --title | --sample-rate | --max-frames) COMPREPLY=() ;;
+            --window | --title | --sample-rate | --max-frames | --duration | --sample) COMPREPLY=() ;;
         *) return 1 ;;
     esac
     return 0
@@ -66,7 +68,7 @@ _memprof()
         fi
     done
     if [[ -z $cmd ]]; then
-        COMPREPLY=($(compgen -W "run status ps types growth backrefs chain top lines snapshot diff plot export flamegraph
+        COMPREPLY=($(compgen -W "run status ps types growth backrefs chain top lines snapshot diff plot export flamegraph rss
                                  ipython-path help --help --version" -- "$cur"))
         return 0
     fi
@@ -85,6 +87,7 @@ _memprof()
         plot) opts="--pid --session -o --output --title --format --socket" ;;
         export) opts="--pid --session --format -o --output --allocated --socket" ;;
         flamegraph) opts="--pid --session -o --output --allocated --socket" ;;
+        rss) opts="--pid --once --json --duration --interval --by --sample --limit" ;;
         ipython-path) opts="" ;;
         *) return 0 ;;
     esac

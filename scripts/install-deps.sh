@@ -2,7 +2,7 @@
 # install-deps.sh -- installs the Debian packages memprof needs (idempotent): `build` for make and make demo,
 # `all` (the default) adds what the tests and the benchmark use.
 set -eu
-BUILD_PKGS="build-essential pkg-config libelf-dev libdw-dev libbpf-dev libprotobuf-c-dev protobuf-c-compiler
+BUILD_PKGS="build-essential pkg-config libelf-dev libdw-dev libbpf-dev bpftool clang libprotobuf-c-dev protobuf-c-compiler
       zlib1g-dev libmicrohttpd-dev python3 graphviz procps"
 TEST_PKGS="dpkg-dev man-db groff-base bash-completion
       python3-pytest gdb bc curl musl-tools
@@ -18,7 +18,7 @@ esac
 # npm is already there (NodeSource's nodejs ships its own and conflicts with Debian's).
 command -v npm >/dev/null 2>&1 || PKGS="$PKGS npm"
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-deps: not a Debian system (no dpkg/apt-get): install by hand a C compiler, make, pkg-config, the development files of libelf, libdw, libbpf, protobuf-c, zlib and libmicrohttpd, protoc-c, npm, python3 and pytest, then run make" >&2
+    echo "install-deps: not a Debian system (no dpkg/apt-get): install by hand a C compiler, make, pkg-config, the development files of libelf, libdw, libbpf, protobuf-c, zlib and libmicrohttpd, protoc-c, bpftool and clang (memprof rss), npm, python3 and pytest, then run make" >&2
     exit 1
 fi
 missing=""

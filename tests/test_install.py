@@ -192,7 +192,7 @@ def test_completion_subcommands_and_options(installed):
     assert complete(installed, "memprof", "t") == ["top", "types"]
     assert complete(installed, "memprof", "") == sorted(
         ["run", "status", "ps", "types", "growth", "backrefs", "chain", "top", "lines", "snapshot", "diff", "plot",
-         "export", "flamegraph", "ipython-path", "help", "--help", "--version"])
+         "export", "flamegraph", "rss", "ipython-path", "help", "--help", "--version"])
     assert complete(installed, "memprofd", "") == sorted(["serve", "attach", "detach", "stop", "help", "--help",
                                                           "--version"])
     assert complete(installed, "memprofd", "a") == ["attach"]

@@ -1,0 +1,43 @@
+/* rss.h -- what rss.bpf.c and memprof rss share: the configuration and the ring buffer's event records. */
+#ifndef MEMPROF_RSS_H
+#define MEMPROF_RSS_H
+
+#define RSS_MAX_STACK 32   /* native frames per event (bpf_get_stack, frame pointers) */
+#define RSS_MAX_PYFRAMES 32 /* Python frames kept per event, innermost first */
+#define RSS_MAX_PYVISIT 256 /* interpreter frames walked (bpf_loop: the verifier checks one step) */
+#define RSS_MAX_THREADS 1024 /* thread states looked at to find the faulting thread's (bpf_loop) */
+#define RSS_PAGE 4096
+
+enum rss_kind { RSS_FAULT = 1, RSS_MMAP, RSS_MUNMAP, RSS_MREMAP, RSS_BRK };
+/* rss_stat's members (enum in include/linux/mm_types_task.h) */
+enum { RSS_FILE, RSS_ANON, RSS_SWAP, RSS_SHMEM, RSS_NMEMBERS };
+
+/* Set by memprof rss before loading (read-only to the programs). Offsets of -1: that
+ * field does not exist in this interpreter; runtime 0: no Python line. */
+struct rss_cfg {
+    __u32 tgid;
+    __u32 sample_every;        /* a page fault is recorded with probability 1/sample_every */
+    __u64 pidns_dev, pidns_ino; /* the target's pid namespace: thread ids as its PyThreadStates have them */
+    __u64 runtime;             /* address of _PyRuntime in the target */
+    __u64 exec_tag;            /* bits to clear from a frame's code pointer (3.14+) */
+    __s32 rt_interp_head, interp_threads_head, ts_next, ts_native_tid;
+    __s32 ts_cframe, cframe_current, ts_current_frame;
+    __s32 fr_back, fr_code, fr_instr, fr_owner, first_not_python, code_adaptive;
+};
+
+struct rss_event {
+    __u32 kind;      /* enum rss_kind */
+    __u32 tid;
+    __u64 ts;        /* bpf_ktime_get_ns */
+    __u64 addr;      /* fault address; mapping start (munmap, mremap: the old one) */
+    __u64 len;       /* bytes: fault weight (sample_every pages); mapped or unmapped length */
+    __u64 addr2;     /* mremap: new address; brk: the new break */
+    __u64 len2;      /* mremap: new length */
+    __s32 nstack;    /* bytes of stack (bpf_get_stack) */
+    __s32 npy;       /* Python frames, innermost first */
+    __u64 stack[RSS_MAX_STACK];
+    __u64 pycode[RSS_MAX_PYFRAMES];  /* code object */
+    __s64 pyoff[RSS_MAX_PYFRAMES];   /* byte offset of the instruction in co_code_adaptive */
+};
+
+#endif

@@ -1,0 +1,379 @@
+/* rss_view.c -- memprof rss's rows, RSS figures and timeline, shown as a live table or JSON lines. */
+#include "rss_config.h"
+#if MEMPROF_HAVE_RSS
+#include "rss_view.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "commands.h"
+
+#define NSLOTS (1 << 16)
+#define MAX_ROWS 50000
+#define ROW_STACK 8
+
+struct row {
+    char *key, *file, *func, *native, *mapping;
+    char *stack[ROW_STACK];
+    int line, nstack;
+    uint64_t faulted, mapped, unmapped, iv_faulted;
+};
+
+struct figures { uint64_t rss, anon, file, shmem, vmrss, pss, swap; int ok; };
+struct point { double t; uint64_t rss, vmrss; };
+
+struct rss_view {
+    struct rss_opts o;
+    struct rss_trace *trace;
+    struct rss_sym *sym;
+    struct row *rows;
+    int nrows, cap;
+    int slots[NSLOTS]; /* row index + 1 */
+    uint64_t faulted, mapped, unmapped, iv_faulted, iv_mapped, iv_unmapped, events, iv_events, with_python;
+    uint64_t brk;
+    struct figures base, now;
+    struct point *tl;
+    int ntl, tlcap;
+    double start, last_tick;
+    char comm[64];
+    int exited;
+};
+
+/* /proc/PID/status: VmRSS, RssAnon, RssFile, RssShmem; ok 0 when gone (a zombie's has no VmRSS). */
+static void read_status(int pid, struct figures *f)
+{
+    char path[64], buf[8192];
+    static const char *keys[] = {"\nVmRSS:", "\nRssAnon:", "\nRssFile:", "\nRssShmem:"};
+    uint64_t *dst[] = {&f->vmrss, &f->anon, &f->file, &f->shmem};
+    f->ok = 0;
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    if (mp_read_file(path, buf, sizeof buf) <= 0) return;
+    for (int k = 0; k < 4; k++) {
+        const char *p = strstr(buf, keys[k]);
+        if (p) *dst[k] = strtoull(p + strlen(keys[k]), NULL, 10) * 1024;
+    }
+    f->ok = f->vmrss > 0;
+}
+
+/* /proc/PID/smaps_rollup: Rss, Pss, Swap (slow on a big process: it walks the page tables). */
+static void read_rollup(int pid, struct figures *f)
+{
+    char path[64], buf[8192];
+    static const char *keys[] = {"\nRss:", "\nPss:", "\nSwap:"};
+    uint64_t *dst[] = {&f->rss, &f->pss, &f->swap};
+    snprintf(path, sizeof path, "/proc/%d/smaps_rollup", pid);
+    buf[0] = '\n';
+    if (mp_read_file(path, buf + 1, sizeof buf - 1) <= 0) return;
+    for (int k = 0; k < 3; k++) {
+        const char *p = strstr(buf, keys[k]);
+        if (p) *dst[k] = strtoull(p + strlen(keys[k]), NULL, 10) * 1024;
+    }
+}
+
+/* The end of [heap] (the break, page-rounded), 0 when none yet. */
+static uint64_t heap_end(int pid)
+{
+    char path[64], line[512];
+    unsigned long long lo, hi, end = 0;
+    FILE *f;
+    snprintf(path, sizeof path, "/proc/%d/maps", pid);
+    if (!(f = fopen(path, "r"))) return 0;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, "[heap]") && sscanf(line, "%llx-%llx", &lo, &hi) == 2) end = hi;
+    fclose(f);
+    return end;
+}
+
+struct rss_view *rss_view_new(const struct rss_opts *o)
+{
+    struct rss_view *v = calloc(1, sizeof *v);
+    char path[64];
+    if (!v) return NULL;
+    v->o = *o;
+    v->sym = rss_sym_open(o->pid, o->abi);
+    read_status(o->pid, &v->base);
+    read_rollup(o->pid, &v->base);
+    v->now = v->base;
+    v->brk = heap_end(o->pid);
+    v->start = v->last_tick = mp_now();
+    snprintf(path, sizeof path, "/proc/%d/comm", o->pid);
+    if (mp_read_file(path, v->comm, sizeof v->comm) > 0) v->comm[strcspn(v->comm, "\n")] = 0;
+    return v;
+}
+
+void rss_view_attach(struct rss_view *v, struct rss_trace *t) { v->trace = t; }
+
+static uint32_t hash(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+static struct row *row_for(struct rss_view *v, const char *key)
+{
+    uint32_t h = hash(key) & (NSLOTS - 1);
+    while (v->slots[h]) {
+        struct row *r = &v->rows[v->slots[h] - 1];
+        if (!strcmp(r->key, key)) return r;
+        h = (h + 1) & (NSLOTS - 1);
+    }
+    if (v->nrows >= MAX_ROWS) return NULL;
+    if (v->nrows == v->cap) {
+        struct row *n = realloc(v->rows, (size_t)(v->cap = v->cap ? 2 * v->cap : 256) * sizeof *n);
+        if (!n) return NULL;
+        v->rows = n;
+    }
+    struct row *r = &v->rows[v->nrows++];
+    memset(r, 0, sizeof *r);
+    r->key = strdup(key);
+    v->slots[h] = v->nrows;
+    return r;
+}
+
+void rss_view_event(struct rss_view *v, const struct rss_event *e)
+{
+    const char *file = "", *func = "", *native = "?", *mapping = "";
+    char key[1024];
+    int line = -1, py = 0, nframes = e->nstack > 0 ? e->nstack / 8 : 0;
+    uint64_t fault = 0, map = 0, unmap = 0;
+    struct row *r;
+
+    v->events++;
+    v->iv_events++;
+    for (int i = 0; i < e->npy && i < RSS_MAX_PYFRAMES && !py; i++)
+        py = rss_sym_python(v->sym, e->pycode[i], e->pyoff[i], &file, &func, &line) == 0;
+    if (nframes > RSS_MAX_STACK) nframes = RSS_MAX_STACK;
+    for (int i = 0; i < nframes; i++) /* a frame-pointer walk through code without them ends in junk */
+        if (e->stack[i] < 4096 || e->stack[i] >= 0x800000000000ull) nframes = i;
+    if (nframes) native = rss_sym_native(v->sym, e->stack[0], 1);
+    switch (e->kind) {
+    case RSS_FAULT: fault = e->len; mapping = rss_sym_mapping(v->sym, e->addr); break;
+    case RSS_MMAP: map = e->len; mapping = rss_sym_mapping(v->sym, e->addr); break;
+    case RSS_MUNMAP: unmap = e->len; mapping = "(unmapped)"; break;
+    case RSS_MREMAP: unmap = e->len; map = e->len2; mapping = rss_sym_mapping(v->sym, e->addr2); break;
+    case RSS_BRK:
+        if (v->brk && e->addr2 > v->brk) map = e->addr2 - v->brk;
+        if (v->brk && e->addr2 < v->brk) unmap = v->brk - e->addr2;
+        v->brk = e->addr2;
+        mapping = "[heap]";
+        break;
+    default: return;
+    }
+    if (py && e->kind == RSS_FAULT) v->with_python++;
+    switch (v->o.by) {
+    case RSS_BY_LINE:
+        if (py) snprintf(key, sizeof key, "%s\n%d\n%s", file, line, func);
+        else snprintf(key, sizeof key, "\n\n\n%s", native);
+        break;
+    case RSS_BY_FUNCTION:
+        if (py) snprintf(key, sizeof key, "%s\n%s", file, func);
+        else snprintf(key, sizeof key, "\n\n\n%s", native);
+        break;
+    case RSS_BY_NATIVE: snprintf(key, sizeof key, "%s", native); break;
+    case RSS_BY_MAPPING: snprintf(key, sizeof key, "%s", mapping); break;
+    }
+    if (!(r = row_for(v, key))) return;
+    if (!r->native) { /* the first event of a row names it */
+        r->file = strdup(py ? file : "");
+        r->func = strdup(py ? func : "");
+        r->line = py ? line : -1;
+        r->native = strdup(native);
+        r->mapping = strdup(mapping);
+        for (int i = 0; i < nframes && r->nstack < ROW_STACK; i++) {
+            const char *name = rss_sym_native(v->sym, e->stack[i], i == 0);
+            if (i && name[0] == '0' && name[1] == 'x') break; /* in no module: a walk gone astray */
+            r->stack[r->nstack++] = strdup(name);
+        }
+    }
+    r->faulted += fault;
+    r->iv_faulted += fault;
+    r->mapped += map;
+    r->unmapped += unmap;
+    v->faulted += fault;
+    v->mapped += map;
+    v->unmapped += unmap;
+    v->iv_faulted += fault;
+    v->iv_mapped += map;
+    v->iv_unmapped += unmap;
+}
+
+/* RSS from rss_stat, the members not reported yet from /proc at the start. */
+static uint64_t bpf_rss(struct rss_view *v)
+{
+    uint64_t rss[RSS_NMEMBERS], faults, lost, base[RSS_NMEMBERS] = {0};
+    int seen[RSS_NMEMBERS];
+    base[RSS_FILE] = v->base.file;
+    base[RSS_ANON] = v->base.anon;
+    base[RSS_SHMEM] = v->base.shmem;
+    rss_trace_counters(v->trace, rss, seen, &faults, &lost);
+    return (seen[RSS_FILE] ? rss[RSS_FILE] : base[RSS_FILE]) + (seen[RSS_ANON] ? rss[RSS_ANON] : base[RSS_ANON]) +
+           (seen[RSS_SHMEM] ? rss[RSS_SHMEM] : base[RSS_SHMEM]);
+}
+
+static int by_faulted(const void *a, const void *b)
+{
+    const struct row *x = a, *y = b;
+    if (x->faulted != y->faulted) return x->faulted < y->faulted ? 1 : -1;
+    if (x->mapped != y->mapped) return x->mapped < y->mapped ? 1 : -1;
+    return strcmp(x->key, y->key);
+}
+
+static void jstr(FILE *f, const char *name, const char *s)
+{
+    fprintf(f, "\"%s\":", name);
+    cli_json_str(f, s ? s : "");
+}
+
+static void print_json(struct rss_view *v, double t, double dt, uint64_t faults, uint64_t lost, int final)
+{
+    FILE *f = stdout;
+    const struct figures *g = &v->now;
+    fprintf(f, "{\"pid\":%d,", v->o.pid);
+    jstr(f, "comm", v->comm);
+    fputc(',', f);
+    jstr(f, "python", v->o.version);
+    fprintf(f, ",\"python_lines\":%s,", v->o.abi ? "true" : "false");
+    jstr(f, "python_lines_unavailable", v->o.abi ? "" : v->o.no_python);
+    fprintf(f, ",\"time\":%.3f,\"t\":%.3f,\"interval\":%.3f,\"final\":%s,\"exited\":%s,", mp_wallclock(), t, dt,
+            final ? "true" : "false", v->exited ? "true" : "false");
+    fprintf(f, "\"rss\":{\"rss_bytes\":%llu,\"anon_bytes\":%llu,\"file_bytes\":%llu,\"shmem_bytes\":%llu,"
+               "\"vmrss_bytes\":%llu,\"pss_bytes\":%llu,\"swap_bytes\":%llu},",
+            (unsigned long long)g->rss, (unsigned long long)g->anon, (unsigned long long)g->file,
+            (unsigned long long)g->shmem, (unsigned long long)g->vmrss, (unsigned long long)g->pss,
+            (unsigned long long)g->swap);
+    fprintf(f, "\"last\":{\"faulted_bytes\":%llu,\"mapped_bytes\":%llu,\"unmapped_bytes\":%llu,\"events\":%llu},",
+            (unsigned long long)v->iv_faulted, (unsigned long long)v->iv_mapped, (unsigned long long)v->iv_unmapped,
+            (unsigned long long)v->iv_events);
+    fprintf(f, "\"total\":{\"faulted_bytes\":%llu,\"mapped_bytes\":%llu,\"unmapped_bytes\":%llu,\"faults\":%llu,"
+               "\"events\":%llu,\"events_lost\":%llu,\"faults_with_python\":%llu},\"sample_every\":%u,",
+            (unsigned long long)v->faulted, (unsigned long long)v->mapped, (unsigned long long)v->unmapped,
+            (unsigned long long)faults, (unsigned long long)v->events, (unsigned long long)lost,
+            (unsigned long long)v->with_python, v->o.sample);
+    fputs("\"timeline\":[", f);
+    for (int i = 0; i < v->ntl; i++)
+        fprintf(f, "%s{\"t\":%.3f,\"rss_bytes\":%llu,\"vmrss_bytes\":%llu}", i ? "," : "", v->tl[i].t,
+                (unsigned long long)v->tl[i].rss, (unsigned long long)v->tl[i].vmrss);
+    fputs("],\"rows\":[", f);
+    for (int i = 0; i < v->nrows && i < v->o.limit; i++) {
+        const struct row *r = &v->rows[i];
+        fputs(i ? ",{" : "{", f);
+        jstr(f, "file", r->file);
+        fprintf(f, ",\"line\":%d,", r->line);
+        jstr(f, "function", r->func);
+        fputc(',', f);
+        jstr(f, "native", r->native);
+        fputc(',', f);
+        jstr(f, "mapping", r->mapping);
+        fprintf(f, ",\"faulted_bytes\":%llu,\"mapped_bytes\":%llu,\"unmapped_bytes\":%llu,\"native_stack\":[",
+                (unsigned long long)r->faulted, (unsigned long long)r->mapped, (unsigned long long)r->unmapped);
+        for (int k = 0; k < r->nstack; k++) {
+            if (k) fputc(',', f);
+            cli_json_str(f, r->stack[k]);
+        }
+        fputs("]}", f);
+    }
+    fputs("]}\n", f);
+    fflush(f);
+}
+
+static void print_text(struct rss_view *v, FILE *f, double t, double dt, uint64_t faults, uint64_t lost, int final)
+{
+    char a[32], b[32], c[32], d[32], e[32], w[600], n[300];
+    const struct figures *g = &v->now;
+    fprintf(f, "memprof rss -- pid %d %s%s%s  %.1f s%s\n", v->o.pid, cli_esc(v->comm, n, sizeof n),
+            v->o.version[0] ? " Python " : "", v->o.version, t,
+            v->exited ? "  (the process has exited: last figures)" : final ? "  (final)" : "");
+    fprintf(f, "RSS %s  anon %s  file %s  shmem %s", cli_bytes((double)g->vmrss, a, sizeof a),
+            cli_bytes((double)g->anon, b, sizeof b), cli_bytes((double)g->file, c, sizeof c),
+            cli_bytes((double)g->shmem, d, sizeof d));
+    fprintf(f, "   (smaps_rollup: Pss %s, Swap %s)\n", cli_bytes((double)g->pss, a, sizeof a),
+            cli_bytes((double)g->swap, b, sizeof b));
+    fprintf(f, "last %.1f s: faulted in %s  mapped %s  unmapped %s   total: faulted in %s  mapped %s\n", dt,
+            cli_bytes((double)v->iv_faulted, a, sizeof a), cli_bytes((double)v->iv_mapped, b, sizeof b),
+            cli_bytes((double)v->iv_unmapped, c, sizeof c), cli_bytes((double)v->faulted, d, sizeof d),
+            cli_bytes((double)v->mapped, e, sizeof e));
+    fprintf(f, "page faults %llu (1 in %u recorded at random, 4 KiB each)  events %.0f/s  lost %llu  python line: %s\n",
+            (unsigned long long)faults, v->o.sample, dt > 0 ? (double)v->iv_events / dt : 0.0,
+            (unsigned long long)lost, v->o.abi ? "from the interpreter's frames" : cli_esc(v->o.no_python, w, 200));
+    fprintf(f, "\n%10s %10s %10s  %s\n", "FAULTED", "MAPPED", "UNMAPPED",
+            v->o.by == RSS_BY_MAPPING ? "MAPPING" : v->o.by == RSS_BY_NATIVE ? "NATIVE FUNCTION"
+                                                                              : "PYTHON LINE / FUNCTION  [NATIVE]");
+    for (int i = 0; i < v->nrows && i < v->o.limit; i++) {
+        const struct row *r = &v->rows[i];
+        char where[700];
+        if (v->o.by == RSS_BY_MAPPING) snprintf(where, sizeof where, "%s", r->mapping);
+        else if (v->o.by == RSS_BY_NATIVE || !r->file[0]) snprintf(where, sizeof where, "%s", r->native);
+        else if (v->o.by == RSS_BY_FUNCTION)
+            snprintf(where, sizeof where, "%s %s()  [%s]", r->file, r->func, r->native);
+        else snprintf(where, sizeof where, "%s:%d %s()  [%s]", r->file, r->line, r->func, r->native);
+        fprintf(f, "%10s %10s %10s  %s\n", cli_bytes((double)r->faulted, a, sizeof a),
+                cli_bytes((double)r->mapped, b, sizeof b), cli_bytes((double)r->unmapped, c, sizeof c),
+                cli_esc(where, w, sizeof w));
+    }
+    if (!v->nrows) fputs("(no page faults or mappings yet)\n", f);
+    fflush(f);
+}
+
+void rss_view_tick(struct rss_view *v, int exited, int final)
+{
+    double now = mp_now(), t = now - v->start, dt = now - v->last_tick;
+    uint64_t rss[RSS_NMEMBERS], faults, lost;
+    int seen[RSS_NMEMBERS];
+    struct figures g = {0};
+    uint64_t from_bpf = 0;
+    if (exited) v->exited = 1;
+    if (!v->exited) {
+        read_status(v->o.pid, &g);
+        from_bpf = bpf_rss(v); /* the same moment as VmRSS: before the slow smaps_rollup */
+        read_rollup(v->o.pid, &g);
+    }
+    if (g.ok) {
+        v->now = g;
+        if (v->ntl == v->tlcap) {
+            struct point *p = realloc(v->tl, (size_t)(v->tlcap = v->tlcap ? 2 * v->tlcap : 64) * sizeof *p);
+            if (p) v->tl = p;
+            else v->tlcap = v->ntl;
+        }
+        if (v->ntl < v->tlcap) v->tl[v->ntl++] = (struct point){t, from_bpf, g.vmrss};
+    } else {
+        v->exited = 1;
+    }
+    rss_trace_counters(v->trace, rss, seen, &faults, &lost);
+    qsort(v->rows, (size_t)v->nrows, sizeof *v->rows, by_faulted);
+    memset(v->slots, 0, sizeof v->slots); /* rows moved: index again */
+    for (int i = 0; i < v->nrows; i++) {
+        uint32_t h = hash(v->rows[i].key) & (NSLOTS - 1);
+        while (v->slots[h]) h = (h + 1) & (NSLOTS - 1);
+        v->slots[h] = i + 1;
+    }
+    if (v->o.json) {
+        print_json(v, t, dt, faults, lost, final);
+    } else if (isatty(STDOUT_FILENO) && !v->o.once) {
+        fputs("\033[H\033[2J", stdout);
+        print_text(v, stdout, t, dt, faults, lost, final);
+    } else if (final || !v->o.once) {
+        print_text(v, stdout, t, dt, faults, lost, final);
+        if (!final) fputc('\n', stdout);
+    }
+    v->iv_faulted = v->iv_mapped = v->iv_unmapped = v->iv_events = 0;
+    for (int i = 0; i < v->nrows; i++) v->rows[i].iv_faulted = 0;
+    v->last_tick = now;
+}
+
+void rss_view_free(struct rss_view *v)
+{
+    if (!v) return;
+    for (int i = 0; i < v->nrows; i++) {
+        struct row *r = &v->rows[i];
+        free(r->key), free(r->file), free(r->func), free(r->native), free(r->mapping);
+        for (int k = 0; k < r->nstack; k++) free(r->stack[k]);
+    }
+    free(v->rows);
+    free(v->tl);
+    rss_sym_close(v->sym);
+    free(v);
+}
+#endif

@@ -1,0 +1,28 @@
+/* rss_view.h -- memprof rss's figures: events summed into rows, RSS read from /proc, the text and JSON views. */
+#ifndef MEMPROF_CLI_RSS_VIEW_H
+#define MEMPROF_CLI_RSS_VIEW_H
+
+#include "rss.h"
+
+enum rss_by { RSS_BY_LINE, RSS_BY_FUNCTION, RSS_BY_NATIVE, RSS_BY_MAPPING };
+
+struct rss_opts {
+    int pid, once, json, limit;
+    unsigned sample;             /* one page fault in this many is recorded */
+    double interval;
+    enum rss_by by;
+    const struct pyabi *abi;     /* NULL: no Python line (no_python says why) */
+    char version[32];            /* the target's Python, "" when none */
+    char no_python[MP_ERRLEN];
+};
+
+struct rss_view;
+struct rss_view *rss_view_new(const struct rss_opts *o);
+void rss_view_attach(struct rss_view *v, struct rss_trace *t);
+void rss_view_event(struct rss_view *v, const struct rss_event *e);
+/* One refresh: a timeline point and the view (text, or a JSON line). exited: the process is gone (the last
+ * figures read are kept); final: the last refresh. */
+void rss_view_tick(struct rss_view *v, int exited, int final);
+void rss_view_free(struct rss_view *v);
+
+#endif

@@ -1,0 +1,46 @@
+"""rss_touch.py -- memprof rss's target: maps and touches MB megabytes in touch() (mmap + writes), then idles.
+
+usage: rss_touch.py MB [ROUNDS [thread]] -- waits for a line on stdin before each round ("go"), prints "touched N SECONDS" after it;
+with "thread", touch() runs in a second thread while the main one waits in join(); the mappings are kept (RSS
+stays up) until stdin closes."""
+import mmap
+import sys
+import threading
+import time
+
+CHUNK = 1 << 20
+kept = []
+
+
+def touch(mb):
+    m = mmap.mmap(-1, mb * CHUNK)
+    block = b"x" * CHUNK
+    for off in range(0, mb * CHUNK, CHUNK):
+        m[off:off + CHUNK] = block  # the line every page is faulted in by
+    kept.append(m)
+    return len(m)
+
+
+def main():
+    mb = int(sys.argv[1])
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    threaded = sys.argv[3:] == ["thread"]
+    print("ready", flush=True)
+    for _ in range(rounds):
+        if not sys.stdin.readline():
+            return
+        t = time.perf_counter()
+        if threaded:
+            box = []
+            worker = threading.Thread(target=lambda: box.append(touch(mb)))
+            worker.start()
+            worker.join()
+            n = box[0]
+        else:
+            n = touch(mb)
+        print("touched", n, "%.3f" % (time.perf_counter() - t), flush=True)
+    sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

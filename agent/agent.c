@@ -399,10 +399,10 @@ static void agent_tick(struct session *s, int final)
     pend_push(s);
 }
 
-static char native_off[MP_ERRLEN + 32]; /* why native tracking (or its frames) is off, for the hello */
+static char native_off[MP_ERRLEN + 32]; /* why native tracking (or its frames) is off, for the reply to the daemon's TrackingConfig (and a later hello) */
 
 /* Native tracking when asked for (after hooks_install); what went wrong is
- * logged and told to the daemon in the hello (native_note). */
+ * logged and told to the daemon in the TrackingConfig reply (native_note). */
 static void native_start(void)
 {
     char err[MP_ERRLEN];
@@ -568,6 +568,7 @@ static int on_tracking(const Memprof__AgentRequest *req, Memprof__AgentReply *re
     tracking.interval_ms = conf.interval_ms;
     tracking.native = native_installed();
     tracking.native_frames = native_installed() && conf.native_frames;
+    tracking.native_note = (char *)(native_off[0] ? native_off : native_note());
     reply->body_case = MEMPROF__AGENT_REPLY__BODY_TRACKING;
     reply->tracking = &tracking;
     return 0;

@@ -586,6 +586,10 @@ void attach_on_agent_reply(struct conn *c, const Envelope *env)
                 s->track.exact = r->tracking->exact;
                 s->track.native = r->tracking->native;
                 s->track.native_frames = r->tracking->native_frames;
+                if (r->tracking->native_note && *r->tracking->native_note) {
+                    snprintf(s->native_note, sizeof s->native_note, "%s", r->tracking->native_note);
+                    server_log("pid %d: %s", (int)s->pid, s->native_note);
+                }
                 s->track.sample_rate = r->tracking->sample_rate;
                 s->track.max_frames = frames;
                 s->track.interval_ms = r->tracking->interval_ms;

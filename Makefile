@@ -27,6 +27,8 @@ PPROF_SRC = $(BUILD)/gen/profile.pb-c.c common/pprof.c
 WIRE_SRC = $(BUILD)/gen/memprof.pb-c.c proto/wire.c common/util.c
 # The client library: connect, handshake, typed calls; linked by memprof and memprofd (attach/detach/stop).
 CLIENT_SRC = client/client.c
+# The option parser (table per command, --help from it) of memprof and memprofd.
+OPTS_SRC = common/opts.c
 AGENT_SRC  = $(wildcard agent/*.c)
 DAEMON_SRC = $(wildcard daemon/*.c)
 CLI_SRC    = $(filter-out cli/main.c,$(wildcard cli/*.c))
@@ -78,12 +80,12 @@ $(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS) agent/agent.map
 	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_STATIC) -lpthread -ldl -lm
 
 # The daemon shares the agent's CPython ABI table (pyabi.c: data only).
-$(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) agent/pyabi.c $(WIRE_SRC) $(PPROF_SRC) $(HDRS)
-	$(CC) $(CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) -Idaemon -Iclient -Iagent -o $@ $(DAEMON_SRC) $(CLIENT_SRC) agent/pyabi.c \
+$(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) $(OPTS_SRC) agent/pyabi.c $(WIRE_SRC) $(PPROF_SRC) $(HDRS)
+	$(CC) $(CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) -Idaemon -Iclient -Iagent -o $@ $(DAEMON_SRC) $(CLIENT_SRC) $(OPTS_SRC) agent/pyabi.c \
 	    $(WIRE_SRC) $(PPROF_SRC) $(PKG_LIBS) $(Z_LIBS) $(MHD_LIBS) -lm
 
-$(BUILD)/memprof: cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PPROF_SRC) $(HDRS) $(BUILD)/flame_page.o
-	$(CC) $(CFLAGS) $(Z_CFLAGS) -Icli -Iclient -o $@ cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PPROF_SRC) \
+$(BUILD)/memprof: cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC) $(HDRS) $(BUILD)/flame_page.o
+	$(CC) $(CFLAGS) $(Z_CFLAGS) -Icli -Iclient -o $@ cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC) \
 	    $(BUILD)/flame_page.o $(PB_LIBS) $(Z_LIBS) -lm
 
 $(BUILD)/test_wire: tests/unit/test_wire.c $(WIRE_SRC) $(HDRS)

@@ -158,10 +158,11 @@ int opts_parse(const struct opt_cmd *c, int argc, char **argv, int *status)
             return -1;
         }
         if (ch == '?') {
-            if (optopt >= VAL_BASE)
-                fail_line(c, "--%s takes no argument (try %s --help)", c->opts[optopt - VAL_BASE].name, c->prog);
+            const char *arg = argv[optind - 1];
+            if (optopt && !strncmp(arg, "--", 2)) /* a known long option given "=VALUE" */
+                fail_line(c, "--%.*s takes no argument (try %s --help)", (int)strcspn(arg + 2, "="), arg + 2, c->prog);
             else if (optopt) fail_line(c, "unknown option '-%c' (try %s --help)", optopt, c->prog);
-            else fail_line(c, "unknown option '%s' (try %s --help)", argv[optind - 1], c->prog);
+            else fail_line(c, "unknown option '%s' (try %s --help)", arg, c->prog);
             return -1;
         }
         if (ch == ':') {

@@ -236,7 +236,8 @@ int cmd_lines(int argc, char **argv)
         CLI_PID_OPT(&pid),
         {"function", 0, OPT_STRING, &func, "NAME", "the function to report", .required = 1},
         {"file", 0, OPT_STRING, &file, "FILE", "the file it is in, when several functions share its name"},
-        {"native-only", 0, OPT_FLAG, &alloc_native_only, NULL, "only what C code allocated (sessions tracking native allocations)"},
+        {"native-only", 0, OPT_FLAG, &alloc_native_only, NULL,
+         "only what C code allocated (sessions tracking native allocations)"},
         CLIENT_SOCKET_OPT,
         {0}};
     const struct opt_cmd cmd = {"memprof lines", opts, .about = about_lines, .more = example_lines};

@@ -165,7 +165,8 @@ int cmd_top(int argc, char **argv)
         {"limit", 0, OPT_INT, &limit, "N", "at most N rows (default 20, 0 = all)", 0, 1000000},
         {"interval", 0, OPT_SECONDS, &interval, "SECONDS", "refresh every SECONDS (default 1)", 0.1, 86400},
         {"no-fold", 0, OPT_FLAG, &no_fold, NULL, "show what __init__/__new__ allocate inside them"},
-        {"native-only", 0, OPT_FLAG, &alloc_native_only, NULL, "only what C code allocated (sessions tracking native allocations)"},
+        {"native-only", 0, OPT_FLAG, &alloc_native_only, NULL,
+         "only what C code allocated (sessions tracking native allocations)"},
         CLIENT_SOCKET_OPT,
         {0}};
     const struct opt_cmd cmd = {"memprof top", opts, .about = about_top, .more = example_top};

@@ -283,8 +283,7 @@ int cmd_diff(int argc, char **argv)
     double la, lb;
     const struct opt opts[] = {
         {"pid", 0, OPT_PID, &pid, "PID", "compare the last SECONDS of this process's history"},
-        {"session", 0, OPT_CALL, &session_id, "ID", "the same for one of the daemon's sessions (memprof status)",
-         .what = CLI_SESSION_WHAT, .set = cli_set_session},
+        CLI_SESSION_OPT(&session_id),
         {"window", 0, OPT_SECONDS, &window, "SECONDS", "how far back to compare (with --pid or --session)"},
         {"limit", 0, OPT_INT, &limit, "N", "at most N rows per table (default 20)", 0, 1000000},
         CLIENT_SOCKET_OPT,

@@ -214,9 +214,9 @@ static const char *arg_name(const struct opt *o)
 static void usage_word(FILE *f, const char *word, size_t *col, size_t indent)
 {
     size_t len = strlen(word);
-    if (*col + 1 + len > WIDTH && *col > indent) {
-        fprintf(f, "\n%*s", (int)indent, "");
-        *col = indent;
+    if (*col + 1 + len > WIDTH && *col > indent + 1) {
+        fprintf(f, "\n%*s", (int)indent + 1, ""); /* under the first word after prog */
+        *col = indent + 1;
     } else {
         fputc(' ', f);
         (*col)++;

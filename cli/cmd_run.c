@@ -177,7 +177,7 @@ static int pass_status(int status)
         kill(getpid(), sig);
         return 128 + sig;
     }
-    return 1;
+    return MP_EXIT_FAIL;
 }
 
 /* --function NAME, repeatable: into struct funcs */

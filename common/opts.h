@@ -9,16 +9,18 @@
 
 /* What an option's argument is, and where it goes (dest's type):
  *   OPT_FLAG     no argument; *(int *)dest = 1
- *   OPT_INT      *(int *)dest, a whole number from min to max
+ *   OPT_INT      *(int *)dest, a whole number from min to max (max 0: no upper bound)
  *   OPT_UINT     *(unsigned *)dest, likewise
- *   OPT_U64      *(uint64_t *)dest, likewise (max 0: any)
- *   OPT_SECONDS  *(double *)dest, a number of seconds above 0, from min to max (max 0: any)
+ *   OPT_U64      *(uint64_t *)dest, likewise
+ *   OPT_SECONDS  *(double *)dest, a number of seconds above 0, from min to max (max 0: no upper bound)
  *   OPT_PID      *(int *)dest, a process id
  *   OPT_STRING   *(const char **)dest = the argument
  *   OPT_CHOICE   *(int *)dest = the index of the argument in choices ("line|function")
- *   OPT_CALL     set(arg, dest) returns 0, or -1 when arg is not `what` (e.g. "an address like 0x7f3a1c2b4d80")
+ *   OPT_CALL     set(arg, dest) returns 0, or -1 when arg is not `what` (e.g. "an address like 0x7f3a1c2b4d80");
+ *                also for repeatable options (memprof run --function)
  * A bad argument is reported as one line, "memprof top: --interval needs a
- * number of seconds from 0.1 to 86400, got 'x'", and exits MP_EXIT_USAGE. */
+ * number of seconds from 0.1 to 86400, got 'x'", and opts_parse() returns -1
+ * with MP_EXIT_USAGE. --help and -h are every command's: no row may use them. */
 enum opt_kind { OPT_FLAG, OPT_INT, OPT_UINT, OPT_U64, OPT_SECONDS, OPT_PID, OPT_STRING, OPT_CHOICE, OPT_CALL };
 
 /* A table row names its first fields in order and the rest by name, all others zero:

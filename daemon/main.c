@@ -151,38 +151,32 @@ static int cmd_attach(int argc, char **argv)
     Memprof__AttachRequest req = MEMPROF__ATTACH_REQUEST__INIT;
     Envelope env = MEMPROF__ENVELOPE__INIT, *reply;
     double t0 = mp_now();
-    int fd, rc, pid = 0, exact = 0, no_track = 0, native = 0, method = 0;
-    uint64_t sample_rate = 0;
-    unsigned max_frames = 0, interval = 0;
+    int fd, rc, method = 0;
+    /* the rows write into req's fields (int32_t, uint32_t, protobuf_c_boolean: int, unsigned, int) */
     const struct opt opts[] = {
-        {"pid", 'p', OPT_PID, &pid, "PID", "the process", .required = 1},
-        {"sample-rate", 0, OPT_U64, &sample_rate, "BYTES", "mean bytes between allocation samples (default 524288)"},
-        {"exact", 0, OPT_FLAG, &exact, NULL, "count every allocation (slower) instead of sampling"},
-        {"max-frames", 0, OPT_UINT, &max_frames, "N", "Python frames kept per sample (default 64)"},
-        {"interval", 0, OPT_UINT, &interval, "MS", "how often the agent reports (default 250)"},
-        {"no-track", 0, OPT_FLAG, &no_track, NULL, "attach without allocation tracking"},
+        {"pid", 'p', OPT_PID, &req.pid, "PID", "the process", .required = 1},
+        {"sample-rate", 0, OPT_U64, &req.sample_rate, "BYTES", "mean bytes between allocation samples (default 524288)"},
+        {"exact", 0, OPT_FLAG, &req.exact, NULL, "count every allocation (slower) instead of sampling"},
+        {"max-frames", 0, OPT_UINT, &req.max_frames, "N", "Python frames kept per sample (default 64)"},
+        {"interval", 0, OPT_UINT, &req.interval_ms, "MS", "how often the agent reports (default 250)"},
+        {"no-track", 0, OPT_FLAG, &req.no_tracking, NULL, "attach without allocation tracking"},
         {"method", 0, OPT_CHOICE, &method, "M",
          "how the agent gets in: auto (default: remote-exec where it\n"
          "works, else ptrace), ptrace (stop a thread briefly and\n"
          "load it), remote-exec (Python 3.14+, PEP 768: the main\n"
          "thread loads it at its next safe point; nothing is stopped)",
          .choices = "auto|ptrace|remote-exec"},
-        {"native", 0, OPT_FLAG, &native, NULL, "also native allocations (malloc, mmap... of C extensions),\n"
-                                               "attributed to the Python line running (not with --exact)"},
+        {"native", 0, OPT_FLAG, &req.native, NULL, "also native allocations (malloc, mmap... of C extensions),\n"
+                                                   "attributed to the Python line running (not with --exact)"},
         CLIENT_SOCKET_OPT,
         {0}};
     const char *methods[] = {"auto", "ptrace", "remote-exec"};
     const struct opt_cmd cmd = {"memprofd attach", opts, .about = about_attach, .more = example_attach};
+    _Static_assert(sizeof req.pid == sizeof(int) && sizeof req.max_frames == sizeof(unsigned) &&
+                       sizeof req.exact == sizeof(int), "the option rows write int and unsigned");
     if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
-    if (native && (exact || no_track))
+    if (req.native && (req.exact || req.no_tracking))
         return opts_usage_error(&cmd, "--native samples native allocations: not with --exact or --no-track");
-    req.pid = pid;
-    req.sample_rate = sample_rate;
-    req.exact = exact;
-    req.max_frames = max_frames;
-    req.interval_ms = interval;
-    req.no_tracking = no_track;
-    req.native = native;
     req.method = (char *)methods[method];
     env.msg_case = MEMPROF__ENVELOPE__MSG_ATTACH;
     env.attach = &req;

@@ -100,7 +100,7 @@ static void print_top(FILE *o, const struct view *v, enum by by, enum sort sort,
                 ", \"mode\": \"%s\", \"sample_rate\": %.0f, \"rss\": %.0f, \"live\": %.0f, \"peak_live\": %.0f, "
                 "\"alloc_rate\": %.1f, \"samples_per_s\": %.2f, \"samples\": %.0f, \"dropped\": %.0f, "
                 "\"overhead\": %.5f, \"timestamp\": %.3f, \"by\": \"%s\", \"live_python\": %.0f, \"live_native\": %.0f, "
-                "\"alloc_native_only\": %s, \"rows\": [",
+                "\"native_only\": %s, \"rows\": [",
                 v->mode, v->rate_bytes, v->rss, live, v->peak_live, v->alloc_rate, v->samples_rate, v->samples,
                 v->dropped, v->overhead, v->ts, by == BY_LINE ? "line" : "function", v->live_python, v->live_native,
                 alloc_native_only ? "true" : "false");

@@ -27,6 +27,8 @@ PPROF_SRC = $(BUILD)/gen/profile.pb-c.c common/pprof.c
 WIRE_SRC = $(BUILD)/gen/memprof.pb-c.c proto/wire.c common/util.c
 # The client library: connect, handshake, typed calls; linked by memprof and memprofd (attach/detach/stop).
 CLIENT_SRC = client/client.c
+# The option parser (table per command, --help from it) of memprof and memprofd.
+OPTS_SRC = common/opts.c
 AGENT_SRC  = $(wildcard agent/*.c)
 DAEMON_SRC = $(wildcard daemon/*.c)
 CLI_SRC    = $(filter-out cli/main.c,$(wildcard cli/*.c))
@@ -78,8 +80,8 @@ $(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS) agent/agent.map
 	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_STATIC) -lpthread -ldl -lm
 
 # The daemon shares the agent's CPython ABI table (pyabi.c: data only).
-$(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) agent/pyabi.c $(WIRE_SRC) $(PPROF_SRC) $(HDRS)
-	$(CC) $(CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) -Idaemon -Iclient -Iagent -o $@ $(DAEMON_SRC) $(CLIENT_SRC) agent/pyabi.c \
+$(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) $(OPTS_SRC) agent/pyabi.c $(WIRE_SRC) $(PPROF_SRC) $(HDRS)
+	$(CC) $(CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) -Idaemon -Iclient -Iagent -o $@ $(DAEMON_SRC) $(CLIENT_SRC) $(OPTS_SRC) agent/pyabi.c \
 	    $(WIRE_SRC) $(PPROF_SRC) $(PKG_LIBS) $(Z_LIBS) $(MHD_LIBS) -lm
 
 # memprof rss: BPF programs (bpf/*.bpf.c) compiled against the kernel's BTF (vmlinux.h, generated) and loaded by
@@ -89,16 +91,16 @@ RSS_LIBS = $(shell pkg-config --libs libbpf libdw libelf 2>/dev/null)
 $(BUILD)/rss.stamp: bpf/rss.bpf.c bpf/rss.h bpf/build.sh
 	sh bpf/build.sh $(BUILD)
 
-$(BUILD)/memprof: cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PPROF_SRC) $(RSS_SRC) $(HDRS) $(BUILD)/flame_page.o \
-	    $(BUILD)/rss.stamp
-	$(CC) $(CFLAGS) $(Z_CFLAGS) -Icli -Iclient -Idaemon -Iagent -o $@ cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) \
-	    $(PPROF_SRC) $(RSS_SRC) $(BUILD)/flame_page.o $(PB_LIBS) $(Z_LIBS) $(RSS_LIBS) -lm
+$(BUILD)/memprof: cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC) $(RSS_SRC) $(HDRS) \
+	    $(BUILD)/flame_page.o $(BUILD)/rss.stamp
+	$(CC) $(CFLAGS) $(Z_CFLAGS) -Icli -Iclient -Idaemon -Iagent -o $@ cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) \
+	    $(WIRE_SRC) $(PPROF_SRC) $(RSS_SRC) $(BUILD)/flame_page.o $(PB_LIBS) $(Z_LIBS) $(RSS_LIBS) -lm
 
 $(BUILD)/test_wire: tests/unit/test_wire.c $(WIRE_SRC) $(HDRS)
 	$(CC) $(CFLAGS) -o $@ tests/unit/test_wire.c $(WIRE_SRC) $(PB_LIBS)
 
 # libFuzzer targets (clang only), one per decoder: fuzz_decode, every frame and message a daemon, agent or
-# client reads off a socket (wire.c); fuzz_snapshot, the snapshot files `memprof diff` reads (cli/cmd_alloc.c);
+# client reads off a socket (wire.c); fuzz_snapshot, the snapshot files `memprof diff` reads (cli/cmd_diff.c);
 # fuzz_agent_arg, the agent's start argument and MEMPROF_RUN (agent/agent.c); fuzz_alloc_report, what the
 # daemon makes of agents' allocation reports and the views it serves from them (daemon/alloc.c). Each starts
 # from its seeds and regression inputs in tests/fuzz/corpus/TARGET.
@@ -107,10 +109,12 @@ FUZZ_CC = clang -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOU
           -DMEMPROF_VERSION='"fuzz"'
 $(BUILD)/fuzz_decode: tests/fuzz/fuzz_decode.c $(WIRE_SRC) $(HDRS)
 	$(FUZZ_CC) -o $@ tests/fuzz/fuzz_decode.c $(WIRE_SRC) $(PB_LIBS)
-$(BUILD)/fuzz_snapshot: tests/fuzz/fuzz_snapshot.c cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(WIRE_SRC) $(PPROF_SRC) $(HDRS)
-	$(FUZZ_CC) -Icli -Iclient -Dmain=memprof_cli_main -c cli/main.c -o $(BUILD)/fuzz_cli_main.o
-	$(FUZZ_CC) -Icli -Iclient -o $@ tests/fuzz/fuzz_snapshot.c $(BUILD)/fuzz_cli_main.o \
-	    $(filter-out cli/cmd_alloc.c,$(CLI_SRC)) $(CLIENT_SRC) $(WIRE_SRC) $(PPROF_SRC) $(PB_LIBS) $(Z_LIBS) -lm
+# (memprof rss as its stub, as in tests/objects: its BPF loader stays out)
+$(BUILD)/fuzz_snapshot: tests/fuzz/fuzz_snapshot.c cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC) $(HDRS)
+	$(FUZZ_CC) -DMEMPROF_NO_RSS -Icli -Iclient -Dmain=memprof_cli_main -c cli/main.c -o $(BUILD)/fuzz_cli_main.o
+	$(FUZZ_CC) -DMEMPROF_NO_RSS -Icli -Iclient -o $@ tests/fuzz/fuzz_snapshot.c $(BUILD)/fuzz_cli_main.o \
+	    $(filter-out cli/cmd_diff.c cli/rss_%.c,$(CLI_SRC)) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC) \
+	    $(PB_LIBS) $(Z_LIBS) -lm
 $(BUILD)/fuzz_agent_arg: tests/fuzz/fuzz_agent_arg.c $(AGENT_SRC) $(WIRE_SRC) $(HDRS)
 	$(FUZZ_CC) -Iagent -o $@ tests/fuzz/fuzz_agent_arg.c $(filter-out agent/agent.c agent/launch.c,$(AGENT_SRC)) \
 	    $(WIRE_SRC) $(PB_LIBS) -lpthread -ldl -lm

@@ -1,7 +1,6 @@
 /* cmd_export.c -- `memprof export`: a session's allocation data for other
  * tools, as JSON, collapsed stacks (flamegraph.pl), pprof or speedscope. */
 #include <errno.h>
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,11 +11,7 @@
 #include "commands.h"
 #include "pprof.h"
 
-static const char *usage_export =
-    "usage: memprof export (--pid PID | --session ID)\n"
-    "                      [--format json|collapsed|pprof|speedscope] [-o FILE]\n"
-    "                      [--allocated] [--socket PATH]\n"
-    "\n"
+static const char *about_export =
     "Write the allocation data of an attached or ended session (memprof status\n"
     "lists them; --session ID picks one, e.g. after its pid was reused):\n"
     "  json       frames, stacks (frame ids, innermost first, \"native\": true for\n"
@@ -36,8 +31,9 @@ static const char *usage_export =
     "             inuse_space (shown first; alloc_space with --allocated), one\n"
     "             location per Python frame. Needs -o or a redirected stdout.\n"
     "  speedscope speedscope's JSON: profiles 'live bytes' and 'allocated bytes'.\n"
-    "In sampling mode the figures are estimates. Default: json to stdout.\n"
-    "\n"
+    "In sampling mode the figures are estimates. Default: json to stdout.\n";
+
+static const char *example_export =
     "examples:\n"
     "  $ memprof export --pid 4242 --format collapsed -o live.folded\n"
     "  wrote live.folded: 14 stacks, 1.6 MiB live (collapsed)\n"
@@ -263,12 +259,8 @@ static long export_collapsed(FILE *f, const Memprof__AllocData *d, double *total
 
 int cmd_export(int argc, char **argv)
 {
-    static struct option opts[] = {{"pid", required_argument, 0, 'p'},    {"session", required_argument, 0, 'S'},
-                                   {"format", required_argument, 0, 'f'}, {"output", required_argument, 0, 'o'},
-                                   {"socket", required_argument, 0, 's'}, {"allocated", no_argument, 0, 'a'},
-                                   {0}};
-    enum { JSON, COLLAPSED, PPROF, SPEEDSCOPE } format = JSON;
-    int c, pid = 0, allocated = 0, to_stdout;
+    enum { JSON, COLLAPSED, PPROF, SPEEDSCOPE };
+    int format = JSON, pid = 0, allocated = 0, to_stdout, rc;
     unsigned session_id = 0;
     const char *out = "-";
     char err[MP_ERRLEN], b[32];
@@ -276,33 +268,22 @@ int cmd_export(int argc, char **argv)
     FILE *f;
     long nstacks = 0;
     double total = 0;
-    if (cli_wants_help(argc, argv)) {
-        fputs(usage_export, stdout);
-        return 0;
-    }
-    while ((c = getopt_long(argc, argv, "o:", opts, NULL)) != -1) {
-        switch (c) {
-        case 'p':
-            if (cli_parse_pid(optarg, &pid) < 0) return cli_fail("--pid: '%s' is not a pid", optarg);
-            break;
-        case 'S':
-            if (cli_parse_session(optarg, &session_id) < 0) return cli_fail("--session: '%s' is not a session id", optarg);
-            break;
-        case 'f':
-            if (!strcmp(optarg, "json")) format = JSON;
-            else if (!strcmp(optarg, "collapsed")) format = COLLAPSED;
-            else if (!strcmp(optarg, "pprof")) format = PPROF;
-            else if (!strcmp(optarg, "speedscope")) format = SPEEDSCOPE;
-            else return cli_fail("--format: expected json, collapsed, pprof or speedscope, not '%s'", optarg);
-            break;
-        case 'a': allocated = 1; break;
-        case 'o': out = optarg; break;
-        case 's': client_socket_opt = optarg; break;
-        default: fputs(usage_export, stderr); return 3;
-        }
-    }
-    if (optind < argc) return cli_fail("unexpected argument '%s' (see memprof export --help)", argv[optind]);
-    if (!pid && !session_id) return cli_fail("--pid PID or --session ID is required (see memprof export --help)");
+    const struct opt opts[] = {
+        CLI_PID_OR_SESSION_OPT(&pid),
+        CLI_SESSION_OPT(&session_id),
+        {"format", 0, OPT_CHOICE, &format, NULL, "what to write (default json; see above)",
+         .choices = "json|collapsed|pprof|speedscope"},
+        {"output", 'o', OPT_STRING, &out, "FILE", "write to FILE (default: stdout)"},
+        {"allocated", 0, OPT_FLAG, &allocated, NULL, "pprof: show alloc_space first instead of inuse_space"},
+        CLIENT_SOCKET_OPT,
+        {0}};
+    const struct opt_cmd cmd = {"memprof export", opts,
+                                .synopsis = "(--pid PID | --session ID)\n"
+                                            "                      [--format json|collapsed|pprof|speedscope] [-o FILE]\n"
+                                            "                      [--allocated] [--socket PATH]",
+                                .about = about_export, .more = example_export};
+    if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
+    if (!pid && !session_id) return opts_usage_error(&cmd, "--pid PID or --session ID is required");
     to_stdout = !strcmp(out, "-");
     if (format == PPROF && to_stdout && isatty(STDOUT_FILENO))
         return cli_fail("--format pprof writes binary data: give -o FILE or redirect stdout");

@@ -1,7 +1,6 @@
 /* cmd_flame.c -- `memprof flamegraph` (one self-contained HTML page: d3-flame-graph, inlined at build time)
  * and `memprof export --format speedscope`: a session's stacks as a tree of frames or speedscope's JSON. */
 #include <errno.h>
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,17 +13,15 @@
 
 extern const char flame_page[]; /* build/flame.html, embedded by flame_page.S */
 
-static const char *usage_flame =
-    "usage: memprof flamegraph (--pid PID | --session ID) -o FILE.html [--allocated]\n"
-    "                          [--socket PATH]\n"
-    "\n"
+static const char *about_flame =
     "Write an interactive flame graph of an attached or ended session as one\n"
     "self-contained HTML file (d3-flame-graph; nothing is fetched when it is\n"
     "opened): frame width is live bytes, or with --allocated all bytes allocated\n"
     "since tracking began. Click a frame to zoom, hover for its figures, search\n"
     "for a function, file or file:line to highlight it (FILE.html#search=TERM\n"
-    "opens with TERM searched). In sampling mode the figures are estimates.\n"
-    "\n"
+    "opens with TERM searched). In sampling mode the figures are estimates.\n";
+
+static const char *example_flame =
     "example:\n"
     "  $ memprof flamegraph --pid 4242 -o flame.html\n"
     "  wrote flame.html: 41 stacks, 6.1 MiB live\n";
@@ -289,10 +286,7 @@ static long build_tree(struct node *root, const Memprof__AllocData *d, const str
 
 int cmd_flamegraph(int argc, char **argv)
 {
-    static struct option opts[] = {{"pid", required_argument, 0, 'p'},    {"session", required_argument, 0, 'S'},
-                                   {"output", required_argument, 0, 'o'}, {"allocated", no_argument, 0, 'a'},
-                                   {"socket", required_argument, 0, 's'}, {0}};
-    int c, pid = 0, allocated = 0;
+    int pid = 0, allocated = 0, rc;
     unsigned session_id = 0;
     const char *out = NULL;
     char err[MP_ERRLEN], b1[32], b2[32], title[512], subtitle[1024], when[64], mode[96];
@@ -304,27 +298,19 @@ int cmd_flamegraph(int argc, char **argv)
     long nstacks;
     FILE *f;
     time_t ts;
-    if (cli_wants_help(argc, argv)) {
-        fputs(usage_flame, stdout);
-        return 0;
-    }
-    while ((c = getopt_long(argc, argv, "o:", opts, NULL)) != -1) {
-        switch (c) {
-        case 'p':
-            if (cli_parse_pid(optarg, &pid) < 0) return cli_fail("--pid: '%s' is not a pid", optarg);
-            break;
-        case 'S':
-            if (cli_parse_session(optarg, &session_id) < 0) return cli_fail("--session: '%s' is not a session id", optarg);
-            break;
-        case 'o': out = optarg; break;
-        case 'a': allocated = 1; break;
-        case 's': client_socket_opt = optarg; break;
-        default: fputs(usage_flame, stderr); return 3;
-        }
-    }
-    if (optind < argc) return cli_fail("unexpected argument '%s' (see memprof flamegraph --help)", argv[optind]);
-    if (!pid && !session_id) return cli_fail("--pid PID or --session ID is required (see memprof flamegraph --help)");
-    if (!out) return cli_fail("-o FILE.html is required (see memprof flamegraph --help)");
+    const struct opt opts[] = {
+        CLI_PID_OR_SESSION_OPT(&pid),
+        CLI_SESSION_OPT(&session_id),
+        {"output", 'o', OPT_STRING, &out, "FILE.html", "the HTML file to write", .required = 1},
+        {"allocated", 0, OPT_FLAG, &allocated, NULL, "frame width is all bytes allocated, not live bytes"},
+        CLIENT_SOCKET_OPT,
+        {0}};
+    const struct opt_cmd cmd = {"memprof flamegraph", opts,
+                                .synopsis = "(--pid PID | --session ID) -o FILE.html [--allocated]\n"
+                                            "                          [--socket PATH]",
+                                .about = about_flame, .more = example_flame};
+    if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
+    if (!pid && !session_id) return opts_usage_error(&cmd, "--pid PID or --session ID is required");
     if (alloc_fetch(pid, session_id, 0, &reply, err) < 0) return cli_fail("%s", err);
     d = reply->alloc_data;
     s = d->session;

@@ -1,7 +1,6 @@
 /* cmd_ipython.c -- the IPython extension's helpers: `memprof ipython-path` (where its
  * Python package is) and `memprof inproc` (a run for an interpreter loading the agent itself). */
 #include <errno.h>
-#include <getopt.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,17 +10,13 @@
 #include "client.h"
 #include "commands.h"
 
-static const char *usage_ipython_path =
-    "usage: memprof ipython-path\n"
-    "\n"
+static const char *about_ipython_path =
     "Print the directory holding memprof's IPython extension (the `memprof`\n"
     "Python package), for an interpreter or virtualenv that does not see it:\n"
     "  $ PYTHONPATH=$(memprof ipython-path) ipython\n"
     "  In [1]: %load_ext memprof\n";
 
-static const char *usage_inproc =
-    "usage: memprof inproc [--sample-rate BYTES] [--socket PATH]\n"
-    "\n"
+static const char *about_inproc =
     "Used by the IPython extension (%load_ext memprof), not by hand: asks memprofd\n"
     "(started if needed) for a run its parent process joins by loading the agent\n"
     "itself. Prints one line, AGENT_LIBRARY<TAB>AGENT_SETTINGS, then keeps the\n"
@@ -45,14 +40,10 @@ int cmd_ipython_path(int argc, char **argv)
     char dir[PATH_MAX], cand[PATH_MAX + 64], real[PATH_MAX];
     /* installed: PREFIX/bin/memprof -> PREFIX/lib/python3/dist-packages; built: build/memprof -> python/ */
     const char *rel[] = {"/../lib/python3/dist-packages", "/../python"};
-    if (cli_wants_help(argc, argv)) {
-        fputs(usage_ipython_path, stdout);
-        return 0;
-    }
-    if (argc > 1) {
-        fputs(usage_ipython_path, stderr);
-        return 2;
-    }
+    const struct opt opts[] = {{0}};
+    const struct opt_cmd cmd = {"memprof ipython-path", opts, .about = about_ipython_path};
+    int rc;
+    if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
     self_dir(dir, sizeof dir);
     for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
         snprintf(cand, sizeof cand, "%s%s/memprof/__init__.py", dir, rel[i]);
@@ -66,32 +57,32 @@ int cmd_ipython_path(int argc, char **argv)
                     "PREFIX/lib/python3/dist-packages/memprof)", dir[0] ? dir : "this program");
 }
 
+/* --sample-rate BYTES: sampling instead of exact counts */
+static int set_rate(const char *arg, void *dest)
+{
+    Memprof__RunRequest *rq = dest;
+    char *end;
+    errno = 0;
+    rq->sample_rate = strtoull(arg, &end, 10);
+    if (errno || *end || end == arg || arg[0] == '-' || !rq->sample_rate) return -1;
+    rq->exact = 0;
+    return 0;
+}
+
 int cmd_inproc(int argc, char **argv)
 {
-    static struct option opts[] = {{"sample-rate", required_argument, 0, 'r'},
-                                   {"socket", required_argument, 0, 's'},
-                                   {0}};
     Memprof__RunRequest rq = MEMPROF__RUN_REQUEST__INIT;
     Envelope env = MEMPROF__ENVELOPE__INIT, *reply = NULL;
-    char err[MP_ERRLEN], buf[256], *end;
-    int c, fd;
-    if (cli_wants_help(argc, argv)) {
-        fputs(usage_inproc, stdout);
-        return 0;
-    }
+    char err[MP_ERRLEN], buf[256];
+    int fd, rc;
+    const struct opt opts[] = {
+        {"sample-rate", 0, OPT_CALL, &rq, "BYTES", "mean bytes between samples (default: exact counts)",
+         .what = "a number of bytes of at least 1", .set = set_rate},
+        CLIENT_SOCKET_OPT,
+        {0}};
+    const struct opt_cmd cmd = {"memprof inproc", opts, .about = about_inproc};
     rq.exact = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'r':
-            errno = 0;
-            rq.sample_rate = strtoull(optarg, &end, 10);
-            if (errno || *end || !rq.sample_rate) return cli_fail("--sample-rate: '%s' is not a number of bytes", optarg);
-            rq.exact = 0;
-            break;
-        case 's': client_socket_opt = optarg; break;
-        default: fputs(usage_inproc, stderr); return 2;
-        }
-    }
+    if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
     if ((fd = client_connect(client_socket_opt, 1, err)) < 0) return cli_fail("%s", err);
     env.msg_case = MEMPROF__ENVELOPE__MSG_RUN;
     env.run = &rq;

@@ -1,7 +1,6 @@
 /* cmd_objects.c -- `memprof types`, `growth`, `backrefs` and `chain`: what objects a
  * process holds and why, asked of the agent in it (agent/census.c) through memprofd. */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,23 +16,13 @@
 #define CALL_TIMEOUT_MS 120000 /* a chain on a huge heap takes a few levels of passes */
 #define TYPE_CELL 1024        /* a type name in a table, escaped (cli_esc) */
 
-static const char *usage_types =
-    "usage: memprof types --pid PID [--limit N] [--sort count|size] [--long] [--all] [--json]\n"
-    "                     [--socket PATH]\n"
-    "\n"
+static const char *about_types =
     "Count the objects of a running Python process by type (objgraph's\n"
     "show_most_common_types), with their total shallow size (sys.getsizeof of each,\n"
     "plus the list/dict/set buffers they own). The census runs inside the target,\n"
-    "in C, holding the GIL; the footer says for how long.\n"
-    "\n"
-    "  --pid PID         the process (attach first: memprofd attach --pid PID)\n"
-    "  --limit N         show the N biggest types (default 20, 0 = all)\n"
-    "  --sort count|size order by object count (default) or total size\n"
-    "  --long            module-qualified type names (collections.OrderedDict)\n"
-    "  --all             also count objects the GC does not track (str, int, float,\n"
-    "                    bytes, ...) reachable from tracked ones, each once\n"
-    "  --json            one JSON object instead of the table\n"
-    "\n"
+    "in C, holding the GIL; the footer says for how long.\n";
+
+static const char *example_types =
     "example:\n"
     "  $ memprof types --pid 4242 --limit 3\n"
     "  TYPE                    COUNT        SIZE\n"
@@ -42,20 +31,12 @@ static const char *usage_types =
     "  function                 6212   868.9 KiB\n"
     "  total: 2035402 objects, 118.7 MiB, 512 types (GC-tracked); GIL held 21.3 ms\n";
 
-static const char *usage_growth =
-    "usage: memprof growth --pid PID [--interval S] [--limit N] [--count K] [--all] [--json]\n"
-    "                      [--socket PATH]\n"
-    "\n"
+static const char *about_growth =
     "Watch object counts change (objgraph's show_growth, with decreases and sizes):\n"
     "first a baseline census, then every S seconds the types whose count or total\n"
-    "size changed since the previous census, with signed deltas.\n"
-    "\n"
-    "  --interval S   seconds between censuses (default 5; fractions allowed)\n"
-    "  --limit N      at most N types per report (default 20, 0 = all)\n"
-    "  --count K      stop after K reports (default: run until interrupted)\n"
-    "  --all          include untracked objects (see memprof types --help)\n"
-    "  --json         one JSON object per census, one per line\n"
-    "\n"
+    "size changed since the previous census, with signed deltas.\n";
+
+static const char *example_growth =
     "example:\n"
     "  $ memprof growth --pid 4242 --interval 2 --count 1\n"
     "  baseline: 2035402 objects, 118.7 MiB (GIL 21.3 ms)\n"
@@ -65,39 +46,31 @@ static const char *usage_growth =
     "  MyBigFatObject        1002000    +2000  +1000/s    53.5 MiB   +109.4 KiB\n"
     "  list                  1002115    +2002  +1001/s    61.1 MiB   +125.1 KiB\n";
 
-static const char *usage_backrefs =
-    "usage: memprof backrefs --pid PID (--type NAME | --addr 0xADDR) -o FILE.dot|.png|.svg\n"
-    "                        [--max-depth N] [--too-many N] [--max-start N] [--socket PATH]\n"
-    "\n"
+#define SYN_BACKREFS                                                                       \
+    "--pid PID (--type NAME | --addr 0xADDR) -o FILE.dot|.png|.svg\n"                     \
+    "                        [--max-depth N] [--too-many N] [--max-start N] [--socket PATH]"
+#define SYN_CHAIN "--pid PID (--type NAME | --addr 0xADDR) [--max-depth N] [--socket PATH]"
+
+static const char *about_backrefs =
     "Draw who refers to some objects (objgraph's show_backrefs): the objects of type\n"
     "NAME (a sample of --max-start of them) or the one at ADDR, their referrers, the\n"
     "referrers of those, ... up to --max-depth. Boxes show the type and a short repr;\n"
     "the starting objects are red, modules green, edges carry the attribute name,\n"
     "dict key or index, and nodes with more than --too-many referrers get a\n"
-    "\"N more backreferences\" box. .png/.svg are rendered with Graphviz's dot.\n"
-    "\n"
-    "  --type NAME     type name, short (Foo) or module-qualified (pkg.mod.Foo)\n"
-    "  --addr 0xADDR   one object, by id()\n"
-    "  --max-depth N   levels of referrers (default 3)\n"
-    "  --too-many N    referrers shown per object (default 10)\n"
-    "  --max-start N   objects of the type to start from (default 1)\n"
-    "  -o FILE         output: .dot (Graphviz source), .png or .svg\n"
-    "\n"
+    "\"N more backreferences\" box. .png/.svg are rendered with Graphviz's dot.\n";
+
+static const char *example_backrefs =
     "example:\n"
     "  $ memprof backrefs --pid 4242 --addr 0x7f3a1c2b4d80 -o x.png\n"
     "  Graph written to x.png (6 objects; GIL held 35.2 ms)\n";
 
-static const char *usage_chain =
-    "usage: memprof chain --pid PID (--type NAME | --addr 0xADDR) [--max-depth N]\n"
-    "                     [--socket PATH]\n"
-    "\n"
+static const char *about_chain =
     "Print the shortest chain of references from a module to an object of type NAME\n"
     "(or the object at ADDR): why it is still alive (objgraph's find_backref_chain).\n"
     "When no module leads to it, the chain starts at an object nothing else refers\n"
-    "to: a running function's local variable, C code or the interpreter holds it.\n"
-    "\n"
-    "  --max-depth N   give up after N references (default 20)\n"
-    "\n"
+    "to: a running function's local variable, C code or the interpreter holds it.\n";
+
+static const char *example_chain =
     "example:\n"
     "  $ memprof chain --pid 4242 --type MyBigFatObject\n"
     "  module __main__ → dict (module globals) ['cache'] → list [3] → MyBigFatObject 0x7f3a1c2b4d80\n";
@@ -109,132 +82,64 @@ struct opts {
     int limit;
     int sort_size, longnames, all, json;
     double interval;
-    long count;
+    int count;
     const char *type_name;
     uint64_t addr;
     unsigned max_depth, too_many, max_start;
     const char *output;
 };
 
-enum { O_PID = 1000, O_LIMIT, O_SORT, O_LONG, O_ALL, O_JSON, O_SOCKET, O_INTERVAL, O_COUNT,
-       O_TYPE, O_ADDR, O_DEPTH, O_TOOMANY, O_START };
-
-static int parse_uint(const char *opt, const char *s, unsigned long max, unsigned long *out)
+/* --addr 0xADDR */
+static int set_addr(const char *arg, void *dest)
 {
     char *end;
-    unsigned long v;
+    uint64_t v;
     errno = 0;
-    v = strtoul(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-' || v > max) {
-        fprintf(stderr, "memprof: %s wants a number from 0 to %lu, not '%s'\n", opt, max, s);
-        return -1;
-    }
-    *out = v;
+    v = strtoull(arg, &end, 16);
+    if (errno || end == arg || *end || !v) return -1;
+    *(uint64_t *)dest = v;
     return 0;
 }
 
-/* Parse argv against the options a command accepts ("which" lists them as
- * letters). Returns 0 to go on, else the exit code + 1. */
-static int parse(int argc, char **argv, const char *usage, const char *which, struct opts *o)
+/* Parse argv into o against the options of the command cmd->prog: `which`
+ * names them by their letter in the table below (--socket always). Returns 0
+ * to go on, or -1 with *status the exit status. */
+static int parse(int argc, char **argv, struct opt_cmd *cmd, const char *which, struct opts *o, int *status)
 {
-    static const struct option all[] = {
-        {"pid", required_argument, 0, O_PID},         {"limit", required_argument, 0, O_LIMIT},
-        {"sort", required_argument, 0, O_SORT},       {"long", no_argument, 0, O_LONG},
-        {"all", no_argument, 0, O_ALL},               {"json", no_argument, 0, O_JSON},
-        {"socket", required_argument, 0, O_SOCKET},   {"interval", required_argument, 0, O_INTERVAL},
-        {"count", required_argument, 0, O_COUNT},     {"type", required_argument, 0, O_TYPE},
-        {"addr", required_argument, 0, O_ADDR},       {"max-depth", required_argument, 0, O_DEPTH},
-        {"too-many", required_argument, 0, O_TOOMANY}, {"max-start", required_argument, 0, O_START},
-        {0, 0, 0, 0}};
-    const char *letters = "plsLajSicTAdmno"; /* one per entry of all[], then -o */
-    struct option opts[16];
-    unsigned long v;
-    int c, n = 0;
-    char *end;
+    const struct opt all[] = {
+        CLI_PID_OPT(&o->pid),
+        {"limit", 0, OPT_INT, &o->limit, "N", "at most N types (default 20, 0 = all)", 0, 1000000},
+        {"sort", 0, OPT_CHOICE, &o->sort_size, NULL, "order by object count (default) or total size",
+         .choices = "count|size"},
+        {"long", 0, OPT_FLAG, &o->longnames, NULL, "module-qualified type names (collections.OrderedDict)"},
+        {"all", 0, OPT_FLAG, &o->all, NULL, "also count objects the GC does not track (str, int, float,\n"
+                                            "bytes, ...) reachable from tracked ones, each once"},
+        {"json", 0, OPT_FLAG, &o->json, NULL, "JSON instead of the table (growth: one object per census)"},
+        {"interval", 0, OPT_SECONDS, &o->interval, "S", "seconds between censuses (default 5; fractions allowed)", 0.1,
+         86400},
+        {"count", 0, OPT_INT, &o->count, "K", "stop after K reports (default: run until interrupted)", 0, 100000000},
+        {"type", 0, OPT_STRING, &o->type_name, "NAME", "type name, short (Foo) or module-qualified (pkg.mod.Foo)"},
+        {"addr", 0, OPT_CALL, &o->addr, "0xADDR", "one object, by id()", .what = "an address like 0x7f3a1c2b4d80",
+         .set = set_addr},
+        {"max-depth", 0, OPT_UINT, &o->max_depth, "N", "levels of referrers (backrefs: default 3; chain: 20)", 0, 100},
+        {"too-many", 0, OPT_UINT, &o->too_many, "N", "referrers shown per object (default 10)", 0, 1000},
+        {"max-start", 0, OPT_UINT, &o->max_start, "N", "objects of the type to start from (default 1)", 0, 100},
+        {"output", 'o', OPT_STRING, &o->output, "FILE", "output: .dot (Graphviz source), .png or .svg"},
+        CLIENT_SOCKET_OPT};
+    const char *letters = "plsLajicTAdmno"; /* one per row of all[] but --socket */
+    struct opt mine[sizeof all / sizeof all[0] + 1];
+    size_t n = 0;
 
     memset(o, 0, sizeof *o);
     o->limit = 20;
     o->interval = 5;
-    if (cli_wants_help(argc, argv)) {
-        fputs(usage, stdout);
-        return 1;
-    }
-    for (int i = 0; all[i].name; i++)
-        if (strchr(which, letters[i]) || all[i].val == O_SOCKET) opts[n++] = all[i];
-    memset(&opts[n], 0, sizeof opts[n]);
-    optind = 0; /* also resets GNU getopt's state: commands may run more than once per process */
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, strchr(which, 'o') ? "+o:" : "+", opts, NULL)) != -1) {
-        switch (c) {
-        case O_PID:
-            if ((o->pid = mp_parse_pid(optarg)) < 0) {
-                fprintf(stderr, "memprof: --pid wants a process id, not '%s'\n", optarg);
-                return 3;
-            }
-            break;
-        case O_LIMIT:
-            if (parse_uint("--limit", optarg, 1000000, &v) < 0) return 3;
-            o->limit = (int)v;
-            break;
-        case O_SORT:
-            if (strcmp(optarg, "count") && strcmp(optarg, "size")) {
-                fprintf(stderr, "memprof: --sort is count or size, not '%s'\n", optarg);
-                return 3;
-            }
-            o->sort_size = !strcmp(optarg, "size");
-            break;
-        case O_LONG: o->longnames = 1; break;
-        case O_ALL: o->all = 1; break;
-        case O_JSON: o->json = 1; break;
-        case O_SOCKET: client_socket_opt = optarg; break;
-        case O_INTERVAL:
-            o->interval = strtod(optarg, &end);
-            if (end == optarg || *end || !(o->interval >= 0.1 && o->interval <= 86400)) {
-                fprintf(stderr, "memprof: --interval wants seconds from 0.1 to 86400, not '%s'\n", optarg);
-                return 3;
-            }
-            break;
-        case O_COUNT:
-            if (parse_uint("--count", optarg, 100000000, &v) < 0) return 3;
-            o->count = (long)v;
-            break;
-        case O_TYPE: o->type_name = optarg; break;
-        case O_ADDR:
-            errno = 0;
-            o->addr = strtoull(optarg, &end, 16);
-            if (errno || end == optarg || *end || !o->addr) {
-                fprintf(stderr, "memprof: --addr wants an address like 0x7f3a1c2b4d80, not '%s'\n", optarg);
-                return 3;
-            }
-            break;
-        case O_DEPTH:
-            if (parse_uint("--max-depth", optarg, 100, &v) < 0) return 3;
-            o->max_depth = (unsigned)v;
-            break;
-        case O_TOOMANY:
-            if (parse_uint("--too-many", optarg, 1000, &v) < 0) return 3;
-            o->too_many = (unsigned)v;
-            break;
-        case O_START:
-            if (parse_uint("--max-start", optarg, 100, &v) < 0) return 3;
-            o->max_start = (unsigned)v;
-            break;
-        case 'o': o->output = optarg; break;
-        default:
-            if (optopt) fprintf(stderr, "memprof: option needs a value or is unknown (try --help)\n");
-            else fprintf(stderr, "memprof: unknown option '%s' (try --help)\n", argv[optind - 1]);
-            return 3;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "memprof: unexpected argument '%s' (try --help)\n", argv[optind]);
-        return 3;
-    }
-    if (!o->pid) {
-        fprintf(stderr, "memprof: --pid PID is required (try --help)\n");
-        return 3;
-    }
-    return 0;
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (!letters[i] || strchr(which, letters[i])) mine[n++] = all[i];
+    memset(&mine[n], 0, sizeof mine[n]);
+    cmd->opts = mine;
+    n = (size_t)opts_parse(cmd, argc, argv, status);
+    cmd->opts = NULL; /* mine ends here; opts_usage_error needs only the name */
+    return (int)n < 0 ? -1 : 0;
 }
 
 /* ---------------------------------------------------------------- agent calls */
@@ -268,7 +173,7 @@ static int census_call(const struct opts *o, Envelope **env, Memprof__AgentReply
     creq.all = o->all;
     req.body_case = MEMPROF__AGENT_REQUEST__BODY_CENSUS;
     req.census = &creq;
-    if (agent_call(o, &req, env, reply)) return 1;
+    if (agent_call(o, &req, env, reply)) return MP_EXIT_FAIL;
     if ((*reply)->body_case != MEMPROF__AGENT_REPLY__BODY_CENSUS || !(*reply)->census) {
         wire_free(*env);
         return cli_fail("pid %d: the agent answered something else than a census", o->pid);
@@ -386,9 +291,10 @@ int cmd_types(int argc, char **argv)
     Memprof__AgentReply *reply;
     Memprof__CensusReply *c;
     char sz[32];
-    int rc = parse(argc, argv, usage_types, "plsLajS", &o);
-    if (rc) return rc - 1;
-    if (census_call(&o, &env, &reply)) return 1;
+    struct opt_cmd cmd = {"memprof types", .about = about_types, .more = example_types};
+    int rc;
+    if (parse(argc, argv, &cmd, "plsLaj", &o, &rc) < 0) return rc;
+    if (census_call(&o, &env, &reply)) return MP_EXIT_FAIL;
     c = reply->census;
     if (table_make(c, o.longnames, &t) < 0) {
         wire_free(env);
@@ -545,10 +451,11 @@ int cmd_growth(int argc, char **argv)
     Memprof__AgentReply *reply;
     double t0, tprev, next;
     char sz[32];
-    int rc = parse(argc, argv, usage_growth, "plaSjic", &o);
-    if (rc) return rc - 1;
+    struct opt_cmd cmd = {"memprof growth", .about = about_growth, .more = example_growth};
+    int rc;
+    if (parse(argc, argv, &cmd, "plajic", &o, &rc) < 0) return rc;
     t0 = tprev = mp_now();
-    if (census_call(&o, &env, &reply)) return 1;
+    if (census_call(&o, &env, &reply)) return MP_EXIT_FAIL;
     if (table_make(reply->census, 0, &prev) < 0) {
         wire_free(env);
         return cli_fail("out of memory");
@@ -578,7 +485,7 @@ int cmd_growth(int argc, char **argv)
         t = mp_now();
         if (census_call(&o, &env, &reply)) {
             table_free(&prev);
-            return 1;
+            return MP_EXIT_FAIL;
         }
         if (table_make(reply->census, 0, &cur) < 0) {
             wire_free(env);
@@ -598,12 +505,11 @@ int cmd_growth(int argc, char **argv)
 
 /* ---------------------------------------------------------------- backrefs graph */
 
+/* The back-references (or the chain) o asks for: 0, or MP_EXIT_FAIL after printing an error. */
 static int backrefs_call(const struct opts *o, int chain, Envelope **env, Memprof__AgentReply **reply)
 {
     Memprof__AgentRequest req = MEMPROF__AGENT_REQUEST__INIT;
     Memprof__BackrefsRequest breq = MEMPROF__BACKREFS_REQUEST__INIT;
-    if (!!o->type_name == !!o->addr)
-        return cli_fail("give one of --type NAME or --addr 0xADDR (try --help)") + 1;
     breq.type_name = o->type_name ? (char *)o->type_name : (char *)"";
     breq.addr = o->addr;
     breq.max_depth = o->max_depth;
@@ -612,7 +518,7 @@ static int backrefs_call(const struct opts *o, int chain, Envelope **env, Mempro
     breq.chain_only = chain;
     req.body_case = MEMPROF__AGENT_REQUEST__BODY_BACKREFS;
     req.backrefs = &breq;
-    if (agent_call(o, &req, env, reply)) return 1;
+    if (agent_call(o, &req, env, reply)) return MP_EXIT_FAIL;
     if ((*reply)->body_case != MEMPROF__AGENT_REPLY__BODY_BACKREFS || !(*reply)->backrefs) {
         wire_free(*env);
         return cli_fail("pid %d: the agent answered something else than back-references", o->pid);
@@ -828,13 +734,16 @@ int cmd_backrefs(int argc, char **argv)
     Memprof__BackrefsReply *r;
     char err[MP_ERRLEN];
     size_t objects = 0;
-    int rc = parse(argc, argv, usage_backrefs, "pSTAdmno", &o);
-    if (rc) return rc - 1;
-    if (!o.output) return cli_fail("-o FILE.dot|FILE.png|FILE.svg is required (try --help)") + 1;
+    struct opt_cmd cmd = {"memprof backrefs", .synopsis = SYN_BACKREFS, .about = about_backrefs,
+                          .more = example_backrefs};
+    int rc;
+    if (parse(argc, argv, &cmd, "pTAdmno", &o, &rc) < 0) return rc;
+    if (!!o.type_name == !!o.addr) return opts_usage_error(&cmd, "give one of --type NAME or --addr 0xADDR");
+    if (!o.output) return opts_usage_error(&cmd, "-o FILE.dot|FILE.png|FILE.svg is required");
     {   /* refuse a bad output name before asking the target for anything */
         const char *ext = strrchr(o.output, '.');
         if (!ext || (strcmp(ext, ".dot") && strcmp(ext, ".png") && strcmp(ext, ".svg")))
-            return cli_fail("-o %s: the output must end in .dot, .png or .svg", o.output) + 1;
+            return opts_usage_error(&cmd, "-o %s: the output must end in .dot, .png or .svg", o.output);
         if (strcmp(ext, ".dot") && !find_dot(err, sizeof err))
             return cli_fail("Graphviz 'dot' not found on PATH: install graphviz to render %s, or write "
                             "the graph source with -o graph.dot",
@@ -880,8 +789,10 @@ int cmd_chain(int argc, char **argv)
     Memprof__BackrefsReply *r;
     const Memprof__GraphNode *prev = NULL;
     const char *in_label = NULL;
-    int rc = parse(argc, argv, usage_chain, "pSTAd", &o);
-    if (rc) return rc - 1;
+    struct opt_cmd cmd = {"memprof chain", .synopsis = SYN_CHAIN, .about = about_chain, .more = example_chain};
+    int rc;
+    if (parse(argc, argv, &cmd, "pTAd", &o, &rc) < 0) return rc;
+    if (!!o.type_name == !!o.addr) return opts_usage_error(&cmd, "give one of --type NAME or --addr 0xADDR");
     o.max_start = 1;
     if ((rc = backrefs_call(&o, 1, &env, &reply))) return rc;
     r = reply->backrefs;

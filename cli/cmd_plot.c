@@ -2,7 +2,6 @@
  * from the daemon's history, as one self-contained SVG (like mprof plot), the
  * heap's peaks labelled with the functions holding the memory there. */
 #include <errno.h>
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,18 +13,16 @@
 #include "client.h"
 #include "commands.h"
 
-static const char *usage_plot =
-    "usage: memprof plot (--pid PID | --session ID) -o FILE.svg [--title TEXT]\n"
-    "                    [--format svg] [--socket PATH]\n"
-    "\n"
+static const char *about_plot =
     "Plot an attached or ended session's memory over time, like mprof plot: RSS\n"
     "and the tracked heap (live bytes of Python allocations since attach), from\n"
     "the daemon's history (one point a second, the last ten minutes). The peaks\n"
     "of the tracked heap are marked with the functions holding the most memory\n"
     "there. The output is one self-contained SVG (no scripts, fonts or images);\n"
     "-o - writes it to stdout. --session ID picks one of the daemon's sessions\n"
-    "(memprof status), e.g. an ended one whose pid was reused.\n"
-    "\n"
+    "(memprof status), e.g. an ended one whose pid was reused.\n";
+
+static const char *example_plot =
     "example:\n"
     "  $ memprof plot --pid 4242 -o mem.svg\n"
     "  wrote mem.svg: 61 points over 60.0 s; tracked heap peak 2.0 MiB at 60 s (handle 1.9 MiB)\n";
@@ -546,11 +543,7 @@ static int svg_name(const char *out)
 
 int cmd_plot(int argc, char **argv)
 {
-    static struct option opts[] = {{"pid", required_argument, 0, 'p'},    {"session", required_argument, 0, 'S'},
-                                   {"output", required_argument, 0, 'o'}, {"title", required_argument, 0, 't'},
-                                   {"format", required_argument, 0, 'f'}, {"socket", required_argument, 0, 's'},
-                                   {0}};
-    int c, pid = 0, to_stdout, rc = 0;
+    int pid = 0, to_stdout, rc = 0, format = 0;
     unsigned session_id = 0;
     const char *out = NULL, *title = NULL;
     char err[MP_ERRLEN], who[48], a[32];
@@ -558,33 +551,22 @@ int cmd_plot(int argc, char **argv)
     struct plot p;
     double max = 0;
     FILE *f;
-    if (cli_wants_help(argc, argv)) {
-        fputs(usage_plot, stdout);
-        return 0;
-    }
-    while ((c = getopt_long(argc, argv, "o:", opts, NULL)) != -1) {
-        switch (c) {
-        case 'p':
-            if (cli_parse_pid(optarg, &pid) < 0) return cli_fail("--pid: '%s' is not a pid", optarg);
-            break;
-        case 'S':
-            if (cli_parse_session(optarg, &session_id) < 0) return cli_fail("--session: '%s' is not a session id", optarg);
-            break;
-        case 'o': out = optarg; break;
-        case 't': title = optarg; break;
-        case 'f':
-            if (strcasecmp(optarg, "svg"))
-                return cli_fail("--format %s: memprof plot writes SVG only (use an .svg name; convert it with a browser "
-                                "or rsvg-convert)", optarg);
-            break;
-        case 's': client_socket_opt = optarg; break;
-        default: fputs(usage_plot, stderr); return 3;
-        }
-    }
-    if (optind < argc) return cli_fail("unexpected argument '%s' (see memprof plot --help)", argv[optind]);
-    if (!pid && !session_id) return cli_fail("--pid PID or --session ID is required (see memprof plot --help)");
-    if (!out) return cli_fail("-o FILE.svg is required (-o - writes the SVG to stdout)");
-    if (!svg_name(out)) return cli_fail("%s: memprof plot writes SVG only: use an .svg name", out);
+    const struct opt opts[] = {
+        CLI_PID_OR_SESSION_OPT(&pid),
+        CLI_SESSION_OPT(&session_id),
+        {"output", 'o', OPT_STRING, &out, "FILE.svg", "the SVG file to write (- : stdout)", .required = 1},
+        {"title", 0, OPT_STRING, &title, "TEXT", "the title (default: Memory of pid PID (Python VERSION))"},
+        {"format", 0, OPT_CHOICE, &format, NULL, "SVG only (convert it with a browser or rsvg-convert)",
+         .choices = "svg"},
+        CLIENT_SOCKET_OPT,
+        {0}};
+    const struct opt_cmd cmd = {"memprof plot", opts,
+                                .synopsis = "(--pid PID | --session ID) -o FILE.svg [--title TEXT]\n"
+                                            "                    [--format svg] [--socket PATH]",
+                                .about = about_plot, .more = example_plot};
+    if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
+    if (!pid && !session_id) return opts_usage_error(&cmd, "--pid PID or --session ID is required");
+    if (!svg_name(out)) return opts_usage_error(&cmd, "%s: memprof plot writes SVG only: use an .svg name", out);
     cli_who(pid, session_id, who, sizeof who);
     if (alloc_fetch(pid, session_id, 1, &reply, err) < 0) return cli_fail("%s", err);
     memset(&p, 0, sizeof p);

@@ -8,7 +8,6 @@
 #include "commands.h"
 
 #include <errno.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,37 +15,31 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "opts.h"
 #include "util.h"
 
-static const char usage_text[] =
-    "usage: memprof rss --pid N [--once] [--json] [--duration SECONDS] [--interval SECONDS]\n"
-    "                   [--by line|function|native|mapping] [--sample N] [--limit N]\n"
-    "Live view of a process's resident memory from eBPF (root; no agent is loaded into it): RSS and its parts,\n"
-    "the bytes faulted in, mapped and unmapped, by Python line (CPython 3.11+), native function or mapping.\n"
-    "  --once             one interval, one view, then exit\n"
-    "  --json             one JSON object per refresh; the last line is the final one (\"final\": true)\n"
-    "  --duration S       stop after S seconds (default: until Ctrl-C or the process exits)\n"
-    "  --interval S       refresh every S seconds (default 1)\n"
-    "  --by KEY           rows by line (default), function, native (leaf native frame) or mapping\n"
-    "  --sample N         record one page fault in N, at random (default 32); each stands for N*4 KiB\n"
-    "  --limit N          rows shown (default 20)\n";
+static const char about_rss[] =
+    "Live view of a process's resident memory from eBPF (root; no agent is loaded\n"
+    "into it): RSS and its parts, the bytes faulted in, mapped and unmapped, by\n"
+    "Python line (CPython 3.11+), native function or mapping.\n";
+
+/* What the options say (rss_run's arguments). */
+struct rss_args {
+    int pid, once, json, by, limit;
+    unsigned sample;
+    double duration, interval;
+};
 
 #if !MEMPROF_HAVE_RSS
-int cmd_rss(int argc, char **argv)
+static int rss_run(const struct rss_args *a)
 {
-    if (cli_wants_help(argc, argv)) {
-        fputs(usage_text, stdout);
-        return 0;
-    }
+    (void)a;
     return cli_fail("rss: this memprof was built without it (%s); install bpftool, clang and libbpf-dev "
                     "(make deps) and rebuild on a kernel with BTF", MEMPROF_RSS_WHY);
 }
 #else
 #include "rss.h"
 #include "rss_view.h"
-
-/* A bad option value: one line, exit status 2 (usage). */
-#define BAD(...) (cli_fail(__VA_ARGS__), 2)
 
 static volatile sig_atomic_t stop;
 static void on_signal(int sig) { (void)sig; stop = 1; }
@@ -75,46 +68,18 @@ static int on_event(void *ctx, const struct rss_event *e)
     return 0;
 }
 
-int cmd_rss(int argc, char **argv)
+static int rss_run(const struct rss_args *a)
 {
-    static const struct option opts[] = {
-        {"pid", required_argument, 0, 'p'},      {"once", no_argument, 0, 'o'},
-        {"json", no_argument, 0, 'j'},           {"duration", required_argument, 0, 'd'},
-        {"interval", required_argument, 0, 'i'}, {"by", required_argument, 0, 'b'},
-        {"sample", required_argument, 0, 's'},   {"limit", required_argument, 0, 'l'},
-        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
-    struct rss_opts o = {.interval = 1.0, .limit = 20, .by = RSS_BY_LINE};
+    struct rss_opts o = {.pid = a->pid, .once = a->once, .json = a->json, .limit = a->limit,
+                         .interval = a->interval, .by = (enum rss_by)a->by};
     struct rss_cfg cfg = {0};
     struct rss_trace *trace = NULL;
     struct rss_view *v;
     char err[MP_ERRLEN], why[MP_ERRLEN] = "", nspath[64];
-    double duration = 0, start, next;
-    int c, sample = 32, rc = 0;
+    double duration = a->duration, start, next;
+    int sample = (int)a->sample, rc = 0;
     struct stat st;
 
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'p': if (cli_parse_pid(optarg, &o.pid) < 0) return BAD("--pid: not a pid: %s", optarg); break;
-        case 'o': o.once = 1; break;
-        case 'j': o.json = 1; break;
-        case 'd': if (!((duration = atof(optarg)) > 0)) return BAD("--duration: a number of seconds > 0"); break;
-        case 'i': if (!((o.interval = atof(optarg)) >= 0.1)) return BAD("--interval: at least 0.1 seconds"); break;
-        case 'b':
-            if (!strcmp(optarg, "line")) o.by = RSS_BY_LINE;
-            else if (!strcmp(optarg, "function")) o.by = RSS_BY_FUNCTION;
-            else if (!strcmp(optarg, "native")) o.by = RSS_BY_NATIVE;
-            else if (!strcmp(optarg, "mapping")) o.by = RSS_BY_MAPPING;
-            else return BAD("--by: line, function, native or mapping");
-            break;
-        case 's': if ((sample = atoi(optarg)) < 1) return BAD("--sample: a whole number >= 1"); break;
-        case 'l': if ((o.limit = atoi(optarg)) < 1) return BAD("--limit: a whole number >= 1"); break;
-        case 'h': fputs(usage_text, stdout); return 0;
-        default: fputs(usage_text, stderr); return 2;
-        }
-    }
-    if (optind < argc) return BAD("rss: unexpected argument '%s' (see memprof rss --help)", argv[optind]);
-    if (!o.pid) return BAD("rss: --pid N is required (see memprof rss --help)");
     if (!pid_alive(o.pid)) return cli_fail("pid %d: no such process", o.pid);
     if (!privileged()) return cli_fail("rss: needs CAP_BPF and CAP_PERFMON: run as root");
     if (stat("/sys/kernel/btf/vmlinux", &st) < 0)
@@ -169,3 +134,26 @@ int cmd_rss(int argc, char **argv)
     return rc;
 }
 #endif
+
+int cmd_rss(int argc, char **argv)
+{
+    struct rss_args a = {.limit = 20, .sample = 32, .interval = 1.0};
+    int rc;
+    const struct opt opts[] = {
+        {"pid", 0, OPT_PID, &a.pid, "PID", "the process (nothing is loaded into it)", .required = 1},
+        {"once", 0, OPT_FLAG, &a.once, NULL, "one interval, one view, then exit"},
+        {"json", 0, OPT_FLAG, &a.json, NULL, "one JSON object per refresh; the last line is the final one\n"
+                                             "(\"final\": true)"},
+        {"duration", 0, OPT_SECONDS, &a.duration, "SECONDS", "stop after SECONDS (default: until Ctrl-C or the\n"
+                                                             "process exits)"},
+        {"interval", 0, OPT_SECONDS, &a.interval, "SECONDS", "refresh every SECONDS (default 1)", .min = 0.1},
+        {"by", 0, OPT_CHOICE, &a.by, NULL, "rows by line (default), function, native (leaf native\n"
+                                           "frame) or mapping", .choices = "line|function|native|mapping"},
+        {"sample", 0, OPT_UINT, &a.sample, "N", "record one page fault in N, at random (default 32);\n"
+                                                "each stands for N*4 KiB", .min = 1},
+        {"limit", 0, OPT_INT, &a.limit, "N", "rows shown (default 20)", .min = 1},
+        {0}};
+    const struct opt_cmd cmd = {"memprof rss", opts, .about = about_rss};
+    if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
+    return rss_run(&a);
+}

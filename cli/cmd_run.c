@@ -2,7 +2,6 @@
  * tracking covers it from its first line, pass its exit status through, and
  * print memory_profiler-style reports of the chosen functions at the end. */
 #include <errno.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,28 +20,13 @@
 #define SETTLE_S 5.0        /* after the program ends, for its sessions' final reports */
 #define MAX_FUNCS 64
 
-static const char *usage_run =
-    "usage: memprof run [--function NAME]... [--exact] [--native [--native-frames]]\n"
-    "                   [--sample-rate BYTES] [--max-frames N] [--follow-fork] [-o FILE] [--socket PATH]\n"
-    "                   -- PROGRAM [ARGS...]\n"
-    "\n"
+static const char *about_run =
     "Run PROGRAM (a Python " MP_PY_RANGE_SHORT " interpreter, or anything that starts one)\n"
     "with memprof's agent preloaded: allocations are tracked from the script's\n"
     "first line, no restart or gdb needed. At the end, a memory_profiler-style\n"
     "report (Line #, Mem usage, Increment, Occurrences, Line Contents) of every\n"
     "function decorated with @profile -- the builtin memory_profiler scripts use,\n"
     "provided without importing anything -- and of every --function NAME.\n"
-    "\n"
-    "  --function NAME   report this function too (repeatable)\n"
-    "  --exact           count every allocation (slower), instead of sampling\n"
-    "  --native          also native allocations (malloc, mmap... of C extensions)\n"
-    "  --native-frames   and their native call chains (C functions under the Python\n"
-    "                    line: memprof export, flamegraph)\n"
-    "  --sample-rate B   mean bytes between samples (default 64 KiB)\n"
-    "  --max-frames N    Python frames kept per sample (default " MP_STR(MP_DEFAULT_MAX_FRAMES) ")\n"
-    "  --follow-fork     children (os.fork, multiprocessing) are sessions too,\n"
-    "                    each with its own reports\n"
-    "  -o FILE           write the reports to FILE instead of stderr\n"
     "\n"
     "The program's stdin, stdout, stderr, exit status and signals pass through\n"
     "untouched; memprof writes only to stderr (or FILE). The sessions stay in\n"
@@ -51,8 +35,9 @@ static const char *usage_run =
     "In a report, Increment is the most memory the line's allocations held at\n"
     "once (memory_profiler: the RSS change while the line ran), Mem usage the\n"
     "running sum from the top of the function, and Occurrences the allocations\n"
-    "the line made (memory_profiler: how often it ran).\n"
-    "\n"
+    "the line made (memory_profiler: how often it ran).\n";
+
+static const char *example_run =
     "example:\n"
     "  $ memprof run -- python3 primes.py\n"
     "  78498\n"
@@ -195,69 +180,66 @@ static int pass_status(int status)
         kill(getpid(), sig);
         return 128 + sig;
     }
-    return 1;
+    return MP_EXIT_FAIL;
+}
+
+/* --function NAME, repeatable: into struct funcs */
+struct funcs {
+    char *name[MAX_FUNCS];
+    size_t n;
+};
+
+static int add_function(const char *arg, void *dest)
+{
+    struct funcs *f = dest;
+    if (f->n == MAX_FUNCS) return -1;
+    f->name[f->n++] = (char *)arg;
+    return 0;
 }
 
 int cmd_run(int argc, char **argv)
 {
-    static struct option opts[] = {{"function", required_argument, 0, 'f'},
-                                   {"exact", no_argument, 0, 'x'},
-                                   {"native", no_argument, 0, 'N'},
-                                   {"native-frames", no_argument, 0, 'B'},
-                                   {"sample-rate", required_argument, 0, 'r'},
-                                   {"max-frames", required_argument, 0, 'm'},
-                                   {"follow-fork", no_argument, 0, 'F'},
-                                   {"output", required_argument, 0, 'o'},
-                                   {"socket", required_argument, 0, 's'},
-                                   {0}};
     Memprof__RunRequest rq = MEMPROF__RUN_REQUEST__INIT;
     Envelope *reply = NULL, *st;
-    char *funcs[MAX_FUNCS], err[MP_ERRLEN], *end;
+    struct funcs funcs = {{0}, 0};
+    char err[MP_ERRLEN];
     const char *out_path = NULL;
-    size_t nfuncs = 0, live = 0;
-    int c, fd, status = 0;
+    size_t live = 0;
+    int i, fd, status = 0, exact = 0, native = 0, native_frames = 0, follow = 0;
+    unsigned max_frames = 0;
+    uint64_t sample_rate = MP_RUN_SAMPLE_RATE;
     struct sigaction sa = {0};
     FILE *o = stderr;
     pid_t pid;
     double deadline;
+    const struct opt opts[] = {
+        {"function", 0, OPT_CALL, &funcs, "NAME", "report this function too (repeatable)",
+         .what = "a function name (at most 64 of them)", .set = add_function},
+        {"exact", 0, OPT_FLAG, &exact, NULL, "count every allocation (slower), instead of sampling"},
+        {"native", 0, OPT_FLAG, &native, NULL, "also native allocations (malloc, mmap... of C extensions)"},
+        {"native-frames", 0, OPT_FLAG, &native_frames, NULL, "and their native call chains (C functions under the\n"
+                                                              "Python line: memprof export, flamegraph)"},
+        {"sample-rate", 0, OPT_U64, &sample_rate, "BYTES", "mean bytes between samples (default 64 KiB)", 1, 0},
+        {"max-frames", 0, OPT_UINT, &max_frames, "N",
+         "Python frames kept per sample (default " MP_STR(MP_DEFAULT_MAX_FRAMES) ")", 1, MP_MAX_FRAMES},
+        {"follow-fork", 0, OPT_FLAG, &follow, NULL, "children (os.fork, multiprocessing) are sessions too,\n"
+                                                     "each with its own reports"},
+        {"output", 'o', OPT_STRING, &out_path, "FILE", "write the reports to FILE instead of stderr"},
+        CLIENT_SOCKET_OPT,
+        {0}};
+    const struct opt_cmd cmd = {"memprof run", opts, .args = "-- PROGRAM [ARGS...]", .max_args = -1,
+                                .stop_at_arg = 1, .about = about_run, .more = example_run};
 
-    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        fputs(usage_run, stdout);
-        return 0;
-    }
-    rq.sample_rate = MP_RUN_SAMPLE_RATE;
-    while ((c = getopt_long(argc, argv, "+o:", opts, NULL)) != -1) {
-        switch (c) {
-        case 'f':
-            if (nfuncs == MAX_FUNCS) return cli_fail("at most %d --function", MAX_FUNCS);
-            funcs[nfuncs++] = optarg;
-            break;
-        case 'x': rq.exact = 1; break;
-        case 'N': rq.native = 1; break;
-        case 'B': rq.native_frames = 1; break;
-        case 'r':
-            errno = 0;
-            rq.sample_rate = strtoull(optarg, &end, 10);
-            if (errno || *end || !rq.sample_rate) return cli_fail("--sample-rate: '%s' is not a number of bytes", optarg);
-            break;
-        case 'm':
-            errno = 0;
-            rq.max_frames = (uint32_t)strtoul(optarg, &end, 10);
-            if (errno || *end || !rq.max_frames || rq.max_frames > MP_MAX_FRAMES)
-                return cli_fail("--max-frames: '%s' is not a number from 1 to " MP_STR(MP_MAX_FRAMES), optarg);
-            break;
-        case 'F': rq.follow_fork = 1; break;
-        case 'o': out_path = optarg; break;
-        case 's': client_socket_opt = optarg; break;
-        default: fputs(usage_run, stderr); return 2;
-        }
-    }
-    if (optind >= argc) {
-        fputs(usage_run, stderr);
-        return cli_fail("no program to run (memprof run -- python3 script.py)");
-    }
-    if (rq.native && rq.exact) return cli_fail("--native samples native allocations: not with --exact");
-    if (rq.native_frames && !rq.native) return cli_fail("--native-frames goes with --native");
+    if ((i = opts_parse(&cmd, argc, argv, &status)) < 0) return status;
+    if (i >= argc) return opts_usage_error(&cmd, "no program to run (memprof run -- python3 script.py)");
+    rq.exact = exact;
+    rq.native = native;
+    rq.native_frames = native_frames;
+    rq.follow_fork = follow;
+    rq.max_frames = max_frames;
+    rq.sample_rate = sample_rate;
+    if (rq.native && rq.exact) return opts_usage_error(&cmd, "--native samples native allocations: not with --exact");
+    if (rq.native_frames && !rq.native) return opts_usage_error(&cmd, "--native-frames goes with --native");
     if (out_path && !(o = fopen(out_path, "w"))) return cli_fail("cannot write %s: %s", out_path, strerror(errno));
     if ((fd = client_connect(client_socket_opt, 1, err)) < 0 || request_run(fd, &rq, &reply, err) < 0) {
         if (o != stderr) fclose(o);
@@ -269,7 +251,7 @@ int cmd_run(int argc, char **argv)
     fflush(NULL);
     pid = fork();
     if (pid < 0) return cli_fail("fork: %s", strerror(errno));
-    if (pid == 0) start_child(argv + optind, reply->run_reply->agent_env, reply->run_reply->agent_lib);
+    if (pid == 0) start_child(argv + i, reply->run_reply->agent_env, reply->run_reply->agent_lib);
     child_pid = pid;
     /* a terminal's ^C and ^\ go to the whole group: the program decides */
     signal(SIGINT, SIG_IGN);
@@ -308,11 +290,11 @@ int cmd_run(int argc, char **argv)
             const Memprof__SessionInfo *si = st->status_reply->sessions[i];
             if (si->run != reply->run_reply->run) continue;
             if (n++) fputc('\n', o);
-            report_session(o, si, funcs, nfuncs, si->ppid != 0);
+            report_session(o, si, funcs.name, funcs.n, si->ppid != 0);
         }
         if (!n && !(WIFEXITED(status) && WEXITSTATUS(status) >= 126)) /* exec failed: said so */
             fprintf(o, "memprof: no Python process reported to memprofd (%s is not CPython " MP_PY_RANGE_SHORT ", or it never "
-                       "started one)\n", argv[optind]);
+                       "started one)\n", argv[i]);
         wire_free(st);
     }
     if (o != stderr) fclose(o);

@@ -1,5 +1,4 @@
 /* cmd_session.c -- `memprof status` and `memprof ps`: what the daemon is attached to, and what it could be. */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,11 +11,10 @@
 #include "version.h"
 #include "pyversions.h"
 
-static const char *usage_status =
-    "usage: memprof status [--json] [--socket PATH]\n"
-    "\n"
-    "List the daemon's sessions: attached processes and ended ones it keeps.\n"
-    "\n"
+static const char *about_status =
+    "List the daemon's sessions: attached processes and ended ones it keeps.\n";
+
+static const char *example_status =
     "example:\n"
     "  $ memprof status\n"
     "  ID   PID      PYTHON   STATE      MODE      ATTACHED SINCE        STOPPED  COMMAND\n"
@@ -28,38 +26,24 @@ static const char *usage_status =
     "version; an attached agent of another version is named after it. --json gives\n"
     "each session's agent_version and the daemon_version.\n";
 
-static const char *usage_ps =
-    "usage: memprof ps [--json] [--socket PATH]\n"
-    "\n"
-    "List the Python processes you may attach to (your own; all for root).\n"
-    "\n"
+static const char *about_ps =
+    "List the Python processes you may attach to (your own; all for root).\n";
+
+static const char *example_ps =
     "example:\n"
     "  $ memprof ps\n"
     "  PID      USER       PYTHON   RSS         ATTACHED  COMMAND\n"
     "  4242     root       3.11.2   24.1 MiB    yes       python3 service.py\n";
 
-/* Parse --json / --socket; returns 0 to go on, or an exit code + 1. */
-static int parse_simple(int argc, char **argv, const char *usage, int *json)
+/* Parse --json / --socket of `memprof NAME`: 0 to go on, or -1 with *status the exit status. */
+static int parse_simple(int argc, char **argv, const char *prog, const char *about, const char *more, int *json,
+                        int *status)
 {
-    static struct option opts[] = {{"socket", required_argument, 0, 's'}, {"json", no_argument, 0, 'j'}, {0}};
-    int c;
-    if (cli_wants_help(argc, argv)) {
-        fputs(usage, stdout);
-        return 1;
-    }
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c == 's') client_socket_opt = optarg;
-        else if (c == 'j') *json = 1;
-        else {
-            fputs(usage, stderr);
-            return 3;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "memprof: unexpected argument '%s'\n%s", argv[optind], usage);
-        return 3;
-    }
-    return 0;
+    const struct opt opts[] = {{"json", 0, OPT_FLAG, json, NULL, "one JSON array instead of the table"},
+                               CLIENT_SOCKET_OPT,
+                               {0}};
+    const struct opt_cmd cmd = {prog, opts, .about = about, .more = more};
+    return opts_parse(&cmd, argc, argv, status) < 0 ? -1 : 0;
 }
 
 static void join_argv(char **argv, size_t n, char *out, size_t len)
@@ -93,10 +77,10 @@ static int request(int type, Envelope **reply)
 int cmd_status(int argc, char **argv)
 {
     Envelope *reply;
-    int json = 0, rc = parse_simple(argc, argv, usage_status, &json);
+    int json = 0, rc;
     char cmd[1024], since[32], where[128], ecmd[4 * sizeof cmd], ever[64], ewhere[4 * sizeof where];
-    if (rc) return rc - 1;
-    if (request(MEMPROF__ENVELOPE__MSG_STATUS, &reply)) return 1;
+    if (parse_simple(argc, argv, "memprof status", about_status, example_status, &json, &rc) < 0) return rc;
+    if (request(MEMPROF__ENVELOPE__MSG_STATUS, &reply)) return MP_EXIT_FAIL;
     Memprof__StatusReply *r = reply->status_reply;
     const char *dver = r->daemon_version && *r->daemon_version ? r->daemon_version : "unknown";
     if (json) {
@@ -182,10 +166,10 @@ static const char *kernel_mark(const Memprof__PsEntry *e, char *notebook, size_t
 int cmd_ps(int argc, char **argv)
 {
     Envelope *reply;
-    int json = 0, rc = parse_simple(argc, argv, usage_ps, &json);
+    int json = 0, rc;
     char rss[32], where[128], ewhere[4 * sizeof where], nb[1024], kmark[1100], ekmark[4 * sizeof kmark];
-    if (rc) return rc - 1;
-    if (request(MEMPROF__ENVELOPE__MSG_PS, &reply)) return 1;
+    if (parse_simple(argc, argv, "memprof ps", about_ps, example_ps, &json, &rc) < 0) return rc;
+    if (request(MEMPROF__ENVELOPE__MSG_PS, &reply)) return MP_EXIT_FAIL;
     Memprof__PsReply *r = reply->ps_reply;
     if (json) {
         printf("[");

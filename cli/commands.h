@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "opts.h"
+
 int cmd_status(int argc, char **argv);
 int cmd_ps(int argc, char **argv);
 int cmd_types(int argc, char **argv);
@@ -35,22 +37,29 @@ void alloc_leak_suspects(int pid, int limit, FILE *out);
 struct Memprof__Envelope;
 int alloc_fetch(int pid, unsigned session_id, int history, struct Memprof__Envelope **reply, char *err);
 /* memprof run: memory_profiler's report of func (file and def line first when
- * known, else the best match by name) from a session's AllocData. 0, or 1
- * after printing an error. */
+ * known, else the best match by name) from a session's AllocData. 0, or
+ * MP_EXIT_FAIL after printing an error. */
 struct Memprof__AllocData;
 int alloc_lines_report(FILE *o, const struct Memprof__AllocData *d, const char *func, const char *file,
                        unsigned first);
 int cmd_run(int argc, char **argv);
-/* --session ID: 0, or -1 when not a session id. */
-int cli_parse_session(const char *s, unsigned *id);
-/* --pid N: 0, or -1 when not a pid. */
-int cli_parse_pid(const char *s, int *pid);
+/* --session ID, an OPT_CALL row: {"session", 0, OPT_CALL, &id (unsigned), "ID", help, .what = CLI_SESSION_WHAT,
+ * .set = cli_set_session}. */
+int cli_set_session(const char *arg, void *dest);
+/* --pid PID, required, of a command that asks about an attached process. */
+#define CLI_SESSION_OPT(dest)                                                                                 \
+    {"session", 0, OPT_CALL, dest, "ID", "an attached or ended session, by id (memprof status)", .what = CLI_SESSION_WHAT, \
+     .set = cli_set_session}
+/* --pid PID of a command that takes --pid PID or --session ID. */
+#define CLI_PID_OR_SESSION_OPT(dest) {"pid", 0, OPT_PID, dest, "PID", "the session of this process (attached or ended)"}
+#define CLI_PID_OPT(dest) \
+    {"pid", 0, OPT_PID, dest, "PID", "the process (attach first: memprofd attach --pid PID)", .required = 1}
+#define CLI_SESSION_WHAT "a session id (memprof status lists them)"
 /* "pid N" or "session ID", for messages. */
 void cli_who(int pid, unsigned session_id, char *out, size_t len);
 
-/* Shared by the commands: print "memprof: MSG" to stderr and return 1. */
+/* Shared by the commands: print "memprof: MSG" to stderr and return MP_EXIT_FAIL. */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-int cli_wants_help(int argc, char **argv);
 /* s for a table cell or a message line, into out (cut to fit len): \n, \t, \r
  * and the other control characters (< 0x20, 0x7f) as \n, \t, \r and \xNN, so
  * that a string from the target (command line, file, function or type name)

@@ -43,7 +43,8 @@ static void usage(FILE *f)
         if (commands[i].summary) fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
     fputs("\nRun `memprof COMMAND --help` for a command's options. Every command takes\n"
           "--socket PATH to talk to a daemon other than the default one.\n"
-          "`memprof --version` prints the version.\n",
+          "`memprof --version` prints the version.\n"
+          "\n" MP_EXIT_HELP "    (memprof run exits with its program's status)\n",
           f);
 }
 
@@ -55,7 +56,7 @@ int cli_fail(const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     fprintf(stderr, "memprof: %s\n", cli_esc(msg, line, sizeof line)); /* one line, whatever it quotes */
-    return 1;
+    return MP_EXIT_FAIL;
 }
 
 const char *cli_esc(const char *s, char *out, size_t len)
@@ -77,13 +78,6 @@ const char *cli_esc(const char *s, char *out, size_t len)
     }
     out[o] = 0;
     return out;
-}
-
-int cli_wants_help(int argc, char **argv)
-{
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
-    return 0;
 }
 
 const char *cli_container(int ns_pid, const char *container, char *buf, size_t len)
@@ -131,7 +125,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     if (!cmd || !strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         usage(cmd ? stdout : stderr);
-        return cmd ? 0 : 2;
+        return cmd ? MP_EXIT_OK : MP_EXIT_USAGE;
     }
     if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V")) {
         printf("memprof %s\n", MEMPROF_VERSION);
@@ -140,5 +134,5 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(cmd, commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "memprof: unknown command '%s' (try memprof --help)\n", cmd);
-    return 2;
+    return MP_EXIT_USAGE;
 }

@@ -18,7 +18,13 @@ int client_call(int fd, const Envelope *req, Envelope **reply, int timeout_ms, c
 int client_agent_call(int fd, int pid, Memprof__AgentRequest *req, Envelope **env,
                       Memprof__AgentReply **reply, int timeout_ms, char *err);
 
-/* Common option parsing: --socket PATH is accepted by every command. */
+/* --socket PATH, which every command accepts: the daemon to talk to (NULL: the default). */
 extern const char *client_socket_opt;
+/* Its row in a command's option table (opts.h). */
+#define CLIENT_SOCKET_OPT                                                                                  \
+    {                                                                                                      \
+        "socket", 0, OPT_STRING, &client_socket_opt, "PATH", "the daemon's socket (default: $MEMPROF_SOCKET, else\n" \
+                                                             "memprofd's per-user one)"                      \
+    }
 
 #endif

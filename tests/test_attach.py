@@ -195,7 +195,7 @@ def test_no_such_process(daemon):
 
 def test_not_a_pid(daemon):
     r = daemon.memprofd("attach", "--pid", "abc")
-    assert r.returncode != 0 and "not a process id" in r.stderr
+    assert r.returncode == 2 and "--pid needs a process id, got 'abc'" in r.stderr
 
 
 def test_non_python_process(daemon, targets):
@@ -273,7 +273,7 @@ def test_second_attach_reports_existing_session(daemon, targets):
     daemon.attach(t.pid)
     try:
         r = daemon.memprofd("attach", "--pid", t.pid)
-        assert r.returncode != 0
+        assert r.returncode == 3  # the exit-status table: already attached
         assert re.search(r"pid %d is already attached \(Python [\d.]+" % t.pid, r.stderr), r.stderr
     finally:
         daemon.detach(t.pid)
@@ -284,7 +284,7 @@ def test_detach_not_attached(daemon, targets):
     t = targets.start([exe, "-u", target_script("idle.py")])
     t.wait_for(r"^ready")
     r = daemon.memprofd("detach", "--pid", t.pid)
-    assert r.returncode != 0 and re.search(r"pid %d: not attached" % t.pid, r.stderr), r.stderr
+    assert r.returncode == 1 and re.search(r"pid %d: not attached" % t.pid, r.stderr), r.stderr
 
 
 def as_nobody(argv, env):

@@ -193,15 +193,15 @@ def test_flamegraph_renders_and_search_highlights_leak(daemon, targets, tmp_path
 
 def test_bad_input(daemon, targets, tmp_path):
     r = daemon.run("export", "--pid", os.getpid(), "--format", "svg")
-    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "--format" in r.stderr, r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--format" in r.stderr, r.stderr
     t = targets.start([default_python(), target_script("idle.py")])
     pid = int(t.wait_for(r"ready (\d+)").group(1))
     daemon.attach(pid)
     for args in (["export", "--pid", pid, "--format", "pprof", "-o", "/nonexistent/dir/heap.pb.gz"],
                  ["flamegraph", "--pid", pid, "-o", "/nonexistent/dir/flame.html"]):
         r = daemon.run(*args)
-        assert r.returncode != 0 and r.stderr.count("\n") == 1 and "cannot write /nonexistent/dir" in r.stderr, r.stderr
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "cannot write /nonexistent/dir" in r.stderr, r.stderr
     r = daemon.run("flamegraph", "--pid", pid)
-    assert r.returncode != 0 and "-o FILE.html is required" in r.stderr
+    assert r.returncode == 2 and "--output FILE.html is required" in r.stderr
     r = daemon.run("export", "--pid", 1, "--format", "pprof", "-o", tmp_path / "x.pb.gz")
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and not (tmp_path / "x.pb.gz").exists(), r.stderr

@@ -214,7 +214,8 @@ def test_unknown_type_and_bad_addresses(daemon, targets, tmp_path):
                  ["growth", "--pid", t.pid, "--interval", "0"], ["backrefs", "--pid", t.pid, "-o", "a.dot"],
                  ["chain", "--pid", t.pid, "--type", "A", "--addr", "0x10"], ["types", "--pid", t.pid, "extra"]):
         r = daemon.run(*args)
-        assert r.returncode == 2 and r.stderr.startswith("memprof: ") and len(r.stderr.splitlines()) == 1, (args, r)
+        assert r.returncode == 2 and r.stderr.startswith("memprof %s: " % args[0]) and len(r.stderr.splitlines()) == 1, \
+            (args, r)
     for cmd in ("types", "growth", "backrefs", "chain"):
         r = daemon.run(cmd, "--help")
         assert r.returncode == 0 and r.stdout.startswith("usage: memprof %s" % cmd)

@@ -228,11 +228,13 @@ def test_bad_input(daemon, targets, tmp_path):
     t.wait_for(r"^ready \d+")
     svg = str(tmp_path / "x.svg")
 
-    def fails(args, pattern):
+    def fails(args, pattern, status=1):
+        """status 1: the command could not do its job ("memprof: ..."); 2: a usage error ("memprof CMD: ...")."""
         r = daemon.run(*args)
-        assert r.returncode != 0, (args, r.stdout)
+        assert r.returncode == status, (args, r.returncode, r.stdout, r.stderr)
         assert re.search(pattern, r.stderr), (args, r.stderr)
-        assert r.stderr.startswith("memprof: ") and r.stderr.count("\n") == 1, (args, r.stderr)
+        prefix = "memprof: " if status == 1 else "memprof %s: " % args[0]
+        assert r.stderr.startswith(prefix) and r.stderr.count("\n") == 1, (args, r.stderr)
         return r
 
     # not attached, unknown session
@@ -252,19 +254,20 @@ def test_bad_input(daemon, targets, tmp_path):
     time.sleep(2.5)
     fails(["plot", "--pid", t.pid, "-o", str(tmp_path / "no" / "such" / "dir.svg")],
           r"cannot write .*dir\.svg: No such file or directory")
-    fails(["plot", "--pid", t.pid, "-o", str(tmp_path / "mem.png")], r"mem\.png: .*SVG only: use an \.svg name")
-    fails(["plot", "--pid", t.pid, "-o", svg, "--format", "png"], r"--format png: .*use an \.svg name")
-    fails(["plot", "--pid", t.pid], r"-o FILE\.svg is required")
-    fails(["plot", "-o", svg], r"--pid PID or --session ID is required")
-    fails(["plot", "--pid", "abc", "-o", svg], r"--pid: 'abc' is not a pid")
-    fails(["plot", "--session", "x1", "-o", svg], r"--session: 'x1' is not a session id")
-    fails(["export", "--pid", t.pid, "--format", "xml"], r"--format: expected json, collapsed, pprof or speedscope, not 'xml'")
+    fails(["plot", "--pid", t.pid, "-o", str(tmp_path / "mem.png")], r"mem\.png: .*SVG only: use an \.svg name", 2)
+    fails(["plot", "--pid", t.pid, "-o", svg, "--format", "png"], r"--format needs one of svg, got 'png'", 2)
+    fails(["plot", "--pid", t.pid], r"--output FILE\.svg is required", 2)
+    fails(["plot", "-o", svg], r"--pid PID or --session ID is required", 2)
+    fails(["plot", "--pid", "abc", "-o", svg], r"--pid needs a process id, got 'abc'", 2)
+    fails(["plot", "--session", "x1", "-o", svg], r"--session needs a session id .*, got 'x1'", 2)
+    fails(["export", "--pid", t.pid, "--format", "xml"], r"--format needs one of json, collapsed, pprof, speedscope, got 'xml'",
+          2)
     fails(["export", "--pid", t.pid, "-o", str(tmp_path / "no" / "x.json")], r"cannot write .*x\.json")
-    fails(["diff", "--pid", t.pid], r"--pid needs --window SECONDS")
-    fails(["diff", "--pid", t.pid, "--window", "0"], r"--window: expected a number of seconds above 0, not '0'")
-    fails(["diff", "--pid", t.pid, "--window", "5s"], r"--window: expected a number of seconds above 0, not '5s'")
-    fails(["diff", "--window", "5"], r"--window needs --pid PID")
-    fails(["diff", "a.mps", "--pid", t.pid, "--window", "5"], r"unexpected argument 'a\.mps'")
+    fails(["diff", "--pid", t.pid], r"--pid needs --window SECONDS", 2)
+    fails(["diff", "--pid", t.pid, "--window", "0"], r"--window needs a number of seconds above 0, got '0'", 2)
+    fails(["diff", "--pid", t.pid, "--window", "5s"], r"--window needs a number of seconds above 0, got '5s'", 2)
+    fails(["diff", "--window", "5"], r"--window needs --pid PID", 2)
+    fails(["diff", "a.mps", "--pid", t.pid, "--window", "5"], r"unexpected argument 'a\.mps'", 2)
     daemon.detach(t.pid)
 
     for cmd in ("plot", "export", "diff"):

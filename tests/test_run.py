@@ -230,11 +230,11 @@ def test_unsupported_python_runs_untracked(pyid, daemon):
 
 def test_bad_usage(daemon):
     r = daemon.run("run")
-    assert r.returncode != 0 and "no program to run" in r.stderr
+    assert r.returncode == 2 and "no program to run" in r.stderr
     r = daemon.run("run", "--", "/nonexistent/prog")
     assert r.returncode == 127 and "cannot run /nonexistent/prog" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = daemon.run("run", "--sample-rate", "lots", "--", "true")
-    assert r.returncode != 0 and "--sample-rate" in r.stderr
+    assert r.returncode == 2 and "--sample-rate needs" in r.stderr
     r = daemon.run("run", "--help")
     assert r.returncode == 0 and "@profile" in r.stdout

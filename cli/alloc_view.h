@@ -1,0 +1,76 @@
+/* alloc_view.h -- the allocation data layer of the CLI: a session's AllocData (or a snapshot file)
+ * as frames and stacks, summed into rows by line or function; used by top, lines, snapshot, diff, growth. */
+#ifndef MEMPROF_ALLOC_VIEW_H
+#define MEMPROF_ALLOC_VIEW_H
+
+#include <stdio.h>
+
+#include "memprof.pb-c.h"
+
+enum by { BY_LINE, BY_FUNCTION };
+enum sort { SORT_OWN, SORT_TOTAL, SORT_RATE, SORT_ALLOCS, SORT_N };
+
+struct frame {
+    int used;
+    char *file, *func;
+    unsigned line, first;
+};
+
+/* One stack with its figures, frames as indexes into the frame table. */
+struct stack {
+    unsigned *frames;
+    size_t n;
+    double live, ab, ac, fb, fc, rate, peak;
+    int native; /* allocations by C code under these frames (memprofd attach --native) */
+};
+
+/* A snapshot: from the daemon (AllocData) or from a snapshot file. */
+struct view {
+    int pid;
+    char state[16], mode[16], python[32], command[512], where[128]; /* where: cli_container */
+    int exited, exact; /* the session ended with its process; exact mode (else sampling) */
+    double rss, samples_rate, alloc_rate, overhead, ts, first_ts, peak_live;
+    double samples, dropped, rate_bytes;
+    double live_python, live_native; /* tracked live split, before any --native-only */
+    int has_native;
+    struct frame *frames;
+    size_t nframes;
+    struct stack *stacks;
+    size_t nstacks;
+};
+
+/* A row: one line or one function, summed. */
+struct row {
+    char *key; /* "file\tline" or "file\tfunc\tfirst" */
+    unsigned frame;
+    double own, total, rate, allocs;
+    size_t last_stack; /* to count a stack once in total */
+    double own_native;  /* the part of own allocated by C code */
+};
+extern const char *sort_names[SORT_N];
+/* --native-only (top, lines): keep only what C code allocated (memprofd attach --native) */
+extern int alloc_native_only;
+/* Fold constructors: what __init__/__new__ allocate is shown at the line that
+ * created the object, since whoever keeps the object holds that memory (--no-fold clears it). */
+extern int alloc_fold_ctors;
+
+void view_free(struct view *v);
+/* Make room for frame id in v: 0, or -1 (an id out of range, no memory). */
+int frame_slot(struct view *v, unsigned id);
+/* Frame id's text (a file or a message may define an id twice: the last one stands). */
+void frame_set(struct view *v, unsigned id, const char *file, const char *func, unsigned line, unsigned first);
+void view_frames(struct view *v, const Memprof__AllocData *d);
+void view_from_data(struct view *v, const Memprof__AllocData *d);
+double view_live(const struct view *v);
+/* pid's allocation data from the daemon into v: 0, or -1 with err set. */
+int view_fetch(int pid, struct view *v, char *err);
+/* The same for a command: 0, or MP_EXIT_FAIL after printing the error (cli_fail). */
+int view_get(int pid, struct view *v);
+
+/* v's stacks summed by line or function, sorted: *out (rows_free it), the number of rows. */
+size_t rows_build(const struct view *v, enum by by, enum sort sort, struct row **out);
+void rows_free(struct row *rows, size_t n);
+/* "file:line (func)" or "func (file:first)", escaped for a table. */
+void location(const struct view *v, const struct row *r, enum by by, char *out, size_t len);
+
+#endif

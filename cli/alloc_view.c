@@ -145,8 +145,7 @@ int alloc_fetch(int pid, unsigned session_id, int history, Envelope **reply, cha
         mp_err(err, "unexpected reply from memprofd (is it older than this memprof?)");
         return -1;
     }
-    if ((*reply)->alloc_data->error && (*reply)->alloc_data->error[0]) {
-        mp_err(err, "%s", (*reply)->alloc_data->error);
+    if (client_reply_error((*reply)->alloc_data->error, (*reply)->alloc_data->code, err) < 0) {
         wire_free(*reply);
         *reply = NULL;
         return -1;
@@ -167,7 +166,7 @@ int view_fetch(int pid, struct view *v, char *err)
 int view_get(int pid, struct view *v)
 {
     char err[MP_ERRLEN];
-    if (view_fetch(pid, v, err) < 0) return cli_fail("%s", err);
+    if (view_fetch(pid, v, err) < 0) return cli_fail_call(err);
     return 0;
 }
 

@@ -60,7 +60,7 @@ int cmd_snapshot(int argc, char **argv)
         {0}};
     const struct opt_cmd cmd = {"memprof snapshot", opts, .about = about_snapshot, .more = example_snapshot};
     if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
-    if (view_get(pid, &v)) return MP_EXIT_FAIL;
+    if ((rc = view_get(pid, &v))) return rc;
     if (!(f = fopen(out, "w"))) return cli_fail("%s: %s", out, strerror(errno));
     tabfree(v.command);
     fprintf(f, "memprof-snapshot 1\npid %d\ntime %.3f\nmode %s\nrss %.0f\npython %s\ncommand %s\n", v.pid, v.ts, v.mode,
@@ -240,7 +240,7 @@ static int diff_window(int pid, unsigned session_id, double window, int limit)
     struct view a, b;
     double span;
     cli_who(pid, session_id, who, sizeof who);
-    if (alloc_fetch(pid, session_id, 1, &reply, err) < 0) return cli_fail("%s", err);
+    if (alloc_fetch(pid, session_id, 1, &reply, err) < 0) return cli_fail_call(err);
     d = reply->alloc_data;
     if (d->n_history < 2) {
         wire_free(reply);

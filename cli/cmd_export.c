@@ -287,7 +287,7 @@ int cmd_export(int argc, char **argv)
     to_stdout = !strcmp(out, "-");
     if (format == PPROF && to_stdout && isatty(STDOUT_FILENO))
         return cli_fail("--format pprof writes binary data: give -o FILE or redirect stdout");
-    if (alloc_fetch(pid, session_id, format == JSON, &reply, err) < 0) return cli_fail("%s", err);
+    if (alloc_fetch(pid, session_id, format == JSON, &reply, err) < 0) return cli_fail_call(err);
     if (!(f = to_stdout ? stdout : fopen(out, "w"))) {
         wire_free(reply);
         return cli_fail("cannot write %s: %s", out, strerror(errno));

@@ -311,7 +311,7 @@ int cmd_flamegraph(int argc, char **argv)
                                 .about = about_flame, .more = example_flame};
     if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
     if (!pid && !session_id) return opts_usage_error(&cmd, "--pid PID or --session ID is required");
-    if (alloc_fetch(pid, session_id, 0, &reply, err) < 0) return cli_fail("%s", err);
+    if (alloc_fetch(pid, session_id, 0, &reply, err) < 0) return cli_fail_call(err);
     d = reply->alloc_data;
     s = d->session;
     if (index_build(&x, d) < 0) {

@@ -242,7 +242,7 @@ int cmd_lines(int argc, char **argv)
         {0}};
     const struct opt_cmd cmd = {"memprof lines", opts, .about = about_lines, .more = example_lines};
     if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
-    if (view_get(pid, &v)) return MP_EXIT_FAIL;
+    if ((rc = view_get(pid, &v))) return rc;
     rc = lines_print(stdout, &v, func, file, 0, 0);
     view_free(&v);
     return rc;

@@ -144,7 +144,7 @@ static int parse(int argc, char **argv, struct opt_cmd *cmd, const char *which, 
 
 /* ---------------------------------------------------------------- agent calls */
 
-/* One request to the agent in o->pid. On success *env owns *reply. */
+/* One request to the agent in o->pid: 0 (*env owns *reply), or the exit status after printing the error. */
 static int agent_call(const struct opts *o, Memprof__AgentRequest *req, Envelope **env,
                       Memprof__AgentReply **reply)
 {
@@ -155,8 +155,12 @@ static int agent_call(const struct opts *o, Memprof__AgentRequest *req, Envelope
         char prefix[32];
         close(fd);
         snprintf(prefix, sizeof prefix, "pid %d:", o->pid);
-        if (!strncmp(err, prefix, strlen(prefix))) return cli_fail("%s", err); /* the daemon named it */
-        return cli_fail("pid %d: %s", o->pid, err);
+        if (strncmp(err, prefix, strlen(prefix))) { /* the daemon did not name the pid */
+            char msg[MP_ERRLEN + 32];
+            snprintf(msg, sizeof msg, "pid %d: %s", o->pid, err);
+            return cli_fail_call(msg);
+        }
+        return cli_fail_call(err);
     }
     close(fd);
     if (!*reply) {
@@ -170,10 +174,11 @@ static int census_call(const struct opts *o, Envelope **env, Memprof__AgentReply
 {
     Memprof__AgentRequest req = MEMPROF__AGENT_REQUEST__INIT;
     Memprof__CensusRequest creq = MEMPROF__CENSUS_REQUEST__INIT;
+    int rc;
     creq.all = o->all;
     req.body_case = MEMPROF__AGENT_REQUEST__BODY_CENSUS;
     req.census = &creq;
-    if (agent_call(o, &req, env, reply)) return MP_EXIT_FAIL;
+    if ((rc = agent_call(o, &req, env, reply))) return rc;
     if ((*reply)->body_case != MEMPROF__AGENT_REPLY__BODY_CENSUS || !(*reply)->census) {
         wire_free(*env);
         return cli_fail("pid %d: the agent answered something else than a census", o->pid);
@@ -294,7 +299,7 @@ int cmd_types(int argc, char **argv)
     struct opt_cmd cmd = {"memprof types", .about = about_types, .more = example_types};
     int rc;
     if (parse(argc, argv, &cmd, "plsLaj", &o, &rc) < 0) return rc;
-    if (census_call(&o, &env, &reply)) return MP_EXIT_FAIL;
+    if ((rc = census_call(&o, &env, &reply))) return rc;
     c = reply->census;
     if (table_make(c, o.longnames, &t) < 0) {
         wire_free(env);
@@ -455,7 +460,7 @@ int cmd_growth(int argc, char **argv)
     int rc;
     if (parse(argc, argv, &cmd, "plajic", &o, &rc) < 0) return rc;
     t0 = tprev = mp_now();
-    if (census_call(&o, &env, &reply)) return MP_EXIT_FAIL;
+    if ((rc = census_call(&o, &env, &reply))) return rc;
     if (table_make(reply->census, 0, &prev) < 0) {
         wire_free(env);
         return cli_fail("out of memory");
@@ -483,9 +488,9 @@ int cmd_growth(int argc, char **argv)
         sleep_until(next);
         next += o.interval;
         t = mp_now();
-        if (census_call(&o, &env, &reply)) {
+        if ((rc = census_call(&o, &env, &reply))) {
             table_free(&prev);
-            return MP_EXIT_FAIL;
+            return rc;
         }
         if (table_make(reply->census, 0, &cur) < 0) {
             wire_free(env);
@@ -505,11 +510,12 @@ int cmd_growth(int argc, char **argv)
 
 /* ---------------------------------------------------------------- backrefs graph */
 
-/* The back-references (or the chain) o asks for: 0, or MP_EXIT_FAIL after printing an error. */
+/* The back-references (or the chain) o asks for: 0, or an exit status after printing an error. */
 static int backrefs_call(const struct opts *o, int chain, Envelope **env, Memprof__AgentReply **reply)
 {
     Memprof__AgentRequest req = MEMPROF__AGENT_REQUEST__INIT;
     Memprof__BackrefsRequest breq = MEMPROF__BACKREFS_REQUEST__INIT;
+    int rc;
     breq.type_name = o->type_name ? (char *)o->type_name : (char *)"";
     breq.addr = o->addr;
     breq.max_depth = o->max_depth;
@@ -518,7 +524,7 @@ static int backrefs_call(const struct opts *o, int chain, Envelope **env, Mempro
     breq.chain_only = chain;
     req.body_case = MEMPROF__AGENT_REQUEST__BODY_BACKREFS;
     req.backrefs = &breq;
-    if (agent_call(o, &req, env, reply)) return MP_EXIT_FAIL;
+    if ((rc = agent_call(o, &req, env, reply))) return rc;
     if ((*reply)->body_case != MEMPROF__AGENT_REPLY__BODY_BACKREFS || !(*reply)->backrefs) {
         wire_free(*env);
         return cli_fail("pid %d: the agent answered something else than back-references", o->pid);

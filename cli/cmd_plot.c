@@ -568,7 +568,7 @@ int cmd_plot(int argc, char **argv)
     if (!pid && !session_id) return opts_usage_error(&cmd, "--pid PID or --session ID is required");
     if (!svg_name(out)) return opts_usage_error(&cmd, "%s: memprof plot writes SVG only: use an .svg name", out);
     cli_who(pid, session_id, who, sizeof who);
-    if (alloc_fetch(pid, session_id, 1, &reply, err) < 0) return cli_fail("%s", err);
+    if (alloc_fetch(pid, session_id, 1, &reply, err) < 0) return cli_fail_call(err);
     memset(&p, 0, sizeof p);
     p.d = reply->alloc_data;
     if (p.d->n_history == 0) {

@@ -173,7 +173,7 @@ int cmd_top(int argc, char **argv)
     if (opts_parse(&cmd, argc, argv, &st) < 0) return st;
     alloc_fold_ctors = !no_fold;
     if (once || !isatty(STDOUT_FILENO)) {
-        if (view_get(pid, &v)) return MP_EXIT_FAIL;
+        if ((st = view_get(pid, &v))) return st;
         print_top(stdout, &v, by, sort, limit, json, 0);
         view_free(&v);
         return 0;
@@ -186,10 +186,10 @@ int cmd_top(int argc, char **argv)
             char *buf = NULL;
             size_t len = 0;
             FILE *mem = open_memstream(&buf, &len);
-            if (view_get(pid, &v)) {
+            if ((st = view_get(pid, &v))) {
                 if (mem) fclose(mem);
                 free(buf);
-                return MP_EXIT_FAIL;
+                return st;
             }
             if (!mem) return cli_fail("out of memory");
             print_top(mem, &v, by, sort, limit, json, paused);

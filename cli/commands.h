@@ -60,6 +60,9 @@ void cli_who(int pid, unsigned session_id, char *out, size_t len);
 
 /* Shared by the commands: print "memprof: MSG" to stderr and return MP_EXIT_FAIL. */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The same for a failed request to the daemon (alloc_fetch, client_call...): prints err and returns the exit
+ * status of its category (client_exit_status: 4 no such process, 5 permission, 6 not attached...). */
+int cli_fail_call(const char *err);
 /* s for a table cell or a message line, into out (cut to fit len): \n, \t, \r
  * and the other control characters (< 0x20, 0x7f) as \n, \t, \r and \xNN, so
  * that a string from the target (command line, file, function or type name)

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "client.h"
 #include "commands.h"
 #include "version.h"
 
@@ -57,6 +58,12 @@ int cli_fail(const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "memprof: %s\n", cli_esc(msg, line, sizeof line)); /* one line, whatever it quotes */
     return MP_EXIT_FAIL;
+}
+
+int cli_fail_call(const char *err)
+{
+    cli_fail("%s", err);
+    return client_exit_status(client_error_code());
 }
 
 const char *cli_esc(const char *s, char *out, size_t len)

@@ -10,13 +10,29 @@
 int client_connect(const char *socket, int spawn, char *err);
 
 /* Send one request and wait for its reply (timeout_ms < 0: forever). An
- * ErrorReply from the daemon becomes -1 with its message in err. */
+ * ErrorReply from the daemon becomes -1 with its message in err (and its
+ * code in client_error_code()). */
 int client_call(int fd, const Envelope *req, Envelope **reply, int timeout_ms, char *err);
 
 /* Forward req to the agent in pid through the daemon; *reply is the agent's
  * AgentReply (free with wire_free(*env)). An agent error becomes -1. */
 int client_agent_call(int fd, int pid, Memprof__AgentRequest *req, Envelope **env,
                       Memprof__AgentReply **reply, int timeout_ms, char *err);
+
+/* A reply's error field with its code (AttachReply, DetachReply, AllocData,
+ * AgentReply): 0 when error is empty, else -1 with error in err and code kept
+ * for client_error_code(). */
+int client_reply_error(const char *error, Memprof__ErrorReply__Code code, char *err);
+
+/* The category of the last failure of client_call, client_agent_call or
+ * client_reply_error (ErrorReply.Code): UNKNOWN when the daemon gave none, or
+ * the failure was not the daemon's answer (no daemon, timeout, bad frame). */
+Memprof__ErrorReply__Code client_error_code(void);
+
+/* The one map from a failure's category to the exit status of a command
+ * (common/exitcodes.h): MP_EXIT_NO_PROCESS, MP_EXIT_PERMISSION,
+ * MP_EXIT_NOT_ATTACHED, MP_EXIT_UNSUPPORTED, else MP_EXIT_FAIL. */
+int client_exit_status(Memprof__ErrorReply__Code code);
 
 /* --socket PATH, which every command accepts: the daemon to talk to (NULL: the default). */
 extern const char *client_socket_opt;

@@ -448,21 +448,24 @@ void alloc_report(struct session *s, const Memprof__AllocReport *r)
 
 /* ------------------------------------------------------------ query */
 
-static void reply_error(struct conn *c, const char *msg)
+static void reply_error(struct conn *c, Memprof__ErrorReply__Code code, const char *msg)
 {
     Envelope env = MEMPROF__ENVELOPE__INIT;
     Memprof__AllocData d = MEMPROF__ALLOC_DATA__INIT;
     d.error = (char *)msg;
+    d.code = code;
     env.msg_case = MEMPROF__ENVELOPE__MSG_ALLOC_DATA;
     env.alloc_data = &d;
     conn_send(c, &env);
 }
 
 /* The session a query addresses: by session id when given (an ended session
- * stays reachable after its pid is reused), else pid's. NULL with err set. */
-static struct session *query_session(struct conn *c, const Memprof__AllocQuery *q, char *err)
+ * stays reachable after its pid is reused), else pid's. NULL with err set and *code its category. */
+static struct session *query_session(struct conn *c, const Memprof__AllocQuery *q, char *err,
+                                     Memprof__ErrorReply__Code *code)
 {
     struct session *s;
+    *code = MEMPROF__ERROR_REPLY__CODE__NOT_ATTACHED;
     if (q->session_id) {
         s = session_by_id(q->session_id);
         if (!s || (c->peer_uid != 0 && c->peer_uid != s->uid)) {
@@ -471,6 +474,7 @@ static struct session *query_session(struct conn *c, const Memprof__AllocQuery *
         }
         if (q->pid && q->pid != s->pid) {
             mp_err(err, "session %u is of pid %d, not %d", q->session_id, (int)s->pid, (int)q->pid);
+            *code = MEMPROF__ERROR_REPLY__CODE__BAD_REQUEST;
             return NULL;
         }
         if (s->state == SESS_ATTACHING || (s->state != SESS_ATTACHED && !s->alloc)) {
@@ -481,8 +485,10 @@ static struct session *query_session(struct conn *c, const Memprof__AllocQuery *
         return s;
     }
     s = session_find(q->pid);
-    if (proc_may_access(c->peer_uid, q->pid, err) < 0 && !(s && (c->peer_uid == 0 || c->peer_uid == s->uid)))
+    if (proc_may_access(c->peer_uid, q->pid, err) < 0 && !(s && (c->peer_uid == 0 || c->peer_uid == s->uid))) {
+        *code = proc_error_code(q->pid, MEMPROF__ERROR_REPLY__CODE__PERMISSION_DENIED);
         return NULL;
+    }
     if (!s || s->state == SESS_DETACHED || s->state == SESS_LOST || (s->state != SESS_ATTACHED && !s->alloc)) {
         mp_err(err, "pid %d: not attached (attach first: memprofd attach --pid %d)", (int)q->pid, (int)q->pid);
         return NULL;
@@ -618,11 +624,16 @@ int alloc_view(struct session *s, int history, struct alloc_view *v, char *err)
 void alloc_on_query(struct conn *c, const Envelope *in)
 {
     char err[MP_ERRLEN];
-    struct session *s = query_session(c, in->alloc_query, err);
+    Memprof__ErrorReply__Code code;
+    struct session *s = query_session(c, in->alloc_query, err, &code);
     struct alloc_view v;
     Envelope env = MEMPROF__ENVELOPE__INIT;
-    if (!s || alloc_view(s, in->alloc_query->history, &v, err) < 0) {
-        reply_error(c, err);
+    if (!s) {
+        reply_error(c, code, err);
+        return;
+    }
+    if (alloc_view(s, in->alloc_query->history, &v, err) < 0) {
+        reply_error(c, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, err);
         return;
     }
     env.msg_case = MEMPROF__ENVELOPE__MSG_ALLOC_DATA;

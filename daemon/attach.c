@@ -43,13 +43,15 @@ static uint64_t next_call_id = 1;
 
 static void send_env(struct conn *c, Envelope *env) { conn_send(c, env); }
 
-static void reply_attach_error(uint64_t conn_id, const char *msg)
+/* A refused attach: msg for the user, code its category (ErrorReply.Code). */
+static void reply_attach_error(uint64_t conn_id, Memprof__ErrorReply__Code code, const char *msg)
 {
     struct conn *c = conn_by_id(conn_id);
     Envelope env = MEMPROF__ENVELOPE__INIT;
     Memprof__AttachReply r = MEMPROF__ATTACH_REPLY__INIT;
     if (!c) return;
     r.error = (char *)msg;
+    r.code = code;
     env.msg_case = MEMPROF__ENVELOPE__MSG_ATTACH_REPLY;
     env.attach_reply = &r;
     send_env(c, &env);
@@ -77,13 +79,15 @@ static void reply_attach_ok(uint64_t conn_id, struct session *s, int already)
     send_env(c, &env);
 }
 
-static void reply_detach(uint64_t conn_id, const char *error, double stop_ms, int unloaded)
+static void reply_detach(uint64_t conn_id, Memprof__ErrorReply__Code code, const char *error, double stop_ms,
+                         int unloaded)
 {
     struct conn *c = conn_by_id(conn_id);
     Envelope env = MEMPROF__ENVELOPE__INIT;
     Memprof__DetachReply r = MEMPROF__DETACH_REPLY__INIT;
     if (!c) return;
     r.error = (char *)(error ? error : "");
+    r.code = code;
     r.stop_ms = stop_ms;
     r.unloaded = unloaded;
     env.msg_case = MEMPROF__ENVELOPE__MSG_DETACH_REPLY;
@@ -110,23 +114,30 @@ void attach_tracking(Memprof__TrackingConfig *t, int enabled, int exact, uint64_
     t->interval_ms = interval_ms ? interval_ms : default_interval_ms;
 }
 
-/* Checks that need no ptrace: who may attach to what, and is it a Python we support. */
-static int attach_precheck(struct conn *c, pid_t pid, struct pyinfo *py, char *err)
+/* Checks that need no ptrace: who may attach to what, and is it a Python we support. 0, or -1 with err
+ * and *code, the failure's category, told by what is true of pid (proc_error_code), never by err's text. */
+static int attach_precheck(struct conn *c, pid_t pid, struct pyinfo *py, char *err, Memprof__ErrorReply__Code *code)
 {
     char st;
+    *code = MEMPROF__ERROR_REPLY__CODE__UNSUPPORTED_TARGET;
     if (pid == getpid()) {
         mp_err(err, "pid %d: is memprofd itself", (int)pid);
         return -1;
     }
-    if (proc_may_access(c->peer_uid, pid, err) < 0) return -1;
+    if (proc_may_access(c->peer_uid, pid, err) < 0) {
+        *code = proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__PERMISSION_DENIED);
+        return -1;
+    }
     st = proc_state(pid);
     if (st == 'Z' || st == 'X') {
         mp_err(err, "pid %d: is a zombie (it has exited)", (int)pid);
+        *code = MEMPROF__ERROR_REPLY__CODE__NO_SUCH_PROCESS;
         return -1;
     }
-    if (pyprobe(pid, py, err) < 0) return -1;
-    if (proc_root_check(pid, err) < 0) return -1;
-    if (inject_libc_check(pid, err) < 0) return -1;
+    if (pyprobe(pid, py, err) < 0 || proc_root_check(pid, err) < 0 || inject_libc_check(pid, err) < 0) {
+        *code = proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__UNSUPPORTED_TARGET);
+        return -1;
+    }
     if (!pyabi_supported(py->major, py->minor)) {
         mp_err(err, "pid %d: unsupported Python %d.%d (memprof supports " MP_PY_RANGE ")", (int)pid, py->major,
                py->minor);
@@ -200,22 +211,23 @@ void attach_on_attach(struct conn *c, const Envelope *in)
 
     if (s && (s->state == SESS_ATTACHED || s->state == SESS_ATTACHING || s->state == SESS_DETACHING)) {
         if (proc_may_access(c->peer_uid, pid, err) < 0) {
-            reply_attach_error(c->id, err);
+            reply_attach_error(c->id, proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__PERMISSION_DENIED), err);
         } else if (s->state == SESS_ATTACHED) {
             reply_attach_ok(c->id, s, 1);
         } else {
             snprintf(err, sizeof err, "pid %d: a session is %s", (int)pid, session_state_name(s->state));
-            reply_attach_error(c->id, err);
+            reply_attach_error(c->id, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, err);
         }
         return;
     }
-    if (attach_precheck(c, pid, &py, err) < 0) {
-        reply_attach_error(c->id, err);
+    Memprof__ErrorReply__Code code;
+    if (attach_precheck(c, pid, &py, err, &code) < 0) {
+        reply_attach_error(c->id, code, err);
         return;
     }
     s = session_new(pid);
     if (!s) {
-        reply_attach_error(c->id, "out of memory");
+        reply_attach_error(c->id, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, "out of memory");
         return;
     }
     s->py = py;
@@ -229,13 +241,13 @@ void attach_on_attach(struct conn *c, const Envelope *in)
     s->track.native = req->native && !req->exact;
     s->track.native_frames = s->track.native && req->native_frames;
     if (attach_make_token(s->token) < 0) {
-        reply_attach_error(c->id, "no randomness for a token");
+        reply_attach_error(c->id, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, "no randomness for a token");
         session_free(s);
         return;
     }
     if (attach_method_of(req->method, &s->method_asked) < 0) {
         snprintf(err, sizeof err, "unknown attach method '%s' (auto, ptrace or remote-exec)", req->method);
-        reply_attach_error(c->id, err);
+        reply_attach_error(c->id, MEMPROF__ERROR_REPLY__CODE__BAD_REQUEST, err);
         session_free(s);
         return;
     }
@@ -254,7 +266,7 @@ void attach_on_attach(struct conn *c, const Envelope *in)
         if (usable) snprintf(why, sizeof why, "%s", err);
         if (s->method_asked == ATTACH_REMOTE_EXEC) {
             snprintf(err, sizeof err, "pid %d: cannot attach by remote-exec: %s", (int)pid, why);
-            reply_attach_error(c->id, err);
+            reply_attach_error(c->id, proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), err);
             session_free(s);
             return;
         }
@@ -262,7 +274,7 @@ void attach_on_attach(struct conn *c, const Envelope *in)
             snprintf(s->note, sizeof s->note, "remote-exec not used: %s", why);
     }
     if (attach_by_ptrace(s, err) < 0) {
-        reply_attach_error(c->id, err);
+        reply_attach_error(c->id, proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), err);
         session_free(s);
     }
 }
@@ -279,7 +291,7 @@ static int remote_exec_timeout(struct session *s)
                  "pid %d: its main thread did not reach a safe point within %.0f s (blocked in C code?); "
                  "the remote-exec request was withdrawn (--method ptrace attaches anyway)",
                  (int)s->pid, RX_SAFE_POINT_S);
-        reply_attach_error(s->attach_waiter, err);
+        reply_attach_error(s->attach_waiter, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, err);
         return 0;
     }
     snprintf(s->note, sizeof s->note,
@@ -287,7 +299,7 @@ static int remote_exec_timeout(struct session *s)
     server_log("pid %d: %s; attaching by ptrace", (int)s->pid, s->note);
     s->method = ATTACH_PTRACE;
     if (attach_by_ptrace(s, err) < 0) {
-        reply_attach_error(s->attach_waiter, err);
+        reply_attach_error(s->attach_waiter, proc_error_code(s->pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), err);
         return 0;
     }
     return 1;
@@ -409,7 +421,8 @@ static struct call *call_new(pid_t pid, uint64_t client_conn, uint64_t client_id
     return k;
 }
 
-static void call_finish(struct call *k, const Memprof__AgentReply *reply, const char *error)
+static void call_finish(struct call *k, const Memprof__AgentReply *reply, Memprof__ErrorReply__Code code,
+                        const char *error)
 {
     struct call **pp;
     struct conn *c = k->client_conn ? conn_by_id(k->client_conn) : NULL;
@@ -417,7 +430,10 @@ static void call_finish(struct call *k, const Memprof__AgentReply *reply, const 
         Envelope env = MEMPROF__ENVELOPE__INIT;
         Memprof__AgentReply r = MEMPROF__AGENT_REPLY__INIT;
         if (reply) r = *reply;
-        else r.error = (char *)error;
+        else {
+            r.error = (char *)error;
+            r.code = code;
+        }
         r.id = k->client_id;
         env.msg_case = MEMPROF__ENVELOPE__MSG_AGENT_REPLY;
         env.agent_reply = &r;
@@ -438,7 +454,7 @@ static void start_detach(struct session *s, uint64_t waiter, double timeout)
     Memprof__DetachRequest d = MEMPROF__DETACH_REQUEST__INIT;
     struct call *k = call_new(s->pid, 0, 0);
     if (!k) {
-        reply_detach(waiter, "out of memory", 0, 0);
+        reply_detach(waiter, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, "out of memory", 0, 0);
         return;
     }
     s->state = SESS_DETACHING;
@@ -459,14 +475,14 @@ void attach_on_detach(struct conn *c, const Envelope *in)
     char err[MP_ERRLEN];
     struct session *s = session_find(pid);
     if (proc_may_access(c->peer_uid, pid, err) < 0 && !(s && (c->peer_uid == 0 || c->peer_uid == s->uid))) {
-        reply_detach(c->id, err, 0, 0);
+        reply_detach(c->id, proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__PERMISSION_DENIED), err, 0, 0);
         return;
     }
     if (!s || s->state != SESS_ATTACHED) {
         snprintf(err, sizeof err, "pid %d: not attached%s%s", (int)pid, s ? " (session " : "",
                  s ? session_state_name(s->state) : "");
         if (s) strncat(err, ")", sizeof err - strlen(err) - 1);
-        reply_detach(c->id, err, 0, 0);
+        reply_detach(c->id, MEMPROF__ERROR_REPLY__CODE__NOT_ATTACHED, err, 0, 0);
         return;
     }
     start_detach(s, c->id, DETACH_TIMEOUT);
@@ -492,6 +508,7 @@ void attach_on_agent_call(struct conn *c, const Envelope *in)
     s = session_find(ac->pid);
     if (proc_may_access(c->peer_uid, ac->pid, err) < 0 && !(s && (c->peer_uid == 0 || c->peer_uid == s->uid))) {
         fail.error = err;
+        fail.code = proc_error_code(ac->pid, MEMPROF__ERROR_REPLY__CODE__PERMISSION_DENIED);
         send_env(c, &env);
         return;
     }
@@ -502,6 +519,7 @@ void attach_on_agent_call(struct conn *c, const Envelope *in)
             snprintf(err, sizeof err, "pid %d: not attached (attach first: memprofd attach --pid %d)", (int)ac->pid,
                      (int)ac->pid);
         fail.error = err;
+        fail.code = s && s->state == SESS_EXITED ? MEMPROF__ERROR_REPLY__CODE__NO_SUCH_PROCESS : MEMPROF__ERROR_REPLY__CODE__NOT_ATTACHED;
         send_env(c, &env);
         return;
     }
@@ -599,21 +617,21 @@ void attach_on_agent_reply(struct conn *c, const Envelope *env)
                 s->track.enabled = s->track.native = s->track.native_frames = 0;
             }
             s->config_call = 0;
-            call_finish(k, r, NULL);
+            call_finish(k, r, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, NULL);
             attach_agent_ready(s);
             return;
         }
-        call_finish(k, r, NULL);
+        call_finish(k, r, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, NULL);
         return;
     }
 }
 
-static void fail_calls_of(pid_t pid, const char *why)
+static void fail_calls_of(pid_t pid, Memprof__ErrorReply__Code code, const char *why)
 {
     struct call *k = calls, *next;
     for (; k; k = next) {
         next = k->next;
-        if (k->pid == pid) call_finish(k, NULL, why);
+        if (k->pid == pid) call_finish(k, NULL, code, why);
     }
 }
 
@@ -628,20 +646,20 @@ void attach_agent_gone(struct conn *c)
         snprintf(why, sizeof why, "pid %d: the agent %s during the attach", (int)s->pid,
                  proc_alive(s->pid) ? "disconnected" : "exited");
         server_log("%s", why);
-        fail_calls_of(s->pid, why);
-        reply_attach_error(s->attach_waiter, why);
+        fail_calls_of(s->pid, proc_error_code(s->pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), why);
+        reply_attach_error(s->attach_waiter, proc_error_code(s->pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), why);
         session_free(s);
         return;
     }
     if (!proc_alive(s->pid) || s->exiting) {
         snprintf(why, sizeof why, "pid %d: the process exited", (int)s->pid);
         server_log("pid %d exited; session kept", (int)s->pid);
-        fail_calls_of(s->pid, why);
+        fail_calls_of(s->pid, MEMPROF__ERROR_REPLY__CODE__NO_SUCH_PROCESS, why);
         session_retire(s, SESS_EXITED);
     } else {
         snprintf(why, sizeof why, "pid %d: the agent disconnected", (int)s->pid);
         server_log("pid %d: agent connection lost", (int)s->pid);
-        fail_calls_of(s->pid, why);
+        fail_calls_of(s->pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, why);
         session_retire(s, SESS_LOST);
     }
 }
@@ -667,7 +685,7 @@ static void finish_detach(struct session *s)
             server_log("pid %d: agent left loaded: %s", (int)s->pid, err);
     }
     server_log("pid %d detached%s", (int)s->pid, unloaded ? ", agent unloaded" : "");
-    reply_detach(s->detach_waiter, NULL, stop_ms, unloaded);
+    reply_detach(s->detach_waiter, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, NULL, stop_ms, unloaded);
     s->detach_waiter = 0;
     session_retire(s, proc_alive(s->pid) ? SESS_DETACHED : SESS_EXITED);
 }
@@ -703,14 +721,14 @@ long attach_tick(void)
                          "pid %d: the agent was loaded but did not connect within %.0f s "
                          "(interpreter not initialized, or the GIL never released?)",
                          (int)s->pid, ATTACH_TIMEOUT);
-            reply_attach_error(s->attach_waiter, err);
+            reply_attach_error(s->attach_waiter, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, err);
             s->agent_conn = 0; /* so that closing it finds no session */
             if (ac) conn_close(ac); /* the agent undoes itself at EOF */
             session_free(s);
         } else if (s->state == SESS_ATTACHING && !proc_alive(s->pid) && !s->agent_conn) {
             char err[MP_ERRLEN];
             snprintf(err, sizeof err, "pid %d: the process exited during the attach", (int)s->pid);
-            reply_attach_error(s->attach_waiter, err);
+            reply_attach_error(s->attach_waiter, MEMPROF__ERROR_REPLY__CODE__NO_SUCH_PROCESS, err);
             session_free(s);
         } else if (s->state == SESS_DETACHING) {
             int thread_gone = !s->agent_tid || !proc_thread_alive(s->pid, s->agent_tid);
@@ -720,7 +738,7 @@ long attach_tick(void)
                 char err[MP_ERRLEN];
                 snprintf(err, sizeof err, "pid %d: the agent did not finish detaching within %.0f s; it stays loaded",
                          (int)s->pid, DETACH_TIMEOUT);
-                reply_detach(s->detach_waiter, err, 0, 0);
+                reply_detach(s->detach_waiter, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, err, 0, 0);
                 struct conn *ac = conn_by_id(s->agent_conn);
                 if (ac) conn_close(ac);
                 session_retire(s, SESS_DETACHED);
@@ -729,7 +747,8 @@ long attach_tick(void)
     }
     for (struct call *k = calls, *kn; k; k = kn) {
         kn = k->next;
-        if (now > k->deadline) call_finish(k, NULL, "the agent did not answer in time");
+        if (now > k->deadline)
+            call_finish(k, NULL, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, "the agent did not answer in time");
     }
     /* What is still pending decides when to look again: a detach waits for the agent's thread to end
      * (no event tells), an attach for the process to stay alive; calls only for their deadlines. */

@@ -134,7 +134,7 @@ static int cmd_serve(int argc, char **argv)
     return MP_EXIT_OK;
 }
 
-/* Send req to the daemon and wait for its reply: 0 with *reply (wire_free it) and *fd open, or MP_EXIT_FAIL after
+/* Send req to the daemon and wait for its reply: 0 with *reply (wire_free it) and *fd open, or an exit status after
  * printing the error. */
 static int call(const Envelope *req, int spawn, int timeout_ms, Envelope **reply, int *fd)
 {
@@ -142,7 +142,8 @@ static int call(const Envelope *req, int spawn, int timeout_ms, Envelope **reply
     if ((*fd = client_connect(client_socket_opt, spawn, err)) < 0) return fail("%s", err);
     if (client_call(*fd, req, reply, timeout_ms, err) < 0) {
         close(*fd);
-        return fail("%s", err);
+        fail("%s", err);
+        return client_exit_status(client_error_code());
     }
     return 0;
 }
@@ -189,8 +190,10 @@ static int cmd_attach(int argc, char **argv)
     if ((rc = call(&env, 1, 60000, &reply, &fd))) return rc;
     Memprof__AttachReply *r = reply->attach_reply;
     if (reply->msg_case != MEMPROF__ENVELOPE__MSG_ATTACH_REPLY) rc = fail("unexpected reply from memprofd");
-    else if (r->error && *r->error) rc = fail("%s", r->error);
-    else if (r->already) {
+    else if (r->error && *r->error) {
+        fail("%s", r->error);
+        rc = client_exit_status(r->code);
+    } else if (r->already) {
         fprintf(stderr, "memprofd: pid %d is already attached (Python %s, %s mode, session since %.0f s ago)\n",
                 req.pid, r->session->python_version, wire_mode_name(r->session->mode), mp_wallclock() - r->session->attached_since);
         rc = MP_EXIT_ALREADY;
@@ -223,8 +226,10 @@ static int cmd_detach(int argc, char **argv)
     env.detach = &req;
     if ((rc = call(&env, 0, 30000, &reply, &fd))) return rc;
     if (reply->msg_case != MEMPROF__ENVELOPE__MSG_DETACH_REPLY) rc = fail("unexpected reply from memprofd");
-    else if (reply->detach_reply->error && *reply->detach_reply->error) rc = fail("%s", reply->detach_reply->error);
-    else
+    else if (reply->detach_reply->error && *reply->detach_reply->error) {
+        fail("%s", reply->detach_reply->error);
+        rc = client_exit_status(reply->detach_reply->code);
+    } else
         printf("detached from pid %d%s (target stopped %.2f ms)\n", req.pid,
                reply->detach_reply->unloaded ? ", agent unloaded" : "", reply->detach_reply->stop_ms);
     wire_free(reply);

@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,6 +184,20 @@ int proc_may_access(uid_t client, pid_t pid, char *err)
         return -1;
     }
     return 0;
+}
+
+Memprof__ErrorReply__Code proc_error_code(pid_t pid, Memprof__ErrorReply__Code otherwise)
+{
+    char path[64];
+    int fd;
+    if (!proc_alive(pid)) return MEMPROF__ERROR_REPLY__CODE__NO_SUCH_PROCESS;
+    snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return errno == EACCES || errno == EPERM ? MEMPROF__ERROR_REPLY__CODE__PERMISSION_DENIED
+                                                 : proc_alive(pid) ? otherwise
+                                                                   : MEMPROF__ERROR_REPLY__CODE__NO_SUCH_PROCESS;
+    close(fd);
+    return otherwise;
 }
 
 static int add_entry(Memprof__PsReply *out, pid_t pid, uid_t uid, const struct pyinfo *py)

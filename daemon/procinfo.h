@@ -23,6 +23,9 @@ pid_t proc_host_tid(pid_t pid, pid_t ns_tid);
 void proc_container(pid_t pid, char *out, size_t outlen);
 /* May a client of uid `client` profile pid? 0 yes; -1 with a one-line err. */
 int proc_may_access(uid_t client, pid_t pid, char *err);
+/* The category of a failed check on pid, by what is true of pid now: NO_SUCH_PROCESS when it is
+ * gone or a zombie, PERMISSION_DENIED when memprofd may not read its /proc/PID/maps, else otherwise. */
+Memprof__ErrorReply__Code proc_error_code(pid_t pid, Memprof__ErrorReply__Code otherwise);
 /* The Python processes client may attach to, for `memprof ps`. */
 int proc_list_python(uid_t client, Memprof__PsReply *out);
 void proc_list_free(Memprof__PsReply *out);

@@ -278,9 +278,11 @@ def test_bad_input(daemon, targets):
     t = targets.start([exe, "-u", workload("service.py"), "2"])
     t.wait_for(r"^ready \d+")
     r = daemon.run("lines", "--pid", t.pid, "--function", "handle")
-    assert r.returncode == 1 and "pid %d: not attached" % t.pid in r.stderr, r.stderr
+    assert r.returncode == 6 and "pid %d: not attached" % t.pid in r.stderr, r.stderr  # 6: not attached
     r = daemon.run("top", "--pid", t.pid, "--once")
-    assert r.returncode == 1 and "not attached" in r.stderr, r.stderr
+    assert r.returncode == 6 and "not attached" in r.stderr, r.stderr
+    r = daemon.run("types", "--pid", t.pid)  # an agent call, refused by the daemon: the same code
+    assert r.returncode == 6 and "pid %d: not attached" % t.pid in r.stderr, r.stderr
 
     daemon.attach(t.pid)
     time.sleep(2)
@@ -292,7 +294,7 @@ def test_bad_input(daemon, targets):
     assert r.returncode == 1 and "no function 'handle' in nosuchfile.py" in r.stderr, r.stderr
     daemon.detach(t.pid)
     r = daemon.run("top", "--pid", t.pid, "--once")
-    assert r.returncode == 1 and "not attached" in r.stderr, r.stderr
+    assert r.returncode == 6 and "not attached" in r.stderr, r.stderr
 
     r = daemon.run("diff", "/nonexistent/a", "/nonexistent/b")
     assert r.returncode == 1 and "/nonexistent/a" in r.stderr

@@ -174,9 +174,13 @@ def test_select_waits_its_timeout(pyid, blocked):
 
 # ------------------------------------------------------------------- bad input
 
-def expect_refused(daemon, pid, pattern):
+# The exit-status table (common/exitcodes.h): the category comes from the daemon's ErrorReply.Code, never the text.
+EXIT_FAIL, EXIT_NO_PROCESS, EXIT_PERMISSION, EXIT_NOT_ATTACHED, EXIT_UNSUPPORTED = 1, 4, 5, 6, 7
+
+
+def expect_refused(daemon, pid, pattern, status):
     r = daemon.memprofd("attach", "--pid", pid)
-    assert r.returncode != 0, "attach to %s succeeded: %s" % (pid, r.stdout)
+    assert r.returncode == status, "attach to %s: exit %d, not %d: %s" % (pid, r.returncode, status, r.stdout + r.stderr)
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1, "expected a one-line error, got %r" % err
     assert re.search(pattern, err), err
@@ -190,7 +194,7 @@ def unused_pid():
 
 
 def test_no_such_process(daemon):
-    expect_refused(daemon, unused_pid(), r"pid \d+: no such process")
+    expect_refused(daemon, unused_pid(), r"pid \d+: no such process", EXIT_NO_PROCESS)
 
 
 def test_not_a_pid(daemon):
@@ -201,7 +205,7 @@ def test_not_a_pid(daemon):
 def test_non_python_process(daemon, targets):
     t = targets.start(["sleep", "100"])
     time.sleep(0.2)
-    expect_refused(daemon, t.pid, r"pid %d: not a Python process" % t.pid)
+    expect_refused(daemon, t.pid, r"pid %d: not a Python process" % t.pid, EXIT_UNSUPPORTED)
     assert_untouched(t.pid)
 
 
@@ -210,18 +214,18 @@ def test_zombie(daemon, targets):
     t = targets.start([exe, "-u", target_script("zombie_parent.py")])
     child = int(t.wait_for(r"zombie (\d+)").group(1))
     assert proc_state(child)[0] == "Z"
-    expect_refused(daemon, child, r"pid %d: is a zombie" % child)
+    expect_refused(daemon, child, r"pid %d: is a zombie" % child, EXIT_NO_PROCESS)
 
 
 def test_daemon_itself(daemon):
-    expect_refused(daemon, daemon.proc.pid, r"is memprofd itself")
+    expect_refused(daemon, daemon.proc.pid, r"is memprofd itself", EXIT_UNSUPPORTED)
 
 
 def test_kernel_thread(daemon):
     pid = kernel_thread()
     if pid is None:
         pytest.skip("no kernel thread is visible in this pid namespace")
-    expect_refused(daemon, pid, r"pid %d: is a kernel thread" % pid)
+    expect_refused(daemon, pid, r"pid %d: is a kernel thread" % pid, EXIT_UNSUPPORTED)
 
 
 @pytest.mark.parametrize("pyid", UNSUPPORTED_IDS)
@@ -230,7 +234,8 @@ def test_unsupported_python(pyid, daemon, targets):
     t = targets.start([exe, "-u", target_script("idle.py")])
     t.wait_for(r"^ready")
     major_minor = ".".join(version.split(".")[:2])
-    expect_refused(daemon, t.pid, r"pid %d: unsupported Python %s" % (t.pid, re.escape(major_minor)))
+    expect_refused(daemon, t.pid, r"pid %d: unsupported Python %s" % (t.pid, re.escape(major_minor)),
+                   EXIT_UNSUPPORTED)
     assert_untouched(t.pid)
     t.wait_for(r"^tick")
 
@@ -244,7 +249,8 @@ def test_unknown_future_python(daemon, targets, tmp_path):
                                                                            "fake_python.c")])
     t = targets.start([exe])
     t.wait_for(r"^ready 3.16.0a1")
-    expect_refused(daemon, t.pid, r"pid %d: unsupported Python 3.16 \(memprof supports 3.8 to 3.15\)" % t.pid)
+    expect_refused(daemon, t.pid, r"pid %d: unsupported Python 3.16 \(memprof supports 3.8 to 3.15\)" % t.pid,
+                   EXIT_UNSUPPORTED)
     assert_untouched(t.pid)
     procs = {p["pid"]: p for p in json.loads(daemon.run("ps", "--json").stdout)}
     assert procs[t.pid]["python"] == "3.16.0a1" and not procs[t.pid]["supported"]
@@ -259,7 +265,7 @@ def test_stopped_target_is_left_stopped(daemon, targets):
     deadline = time.time() + 5
     while proc_state(t.pid)[0] != "T" and time.time() < deadline:
         time.sleep(0.01)
-    expect_refused(daemon, t.pid, r"pid %d: is stopped" % t.pid)
+    expect_refused(daemon, t.pid, r"pid %d: is stopped" % t.pid, EXIT_FAIL)
     assert proc_state(t.pid) == ("T", 0), "stopped target's state changed: %r" % (proc_state(t.pid),)
     assert not agent_mapped(t.pid)
     os.kill(t.pid, signal.SIGCONT)
@@ -284,7 +290,7 @@ def test_detach_not_attached(daemon, targets):
     t = targets.start([exe, "-u", target_script("idle.py")])
     t.wait_for(r"^ready")
     r = daemon.memprofd("detach", "--pid", t.pid)
-    assert r.returncode == 1 and re.search(r"pid %d: not attached" % t.pid, r.stderr), r.stderr
+    assert r.returncode == EXIT_NOT_ATTACHED and re.search(r"pid %d: not attached" % t.pid, r.stderr), r.stderr
 
 
 def as_nobody(argv, env):
@@ -318,7 +324,7 @@ def test_permission_denied_for_other_users_process(daemon, targets, nobody_env):
     t = targets.start(["/usr/bin/python3", "-u", target_script("idle.py")])
     t.wait_for(r"^ready")
     r = as_nobody(["memprofd", "attach", "--pid", str(t.pid)], nobody_env)
-    assert r.returncode != 0
+    assert r.returncode == EXIT_PERMISSION, r.stderr
     assert re.search(r"pid %d: permission denied" % t.pid, r.stderr), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert_untouched(t.pid)

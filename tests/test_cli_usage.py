@@ -9,7 +9,8 @@ import pytest
 
 from conftest import MEMPROF, MEMPROFD, ROOT
 
-EXIT_TABLE = {0: "success", 1: "failure", 2: "usage error", 3: "already attached"}
+EXIT_TABLE = {0: "success", 1: "failure", 2: "usage error", 3: "already attached", 4: "no such process",
+              5: "permission denied", 6: "not attached", 7: "unsupported target"}
 
 
 def run(*argv):

@@ -230,7 +230,8 @@ def test_target_exits_mid_census(daemon, targets):
     time.sleep(0.3)
     t.kill()
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1, (out, err)
+    # 4 (no such process) when the daemon saw the exit, 1 when it saw only the agent's connection close first
+    assert proc.returncode in (1, 4), (out, err)
     assert err.startswith("memprof: pid %d: " % t.pid) and len(err.splitlines()) == 1, err
     assert re.search(r"exit|gone|lost|closed|died|disconnected", err), err
     assert time.time() - started < 30

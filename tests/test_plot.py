@@ -229,19 +229,20 @@ def test_bad_input(daemon, targets, tmp_path):
     svg = str(tmp_path / "x.svg")
 
     def fails(args, pattern, status=1):
-        """status 1: the command could not do its job ("memprof: ..."); 2: a usage error ("memprof CMD: ...")."""
+        """status 1: the command could not do its job ("memprof: ..."); 2: a usage error ("memprof CMD: ...");
+        6: not attached (the exit-status table, common/exitcodes.h)."""
         r = daemon.run(*args)
         assert r.returncode == status, (args, r.returncode, r.stdout, r.stderr)
         assert re.search(pattern, r.stderr), (args, r.stderr)
-        prefix = "memprof: " if status == 1 else "memprof %s: " % args[0]
+        prefix = "memprof %s: " % args[0] if status == 2 else "memprof: "
         assert r.stderr.startswith(prefix) and r.stderr.count("\n") == 1, (args, r.stderr)
         return r
 
     # not attached, unknown session
-    fails(["plot", "--pid", t.pid, "-o", svg], r"pid %d: not attached \(attach first" % t.pid)
-    fails(["export", "--pid", t.pid], r"pid %d: not attached" % t.pid)
-    fails(["diff", "--pid", t.pid, "--window", "5"], r"pid %d: not attached" % t.pid)
-    fails(["plot", "--session", "999999", "-o", svg], r"no session 999999 \(memprof status lists them\)")
+    fails(["plot", "--pid", t.pid, "-o", svg], r"pid %d: not attached \(attach first" % t.pid, 6)
+    fails(["export", "--pid", t.pid], r"pid %d: not attached" % t.pid, 6)
+    fails(["diff", "--pid", t.pid, "--window", "5"], r"pid %d: not attached" % t.pid, 6)
+    fails(["plot", "--session", "999999", "-o", svg], r"no session 999999 \(memprof status lists them\)", 6)
     assert not os.path.exists(svg)
 
     # attached without allocation tracking: no data to plot

@@ -8,6 +8,11 @@
 /* The rest of the daemon, as far as alloc.c and session.c reach: never called with a connection here. */
 void conn_send(struct conn *c, const Envelope *env) { (void)c, (void)env; abort(); }
 int proc_may_access(uid_t uid, pid_t pid, char *err) { (void)uid, (void)pid, (void)err; abort(); }
+Memprof__ErrorReply__Code proc_error_code(pid_t pid, Memprof__ErrorReply__Code otherwise)
+{
+    (void)pid, (void)otherwise;
+    abort();
+}
 unsigned long long proc_rss(pid_t pid) { (void)pid; return 1 << 20; }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -153,6 +153,31 @@ int alloc_fetch(int pid, unsigned session_id, int history, Envelope **reply, cha
     return 0;
 }
 
+int alloc_load(const char *path, Envelope **reply, char *err)
+{
+    FILE *f = fopen(path, "rb");
+    uint8_t *buf = NULL;
+    size_t len = 0, cap = 0, n;
+    *reply = NULL;
+    if (!f) return mp_errno(err, "cannot read %s", path), -1;
+    do {
+        uint8_t *nb = len == cap ? realloc(buf, cap = cap ? 2 * cap : 1 << 16) : buf;
+        if (!nb) break;
+        buf = nb;
+        len += n = fread(buf + len, 1, cap - len, f);
+    } while (n > 0);
+    fclose(f);
+    if (buf) *reply = memprof__envelope__unpack(NULL, len, buf);
+    free(buf);
+    if (!*reply || (*reply)->msg_case != MEMPROF__ENVELOPE__MSG_ALLOC_DATA || !(*reply)->alloc_data->rss_note[0]) {
+        wire_free(*reply);
+        *reply = NULL;
+        mp_err(err, "%s: not a file written by memprof rss --save", path);
+        return -1;
+    }
+    return 0;
+}
+
 /* Ask the daemon for pid's allocation data: 0, or -1 with err set. */
 int view_fetch(int pid, struct view *v, char *err)
 {

@@ -262,15 +262,19 @@ int cmd_export(int argc, char **argv)
     enum { JSON, COLLAPSED, PPROF, SPEEDSCOPE };
     int format = JSON, pid = 0, allocated = 0, to_stdout, rc;
     unsigned session_id = 0;
-    const char *out = "-";
+    const char *out = "-", *rss = NULL;
     char err[MP_ERRLEN], b[32];
     Envelope *reply;
     FILE *f;
     long nstacks = 0;
+    int faulted;
+    char reply_note[256];
     double total = 0;
     const struct opt opts[] = {
         CLI_PID_OR_SESSION_OPT(&pid),
         CLI_SESSION_OPT(&session_id),
+        {"rss", 0, OPT_STRING, &rss, "FILE", "a file memprof rss --save wrote instead of a session:\n"
+                                             "its values are bytes faulted in, not allocated"},
         {"format", 0, OPT_CHOICE, &format, NULL, "what to write (default json; see above)",
          .choices = "json|collapsed|pprof|speedscope"},
         {"output", 'o', OPT_STRING, &out, "FILE", "write to FILE (default: stdout)"},
@@ -278,16 +282,22 @@ int cmd_export(int argc, char **argv)
         CLIENT_SOCKET_OPT,
         {0}};
     const struct opt_cmd cmd = {"memprof export", opts,
-                                .synopsis = "(--pid PID | --session ID)\n"
+                                .synopsis = "(--pid PID | --session ID | --rss FILE)\n"
                                             "                      [--format json|collapsed|pprof|speedscope] [-o FILE]\n"
                                             "                      [--allocated] [--socket PATH]",
                                 .about = about_export, .more = example_export};
     if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
-    if (!pid && !session_id) return opts_usage_error(&cmd, "--pid PID or --session ID is required");
+    if (!pid && !session_id && !rss) return opts_usage_error(&cmd, "--pid PID, --session ID or --rss FILE is required");
     to_stdout = !strcmp(out, "-");
     if (format == PPROF && to_stdout && isatty(STDOUT_FILENO))
         return cli_fail("--format pprof writes binary data: give -o FILE or redirect stdout");
-    if (alloc_fetch(pid, session_id, format == JSON, &reply, err) < 0) return cli_fail_call(err);
+    if (rss) {
+        if (alloc_load(rss, &reply, err) < 0) return cli_fail("%s", err);
+    } else if (alloc_fetch(pid, session_id, format == JSON, &reply, err) < 0) {
+        return cli_fail_call(err);
+    }
+    faulted = reply->alloc_data->rss_note[0] != 0;
+    snprintf(reply_note, sizeof reply_note, "%s", reply->alloc_data->rss_note);
     if (!(f = to_stdout ? stdout : fopen(out, "w"))) {
         wire_free(reply);
         return cli_fail("cannot write %s: %s", out, strerror(errno));
@@ -326,7 +336,8 @@ int cmd_export(int argc, char **argv)
             printf("wrote %s (json)\n", out);
         else
             printf("wrote %s: %ld stacks, %s %s (%s)\n", out, nstacks, cli_bytes(total, b, sizeof b),
-                   format == PPROF && allocated ? "allocated" : "live", names[format]);
+                   faulted ? "faulted in" : format == PPROF && allocated ? "allocated" : "live", names[format]);
+        if (faulted && format != JSON) printf("%s\n", reply_note);
     }
     return 0;
 }

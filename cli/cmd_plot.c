@@ -63,6 +63,7 @@ struct plot {
     size_t nids;
     double t0, span, ymax, unit, ystep;
     const char *unit_name;
+    const char *heap; /* what live_bytes is: "tracked heap", or "faulted in" (memprof rss --save) */
     struct peak peaks[MAX_PEAKS];
     size_t npeaks;
 };
@@ -343,10 +344,10 @@ static void draw_series(FILE *f, const struct plot *p)
             COLOR_HEAP);
     for (size_t i = 0; i < d->n_history; i++)
         fprintf(f, "%s%.1f,%.1f", i ? " " : "", px(p, d->history[i]->t), py(p, fmax(0, d->history[i]->live_bytes)));
-    fprintf(f, "\"><title>tracked heap</title></polyline>\n");
+    fprintf(f, "\"><title>%s</title></polyline>\n", p->heap);
 }
 
-static void draw_legend(FILE *f)
+static void draw_legend(FILE *f, const struct plot *p)
 {
     double y = TOP - 20, x = LEFT;
     fprintf(f, "<g class=\"legend\" %s font-size=\"13\" fill=\"%s\">\n", FONT, COLOR_TEXT);
@@ -358,7 +359,8 @@ static void draw_legend(FILE *f)
             y - 9, COLOR_HEAP);
     fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"3\"/>\n", x, y - 9,
             x + 26, y - 9, COLOR_HEAP);
-    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">tracked heap (live Python allocations)</text>\n", x + 34, y);
+    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">%s</text>\n", x + 34, y,
+            p->d->rss_note[0] ? "faulted in so far (page faults, sampled)" : "tracked heap (live Python allocations)");
     x += 318;
     fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"5\" fill=\"#fff\" stroke=\"%s\" stroke-width=\"2.5\"/>\n", x + 8,
             y - 4, COLOR_HEAP);
@@ -496,12 +498,16 @@ static void draw_titles(FILE *f, const struct plot *p, const char *title)
     sub[0] = 0;
     if (title) snprintf(sub, sizeof sub, "pid %d, Python %s \xc2\xb7 ", s ? s->pid : 0, s ? s->python_version : "?");
     l = strlen(sub);
-    snprintf(sub + l, sizeof sub - l, "session %u (%s) \xc2\xb7 %s", s ? s->id : 0, s ? wire_state_name(s->state) : "?",
-             p->d->exact ? "exact" : "sampling");
+    if (p->d->rss_note[0])
+        snprintf(sub + l, sizeof sub - l, "memprof rss, no agent \xc2\xb7 1 page fault in %llu recorded",
+                 (unsigned long long)(p->d->sample_rate / 4096));
+    else
+        snprintf(sub + l, sizeof sub - l, "session %u (%s) \xc2\xb7 %s", s ? s->id : 0,
+                 s ? wire_state_name(s->state) : "?", p->d->exact ? "exact" : "sampling");
     l = strlen(sub);
-    if (!p->d->exact) snprintf(sub + l, sizeof sub - l, " 1 per %s", cli_bytes((double)p->d->sample_rate, x, sizeof x));
+    if (!p->d->exact && !p->d->rss_note[0]) snprintf(sub + l, sizeof sub - l, " 1 per %s", cli_bytes((double)p->d->sample_rate, x, sizeof x));
     l = strlen(sub);
-    snprintf(sub + l, sizeof sub - l, " \xc2\xb7 peak RSS %s, tracked heap %s", cli_bytes(peak_rss, x, sizeof x),
+    snprintf(sub + l, sizeof sub - l, " \xc2\xb7 peak RSS %s, %s %s", cli_bytes(peak_rss, x, sizeof x), p->heap,
              cli_bytes(peak_heap, y, sizeof y));
     xml_text(f, sub, (size_t)((W - LEFT - RIGHT) / 7.2));
     fputs("</text>\n", f);
@@ -526,7 +532,7 @@ static void write_svg(FILE *f, struct plot *p, const char *title)
     fputs("</title>\n", f);
     fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"#fff\"/>\n");
     draw_titles(f, p, title);
-    draw_legend(f);
+    draw_legend(f, p);
     draw_axes(f, p, start);
     draw_series(f, p);
     draw_peaks(f, p);
@@ -545,7 +551,7 @@ int cmd_plot(int argc, char **argv)
 {
     int pid = 0, to_stdout, rc = 0, format = 0;
     unsigned session_id = 0;
-    const char *out = NULL, *title = NULL;
+    const char *out = NULL, *title = NULL, *rss = NULL;
     char err[MP_ERRLEN], who[48], a[32];
     Envelope *reply;
     struct plot p;
@@ -554,6 +560,8 @@ int cmd_plot(int argc, char **argv)
     const struct opt opts[] = {
         CLI_PID_OR_SESSION_OPT(&pid),
         CLI_SESSION_OPT(&session_id),
+        {"rss", 0, OPT_STRING, &rss, "FILE", "a file memprof rss --save wrote instead of a session: RSS\n"
+                                             "and the bytes faulted in so far"},
         {"output", 'o', OPT_STRING, &out, "FILE.svg", "the SVG file to write (- : stdout)", .required = 1},
         {"title", 0, OPT_STRING, &title, "TEXT", "the title (default: Memory of pid PID (Python VERSION))"},
         {"format", 0, OPT_CHOICE, &format, NULL, "SVG only (convert it with a browser or rsvg-convert)",
@@ -561,16 +569,22 @@ int cmd_plot(int argc, char **argv)
         CLIENT_SOCKET_OPT,
         {0}};
     const struct opt_cmd cmd = {"memprof plot", opts,
-                                .synopsis = "(--pid PID | --session ID) -o FILE.svg [--title TEXT]\n"
+                                .synopsis = "(--pid PID | --session ID | --rss FILE) -o FILE.svg [--title TEXT]\n"
                                             "                    [--format svg] [--socket PATH]",
                                 .about = about_plot, .more = example_plot};
     if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
-    if (!pid && !session_id) return opts_usage_error(&cmd, "--pid PID or --session ID is required");
+    if (!pid && !session_id && !rss) return opts_usage_error(&cmd, "--pid PID, --session ID or --rss FILE is required");
     if (!svg_name(out)) return opts_usage_error(&cmd, "%s: memprof plot writes SVG only: use an .svg name", out);
-    cli_who(pid, session_id, who, sizeof who);
-    if (alloc_fetch(pid, session_id, 1, &reply, err) < 0) return cli_fail_call(err);
+    if (rss) {
+        snprintf(who, sizeof who, "%.40s", rss);
+        if (alloc_load(rss, &reply, err) < 0) return cli_fail("%s", err);
+    } else {
+        cli_who(pid, session_id, who, sizeof who);
+        if (alloc_fetch(pid, session_id, 1, &reply, err) < 0) return cli_fail_call(err);
+    }
     memset(&p, 0, sizeof p);
     p.d = reply->alloc_data;
+    p.heap = p.d->rss_note[0] ? "faulted in" : "tracked heap";
     if (p.d->n_history == 0) {
         wire_free(reply);
         return cli_fail("%s: no allocation data yet (attach with tracking on first; the agent reports every 250 ms)", who);
@@ -597,7 +611,7 @@ int cmd_plot(int argc, char **argv)
     for (size_t i = 0; i < p.d->n_history; i++)
         max = fmax(max, fmax((double)p.d->history[i]->rss_bytes, p.d->history[i]->live_bytes));
     scale_bytes(&p, max);
-    find_peaks(&p);
+    if (!p.d->rss_note[0]) find_peaks(&p); /* bytes faulted in only grow: no peaks, no holders */
 
     to_stdout = !strcmp(out, "-");
     if (!(f = to_stdout ? stdout : fopen(out, "w"))) {
@@ -616,7 +630,7 @@ int cmd_plot(int argc, char **argv)
         for (size_t k = 0; k < p.npeaks; k++) {
             const struct peak *pk = &p.peaks[k];
             const Memprof__AllocPoint *pt = p.d->history[pk->i];
-            printf("%s tracked heap peak %s at %.*f s", k ? "," : ";", cli_bytes(pt->live_bytes, a, sizeof a), p.span < 10 ? 1 : 0,
+            printf("%s %s peak %s at %.*f s", k ? "," : ";", p.heap, cli_bytes(pt->live_bytes, a, sizeof a), p.span < 10 ? 1 : 0,
                    pt->t - p.t0);
             if (pk->ntop)
                 printf(" (%s %s)", pk->top[0].frame->function, cli_bytes(pk->top[0].live, a, sizeof a));

@@ -28,6 +28,7 @@ struct rss_args {
     int pid, once, json, by, limit;
     unsigned sample;
     double duration, interval;
+    const char *save;
 };
 
 #if !MEMPROF_HAVE_RSS
@@ -130,6 +131,9 @@ static int rss_run(const struct rss_args *a)
         if (next < mp_now()) next = mp_now() + o.interval;
     }
     rss_trace_close(trace);
+    if (a->save && rss_view_save(v, a->save, err) < 0) rc = cli_fail("rss: %s", err);
+    else if (a->save) fprintf(stderr, "memprof rss: wrote %s (memprof plot --rss %s -o FILE.svg, memprof export "
+                                      "--rss %s --format collapsed|pprof|json|speedscope)\n", a->save, a->save, a->save);
     rss_view_free(v);
     return rc;
 }
@@ -152,6 +156,8 @@ int cmd_rss(int argc, char **argv)
         {"sample", 0, OPT_UINT, &a.sample, "N", "record one page fault in N, at random (default 32);\n"
                                                 "each stands for N*4 KiB", .min = 1},
         {"limit", 0, OPT_INT, &a.limit, "N", "rows shown (default 20)", .min = 1},
+        {"save", 0, OPT_STRING, &a.save, "FILE", "at the end, write the rows and the RSS timeline to FILE\n"
+                                                 "for memprof plot --rss FILE and memprof export --rss FILE"},
         {0}};
     const struct opt_cmd cmd = {"memprof rss", opts, .about = about_rss};
     if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;

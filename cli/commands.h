@@ -36,6 +36,8 @@ void alloc_leak_suspects(int pid, int limit, FILE *out);
  * with the history when asked: 0 and *reply (wire_free it), or -1 with err. */
 struct Memprof__Envelope;
 int alloc_fetch(int pid, unsigned session_id, int history, struct Memprof__Envelope **reply, char *err);
+/* The same from a file memprof rss --save wrote (plot and export --rss FILE): 0 and *reply, or -1 with err. */
+int alloc_load(const char *path, struct Memprof__Envelope **reply, char *err);
 /* memprof run: memory_profiler's report of func (file and def line first when
  * known, else the best match by name) from a session's AllocData. 0, or
  * MP_EXIT_FAIL after printing an error. */

@@ -3,12 +3,14 @@
 #if MEMPROF_HAVE_RSS
 #include "rss_view.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "commands.h"
+#include "memprof.pb-c.h"
 
 #define NSLOTS (1 << 16)
 #define MAX_ROWS 50000
@@ -22,7 +24,7 @@ struct row {
 };
 
 struct figures { uint64_t rss, anon, file, shmem, vmrss, pss, swap; int ok; };
-struct point { double t; uint64_t rss, vmrss; };
+struct point { double t; uint64_t rss, vmrss, faulted; };
 
 struct rss_view {
     struct rss_opts o;
@@ -36,8 +38,10 @@ struct rss_view {
     struct figures base, now;
     struct point *tl;
     int ntl, tlcap;
-    double start, last_tick;
+    double start, last_tick, wall_start;
     char comm[64];
+    char cmdline[4096]; /* NULs between the arguments, read at the start (--save) */
+    ssize_t cmdlen;
     int exited;
 };
 
@@ -98,6 +102,9 @@ struct rss_view *rss_view_new(const struct rss_opts *o)
     v->now = v->base;
     v->brk = heap_end(o->pid);
     v->start = v->last_tick = mp_now();
+    v->wall_start = mp_wallclock();
+    snprintf(path, sizeof path, "/proc/%d/cmdline", o->pid);
+    v->cmdlen = mp_read_file(path, v->cmdline, sizeof v->cmdline);
     snprintf(path, sizeof path, "/proc/%d/comm", o->pid);
     if (mp_read_file(path, v->comm, sizeof v->comm) > 0) v->comm[strcspn(v->comm, "\n")] = 0;
     return v;
@@ -337,7 +344,7 @@ void rss_view_tick(struct rss_view *v, int exited, int final)
             if (p) v->tl = p;
             else v->tlcap = v->ntl;
         }
-        if (v->ntl < v->tlcap) v->tl[v->ntl++] = (struct point){t, from_bpf, g.vmrss};
+        if (v->ntl < v->tlcap) v->tl[v->ntl++] = (struct point){t, from_bpf, g.vmrss, v->faulted};
     } else {
         v->exited = 1;
     }
@@ -361,6 +368,131 @@ void rss_view_tick(struct rss_view *v, int exited, int final)
     v->iv_faulted = v->iv_mapped = v->iv_unmapped = v->iv_events = 0;
     for (int i = 0; i < v->nrows; i++) v->rows[i].iv_faulted = 0;
     v->last_tick = now;
+}
+
+/* A native frame named "function (module)" by rss_sym_native: its function and module parts. */
+static void native_frame(Memprof__AllocFrame *fr, char *name)
+{
+    char *open = strrchr(name, '(');
+    size_t n = strlen(name);
+    fr->native = 1;
+    fr->function = name;
+    fr->module = fr->file = "";
+    if (open && open > name + 1 && open[-1] == ' ' && n && name[n - 1] == ')') {
+        open[-1] = 0;
+        name[n - 1] = 0;
+        fr->module = fr->file = open + 1;
+    }
+}
+
+int rss_view_save(struct rss_view *v, const char *path, char *err)
+{
+    Memprof__Envelope env = MEMPROF__ENVELOPE__INIT;
+    Memprof__AllocData d = MEMPROF__ALLOC_DATA__INIT;
+    Memprof__SessionInfo si = MEMPROF__SESSION_INFO__INIT;
+    size_t nf = 0, ns = 0, maxf = (size_t)v->nrows * ROW_STACK + 1, len;
+    Memprof__AllocFrame *fa = calloc(maxf, sizeof *fa), **fp = calloc(maxf, sizeof *fp);
+    Memprof__AllocStack *sa = calloc((size_t)v->nrows + 1, sizeof *sa), **sp = calloc((size_t)v->nrows + 1, sizeof *sp);
+    Memprof__AllocStat *ta = calloc((size_t)v->nrows + 1, sizeof *ta), **tp = calloc((size_t)v->nrows + 1, sizeof *tp);
+    Memprof__AllocPoint *ha = calloc((size_t)v->ntl + 1, sizeof *ha), **hp = calloc((size_t)v->ntl + 1, sizeof *hp);
+    uint32_t *ids = calloc(maxf, sizeof *ids);
+    char **names = calloc(maxf, sizeof *names), note[256], *argv[64];
+    uint8_t *buf = NULL;
+    FILE *f;
+    int rc = -1;
+
+    if (!fa || !fp || !sa || !sp || !ta || !tp || !ha || !hp || !ids || !names) {
+        mp_err(err, "out of memory");
+        goto out;
+    }
+    si.pid = v->o.pid;
+    si.python_version = v->o.version;
+    si.state = v->exited ? MEMPROF__SESSION_INFO__STATE__EXITED : MEMPROF__SESSION_INFO__STATE__DETACHED;
+    if (v->cmdlen > 0) {
+        for (char *p = v->cmdline; p < v->cmdline + v->cmdlen && si.n_argv < 64; p += strlen(p) + 1)
+            argv[si.n_argv++] = p;
+        si.argv = argv;
+    }
+    snprintf(note, sizeof note, "memprof rss: values are bytes faulted in (page faults, 1 in %u recorded, each "
+             "counted as %u x 4 KiB), not heap allocations", v->o.sample, v->o.sample);
+    d.session = &si;
+    d.rss_note = note;
+    d.sample_rate = (uint64_t)v->o.sample * 4096;
+    d.timestamp = v->wall_start + (v->last_tick - v->start);
+    d.first_report = v->wall_start;
+    d.rss_bytes = v->now.vmrss;
+    for (int i = 0; i < v->nrows; i++) {
+        const struct row *r = &v->rows[i];
+        Memprof__AllocStack *st = &sa[ns];
+        Memprof__AllocStat *t = &ta[ns];
+        size_t first = nf;
+        if (!r->faulted) continue;
+        memprof__alloc_stack__init(st);
+        memprof__alloc_stat__init(t);
+        if (r->file[0]) { /* the Python line: where the bytes were faulted in, no C frames under it */
+            memprof__alloc_frame__init(&fa[nf]);
+            fa[nf].file = r->file;
+            fa[nf].function = r->func;
+            fa[nf].line = r->line > 0 ? (uint32_t)r->line : 0;
+            nf++;
+        } else { /* native only: the row's C call chain, innermost first */
+            for (int k = 0; k < r->nstack; k++) {
+                memprof__alloc_frame__init(&fa[nf]);
+                if (!(names[nf] = strdup(r->stack[k]))) continue;
+                native_frame(&fa[nf], names[nf]);
+                nf++;
+            }
+            if (nf == first) {
+                memprof__alloc_frame__init(&fa[nf]);
+                if ((names[nf] = strdup(r->native))) native_frame(&fa[nf], names[nf]), nf++;
+            }
+        }
+        for (size_t k = first; k < nf; k++) fa[k].id = (uint32_t)k, ids[k] = (uint32_t)k, fp[k] = &fa[k];
+        st->id = t->stack = (uint32_t)ns;
+        st->frames = &ids[first];
+        st->n_frames = nf - first;
+        t->alloc_bytes = t->peak_live = (double)r->faulted;
+        t->alloc_count = (double)r->faulted / 4096; /* pages */
+        sp[ns] = st;
+        tp[ns] = t;
+        ns++;
+        d.samples += r->faulted / d.sample_rate;
+    }
+    for (int i = 0; i < v->ntl; i++) {
+        memprof__alloc_point__init(&ha[i]);
+        ha[i].t = v->wall_start + v->tl[i].t;
+        ha[i].rss_bytes = v->tl[i].vmrss;
+        ha[i].live_bytes = ha[i].alloc_bytes = (double)v->tl[i].faulted;
+        hp[i] = &ha[i];
+        if (ha[i].live_bytes > d.peak_live) d.peak_live = ha[i].live_bytes;
+    }
+    d.frames = fp, d.n_frames = nf;
+    d.stacks = sp, d.n_stacks = ns;
+    d.stats = tp, d.n_stats = ns;
+    d.history = hp, d.n_history = (size_t)v->ntl;
+    env.msg_case = MEMPROF__ENVELOPE__MSG_ALLOC_DATA;
+    env.alloc_data = &d;
+    len = memprof__envelope__get_packed_size(&env);
+    if (!(buf = malloc(len + 1))) {
+        mp_err(err, "out of memory");
+        goto out;
+    }
+    memprof__envelope__pack(&env, buf);
+    if (!(f = fopen(path, "wb"))) {
+        mp_err(err, "cannot write %s: %s", path, strerror(errno));
+        goto out;
+    }
+    if (fwrite(buf, 1, len, f) != len || fclose(f) != 0) {
+        mp_err(err, "cannot write %s: %s", path, strerror(errno));
+        unlink(path);
+        goto out;
+    }
+    rc = 0;
+out:
+    for (size_t k = 0; names && k < maxf; k++) free(names[k]);
+    free(names), free(ids), free(buf);
+    free(fa), free(fp), free(sa), free(sp), free(ta), free(tp), free(ha), free(hp);
+    return rc;
 }
 
 void rss_view_free(struct rss_view *v)

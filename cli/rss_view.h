@@ -23,6 +23,10 @@ void rss_view_event(struct rss_view *v, const struct rss_event *e);
 /* One refresh: a timeline point and the view (text, or a JSON line). exited: the process is gone (the last
  * figures read are kept); final: the last refresh. */
 void rss_view_tick(struct rss_view *v, int exited, int final);
+/* memprof rss --save: the rows (faulted-in bytes as allocated = live bytes; the Python line alone, or the native
+ * call chain when none) and the RSS timeline as an AllocData envelope in path, which memprof plot and export
+ * read with --rss. 0, or -1 with err. */
+int rss_view_save(struct rss_view *v, const char *path, char *err);
 void rss_view_free(struct rss_view *v);
 
 #endif

@@ -383,6 +383,7 @@ static int build(struct builder *b, const Memprof__AllocData *d, int allocated)
     if ((b->comments[b->p.n_comment++] = str(b, d->exact ? "mode exact: every allocation counted"
                                                          : "mode sampling: values are unbiased estimates")) < 0)
         return -1;
+    if (d->rss_note && d->rss_note[0] && (b->comments[b->p.n_comment++] = str(b, d->rss_note)) < 0) return -1;
     if (add_frames(b, d) < 0 || add_samples(b, d) < 0) return -1;
     b->p.mapping = b->mapp;
     b->p.n_mapping = b->nmaps;

@@ -44,7 +44,7 @@ _memprof_value()
             if [[ $cmd == plot ]]; then COMPREPLY=($(compgen -W "svg" -- "$cur"))
             else COMPREPLY=($(compgen -W "json collapsed" -- "$cur")); fi ;;
         --agent) _memprof_files so ;;
-        --socket | -o | --output | --file) _memprof_files ;;
+        --socket | -o | --output | --file | --save | --rss) _memprof_files ;;
         --function | --type | --addr | --limit | --interval | --count | --max-depth | --too-many | --max-start | \
             --window | --title | --sample-rate | --max-frames | --duration | --sample) COMPREPLY=() ;;
         *) return 1 ;;
@@ -84,10 +84,10 @@ _memprof()
         lines) opts="--pid --function --file --native-only --socket" ;;
         snapshot) opts="--pid -o --output --socket" ;;
         diff) opts="--pid --window --session --limit --socket" ;;
-        plot) opts="--pid --session -o --output --title --format --socket" ;;
-        export) opts="--pid --session --format -o --output --allocated --socket" ;;
+        plot) opts="--pid --session --rss -o --output --title --format --socket" ;;
+        export) opts="--pid --session --rss --format -o --output --allocated --socket" ;;
         flamegraph) opts="--pid --session -o --output --allocated --socket" ;;
-        rss) opts="--pid --once --json --duration --interval --by --sample --limit" ;;
+        rss) opts="--pid --once --json --duration --interval --by --sample --limit --save" ;;
         ipython-path) opts="" ;;
         *) return 0 ;;
     esac

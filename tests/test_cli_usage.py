@@ -75,7 +75,7 @@ def test_required_and_unexpected_arguments_exit_2():
                           ([MEMPROF, "types", "--pid", "1", "extra"], "unexpected argument 'extra'"),
                           ([MEMPROF, "status", "extra"], "unexpected argument 'extra'"),
                           ([MEMPROF, "diff", "a.mps"], "expected two snapshot files"),
-                          ([MEMPROF, "export"], "--pid PID or --session ID is required"),
+                          ([MEMPROF, "export"], "--pid PID, --session ID or --rss FILE is required"),
                           ([MEMPROF, "run"], "no program to run"),
                           ([MEMPROF, "run", "--native", "--exact", "--", "true"], "not with --exact"),
                           ([MEMPROFD, "attach"], "--pid PID is required"),

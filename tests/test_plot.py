@@ -258,7 +258,7 @@ def test_bad_input(daemon, targets, tmp_path):
     fails(["plot", "--pid", t.pid, "-o", str(tmp_path / "mem.png")], r"mem\.png: .*SVG only: use an \.svg name", 2)
     fails(["plot", "--pid", t.pid, "-o", svg, "--format", "png"], r"--format needs one of svg, got 'png'", 2)
     fails(["plot", "--pid", t.pid], r"--output FILE\.svg is required", 2)
-    fails(["plot", "-o", svg], r"--pid PID or --session ID is required", 2)
+    fails(["plot", "-o", svg], r"--pid PID, --session ID or --rss FILE is required", 2)
     fails(["plot", "--pid", "abc", "-o", svg], r"--pid needs a process id, got 'abc'", 2)
     fails(["plot", "--session", "x1", "-o", svg], r"--session needs a session id .*, got 'x1'", 2)
     fails(["export", "--pid", t.pid, "--format", "xml"], r"--format needs one of json, collapsed, pprof, speedscope, got 'xml'",

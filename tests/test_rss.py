@@ -249,3 +249,68 @@ def test_errors_no_btf_no_tracefs(targets):
     assert r.returncode == 1 and r.stderr.startswith("memprof: rss: tracefs not mountable at /sys/kernel/tracing"), \
         r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_save_for_plot_and_export(targets, tmp_path):
+    """memprof rss --save FILE, then memprof export --rss FILE (collapsed, pprof) and memprof plot --rss FILE:
+    the same writers as a session's, fed the faulted-in bytes and the RSS timeline."""
+    import shutil
+    import tempfile
+    import xml.etree.ElementTree as ET
+    py, ver = interpreter("debian-3.11")
+    t = start_touch(targets, py)
+    saved = str(tmp_path / "touch.rss")
+    v = View(t.pid, "--save", saved)
+    try:
+        v.next()
+        t.proc.stdin.write("go\n")
+        t.proc.stdin.flush()
+        t.wait_for("^touched")
+        at = time.time()
+        while v.next()["time"] <= at:
+            pass
+        final = v.finish()
+    finally:
+        v.kill()
+    t.proc.stdin.close()
+    assert t.proc.wait(timeout=30) == 0, t.output()
+    assert os.path.getsize(saved) > 0
+    line = touch_line()
+    total = final["total"]["faulted_bytes"]
+
+    folded = str(tmp_path / "touch.folded")
+    r = subprocess.run([MEMPROF, "export", "--rss", saved, "--format", "collapsed", "-o", folded],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "faulted in" in r.stdout and "1 in 32 recorded" in r.stdout, r.stdout
+    with open(folded) as f:
+        rows = [l.rsplit(" ", 1) for l in f.read().splitlines()]
+    top_stack, top_bytes = rows[0][0], int(rows[0][1])
+    assert top_stack.split(";")[-1].endswith("rss_touch.py:touch:%d" % line), rows[:3]
+    assert top_bytes >= 0.9 * sum(int(b) for _, b in rows), rows[:3]
+    assert sum(int(b) for _, b in rows) == total, (rows[:3], total)
+
+    svg = str(tmp_path / "touch.svg")
+    r = subprocess.run([MEMPROF, "plot", "--rss", saved, "-o", svg], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    root = ET.parse(svg).getroot()
+    rss = [e for e in root.iter("{http://www.w3.org/2000/svg}polyline") if e.get("id") == "rss"]
+    assert rss and len(rss[0].get("points").split()) == len(final["timeline"]), rss
+    assert "faulted in so far" in open(svg).read()
+
+    pb = str(tmp_path / "touch.pb.gz")
+    r = subprocess.run([MEMPROF, "export", "--rss", saved, "--format", "pprof", "-o", pb],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    go = shutil.which("go")
+    if not go:
+        pytest.skip("go is not installed (Debian golang-go): the pprof file was written, go tool pprof not run")
+    env = dict(os.environ, HOME=os.environ.get("HOME", "/tmp"), PPROF_TMPDIR=tempfile.gettempdir())
+    r = subprocess.run([go, "tool", "pprof", "-top", "-unit=B", pb], capture_output=True, text=True, timeout=120,
+                       env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    names = [m.group(1).strip() for m in re.finditer(r"^\s*\d+B\s+[\d.]+%\s+[\d.]+%\s+\d+B\s+[\d.]+%\s+(.+)$",
+                                                     r.stdout, re.M)]
+    assert names and names[0].startswith("touch"), r.stdout
+    assert "faulted in" in r.stdout or "faulted in" in subprocess.run(
+        [go, "tool", "pprof", "-comments", pb], capture_output=True, text=True, timeout=120, env=env).stdout

@@ -133,7 +133,9 @@ def test_faults_land_on_the_python_line(targets, pyid):
     # nothing of memprof in the target, which runs on as before
     after = maps(t.pid)
     assert not [m for m in after if "memprof" in m], after
-    assert set(before) <= set(after), set(before) - set(after)
+    # its files stay mapped as they were (the heap and anonymous mappings may grow or shrink with its own malloc)
+    files = lambda ms: {m for m in ms if len(m.split()) >= 6 and m.split()[5].startswith("/")}
+    assert files(before) <= files(after), files(before) - files(after)
     t.proc.stdin.close()
     assert t.proc.wait(timeout=30) == 0, t.output()
 

@@ -97,6 +97,19 @@ def start_touch(targets, py, mb=MB):
     t.wait_for("^ready")
     return t
 
+def watch_touch(t, opts, pid=None):
+    """memprof rss over the target's touch (it waits for "go"): the final JSON object."""
+    v = View(pid or t.pid, *opts)
+    try:
+        v.next()
+        t.proc.stdin.write("go\n")
+        t.proc.stdin.flush()
+        t.wait_for("^touched")
+        return v.finish()
+    finally:
+        v.kill()
+
+
 
 @pytest.mark.parametrize("pyid", PY311_IDS)
 def test_faults_land_on_the_python_line(targets, pyid):
@@ -146,15 +159,7 @@ def test_faults_of_a_second_thread(targets, pyid):
     py, ver = interpreter(pyid)
     t = targets.start([py, workload("rss_touch.py"), "64", "1", "thread"], stdin=subprocess.PIPE)
     t.wait_for("^ready")
-    v = View(t.pid, *SMALL)
-    try:
-        v.next()
-        t.proc.stdin.write("go\n")
-        t.proc.stdin.flush()
-        t.wait_for("^touched")
-        final = v.finish()
-    finally:
-        v.kill()
+    final = watch_touch(t, SMALL)
     top = final["rows"][0]
     assert (top["function"], top["line"]) == ("touch", touch_line()) and top["faulted_bytes"] >= 56 * 2**20, top
 
@@ -167,15 +172,7 @@ def test_target_in_its_own_pid_namespace(targets):
     u.wait_for("^ready")
     with open("/proc/%d/task/%d/children" % (u.pid, u.pid)) as f:
         pid = int(f.read().split()[0])
-    v = View(pid, *SMALL)
-    try:
-        v.next()
-        u.proc.stdin.write("go\n")
-        u.proc.stdin.flush()
-        u.wait_for("^touched")
-        final = v.finish()
-    finally:
-        v.kill()
+    final = watch_touch(u, SMALL, pid=pid)
     top = final["rows"][0]
     assert (top["function"], top["line"]) == ("touch", touch_line()) and top["faulted_bytes"] >= 60 * 2**20, top
 
@@ -183,15 +180,7 @@ def test_target_in_its_own_pid_namespace(targets):
 def test_older_python_gets_native_frames(targets):
     py, ver = interpreter("pyenv-3.10")
     t = start_touch(targets, py, 64)
-    v = View(t.pid, *SMALL)
-    try:
-        v.next()
-        t.proc.stdin.write("go\n")
-        t.proc.stdin.flush()
-        t.wait_for("^touched")
-        final = v.finish()
-    finally:
-        v.kill()
+    final = watch_touch(t, SMALL)
     assert not final["python_lines"] and "3.11+" in final["python_lines_unavailable"], final
     top = final["rows"][0]
     assert top["file"] == "" and top["line"] == -1 and top["native"] and top["faulted_bytes"] >= 32 * 2**20, top

@@ -26,7 +26,7 @@ GEN      = $(BUILD)/gen/memprof.pb-c.c $(BUILD)/gen/memprof.pb-c.h
 PPROF_SRC = $(BUILD)/gen/profile.pb-c.c common/pprof.c
 WIRE_SRC = $(BUILD)/gen/memprof.pb-c.c proto/wire.c common/util.c
 # The client library: connect, handshake, typed calls; linked by memprof and memprofd (attach/detach/stop).
-CLIENT_SRC = client/client.c
+CLIENT_SRC = client/client.c client/errors.c
 # The option parser (table per command, --help from it) of memprof and memprofd.
 OPTS_SRC = common/opts.c
 AGENT_SRC  = $(wildcard agent/*.c)

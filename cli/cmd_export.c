@@ -273,8 +273,8 @@ int cmd_export(int argc, char **argv)
     const struct opt opts[] = {
         CLI_PID_OR_SESSION_OPT(&pid),
         CLI_SESSION_OPT(&session_id),
-        {"rss", 0, OPT_STRING, &rss, "FILE", "a file memprof rss --save wrote instead of a session:\n"
-                                             "its values are bytes faulted in, not allocated"},
+        {"rss", 0, OPT_STRING, &rss, "FILE", "what memprof rss saved (its option save FILE) instead\n"
+                                             "of a session: bytes faulted in, not allocated"},
         {"format", 0, OPT_CHOICE, &format, NULL, "what to write (default json; see above)",
          .choices = "json|collapsed|pprof|speedscope"},
         {"output", 'o', OPT_STRING, &out, "FILE", "write to FILE (default: stdout)"},

@@ -560,8 +560,8 @@ int cmd_plot(int argc, char **argv)
     const struct opt opts[] = {
         CLI_PID_OR_SESSION_OPT(&pid),
         CLI_SESSION_OPT(&session_id),
-        {"rss", 0, OPT_STRING, &rss, "FILE", "a file memprof rss --save wrote instead of a session: RSS\n"
-                                             "and the bytes faulted in so far"},
+        {"rss", 0, OPT_STRING, &rss, "FILE", "what memprof rss saved (its option save FILE) instead\n"
+                                             "of a session: RSS and the bytes faulted in so far"},
         {"output", 'o', OPT_STRING, &out, "FILE.svg", "the SVG file to write (- : stdout)", .required = 1},
         {"title", 0, OPT_STRING, &title, "TEXT", "the title (default: Memory of pid PID (Python VERSION))"},
         {"format", 0, OPT_CHOICE, &format, NULL, "SVG only (convert it with a browser or rsvg-convert)",

@@ -42,6 +42,8 @@ static int rss_run(const struct rss_args *a)
 #include "rss.h"
 #include "rss_view.h"
 
+#define RSS_PID_INIT_INO 0xEFFFFFFCu /* include/linux/proc_ns.h */
+
 static volatile sig_atomic_t stop;
 static void on_signal(int sig) { (void)sig; stop = 1; }
 
@@ -97,6 +99,12 @@ static int rss_run(const struct rss_args *a)
     } else if (stat(nspath, &st) == 0) {
         cfg.pidns_dev = st.st_dev;
         cfg.pidns_ino = st.st_ino;
+    }
+    /* run inside a pid namespace (a container, a sandbox): the pid given is one of that namespace, which the
+     * programs must ask for by name (the initial namespace's inode is PROC_PID_INIT_INO) */
+    if (stat("/proc/self/ns/pid", &st) == 0 && st.st_ino != RSS_PID_INIT_INO) {
+        cfg.viewns_dev = st.st_dev;
+        cfg.viewns_ino = st.st_ino;
     }
     o.sample = (unsigned)sample;
     if (!(v = rss_view_new(&o))) return cli_fail("out of memory");

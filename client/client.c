@@ -169,32 +169,9 @@ int client_connect(const char *socket, int spawn, char *err)
     return fd;
 }
 
-static Memprof__ErrorReply__Code last_code;
-
-Memprof__ErrorReply__Code client_error_code(void) { return last_code; }
-
-int client_reply_error(const char *error, Memprof__ErrorReply__Code code, char *err)
-{
-    if (!error || !*error) return 0;
-    mp_err(err, "%s", error);
-    last_code = code;
-    return -1;
-}
-
-int client_exit_status(Memprof__ErrorReply__Code code)
-{
-    switch (code) {
-    case MEMPROF__ERROR_REPLY__CODE__NO_SUCH_PROCESS: return MP_EXIT_NO_PROCESS;
-    case MEMPROF__ERROR_REPLY__CODE__PERMISSION_DENIED: return MP_EXIT_PERMISSION;
-    case MEMPROF__ERROR_REPLY__CODE__NOT_ATTACHED: return MP_EXIT_NOT_ATTACHED;
-    case MEMPROF__ERROR_REPLY__CODE__UNSUPPORTED_TARGET: return MP_EXIT_UNSUPPORTED;
-    default: return MP_EXIT_FAIL;
-    }
-}
-
 int client_call(int fd, const Envelope *req, Envelope **reply, int timeout_ms, char *err)
 {
-    last_code = MEMPROF__ERROR_REPLY__CODE__UNKNOWN;
+    client_error_set(MEMPROF__ERROR_REPLY__CODE__UNKNOWN);
     if (wire_send(fd, req, 5000, err) < 0) return -1;
     if (wire_recv(fd, reply, timeout_ms, err) < 0) {
         if (strcmp(err, "timed out") == 0) mp_err(err, "memprofd did not answer within %d s", timeout_ms / 1000);
@@ -202,7 +179,7 @@ int client_call(int fd, const Envelope *req, Envelope **reply, int timeout_ms, c
     }
     if ((*reply)->msg_case == MEMPROF__ENVELOPE__MSG_ERROR) {
         mp_err(err, "%s", (*reply)->error->message);
-        last_code = (*reply)->error->code;
+        client_error_set((*reply)->error->code);
         wire_free(*reply);
         *reply = NULL;
         return -1;

@@ -28,6 +28,8 @@ int client_reply_error(const char *error, Memprof__ErrorReply__Code code, char *
  * client_reply_error (ErrorReply.Code): UNKNOWN when the daemon gave none, or
  * the failure was not the daemon's answer (no daemon, timeout, bad frame). */
 Memprof__ErrorReply__Code client_error_code(void);
+/* Set it (client.c, at each call and failure). */
+void client_error_set(Memprof__ErrorReply__Code code);
 
 /* The one map from a failure's category to the exit status of a command
  * (common/exitcodes.h): MP_EXIT_NO_PROCESS, MP_EXIT_PERMISSION,

@@ -361,6 +361,7 @@ static void attach_agent_ready(struct session *s)
     s->deadline = 0;
     /* Nobody asked for this session any more (memprofd attach was interrupted): its client went away
      * before, or the reply cannot reach it (it closed before we saw its EOF: the send fails). */
+    if (!s->cancelled && s->attach_waiter && conn_hung_up(s->attach_waiter)) s->cancelled = 1;
     if (!s->cancelled) {
         server_log("pid %d attached: Python %s, stopped %.2f ms, attach %.1f ms", (int)s->pid, s->py.version,
                    s->stop_ms, (mp_now() - s->attach_started) * 1000.0);

@@ -78,6 +78,13 @@ struct conn *conn_by_id(uint64_t id)
     return c && c->id == id && !c->closing ? c : NULL;
 }
 
+int conn_hung_up(uint64_t id)
+{
+    struct conn *c = conn_by_id(id);
+    char b;
+    return !c || recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 void conn_close(struct conn *c)
 {
     if (c->closing) return;

@@ -27,6 +27,9 @@ struct conn {
 int server_run(const char *socket_path, char *err);
 
 struct conn *conn_by_id(uint64_t id);
+/* The connection is gone, or its peer closed its end with nothing left unread (an EOF the loop has not
+ * read yet: a client reads nothing while its request is pending). */
+int conn_hung_up(uint64_t id);
 /* Queue env on c and write what the socket takes now; never blocks. A peer that leaves more than
  * CONN_OUT_MAX bytes unread is dropped with a logged reason. */
 void conn_send(struct conn *c, const Envelope *env);

@@ -39,9 +39,9 @@ static __always_inline int is_target(__u32 *tid)
     __u64 id = bpf_get_current_pid_tgid();
     struct bpf_pidns_info ns;
     *tid = (__u32)id;
-    if (!cfg.viewns_ino) return (id >> 32) == cfg.tgid;
-    /* memprof runs in a pid namespace of its own (a container): the pid it was given is one there */
-    return !bpf_get_ns_current_pid_tgid(cfg.viewns_dev, cfg.viewns_ino, &ns, sizeof ns) && ns.tgid == cfg.tgid;
+    if (!cfg.matchns_ino) return (id >> 32) == cfg.tgid;
+    /* the helper answers only for a task's own pid namespace: the target's, with its pid there */
+    return !bpf_get_ns_current_pid_tgid(cfg.matchns_dev, cfg.matchns_ino, &ns, sizeof ns) && ns.tgid == cfg.ns_tgid;
 }
 
 static __always_inline __u64 rd(__u64 addr)

@@ -18,7 +18,10 @@ struct rss_cfg {
     __u32 tgid;
     __u32 sample_every;        /* a page fault is recorded with probability 1/sample_every */
     __u64 pidns_dev, pidns_ino; /* the target's pid namespace: thread ids as its PyThreadStates have them */
-    __u64 viewns_dev, viewns_ino; /* memprof's own pid namespace when not the initial one: tgid is a pid there */
+    /* memprof not in the initial pid namespace (a container): tgid is a pid of its namespace, which the programs
+     * cannot translate; the target is matched in its own namespace instead, by its pid there (ns_tgid) */
+    __u64 matchns_dev, matchns_ino;
+    __u32 ns_tgid;
     __u64 runtime;             /* address of _PyRuntime in the target */
     __u64 exec_tag;            /* bits to clear from a frame's code pointer (3.14+) */
     __s32 rt_interp_head, interp_threads_head, ts_next, ts_native_tid;

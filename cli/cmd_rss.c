@@ -57,6 +57,21 @@ static int privileged(void)
     return (eff >> 21 & 1) || ((eff >> 38 & 1) && (eff >> 39 & 1));
 }
 
+/* The pid of pid in its own pid namespace (the last of NSpid), 0 when unknown. */
+static int ns_pid_of(int pid)
+{
+    char path[64], buf[4096], *p, *end;
+    int last = 0;
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    if (mp_read_file(path, buf, sizeof buf) <= 0 || !(p = strstr(buf, "\nNSpid:"))) return 0;
+    for (p += 8; *p && *p != '\n'; p = end) {
+        long v = strtol(p, &end, 10);
+        if (end == p) break;
+        last = (int)v;
+    }
+    return last;
+}
+
 static int pid_alive(int pid)
 {
     char path[64], buf[512], *p;
@@ -100,11 +115,13 @@ static int rss_run(const struct rss_args *a)
         cfg.pidns_dev = st.st_dev;
         cfg.pidns_ino = st.st_ino;
     }
-    /* run inside a pid namespace (a container, a sandbox): the pid given is one of that namespace, which the
-     * programs must ask for by name (the initial namespace's inode is PROC_PID_INIT_INO) */
+    /* run inside a pid namespace (a container, a sandbox; the initial one's inode is PROC_PID_INIT_INO): the
+     * pid given is one of that namespace; the programs match the target in its own, by its pid there */
     if (stat("/proc/self/ns/pid", &st) == 0 && st.st_ino != RSS_PID_INIT_INO) {
-        cfg.viewns_dev = st.st_dev;
-        cfg.viewns_ino = st.st_ino;
+        if (stat(nspath, &st) < 0 || !(cfg.ns_tgid = (__u32)ns_pid_of(o.pid)))
+            return cli_fail("pid %d: its pid namespace cannot be read (/proc/%d/ns/pid, NSpid)", o.pid, o.pid);
+        cfg.matchns_dev = st.st_dev;
+        cfg.matchns_ino = st.st_ino;
     }
     o.sample = (unsigned)sample;
     if (!(v = rss_view_new(&o))) return cli_fail("out of memory");

@@ -12,12 +12,23 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile struct rss_cfg cfg = {};
 
 /* Read by memprof rss (bss): */
-__u64 faults_seen;          /* every page fault of the target */
 __u64 events_lost;          /* ring buffer full */
 __u64 rss[RSS_NMEMBERS];    /* bytes per rss_stat member, as last reported */
 __u64 rss_seen[RSS_NMEMBERS]; /* 1: rss[m] holds a value */
-__u32 mm_id;                /* the target's mm (rss_stat's hashed id), once seen */
-__u32 mm_known;
+__u64 target_mm;            /* the target's mm_struct, once one of its threads has been seen */
+
+/* every page fault of the target, counted per CPU (no locked add on the fault path) */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} faults SEC(".maps");
+
+/* Linux before 6.2: rss_stat reported the count itself, and an mm's counters were a struct mm_rss_stat */
+struct mm_rss_stat___old {
+    long count[RSS_NMEMBERS];
+} __attribute__((preserve_access_index));
 
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -42,6 +53,28 @@ static __always_inline int is_target(__u32 *tid)
     if (!cfg.matchns_ino) return (id >> 32) == cfg.tgid;
     /* the helper answers only for a task's own pid namespace: the target's, with its pid there */
     return !bpf_get_ns_current_pid_tgid(cfg.matchns_dev, cfg.matchns_ino, &ns, sizeof ns) && ns.tgid == cfg.ns_tgid;
+}
+
+static __always_inline __u64 current_mm(void)
+{
+    return (__u64)bpf_get_current_task_btf()->mm;
+}
+
+/* The hot path: every page fault of every process runs this. In the initial pid namespace one compare; in a
+ * container, others are told apart by their mm, and the namespace helper runs only for the target's. */
+static __always_inline int is_target_fast(__u32 *tid)
+{
+    __u64 mm;
+    if (!cfg.matchns_ino) {
+        __u64 id = bpf_get_current_pid_tgid();
+        *tid = (__u32)id;
+        return (id >> 32) == cfg.tgid;
+    }
+    mm = current_mm();
+    if (target_mm && mm != target_mm) return 0;
+    if (!is_target(tid)) return 0;
+    target_mm = mm;
+    return 1;
 }
 
 static __always_inline __u64 rd(__u64 addr)
@@ -78,24 +111,45 @@ static long thread_step(__u32 i, void *c)
     return 0;
 }
 
+/* A frame's fields, from one read of its first FRAME_SPAN bytes (every version's back, code, instruction pointer
+ * and owner lie there): a read of user memory costs more than the bytes it copies. */
+#define FRAME_SPAN 80
+#define FRAME_BUF 136 /* room for a read at any offset & 127: the bound the verifier checks */
+static __always_inline __u64 field(const __u8 *b, __s32 off, __u64 addr)
+{
+    __u64 v = 0;
+    if (off >= 0 && off <= FRAME_SPAN - 8) __builtin_memcpy(&v, b + (off & 127), 8);
+    else if (off >= 0) v = rd(addr + off);
+    return v;
+}
+
 /* One _PyInterpreterFrame: its code object and instruction offset (Python frames only), then the caller's. */
 static long frame_step(__u32 i, void *c)
 {
     struct walk *w = c;
     __u32 zero = 0;
     struct rss_event *e;
-    __u8 owner = 0;
-    __u64 code, instr;
+    __u8 owner = 0, b[FRAME_BUF] = {};
+    __u64 code, instr, back;
     if (!w->frame || w->n >= RSS_MAX_PYFRAMES || !(e = bpf_map_lookup_elem(&scratch, &zero))) return 1;
-    code = rd(w->frame + cfg.fr_code) & ~cfg.exec_tag;
-    instr = rd(w->frame + cfg.fr_instr);
-    if (cfg.fr_owner >= 0) bpf_probe_read_user(&owner, 1, (void *)(w->frame + cfg.fr_owner));
+    if (bpf_probe_read_user(b, FRAME_SPAN, (void *)w->frame) == 0) {
+        code = field(b, cfg.fr_code, w->frame);
+        instr = field(b, cfg.fr_instr, w->frame);
+        back = field(b, cfg.fr_back, w->frame);
+        if (cfg.fr_owner >= 0 && cfg.fr_owner < FRAME_SPAN) owner = b[cfg.fr_owner & 127];
+    } else { /* a frame at the very end of its mapping: field by field */
+        code = rd(w->frame + cfg.fr_code);
+        instr = rd(w->frame + cfg.fr_instr);
+        back = rd(w->frame + cfg.fr_back);
+        if (cfg.fr_owner >= 0) bpf_probe_read_user(&owner, 1, (void *)(w->frame + cfg.fr_owner));
+    }
+    code &= ~cfg.exec_tag;
     if (code && owner < cfg.first_not_python) {
         e->pycode[w->n & (RSS_MAX_PYFRAMES - 1)] = code;
         e->pyoff[w->n & (RSS_MAX_PYFRAMES - 1)] = (__s64)(instr - (code + cfg.code_adaptive));
         w->n++;
     }
-    w->frame = rd(w->frame + cfg.fr_back);
+    w->frame = back;
     return 0;
 }
 
@@ -140,15 +194,18 @@ static __always_inline void emit(void *ctx, __u32 kind, __u32 tid, __u64 addr, _
     if (bpf_ringbuf_output(&events, e, sizeof *e, flags)) __sync_fetch_and_add(&events_lost, 1);
 }
 
-SEC("tracepoint/exceptions/page_fault_user")
-int on_fault(struct trace_event_raw_exceptions *ctx)
+/* BTF-typed (raw) tracepoints for the two that fire on every page fault of the machine: the classic ones build
+ * a perf record for each call before the program runs, which cost the target a quarter of its faulting time. */
+SEC("tp_btf/page_fault_user")
+int BPF_PROG(on_fault, unsigned long address, struct pt_regs *regs, unsigned long error_code)
 {
-    __u32 tid;
+    __u32 tid, zero = 0;
     __u32 every = cfg.sample_every ? cfg.sample_every : 1;
-    if (!is_target(&tid)) return 0;
-    __sync_fetch_and_add(&faults_seen, 1);
+    __u64 *n;
+    if (!is_target_fast(&tid)) return 0;
+    if ((n = bpf_map_lookup_elem(&faults, &zero))) (*n)++;
     if (every > 1 && bpf_get_prandom_u32() % every) return 0; /* at random: no aliasing with a loop's stride */
-    emit(ctx, RSS_FAULT, tid, ctx->address, (__u64)every * RSS_PAGE, 0, 0);
+    emit(ctx, RSS_FAULT, tid, address, (__u64)every * RSS_PAGE, 0, 0);
     return 0;
 }
 
@@ -232,22 +289,45 @@ int on_brk_exit(struct trace_event_raw_sys_exit *ctx)
     return 0;
 }
 
-/* RSS counters of the target's mm: first known from its own threads (curr), then by mm_id, which also
+/* RSS counters of the target's mm: first known from its own threads, then by the mm itself, which also
  * catches changes made by others (reclaim, the exit of its last thread). */
-SEC("tracepoint/kmem/rss_stat")
-int on_rss_stat(struct trace_event_raw_rss_stat *ctx)
+SEC("tp_btf/rss_stat")
+int on_rss_stat(__u64 *ctx)
 {
+    struct mm_struct *mm = (struct mm_struct *)ctx[0];
+    __u32 m = (__u32)ctx[1];
     __u32 tid;
-    int m = ctx->member;
-    if (!mm_known) {
-        if (!ctx->curr || !is_target(&tid)) return 0;
-        mm_id = ctx->mm_id;
-        mm_known = 1;
-    } else if (ctx->mm_id != mm_id) {
+    __s64 pages = 0;
+    if (!target_mm) {
+        if ((__u64)mm != current_mm() || !is_target(&tid)) return 0;
+        target_mm = (__u64)mm;
+    } else if ((__u64)mm != target_mm) {
         return 0;
     }
-    if (m < 0 || m >= RSS_NMEMBERS) return 0;
-    rss[m] = ctx->size;
+    if (m >= RSS_NMEMBERS) return 0;
+    if (bpf_core_type_exists(struct mm_rss_stat___old)) {
+        pages = (__s64)ctx[2]; /* (mm, member, count) */
+    } else {
+        /* (mm, member): the counter is a percpu_counter; its count is what /proc/PID/status reads (the
+         * index a constant: the verifier takes no variable offset into a kernel object) */
+        switch (m) {
+        case RSS_FILE: pages = mm->rss_stat[RSS_FILE].count; break;
+        case RSS_ANON: pages = mm->rss_stat[RSS_ANON].count; break;
+        case RSS_SWAP: pages = mm->rss_stat[RSS_SWAP].count; break;
+        default: pages = mm->rss_stat[RSS_SHMEM].count; break;
+        }
+    }
+    m &= RSS_NMEMBERS - 1; /* a power of two: the verifier sees the bound the compiler may have dropped */
+    rss[m] = pages > 0 ? (__u64)pages * RSS_PAGE : 0;
     rss_seen[m] = 1;
+    return 0;
+}
+
+/* The target execs: a new mm. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+    __u32 tid;
+    if (target_mm && is_target(&tid)) target_mm = current_mm();
     return 0;
 }

@@ -3,6 +3,7 @@
 #if MEMPROF_HAVE_RSS
 #include "rss.h"
 
+#include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -123,7 +124,13 @@ void rss_trace_counters(struct rss_trace *t, uint64_t rss[RSS_NMEMBERS], int see
         rss[m] = b->rss[m];
         seen[m] = b->rss_seen[m] != 0;
     }
-    *faults = b->faults_seen;
+    *faults = 0;
+    int ncpu = libbpf_num_possible_cpus(), zero = 0;
+    if (ncpu > 0) {
+        uint64_t per[ncpu];
+        if (bpf_map_lookup_elem(bpf_map__fd(t->skel->maps.faults), &zero, per) == 0)
+            for (int c = 0; c < ncpu; c++) *faults += per[c];
+    }
     *lost = b->events_lost;
 }
 

@@ -109,12 +109,18 @@ def load_base(pid, path):
     raise AssertionError("%s is not mapped in %d" % (path, pid))
 
 
+def linked_base(path):
+    """The address path's first PT_LOAD is linked at (0 but for a library linked at a fixed address)."""
+    out = subprocess.run(["readelf", "-lW", path], capture_output=True, text=True, check=True).stdout
+    return min(int(m.group(1), 16) for m in re.finditer(r"^\s*LOAD\s+0x[0-9a-f]+\s+0x([0-9a-f]+)", out, re.M))
+
+
 def read_got(pid, paths):
     """{(path, symbol, offset): value} for the hooked entries of paths in pid."""
     vals = {}
     with open("/proc/%d/mem" % pid, "rb") as mem:
         for path in paths:
-            base = load_base(pid, path)
+            base = load_base(pid, path) - linked_base(path)
             for off, name in got_offsets(path).items():
                 mem.seek(base + off)
                 vals[(path, name, off)] = struct.unpack("<Q", mem.read(8))[0]
@@ -472,6 +478,72 @@ def test_unpatchable_got_told_python_tracking_continues(daemon, targets, tmp_pat
     assert abs(held - 200 * 100000) <= 0.2 * 200 * 100000, data["rows"][:3]  # Python tracking carries on
     daemon.detach(t.pid)
     assert read_got(t.pid, [lib]) == before
+
+
+def session_json(daemon, pid):
+    r = daemon.run("status", "--json")
+    assert r.returncode == 0, r.stderr
+    mine = [s for s in json.loads(r.stdout) if s["pid"] == pid and s["state"] == "attached"]
+    assert len(mine) == 1, r.stdout
+    return mine[0]
+
+
+def test_unpatchable_library_loaded_after_attach_told(daemon, targets, tmp_path):
+    """The same refusal for a library the target dlopens after the attach (the agent's dlopen hook patches
+    it): the agent sends the note in its reports, and memprof status (text and json), memprof top's header
+    and its json name the library and why; the library's GOT is left as ld.so made it, and Python
+    tracking carries on. (A library loaded after the attach that can be patched is counted: see
+    test_ctypes_two_threads_without_gil, whose ctypes command loads libnt after the attach.)"""
+    if os.uname().machine != "x86_64":
+        pytest.skip("the target's seccomp filter is written for x86_64")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler to build the test library")
+    exe, _ = interpreter("debian-3.11")
+    src = tmp_path / "nt.c"
+    src.write_text(LIB_SRC)
+    lib = str(tmp_path / "libnt_late.so")
+    # linked at a fixed address (ld.so's hint): the target's filter covers it before the library is loaded
+    at = 0x5A0000000000
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-Wl,-z,relro,-z,now", "-Wl,-Ttext-segment=0x%x" % at,
+                    "-o", lib, str(src)], check=True)
+    t = targets.start([exe, "-u", target_script("native_seccomp.py"), lib, "late"], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    r = daemon.attach(t.pid, "--native", "--sample-rate", "65536")
+    assert "could not be patched" not in r.stderr, r.stderr  # nothing unpatchable is loaded yet
+    assert session_json(daemon, t.pid)["native_late_note"] == ""
+    loaded = int([l for l in send(t, "load") if l.startswith("loaded at ")][0].split()[2], 16)
+    assert loaded == at, "ld.so did not load %s at its linked address 0x%x (0x%x)" % (lib, at, loaded)
+    deadline = time.time() + 15  # the next report carries the note
+    while time.time() < deadline and not session_json(daemon, t.pid)["native_late_note"]:
+        time.sleep(0.1)
+    note = session_json(daemon, t.pid)["native_late_note"]
+    assert note.startswith("native: libnt_late.so, loaded after the attach: 2 allocation entries could not be "
+                           "patched (its read-only GOT: mprotect: Operation not permitted)"), note
+    assert note.endswith("Python allocations are tracked") and "\n" not in note, note
+    assert session_json(daemon, t.pid)["native_note"] == ""  # the attach's own note stays empty
+    status = daemon.run("status").stdout
+    assert re.search(r"^session \d+ \(pid %d\): %s$" % (t.pid, re.escape(note)), status, re.M), status
+    top = daemon.run("top", "--pid", t.pid, "--once").stdout
+    assert note in top.splitlines()[:4], top  # in the header, above the table
+    assert top_json(daemon, t.pid)["native_late_note"] == note
+    # ld.so's values stand: malloc and free bound to libc, none to the agent
+    got = read_got(t.pid, [lib])
+    assert sorted(k[1] for k in got) == ["free", "malloc"], got
+    libc = [l.split()[5] for l in open("/proc/%d/maps" % t.pid) if "/libc.so" in l][0]
+    assert all(load_base(t.pid, libc) <= v < load_base(t.pid, libc) + 0x400000 for v in got.values()), got
+    send(t, "py")
+    send(t, "c 100 100000")
+    time.sleep(1.0)
+    data = top_json(daemon, t.pid)
+    with open(target_script("native_seccomp.py")) as f:
+        py_line = [n for n, text in enumerate(f, 1) if "# PY_LINE" in text][0]
+    held = sum(row["own_live"] for row in data["rows"] if row["line"] == py_line and
+               os.path.basename(row["file"]) == "native_seccomp.py")
+    assert abs(held - 200 * 100000) <= 0.2 * 200 * 100000, data["rows"][:3]  # Python tracking carries on
+    assert data["live_native"] < 0.2 * 100 * 100000, data["live_native"]  # the library's blocks are not seen
+    daemon.detach(t.pid)
+    assert read_got(t.pid, [lib]) == got
 
 
 # ------------------------------------------------------------ a library being loaded while the agent scans

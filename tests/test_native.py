@@ -421,9 +421,66 @@ def test_native_frames_numpy_hybrid_stack(daemon, targets):
             if "+0x" in f["function"]:
                 assert f["function"].startswith(os.path.basename(f["module"]) + "+0x"), f
             else:
-                assert f["function"] in dynsym(f["module"], t.pid) | symtab_names(f["module"], t.pid), f
+                assert f["function"] in dynsym(f["module"], t.pid) | symtab_names(f["module"], t.pid) | \
+                    demangled(f["module"]), f
             assert "python3" not in os.path.basename(f["module"]) and "memprof" not in f["module"], f
     print("numpy hold line, native frames:", [f["function"] for f in mine[0][1]])
+    daemon.detach(t.pid)
+
+
+CX_SRC = r"""
+#include <cstdlib>
+#include <cstring>
+namespace memprof_test {
+template <typename T> struct Pool {
+    static void *grab(std::size_t n, const T &mark)
+    {
+        char *p = static_cast<char *>(std::malloc(n));
+        if (p) std::memset(p, static_cast<int>(mark), 1);
+        return p;
+    }
+};
+}
+/* the entry point the target's nf command calls (-O0: each function keeps its frame) */
+extern "C" void *nf_outer(std::size_t n)
+{
+    char *p = static_cast<char *>(memprof_test::Pool<int>::grab(n, 2));
+    if (p) p[0] = 3;
+    return p;
+}
+"""
+
+
+def test_native_frames_cplusplus_demangled(daemon, targets, tmp_path):
+    """A C++ library built with g++ (a template member function in a namespace calls malloc): its native
+    frame is named demangled, without parameter list (memprof_test::Pool<int>::grab), in the json export
+    and the collapsed stacks; the library's .dynsym has it mangled (_ZN12memprof_test4PoolIiE4grab...)."""
+    gxx = shutil.which("g++") or shutil.which("c++")
+    if not gxx:
+        pytest.skip("no C++ compiler (g++) to build the test library")
+    exe, _ = interpreter("debian-3.11")
+    src, lib = tmp_path / "cx.cc", str(tmp_path / "libcx.so")
+    src.write_text(CX_SRC)
+    subprocess.run([gxx, "-shared", "-fPIC", "-O0", "-g", "-o", lib, str(src)], check=True)
+    mangled = [n for n in _syms(lib, "-D") if "4PoolIiE4grab" in n]
+    assert mangled and mangled[0].startswith("_ZN12memprof_test"), sorted(_syms(lib, "-D"))
+    t = start(targets, exe)
+    daemon.attach(t.pid, "--native", "--native-frames", "--sample-rate", "65536")
+    send(t, "nf %s 200 100000" % lib)
+    time.sleep(1.0)
+    line = marked_line("NF_LINE")
+    ex = export_data(daemon, t.pid)
+    mine = [nat for py, nat, _ in hybrid_stacks(ex)
+            if py and os.path.basename(py[-1]["file"]) == "native_np.py" and py[-1]["line"] == line]
+    assert mine, [[f["function"] for f in nat] for _, nat, _ in hybrid_stacks(ex)]
+    names = [f["function"] for f in mine[0]]
+    k = names.index("nf_outer")
+    assert names[k + 1:] == ["memprof_test::Pool<int>::grab"], names
+    assert mine[0][-1]["file"].endswith("cx.cc") and mine[0][-1]["line"] > 0, mine[0][-1]
+    assert not any(n.startswith("_Z") for n in names), names
+    folded = daemon.run("export", "--pid", t.pid, "--format", "collapsed").stdout.splitlines()
+    assert any(re.search(r";nf_outer \(libcx\.so\);memprof_test::Pool<int>::grab \(libcx\.so\) \d+$", l)
+               for l in folded), folded[:5]
     daemon.detach(t.pid)
 
 
@@ -431,6 +488,17 @@ def test_native_frames_numpy_hybrid_stack(daemon, targets):
 def _syms(path, flag):
     out = subprocess.run(["nm", flag, "--defined-only", path], capture_output=True, text=True).stdout
     return frozenset(l.split()[-1] for l in out.splitlines() if len(l.split()) >= 3)
+
+
+@functools.lru_cache(maxsize=None)
+def demangled(path):
+    """The C++ symbols of path as the daemon names them: demangled without parameter list (c++filt -p) and
+    without a template function's return type."""
+    names = [n for n in _syms(path, "-D") | _syms(path, "-a") if n.startswith("_Z")]
+    if not names or not shutil.which("c++filt"):
+        return frozenset()
+    out = subprocess.run(["c++filt", "-p"], input="\n".join(names), capture_output=True, text=True).stdout
+    return frozenset(n for d in out.splitlines() for n in (d, d.split(" ")[-1]))
 
 
 def dynsym(module, pid):

@@ -172,7 +172,8 @@ def test_numpy_line_holds_200mb_churn_holds_nothing(pyid, daemon, targets):
 
 @pytest.mark.parametrize("pyid", SUPPORTED_IDS)
 def test_ctypes_two_threads_without_gil(pyid, daemon, targets, libnt):
-    """Known sizes from a known line, malloc'd by C code called without the GIL."""
+    """Known sizes from a known line, malloc'd by C code called without the GIL. libnt is loaded after the
+    attach (the target's ctypes command loads it): what the dlopen hook patched is counted."""
     exe, _ = interpreter(pyid)
     t = start(targets, exe)
     daemon.attach(t.pid, "--native", "--sample-rate", "65536")
@@ -556,25 +557,35 @@ def session_json(daemon, pid):
     return mine[0]
 
 
+LATE_NOTE = ("native: libnt_late.so, loaded after the attach: 2 allocation entries could not be patched (its "
+             "read-only GOT: mprotect: Operation not permitted): what it allocates is not seen; Python allocations "
+             "are tracked")
+
+
+def late_relro_lib(tmp_path):
+    """(path, address): a full-RELRO libnt_late.so linked at a fixed address (ld.so's hint), which
+    native_seccomp.py's filter covers before the library is loaded ('late')."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("the target's seccomp filter is written for x86_64")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler to build the test library")
+    src = tmp_path / "nt.c"
+    src.write_text(LIB_SRC)
+    lib, at = str(tmp_path / "libnt_late.so"), 0x5A0000000000
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-Wl,-z,relro,-z,now", "-Wl,-Ttext-segment=0x%x" % at,
+                    "-o", lib, str(src)], check=True)
+    return lib, at
+
+
 def test_unpatchable_library_loaded_after_attach_told(daemon, targets, tmp_path):
     """The same refusal for a library the target dlopens after the attach (the agent's dlopen hook patches
     it): the agent sends the note in its reports, and memprof status (text and json), memprof top's header
     and its json name the library and why; the library's GOT is left as ld.so made it, and Python
     tracking carries on. (A library loaded after the attach that can be patched is counted: see
     test_ctypes_two_threads_without_gil, whose ctypes command loads libnt after the attach.)"""
-    if os.uname().machine != "x86_64":
-        pytest.skip("the target's seccomp filter is written for x86_64")
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        pytest.skip("no C compiler to build the test library")
     exe, _ = interpreter("debian-3.11")
-    src = tmp_path / "nt.c"
-    src.write_text(LIB_SRC)
-    lib = str(tmp_path / "libnt_late.so")
-    # linked at a fixed address (ld.so's hint): the target's filter covers it before the library is loaded
-    at = 0x5A0000000000
-    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-Wl,-z,relro,-z,now", "-Wl,-Ttext-segment=0x%x" % at,
-                    "-o", lib, str(src)], check=True)
+    lib, at = late_relro_lib(tmp_path)
     t = targets.start([exe, "-u", target_script("native_seccomp.py"), lib, "late"], stdin=subprocess.PIPE)
     t.wait_for(r"^ready \d+")
     r = daemon.attach(t.pid, "--native", "--sample-rate", "65536")
@@ -586,9 +597,7 @@ def test_unpatchable_library_loaded_after_attach_told(daemon, targets, tmp_path)
     while time.time() < deadline and not session_json(daemon, t.pid)["native_late_note"]:
         time.sleep(0.1)
     note = session_json(daemon, t.pid)["native_late_note"]
-    assert note.startswith("native: libnt_late.so, loaded after the attach: 2 allocation entries could not be "
-                           "patched (its read-only GOT: mprotect: Operation not permitted)"), note
-    assert note.endswith("Python allocations are tracked") and "\n" not in note, note
+    assert note == LATE_NOTE, note
     assert session_json(daemon, t.pid)["native_note"] == ""  # the attach's own note stays empty
     status = daemon.run("status").stdout
     assert re.search(r"^session \d+ \(pid %d\): %s$" % (t.pid, re.escape(note)), status, re.M), status
@@ -612,6 +621,19 @@ def test_unpatchable_library_loaded_after_attach_told(daemon, targets, tmp_path)
     assert data["live_native"] < 0.2 * 100 * 100000, data["live_native"]  # the library's blocks are not seen
     daemon.detach(t.pid)
     assert read_got(t.pid, [lib]) == got
+
+
+def test_run_native_tells_library_loaded_later(daemon, tmp_path):
+    """memprof run --native: a library the program loads later that cannot be patched is named, with why,
+    beside the report (the note reaches the daemon at the latest with the agent's final report)."""
+    from conftest import MEMPROF
+    exe, _ = interpreter("debian-3.11")
+    lib, _ = late_relro_lib(tmp_path)
+    r = subprocess.run([MEMPROF, "run", "--native", "--", exe, "-u", target_script("native_seccomp.py"), lib, "late"],
+                       input="load\npy\n", capture_output=True, text=True, timeout=120, env=daemon.env)
+    assert r.returncode == 0 and "ok py" in r.stdout, r.stdout + r.stderr
+    pid = int(re.search(r"^ready (\d+)", r.stdout, re.M).group(1))
+    assert "memprof: pid %d: %s\n" % (pid, LATE_NOTE) in r.stderr, r.stderr
 
 
 # ------------------------------------------------------------ a library being loaded while the agent scans

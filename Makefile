@@ -29,6 +29,9 @@ WIRE_SRC = $(BUILD)/gen/memprof.pb-c.c proto/wire.c common/util.c
 CLIENT_SRC = client/client.c client/errors.c
 # The option parser (table per command, --help from it) of memprof and memprofd.
 OPTS_SRC = common/opts.c
+# C++ names of native frames (memprofd, memprof rss): libstdc++'s demangler (build-essential's g++ brings it).
+DEMANGLE_SRC = common/demangle.c
+DEMANGLE_LIBS = -lstdc++
 AGENT_SRC  = $(wildcard agent/*.c)
 DAEMON_SRC = $(wildcard daemon/*.c)
 CLI_SRC    = $(filter-out cli/main.c,$(wildcard cli/*.c))
@@ -80,9 +83,9 @@ $(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS) agent/agent.map
 	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_STATIC) -lpthread -ldl -lm
 
 # The daemon shares the agent's CPython ABI table (pyabi.c: data only).
-$(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) $(OPTS_SRC) agent/pyabi.c $(WIRE_SRC) $(PPROF_SRC) $(HDRS)
+$(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) $(OPTS_SRC) agent/pyabi.c $(WIRE_SRC) $(PPROF_SRC) $(DEMANGLE_SRC) $(HDRS)
 	$(CC) $(CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) -Idaemon -Iclient -Iagent -o $@ $(DAEMON_SRC) $(CLIENT_SRC) $(OPTS_SRC) agent/pyabi.c \
-	    $(WIRE_SRC) $(PPROF_SRC) $(PKG_LIBS) $(Z_LIBS) $(MHD_LIBS) -lm
+	    $(WIRE_SRC) $(PPROF_SRC) $(DEMANGLE_SRC) $(PKG_LIBS) $(Z_LIBS) $(MHD_LIBS) $(DEMANGLE_LIBS) -lm
 
 # memprof rss: BPF programs (bpf/*.bpf.c) compiled against the kernel's BTF (vmlinux.h, generated) and loaded by
 # memprof through a bpftool skeleton; bpf/build.sh writes rss_config.h saying whether that could be built.
@@ -92,9 +95,10 @@ $(BUILD)/rss.stamp: bpf/rss.bpf.c bpf/rss.h bpf/build.sh
 	sh bpf/build.sh $(BUILD)
 
 $(BUILD)/memprof: cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC) $(RSS_SRC) $(HDRS) \
-	    $(BUILD)/flame_page.o $(BUILD)/rss.stamp
+	    $(BUILD)/flame_page.o $(BUILD)/rss.stamp $(DEMANGLE_SRC)
 	$(CC) $(CFLAGS) $(Z_CFLAGS) -Icli -Iclient -Idaemon -Iagent -o $@ cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) \
-	    $(WIRE_SRC) $(PPROF_SRC) $(RSS_SRC) $(BUILD)/flame_page.o $(PB_LIBS) $(Z_LIBS) $(RSS_LIBS) -lm
+	    $(WIRE_SRC) $(PPROF_SRC) $(RSS_SRC) $(DEMANGLE_SRC) $(BUILD)/flame_page.o $(PB_LIBS) $(Z_LIBS) $(RSS_LIBS) \
+	    $(DEMANGLE_LIBS) -lm
 
 $(BUILD)/test_wire: tests/unit/test_wire.c $(WIRE_SRC) $(HDRS)
 	$(CC) $(CFLAGS) -o $@ tests/unit/test_wire.c $(WIRE_SRC) $(PB_LIBS)

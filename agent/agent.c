@@ -378,7 +378,7 @@ static void agent_tick(struct session *s, int final)
 {
     Memprof__AllocReport r;
     Envelope env = MEMPROF__ENVELOPE__INIT;
-    char err[MP_ERRLEN];
+    char err[MP_ERRLEN], late[512];
     if (!hooks_installed() || s->fd < 0) return;
     native_rescan();
     if (!pend_push(s)) {
@@ -389,6 +389,7 @@ static void agent_tick(struct session *s, int final)
     r.reports_coalesced = s->coalesced;
     r.final = final;
     r.n_profiled = pycall_profiled_take(&r.profiled);
+    if (native_late_note(late, sizeof late)) r.native_late_note = late; /* in every report: the daemon keeps the last */
     env.msg_case = MEMPROF__ENVELOPE__MSG_ALLOC_REPORT;
     env.alloc_report = &r;
     if (wire_encode(&env, &s->pend, &s->pend_len, err) < 0) agent_log("report: %s", err);

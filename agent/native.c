@@ -22,7 +22,9 @@
  * The dlopen hook searches a bare name as its caller would (dlopen_as) and
  * patches what got loaded. A library loaded otherwise (dlmopen, a dlsym'd
  * dlopen) is patched by native_rescan (agent tick): what it allocated before
- * is not seen.
+ * is not seen. An object whose entries could not be written is told once:
+ * at the attach in native_note (the TrackingConfig reply), loaded later in
+ * native_late_note (sent with every AllocReport from then on).
  *
  * Concurrency: patching runs inside dl_iterate_phdr callbacks, which the
  * loader lock serializes. The hooks' fast paths count bytes down in a
@@ -350,7 +352,7 @@ static void *h_mremap(void *old, size_t olen, size_t nlen, int flags, ...)
     return p;
 }
 
-static void scan_all(void);
+static void scan_all(int late);
 
 /* dlopen as the caller would have: ld.so searches a bare name with the
  * caller's DT_RPATH/DT_RUNPATH (and $ORIGIN), and a call from here would use
@@ -391,7 +393,7 @@ static void *h_dlopen(const char *file, int mode)
     void *h;
     ENTER();
     h = dlopen_as(file, mode, __builtin_return_address(0));
-    if (h && atomic_load(&active)) scan_all();
+    if (h && atomic_load(&active)) scan_all(1);
     LEAVE();
     return h;
 }
@@ -502,6 +504,8 @@ struct walk {
     unsigned patched, restored, failed, foreign, allocs, unready; /* allocs: entries of allocation functions patched */
     const char *fail_obj; /* the first object with an entry that could not be written, and why */
     int fail_errno;
+    int obj_errno; /* the current object's first failure (0: the patch table was full) */
+    int late;      /* a scan after native_install's: a new failure is told as a late note */
 };
 
 static uintptr_t dyn_ptr(const struct walk *w, ElfW(Addr) v)
@@ -527,6 +531,7 @@ static int got_write(struct walk *w, uintptr_t addr, uintptr_t val)
     int ro = page >= w->relro_lo && page < w->relro_hi;
     if (ro && mprotect((void *)page, (size_t)ps, PROT_READ | PROT_WRITE) != 0) {
         if (!w->fail_obj) w->fail_obj = w->info->dlpi_name, w->fail_errno = errno;
+        if (!w->obj_errno) w->obj_errno = errno;
         return -1;
     }
     __atomic_store_n((uintptr_t *)addr, val, __ATOMIC_RELEASE);
@@ -640,6 +645,64 @@ static int relocating(const struct dl_phdr_info *info, uintptr_t relro)
     return 0;
 }
 
+/* Objects with entries that could not be patched, told once each (a scan at every dlopen meets them again):
+ * by load address and name. An object unloaded and another loaded at its address under the same name is
+ * not told again. Under the loader's lock. */
+#define FAILED_MAX 64
+static struct {
+    uintptr_t base;
+    char name[64];
+} failed_objs[FAILED_MAX];
+static unsigned nfailed_objs, nlate;
+static char late_note[512]; /* native_late_note: the last library loaded after the attach that failed */
+static atomic_int late_set;
+
+static const char *obj_base(const char *name)
+{
+    const char *b = strrchr(name, '/');
+    return b ? b + 1 : name;
+}
+
+/* An object of w had n entries that could not be patched: remember it; a new one found by a late scan
+ * becomes the late note (one line: the library and why). */
+static void failed_object(struct walk *w, unsigned n)
+{
+    const char *name = obj_base(w->info->dlpi_name ? w->info->dlpi_name : "");
+    for (unsigned i = 0; i < nfailed_objs; i++)
+        if (failed_objs[i].base == w->base && !strncmp(failed_objs[i].name, name, sizeof failed_objs[i].name - 1))
+            return;
+    if (nfailed_objs < FAILED_MAX) {
+        failed_objs[nfailed_objs].base = w->base;
+        snprintf(failed_objs[nfailed_objs++].name, sizeof failed_objs[0].name, "%s", name);
+    }
+    if (!w->late) return;
+    nlate++;
+    snprintf(late_note, sizeof late_note,
+             "native: %s, loaded after the attach: %u allocation entr%s could not be patched (its read-only GOT: "
+             "%s%s): what it allocates is not seen%s; Python allocations are tracked",
+             name[0] ? name : "a library", n, n == 1 ? "y" : "ies", w->obj_errno ? "mprotect: " : "",
+             w->obj_errno ? strerror(w->obj_errno) : "the patch table is full",
+             nlate > 1 ? " (nor what the other libraries loaded since and not patched allocate)" : "");
+    atomic_store(&late_set, 1);
+    agent_log("%s", late_note);
+}
+
+static int copy_late_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)info, (void)size;
+    snprintf(arg, sizeof late_note, "%s", late_note);
+    return 1;
+}
+
+int native_late_note(char *buf, size_t len)
+{
+    char copy[sizeof late_note];
+    if (!atomic_load(&late_set)) return 0;
+    dl_iterate_phdr(copy_late_cb, copy); /* under the loader's lock, as the writers */
+    snprintf(buf, len, "%s", copy);
+    return buf[0] != 0;
+}
+
 static int walk_cb(struct dl_phdr_info *info, size_t size, void *arg)
 {
     struct walk *w = arg;
@@ -647,6 +710,7 @@ static int walk_cb(struct dl_phdr_info *info, size_t size, void *arg)
     uintptr_t jmprel = 0, rela = 0, rel = 0;
     size_t pltrelsz = 0, relasz = 0, relsz = 0;
     long pltrel = 0, ps = sysconf(_SC_PAGESIZE);
+    unsigned failed0;
     (void)size;
     /* A scan that waited for the loader lock while uninstall restored the
      * entries must not patch them again: active is cleared before the restore,
@@ -687,6 +751,8 @@ static int walk_cb(struct dl_phdr_info *info, size_t size, void *arg)
         }
     }
     if (!w->symtab || !w->strtab) return 0;
+    failed0 = w->failed;
+    w->obj_errno = 0;
     if (jmprel && pltrel == DT_RELA)
         for (size_t i = 0; i < pltrelsz / sizeof(ElfW(Rela)); i++) {
             const ElfW(Rela) *r = (const ElfW(Rela) *)jmprel + i;
@@ -705,6 +771,7 @@ static int walk_cb(struct dl_phdr_info *info, size_t size, void *arg)
         const ElfW(Rel) *r = (const ElfW(Rel) *)rel + i;
         one_reloc(w, r->r_offset, r->r_info);
     }
+    if (!w->restore && w->failed > failed0) failed_object(w, w->failed - failed0);
     return 0;
 }
 
@@ -719,19 +786,20 @@ static int adds_cb(struct dl_phdr_info *info, size_t size, void *arg)
 
 static char note[512]; /* native_note: the first problem seen */
 
-static void scan_all(void)
+static void scan_all(int late)
 {
     struct walk w;
     unsigned long long adds = 0;
     memset(&w, 0, sizeof w);
+    w.late = late;
     dl_iterate_phdr(adds_cb, &adds);
     dl_iterate_phdr(walk_cb, &w);
     seen_adds = w.unready ? adds - 1 : adds; /* an object still being loaded: scan again at the next tick */
     __atomic_add_fetch(&npatched, w.patched, __ATOMIC_RELAXED);
-    if (w.failed) {
+    if (w.failed && !late) {
         const char *obj = w.fail_obj && w.fail_obj[0] ? w.fail_obj : "a library", *base = strrchr(obj, '/');
         agent_log("native: %u GOT entries could not be patched", w.failed);
-        if (!note[0])
+        if (!note[0]) /* the objects that failed at the attach */
             snprintf(note, sizeof note,
                      "native: %u allocation entr%s of %s%s could not be patched (its read-only GOT: mprotect: %s): "
                      "what it allocates is not seen; Python allocations are tracked",
@@ -767,11 +835,15 @@ int native_install(char *err)
         recs = m;
     }
     hooks_fill();
+    /* a previous session's notes (the agent stayed loaded) are not this one's */
+    note[0] = 0;
+    nfailed_objs = nlate = 0;
+    atomic_store(&late_set, 0);
     ninterp = 0;
     dl_iterate_phdr(ranges_cb, NULL);
     atomic_store(&active, 1);
     installed = 1;
-    scan_all();
+    scan_all(0);
     agent_log("native: %u GOT entries patched%s", npatched, unwind_backtrace ? ", native frames on" : "");
     if (!npatched && !note[0])
         snprintf(note, sizeof note, "native: no loaded library calls malloc or dlopen through a GOT this agent can "
@@ -784,7 +856,7 @@ void native_rescan(void)
     unsigned long long adds = 0;
     if (!installed) return;
     dl_iterate_phdr(adds_cb, &adds);
-    if (adds != seen_adds) scan_all();
+    if (adds != seen_adds) scan_all(1);
 }
 
 int native_uninstall(void)

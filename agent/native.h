@@ -2,6 +2,7 @@
 #ifndef MEMPROF_NATIVE_H
 #define MEMPROF_NATIVE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* Patch the GOT entries of every loaded library but libc, ld.so, the vdso,
@@ -19,6 +20,10 @@ int native_unwind(uint64_t *pcs, int max);
 /* One line for the user when native tracking is off or partial ("" when all
  * is well): what could not be patched and why. Valid after native_install. */
 const char *native_note(void);
+/* A library loaded after native_install (dlopen, or found by native_rescan) that could not be patched:
+ * one line naming it and why (the last such library), copied into buf; 0 when there was none. Any
+ * thread but a hook's (takes the loader's lock). */
+int native_late_note(char *buf, size_t len);
 /* Patch libraries loaded since (the dlopen hook does it too). Agent thread. */
 void native_rescan(void);
 /* Put back every GOT entry still ours in a loaded library, then wait until no

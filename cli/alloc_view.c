@@ -67,6 +67,9 @@ void view_from_data(struct view *v, const Memprof__AllocData *d)
         snprintf(v->state, sizeof v->state, "%s", wire_state_name(d->session->state));
         v->exited = d->session->state == MEMPROF__SESSION_INFO__STATE__EXITED;
         snprintf(v->python, sizeof v->python, "%s", d->session->python_version);
+        snprintf(v->native_note, sizeof v->native_note, "%s", d->session->native_note ? d->session->native_note : "");
+        snprintf(v->native_late, sizeof v->native_late, "%s",
+                 d->session->native_late_note ? d->session->native_late_note : "");
         for (size_t i = 0; i < d->session->n_argv; i++) {
             size_t l = strlen(v->command);
             snprintf(v->command + l, sizeof v->command - l, "%s%s", i ? " " : "", d->session->argv[i]);

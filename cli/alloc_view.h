@@ -33,6 +33,7 @@ struct view {
     double samples, dropped, rate_bytes;
     double live_python, live_native; /* tracked live split, before any --native-only */
     int has_native;
+    char native_note[512], native_late[512]; /* --native: what could not be patched, at the attach and since */
     struct frame *frames;
     size_t nframes;
     struct stack *stacks;

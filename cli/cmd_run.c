@@ -141,6 +141,8 @@ static void report_session(FILE *o, const Memprof__SessionInfo *si, char **funcs
     d = reply->alloc_data;
     if (d->session && d->session->native_note && *d->session->native_note) /* --native could not patch all */
         fprintf(stderr, "memprof: pid %d: %s\n", (int)si->pid, d->session->native_note);
+    if (d->session && d->session->native_late_note && *d->session->native_late_note) /* nor a library loaded later */
+        fprintf(stderr, "memprof: pid %d: %s\n", (int)si->pid, d->session->native_late_note);
     for (size_t i = 0; i < d->n_profiled; i++) {
         const Memprof__AllocFrame *f = d->profiled[i];
         if (child && !has_function(d, f->function, f->file, f->first_line)) continue;

@@ -101,6 +101,8 @@ int cmd_status(int argc, char **argv)
             cli_json_str(stdout, dver);
             printf(", \"native_note\": ");
             cli_json_str(stdout, s->native_note);
+            printf(", \"native_late_note\": ");
+            cli_json_str(stdout, s->native_late_note);
             printf("}");
         }
         printf("]\n");
@@ -134,9 +136,13 @@ int cmd_status(int argc, char **argv)
         printf("session %u (pid %d): agent %s differs from memprofd %s (detach and attach again)\n", s->id, s->pid,
                s->agent_version, dver);
     }
-    for (size_t i = 0; i < r->n_sessions; i++) /* --native that could not patch everything */
-        if (r->sessions[i]->state == MEMPROF__SESSION_INFO__STATE__ATTACHED && r->sessions[i]->native_note && *r->sessions[i]->native_note)
-            printf("session %u (pid %d): %s\n", r->sessions[i]->id, r->sessions[i]->pid, r->sessions[i]->native_note);
+    for (size_t i = 0; i < r->n_sessions; i++) { /* --native that could not patch everything: at the attach, since */
+        Memprof__SessionInfo *s = r->sessions[i];
+        if (s->state != MEMPROF__SESSION_INFO__STATE__ATTACHED) continue;
+        if (s->native_note && *s->native_note) printf("session %u (pid %d): %s\n", s->id, s->pid, s->native_note);
+        if (s->native_late_note && *s->native_late_note)
+            printf("session %u (pid %d): %s\n", s->id, s->pid, s->native_late_note);
+    }
     wire_free(reply);
     return 0;
 }

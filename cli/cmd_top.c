@@ -100,10 +100,14 @@ static void print_top(FILE *o, const struct view *v, enum by by, enum sort sort,
                 ", \"mode\": \"%s\", \"sample_rate\": %.0f, \"rss\": %.0f, \"live\": %.0f, \"peak_live\": %.0f, "
                 "\"alloc_rate\": %.1f, \"samples_per_s\": %.2f, \"samples\": %.0f, \"dropped\": %.0f, "
                 "\"overhead\": %.5f, \"timestamp\": %.3f, \"by\": \"%s\", \"live_python\": %.0f, \"live_native\": %.0f, "
-                "\"native_only\": %s, \"rows\": [",
+                "\"native_only\": %s, \"native_note\": ",
                 v->mode, v->rate_bytes, v->rss, live, v->peak_live, v->alloc_rate, v->samples_rate, v->samples,
                 v->dropped, v->overhead, v->ts, by == BY_LINE ? "line" : "function", v->live_python, v->live_native,
                 alloc_native_only ? "true" : "false");
+        cli_json_str(o, v->native_note);
+        fprintf(o, ", \"native_late_note\": ");
+        cli_json_str(o, v->native_late);
+        fprintf(o, ", \"rows\": [");
         for (size_t i = 0; i < n && (limit <= 0 || (int)i < limit); i++) {
             const struct frame *f = &v->frames[rows[i].frame];
             fprintf(o, "%s{\"file\": ", i ? ", " : "");
@@ -133,7 +137,11 @@ static void print_top(FILE *o, const struct view *v, enum by by, enum sort sort,
     if (!v->exact) fprintf(o, " (1 per %s)", cli_bytes(v->rate_bytes, a, sizeof a));
     fprintf(o, "  agent overhead ~%.1f%%", 100 * v->overhead);
     if (v->dropped > 0) fprintf(o, "  dropped %.0f", v->dropped);
-    fprintf(o, "\n%12s %12s %6s%s %12s %10s  %s   [by %s, sorted by %s]\n", "OWN LIVE", "TOTAL LIVE", "%LIVE",
+    fputc('\n', o);
+    /* --native: libraries that could not be patched, at the attach and loaded since (one line each) */
+    if (v->native_note[0]) fprintf(o, "%s\n", cli_esc(v->native_note, loc, sizeof loc));
+    if (v->native_late[0]) fprintf(o, "%s\n", cli_esc(v->native_late, loc, sizeof loc));
+    fprintf(o, "%12s %12s %6s%s %12s %10s  %s   [by %s, sorted by %s]\n", "OWN LIVE", "TOTAL LIVE", "%LIVE",
             v->has_native ? " NATIVE" : "", "ALLOC/S", "ALLOCS", "LOCATION", by == BY_LINE ? "line" : "function",
             sort_names[sort]);
     for (size_t i = 0; i < n && (limit <= 0 || (int)i < limit); i++) {

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "demangle.h"
 #include "elfsym.h"
 #include "pyabi.h"
 #include "pyprobe.h"
@@ -121,7 +122,8 @@ static char *lookup_native(struct rss_sym *s, uint64_t ip, int leaf)
     name = dwfl_module_addrinfo(m, at, &off, &sym, NULL, NULL, NULL);
     /* never a wrong name: a symbol only when it covers the address */
     if (name && (sym.st_size == 0 ? off < 4096 : off < sym.st_size)) {
-        if (asprintf(&out, "%s (%s)", name, mod) < 0) return NULL;
+        char dm[512];
+        if (asprintf(&out, "%s (%s)", mp_demangle(name, dm, sizeof dm), mod) < 0) return NULL; /* C++: demangled */
     } else if (asprintf(&out, "%s+0x%llx", mod, (unsigned long long)(ip - start)) < 0) {
         return NULL;
     }

@@ -587,6 +587,11 @@ void attach_on_alloc_report(struct conn *c, const Envelope *env)
     if (!s) return;
     alloc_report(s, env->alloc_report);
     if (env->alloc_report->final) s->exiting = 1;
+    if (env->alloc_report->native_late_note && *env->alloc_report->native_late_note &&
+        strcmp(s->native_late, env->alloc_report->native_late_note) != 0) {
+        snprintf(s->native_late, sizeof s->native_late, "%s", env->alloc_report->native_late_note);
+        server_log("pid %d: %s", (int)s->pid, s->native_late);
+    }
 }
 
 void attach_on_agent_reply(struct conn *c, const Envelope *env)

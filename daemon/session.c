@@ -116,6 +116,7 @@ void session_fill_info(const struct session *s, Memprof__SessionInfo *info)
     info->sample_rate = s->track.sample_rate;
     info->agent_version = (char *)s->agent_version;
     info->native_note = (char *)s->native_note;
+    info->native_late_note = (char *)s->native_late;
 }
 
 void session_info_clear(Memprof__SessionInfo *info)

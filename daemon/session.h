@@ -51,6 +51,7 @@ struct session {
     double exec_ms;             /* remote-exec: how long the script held the main thread */
     char note[256];             /* why auto went by ptrace, for the client */
     char native_note[512];      /* --native: why it is off or partial (the agent's hello), "" when all is well */
+    char native_late[512];      /* --native: a library loaded since that could not be patched (AllocReport) */
     struct session *next;
 };
 

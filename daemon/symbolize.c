@@ -2,6 +2,7 @@
  * against the target's mappings: module, function, source file and line where debug info has them,
  * else the function from .symtab/.dynsym, else "module+0xOFFSET" -- never a symbol that does not
  * contain the address (a nearest-preceding symbol of a static function would be a wrong name).
+ * C++ names are demangled, without parameter list and return type (common/demangle.c).
  *
  * The modules are those of /proc/PID/maps (dwfl_linux_proc_report); each file is opened through
  * /proc/PID/root, so a target in another mount namespace (a container) is read from its own files.
@@ -18,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "demangle.h"
 #include "util.h"
 
 struct symbolizer {
@@ -98,6 +100,7 @@ void sym_resolve(struct symbolizer *y, uint64_t pc, struct sym_frame *o)
     Dwarf_Addr start = 0, bias = 0;
     Dwfl_Module *m;
     const char *mname, *fn;
+    char dm[sizeof o->func];
     GElf_Sym sym;
     GElf_Off off = 0;
     Dwfl_Line *l;
@@ -116,7 +119,8 @@ void sym_resolve(struct symbolizer *y, uint64_t pc, struct sym_frame *o)
     snprintf(o->module, sizeof o->module, "%s", mname ? mname : "?");
     o->offset = dwfl_module_getelf(m, &bias) ? at - bias : at - start;
     fn = dwfl_module_addrinfo(m, at, &off, &sym, NULL, NULL, NULL);
-    if (fn && *fn && sym.st_size > 0 && off < sym.st_size) snprintf(o->func, sizeof o->func, "%s", fn);
+    if (fn && *fn && sym.st_size > 0 && off < sym.st_size)
+        snprintf(o->func, sizeof o->func, "%s", mp_demangle(fn, dm, sizeof dm)); /* C++: demangled */
     else snprintf(o->func, sizeof o->func, "%s+0x%llx", base_name(o->module), (unsigned long long)o->offset);
     snprintf(o->file, sizeof o->file, "%s", o->module);
     if ((l = dwfl_module_getsrc(m, at)) != NULL) {

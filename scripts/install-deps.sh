@@ -18,7 +18,7 @@ esac
 # npm is already there (NodeSource's nodejs ships its own and conflicts with Debian's).
 command -v npm >/dev/null 2>&1 || PKGS="$PKGS npm"
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-deps: not a Debian system (no dpkg/apt-get): install by hand a C compiler, make, pkg-config, the development files of libelf, libdw, libbpf, protobuf-c, zlib and libmicrohttpd, protoc-c, bpftool and clang (memprof rss), npm, python3 and pytest, then run make" >&2
+    echo "install-deps: not a Debian system (no dpkg/apt-get): install by hand a C compiler with libstdc++ (g++: C++ names are demangled with it), make, pkg-config, the development files of libelf, libdw, libbpf, protobuf-c, zlib and libmicrohttpd, protoc-c, bpftool and clang (memprof rss), npm, python3 and pytest, then run make" >&2
     exit 1
 fi
 missing=""

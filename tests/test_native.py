@@ -109,12 +109,18 @@ def load_base(pid, path):
     raise AssertionError("%s is not mapped in %d" % (path, pid))
 
 
+def linked_base(path):
+    """The address path's first PT_LOAD is linked at (0 but for a library linked at a fixed address)."""
+    out = subprocess.run(["readelf", "-lW", path], capture_output=True, text=True, check=True).stdout
+    return min(int(m.group(1), 16) for m in re.finditer(r"^\s*LOAD\s+0x[0-9a-f]+\s+0x([0-9a-f]+)", out, re.M))
+
+
 def read_got(pid, paths):
     """{(path, symbol, offset): value} for the hooked entries of paths in pid."""
     vals = {}
     with open("/proc/%d/mem" % pid, "rb") as mem:
         for path in paths:
-            base = load_base(pid, path)
+            base = load_base(pid, path) - linked_base(path)
             for off, name in got_offsets(path).items():
                 mem.seek(base + off)
                 vals[(path, name, off)] = struct.unpack("<Q", mem.read(8))[0]
@@ -166,7 +172,8 @@ def test_numpy_line_holds_200mb_churn_holds_nothing(pyid, daemon, targets):
 
 @pytest.mark.parametrize("pyid", SUPPORTED_IDS)
 def test_ctypes_two_threads_without_gil(pyid, daemon, targets, libnt):
-    """Known sizes from a known line, malloc'd by C code called without the GIL."""
+    """Known sizes from a known line, malloc'd by C code called without the GIL. libnt is loaded after the
+    attach (the target's ctypes command loads it): what the dlopen hook patched is counted."""
     exe, _ = interpreter(pyid)
     t = start(targets, exe)
     daemon.attach(t.pid, "--native", "--sample-rate", "65536")
@@ -415,9 +422,66 @@ def test_native_frames_numpy_hybrid_stack(daemon, targets):
             if "+0x" in f["function"]:
                 assert f["function"].startswith(os.path.basename(f["module"]) + "+0x"), f
             else:
-                assert f["function"] in dynsym(f["module"], t.pid) | symtab_names(f["module"], t.pid), f
+                assert f["function"] in dynsym(f["module"], t.pid) | symtab_names(f["module"], t.pid) | \
+                    demangled(f["module"]), f
             assert "python3" not in os.path.basename(f["module"]) and "memprof" not in f["module"], f
     print("numpy hold line, native frames:", [f["function"] for f in mine[0][1]])
+    daemon.detach(t.pid)
+
+
+CX_SRC = r"""
+#include <cstdlib>
+#include <cstring>
+namespace memprof_test {
+template <typename T> struct Pool {
+    static void *grab(std::size_t n, const T &mark)
+    {
+        char *p = static_cast<char *>(std::malloc(n));
+        if (p) std::memset(p, static_cast<int>(mark), 1);
+        return p;
+    }
+};
+}
+/* the entry point the target's nf command calls (-O0: each function keeps its frame) */
+extern "C" void *nf_outer(std::size_t n)
+{
+    char *p = static_cast<char *>(memprof_test::Pool<int>::grab(n, 2));
+    if (p) p[0] = 3;
+    return p;
+}
+"""
+
+
+def test_native_frames_cplusplus_demangled(daemon, targets, tmp_path):
+    """A C++ library built with g++ (a template member function in a namespace calls malloc): its native
+    frame is named demangled, without parameter list (memprof_test::Pool<int>::grab), in the json export
+    and the collapsed stacks; the library's .dynsym has it mangled (_ZN12memprof_test4PoolIiE4grab...)."""
+    gxx = shutil.which("g++") or shutil.which("c++")
+    if not gxx:
+        pytest.skip("no C++ compiler (g++) to build the test library")
+    exe, _ = interpreter("debian-3.11")
+    src, lib = tmp_path / "cx.cc", str(tmp_path / "libcx.so")
+    src.write_text(CX_SRC)
+    subprocess.run([gxx, "-shared", "-fPIC", "-O0", "-g", "-o", lib, str(src)], check=True)
+    mangled = [n for n in _syms(lib, "-D") if "4PoolIiE4grab" in n]
+    assert mangled and mangled[0].startswith("_ZN12memprof_test"), sorted(_syms(lib, "-D"))
+    t = start(targets, exe)
+    daemon.attach(t.pid, "--native", "--native-frames", "--sample-rate", "65536")
+    send(t, "nf %s 200 100000" % lib)
+    time.sleep(1.0)
+    line = marked_line("NF_LINE")
+    ex = export_data(daemon, t.pid)
+    mine = [nat for py, nat, _ in hybrid_stacks(ex)
+            if py and os.path.basename(py[-1]["file"]) == "native_np.py" and py[-1]["line"] == line]
+    assert mine, [[f["function"] for f in nat] for _, nat, _ in hybrid_stacks(ex)]
+    names = [f["function"] for f in mine[0]]
+    k = names.index("nf_outer")
+    assert names[k + 1:] == ["memprof_test::Pool<int>::grab"], names
+    assert mine[0][-1]["file"].endswith("cx.cc") and mine[0][-1]["line"] > 0, mine[0][-1]
+    assert not any(n.startswith("_Z") for n in names), names
+    folded = daemon.run("export", "--pid", t.pid, "--format", "collapsed").stdout.splitlines()
+    assert any(re.search(r";nf_outer \(libcx\.so\);memprof_test::Pool<int>::grab \(libcx\.so\) \d+$", l)
+               for l in folded), folded[:5]
     daemon.detach(t.pid)
 
 
@@ -425,6 +489,17 @@ def test_native_frames_numpy_hybrid_stack(daemon, targets):
 def _syms(path, flag):
     out = subprocess.run(["nm", flag, "--defined-only", path], capture_output=True, text=True).stdout
     return frozenset(l.split()[-1] for l in out.splitlines() if len(l.split()) >= 3)
+
+
+@functools.lru_cache(maxsize=None)
+def demangled(path):
+    """The C++ symbols of path as the daemon names them: demangled without parameter list (c++filt -p) and
+    without a template function's return type."""
+    names = [n for n in _syms(path, "-D") | _syms(path, "-a") if n.startswith("_Z")]
+    if not names or not shutil.which("c++filt"):
+        return frozenset()
+    out = subprocess.run(["c++filt", "-p"], input="\n".join(names), capture_output=True, text=True).stdout
+    return frozenset(n for d in out.splitlines() for n in (d, d.split(" ")[-1]))
 
 
 def dynsym(module, pid):
@@ -472,6 +547,93 @@ def test_unpatchable_got_told_python_tracking_continues(daemon, targets, tmp_pat
     assert abs(held - 200 * 100000) <= 0.2 * 200 * 100000, data["rows"][:3]  # Python tracking carries on
     daemon.detach(t.pid)
     assert read_got(t.pid, [lib]) == before
+
+
+def session_json(daemon, pid):
+    r = daemon.run("status", "--json")
+    assert r.returncode == 0, r.stderr
+    mine = [s for s in json.loads(r.stdout) if s["pid"] == pid and s["state"] == "attached"]
+    assert len(mine) == 1, r.stdout
+    return mine[0]
+
+
+LATE_NOTE = ("native: libnt_late.so, loaded after the attach: 2 allocation entries could not be patched (its "
+             "read-only GOT: mprotect: Operation not permitted): what it allocates is not seen; Python allocations "
+             "are tracked")
+
+
+def late_relro_lib(tmp_path):
+    """(path, address): a full-RELRO libnt_late.so linked at a fixed address (ld.so's hint), which
+    native_seccomp.py's filter covers before the library is loaded ('late')."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("the target's seccomp filter is written for x86_64")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler to build the test library")
+    src = tmp_path / "nt.c"
+    src.write_text(LIB_SRC)
+    lib, at = str(tmp_path / "libnt_late.so"), 0x5A0000000000
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-Wl,-z,relro,-z,now", "-Wl,-Ttext-segment=0x%x" % at,
+                    "-o", lib, str(src)], check=True)
+    return lib, at
+
+
+def test_unpatchable_library_loaded_after_attach_told(daemon, targets, tmp_path):
+    """The same refusal for a library the target dlopens after the attach (the agent's dlopen hook patches
+    it): the agent sends the note in its reports, and memprof status (text and json), memprof top's header
+    and its json name the library and why; the library's GOT is left as ld.so made it, and Python
+    tracking carries on. (A library loaded after the attach that can be patched is counted: see
+    test_ctypes_two_threads_without_gil, whose ctypes command loads libnt after the attach.)"""
+    exe, _ = interpreter("debian-3.11")
+    lib, at = late_relro_lib(tmp_path)
+    t = targets.start([exe, "-u", target_script("native_seccomp.py"), lib, "late"], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    r = daemon.attach(t.pid, "--native", "--sample-rate", "65536")
+    assert "could not be patched" not in r.stderr, r.stderr  # nothing unpatchable is loaded yet
+    assert session_json(daemon, t.pid)["native_late_note"] == ""
+    loaded = int([l for l in send(t, "load") if l.startswith("loaded at ")][0].split()[2], 16)
+    assert loaded == at, "ld.so did not load %s at its linked address 0x%x (0x%x)" % (lib, at, loaded)
+    deadline = time.time() + 15  # the next report carries the note
+    while time.time() < deadline and not session_json(daemon, t.pid)["native_late_note"]:
+        time.sleep(0.1)
+    note = session_json(daemon, t.pid)["native_late_note"]
+    assert note == LATE_NOTE, note
+    assert session_json(daemon, t.pid)["native_note"] == ""  # the attach's own note stays empty
+    status = daemon.run("status").stdout
+    assert re.search(r"^session \d+ \(pid %d\): %s$" % (t.pid, re.escape(note)), status, re.M), status
+    top = daemon.run("top", "--pid", t.pid, "--once").stdout
+    assert note in top.splitlines()[:4], top  # in the header, above the table
+    assert top_json(daemon, t.pid)["native_late_note"] == note
+    # ld.so's values stand: malloc and free bound to libc, none to the agent
+    got = read_got(t.pid, [lib])
+    assert sorted(k[1] for k in got) == ["free", "malloc"], got
+    libc = [l.split()[5] for l in open("/proc/%d/maps" % t.pid) if "/libc.so" in l][0]
+    assert all(load_base(t.pid, libc) <= v < load_base(t.pid, libc) + 0x400000 for v in got.values()), got
+    send(t, "py")
+    send(t, "c 100 100000")
+    time.sleep(1.0)
+    data = top_json(daemon, t.pid)
+    with open(target_script("native_seccomp.py")) as f:
+        py_line = [n for n, text in enumerate(f, 1) if "# PY_LINE" in text][0]
+    held = sum(row["own_live"] for row in data["rows"] if row["line"] == py_line and
+               os.path.basename(row["file"]) == "native_seccomp.py")
+    assert abs(held - 200 * 100000) <= 0.2 * 200 * 100000, data["rows"][:3]  # Python tracking carries on
+    assert data["live_native"] < 0.2 * 100 * 100000, data["live_native"]  # the library's blocks are not seen
+    daemon.detach(t.pid)
+    assert read_got(t.pid, [lib]) == got
+
+
+def test_run_native_tells_library_loaded_later(daemon, tmp_path):
+    """memprof run --native: a library the program loads later that cannot be patched is named, with why,
+    beside the report (the note reaches the daemon at the latest with the agent's final report)."""
+    from conftest import MEMPROF
+    exe, _ = interpreter("debian-3.11")
+    lib, _ = late_relro_lib(tmp_path)
+    r = subprocess.run([MEMPROF, "run", "--native", "--", exe, "-u", target_script("native_seccomp.py"), lib, "late"],
+                       input="load\npy\n", capture_output=True, text=True, timeout=120, env=daemon.env)
+    assert r.returncode == 0 and "ok py" in r.stdout, r.stdout + r.stderr
+    pid = int(re.search(r"^ready (\d+)", r.stdout, re.M).group(1))
+    assert "memprof: pid %d: %s\n" % (pid, LATE_NOTE) in r.stderr, r.stderr
 
 
 # ------------------------------------------------------------ a library being loaded while the agent scans

@@ -344,7 +344,8 @@ def test_tracked_heap_beside_rss(targets, tmp_path, pyid):
         assert "TRACKED" not in text, text
 
         d.attach(t.pid)
-        v = View(t.pid, "--socket", d.socket)
+        saved = str(tmp_path / "heap.rss")
+        v = View(t.pid, "--socket", d.socket, "--save", saved)
         try:
             v.next()
             t.proc.stdin.write("go\n")
@@ -368,6 +369,11 @@ def test_tracked_heap_beside_rss(targets, tmp_path, pyid):
         assert rows and rows[0]["faulted_bytes"] > 0, final["rows"][:5]
         assert 0.8 * truth <= rows[0]["tracked_bytes"] <= 1.25 * truth, (rows[0], truth)
         assert all("tracked_bytes" in r for r in final["rows"]), final["rows"][:5]
+
+        # --save: the session's figures in the file's note, which export prints
+        r = subprocess.run([MEMPROF, "export", "--rss", saved, "--format", "collapsed", "-o", str(tmp_path / "f")],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "memprof session %d tracked " % tracked["session"]["id"] in r.stdout, r
 
         text = rss_once(t.pid, "--socket", d.socket)
         assert re.search(r"^tracked heap .* = Python .* \+ native .*\(memprof session \d+, sampling, attached\)$",

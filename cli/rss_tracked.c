@@ -85,6 +85,7 @@ void rss_tracked_fetch(int pid, int gone, struct rss_tracked *t)
     wire_free(reply);
     t->python = v.live_python > 0 ? v.live_python : 0;
     t->native = v.live_native > 0 ? v.live_native : 0;
+    t->time = v.ts;
     n = rows_build(&v, BY_LINE, SORT_OWN, &rows);
     if (n && (t->lines = calloc(n, sizeof *t->lines))) {
         for (size_t i = 0; i < n; i++) {

@@ -18,6 +18,7 @@ struct rss_tracked {
     unsigned session;       /* its id */
     char mode[16], state[16];
     double python, native;  /* tracked live bytes: allocated by Python, by C code (attach --native) */
+    double time;            /* when the agent sent the report they come from (unix seconds) */
     struct rss_tracked_line *lines; /* sorted by file, line */
     size_t nlines;
     char why[MP_ERRLEN];    /* !ok: why not ("no memprof session on pid 42") */

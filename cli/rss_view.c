@@ -263,9 +263,9 @@ static void print_json(struct rss_view *v, double t, double dt, uint64_t faults,
             (unsigned long long)v->with_python, v->o.sample);
     if (v->tracked.ok)
         fprintf(f, "\"tracked\":{\"python_bytes\":%.0f,\"native_bytes\":%.0f,\"untracked_bytes\":%.0f,"
-                   "\"session\":{\"id\":%u,\"mode\":\"%s\",\"state\":\"%s\"}},",
+                   "\"report_time\":%.3f,\"session\":{\"id\":%u,\"mode\":\"%s\",\"state\":\"%s\"}},",
                 v->tracked.python, v->tracked.native, (double)g->anon - v->tracked.python - v->tracked.native,
-                v->tracked.session, v->tracked.mode, v->tracked.state);
+                v->tracked.time, v->tracked.session, v->tracked.mode, v->tracked.state);
     fputs("\"timeline\":[", f);
     for (int i = 0; i < v->ntl; i++)
         fprintf(f, "%s{\"t\":%.3f,\"rss_bytes\":%llu,\"vmrss_bytes\":%llu}", i ? "," : "", v->tl[i].t,

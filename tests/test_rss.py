@@ -351,15 +351,17 @@ def test_tracked_heap_beside_rss(targets, tmp_path, pyid):
             t.proc.stdin.write("go\n")
             t.proc.stdin.flush()
             truth = int(t.wait_for(r"^built (\d+)").group(1))
-            # the agent reports on its own schedule: frames until its report of the bytearrays has come
+            at = time.time()
+            # the agent reports on its own schedule: frames until one carries a report sent after the build
             for _ in range(200):
                 tracked = v.next().get("tracked")
-                if tracked and tracked["python_bytes"] >= 0.5 * truth:
+                if tracked and tracked["report_time"] > at:
                     break
             final = v.finish()
         finally:
             v.kill()
         tracked = final["tracked"]
+        assert tracked["report_time"] > at, (tracked, at)
         assert tracked["session"]["state"] == "attached" and tracked["session"]["id"] > 0, tracked
         assert 0.8 * truth <= tracked["python_bytes"] <= 1.25 * truth, (tracked, truth)
         assert tracked["untracked_bytes"] == final["rss"]["anon_bytes"] - tracked["python_bytes"] - \

@@ -308,12 +308,12 @@ def test_save_for_plot_and_export(targets, tmp_path):
         [go, "tool", "pprof", "-comments", pb], capture_output=True, text=True, timeout=120, env=env).stdout
 
 
-def tracked_line():
+def tracked_line(marker="the line that keeps the bytearrays"):
     with open(workload("tracked_heap.py")) as f:
         for n, text in enumerate(f, 1):
-            if "the line that keeps the bytearrays" in text:
+            if marker in text:
                 return n
-    raise AssertionError("tracked_heap.py lost its marked line")
+    raise AssertionError("tracked_heap.py lost its marked line %r" % marker)
 
 
 def rss_once(pid, *extra):
@@ -323,13 +323,18 @@ def rss_once(pid, *extra):
     return r.stdout
 
 
-@pytest.mark.parametrize("pyid", ["debian-3.11", "pyenv-3.12"])
-def test_tracked_heap_beside_rss(targets, tmp_path, pyid):
+@pytest.mark.parametrize("pyid,native", [("debian-3.11", False), ("pyenv-3.12", False), ("debian-3.11", True)],
+                         ids=["debian-3.11", "pyenv-3.12", "debian-3.11-native"])
+def test_tracked_heap_beside_rss(targets, tmp_path, pyid, native):
     """With memprofd attached to the target, each refresh also carries the session's tracked live heap (Python +
-    native) and, by line, the live bytes the agent puts on the row's line; without a session (or a daemon) none."""
+    native) and, by line, the live bytes the agent puts on the row's line; without a session (or a daemon) none.
+    native: attached with --native, a numpy array's 50 MiB counted as native at its line."""
     py, ver = interpreter(pyid)
+    if native and subprocess.run([py, "-c", "import numpy"], capture_output=True, timeout=60).returncode:
+        pytest.skip("%s has no numpy (Debian's python3.11 gets it from python3-numpy)" % pyid)
     mb = 100
-    t = targets.start([py, workload("tracked_heap.py"), str(mb)], stdin=subprocess.PIPE)
+    t = targets.start([py, workload("tracked_heap.py"), str(mb)] + (["numpy"] if native else []),
+                      stdin=subprocess.PIPE)
     t.wait_for("^ready")
     d = Daemon(str(tmp_path))
     d.start()
@@ -343,14 +348,15 @@ def test_tracked_heap_beside_rss(targets, tmp_path, pyid):
         assert "no memprof session on pid %d" % t.pid in text and "tracked heap not shown" in text, text
         assert "TRACKED" not in text, text
 
-        d.attach(t.pid)
+        d.attach(t.pid, *(["--native"] if native else []))
         saved = str(tmp_path / "heap.rss")
         v = View(t.pid, "--socket", d.socket, "--save", saved)
         try:
             v.next()
             t.proc.stdin.write("go\n")
             t.proc.stdin.flush()
-            truth = int(t.wait_for(r"^built (\d+)").group(1))
+            built = t.wait_for(r"^built (\d+) (\d+)")
+            truth, native_truth = int(built.group(1)), int(built.group(2))
             at = time.time()
             # the agent reports on its own schedule: frames until one carries a report sent after the build
             for _ in range(200):
@@ -363,7 +369,14 @@ def test_tracked_heap_beside_rss(targets, tmp_path, pyid):
         tracked = final["tracked"]
         assert tracked["report_time"] > at, (tracked, at)
         assert tracked["session"]["state"] == "attached" and tracked["session"]["id"] > 0, tracked
+        assert tracked["session"]["mode"] == ("native" if native else "sampling"), tracked
         assert 0.8 * truth <= tracked["python_bytes"] <= 1.25 * truth, (tracked, truth)
+        if native:
+            assert 0.8 * native_truth <= tracked["native_bytes"] <= 1.25 * native_truth, (tracked, native_truth)
+            line = tracked_line("the line that keeps the array")
+            rows = [r for r in final["rows"] if r["file"].endswith("tracked_heap.py") and r["line"] == line]
+            assert rows and rows[0]["faulted_bytes"] > 0, final["rows"][:5]
+            assert 0.8 * native_truth <= rows[0]["tracked_bytes"] <= 1.25 * native_truth, (rows[0], native_truth)
         assert tracked["untracked_bytes"] == final["rss"]["anon_bytes"] - tracked["python_bytes"] - \
             tracked["native_bytes"], (tracked, final["rss"])
         line = tracked_line()
@@ -378,8 +391,8 @@ def test_tracked_heap_beside_rss(targets, tmp_path, pyid):
         assert r.returncode == 0 and "memprof session %d tracked " % tracked["session"]["id"] in r.stdout, r
 
         text = rss_once(t.pid, "--socket", d.socket)
-        assert re.search(r"^tracked heap .* = Python .* \+ native .*\(memprof session \d+, sampling, attached\)$",
-                         text, re.M), text
+        assert re.search(r"^tracked heap .* = Python .* \+ native .*\(memprof session \d+, %s, attached\)$"
+                         % ("native" if native else "sampling"), text, re.M), text
         assert re.search(r"^RSS anon .* - tracked ", text, re.M), text
         assert re.search(r"^\s+FAULTED\s+TRACKED\s+MAPPED\s+UNMAPPED", text, re.M), text
     finally:

@@ -15,13 +15,19 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "client.h"
 #include "opts.h"
 #include "util.h"
 
 static const char about_rss[] =
     "Live view of a process's resident memory from eBPF (root; no agent is loaded\n"
     "into it): RSS and its parts, the bytes faulted in, mapped and unmapped, by\n"
-    "Python line (CPython 3.11+), native function or mapping.\n";
+    "Python line (CPython 3.11+), native function or mapping.\n"
+    "When memprofd also has a session on the process (memprofd attach), each\n"
+    "refresh shows the agent's tracked live heap (Python + native) beside RSS\n"
+    "anon, what is not tracked (allocator caches, fragmentation, untracked\n"
+    "native), and with --by line a TRACKED column: the live bytes the agent\n"
+    "attributes to each row's line. Without a daemon or session, one note says so.\n";
 
 /* What the options say (rss_run's arguments). */
 struct rss_args {
@@ -183,6 +189,7 @@ int cmd_rss(int argc, char **argv)
         {"limit", 0, OPT_INT, &a.limit, "N", "rows shown (default 20)", .min = 1},
         {"save", 0, OPT_STRING, &a.save, "FILE", "at the end, write the rows and the RSS timeline to FILE\n"
                                                  "for memprof plot --rss FILE and memprof export --rss FILE"},
+        CLIENT_SOCKET_OPT,
         {0}};
     const struct opt_cmd cmd = {"memprof rss", opts, .about = about_rss};
     if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;

@@ -11,6 +11,7 @@
 
 #include "commands.h"
 #include "memprof.pb-c.h"
+#include "rss_tracked.h"
 
 #define NSLOTS (1 << 16)
 #define MAX_ROWS 50000
@@ -43,6 +44,7 @@ struct rss_view {
     char cmdline[4096]; /* NULs between the arguments, read at the start (--save) */
     ssize_t cmdlen;
     int exited;
+    struct rss_tracked tracked; /* a memprofd session on the same process, when there is one */
 };
 
 /* /proc/PID/status: VmRSS, RssAnon, RssFile, RssShmem; ok 0 when gone (a zombie's has no VmRSS). */
@@ -259,6 +261,11 @@ static void print_json(struct rss_view *v, double t, double dt, uint64_t faults,
             (unsigned long long)v->faulted, (unsigned long long)v->mapped, (unsigned long long)v->unmapped,
             (unsigned long long)faults, (unsigned long long)v->events, (unsigned long long)lost,
             (unsigned long long)v->with_python, v->o.sample);
+    if (v->tracked.ok)
+        fprintf(f, "\"tracked\":{\"python_bytes\":%.0f,\"native_bytes\":%.0f,\"untracked_bytes\":%.0f,"
+                   "\"report_time\":%.3f,\"session\":{\"id\":%u,\"mode\":\"%s\",\"state\":\"%s\"}},",
+                v->tracked.python, v->tracked.native, (double)g->anon - v->tracked.python - v->tracked.native,
+                v->tracked.time, v->tracked.session, v->tracked.mode, v->tracked.state);
     fputs("\"timeline\":[", f);
     for (int i = 0; i < v->ntl; i++)
         fprintf(f, "%s{\"t\":%.3f,\"rss_bytes\":%llu,\"vmrss_bytes\":%llu}", i ? "," : "", v->tl[i].t,
@@ -274,8 +281,11 @@ static void print_json(struct rss_view *v, double t, double dt, uint64_t faults,
         jstr(f, "native", r->native);
         fputc(',', f);
         jstr(f, "mapping", r->mapping);
-        fprintf(f, ",\"faulted_bytes\":%llu,\"mapped_bytes\":%llu,\"unmapped_bytes\":%llu,\"native_stack\":[",
+        fprintf(f, ",\"faulted_bytes\":%llu,\"mapped_bytes\":%llu,\"unmapped_bytes\":%llu,",
                 (unsigned long long)r->faulted, (unsigned long long)r->mapped, (unsigned long long)r->unmapped);
+        if (v->tracked.ok && v->o.by == RSS_BY_LINE)
+            fprintf(f, "\"tracked_bytes\":%.0f,", rss_tracked_at(&v->tracked, r->file, r->line));
+        fputs("\"native_stack\":[", f);
         for (int k = 0; k < r->nstack; k++) {
             if (k) fputc(',', f);
             cli_json_str(f, r->stack[k]);
@@ -286,10 +296,34 @@ static void print_json(struct rss_view *v, double t, double dt, uint64_t faults,
     fflush(f);
 }
 
+/* The session's tracked live heap beside RSS anon (two lines), or a dim note saying why there is none. */
+static void print_tracked(struct rss_view *v, FILE *f)
+{
+    const struct rss_tracked *t = &v->tracked;
+    double heap = t->python + t->native, rest = (double)v->now.anon - heap;
+    int tty = isatty(fileno(f));
+    char a[32], b[32], c[32], d[32], why[300];
+    if (!t->ok) {
+        fprintf(f, "%s%s: tracked heap not shown%s\n", tty ? "\033[2m" : "", cli_esc(t->why, why, sizeof why),
+                tty ? "\033[0m" : "");
+        return;
+    }
+    fprintf(f, "tracked heap %s = Python %s + native %s  (memprof session %u, %s, %s)\n", cli_bytes(heap, a, sizeof a),
+            cli_bytes(t->python, b, sizeof b), cli_bytes(t->native, c, sizeof c), t->session, t->mode, t->state);
+    if (rest >= 0)
+        fprintf(f, "RSS anon %s - tracked %s = %s not tracked: allocator caches, fragmentation, untracked native%s\n",
+                cli_bytes((double)v->now.anon, a, sizeof a), cli_bytes(heap, b, sizeof b), cli_bytes(rest, c, sizeof c),
+                strcmp(t->mode, "native") ? " (attach --native to count C allocations)" : "");
+    else
+        fprintf(f, "RSS anon %s - tracked %s: %s tracked but not resident (allocated, never touched, or swapped out)\n",
+                cli_bytes((double)v->now.anon, a, sizeof a), cli_bytes(heap, b, sizeof b), cli_bytes(-rest, d, sizeof d));
+}
+
 static void print_text(struct rss_view *v, FILE *f, double t, double dt, uint64_t faults, uint64_t lost, int final)
 {
     char a[32], b[32], c[32], d[32], e[32], w[600], n[300];
     const struct figures *g = &v->now;
+    int column = v->tracked.ok && v->o.by == RSS_BY_LINE; /* TRACKED: the session's live bytes at the row's line */
     fprintf(f, "memprof rss -- pid %d %s%s%s  %.1f s%s\n", v->o.pid, cli_esc(v->comm, n, sizeof n),
             v->o.version[0] ? " Python " : "", v->o.version, t,
             v->exited ? "  (the process has exited: last figures)" : final ? "  (final)" : "");
@@ -305,18 +339,22 @@ static void print_text(struct rss_view *v, FILE *f, double t, double dt, uint64_
     fprintf(f, "page faults %llu (1 in %u recorded at random, 4 KiB each)  events %.0f/s  lost %llu  python line: %s\n",
             (unsigned long long)faults, v->o.sample, dt > 0 ? (double)v->iv_events / dt : 0.0,
             (unsigned long long)lost, v->o.abi ? "from the interpreter's frames" : cli_esc(v->o.no_python, w, 200));
-    fprintf(f, "\n%10s %10s %10s  %s\n", "FAULTED", "MAPPED", "UNMAPPED",
+    print_tracked(v, f);
+    fprintf(f, "\n%10s %s%10s %10s  %s\n", "FAULTED", column ? "   TRACKED " : "", "MAPPED", "UNMAPPED",
             v->o.by == RSS_BY_MAPPING ? "MAPPING" : v->o.by == RSS_BY_NATIVE ? "NATIVE FUNCTION"
                                                                               : "PYTHON LINE / FUNCTION  [NATIVE]");
     for (int i = 0; i < v->nrows && i < v->o.limit; i++) {
         const struct row *r = &v->rows[i];
-        char where[700];
+        char where[700], tracked[40] = "";
+        if (column && r->file[0]) snprintf(tracked, sizeof tracked, "%10s ",
+                                           cli_bytes(rss_tracked_at(&v->tracked, r->file, r->line), e, sizeof e));
+        else if (column) snprintf(tracked, sizeof tracked, "%10s ", "-");
         if (v->o.by == RSS_BY_MAPPING) snprintf(where, sizeof where, "%s", r->mapping);
         else if (v->o.by == RSS_BY_NATIVE || !r->file[0]) snprintf(where, sizeof where, "%s", r->native);
         else if (v->o.by == RSS_BY_FUNCTION)
             snprintf(where, sizeof where, "%s %s()  [%s]", r->file, r->func, r->native);
         else snprintf(where, sizeof where, "%s:%d %s()  [%s]", r->file, r->line, r->func, r->native);
-        fprintf(f, "%10s %10s %10s  %s\n", cli_bytes((double)r->faulted, a, sizeof a),
+        fprintf(f, "%10s %s%10s %10s  %s\n", cli_bytes((double)r->faulted, a, sizeof a), tracked,
                 cli_bytes((double)r->mapped, b, sizeof b), cli_bytes((double)r->unmapped, c, sizeof c),
                 cli_esc(where, w, sizeof w));
     }
@@ -348,6 +386,8 @@ void rss_view_tick(struct rss_view *v, int exited, int final)
     } else {
         v->exited = 1;
     }
+    if (!(v->exited && v->tracked.ok)) /* gone: the last figures stand */
+        rss_tracked_fetch(v->o.pid, v->exited, &v->tracked);
     rss_trace_counters(v->trace, rss, seen, &faults, &lost);
     qsort(v->rows, (size_t)v->nrows, sizeof *v->rows, by_faulted);
     memset(v->slots, 0, sizeof v->slots); /* rows moved: index again */
@@ -415,6 +455,13 @@ int rss_view_save(struct rss_view *v, const char *path, char *err)
     }
     snprintf(note, sizeof note, "memprof rss: values are bytes faulted in (page faults, 1 in %u recorded, each "
              "counted as %u x 4 KiB), not heap allocations", v->o.sample, v->o.sample);
+    if (v->tracked.ok) { /* beside the session's tracked heap at the end */
+        char a[32], b[32], c[32];
+        size_t l = strlen(note);
+        snprintf(note + l, sizeof note - l, "; memprof session %u tracked %s live (Python %s, native %s)",
+                 v->tracked.session, cli_bytes(v->tracked.python + v->tracked.native, a, sizeof a),
+                 cli_bytes(v->tracked.python, b, sizeof b), cli_bytes(v->tracked.native, c, sizeof c));
+    }
     d.session = &si;
     d.rss_note = note;
     d.sample_rate = (uint64_t)v->o.sample * 4096;
@@ -506,6 +553,7 @@ void rss_view_free(struct rss_view *v)
     free(v->rows);
     free(v->tl);
     rss_sym_close(v->sym);
+    rss_tracked_clear(&v->tracked);
     free(v);
 }
 #endif

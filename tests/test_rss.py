@@ -2,7 +2,8 @@
 and touches 300 MB in touch() (tests/workloads/rss_touch.py), on each CPython 3.11+ here (sid's in its root):
 the faulted-in bytes land on touch()'s line, the RSS timeline agrees with VmRSS, the target is left as it was;
 a target in its own pid namespace; older Pythons get native stacks; a target that exits mid-view; the errors
-(not root, no such pid, no BTF, tracefs not mountable). Root, BTF and a memprof built with rss are needed:
+(not root, no such pid, no BTF, tracefs not mountable); beside a memprofd session on the same process, the agent's
+tracked heap (tests/workloads/tracked_heap.py), and nothing of it without one. Root, BTF and a memprof built with rss are needed:
 otherwise every test is skipped, saying which is missing."""
 import json
 import os
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import MEMPROF, interpreter, workload
+from conftest import MEMPROF, Daemon, interpreter, workload
 
 MB = 300
 # 64 MB runs record 1 fault in 8 (2,048 samples): estimates within a few % (300 MB runs: the default 1 in 32)
@@ -305,3 +306,95 @@ def test_save_for_plot_and_export(targets, tmp_path):
     assert names and names[0].startswith("touch"), r.stdout
     assert "faulted in" in r.stdout or "faulted in" in subprocess.run(
         [go, "tool", "pprof", "-comments", pb], capture_output=True, text=True, timeout=120, env=env).stdout
+
+
+def tracked_line(marker="the line that keeps the bytearrays"):
+    with open(workload("tracked_heap.py")) as f:
+        for n, text in enumerate(f, 1):
+            if marker in text:
+                return n
+    raise AssertionError("tracked_heap.py lost its marked line %r" % marker)
+
+
+def rss_once(pid, *extra):
+    r = subprocess.run([MEMPROF, "rss", "--pid", str(pid), "--once", "--interval", "0.3"] + list(extra),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r
+    return r.stdout
+
+
+@pytest.mark.parametrize("pyid,native", [("debian-3.11", False), ("pyenv-3.12", False), ("debian-3.11", True)],
+                         ids=["debian-3.11", "pyenv-3.12", "debian-3.11-native"])
+def test_tracked_heap_beside_rss(targets, tmp_path, pyid, native):
+    """With memprofd attached to the target, each refresh also carries the session's tracked live heap (Python +
+    native) and, by line, the live bytes the agent puts on the row's line; without a session (or a daemon) none.
+    native: attached with --native, a numpy array's 50 MiB counted as native at its line."""
+    py, ver = interpreter(pyid)
+    if native and subprocess.run([py, "-c", "import numpy"], capture_output=True, timeout=60).returncode:
+        pytest.skip("%s has no numpy (Debian's python3.11 gets it from python3-numpy)" % pyid)
+    mb = 100
+    t = targets.start([py, workload("tracked_heap.py"), str(mb)] + (["numpy"] if native else []),
+                      stdin=subprocess.PIPE)
+    t.wait_for("^ready")
+    d = Daemon(str(tmp_path))
+    d.start()
+    try:
+        # a daemon without a session on the target, and no daemon at all: no tracked object, a note in text
+        nothing = str(tmp_path / "none.sock")
+        for sock in (d.socket, nothing):
+            frame = json.loads(rss_once(t.pid, "--json", "--socket", sock).splitlines()[-1])
+            assert "tracked" not in frame and all("tracked_bytes" not in r for r in frame["rows"]), frame
+        text = rss_once(t.pid, "--socket", nothing)
+        assert "no memprof session on pid %d" % t.pid in text and "tracked heap not shown" in text, text
+        assert "TRACKED" not in text, text
+
+        d.attach(t.pid, *(["--native"] if native else []))
+        saved = str(tmp_path / "heap.rss")
+        v = View(t.pid, "--socket", d.socket, "--save", saved)
+        try:
+            v.next()
+            t.proc.stdin.write("go\n")
+            t.proc.stdin.flush()
+            built = t.wait_for(r"^built (\d+) (\d+)")
+            truth, native_truth = int(built.group(1)), int(built.group(2))
+            at = time.time()
+            # the agent reports on its own schedule: frames until one carries a report sent after the build
+            for _ in range(200):
+                tracked = v.next().get("tracked")
+                if tracked and tracked["report_time"] > at:
+                    break
+            final = v.finish()
+        finally:
+            v.kill()
+        tracked = final["tracked"]
+        assert tracked["report_time"] > at, (tracked, at)
+        assert tracked["session"]["state"] == "attached" and tracked["session"]["id"] > 0, tracked
+        assert tracked["session"]["mode"] == ("native" if native else "sampling"), tracked
+        assert 0.8 * truth <= tracked["python_bytes"] <= 1.25 * truth, (tracked, truth)
+        if native:
+            assert 0.8 * native_truth <= tracked["native_bytes"] <= 1.25 * native_truth, (tracked, native_truth)
+            line = tracked_line("the line that keeps the array")
+            rows = [r for r in final["rows"] if r["file"].endswith("tracked_heap.py") and r["line"] == line]
+            assert rows and rows[0]["faulted_bytes"] > 0, final["rows"][:5]
+            assert 0.8 * native_truth <= rows[0]["tracked_bytes"] <= 1.25 * native_truth, (rows[0], native_truth)
+        assert tracked["untracked_bytes"] == final["rss"]["anon_bytes"] - tracked["python_bytes"] - \
+            tracked["native_bytes"], (tracked, final["rss"])
+        line = tracked_line()
+        rows = [r for r in final["rows"] if r["file"].endswith("tracked_heap.py") and r["line"] == line]
+        assert rows and rows[0]["faulted_bytes"] > 0, final["rows"][:5]
+        assert 0.8 * truth <= rows[0]["tracked_bytes"] <= 1.25 * truth, (rows[0], truth)
+        assert all("tracked_bytes" in r for r in final["rows"]), final["rows"][:5]
+
+        # --save: the session's figures in the file's note, which export prints
+        r = subprocess.run([MEMPROF, "export", "--rss", saved, "--format", "collapsed", "-o", str(tmp_path / "f")],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "memprof session %d tracked " % tracked["session"]["id"] in r.stdout, r
+
+        text = rss_once(t.pid, "--socket", d.socket)
+        assert re.search(r"^tracked heap .* = Python .* \+ native .*\(memprof session \d+, %s, attached\)$"
+                         % ("native" if native else "sampling"), text, re.M), text
+        assert re.search(r"^RSS anon .* - tracked ", text, re.M), text
+        assert re.search(r"^\s+FAULTED\s+TRACKED\s+MAPPED\s+UNMAPPED", text, re.M), text
+    finally:
+        t.kill()  # before the daemon stops: its session ends with the process
+        d.stop()

@@ -16,13 +16,15 @@ __u64 events_lost;          /* ring buffer full */
 __u64 rss[RSS_NMEMBERS];    /* bytes per rss_stat member, as last reported */
 __u64 rss_seen[RSS_NMEMBERS]; /* 1: rss[m] holds a value */
 __u64 target_mm;            /* the target's mm_struct, once one of its threads has been seen */
+__s64 last_pages[RSS_NMEMBERS]; /* rss_stat's count when last seen */
 
-/* every page fault of the target, counted per CPU (no locked add on the fault path) */
+/* every page fault of the target, counted per CPU (no locked add on the fault path), and the last one's
+ * thread and address (rss_stat, which comes during the fault, has no address) */
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, 1);
     __type(key, __u32);
-    __type(value, __u64);
+    __type(value, struct rss_fault_cpu);
 } faults SEC(".maps");
 
 /* Linux before 6.2: rss_stat reported the count itself, and an mm's counters were a struct mm_rss_stat */
@@ -201,9 +203,13 @@ int BPF_PROG(on_fault, unsigned long address, struct pt_regs *regs, unsigned lon
 {
     __u32 tid, zero = 0;
     __u32 every = cfg.sample_every ? cfg.sample_every : 1;
-    __u64 *n;
+    struct rss_fault_cpu *f;
     if (!is_target_fast(&tid)) return 0;
-    if ((n = bpf_map_lookup_elem(&faults, &zero))) (*n)++;
+    if ((f = bpf_map_lookup_elem(&faults, &zero))) {
+        f->n++;
+        f->addr = address;
+        f->tid = tid;
+    }
     if (every > 1 && bpf_get_prandom_u32() % every) return 0; /* at random: no aliasing with a loop's stride */
     emit(ctx, RSS_FAULT, tid, address, (__u64)every * RSS_PAGE, 0, 0);
     return 0;
@@ -318,6 +324,18 @@ int on_rss_stat(__u64 *ctx)
         }
     }
     m &= RSS_NMEMBERS - 1; /* a power of two: the verifier sees the bound the compiler may have dropped */
+    /* A transparent huge page mapped by a fault of the target (numpy asks for them for its big arrays): one
+     * page_fault_user, weighed as a small page, brought in huge_bytes. The counter moves by the huge page at once
+     * (a per-CPU batch of small pages moves it by at most 2 x 64 pages on up to 128 CPUs), during the fault, in the
+     * faulting thread: recorded here, every one, at its size. */
+    if (cfg.huge_bytes && m != RSS_SWAP && rss_seen[m] && (__u64)mm == current_mm() &&
+        pages - last_pages[m] >= (__s64)(cfg.huge_bytes / RSS_PAGE / 2)) {
+        __u32 zero = 0;
+        struct rss_fault_cpu *f = bpf_map_lookup_elem(&faults, &zero);
+        tid = (__u32)bpf_get_current_pid_tgid();
+        emit(ctx, RSS_FAULT, tid, f && f->tid == tid ? f->addr : 0, cfg.huge_bytes, 0, 0);
+    }
+    last_pages[m] = pages;
     rss[m] = pages > 0 ? (__u64)pages * RSS_PAGE : 0;
     rss_seen[m] = 1;
     return 0;

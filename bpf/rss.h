@@ -17,6 +17,7 @@ enum { RSS_FILE, RSS_ANON, RSS_SWAP, RSS_SHMEM, RSS_NMEMBERS };
 struct rss_cfg {
     __u32 tgid;
     __u32 sample_every;        /* a page fault is recorded with probability 1/sample_every */
+    __u32 huge_bytes;          /* a transparent huge page (PMD): every fault of one is recorded, this many bytes */
     __u64 pidns_dev, pidns_ino; /* the target's pid namespace: thread ids as its PyThreadStates have them */
     /* memprof not in the initial pid namespace (a container): tgid is a pid of its namespace, which the programs
      * cannot translate; the target is matched in its own namespace instead, by its pid there (ns_tgid) */
@@ -27,6 +28,12 @@ struct rss_cfg {
     __s32 rt_interp_head, interp_threads_head, ts_next, ts_native_tid;
     __s32 ts_cframe, cframe_current, ts_current_frame;
     __s32 fr_back, fr_code, fr_instr, fr_owner, first_not_python, code_adaptive;
+};
+
+/* Per CPU: the target's page faults counted, and the last one's thread and address. */
+struct rss_fault_cpu {
+    __u64 n, addr;
+    __u32 tid, pad;
 };
 
 struct rss_event {

@@ -38,6 +38,18 @@ struct rss_args {
 };
 
 #if !MEMPROF_HAVE_RSS
+/* The size of a transparent huge page (PMD), 0 without them. */
+static unsigned long huge_page_bytes(void)
+{
+    unsigned long n = 0;
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r");
+    if (f) {
+        if (fscanf(f, "%lu", &n) != 1) n = 0;
+        fclose(f);
+    }
+    return n;
+}
+
 static int rss_run(const struct rss_args *a)
 {
     (void)a;
@@ -92,6 +104,18 @@ static int on_event(void *ctx, const struct rss_event *e)
     return 0;
 }
 
+/* The size of a transparent huge page (PMD), 0 without them. */
+static unsigned long huge_page_bytes(void)
+{
+    unsigned long n = 0;
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r");
+    if (f) {
+        if (fscanf(f, "%lu", &n) != 1) n = 0;
+        fclose(f);
+    }
+    return n;
+}
+
 static int rss_run(const struct rss_args *a)
 {
     struct rss_opts o = {.pid = a->pid, .once = a->once, .json = a->json, .limit = a->limit,
@@ -129,6 +153,7 @@ static int rss_run(const struct rss_args *a)
         cfg.matchns_dev = st.st_dev;
         cfg.matchns_ino = st.st_ino;
     }
+    cfg.huge_bytes = (__u32)huge_page_bytes();
     o.sample = (unsigned)sample;
     if (!(v = rss_view_new(&o))) return cli_fail("out of memory");
     if (rss_trace_open(&trace, &cfg, on_event, v, err) < 0) {
@@ -185,7 +210,8 @@ int cmd_rss(int argc, char **argv)
         {"by", 0, OPT_CHOICE, &a.by, NULL, "rows by line (default), function, native (leaf native\n"
                                            "frame) or mapping", .choices = "line|function|native|mapping"},
         {"sample", 0, OPT_UINT, &a.sample, "N", "record one page fault in N, at random (default 32);\n"
-                                                "each stands for N*4 KiB", .min = 1},
+                                                "each stands for N*4 KiB (a fault that maps a\n"
+                                                "transparent huge page: always, at its size)", .min = 1},
         {"limit", 0, OPT_INT, &a.limit, "N", "rows shown (default 20)", .min = 1},
         {"save", 0, OPT_STRING, &a.save, "FILE", "at the end, write the rows and the RSS timeline to FILE\n"
                                                  "for memprof plot --rss FILE and memprof export --rss FILE"},

@@ -127,9 +127,9 @@ void rss_trace_counters(struct rss_trace *t, uint64_t rss[RSS_NMEMBERS], int see
     *faults = 0;
     int ncpu = libbpf_num_possible_cpus(), zero = 0;
     if (ncpu > 0) {
-        uint64_t per[ncpu];
+        struct rss_fault_cpu per[ncpu];
         if (bpf_map_lookup_elem(bpf_map__fd(t->skel->maps.faults), &zero, per) == 0)
-            for (int c = 0; c < ncpu; c++) *faults += per[c];
+            for (int c = 0; c < ncpu; c++) *faults += per[c].n;
     }
     *lost = b->events_lost;
 }

@@ -336,7 +336,7 @@ static void print_text(struct rss_view *v, FILE *f, double t, double dt, uint64_
             cli_bytes((double)v->iv_faulted, a, sizeof a), cli_bytes((double)v->iv_mapped, b, sizeof b),
             cli_bytes((double)v->iv_unmapped, c, sizeof c), cli_bytes((double)v->faulted, d, sizeof d),
             cli_bytes((double)v->mapped, e, sizeof e));
-    fprintf(f, "page faults %llu (1 in %u recorded at random, 4 KiB each)  events %.0f/s  lost %llu  python line: %s\n",
+    fprintf(f, "page faults %llu (1 in %u recorded at random, 4 KiB each; huge pages each)  events %.0f/s  lost %llu  python line: %s\n",
             (unsigned long long)faults, v->o.sample, dt > 0 ? (double)v->iv_events / dt : 0.0,
             (unsigned long long)lost, v->o.abi ? "from the interpreter's frames" : cli_esc(v->o.no_python, w, 200));
     print_tracked(v, f);

@@ -1,7 +1,8 @@
 """rss_touch.py -- memprof rss's target: maps and touches MB megabytes in touch() (mmap + writes), then idles.
 
-usage: rss_touch.py MB [ROUNDS [thread]] -- waits for a line on stdin before each round ("go"), prints "touched N SECONDS" after it;
-with "thread", touch() runs in a second thread while the main one waits in join(); the mappings are kept (RSS
+usage: rss_touch.py MB [ROUNDS [thread|huge]] -- waits for a line on stdin before each round ("go"), prints "touched N SECONDS" after it;
+with "thread", touch() runs in a second thread while the main one waits in join(); with "huge", the mapping is
+private and asks for transparent huge pages (madvise, as numpy does for big arrays); the mappings are kept (RSS
 stays up) until stdin closes."""
 import mmap
 import sys
@@ -9,11 +10,16 @@ import threading
 import time
 
 CHUNK = 1 << 20
+HUGE = sys.argv[3:] == ["huge"]
 kept = []
 
 
 def touch(mb):
-    m = mmap.mmap(-1, mb * CHUNK)
+    if HUGE:
+        m = mmap.mmap(-1, mb * CHUNK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        m.madvise(mmap.MADV_HUGEPAGE)
+    else:
+        m = mmap.mmap(-1, mb * CHUNK)
     block = b"x" * CHUNK
     for off in range(0, mb * CHUNK, CHUNK):
         m[off:off + CHUNK] = block  # the line every page is faulted in by

@@ -91,7 +91,7 @@ struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, 1);
     __type(key, __u32);
-    __type(value, struct rss_event);
+    __type(value, struct rss_record);
 } scratch SEC(".maps");
 
 /* The Python walk runs in bpf_loop callbacks: the verifier checks each once, whatever the count. */
@@ -130,7 +130,7 @@ static long frame_step(__u32 i, void *c)
 {
     struct walk *w = c;
     __u32 zero = 0;
-    struct rss_event *e;
+    struct rss_record *e;
     __u8 owner = 0, b[FRAME_BUF] = {};
     __u64 code, instr, back;
     if (!w->frame || w->n >= RSS_MAX_PYFRAMES || !(e = bpf_map_lookup_elem(&scratch, &zero))) return 1;
@@ -147,8 +147,8 @@ static long frame_step(__u32 i, void *c)
     }
     code &= ~cfg.exec_tag;
     if (code && owner < cfg.first_not_python) {
-        e->pycode[w->n & (RSS_MAX_PYFRAMES - 1)] = code;
-        e->pyoff[w->n & (RSS_MAX_PYFRAMES - 1)] = (__s64)(instr - (code + cfg.code_adaptive));
+        e->v[2 * (w->n & (RSS_MAX_PYFRAMES - 1))] = code;
+        e->v[2 * (w->n & (RSS_MAX_PYFRAMES - 1)) + 1] = instr - (code + cfg.code_adaptive);
         w->n++;
     }
     w->frame = back;
@@ -176,11 +176,16 @@ static __always_inline int py_walk(__u32 tid)
     return (int)w.n;
 }
 
+/* memprof rss reads the buffer at least every 100 ms; it is woken early only when this much waits (once, as the
+ * fill crosses it: a wakeup is an interrupt the faulting thread pays for) */
+#define WAKE_AT (2 << 20)
+
 static __always_inline void emit(void *ctx, __u32 kind, __u32 tid, __u64 addr, __u64 len, __u64 addr2, __u64 len2)
 {
-    __u32 zero = 0;
-    __u64 flags;
-    struct rss_event *e = bpf_map_lookup_elem(&scratch, &zero);
+    __u32 zero = 0, npy;
+    __s64 nstack;
+    __u64 flags, size, avail;
+    struct rss_record *e = bpf_map_lookup_elem(&scratch, &zero);
     if (!e) return;
     e->kind = kind;
     e->tid = tid;
@@ -189,11 +194,18 @@ static __always_inline void emit(void *ctx, __u32 kind, __u32 tid, __u64 addr, _
     e->len = len;
     e->addr2 = addr2;
     e->len2 = len2;
-    e->nstack = bpf_get_stack(ctx, e->stack, sizeof e->stack, BPF_F_USER_STACK);
-    e->npy = py_walk(tid);
-    /* memprof rss reads at least every 100 ms: a wakeup per event would cost the target more than the event */
-    flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > (1 << 20) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-    if (bpf_ringbuf_output(&events, e, sizeof *e, flags)) __sync_fetch_and_add(&events_lost, 1);
+    npy = (__u32)py_walk(tid);
+    if (npy > RSS_MAX_PYFRAMES) npy = RSS_MAX_PYFRAMES;
+    nstack = bpf_get_stack(ctx, &e->v[2 * npy], RSS_MAX_STACK * 8, BPF_F_USER_STACK);
+    if (nstack < 0) nstack = 0;
+    if (nstack > RSS_MAX_STACK * 8) nstack = RSS_MAX_STACK * 8;
+    e->npy = (__s32)npy;
+    e->nstack = (__s32)nstack;
+    size = __builtin_offsetof(struct rss_record, v) + 16 * npy + (__u64)nstack;
+    if (size > sizeof *e) return;
+    avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+    flags = avail < WAKE_AT && avail + size >= WAKE_AT ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+    if (bpf_ringbuf_output(&events, e, size, flags)) __sync_fetch_and_add(&events_lost, 1);
 }
 
 /* BTF-typed (raw) tracepoints for the two that fire on every page fault of the machine: the classic ones build

@@ -36,6 +36,18 @@ struct rss_fault_cpu {
     __u32 tid, pad;
 };
 
+/* An event as the ring buffer carries it: the header, then npy (code object, instruction offset) pairs, then
+ * nstack bytes of native return addresses -- only what was found (a full record is 5x what a typical one uses,
+ * and the copy and the buffer's room are the target's cost). */
+#define RSS_RECORD_WORDS (2 * RSS_MAX_PYFRAMES + RSS_MAX_STACK)
+struct rss_record {
+    __u32 kind, tid;
+    __u64 ts, addr, len, addr2, len2;
+    __s32 nstack, npy;
+    __u64 v[RSS_RECORD_WORDS];
+};
+
+/* The same, unpacked by memprof rss. */
 struct rss_event {
     __u32 kind;      /* enum rss_kind */
     __u32 tid;

@@ -6,6 +6,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,11 +32,35 @@ static int quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
     return 0;
 }
 
+/* A record unpacked: its Python pairs and native addresses (only those found travel) into their arrays. */
 static int on_sample(void *ctx, void *data, size_t len)
 {
     struct rss_trace *t = ctx;
-    if (len < sizeof(struct rss_event)) return 0;
-    return t->cb(t->ctx, data);
+    const struct rss_record *r = data;
+    struct rss_event e = {0};
+    size_t head = offsetof(struct rss_record, v);
+    int npy, nstack;
+    if (len < head) return 0;
+    npy = r->npy;
+    nstack = r->nstack;
+    if (npy < 0 || npy > RSS_MAX_PYFRAMES || nstack < 0 || nstack > RSS_MAX_STACK * 8 ||
+        len < head + 16 * (size_t)npy + (size_t)nstack)
+        return 0;
+    e.kind = r->kind;
+    e.tid = r->tid;
+    e.ts = r->ts;
+    e.addr = r->addr;
+    e.len = r->len;
+    e.addr2 = r->addr2;
+    e.len2 = r->len2;
+    e.npy = npy;
+    e.nstack = nstack;
+    for (int i = 0; i < npy; i++) {
+        e.pycode[i] = r->v[2 * i];
+        e.pyoff[i] = (__s64)r->v[2 * i + 1];
+    }
+    memcpy(e.stack, &r->v[2 * npy], (size_t)nstack);
+    return t->cb(t->ctx, &e);
 }
 
 /* libbpf finds tracepoint ids under /sys/kernel/debug/tracing or /sys/kernel/tracing: mounts tracefs at the

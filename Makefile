@@ -32,10 +32,13 @@ OPTS_SRC = common/opts.c
 # C++ names of native frames (memprofd, memprof rss): libstdc++'s demangler (build-essential's g++ brings it).
 DEMANGLE_SRC = common/demangle.c
 DEMANGLE_LIBS = -lstdc++
+# Reading a live process from outside (its maps, ELF symbols, memory, CPython version, native names with
+# libdwfl): memprofd (attach, native frames) and memprof rss.
+PROBE_SRC = $(wildcard probe/*.c)
 AGENT_SRC  = $(wildcard agent/*.c)
 DAEMON_SRC = $(wildcard daemon/*.c)
 CLI_SRC    = $(filter-out cli/main.c,$(wildcard cli/*.c))
-HDRS = $(wildcard proto/*.h common/*.h client/*.h agent/*.h daemon/*.h cli/*.h bpf/*.h) $(BUILD)/gen/memprof.pb-c.h \
+HDRS = $(wildcard proto/*.h common/*.h client/*.h probe/*.h agent/*.h daemon/*.h cli/*.h bpf/*.h) $(BUILD)/gen/memprof.pb-c.h \
        $(BUILD)/gen/profile.pb-c.h
 
 BINS = $(BUILD)/memprofd $(BUILD)/memprof $(BUILD)/libmemprof_agent.so
@@ -83,20 +86,21 @@ $(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS) agent/agent.map
 	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_STATIC) -lpthread -ldl -lm
 
 # The daemon shares the agent's CPython ABI table (pyabi.c: data only).
-$(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) $(OPTS_SRC) agent/pyabi.c $(WIRE_SRC) $(PPROF_SRC) $(DEMANGLE_SRC) $(HDRS)
-	$(CC) $(CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) -Idaemon -Iclient -Iagent -o $@ $(DAEMON_SRC) $(CLIENT_SRC) $(OPTS_SRC) agent/pyabi.c \
+$(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(PROBE_SRC) agent/pyabi.c $(WIRE_SRC) $(PPROF_SRC) $(DEMANGLE_SRC) $(HDRS)
+	$(CC) $(CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) -Idaemon -Iclient -Iprobe -Iagent -o $@ $(DAEMON_SRC) $(CLIENT_SRC) \
+	    $(OPTS_SRC) $(PROBE_SRC) agent/pyabi.c \
 	    $(WIRE_SRC) $(PPROF_SRC) $(DEMANGLE_SRC) $(PKG_LIBS) $(Z_LIBS) $(MHD_LIBS) $(DEMANGLE_LIBS) -lm
 
 # memprof rss: BPF programs (bpf/*.bpf.c) compiled against the kernel's BTF (vmlinux.h, generated) and loaded by
 # memprof through a bpftool skeleton; bpf/build.sh writes rss_config.h saying whether that could be built.
-RSS_SRC  = daemon/elfsym.c daemon/pyprobe.c agent/pyabi.c
+RSS_SRC  = $(PROBE_SRC) agent/pyabi.c
 RSS_LIBS = $(shell pkg-config --libs libbpf libdw libelf 2>/dev/null)
 $(BUILD)/rss.stamp: bpf/rss.bpf.c bpf/rss.h bpf/build.sh
 	sh bpf/build.sh $(BUILD)
 
 $(BUILD)/memprof: cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC) $(RSS_SRC) $(HDRS) \
 	    $(BUILD)/flame_page.o $(BUILD)/rss.stamp $(DEMANGLE_SRC)
-	$(CC) $(CFLAGS) $(Z_CFLAGS) -Icli -Iclient -Idaemon -Iagent -o $@ cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) \
+	$(CC) $(CFLAGS) $(Z_CFLAGS) -Icli -Iclient -Iprobe -Iagent -o $@ cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) \
 	    $(WIRE_SRC) $(PPROF_SRC) $(RSS_SRC) $(DEMANGLE_SRC) $(BUILD)/flame_page.o $(PB_LIBS) $(Z_LIBS) $(RSS_LIBS) \
 	    $(DEMANGLE_LIBS) -lm
 
@@ -123,7 +127,7 @@ $(BUILD)/fuzz_agent_arg: tests/fuzz/fuzz_agent_arg.c $(AGENT_SRC) $(WIRE_SRC) $(
 	$(FUZZ_CC) -Iagent -o $@ tests/fuzz/fuzz_agent_arg.c $(filter-out agent/agent.c agent/launch.c,$(AGENT_SRC)) \
 	    $(WIRE_SRC) $(PB_LIBS) -lpthread -ldl -lm
 $(BUILD)/fuzz_alloc_report: tests/fuzz/fuzz_alloc_report.c daemon/alloc.c daemon/session.c $(WIRE_SRC) $(HDRS)
-	$(FUZZ_CC) -Idaemon -Iagent -o $@ tests/fuzz/fuzz_alloc_report.c $(WIRE_SRC) $(PB_LIBS) -lm
+	$(FUZZ_CC) -Idaemon -Iprobe -Iagent -o $@ tests/fuzz/fuzz_alloc_report.c $(WIRE_SRC) $(PB_LIBS) -lm
 
 unit: $(BUILD)/test_wire
 	$(BUILD)/test_wire

@@ -1017,14 +1017,12 @@ static void pin_library(void)
         dlopen(di.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
 }
 
-/* Wait until no thread is in a wrapper's slow path, then a grace period for
- * the few instructions of a fast path (they tail-call the saved allocator). */
-static int quiesce(void)
+int hooks_quiesce(atomic_int *count)
 {
     struct timespec ts = {0, 1000000};
     for (int round = 0; round < 2; round++) {
         double deadline = mp_now() + 2.0;
-        while (atomic_load(&inflight) > 0) {
+        while (atomic_load(count) > 0) {
             if (mp_now() > deadline) return -1;
             nanosleep(&ts, NULL);
         }
@@ -1061,7 +1059,7 @@ void hooks_release(void)
 {
     if (!need_release) return;
     need_release = 0;
-    if (quiesce() < 0) {
+    if (hooks_quiesce(&inflight) < 0) {
         pin_library();
         return;
     }

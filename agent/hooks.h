@@ -3,6 +3,7 @@
 #ifndef MEMPROF_HOOKS_H
 #define MEMPROF_HOOKS_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include "memprof.pb-c.h"
 
@@ -20,6 +21,10 @@ void hooks_uninstall(void);
 /* After hooks_uninstall, without the GIL: wait until no thread runs wrapper
  * code, then free the tables (or keep the library loaded if that never happens). */
 void hooks_release(void);
+/* Wait until *inflight (threads in a wrapper's slow path: the PyMem wrappers' count, or native.c's) is 0,
+ * then a grace period for the few instructions of a fast path (they tail-call the saved allocator); twice.
+ * 0, or -1 when it stayed above 0 for 2 s (the caller keeps the library loaded). */
+int hooks_quiesce(atomic_int *inflight);
 /* When the GIL cannot be taken (finalizing): pass through, keep the library. */
 void hooks_abandon(void);
 /* In a forked child: wrappers pass straight through from now on. */

@@ -53,7 +53,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 #include <unwind.h>
 
@@ -862,7 +861,6 @@ void native_rescan(void)
 int native_uninstall(void)
 {
     struct walk w;
-    struct timespec ts = {0, 1000000};
     if (!installed) return 0;
     atomic_store(&active, 0);
     memset(&w, 0, sizeof w);
@@ -870,16 +868,6 @@ int native_uninstall(void)
     dl_iterate_phdr(walk_cb, &w);
     installed = 0;
     agent_log("native: %u GOT entries restored%s", w.restored, w.failed ? " (some could not be written)" : "");
-    /* Wait for the slow paths, then a grace period for fast paths (a few
-     * instructions before the original is called). */
-    for (int round = 0; round < 2; round++) {
-        double deadline = mp_now() + 2.0;
-        while (atomic_load(&inflight) > 0) {
-            if (mp_now() > deadline) return -1;
-            nanosleep(&ts, NULL);
-        }
-        ts.tv_nsec = 20000000;
-        nanosleep(&ts, NULL);
-    }
+    if (hooks_quiesce(&inflight) < 0) return -1; /* the slow paths, then the fast paths' grace period */
     return w.failed ? -1 : 0;
 }

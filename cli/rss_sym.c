@@ -1,24 +1,22 @@
-/* rss_sym.c -- memprof rss's names: native frames (libdwfl), Python frames (code objects read from the target's
+/* rss_sym.c -- memprof rss's names: native frames (probe/symbolize.c), Python frames (code objects read from the target's
  * memory, lines from co_linetable) and mappings (/proc/PID/maps). */
 #include "rss_config.h"
 #if MEMPROF_HAVE_RSS
 #include "rss.h"
 
-#include <elfutils/libdwfl.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "demangle.h"
 #include "elfsym.h"
 #include "pyabi.h"
 #include "pyprobe.h"
+#include "symbolize.h"
 
 #define NCACHE 8192 /* per kind; a full table is simply cleared */
 
-struct nat { uint64_t ip; char *name; };
+struct nat { uint64_t ip; char *name; int leaf, named; unsigned gen; };
 struct code {
     uint64_t addr;
     int ok, firstline;
@@ -31,8 +29,7 @@ struct map { uint64_t lo, hi; char name[200]; };
 struct rss_sym {
     pid_t pid;
     const struct pyabi *abi;
-    Dwfl *dwfl;
-    double dwfl_at;
+    struct symbolizer *sym;
     uint64_t code_type; /* PyCode_Type, once seen */
     struct nat nat[NCACHE];
     struct code code[NCACHE];
@@ -41,58 +38,13 @@ struct rss_sym {
     double maps_at;
 };
 
-static pid_t target; /* one per memprof rss */
-
-/* A module's file as the target sees it (a container's root: /proc/PID/root), else libdwfl's own way. */
-static int find_elf(Dwfl_Module *mod, void **userdata, const char *name, Dwarf_Addr base, char **file_name,
-                    Elf **elfp)
-{
-    char path[PATH_MAX], full[PATH_MAX + 32];
-    int fd;
-    if (name[0] == '/' && !strstr(name, " (deleted)")) {
-        snprintf(path, sizeof path, "%s", name);
-        proc_target_path(target, path);
-        snprintf(full, sizeof full, "/proc/%d/root%s", (int)target, path);
-        if ((fd = open(full, O_RDONLY | O_CLOEXEC)) >= 0) {
-            *file_name = strdup(full);
-            *elfp = NULL;
-            return fd;
-        }
-    }
-    return dwfl_linux_proc_find_elf(mod, userdata, name, base, file_name, elfp);
-}
-
-static const Dwfl_Callbacks callbacks = {
-    .find_elf = find_elf,
-    .find_debuginfo = dwfl_standard_find_debuginfo,
-};
-
-static void dwfl_refresh(struct rss_sym *s)
-{
-    if (s->dwfl) dwfl_end(s->dwfl);
-    s->dwfl = dwfl_begin(&callbacks);
-    s->dwfl_at = mp_now();
-    if (s->dwfl && dwfl_linux_proc_report(s->dwfl, s->pid) != 0) {
-        dwfl_end(s->dwfl);
-        s->dwfl = NULL;
-    }
-    if (s->dwfl) dwfl_report_end(s->dwfl, NULL, NULL);
-    for (int i = 0; i < NCACHE; i++) { /* names that were module+offset may resolve now */
-        if (s->nat[i].name && strstr(s->nat[i].name, "+0x")) {
-            free(s->nat[i].name);
-            s->nat[i].name = NULL;
-            s->nat[i].ip = 0;
-        }
-    }
-}
-
 struct rss_sym *rss_sym_open(pid_t pid, const struct pyabi *abi)
 {
     struct rss_sym *s = calloc(1, sizeof *s);
     if (!s) return NULL;
-    s->pid = target = pid;
+    s->pid = pid;
     s->abi = abi;
-    dwfl_refresh(s);
+    s->sym = sym_open(pid, 0); /* NULL when its maps cannot be read: addresses only */
     return s;
 }
 
@@ -101,42 +53,34 @@ static uint32_t slot(uint64_t a)
     return (uint32_t)((a * 0x9E3779B97F4A7C15ull) >> 51) % NCACHE;
 }
 
-static char *lookup_native(struct rss_sym *s, uint64_t ip, int leaf)
+static char *lookup_native(struct rss_sym *s, uint64_t ip, int leaf, int *named)
 {
-    uint64_t at = leaf ? ip : ip - 1, start = 0;
-    Dwfl_Module *m = s->dwfl ? dwfl_addrmodule(s->dwfl, at) : NULL;
-    const char *mod, *name;
-    GElf_Off off = 0;
-    GElf_Sym sym;
+    struct sym_frame f;
     char *out;
-    if (!m && s->dwfl_at < mp_now() - 1) { /* a library loaded since: report again (at most once a second) */
-        dwfl_refresh(s);
-        m = s->dwfl ? dwfl_addrmodule(s->dwfl, at) : NULL;
+    int rc;
+    *named = 0;
+    if (!s->sym) rc = asprintf(&out, "0x%llx", (unsigned long long)ip);
+    else {
+        sym_resolve(s->sym, ip, !leaf, &f);
+        *named = f.named;
+        rc = f.named ? asprintf(&out, "%s (%s)", f.func, path_base(f.module)) : asprintf(&out, "%s", f.func);
     }
-    if (!m) {
-        if (asprintf(&out, "0x%llx", (unsigned long long)ip) < 0) return NULL;
-        return out;
-    }
-    mod = dwfl_module_info(m, NULL, &start, NULL, NULL, NULL, NULL, NULL);
-    mod = mod ? path_base(mod) : "?";
-    name = dwfl_module_addrinfo(m, at, &off, &sym, NULL, NULL, NULL);
-    /* never a wrong name: a symbol only when it covers the address */
-    if (name && (sym.st_size == 0 ? off < 4096 : off < sym.st_size)) {
-        char dm[512];
-        if (asprintf(&out, "%s (%s)", mp_demangle(name, dm, sizeof dm), mod) < 0) return NULL; /* C++: demangled */
-    } else if (asprintf(&out, "%s+0x%llx", mod, (unsigned long long)(ip - start)) < 0) {
-        return NULL;
-    }
-    return out;
+    return rc < 0 ? NULL : out;
 }
 
+/* Cached per address; a name that was no symbol is looked up again once the symbolizer has read the maps again
+ * (a library loaded since). */
 const char *rss_sym_native(struct rss_sym *s, uint64_t ip, int leaf)
 {
     uint32_t i = slot(ip ^ (uint64_t)leaf);
-    if (s->nat[i].name && s->nat[i].ip == ip) return s->nat[i].name;
+    unsigned gen = s->sym ? sym_generation(s->sym) : 0;
+    if (s->nat[i].name && s->nat[i].ip == ip && s->nat[i].leaf == leaf && (s->nat[i].named || s->nat[i].gen == gen))
+        return s->nat[i].name;
     free(s->nat[i].name);
     s->nat[i].ip = ip;
-    s->nat[i].name = lookup_native(s, ip, leaf);
+    s->nat[i].leaf = leaf;
+    s->nat[i].name = lookup_native(s, ip, leaf, &s->nat[i].named);
+    s->nat[i].gen = s->sym ? sym_generation(s->sym) : 0;
     return s->nat[i].name ? s->nat[i].name : "?";
 }
 
@@ -317,7 +261,7 @@ const char *rss_sym_mapping(struct rss_sym *s, uint64_t addr)
 void rss_sym_close(struct rss_sym *s)
 {
     if (!s) return;
-    if (s->dwfl) dwfl_end(s->dwfl);
+    sym_close(s->sym);
     for (int i = 0; i < NCACHE; i++) {
         free(s->nat[i].name);
         free(s->code[i].file);

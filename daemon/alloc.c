@@ -203,7 +203,7 @@ static uint32_t native_frame(struct alloc_data *a, pid_t pid, uint64_t pc)
     struct sym_frame f;
     size_t mask, i;
     uint32_t id;
-    if (!n->sym && !n->sym_failed && !(n->sym = sym_open(pid))) {
+    if (!n->sym && !n->sym_failed && !(n->sym = sym_open(pid, 1))) {
         n->sym_failed = 1;
         server_log("pid %d: its native frames cannot be named (its /proc/PID/maps is not readable)", (int)pid);
     }
@@ -224,7 +224,7 @@ static uint32_t native_frame(struct alloc_data *a, pid_t pid, uint64_t pc)
     mask = n->pcs_cap - 1;
     for (i = (pc * 0x9E3779B97F4A7C15ull >> 32) & mask; n->pcs[i].id; i = (i + 1) & mask)
         if (n->pcs[i].pc == pc) return n->pcs[i].id;
-    sym_resolve(n->sym, pc, &f);
+    sym_resolve(n->sym, pc, 1, &f);
     if (!(id = native_intern(a, &f))) return 0;
     n->pcs[i] = (struct pc_ent){pc, id};
     n->pcs_n++;

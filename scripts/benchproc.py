@@ -6,9 +6,13 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from proctools import agent_threads, free_port  # noqa: E402,F401 (the benches call them as bp.*)
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -27,26 +31,6 @@ def status_field(pid, name):
 
 def rss_kib(pid):
     return int(status_field(pid, "VmRSS"))
-
-
-def agent_threads(pid):
-    """The threads of pid named memprof* (the agent's)."""
-    names = []
-    for tid in os.listdir("/proc/%d/task" % pid):
-        try:
-            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
-                names.append(f.read().strip())
-        except OSError:
-            pass
-    return [n for n in names if n.startswith("memprof")]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def percentile(values, p):

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from proctools import agent_gone, agent_threads
 from pythons import kernel_thread
 from conftest import (INTERPRETERS, default_python, MEMPROFD, SUPPORTED_IDS, UNSUPPORTED_IDS, Target, agent_mapped, interpreter,
                       proc_state, target_script, workload, pb_field, pb_frame)
@@ -35,18 +36,6 @@ def newest_session_id(daemon):
     r = daemon.run("status", "--json")
     assert r.returncode == 0, r.stderr
     return max([s["id"] for s in json.loads(r.stdout)] or [0])
-
-
-def agent_threads(pid):
-    """Threads of pid that are not the target's own: the agent's is named memprof-agent."""
-    names = []
-    for tid in os.listdir("/proc/%d/task" % pid):
-        try:
-            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
-                names.append(f.read().strip())
-        except OSError:
-            pass
-    return [n for n in names if n.startswith("memprof")]
 
 
 def assert_untouched(pid):
@@ -399,10 +388,7 @@ def test_daemon_killed_target_carries_on(fresh_daemon, targets):
     fresh_daemon.attach(t.pid)
     fresh_daemon.proc.kill()
     fresh_daemon.proc.wait()
-    deadline = time.time() + 5
-    while agent_threads(t.pid) and time.time() < deadline:
-        time.sleep(0.05)
-    assert agent_threads(t.pid) == [], "agent thread still running after the daemon died"
+    assert agent_gone(t.pid), "agent thread still running after the daemon died"
     b1 = int(t.wait_for(r"^beat (\d+)").group(1))
     b2 = int(t.wait_for(r"^beat (\d+)").group(1))
     assert b2 == b1 + 1 and "ERROR" not in t.output()

@@ -19,7 +19,9 @@ import time
 import pytest
 
 from conftest import ROOT, TARGETS, debian_root, default_python, pb_field, pb_frame, proc_state, target_script, workload
-from test_attach import _agent_socket_name, agent_threads
+from proctools import agent_gone, agent_threads
+from test_alloc import leak_line
+from test_attach import _agent_socket_name
 
 PY = "python3.13"
 WORK = "/memprof-test"  # where the test's scripts are, inside the root
@@ -50,7 +52,7 @@ def sid_root():
         work = os.path.join(root, WORK.lstrip("/"))
         os.makedirs(work)
         for path in (workload("service.py"), workload("backrefs.py"), target_script("idle.py"),
-                     target_script("seccomp_memfd.py")):
+                     target_script("seccomp_memfd.py"), target_script("seccomp.py")):
             shutil.copy(path, work)
         yield root
     finally:
@@ -111,14 +113,6 @@ def assert_clean(pid, fds_before, tmp_before):
     assert mapped_memprof(pid) == [], mapped_memprof(pid)
     assert fds(pid) == fds_before, "descriptors before %s, after %s" % (fds_before, fds(pid))
     assert tmp_entries(pid) == tmp_before
-
-
-def leak_line():
-    with open(workload("service.py")) as f:
-        for n, text in enumerate(f, 1):
-            if "# LEAK_LINE" in text:
-                return n
-    raise AssertionError("no LEAK_LINE in service.py")
 
 
 @pytest.mark.parametrize("userns", [False, True], ids=["netns", "userns"])
@@ -199,10 +193,7 @@ def test_daemon_killed_target_unharmed(sid_root, fresh_daemon, targets):
     fresh_daemon.attach(c.pid)
     fresh_daemon.proc.kill()
     fresh_daemon.proc.wait()
-    deadline = time.time() + 5
-    while agent_threads(c.pid) and time.time() < deadline:
-        time.sleep(0.05)
-    assert agent_threads(c.pid) == [], "agent thread still running after the daemon died"
+    assert agent_gone(c.pid), "agent thread still running after the daemon died"
     b1 = int(c.t.wait_for(r"^beat (\d+)").group(1))
     assert int(c.t.wait_for(r"^beat (\d+)").group(1)) == b1 + 1
     # a new daemon finds the library still loaded and starts it again; detach unloads it

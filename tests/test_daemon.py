@@ -12,7 +12,7 @@ import pytest
 
 from conftest import (INTERPRETERS, MEMPROF, SUPPORTED_IDS, default_python, interpreter, proc_state, target_script,
                       workload, pb_field, pb_frame)
-from test_attach import agent_threads
+from proctools import agent_gone, agent_threads
 
 
 
@@ -165,10 +165,7 @@ def test_daemon_killed_with_8_tracking_targets(fresh_daemon, targets):
     fresh_daemon.proc.kill()
     fresh_daemon.proc.wait()
     for t in started:
-        deadline = time.time() + 10
-        while agent_threads(t.pid) and time.time() < deadline:
-            time.sleep(0.05)
-        assert agent_threads(t.pid) == [], "pid %d: agent thread still running after the daemon died" % t.pid
+        assert agent_gone(t.pid, 10), "pid %d: agent thread still running after the daemon died" % t.pid
     for t in started:
         b1 = int(t.wait_for(r"^beat (\d+)").group(1))
         assert int(t.wait_for(r"^beat (\d+)").group(1)) == b1 + 1

@@ -15,16 +15,9 @@ import urllib.request
 import pytest
 
 from conftest import MEMPROFD, Daemon, default_python, target_script, workload
+from proctools import free_port
 
 GO = shutil.which("go")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class HttpDaemon(Daemon):

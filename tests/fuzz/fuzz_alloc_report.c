@@ -16,16 +16,17 @@ Memprof__ErrorReply__Code proc_error_code(pid_t pid, Memprof__ErrorReply__Code o
 unsigned long long proc_rss(pid_t pid) { (void)pid; return 1 << 20; }
 void server_log(const char *fmt, ...) { (void)fmt; }
 /* libdwfl stays out: every address is named after itself, in one of 4 modules (the interning is fuzzed) */
-struct symbolizer *sym_open(pid_t pid) { (void)pid; return (struct symbolizer *)&sym_open; }
+struct symbolizer *sym_open(pid_t pid, int lines) { (void)pid, (void)lines; return (struct symbolizer *)&sym_open; }
 void sym_close(struct symbolizer *y) { (void)y; }
-void sym_resolve(struct symbolizer *y, uint64_t pc, struct sym_frame *o)
+void sym_resolve(struct symbolizer *y, uint64_t pc, int ret, struct sym_frame *o)
 {
-    (void)y;
+    (void)y, (void)ret;
     snprintf(o->module, sizeof o->module, "/fuzz/lib%u.so", (unsigned)(pc >> 40 & 3));
     snprintf(o->func, sizeof o->func, "lib%u.so+0x%llx", (unsigned)(pc >> 40 & 3), (unsigned long long)(pc & 0xffff));
     snprintf(o->file, sizeof o->file, "%s", o->module);
     o->line = 0;
     o->offset = pc & 0xffff;
+    o->named = 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

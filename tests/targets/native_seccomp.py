@@ -11,6 +11,8 @@ import os
 import struct
 import sys
 
+import seccomp
+
 late = sys.argv[2:] == ["late"]
 real = os.path.realpath(sys.argv[1])
 
@@ -53,17 +55,7 @@ prog = [(0x20, 0, 0, 4), (0x15, 1, 0, 0xC000003E), (0x06, 0, 0, 0x7FFF0000),
         (0x20, 0, 0, 16), (0x35, 1, 0, lo & 0xFFFFFFFF), (0x06, 0, 0, 0x7FFF0000),
         (0x35, 0, 1, end & 0xFFFFFFFF), (0x06, 0, 0, 0x7FFF0000),
         (0x20, 0, 0, 32), (0x45, 0, 1, 2), (0x06, 0, 0, 0x00050000 | 1), (0x06, 0, 0, 0x7FFF0000)]
-buf = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in prog))
-
-
-class Fprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filt", ctypes.c_void_p)]
-
-
-libc = ctypes.CDLL(None, use_errno=True)
-f = Fprog(len(prog), ctypes.addressof(buf))
-assert libc.prctl(38, 1, 0, 0, 0) == 0                      # PR_SET_NO_NEW_PRIVS
-assert libc.prctl(22, 2, ctypes.byref(f), 0, 0) == 0, ctypes.get_errno()  # PR_SET_SECCOMP, filter
+seccomp.install(prog)
 keep = []
 print("ready %d" % os.getpid(), flush=True)
 for line in sys.stdin:

@@ -38,18 +38,6 @@ struct rss_args {
 };
 
 #if !MEMPROF_HAVE_RSS
-/* The size of a transparent huge page (PMD), 0 without them. */
-static unsigned long huge_page_bytes(void)
-{
-    unsigned long n = 0;
-    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r");
-    if (f) {
-        if (fscanf(f, "%lu", &n) != 1) n = 0;
-        fclose(f);
-    }
-    return n;
-}
-
 static int rss_run(const struct rss_args *a)
 {
     (void)a;

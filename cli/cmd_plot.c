@@ -15,7 +15,8 @@
 
 static const char *about_plot =
     "Plot an attached or ended session's memory over time, like mprof plot: RSS\n"
-    "and the tracked heap (live bytes of Python allocations since attach), from\n"
+    "and the tracked heap (live bytes of Python allocations since attach; with\n"
+    "--native C code's too, stacked under it), from\n"
     "the daemon's history (one point a second, the last ten minutes). The peaks\n"
     "of the tracked heap are marked with the functions holding the most memory\n"
     "there. The output is one self-contained SVG (no scripts, fonts or images);\n"
@@ -40,6 +41,7 @@ static const char *example_plot =
 
 #define COLOR_RSS "#1f6fb4"
 #define COLOR_HEAP "#d1495b"
+#define COLOR_NATIVE "#6a4c93" /* the part of the tracked heap C code allocated (--native) */
 #define COLOR_TEXT "#222"
 #define COLOR_MUTED "#666"
 #define FONT "font-family=\"DejaVu Sans, Verdana, Arial, Helvetica, sans-serif\""
@@ -325,9 +327,26 @@ static void draw_axes(FILE *f, const struct plot *p, const char *start)
             TOP + (H - TOP - BOTTOM) / 2, FONT, COLOR_TEXT);
 }
 
+/* Whether the session tracked native allocations (attach --native): any point has some. */
+static int has_native(const struct plot *p)
+{
+    for (size_t i = 0; i < p->d->n_history; i++)
+        if (p->d->history[i]->native_live_bytes > 0) return 1;
+    return 0;
+}
+
 static void draw_series(FILE *f, const struct plot *p)
 {
     const Memprof__AllocData *d = p->d;
+    if (has_native(p)) { /* stacked: native at the bottom, the Python part above it up to the tracked heap's line */
+        fprintf(f, "<path id=\"native\" class=\"native-area\" fill=\"%s\" fill-opacity=\"0.35\" stroke=\"%s\" "
+                   "stroke-width=\"1.5\" d=\"M%.1f %.1f",
+                COLOR_NATIVE, COLOR_NATIVE, px(p, d->history[0]->t), py(p, 0));
+        for (size_t i = 0; i < d->n_history; i++)
+            fprintf(f, " L%.1f %.1f", px(p, d->history[i]->t), py(p, fmax(0, d->history[i]->native_live_bytes)));
+        fprintf(f, " L%.1f %.1f Z\"><title>native (C code's allocations)</title></path>\n",
+                px(p, d->history[d->n_history - 1]->t), py(p, 0));
+    }
     fprintf(f, "<path class=\"heap-area\" fill=\"%s\" fill-opacity=\"0.10\" stroke=\"none\" d=\"M%.1f %.1f", COLOR_HEAP,
             px(p, d->history[0]->t), py(p, 0));
     for (size_t i = 0; i < d->n_history; i++)
@@ -360,11 +379,19 @@ static void draw_legend(FILE *f, const struct plot *p)
     fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"3\"/>\n", x, y - 9,
             x + 26, y - 9, COLOR_HEAP);
     fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">%s</text>\n", x + 34, y,
-            p->d->rss_note[0] ? "faulted in so far (page faults, sampled)" : "tracked heap (live Python allocations)");
+            p->d->rss_note[0] ? "faulted in so far (page faults, sampled)"
+            : has_native(p) ? "tracked heap (Python + native)" : "tracked heap (live Python allocations)");
     x += 318;
+    if (has_native(p)) {
+        fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"26\" height=\"10\" fill=\"%s\" fill-opacity=\"0.5\"/>\n", x,
+                y - 9, COLOR_NATIVE);
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">native part</text>\n", x + 34, y);
+        x += 130;
+    }
     fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"5\" fill=\"#fff\" stroke=\"%s\" stroke-width=\"2.5\"/>\n", x + 8,
             y - 4, COLOR_HEAP);
-    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">peak, with the functions holding it</text>\n", x + 20, y);
+    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">%s</text>\n", x + 20, y,
+            has_native(p) ? "peak, its holders" : "peak, with the functions holding it"); /* the width there is */
     fprintf(f, "</g>\n");
 }
 
@@ -632,6 +659,7 @@ int cmd_plot(int argc, char **argv)
             const Memprof__AllocPoint *pt = p.d->history[pk->i];
             printf("%s %s peak %s at %.*f s", k ? "," : ";", p.heap, cli_bytes(pt->live_bytes, a, sizeof a), p.span < 10 ? 1 : 0,
                    pt->t - p.t0);
+            if (pt->native_live_bytes > 0) printf(" (native %s)", cli_bytes(pt->native_live_bytes, a, sizeof a));
             if (pk->ntop)
                 printf(" (%s %s)", pk->top[0].frame->function, cli_bytes(pk->top[0].live, a, sizeof a));
         }

@@ -349,7 +349,8 @@ static void history_halve(struct alloc_data *a)
     a->hist_step *= 2;
 }
 
-static void history_push(struct alloc_data *a, double t, double live, double allocated, int run, int force)
+static void history_push(struct alloc_data *a, double t, double live, double native, double allocated, int run,
+                         int force)
 {
     Memprof__AllocPoint *p;
     size_t slot, nsites;
@@ -365,6 +366,7 @@ static void history_push(struct alloc_data *a, double t, double live, double all
     memprof__alloc_point__init(p);
     p->t = t;
     p->live_bytes = live;
+    p->native_live_bytes = native;
     p->alloc_bytes = allocated;
     p->rss_bytes = a->rss;
     p->samples = a->samples;
@@ -400,7 +402,7 @@ static void profiled_add(struct alloc_data *a, const Memprof__AllocReport *r)
 void alloc_report(struct session *s, const Memprof__AllocReport *r)
 {
     struct alloc_data *a = s->alloc;
-    double dt, k, live = 0, allocated = 0, dalloc = 0;
+    double dt, k, live = 0, native = 0, allocated = 0, dalloc = 0;
     if (!a) {
         a = s->alloc = calloc(1, sizeof *a);
         if (!a) return;
@@ -427,6 +429,7 @@ void alloc_report(struct session *s, const Memprof__AllocReport *r)
     }
     for (size_t i = 0; i < a->nstacks; i++) {
         live += a->stats[i].ab - a->stats[i].fb;
+        if (a->stacks[i].native) native += a->stats[i].ab - a->stats[i].fb;
         allocated += a->stats[i].ab;
     }
     if (live > a->peak_live) a->peak_live = live;
@@ -442,7 +445,7 @@ void alloc_report(struct session *s, const Memprof__AllocReport *r)
     a->exact = r->exact;
     a->rate_bytes = r->sample_rate;
     a->last_ts = r->timestamp;
-    history_push(a, r->timestamp, live, allocated, s->run != 0, r->final);
+    history_push(a, r->timestamp, live, native, allocated, s->run != 0, r->final);
     profiled_add(a, r);
 }
 

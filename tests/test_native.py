@@ -136,7 +136,7 @@ def numpy_core(exe):
 # ------------------------------------------------------------ tests
 
 @pytest.mark.parametrize("pyid", SUPPORTED_IDS)
-def test_numpy_line_holds_200mb_churn_holds_nothing(pyid, daemon, targets):
+def test_numpy_line_holds_200mb_churn_holds_nothing(pyid, daemon, targets, tmp_path):
     exe = numpy_interpreter(pyid)
     t = start(targets, exe)
     daemon.attach(t.pid, "--native")
@@ -164,6 +164,17 @@ def test_numpy_line_holds_200mb_churn_holds_nothing(pyid, daemon, targets):
     assert any(st.get("native") and abs(st["live"] - HOLD_BYTES) <= 0.1 * HOLD_BYTES for st in ex["stacks"]), ex["stacks"]
     folded = daemon.run("export", "--pid", t.pid, "--format", "collapsed").stdout.splitlines()
     assert any(re.search(r"native_np.py:hold:%d;\[native\] \d+$" % hold, l) for l in folded), folded[:5]
+    # plot stacks the native part under the tracked heap; its peak names the native share
+    svg = tmp_path / "np.svg"
+    for _ in range(20):  # one history point a second
+        r = daemon.run("plot", "--pid", t.pid, "-o", str(svg))
+        if "nothing to plot yet" not in r.stderr:
+            break
+        time.sleep(0.5)
+    out = r.stdout + r.stderr
+    m = re.search(r"tracked heap peak ([\d.]+) MiB .*\(native ([\d.]+) MiB\)", out)
+    assert m and abs(float(m.group(2)) * 2**20 - HOLD_BYTES) <= 0.1 * HOLD_BYTES, out
+    assert 'id="native"' in svg.read_text() and ">native part<" in svg.read_text()
     send(t, "release")
     time.sleep(1.0)
     assert own_live(top_json(daemon, t.pid), hold) <= 0.01 * HOLD_BYTES

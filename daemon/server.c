@@ -82,7 +82,11 @@ int conn_hung_up(uint64_t id)
 {
     struct conn *c = conn_by_id(id);
     char b;
-    return !c || recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+    ssize_t r;
+    if (!c) return 1;
+    r = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    /* EOF, or a reset: a peer that closed with our data unread (AF_UNIX tells ECONNRESET then) */
+    return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
 void conn_close(struct conn *c)

@@ -579,8 +579,14 @@ def test_attach_whose_client_vanishes_is_undone(daemon, targets):
     s.settimeout(5)
     s.sendall(pb_frame(pb_field(1, 2, pb_field(1, 0, 1))))          # Hello{protocol=1}
     assert s.recv(4096)                                       # HelloReply
-    s.sendall(pb_frame(pb_field(3, 2, pb_field(1, 0, t.pid))))      # AttachRequest{pid}
-    s.close()
+    # the request and the hang-up reach the daemon together (it is stopped meanwhile): "at once" even on a
+    # loaded machine, where this process could otherwise be descheduled until the attach is done
+    os.kill(daemon.proc.pid, signal.SIGSTOP)
+    try:
+        s.sendall(pb_frame(pb_field(3, 2, pb_field(1, 0, t.pid))))  # AttachRequest{pid}
+        s.close()
+    finally:
+        os.kill(daemon.proc.pid, signal.SIGCONT)
     deadline = time.time() + 15
     st = None
     while time.time() < deadline:

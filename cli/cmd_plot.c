@@ -66,6 +66,7 @@ struct plot {
     double t0, span, ymax, unit, ystep;
     const char *unit_name;
     const char *heap; /* what live_bytes is: "tracked heap", or "faulted in" (memprof rss --save) */
+    int native;       /* a session that tracked native allocations (attach --native): stacked under the heap */
     struct peak peaks[MAX_PEAKS];
     size_t npeaks;
 };
@@ -327,18 +328,10 @@ static void draw_axes(FILE *f, const struct plot *p, const char *start)
             TOP + (H - TOP - BOTTOM) / 2, FONT, COLOR_TEXT);
 }
 
-/* Whether the session tracked native allocations (attach --native): any point has some. */
-static int has_native(const struct plot *p)
-{
-    for (size_t i = 0; i < p->d->n_history; i++)
-        if (p->d->history[i]->native_live_bytes > 0) return 1;
-    return 0;
-}
-
 static void draw_series(FILE *f, const struct plot *p)
 {
     const Memprof__AllocData *d = p->d;
-    if (has_native(p)) { /* stacked: native at the bottom, the Python part above it up to the tracked heap's line */
+    if (p->native) { /* stacked: native at the bottom, the Python part above it up to the tracked heap's line */
         fprintf(f, "<path id=\"native\" class=\"native-area\" fill=\"%s\" fill-opacity=\"0.35\" stroke=\"%s\" "
                    "stroke-width=\"1.5\" d=\"M%.1f %.1f",
                 COLOR_NATIVE, COLOR_NATIVE, px(p, d->history[0]->t), py(p, 0));
@@ -380,9 +373,9 @@ static void draw_legend(FILE *f, const struct plot *p)
             x + 26, y - 9, COLOR_HEAP);
     fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">%s</text>\n", x + 34, y,
             p->d->rss_note[0] ? "faulted in so far (page faults, sampled)"
-            : has_native(p) ? "tracked heap (Python + native)" : "tracked heap (live Python allocations)");
+            : p->native ? "tracked heap (Python + native)" : "tracked heap (live Python allocations)");
     x += 318;
-    if (has_native(p)) {
+    if (p->native) {
         fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"26\" height=\"10\" fill=\"%s\" fill-opacity=\"0.5\"/>\n", x,
                 y - 9, COLOR_NATIVE);
         fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">native part</text>\n", x + 34, y);
@@ -391,7 +384,7 @@ static void draw_legend(FILE *f, const struct plot *p)
     fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"5\" fill=\"#fff\" stroke=\"%s\" stroke-width=\"2.5\"/>\n", x + 8,
             y - 4, COLOR_HEAP);
     fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">%s</text>\n", x + 20, y,
-            has_native(p) ? "peak, its holders" : "peak, with the functions holding it"); /* the width there is */
+            p->native ? "peak, its holders" : "peak, with the functions holding it"); /* the width there is */
     fprintf(f, "</g>\n");
 }
 
@@ -635,8 +628,10 @@ int cmd_plot(int argc, char **argv)
     p.t0 = p.d->history[0]->t;
     p.span = p.d->history[p.d->n_history - 1]->t - p.t0;
     if (!(p.span > 0)) p.span = 1;
-    for (size_t i = 0; i < p.d->n_history; i++)
+    for (size_t i = 0; i < p.d->n_history; i++) {
         max = fmax(max, fmax((double)p.d->history[i]->rss_bytes, p.d->history[i]->live_bytes));
+        if (p.d->history[i]->native_live_bytes > 0) p.native = 1; /* any point has some */
+    }
     scale_bytes(&p, max);
     if (!p.d->rss_note[0]) find_peaks(&p); /* bytes faulted in only grow: no peaks, no holders */
 

@@ -95,13 +95,9 @@ static int on_event(void *ctx, const struct rss_event *e)
 /* The size of a transparent huge page (PMD), 0 without them. */
 static unsigned long huge_page_bytes(void)
 {
-    unsigned long n = 0;
-    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r");
-    if (f) {
-        if (fscanf(f, "%lu", &n) != 1) n = 0;
-        fclose(f);
-    }
-    return n;
+    char buf[32];
+    if (mp_read_file("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", buf, sizeof buf) <= 0) return 0;
+    return strtoul(buf, NULL, 10);
 }
 
 static int rss_run(const struct rss_args *a)

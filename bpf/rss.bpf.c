@@ -1,6 +1,6 @@
-/* rss.bpf.c -- memprof rss in the kernel: one process's page faults, mmap/munmap/mremap/brk and rss_stat.
- * Sampled faults and the mappings go into a ring buffer with the user stack and (CPython 3.11+) the Python
- * frames. GPL: the kernel lends its tracing helpers only to GPL-compatible programs. */
+/* rss.bpf.c -- memprof rss in the kernel: one process's page faults, mmap/munmap/mremap/brk and (--rss-stat)
+ * rss_stat. Sampled faults and the mappings go into a ring buffer with the user stack and (CPython 3.11+) the
+ * Python frames. GPL: the kernel lends its tracing helpers only to GPL-compatible programs. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -13,19 +13,11 @@ const volatile struct rss_cfg cfg = {};
 
 /* Read by memprof rss (bss): */
 __u64 events_lost;          /* ring buffer full */
-__u64 rss[RSS_NMEMBERS];    /* bytes per rss_stat member, as last reported */
-__u64 rss_seen[RSS_NMEMBERS]; /* 1: rss[m] holds a value */
+/* --rss-stat: the target's RSS counters in pages (file, anon, swap, shmem: seeded from /proc by memprof rss),
+ * and the highest file + anon + shmem since memprof rss last zeroed it */
+__u64 rss_pages[RSS_NMEMBERS];
+__u64 peak_pages;
 __u64 target_mm;            /* the target's mm_struct, once one of its threads has been seen */
-__s64 last_pages[RSS_NMEMBERS]; /* rss_stat's count when last seen */
-
-/* every page fault of the target, counted per CPU (no locked add on the fault path), and the last one's
- * thread and address (rss_stat, which comes during the fault, has no address) */
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __type(value, struct rss_fault_cpu);
-} faults SEC(".maps");
 
 /* Linux before 6.2: rss_stat reported the count itself, and an mm's counters were a struct mm_rss_stat */
 struct mm_rss_stat___old {
@@ -62,23 +54,6 @@ static __always_inline __u64 current_mm(void)
     return (__u64)bpf_get_current_task_btf()->mm;
 }
 
-/* The hot path: every page fault of every process runs this. In the initial pid namespace one compare; in a
- * container, others are told apart by their mm, and the namespace helper runs only for the target's. */
-static __always_inline int is_target_fast(__u32 *tid)
-{
-    __u64 mm;
-    if (!cfg.matchns_ino) {
-        __u64 id = bpf_get_current_pid_tgid();
-        *tid = (__u32)id;
-        return (id >> 32) == cfg.tgid;
-    }
-    mm = current_mm();
-    if (target_mm && mm != target_mm) return 0;
-    if (!is_target(tid)) return 0;
-    target_mm = mm;
-    return 1;
-}
-
 static __always_inline __u64 rd(__u64 addr)
 {
     __u64 v = 0;
@@ -96,34 +71,54 @@ struct {
 
 /* The Python walk runs in bpf_loop callbacks: the verifier checks each once, whatever the count. */
 struct walk {
-    __u64 ts, found, frame;
+    __u64 ts, found, frame; /* frame: at first the thread state's current frame (3.13+) or cframe */
     __u32 tid, n;
 };
+
+/* A frame's or thread state's fields from one read of its first SPAN bytes (every version's frame back, code,
+ * instruction pointer and owner, and thread state next, native thread id and frame lie there): a read of user
+ * memory costs more than the bytes it copies. */
+#define SPAN 192
+#define SPAN_BUF 264 /* room for an 8-byte field at any offset & 255: the bound the verifier checks */
+static __always_inline __u64 field(const __u8 *b, __s32 off, __u64 addr)
+{
+    __u64 v = 0;
+    if (off >= 0 && off <= SPAN - 8) __builtin_memcpy(&v, b + (off & 255), 8);
+    else if (off >= 0) v = rd(addr + off);
+    return v;
+}
+
+/* The thread state at ts: 1 when it is the faulting thread's (w->found, w->frame set), else w->ts its next. */
+static __always_inline int thread_is(struct walk *w, __u64 ts)
+{
+    __u8 b[SPAN_BUF] = {};
+    __s32 at = cfg.ts_current_frame >= 0 ? cfg.ts_current_frame : cfg.ts_cframe;
+    if (bpf_probe_read_user(b, SPAN, (void *)ts)) { /* at the very end of its mapping: field by field */
+        if ((__u32)rd(ts + cfg.ts_native_tid) != w->tid) return w->ts = rd(ts + cfg.ts_next), 0;
+        w->frame = rd(ts + at);
+    } else {
+        if ((__u32)field(b, cfg.ts_native_tid, ts) != w->tid) return w->ts = field(b, cfg.ts_next, ts), 0;
+        w->frame = field(b, at, ts);
+    }
+    w->found = ts;
+    return 1;
+}
 
 /* The faulting thread's PyThreadState: the interpreter's thread list, matched by native thread id. */
 static long thread_step(__u32 i, void *c)
 {
     struct walk *w = c;
-    if (!w->ts) return 1;
-    if ((__u32)rd(w->ts + cfg.ts_native_tid) == w->tid) {
-        w->found = w->ts;
-        return 1;
-    }
-    w->ts = rd(w->ts + cfg.ts_next);
-    return 0;
+    return !w->ts || thread_is(w, w->ts);
 }
 
-/* A frame's fields, from one read of its first FRAME_SPAN bytes (every version's back, code, instruction pointer
- * and owner lie there): a read of user memory costs more than the bytes it copies. */
-#define FRAME_SPAN 80
-#define FRAME_BUF 136 /* room for a read at any offset & 127: the bound the verifier checks */
-static __always_inline __u64 field(const __u8 *b, __s32 off, __u64 addr)
-{
-    __u64 v = 0;
-    if (off >= 0 && off <= FRAME_SPAN - 8) __builtin_memcpy(&v, b + (off & 127), 8);
-    else if (off >= 0) v = rd(addr + off);
-    return v;
-}
+/* Each thread's PyThreadState once found (checked again by its thread id at every use): the list is walked
+ * only for a thread not seen yet. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, RSS_MAX_THREADS);
+    __type(key, __u32);
+    __type(value, __u64);
+} tstates SEC(".maps");
 
 /* One _PyInterpreterFrame: its code object and instruction offset (Python frames only), then the caller's. */
 static long frame_step(__u32 i, void *c)
@@ -131,14 +126,14 @@ static long frame_step(__u32 i, void *c)
     struct walk *w = c;
     __u32 zero = 0;
     struct rss_record *e;
-    __u8 owner = 0, b[FRAME_BUF] = {};
+    __u8 owner = 0, b[SPAN_BUF] = {};
     __u64 code, instr, back;
     if (!w->frame || w->n >= RSS_MAX_PYFRAMES || !(e = bpf_map_lookup_elem(&scratch, &zero))) return 1;
-    if (bpf_probe_read_user(b, FRAME_SPAN, (void *)w->frame) == 0) {
+    if (bpf_probe_read_user(b, SPAN, (void *)w->frame) == 0) {
         code = field(b, cfg.fr_code, w->frame);
         instr = field(b, cfg.fr_instr, w->frame);
         back = field(b, cfg.fr_back, w->frame);
-        if (cfg.fr_owner >= 0 && cfg.fr_owner < FRAME_SPAN) owner = b[cfg.fr_owner & 127];
+        if (cfg.fr_owner >= 0 && cfg.fr_owner < SPAN) owner = b[cfg.fr_owner & 255];
     } else { /* a frame at the very end of its mapping: field by field */
         code = rd(w->frame + cfg.fr_code);
         instr = rd(w->frame + cfg.fr_instr);
@@ -159,19 +154,20 @@ static __always_inline int py_walk(__u32 tid)
 {
     struct walk w = {.tid = tid};
     struct bpf_pidns_info ns;
-    __u64 interp;
-    if (!cfg.runtime || !(interp = rd(cfg.runtime + cfg.rt_interp_head))) return 0;
+    __u64 interp, *known;
+    if (!cfg.runtime) return 0;
     if (cfg.pidns_ino) { /* a target in a container knows its threads by their ids there */
         if (bpf_get_ns_current_pid_tgid(cfg.pidns_dev, cfg.pidns_ino, &ns, sizeof ns)) return 0;
         w.tid = ns.pid;
     }
-    w.ts = rd(interp + cfg.interp_threads_head);
-    bpf_loop(RSS_MAX_THREADS, thread_step, &w, 0);
-    if (!w.found) return 0;
-    if (cfg.ts_current_frame >= 0)
-        w.frame = rd(w.found + cfg.ts_current_frame);
-    else
-        w.frame = rd(rd(w.found + cfg.ts_cframe) + cfg.cframe_current);
+    if (!(known = bpf_map_lookup_elem(&tstates, &w.tid)) || !thread_is(&w, *known)) {
+        if (!(interp = rd(cfg.runtime + cfg.rt_interp_head))) return 0;
+        w.ts = rd(interp + cfg.interp_threads_head);
+        bpf_loop(RSS_MAX_THREADS, thread_step, &w, 0);
+        if (!w.found) return 0;
+        bpf_map_update_elem(&tstates, &w.tid, &w.found, BPF_ANY);
+    }
+    if (cfg.ts_current_frame < 0) w.frame = rd(w.frame + cfg.cframe_current); /* 3.11, 3.12: via the cframe */
     bpf_loop(RSS_MAX_PYVISIT, frame_step, &w, 0);
     return (int)w.n;
 }
@@ -208,22 +204,14 @@ static __always_inline void emit(void *ctx, __u32 kind, __u32 tid, __u64 addr, _
     if (bpf_ringbuf_output(&events, e, size, flags)) __sync_fetch_and_add(&events_lost, 1);
 }
 
-/* BTF-typed (raw) tracepoints for the two that fire on every page fault of the machine: the classic ones build
- * a perf record for each call before the program runs, which cost the target a quarter of its faulting time. */
-SEC("tp_btf/page_fault_user")
-int BPF_PROG(on_fault, unsigned long address, struct pt_regs *regs, unsigned long error_code)
+/* A page fault of the target, one in sample_period: the kernel counts the target's threads' faults in per-thread
+ * software perf events (memprof rss opens one per thread, inherited by the threads they start) and runs this on
+ * the overflow. Nothing runs for the faults in between, nor for any other process's. */
+SEC("perf_event")
+int on_fault(struct bpf_perf_event_data *ctx)
 {
-    __u32 tid, zero = 0;
-    __u32 every = cfg.sample_every ? cfg.sample_every : 1;
-    struct rss_fault_cpu *f;
-    if (!is_target_fast(&tid)) return 0;
-    if ((f = bpf_map_lookup_elem(&faults, &zero))) {
-        f->n++;
-        f->addr = address;
-        f->tid = tid;
-    }
-    if (every > 1 && bpf_get_prandom_u32() % every) return 0; /* at random: no aliasing with a loop's stride */
-    emit(ctx, RSS_FAULT, tid, address, (__u64)every * RSS_PAGE, 0, 0);
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    emit(ctx, RSS_FAULT, tid, ctx->addr, ctx->sample_period * RSS_PAGE, 0, 0);
     return 0;
 }
 
@@ -307,8 +295,9 @@ int on_brk_exit(struct trace_event_raw_sys_exit *ctx)
     return 0;
 }
 
-/* RSS counters of the target's mm: first known from its own threads, then by the mm itself, which also
- * catches changes made by others (reclaim, the exit of its last thread). */
+/* --rss-stat: every change of the target's RSS counters (a tracepoint of every process's every page fault, so
+ * the target's faults cost more: off by default). First known from its own threads, then by the mm itself, which
+ * also catches changes made by others (reclaim, the exit of its last thread). */
 SEC("tp_btf/rss_stat")
 int on_rss_stat(__u64 *ctx)
 {
@@ -316,6 +305,7 @@ int on_rss_stat(__u64 *ctx)
     __u32 m = (__u32)ctx[1];
     __u32 tid;
     __s64 pages = 0;
+    __u64 total;
     if (!target_mm) {
         if ((__u64)mm != current_mm() || !is_target(&tid)) return 0;
         target_mm = (__u64)mm;
@@ -336,20 +326,9 @@ int on_rss_stat(__u64 *ctx)
         }
     }
     m &= RSS_NMEMBERS - 1; /* a power of two: the verifier sees the bound the compiler may have dropped */
-    /* A transparent huge page mapped by a fault of the target (numpy asks for them for its big arrays): one
-     * page_fault_user, weighed as a small page, brought in huge_bytes. The counter moves by the huge page at once
-     * (a per-CPU batch of small pages moves it by at most 2 x 64 pages on up to 128 CPUs), during the fault, in the
-     * faulting thread: recorded here, every one, at its size. */
-    if (cfg.huge_bytes && m != RSS_SWAP && rss_seen[m] && (__u64)mm == current_mm() &&
-        pages - last_pages[m] >= (__s64)(cfg.huge_bytes / RSS_PAGE / 2)) {
-        __u32 zero = 0;
-        struct rss_fault_cpu *f = bpf_map_lookup_elem(&faults, &zero);
-        tid = (__u32)bpf_get_current_pid_tgid();
-        emit(ctx, RSS_FAULT, tid, f && f->tid == tid ? f->addr : 0, cfg.huge_bytes, 0, 0);
-    }
-    last_pages[m] = pages;
-    rss[m] = pages > 0 ? (__u64)pages * RSS_PAGE : 0;
-    rss_seen[m] = 1;
+    rss_pages[m] = pages > 0 ? (__u64)pages : 0;
+    total = rss_pages[RSS_FILE] + rss_pages[RSS_ANON] + rss_pages[RSS_SHMEM];
+    if (total > peak_pages) peak_pages = total;
     return 0;
 }
 

@@ -2,7 +2,7 @@
 #ifndef MEMPROF_RSS_H
 #define MEMPROF_RSS_H
 
-#define RSS_MAX_STACK 32   /* native frames per event (bpf_get_stack, frame pointers) */
+#define RSS_MAX_STACK 8    /* native frames per event (bpf_get_stack, frame pointers): a row keeps 8 */
 #define RSS_MAX_PYFRAMES 32 /* Python frames kept per event, innermost first */
 #define RSS_MAX_PYVISIT 256 /* interpreter frames walked (bpf_loop: the verifier checks one step) */
 #define RSS_MAX_THREADS 1024 /* thread states looked at to find the faulting thread's (bpf_loop) */
@@ -16,8 +16,7 @@ enum { RSS_FILE, RSS_ANON, RSS_SWAP, RSS_SHMEM, RSS_NMEMBERS };
  * field does not exist in this interpreter; runtime 0: no Python line. */
 struct rss_cfg {
     __u32 tgid;
-    __u32 sample_every;        /* a page fault is recorded with probability 1/sample_every */
-    __u32 huge_bytes;          /* a transparent huge page (PMD): every fault of one is recorded, this many bytes */
+    __u32 sample_every;        /* one page fault in about this many is recorded (the perf events' period) */
     __u64 pidns_dev, pidns_ino; /* the target's pid namespace: thread ids as its PyThreadStates have them */
     /* memprof not in the initial pid namespace (a container): tgid is a pid of its namespace, which the programs
      * cannot translate; the target is matched in its own namespace instead, by its pid there (ns_tgid) */
@@ -28,12 +27,6 @@ struct rss_cfg {
     __s32 rt_interp_head, interp_threads_head, ts_next, ts_native_tid;
     __s32 ts_cframe, cframe_current, ts_current_frame;
     __s32 fr_back, fr_code, fr_instr, fr_owner, first_not_python, code_adaptive;
-};
-
-/* Per CPU: the target's page faults counted, and the last one's thread and address. */
-struct rss_fault_cpu {
-    __u64 n, addr;
-    __u32 tid, pad;
 };
 
 /* An event as the ring buffer carries it: the header, then npy (code object, instruction offset) pairs, then
@@ -53,7 +46,7 @@ struct rss_event {
     __u32 tid;
     __u64 ts;        /* bpf_ktime_get_ns */
     __u64 addr;      /* fault address; mapping start (munmap, mremap: the old one) */
-    __u64 len;       /* bytes: fault weight (sample_every pages); mapped or unmapped length */
+    __u64 len;       /* bytes: fault weight (the period in effect, in 4 KiB pages); mapped or unmapped length */
     __u64 addr2;     /* mremap: new address; brk: the new break */
     __u64 len2;      /* mremap: new length */
     __s32 nstack;    /* bytes of stack (bpf_get_stack) */

@@ -31,7 +31,7 @@ static const char about_rss[] =
 
 /* What the options say (rss_run's arguments). */
 struct rss_args {
-    int pid, once, json, by, limit;
+    int pid, once, json, by, limit, rss_stat;
     unsigned sample;
     double duration, interval;
     const char *save;
@@ -92,14 +92,6 @@ static int on_event(void *ctx, const struct rss_event *e)
     return 0;
 }
 
-/* The size of a transparent huge page (PMD), 0 without them. */
-static unsigned long huge_page_bytes(void)
-{
-    char buf[32];
-    if (mp_read_file("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", buf, sizeof buf) <= 0) return 0;
-    return strtoul(buf, NULL, 10);
-}
-
 static int rss_run(const struct rss_args *a)
 {
     struct rss_opts o = {.pid = a->pid, .once = a->once, .json = a->json, .limit = a->limit,
@@ -111,6 +103,7 @@ static int rss_run(const struct rss_args *a)
     double duration = a->duration, start, next;
     int sample = (int)a->sample, rc = 0;
     struct stat st;
+    uint64_t pages[RSS_NMEMBERS];
 
     if (!pid_alive(o.pid)) return cli_fail("pid %d: no such process", o.pid);
     if (!privileged()) return cli_fail("rss: needs CAP_BPF and CAP_PERFMON: run as root");
@@ -137,10 +130,11 @@ static int rss_run(const struct rss_args *a)
         cfg.matchns_dev = st.st_dev;
         cfg.matchns_ino = st.st_ino;
     }
-    cfg.huge_bytes = (__u32)huge_page_bytes();
     o.sample = (unsigned)sample;
+    o.rss_stat = a->rss_stat;
     if (!(v = rss_view_new(&o))) return cli_fail("out of memory");
-    if (rss_trace_open(&trace, &cfg, on_event, v, err) < 0) {
+    rss_view_start_pages(v, pages);
+    if (rss_trace_open(&trace, &cfg, a->rss_stat, pages, on_event, v, err) < 0) {
         rss_view_free(v);
         return cli_fail("rss: %s", err);
     }
@@ -181,7 +175,7 @@ static int rss_run(const struct rss_args *a)
 
 int cmd_rss(int argc, char **argv)
 {
-    struct rss_args a = {.limit = 20, .sample = 32, .interval = 1.0};
+    struct rss_args a = {.limit = 20, .sample = 64, .interval = 1.0};
     int rc;
     const struct opt opts[] = {
         {"pid", 0, OPT_PID, &a.pid, "PID", "the process (nothing is loaded into it)", .required = 1},
@@ -193,9 +187,13 @@ int cmd_rss(int argc, char **argv)
         {"interval", 0, OPT_SECONDS, &a.interval, "SECONDS", "refresh every SECONDS (default 1)", .min = 0.1},
         {"by", 0, OPT_CHOICE, &a.by, NULL, "rows by line (default), function, native (leaf native\n"
                                            "frame) or mapping", .choices = "line|function|native|mapping"},
-        {"sample", 0, OPT_UINT, &a.sample, "N", "record one page fault in N, at random (default 32);\n"
-                                                "each stands for N*4 KiB (a fault that maps a\n"
-                                                "transparent huge page: always, at its size)", .min = 1},
+        {"sample", 0, OPT_UINT, &a.sample, "N", "record about one page fault in N (default 64; the\n"
+                                                "period is drawn again each refresh); each stands\n"
+                                                "for N*4 KiB, or for its share of the transparent\n"
+                                                "huge pages mapped meanwhile when it mapped one", .min = 1},
+        {"rss-stat", 0, OPT_FLAG, &a.rss_stat, NULL, "also follow every change of the RSS counters\n"
+                                                     "(kmem:rss_stat): the peak RSS between refreshes; a\n"
+                                                     "tracepoint every page fault of the machine pays"},
         {"limit", 0, OPT_INT, &a.limit, "N", "rows shown (default 20)", .min = 1},
         {"save", 0, OPT_STRING, &a.save, "FILE", "at the end, write the rows and the RSS timeline to FILE\n"
                                                  "for memprof plot --rss FILE and memprof export --rss FILE"},

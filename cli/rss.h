@@ -13,16 +13,21 @@
 struct pyabi;
 
 /* Loads and attaches the programs for cfg->tgid (mounting tracefs for the attach when it is not, and
- * unmounting it again); cb gets each event. 0, or -1 with a one-line err. */
+ * unmounting it again): page fault events on each of its threads, the mapping syscalls and, with rss_stat, the
+ * kmem:rss_stat tracepoint (its counters seeded with start_pages). cb gets each event. 0, or -1 with a one-line err. */
 struct rss_trace;
 typedef int (*rss_event_fn)(void *ctx, const struct rss_event *e);
-int rss_trace_open(struct rss_trace **out, const struct rss_cfg *cfg, rss_event_fn cb, void *ctx, char *err);
+int rss_trace_open(struct rss_trace **out, const struct rss_cfg *cfg, int rss_stat, const uint64_t start_pages[RSS_NMEMBERS],
+                   rss_event_fn cb, void *ctx, char *err);
 /* Waits up to timeout_ms (the programs wake it only for 1 MiB of events) and hands over everything waiting:
  * the count, or a negative errno. */
 int rss_trace_poll(struct rss_trace *t, int timeout_ms);
-/* The kernel side's counters: rss_stat's bytes per member (seen[m] 0 until one came), faults, lost events. */
-void rss_trace_counters(struct rss_trace *t, uint64_t rss[RSS_NMEMBERS], int seen[RSS_NMEMBERS], uint64_t *faults,
-                        uint64_t *lost);
+/* The kernel side's counters: the target's page faults (all, not only those recorded), lost events. */
+void rss_trace_counters(struct rss_trace *t, uint64_t *faults, uint64_t *lost);
+/* With rss_stat: the highest RSS (file + anon + shmem) the kernel reported since the last call, in bytes. */
+uint64_t rss_trace_peak(struct rss_trace *t);
+/* Each thread's sampling period drawn again (a refresh does it). */
+void rss_trace_reperiod(struct rss_trace *t);
 void rss_trace_close(struct rss_trace *t);
 
 /* The Python part of cfg for pid (CPython 3.11+ with its offsets in agent/pyabi.c): 0 and *abi, or -1 with

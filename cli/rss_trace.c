@@ -12,13 +12,21 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <linux/perf_event.h>
+#include <dirent.h>
 #include <unistd.h>
 
 #include "rss.skel.h"
 
 struct rss_trace {
     struct rss_bpf *skel;
+    int *fds;                 /* per thread: its page faults' perf event */
+    struct bpf_link **links;  /* on_fault on each */
+    int nfds;
+    unsigned period;          /* the mean period (--sample) */
     struct ring_buffer *rb;
     rss_event_fn cb;
     void *ctx;
@@ -79,15 +87,81 @@ static int tracefs_ready(char *err)
         mp_errno(err, "tracefs not mountable at " TRACEFS " (memprof rss attaches to tracepoints)");
         return -1;
     }
-    if (stat(TRACEFS "/events/exceptions/page_fault_user", &st) < 0) {
+    if (stat(TRACEFS "/events/syscalls", &st) < 0) {
         umount2(TRACEFS, MNT_DETACH);
-        mp_err(err, "tracefs: this kernel has no exceptions:page_fault_user tracepoint");
+        mp_err(err, "tracefs: this kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS)");
         return -1;
     }
     return 1;
 }
 
-int rss_trace_open(struct rss_trace **out, const struct rss_cfg *cfg, rss_event_fn cb, void *ctx, char *err)
+/* A period drawn evenly from [N/2, 3N/2) (mean N; N below 2: every fault): a fixed one could keep landing on
+ * the same line of a loop that faults as many pages per turn. */
+static unsigned draw_period(unsigned n)
+{
+    return n < 2 ? 1 : n / 2 + (unsigned)(random() % n);
+}
+
+/* One software event per thread of the target counting its page faults (taken in user mode, as
+ * exceptions:page_fault_user), running on_fault every period-th; inherited by the threads each starts. Threads
+ * started while these are opened by one not yet opened are missed (opening one twice would count its faults twice). */
+static int open_fault_events(struct rss_trace *t, pid_t pid, unsigned period, char *err)
+{
+    char path[64];
+    DIR *d;
+    struct dirent *de;
+    struct perf_event_attr a = {0};
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    if (!(d = opendir(path))) {
+        mp_errno(err, "%s", path);
+        return -1;
+    }
+    a.size = sizeof a;
+    a.type = PERF_TYPE_SOFTWARE;
+    a.config = PERF_COUNT_SW_PAGE_FAULTS;
+    a.sample_period = draw_period(period);
+    a.inherit = 1;
+    a.exclude_kernel = 1;
+    a.exclude_hv = 1;
+    while ((de = readdir(d))) {
+        int tid = atoi(de->d_name), fd;
+        void *p;
+        if (tid <= 0) continue;
+        fd = (int)syscall(SYS_perf_event_open, &a, tid, -1, -1, PERF_FLAG_FD_CLOEXEC);
+        if (fd < 0) {
+            if (errno == ESRCH) continue; /* the thread ended */
+            mp_errno(err, errno == EACCES || errno == EPERM ? "needs CAP_BPF and CAP_PERFMON: run as root (perf_event_open)"
+                                                            : "perf_event_open (page faults of thread %d)", tid);
+            closedir(d);
+            return -1;
+        }
+        if (!(p = realloc(t->fds, (size_t)(t->nfds + 1) * sizeof *t->fds))) goto oom;
+        t->fds = p;
+        if (!(p = realloc(t->links, (size_t)(t->nfds + 1) * sizeof *t->links))) goto oom;
+        t->links = p;
+        t->fds[t->nfds] = fd;
+        t->links[t->nfds] = bpf_program__attach_perf_event(t->skel->progs.on_fault, fd);
+        if (!t->links[t->nfds]) {
+            int e = errno;
+            close(fd);
+            closedir(d);
+            mp_err(err, "cannot run the page fault program on thread %d's events: %s", tid, strerror(e));
+            return -1;
+        }
+        t->nfds++;
+        continue;
+    oom:
+        close(fd);
+        closedir(d);
+        mp_err(err, "out of memory");
+        return -1;
+    }
+    closedir(d);
+    return 0;
+}
+
+int rss_trace_open(struct rss_trace **out, const struct rss_cfg *cfg, int rss_stat, const uint64_t start_pages[RSS_NMEMBERS],
+                   rss_event_fn cb, void *ctx, char *err)
 {
     struct rss_trace *t = calloc(1, sizeof *t);
     int mounted, rc;
@@ -103,6 +177,10 @@ int rss_trace_open(struct rss_trace **out, const struct rss_cfg *cfg, rss_event_
         goto fail;
     }
     t->skel->rodata->cfg = *cfg;
+    if (!rss_stat) { /* its tracepoint costs every page fault of the machine: only when asked for */
+        bpf_program__set_autoload(t->skel->progs.on_rss_stat, false);
+        bpf_program__set_autoload(t->skel->progs.on_exec, false);
+    }
     if ((rc = rss_bpf__load(t->skel)) < 0) {
         if (rc == -EPERM || rc == -EACCES)
             mp_err(err, "needs CAP_BPF and CAP_PERFMON: run as root");
@@ -111,6 +189,8 @@ int rss_trace_open(struct rss_trace **out, const struct rss_cfg *cfg, rss_event_
                    strerror(-rc));
         goto fail;
     }
+    for (int m = 0; m < RSS_NMEMBERS; m++) t->skel->bss->rss_pages[m] = start_pages[m];
+    t->period = cfg->sample_every ? cfg->sample_every : 1;
     if ((mounted = tracefs_ready(err)) < 0) goto fail;
     rc = rss_bpf__attach(t->skel);
     if (mounted) umount2(TRACEFS, MNT_DETACH); /* attached tracepoints are perf events: they stay */
@@ -121,6 +201,7 @@ int rss_trace_open(struct rss_trace **out, const struct rss_cfg *cfg, rss_event_
             mp_err(err, "cannot attach to the tracepoints: %s", strerror(-rc));
         goto fail;
     }
+    if (open_fault_events(t, (pid_t)cfg->tgid, cfg->sample_every, err) < 0) goto fail;
     if (!(t->rb = ring_buffer__new(bpf_map__fd(t->skel->maps.events), on_sample, t, NULL))) {
         mp_errno(err, "cannot open the BPF ring buffer");
         goto fail;
@@ -141,20 +222,29 @@ int rss_trace_poll(struct rss_trace *t, int timeout_ms)
     return m < 0 ? m : (n > 0 ? n : 0) + m;
 }
 
-void rss_trace_counters(struct rss_trace *t, uint64_t rss[RSS_NMEMBERS], int seen[RSS_NMEMBERS], uint64_t *faults,
-                        uint64_t *lost)
+void rss_trace_reperiod(struct rss_trace *t)
+{
+    for (int i = 0; i < t->nfds; i++) {
+        uint64_t p = draw_period(t->period);
+        ioctl(t->fds[i], PERF_EVENT_IOC_PERIOD, &p);
+    }
+}
+
+uint64_t rss_trace_peak(struct rss_trace *t)
 {
     volatile struct rss_bpf__bss *b = t->skel->bss;
-    for (int m = 0; m < RSS_NMEMBERS; m++) {
-        rss[m] = b->rss[m];
-        seen[m] = b->rss_seen[m] != 0;
-    }
+    uint64_t peak = b->peak_pages;
+    b->peak_pages = 0;
+    return peak * RSS_PAGE;
+}
+
+void rss_trace_counters(struct rss_trace *t, uint64_t *faults, uint64_t *lost)
+{
+    volatile struct rss_bpf__bss *b = t->skel->bss;
     *faults = 0;
-    int ncpu = libbpf_num_possible_cpus(), zero = 0;
-    if (ncpu > 0) {
-        struct rss_fault_cpu per[ncpu];
-        if (bpf_map_lookup_elem(bpf_map__fd(t->skel->maps.faults), &zero, per) == 0)
-            for (int c = 0; c < ncpu; c++) *faults += per[c].n;
+    for (int i = 0; i < t->nfds; i++) { /* with the counts of the threads it was inherited by */
+        uint64_t n;
+        if (read(t->fds[i], &n, sizeof n) == sizeof n) *faults += n;
     }
     *lost = b->events_lost;
 }
@@ -163,6 +253,12 @@ void rss_trace_close(struct rss_trace *t)
 {
     if (!t) return;
     ring_buffer__free(t->rb);
+    for (int i = 0; i < t->nfds; i++) {
+        bpf_link__destroy(t->links[i]);
+        close(t->fds[i]);
+    }
+    free(t->fds);
+    free(t->links);
     rss_bpf__destroy(t->skel);
     free(t);
 }

@@ -4,6 +4,7 @@
 #include "rss_view.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,10 +23,11 @@ struct row {
     char *stack[ROW_STACK];
     int line, nstack;
     uint64_t faulted, mapped, unmapped, iv_faulted;
+    uint64_t iv_huge; /* faults recorded this interval that mapped a transparent huge page */
 };
 
-struct figures { uint64_t rss, anon, file, shmem, vmrss, pss, swap; int ok; };
-struct point { double t; uint64_t rss, vmrss, faulted; };
+struct figures { uint64_t rss, anon, file, shmem, vmrss, pss, swap, huge; int ok; };
+struct point { double t; uint64_t rss, peak, faulted; };
 
 struct rss_view {
     struct rss_opts o;
@@ -36,6 +38,11 @@ struct rss_view {
     int slots[NSLOTS]; /* row index + 1 */
     uint64_t faulted, mapped, unmapped, iv_faulted, iv_mapped, iv_unmapped, events, iv_events, with_python;
     uint64_t brk;
+    /* transparent huge pages: recorded faults in one (this interval), the bytes of them mapped since the last
+     * refresh not yet given to any (none recorded) */
+    uint64_t iv_huge, huge_pending;
+    int pagemap, kpageflags; /* to tell a fault's page huge; -1: not readable (every fault weighs 4 KiB) */
+    uint64_t peak;           /* --rss-stat: the highest RSS the kernel reported */
     struct figures base, now;
     struct point *tl;
     int ntl, tlcap;
@@ -63,19 +70,64 @@ static void read_status(int pid, struct figures *f)
     f->ok = f->vmrss > 0;
 }
 
-/* /proc/PID/smaps_rollup: Rss, Pss, Swap (slow on a big process: it walks the page tables). */
+/* /proc/PID/smaps_rollup: Rss, Pss, Swap and the transparent huge pages mapped (slow on a big process: it walks
+ * the page tables). */
 static void read_rollup(int pid, struct figures *f)
 {
     char path[64], buf[8192];
-    static const char *keys[] = {"\nRss:", "\nPss:", "\nSwap:"};
-    uint64_t *dst[] = {&f->rss, &f->pss, &f->swap};
+    static const char *keys[] = {"\nRss:", "\nPss:", "\nSwap:", "\nAnonHugePages:", "\nShmemPmdMapped:",
+                                 "\nFilePmdMapped:"};
+    uint64_t *dst[] = {&f->rss, &f->pss, &f->swap, &f->huge, NULL, NULL};
     snprintf(path, sizeof path, "/proc/%d/smaps_rollup", pid);
     buf[0] = '\n';
     if (mp_read_file(path, buf + 1, sizeof buf - 1) <= 0) return;
-    for (int k = 0; k < 3; k++) {
+    f->huge = 0;
+    for (int k = 0; k < 6; k++) {
         const char *p = strstr(buf, keys[k]);
-        if (p) *dst[k] = strtoull(p + strlen(keys[k]), NULL, 10) * 1024;
+        uint64_t n = p ? strtoull(p + strlen(keys[k]), NULL, 10) * 1024 : 0;
+        if (dst[k]) *dst[k] = n;
+        else f->huge += n;
     }
+}
+
+/* Whether the page at addr is part of a transparent huge page now: its frame from /proc/PID/pagemap, the
+ * frame's flags from /proc/kpageflags (KPF_THP; both root's). Read at most 100 ms after the fault. */
+static int is_huge(struct rss_view *v, uint64_t addr)
+{
+    uint64_t e, flags;
+    if (v->pagemap < 0 || v->kpageflags < 0) return 0;
+    if (pread(v->pagemap, &e, 8, (off_t)(addr / 4096 * 8)) != 8 || !(e >> 63)) return 0; /* not present */
+    e &= (1ull << 55) - 1;                                                                /* the frame */
+    if (!e || pread(v->kpageflags, &flags, 8, (off_t)(e * 8)) != 8) return 0;
+    return (flags >> 22) & 1; /* KPF_THP */
+}
+
+/* The huge pages mapped since the last refresh (smaps_rollup's growth), shared among the rows by their recorded
+ * faults that landed in one: a fault of a huge page maps 512 small pages' worth at once, so its weight is what
+ * the kernel counted, not the sampling period's. None recorded: kept for the next refresh. */
+static void share_huge(struct rss_view *v, uint64_t before, uint64_t now)
+{
+    uint64_t grown = (now > before ? now - before : 0) + v->huge_pending, left = grown, seen = 0;
+    if (!v->iv_huge) {
+        v->huge_pending = grown;
+        return;
+    }
+    for (int i = 0; i < v->nrows && left; i++) {
+        struct row *r = &v->rows[i];
+        uint64_t part;
+        if (!r->iv_huge) continue;
+        seen += r->iv_huge;
+        part = (uint64_t)((double)grown * (double)r->iv_huge / (double)v->iv_huge);
+        if (part > left || seen == v->iv_huge) part = left; /* the last one: what rounding left */
+        r->faulted += part;
+        r->iv_faulted += part;
+        left -= part;
+    }
+    v->faulted += grown - left;
+    v->iv_faulted += grown - left;
+    v->huge_pending = 0;
+    v->iv_huge = 0;
+    for (int i = 0; i < v->nrows; i++) v->rows[i].iv_huge = 0;
 }
 
 /* The end of [heap] (the break, page-rounded), 0 when none yet. */
@@ -103,6 +155,9 @@ struct rss_view *rss_view_new(const struct rss_opts *o)
     read_rollup(o->pid, &v->base);
     v->now = v->base;
     v->brk = heap_end(o->pid);
+    snprintf(path, sizeof path, "/proc/%d/pagemap", o->pid);
+    v->pagemap = open(path, O_RDONLY | O_CLOEXEC);
+    v->kpageflags = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
     v->start = v->last_tick = mp_now();
     v->wall_start = mp_wallclock();
     snprintf(path, sizeof path, "/proc/%d/cmdline", o->pid);
@@ -113,6 +168,14 @@ struct rss_view *rss_view_new(const struct rss_opts *o)
 }
 
 void rss_view_attach(struct rss_view *v, struct rss_trace *t) { v->trace = t; }
+
+void rss_view_start_pages(const struct rss_view *v, uint64_t pages[RSS_NMEMBERS])
+{
+    memset(pages, 0, RSS_NMEMBERS * sizeof *pages);
+    pages[RSS_FILE] = v->base.file / RSS_PAGE;
+    pages[RSS_ANON] = v->base.anon / RSS_PAGE;
+    pages[RSS_SHMEM] = v->base.shmem / RSS_PAGE;
+}
 
 static uint32_t hash(const char *s)
 {
@@ -148,6 +211,7 @@ void rss_view_event(struct rss_view *v, const struct rss_event *e)
     char key[1024];
     int line = -1, py = 0, nframes = e->nstack > 0 ? e->nstack / 8 : 0;
     uint64_t fault = 0, map = 0, unmap = 0;
+    int huge = 0;
     struct row *r;
 
     v->events++;
@@ -159,7 +223,11 @@ void rss_view_event(struct rss_view *v, const struct rss_event *e)
         if (e->stack[i] < 4096 || e->stack[i] >= 0x800000000000ull) nframes = i;
     if (nframes) native = rss_sym_native(v->sym, e->stack[0], 1);
     switch (e->kind) {
-    case RSS_FAULT: fault = e->len; mapping = rss_sym_mapping(v->sym, e->addr); break;
+    case RSS_FAULT:
+        if ((huge = is_huge(v, e->addr))) v->iv_huge++; /* weighed at the refresh */
+        else fault = e->len;
+        mapping = rss_sym_mapping(v->sym, e->addr);
+        break;
     case RSS_MMAP: map = e->len; mapping = rss_sym_mapping(v->sym, e->addr); break;
     case RSS_MUNMAP: unmap = e->len; mapping = "(unmapped)"; break;
     case RSS_MREMAP: unmap = e->len; map = e->len2; mapping = rss_sym_mapping(v->sym, e->addr2); break;
@@ -197,6 +265,7 @@ void rss_view_event(struct rss_view *v, const struct rss_event *e)
             r->stack[r->nstack++] = strdup(name);
         }
     }
+    r->iv_huge += (uint64_t)huge;
     r->faulted += fault;
     r->iv_faulted += fault;
     r->mapped += map;
@@ -207,19 +276,6 @@ void rss_view_event(struct rss_view *v, const struct rss_event *e)
     v->iv_faulted += fault;
     v->iv_mapped += map;
     v->iv_unmapped += unmap;
-}
-
-/* RSS from rss_stat, the members not reported yet from /proc at the start. */
-static uint64_t bpf_rss(struct rss_view *v)
-{
-    uint64_t rss[RSS_NMEMBERS], faults, lost, base[RSS_NMEMBERS] = {0};
-    int seen[RSS_NMEMBERS];
-    base[RSS_FILE] = v->base.file;
-    base[RSS_ANON] = v->base.anon;
-    base[RSS_SHMEM] = v->base.shmem;
-    rss_trace_counters(v->trace, rss, seen, &faults, &lost);
-    return (seen[RSS_FILE] ? rss[RSS_FILE] : base[RSS_FILE]) + (seen[RSS_ANON] ? rss[RSS_ANON] : base[RSS_ANON]) +
-           (seen[RSS_SHMEM] ? rss[RSS_SHMEM] : base[RSS_SHMEM]);
 }
 
 static int by_faulted(const void *a, const void *b)
@@ -249,10 +305,12 @@ static void print_json(struct rss_view *v, double t, double dt, uint64_t faults,
     fprintf(f, ",\"time\":%.3f,\"t\":%.3f,\"interval\":%.3f,\"final\":%s,\"exited\":%s,", mp_wallclock(), t, dt,
             final ? "true" : "false", v->exited ? "true" : "false");
     fprintf(f, "\"rss\":{\"rss_bytes\":%llu,\"anon_bytes\":%llu,\"file_bytes\":%llu,\"shmem_bytes\":%llu,"
-               "\"vmrss_bytes\":%llu,\"pss_bytes\":%llu,\"swap_bytes\":%llu},",
+               "\"vmrss_bytes\":%llu,\"pss_bytes\":%llu,\"swap_bytes\":%llu,\"huge_bytes\":%llu",
             (unsigned long long)g->rss, (unsigned long long)g->anon, (unsigned long long)g->file,
             (unsigned long long)g->shmem, (unsigned long long)g->vmrss, (unsigned long long)g->pss,
-            (unsigned long long)g->swap);
+            (unsigned long long)g->swap, (unsigned long long)g->huge);
+    if (v->o.rss_stat) fprintf(f, ",\"peak_bytes\":%llu", (unsigned long long)v->peak);
+    fputs("},", f);
     fprintf(f, "\"last\":{\"faulted_bytes\":%llu,\"mapped_bytes\":%llu,\"unmapped_bytes\":%llu,\"events\":%llu},",
             (unsigned long long)v->iv_faulted, (unsigned long long)v->iv_mapped, (unsigned long long)v->iv_unmapped,
             (unsigned long long)v->iv_events);
@@ -267,9 +325,11 @@ static void print_json(struct rss_view *v, double t, double dt, uint64_t faults,
                 v->tracked.python, v->tracked.native, (double)g->anon - v->tracked.python - v->tracked.native,
                 v->tracked.time, v->tracked.session, v->tracked.mode, v->tracked.state);
     fputs("\"timeline\":[", f);
-    for (int i = 0; i < v->ntl; i++)
-        fprintf(f, "%s{\"t\":%.3f,\"rss_bytes\":%llu,\"vmrss_bytes\":%llu}", i ? "," : "", v->tl[i].t,
-                (unsigned long long)v->tl[i].rss, (unsigned long long)v->tl[i].vmrss);
+    for (int i = 0; i < v->ntl; i++) {
+        fprintf(f, "%s{\"t\":%.3f,\"rss_bytes\":%llu", i ? "," : "", v->tl[i].t, (unsigned long long)v->tl[i].rss);
+        if (v->o.rss_stat) fprintf(f, ",\"peak_bytes\":%llu", (unsigned long long)v->tl[i].peak);
+        fputc('}', f);
+    }
     fputs("],\"rows\":[", f);
     for (int i = 0; i < v->nrows && i < v->o.limit; i++) {
         const struct row *r = &v->rows[i];
@@ -330,13 +390,16 @@ static void print_text(struct rss_view *v, FILE *f, double t, double dt, uint64_
     fprintf(f, "RSS %s  anon %s  file %s  shmem %s", cli_bytes((double)g->vmrss, a, sizeof a),
             cli_bytes((double)g->anon, b, sizeof b), cli_bytes((double)g->file, c, sizeof c),
             cli_bytes((double)g->shmem, d, sizeof d));
-    fprintf(f, "   (smaps_rollup: Pss %s, Swap %s)\n", cli_bytes((double)g->pss, a, sizeof a),
-            cli_bytes((double)g->swap, b, sizeof b));
+    fprintf(f, "   (smaps_rollup: Pss %s, Swap %s, huge pages %s)\n", cli_bytes((double)g->pss, a, sizeof a),
+            cli_bytes((double)g->swap, b, sizeof b), cli_bytes((double)g->huge, c, sizeof c));
+    if (v->o.rss_stat && v->ntl)
+        fprintf(f, "peak RSS since the last refresh %s, since the start %s (kmem:rss_stat)\n",
+                cli_bytes((double)v->tl[v->ntl - 1].peak, a, sizeof a), cli_bytes((double)v->peak, b, sizeof b));
     fprintf(f, "last %.1f s: faulted in %s  mapped %s  unmapped %s   total: faulted in %s  mapped %s\n", dt,
             cli_bytes((double)v->iv_faulted, a, sizeof a), cli_bytes((double)v->iv_mapped, b, sizeof b),
             cli_bytes((double)v->iv_unmapped, c, sizeof c), cli_bytes((double)v->faulted, d, sizeof d),
             cli_bytes((double)v->mapped, e, sizeof e));
-    fprintf(f, "page faults %llu (1 in %u recorded at random, 4 KiB each; huge pages each)  events %.0f/s  lost %llu  python line: %s\n",
+    fprintf(f, "page faults %llu (1 in about %u recorded, 4 KiB each; huge pages by smaps)  events %.0f/s  lost %llu  python line: %s\n",
             (unsigned long long)faults, v->o.sample, dt > 0 ? (double)v->iv_events / dt : 0.0,
             (unsigned long long)lost, v->o.abi ? "from the interpreter's frames" : cli_esc(v->o.no_python, w, 200));
     print_tracked(v, f);
@@ -365,30 +428,32 @@ static void print_text(struct rss_view *v, FILE *f, double t, double dt, uint64_
 void rss_view_tick(struct rss_view *v, int exited, int final)
 {
     double now = mp_now(), t = now - v->start, dt = now - v->last_tick;
-    uint64_t rss[RSS_NMEMBERS], faults, lost;
-    int seen[RSS_NMEMBERS];
+    uint64_t faults, lost, peak = 0;
     struct figures g = {0};
-    uint64_t from_bpf = 0;
     if (exited) v->exited = 1;
     if (!v->exited) {
         read_status(v->o.pid, &g);
-        from_bpf = bpf_rss(v); /* the same moment as VmRSS: before the slow smaps_rollup */
+        if (v->o.rss_stat) peak = rss_trace_peak(v->trace); /* the same moment as VmRSS */
         read_rollup(v->o.pid, &g);
     }
     if (g.ok) {
+        share_huge(v, v->now.huge, g.huge);
+        if (peak < g.vmrss) peak = g.vmrss;
+        if (peak > v->peak) v->peak = peak;
         v->now = g;
         if (v->ntl == v->tlcap) {
             struct point *p = realloc(v->tl, (size_t)(v->tlcap = v->tlcap ? 2 * v->tlcap : 64) * sizeof *p);
             if (p) v->tl = p;
             else v->tlcap = v->ntl;
         }
-        if (v->ntl < v->tlcap) v->tl[v->ntl++] = (struct point){t, from_bpf, g.vmrss, v->faulted};
+        if (v->ntl < v->tlcap) v->tl[v->ntl++] = (struct point){t, g.vmrss, peak, v->faulted};
     } else {
         v->exited = 1;
     }
     if (!(v->exited && v->tracked.ok)) /* gone: the last figures stand */
         rss_tracked_fetch(v->o.pid, v->exited, &v->tracked);
-    rss_trace_counters(v->trace, rss, seen, &faults, &lost);
+    rss_trace_counters(v->trace, &faults, &lost);
+    rss_trace_reperiod(v->trace);
     qsort(v->rows, (size_t)v->nrows, sizeof *v->rows, by_faulted);
     memset(v->slots, 0, sizeof v->slots); /* rows moved: index again */
     for (int i = 0; i < v->nrows; i++) {
@@ -453,8 +518,8 @@ int rss_view_save(struct rss_view *v, const char *path, char *err)
             argv[si.n_argv++] = p;
         si.argv = argv;
     }
-    snprintf(note, sizeof note, "memprof rss: values are bytes faulted in (page faults, 1 in %u recorded, each "
-             "counted as %u x 4 KiB), not heap allocations", v->o.sample, v->o.sample);
+    snprintf(note, sizeof note, "memprof rss: values are bytes faulted in (page faults, 1 in about %u recorded, each "
+             "counted as that many 4 KiB pages; huge pages by smaps), not heap allocations", v->o.sample);
     if (v->tracked.ok) { /* beside the session's tracked heap at the end */
         char a[32], b[32], c[32];
         size_t l = strlen(note);
@@ -508,7 +573,7 @@ int rss_view_save(struct rss_view *v, const char *path, char *err)
     for (int i = 0; i < v->ntl; i++) {
         memprof__alloc_point__init(&ha[i]);
         ha[i].t = v->wall_start + v->tl[i].t;
-        ha[i].rss_bytes = v->tl[i].vmrss;
+        ha[i].rss_bytes = v->tl[i].rss;
         ha[i].live_bytes = ha[i].alloc_bytes = (double)v->tl[i].faulted;
         hp[i] = &ha[i];
         if (ha[i].live_bytes > d.peak_live) d.peak_live = ha[i].live_bytes;
@@ -552,6 +617,8 @@ void rss_view_free(struct rss_view *v)
     }
     free(v->rows);
     free(v->tl);
+    if (v->pagemap >= 0) close(v->pagemap);
+    if (v->kpageflags >= 0) close(v->kpageflags);
     rss_sym_close(v->sym);
     rss_tracked_clear(&v->tracked);
     free(v);

@@ -8,7 +8,8 @@ enum rss_by { RSS_BY_LINE, RSS_BY_FUNCTION, RSS_BY_NATIVE, RSS_BY_MAPPING };
 
 struct rss_opts {
     int pid, once, json, limit;
-    unsigned sample;             /* one page fault in this many is recorded */
+    unsigned sample;             /* one page fault in about this many is recorded */
+    int rss_stat;                /* kmem:rss_stat followed: the peak RSS between refreshes */
     double interval;
     enum rss_by by;
     const struct pyabi *abi;     /* NULL: no Python line (no_python says why) */
@@ -19,6 +20,8 @@ struct rss_opts {
 struct rss_view;
 struct rss_view *rss_view_new(const struct rss_opts *o);
 void rss_view_attach(struct rss_view *v, struct rss_trace *t);
+/* RSS file, anon and shmem in pages as /proc had them at rss_view_new (rss_trace_open's start_pages). */
+void rss_view_start_pages(const struct rss_view *v, uint64_t pages[RSS_NMEMBERS]);
 void rss_view_event(struct rss_view *v, const struct rss_event *e);
 /* One refresh: a timeline point and the view (text, or a JSON line). exited: the process is gone (the last
  * figures read are kept); final: the last refresh. */

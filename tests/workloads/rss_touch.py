@@ -1,9 +1,10 @@
 """rss_touch.py -- memprof rss's target: maps and touches MB megabytes in touch() (mmap + writes), then idles.
 
-usage: rss_touch.py MB [ROUNDS [thread|huge]] -- waits for a line on stdin before each round ("go"), prints "touched N SECONDS" after it;
+usage: rss_touch.py MB [ROUNDS [thread|huge|spike]] -- waits for a line on stdin before each round ("go"), prints "touched N SECONDS" after it;
 with "thread", touch() runs in a second thread while the main one waits in join(); with "huge", the mapping is
-private and asks for transparent huge pages (madvise, as numpy does for big arrays); the mappings are kept (RSS
-stays up) until stdin closes."""
+private and asks for transparent huge pages (madvise, as numpy does for big arrays); with "spike", each mapping
+is unmapped as soon as it is touched (RSS goes up and down again before "touched"); otherwise the mappings are
+kept (RSS stays up) until stdin closes."""
 import mmap
 import sys
 import threading
@@ -44,6 +45,8 @@ def main():
             n = box[0]
         else:
             n = touch(mb)
+        if sys.argv[3:] == ["spike"]:
+            kept.pop().close()
         print("touched", n, "%.3f" % (time.perf_counter() - t), flush=True)
     sys.stdin.read()
 

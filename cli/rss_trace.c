@@ -1,29 +1,30 @@
-/* rss_trace.c -- memprof rss's BPF side from user space: load the skeleton, attach, read the ring buffer. */
+/* rss_trace.c -- memprof rss's BPF side from user space: load the skeleton, attach it (syscall tracepoints, a page
+ * fault perf event per thread of the target), read the ring buffer and the counters. */
 #include "rss_config.h"
 #if MEMPROF_HAVE_RSS
 #include "rss.h"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <dirent.h>
 #include <errno.h>
+#include <linux/perf_event.h>
 #include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mount.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <linux/perf_event.h>
-#include <dirent.h>
 #include <unistd.h>
 
 #include "rss.skel.h"
 
 struct rss_trace {
     struct rss_bpf *skel;
-    int *fds;                 /* per thread: its page faults' perf event */
+    int *fds;                 /* per thread: its page faults' perf event (its link closes it) */
     struct bpf_link **links;  /* on_fault on each */
     int nfds;
     unsigned period;          /* the mean period (--sample) */
@@ -119,7 +120,6 @@ static int open_fault_events(struct rss_trace *t, pid_t pid, unsigned period, ch
     a.size = sizeof a;
     a.type = PERF_TYPE_SOFTWARE;
     a.config = PERF_COUNT_SW_PAGE_FAULTS;
-    a.sample_period = draw_period(period);
     a.inherit = 1;
     a.exclude_kernel = 1;
     a.exclude_hv = 1;
@@ -127,6 +127,7 @@ static int open_fault_events(struct rss_trace *t, pid_t pid, unsigned period, ch
         int tid = atoi(de->d_name), fd;
         void *p;
         if (tid <= 0) continue;
+        a.sample_period = draw_period(period);
         fd = (int)syscall(SYS_perf_event_open, &a, tid, -1, -1, PERF_FLAG_FD_CLOEXEC);
         if (fd < 0) {
             if (errno == ESRCH) continue; /* the thread ended */
@@ -253,10 +254,7 @@ void rss_trace_close(struct rss_trace *t)
 {
     if (!t) return;
     ring_buffer__free(t->rb);
-    for (int i = 0; i < t->nfds; i++) {
-        bpf_link__destroy(t->links[i]);
-        close(t->fds[i]);
-    }
+    for (int i = 0; i < t->nfds; i++) bpf_link__destroy(t->links[i]); /* closes the event too */
     free(t->fds);
     free(t->links);
     rss_bpf__destroy(t->skel);

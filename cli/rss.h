@@ -19,7 +19,7 @@ struct rss_trace;
 typedef int (*rss_event_fn)(void *ctx, const struct rss_event *e);
 int rss_trace_open(struct rss_trace **out, const struct rss_cfg *cfg, int rss_stat, const uint64_t start_pages[RSS_NMEMBERS],
                    rss_event_fn cb, void *ctx, char *err);
-/* Waits up to timeout_ms (the programs wake it only for 1 MiB of events) and hands over everything waiting:
+/* Waits up to timeout_ms (the programs wake it only for 2 MiB of events) and hands over everything waiting:
  * the count, or a negative errno. */
 int rss_trace_poll(struct rss_trace *t, int timeout_ms);
 /* The kernel side's counters: the target's page faults (all, not only those recorded), lost events. */

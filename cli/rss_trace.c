@@ -22,11 +22,16 @@
 
 #include "rss.skel.h"
 
+/* A thread's page fault perf event and on_fault's link to it (destroying the link closes the event). */
+struct fault_event {
+    int fd;
+    struct bpf_link *link;
+};
+
 struct rss_trace {
     struct rss_bpf *skel;
-    int *fds;                 /* per thread: its page faults' perf event (its link closes it) */
-    struct bpf_link **links;  /* on_fault on each */
-    int nfds;
+    struct fault_event *ev;   /* one per thread of the target at the start */
+    int nev;
     unsigned period;          /* the mean period (--sample) */
     struct ring_buffer *rb;
     rss_event_fn cb;
@@ -125,40 +130,38 @@ static int open_fault_events(struct rss_trace *t, pid_t pid, unsigned period, ch
     a.exclude_hv = 1;
     while ((de = readdir(d))) {
         int tid = atoi(de->d_name), fd;
-        void *p;
+        struct fault_event *ev;
         if (tid <= 0) continue;
         a.sample_period = draw_period(period);
         fd = (int)syscall(SYS_perf_event_open, &a, tid, -1, -1, PERF_FLAG_FD_CLOEXEC);
+        if (fd < 0 && errno == ESRCH) continue; /* the thread ended */
         if (fd < 0) {
-            if (errno == ESRCH) continue; /* the thread ended */
-            mp_errno(err, errno == EACCES || errno == EPERM ? "needs CAP_BPF and CAP_PERFMON: run as root (perf_event_open)"
-                                                            : "perf_event_open (page faults of thread %d)", tid);
-            closedir(d);
-            return -1;
+            if (errno == EACCES || errno == EPERM)
+                mp_errno(err, "needs CAP_BPF and CAP_PERFMON: run as root (perf_event_open)");
+            else
+                mp_errno(err, "perf_event_open (page faults of thread %d)", tid);
+            goto fail;
         }
-        if (!(p = realloc(t->fds, (size_t)(t->nfds + 1) * sizeof *t->fds))) goto oom;
-        t->fds = p;
-        if (!(p = realloc(t->links, (size_t)(t->nfds + 1) * sizeof *t->links))) goto oom;
-        t->links = p;
-        t->fds[t->nfds] = fd;
-        t->links[t->nfds] = bpf_program__attach_perf_event(t->skel->progs.on_fault, fd);
-        if (!t->links[t->nfds]) {
+        if (!(ev = realloc(t->ev, (size_t)(t->nev + 1) * sizeof *ev))) {
+            close(fd);
+            mp_err(err, "out of memory");
+            goto fail;
+        }
+        t->ev = ev;
+        ev[t->nev].fd = fd;
+        if (!(ev[t->nev].link = bpf_program__attach_perf_event(t->skel->progs.on_fault, fd))) {
             int e = errno;
             close(fd);
-            closedir(d);
             mp_err(err, "cannot run the page fault program on thread %d's events: %s", tid, strerror(e));
-            return -1;
+            goto fail;
         }
-        t->nfds++;
-        continue;
-    oom:
-        close(fd);
-        closedir(d);
-        mp_err(err, "out of memory");
-        return -1;
+        t->nev++;
     }
     closedir(d);
     return 0;
+fail:
+    closedir(d);
+    return -1;
 }
 
 int rss_trace_open(struct rss_trace **out, const struct rss_cfg *cfg, int rss_stat, const uint64_t start_pages[RSS_NMEMBERS],
@@ -216,7 +219,7 @@ fail:
 
 int rss_trace_poll(struct rss_trace *t, int timeout_ms)
 {
-    /* the programs wake this only when 1 MiB is waiting: after the wait, read whatever is there */
+    /* the programs wake this only when 2 MiB is waiting (WAKE_AT): after the wait, read whatever is there */
     int n = ring_buffer__poll(t->rb, timeout_ms), m;
     if (n < 0 && n != -EINTR) return n;
     m = ring_buffer__consume(t->rb);
@@ -225,9 +228,9 @@ int rss_trace_poll(struct rss_trace *t, int timeout_ms)
 
 void rss_trace_reperiod(struct rss_trace *t)
 {
-    for (int i = 0; i < t->nfds; i++) {
+    for (int i = 0; i < t->nev; i++) {
         uint64_t p = draw_period(t->period);
-        ioctl(t->fds[i], PERF_EVENT_IOC_PERIOD, &p);
+        ioctl(t->ev[i].fd, PERF_EVENT_IOC_PERIOD, &p);
     }
 }
 
@@ -243,9 +246,9 @@ void rss_trace_counters(struct rss_trace *t, uint64_t *faults, uint64_t *lost)
 {
     volatile struct rss_bpf__bss *b = t->skel->bss;
     *faults = 0;
-    for (int i = 0; i < t->nfds; i++) { /* with the counts of the threads it was inherited by */
+    for (int i = 0; i < t->nev; i++) { /* with the counts of the threads it was inherited by */
         uint64_t n;
-        if (read(t->fds[i], &n, sizeof n) == sizeof n) *faults += n;
+        if (read(t->ev[i].fd, &n, sizeof n) == sizeof n) *faults += n;
     }
     *lost = b->events_lost;
 }
@@ -254,9 +257,8 @@ void rss_trace_close(struct rss_trace *t)
 {
     if (!t) return;
     ring_buffer__free(t->rb);
-    for (int i = 0; i < t->nfds; i++) bpf_link__destroy(t->links[i]); /* closes the event too */
-    free(t->fds);
-    free(t->links);
+    for (int i = 0; i < t->nev; i++) bpf_link__destroy(t->ev[i].link); /* closes the event too */
+    free(t->ev);
     rss_bpf__destroy(t->skel);
     free(t);
 }

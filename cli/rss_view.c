@@ -16,7 +16,7 @@
 
 #define NSLOTS (1 << 16)
 #define MAX_ROWS 50000
-#define ROW_STACK 8
+#define ROW_STACK RSS_MAX_STACK /* native frames a row keeps: as many as an event brings */
 
 struct row {
     char *key, *file, *func, *native, *mapping;

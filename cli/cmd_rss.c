@@ -175,7 +175,7 @@ static int rss_run(const struct rss_args *a)
 
 int cmd_rss(int argc, char **argv)
 {
-    struct rss_args a = {.limit = 20, .sample = 64, .interval = 1.0};
+    struct rss_args a = {.limit = 20, .sample = 128, .interval = 1.0};
     int rc;
     const struct opt opts[] = {
         {"pid", 0, OPT_PID, &a.pid, "PID", "the process (nothing is loaded into it)", .required = 1},
@@ -187,7 +187,8 @@ int cmd_rss(int argc, char **argv)
         {"interval", 0, OPT_SECONDS, &a.interval, "SECONDS", "refresh every SECONDS (default 1)", .min = 0.1},
         {"by", 0, OPT_CHOICE, &a.by, NULL, "rows by line (default), function, native (leaf native\n"
                                            "frame) or mapping", .choices = "line|function|native|mapping"},
-        {"sample", 0, OPT_UINT, &a.sample, "N", "record about one page fault in N (default 64; the\n"
+        {"sample", 0, OPT_UINT, &a.sample, "N", "record about one page fault in N (default 128, a\n"
+                                                "record per 512 KiB as the allocation sampler; the\n"
                                                 "period is drawn again each refresh); each stands\n"
                                                 "for N*4 KiB, or for its share of the transparent\n"
                                                 "huge pages mapped meanwhile when it mapped one", .min = 1},

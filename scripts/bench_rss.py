@@ -4,7 +4,7 @@ Two workloads, a fresh target per run, interleaved, the fastest of BENCH_RSS_RUN
 300 MB of a fresh mapping (tests/workloads/rss_touch.py, ~77k page faults; its own timing of touch(), the fastest
 of TOUCH_ROUNDS rounds in each process: one round lasts 0.2 s, shorter than this VM's swings) and the alloc
 workload (alloc_churn.py, its 'elapsed' line), unwatched and watched by memprof rss with the default sampling
-(about 1 fault in 64). Then the events memprof rss takes in with every fault recorded (--sample 1).
+(about 1 fault in 128). Then the events memprof rss takes in with every fault recorded (--sample 1).
 Globals from bench.py: row, BUILD, WORKLOADS, PY.
 """
 import json

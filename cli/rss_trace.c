@@ -109,9 +109,9 @@ static unsigned draw_period(unsigned n)
 }
 
 /* One software event per thread of the target counting its page faults (taken in user mode, as
- * exceptions:page_fault_user), running on_fault every period-th; inherited by the threads each starts. Threads
+ * exceptions:page_fault_user), running on_fault about every t->period-th; inherited by the threads each starts. Threads
  * started while these are opened by one not yet opened are missed (opening one twice would count its faults twice). */
-static int open_fault_events(struct rss_trace *t, pid_t pid, unsigned period, char *err)
+static int open_fault_events(struct rss_trace *t, pid_t pid, char *err)
 {
     char path[64];
     DIR *d;
@@ -132,7 +132,7 @@ static int open_fault_events(struct rss_trace *t, pid_t pid, unsigned period, ch
         int tid = atoi(de->d_name), fd;
         struct fault_event *ev;
         if (tid <= 0) continue;
-        a.sample_period = draw_period(period);
+        a.sample_period = draw_period(t->period);
         fd = (int)syscall(SYS_perf_event_open, &a, tid, -1, -1, PERF_FLAG_FD_CLOEXEC);
         if (fd < 0 && errno == ESRCH) continue; /* the thread ended */
         if (fd < 0) {
@@ -205,7 +205,7 @@ int rss_trace_open(struct rss_trace **out, const struct rss_cfg *cfg, int rss_st
             mp_err(err, "cannot attach to the tracepoints: %s", strerror(-rc));
         goto fail;
     }
-    if (open_fault_events(t, (pid_t)cfg->tgid, cfg->sample_every, err) < 0) goto fail;
+    if (open_fault_events(t, (pid_t)cfg->tgid, err) < 0) goto fail;
     if (!(t->rb = ring_buffer__new(bpf_map__fd(t->skel->maps.events), on_sample, t, NULL))) {
         mp_errno(err, "cannot open the BPF ring buffer");
         goto fail;

@@ -38,9 +38,7 @@ struct rss_view {
     int slots[NSLOTS]; /* row index + 1 */
     uint64_t faulted, mapped, unmapped, iv_faulted, iv_mapped, iv_unmapped, events, iv_events, with_python;
     uint64_t brk;
-    /* transparent huge pages: recorded faults in one (this interval), the bytes of them mapped since the last
-     * refresh not yet given to any (none recorded) */
-    uint64_t iv_huge, huge_pending;
+    uint64_t huge_pending; /* transparent huge pages mapped before the last refresh, no recorded fault in one yet */
     int pagemap, kpageflags; /* to tell a fault's page huge; -1: not readable (every fault weighs 4 KiB) */
     uint64_t peak;           /* --rss-stat: the highest RSS the kernel reported */
     struct figures base, now;
@@ -107,27 +105,23 @@ static int is_huge(struct rss_view *v, uint64_t addr)
  * the kernel counted, not the sampling period's. None recorded: kept for the next refresh. */
 static void share_huge(struct rss_view *v, uint64_t before, uint64_t now)
 {
-    uint64_t grown = (now > before ? now - before : 0) + v->huge_pending, left = grown, seen = 0;
-    if (!v->iv_huge) {
-        v->huge_pending = grown;
-        return;
-    }
-    for (int i = 0; i < v->nrows && left; i++) {
+    uint64_t grown = (now > before ? now - before : 0) + v->huge_pending, left = grown, all = 0, seen = 0;
+    for (int i = 0; i < v->nrows; i++) all += v->rows[i].iv_huge;
+    v->huge_pending = all ? 0 : grown;
+    for (int i = 0; i < v->nrows && all; i++) {
         struct row *r = &v->rows[i];
         uint64_t part;
         if (!r->iv_huge) continue;
         seen += r->iv_huge;
-        part = (uint64_t)((double)grown * (double)r->iv_huge / (double)v->iv_huge);
-        if (part > left || seen == v->iv_huge) part = left; /* the last one: what rounding left */
+        part = (uint64_t)((double)grown * (double)r->iv_huge / (double)all);
+        if (part > left || seen == all) part = left; /* the last one: what rounding left */
         r->faulted += part;
         r->iv_faulted += part;
         left -= part;
+        r->iv_huge = 0;
     }
     v->faulted += grown - left;
     v->iv_faulted += grown - left;
-    v->huge_pending = 0;
-    v->iv_huge = 0;
-    for (int i = 0; i < v->nrows; i++) v->rows[i].iv_huge = 0;
 }
 
 /* The end of [heap] (the break, page-rounded), 0 when none yet. */
@@ -224,8 +218,7 @@ void rss_view_event(struct rss_view *v, const struct rss_event *e)
     if (nframes) native = rss_sym_native(v->sym, e->stack[0], 1);
     switch (e->kind) {
     case RSS_FAULT:
-        if ((huge = is_huge(v, e->addr))) v->iv_huge++; /* weighed at the refresh */
-        else fault = e->len;
+        if (!(huge = is_huge(v, e->addr))) fault = e->len; /* a huge one is weighed at the refresh */
         mapping = rss_sym_mapping(v->sym, e->addr);
         break;
     case RSS_MMAP: map = e->len; mapping = rss_sym_mapping(v->sym, e->addr); break;

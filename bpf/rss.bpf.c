@@ -61,13 +61,6 @@ static __always_inline __u64 rd(__u64 addr)
     return v;
 }
 
-/* The event is built here (too big for the BPF stack), then copied into the ring buffer. */
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __type(value, struct rss_record);
-} scratch SEC(".maps");
 
 /* The Python walk runs in bpf_loop callbacks: the verifier checks each once, whatever the count. */
 struct walk {
@@ -80,6 +73,27 @@ struct walk {
  * memory costs more than the bytes it copies. */
 #define SPAN 192
 #define SPAN_BUF 264 /* room for an 8-byte field at any offset & 255: the bound the verifier checks */
+
+/* Per CPU, off the BPF stack: the event being built (then copied into the ring buffer) and the bytes of the thread
+ * state or frame being read. The verifier allows 512 bytes of stack for a program and the bpf_loop callbacks it
+ * runs together (the callback's frame counts on top of its caller's): a span on the stack in both the program and
+ * a callback was 624 bytes, refused. */
+struct scratch {
+    struct rss_record rec;
+    __u8 span[SPAN_BUF];
+};
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct scratch);
+} scratch SEC(".maps");
+
+static __always_inline struct scratch *scratch_get(void)
+{
+    __u32 zero = 0;
+    return bpf_map_lookup_elem(&scratch, &zero);
+}
 static __always_inline __u64 field(const __u8 *b, __s32 off, __u64 addr)
 {
     __u64 v = 0;
@@ -91,8 +105,11 @@ static __always_inline __u64 field(const __u8 *b, __s32 off, __u64 addr)
 /* The thread state at ts: 1 when it is the faulting thread's (w->found, w->frame set), else w->ts its next. */
 static __always_inline int thread_is(struct walk *w, __u64 ts)
 {
-    __u8 b[SPAN_BUF] = {};
+    struct scratch *s = scratch_get();
+    __u8 *b;
     __s32 at = cfg.ts_current_frame >= 0 ? cfg.ts_current_frame : cfg.ts_cframe;
+    if (!s) return w->ts = 0, 0;
+    b = s->span;
     if (bpf_probe_read_user(b, SPAN, (void *)ts)) { /* at the very end of its mapping: field by field */
         if ((__u32)rd(ts + cfg.ts_native_tid) != w->tid) return w->ts = rd(ts + cfg.ts_next), 0;
         w->frame = rd(ts + at);
@@ -124,11 +141,13 @@ struct {
 static long frame_step(__u32 i, void *c)
 {
     struct walk *w = c;
-    __u32 zero = 0;
+    struct scratch *s;
     struct rss_record *e;
-    __u8 owner = 0, b[SPAN_BUF] = {};
+    __u8 owner = 0, *b;
     __u64 code, instr, back;
-    if (!w->frame || w->n >= RSS_MAX_PYFRAMES || !(e = bpf_map_lookup_elem(&scratch, &zero))) return 1;
+    if (!w->frame || w->n >= RSS_MAX_PYFRAMES || !(s = scratch_get())) return 1;
+    e = &s->rec;
+    b = s->span;
     if (bpf_probe_read_user(b, SPAN, (void *)w->frame) == 0) {
         code = field(b, cfg.fr_code, w->frame);
         instr = field(b, cfg.fr_instr, w->frame);
@@ -178,11 +197,13 @@ static __always_inline int py_walk(__u32 tid)
 
 static __always_inline void emit(void *ctx, __u32 kind, __u32 tid, __u64 addr, __u64 len, __u64 addr2, __u64 len2)
 {
-    __u32 zero = 0, npy;
+    __u32 npy;
     __s64 nstack;
     __u64 flags, size, avail;
-    struct rss_record *e = bpf_map_lookup_elem(&scratch, &zero);
-    if (!e) return;
+    struct scratch *s = scratch_get();
+    struct rss_record *e;
+    if (!s) return;
+    e = &s->rec;
     e->kind = kind;
     e->tid = tid;
     e->ts = bpf_ktime_get_ns();

@@ -31,7 +31,7 @@ static const char about_rss[] =
 
 /* What the options say (rss_run's arguments). */
 struct rss_args {
-    int pid, once, json, by, limit, rss_stat;
+    int pid, once, json, by, limit, rss_stat, check;
     unsigned sample;
     double duration, interval;
     const char *save;
@@ -45,6 +45,8 @@ static int rss_run(const struct rss_args *a)
                     "(make deps) and rebuild on a kernel with BTF", MEMPROF_RSS_WHY);
 }
 #else
+#include "pyabi.h"
+#include "pyversions.h"
 #include "rss.h"
 #include "rss_view.h"
 
@@ -92,6 +94,56 @@ static int on_event(void *ctx, const struct rss_event *e)
     return 0;
 }
 
+/* What loading the programs needs (checked first: the kernel's own refusals say less). NULL, or why not. */
+static const char *cannot_load(void)
+{
+    struct stat st;
+    if (!privileged()) return "needs CAP_BPF and CAP_PERFMON: run as root";
+    if (stat("/sys/kernel/btf/vmlinux", &st) < 0)
+        return "this kernel has no BTF (/sys/kernel/btf/vmlinux): it needs CONFIG_DEBUG_INFO_BTF=y";
+    return NULL;
+}
+
+/* --check: the programs loaded into the kernel and unloaded, attached to nothing, for each kind of target the
+ * verifier sees differently (its configuration is constant to it: each prunes other paths) -- a process without
+ * Python frames and each CPython 3.11+ memprof knows, with memprof in the initial pid namespace and in another. */
+static int rss_check(void)
+{
+    char err[MP_ERRLEN], what[64];
+    const char *why = cannot_load();
+    int n = 0, bad = 0;
+    if (why) return cli_fail("rss: %s", why);
+    for (int minor = 0; minor <= MP_PY_MAX_MINOR; minor = minor ? minor + 1 : 11) {
+        struct rss_cfg cfg = {.tgid = 1, .sample_every = 128};
+        if (minor) {
+            const struct pyabi *abi = pyabi_for((uint32_t)3 << 24 | (uint32_t)minor << 16);
+            if (!abi || rss_cfg_abi(&cfg, abi) < 0) continue;
+            cfg.runtime = 0x1000; /* any: an address the programs would read in the target */
+            cfg.pidns_dev = 1;
+            cfg.pidns_ino = RSS_PID_INIT_INO;
+        }
+        for (int ns = 0; ns < 2; ns++) {
+            if (ns) {
+                cfg.matchns_dev = 1;
+                cfg.matchns_ino = RSS_PID_INIT_INO;
+                cfg.ns_tgid = 1;
+            }
+            if (minor) snprintf(what, sizeof what, "CPython 3.%d%s", minor, ns ? ", memprof in a pid namespace" : "");
+            else snprintf(what, sizeof what, "no Python frames%s", ns ? ", memprof in a pid namespace" : "");
+            n++;
+            if (rss_trace_check(&cfg, err) < 0) {
+                printf("%-45s %s\n", what, err);
+                bad++;
+            } else {
+                printf("%-45s loads\n", what);
+            }
+        }
+    }
+    fflush(stdout);
+    if (bad) return cli_fail("rss: the kernel refused memprof's BPF programs for %d of %d kinds of target", bad, n);
+    return 0;
+}
+
 static int rss_run(const struct rss_args *a)
 {
     struct rss_opts o = {.pid = a->pid, .once = a->once, .json = a->json, .limit = a->limit,
@@ -105,10 +157,10 @@ static int rss_run(const struct rss_args *a)
     struct stat st;
     uint64_t pages[RSS_NMEMBERS];
 
+    const char *cannot;
+    if (a->check) return rss_check();
     if (!pid_alive(o.pid)) return cli_fail("pid %d: no such process", o.pid);
-    if (!privileged()) return cli_fail("rss: needs CAP_BPF and CAP_PERFMON: run as root");
-    if (stat("/sys/kernel/btf/vmlinux", &st) < 0)
-        return cli_fail("rss: this kernel has no BTF (/sys/kernel/btf/vmlinux): it needs CONFIG_DEBUG_INFO_BTF=y");
+    if ((cannot = cannot_load())) return cli_fail("rss: %s", cannot);
 
     cfg.tgid = (__u32)o.pid;
     cfg.sample_every = (__u32)sample;
@@ -178,7 +230,7 @@ int cmd_rss(int argc, char **argv)
     struct rss_args a = {.limit = 20, .sample = 128, .interval = 1.0};
     int rc;
     const struct opt opts[] = {
-        {"pid", 0, OPT_PID, &a.pid, "PID", "the process (nothing is loaded into it)", .required = 1},
+        {"pid", 0, OPT_PID, &a.pid, "PID", "the process (nothing is loaded into it)"},
         {"once", 0, OPT_FLAG, &a.once, NULL, "one interval, one view, then exit"},
         {"json", 0, OPT_FLAG, &a.json, NULL, "one JSON object per refresh; the last line is the final one\n"
                                              "(\"final\": true)"},
@@ -199,8 +251,20 @@ int cmd_rss(int argc, char **argv)
         {"save", 0, OPT_STRING, &a.save, "FILE", "at the end, write the rows and the RSS timeline to FILE\n"
                                                  "for memprof plot --rss FILE and memprof export --rss FILE"},
         CLIENT_SOCKET_OPT,
+        {"check", 0, OPT_FLAG, &a.check, NULL, "instead of a view: load the programs into the kernel\n"
+                                               "(attached to nothing) for each kind of process, say\n"
+                                               "which load, exit 1 with the verifier's words if one\n"
+                                               "is refused"},
         {0}};
-    const struct opt_cmd cmd = {"memprof rss", opts, .about = about_rss};
+    const struct opt_cmd cmd = {"memprof rss", opts,
+                                .synopsis = "--pid PID [--once] [--json] [--duration SECONDS]\n"
+                                            "                   [--interval SECONDS] [--by line|function|native|mapping]\n"
+                                            "                   [--sample N] [--rss-stat] [--limit N] [--save FILE]\n"
+                                            "                   [--socket PATH]\n"
+                                            "       memprof rss --check",
+                                .about = about_rss};
     if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
+    if (a.check && a.pid) return opts_usage_error(&cmd, "--check takes no --pid");
+    if (!a.check && !a.pid) return opts_usage_error(&cmd, "--pid PID is required");
     return rss_run(&a);
 }

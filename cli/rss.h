@@ -29,11 +29,17 @@ uint64_t rss_trace_peak(struct rss_trace *t);
 /* Each thread's sampling period drawn again (a refresh does it). */
 void rss_trace_reperiod(struct rss_trace *t);
 void rss_trace_close(struct rss_trace *t);
+/* The programs for cfg (the rss_stat ones too) loaded into the kernel and unloaded again, attached to nothing:
+ * 0, or -1 with err (a verifier's refusal in its own words). */
+int rss_trace_check(const struct rss_cfg *cfg, char *err);
 
 /* The Python part of cfg for pid (CPython 3.11+ with its offsets in agent/pyabi.c): 0 and *abi, or -1 with
  * why ("Python 3.10: ..."): then native stacks only. version gets "3.11.2" ("" when not Python). */
 int rss_python_cfg(pid_t pid, struct rss_cfg *cfg, const struct pyabi **abi, char *version, size_t vlen,
                    char *why);
+/* cfg's interpreter offsets from abi (all but runtime): 0, or -1 when abi has no Python frames for rss (before
+ * 3.11, or no thread list offsets). */
+int rss_cfg_abi(struct rss_cfg *cfg, const struct pyabi *abi);
 
 struct rss_sym;
 struct rss_sym *rss_sym_open(pid_t pid, const struct pyabi *abi);

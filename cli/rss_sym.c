@@ -317,6 +317,14 @@ int rss_python_cfg(pid_t pid, struct rss_cfg *cfg, const struct pyabi **abi, cha
         mp_err(why, "Python %s: no _PyRuntime symbol in %s", info.version, info.pylib);
         return -1;
     }
+    rss_cfg_abi(cfg, a);
+    *abi = a;
+    return 0;
+}
+
+int rss_cfg_abi(struct rss_cfg *cfg, const struct pyabi *a)
+{
+    if (a->minor < 11 || !a->rt.interpreters_head || !a->code.linetable) return -1;
     cfg->exec_tag = a->frame.executable_tag;
     cfg->rt_interp_head = a->rt.interpreters_head;
     cfg->interp_threads_head = a->rt.threads_head;
@@ -331,7 +339,6 @@ int rss_python_cfg(pid_t pid, struct rss_cfg *cfg, const struct pyabi **abi, cha
     cfg->fr_owner = a->frame.owner;
     cfg->first_not_python = a->frame.first_not_python;
     cfg->code_adaptive = a->code.code_adaptive;
-    *abi = a;
     return 0;
 }
 #endif

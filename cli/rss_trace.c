@@ -40,10 +40,86 @@ struct rss_trace {
 
 #define TRACEFS "/sys/kernel/tracing"
 
+/* What the verifier said about the last program it refused: libbpf hands its log to the print callback as one
+ * message, "prog 'NAME': -- BEGIN PROG LOAD LOG --\nLOG-- END PROG LOAD LOG --\n". Kept are the program's name and
+ * the log's last lines that say why (the statistics after them dropped). */
+static char refused[MP_ERRLEN];
+
+static void keep_refusal(const char *msg)
+{
+    const char *begin = strstr(msg, "-- BEGIN PROG LOAD LOG --\n"), *end, *p, *name = strstr(msg, "prog '");
+    char why[2][200] = {"", ""};
+    int n = 0;
+    if (!begin || !name || name > begin || !(end = strstr(begin, "-- END PROG LOAD LOG --"))) return;
+    name += 6;
+    p = begin + strlen("-- BEGIN PROG LOAD LOG --\n");
+    while (p < end) { /* each line; the last two that are not statistics */
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t len = (size_t)((nl ? nl : end) - p);
+        if (len && strncmp(p, "processed ", 10) && strncmp(p, "verification time", 17) &&
+            strncmp(p, "stack depth", 11) && strncmp(p, "mark_precise", 12)) {
+            snprintf(why[n & 1], sizeof why[0], "%.*s", (int)len, p);
+            n++;
+        }
+        p += len + 1;
+    }
+    if (!n) return;
+    snprintf(refused, sizeof refused, "%.*s: %s%s%s", (int)strcspn(name, "'"), name,
+             n > 1 ? why[n & 1] : "", n > 1 ? " / " : "", why[(n - 1) & 1]);
+}
+
 static int quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
 {
-    if (level == LIBBPF_WARN && getenv("MEMPROF_BPF_DEBUG")) return vfprintf(stderr, fmt, ap);
-    return 0;
+    char *msg = NULL;
+    va_list again;
+    int n = 0;
+    if (level != LIBBPF_WARN) return 0;
+    va_copy(again, ap);
+    if (vasprintf(&msg, fmt, again) >= 0) {
+        keep_refusal(msg);
+        if (getenv("MEMPROF_BPF_DEBUG")) n = fputs(msg, stderr);
+        free(msg);
+    }
+    va_end(again);
+    return n;
+}
+
+/* The skeleton opened with cfg and loaded into the kernel (with rss_stat, also the rss_stat and exec programs):
+ * 0, or -1 with err saying why (the verifier's own words when it refused a program). */
+static int load(struct rss_bpf **out, const struct rss_cfg *cfg, int rss_stat, char *err)
+{
+    struct rss_bpf *skel;
+    int rc;
+    libbpf_set_print(quiet);
+    refused[0] = 0;
+    if (!(*out = skel = rss_bpf__open())) {
+        mp_errno(err, "cannot open the BPF object");
+        return -1;
+    }
+    skel->rodata->cfg = *cfg;
+    if (!rss_stat) { /* its tracepoint costs every page fault of the machine: only when asked for */
+        bpf_program__set_autoload(skel->progs.on_rss_stat, false);
+        bpf_program__set_autoload(skel->progs.on_exec, false);
+    }
+    if ((rc = rss_bpf__load(skel)) == 0) return 0;
+    if (refused[0]) /* the verifier's refusal, whatever errno it came with (EACCES for most) */
+        mp_err(err, "the kernel's verifier refused memprof's BPF program %s (MEMPROF_BPF_DEBUG=1 shows its whole "
+                    "log)", refused);
+    else if (rc == -EPERM || rc == -EACCES)
+        mp_err(err, "needs CAP_BPF and CAP_PERFMON: run as root (the kernel refused to load BPF programs: %s)",
+               strerror(-rc));
+    else
+        mp_err(err, "the kernel refused memprof's BPF programs: %s (MEMPROF_BPF_DEBUG=1 shows libbpf's messages)",
+               strerror(-rc));
+    return -1;
+}
+
+int rss_trace_check(const struct rss_cfg *cfg, char *err)
+{
+    struct rss_bpf *skel = NULL;
+    int rc = load(&skel, cfg, 1, err);
+    rss_bpf__destroy(skel);
+    return rc;
 }
 
 /* A record unpacked: its Python pairs and native addresses (only those found travel) into their arrays. */
@@ -173,26 +249,9 @@ int rss_trace_open(struct rss_trace **out, const struct rss_cfg *cfg, int rss_st
         mp_err(err, "out of memory");
         return -1;
     }
-    libbpf_set_print(quiet);
     t->cb = cb;
     t->ctx = ctx;
-    if (!(t->skel = rss_bpf__open())) {
-        mp_errno(err, "cannot open the BPF object");
-        goto fail;
-    }
-    t->skel->rodata->cfg = *cfg;
-    if (!rss_stat) { /* its tracepoint costs every page fault of the machine: only when asked for */
-        bpf_program__set_autoload(t->skel->progs.on_rss_stat, false);
-        bpf_program__set_autoload(t->skel->progs.on_exec, false);
-    }
-    if ((rc = rss_bpf__load(t->skel)) < 0) {
-        if (rc == -EPERM || rc == -EACCES)
-            mp_err(err, "needs CAP_BPF and CAP_PERFMON: run as root");
-        else
-            mp_err(err, "the kernel refused memprof's BPF programs: %s (MEMPROF_BPF_DEBUG=1 shows the verifier's log)",
-                   strerror(-rc));
-        goto fail;
-    }
+    if (load(&t->skel, cfg, rss_stat, err) < 0) goto fail;
     for (int m = 0; m < RSS_NMEMBERS; m++) t->skel->bss->rss_pages[m] = start_pages[m];
     t->period = cfg->sample_every ? cfg->sample_every : 1;
     if ((mounted = tracefs_ready(err)) < 0) goto fail;

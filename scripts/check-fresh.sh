@@ -28,8 +28,9 @@ fail() { echo "check-fresh: FAILED: $*" >&2; echo "FAILED: $*" >>"$out/summary";
 
 # Runs a shell command as root inside DIR, as on a machine of its own: a new mount and pid namespace whose
 # root is DIR (pivot_root, not chroot: user namespaces and mount propagation work inside as on a real host),
-# with /proc, /dev, /sys and a tmpfs /tmp. When the command ends, the namespaces end: every process it left
-# is killed and every mount is gone. No host variable leaks in.
+# with /proc, /dev, /sys (the kernel's BTF, /sys/kernel/btf/vmlinux, comes with it), the BPF filesystem, tracefs
+# and debugfs where a host has them (memprof rss and its tests as on a host), and a tmpfs /tmp. When the command
+# ends, the namespaces end: every process it left is killed and every mount is gone. No host variable leaks in.
 in_root() { # DIR COMMAND
     unshare --mount --pid --fork --propagation private sh -c '
         set -e
@@ -38,6 +39,9 @@ in_root() { # DIR COMMAND
         mount -t proc proc "$r/proc"
         mount --rbind /dev "$r/dev"
         mount -t sysfs sysfs "$r/sys"
+        ! grep -qw bpf /proc/filesystems || mount -t bpf bpf "$r/sys/fs/bpf"
+        ! grep -qw tracefs /proc/filesystems || mount -t tracefs tracefs "$r/sys/kernel/tracing"
+        ! grep -qw debugfs /proc/filesystems || mount -t debugfs debugfs "$r/sys/kernel/debug"
         mount -t tmpfs tmpfs "$r/tmp"
         cd "$r"
         mkdir -p .oldroot

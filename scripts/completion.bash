@@ -87,7 +87,7 @@ _memprof()
         plot) opts="--pid --session --rss -o --output --title --format --socket" ;;
         export) opts="--pid --session --rss --format -o --output --allocated --socket" ;;
         flamegraph) opts="--pid --session -o --output --allocated --socket" ;;
-        rss) opts="--pid --once --json --duration --interval --by --sample --rss-stat --limit --save --socket" ;;
+        rss) opts="--pid --once --json --duration --interval --by --sample --rss-stat --limit --save --socket --check" ;;
         ipython-path) opts="" ;;
         *) return 0 ;;
     esac

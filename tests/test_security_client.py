@@ -425,6 +425,20 @@ def test_default_path_works_for_a_user(fresh):
     assert not victim_daemons(w)
 
 
+def test_xdg_runtime_dir_is_the_default_when_absolute(fresh):
+    w = fresh
+    xdg = os.path.join(w.victim_dir, "xdg")
+    os.mkdir(xdg, 0o700)
+    os.chown(xdg, w.victim.pw_uid, w.victim.pw_gid)
+    try:
+        r = w.as_user(w.victim, ["memprof", "status"], env=w.env(XDG_RUNTIME_DIR=xdg))
+        assert "not running (socket %s/memprof/memprofd.sock)" % xdg in r.stderr, r.stderr
+        r = w.as_user(w.victim, ["memprof", "status"], env=w.env(XDG_RUNTIME_DIR="run/user"))  # relative: ignored
+        assert "not running (socket %s/memprofd.sock)" % w.default_dir in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(xdg)
+
+
 def test_root_client_talks_to_root_daemon(daemon):
     """root's client and root's daemon, in root's private directory: the checks let it through."""
     st = os.lstat(os.path.dirname(daemon.socket))

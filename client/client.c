@@ -165,7 +165,7 @@ static int daemon_failure(int log, off_t from, char *err)
     for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         /* a daemon started at the same moment by another client won the race: ours gives way, theirs answers */
         if (strncmp(line, "memprofd: ", 10) || strstr(line, "another memprofd is already serving")) continue;
-        mp_err(err, "memprofd could not start: %s", line + 10);
+        mp_err(err, "could not start memprofd: %s", line + 10);
         return 0;
     }
     return -1;

@@ -462,3 +462,13 @@ def test_non_private_directory_reason_is_printed(tmp_path):
     assert "has mode 755" in lines[0] and "must be 700" in lines[0] and "chmod 700 %s" % d in lines[0], lines[0]
     assert "not answering" not in lines[0]
     assert not os.path.exists(str(d / "memprofd.log")), "a daemon was started"
+
+
+def test_started_daemon_failure_reason_is_printed(tmp_path):
+    """Whatever else stops the daemon a client started, the client prints its reason, not "see the log"."""
+    env = dict(os.environ, MEMPROF_SOCKET=str(tmp_path / "run" / "memprofd.sock"), MEMPROF_AGENT="/nonexistent/agent.so")
+    r = subprocess.run([os.path.join(BUILD, "memprofd"), "attach", "--pid", str(os.getpid())], capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.returncode != 0
+    assert r.stderr == "memprofd: could not start memprofd: agent library /nonexistent/agent.so: " \
+                       "No such file or directory\n", r.stderr

@@ -73,7 +73,7 @@ int cmd_inproc(int argc, char **argv)
 {
     Memprof__RunRequest rq = MEMPROF__RUN_REQUEST__INIT;
     Envelope env = MEMPROF__ENVELOPE__INIT, *reply = NULL;
-    char err[MP_ERRLEN], buf[256];
+    char err[MP_ERRLEN], buf[256], agent[PATH_MAX];
     int fd, rc;
     const struct opt opts[] = {
         {"sample-rate", 0, OPT_CALL, &rq, "BYTES", "mean bytes between samples (default: exact counts)",
@@ -90,7 +90,8 @@ int cmd_inproc(int argc, char **argv)
     if (reply->msg_case != MEMPROF__ENVELOPE__MSG_RUN_REPLY)
         return cli_fail("memprofd does not know runs (is it older than this memprof?)");
     if (reply->run_reply->error && reply->run_reply->error[0]) return cli_fail("%s", reply->run_reply->error);
-    printf("%s\t%s\n", reply->run_reply->agent_lib, reply->run_reply->agent_env);
+    if (client_check_agent(reply->run_reply->agent_lib, agent, sizeof agent, err) < 0) return cli_fail("%s", err);
+    printf("%s\t%s\n", agent, reply->run_reply->agent_env);
     fflush(stdout);
     /* the run lasts as long as this connection: until the parent closes our stdin */
     while (fread(buf, 1, sizeof buf, stdin) > 0) {}

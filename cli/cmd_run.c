@@ -2,6 +2,7 @@
  * tracking covers it from its first line, pass its exit status through, and
  * print memory_profiler-style reports of the chosen functions at the end. */
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -204,7 +205,7 @@ int cmd_run(int argc, char **argv)
     Memprof__RunRequest rq = MEMPROF__RUN_REQUEST__INIT;
     Envelope *reply = NULL, *st;
     struct funcs funcs = {{0}, 0};
-    char err[MP_ERRLEN];
+    char err[MP_ERRLEN], agent[PATH_MAX];
     const char *out_path = NULL;
     size_t live = 0;
     int i, fd, status = 0, exact = 0, native = 0, native_frames = 0, follow = 0;
@@ -243,7 +244,8 @@ int cmd_run(int argc, char **argv)
     if (rq.native && rq.exact) return opts_usage_error(&cmd, "--native samples native allocations: not with --exact");
     if (rq.native_frames && !rq.native) return opts_usage_error(&cmd, "--native-frames goes with --native");
     if (out_path && !(o = fopen(out_path, "w"))) return cli_fail("cannot write %s: %s", out_path, strerror(errno));
-    if ((fd = client_connect(client_socket_opt, 1, err)) < 0 || request_run(fd, &rq, &reply, err) < 0) {
+    if ((fd = client_connect(client_socket_opt, 1, err)) < 0 || request_run(fd, &rq, &reply, err) < 0 ||
+        client_check_agent(reply->run_reply->agent_lib, agent, sizeof agent, err) < 0) {
         if (o != stderr) fclose(o);
         return cli_fail("%s", err);
     }
@@ -253,7 +255,7 @@ int cmd_run(int argc, char **argv)
     fflush(NULL);
     pid = fork();
     if (pid < 0) return cli_fail("fork: %s", strerror(errno));
-    if (pid == 0) start_child(argv + i, reply->run_reply->agent_env, reply->run_reply->agent_lib);
+    if (pid == 0) start_child(argv + i, reply->run_reply->agent_env, agent);
     child_pid = pid;
     /* a terminal's ^C and ^\ go to the whole group: the program decides */
     signal(SIGINT, SIG_IGN);

@@ -19,14 +19,54 @@
 
 const char *client_socket_opt;
 
+/* The directory part of a socket path (no trailing slash), or -1 with err when there is none. */
+static int socket_dir(const char *path, char *dir, size_t len, char *err)
+{
+    char *slash;
+    snprintf(dir, len, "%s", path);
+    slash = strrchr(dir, '/');
+    if (!slash || slash == dir) {
+        mp_err(err, "socket path %s: must be an absolute path inside a directory", path);
+        return -1;
+    }
+    *slash = 0;
+    return 0;
+}
+
+/* Who listens at the other end must be us or root (SO_PEERCRED: the listener's credentials when it called listen),
+ * checked before a byte is sent: anyone else could name a library for memprof run to preload. */
+static int check_peer(int fd, const char *path, char *err)
+{
+    struct ucred cr;
+    socklen_t len = sizeof cr;
+    char who[160];
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0) {
+        mp_errno(err, "cannot tell who listens on %s", path);
+        return -1;
+    }
+    if (cr.uid != geteuid() && cr.uid != 0) {
+        mp_err(err, "the process listening on %s (pid %d) runs as %s, not as you or root: refusing to talk to it "
+                    "(use a socket directory of your own: --socket, MEMPROF_SOCKET or XDG_RUNTIME_DIR)",
+               path, (int)cr.pid, mp_user_name(cr.uid, who, sizeof who));
+        return -1;
+    }
+    return 0;
+}
+
+/* Connect to path once its directory has passed the client's checks (mp_open_socket_dir) and check who answers.
+ * -1 with errno ENOENT or ECONNREFUSED when no daemon is there. */
 static int connect_path(const char *path, char *err)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    int fd;
+    char dir[PATH_MAX];
+    int fd, dfd;
     if (strlen(path) >= sizeof sa.sun_path) {
         mp_err(err, "socket path %s is too long", path);
         return -1;
     }
+    if (socket_dir(path, dir, sizeof dir, err) < 0) return -1;
+    if ((dfd = mp_open_socket_dir(dir, 0, 0, err)) < 0) return -1; /* ENOENT: memprofd is not running */
+    close(dfd);
     strcpy(sa.sun_path, path);
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -36,6 +76,11 @@ static int connect_path(const char *path, char *err)
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         mp_errno(err, "cannot connect to memprofd at %s", path);
         close(fd);
+        return -1;
+    }
+    if (check_peer(fd, path, err) < 0) {
+        close(fd);
+        errno = EPERM;
         return -1;
     }
     return fd;
@@ -63,20 +108,31 @@ static void daemon_binary(char *out, size_t outlen)
     snprintf(out, outlen, "memprofd");
 }
 
-static int spawn_daemon(const char *path, char *err)
+/* Start `memprofd serve --socket path` in the background, its output appended to memprofd.log beside the socket.
+ * The directory is checked first as the daemon will check it (created 0700 if missing), so that the user reads
+ * why here rather than in the log, and the log is opened in it without following a symlink. Returns the log's fd
+ * and in *from where this daemon's lines start (for daemon_failure), or -1 with err. */
+static int spawn_daemon(const char *path, off_t *from, char *err)
 {
-    char bin[PATH_MAX], dir[PATH_MAX], log[PATH_MAX + 16];
+    char bin[PATH_MAX], dir[PATH_MAX];
+    struct stat st;
     pid_t child;
-    int status;
-    char *slash;
+    int status, dfd, log;
     daemon_binary(bin, sizeof bin);
-    snprintf(dir, sizeof dir, "%s", path);
-    slash = strrchr(dir, '/');
-    if (slash) *slash = 0;
-    snprintf(log, sizeof log, "%s/memprofd.log", dir);
+    if (socket_dir(path, dir, sizeof dir, err) < 0 || (dfd = mp_open_socket_dir(dir, 1, 1, err)) < 0) return -1;
+    log = openat(dfd, "memprofd.log", O_RDWR | O_CREAT | O_APPEND | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+    close(dfd);
+    if (log < 0 || fstat(log, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
+        if (log < 0) mp_errno(err, "cannot open %s/memprofd.log", dir);
+        else mp_err(err, "%s/memprofd.log is not a file of yours: refusing to log to it (remove it)", dir);
+        if (log >= 0) close(log);
+        return -1;
+    }
+    *from = lseek(log, 0, SEEK_END); /* the daemon's writes move the offset we share: keep this one */
     child = fork();
     if (child < 0) {
         mp_errno(err, "fork");
+        close(log);
         return -1;
     }
     if (child == 0) {
@@ -84,21 +140,35 @@ static int spawn_daemon(const char *path, char *err)
         int fd;
         setsid();
         if (fork() != 0) _exit(0);
-        mp_mkdirs(dir, 0700);
         fd = open("/dev/null", O_RDONLY);
         if (fd >= 0) dup2(fd, 0);
-        fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        if (fd < 0) fd = open("/dev/null", O_WRONLY);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
+        fcntl(log, F_SETFL, O_APPEND);
+        dup2(log, 1);
+        dup2(log, 2);
         for (int i = 3; i < 1024; i++) close(i);
         execlp(bin, "memprofd", "serve", "--socket", path, (char *)NULL);
+        fprintf(stderr, "memprofd: cannot run %s: %s\n", bin, strerror(errno));
         _exit(127);
     }
     while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
-    return 0;
+    return log;
+}
+
+/* A started daemon's fatal error: the first "memprofd: ..." line (main.c's fail(); its log lines start with the
+ * date) it wrote to the log since offset from. 0 with err set when there is one. */
+static int daemon_failure(int log, off_t from, char *err)
+{
+    char buf[4096], *line, *save;
+    ssize_t n = pread(log, buf, sizeof buf - 1, from);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        /* a daemon started at the same moment by another client won the race: ours gives way, theirs answers */
+        if (strncmp(line, "memprofd: ", 10) || strstr(line, "another memprofd is already serving")) continue;
+        mp_err(err, "could not start memprofd: %s", line + 10);
+        return 0;
+    }
+    return -1;
 }
 
 static int handshake(int fd, char *err)
@@ -143,19 +213,21 @@ int client_connect(const char *socket, int spawn, char *err)
     fd = connect_path(path, err);
     if (fd < 0 && spawn && (errno == ENOENT || errno == ECONNREFUSED)) {
         double deadline = mp_now() + 5.0;
-        if (spawn_daemon(path, err) < 0) return -1;
-        while ((fd = connect_path(path, err)) < 0 && mp_now() < deadline) {
+        off_t from = 0;
+        int log = spawn_daemon(path, &from, err);
+        if (log < 0) return -1;
+        while ((fd = connect_path(path, err)) < 0 && (errno == ENOENT || errno == ECONNREFUSED) && mp_now() < deadline) {
             struct timespec ts = {0, 20 * 1000 * 1000};
+            if (daemon_failure(log, from, err) == 0) break;
             nanosleep(&ts, NULL);
         }
-        if (fd < 0) {
-            char dir[PATH_MAX], *slash;
-            snprintf(dir, sizeof dir, "%s", path);
-            slash = strrchr(dir, '/');
-            if (slash) *slash = 0;
+        if (fd < 0 && (errno == ENOENT || errno == ECONNREFUSED) && daemon_failure(log, from, err) < 0) {
+            char dir[PATH_MAX];
+            socket_dir(path, dir, sizeof dir, err);
             mp_err(err, "started memprofd but it is not answering on %s (see %s/memprofd.log)", path, dir);
-            return -1;
         }
+        close(log);
+        if (fd < 0) return -1;
     } else if (fd < 0 && (errno == ENOENT || errno == ECONNREFUSED)) {
         mp_err(err, "memprofd is not running (socket %s); start it with: memprofd serve, or attach with: memprofd attach --pid PID",
                path);
@@ -213,4 +285,47 @@ int client_agent_call(int fd, int pid, Memprof__AgentRequest *req, Envelope **en
         return -1;
     }
     return 0;
+}
+
+/* Why st (of path, a file when !dir) could be replaced by someone else, or NULL: owned by root or us, and writable by
+ * no one else -- a directory may be, with the sticky bit (/tmp): others cannot rename or remove what is ours there. */
+static const char *replaceable(const struct stat *st, int dir)
+{
+    if (dir ? !S_ISDIR(st->st_mode) : !S_ISREG(st->st_mode)) return dir ? "is not a directory" : "is not a regular file";
+    if (st->st_uid != 0 && st->st_uid != geteuid()) return "is not owned by root or you";
+    if ((st->st_mode & 022) && !(dir && (st->st_mode & S_ISVTX))) return "is writable by others";
+    return NULL;
+}
+
+int client_check_agent(const char *lib, char *real, size_t reallen, char *err)
+{
+    char buf[PATH_MAX], who[160], *slash;
+    struct stat st;
+    const char *why;
+    if (!lib || lib[0] != '/') {
+        mp_err(err, "memprofd named the agent library \"%s\", not an absolute path: refusing to load it", lib ? lib : "");
+        return -1;
+    }
+    if (!realpath(lib, buf)) {
+        mp_errno(err, "memprofd named the agent library %s", lib);
+        return -1;
+    }
+    snprintf(real, reallen, "%s", buf);
+    /* the file, then each directory up to / (after realpath: no symlink left to follow) */
+    for (int dir = 0;; dir = 1) {
+        const char *at = buf[0] ? buf : "/";
+        if (lstat(at, &st) < 0) {
+            mp_errno(err, "agent library %s: %s", real, at);
+            return -1;
+        }
+        if ((why = replaceable(&st, dir))) {
+            mp_err(err, "agent library %s: %s %s (owner %s, mode %03o), so it may not be the installed agent: refusing to load "
+                        "it (install memprof as root, or as yourself with no group/other write permission)",
+                   real, at, why, mp_user_name(st.st_uid, who, sizeof who), (unsigned)(st.st_mode & 07777));
+            return -1;
+        }
+        if (!buf[0]) return 0;
+        slash = strrchr(buf, '/');
+        *slash = 0;
+    }
 }

@@ -36,6 +36,12 @@ void client_error_set(Memprof__ErrorReply__Code code);
  * MP_EXIT_NOT_ATTACHED, MP_EXIT_UNSUPPORTED, else MP_EXIT_FAIL. */
 int client_exit_status(Memprof__ErrorReply__Code code);
 
+/* Whether lib, an agent library memprofd named, is one only root or this user could have put there: an absolute
+ * path whose file and every directory up to / (symlinks resolved) are owned by root or this user and writable by
+ * no one else (a directory may be, with the sticky bit). 0 with the resolved path in real (load that one), else -1
+ * with err saying which part fails and why. */
+int client_check_agent(const char *lib, char *real, size_t reallen, char *err);
+
 /* --socket PATH, which every command accepts: the daemon to talk to (NULL: the default). */
 extern const char *client_socket_opt;
 /* Its row in a command's option table (opts.h). */

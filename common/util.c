@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <stdlib.h>
@@ -53,7 +54,7 @@ int mp_default_socket(char *out, size_t outlen)
         n = snprintf(out, outlen, "%s", env);
     else if (geteuid() == 0)
         n = snprintf(out, outlen, "/run/memprof/memprofd.sock");
-    else if (xdg && *xdg)
+    else if (xdg && *xdg == '/') /* the XDG spec: a relative value is ignored */
         n = snprintf(out, outlen, "%s/memprof/memprofd.sock", xdg);
     else
         n = snprintf(out, outlen, "/tmp/memprof-%u/memprofd.sock", (unsigned)geteuid());
@@ -112,6 +113,69 @@ int mp_mkdirs(const char *dir, mode_t mode)
         *p = '/';
     }
     return (mkdir(buf, mode) < 0 && errno != EEXIST) ? -1 : 0;
+}
+
+const char *mp_user_name(uid_t uid, char *out, size_t outlen)
+{
+    struct passwd pw, *res = NULL;
+    char buf[1024];
+    if (getpwuid_r(uid, &pw, buf, sizeof buf, &res) == 0 && res)
+        snprintf(out, outlen, "%s (uid %u)", res->pw_name, (unsigned)uid);
+    else
+        snprintf(out, outlen, "uid %u", (unsigned)uid);
+    return out;
+}
+
+/* Why dir, as fstat'ed, cannot be trusted with the daemon's socket and log, or NULL: README "Security". */
+static const char *dir_fault(const struct stat *st, int daemon, char *fix, size_t fixlen, const char *dir)
+{
+    uid_t me = geteuid();
+    const char *elsewhere = "use a directory of your own: --socket, MEMPROF_SOCKET or XDG_RUNTIME_DIR";
+    if (!S_ISDIR(st->st_mode)) {
+        snprintf(fix, fixlen, "%s", elsewhere);
+        return S_ISLNK(st->st_mode) ? "it is a symlink, not a directory" : "it is not a directory";
+    }
+    if (st->st_uid != me && (daemon || st->st_uid != 0)) {
+        snprintf(fix, fixlen, "its owner or root must remove it, or %s", elsewhere);
+        return "it is not yours, and whoever owns it could stand in for memprofd";
+    }
+    if (st->st_mode & (daemon ? 077 : 022)) {
+        snprintf(fix, fixlen, "chmod 700 %s", dir);
+        return daemon ? "it must be 700 (private)" : "others can write in it, so they could stand in for memprofd";
+    }
+    return NULL;
+}
+
+int mp_open_socket_dir(const char *dir, int create, int daemon, char *err)
+{
+    struct stat st;
+    char who[160], fix[PATH_MAX + 128];
+    const char *why;
+    int fd;
+    if (create && mp_mkdirs(dir, 0700) < 0) {
+        mp_errno(err, "cannot create socket directory %s", dir);
+        return -1;
+    }
+    /* O_PATH|O_NOFOLLOW: the directory itself (a symlink is opened as one and refused below), then fstat and every
+     * later openat on this fd see the same inode, whatever is renamed meanwhile */
+    fd = open(dir, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        mp_errno(err, "cannot open socket directory %s", dir);
+        return -1;
+    }
+    if (fstat(fd, &st) < 0) {
+        mp_errno(err, "socket directory %s", dir);
+        close(fd);
+        return -1;
+    }
+    if ((why = dir_fault(&st, daemon, fix, sizeof fix, dir))) {
+        mp_err(err, "socket directory %s has mode %03o and owner %s: %s; refusing it (%s)", dir,
+               (unsigned)(st.st_mode & 0777), mp_user_name(st.st_uid, who, sizeof who), why, fix);
+        close(fd);
+        errno = EPERM;
+        return -1;
+    }
+    return fd;
 }
 
 int mp_token_equal(const char *a, const char *b)

@@ -21,8 +21,19 @@ double mp_wallclock(void); /* CLOCK_REALTIME seconds */
 
 /* The daemon's default socket: /run/memprof/memprofd.sock for root, else
  * $XDG_RUNTIME_DIR/memprof/memprofd.sock, else /tmp/memprof-UID/memprofd.sock.
- * $MEMPROF_SOCKET overrides. */
+ * $MEMPROF_SOCKET overrides. Whoever uses it checks its directory first (mp_open_socket_dir). */
 int mp_default_socket(char *out, size_t outlen);
+
+/* "name (uid N)", or "uid N" when the user has no name; into out, which it returns. */
+const char *mp_user_name(uid_t uid, char *out, size_t outlen);
+
+/* The directory of the daemon's socket (and of memprofd.log, when a client starts the daemon), opened without
+ * following a symlink (O_PATH; openat the files in it) and checked to be one no one else could have planted a
+ * socket or a symlink in: a real directory, owned by this user -- or, for a client (!daemon), by root -- and
+ * writable by no one else; for the daemon, which listens there, mode 700 exactly. With create, made first (0700,
+ * missing parents 0755) when missing. Returns the fd, or -1 with err naming the directory, its owner and mode,
+ * and the fix (errno: ENOENT when it does not exist, EPERM when it is refused). */
+int mp_open_socket_dir(const char *dir, int create, int daemon, char *err);
 
 /* mkdir -p: missing parents 0755, the last component with mode. */
 int mp_mkdirs(const char *dir, mode_t mode);

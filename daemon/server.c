@@ -212,10 +212,9 @@ static void reap_closed(void)
     }
 }
 
-/* The socket directory must be ours and private; create it if missing. */
+/* The socket directory must be ours and private (mp_open_socket_dir); created if missing. Returns its fd. */
 static int prepare_dir(const char *socket_path, char *dir, char *err)
 {
-    struct stat st;
     char *slash;
     snprintf(dir, PATH_MAX, "%s", socket_path);
     slash = strrchr(dir, '/');
@@ -224,25 +223,7 @@ static int prepare_dir(const char *socket_path, char *dir, char *err)
         return -1;
     }
     *slash = 0;
-    if (mp_mkdirs(dir, 0700) < 0) {
-        mp_errno(err, "cannot create socket directory %s", dir);
-        return -1;
-    }
-    if (lstat(dir, &st) < 0) {
-        mp_errno(err, "socket directory %s", dir);
-        return -1;
-    }
-    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid()) {
-        mp_err(err, "socket directory %s is not a directory owned by uid %u; refusing to use it", dir,
-               (unsigned)geteuid());
-        return -1;
-    }
-    if ((st.st_mode & 077) != 0) {
-        mp_err(err, "socket directory %s has mode %03o, must be private (chmod 700 %s)", dir,
-               (unsigned)(st.st_mode & 0777), dir);
-        return -1;
-    }
-    return 0;
+    return mp_open_socket_dir(dir, 1, 1, err);
 }
 
 static int listen_unix(const struct sockaddr_un *sa, socklen_t len, char *err)
@@ -538,14 +519,11 @@ static int setup_signals(char *err)
     return fd;
 }
 
-static int take_lock(const char *dir, char *err)
+static int take_lock(int dir_fd, const char *dir, char *err)
 {
-    char path[PATH_MAX];
-    int fd;
-    snprintf(path, sizeof path, "%s/memprofd.lock", dir);
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    int fd = openat(dir_fd, "memprofd.lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
-        mp_errno(err, "cannot open %s", path);
+        mp_errno(err, "cannot open %s/memprofd.lock", dir);
         return -1;
     }
     if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
@@ -559,10 +537,12 @@ static int take_lock(const char *dir, char *err)
 int server_run(const char *socket_path, char *err)
 {
     char dir[PATH_MAX];
-    int lock_fd, afd, sfd;
+    int lock_fd, afd, sfd, dir_fd;
 
-    if (prepare_dir(socket_path, dir, err) < 0) return -1;
-    if ((lock_fd = take_lock(dir, err)) < 0) return -1;
+    if ((dir_fd = prepare_dir(socket_path, dir, err)) < 0) return -1;
+    lock_fd = take_lock(dir_fd, dir, err);
+    close(dir_fd);
+    if (lock_fd < 0) return -1;
     if ((sfd = setup_signals(err)) < 0) return -1;
     if ((client_lfd = listen_clients(socket_path, err)) < 0) return -1;
     if ((afd = listen_agents(err)) < 0) return -1;

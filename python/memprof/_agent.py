@@ -15,6 +15,7 @@ import json
 import os
 import select
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,30 @@ def find_memprof():
         if os.access(cand, os.X_OK):
             return os.path.abspath(cand)
     raise MemprofError("the memprof program is not on PATH (install memprof, or set PATH or $MEMPROF)")
+
+
+def check_agent(lib):
+    """lib resolved, when only root or this user could have put it there (as `memprof run` checks the library
+    memprofd names: the file and every directory up to / owned by root or us, writable by no one else, a
+    directory with the sticky bit excepted); else MemprofError."""
+    if not os.path.isabs(lib):
+        raise MemprofError("the agent library %r is not an absolute path: refusing to load it" % lib)
+    real = os.path.realpath(lib)
+    at, is_dir = real, False
+    while True:
+        try:
+            st = os.lstat(at)
+        except OSError as e:
+            raise MemprofError("agent library %s: %s" % (real, e))
+        ok_type = stat.S_ISDIR(st.st_mode) if is_dir else stat.S_ISREG(st.st_mode)
+        writable = st.st_mode & 0o022 and not (is_dir and st.st_mode & stat.S_ISVTX)
+        if not ok_type or st.st_uid not in (0, os.geteuid()) or writable:
+            raise MemprofError("agent library %s: %s is not a %s owned by root or you and writable by no one else "
+                               "(owner uid %d, mode %03o): refusing to load it"
+                               % (real, at, "directory" if is_dir else "regular file", st.st_uid, st.st_mode & 0o7777))
+        if at == "/":
+            return real
+        at, is_dir = os.path.dirname(at), True
 
 
 def run_cli(*args, timeout=60):
@@ -123,6 +148,12 @@ def start():
         helper.stdin.close()
         helper.wait()
         raise MemprofError("agent library %s not found (set $MEMPROF_AGENT)" % lib)
+    try:
+        lib = check_agent(lib)
+    except MemprofError:
+        helper.stdin.close()
+        helper.wait()
+        raise
     os.environ["MEMPROF_RUN"] = settings
     try:
         dll = ctypes.CDLL(lib)

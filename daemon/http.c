@@ -23,8 +23,15 @@
 #include "session.h"
 #include "util.h"
 
-#define HTTP_MAX_CONNECTIONS 64
-#define HTTP_IDLE_TIMEOUT 30 /* seconds: a silent client is closed */
+/* Bounds on what clients may hold. A scraper keeps one connection; a browser a handful. */
+#define HTTP_MAX_CONNECTIONS 128 /* all clients together */
+/* Per client address: on a loopback listener every local process (the scraper too) is 127.0.0.1 and may
+ * pick any other 127.x.y.z, so a lower cap would only let one local user lock the scraper out; the total is
+ * the cap there. On an address other hosts reach, one host gets a sixteenth of it. */
+#define HTTP_MAX_PER_REMOTE_IP 16
+#define HTTP_BACKLOG (2 * HTTP_MAX_CONNECTIONS) /* past the limit a client waits in the kernel's queue */
+#define HTTP_IDLE_TIMEOUT 5         /* seconds without a byte either way: the connection is closed */
+#define HTTP_MEMORY_LIMIT (16 << 10) /* bytes per connection: a request line and headers past it get 431/414 */
 
 struct http_config http_config = {.top_n = 10};
 
@@ -334,11 +341,32 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 
 static void rearm(void);
 
+static unsigned connections(void)
+{
+    const union MHD_DaemonInfo *i = MHD_get_daemon_info(mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    return i ? i->num_connections : 0;
+}
+
+/* One MHD_run, and a second when the first closed connections. Why (libmicrohttpd 0.9.75, MHD_epoll() in
+ * daemon.c): whether the listening socket is in MHD's epoll set is decided once, at the top of a run, from
+ * the connection count; at the limit it is taken out. Connections that time out or finish later in that
+ * run are freed only by the MHD_cleanup_connections() after it, so the run ends below the limit with the
+ * listener still out of the set. Then nothing makes MHD's epoll fd readable (new clients wait unseen in the
+ * kernel's accept queue) and MHD_get_timeout() has no deadline left once the last connection is gone: the
+ * next run, which would put the listener back, never came, and the endpoint hung for good. The second run
+ * puts it back (its top sees the lower count) and accepts what is waiting. */
+static void run_mhd(void)
+{
+    unsigned before = connections();
+    MHD_run(mhd);
+    if (connections() < before) MHD_run(mhd);
+}
+
 static long on_timer(long long id, void *data)
 {
     (void)data;
     if (id == mhd_timer) mhd_timer = 0;
-    MHD_run(mhd);
+    run_mhd();
     rearm();
     return LOOP_NOMORE;
 }
@@ -355,7 +383,7 @@ static void rearm(void)
 static void on_ready(int fd, int mask, void *data)
 {
     (void)fd, (void)mask, (void)data;
-    MHD_run(mhd);
+    run_mhd();
     rearm();
 }
 
@@ -373,7 +401,7 @@ int http_start(char *err)
         return -1;
     }
     setsockopt(listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(listen_fd, (struct sockaddr *)&ss, len) < 0 || listen(listen_fd, 64) < 0) {
+    if (bind(listen_fd, (struct sockaddr *)&ss, len) < 0 || listen(listen_fd, HTTP_BACKLOG) < 0) {
         mp_errno(err, "cannot listen on http://%s", http_config.listen);
         close(listen_fd);
         listen_fd = -1;
@@ -384,7 +412,10 @@ int http_start(char *err)
                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first: it logs the options after it */
                            MHD_OPTION_LISTEN_SOCKET, listen_fd,
                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS,
-                           MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT, MHD_OPTION_END);
+                           MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                           (unsigned)(is_loopback(&ss) ? HTTP_MAX_CONNECTIONS : HTTP_MAX_PER_REMOTE_IP),
+                           MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT,
+                           MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_MEMORY_LIMIT, MHD_OPTION_END);
     if (!mhd) {
         mp_err(err, "cannot start the HTTP server on %s (libmicrohttpd refused; see the log above)",
                http_config.listen);
@@ -403,9 +434,14 @@ int http_start(char *err)
     server_log("serving http://%s/metrics and /debug/pprof/%s%s", http_config.listen,
                token[0] ? " (bearer token required)" : "", is_loopback(&ss) ? "" : " to remote hosts");
     if (!is_loopback(&ss))
-        fprintf(stderr, "memprofd: warning: --http %s is reachable from other hosts: they can read every "
+        fprintf(stderr, "memprofd: warning: --http %s is reachable from other hosts: %s can read every "
                         "attached process's profile%s\n",
-                http_config.listen, token[0] ? " with the token" : " (no --http-token-file)");
+                http_config.listen, token[0] ? "they" : "anyone who can reach the address",
+                token[0] ? " with the token" : " (no --http-token-file)");
+    else if (!token[0] && geteuid() == 0) /* root attaches to everyone's processes; 127.0.0.1 is everyone's */
+        fprintf(stderr, "memprofd: warning: --http %s has no --http-token-file: every local user can read the "
+                        "profile of every process this root daemon attaches to, whoever owns it\n",
+                http_config.listen);
     return 0;
 }
 

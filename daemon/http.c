@@ -31,6 +31,7 @@
 #define HTTP_MAX_PER_REMOTE_IP 16
 #define HTTP_BACKLOG (2 * HTTP_MAX_CONNECTIONS) /* past the limit a client waits in the kernel's queue */
 #define HTTP_IDLE_TIMEOUT 5         /* seconds without a byte either way: the connection is closed */
+#define HTTP_LOG_BURST 10            /* libmicrohttpd's messages logged a minute */
 #define HTTP_MEMORY_LIMIT (16 << 10) /* bytes per connection: a request line and headers past it get 431/414 */
 
 struct http_config http_config = {.top_n = 10};
@@ -328,11 +329,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
 /* ------------------------------------------------------------ the loop */
 
+/* libmicrohttpd logs a line per misbehaving client (a request too big, one left unfinished), so any local
+ * user could fill the log: HTTP_LOG_BURST lines a minute, then one line counting the rest (written when the
+ * next message comes). */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
+    static double window;
+    static unsigned logged, dropped;
+    double now = mp_now();
     char msg[512];
     size_t n;
     (void)cls;
+    if (now - window >= 60) {
+        if (dropped) server_log("http: %u more libmicrohttpd messages in the minute before not logged", dropped);
+        window = now;
+        logged = dropped = 0;
+    }
+    if (logged++ >= HTTP_LOG_BURST) {
+        dropped++;
+        return;
+    }
     vsnprintf(msg, sizeof msg, fmt, ap);
     n = strlen(msg);
     while (n && msg[n - 1] == '\n') msg[--n] = 0;

@@ -37,6 +37,12 @@ def hd(tmp_path):
     d.stop()
 
 
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def metrics(d, timeout):
     """GET /metrics on a fresh connection: (status, body), or (None, why) when nothing came within timeout."""
     try:
@@ -156,6 +162,68 @@ def test_oversized_request_refused(hd):
     assert status == 200 and b"memprof_sessions" in body
 
 
+def test_per_address_limit_on_a_remote_address(tmp_path):
+    """On an address other hosts reach, one client address holds at most 16 connections: the 17th from
+    127.0.0.1 is closed unanswered while 127.0.0.2 is served, and 127.0.0.1 is again once its own close."""
+    d = Daemon(str(tmp_path))
+    port = free_port()
+    log = open(d.log, "w")
+    proc = subprocess.Popen([MEMPROFD, "serve", "--socket", d.socket, "--http", "0.0.0.0:%d" % port,
+                             "--http-allow-remote"], stdout=log, stderr=subprocess.STDOUT, env=d.env)
+    log.close()
+    held = []
+
+    def get(source, timeout=10):
+        s = socket.socket()
+        s.settimeout(timeout)
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        except ConnectionResetError:
+            pass
+        s.close()
+        return reply
+
+    try:
+        deadline = time.time() + 10
+        while True:
+            assert proc.poll() is None, open(d.log).read()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "memprofd did not listen: %s" % open(d.log).read()
+                time.sleep(0.05)
+        assert get("127.0.0.1").startswith(b"HTTP/1.1 200 ")
+        held = open_idle(port, 16, time.time() + 30)
+        deadline = time.time() + 30
+        while accepted(proc.pid, port) < 16:
+            assert time.time() < deadline, "memprofd took %d of 16" % accepted(proc.pid, port)
+            time.sleep(0.05)
+        assert get("127.0.0.1") == b""
+        assert get("127.0.0.2").startswith(b"HTTP/1.1 200 ")
+        for s in held:
+            s.close()
+        held = []
+        deadline = time.time() + 30
+        while accepted(proc.pid, port) > 0:
+            assert time.time() < deadline, "memprofd kept closed connections"
+            time.sleep(0.05)
+        assert get("127.0.0.1").startswith(b"HTTP/1.1 200 ")
+    finally:
+        for s in held:
+            s.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 @pytest.fixture
 def other_user():
     """A real unprivileged user made for this test (prefix mphttp) and removed after."""
@@ -213,7 +281,7 @@ def test_slowloris_while_prometheus_scrapes(hd, other_user, tmp_path):
                                 cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         ready, _, _ = select.select([slow.stdout], [], [], 30)
         assert ready and slow.stdout.readline().strip() == "open 100", slow.stderr.read() if not ready else ""
-        t0 = time.time()
+        t0, cpu0 = time.time(), cpu_seconds(hd.proc.pid)
         fetches = []
         while slow.poll() is None and time.time() < t0 + 60:  # the slowloris ends after 40 s
             status, body = metrics(hd, 2)
@@ -222,7 +290,7 @@ def test_slowloris_while_prometheus_scrapes(hd, other_user, tmp_path):
                 len(fetches), body)
             time.sleep(1)
         out, err = slow.communicate(timeout=30)
-        t1 = time.time()
+        t1, cpu1 = time.time(), cpu_seconds(hd.proc.pid)
         stats = json.loads(out.strip().splitlines()[-1])
         assert stats["max_open"] == 100 and stats["closed_by_server"] >= 100, stats
         assert stats["answered_bytes"] == 0 and stats["refused"] == 0, stats
@@ -234,8 +302,8 @@ def test_slowloris_while_prometheus_scrapes(hd, other_user, tmp_path):
             window, ups, (tmp_path / "prometheus.log").read_text()[-2000:])
         log = open(hd.log).read()  # hundreds of refused clients, a few lines
         assert log.count(" http: ") <= 12, log[-3000:]
-        print("slowloris %s; %d fetches answered; Prometheus up=1 in all %d scrapes over %d s"
-              % (stats, len(fetches), len(ups), window))
+        print("slowloris %s; %d fetches answered; Prometheus up=1 in all %d scrapes over %d s; memprofd used "
+              "%.2f s of CPU" % (stats, len(fetches), len(ups), window, cpu1 - cpu0))
     finally:
         if slow and slow.poll() is None:
             slow.kill()

@@ -309,15 +309,9 @@ static int authorized(struct MHD_Connection *c)
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **state)
 {
-    (void)cls, (void)version, (void)upload;
-    if (!*state) { /* first call: headers only; answer once any body has been read */
-        *state = (void *)1;
-        return MHD_YES;
-    }
-    if (*upload_size) {
-        *upload_size = 0; /* a body is read and ignored: every route is GET */
-        return MHD_YES;
-    }
+    (void)cls, (void)version, (void)upload, (void)upload_size, (void)state;
+    /* Answered at the first call, on the headers alone: every route is GET, so a body is never read
+     * (libmicrohttpd closes the connection after the answer instead) and no client keeps memprofd reading. */
     if (strcmp(method, "GET") && strcmp(method, "HEAD")) return fail(c, 405, "%s: only GET is served\n", method);
     if (!authorized(c)) return fail(c, 401, "a bearer token is required (Authorization: Bearer TOKEN)\n");
     if (!strcmp(url, "/metrics")) return route_metrics(c);

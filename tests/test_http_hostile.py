@@ -162,6 +162,34 @@ def test_oversized_request_refused(hd):
     assert status == 200 and b"memprof_sessions" in body
 
 
+@pytest.mark.parametrize("method,framing", [("POST", b"Content-Length: 1000000000"),
+                                            ("GET", b"Transfer-Encoding: chunked")])
+def test_request_body_not_read(hd, method, framing):
+    """A request with an endless body is answered on its headers and closed: memprofd reads none of it."""
+    s = socket.create_connection(("127.0.0.1", hd.port), timeout=10)
+    s.sendall(b"%s /metrics HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % (method.encode(), framing))
+    chunk = b"a" * 65536 if method == "POST" else b"10000\r\n" + b"a" * 65536 + b"\r\n"
+    sent, closed = 0, False
+    while sent < (256 << 20) and not closed:  # far more than the socket buffers hold
+        try:
+            sent += s.send(chunk)
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            closed = True
+    reply = b""
+    try:
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            reply += data
+    except (ConnectionResetError, socket.timeout):
+        pass
+    s.close()
+    assert closed, "memprofd read %d bytes of a body" % sent
+    assert reply.startswith(b"HTTP/1.1 405 " if method == "POST" else b"HTTP/1.1 200 "), reply[:200]
+    assert metrics(hd, 10)[0] == 200
+
+
 def test_per_address_limit_on_a_remote_address(tmp_path):
     """On an address other hosts reach, one client address holds at most 16 connections: the 17th from
     127.0.0.1 is closed unanswered while 127.0.0.2 is served, and 127.0.0.1 is again once its own close."""

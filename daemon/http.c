@@ -1,6 +1,7 @@
 /* http.c -- memprofd's HTTP endpoint: libmicrohttpd in its external-epoll mode on the daemon's own event loop
- * (its epoll fd is a file event, MHD_get_timeout a timer), so no thread, no lock and nothing ever waits on
- * a peer. Routes: /metrics, /debug/pprof/ (the sessions), /debug/pprof/heap and /allocs (?pid=N or
+ * (its epoll fd is a file event, MHD_get_timeout a timer; run_mhd says why a run may need a second), so no
+ * thread, no lock and nothing ever waits on a peer; every client is bounded (connections, idle time, request
+ * size). Routes: /metrics, /debug/pprof/ (the sessions), /debug/pprof/heap and /allocs (?pid=N or
  * ?session=ID). Loopback only unless allowed; an optional bearer token. */
 #include "http.h"
 
@@ -27,7 +28,7 @@
 #define HTTP_MAX_CONNECTIONS 128 /* all clients together */
 /* Per client address: on a loopback listener every local process (the scraper too) is 127.0.0.1 and may
  * pick any other 127.x.y.z, so a lower cap would only let one local user lock the scraper out; the total is
- * the cap there. On an address other hosts reach, one host gets a sixteenth of it. */
+ * the cap there. On an address other hosts reach, one host gets 16 of the 128. */
 #define HTTP_MAX_PER_REMOTE_IP 16
 #define HTTP_BACKLOG (2 * HTTP_MAX_CONNECTIONS) /* past the limit a client waits in the kernel's queue */
 #define HTTP_IDLE_TIMEOUT 5         /* seconds without a byte either way: the connection is closed */

@@ -1,7 +1,8 @@
-"""memprofd's HTTP endpoint against hostile local clients: idle partial requests past the connection limit
-(64 and 200) and /metrics answered after they time out, slowloris from another real user while a real
-Prometheus scrapes every second, an oversized request refused, and the warning a root daemon prints when
-any local user can read its profiles. Loopback only; every loop is bounded; every process is killed."""
+"""memprofd's HTTP endpoint against hostile local clients: idle partial requests up to and past the
+connection limit (64, 128, 200) and /metrics answered after they time out, slowloris from another real user
+while a real Prometheus scrapes every second, an oversized request, an endless body, the per-address limit,
+and the warning a root daemon prints when any local user can read its profiles. Loopback only; every loop is
+bounded; every process started here is killed."""
 import errno
 import json
 import os

@@ -1,6 +1,7 @@
 /* http.c -- memprofd's HTTP endpoint: libmicrohttpd in its external-epoll mode on the daemon's own event loop
- * (its epoll fd is a file event, MHD_get_timeout a timer), so no thread, no lock and nothing ever waits on
- * a peer. Routes: /metrics, /debug/pprof/ (the sessions), /debug/pprof/heap and /allocs (?pid=N or
+ * (its epoll fd is a file event, MHD_get_timeout a timer; run_mhd says why a run may need a second), so no
+ * thread, no lock and nothing ever waits on a peer; every client is bounded (connections, idle time, request
+ * size). Routes: /metrics, /debug/pprof/ (the sessions), /debug/pprof/heap and /allocs (?pid=N or
  * ?session=ID). Loopback only unless allowed; an optional bearer token. */
 #include "http.h"
 
@@ -23,8 +24,16 @@
 #include "session.h"
 #include "util.h"
 
-#define HTTP_MAX_CONNECTIONS 64
-#define HTTP_IDLE_TIMEOUT 30 /* seconds: a silent client is closed */
+/* Bounds on what clients may hold. A scraper keeps one connection; a browser a handful. */
+#define HTTP_MAX_CONNECTIONS 128 /* all clients together */
+/* Per client address: on a loopback listener every local process (the scraper too) is 127.0.0.1 and may
+ * pick any other 127.x.y.z, so a lower cap would only let one local user lock the scraper out; the total is
+ * the cap there. On an address other hosts reach, one host gets 16 of the 128. */
+#define HTTP_MAX_PER_REMOTE_IP 16
+#define HTTP_BACKLOG (2 * HTTP_MAX_CONNECTIONS) /* past the limit a client waits in the kernel's queue */
+#define HTTP_IDLE_TIMEOUT 5         /* seconds without a byte either way: the connection is closed */
+#define HTTP_LOG_BURST 10            /* libmicrohttpd's messages logged a minute */
+#define HTTP_MEMORY_LIMIT (16 << 10) /* bytes per connection: a request line and headers past it get 431/414 */
 
 struct http_config http_config = {.top_n = 10};
 
@@ -301,15 +310,9 @@ static int authorized(struct MHD_Connection *c)
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **state)
 {
-    (void)cls, (void)version, (void)upload;
-    if (!*state) { /* first call: headers only; answer once any body has been read */
-        *state = (void *)1;
-        return MHD_YES;
-    }
-    if (*upload_size) {
-        *upload_size = 0; /* a body is read and ignored: every route is GET */
-        return MHD_YES;
-    }
+    (void)cls, (void)version, (void)upload, (void)upload_size, (void)state;
+    /* Answered at the first call, on the headers alone: every route is GET, so a body is never read
+     * (libmicrohttpd closes the connection after the answer instead) and no client keeps memprofd reading. */
     if (strcmp(method, "GET") && strcmp(method, "HEAD")) return fail(c, 405, "%s: only GET is served\n", method);
     if (!authorized(c)) return fail(c, 401, "a bearer token is required (Authorization: Bearer TOKEN)\n");
     if (!strcmp(url, "/metrics")) return route_metrics(c);
@@ -321,11 +324,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
 /* ------------------------------------------------------------ the loop */
 
+/* libmicrohttpd logs a line per misbehaving client (a request too big, one left unfinished), so any local
+ * user could fill the log: HTTP_LOG_BURST lines a minute, then one line counting the rest (written when the
+ * next message comes). */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
+    static double window;
+    static unsigned logged, dropped;
+    double now = mp_now();
     char msg[512];
     size_t n;
     (void)cls;
+    if (now - window >= 60) {
+        if (dropped) server_log("http: %u more libmicrohttpd messages in the minute before not logged", dropped);
+        window = now;
+        logged = dropped = 0;
+    }
+    if (logged++ >= HTTP_LOG_BURST) {
+        dropped++;
+        return;
+    }
     vsnprintf(msg, sizeof msg, fmt, ap);
     n = strlen(msg);
     while (n && msg[n - 1] == '\n') msg[--n] = 0;
@@ -334,11 +352,32 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 
 static void rearm(void);
 
+static unsigned connections(void)
+{
+    const union MHD_DaemonInfo *i = MHD_get_daemon_info(mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    return i ? i->num_connections : 0;
+}
+
+/* One MHD_run, and a second when the first closed connections. Why (libmicrohttpd 0.9.75, MHD_epoll() in
+ * daemon.c): whether the listening socket is in MHD's epoll set is decided once, at the top of a run, from
+ * the connection count; at the limit it is taken out. Connections that time out or finish later in that
+ * run are freed only by the MHD_cleanup_connections() after it, so the run ends below the limit with the
+ * listener still out of the set. Then nothing makes MHD's epoll fd readable (new clients wait unseen in the
+ * kernel's accept queue) and MHD_get_timeout() has no deadline left once the last connection is gone: the
+ * next run, which would put the listener back, never came, and the endpoint hung for good. The second run
+ * puts it back (its top sees the lower count) and accepts what is waiting. */
+static void run_mhd(void)
+{
+    unsigned before = connections();
+    MHD_run(mhd);
+    if (connections() < before) MHD_run(mhd);
+}
+
 static long on_timer(long long id, void *data)
 {
     (void)data;
     if (id == mhd_timer) mhd_timer = 0;
-    MHD_run(mhd);
+    run_mhd();
     rearm();
     return LOOP_NOMORE;
 }
@@ -355,7 +394,7 @@ static void rearm(void)
 static void on_ready(int fd, int mask, void *data)
 {
     (void)fd, (void)mask, (void)data;
-    MHD_run(mhd);
+    run_mhd();
     rearm();
 }
 
@@ -373,7 +412,7 @@ int http_start(char *err)
         return -1;
     }
     setsockopt(listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(listen_fd, (struct sockaddr *)&ss, len) < 0 || listen(listen_fd, 64) < 0) {
+    if (bind(listen_fd, (struct sockaddr *)&ss, len) < 0 || listen(listen_fd, HTTP_BACKLOG) < 0) {
         mp_errno(err, "cannot listen on http://%s", http_config.listen);
         close(listen_fd);
         listen_fd = -1;
@@ -384,7 +423,10 @@ int http_start(char *err)
                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first: it logs the options after it */
                            MHD_OPTION_LISTEN_SOCKET, listen_fd,
                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS,
-                           MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT, MHD_OPTION_END);
+                           MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                           (unsigned)(is_loopback(&ss) ? HTTP_MAX_CONNECTIONS : HTTP_MAX_PER_REMOTE_IP),
+                           MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT,
+                           MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_MEMORY_LIMIT, MHD_OPTION_END);
     if (!mhd) {
         mp_err(err, "cannot start the HTTP server on %s (libmicrohttpd refused; see the log above)",
                http_config.listen);
@@ -403,9 +445,14 @@ int http_start(char *err)
     server_log("serving http://%s/metrics and /debug/pprof/%s%s", http_config.listen,
                token[0] ? " (bearer token required)" : "", is_loopback(&ss) ? "" : " to remote hosts");
     if (!is_loopback(&ss))
-        fprintf(stderr, "memprofd: warning: --http %s is reachable from other hosts: they can read every "
+        fprintf(stderr, "memprofd: warning: --http %s is reachable from other hosts: %s can read every "
                         "attached process's profile%s\n",
-                http_config.listen, token[0] ? " with the token" : " (no --http-token-file)");
+                http_config.listen, token[0] ? "they" : "anyone who can reach the address",
+                token[0] ? " with the token" : " (no --http-token-file)");
+    else if (!token[0] && geteuid() == 0) /* root attaches to everyone's processes; 127.0.0.1 is everyone's */
+        fprintf(stderr, "memprofd: warning: --http %s has no --http-token-file: every local user can read the "
+                        "profile of every process this root daemon attaches to, whoever owns it\n",
+                http_config.listen);
     return 0;
 }
 

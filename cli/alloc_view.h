@@ -55,6 +55,11 @@ extern int alloc_native_only;
  * created the object, since whoever keeps the object holds that memory (--no-fold clears it). */
 extern int alloc_fold_ctors;
 
+/* Whether want names the function called have (on 3.11+ a qualified name,
+ * "Class.method", "outer.<locals>.inner"; co_name before): 2 if it is have,
+ * 1 if it is have's last dotted part(s) ("__init__", "Class.__init__"), or,
+ * have being unqualified (Python 3.10 and older), have is want's last part; else 0. */
+int alloc_name_match(const char *have, const char *want);
 void view_free(struct view *v);
 /* Make room for frame id in v: 0, or -1 (an id out of range, no memory). */
 int frame_slot(struct view *v, unsigned id);

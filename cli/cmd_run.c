@@ -14,6 +14,7 @@
 
 #include "client.h"
 #include "commands.h"
+#include "alloc_view.h"
 #include "defaults.h"
 #include "pyversions.h"
 
@@ -122,7 +123,9 @@ static int has_function(const Memprof__AllocData *d, const char *name, const cha
 {
     for (size_t i = 0; i < d->n_frames; i++) {
         const Memprof__AllocFrame *f = d->frames[i];
-        if (!strcmp(f->function, name) && (!file || (!strcmp(f->file, file) && f->first_line == first))) return 1;
+        if ((file ? !strcmp(f->function, name) : alloc_name_match(f->function, name) > 0) &&
+            (!file || (!strcmp(f->file, file) && f->first_line == first)))
+            return 1;
     }
     return 0;
 }

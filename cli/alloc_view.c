@@ -44,7 +44,7 @@ void frame_set(struct view *v, unsigned id, const char *file, const char *func, 
         free(f->file);
         free(f->func);
     }
-    *f = (struct frame){1, strdup(file), strdup(func), line, first};
+    *f = (struct frame){1, strdup(file), strdup(func), line, first, mp_is_library_file(file)};
 }
 
 void view_frames(struct view *v, const Memprof__AllocData *d)
@@ -242,6 +242,7 @@ int alloc_name_match(const char *have, const char *want)
 }
 
 int alloc_fold_ctors = 1;
+int alloc_show_libraries;
 
 /* A qualified name's last part: "__init__" of "UserProfile.__init__". */
 static const char *last_part(const char *f)
@@ -272,6 +273,9 @@ size_t rows_build(const struct view *v, enum by by, enum sort sort, struct row *
     for (size_t i = 0; i < v->nstacks; i++) {
         const struct stack *s = &v->stacks[i];
         size_t own = 0;
+        /* what library code allocates is the user's line's that called it (when one did) */
+        while (!alloc_show_libraries && own < s->n && v->frames[s->frames[own]].lib) own++;
+        if (own == s->n) own = 0;
         /* what a comprehension allocates is the line's that wrote it, whatever the version
          * (3.12+ inline them); with folding, what a constructor allocates the creator's */
         while (own + 1 < s->n && (is_comprehension(v, s->frames[own]) || (alloc_fold_ctors && is_ctor(v, s->frames[own]))))

@@ -14,6 +14,7 @@ struct frame {
     int used;
     char *file, *func;
     unsigned line, first;
+    int lib; /* library code (mp_is_library_file) */
 };
 
 /* One stack with its figures, frames as indexes into the frame table. */
@@ -54,6 +55,10 @@ extern int alloc_native_only;
 /* Fold constructors: what __init__/__new__ allocate is shown at the line that
  * created the object, since whoever keeps the object holds that memory (--no-fold clears it). */
 extern int alloc_fold_ctors;
+/* Show library frames (stdlib, site-/dist-packages) as they are: by default what
+ * library code allocates is shown at the innermost line of the user's code under
+ * it, where there is one (--libraries sets it). */
+extern int alloc_show_libraries;
 
 /* Whether want names the function called have (on 3.11+ a qualified name,
  * "Class.method", "outer.<locals>.inner"; co_name before): 2 if it is have,

@@ -19,6 +19,10 @@ static const char *about_lines =
     "functions it calls allocated); Mem usage is the running sum of increments\n"
     "down the function; Occurrences counts allocations made at the line.\n"
     "Sampling mode estimates these; exact mode (memprofd attach --exact) counts.\n"
+    "NAME is the function's qualified name (Class.method, outer.<locals>.inner:\n"
+    "Python 3.11+) or its last part(s); when several functions answer to it,\n"
+    "they are listed (file:def line, live) and nothing is printed (exit 2):\n"
+    "give the qualified name or --file. Python 3.10 and older record plain names.\n"
     "With memprofd attach --native, C code's allocations count too; --native-only\n"
     "counts only them.\n"
     "The source is read through /proc/PID/root.\n";
@@ -298,8 +302,9 @@ int cmd_lines(int argc, char **argv)
     struct view v;
     const struct opt opts[] = {
         CLI_PID_OPT(&pid),
-        {"function", 0, OPT_STRING, &func, "NAME", "the function to report", .required = 1},
-        {"file", 0, OPT_STRING, &file, "FILE", "the file it is in, when several functions share its name"},
+        {"function", 0, OPT_STRING, &func, "NAME", "the function to report (qualified, Class.method, or its last part)",
+         .required = 1},
+        {"file", 0, OPT_STRING, &file, "FILE", "the file it is in (part of its path), when several functions share its name"},
         {"native-only", 0, OPT_FLAG, &alloc_native_only, NULL,
          "only what C code allocated (sessions tracking native allocations)"},
         CLIENT_SOCKET_OPT,

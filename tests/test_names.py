@@ -156,3 +156,66 @@ def test_pprof_names_comprehensions_and_modules(pyid, daemon, targets, tmp_path)
     if minor(version) >= (3, 11):
         assert "UserProfile.__init__" in names, rows
     daemon.detach(t.pid)
+
+
+# ---------------------------------------------------------------- library frames
+
+LIB = "lib_calls.py"
+
+
+def start_lib(daemon, targets, exe, attach_args, *argv):
+    t = targets.start([exe, "-u", workload(LIB)] + list(argv), stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    daemon.attach(t.pid, *attach_args)
+    t.proc.stdin.write("go\n")
+    t.proc.stdin.flush()
+    read_until(t, r"^built$")
+    time.sleep(1.0)
+    return t
+
+
+def top_lines(daemon, pid, *extra):
+    r = daemon.run("top", "--pid", pid, "--once", "--json", "--by", "line", "--limit", "0", *extra)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def own_at(data, name, line):
+    return sum(r["own_live"] for r in data["rows"] if os.path.basename(r["file"]) == name and r["line"] == line)
+
+
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_library_allocations_shown_at_the_users_line(pyid, daemon, targets):
+    """What json.loads builds (allocated under json/decoder.py) is the user's JSON_LINE's by default;
+    --libraries shows it at the standard library's line, the user's line keeping it under TOTAL LIVE."""
+    exe, _ = interpreter(pyid)
+    t = start_lib(daemon, targets, exe, ["--sample-rate", "65536"])
+    line = marked_line(LIB, "JSON_LINE")
+    data = top_lines(daemon, t.pid)
+    first = data["rows"][0]
+    assert os.path.basename(first["file"]) == LIB and first["line"] == line, data["rows"][:3]
+    assert first["own_live"] >= 0.8 * data["live"], (first, data["live"])
+    libs = top_lines(daemon, t.pid, "--libraries")
+    first = libs["rows"][0]
+    assert "/json/" in first["file"], libs["rows"][:3]
+    assert own_at(libs, LIB, line) <= 0.1 * libs["live"], libs["rows"][:5]
+    mine = [r for r in libs["rows"] if os.path.basename(r["file"]) == LIB and r["line"] == line]
+    assert mine and mine[0]["total_live"] >= 0.8 * libs["live"], mine
+    daemon.detach(t.pid)
+
+
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_numpy_wrapper_allocations_shown_at_the_users_line(pyid, daemon, targets):
+    """--native: np.ones's 100 MB (allocated by C under numpy's numeric.py wrapper) is ONES_LINE's own."""
+    from test_native import numpy_interpreter
+    exe = numpy_interpreter(pyid)
+    t = start_lib(daemon, targets, exe, ["--native"], "numpy")
+    line, want = marked_line(LIB, "ONES_LINE"), 10 * 10000000
+    data = top_lines(daemon, t.pid)
+    first = data["rows"][0]
+    assert os.path.basename(first["file"]) == LIB and first["line"] == line, data["rows"][:3]
+    assert abs(first["own_live"] - want) <= 0.1 * want, first
+    libs = top_lines(daemon, t.pid, "--libraries")
+    first = libs["rows"][0]
+    assert "numpy" in first["file"] and first["function"].split(".")[-1] == "ones", libs["rows"][:3]
+    daemon.detach(t.pid)

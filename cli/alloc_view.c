@@ -282,6 +282,7 @@ size_t rows_build(const struct view *v, enum by by, enum sort sort, struct row *
             own++;
         for (size_t k = own; k < s->n; k++) {
             struct row *r;
+            if (k > own && !alloc_show_libraries && v->frames[s->frames[k]].lib) continue; /* user code's rows only */
             row_key(v, s->frames[k], by, key, sizeof key);
             if (!(r = row_get(&rows, &n, &cap, key, s->frames[k]))) continue;
             if (k == own) {

@@ -54,7 +54,7 @@ def lines_rows(text):
 
 
 @pytest.mark.parametrize("pyid", SUPPORTED_IDS)
-@pytest.mark.parametrize("mode", [["--sample-rate", "16384"], ["--exact"]], ids=["sampling", "exact"])
+@pytest.mark.parametrize("mode", [["--sample-rate", "4096"], ["--exact"]], ids=["sampling", "exact"])
 def test_lines_counts_comprehension_at_its_line(pyid, mode, daemon, targets):
     """`self.history = [... for ...]` in __init__ holds what its comprehension allocated, whether the
     comprehension runs in a frame of its own (before 3.12) or inlined (3.12+), sampled or exact."""
@@ -95,7 +95,7 @@ def test_qualified_names_and_ambiguous_function(pyid, daemon, targets):
     functions: an error listing both (file:line, size), exit 2; --file or the qualified name picks one."""
     exe, version = interpreter(pyid)
     qualified = minor(version) >= (3, 11)
-    t, truth = start_app(daemon, targets, exe, ["--sample-rate", "16384"])
+    t, truth = start_app(daemon, targets, exe, ["--sample-rate", "4096"])
     comp_line, build_line = marked_line(APP, "COMP_LINE"), marked_line(APP, "BUILD_LINE")
 
     r = daemon.run("lines", "--pid", t.pid, "--function", "__init__")

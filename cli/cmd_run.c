@@ -218,7 +218,7 @@ int cmd_run(int argc, char **argv)
     pid_t pid;
     double deadline;
     const struct opt opts[] = {
-        {"function", 0, OPT_CALL, &funcs, "NAME", "report this function too (repeatable)",
+        {"function", 0, OPT_CALL, &funcs, "NAME", "report this function too (repeatable; qualified or its last part)",
          .what = "a function name (at most 64 of them)", .set = add_function},
         {"exact", 0, OPT_FLAG, &exact, NULL, "count every allocation (slower), instead of sampling"},
         {"native", 0, OPT_FLAG, &native, NULL, "also native allocations (malloc, mmap... of C extensions)"},

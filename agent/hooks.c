@@ -64,6 +64,7 @@ struct domain {
 struct frame {
     uint32_t file, func; /* offsets into strs */
     uint32_t line, firstline, hash;
+    int comp; /* a comprehension's or generator expression's own frame (see exact_alloc) */
 };
 
 struct code_ent {
@@ -218,6 +219,19 @@ static uint32_t str_add(const char *s)
     return off;
 }
 
+/* "<listcomp>", "f.<locals>.<genexpr>"...: code that runs in a frame of its own
+ * although the user wrote it inside a line of the enclosing function (3.12+
+ * inlines list, dict and set comprehensions; generator expressions stay apart). */
+static int is_comprehension(const char *func)
+{
+    static const char *const names[] = {"<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>"};
+    const char *last = strrchr(func, '.');
+    last = last ? last + 1 : func;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(last, names[i])) return 1;
+    return 0;
+}
+
 static uint32_t frame_intern(const char *file, const char *func, int line, int firstline)
 {
     uint32_t h = hash_bytes(hash_bytes(2166136261u, file, strlen(file)), func, strlen(func));
@@ -233,7 +247,8 @@ static uint32_t frame_intern(const char *file, const char *func, int line, int f
             return id - 1;
     }
     if (nframes >= MAX_FRAMES_TAB) return FRAME_OTHER;
-    frames[nframes] = (struct frame){str_add(file), str_add(func), (uint32_t)line, (uint32_t)firstline, h};
+    frames[nframes] = (struct frame){str_add(file), str_add(func), (uint32_t)line, (uint32_t)firstline, h,
+                                     is_comprehension(func)};
     frame_index[i] = ++nframes;
     return nframes - 1;
 }
@@ -433,20 +448,33 @@ static void account_free(const void *p)
     lock_give();
 }
 
-/* Exact: every allocation, by its top frame. Guard set. */
+#define COMP_DEPTH 8 /* nested comprehensions followed to their enclosing function */
+
+/* Exact: every allocation, by its top frame -- and when that is a comprehension
+ * or generator expression, with the frames it runs in up to the first other
+ * one, so that the line that wrote it counts it (as sampling's whole stacks
+ * do, and as 3.12+'s inlined comprehensions are counted anyway). Guard set. */
 static void exact_alloc(void *p, size_t size)
 {
-    uint32_t id;
-    int n = capture(&id, 1);
+    uint32_t ids[COMP_DEPTH + 1];
+    int n = capture(ids, 1);
     uint32_t st;
-    (void)n;
+    if (frames[ids[0]].comp) { /* entries below nframes are immutable: no lock needed */
+        n = capture(ids, COMP_DEPTH + 1);
+        for (int i = 0; i < n; i++)
+            if (!frames[ids[i]].comp) {
+                n = i + 1;
+                break;
+            }
+    }
     lock_take();
     events++;
     samples++;
-    st = frame_stack[id];
-    if (st == UINT32_MAX) {
-        st = stack_intern(&id, 1);
-        frame_stack[id] = st;
+    if (n > 1) {
+        st = stack_intern(ids, n);
+    } else if ((st = frame_stack[ids[0]]) == UINT32_MAX) {
+        st = stack_intern(ids, 1);
+        frame_stack[ids[0]] = st;
     }
     if (block_put(p, size, st) < 0) dropped++;
     delta_add(st, (double)size, 1, 0);
@@ -488,7 +516,7 @@ static int capture_nogil(uint32_t *ids, int max)
     for (int i = 0; i < n; i++) {
         char *code = raw[i].code;
         const char *file = ascii_or_what(*(void **)(code + abi->code.filename), abi);
-        const char *func = ascii_or_what(*(void **)(code + abi->code.name), abi);
+        const char *func = ascii_or_what(*(void **)(code + pyabi_code_name(abi)), abi);
         int first = *(int *)(code + abi->code.firstlineno), line = addr2line_nogil(code, raw[i].lasti);
         lock_take();
         ids[i] = frame_intern(file, func, line < 0 ? 0 : line, first);

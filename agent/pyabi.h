@@ -99,7 +99,7 @@ struct pyabi {
         uintptr_t executable_tag; /* PYABI_STACKREF: bits to clear from f_executable */
     } frame;
     struct {               /* PyCodeObject */
-        int firstlineno, filename, name, qualname;
+        int firstlineno, filename, name, qualname; /* qualname: co_qualname, 3.11+ (-1 before) */
         int code_adaptive, firsttraceable; /* 3.11+ */
         int linetable;     /* co_linetable (a bytes object), for `memprof rss`; 0: not measured */
     } code;
@@ -142,5 +142,9 @@ int pyabi_supported(int major, int minor);
  * -1 with err naming the first field that differs, a free-threaded build, a
  * missing cookie or another version. */
 int pyabi_check_debug_offsets(const struct pyabi *abi, uint32_t hexversion, const void *buf, size_t len, char *err);
+
+/* The code object's field that names its function in every view: co_qualname
+ * (Class.method, outer.<locals>.inner) where it exists (3.11+), else co_name. */
+static inline int pyabi_code_name(const struct pyabi *a) { return a->code.qualname >= 0 ? a->code.qualname : a->code.name; }
 
 #endif

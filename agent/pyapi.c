@@ -261,7 +261,7 @@ int pyapi_walk(void *ts, struct pyframe *out, int max)
 void pyapi_code_key(void *code, void **file, void **name, int *firstline)
 {
     *file = FIELD(code, offsets->code.filename, void *);
-    *name = FIELD(code, offsets->code.name, void *);
+    *name = FIELD(code, pyabi_code_name(offsets), void *);
     *firstline = FIELD(code, offsets->code.firstlineno, int);
 }
 
@@ -283,7 +283,7 @@ static const char *str_utf8(void *str)
 void pyapi_code_where(const struct pyframe *f, const char **file, const char **func, int *firstline, int *line)
 {
     *file = str_utf8(FIELD(f->code, offsets->code.filename, void *));
-    *func = str_utf8(FIELD(f->code, offsets->code.name, void *));
+    *func = str_utf8(FIELD(f->code, pyabi_code_name(offsets), void *));
     *firstline = FIELD(f->code, offsets->code.firstlineno, int);
     *line = addr2line(f->code, f->lasti);
 }

@@ -82,7 +82,7 @@ int pyapi_walk(void *tstate, struct pyframe *out, int max);
 /* What identifies a code object for caching (its filename and name objects,
  * def line): equal keys at one address mean the same code. */
 void pyapi_code_key(void *code, void **file, void **name, int *firstline);
-/* UTF-8 filename, function name, def line and the line of lasti. GIL held. */
+/* UTF-8 filename, function name (qualified on 3.11+: pyabi_code_name), def line and the line of lasti. GIL held. */
 void pyapi_code_where(const struct pyframe *f, const char **file, const char **func, int *firstline,
                       int *line);
 

@@ -177,7 +177,8 @@ static void record(void *f)
     long fl;
     if (code) {
         file = A.GetAttrString(code, "co_filename");
-        name = A.GetAttrString(code, "co_name");
+        /* the name the frames carry (pyabi_code_name): qualified where the code has one */
+        name = A.GetAttrString(code, A.HasAttrString(code, "co_qualname") ? "co_qualname" : "co_name");
         first = A.GetAttrString(code, "co_firstlineno");
     }
     sf = file ? A.AsUTF8(file) : NULL;

@@ -44,7 +44,7 @@ void frame_set(struct view *v, unsigned id, const char *file, const char *func, 
         free(f->file);
         free(f->func);
     }
-    *f = (struct frame){1, strdup(file), strdup(func), line, first};
+    *f = (struct frame){1, strdup(file), strdup(func), line, first, mp_is_library_file(file)};
 }
 
 void view_frames(struct view *v, const Memprof__AllocData *d)
@@ -231,12 +231,38 @@ static int row_cmp(const void *a, const void *b)
     return kx < ky ? 1 : kx > ky ? -1 : strcmp(x->key, y->key);
 }
 
+int alloc_name_match(const char *have, const char *want)
+{
+    size_t lh = strlen(have), lw = strlen(want);
+    const char *last = strrchr(want, '.');
+    if (!strcmp(have, want)) return 2;
+    if (lw && lh > lw && have[lh - lw - 1] == '.' && !strcmp(have + lh - lw, want)) return 1;
+    if (last && last[1] && !strchr(have, '.') && !strcmp(have, last + 1)) return 1;
+    return 0;
+}
+
 int alloc_fold_ctors = 1;
+int alloc_show_libraries;
+
+/* A qualified name's last part: "__init__" of "UserProfile.__init__". */
+static const char *last_part(const char *f)
+{
+    const char *d = strrchr(f, '.');
+    return d ? d + 1 : f;
+}
 
 static int is_ctor(const struct view *v, unsigned fid)
 {
-    const char *f = v->frames[fid].func;
+    const char *f = last_part(v->frames[fid].func);
     return !strcmp(f, "__init__") || !strcmp(f, "__new__") || !strcmp(f, "__post_init__");
+}
+
+/* A comprehension's or generator expression's own frame (before 3.12 list,
+ * dict and set comprehensions have one; 3.12+ inline them into the function). */
+static int is_comprehension(const struct view *v, unsigned fid)
+{
+    const char *f = last_part(v->frames[fid].func);
+    return !strcmp(f, "<listcomp>") || !strcmp(f, "<dictcomp>") || !strcmp(f, "<setcomp>") || !strcmp(f, "<genexpr>");
 }
 
 size_t rows_build(const struct view *v, enum by by, enum sort sort, struct row **out)
@@ -247,9 +273,16 @@ size_t rows_build(const struct view *v, enum by by, enum sort sort, struct row *
     for (size_t i = 0; i < v->nstacks; i++) {
         const struct stack *s = &v->stacks[i];
         size_t own = 0;
-        while (alloc_fold_ctors && own + 1 < s->n && is_ctor(v, s->frames[own])) own++;
+        /* what library code allocates is the user's line's that called it (when one did) */
+        while (!alloc_show_libraries && own < s->n && v->frames[s->frames[own]].lib) own++;
+        if (own == s->n) own = 0;
+        /* what a comprehension allocates is the line's that wrote it, whatever the version
+         * (3.12+ inline them); with folding, what a constructor allocates the creator's */
+        while (own + 1 < s->n && (is_comprehension(v, s->frames[own]) || (alloc_fold_ctors && is_ctor(v, s->frames[own]))))
+            own++;
         for (size_t k = own; k < s->n; k++) {
             struct row *r;
+            if (k > own && !alloc_show_libraries && v->frames[s->frames[k]].lib) continue; /* user code's rows only */
             row_key(v, s->frames[k], by, key, sizeof key);
             if (!(r = row_get(&rows, &n, &cap, key, s->frames[k]))) continue;
             if (k == own) {

@@ -14,6 +14,7 @@ struct frame {
     int used;
     char *file, *func;
     unsigned line, first;
+    int lib; /* library code (mp_is_library_file) */
 };
 
 /* One stack with its figures, frames as indexes into the frame table. */
@@ -54,7 +55,16 @@ extern int alloc_native_only;
 /* Fold constructors: what __init__/__new__ allocate is shown at the line that
  * created the object, since whoever keeps the object holds that memory (--no-fold clears it). */
 extern int alloc_fold_ctors;
+/* Show library frames (stdlib, site-/dist-packages) as they are: by default what
+ * library code allocates is shown at the innermost line of the user's code under
+ * it, where there is one (--libraries sets it). */
+extern int alloc_show_libraries;
 
+/* Whether want names the function called have (on 3.11+ a qualified name,
+ * "Class.method", "outer.<locals>.inner"; co_name before): 2 if it is have,
+ * 1 if it is have's last dotted part(s) ("__init__", "Class.__init__"), or,
+ * have being unqualified (Python 3.10 and older), have is want's last part; else 0. */
+int alloc_name_match(const char *have, const char *want);
 void view_free(struct view *v);
 /* Make room for frame id in v: 0, or -1 (an id out of range, no memory). */
 int frame_slot(struct view *v, unsigned id);

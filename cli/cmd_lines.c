@@ -10,6 +10,7 @@
 #include "client.h"
 #include "commands.h"
 #include "alloc_view.h"
+#include "exitcodes.h"
 
 static const char *about_lines =
     "memory_profiler's line-by-line report for one function of an attached\n"
@@ -18,6 +19,10 @@ static const char *about_lines =
     "functions it calls allocated); Mem usage is the running sum of increments\n"
     "down the function; Occurrences counts allocations made at the line.\n"
     "Sampling mode estimates these; exact mode (memprofd attach --exact) counts.\n"
+    "NAME is the function's qualified name (Class.method, outer.<locals>.inner:\n"
+    "Python 3.11+) or its last part(s); when several functions answer to it,\n"
+    "they are listed (file:def line, live) and nothing is printed (exit 2):\n"
+    "give the qualified name or --file. Python 3.10 and older record plain names.\n"
     "With memprofd attach --native, C code's allocations count too; --native-only\n"
     "counts only them.\n"
     "The source is read through /proc/PID/root.\n";
@@ -67,6 +72,7 @@ static void near_matches(const struct view *v, const char *name, char *out, size
         for (int k = 0; k < nc; k++) dup |= !strcmp(c[k].name, f);
         if (dup) continue;
         score = edit_distance(name, f);
+        if (strrchr(f, '.') && edit_distance(name, strrchr(f, '.') + 1) < score) score = edit_distance(name, strrchr(f, '.') + 1);
         if (strstr(f, name) || strstr(name, f)) score = score < 2 ? score : 2;
         if (score > 3 + (int)strlen(name) / 3) continue;
         if (nc < 8) c[nc++] = (struct cand){f, score};
@@ -124,32 +130,94 @@ static int indent_of(const char *s)
     return *s && *s != '#' ? n : -1; /* -1: blank or comment */
 }
 
+/* One function NAME may mean: (file, qualified name, def line) and what it holds. */
+struct cand {
+    const char *file, *func;
+    unsigned first;
+    int exact;   /* NAME is its qualified name itself, not a suffix of it */
+    double live; /* held under it (each stack once) */
+};
+
+static int cand_cmp(const void *a, const void *b)
+{
+    const struct cand *x = a, *y = b;
+    return x->live < y->live ? 1 : x->live > y->live ? -1 : strcmp(x->file, y->file);
+}
+
+/* The functions of v that func names (alloc_name_match), in file when given
+ * (with def line first: that one exactly), largest first: *out (free it), the count. */
+static size_t candidates(const struct view *v, const char *func, const char *file, unsigned first, struct cand **out)
+{
+    struct cand *c = NULL;
+    size_t n = 0, cap = 0, nexact = 0;
+    for (size_t i = 0; i < v->nframes; i++) {
+        const struct frame *f = &v->frames[i];
+        int m = f->used ? alloc_name_match(f->func, func) : 0;
+        size_t k;
+        if (!m || (file && (first ? strcmp(f->file, file) || f->first != first : !strstr(f->file, file)))) continue;
+        for (k = 0; k < n && !(c[k].first == f->first && !strcmp(c[k].func, f->func) && !strcmp(c[k].file, f->file)); k++) {}
+        if (k < n) continue;
+        if (n == cap) {
+            struct cand *nc = realloc(c, (cap = cap ? 2 * cap : 16) * sizeof *nc);
+            if (!nc) break;
+            c = nc;
+        }
+        c[n++] = (struct cand){f->file, f->func, f->first, m == 2, 0};
+        nexact += m == 2;
+    }
+    if (nexact) { /* a qualified name given: only the functions of exactly that name */
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            if (c[i].exact) c[k++] = c[i];
+        n = k;
+    }
+    for (size_t s = 0; s < v->nstacks; s++)
+        for (size_t k = 0; k < n; k++)
+            for (size_t j = 0; j < v->stacks[s].n; j++) {
+                const struct frame *f = &v->frames[v->stacks[s].frames[j]];
+                if (f->first == c[k].first && !strcmp(f->func, c[k].func) && !strcmp(f->file, c[k].file)) {
+                    c[k].live += v->stacks[s].live;
+                    break;
+                }
+            }
+    if (n > 1) qsort(c, n, sizeof *c, cand_cmp);
+    *out = c;
+    return n;
+}
+
 /* memory_profiler's report of function func (in a file matching file, with
  * def line first when non-zero) to o. Attach mode: Increment is what the line
  * allocated since attach and still holds. Run mode (memprof run): Increment is
  * the line's peak (the most its allocations held at once), like the RSS
- * increase memory_profiler sees while the line runs. 0, or MP_EXIT_FAIL after an error. */
+ * increase memory_profiler sees while the line runs. func may be a qualified
+ * name or its last part(s); several functions of that name are an error that
+ * lists them, unless file tells them apart. 0, or the exit status after an error. */
 static int lines_print(FILE *o, struct view *v, const char *func, const char *file, unsigned first, int run_mode)
 {
     const char *chosen = NULL;
     unsigned maxline = 0, start, end;
     char near[512];
-    double *inc = NULL, *occ = NULL, best = -1;
+    double *inc = NULL, *occ = NULL;
     char **src;
     size_t nsrc;
     int pid = v->pid, exact = v->exact;
-    /* the (file, def line) of NAME holding the most memory */
-    for (size_t i = 0; i < v->nframes; i++) {
-        struct frame *f = &v->frames[i];
-        double held = 0;
-        if (!f->used || strcmp(f->func, func) || (file && (first ? strcmp(f->file, file) : !strstr(f->file, file))) ||
-            (first && f->first != first))
-            continue;
-        for (size_t s = 0; s < v->nstacks; s++)
-            for (size_t k = 0; k < v->stacks[s].n; k++)
-                if (v->stacks[s].frames[k] == i) held += fabs(v->stacks[s].live) + v->stacks[s].ac;
-        if (held > best) best = held, chosen = f->file, first = f->first;
+    struct cand *c;
+    size_t nc = candidates(v, func, file, first, &c);
+    if (nc > 1) {
+        char list[1536], a[32];
+        size_t l = 0;
+        for (size_t i = 0; i < nc && i < 8 && l < sizeof list; i++)
+            l += (size_t)snprintf(list + l, sizeof list - l, "%s%s (%s:%u, %s live)", i ? ", " : "", c[i].func,
+                                  c[i].file, c[i].first, cli_bytes(c[i].live, a, sizeof a));
+        if (nc > 8 && l < sizeof list) snprintf(list + l, sizeof list - l, ", and %zu more", nc - 8);
+        cli_fail("pid %d: %zu functions are named '%s'%s%s: %s; give the qualified name%s or --file", pid, nc, func,
+                 file ? " in " : "", file ? file : "", list,
+                 strchr(c[0].func, '.') ? "" : " (Python 3.10 and older record no class: give the file)");
+        free(c);
+        return MP_EXIT_USAGE;
     }
+    if (nc == 1) chosen = c[0].file, func = c[0].func, first = c[0].first; /* v's strings: live as long as v */
+    free(c);
     if (!chosen && first && file) {
         chosen = file; /* memprof run's @profile: known, nothing sampled in it */
     } else if (!chosen) {
@@ -234,8 +302,9 @@ int cmd_lines(int argc, char **argv)
     struct view v;
     const struct opt opts[] = {
         CLI_PID_OPT(&pid),
-        {"function", 0, OPT_STRING, &func, "NAME", "the function to report", .required = 1},
-        {"file", 0, OPT_STRING, &file, "FILE", "the file it is in, when several functions share its name"},
+        {"function", 0, OPT_STRING, &func, "NAME", "the function to report (qualified, Class.method, or its last part)",
+         .required = 1},
+        {"file", 0, OPT_STRING, &file, "FILE", "the file it is in (part of its path), when several functions share its name"},
         {"native-only", 0, OPT_FLAG, &alloc_native_only, NULL,
          "only what C code allocated (sessions tracking native allocations)"},
         CLIENT_SOCKET_OPT,

@@ -210,8 +210,17 @@ static void peak_functions(const struct plot *p, struct peak *k)
 
 static int is_comprehension(const char *func)
 {
+    const char *d = strrchr(func, '.');
+    func = d ? d + 1 : func; /* qualified names (3.11+): the last part */
     return !strcmp(func, "<listcomp>") || !strcmp(func, "<dictcomp>") || !strcmp(func, "<setcomp>") ||
            !strcmp(func, "<genexpr>");
+}
+
+static int is_ctor(const char *func)
+{
+    const char *d = strrchr(func, '.');
+    func = d ? d + 1 : func;
+    return !strcmp(func, "__init__") || !strcmp(func, "__new__") || !strcmp(func, "__post_init__");
 }
 
 /* Before 3.12 a comprehension runs as a function of its own: credit what it
@@ -225,9 +234,7 @@ static void find_holders(struct plot *p)
             uint32_t id = st->frames[k], up = st->frames[k + 1];
             const Memprof__AllocFrame *fr = id < p->nids ? p->frame_by_id[id] : NULL;
             if (!fr || up >= p->nids || !p->frame_by_id[up]) break;
-            if (!strcmp(fr->function, "__init__") || !strcmp(fr->function, "__new__") ||
-                !strcmp(fr->function, "__post_init__"))
-                continue; /* sites fold constructors into their caller */
+            if (is_ctor(fr->function)) continue; /* sites fold constructors into their caller */
             if (!is_comprehension(fr->function)) break;
             if (!p->holder_by_id[id]) p->holder_by_id[id] = p->frame_by_id[up];
         }

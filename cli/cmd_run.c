@@ -15,6 +15,7 @@
 
 #include "client.h"
 #include "commands.h"
+#include "alloc_view.h"
 #include "defaults.h"
 #include "pyversions.h"
 
@@ -123,7 +124,9 @@ static int has_function(const Memprof__AllocData *d, const char *name, const cha
 {
     for (size_t i = 0; i < d->n_frames; i++) {
         const Memprof__AllocFrame *f = d->frames[i];
-        if (!strcmp(f->function, name) && (!file || (!strcmp(f->file, file) && f->first_line == first))) return 1;
+        if ((file ? !strcmp(f->function, name) : alloc_name_match(f->function, name) > 0) &&
+            (!file || (!strcmp(f->file, file) && f->first_line == first)))
+            return 1;
     }
     return 0;
 }
@@ -216,7 +219,7 @@ int cmd_run(int argc, char **argv)
     pid_t pid;
     double deadline;
     const struct opt opts[] = {
-        {"function", 0, OPT_CALL, &funcs, "NAME", "report this function too (repeatable)",
+        {"function", 0, OPT_CALL, &funcs, "NAME", "report this function too (repeatable; qualified or its last part)",
          .what = "a function name (at most 64 of them)", .set = add_function},
         {"exact", 0, OPT_FLAG, &exact, NULL, "count every allocation (slower), instead of sampling"},
         {"native", 0, OPT_FLAG, &native, NULL, "also native allocations (malloc, mmap... of C extensions)"},

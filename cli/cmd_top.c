@@ -20,6 +20,9 @@ static const char *about_top =
     "In sampling mode figures are unbiased estimates (Poisson sampling by bytes).\n"
     "What __init__/__new__ allocate is shown at the line that created the object\n"
     "(whoever keeps the object holds it); --no-fold shows it inside __init__.\n"
+    "What library code (the standard library, site-/dist-packages) allocates is\n"
+    "shown at the line of your code that called it, where one did, and library\n"
+    "lines get no rows; --libraries shows them, with what they allocated.\n"
     "Sessions attached with --native also count what C code (numpy, extensions)\n"
     "allocates with malloc/mmap: the header splits tracked live into Python and\n"
     "native, NATIVE is the share of OWN LIVE allocated by C code, and\n"
@@ -173,6 +176,8 @@ int cmd_top(int argc, char **argv)
         {"limit", 0, OPT_INT, &limit, "N", "at most N rows (default 20, 0 = all)", 0, 1000000},
         {"interval", 0, OPT_SECONDS, &interval, "SECONDS", "refresh every SECONDS (default 1)", 0.1, 86400},
         {"no-fold", 0, OPT_FLAG, &no_fold, NULL, "show what __init__/__new__ allocate inside them"},
+        {"libraries", 0, OPT_FLAG, &alloc_show_libraries, NULL,
+         "show what library code allocates at its own lines, not at yours that called it"},
         {"native-only", 0, OPT_FLAG, &alloc_native_only, NULL,
          "only what C code allocated (sessions tracking native allocations)"},
         CLIENT_SOCKET_OPT,

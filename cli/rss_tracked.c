@@ -68,6 +68,7 @@ void rss_tracked_fetch(int pid, int gone, struct rss_tracked *t)
     size_t n;
     rss_tracked_clear(t);
     alloc_fold_ctors = 0; /* joined with where pages are faulted in: what __init__ allocates stays in __init__ */
+    alloc_show_libraries = 1; /* and what numpy's Python wrappers allocate in them */
     if (!(reply = query(pid, t))) return;
     si = reply->alloc_data->session;
     /* an ended session of a process that is not ours (the pid reused) */

@@ -213,7 +213,9 @@ static int add_frames(struct builder *b, const Memprof__AllocData *d)
             Function *f = &b->fa[nf];
             perftools__profiles__function__init(f);
             f->id = nf + 1;
-            f->name = f->system_name = name;
+            /* no system_name: pprof demangles it into the name shown, and its
+             * C++ demangler cuts "<listcomp>" and "<module>" to nothing */
+            f->name = name;
             f->filename = file;
             f->start_line = fr->first_line;
             b->fp[nf++] = f;

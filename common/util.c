@@ -185,3 +185,19 @@ int mp_token_equal(const char *a, const char *b)
     for (size_t i = 0; i < la && i < lb; i++) diff |= (unsigned char)a[i] ^ (unsigned char)b[i];
     return diff == 0 && la == 32;
 }
+
+int mp_is_library_file(const char *file)
+{
+    if (!strncmp(file, "<frozen ", 8)) return 1;
+    if (strstr(file, "/site-packages/") || strstr(file, "/dist-packages/")) return 1;
+    for (const char *p = file; (p = strstr(p, "/lib")); p++) {
+        const char *q = p + 4;
+        if (!strncmp(q, "64", 2)) q += 2;
+        if (strncmp(q, "/python", 7)) continue;
+        q += 7;
+        if (*q < '0' || *q > '9') continue;
+        while ((*q >= '0' && *q <= '9') || *q == '.') q++;
+        if (*q == '/') return 1; /* .../lib/python3.11/json/decoder.py */
+    }
+    return 0;
+}

@@ -50,4 +50,10 @@ pid_t mp_parse_pid(const char *s);
 /* 1 when a and b are the same 32-character token; time independent of where they differ. */
 int mp_token_equal(const char *a, const char *b);
 
+/* Whether a Python file is library code rather than the user's: the standard
+ * library (.../lib/pythonX.Y/, lib64 too, <frozen ...>) or an installed package
+ * (site-packages, dist-packages). The views show what library code allocates at
+ * the user's line that called it (README "Library frames"). */
+int mp_is_library_file(const char *file);
+
 #endif

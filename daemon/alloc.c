@@ -274,18 +274,26 @@ static void define(struct alloc_data *a, const Memprof__AllocReport *r, pid_t pi
     }
 }
 
-static int is_ctor(const char *func)
+/* Constructors and comprehensions, by a (qualified) name's last part. */
+static int is_folded(const char *func)
 {
-    return !strcmp(func, "__init__") || !strcmp(func, "__new__") || !strcmp(func, "__post_init__");
+    const char *d = strrchr(func, '.'), *f = d ? d + 1 : func;
+    return !strcmp(f, "__init__") || !strcmp(f, "__new__") || !strcmp(f, "__post_init__") ||
+           !strcmp(f, "<listcomp>") || !strcmp(f, "<dictcomp>") || !strcmp(f, "<setcomp>") || !strcmp(f, "<genexpr>");
 }
 
-/* The site of a stack: its innermost frame, or for what a constructor
- * allocates, the frame that created the object (whoever keeps it holds it). */
+/* The site of a stack: its innermost frame of the user's code (not library
+ * code), or for what a constructor allocates, the frame that created the object
+ * (whoever keeps it holds it), and for a comprehension's frame (before 3.12)
+ * the line that wrote it. */
 static int stack_site(const struct alloc_data *a, const struct astack *st, uint32_t *site)
 {
     uint32_t own = 0;
     if (!st->defined || !st->n) return -1;
-    while (own + 1 < st->n && a->frames[st->frames[own]].func && is_ctor(a->frames[st->frames[own]].func)) own++;
+    /* library code's allocations: the innermost line of the user's code under it, if any (as memprof top) */
+    while (own < st->n && a->frames[st->frames[own]].file && mp_is_library_file(a->frames[st->frames[own]].file)) own++;
+    if (own == st->n) own = 0;
+    while (own + 1 < st->n && a->frames[st->frames[own]].func && is_folded(a->frames[st->frames[own]].func)) own++;
     *site = st->frames[own];
     return 0;
 }

@@ -80,7 +80,7 @@ _memprof()
         growth) opts="--pid --interval --limit --count --all --json --socket" ;;
         backrefs) opts="--pid --type --addr -o --output --max-depth --too-many --max-start --socket" ;;
         chain) opts="--pid --type --addr --max-depth --socket" ;;
-        top) opts="--pid --by --once --json --limit --interval --no-fold --native-only --socket" ;;
+        top) opts="--pid --by --once --json --limit --interval --no-fold --libraries --native-only --socket" ;;
         lines) opts="--pid --function --file --native-only --socket" ;;
         snapshot) opts="--pid -o --output --socket" ;;
         diff) opts="--pid --window --session --limit --socket" ;;

@@ -95,7 +95,8 @@ def _code_of(obj):
 def _line_report(code, before, after, mode):
     """memprof's line report (the format of memprof lines / memprof run) of code over what
     happened between two exports of this process's session."""
-    file, name, first = code.co_filename, code.co_name, code.co_firstlineno
+    file, first = code.co_filename, code.co_firstlineno
+    name = getattr(code, "co_qualname", code.co_name)  # as the frames name it (3.11+: qualified)
     src = linecache.getlines(file)  # IPython keeps cells here too
     end = first
     if src and first <= len(src):

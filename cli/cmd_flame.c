@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -284,6 +285,13 @@ static long build_tree(struct node *root, const Memprof__AllocData *d, const str
     return n;
 }
 
+/* The page is HTML: a name ending in .svg (or anything else) would hold the wrong thing under a promising name. */
+static int html_name(const char *out)
+{
+    size_t n = strlen(out);
+    return (n > 5 && !strcasecmp(out + n - 5, ".html")) || (n > 4 && !strcasecmp(out + n - 4, ".htm"));
+}
+
 int cmd_flamegraph(int argc, char **argv)
 {
     int pid = 0, allocated = 0, rc;
@@ -311,6 +319,8 @@ int cmd_flamegraph(int argc, char **argv)
                                 .about = about_flame, .more = example_flame};
     if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
     if (!pid && !session_id) return opts_usage_error(&cmd, "--pid PID or --session ID is required");
+    if (!html_name(out))
+        return opts_usage_error(&cmd, "%s: memprof flamegraph writes an HTML page: use an .html name", out);
     if (alloc_fetch(pid, session_id, 0, &reply, err) < 0) return cli_fail_call(err);
     d = reply->alloc_data;
     s = d->session;

@@ -304,6 +304,43 @@ def test_bad_input(daemon, targets):
         assert "--socket PATH" in r.stdout
 
 
+def test_snapshot_truncated_refused_and_reversed_diff_said(daemon, targets, tmp_path):
+    """A snapshot cut short (`head -c`) is one line of error and a non-zero exit, not a diff of what was left; a
+    snapshot of the old format (no end line) is still read; two snapshots given newer first are compared in time
+    order, and the output says so (not "over -3.0 s")."""
+    t = targets.start([default_python(), "-u", workload("service.py"), "30"])
+    t.wait_for(r"^ready \d+")
+    daemon.attach(t.pid, "--sample-rate", "16384")
+    a, b, cut = str(tmp_path / "a.mps"), str(tmp_path / "b.mps"), str(tmp_path / "cut.mps")
+    time.sleep(1)
+    assert daemon.run("snapshot", "--pid", t.pid, "-o", a).returncode == 0
+    time.sleep(2)
+    assert daemon.run("snapshot", "--pid", t.pid, "-o", b).returncode == 0
+    data = open(a, "rb").read()
+    assert data.endswith(b"\n") and data.splitlines()[-1].startswith(b"end\t"), data[-200:]
+    for n in (len(data) // 2, len(data) - 1, len(data) - len(data.splitlines(True)[-1])):  # mid-line, no \n, at a line
+        open(cut, "wb").write(data[:n])
+        for argv in ((cut, b), (a, cut)):
+            r = daemon.run("diff", *argv)
+            assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1, (n, r)
+            assert "cut.mps: truncated snapshot" in r.stderr, r.stderr
+    open(cut, "wb").write(data + b"stack\t1\t1\t1\t0\t0\t0\t1\n")  # something after the end line
+    r = daemon.run("diff", cut, b)
+    assert r.returncode == 1 and "damaged snapshot" in r.stderr and r.stderr.count("\n") == 1, r
+    # version 1 (before the end line): still read
+    old = data.replace(b"memprof-snapshot 2\n", b"memprof-snapshot 1\n", 1).rsplit(b"end\t", 1)[0]
+    open(cut, "wb").write(old)
+    r = daemon.run("diff", cut, b)
+    assert r.returncode == 0 and "by line:" in r.stdout, r
+    fwd, rev = daemon.run("diff", a, b), daemon.run("diff", b, a)
+    assert fwd.returncode == 0 and rev.returncode == 0, (fwd, rev)
+    assert re.match(r"live: .* over \d+\.\d s$", fwd.stdout.splitlines()[0]), fwd.stdout
+    note = rev.stdout.splitlines()[0]
+    assert re.match(r"\(.*a\.mps is the older snapshot, by \d+\.\d s: showing .*a\.mps -> .*b\.mps\)$", note), rev.stdout
+    assert rev.stdout.split("\n", 1)[1] == fwd.stdout, (fwd.stdout, rev.stdout)
+    daemon.detach(t.pid)
+
+
 # ---------------------------------------------------------------- exit: final figures, atexit
 
 def hold_line():

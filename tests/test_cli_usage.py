@@ -77,6 +77,9 @@ def test_required_and_unexpected_arguments_exit_2():
                           ([MEMPROF, "diff", "a.mps"], "expected two snapshot files"),
                           ([MEMPROF, "export"], "--pid PID, --session ID or --rss FILE is required"),
                           ([MEMPROF, "run"], "no program to run"),
+                          # the flame graph is an HTML page: a .svg name would hold HTML (plot refuses .png likewise)
+                          ([MEMPROF, "flamegraph", "--pid", "1", "-o", "flame.svg"], "use an .html name"),
+                          ([MEMPROF, "flamegraph", "--pid", "1", "-o", "flame"], "use an .html name"),
                           ([MEMPROF, "run", "--native", "--exact", "--", "true"], "not with --exact"),
                           ([MEMPROFD, "attach"], "--pid PID is required"),
                           ([MEMPROFD, "attach", "--pid", "1", "--native", "--exact"], "not with --exact"),

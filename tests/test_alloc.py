@@ -2,12 +2,15 @@
 service.py on top, unchanged results under profiling, sampled and exact
 accuracy (tracemalloc in the same target as the oracle), forking targets, a
 target exiting under `memprof top`, snapshots and diffs, bad input."""
+import fcntl
 import json
 import os
 import pty
 import re
 import select
+import struct
 import subprocess
+import termios
 import time
 
 import pytest
@@ -269,6 +272,77 @@ def test_target_exit_during_top(pyid, daemon, targets):
     # and afterwards, one snapshot of the final figures
     data = top_json(daemon, t.pid)
     assert data["state"] == "exited" and data["live"] > 0 and data["rows"]
+
+
+# ---------------------------------------------------------------- top on an 80x24 terminal
+
+def test_top_fits_80x24_keys_pause_help_zero_rows_last(daemon, targets, tmp_path):
+    """`memprof top` on an 80x24 terminal (a pty told its size with TIOCSWINSZ): every line fits the width (a long
+    location loses its leading directories, not its file:line (function)), the screen is at most 24 lines with the
+    title first and a key legend last; p marks the screen paused, ? and h open and close a help; the line
+    allocating while holding nothing is shown ahead of the 30 callers whose every figure is zero."""
+    deep = tmp_path / ("a-directory-name-long-enough-to-need-eliding-" * 2) / "pkg"
+    deep.mkdir(parents=True)
+    script = deep / "top_screen.py"
+    script.write_text(open(target_script("top_screen.py")).read())
+    churn_line = next(n for n, text in enumerate(open(script), 1) if "# CHURN_LINE" in text)
+    t = targets.start([default_python(), "-u", str(script)])
+    t.wait_for(r"^ready \d+")
+    daemon.attach(t.pid)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    top = subprocess.Popen([MEMPROF, "top", "--pid", str(t.pid), "--interval", "0.3"], stdin=slave, stdout=slave,
+                           stderr=slave, env=daemon.env, close_fds=True)
+    os.close(slave)
+    out = [b""]
+
+    def screen(want, timeout=15):
+        """The first whole screen drawn after now for which want(lines) holds."""
+        start = len(out[0])
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            r, _, _ = select.select([master], [], [], 0.3)
+            if r:
+                out[0] += os.read(master, 65536)
+            frames = out[0][start:].decode(errors="replace").replace("\r", "").split("\x1b[H\x1b[2J")
+            # whole screens: another began after it, or it ends with its last line, the key legend (a paused
+            # screen is drawn once)
+            for f in frames[1:-1] + [f for f in frames[-1:] if f.endswith(("? help", "q quit"))]:
+                if want(f.split("\n")):
+                    return f.split("\n")
+        raise AssertionError("no such screen within %ss; last: %r" % (timeout, out[0][-3000:]))
+
+    churn = "top_screen.py:%d (churn)" % churn_line
+    try:
+        lines = screen(lambda ls: any(l.endswith(churn) for l in ls) and "0 B/s" not in
+                       next(l for l in ls if l.endswith(churn)))
+        assert len(lines) <= 24 and all(len(l) <= 80 for l in lines), "\n".join(lines)
+        assert lines[0].startswith("pid %d  Python " % t.pid), lines
+        assert "OWN LIVE" in "\n".join(lines[:6]) and "LOCATION" in "\n".join(lines[:6]), lines
+        assert "q quit" in lines[-1] and "p pause" in lines[-1] and "? help" in lines[-1], lines
+        row = next(l for l in lines if l.endswith(churn))
+        assert re.search(r"  \.\.\./(pkg/)?" + re.escape(churn) + "$", row), row  # the leading directories gave way
+        rows = lines[lines.index(next(l for l in lines if "LOCATION" in l)) + 1:-1]
+        zero = [i for i, l in enumerate(rows) if re.match(r"\s+0 B\s+0 B\s+0\.0%\s+0 B/s\s+0\s", l)]
+        assert zero and rows.index(row) < zero[0], "\n".join(rows)
+        os.write(master, b"p")
+        lines = screen(lambda ls: ls[0].startswith("[paused]"))
+        assert "p resume" in lines[-1] and len(lines) <= 24, lines
+        os.write(master, b"?")
+        lines = screen(lambda ls: "keys" in ls)
+        assert len(lines) <= 24 and all(len(l) <= 80 for l in lines), lines
+        assert any(l.startswith("  OWN LIVE ") for l in lines) and "back to the table" in lines[-1], lines
+        os.write(master, b"h")
+        lines = screen(lambda ls: "keys" not in ls)
+        assert any(l.endswith(churn) for l in lines), lines
+        os.write(master, b"q")
+        assert top.wait(timeout=10) == 0
+    finally:
+        if top.poll() is None:
+            top.kill()
+            top.wait()
+        os.close(master)
+    daemon.detach(t.pid)
 
 
 # ---------------------------------------------------------------- bad input

@@ -29,7 +29,7 @@ def commands(exe):
 
 def all_commands():
     return [(MEMPROF, c) for c in commands(MEMPROF)] + [(MEMPROFD, c) for c in commands(MEMPROFD)] + \
-        [(MEMPROF, "inproc")]
+        [(MEMPROF, "inproc"), (MEMPROF, "mprun-data")]
 
 
 def option_lines(help_text):

@@ -196,7 +196,13 @@ static void tree_json(FILE *f, const struct node *n, const struct index *x, int 
     fputs("{\"name\": ", f);
     if (fr) {
         char name[512];
-        snprintf(name, sizeof name, "%s (%s:%u)", fr->function, base_name(fr->file), fr->line);
+        const char *mod = base_name(fr->file);
+        size_t n = strlen(mod);
+        if (fr->line) snprintf(name, sizeof name, "%s (%s:%u)", fr->function, mod, fr->line);
+        /* a native frame without debug info has no line: "ffi_call (libffi.so.8)", not "(libffi.so.8:0)"; an
+         * unnamed one, "libffi.so.8+0x6f79", names its module already */
+        else if (!strncmp(fr->function, mod, n) && fr->function[n] == '+') snprintf(name, sizeof name, "%s", fr->function);
+        else snprintf(name, sizeof name, "%s (%s)", fr->function, mod);
         js_str(f, name);
         fputs(", \"file\": ", f);
         js_str(f, fr->file);

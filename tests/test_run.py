@@ -160,6 +160,11 @@ def test_pool_follow_fork(pyid, daemon, tmp_path):
         line = next(row for row in reports[w] if "data = [str(i)" in row[3])
         assert line[1] is not None and line[1] > 1, r.stderr
         assert "pid %d (child) kept as session" % w in r.stderr
+    # the parent never ran work(): it says so, not "no allocations recorded in work"
+    parent = int(re.search(r"^memprof: pid (\d+) kept as session", r.stderr, re.M).group(1))
+    assert parent not in reports and "no allocations recorded in work" not in r.stderr, r.stderr
+    assert re.search(r"^memprof: pid %d: work \(.*pool\.py:\d+\) did not run in this process; its children's "
+                     r"reports follow$" % parent, r.stderr, re.M), r.stderr
     # without --follow-fork: the children run untracked, only the program has a session
     r = run(daemon, [exe, script], cwd=str(tmp_path))
     assert r.returncode == 0 and "total 600000" in r.stdout, r.stdout + r.stderr

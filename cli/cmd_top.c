@@ -195,6 +195,16 @@ static int figures(const struct view *v, double live, char f[8][200])
     return n;
 }
 
+/* Tracked live counts bytes asked for; RSS, pages touched: memory allocated and never written (bytes(n), calloc,
+ * numpy.zeros) is not resident, so RSS can be well below tracked live. Said when it is, lest it read as a fault. */
+static const char *rss_note(const struct view *v, double live)
+{
+    if (v->rss > 0 && live > 1.1 * v->rss && live - v->rss >= 1048576)
+        return "(RSS is below tracked live: memory allocated but not yet written, such as bytes(n) or calloc's, "
+               "is not resident)";
+    return NULL;
+}
+
 /* NATIVE: the share of OWN LIVE that C code allocated ("" when the session does not track native allocations) */
 static void native_share(const struct view *v, const struct row *r, char *out, size_t len)
 {
@@ -256,6 +266,7 @@ static void draw_top(FILE *o, const struct view *v, const struct row *rows, size
         len += (len ? 2 : 0) + w;
     }
     screen_line(o, scr, &used, line);
+    if (rss_note(v, live)) screen_line(o, scr, &used, "(RSS below tracked live: allocated, not yet written, pages)");
     if (v->native_note[0]) screen_line(o, scr, &used, cli_esc(v->native_note, loc, sizeof loc));
     if (v->native_late[0]) screen_line(o, scr, &used, cli_esc(v->native_late, loc, sizeof loc));
     if (scr->help) {
@@ -339,6 +350,7 @@ static void print_top(FILE *o, const struct view *v, enum by by, enum sort sort,
     if (exited) fprintf(o, "the process has exited: final figures\n");
     for (int k = 0; k < nf; k++) fprintf(o, "%s%s", k ? "  " : "", fields[k]);
     fputc('\n', o);
+    if (rss_note(v, live)) fprintf(o, "%s\n", rss_note(v, live));
     /* --native: libraries that could not be patched, at the attach and loaded since (one line each) */
     if (v->native_note[0]) fprintf(o, "%s\n", cli_esc(v->native_note, loc, sizeof loc));
     if (v->native_late[0]) fprintf(o, "%s\n", cli_esc(v->native_late, loc, sizeof loc));

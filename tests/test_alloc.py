@@ -274,6 +274,25 @@ def test_target_exit_during_top(pyid, daemon, targets):
     assert data["state"] == "exited" and data["live"] > 0 and data["rows"]
 
 
+def test_rss_below_tracked_live_is_explained(daemon, tmp_path):
+    """An exited session whose RSS is below its tracked live (here: bytes(n) is calloc'd, its pages never written,
+    so never resident) says why in top, instead of figures that read as a fault; one that touched its memory
+    does not."""
+    for alloc, note in (("bytes(40 * 1024 * 1024)", True), ("[0] * (5 * 10**6)", False)):
+        script = tmp_path / "hold.py"
+        script.write_text("import time\nx = %s\ntime.sleep(0.5)\n" % alloc)
+        r = daemon.run("run", "--", default_python(), script)
+        assert r.returncode == 0, r.stderr
+        pid = int(re.search(r"pid (\d+) kept as session", r.stderr).group(1))
+        top = daemon.run("top", "--pid", pid, "--once")
+        assert top.returncode == 0 and "the process has exited: final figures" in top.stdout, top
+        m = re.search(r"^RSS ([\d.]+) MiB  tracked live ([\d.]+) MiB", top.stdout, re.M)
+        assert m, top.stdout
+        rss, live = float(m.group(1)), float(m.group(2))
+        said = "(RSS is below tracked live: memory allocated but not yet written" in top.stdout
+        assert (rss < live and said) if note else (rss >= live and not said), top.stdout
+
+
 # ---------------------------------------------------------------- top on an 80x24 terminal
 
 def test_top_fits_80x24_keys_pause_help_zero_rows_last(daemon, targets, tmp_path):

@@ -221,7 +221,7 @@ static void suggest(struct br *b, Memprof__BackrefsReply *r, char *err)
         int d, lim = (int)strlen(want) / 3;
         type_short(b->tt.v[i].tp, &s);
         d = lev_distance(want, s.buf);
-        if (lim < 2) lim = 2;
+        if (lim < 1) lim = 1; /* a third of the letters: "Nope" is not near "type" or "code" */
         /* a name containing the other counts when they are of comparable length */
         if (d <= lim || (ci_contains(s.buf, want) && strlen(s.buf) <= 2 * strlen(want)) ||
             (ci_contains(want, s.buf) && 2 * strlen(s.buf) >= strlen(want))) {
@@ -247,10 +247,8 @@ static void suggest(struct br *b, Memprof__BackrefsReply *r, char *err)
         len = strlen(err);
         snprintf(err + len, MP_ERRLEN - len, "%s%s", i ? ", " : " (did you mean ", names[i]);
     }
-    if (nnames) {
-        len = strlen(err);
-        snprintf(err + len, MP_ERRLEN - len, "?)");
-    }
+    len = strlen(err);
+    snprintf(err + len, MP_ERRLEN - len, "%s", nnames ? "?)" : " (no type of a similar name: memprof types lists them)");
 }
 
 /* The objects to start from. An address only becomes a node here: the first

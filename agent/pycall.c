@@ -4,7 +4,8 @@
  *     before the interpreter tears itself down (and frees everything);
  *   - for memprof run, a `profile` builtin compatible with memory_profiler's
  *     decorator: it records which functions the script wants reports for and
- *     returns them unchanged (no wrapper, no cost per call). */
+ *     returns them unchanged (no wrapper, no cost per call); and `import
+ *     memory_profiler` gives a module whose profile is that builtin. */
 #include "pycall.h"
 
 #include <pthread.h>
@@ -45,6 +46,8 @@ static struct {
     long (*AsLong)(void *);
     void *(*SaveThread)(void);
     void (*RestoreThread)(void *);
+    void *(*FromString)(const char *);
+    void *(*DictNew)(void);
     void *None;
 } A;
 static int resolved;
@@ -69,11 +72,14 @@ static int resolve(void)
     R(AsLong, "PyLong_AsLong");
     R(SaveThread, "PyEval_SaveThread");
     R(RestoreThread, "PyEval_RestoreThread");
+    R(FromString, "PyUnicode_FromString");
+    R(DictNew, "PyDict_New");
     R(None, "_Py_NoneStruct");
 #undef R
     resolved = A.ImportModule && A.GetAttrString && A.SetAttrString && A.HasAttrString && A.CallFunctionObjArgs &&
                        A.CFunction_NewEx && A.IncRef && A.DecRef && A.ErrClear && A.CallableCheck && A.TupleSize &&
-                       A.TupleGetItem && A.AsUTF8 && A.AsLong && A.SaveThread && A.RestoreThread && A.None
+                       A.TupleGetItem && A.AsUTF8 && A.AsLong && A.SaveThread && A.RestoreThread && A.FromString &&
+                       A.DictNew && A.None
                    ? 1
                    : -1;
     return resolved > 0 ? 0 : -1;
@@ -226,6 +232,54 @@ static struct py_methoddef profile_def = {
     "memprof run: marks a function for a line-by-line memory report (memory_profiler's @profile); "
     "returns it unchanged"};
 
+/* Scripts written for memory_profiler import its decorator (`from memory_profiler import profile`, or
+ * `@memory_profiler.profile`), which would run memory_profiler's own tracer (tens of times slower) and leave memprof
+ * nothing to report. A finder first on sys.meta_path makes that import give memprof's profile: where memory_profiler
+ * is installed, its module runs as usual (memory_usage and the rest are its own) and only profile is replaced; where
+ * it is not, the module holds profile alone. Python source, run once: the import system's own classes do the work. */
+static const char shim_src[] =
+    "def _memprof_install(sys, profile):\n"
+    "    import importlib.machinery as machinery\n"
+    "    class MemprofMemoryProfiler:\n"
+    "        \"memprof run: memory_profiler.profile is memprof's @profile\"\n"
+    "        def __init__(self, real):\n"
+    "            self.real = real\n"
+    "        @classmethod\n"
+    "        def find_spec(cls, name, path=None, target=None):\n"
+    "            if name != 'memory_profiler':\n"
+    "                return None\n"
+    "            real = machinery.PathFinder.find_spec(name, path)\n"
+    "            return machinery.ModuleSpec(name, cls(real), origin=real.origin if real else 'memprof')\n"
+    "        def create_module(self, spec):\n"
+    "            return None\n"
+    "        def exec_module(self, module):\n"
+    "            if self.real is not None and self.real.loader is not None:\n"
+    "                module.__file__ = self.real.origin\n"
+    "                try:\n"
+    "                    self.real.loader.exec_module(module)\n"
+    "                except Exception:\n"
+    "                    pass  # memory_profiler's own needs (psutil) missing: profile alone\n"
+    "            module.profile = profile\n"
+    "    sys.meta_path.insert(0, MemprofMemoryProfiler)\n"
+    "import sys, builtins\n"
+    "if 'memory_profiler' not in sys.modules:\n"
+    "    _memprof_install(sys, builtins.profile)\n";
+
+static int shim_install(void)
+{
+    void *b = A.ImportModule("builtins"), *ex = b ? A.GetAttrString(b, "exec") : NULL;
+    void *src = ex ? A.FromString(shim_src) : NULL, *g = src ? A.DictNew() : NULL;
+    void *r = g ? A.CallFunctionObjArgs(ex, src, g, NULL) : NULL;
+    int rc = r ? 0 : -1;
+    xdecref(r);
+    xdecref(g);
+    xdecref(src);
+    xdecref(ex);
+    xdecref(b);
+    if (rc < 0) A.ErrClear();
+    return rc;
+}
+
 int pycall_profile_install(void)
 {
     void *b;
@@ -238,6 +292,7 @@ int pycall_profile_install(void)
         rc = 1; /* someone else's (line_profiler's kernprof): leave it */
     } else if ((profile_fn = A.CFunction_NewEx(&profile_def, NULL, NULL)) && A.SetAttrString(b, "profile", profile_fn) == 0) {
         rc = 0;
+        if (shim_install() < 0) agent_log("no memory_profiler shim: `from memory_profiler import profile` is its own");
     }
     if (rc < 0) A.ErrClear();
     A.DecRef(b);

@@ -14,7 +14,8 @@ static const char *about_snapshot =
     "Save the allocation data of an attached (or exited) process to FILE, for\n"
     "`memprof diff`. The format is text: a header, then one line per frame\n"
     "(frame ID LINE FIRST FILE FUNCTION, tab-separated) and per stack\n"
-    "(stack LIVE ALLOC_BYTES ALLOCS FREE_BYTES FREES RATE FRAME_IDS...).\n";
+    "(stack LIVE ALLOC_BYTES ALLOCS FREE_BYTES FREES RATE FRAME_IDS...), then\n"
+    "end FRAMES STACKS, so that a file cut short is refused, not diffed.\n";
 
 static const char *example_snapshot =
     "example:\n"
@@ -40,6 +41,9 @@ static const char *example_diff =
     "  by line:\n"
     "    +806.7 KiB   1.2 MiB -> 2.0 MiB   service.py:36 (handle)\n";
 
+/* Version 2 ends with "end FRAMES STACKS"; version 1 (no trailer) is still read, but its last line must be whole. */
+#define SNAPSHOT_VERSION 2
+
 static void tabfree(char *s)
 {
     for (; *s; s++)
@@ -53,6 +57,7 @@ int cmd_snapshot(int argc, char **argv)
     struct view v;
     FILE *f;
     char b[32];
+    size_t nframes = 0;
     const struct opt opts[] = {
         CLI_PID_OPT(&pid),
         {"output", 'o', OPT_STRING, &out, "FILE", "the snapshot file to write", .required = 1},
@@ -63,10 +68,11 @@ int cmd_snapshot(int argc, char **argv)
     if ((rc = view_get(pid, &v))) return rc;
     if (!(f = fopen(out, "w"))) return cli_fail("%s: %s", out, strerror(errno));
     tabfree(v.command);
-    fprintf(f, "memprof-snapshot 1\npid %d\ntime %.3f\nmode %s\nrss %.0f\npython %s\ncommand %s\n", v.pid, v.ts, v.mode,
-            v.rss, v.python, v.command);
+    fprintf(f, "memprof-snapshot %d\npid %d\ntime %.3f\nmode %s\nrss %.0f\npython %s\ncommand %s\n", SNAPSHOT_VERSION,
+            v.pid, v.ts, v.mode, v.rss, v.python, v.command);
     for (size_t i = 0; i < v.nframes; i++) {
         if (!v.frames[i].used) continue;
+        nframes++;
         tabfree(v.frames[i].file);
         tabfree(v.frames[i].func);
         fprintf(f, "frame\t%zu\t%u\t%u\t%s\t%s\n", i, v.frames[i].line, v.frames[i].first, v.frames[i].file,
@@ -78,6 +84,7 @@ int cmd_snapshot(int argc, char **argv)
         for (size_t k = 0; k < s->n; k++) fprintf(f, "\t%u", s->frames[k]);
         fputc('\n', f);
     }
+    fprintf(f, "end\t%zu\t%zu\n", nframes, v.nstacks); /* the trailer: a file cut short has none */
     if (fclose(f) != 0) return cli_fail("%s: %s", out, strerror(errno));
     printf("wrote %s: %zu stacks, %s live (%s)\n", out, v.nstacks, cli_bytes(view_live(&v), b, sizeof b), v.mode);
     view_free(&v);
@@ -88,24 +95,45 @@ static int load_snapshot(const char *path, struct view *v)
 {
     FILE *f = fopen(path, "r");
     char *line = NULL;
-    size_t cap = 0, scap = 0;
+    size_t cap = 0, scap = 0, nframes = 0, nstacks = 0;
     ssize_t r;
-    int first = 1;
+    int first = 1, version = 0, whole = 1, ended = 0, bad_end = 0;
     memset(v, 0, sizeof *v);
     if (!f) return cli_fail("%s: %s", path, strerror(errno));
     while ((r = getline(&line, &cap, f)) >= 0) {
         char *save = NULL, *tok;
-        if (r && line[r - 1] == '\n') line[--r] = 0;
+        whole = r && line[r - 1] == '\n';
+        if (whole) line[--r] = 0;
         if (first) {
             first = 0;
-            if (strncmp(line, "memprof-snapshot ", 17)) {
+            if (strncmp(line, "memprof-snapshot ", 17) || (version = atoi(line + 17)) < 1) {
                 free(line);
                 fclose(f);
                 view_free(v);
                 return cli_fail("%s: not a memprof snapshot (make one with memprof snapshot)", path);
             }
+            if (version > SNAPSHOT_VERSION) {
+                free(line);
+                fclose(f);
+                view_free(v);
+                return cli_fail("%s: a version %d snapshot, newer than this memprof reads (%d)", path, version,
+                                SNAPSHOT_VERSION);
+            }
             continue;
         }
+        if (ended) { /* nothing follows the trailer */
+            bad_end = 1;
+            break;
+        }
+        if (!strncmp(line, "end\t", 4)) {
+            char *end;
+            unsigned long fr = strtoul(line + 4, &end, 10), st = *end == '\t' ? strtoul(end + 1, &end, 10) : 0;
+            ended = 1;
+            bad_end = *end || fr != nframes || st != nstacks;
+            continue;
+        }
+        if (!strncmp(line, "frame\t", 6)) nframes++;
+        else if (!strncmp(line, "stack\t", 6)) nstacks++;
         if (!strncmp(line, "pid ", 4)) v->pid = atoi(line + 4);
         else if (!strncmp(line, "time ", 5)) v->ts = atof(line + 5);
         else if (!strncmp(line, "mode ", 5)) {
@@ -156,6 +184,11 @@ static int load_snapshot(const char *path, struct view *v)
     free(line);
     fclose(f);
     if (first) return cli_fail("%s: empty file", path);
+    if (!whole || (version >= 2 && (!ended || bad_end))) {
+        view_free(v);
+        if (bad_end) return cli_fail("%s: damaged snapshot (its end line does not match its contents)", path);
+        return cli_fail("%s: truncated snapshot (the file stops before its end line): take the snapshot again", path);
+    }
     return 0;
 }
 
@@ -310,6 +343,12 @@ int cmd_diff(int argc, char **argv)
     if (load_snapshot(argv[i + 1], &b)) {
         view_free(&a);
         return MP_EXIT_FAIL;
+    }
+    if (b.ts < a.ts) { /* newer first: compare in time order, and say so, not "over -15.1 s" */
+        struct view t = a;
+        a = b, b = t;
+        printf("(%s is the older snapshot, by %.1f s: showing %s -> %s)\n", argv[i + 1], b.ts - a.ts,
+               argv[i + 1], argv[i]);
     }
     la = view_live(&a), lb = view_live(&b);
     printf("live: %s -> %s (%s%s) over %.1f s\n", cli_bytes(la, x, sizeof x), cli_bytes(lb, y, sizeof y),

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -195,7 +196,13 @@ static void tree_json(FILE *f, const struct node *n, const struct index *x, int 
     fputs("{\"name\": ", f);
     if (fr) {
         char name[512];
-        snprintf(name, sizeof name, "%s (%s:%u)", fr->function, base_name(fr->file), fr->line);
+        const char *mod = base_name(fr->file);
+        size_t n = strlen(mod);
+        if (fr->line) snprintf(name, sizeof name, "%s (%s:%u)", fr->function, mod, fr->line);
+        /* a native frame without debug info has no line: "ffi_call (libffi.so.8)", not "(libffi.so.8:0)"; an
+         * unnamed one, "libffi.so.8+0x6f79", names its module already */
+        else if (!strncmp(fr->function, mod, n) && fr->function[n] == '+') snprintf(name, sizeof name, "%s", fr->function);
+        else snprintf(name, sizeof name, "%s (%s)", fr->function, mod);
         js_str(f, name);
         fputs(", \"file\": ", f);
         js_str(f, fr->file);
@@ -284,6 +291,13 @@ static long build_tree(struct node *root, const Memprof__AllocData *d, const str
     return n;
 }
 
+/* The page is HTML: a name ending in .svg (or anything else) would hold the wrong thing under a promising name. */
+static int html_name(const char *out)
+{
+    size_t n = strlen(out);
+    return (n > 5 && !strcasecmp(out + n - 5, ".html")) || (n > 4 && !strcasecmp(out + n - 4, ".htm"));
+}
+
 int cmd_flamegraph(int argc, char **argv)
 {
     int pid = 0, allocated = 0, rc;
@@ -311,6 +325,8 @@ int cmd_flamegraph(int argc, char **argv)
                                 .about = about_flame, .more = example_flame};
     if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
     if (!pid && !session_id) return opts_usage_error(&cmd, "--pid PID or --session ID is required");
+    if (!html_name(out))
+        return opts_usage_error(&cmd, "%s: memprof flamegraph writes an HTML page: use an .html name", out);
     if (alloc_fetch(pid, session_id, 0, &reply, err) < 0) return cli_fail_call(err);
     d = reply->alloc_data;
     s = d->session;

@@ -2,6 +2,7 @@
  * Python package is) and `memprof inproc` (a run for an interpreter loading the agent itself). */
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,4 +99,110 @@ int cmd_inproc(int argc, char **argv)
     wire_free(reply);
     close(fd);
     return 0;
+}
+
+/* ------------------------------------------------------------ %mprun's data */
+
+static const char *about_mprun_data =
+    "Used by the IPython extension's %mprun, not by hand: what its line report\n"
+    "needs of a session, and nothing more -- the frames in the given files, the\n"
+    "stacks through them (their frames in those files only, innermost first) with\n"
+    "their figures, and the total allocated -- as one JSON object. No history and\n"
+    "no other stacks, so its cost does not grow with the session's age.\n";
+
+#define MPRUN_FILES 64
+
+struct files {
+    const char *v[MPRUN_FILES];
+    int n;
+};
+
+static int add_file(const char *arg, void *dest)
+{
+    struct files *f = dest;
+    if (f->n == MPRUN_FILES || !*arg) return -1;
+    f->v[f->n++] = arg;
+    return 0;
+}
+
+static void num(const char *name, double v)
+{
+    printf(", \"%s\": %.15g", name, isfinite(v) ? v : 0.0);
+}
+
+int cmd_mprun_data(int argc, char **argv)
+{
+    int pid = 0, rc;
+    struct files files = {.n = 0};
+    char err[MP_ERRLEN];
+    Envelope *reply;
+    const Memprof__AllocData *d;
+    unsigned char *keep;
+    const Memprof__AllocStack **stack;
+    size_t nstack = 1;
+    double allocated = 0;
+    const struct opt opts[] = {
+        CLI_PID_OPT(&pid),
+        {"file", 0, OPT_CALL, &files, "FILE", "a file whose frames and stacks to print (repeatable)",
+         .what = "a file name (at most 64 of them)", .set = add_file, .required = 1},
+        CLIENT_SOCKET_OPT,
+        {0}};
+    const struct opt_cmd cmd = {"memprof mprun-data", opts, .about = about_mprun_data};
+    if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
+    if (alloc_fetch(pid, 0, 0, &reply, err) < 0) return cli_fail_call(err);
+    d = reply->alloc_data;
+    for (size_t i = 0; i < d->n_stats; i++) allocated += d->stats[i]->alloc_bytes;
+    /* the frames to keep, by id (frame ids are dense, from 0) */
+    size_t nkeep = 1;
+    for (size_t i = 0; i < d->n_frames; i++)
+        if (d->frames[i]->id >= nkeep) nkeep = d->frames[i]->id + 1;
+    if (!(keep = calloc(nkeep, 1))) {
+        wire_free(reply);
+        return cli_fail("out of memory");
+    }
+    /* the stacks by id (ids are dense, from 0) */
+    for (size_t i = 0; i < d->n_stacks; i++)
+        if (d->stacks[i]->id >= nstack) nstack = d->stacks[i]->id + 1;
+    if (!(stack = calloc(nstack, sizeof *stack))) {
+        free(keep);
+        wire_free(reply);
+        return cli_fail("out of memory");
+    }
+    for (size_t i = 0; i < d->n_stacks; i++) stack[d->stacks[i]->id] = d->stacks[i];
+    printf("{\"mode\": \"%s\", \"totals\": {\"allocated\": %.15g}, \"frames\": [", d->exact ? "exact" : "sampling",
+           allocated);
+    for (size_t i = 0, n = 0; i < d->n_frames; i++) {
+        const Memprof__AllocFrame *fr = d->frames[i];
+        int in = 0;
+        for (int k = 0; k < files.n && !in; k++) in = fr->file && !strcmp(fr->file, files.v[k]);
+        if (!in || fr->native) continue;
+        keep[fr->id] = 1;
+        printf("%s{\"id\": %u, \"file\": ", n++ ? ", " : "", fr->id);
+        cli_json_str(stdout, fr->file);
+        fputs(", \"function\": ", stdout);
+        cli_json_str(stdout, fr->function);
+        printf(", \"line\": %u, \"first_line\": %u}", fr->line, fr->first_line);
+    }
+    fputs("],\n \"stacks\": [", stdout);
+    for (size_t i = 0, n = 0; i < d->n_stats; i++) {
+        const Memprof__AllocStat *t = d->stats[i];
+        const Memprof__AllocStack *st = t->stack < nstack ? stack[t->stack] : NULL;
+        int any = 0;
+        for (size_t k = 0; st && k < st->n_frames && !any; k++) any = st->frames[k] < nkeep && keep[st->frames[k]];
+        if (!any) continue;
+        printf("%s\n  {\"id\": %u, \"frames\": [", n++ ? "," : "", st->id);
+        for (size_t k = 0, m = 0; k < st->n_frames; k++)
+            if (st->frames[k] < nkeep && keep[st->frames[k]]) printf("%s%u", m++ ? ", " : "", st->frames[k]);
+        fputs("]", stdout);
+        num("live", t->alloc_bytes - t->free_bytes);
+        num("alloc_bytes", t->alloc_bytes);
+        num("alloc_count", t->alloc_count);
+        num("peak_live", t->peak_live);
+        fputs("}", stdout);
+    }
+    fputs("]}\n", stdout);
+    free(stack);
+    free(keep);
+    wire_free(reply);
+    return fflush(stdout) == 0 ? 0 : cli_fail("cannot write: %s", strerror(errno));
 }

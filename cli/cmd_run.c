@@ -28,7 +28,9 @@ static const char *about_run =
     "first line, no restart or gdb needed. At the end, a memory_profiler-style\n"
     "report (Line #, Mem usage, Increment, Occurrences, Line Contents) of every\n"
     "function decorated with @profile -- the builtin memory_profiler scripts use,\n"
-    "provided without importing anything -- and of every --function NAME.\n"
+    "provided without importing anything; `from memory_profiler import profile`\n"
+    "gives the same one (memory_profiler's tracer does not run) -- and of every\n"
+    "--function NAME.\n"
     "\n"
     "The program's stdin, stdout, stderr, exit status and signals pass through\n"
     "untouched; memprof writes only to stderr (or FILE). The sessions stay in\n"
@@ -131,7 +133,9 @@ static int has_function(const Memprof__AllocData *d, const char *name, const cha
     return 0;
 }
 
-static void report_session(FILE *o, const Memprof__SessionInfo *si, char **funcs, size_t nfuncs, int child)
+/* One session's reports: the program's (child 0) or a --follow-fork child's; forked: the run has children. */
+static void report_session(FILE *o, const Memprof__SessionInfo *si, char **funcs, size_t nfuncs, int child,
+                           int forked)
 {
     Envelope *reply;
     char err[MP_ERRLEN];
@@ -151,6 +155,11 @@ static void report_session(FILE *o, const Memprof__SessionInfo *si, char **funcs
         const Memprof__AllocFrame *f = d->profiled[i];
         if (child && !has_function(d, f->function, f->file, f->first_line)) continue;
         if (printed++) fputc('\n', o);
+        if (forked && !has_function(d, f->function, f->file, f->first_line)) { /* a pool's parent: not "no allocations" */
+            fprintf(o, "memprof: pid %d: %s (%s:%u) did not run in this process; its children's reports follow\n",
+                    (int)si->pid, f->function, f->file, f->first_line);
+            continue;
+        }
         alloc_lines_report(o, d, f->function, f->file, f->first_line);
     }
     for (size_t i = 0; i < nfuncs; i++) {
@@ -292,12 +301,15 @@ int cmd_run(int argc, char **argv)
         fprintf(o, "memprof: %s\n", cli_esc(err, line, sizeof line));
     } else {
         size_t n = 0;
+        int forked = 0;
+        for (size_t i = 0; i < st->status_reply->n_sessions; i++)
+            forked |= st->status_reply->sessions[i]->run == reply->run_reply->run && st->status_reply->sessions[i]->ppid;
         /* StatusReply lists the newest first: the program, then its children */
         for (size_t i = st->status_reply->n_sessions; i-- > 0;) {
             const Memprof__SessionInfo *si = st->status_reply->sessions[i];
             if (si->run != reply->run_reply->run) continue;
             if (n++) fputc('\n', o);
-            report_session(o, si, funcs.name, funcs.n, si->ppid != 0);
+            report_session(o, si, funcs.name, funcs.n, si->ppid != 0, forked);
         }
         if (!n && !(WIFEXITED(status) && WEXITSTATUS(status) >= 126)) /* exec failed: said so */
             fprintf(o, "memprof: no Python process reported to memprofd (%s is not CPython " MP_PY_RANGE_SHORT ", or it never "

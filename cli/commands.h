@@ -26,6 +26,7 @@ struct Memprof__AllocData;
 int export_speedscope(FILE *f, const struct Memprof__AllocData *d, double *live_total);
 int cmd_ipython_path(int argc, char **argv);
 int cmd_inproc(int argc, char **argv); /* the IPython extension's run; not in --help */
+int cmd_mprun_data(int argc, char **argv); /* %mprun's data; not in --help */
 
 /* For `memprof growth`: follow the attached process's allocation sites across
  * calls and print those whose live memory grew, steadiest first (nothing when

@@ -32,6 +32,7 @@ static const struct command commands[] = {
     {"flamegraph", cmd_flamegraph, "an interactive flame graph of live (or allocated) bytes as one HTML file"},
     {"ipython-path", cmd_ipython_path, "where the IPython extension is (%load_ext memprof: %memit, %mprun)"},
     {"inproc", cmd_inproc, NULL},
+    {"mprun-data", cmd_mprun_data, NULL},
 };
 
 static void usage(FILE *f)

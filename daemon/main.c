@@ -117,6 +117,14 @@ static int cmd_serve(int argc, char **argv)
         {0}};
     const struct opt_cmd cmd = {"memprofd serve", opts, .about = about_serve};
     if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
+    {
+        /* what the options say (the address, its options) is a usage error; an unreadable token file is not */
+        const char *token = http_config.token_file;
+        if (token && !http_config.listen) return opts_usage_error(&cmd, "--http-token-file needs --http HOST:PORT");
+        http_config.token_file = NULL;
+        if (http_check(err) < 0) return opts_usage_error(&cmd, "%s", err);
+        http_config.token_file = token;
+    }
     if (http_check(err) < 0) return fail("%s", err);
     if (!sock) {
         if (mp_default_socket(path, sizeof path) < 0) return fail("cannot work out the socket path");
@@ -248,7 +256,21 @@ static int cmd_stop(int argc, char **argv)
     if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
     env.msg_case = MEMPROF__ENVELOPE__MSG_STOP;
     env.stop = &req;
-    if ((rc = call(&env, 0, 10000, &reply, &fd))) return rc;
+    if ((fd = client_connect(client_socket_opt, 0, probe)) < 0) {
+        char path[PATH_MAX];
+        if (errno == ENOENT || errno == ECONNREFUSED) { /* the goal is met: say so, no advice to start one */
+            if (client_socket_opt) snprintf(path, sizeof path, "%s", client_socket_opt);
+            else if (mp_default_socket(path, sizeof path) < 0) snprintf(path, sizeof path, "?");
+            printf("memprofd is not running (socket %s): nothing to stop\n", path);
+            return MP_EXIT_OK;
+        }
+        return fail("%s", probe);
+    }
+    if (client_call(fd, &env, &reply, 10000, probe) < 0) { /* as call() does, on the connection made here */
+        close(fd);
+        fail("%s", probe);
+        return client_exit_status(client_error_code());
+    }
     wire_free(reply);
     /* Wait until it has let go of its sessions and the socket. */
     for (int i = 0; i < 400; i++) {

@@ -1,6 +1,6 @@
-/* metrics.c -- the Prometheus text exposition of memprofd (format 0.0.4): one series per attached session
- * (pid, python and command labels), its top-N sites by live bytes and top-N types of its last census, and
- * the daemon's health. Names and units follow Prometheus' conventions (_bytes, _total for counters). */
+/* metrics.c -- the Prometheus text exposition of memprofd (format 0.0.4): per attached session one
+ * memprof_process_info series carrying its python and command, the numeric series keyed by pid alone, its top-N
+ * sites by live bytes and top-N types of its last census, and the daemon's health. Names and units follow Prometheus' conventions (_bytes, _total for counters). */
 #include "metrics.h"
 
 #include <math.h>
@@ -110,21 +110,31 @@ static void label_value(FILE *f, const char *s, size_t max)
     fputc('"', f);
 }
 
-static void session_labels(FILE *f, const struct session *s)
-{
-    char cmd[COMMAND_MAX + 1] = "";
-    size_t len = 0;
-    for (size_t i = 0; i < s->argc && len < COMMAND_MAX; i++)
-        len += (size_t)snprintf(cmd + len, sizeof cmd - len, "%s%s", i ? " " : "", s->argv[i]);
-    fprintf(f, "pid=\"%d\",python=", (int)s->pid);
-    label_value(f, s->py.version, 32);
-    fputs(",command=", f);
-    label_value(f, cmd, COMMAND_MAX);
-}
-
 static void head(FILE *f, const char *name, const char *type, const char *help)
 {
     fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static int exposed(const struct session *s) { return s->state == SESS_ATTACHED; }
+
+/* The free-text labels (python, command) once per process, in an info series (value 1), as Prometheus' practice
+ * has it: the numeric series carry pid alone and join it with `* on(pid) group_left(command) memprof_process_info`. */
+static void process_info(FILE *f)
+{
+    int any = 0;
+    for (const struct session *s = sessions; s; s = s->next) {
+        char cmd[COMMAND_MAX + 1] = "";
+        size_t len = 0;
+        if (!exposed(s)) continue;
+        for (size_t i = 0; i < s->argc && len < COMMAND_MAX; i++)
+            len += (size_t)snprintf(cmd + len, sizeof cmd - len, "%s%s", i ? " " : "", s->argv[i]);
+        if (!any++) head(f, "memprof_process_info", "gauge", "An attached process: its Python version and command line (value 1).");
+        fprintf(f, "memprof_process_info{pid=\"%d\",python=", (int)s->pid);
+        label_value(f, s->py.version, 32);
+        fputs(",command=", f);
+        label_value(f, cmd, COMMAND_MAX);
+        fputs("} 1\n", f);
+    }
 }
 
 static void num(FILE *f, double v)
@@ -132,8 +142,6 @@ static void num(FILE *f, double v)
     if (isfinite(v)) fprintf(f, " %.17g\n", v);
     else fputs(" NaN\n", f);
 }
-
-static int exposed(const struct session *s) { return s->state == SESS_ATTACHED; }
 
 /* One metric with a value per exposed session; which is 0..4 of struct alloc_totals' fields, or -1: RSS. */
 static void per_session(FILE *f, const char *name, const char *type, const char *help, int which)
@@ -153,9 +161,7 @@ static void per_session(FILE *f, const char *name, const char *type, const char 
         default: v = t.peak_live; break;
         }
         if (!any++) head(f, name, type, help);
-        fprintf(f, "%s{", name);
-        session_labels(f, s);
-        fputc('}', f);
+        fprintf(f, "%s{pid=\"%d\"}", name, (int)s->pid);
         num(f, v < 0 ? 0 : v);
     }
 }
@@ -259,6 +265,7 @@ char *metrics_render(unsigned top_n, size_t *len)
     char *buf = NULL;
     FILE *f = open_memstream(&buf, len);
     if (!f) return NULL;
+    process_info(f);
     per_session(f, "memprof_process_rss_bytes", "gauge", "Resident set size of the process.", -1);
     per_session(f, "memprof_tracked_live_bytes", "gauge",
                 "Live bytes of the allocations memprof tracks (estimated in sampling mode).", 0);

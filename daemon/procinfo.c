@@ -197,6 +197,13 @@ Memprof__ErrorReply__Code proc_error_code(pid_t pid, Memprof__ErrorReply__Code o
                                                  : proc_alive(pid) ? otherwise
                                                                    : MEMPROF__ERROR_REPLY__CODE__NO_SUCH_PROCESS;
     close(fd);
+    /* a process that is not dumpable keeps its maps readable but not its exe (nor its memory) */
+    snprintf(path, sizeof path, "/proc/%d/exe", (int)pid);
+    {
+        char target[16];
+        if (readlink(path, target, sizeof target) < 0 && (errno == EACCES || errno == EPERM))
+            return MEMPROF__ERROR_REPLY__CODE__PERMISSION_DENIED;
+    }
     return otherwise;
 }
 

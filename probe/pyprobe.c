@@ -16,7 +16,12 @@
 
 static void perm_denied(pid_t pid, char *err)
 {
-    mp_err(err, "pid %d: permission denied (you may only profile your own processes; try as root)", (int)pid);
+    if (geteuid() == 0) /* "try as root" would be no help: say what stands in the way */
+        mp_err(err, "pid %d: permission denied even as root: the process is not dumpable (prctl PR_SET_DUMPABLE 0, "
+                    "a setuid program, init) and this memprofd lacks CAP_SYS_PTRACE over it (another user namespace, "
+                    "or the capability dropped)", (int)pid);
+    else
+        mp_err(err, "pid %d: permission denied (you may only profile your own processes; try as root)", (int)pid);
 }
 
 /* Exists, not a zombie, not a kernel thread: from /proc/PID/stat. */

@@ -1,4 +1,6 @@
 # completion.bash -- bash completion for memprof and memprofd (installed as both completions/memprof and /memprofd).
+# The option names and choice words here are checked against each command's --help and its own list of choices
+# (what `--OPT bogus` says it needs) by tests/test_install.py: change them together with common/opts.c tables.
 
 # Pids of running Python processes (comm python*), for --pid.
 _memprof_python_pids()
@@ -42,11 +44,13 @@ _memprof_value()
         --sort) COMPREPLY=($(compgen -W "count size" -- "$cur")) ;;
         --format)
             if [[ $cmd == plot ]]; then COMPREPLY=($(compgen -W "svg" -- "$cur"))
-            else COMPREPLY=($(compgen -W "json collapsed" -- "$cur")); fi ;;
+            else COMPREPLY=($(compgen -W "json collapsed pprof speedscope" -- "$cur")); fi ;;
+        --method) COMPREPLY=($(compgen -W "auto ptrace remote-exec" -- "$cur")) ;;
         --agent) _memprof_files so ;;
-        --socket | -o | --output | --file | --save | --rss) _memprof_files ;;
+        --socket | -o | --output | --file | --save | --rss | --http-token-file) _memprof_files ;;
         --function | --type | --addr | --limit | --interval | --count | --max-depth | --too-many | --max-start | \
-            --window | --title | --sample-rate | --max-frames | --duration | --sample) COMPREPLY=() ;;
+            --window | --title | --sample-rate | --max-frames | --duration | --sample | --http | \
+            --metrics-top) COMPREPLY=() ;;
         *) return 1 ;;
     esac
     return 0

@@ -2,12 +2,15 @@
 service.py on top, unchanged results under profiling, sampled and exact
 accuracy (tracemalloc in the same target as the oracle), forking targets, a
 target exiting under `memprof top`, snapshots and diffs, bad input."""
+import fcntl
 import json
 import os
 import pty
 import re
 import select
+import struct
 import subprocess
+import termios
 import time
 
 import pytest
@@ -271,6 +274,96 @@ def test_target_exit_during_top(pyid, daemon, targets):
     assert data["state"] == "exited" and data["live"] > 0 and data["rows"]
 
 
+def test_rss_below_tracked_live_is_explained(daemon, tmp_path):
+    """An exited session whose RSS is below its tracked live (here: bytes(n) is calloc'd, its pages never written,
+    so never resident) says why in top, instead of figures that read as a fault; one that touched its memory
+    does not."""
+    for alloc, note in (("bytes(40 * 1024 * 1024)", True), ("[0] * (5 * 10**6)", False)):
+        script = tmp_path / "hold.py"
+        script.write_text("import time\nx = %s\ntime.sleep(0.5)\n" % alloc)
+        r = daemon.run("run", "--", default_python(), script)
+        assert r.returncode == 0, r.stderr
+        pid = int(re.search(r"pid (\d+) kept as session", r.stderr).group(1))
+        top = daemon.run("top", "--pid", pid, "--once")
+        assert top.returncode == 0 and "the process has exited: final figures" in top.stdout, top
+        m = re.search(r"^RSS ([\d.]+) MiB  tracked live ([\d.]+) MiB", top.stdout, re.M)
+        assert m, top.stdout
+        rss, live = float(m.group(1)), float(m.group(2))
+        said = "(RSS is below tracked live: memory allocated but not yet written" in top.stdout
+        assert (rss < live and said) if note else (rss >= live and not said), top.stdout
+
+
+# ---------------------------------------------------------------- top on an 80x24 terminal
+
+def test_top_fits_80x24_keys_pause_help_zero_rows_last(daemon, targets, tmp_path):
+    """`memprof top` on an 80x24 terminal (a pty told its size with TIOCSWINSZ): every line fits the width (a long
+    location loses its leading directories, not its file:line (function)), the screen is at most 24 lines with the
+    title first and a key legend last; p marks the screen paused, ? and h open and close a help; the line
+    allocating while holding nothing is shown ahead of the 30 callers whose every figure is zero."""
+    deep = tmp_path / ("a-directory-name-long-enough-to-need-eliding-" * 2) / "pkg"
+    deep.mkdir(parents=True)
+    script = deep / "top_screen.py"
+    script.write_text(open(target_script("top_screen.py")).read())
+    churn_line = next(n for n, text in enumerate(open(script), 1) if "# CHURN_LINE" in text)
+    t = targets.start([default_python(), "-u", str(script)])
+    t.wait_for(r"^ready \d+")
+    daemon.attach(t.pid)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    top = subprocess.Popen([MEMPROF, "top", "--pid", str(t.pid), "--interval", "0.3"], stdin=slave, stdout=slave,
+                           stderr=slave, env=daemon.env, close_fds=True)
+    os.close(slave)
+    out = [b""]
+
+    def screen(want, timeout=15):
+        """The first whole screen drawn after now for which want(lines) holds."""
+        start = len(out[0])
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            r, _, _ = select.select([master], [], [], 0.3)
+            if r:
+                out[0] += os.read(master, 65536)
+            frames = out[0][start:].decode(errors="replace").replace("\r", "").split("\x1b[H\x1b[2J")
+            # whole screens: another began after it, or it ends with its last line, the key legend (a paused
+            # screen is drawn once)
+            for f in frames[1:-1] + [f for f in frames[-1:] if f.endswith(("? help", "q quit"))]:
+                if want(f.split("\n")):
+                    return f.split("\n")
+        raise AssertionError("no such screen within %ss; last: %r" % (timeout, out[0][-3000:]))
+
+    churn = "top_screen.py:%d (churn)" % churn_line
+    try:
+        lines = screen(lambda ls: any(l.endswith(churn) for l in ls) and "0 B/s" not in
+                       next(l for l in ls if l.endswith(churn)))
+        assert len(lines) <= 24 and all(len(l) <= 80 for l in lines), "\n".join(lines)
+        assert lines[0].startswith("pid %d  Python " % t.pid), lines
+        assert "OWN LIVE" in "\n".join(lines[:6]) and "LOCATION" in "\n".join(lines[:6]), lines
+        assert "q quit" in lines[-1] and "p pause" in lines[-1] and "? help" in lines[-1], lines
+        row = next(l for l in lines if l.endswith(churn))
+        assert re.search(r"  \.\.\./(pkg/)?" + re.escape(churn) + "$", row), row  # the leading directories gave way
+        rows = lines[lines.index(next(l for l in lines if "LOCATION" in l)) + 1:-1]
+        zero = [i for i, l in enumerate(rows) if re.match(r"\s+0 B\s+0 B\s+0\.0%\s+0 B/s\s+0\s", l)]
+        assert zero and rows.index(row) < zero[0], "\n".join(rows)
+        os.write(master, b"p")
+        lines = screen(lambda ls: ls[0].startswith("[paused]"))
+        assert "p resume" in lines[-1] and len(lines) <= 24, lines
+        os.write(master, b"?")
+        lines = screen(lambda ls: "keys" in ls)
+        assert len(lines) <= 24 and all(len(l) <= 80 for l in lines), lines
+        assert any(l.startswith("  OWN LIVE ") for l in lines) and "back to the table" in lines[-1], lines
+        os.write(master, b"h")
+        lines = screen(lambda ls: "keys" not in ls)
+        assert any(l.endswith(churn) for l in lines), lines
+        os.write(master, b"q")
+        assert top.wait(timeout=10) == 0
+    finally:
+        if top.poll() is None:
+            top.kill()
+            top.wait()
+        os.close(master)
+    daemon.detach(t.pid)
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_bad_input(daemon, targets):
@@ -302,6 +395,43 @@ def test_bad_input(daemon, targets):
         r = daemon.run(cmd, "--help")
         assert r.returncode == 0 and r.stdout.startswith("usage: memprof %s" % cmd), r.stdout
         assert "--socket PATH" in r.stdout
+
+
+def test_snapshot_truncated_refused_and_reversed_diff_said(daemon, targets, tmp_path):
+    """A snapshot cut short (`head -c`) is one line of error and a non-zero exit, not a diff of what was left; a
+    snapshot of the old format (no end line) is still read; two snapshots given newer first are compared in time
+    order, and the output says so (not "over -3.0 s")."""
+    t = targets.start([default_python(), "-u", workload("service.py"), "30"])
+    t.wait_for(r"^ready \d+")
+    daemon.attach(t.pid, "--sample-rate", "16384")
+    a, b, cut = str(tmp_path / "a.mps"), str(tmp_path / "b.mps"), str(tmp_path / "cut.mps")
+    time.sleep(1)
+    assert daemon.run("snapshot", "--pid", t.pid, "-o", a).returncode == 0
+    time.sleep(2)
+    assert daemon.run("snapshot", "--pid", t.pid, "-o", b).returncode == 0
+    data = open(a, "rb").read()
+    assert data.endswith(b"\n") and data.splitlines()[-1].startswith(b"end\t"), data[-200:]
+    for n in (len(data) // 2, len(data) - 1, len(data) - len(data.splitlines(True)[-1])):  # mid-line, no \n, at a line
+        open(cut, "wb").write(data[:n])
+        for argv in ((cut, b), (a, cut)):
+            r = daemon.run("diff", *argv)
+            assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1, (n, r)
+            assert "cut.mps: truncated snapshot" in r.stderr, r.stderr
+    open(cut, "wb").write(data + b"stack\t1\t1\t1\t0\t0\t0\t1\n")  # something after the end line
+    r = daemon.run("diff", cut, b)
+    assert r.returncode == 1 and "damaged snapshot" in r.stderr and r.stderr.count("\n") == 1, r
+    # version 1 (before the end line): still read
+    old = data.replace(b"memprof-snapshot 2\n", b"memprof-snapshot 1\n", 1).rsplit(b"end\t", 1)[0]
+    open(cut, "wb").write(old)
+    r = daemon.run("diff", cut, b)
+    assert r.returncode == 0 and "by line:" in r.stdout, r
+    fwd, rev = daemon.run("diff", a, b), daemon.run("diff", b, a)
+    assert fwd.returncode == 0 and rev.returncode == 0, (fwd, rev)
+    assert re.match(r"live: .* over \d+\.\d s$", fwd.stdout.splitlines()[0]), fwd.stdout
+    note = rev.stdout.splitlines()[0]
+    assert re.match(r"\(.*a\.mps is the older snapshot, by \d+\.\d s: showing .*a\.mps -> .*b\.mps\)$", note), rev.stdout
+    assert rev.stdout.split("\n", 1)[1] == fwd.stdout, (fwd.stdout, rev.stdout)
+    daemon.detach(t.pid)
 
 
 # ---------------------------------------------------------------- exit: final figures, atexit

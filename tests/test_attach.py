@@ -319,6 +319,39 @@ def test_permission_denied_for_other_users_process(daemon, targets, nobody_env):
     assert_untouched(t.pid)
 
 
+def test_permission_denied_as_root_says_not_dumpable(targets, tmp_path):
+    """Root told "try as root" is told nothing: a process that is not dumpable (as pid 1 often is), seen by a
+    memprofd without CAP_SYS_PTRACE over it, is refused with the reason."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv (util-linux) to run a memprofd without CAP_SYS_PTRACE")
+    t = targets.start([default_python(), "-u", "-c",
+                       "import ctypes, os, time\n"
+                       "assert ctypes.CDLL(None).prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE 0\n"
+                       "print('ready %d' % os.getpid(), flush=True)\n"
+                       "time.sleep(120)\n"])
+    t.wait_for(r"^ready")
+    sock = str(tmp_path / "run" / "memprofd.sock")
+    log = open(tmp_path / "memprofd.log", "w")
+    d = subprocess.Popen(["setpriv", "--bounding-set", "-sys_ptrace", MEMPROFD, "serve", "--socket", sock],
+                         stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 20
+        while not os.path.exists(sock) and time.time() < deadline and d.poll() is None:
+            time.sleep(0.05)
+        r = subprocess.run([MEMPROFD, "attach", "--pid", str(t.pid), "--socket", sock], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == EXIT_PERMISSION and r.stderr.count("\n") == 1, r
+        assert "pid %d: permission denied even as root: the process is not dumpable" % t.pid in r.stderr, r.stderr
+        assert "try as root" not in r.stderr, r.stderr
+        assert_untouched(t.pid)
+    finally:
+        subprocess.run([MEMPROFD, "stop", "--socket", sock], capture_output=True, timeout=30)
+        if d.poll() is None:
+            d.kill()
+        d.wait(timeout=30)
+        log.close()
+
+
 # ------------------------------------------------------------------ security
 
 def test_socket_is_private(daemon, nobody_env):

@@ -29,7 +29,7 @@ def commands(exe):
 
 def all_commands():
     return [(MEMPROF, c) for c in commands(MEMPROF)] + [(MEMPROFD, c) for c in commands(MEMPROFD)] + \
-        [(MEMPROF, "inproc")]
+        [(MEMPROF, "inproc"), (MEMPROF, "mprun-data")]
 
 
 def option_lines(help_text):
@@ -77,16 +77,29 @@ def test_required_and_unexpected_arguments_exit_2():
                           ([MEMPROF, "diff", "a.mps"], "expected two snapshot files"),
                           ([MEMPROF, "export"], "--pid PID, --session ID or --rss FILE is required"),
                           ([MEMPROF, "run"], "no program to run"),
+                          # the flame graph is an HTML page: a .svg name would hold HTML (plot refuses .png likewise)
+                          ([MEMPROF, "flamegraph", "--pid", "1", "-o", "flame.svg"], "use an .html name"),
+                          ([MEMPROF, "flamegraph", "--pid", "1", "-o", "flame"], "use an .html name"),
                           ([MEMPROF, "run", "--native", "--exact", "--", "true"], "not with --exact"),
                           ([MEMPROFD, "attach"], "--pid PID is required"),
                           ([MEMPROFD, "attach", "--pid", "1", "--native", "--exact"], "not with --exact"),
                           ([MEMPROFD, "serve", "--metrics-top", "1001"], "from 0 to 1000, got '1001'"),
                           ([MEMPROFD, "stop", "extra"], "unexpected argument 'extra'"),
+                          # a malformed --http is a usage error (2), like any malformed option, not a failure (1)
+                          ([MEMPROFD, "serve", "--http", "nonsense"], "--http nonsense: expected HOST:PORT"),
+                          ([MEMPROFD, "serve", "--http-token-file", "/nonexistent/t"], "needs --http HOST:PORT"),
                           ([MEMPROF, "nosuchcommand"], "unknown command"),
                           ([MEMPROFD, "nosuchcommand"], "unknown command")):
         r = run(*argv)
         assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, (argv, r)
         assert message in r.stderr, (argv, r.stderr)
+
+
+def test_stop_without_a_daemon_says_nothing_to_stop():
+    """memprofd stop with no daemon: its goal is met; it says so, exit 0, and does not advise starting one."""
+    r = run(MEMPROFD, "stop")
+    assert r.returncode == 0 and r.stderr == "", r
+    assert r.stdout == "memprofd is not running (socket /nonexistent/memprof-test-cli-usage.sock): nothing to stop\n", r
 
 
 def test_run_passes_the_programs_options_through():

@@ -198,13 +198,59 @@ def test_completion_subcommands_and_options(installed):
     assert complete(installed, "memprofd", "a") == ["attach"]
     assert complete(installed, "memprof", "top", "--no") == ["--no-fold"]
     assert complete(installed, "memprof", "top", "--by", "") == ["function", "line"]
-    assert complete(installed, "memprof", "export", "--format", "") == ["collapsed", "json"]
+    assert complete(installed, "memprof", "export", "--format", "") == ["collapsed", "json", "pprof", "speedscope"]
+    assert complete(installed, "memprofd", "attach", "--method", "") == ["auto", "ptrace", "remote-exec"]
     assert complete(installed, "memprofd", "attach", "--e") == ["--exact"]
     # Every option a command's --help names is offered.
     for prog, exe in (("memprof", MEMPROF), ("memprofd", MEMPROFD)):
         for cmd, opts in commands_and_options(exe).items():
             offered = set(complete(installed, prog, cmd, "--"))
             assert opts <= offered, "%s %s: not completed: %s" % (prog, cmd, sorted(opts - offered))
+
+
+def option_values(exe, cmd):
+    """{--option: [choices] or None} for every option of cmd's --help that takes a value; the choices are the code's
+    own list (common/opts.c says them when refusing a value), so completion cannot drift from it."""
+    text = help_text(exe, cmd)
+    out = {}
+    for opt in re.findall(r"^ +(?:-\w, )?(--[a-z][a-z-]*) [A-Za-z]", text, re.M):
+        # an unknown option after it: whatever the value, the command stops at parsing (serve does not serve)
+        r = subprocess.run([exe, cmd, opt, "@@no-such-value@@", "--no-such-option"], capture_output=True, text=True,
+                           timeout=30,
+                           env=dict(os.environ, MEMPROF_SOCKET="/nonexistent/memprof-test-completion.sock"))
+        assert r.returncode == 2, (exe, cmd, opt, r)
+        m = re.search(r"%s needs one of (.*), got '@@no-such-value@@'" % re.escape(opt), r.stderr)
+        out[opt] = m.group(1).split(", ") if m else None
+    return out
+
+
+def test_completion_values_match_the_codes_choices(installed):
+    """After an option that takes a value, completion offers that option's choices exactly as the code lists them
+    (export's four formats, attach's --method), and never option names."""
+    checked = 0
+    for prog, exe in (("memprof", MEMPROF), ("memprofd", MEMPROFD)):
+        for cmd in commands_and_options(exe):
+            for opt, choices in option_values(exe, cmd).items():
+                offered = complete(installed, prog, cmd, opt, "")
+                if choices is not None:
+                    assert offered == sorted(choices), "%s %s %s: %s, the code has %s" % (prog, cmd, opt, offered,
+                                                                                        choices)
+                    checked += 1
+                elif opt != "--pid":  # pids and files are offered; option names never
+                    assert not [w for w in offered if w.startswith("-")], "%s %s %s: %s" % (prog, cmd, opt, offered)
+    assert checked >= 6, checked  # top/rss --by, types --sort, export/plot --format, attach --method
+
+
+def test_python_range_same_in_help_and_man_pages():
+    """The CPython range the man pages state is the one common/pyversions.h defines and --help prints."""
+    h = open(os.path.join(ROOT, "common/pyversions.h")).read()
+    lo, hi = (int(re.search(r"#define MP_PY_%s_MINOR (\d+)" % k, h).group(1)) for k in ("MIN", "MAX"))
+    want = "3.%d-3.%d" % (lo, hi)
+    for exe, cmd in ((MEMPROF, "run"), (MEMPROFD, "attach")):
+        assert "Python %s " % want in help_text(exe, cmd), (exe, cmd)
+    for page in ("docs/man/memprof.1", "docs/man/memprofd.8"):
+        ranges = re.findall(r"(3\.\d+)\\\(en(3\.\d+)", open(os.path.join(ROOT, page)).read())
+        assert ranges and all("%s-%s" % r == want for r in ranges), (page, ranges, want)
 
 
 def test_completion_offers_python_pids(installed, targets):

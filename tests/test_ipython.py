@@ -189,6 +189,7 @@ class Kernel:
                 out.append(c["data"].get("text/plain", "") + "\n")
             elif t == "error":
                 error.append((c["ename"], c["evalue"]))
+                self.traceback = "\n".join(c.get("traceback", []))
 
         reply = self.kc.execute_interactive(code, output_hook=hook, timeout=timeout, allow_stdin=False,
                                              stop_on_error=False)  # cells that fail on purpose abort no others
@@ -263,6 +264,44 @@ def test_kernel_bad_input(kernel):
     assert "already loaded" in out + err, (out, err, error)
     out, err, error = kernel.run("6 * 7")
     assert error is None and "42" in out, (out, err, error)
+
+
+def test_kernel_mprun_asks_only_for_its_files_and_raises_the_users_traceback(kernel, daemon):
+    """%mprun asks memprof for the stacks through the profiled functions' files only (not the whole session and its
+    history, whose parsing grew with the session's age); after a statement that raised, nothing of memprof's data is
+    kept alive by the traceback (%memprof_top does not show json's decoder holding it), and the traceback is the
+    user's statement's, not magics.py's internals."""
+    out, err, error = kernel.run("%load_ext memprof")
+    assert error is None, (out, err, error)
+    # an older, busier session: 20000 sites of other files, each holding a little
+    out, err, error = kernel.run("held = []\n"
+                                 "for i in range(20000):\n"
+                                 "    g = {}\n"
+                                 "    exec(compile('x = bytearray(64)', 'site%d.py' % i, 'exec'), g)\n"
+                                 "    held.append(g['x'])\n")
+    assert error is None, (out, err, error)
+    kernel.run("def boom():\n"
+               "    big = [0] * (2 * 10**6)\n"
+               "    raise ValueError('boom %d' % len(big))\n"
+               "boom_file = boom.__code__.co_filename\n")
+    out, err, error = kernel.run("%mprun -f boom boom()")
+    assert error == ("ValueError", "boom 2000000"), (out, err, error)
+    assert any("big = [0] * (2 * 10**6)" in r[2] for r in table_rows(out).values()), out
+    tb = re.sub(r"\x1b\[[0-9;]*m", "", kernel.traceback)
+    assert "magics.py" not in tb and "_exec" not in tb, tb
+    assert "raise ValueError('boom %d' % len(big))" in tb, tb
+    out, err, error = kernel.run("%memprof_top --by function --limit 5")
+    assert error is None and "OWN LIVE" in out, (out, err, error)
+    assert "json/" not in out and "decoder.py" not in out, out
+    # what %mprun asks for: boom's file only, no history
+    out, err, error = kernel.run("print(boom_file)")
+    cell_file = out.strip()
+    r = daemon.run("mprun-data", "--pid", kernel.pid, "--file", cell_file)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["frames"] and {f["file"] for f in data["frames"]} == {cell_file}, data["frames"]
+    assert "history" not in data and len(data["stacks"]) < 50, len(data["stacks"])
+    assert data["totals"]["allocated"] > 20000 * 64, data["totals"]
 
 
 def test_kernel_attached_from_outside(kernel, daemon):

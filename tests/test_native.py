@@ -399,6 +399,15 @@ def test_native_frames_ctypes_library_names(daemon, targets, libnf, tmp_path):
         want = r"native_np.py:nf:%d;\[native\];.*nf_outer \(libnf_\w\.so\);nf_inner \(libnf_\w\.so\);%s \d+$" % (
             line, r"nf_hidden \(libnf_g\.so\)" if inner else r"libnf_s\.so\+0x[0-9a-f]+")
         assert any(re.search(want, l) for l in folded), folded[:5]
+        # the flame graph names a frame without a line by its module alone, never "(libnf_s.so:0)"
+        page = str(tmp_path / "nf.html")
+        assert daemon.run("flamegraph", "--pid", t.pid, "-o", page).returncode == 0
+        html = open(page).read()
+        assert not re.search(r"\.so[\w.]*:0\)", html), re.findall(r'"name": "[^"]*nf_[^"]*"', html)[:8]
+        assert ('"nf_hidden (nf.c:7)"' if inner else '"nf_outer (libnf_s.so)"') in html, \
+            re.findall(r'"name": "[^"]*nf_[^"]*"', html)[:8]
+        if not inner:
+            assert re.search(r'"name": "libnf_s\.so\+0x[0-9a-f]+"', html), re.findall(r'"name": "[^"]*libnf[^"]*"', html)
         if inner and shutil.which("go"):  # pprof: native Locations under the Python one, in libnf's Mapping
             from test_export_pprof import pprof
             path = str(tmp_path / "nf.pb.gz")

@@ -198,6 +198,11 @@ def test_unknown_type_and_bad_addresses(daemon, targets, tmp_path):
     assert r.stderr.strip() == "memprof: pid %d: no objects of type 'MyBigFatObj' (did you mean MyBigFatObject?)" % t.pid
     r = daemon.run("chain", "--pid", t.pid, "--type", "mybigfatobject")
     assert r.returncode == 1 and "did you mean MyBigFatObject?" in r.stderr
+    # a name near nothing: no far-fetched suggestions ("Nope" is two letters from "type" and "code")
+    r = daemon.run("chain", "--pid", t.pid, "--type", "Nope")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r
+    assert r.stderr.strip().endswith("no objects of type 'Nope' (no type of a similar name: memprof types lists them)"), \
+        r.stderr
     for addr in ("0x10", "0x7fffffff0000", hex(0x7f0000000008)):
         r = daemon.run("backrefs", "--pid", t.pid, "--addr", addr, "-o", str(tmp_path / "a.dot"))
         assert r.returncode == 1 and "%s: not a live Python object" % addr in r.stderr, r.stderr

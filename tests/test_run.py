@@ -160,6 +160,11 @@ def test_pool_follow_fork(pyid, daemon, tmp_path):
         line = next(row for row in reports[w] if "data = [str(i)" in row[3])
         assert line[1] is not None and line[1] > 1, r.stderr
         assert "pid %d (child) kept as session" % w in r.stderr
+    # the parent never ran work(): it says so, not "no allocations recorded in work"
+    parent = int(re.search(r"^memprof: pid (\d+) kept as session", r.stderr, re.M).group(1))
+    assert parent not in reports and "no allocations recorded in work" not in r.stderr, r.stderr
+    assert re.search(r"^memprof: pid %d: work \(.*pool\.py:\d+\) did not run in this process; its children's "
+                     r"reports follow$" % parent, r.stderr, re.M), r.stderr
     # without --follow-fork: the children run untracked, only the program has a session
     r = run(daemon, [exe, script], cwd=str(tmp_path))
     assert r.returncode == 0 and "total 600000" in r.stdout, r.stdout + r.stderr
@@ -198,6 +203,47 @@ print(len(with_options()), len(called()), len(K().method()))
     for name in t:
         rows = [row for row in t[name][0][1] if row[1] is not None]
         assert rows and max(row[1] for row in rows) >= 2, (name, r.stderr)
+
+
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_memory_profiler_import_gives_memprofs_profile(pyid, daemon, tmp_path):
+    """A script written for memory_profiler imports its decorator: under memprof run that import gives memprof's
+    profile (memory_profiler's own tracer does not run, memprof reports the functions), whether memory_profiler is
+    installed (Debian's python3.11: its other functions, memory_usage, stay its own) or not (pyenv's)."""
+    exe, _ = interpreter(pyid)
+    script = tmp_path / "mp_script.py"
+    script.write_text('''
+from memory_profiler import profile
+import memory_profiler
+
+@profile
+def imported():
+    return bytearray(3000000)
+
+@memory_profiler.profile
+def via_module():
+    return [1.5] * 400000
+
+print(len(imported()), len(via_module()), memory_profiler.profile is profile)
+print("memory_usage:", callable(getattr(memory_profiler, "memory_usage", None)))
+''')
+    has_real = subprocess.run([exe, "-c", "import memory_profiler"], capture_output=True).returncode == 0
+    # sampling finely (not --exact: after memory_profiler's import of IPython, exact mode records nothing on 3.11,
+    # a separate fault), so that each ~3 MB allocation is surely sampled
+    r = run(daemon, [exe, script], "--sample-rate", "65536", cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the program's own output only: memory_profiler's report (on stdout) did not run
+    assert r.stdout == "3000000 400000 True\nmemory_usage: %s\n" % has_real, r.stdout + r.stderr
+    t = tables(r.stderr)
+    assert set(t) == {"imported", "via_module"}, r.stderr
+    for name in t:
+        rows = [row for row in t[name][0][1] if row[1] is not None]
+        assert rows and max(row[1] for row in rows) >= 2, (name, r.stderr)
+    # outside memprof run the import is memory_profiler's own, untouched
+    if has_real:
+        p = subprocess.run([exe, "-c", "import memory_profiler as m; print(m.profile.__module__)"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.stdout == "memory_profiler\n", p
 
 
 def test_function_option_and_kept_session(daemon, tmp_path):

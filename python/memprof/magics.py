@@ -66,21 +66,36 @@ def _ensure():
                          "memprofd attach --pid %d, or restart the kernel" % os.getpid())
 
 
-def _export():
-    rc, out, err = _agent.run_cli("export", "--pid", os.getpid(), timeout=60)
+def _stacks(files):
+    """What %mprun's report needs of this process's session: the frames in these files, the stacks through them and
+    the total allocated (memprof mprun-data: the CLI leaves out the rest and the history, so the cost stays that of
+    the profiled code, not of the session's age)."""
+    args = ["mprun-data", "--pid", os.getpid()]
+    for f in files:
+        args += ["--file", f]
+    rc, out, err = _agent.run_cli(*args, timeout=60)
     if rc != 0:
-        raise UsageError(err.strip() or "memprof export failed")
+        raise UsageError(err.strip() or "memprof mprun-data failed")
     return json.loads(out)
 
 
-def _export_after(allocated):
-    """The session's data once memprofd has what the agent counted up to `allocated` bytes."""
+def _stacks_after(files, allocated):
+    """_stacks once memprofd has what the agent counted up to `allocated` bytes."""
     deadline = time.time() + REPORT_WAIT_S
     while True:
-        d = _export()
+        d = _stacks(files)
         if d["totals"]["allocated"] >= allocated * 0.999999 or time.time() > deadline:
             return d
         time.sleep(0.05)
+
+
+def _user_traceback(error):
+    """The exception as raised by the user's statement: its traceback from the statement on, without this module's
+    frames (the magic's plumbing is not where the user's error is)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return error.with_traceback(tb)
 
 
 def _code_of(obj):
@@ -207,7 +222,8 @@ class MemprofMagics(Magics):
         if "q" not in opts:
             print(result)
         if error is not None:
-            raise error
+            __tracebackhide__ = True  # IPython shows the user's statement's frames, not this one
+            raise _user_traceback(error)
         if "o" in opts:
             return result
 
@@ -237,15 +253,17 @@ class MemprofMagics(Magics):
             except Exception as e:
                 raise UsageError("%%mprun: could not find function %r (%s: %s)" % (n, type(e).__name__, e))
             codes.append(_code_of(obj))
-        before = _export()
+        files = sorted({c.co_filename for c in codes})
+        before = _stacks(files)
         error = None
         try:
             self._exec(stmt, ns)
         except BaseException as e:
             error = e
         allocated = _agent.heap()[2]
-        after = _export_after(allocated)
+        after = _stacks_after(files, allocated)
         text = "\n".join(_line_report(c, before, after, after.get("mode", "exact")) for c in codes)
+        before = after = None  # the traceback of an error keeps this frame: not the session's data with it
         tfile = getattr(opts, "T", [None])[0]
         if tfile:
             with open(tfile, "w") as f:
@@ -258,7 +276,8 @@ class MemprofMagics(Magics):
             else:
                 print(text, end="")
         if error is not None:
-            raise error
+            __tracebackhide__ = True  # IPython shows the user's statement's frames, not this one
+            raise _user_traceback(error)
         if "r" in opts:
             return text
 

@@ -6,6 +6,7 @@ import os
 import re
 import resource
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -388,3 +389,20 @@ def test_refused_hellos_log_is_bounded(limited_daemon, attacker):
     assert answered == 3000  # each one was refused with its reason
     assert lines <= secs + 3, lines  # one line a second at most (the suppressed are counted)
     assert re.search(r"\d+ more connections refused in the last second", open(d.log).read())
+
+
+def test_quiet_client_is_closed_at_the_hello_deadline(limited_daemon):
+    """The client socket (only root and the daemon's user reach it) keeps the same deadline."""
+    d = limited_daemon
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.settimeout(15)
+    c.connect(d.socket)
+    t0 = time.monotonic()
+    assert c.recv(1) == b""  # EOF: the daemon closed it
+    took = time.monotonic() - t0
+    c.close()
+    print("closed after %.2f s" % took)
+    assert took >= 4.5, took  # not before the deadline (5 s)
+    assert re.search(r"dropping connection \d+ \(pid %d, uid 0\): no hello within 5 s" % os.getpid(), d.log_tail())
+    assert timed_status(d) < STATUS_BOUND_S
+

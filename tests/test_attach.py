@@ -391,6 +391,77 @@ print(r)
 """
 
 
+GIL_HELD = """
+import ctypes, os, socket, struct, sys, time
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7f, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+def field(num, wire, data):
+    return varint(num << 3 | wire) + (varint(data) if wire == 0 else varint(len(data)) + data)
+print("ready %d" % os.getpid(), flush=True)
+sys.stdin.readline()
+s = socket.socket(socket.AF_UNIX)  # connected by this process: the daemon sees its pid
+s.connect("\\0" + sys.argv[1])
+pid = os.getpid()
+if os.fork() == 0:  # a child holding that connection sends a hello with a wrong token when told
+    sys.stdin.readline()
+    hello = field(1, 0, 1) + field(2, 0, 1) + field(3, 2, b"0" * 32) + field(4, 2, field(1, 0, pid))
+    env = field(1, 2, hello)
+    s.sendall(struct.pack("<I", len(env)) + env)
+    r = b""
+    while True:
+        b = s.recv(4096)
+        if not b:
+            break
+        r += b
+    print("own hello got %r" % r, flush=True)
+    os._exit(0)
+ctypes.PyDLL(None).sleep(5)  # a C call that keeps the GIL: the injected agent cannot say hello before it returns
+print("woke", flush=True)
+time.sleep(120)
+"""
+
+
+def test_agent_token_checked_while_an_attach_waits(daemon, targets, attacker):
+    """While an injected agent waits for the GIL (its attach pending), a hello with a wrong token gets
+    "bad token" -- from another user, and from the target's own pid (compared with its session's token) --
+    and the attach then completes with the real agent."""
+    name = _agent_socket_name(daemon)
+    t = targets.start([SYS_PY, "-u", "-c", GIL_HELD, name], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready")
+    t.proc.stdin.write("go\n")
+    t.proc.stdin.flush()
+    time.sleep(0.3)  # into the sleep (if not yet, the attach is merely quicker and the checks below say so)
+    attach = subprocess.Popen([MEMPROFD, "attach", "--pid", str(t.pid)], env=daemon.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 10
+        while not [s for s in json.loads(daemon.run("status", "--json").stdout)
+                   if s["pid"] == t.pid and s["state"] == "attaching"]:
+            assert time.time() < deadline and attach.poll() is None, daemon.log_tail()
+            time.sleep(0.05)
+        out = as_attacker(attacker, AGENT_HELLO, name, "0" * 32)
+        assert "bad token from pid" in out, out
+        t.proc.stdin.write("hello\n")
+        t.proc.stdin.flush()
+        own = t.wait_for(r"^own hello got (.*)").group(1)
+        assert "bad token from pid %d" % t.pid in own, own
+        assert attach.poll() is None  # both were refused while the attach was still waiting
+        o, e = attach.communicate(timeout=60)
+    finally:
+        if attach.poll() is None:
+            attach.kill()
+            attach.wait()
+    assert attach.returncode == 0, (o, e, daemon.log_tail())
+    assert "attached to pid %d" % t.pid in o
+    t.wait_for(r"^woke")
+    daemon.detach(t.pid)
+
+
 def test_agent_token_checked_while_a_run_waits(daemon, targets, attacker, shared_dir):
     """While `memprof run` waits for its program's hello, a wrong token gets "bad token" (the comparison is
     reached), the right one from a process that is not the run's descendant is refused -- from another

@@ -193,8 +193,8 @@ static long strangers_tick(long long id, void *data)
 {
     struct strangers *lists[] = {&client_strangers, &agent_strangers};
     double now = mp_now(), next = 0;
-    (void)data;
     char why[64];
+    (void)data;
     snprintf(why, sizeof why, "no hello within %.0f s", HELLO_DEADLINE_S);
     for (int i = 0; i < 2; i++) {
         while (lists[i]->oldest && lists[i]->oldest->hello_by <= now) conn_drop(lists[i]->oldest, why);
@@ -735,8 +735,7 @@ static void raise_nofile(void)
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return;
     if (rl.rlim_cur < rl.rlim_max) {
-        rlim_t want = rl.rlim_max;
-        rl.rlim_cur = want;
+        rl.rlim_cur = rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0) getrlimit(RLIMIT_NOFILE, &rl);
     }
     nofile = rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (1u << CONN_FD_BITS) ? (1L << CONN_FD_BITS) : (long)rl.rlim_cur;

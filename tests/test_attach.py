@@ -467,10 +467,11 @@ def test_agent_token_checked_while_a_run_waits(daemon, targets, attacker, shared
     reached), the right one from a process that is not the run's descendant is refused -- from another
     user and from the run's own user -- and the program itself still becomes the run's session."""
     go = os.path.join(shared_dir, "go")
-    t = targets.start([MEMPROF, "run", "--", "sh", "-c", "while [ ! -e %s ]; do sleep 0.05; done; exec %s -u %s" % (
-        go, SYS_PY, target_script("idle.py"))], env=daemon.env)
+    # the shell (no Python: its agent stays quiet) waits at most 60 s for go, holding the run's token
+    t = targets.start([MEMPROF, "run", "--", "sh", "-c", "i=0; while [ ! -e %s ] && [ $i -lt 1200 ]; do sleep 0.05; "
+                       "i=$((i+1)); done; exec %s -u %s" % (go, SYS_PY, target_script("idle.py"))], env=daemon.env)
     deadline = time.time() + 10
-    while True:  # the shell (no Python: its agent stays quiet) holds the run's token in its environment
+    while True:
         kids = open("/proc/%d/task/%d/children" % (t.pid, t.pid)).read().split()
         env = open("/proc/%s/environ" % kids[0], "rb").read().split(b"\0") if kids else []
         run = [e for e in env if e.startswith(b"MEMPROF_RUN=")]
@@ -478,7 +479,17 @@ def test_agent_token_checked_while_a_run_waits(daemon, targets, attacker, shared
             break
         assert time.time() < deadline, t.output()
         time.sleep(0.05)
-    m = re.search(rb"sock=@(\S+) token=(\S+)", run[0])
+    try:
+        _run_token_checks(daemon, t, attacker, run[0], go)
+    finally:
+        try:
+            os.kill(int(kids[0]), signal.SIGKILL)  # the shell, or the Python it became
+        except ProcessLookupError:
+            pass
+
+
+def _run_token_checks(daemon, t, attacker, run, go):
+    m = re.search(rb"sock=@(\S+) token=(\S+)", run)
     name, token = m.group(1).decode(), m.group(2).decode()
     wrong = "%032x" % (int(token, 16) ^ 1)
     out = as_attacker(attacker, AGENT_HELLO, name, wrong)

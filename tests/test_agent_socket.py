@@ -406,3 +406,40 @@ def test_quiet_client_is_closed_at_the_hello_deadline(limited_daemon):
     assert re.search(r"dropping connection \d+ \(pid %d, uid 0\): no hello within 5 s" % os.getpid(), d.log_tail())
     assert timed_status(d) < STATUS_BOUND_S
 
+
+
+@pytest.mark.parametrize("limited_daemon", [128], indirect=True, ids=["nofile-128"])
+def test_out_of_fds_does_not_spin(limited_daemon, attacker):
+    """Root's own clients (never turned away) take every fd of a daemon allowed 128; another user then keeps
+    connecting to the agent socket: each connection is taken with the fd kept spare and closed (accept
+    failing with EMFILE would otherwise leave the listener readable and the loop spinning)."""
+    d = limited_daemon
+    name = agent_socket(d)
+    clients = []
+    hello = pb_frame(pb_field(1, 2, pb_field(1, 0, 1)))  # Hello{protocol 1, role CLIENT}
+    while True:
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.settimeout(5)
+        c.connect(d.socket)
+        c.sendall(hello)
+        try:
+            got = c.recv(4096)
+        except OSError:  # reset (closed with our hello unread), or no answer
+            got = b""
+        clients.append(c)
+        if not got:  # closed unanswered: the daemon had no fd left for it
+            break
+        assert len(clients) < 200, "the daemon never ran out of fds"
+    cpu0 = cpu_s(d.proc.pid)
+    out = json.loads(as_attacker(attacker, FLOOD, name, 300, 4.0).splitlines()[-1])
+    cpu = cpu_s(d.proc.pid) - cpu0
+    for c in clients:
+        c.close()
+    time.sleep(0.5)
+    took = timed_status(d)
+    log = open(d.log).read()
+    print("%d clients held; daemon CPU %.2f s over the 4 s flood; attacker %s; status after %.3f s" % (
+        len(clients) - 1, cpu, out, took))
+    assert "out of file descriptors (limit 128)" in log, d.log_tail()
+    assert cpu < 2.0, cpu  # a spinning loop burns ~4 s of CPU in 4 s
+    assert took < STATUS_BOUND_S  # its own clients gone, it serves again

@@ -91,6 +91,15 @@ static int descends_from(pid_t pid, pid_t ancestor)
     return 0;
 }
 
+/* Whether some agent is awaited with a token: an injection's, or a memprof run's. */
+static int token_expected(void)
+{
+    if (runs) return 1;
+    for (struct session *s = sessions; s; s = s->next)
+        if (s->state == SESS_ATTACHING && !s->agent_conn) return 1;
+    return 0;
+}
+
 struct session *run_agent_hello(struct conn *c, const Memprof__Hello *h, char *err)
 {
     struct run *r;
@@ -98,7 +107,11 @@ struct session *run_agent_hello(struct conn *c, const Memprof__Hello *h, char *e
     for (r = runs; r; r = r->next)
         if (h->token && mp_token_equal(h->token, r->token)) break;
     if (!r) {
-        mp_err(err, "no attach in progress for pid %d", (int)c->peer_pid);
+        /* the token is what was compared: a peer is told it is wrong whenever one is expected */
+        if (token_expected())
+            mp_err(err, "bad token from pid %d", (int)c->peer_pid);
+        else
+            mp_err(err, "no attach in progress for pid %d", (int)c->peer_pid);
         return NULL;
     }
     if (c->peer_uid != r->uid ||

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -43,7 +44,31 @@ static uint64_t next_conn_seq = 1;
 static int stop_requested;
 static double stop_deadline;
 static int client_lfd = -1;
+static int agent_lfd = -1;
 static const char *client_path;
+
+/* Bounded before trust. Until its hello a connection is a stranger (the agent socket's name is readable by
+ * every local user in /proc/net/unix): it may buffer one frame of HELLO_MAX bytes, must say hello within
+ * HELLO_DEADLINE_S, and each listening socket keeps at most STRANGERS_MAX of them. A new stranger past
+ * that evicts the oldest: a real peer says hello at once, so the oldest are those that keep quiet, and
+ * turning new ones away instead would let a few idle connections lock every agent out. */
+#define HELLO_MAX (64u << 10) /* a hello's frame: an agent's carries its command line (up to 32 KiB) */
+#define HELLO_DEADLINE_S 5.0
+#define STRANGERS_MAX 64
+/* File descriptors kept for the daemon's clients and its own work (injection, /proc, HTTP): an agent
+ * stranger accepted into them evicts the oldest agent stranger, or is turned away. */
+#define FD_RESERVE 64
+#define ACCEPT_BURST 64 /* accepts per turn of the loop, so that a flood cannot keep it from the rest */
+#define REFUSALS_PER_S 1
+
+struct strangers {
+    struct conn *oldest, *newest;
+    unsigned n;
+};
+static struct strangers client_strangers, agent_strangers;
+static long long strangers_timer;
+static long nofile;    /* RLIMIT_NOFILE's soft limit, as raised at start */
+static int spare_fd = -1; /* given up to accept and close a connection when we are out of fds */
 
 void server_log(const char *fmt, ...)
 {
@@ -57,6 +82,46 @@ void server_log(const char *fmt, ...)
     va_end(ap);
     fputc('\n', stderr);
     fflush(stderr);
+}
+
+/* Lines about peers turned away before their hello: at most REFUSALS_PER_S a second; the rest are counted
+ * and told in one line when the second is over. */
+static struct {
+    double quiet_until;
+    unsigned suppressed;
+    long long timer;
+} refusals;
+
+static long refusals_flush(long long id, void *data)
+{
+    (void)id;
+    (void)data;
+    refusals.timer = 0;
+    if (refusals.suppressed) {
+        server_log("%u more connections refused in the last second (not logged one by one)", refusals.suppressed);
+        refusals.suppressed = 0;
+        refusals.quiet_until = mp_now() + 1.0 / REFUSALS_PER_S;
+    }
+    return LOOP_NOMORE;
+}
+
+static void log_refusal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void log_refusal(const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    double now = mp_now();
+    if (now < refusals.quiet_until) {
+        refusals.suppressed++;
+        if (!refusals.timer)
+            refusals.timer = loop_add_timer((long)((refusals.quiet_until - now) * 1000) + 1, refusals_flush, NULL);
+        return;
+    }
+    refusals.quiet_until = now + 1.0 / REFUSALS_PER_S;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    server_log("%s", line);
 }
 
 void server_request_stop(void) { stop_requested = 1; }
@@ -89,9 +154,21 @@ int conn_hung_up(uint64_t id)
     return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
+static void stranger_remove(struct conn *c)
+{
+    struct strangers *l = c->strangers;
+    if (!l) return;
+    if (c->sprev) c->sprev->snext = c->snext; else l->oldest = c->snext;
+    if (c->snext) c->snext->sprev = c->sprev; else l->newest = c->sprev;
+    c->snext = c->sprev = NULL;
+    c->strangers = NULL;
+    l->n--;
+}
+
 void conn_close(struct conn *c)
 {
     if (c->closing) return;
+    stranger_remove(c);
     c->closing = 1;
     loop_del_fd(c->fd, LOOP_READ | LOOP_WRITE);
     conn_fd[c->fd] = NULL;
@@ -103,8 +180,50 @@ void conn_close(struct conn *c)
 
 static void conn_drop(struct conn *c, const char *why)
 {
-    server_log("dropping connection %llu (pid %d): %s", (unsigned long long)c->id, (int)c->peer_pid, why);
+    if (c->kind == CONN_NEW)
+        log_refusal("dropping connection %llu (pid %d, uid %d): %s", (unsigned long long)c->id, (int)c->peer_pid,
+                    (int)c->peer_uid, why);
+    else
+        server_log("dropping connection %llu (pid %d): %s", (unsigned long long)c->id, (int)c->peer_pid, why);
     conn_close(c);
+}
+
+/* Closes the strangers whose time for a hello is over; runs again at the next one's deadline. */
+static long strangers_tick(long long id, void *data)
+{
+    struct strangers *lists[] = {&client_strangers, &agent_strangers};
+    double now = mp_now(), next = 0;
+    char why[64];
+    (void)data;
+    snprintf(why, sizeof why, "no hello within %.0f s", HELLO_DEADLINE_S);
+    for (int i = 0; i < 2; i++) {
+        while (lists[i]->oldest && lists[i]->oldest->hello_by <= now) conn_drop(lists[i]->oldest, why);
+        if (lists[i]->oldest && (!next || lists[i]->oldest->hello_by < next)) next = lists[i]->oldest->hello_by;
+    }
+    if (!next) {
+        if (strangers_timer == id) strangers_timer = 0;
+        return LOOP_NOMORE;
+    }
+    return (long)((next - now) * 1000) + 1;
+}
+
+static void stranger_add(struct conn *c, struct strangers *l)
+{
+    c->strangers = l;
+    c->hello_by = mp_now() + HELLO_DEADLINE_S;
+    c->sprev = l->newest;
+    if (l->newest) l->newest->snext = c; else l->oldest = c;
+    l->newest = c;
+    l->n++;
+    if (!strangers_timer) strangers_timer = loop_add_timer((long)(HELLO_DEADLINE_S * 1000) + 1, strangers_tick, NULL);
+}
+
+/* Makes room by closing the oldest stranger of l. 0 if there was none. */
+static int evict_stranger(struct strangers *l, const char *why)
+{
+    if (!l->oldest) return 0;
+    conn_drop(l->oldest, why);
+    return 1;
 }
 
 static void conn_event(int fd, int mask, void *data);
@@ -275,7 +394,7 @@ static int listen_agents(char *err)
     return listen_unix(&sa, len, err);
 }
 
-static struct conn *conn_new(int fd, const struct ucred *cred, int from_agent_socket, char *err)
+static struct conn *conn_new(int fd, const struct ucred *cred, int from_agent_socket, struct strangers *l, char *err)
 {
     struct conn *c;
     if (fd >= (1 << CONN_FD_BITS)) {
@@ -304,6 +423,7 @@ static struct conn *conn_new(int fd, const struct ucred *cred, int from_agent_so
     c->from_agent_socket = from_agent_socket;
     c->peer_pid = cred->pid;
     c->peer_uid = cred->uid;
+    c->rb.max = HELLO_MAX;
     if (loop_add_fd(fd, LOOP_READ, conn_event, c, err) < 0) {
         free(c);
         return NULL;
@@ -311,31 +431,86 @@ static struct conn *conn_new(int fd, const struct ucred *cred, int from_agent_so
     conn_fd[fd] = c;
     c->next = conns;
     conns = c;
+    if (l) stranger_add(c, l);
     return c;
 }
 
-/* The kind a connection may take is decided by the socket it came in on. */
+static void accept_conns(int lfd, int mask, void *data);
+
+static long listen_again(long long id, void *data)
+{
+    char err[MP_ERRLEN];
+    int lfd = data ? agent_lfd : client_lfd;
+    (void)id;
+    if (lfd >= 0 && loop_add_fd(lfd, LOOP_READ, accept_conns, data, err) < 0) server_log("%s", err);
+    return LOOP_NOMORE;
+}
+
+/* accept4 failed with errno: make room, or stop listening for a moment. 1: try again now. */
+static int accept_failed(int lfd, void *data)
+{
+    int fd;
+    if (errno == EINTR || errno == ECONNABORTED) return 1;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+    if (errno == EMFILE && evict_stranger(&agent_strangers, "out of file descriptors")) return 1;
+    if (errno == EMFILE && spare_fd >= 0) {
+        /* nothing to evict: take the connection with the fd kept for this and close it, so that the
+         * listener does not stay readable (the loop would spin on it) */
+        close(spare_fd);
+        fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0) close(fd);
+        spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        log_refusal("refused a connection on the %s socket: out of file descriptors (limit %ld)",
+                    data ? "agent" : "client", nofile);
+        return fd >= 0;
+    }
+    /* ENFILE, ENOBUFS, ENOMEM, no spare fd: the listener rests 100 ms rather than spin */
+    log_refusal("cannot accept on the %s socket (%s): pausing it for 100 ms", data ? "agent" : "client", strerror(errno));
+    loop_del_fd(lfd, LOOP_READ);
+    loop_add_timer(100, listen_again, data);
+    return 0;
+}
+
+/* The kind a connection may take is decided by the socket it came in on. Near the fd limit (fds are
+ * numbered lowest first: fd >= nofile - FD_RESERVE means fewer than FD_RESERVE are left), an agent
+ * socket's stranger costs the oldest one its place; a client makes room the same way but is never turned
+ * away for it. */
 static void accept_conns(int lfd, int mask, void *data)
 {
     int from_agent_socket = data != NULL;
+    struct strangers *l = from_agent_socket ? &agent_strangers : &client_strangers;
     (void)mask;
-    for (;;) {
+    for (int burst = 0; burst < ACCEPT_BURST; burst++) {
         char err[MP_ERRLEN];
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int short_of_fds;
         struct ucred cred;
         socklen_t len = sizeof cred;
-        if (fd < 0) return;
+        if (fd < 0) {
+            if (accept_failed(lfd, data)) continue;
+            return;
+        }
         if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
             close(fd);
             continue;
         }
         /* Clients must be us or root; the 0700 directory already ensures it. */
         if (!from_agent_socket && cred.uid != geteuid() && cred.uid != 0) {
+            log_refusal("refused a client connection from pid %d: uid %d is neither %d nor root", (int)cred.pid,
+                        (int)cred.uid, (int)geteuid());
             close(fd);
             continue;
         }
-        if (!conn_new(fd, &cred, from_agent_socket, err)) {
-            server_log("refused a connection from pid %d: %s", (int)cred.pid, err);
+        short_of_fds = fd >= nofile - FD_RESERVE;
+        if (short_of_fds && !evict_stranger(&agent_strangers, "file descriptors run short") && from_agent_socket) {
+            log_refusal("refused an agent connection from pid %d (uid %d): file descriptors run short (limit %ld)",
+                        (int)cred.pid, (int)cred.uid, nofile);
+            close(fd);
+            continue;
+        }
+        if (l->n >= STRANGERS_MAX) evict_stranger(l, "too many connections without a hello");
+        if (!conn_new(fd, &cred, from_agent_socket, l, err)) {
+            log_refusal("refused a connection from pid %d: %s", (int)cred.pid, err);
             close(fd);
         }
     }
@@ -349,7 +524,7 @@ uint64_t server_adopt_agent(int fd)
     struct ucred cred;
     socklen_t len = sizeof cred;
     struct conn *c = NULL;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || !(c = conn_new(fd, &cred, 1, err))) {
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || !(c = conn_new(fd, &cred, 1, NULL, err))) {
         close(fd);
         return 0;
     }
@@ -372,6 +547,13 @@ static void hello_reply(struct conn *c, const char *error)
 
 void server_refuse_hello(struct conn *c, const char *why) { hello_reply(c, why); }
 
+/* Its hello was taken: no deadline any more, and frames up to WIRE_MAX_MSG. */
+static void trusted(struct conn *c)
+{
+    stranger_remove(c);
+    c->rb.max = 0;
+}
+
 void server_on_hello(struct conn *c, const Envelope *env)
 {
     const Memprof__Hello *h = env->hello;
@@ -384,12 +566,13 @@ void server_on_hello(struct conn *c, const Envelope *env)
     }
     if (h->role == MEMPROF__HELLO__ROLE__AGENT) {
         if (!c->from_agent_socket || attach_agent_hello(c, h, err) < 0) {
-            server_log("refused agent connection from pid %d: %s", (int)c->peer_pid,
-                       c->from_agent_socket ? err : "agents connect on the agent socket");
+            log_refusal("refused agent connection from pid %d (uid %d): %s", (int)c->peer_pid, (int)c->peer_uid,
+                        c->from_agent_socket ? err : "agents connect on the agent socket");
             hello_reply(c, c->from_agent_socket ? err : "wrong socket");
             return;
         }
         c->kind = CONN_AGENT;
+        trusted(c);
         hello_reply(c, NULL);
         attach_agent_hello_done(c);
         return;
@@ -399,6 +582,7 @@ void server_on_hello(struct conn *c, const Envelope *env)
         return;
     }
     c->kind = CONN_CLIENT;
+    trusted(c);
     hello_reply(c, NULL);
 }
 
@@ -421,13 +605,20 @@ static void conn_readable(struct conn *c)
     Envelope *env;
     int t;
     if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-        if (r < 0) server_log("connection from pid %d: %s", (int)c->peer_pid, err);
+        if (r < 0 && c->kind == CONN_NEW)
+            log_refusal("connection from pid %d (uid %d) before its hello: %s", (int)c->peer_pid, (int)c->peer_uid, err);
+        else if (r < 0)
+            server_log("connection from pid %d: %s", (int)c->peer_pid, err);
         conn_close(c);
         return;
     }
     while (!c->closing && !c->close_when_flushed && (t = wire_take(&c->rb, &env, err)) != 0) {
         if (t < 0) {
-            server_log("connection from pid %d sent a bad message: %s", (int)c->peer_pid, err);
+            if (c->kind == CONN_NEW)
+                log_refusal("connection from pid %d (uid %d) sent a bad message before its hello: %s", (int)c->peer_pid,
+                            (int)c->peer_uid, err);
+            else
+                server_log("connection from pid %d sent a bad message: %s", (int)c->peer_pid, err);
             if (c->kind != CONN_AGENT) {
                 c->close_when_flushed = 1;
                 conn_send_error_code(c, MEMPROF__ERROR_REPLY__CODE__BAD_REQUEST, err);
@@ -519,6 +710,20 @@ static int setup_signals(char *err)
     return fd;
 }
 
+/* As many fds as we may have (soft limit to hard): a root daemon serves every process of the host. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0) getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    nofile = rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (1u << CONN_FD_BITS) ? (1L << CONN_FD_BITS) : (long)rl.rlim_cur;
+    if (nofile < 2 * FD_RESERVE)
+        server_log("warning: only %ld file descriptors (ulimit -n); agents will be turned away early", nofile);
+}
+
 static int take_lock(int dir_fd, const char *dir, char *err)
 {
     int fd = openat(dir_fd, "memprofd.lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -539,20 +744,22 @@ int server_run(const char *socket_path, char *err)
     char dir[PATH_MAX];
     int lock_fd, afd, sfd, dir_fd;
 
+    raise_nofile();
+    spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if ((dir_fd = prepare_dir(socket_path, dir, err)) < 0) return -1;
     lock_fd = take_lock(dir_fd, dir, err);
     close(dir_fd);
     if (lock_fd < 0) return -1;
     if ((sfd = setup_signals(err)) < 0) return -1;
     if ((client_lfd = listen_clients(socket_path, err)) < 0) return -1;
-    if ((afd = listen_agents(err)) < 0) return -1;
+    if ((afd = agent_lfd = listen_agents(err)) < 0) return -1;
     client_path = socket_path;
     if (loop_init(err) < 0 || loop_add_fd(client_lfd, LOOP_READ, accept_conns, NULL, err) < 0 ||
         loop_add_fd(afd, LOOP_READ, accept_conns, (void *)1, err) < 0 ||
         loop_add_fd(sfd, LOOP_READ, signal_event, NULL, err) < 0 || http_start(err) < 0)
         return -1;
-    server_log("memprofd " MEMPROF_VERSION " listening on %s (agents on @%s), agent library %s", socket_path, server_agent_sock,
-               server_agent_lib);
+    server_log("memprofd " MEMPROF_VERSION " listening on %s (agents on @%s), agent library %s, %ld file descriptors",
+               socket_path, server_agent_sock, server_agent_lib, nofile);
     loop_run(before_sleep);
     server_log("stopped");
     for (struct conn *c = conns; c; c = c->next) {
@@ -568,7 +775,10 @@ int server_run(const char *socket_path, char *err)
     nconn_fd = 0;
     if (client_lfd >= 0) close(client_lfd);
     close(afd);
+    agent_lfd = -1;
     close(sfd);
+    if (spare_fd >= 0) close(spare_fd);
+    spare_fd = -1;
     close(lock_fd);
     return 0;
 }

@@ -21,6 +21,10 @@ struct conn {
     int close_when_flushed;    /* read nothing more; close once obuf is written */
     int closing;
     struct conn *next;
+    /* before its hello: on its socket's list of strangers, oldest first (server.c) */
+    struct strangers *strangers;
+    struct conn *snext, *sprev;
+    double hello_by;
 };
 
 /* Run the daemon in the foreground on socket_path until stopped. */

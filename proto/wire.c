@@ -68,10 +68,109 @@ static int no_field_zero(const ProtobufCMessage *m)
     return 1;
 }
 
+/* Upper bound of what protobuf-c allocates to unpack a message of type d from data[0..len): *decoded gets
+ * the result's share (the struct, repeated elements, a string's copy, malloc's overhead included), *unknown
+ * that of its unknown fields (a record and a copy each), *scan the peak of the ScannedMember records it
+ * keeps per field while a message is unpacked (its own, plus the largest of the submessages it unpacks
+ * meanwhile). Walks the encoding only; -1 on what unpack would refuse anyway (a truncated field, a group,
+ * nesting past 32). */
+#define SCAN_COST 32
+#define ALLOC_COST 16
+#define MAX_NESTING 32
+static size_t elt_size(ProtobufCType t)
+{
+    switch (t) {
+    case PROTOBUF_C_TYPE_INT32: case PROTOBUF_C_TYPE_SINT32: case PROTOBUF_C_TYPE_SFIXED32: case PROTOBUF_C_TYPE_UINT32:
+    case PROTOBUF_C_TYPE_FIXED32: case PROTOBUF_C_TYPE_FLOAT: case PROTOBUF_C_TYPE_ENUM: case PROTOBUF_C_TYPE_BOOL:
+        return 4;
+    case PROTOBUF_C_TYPE_BYTES: return sizeof(ProtobufCBinaryData);
+    default: return 8; /* 64-bit scalars, pointers to strings and messages */
+    }
+}
+
+static int decoded_cost(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t len, int depth,
+                        size_t *decoded, size_t *unknown, size_t *scan)
+{
+    const uint8_t *end = p + len;
+    size_t own_scan = 0, sub_scan = 0;
+    if (depth > MAX_NESTING) return -1;
+    *decoded += d->sizeof_message + ALLOC_COST;
+    while (p < end) {
+        uint64_t key = 0, n = 0;
+        const ProtobufCFieldDescriptor *f;
+        const uint8_t *body;
+        size_t blen = 0, s = 0;
+        for (int sh = 0;; sh += 7) { /* the tag */
+            if (p >= end || sh > 63) return -1;
+            key |= (uint64_t)(*p & 0x7f) << sh;
+            if (!(*p++ & 0x80)) break;
+        }
+        switch (key & 7) {
+        case 0:
+            for (int i = 0;; i++) {
+                if (p >= end || i > 9) return -1;
+                if (!(*p++ & 0x80)) break;
+            }
+            break;
+        case 1: blen = 8; break;
+        case 5: blen = 4; break;
+        case 2:
+            for (int sh = 0;; sh += 7) {
+                if (p >= end || sh > 63) return -1;
+                n |= (uint64_t)(*p & 0x7f) << sh;
+                if (!(*p++ & 0x80)) break;
+            }
+            if (n > (uint64_t)(end - p)) return -1;
+            blen = (size_t)n;
+            break;
+        default: return -1;
+        }
+        if (blen > (size_t)(end - p)) return -1;
+        body = p;
+        p += blen;
+        own_scan += SCAN_COST;
+        f = key >> 3 <= UINT32_MAX ? protobuf_c_message_descriptor_get_field(d, (unsigned)(key >> 3)) : NULL;
+        if (!f) {
+            *unknown += sizeof(ProtobufCMessageUnknownField) + blen + ALLOC_COST; /* the record, its copy */
+            continue;
+        }
+        if (f->label == PROTOBUF_C_LABEL_REPEATED)
+            *decoded += (key & 7) == 2 && f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_BYTES &&
+                                f->type != PROTOBUF_C_TYPE_MESSAGE
+                            ? elt_size(f->type) * blen + ALLOC_COST /* packed: at most one element per byte */
+                            : elt_size(f->type) + ALLOC_COST / 2;   /* the array grows by doubling */
+        if (f->type == PROTOBUF_C_TYPE_STRING || f->type == PROTOBUF_C_TYPE_BYTES) *decoded += blen + 1 + ALLOC_COST;
+        if (f->type == PROTOBUF_C_TYPE_MESSAGE && (key & 7) == 2) {
+            if (decoded_cost(f->descriptor, body, blen, depth + 1, decoded, unknown, &s) < 0) return -1;
+            if (s > sub_scan) sub_scan = s;
+        }
+    }
+    *scan = own_scan + sub_scan;
+    return 0;
+}
+
 int wire_decode(const uint8_t *payload, size_t len, Envelope **env, char *err)
 {
+    size_t cost = 0, unknown = 0, scan = 0, limit;
+    *env = NULL;
     if (len > WIRE_MAX_MSG) {
         mp_err(err, "message of %zu bytes exceeds the %u-byte limit", len, WIRE_MAX_MSG);
+        return -1;
+    }
+    if (decoded_cost(&memprof__envelope__descriptor, payload, len, 0, &cost, &unknown, &scan) < 0) {
+        mp_err(err, "malformed message (%zu bytes do not decode)", len);
+        return -1;
+    }
+    if (unknown > WIRE_UNKNOWN_RATIO * len + WIRE_DECODE_SLACK) {
+        mp_err(err, "message of %zu bytes: its unknown fields would take %zu bytes decoded, over the limit of %zu",
+               len, unknown, WIRE_UNKNOWN_RATIO * len + WIRE_DECODE_SLACK);
+        return -1;
+    }
+    cost += unknown + scan;
+    limit = WIRE_DECODE_RATIO * len + WIRE_DECODE_SLACK;
+    if (limit > WIRE_DECODE_MAX) limit = WIRE_DECODE_MAX;
+    if (cost > limit) {
+        mp_err(err, "message of %zu bytes would take %zu bytes decoded, over the limit of %zu", len, cost, limit);
         return -1;
     }
     *env = memprof__envelope__unpack(NULL, len, payload);
@@ -108,16 +207,13 @@ void wire_rbuf_free(struct wire_rbuf *rb)
 
 ssize_t wire_rbuf_fill(struct wire_rbuf *rb, int fd, char *err)
 {
+    /* a peer held to small frames gets a buffer of one frame; others room for more than one per read */
+    size_t limit = rb->max ? rb->max + WIRE_HDR : WIRE_MAX_MSG + WIRE_HDR + 65536;
     ssize_t r;
-    if (rb->cap - rb->len < 65536) {
-        size_t ncap = rb->cap ? rb->cap * 2 : 65536;
+    if (rb->cap - rb->len < 65536 && rb->cap < limit) {
+        size_t ncap = rb->cap ? rb->cap * 2 : 4096;
         uint8_t *nb;
-        if (ncap > WIRE_MAX_MSG + WIRE_HDR + 65536) ncap = WIRE_MAX_MSG + WIRE_HDR + 65536;
-        if (ncap <= rb->len) {
-            mp_err(err, "peer sent more than one maximal message without a break");
-            errno = EMSGSIZE;
-            return -1;
-        }
+        if (ncap > limit) ncap = limit;
         nb = realloc(rb->buf, ncap);
         if (!nb) {
             mp_err(err, "out of memory for a receive buffer");
@@ -125,6 +221,11 @@ ssize_t wire_rbuf_fill(struct wire_rbuf *rb, int fd, char *err)
         }
         rb->buf = nb;
         rb->cap = ncap;
+    }
+    if (rb->len >= rb->cap) {
+        mp_err(err, "peer sent more than one maximal message without a break");
+        errno = EMSGSIZE;
+        return -1;
     }
     do
         r = read(fd, rb->buf + rb->len, rb->cap - rb->len);
@@ -143,8 +244,8 @@ int wire_take(struct wire_rbuf *rb, Envelope **env, char *err)
     *env = NULL;
     if (rb->len < WIRE_HDR) return 0;
     n = get_le32(rb->buf);
-    if (n > WIRE_MAX_MSG) {
-        mp_err(err, "frame announces %u bytes, over the %u-byte limit", n, WIRE_MAX_MSG);
+    if (n > (rb->max ? rb->max : WIRE_MAX_MSG)) {
+        mp_err(err, "frame announces %u bytes, over the %zu-byte limit", n, rb->max ? rb->max : WIRE_MAX_MSG);
         return -1;
     }
     if (rb->len < WIRE_HDR + (size_t)n) return 0;

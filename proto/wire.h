@@ -11,6 +11,14 @@
 #define MEMPROF_PROTOCOL 1
 #define WIRE_MAX_MSG (16u << 20) /* 16 MiB: a census or graph of a big heap fits */
 #define WIRE_HDR 4
+/* What a decoded message may cost in memory, estimated from its encoding before protobuf-c unpacks it
+ * (protobuf-c allocates per field: a 3-byte unknown field costs ~75 bytes, a 2-byte empty submessage ~150):
+ * at most WIRE_DECODE_RATIO times its size (a legitimate report of one-frame stacks comes near 20) and
+ * WIRE_DECODE_MAX in all, of which unknown fields (a newer peer's) at most WIRE_UNKNOWN_RATIO times. */
+#define WIRE_DECODE_RATIO 32
+#define WIRE_UNKNOWN_RATIO 4
+#define WIRE_DECODE_SLACK (64u << 10)
+#define WIRE_DECODE_MAX ((size_t)128 << 20)
 
 typedef Memprof__Envelope Envelope;
 
@@ -18,7 +26,9 @@ typedef Memprof__Envelope Envelope;
 int wire_encode(const Envelope *env, uint8_t **out, size_t *outlen, char *err);
 
 /* Decode one payload (without the length header). An envelope holding only a message this build does not
- * know decodes with msg_case MEMPROF__ENVELOPE__MSG__NOT_SET (the receiver says "unsupported"). */
+ * know decodes with msg_case MEMPROF__ENVELOPE__MSG__NOT_SET (the receiver says "unsupported"). A payload
+ * whose decoded form would cost more than the WIRE_DECODE_* bounds above is refused before anything is
+ * allocated. */
 int wire_decode(const uint8_t *payload, size_t len, Envelope **env, char *err);
 void wire_free(Envelope *env);
 
@@ -26,14 +36,15 @@ void wire_free(Envelope *env);
 struct wire_rbuf {
     uint8_t *buf;
     size_t len, cap;
+    size_t max; /* largest frame payload accepted (0: WIRE_MAX_MSG); the buffer never grows past one */
 };
 void wire_rbuf_free(struct wire_rbuf *rb);
 /* Append what can be read from fd now. Returns bytes read, 0 on EOF, -1 on
  * error (EAGAIN gives -1 with errno EAGAIN and no message). Refuses to grow
- * past one maximal frame. */
+ * past one maximal frame (rb->max). */
 ssize_t wire_rbuf_fill(struct wire_rbuf *rb, int fd, char *err);
 /* Take one complete frame off the front: 1 = *env set, 0 = need more bytes,
- * -1 = malformed or oversized (the connection must be dropped). */
+ * -1 = malformed or oversized: over rb->max (the connection must be dropped). */
 int wire_take(struct wire_rbuf *rb, Envelope **env, char *err);
 
 /* Blocking helpers with a deadline (timeout_ms < 0: wait forever). */

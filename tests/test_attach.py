@@ -17,7 +17,8 @@ import pytest
 
 from proctools import agent_gone, agent_threads
 from pythons import kernel_thread
-from conftest import (INTERPRETERS, default_python, MEMPROFD, SUPPORTED_IDS, UNSUPPORTED_IDS, Target, agent_mapped, interpreter,
+from test_agent_socket import as_attacker, attacker, shared_dir  # noqa: F401 (fixtures: a real other user)
+from conftest import (INTERPRETERS, default_python, MEMPROF, MEMPROFD, SUPPORTED_IDS, UNSUPPORTED_IDS, Target, agent_mapped, interpreter,
                       proc_state, target_script, workload, pb_field, pb_frame)
 
 
@@ -390,7 +391,153 @@ def test_agent_with_bad_token_is_refused(daemon):
             break  # the daemon closed the connection
         reply += chunk
     s.close()
-    assert b"no attach in progress" in reply or b"bad token" in reply, reply
+    # nothing is pending: no token is expected, so there is none to compare
+    assert b"no attach in progress for pid %d" % os.getpid() in reply, reply
+
+
+SYS_PY = "/usr/bin/python3"  # readable by the attacker user
+AGENT_HELLO = """
+import os, socket, struct, sys
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7f, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+def field(num, wire, data):
+    return varint(num << 3 | wire) + (varint(data) if wire == 0 else varint(len(data)) + data)
+name, token = sys.argv[1], sys.argv[2].encode()
+hello = field(1, 0, 1) + field(2, 0, 1) + field(3, 2, token) + field(4, 2, field(1, 0, os.getpid()))
+env = field(1, 2, hello)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect("\\0" + name)
+s.sendall(struct.pack("<I", len(env)) + env)
+r = b""
+while True:
+    b = s.recv(4096)
+    if not b:
+        break
+    r += b
+print(r)
+"""
+
+
+GIL_HELD = """
+import ctypes, os, socket, struct, sys, time
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7f, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+def field(num, wire, data):
+    return varint(num << 3 | wire) + (varint(data) if wire == 0 else varint(len(data)) + data)
+print("ready %d" % os.getpid(), flush=True)
+sys.stdin.readline()
+s = socket.socket(socket.AF_UNIX)  # connected by this process: the daemon sees its pid
+s.connect("\\0" + sys.argv[1])
+pid = os.getpid()
+if os.fork() == 0:  # a child holding that connection sends a hello with a wrong token when told
+    sys.stdin.readline()
+    hello = field(1, 0, 1) + field(2, 0, 1) + field(3, 2, b"0" * 32) + field(4, 2, field(1, 0, pid))
+    env = field(1, 2, hello)
+    s.sendall(struct.pack("<I", len(env)) + env)
+    r = b""
+    while True:
+        b = s.recv(4096)
+        if not b:
+            break
+        r += b
+    print("own hello got %r" % r, flush=True)
+    os._exit(0)
+ctypes.PyDLL(None).sleep(5)  # a C call that keeps the GIL: the injected agent cannot say hello before it returns
+print("woke", flush=True)
+time.sleep(120)
+"""
+
+
+def test_agent_token_checked_while_an_attach_waits(daemon, targets, attacker):
+    """While an injected agent waits for the GIL (its attach pending), a hello with a wrong token gets
+    "bad token" -- from another user, and from the target's own pid (compared with its session's token) --
+    and the attach then completes with the real agent."""
+    name = _agent_socket_name(daemon)
+    t = targets.start([SYS_PY, "-u", "-c", GIL_HELD, name], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready")
+    t.proc.stdin.write("go\n")
+    t.proc.stdin.flush()
+    time.sleep(0.3)  # into the sleep (if not yet, the attach is merely quicker and the checks below say so)
+    attach = subprocess.Popen([MEMPROFD, "attach", "--pid", str(t.pid)], env=daemon.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 10
+        while not [s for s in json.loads(daemon.run("status", "--json").stdout)
+                   if s["pid"] == t.pid and s["state"] == "attaching"]:
+            assert time.time() < deadline and attach.poll() is None, daemon.log_tail()
+            time.sleep(0.05)
+        out = as_attacker(attacker, AGENT_HELLO, name, "0" * 32)
+        assert "bad token from pid" in out, out
+        t.proc.stdin.write("hello\n")
+        t.proc.stdin.flush()
+        own = t.wait_for(r"^own hello got (.*)").group(1)
+        assert "bad token from pid %d" % t.pid in own, own
+        assert attach.poll() is None  # both were refused while the attach was still waiting
+        o, e = attach.communicate(timeout=60)
+    finally:
+        if attach.poll() is None:
+            attach.kill()
+            attach.wait()
+    assert attach.returncode == 0, (o, e, daemon.log_tail())
+    assert "attached to pid %d" % t.pid in o
+    t.wait_for(r"^woke")
+    daemon.detach(t.pid)
+
+
+def test_agent_token_checked_while_a_run_waits(daemon, targets, attacker, shared_dir):
+    """While `memprof run` waits for its program's hello, a wrong token gets "bad token" (the comparison is
+    reached), the right one from a process that is not the run's descendant is refused -- from another
+    user and from the run's own user -- and the program itself still becomes the run's session."""
+    go = os.path.join(shared_dir, "go")
+    # the shell (no Python: its agent stays quiet) waits at most 60 s for go, holding the run's token
+    t = targets.start([MEMPROF, "run", "--", "sh", "-c", "i=0; while [ ! -e %s ] && [ $i -lt 1200 ]; do sleep 0.05; "
+                       "i=$((i+1)); done; exec %s -u %s" % (go, SYS_PY, target_script("idle.py"))], env=daemon.env)
+    deadline = time.time() + 10
+    while True:
+        kids = open("/proc/%d/task/%d/children" % (t.pid, t.pid)).read().split()
+        env = open("/proc/%s/environ" % kids[0], "rb").read().split(b"\0") if kids else []
+        run = [e for e in env if e.startswith(b"MEMPROF_RUN=")]
+        if run:
+            break
+        assert time.time() < deadline, t.output()
+        time.sleep(0.05)
+    try:
+        _run_token_checks(daemon, t, attacker, run[0], go)
+    finally:
+        try:
+            os.kill(int(kids[0]), signal.SIGKILL)  # the shell, or the Python it became
+        except ProcessLookupError:
+            pass
+
+
+def _run_token_checks(daemon, t, attacker, run, go):
+    m = re.search(rb"sock=@(\S+) token=(\S+)", run)
+    name, token = m.group(1).decode(), m.group(2).decode()
+    wrong = "%032x" % (int(token, 16) ^ 1)
+    out = as_attacker(attacker, AGENT_HELLO, name, wrong)
+    assert "bad token from pid" in out, out
+    out = as_attacker(attacker, AGENT_HELLO, name, token)
+    assert "not started by the memprof run that owns this token" in out, out
+    r = subprocess.run([SYS_PY, "-c", AGENT_HELLO, name, token], capture_output=True, text=True, timeout=30)
+    assert "not started by the memprof run that owns this token" in r.stdout, (r.stdout, r.stderr)  # root, a sibling
+    open(go, "w").close()
+    pid = int(t.wait_for(r"^ready (\d+)").group(1))
+    deadline = time.time() + 20
+    while not [s for s in json.loads(daemon.run("status", "--json").stdout)
+               if s["pid"] == pid and s["state"] == "attached"]:
+        assert time.time() < deadline, daemon.log_tail()
+        time.sleep(0.1)
 
 
 def test_garbage_on_client_socket_gets_error_and_daemon_survives(daemon):

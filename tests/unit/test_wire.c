@@ -194,6 +194,70 @@ static void test_encode_limit(void)
     free(big);
 }
 
+/* Payloads that protobuf-c would unpack into many times their size are refused before unpack
+ * (proto/wire.h's WIRE_DECODE_*); a legitimate report of tiny stacks and a newer peer's few unknown fields
+ * still decode. */
+static void test_decode_bombs(void)
+{
+    Envelope *out = (Envelope *)1, env;
+    Memprof__AllocReport rep = MEMPROF__ALLOC_REPORT__INIT;
+    char err[MP_ERRLEN] = "";
+    size_t n = 60000, len;
+    uint8_t *p = malloc(6 * n + 16), *buf;
+    /* 3-byte unknown fields (field 1000, varint 1): ~25 times their size unpacked */
+    for (size_t i = 0; i < n; i++) memcpy(p + 3 * i, "\xc0\x3e\x01", 3);
+    CHECK(wire_decode(p, 3 * n, &out, err) == -1 && out == NULL && strstr(err, "unknown fields would take"),
+          "a frame of unknown fields is refused before unpack");
+    /* alloc_report (17) holding n empty stacks (field 3): ~70 times */
+    memcpy(p, "\x8a\x01", 2);
+    len = 2 * n;
+    p[2] = (uint8_t)(0x80 | (len & 0x7f));
+    p[3] = (uint8_t)(0x80 | ((len >> 7) & 0x7f));
+    p[4] = (uint8_t)(len >> 14);
+    for (size_t i = 0; i < n; i++) memcpy(p + 5 + 2 * i, "\x1a\x00", 2);
+    CHECK(wire_decode(p, 5 + len, &out, err) == -1 && out == NULL && strstr(err, "would take"),
+          "a frame of empty submessages is refused before unpack");
+    /* a real report of 3000 one-frame stacks */
+    Memprof__AllocStack *stacks = calloc(3000, sizeof *stacks), **sp = calloc(3000, sizeof *sp);
+    uint32_t frame = 7;
+    for (int i = 0; i < 3000; i++) {
+        memprof__alloc_stack__init(&stacks[i]);
+        stacks[i].id = (uint32_t)i + 1;
+        stacks[i].n_frames = 1;
+        stacks[i].frames = &frame;
+        sp[i] = &stacks[i];
+    }
+    rep.n_stacks = 3000;
+    rep.stacks = sp;
+    memprof__envelope__init(&env);
+    env.msg_case = MEMPROF__ENVELOPE__MSG_ALLOC_REPORT;
+    env.alloc_report = &rep;
+    CHECK(wire_encode(&env, &buf, &len, err) == 0 && wire_decode(buf + WIRE_HDR, len - WIRE_HDR, &out, err) == 0 &&
+              out && out->alloc_report->n_stacks == 3000,
+          "a report of 3000 one-frame stacks decodes");
+    wire_free(out);
+    free(buf);
+    /* a newer peer's field in each of them */
+    buf = malloc(len + 3 * 3000);
+    {
+        size_t off = 0;
+        uint8_t *q;
+        wire_encode(&env, &q, &len, err);
+        memcpy(buf, q, len);
+        off = len;
+        for (int i = 0; i < 3000; i++, off += 3) memcpy(buf + off, "\xc0\x3e\x01", 3); /* top level, for brevity */
+        CHECK(wire_decode(buf + WIRE_HDR, off - WIRE_HDR, &out, err) == 0 && out &&
+                  out->base.n_unknown_fields == 3000,
+              "a few unknown fields per stack decode");
+        wire_free(out);
+        free(q);
+    }
+    free(buf);
+    free(stacks);
+    free(sp);
+    free(p);
+}
+
 int main(void)
 {
     test_roundtrip();
@@ -203,6 +267,7 @@ int main(void)
     test_field_zero();
     test_socket_truncated();
     test_encode_limit();
+    test_decode_bombs();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

@@ -37,6 +37,8 @@ struct session {
     double deadline;            /* for the current phase (attaching, detaching) */
     int detach_acked;           /* agent answered the detach request */
     int cancelled;              /* the attaching client went away: undo once the agent is up */
+    int undo;                   /* detaching after a failed attach or a detach given up on: no waiter, no
+                                 * deadline; unloaded once the agent's thread has ended (attach.c) */
     Memprof__TrackingConfig track; /* asked for, then (after the agent's reply) in force */
     uint64_t config_call;       /* the call sending it the TrackingConfig, until its reply */
     struct alloc_data *alloc;   /* allocation tracking data (alloc.c), NULL until a report */

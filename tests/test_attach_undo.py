@@ -1,0 +1,186 @@
+"""An attach or detach that fails undoes itself: the target stopped (SIGSTOP) at each phase of an attach, or
+its main thread holding the GIL for seconds through an attach or a detach. Afterwards the target has nothing of
+memprof mapped (or a session memprofd still owns, shown detaching, finishes the unload once the target runs),
+keeps running with correct results, and a later attach and detach work."""
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from proctools import agent_threads
+from conftest import MEMPROFD, agent_mapped, interpreter, proc_state, target_script
+from test_attach import status_of, newest_session_id
+
+ATTACH_TIMEOUT = 15  # daemon/attach.c: for the agent's hello and its settings
+IDS = ["debian-3.11", "sid-3.14"]
+
+
+def gil_target(targets, pyid, hold):
+    exe, _ = interpreter(pyid)
+    t = targets.start([exe, "-u", target_script("gil_hold.py"), str(hold)], stdin=subprocess.PIPE,
+                      env=dict(os.environ, MEMPROF_AGENT_DEBUG="1"))
+    t.wait_for(r"^ready %d" % t.pid)
+    return t
+
+
+def tell(t, line):
+    t.proc.stdin.write(line + "\n")
+    t.proc.stdin.flush()
+
+
+def stop(pid):
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.time() + 5
+    while proc_state(pid)[0] not in ("T", "t") and time.time() < deadline:
+        time.sleep(0.005)
+
+
+def attach_cmd(daemon, pid, *extra):
+    return subprocess.Popen([MEMPROFD, "attach", "--pid", str(pid), "--method", "ptrace"] + list(extra),
+                            env=daemon.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def sums_right(t):
+    """Every round's result printed so far is right, and none is missing."""
+    rounds = [tuple(map(int, l.split()[1:])) for l in t.lines if l.startswith("sum ")]
+    for k, (i, n, v) in enumerate(rounds):
+        assert v == n * (n - 1) // 2, "pid %d: round %d summed %d to %d" % (t.pid, i, n, v)
+        assert i == rounds[0][0] + k, "pid %d: rounds %r" % (t.pid, [r[0] for r in rounds])
+    return len(rounds)
+
+
+def wait_undone(daemon, t, newer_than, timeout):
+    """Waits for pid to have no agent mapped, no agent thread, and no session attaching or detaching."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = status_of(daemon, t.pid, newer_than)
+        if not agent_mapped(t.pid) and not agent_threads(t.pid) and not (s and s["state"] in ("attaching",
+                                                                                             "detaching")):
+            return s
+        time.sleep(0.1)
+    raise AssertionError("pid %d: still %s after %ss (session %r, threads %r)\nlog: %s" % (
+        t.pid, "mapping the agent" if agent_mapped(t.pid) else "busy", timeout, status_of(daemon, t.pid, newer_than),
+        agent_threads(t.pid), daemon.log_tail(20)))
+
+
+def still_fine(daemon, t, newer_than):
+    """The target carries on with right results, and attaching and detaching it again work."""
+    state, tracer = proc_state(t.pid)
+    assert state not in ("T", "t") and tracer == 0, (state, tracer)
+    tell(t, "hold 0.3")
+    n = sums_right(t)
+    t.wait_for(r"^sum %d " % (n + 2) if n else r"^sum 2 ", timeout=60)
+    sums_right(t)
+    tell(t, "hold 0")
+    t.wait_for(r"^holding 0")
+    daemon.attach(t.pid, "--method", "ptrace")
+    assert agent_mapped(t.pid)
+    daemon.detach(t.pid)
+    wait_undone(daemon, t, newer_than, 10)
+    assert t.proc.poll() is None
+
+
+@pytest.mark.parametrize("pyid", IDS)
+@pytest.mark.parametrize("phase", ["before", "injection", "hello", "settings"])
+def test_sigstop_during_attach_is_undone(pyid, phase, daemon, targets):
+    """SIGSTOP at each phase of an attach, held past the attach's deadline, then SIGCONT: the attach fails,
+    memprofd keeps a detaching session while the target is stopped and unloads the agent once it runs."""
+    t = gil_target(targets, pyid, 3)
+    before = newest_session_id(daemon)
+    daemon_stopped = False
+    try:
+        if phase == "before":
+            stop(t.pid)
+            r = daemon.memprofd("attach", "--pid", t.pid, "--method", "ptrace")
+            assert r.returncode != 0 and "pid %d: is stopped" % t.pid in r.stderr, r.stderr
+            assert status_of(daemon, t.pid, before) is None
+        else:
+            cmd = attach_cmd(daemon, t.pid)
+            if phase == "injection":
+                # the moment the injector has it (TracerPid set): the stop is held off until it lets go
+                deadline = time.time() + 10
+                while proc_state(t.pid)[1] == 0 and cmd.poll() is None and time.time() < deadline:
+                    pass
+                stop(t.pid)
+            elif phase == "hello":
+                t.wait_for(r"C API found")  # its thread waits for the GIL (held 3 s) before its hello
+                stop(t.pid)
+            else:
+                # hold the daemon while the agent says hello, then stop the target: its settings wait
+                t.wait_for(r"C API found")
+                deadline = time.time() + 10
+                while proc_state(t.pid)[1] and time.time() < deadline:  # until the injector has let go
+                    time.sleep(0.001)
+                os.kill(daemon.proc.pid, signal.SIGSTOP)
+                daemon_stopped = True
+                t.wait_for(r"hello: python")
+                stop(t.pid)
+                os.kill(daemon.proc.pid, signal.SIGCONT)
+                daemon_stopped = False
+            out = cmd.communicate(timeout=ATTACH_TIMEOUT + 30)[0]
+            if phase == "injection" and cmd.returncode == 0:
+                pass  # the injection was over when the stop came, and the target resumed in time: no failure
+            else:
+                assert cmd.returncode != 0, out
+                if phase != "injection":
+                    assert re.search(r"within %d s" % ATTACH_TIMEOUT, out), out
+                # while it stays stopped, the session is memprofd's: listed, detaching
+                if agent_mapped(t.pid):
+                    assert "memprofd unloads the agent once its thread has ended" in out, out
+                    assert status_of(daemon, t.pid, before)["state"] == "detaching"
+        assert proc_state(t.pid)[0] == "T"
+        time.sleep(1)
+    finally:
+        if daemon_stopped:
+            os.kill(daemon.proc.pid, signal.SIGCONT)
+        os.kill(t.pid, signal.SIGCONT)
+    s = status_of(daemon, t.pid, before)
+    if s and s["state"] == "attached":
+        daemon.detach(t.pid)
+    s = wait_undone(daemon, t, before, 30)
+    assert s is None or s["state"] == "detached", s
+    still_fine(daemon, t, before)
+
+
+@pytest.mark.parametrize("pyid", IDS)
+def test_gil_held_through_attach(pyid, daemon, targets):
+    """Its main thread holds the GIL 8 s at a time: the attach may succeed or give up after 15 s; either way
+    nothing is left behind once it is over, and the target's results are right."""
+    t = gil_target(targets, pyid, 8)
+    before = newest_session_id(daemon)
+    r = daemon.memprofd("attach", "--pid", t.pid, "--method", "ptrace", timeout=ATTACH_TIMEOUT + 30)
+    if r.returncode == 0:
+        s = status_of(daemon, t.pid, before)
+        assert s["state"] == "attached"
+        d = daemon.memprofd("detach", "--pid", t.pid, timeout=30)  # may give up after 5 s: undone later
+        assert d.returncode == 0 or "memprofd unloads it as soon as it has" in d.stderr, d.stderr
+    else:
+        assert "memprofd unloads the agent once its thread has ended" in r.stderr, r.stderr
+    s = wait_undone(daemon, t, before, 40)
+    assert s and s["state"] == "detached", s
+    still_fine(daemon, t, before)
+
+
+@pytest.mark.parametrize("pyid", IDS)
+def test_gil_held_through_detach(pyid, daemon, targets):
+    """A detach while the main thread holds the GIL for 8 s gives up waiting after 5 s, saying memprofd
+    finishes it; the session shows detaching, then detached with the agent unloaded."""
+    t = gil_target(targets, pyid, 0)
+    before = newest_session_id(daemon)
+    daemon.attach(t.pid, "--method", "ptrace")
+    tell(t, "hold 8")
+    t.wait_for(r"^holding 8")
+    time.sleep(0.2)  # into its sum
+    r = daemon.memprofd("detach", "--pid", t.pid, timeout=30)
+    assert r.returncode != 0 and "memprofd unloads it as soon as it has" in r.stderr, (r.stdout, r.stderr)
+    assert status_of(daemon, t.pid, before)["state"] == "detaching"
+    again = daemon.memprofd("attach", "--pid", t.pid)
+    assert again.returncode != 0 and "still undoing" in again.stderr, again.stderr
+    tell(t, "hold 0")
+    s = wait_undone(daemon, t, before, 30)
+    assert s["state"] == "detached", s
+    assert re.search(r"pid %d undone, agent unloaded" % t.pid, daemon.log_tail(40)), daemon.log_tail(40)
+    still_fine(daemon, t, before)

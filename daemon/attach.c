@@ -243,6 +243,84 @@ static const char *agent_arg(const struct session *s, char *arg, size_t len)
     return arg;
 }
 
+/* Does the warnings spec (action:message:category:module:lineno) apply to os.fork()'s "This process (pid=N)
+ * is multi-threaded" DeprecationWarning? 1 when it makes it an error, 0 when it makes it something else, -1
+ * when it does not apply. Python takes an abbreviated action ("e") and a message as a case-insensitive prefix. */
+static int fork_warning_action(const char *spec, size_t len)
+{
+    static const char *const actions[] = {"default", "always", "all", "ignore", "module", "once", "error"};
+    static const char msg[] = "this process";
+    const char *f[3] = {spec, NULL, NULL};
+    size_t fl[3] = {len, 0, 0}, n = 1;
+    const char *act = NULL;
+    for (size_t i = 0; i < len && n < 3; i++)
+        if (spec[i] == ':') {
+            fl[n - 1] = (size_t)(spec + i - f[n - 1]);
+            f[n] = spec + i + 1;
+            fl[n] = len - i - 1;
+            n++;
+        }
+    if (n == 3) fl[2] = strcspn(f[2], ":") < fl[2] ? strcspn(f[2], ":") : fl[2];
+    for (size_t i = 0; i < sizeof actions / sizeof actions[0] && !act; i++)
+        if (fl[0] && !strncmp(actions[i], spec, fl[0]) && strlen(actions[i]) >= fl[0]) act = actions[i];
+    if (!act) return -1;
+    if (n > 1 && fl[1] && strncasecmp(f[1], msg, fl[1] < sizeof msg - 1 ? fl[1] : sizeof msg - 1)) return -1;
+    if (n > 1 && fl[1] > sizeof msg - 1) return -1;
+    if (n > 2 && fl[2] && !(fl[2] == 18 && !strncmp(f[2], "DeprecationWarning", 18)) &&
+        !(fl[2] == 7 && !strncmp(f[2], "Warning", 7)))
+        return -1;
+    return !strcmp(act, "error");
+}
+
+/* Python 3.15's os.fork() raises its "multi-threaded" DeprecationWarning where warnings are errors (3.12 to
+ * 3.14 warn, and clear it: measured), and the agent's thread makes the process multi-threaded. Seen from
+ * outside: its -W options and PYTHONWARNINGS (later ones win; -W over the environment, which -E/-I ignore);
+ * filters its code sets are not. The note for the client, or "". */
+static void fork_note(const struct session *s, char *note, size_t len)
+{
+    char path[64], buf[16384];
+    ssize_t n;
+    int verdict = -1, ignore_env = 0;
+    note[0] = 0;
+    if (s->py.major != 3 || s->py.minor < 15) return;
+    snprintf(path, sizeof path, "/proc/%d/cmdline", (int)s->pid);
+    if ((n = mp_read_file(path, buf, sizeof buf)) <= 0) return;
+    for (const char *a = buf + strlen(buf) + 1; a < buf + n; a += strlen(a) + 1) { /* argv[1] on */
+        if (a[0] != '-' || !strcmp(a, "-") || !strncmp(a, "--", 2)) break;
+        for (const char *o = a + 1; *o; o++) {
+            const char *next = a + strlen(a) + 1, *arg = o[1] ? o + 1 : next < buf + n ? next : NULL;
+            if (*o == 'E' || *o == 'I') ignore_env = 1;
+            if (*o == 'c' || *o == 'm') goto options_done;
+            if (*o == 'W' || *o == 'X') {
+                int v = *o == 'W' && arg ? fork_warning_action(arg, strlen(arg)) : -1;
+                if (!arg) goto options_done;
+                if (v >= 0) verdict = v;
+                if (!o[1]) a = arg; /* the next argument was this option's */
+                break;
+            }
+        }
+    }
+options_done:
+    snprintf(path, sizeof path, "/proc/%d/environ", (int)s->pid);
+    if (!ignore_env && (n = mp_read_file(path, buf, sizeof buf - 1)) > 0) {
+        int env_verdict = -1;
+        buf[n] = 0;
+        for (const char *e = buf; e < buf + n; e += strlen(e) + 1)
+            if (!strncmp(e, "PYTHONWARNINGS=", 15))
+                for (const char *w = e + 15, *c; *w; w = *c ? c + 1 : c) {
+                    c = strchrnul(w, ',');
+                    int v = fork_warning_action(w, (size_t)(c - w));
+                    if (v >= 0) env_verdict = v;
+                }
+        if (verdict < 0) verdict = env_verdict;
+    }
+    if (verdict == 1)
+        snprintf(note, len,
+                 "its warnings are errors (-W error or PYTHONWARNINGS): while the agent's thread runs, os.fork() "
+                 "in it raises DeprecationWarning (\"This process is multi-threaded\", Python 3.15+); detach "
+                 "before it forks");
+}
+
 /* ptrace: stop a thread, load the agent, start it (inject.c); the hello follows. */
 static int attach_by_ptrace(struct session *s, char *err)
 {
@@ -354,7 +432,7 @@ void attach_on_attach(struct conn *c, const Envelope *in)
             return;
         }
         if (abi && (abi->caps & PYABI_REMOTE_EXEC))
-            snprintf(s->note, sizeof s->note, "remote-exec not used: %s", why);
+            snprintf(s->note, sizeof s->note, "remote-exec not used: %s; attached by ptrace", why);
     }
     if (attach_by_ptrace(s, err) < 0) attach_fail(s, proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), err);
 }
@@ -375,8 +453,9 @@ static int remote_exec_timeout(struct session *s)
         return 0;
     }
     snprintf(s->note, sizeof s->note,
-             "remote-exec not used: the main thread did not reach a safe point within %.0f s", RX_SAFE_POINT_S);
-    server_log("pid %d: %s; attaching by ptrace", (int)s->pid, s->note);
+             "remote-exec not used: the main thread did not reach a safe point within %.0f s; attached by ptrace",
+             RX_SAFE_POINT_S);
+    server_log("pid %d: %s", (int)s->pid, s->note);
     s->method = ATTACH_PTRACE;
     if (attach_by_ptrace(s, err) < 0) {
         attach_fail(s, proc_error_code(s->pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), err);
@@ -452,6 +531,13 @@ static void attach_agent_ready(struct session *s)
      * before, or the reply cannot reach it (it closed before we saw its EOF: the send fails). */
     if (!s->cancelled && s->attach_waiter && conn_hung_up(s->attach_waiter)) s->cancelled = 1;
     if (!s->cancelled) {
+        char fnote[300];
+        fork_note(s, fnote, sizeof fnote);
+        if (fnote[0]) {
+            size_t l = strlen(s->note);
+            snprintf(s->note + l, sizeof s->note - l, "%s%s", l ? "\n" : "", fnote);
+            server_log("pid %d: %s", (int)s->pid, fnote);
+        }
         server_log("pid %d attached: Python %s, stopped %.2f ms, attach %.1f ms", (int)s->pid, s->py.version,
                    s->stop_ms, (mp_now() - s->attach_started) * 1000.0);
         reply_attach_ok(s->attach_waiter, s, 0);

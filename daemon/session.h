@@ -51,7 +51,7 @@ struct session {
     int method;                 /* how the agent went in: ATTACH_PTRACE or ATTACH_REMOTE_EXEC */
     struct rx rx;               /* remote-exec request in flight (remote_exec.h) */
     double exec_ms;             /* remote-exec: how long the script held the main thread */
-    char note[256];             /* why auto went by ptrace, for the client */
+    char note[768];             /* for the client, a line each: why auto went by ptrace; fork under -W error */
     char native_note[512];      /* --native: why it is off or partial (the agent's hello), "" when all is well */
     char native_late[512];      /* --native: a library loaded since that could not be patched (AllocReport) */
     struct session *next;

@@ -184,3 +184,34 @@ def test_gil_held_through_detach(pyid, daemon, targets):
     assert s["state"] == "detached", s
     assert re.search(r"pid %d undone, agent unloaded" % t.pid, daemon.log_tail(40)), daemon.log_tail(40)
     still_fine(daemon, t, before)
+
+
+# ---------------------------------------------------------------- fork while the agent's thread runs
+
+@pytest.mark.parametrize("pyid", ["pyenv-3.12", "sid-3.13", "sid-3.14", "sid-3.15"])
+@pytest.mark.parametrize("how", ["-W error", "-Werror::DeprecationWarning", "PYTHONWARNINGS=error",
+                                 "-W error -W ignore::DeprecationWarning", "-E PYTHONWARNINGS=error"])
+def test_fork_where_warnings_are_errors(pyid, how, daemon, targets):
+    """The agent's thread makes the process multi-threaded, and os.fork() on 3.12+ warns about that. Where
+    warnings are errors, 3.12-3.14 clear the warning (fork works, silently) but 3.15 raises it: memprofd attach
+    says so for such a target, exactly when its fork would raise; after the detach fork works again."""
+    exe, version = interpreter(pyid)
+    flags = [w for w in how.split() if not w.startswith("PYTHONWARNINGS=")]
+    env = dict(os.environ, **dict(w.split("=", 1) for w in how.split() if w.startswith("PYTHONWARNINGS=")))
+    t = targets.start([exe] + flags + ["-u", target_script("fork_on_input.py")], stdin=subprocess.PIPE, env=env)
+    t.wait_for(r"^ready")
+    tell(t, "fork")
+    t.wait_for(r"^forked ok, 0 warnings")
+    r = daemon.attach(t.pid, "--method", "ptrace")
+    errors = "error" in how and "ignore" not in how and "-E" not in flags
+    raises = errors and tuple(map(int, version.split(".")[:2])) >= (3, 15)
+    assert ("os.fork() in it raises DeprecationWarning" in r.stderr) == raises, r.stderr
+    tell(t, "fork")
+    line = t.wait_for(r"^(forked ok.*|raised .*)").group(1)
+    if raises:
+        assert line.startswith("raised DeprecationWarning: This process"), line
+    else:  # the warning shown where it is not an error (3.12+ always warn: the agent's thread counts)
+        assert line == "forked ok, %d warnings" % (0 if errors or "ignore" in how else 1), line
+    daemon.detach(t.pid)
+    tell(t, "fork")
+    t.wait_for(r"^forked ok, 0 warnings")

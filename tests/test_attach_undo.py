@@ -2,6 +2,7 @@
 its main thread holding the GIL for seconds through an attach or a detach. Afterwards the target has nothing of
 memprof mapped (or a session memprofd still owns, shown detaching, finishes the unload once the target runs),
 keeps running with correct results, and a later attach and detach work."""
+import json
 import os
 import re
 import signal
@@ -11,8 +12,10 @@ import time
 import pytest
 
 from proctools import agent_threads
-from conftest import MEMPROFD, agent_mapped, interpreter, proc_state, target_script
+from conftest import MEMPROFD, agent_mapped, interpreter, proc_state, target_script, workload
 from test_attach import status_of, newest_session_id
+import test_containers
+from test_containers import sid_root  # noqa: F401 (a fixture, for the pid namespace case)
 
 ATTACH_TIMEOUT = 15  # daemon/attach.c: for the agent's hello and its settings
 IDS = ["debian-3.11", "sid-3.14"]
@@ -215,3 +218,37 @@ def test_fork_where_warnings_are_errors(pyid, how, daemon, targets):
     daemon.detach(t.pid)
     tell(t, "fork")
     t.wait_for(r"^forked ok, 0 warnings")
+
+
+# ---------------------------------------------------------------- the first query after an attach
+
+def top_rows(daemon, pid):
+    r = daemon.run("top", "--pid", pid, "--once", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["rows"]
+
+
+@pytest.mark.parametrize("where", ["debian-3.11", "sid-3.14", "sid-3.14 in a pid namespace"])
+def test_top_right_after_attach_has_rows(where, daemon, targets, request, monkeypatch):
+    """`memprofd attach` then at once `memprof top --once`: the agent reports once an interval, and a query
+    that came before its first report met an empty view (every time here; issue 24 item 16). The daemon now
+    holds such a query until that report is in."""
+    if where.endswith("pid namespace"):
+        monkeypatch.setattr(test_containers, "PY", "python3.14")
+        root = request.getfixturevalue("sid_root")
+        c = test_containers.Contained(targets, root, "service.py", 4)
+        pid = c.pid
+    else:
+        exe, _ = interpreter(where)
+        t = targets.start([exe, "-u", workload("service.py"), "4"])
+        t.wait_for(r"^beat 1 ")
+        pid = t.pid
+    for cycle in range(3):
+        daemon.attach(pid, "--method", "ptrace")
+        try:
+            assert top_rows(daemon, pid), "cycle %d: no rows right after the attach" % cycle
+            r = daemon.run("types", "--pid", pid, "--limit", "5")
+            m = re.search(r"^total: (\d+) objects", r.stdout, re.M)
+            assert r.returncode == 0 and m and int(m.group(1)) > 1000, (r.stdout, r.stderr)
+        finally:
+            daemon.detach(pid)

@@ -109,6 +109,12 @@ static void undo_scan(const struct session *s, int *agent_runs, int *stopped)
     struct dirent *de;
     DIR *d;
     *agent_runs = *stopped = 0;
+    if (s->agent_tid) { /* its hello told: no need to read every thread's */
+        char st = proc_state(s->pid);
+        *stopped = st == 'T' || st == 't';
+        *agent_runs = proc_thread_alive(s->pid, s->agent_tid);
+        return;
+    }
     snprintf(path, sizeof path, "/proc/%d/task", (int)s->pid);
     if (!(d = opendir(path))) return;
     while ((de = readdir(d))) {
@@ -121,8 +127,7 @@ static void undo_scan(const struct session *s, int *agent_runs, int *stopped)
             continue;
         if (close[2] == 'T' || close[2] == 't') *stopped = 1;
         if (close[2] == 'Z' || close[2] == 'X') continue;
-        if (s->agent_tid ? tid == s->agent_tid
-                         : (size_t)(close - open - 1) == strlen(AGENT_THREAD) && !strncmp(open + 1, AGENT_THREAD, strlen(AGENT_THREAD)))
+        if ((size_t)(close - open - 1) == strlen(AGENT_THREAD) && !strncmp(open + 1, AGENT_THREAD, strlen(AGENT_THREAD)))
             *agent_runs = 1;
     }
     closedir(d);

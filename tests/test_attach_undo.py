@@ -252,3 +252,18 @@ def test_top_right_after_attach_has_rows(where, daemon, targets, request, monkey
             assert r.returncode == 0 and m and int(m.group(1)) > 1000, (r.stdout, r.stderr)
         finally:
             daemon.detach(pid)
+
+
+def test_second_daemon_refused_leaves_no_reference(daemon, fresh_daemon, targets):
+    """A second memprofd attaching a target whose agent another one runs: the agent's start says one is
+    running, and the injector gives back every reference it took, so the first daemon's detach still unmaps
+    the library; the target is unharmed and can be attached again."""
+    t = gil_target(targets, "debian-3.11", 0)
+    before = newest_session_id(daemon)
+    daemon.attach(t.pid, "--method", "ptrace")
+    r = fresh_daemon.memprofd("attach", "--pid", t.pid, "--method", "ptrace")
+    assert r.returncode != 0 and "an agent is already running in it" in r.stderr, r.stderr
+    assert status_of(fresh_daemon, t.pid) is None
+    daemon.detach(t.pid)
+    wait_undone(daemon, t, before, 10)
+    still_fine(daemon, t, before)

@@ -1,7 +1,9 @@
-"""An attach or detach that fails undoes itself: the target stopped (SIGSTOP) at each phase of an attach, or
-its main thread holding the GIL for seconds through an attach or a detach. Afterwards the target has nothing of
-memprof mapped (or a session memprofd still owns, shown detaching, finishes the unload once the target runs),
-keeps running with correct results, and a later attach and detach work."""
+"""What an attach leaves in a target when it goes wrong, and what the agent's thread changes for it. An attach or
+detach that fails undoes itself: the target stopped (SIGSTOP) at each phase of an attach, or its main thread
+holding the GIL for seconds through an attach or a detach. Afterwards the target has nothing of memprof mapped
+(a session memprofd owns, shown detaching, finishes the unload once the target runs), keeps running with
+correct results, and a later attach and detach work. Also: os.fork() where warnings are errors, and the first
+query right after an attach."""
 import json
 import os
 import re

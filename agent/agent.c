@@ -44,6 +44,7 @@
 #define REPLY_TIMEOUT_MS 10000  /* one reply (a census may be megabytes) */
 #define RBUF_KEEP (256u << 10)  /* receive buffer kept between messages */
 #define LAUNCH_WAIT_S 15.0      /* memprof run: for the tracking settings, before the first line */
+#define AGENT_THREAD_NAME "memprof-agent" /* memprofd's attach.c looks for it (AGENT_THREAD) */
 
 /* What the injector asked for: only what it takes to connect (the argument), then the tracking
  * settings the daemon sends after the hello (conf_tracking). The argument is written by
@@ -972,7 +973,7 @@ static int gil_probe(struct session *s, char *err)
 static void agent_run(struct session *s)
 {
     char err[MP_ERRLEN] = "";
-    prctl(PR_SET_NAME, "memprof-agent", 0, 0, 0); /* in top -H, py-spy, gdb */
+    prctl(PR_SET_NAME, AGENT_THREAD_NAME, 0, 0, 0); /* in top -H, py-spy, gdb (named so from birth: spawn_thread) */
     debug = conf.debug || environ_flag("MEMPROF_AGENT_DEBUG");
     agent_log("thread started (sock=%s pylib=%s interval=%u ms)", conf.sock,
               conf.pylib[0] ? conf.pylib : "-", conf.interval_ms);
@@ -1057,7 +1058,8 @@ static int spawn_thread(void)
     pthread_attr_t attr;
     pthread_t th;
     sigset_t all, old;
-    int rc;
+    char name[17] = "";
+    int rc, renamed;
 
     if (wake_fd < 0) wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (pthread_attr_init(&attr)) return -2;
@@ -1067,7 +1069,12 @@ static int spawn_thread(void)
      * kernel keeps delivering the target's signals to the target's threads. */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
+    /* Named from birth (a thread inherits its creator's name): memprofd tells by the name whether a
+     * thread of ours still runs code of this library before it unloads it, also when the agent never
+     * said hello (a failed attach); the creator gets its own name back at once. */
+    renamed = prctl(PR_GET_NAME, name, 0, 0, 0) == 0 && prctl(PR_SET_NAME, AGENT_THREAD_NAME, 0, 0, 0) == 0;
     rc = pthread_create(&th, &attr, agent_main, NULL);
+    if (renamed) prctl(PR_SET_NAME, name, 0, 0, 0);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&attr);
     return rc ? -2 : 0;

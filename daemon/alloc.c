@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "loop.h"
 #include "procinfo.h"
 #include "symbolize.h"
 #include "util.h"
@@ -632,7 +633,54 @@ int alloc_view(struct session *s, int history, struct alloc_view *v, char *err)
     return 0;
 }
 
-void alloc_on_query(struct conn *c, const Envelope *in)
+/* A query in the moment between an attach and the agent's first report (it reports once an interval,
+ * so `memprofd attach; memprof top --once` always met an empty view) waits for that report, at most an
+ * interval and a second: the query kept encoded, looked at again every FIRST_REPORT_POLL_MS. */
+#define FIRST_REPORT_POLL_MS 20
+struct waiting_query {
+    uint64_t conn;
+    uint8_t *buf;
+    size_t len;
+    double deadline;
+};
+
+static void answer_query(struct conn *c, const Envelope *in, double deadline);
+
+static long retry_query(long long id, void *data)
+{
+    struct waiting_query *w = data;
+    struct conn *c = conn_by_id(w->conn);
+    Envelope *in = NULL;
+    char err[MP_ERRLEN];
+    (void)id;
+    if (c && wire_decode(w->buf + WIRE_HDR, w->len - WIRE_HDR, &in, err) == 0) {
+        answer_query(c, in, w->deadline);
+        wire_free(in);
+    }
+    free(w->buf);
+    free(w);
+    return LOOP_NOMORE;
+}
+
+static int wait_first_report(struct conn *c, const Envelope *in, const struct session *s, double deadline)
+{
+    struct waiting_query *w;
+    char err[MP_ERRLEN];
+    if (!deadline) deadline = mp_now() + (s->track.interval_ms ? s->track.interval_ms : 1000) / 1000.0 + 1.0;
+    if (mp_now() > deadline || !(w = calloc(1, sizeof *w))) return 0;
+    w->conn = c->id;
+    w->deadline = deadline;
+    if (wire_encode(in, &w->buf, &w->len, err) < 0 || !loop_add_timer(FIRST_REPORT_POLL_MS, retry_query, w)) {
+        free(w->buf);
+        free(w);
+        return 0;
+    }
+    return 1;
+}
+
+void alloc_on_query(struct conn *c, const Envelope *in) { answer_query(c, in, 0); }
+
+static void answer_query(struct conn *c, const Envelope *in, double deadline)
 {
     char err[MP_ERRLEN];
     Memprof__ErrorReply__Code code;
@@ -643,6 +691,7 @@ void alloc_on_query(struct conn *c, const Envelope *in)
         reply_error(c, code, err);
         return;
     }
+    if (s->state == SESS_ATTACHED && !s->alloc && s->track.enabled && wait_first_report(c, in, s, deadline)) return;
     if (alloc_view(s, in->alloc_query->history, &v, err) < 0) {
         reply_error(c, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, err);
         return;

@@ -2,6 +2,7 @@
  * requests, detach and unload, notice exits; and status/ps for clients. */
 #include "attach.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -26,6 +27,8 @@
 #define ATTACH_TIMEOUT 15.0   /* seconds for the agent to say hello */
 #define DETACH_TIMEOUT 5.0
 #define CALL_TIMEOUT 120.0    /* a census of a huge heap may take a while */
+#define UNDO_POLL_MS 200      /* how often an undo looks whether the agent's thread has ended */
+#define AGENT_THREAD "memprof-agent" /* the name agent.c gives its thread from birth (spawn_thread) */
 
 enum { ATTACH_AUTO, ATTACH_PTRACE, ATTACH_REMOTE_EXEC };
 
@@ -93,6 +96,84 @@ static void reply_detach(uint64_t conn_id, Memprof__ErrorReply__Code code, const
     env.msg_case = MEMPROF__ENVELOPE__MSG_DETACH_REPLY;
     env.detach_reply = &r;
     send_env(c, &env);
+}
+
+static void fail_calls_of(pid_t pid, Memprof__ErrorReply__Code code, const char *why);
+
+/* What an undo waits for, from /proc/PID/task/TID/stat: does a thread of the agent still run code of its
+ * library (its tid once its hello told it, else by its name), and is the process stopped (SIGSTOP, or a
+ * debugger's stop: no ptrace of ours then)? */
+static void undo_scan(const struct session *s, int *agent_runs, int *stopped)
+{
+    char path[64], buf[512];
+    struct dirent *de;
+    DIR *d;
+    *agent_runs = *stopped = 0;
+    if (s->agent_tid) { /* its hello told: no need to read every thread's */
+        char st = proc_state(s->pid);
+        *stopped = st == 'T' || st == 't';
+        *agent_runs = proc_thread_alive(s->pid, s->agent_tid);
+        return;
+    }
+    snprintf(path, sizeof path, "/proc/%d/task", (int)s->pid);
+    if (!(d = opendir(path))) return;
+    while ((de = readdir(d))) {
+        int tid = atoi(de->d_name);
+        const char *open, *close;
+        if (tid <= 0) continue;
+        snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)s->pid, tid);
+        if (mp_read_file(path, buf, sizeof buf) <= 0 || !(open = strchr(buf, '(')) || !(close = strrchr(buf, ')')) ||
+            close[1] != ' ')
+            continue;
+        if (close[2] == 'T' || close[2] == 't') *stopped = 1;
+        if (close[2] == 'Z' || close[2] == 'X') continue;
+        if ((size_t)(close - open - 1) == strlen(AGENT_THREAD) && !strncmp(open + 1, AGENT_THREAD, strlen(AGENT_THREAD)))
+            *agent_runs = 1;
+    }
+    closedir(d);
+}
+
+/* A session that cannot be given back to its client (a failed attach, a detach not finished in time) undoes
+ * itself: it stays, detaching, with no waiter and no deadline, until the agent's thread has ended and the
+ * process runs; then attach_tick unloads the library (finish_detach). However long the target is stopped or
+ * its main thread holds the GIL, the agent is never left loaded with no session owning it. */
+static void undo_later(struct session *s, const char *why, int close_conn)
+{
+    struct conn *ac = s->agent_conn ? conn_by_id(s->agent_conn) : NULL;
+    s->state = SESS_DETACHING;
+    s->undo = 1;
+    s->detach_waiter = s->attach_waiter = 0;
+    s->deadline = 0;
+    if (close_conn && ac) { /* the agent undoes itself at EOF */
+        s->agent_conn = 0;
+        conn_close(ac);
+    }
+    server_log("pid %d: %s; memprofd unloads the agent once its thread has ended", (int)s->pid, why);
+    server_wake_tick();
+}
+
+/* An attach that failed: the client hears why; what got into the target is undone (undo_later) unless
+ * nothing did (no agent thread started: inject.c unloaded the library itself). */
+static void attach_fail(struct session *s, Memprof__ErrorReply__Code code, const char *msg)
+{
+    char full[MP_ERRLEN];
+    int undo = (s->handle || s->method == ATTACH_REMOTE_EXEC || s->agent_conn) && proc_alive(s->pid);
+    fail_calls_of(s->pid, code, msg); /* the tracking settings' call, if sent */
+    s->config_call = 0;
+    snprintf(full, sizeof full, "%s%s", msg,
+             undo ? "; memprofd unloads the agent once its thread has ended (memprof status shows the session "
+                    "detaching until then)"
+                  : "");
+    reply_attach_error(s->attach_waiter, code, full);
+    rx_done(&s->rx);
+    if (!undo) {
+        struct conn *ac = s->agent_conn ? conn_by_id(s->agent_conn) : NULL;
+        s->agent_conn = 0; /* so that closing it finds no session */
+        if (ac) conn_close(ac);
+        session_free(s);
+        return;
+    }
+    undo_later(s, "the attach failed", 1);
 }
 
 int attach_make_token(char out[33])
@@ -167,6 +248,84 @@ static const char *agent_arg(const struct session *s, char *arg, size_t len)
     return arg;
 }
 
+/* Does the warnings spec (action:message:category:module:lineno) apply to os.fork()'s "This process (pid=N)
+ * is multi-threaded" DeprecationWarning? 1 when it makes it an error, 0 when it makes it something else, -1
+ * when it does not apply. Python takes an abbreviated action ("e") and a message as a case-insensitive prefix. */
+static int fork_warning_action(const char *spec, size_t len)
+{
+    static const char *const actions[] = {"default", "always", "all", "ignore", "module", "once", "error"};
+    static const char msg[] = "this process";
+    const char *f[3] = {spec, NULL, NULL};
+    size_t fl[3] = {len, 0, 0}, n = 1;
+    const char *act = NULL;
+    for (size_t i = 0; i < len && n < 3; i++)
+        if (spec[i] == ':') {
+            fl[n - 1] = (size_t)(spec + i - f[n - 1]);
+            f[n] = spec + i + 1;
+            fl[n] = len - i - 1;
+            n++;
+        }
+    if (n == 3) fl[2] = strcspn(f[2], ":") < fl[2] ? strcspn(f[2], ":") : fl[2];
+    for (size_t i = 0; i < sizeof actions / sizeof actions[0] && !act; i++)
+        if (fl[0] && !strncmp(actions[i], spec, fl[0]) && strlen(actions[i]) >= fl[0]) act = actions[i];
+    if (!act) return -1;
+    if (n > 1 && fl[1] && strncasecmp(f[1], msg, fl[1] < sizeof msg - 1 ? fl[1] : sizeof msg - 1)) return -1;
+    if (n > 1 && fl[1] > sizeof msg - 1) return -1;
+    if (n > 2 && fl[2] && !(fl[2] == 18 && !strncmp(f[2], "DeprecationWarning", 18)) &&
+        !(fl[2] == 7 && !strncmp(f[2], "Warning", 7)))
+        return -1;
+    return !strcmp(act, "error");
+}
+
+/* Python 3.15's os.fork() raises its "multi-threaded" DeprecationWarning where warnings are errors (3.12 to
+ * 3.14 warn, and clear it: measured), and the agent's thread makes the process multi-threaded. Seen from
+ * outside: its -W options and PYTHONWARNINGS (later ones win; -W over the environment, which -E/-I ignore);
+ * filters its code sets are not. The note for the client, or "". */
+static void fork_note(const struct session *s, char *note, size_t len)
+{
+    char path[64], buf[16384];
+    ssize_t n;
+    int verdict = -1, ignore_env = 0;
+    note[0] = 0;
+    if (s->py.major != 3 || s->py.minor < 15) return;
+    snprintf(path, sizeof path, "/proc/%d/cmdline", (int)s->pid);
+    if ((n = mp_read_file(path, buf, sizeof buf)) <= 0) return;
+    for (const char *a = buf + strlen(buf) + 1; a < buf + n; a += strlen(a) + 1) { /* argv[1] on */
+        if (a[0] != '-' || !strcmp(a, "-") || !strncmp(a, "--", 2)) break;
+        for (const char *o = a + 1; *o; o++) {
+            const char *next = a + strlen(a) + 1, *arg = o[1] ? o + 1 : next < buf + n ? next : NULL;
+            if (*o == 'E' || *o == 'I') ignore_env = 1;
+            if (*o == 'c' || *o == 'm') goto options_done;
+            if (*o == 'W' || *o == 'X') {
+                int v = *o == 'W' && arg ? fork_warning_action(arg, strlen(arg)) : -1;
+                if (!arg) goto options_done;
+                if (v >= 0) verdict = v;
+                if (!o[1]) a = arg; /* the next argument was this option's */
+                break;
+            }
+        }
+    }
+options_done:
+    snprintf(path, sizeof path, "/proc/%d/environ", (int)s->pid);
+    if (!ignore_env && (n = mp_read_file(path, buf, sizeof buf - 1)) > 0) {
+        int env_verdict = -1;
+        buf[n] = 0;
+        for (const char *e = buf; e < buf + n; e += strlen(e) + 1)
+            if (!strncmp(e, "PYTHONWARNINGS=", 15))
+                for (const char *w = e + 15, *c; *w; w = *c ? c + 1 : c) {
+                    c = strchrnul(w, ',');
+                    int v = fork_warning_action(w, (size_t)(c - w));
+                    if (v >= 0) env_verdict = v;
+                }
+        if (verdict < 0) verdict = env_verdict;
+    }
+    if (verdict == 1)
+        snprintf(note, len,
+                 "its warnings are errors (-W error or PYTHONWARNINGS): while the agent's thread runs, os.fork() "
+                 "in it raises DeprecationWarning (\"This process is multi-threaded\", Python 3.15+); detach "
+                 "before it forks");
+}
+
 /* ptrace: stop a thread, load the agent, start it (inject.c); the hello follows. */
 static int attach_by_ptrace(struct session *s, char *err)
 {
@@ -180,6 +339,7 @@ static int attach_by_ptrace(struct session *s, char *err)
     if (inject_load(pid, server_agent_lib, "memprof_agent_start", agent_arg(s, arg, sizeof arg), INJECT_SOCKET, &res,
                     err) < 0) {
         server_log("attach to pid %d failed: %s", (int)pid, err);
+        s->handle = res.handle; /* its thread started all the same: attach_fail undoes it */
         return -1;
     }
     s->handle = res.handle;
@@ -214,6 +374,12 @@ void attach_on_attach(struct conn *c, const Envelope *in)
             reply_attach_error(c->id, proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__PERMISSION_DENIED), err);
         } else if (s->state == SESS_ATTACHED) {
             reply_attach_ok(c->id, s, 1);
+        } else if (s->undo) {
+            snprintf(err, sizeof err,
+                     "pid %d: memprofd is still undoing an attach or detach that did not finish (the agent's thread "
+                     "has not ended: is the process stopped, or is its main thread holding the GIL?); retry once "
+                     "memprof status shows it detached", (int)pid);
+            reply_attach_error(c->id, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, err);
         } else {
             snprintf(err, sizeof err, "pid %d: a session is %s", (int)pid, session_state_name(s->state));
             reply_attach_error(c->id, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, err);
@@ -271,12 +437,9 @@ void attach_on_attach(struct conn *c, const Envelope *in)
             return;
         }
         if (abi && (abi->caps & PYABI_REMOTE_EXEC))
-            snprintf(s->note, sizeof s->note, "remote-exec not used: %s", why);
+            snprintf(s->note, sizeof s->note, "remote-exec not used: %s; attached by ptrace", why);
     }
-    if (attach_by_ptrace(s, err) < 0) {
-        reply_attach_error(c->id, proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), err);
-        session_free(s);
-    }
+    if (attach_by_ptrace(s, err) < 0) attach_fail(s, proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), err);
 }
 
 /* The remote-exec request was not taken in time: withdraw it, and go by ptrace
@@ -295,12 +458,13 @@ static int remote_exec_timeout(struct session *s)
         return 0;
     }
     snprintf(s->note, sizeof s->note,
-             "remote-exec not used: the main thread did not reach a safe point within %.0f s", RX_SAFE_POINT_S);
-    server_log("pid %d: %s; attaching by ptrace", (int)s->pid, s->note);
+             "remote-exec not used: the main thread did not reach a safe point within %.0f s; attached by ptrace",
+             RX_SAFE_POINT_S);
+    server_log("pid %d: %s", (int)s->pid, s->note);
     s->method = ATTACH_PTRACE;
     if (attach_by_ptrace(s, err) < 0) {
-        reply_attach_error(s->attach_waiter, proc_error_code(s->pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), err);
-        return 0;
+        attach_fail(s, proc_error_code(s->pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), err);
+        return 1; /* attach_fail freed it, or keeps it */
     }
     return 1;
 }
@@ -309,6 +473,15 @@ int attach_agent_hello(struct conn *c, const Memprof__Hello *h, char *err)
 {
     struct session *s = session_find(c->peer_pid);
     const Memprof__AgentInfo *a = h->agent;
+    if (s && s->undo && !s->agent_conn && h->token && mp_token_equal(h->token, s->token)) {
+        /* the agent of an attach given up on: learn its thread (and remote-exec's handle) for the unload,
+         * and send it away (it leaves at once: nothing is hooked before its settings) */
+        if (a && a->agent_tid && !s->agent_tid)
+            s->agent_tid = s->ns_pid && s->ns_pid != s->pid ? proc_host_tid(s->pid, a->agent_tid) : a->agent_tid;
+        if (a && !s->handle && s->method == ATTACH_REMOTE_EXEC) s->handle = a->dl_handle;
+        mp_err(err, "pid %d: the attach was given up", (int)c->peer_pid);
+        return -1;
+    }
     if ((!s || s->state != SESS_ATTACHING || s->agent_conn) && !(s = run_agent_hello(c, h, err))) return -1;
     if (!h->token || !mp_token_equal(h->token, s->token)) {
         mp_err(err, "bad token from pid %d", (int)c->peer_pid);
@@ -363,6 +536,13 @@ static void attach_agent_ready(struct session *s)
      * before, or the reply cannot reach it (it closed before we saw its EOF: the send fails). */
     if (!s->cancelled && s->attach_waiter && conn_hung_up(s->attach_waiter)) s->cancelled = 1;
     if (!s->cancelled) {
+        char fnote[300];
+        fork_note(s, fnote, sizeof fnote);
+        if (fnote[0]) {
+            size_t l = strlen(s->note);
+            snprintf(s->note + l, sizeof s->note - l, "%s%s", l ? "\n" : "", fnote);
+            server_log("pid %d: %s", (int)s->pid, fnote);
+        }
         server_log("pid %d attached: Python %s, stopped %.2f ms, attach %.1f ms", (int)s->pid, s->py.version,
                    s->stop_ms, (mp_now() - s->attach_started) * 1000.0);
         reply_attach_ok(s->attach_waiter, s, 0);
@@ -652,9 +832,7 @@ void attach_agent_gone(struct conn *c)
         snprintf(why, sizeof why, "pid %d: the agent %s during the attach", (int)s->pid,
                  proc_alive(s->pid) ? "disconnected" : "exited");
         server_log("%s", why);
-        fail_calls_of(s->pid, proc_error_code(s->pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), why);
-        reply_attach_error(s->attach_waiter, proc_error_code(s->pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), why);
-        session_free(s);
+        attach_fail(s, proc_error_code(s->pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), why);
         return;
     }
     if (!proc_alive(s->pid) || s->exiting) {
@@ -689,8 +867,10 @@ static void finish_detach(struct session *s)
             unloaded = 1;
         else
             server_log("pid %d: agent left loaded: %s", (int)s->pid, err);
+    } else if (!s->handle && s->undo && proc_alive(s->pid)) {
+        server_log("pid %d: the agent's handle is unknown (it never said hello): it may stay loaded", (int)s->pid);
     }
-    server_log("pid %d detached%s", (int)s->pid, unloaded ? ", agent unloaded" : "");
+    server_log("pid %d %s%s", (int)s->pid, s->undo ? "undone" : "detached", unloaded ? ", agent unloaded" : "");
     reply_detach(s->detach_waiter, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, NULL, stop_ms, unloaded);
     s->detach_waiter = 0;
     session_retire(s, proc_alive(s->pid) ? SESS_DETACHED : SESS_EXITED);
@@ -727,27 +907,30 @@ long attach_tick(void)
                          "pid %d: the agent was loaded but did not connect within %.0f s "
                          "(interpreter not initialized, or the GIL never released?)",
                          (int)s->pid, ATTACH_TIMEOUT);
-            reply_attach_error(s->attach_waiter, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, err);
-            s->agent_conn = 0; /* so that closing it finds no session */
-            if (ac) conn_close(ac); /* the agent undoes itself at EOF */
-            session_free(s);
+            attach_fail(s, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, err);
         } else if (s->state == SESS_ATTACHING && !proc_alive(s->pid) && !s->agent_conn) {
             char err[MP_ERRLEN];
             snprintf(err, sizeof err, "pid %d: the process exited during the attach", (int)s->pid);
             reply_attach_error(s->attach_waiter, MEMPROF__ERROR_REPLY__CODE__NO_SUCH_PROCESS, err);
             session_free(s);
+        } else if (s->state == SESS_DETACHING && !proc_alive(s->pid)) {
+            reply_detach(s->detach_waiter, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, NULL, 0, 0);
+            server_log("pid %d exited while detaching", (int)s->pid);
+            session_retire(s, SESS_EXITED);
         } else if (s->state == SESS_DETACHING) {
-            int thread_gone = !s->agent_tid || !proc_thread_alive(s->pid, s->agent_tid);
-            if ((s->detach_acked || !s->agent_conn) && thread_gone) {
+            int agent_runs, stopped;
+            undo_scan(s, &agent_runs, &stopped);
+            if ((s->detach_acked || !s->agent_conn) && !agent_runs && !stopped) {
                 finish_detach(s);
-            } else if (now > s->deadline) {
+            } else if (s->deadline && now > s->deadline) {
                 char err[MP_ERRLEN];
-                snprintf(err, sizeof err, "pid %d: the agent did not finish detaching within %.0f s; it stays loaded",
-                         (int)s->pid, DETACH_TIMEOUT);
+                snprintf(err, sizeof err,
+                         "pid %d: the agent did not finish detaching within %.0f s (%s); memprofd unloads it as "
+                         "soon as it has (memprof status shows the session detaching until then)",
+                         (int)s->pid, DETACH_TIMEOUT,
+                         stopped ? "the process is stopped" : "its main thread holds the GIL?");
                 reply_detach(s->detach_waiter, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, err, 0, 0);
-                struct conn *ac = conn_by_id(s->agent_conn);
-                if (ac) conn_close(ac);
-                session_retire(s, SESS_DETACHED);
+                undo_later(s, "the detach is taking long", 0);
             }
         }
     }
@@ -759,7 +942,7 @@ long attach_tick(void)
     /* What is still pending decides when to look again: a detach waits for the agent's thread to end
      * (no event tells), an attach for the process to stay alive; calls only for their deadlines. */
     for (s = sessions; s; s = s->next) {
-        long ms = s->state == SESS_DETACHING ? 10 : s->state == SESS_ATTACHING ? 100 : -1;
+        long ms = s->state == SESS_DETACHING ? (s->undo ? UNDO_POLL_MS : 10) : s->state == SESS_ATTACHING ? 100 : -1;
         if (ms >= 0 && (next_ms < 0 || ms < next_ms)) next_ms = ms;
     }
     for (struct call *k = calls; k; k = k->next) {

@@ -1085,6 +1085,7 @@ struct load_state {
     int close[MAX_CLOSE], nclose; /* descriptors to close in the next run */
     uint64_t handle;
     int noload;                   /* handle came from RTLD_NOLOAD: not our reference */
+    int started;                  /* the start function ran and started the agent's thread */
     struct fileid mfd_id;         /* the memfd's identity in /proc/PID/maps */
     char why_memfd[MP_ERRLEN], why_tmp[MP_ERRLEN], why_sock[MP_ERRLEN];
 };
@@ -1271,6 +1272,8 @@ static int try_load(struct hijack *h, struct load_ctx *c, struct load_state *st,
         st->handle = d.call[i_dl].ret;
         st->noload = noload;
     }
+    /* its thread runs code of the library from here: only memprofd may unload it, once that has ended */
+    st->started = d.call[i_start].done && d.call[i_start].ret == 0;
     if (err[0]) return -1;
     if (!d.call[i_dl].ret) {
         remote_close(h, st->mfd);
@@ -1288,6 +1291,16 @@ static int try_load(struct hijack *h, struct load_ctx *c, struct load_state *st,
     }
     c->res->start_rc = (int)(int32_t)d.call[i_start].ret;
     return 1;
+}
+
+/* dlclose(handle) on the hijacked thread, in a scratch page of its own when the load's is gone. */
+static void unload_now(struct hijack *h, uint64_t handle)
+{
+    struct stub_data d;
+    char ignored[MP_ERRLEN];
+    memset(&d, 0, sizeof d);
+    d.call[0] = (struct stub_call){.fn = h->t->dlclose, .a = {handle}};
+    if (h->scratch || map_scratch(h, NULL, 0, ignored) == 0) run_calls(h, &d, 1, "dlclose", ignored);
 }
 
 /* Round trips while the thread is stopped: the scratch page (a single step), memfd_create
@@ -1349,27 +1362,25 @@ static int do_load(struct hijack *h, void *vctx, char *err)
         goto undo;
     }
     res->handle = st->handle;
-    if (res->start_rc != 0) { /* the agent did not take its socket */
+    if (res->start_rc != 0) { /* no thread started: the agent did not take its socket, nor needs the library */
         remote_close(h, st->tfd);
         if (res->sock_fd >= 0) close(res->sock_fd);
         res->sock_fd = -1;
+        st->tfd = -1;
+        if (!st->noload) unload_now(h, st->handle);
+        res->handle = 0;
     }
     rc = 0;
     goto out;
 undo:
+    if (st->started) res->handle = st->handle; /* memprofd unloads it once the thread has ended */
     if (!h->exited) {
         for (int i = 0; i < st->nclose; i++) remote_close(h, st->close[i]);
         remote_close(h, st->mfd);
-        remote_close(h, st->tfd);
-        if (st->handle && !st->noload) {
-            struct stub_data close_d;
-            char ignored[MP_ERRLEN];
-            memset(&close_d, 0, sizeof close_d);
-            close_d.call[0] = (struct stub_call){.fn = h->t->dlclose, .a = {st->handle}};
-            if (h->scratch || map_scratch(h, NULL, 0, ignored) == 0) run_calls(h, &close_d, 1, "dlclose", ignored);
-        }
+        if (!st->started) remote_close(h, st->tfd); /* else the agent's own now */
+        if (st->handle && !st->noload && !st->started) unload_now(h, st->handle);
     }
-    if (res->sock_fd >= 0) close(res->sock_fd);
+    if (res->sock_fd >= 0) close(res->sock_fd); /* a started agent finds it closed and leaves */
     res->sock_fd = -1;
 out:
     free(st);

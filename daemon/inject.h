@@ -6,7 +6,8 @@
 #include <sys/types.h>
 
 struct inject_result {
-    uint64_t handle;   /* dlopen() handle in the target, for inject_unload */
+    uint64_t handle;   /* dlopen() handle in the target, for inject_unload; also set when inject_load
+                        * failed after the agent's thread started (unload it once that thread ends) */
     int start_rc;      /* what start_sym(arg) returned in the target */
     double stop_ms;    /* how long the target's threads were ptrace-stopped, summed over tries */
     unsigned retries;  /* attempts abandoned because the thread was in libc/ld.so */
@@ -22,7 +23,9 @@ struct inject_result {
  * target, dlopen("/proc/thread-self/fd/N"); else into a private copy in its /tmp, removed right
  * after dlopen. Then calls `int start_sym(const char *arg)` (arg copied into the target).
  * No descriptor or file is left in the target; on every failure path it is left running,
- * with its registers and memory as they were, and not stopped. SIGINT/SIGTERM/SIGHUP are
+ * with its registers and memory as they were, and not stopped, and the library unloaded
+ * unless its thread started (then res->handle). When start_sym returns non-zero (no thread
+ * started) the library is unloaded again and res->handle is 0. SIGINT/SIGTERM/SIGHUP are
  * held off while the target is stopped. */
 int inject_load(pid_t pid, const char *lib_path, const char *start_sym, const char *arg, int flags,
                 struct inject_result *res, char *err);

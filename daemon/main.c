@@ -206,7 +206,11 @@ static int cmd_attach(int argc, char **argv)
                 req.pid, r->session->python_version, wire_mode_name(r->session->mode), mp_wallclock() - r->session->attached_since);
         rc = MP_EXIT_ALREADY;
     } else {
-        if (r->note && *r->note) fprintf(stderr, "memprofd: pid %d: %s; attached by ptrace\n", req.pid, r->note);
+        /* one line each: why remote-exec was not used, what the agent's thread may change for it (fork) */
+        for (const char *l = r->note, *e; l && *l; l = *e ? e + 1 : e) {
+            e = strchrnul(l, '\n');
+            fprintf(stderr, "memprofd: pid %d: %.*s\n", req.pid, (int)(e - l), l);
+        }
         if (r->native_note && *r->native_note) fprintf(stderr, "memprofd: pid %d: %s\n", req.pid, r->native_note);
         printf("attached to pid %d: Python %s, target stopped %.2f ms, attach took %.0f ms", req.pid,
                r->session->python_version, r->stop_ms, (mp_now() - t0) * 1000.0);

@@ -37,6 +37,8 @@ struct session {
     double deadline;            /* for the current phase (attaching, detaching) */
     int detach_acked;           /* agent answered the detach request */
     int cancelled;              /* the attaching client went away: undo once the agent is up */
+    int undo;                   /* detaching after a failed attach or a detach given up on: no waiter, no
+                                 * deadline; unloaded once the agent's thread has ended (attach.c) */
     Memprof__TrackingConfig track; /* asked for, then (after the agent's reply) in force */
     uint64_t config_call;       /* the call sending it the TrackingConfig, until its reply */
     struct alloc_data *alloc;   /* allocation tracking data (alloc.c), NULL until a report */
@@ -49,7 +51,7 @@ struct session {
     int method;                 /* how the agent went in: ATTACH_PTRACE or ATTACH_REMOTE_EXEC */
     struct rx rx;               /* remote-exec request in flight (remote_exec.h) */
     double exec_ms;             /* remote-exec: how long the script held the main thread */
-    char note[256];             /* why auto went by ptrace, for the client */
+    char note[768];             /* for the client, a line each: why auto went by ptrace; fork under -W error */
     char native_note[512];      /* --native: why it is off or partial (the agent's hello), "" when all is well */
     char native_late[512];      /* --native: a library loaded since that could not be patched (AllocReport) */
     struct session *next;

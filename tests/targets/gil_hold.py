@@ -1,0 +1,28 @@
+"""Holds the GIL in C (a sum over a range: no eval-breaker check) for HOLD seconds at a time, back to back,
+printing 'ready PID' then 'sum I N VALUE' after each round so a test can check every result. A line
+'hold S' on stdin changes HOLD from the next round; with HOLD 0 it idles (GIL free) until such a line."""
+import os
+import select
+import sys
+import time
+
+t0 = time.perf_counter()
+sum(range(2000000))
+per_s = 2000000 / max(time.perf_counter() - t0, 1e-6)
+hold = float(sys.argv[1]) if len(sys.argv) > 1 else 8.0
+print("ready %d" % os.getpid(), flush=True)
+i = 0
+while True:
+    if select.select([sys.stdin], [], [], 0 if hold else 0.2)[0]:
+        line = sys.stdin.readline()
+        if not line:
+            break
+        hold = float(line.split()[1])
+        print("holding %s" % hold, flush=True)
+    if not hold:
+        continue
+    i += 1
+    n = max(1000, int(per_s * hold))
+    # one write per round: each write lets a waiting thread have the GIL
+    sys.stdout.write("sum %d %d %d\n" % (i, n, sum(range(n))))
+    sys.stdout.flush()

@@ -1,5 +1,6 @@
-/* census.c -- what objects exist: the type census (census_handle), computed in C under the GIL
- * from the collector's lists. The engine is in four files: this one, backrefs.c (who holds them:
+/* census.c -- what objects exist: the type census (census_handle), computed in C from the
+ * collector's lists, in slices under the GIL (heap_walk_sliced: the target runs between them).
+ * The engine is in four files: this one, backrefs.c (who holds them:
  * back-reference graphs and reference chains), labels.c (their text) and heap.c (the walk,
  * pointer maps, types and sizes), sharing heap.h.
  *
@@ -7,7 +8,8 @@
  * their referents with tp_traverse (the same visits the collector makes), and labels
  * are read from builtin objects' memory (never a user __repr__/__eq__/__hash__). The
  * only C API calls are lookups on builtin types (PyDict_Next, getset/member getters of
- * function/frame/code objects) made after the heap walks, with the collector paused.
+ * function/frame/code objects) made after the heap walks, with the collector paused, and the
+ * sliced walk's own: its marker lists (PyList_New) and references to the types it counts.
  * Memory is malloc'd hash tables, capped, freed before the handler returns. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +25,10 @@ struct census {
     pyobj **stack;       /* --all: untracked containers still to traverse */
     size_t sp, scap;
     int all, failed;
+    int lost; /* the walk could not take the GIL back: touch no Python object */
+    unsigned slices;
+    double gil_max_ms, walk_ms, walk_gil_ms;
+    int64_t tracked_change;
 };
 
 static int census_visit(pyobj *r, void *arg)
@@ -87,9 +93,17 @@ static int census_one(pyobj *o, void *arg)
 static int census_walk(struct census *c, char *err)
 {
     struct heap h;
+    int rc;
     if (heap_open(&h, err) < 0) return -1;
-    heap_walk(&h, census_one, c);
+    rc = heap_walk_sliced(&h, census_one, c, err);
+    c->lost = h.lost;
+    c->slices = h.slices;
+    c->gil_max_ms = h.gil_max_s * 1e3;
+    c->walk_ms = (h.t_end - h.t_start) * 1e3;
+    c->walk_gil_ms = h.gil_sum_s * 1e3;
+    c->tracked_change = (int64_t)h.gen0_count1 - h.gen0_count0;
     heap_close(&h);
+    if (rc < 0) return -1;
     if (c->failed) {
         mp_err(err, "object census stopped: out of memory or more than %u untracked objects",
                MAX_SET_SLOTS / 10 * 7);
@@ -138,7 +152,11 @@ static int census_reply(struct census *c, Memprof__AgentReply *reply, double t0,
     }
     qsort(cr->types, cr->n_types, sizeof *cr->types, tc_cmp);
     cr->timestamp = mp_wallclock();
-    cr->gil_ms = (mp_now() - t0) * 1e3;
+    cr->gil_ms = c->walk_gil_ms + (mp_now() - t0 - c->walk_ms * 1e-3) * 1e3; /* held: slices, then this */
+    cr->slices = c->slices;
+    cr->gil_max_ms = c->gil_max_ms;
+    cr->walk_ms = c->walk_ms;
+    cr->tracked_change = c->tracked_change;
     return 0;
 oom:
     mp_err(err, "object census: out of memory");
@@ -157,9 +175,11 @@ int census_handle(const Memprof__CensusRequest *req, Memprof__AgentReply *reply,
         goto out;
     }
     c.all = req->all;
+    c.tt.hold = 1;
     if (census_walk(&c, err) < 0) goto out;
     rc = census_reply(&c, reply, t0, err);
 out:
+    if (!c.lost) tt_release(&c.tt);
     tt_free(&c.tt);
     pm_free(&c.seen);
     free(c.stack);

@@ -604,13 +604,14 @@ static const struct request_route {
 static int locked_state, locked_held;
 static double locked_released;
 
-int agent_gil_yield(void)
+int agent_gil_yield(void (*off)(void *), void *arg)
 {
     struct timespec pause = {0, 200000}; /* long enough for a waiting thread to wake and take it */
     double t = mp_now();
     if (!locked_held) return -1;
     gil_give(locked_state);
     locked_held = 0;
+    if (off) off(arg);
     nanosleep(&pause, NULL);
     if (gil_take(&locked_state) < 0) return -1;
     locked_held = 1;

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "heap.h"
 
@@ -379,9 +380,23 @@ static int slice_items(struct heap *h, heap_fn fn, void *arg, double deadline, i
 #define GEN0_COUNT(h) FLD((h)->gc, abi->gc.generations + 20, int) /* generations[0].count */
 #define COLLECTING_WAIT_S 10.0
 
+void heap_set_off(struct heap *h, void (*off)(void *), void *arg)
+{
+    h->off = off;
+    h->off_arg = arg;
+}
+
+/* This thread's CPU time: a slice's length without the time the machine gave to others. */
+double thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 int heap_walk_sliced(struct heap *h, heap_fn fn, void *arg, char *err)
 {
-    double t0 = mp_now();
+    double t0 = mp_now(), c0 = thread_cpu_s();
     int rc = 0;
     h->t_start = t0;
     if (h->gc) {
@@ -401,11 +416,12 @@ int heap_walk_sliced(struct heap *h, heap_fn fn, void *arg, char *err)
         t = mp_now();
         h->slices++;
         if (t - t0 > h->gil_max_s) h->gil_max_s = t - t0;
+        if (thread_cpu_s() - c0 > h->cpu_max_s) h->cpu_max_s = thread_cpu_s() - c0;
         h->gil_sum_s += t - t0;
         if (done) break;
         /* give the GIL back; a collection the target started meanwhile must end before we go on */
         do {
-            if (agent_gil_yield() < 0) {
+            if (agent_gil_yield(h->off, h->off_arg) < 0) {
                 h->lost = 1;
                 mp_err(err, "the Python interpreter is shutting down");
                 return -1;
@@ -417,6 +433,7 @@ int heap_walk_sliced(struct heap *h, heap_fn fn, void *arg, char *err)
             }
         } while (h->gc && FLD(h->gc, abi->gc.collecting, int));
         t0 = mp_now();
+        c0 = thread_cpu_s();
     }
     h->t_end = mp_now();
     if (h->gc) h->gen0_count1 = GEN0_COUNT(h);

@@ -171,8 +171,10 @@ struct heap {
     ssize_t pos;         /* fallback: the next item */
     int lost;            /* the GIL could not be taken back (finalizing): touch nothing */
     unsigned slices;
-    double gil_max_s, gil_sum_s, t_start, t_end;
+    double gil_max_s, cpu_max_s, gil_sum_s, t_start, t_end;
     int gen0_count0, gen0_count1; /* generations[0].count at the start and end (gc path) */
+    void (*off)(void *);
+    void *off_arg;
 };
 
 /* Called per tracked object; nonzero stops the walk. */
@@ -192,6 +194,9 @@ int heap_walk(const struct heap *h, heap_fn fn, void *arg);
  * object freed (or untracked) before the walk reaches it; an object a collection moved meanwhile.
  * 0, what fn stopped with, or -1 and err (then h->lost says whether the GIL is still held). */
 int heap_walk_sliced(struct heap *h, heap_fn fn, void *arg, char *err);
+/* Run between slices, without the GIL (agent_gil_yield's off): e.g. growing a table. */
+void heap_set_off(struct heap *h, void (*off)(void *), void *arg);
+double thread_cpu_s(void); /* this thread's CPU time, in seconds */
 
 /* ---------------------------------------------------------------- types and sizes (heap.c) */
 

@@ -51,10 +51,11 @@ static void gil_give(int state)
 static int handler_state;
 static double handler_released;
 
-int agent_gil_yield(void)
+int agent_gil_yield(void (*off)(void *), void *arg)
 {
     double t = mp_now();
     gil_give(handler_state);
+    if (off) off(arg);
     handler_state = gil_take();
     handler_released += mp_now() - t;
     return 0;

@@ -33,6 +33,23 @@ struct census {
     int64_t tracked_change;
 };
 
+#define BIG_ITEMS 4096 /* --all: a list or dict longer than this is traversed after the walk, in slices */
+
+/* Put a long list aside (with a reference) for census_big. 0, or 1 when out of memory. */
+static int census_defer(struct census *c, pyobj *o)
+{
+    if (c->nbig == c->bigcap) {
+        size_t ncap = c->bigcap ? c->bigcap * 2 : 64;
+        pyobj **nb = realloc(c->big, ncap * sizeof *nb);
+        if (!nb) return c->failed = 1;
+        c->big = nb;
+        c->bigcap = ncap;
+    }
+    api.IncRef(o);
+    c->big[c->nbig++] = o;
+    return 0;
+}
+
 static int census_visit(pyobj *r, void *arg)
 {
     struct census *c = arg;
@@ -56,6 +73,8 @@ static int census_visit(pyobj *r, void *arg)
     if (t->kind != SK_FIXED)
         t->bytes += obj_size(r, t) - (!gc && t->pre >= 16 && (TP_FLAGS(tp) & F_HAVE_GC) ? 16 : 0);
     if (gc && TP_TRAVERSE(tp)) {
+        if (tp == api.dict_t && FLD(r, 0x10, ssize_t) > BIG_ITEMS) /* a long untracked dict */
+            return census_defer(c, r);
         if (c->sp == c->scap) {
             size_t ncap = c->scap ? c->scap * 2 : 1024;
             pyobj **ns = realloc(c->stack, ncap * sizeof *ns);
@@ -90,23 +109,6 @@ static void census_off(void *arg)
         if (pm_grow(&c->seen) < 0) c->failed = 1;
 }
 
-#define BIG_ITEMS 4096 /* --all: a list longer than this is traversed after the walk, in slices */
-
-/* Put a long list aside (with a reference) for census_big. 0, or 1 when out of memory. */
-static int census_defer(struct census *c, pyobj *o)
-{
-    if (c->nbig == c->bigcap) {
-        size_t ncap = c->bigcap ? c->bigcap * 2 : 64;
-        pyobj **nb = realloc(c->big, ncap * sizeof *nb);
-        if (!nb) return c->failed = 1;
-        c->big = nb;
-        c->bigcap = ncap;
-    }
-    api.IncRef(o);
-    c->big[c->nbig++] = o;
-    return 0;
-}
-
 static int census_one(pyobj *o, void *arg)
 {
     struct census *c = arg;
@@ -116,25 +118,45 @@ static int census_one(pyobj *o, void *arg)
     t->count++;
     if (t->kind != SK_FIXED) t->bytes += obj_size(o, t);
     if (!c->all) return 0;
-    if (tp == api.list_t && OB_SIZE(o) > BIG_ITEMS) return census_defer(c, o);
+    if ((tp == api.list_t && OB_SIZE(o) > BIG_ITEMS) || (tp == api.dict_t && FLD(o, 0x10, ssize_t) > BIG_ITEMS))
+        return census_defer(c, o);
     census_traverse(c, o);
     return c->failed;
 }
 
-/* --all: the items of the lists census_one put aside, in slices of about SLICE_S like the walk.
- * Each list is held by a reference; its length and item array are read afresh in every slice
- * (the target may change it between them: an item moved meanwhile may be missed, none is
- * counted twice). -1 when the GIL could not be taken back. */
+/* Up to 256 items of a list, or entries of a dict (PyDict_Next: its position stays valid, and
+ * bounds-checked, across changes), from *pos on. 1 when there are no more. */
+static int big_chunk(struct census *c, pyobj *o, ssize_t *pos)
+{
+    if (OB_TYPE(o) == api.dict_t) {
+        pyobj *k, *v;
+        for (int j = 0; j < 256; j++) {
+            if (!api.Dict_Next(o, pos, &k, &v)) return 1;
+            census_visit(k, c);
+            census_visit(v, c);
+        }
+        return 0;
+    } else {
+        ssize_t n = OB_SIZE(o), e = *pos + 256 < n ? *pos + 256 : n;
+        pyobj **items = FLD(o, abi->list.items, pyobj **);
+        for (; *pos < e && !c->failed; ++*pos) census_visit(items[*pos], c);
+        return *pos >= OB_SIZE(o);
+    }
+}
+
+/* --all: the items of the long lists and dicts census_one put aside, in slices of about SLICE_S
+ * like the walk. Each is held by a reference; a list's length and item array are read afresh in
+ * every slice (the target may change it between them: an item moved meanwhile may be missed,
+ * none is counted twice). -1 when the GIL could not be taken back. */
 static int census_big(struct census *c, char *err)
 {
     double t0 = mp_now(), c0 = thread_cpu_s(), t;
     for (size_t k = 0; k < c->nbig && !c->failed; k++) {
         pyobj *o = c->big[k];
-        ssize_t i = 0;
-        while (!c->failed && i < OB_SIZE(o)) {
-            ssize_t n = OB_SIZE(o), e = i + 256 < n ? i + 256 : n;
-            pyobj **items = FLD(o, abi->list.items, pyobj **);
-            for (; i < e && !c->failed; i++) census_visit(items[i], c);
+        ssize_t pos = 0;
+        int done = 0;
+        while (!c->failed && !done) {
+            done = big_chunk(c, o, &pos);
             while (c->sp && !c->failed) {
                 pyobj *u = c->stack[--c->sp];
                 TP_TRAVERSE(OB_TYPE(u))(u, census_visit, c);

@@ -328,13 +328,17 @@ static int heap_marks(struct heap *h, char *err)
     return 0;
 }
 
-static int is_mark(const struct heap *h, uintptr_t g)
+/* A list head is not an object: reading one as an object would crash. They all lie in the
+ * collector's state, from generations[0] to the permanent generation's; one compare. (Never
+ * met between the markers; checked all the same, as the walk runs on the target's memory.) */
+static int is_head(const struct heap *h, uintptr_t g)
 {
-    for (int i = 0; i < 8; i++)
-        if (h->mark[i] && g == (uintptr_t)GCH(h->mark[i])) return 1;
-    for (int i = 0; i < h->nheads; i++)
-        if (g == h->heads[i]) return 1;
-    return 0;
+    uintptr_t lo = (uintptr_t)(h->gc + abi->gc.generations), hi = (uintptr_t)(h->gc + abi->gc.permanent) + 16;
+    if (abi->gc.permanent < abi->gc.generations) {
+        lo = (uintptr_t)(h->gc + abi->gc.permanent);
+        hi = (uintptr_t)(h->gc + abi->gc.generations) + 3 * 24;
+    }
+    return g - lo < hi - lo;
 }
 
 /* One slice of list i until deadline. 1 when the list is done (or fn stopped: *rc), 0 when the
@@ -346,7 +350,7 @@ static int slice_list(struct heap *h, int i, heap_fn fn, void *arg, double deadl
     unsigned n = 0;
     while (f != (uintptr_t)E) {
         uintptr_t nf, nb;
-        if (!f || !b || is_mark(h, f) || is_mark(h, b)) return 1; /* not expected: a list changed shape */
+        if (!f || !b || is_head(h, f) || is_head(h, b)) return 1; /* not expected: a list changed shape */
         if ((*rc = fn((pyobj *)(f + PYABI_GC_HEAD), arg))) return 1;
         lastf = f;
         if (f == b) return 1;

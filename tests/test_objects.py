@@ -271,7 +271,7 @@ def test_census_gives_the_gil_back_on_3m_objects(daemon, targets):
                   "%.1f ms of CPU) over %.0f ms" % (" ".join(extra), js["objects"], gaps[-1], js["gil_ms"],
                                                     js["slices"], js["gil_max_ms"], js["gil_max_cpu_ms"], js["walk_ms"]))
             assert census_counts(js)["__main__.Stable"] == 3000000, js["by_type"][:5]
-            assert js["slices"] > 10 and js["gil_ms"] >= js["gil_max_ms"] > 0
+            assert js["slices"] >= 3 and js["gil_ms"] >= js["gil_max_ms"] > 0
             assert js["gil_max_cpu_ms"] < 15, js
         if not extra:
             assert min(gaps) < 50, "the target stood still %s ms during a census of %d objects" % (gaps, js["objects"])

@@ -256,7 +256,8 @@ def test_census_gives_the_gil_back_on_3m_objects(daemon, targets):
     """A 1 ms ticker thread in the target keeps ticking while `types` and `types --all` walk 3M
     objects (stop-the-world, the census alone held the GIL 17 ms per million, and more on a busy
     machine). The ticker's gap is wall time, which a loaded machine stretches: the best of three
-    is held to 50 ms for `types`; every slice, in the agent thread's CPU time, to 15 ms."""
+    is held to 50 ms for `types` and 500 ms for `types --all` (stop-the-world: 1.5-2.4 s); every
+    slice, in the agent thread's CPU time, to 15 ms."""
     exe = default_python()
     t = targets.start([exe, "-u", workload("heap_churn.py"), "3000000", "0"])
     t.wait_for(r"^ready \d+", timeout=300)
@@ -273,8 +274,9 @@ def test_census_gives_the_gil_back_on_3m_objects(daemon, targets):
             assert census_counts(js)["__main__.Stable"] == 3000000, js["by_type"][:5]
             assert js["slices"] >= 3 and js["gil_ms"] >= js["gil_max_ms"] > 0
             assert js["gil_max_cpu_ms"] < 15, js
-        if not extra:
-            assert min(gaps) < 50, "the target stood still %s ms during a census of %d objects" % (gaps, js["objects"])
+        # stop-the-world on this heap: `types` 18-24 ms, `types --all` 1.5-2.4 s (2-core machine, shared)
+        bound = 500 if extra else 50
+        assert min(gaps) < bound, "the target stood still %s ms during a census of %d objects" % (gaps, js["objects"])
 
 
 def census_counts(js):

@@ -600,20 +600,47 @@ static const struct request_route {
     {MEMPROF__AGENT_REQUEST__BODY_TRACKING, on_tracking, 0, NULL, 0},
 };
 
+/* The GIL of the handler handle_locked runs: its state, whether it is held, and how long the
+ * handler gave it back for (agent_gil_yield). Only the agent thread touches them. */
+static int locked_state, locked_held;
+static double locked_released;
+
+int agent_gil_yield(void (*off)(void *), void *arg)
+{
+    struct timespec pause = {0, 200000}; /* long enough for a waiting thread to wake and take it */
+    double t = mp_now();
+    if (!locked_held) return -1;
+    gil_give(locked_state);
+    locked_held = 0;
+    if (off) off(arg);
+    nanosleep(&pause, NULL);
+    if (gil_take(&locked_state) < 0) return -1;
+    locked_held = 1;
+    locked_released += mp_now() - t;
+    return 0;
+}
+
 /* Run a handler with the GIL held, timing how long it is held. -2 when the interpreter is finalizing. */
 static int handle_locked(const struct request_route *r, const Memprof__AgentRequest *req,
                          Memprof__AgentReply *reply, char *err)
 {
-    int state, rc;
+    int rc;
     double t0;
-    if (gil_take(&state) < 0) {
+    if (gil_take(&locked_state) < 0) {
         mp_err(err, "the Python interpreter is shutting down");
         return -2;
     }
+    locked_held = 1;
+    locked_released = 0;
     t0 = mp_now();
     rc = r->fn(req, reply, err);
-    reply->gil_ms = (mp_now() - t0) * 1e3;
-    gil_give(state);
+    reply->gil_ms = (mp_now() - t0 - locked_released) * 1e3;
+    if (!locked_held) { /* a yield found the interpreter finalizing */
+        mp_err(err, "the Python interpreter is shutting down");
+        return -2;
+    }
+    locked_held = 0;
+    gil_give(locked_state);
     return rc;
 }
 

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "heap.h"
 
@@ -41,6 +42,7 @@ int api_load(char *err)
         {(void **)&api.gen_t, "PyGen_Type"}, {(void **)&api.coro_t, "PyCoro_Type"},
         {(void **)&api.asyncgen_t, "PyAsyncGen_Type"},
         {(void **)&api.none, "_Py_NoneStruct"}, {(void **)&api.true_, "_Py_TrueStruct"},
+        {(void **)&api.List_New, "PyList_New"}, {(void **)&api.IncRef, "Py_IncRef"},
     };
     abi = pyapi_abi();
     if (!abi) {
@@ -214,6 +216,12 @@ static void heap_pause_gc(struct heap *h)
 
 void heap_close(struct heap *h)
 {
+    if (h->lost) { /* without the GIL, the process finalizing: leave it all as it is */
+        memset(h, 0, sizeof *h);
+        return;
+    }
+    for (int i = 0; i < 8; i++)
+        if (h->mark[i]) api.DecRef(h->mark[i]); /* an empty list: untracks and frees itself */
     if (h->paused && h->was_enabled) {
         if (h->gc) FLD(h->gc, abi->gc.enabled, int) = 1;
         else if (api.GC_Enable) api.GC_Enable();
@@ -264,6 +272,176 @@ int heap_open(struct heap *h, char *err)
     h->len = OB_SIZE(h->list);
     h->items = FLD(h->list, abi->list.items, pyobj **);
     return 0;
+}
+
+/* ---------------------------------------------------------------- sliced walk */
+
+/* Between two slices the target runs: objects are created (appended to the young list's tail),
+ * freed or untracked (unlinked), and an explicit gc.collect() or gc.freeze() may merge lists
+ * (keeping their order) or move objects to a list's tail. So no pointer to a target object is
+ * kept across a release. What is kept are markers: empty lists this walk made and holds a
+ * reference to (never freed, never unreachable, so never moved by a collection), two per
+ * generation list. What is left to walk of list i is what lies between mark[2i] and mark[2i+1];
+ * a slice walks it from both ends (two chains of cache misses overlap) and then moves the
+ * markers in to the last objects it saw, which it still holds the GIL for. Objects created
+ * during the walk land after the end marker of the young list: not counted. Objects moved by a
+ * collection go to a list's tail, past every end marker: not counted, never counted twice. */
+
+#define GCH(o) ((uintptr_t *)((char *)(o) - PYABI_GC_HEAD)) /* [0] _gc_next, [1] _gc_prev */
+#define GCP(v) ((uintptr_t *)((v) & ~(uintptr_t)3))          /* without the flag bits */
+
+/* Unlink node n and put it after node at (gc_list_remove, then an insert), keeping the flag
+ * bits CPython keeps in _gc_prev. With the GIL held, outside a collection. */
+static void gch_move_after(uintptr_t *n, uintptr_t *at)
+{
+    uintptr_t *p, *x, *nx;
+    if (at == n || GCP(n[1]) == at) return;
+    p = GCP(n[1]);
+    x = GCP(n[0]);
+    p[0] = (uintptr_t)x;
+    x[1] = (x[1] & 3) | (uintptr_t)p;
+    nx = GCP(at[0]);
+    n[0] = (uintptr_t)nx;
+    n[1] = (n[1] & 3) | (uintptr_t)at;
+    at[0] = (uintptr_t)n;
+    nx[1] = (nx[1] & 3) | (uintptr_t)n;
+}
+
+static int heap_marks(struct heap *h, char *err)
+{
+    for (int i = 0; i < 2 * h->nheads; i++) {
+        if (!(h->mark[i] = api.List_New(0))) {
+            api.Err_Clear();
+            mp_err(err, "object census: out of memory");
+            return -1;
+        }
+        if (!GC_NEXT(h->mark[i])) {
+            mp_err(err, "object census: a new list is not in the collector's lists");
+            return -1;
+        }
+    }
+    for (int i = 0; i < h->nheads; i++) {
+        uintptr_t *head = (uintptr_t *)h->heads[i];
+        gch_move_after(GCH(h->mark[2 * i]), head);
+        gch_move_after(GCH(h->mark[2 * i + 1]), GCP(head[1])); /* the tail */
+    }
+    return 0;
+}
+
+/* A list head is not an object: reading one as an object would crash. They all lie in the
+ * collector's state, from generations[0] to the permanent generation's; one compare. (Never
+ * met between the markers; checked all the same, as the walk runs on the target's memory.) */
+static int is_head(const struct heap *h, uintptr_t g)
+{
+    uintptr_t lo = (uintptr_t)(h->gc + abi->gc.generations), hi = (uintptr_t)(h->gc + abi->gc.permanent) + 16;
+    if (abi->gc.permanent < abi->gc.generations) {
+        lo = (uintptr_t)(h->gc + abi->gc.permanent);
+        hi = (uintptr_t)(h->gc + abi->gc.generations) + 3 * 24;
+    }
+    return g - lo < hi - lo;
+}
+
+/* One slice of list i until deadline. 1 when the list is done (or fn stopped: *rc), 0 when the
+ * time ran out, with the markers moved in. */
+static int slice_list(struct heap *h, int i, heap_fn fn, void *arg, double deadline, int *rc)
+{
+    uintptr_t *B = GCH(h->mark[2 * i]), *E = GCH(h->mark[2 * i + 1]);
+    uintptr_t f = (uintptr_t)GCP(B[0]), b = (uintptr_t)GCP(E[1]), lastf = 0, lastb = 0;
+    unsigned n = 0;
+    while (f != (uintptr_t)E) {
+        uintptr_t nf, nb;
+        if (!f || !b || is_head(h, f) || is_head(h, b)) return 1; /* not expected: a list changed shape */
+        if ((*rc = fn((pyobj *)(f + PYABI_GC_HEAD), arg))) return 1;
+        lastf = f;
+        if (f == b) return 1;
+        if ((*rc = fn((pyobj *)(b + PYABI_GC_HEAD), arg))) return 1;
+        lastb = b;
+        nf = (uintptr_t)GCP(((uintptr_t *)f)[0]);
+        nb = (uintptr_t)GCP(((uintptr_t *)b)[1]);
+        if (nf == b) return 1;
+        f = nf;
+        b = nb;
+        if (!(++n & 63) && mp_now() > deadline) {
+            gch_move_after(B, (uintptr_t *)lastf);
+            gch_move_after(E, GCP(((uintptr_t *)lastb)[1]));
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* One slice of the gc.get_objects() list (its references keep every item alive). */
+static int slice_items(struct heap *h, heap_fn fn, void *arg, double deadline, int *rc)
+{
+    while (h->pos < h->len) {
+        pyobj *o = h->items[h->pos++];
+        if (o != h->list && (*rc = fn(o, arg))) return 1;
+        if (!(h->pos & 63) && mp_now() > deadline) return h->pos >= h->len;
+    }
+    return 1;
+}
+
+#define GEN0_COUNT(h) FLD((h)->gc, abi->gc.generations + 20, int) /* generations[0].count */
+#define COLLECTING_WAIT_S 10.0
+
+void heap_set_off(struct heap *h, void (*off)(void *), void *arg)
+{
+    h->off = off;
+    h->off_arg = arg;
+}
+
+/* This thread's CPU time: a slice's length without the time the machine gave to others. */
+double thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int heap_walk_sliced(struct heap *h, heap_fn fn, void *arg, char *err)
+{
+    double t0 = mp_now(), c0 = thread_cpu_s();
+    int rc = 0;
+    h->t_start = t0;
+    if (h->gc) {
+        if (heap_marks(h, err) < 0) return -1;
+        h->gen0_count0 = GEN0_COUNT(h);
+    }
+    for (;;) {
+        double deadline = t0 + SLICE_S, t;
+        int done;
+        if (h->gc) {
+            done = 0;
+            while (h->seg < h->nheads && slice_list(h, h->seg, fn, arg, deadline, &rc) && !rc) h->seg++;
+            done = rc || h->seg >= h->nheads;
+        } else {
+            done = slice_items(h, fn, arg, deadline, &rc) || rc;
+        }
+        t = mp_now();
+        h->slices++;
+        if (t - t0 > h->gil_max_s) h->gil_max_s = t - t0;
+        if (thread_cpu_s() - c0 > h->cpu_max_s) h->cpu_max_s = thread_cpu_s() - c0;
+        h->gil_sum_s += t - t0;
+        if (done) break;
+        /* give the GIL back; a collection the target started meanwhile must end before we go on */
+        do {
+            if (agent_gil_yield(h->off, h->off_arg) < 0) {
+                h->lost = 1;
+                mp_err(err, "the Python interpreter is shutting down");
+                return -1;
+            }
+            if (mp_now() - t > COLLECTING_WAIT_S) {
+                mp_err(err, "object census: the target stayed in a garbage collection for %.0f s",
+                       COLLECTING_WAIT_S);
+                return -1;
+            }
+        } while (h->gc && FLD(h->gc, abi->gc.collecting, int));
+        t0 = mp_now();
+        c0 = thread_cpu_s();
+    }
+    h->t_end = mp_now();
+    if (h->gc) h->gen0_count1 = GEN0_COUNT(h);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- types */
@@ -318,6 +496,13 @@ int tt_init(struct ttab *tt)
         return -1;
     }
     return 0;
+}
+
+void tt_release(struct ttab *tt)
+{
+    if (tt->hold)
+        for (size_t i = 0; i < tt->n; i++) api.DecRef((pyobj *)tt->v[i].tp);
+    tt->hold = 0;
 }
 
 void tt_free(struct ttab *tt)

@@ -81,6 +81,8 @@ struct capi {
     int (*GC_Enable)(void);
     int (*Frame_GetLineNumber)(pyobj *);
     pyobj *(*Func_Get[7])(pyobj *);
+    pyobj *(*List_New)(ssize_t);
+    void (*IncRef)(pyobj *);
     char *type_t, *module_t, *dict_t, *list_t, *tuple_t, *set_t, *frozenset_t, *str_t, *long_t,
         *bool_t, *float_t, *bytes_t, *bytearray_t, *function_t, *method_t, *cfunction_t, *cell_t,
         *frame_t, *code_t, *gen_t, *coro_t, *asyncgen_t;
@@ -163,6 +165,16 @@ struct heap {
     pyobj **items;
     ssize_t len;
     int paused, was_enabled;
+    /* heap_walk_sliced: the markers bounding what is left of list i, mark[2i] .. mark[2i+1] */
+    pyobj *mark[8];
+    int seg;             /* the list being walked */
+    ssize_t pos;         /* fallback: the next item */
+    int lost;            /* the GIL could not be taken back (finalizing): touch nothing */
+    unsigned slices;
+    double gil_max_s, cpu_max_s, gil_sum_s, t_start, t_end;
+    int gen0_count0, gen0_count1; /* generations[0].count at the start and end (gc path) */
+    void (*off)(void *);
+    void *off_arg;
 };
 
 /* Called per tracked object; nonzero stops the walk. */
@@ -173,6 +185,18 @@ int heap_open(struct heap *h, char *err);
 void heap_close(struct heap *h);
 /* Every tracked object once (in no particular order). Returns what fn stopped with. */
 int heap_walk(const struct heap *h, heap_fn fn, void *arg);
+
+#define SLICE_S 0.004 /* GIL time of one slice of heap_walk_sliced */
+
+/* The same in slices of about SLICE_S, giving the GIL back between them (agent_gil_yield): fn
+ * never sees a pointer kept across a release. What it counts: every object tracked when the walk
+ * began and still alive when the walk reaches it, once. Not: objects created during the walk; an
+ * object freed (or untracked) before the walk reaches it; an object a collection moved meanwhile.
+ * 0, what fn stopped with, or -1 and err (then h->lost says whether the GIL is still held). */
+int heap_walk_sliced(struct heap *h, heap_fn fn, void *arg, char *err);
+/* Run between slices, without the GIL (agent_gil_yield's off): e.g. growing a table. */
+void heap_set_off(struct heap *h, void (*off)(void *), void *arg);
+double thread_cpu_s(void); /* this thread's CPU time, in seconds */
 
 /* ---------------------------------------------------------------- types and sizes (heap.c) */
 
@@ -195,11 +219,13 @@ struct ttab {
     struct pmap map;
     char *cache_tp[TT_CACHE];
     uint32_t cache_ix[TT_CACHE];
+    int hold; /* takes a reference to each type (a sliced walk: a type may die between slices) */
 };
 
 void tinfo_init(struct tinfo *t, char *tp);
 int tt_init(struct ttab *tt);
 void tt_free(struct ttab *tt);
+void tt_release(struct ttab *tt); /* drops the references tt->hold took; with the GIL */
 uint64_t dict_extra(pyobj *o);
 uint64_t str_size(pyobj *o);
 
@@ -221,6 +247,7 @@ static inline struct tinfo *tt_get(struct ttab *tt, char *tp)
         rc = pm_put(&tt->map, (uintptr_t)tp, (uint32_t)tt->n);
         if (rc < 0) return NULL;
         tinfo_init(&tt->v[tt->n], tp);
+        if (tt->hold) api.IncRef((pyobj *)tp);
         ix = pm_get(&tt->map, (uintptr_t)tp);
         tt->n++;
     }

@@ -309,9 +309,10 @@ int cmd_types(int argc, char **argv)
     if (o.json) {
         size_t shown = o.limit && (size_t)o.limit < t.n ? (size_t)o.limit : t.n;
         printf("{\"pid\": %d, \"objects\": %" PRIu64 ", \"bytes\": %" PRIu64 ", \"types\": %zu, "
-               "\"all\": %s, \"gil_ms\": %.3f, \"timestamp\": %.3f, \"by_type\": [",
+               "\"all\": %s, \"gil_ms\": %.3f, \"slices\": %u, \"gil_max_ms\": %.3f, \"gil_max_cpu_ms\": %.3f, \"walk_ms\": %.3f, "
+               "\"tracked_change\": %" PRId64 ", \"timestamp\": %.3f, \"by_type\": [",
                o.pid, c->objects, c->bytes, t.n, o.all ? "true" : "false", gil_of(reply, c->gil_ms),
-               c->timestamp);
+               c->slices, c->gil_max_ms, c->gil_max_cpu_ms, c->walk_ms, c->tracked_change, c->timestamp);
         for (size_t i = 0; i < shown; i++) {
             printf("%s{\"name\": ", i ? ", " : "");
             cli_json_str(stdout, t.rows[i].name);
@@ -320,10 +321,13 @@ int cmd_types(int argc, char **argv)
         printf("]}\n");
     } else {
         print_rows(t.rows, t.n, o.limit);
-        printf("total: %" PRIu64 " objects, %s, %zu types (%s); GIL held %.1f ms\n", c->objects,
+        printf("total: %" PRIu64 " objects, %s, %zu types (%s); GIL held %.1f ms", c->objects,
                cli_bytes((double)c->bytes, sz, sizeof sz), t.n,
                o.all ? "GC-tracked and the untracked objects they reach" : "GC-tracked",
                gil_of(reply, c->gil_ms));
+        if (c->slices > 1)
+            printf(" in %u slices (longest %.1f ms) over %.0f ms", c->slices, c->gil_max_ms, c->walk_ms);
+        printf("\n");
     }
     table_free(&t);
     wire_free(env);

@@ -30,7 +30,9 @@ def census_vs_objgraph(n):
     try:
         subprocess.run([os.path.join(BUILD, "memprofd"), "attach", "--pid", str(p.pid), "--no-track"], env=ENV,
                        check=True, capture_output=True)
-        census = [json.loads(_memprof("types", "--pid", p.pid, "--json"))["gil_ms"] for _ in range(5)]
+        replies = [json.loads(_memprof("types", "--pid", p.pid, "--json")) for _ in range(5)]
+        census = [r["gil_ms"] for r in replies]
+        slices = [r["gil_max_cpu_ms"] for r in replies]
         growth = []
         for line in _memprof("growth", "--pid", p.pid, "--interval", "1", "--count", "3", "--json").splitlines():
             growth.append(json.loads(line)["gil_ms"])
@@ -41,6 +43,9 @@ def census_vs_objgraph(n):
     c, g = statistics.median(census), statistics.median(growth[1:] or growth)
     row("census of %s objects: GIL held in target (median of 5)" % format(n, ","), "%.0f ms" % c,
         "%.0f ms" % og_census if og_census else "n/a", "objgraph.show_most_common_types in-process")
+    row("census of %s objects: longest GIL slice, CPU time (median of 5)" % format(n, ","),
+        "%.1f ms" % statistics.median(slices), "%.0f ms" % og_census if og_census else "n/a",
+        "objgraph holds it throughout")
     row("growth diff on %s objects (median)" % format(n, ","), "%.0f ms" % g,
         "%.0f ms" % og_growth if og_growth else "n/a", "objgraph.show_growth in-process")
     if og_census:

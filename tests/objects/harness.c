@@ -48,14 +48,30 @@ static void gil_give(int state)
     release(state);
 }
 
+static int handler_state;
+static double handler_released;
+
+int agent_gil_yield(void (*off)(void *), void *arg)
+{
+    double t = mp_now();
+    gil_give(handler_state);
+    if (off) off(arg);
+    handler_state = gil_take();
+    handler_released += mp_now() - t;
+    return 0;
+}
+
 static int run_handler(const Memprof__AgentRequest *req, Memprof__AgentReply *rep, char *err)
 {
-    int state = gil_take(), rc;
-    double t0 = mp_now();
+    int rc;
+    double t0;
+    handler_state = gil_take();
+    handler_released = 0;
+    t0 = mp_now();
     if (req->body_case == MEMPROF__AGENT_REQUEST__BODY_CENSUS) rc = census_handle(req->census, rep, err);
     else rc = backrefs_handle(req->backrefs, rep, err);
-    rep->gil_ms = (mp_now() - t0) * 1e3;
-    gil_give(state);
+    rep->gil_ms = (mp_now() - t0 - handler_released) * 1e3;
+    gil_give(handler_state);
     return rc;
 }
 

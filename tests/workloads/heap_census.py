@@ -16,6 +16,9 @@ class MyBigFatObject:
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000000
     objs = [MyBigFatObject(i) for i in range(n)]
+    # Each burst of 1000 whole, as a census sees it: the main thread gives up the GIL only when it sleeps
+    # (no forced switch in mid-burst), so a census (or any of its slices) never sees part of a burst.
+    sys.setswitchinterval(1000.0)
     print("ready %d" % os.getpid(), flush=True)
     while True:
         time.sleep(1)

@@ -132,7 +132,11 @@ $(BUILD)/fuzz_alloc_report: tests/fuzz/fuzz_alloc_report.c daemon/alloc.c daemon
 unit: $(BUILD)/test_wire
 	$(BUILD)/test_wire
 
-test: deps-test all $(BUILD)/test_wire
+# The whole suite (tests/: also the C unit tests and every saved fuzz input replayed through its libFuzzer target).
+# The Debian sid root it needs is built into MEMPROF_CACHE (default /var/cache/memprof) on the first run;
+# MEMPROF_OFFLINE=1 downloads nothing (those tests skip, saying so). MEMPROF_REQUIRE=all[,!PATTERN...] (CI,
+# check-fresh): a skip for anything missing fails instead (tests/conftest.py).
+test: deps-test all $(BUILD)/test_wire $(addprefix $(BUILD)/fuzz_,$(FUZZ_TARGETS))
 	$(PYTHON) -m pytest -p no:cacheprovider -rs tests
 
 # deps first, then a new make for the build, so the libraries it installed are

@@ -181,7 +181,7 @@ def test_sampled_accuracy_other_allocators(pyid, allocator, daemon, targets):
     per-thread countdowns and watch every free."""
     exe, version = interpreter(pyid)
     if allocator == "mimalloc" and tuple(int(x) for x in version.split(".")[:2]) < (3, 13):
-        pytest.skip("PYTHONMALLOC=mimalloc is CPython 3.13's (this is %s)" % version)
+        pytest.skip("does not apply here: PYTHONMALLOC=mimalloc is CPython 3.13's (this is %s)" % version)
     check_sampled_lines(daemon, targets, exe, env=dict(os.environ, PYTHONMALLOC=allocator))
 
 

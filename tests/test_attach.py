@@ -213,7 +213,7 @@ def test_daemon_itself(daemon):
 def test_kernel_thread(daemon):
     pid = kernel_thread()
     if pid is None:
-        pytest.skip("no kernel thread is visible in this pid namespace")
+        pytest.skip("does not apply here: no kernel thread is visible in this pid namespace")
     expect_refused(daemon, pid, r"pid %d: is a kernel thread" % pid, EXIT_UNSUPPORTED)
 
 
@@ -292,7 +292,7 @@ def nobody_env():
     """Environment for running memprof as nobody: its own socket, and copies of the programs in a directory
     nobody can reach (a checkout under /root is not)."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to run a second user's daemon")
+        pytest.skip("needs root to run a second user's daemon: run make test as root")
     d = tempfile.mkdtemp(prefix="memprof-nobody-")  # /tmp itself: nobody must reach it
     os.chmod(d, 0o755)
     bindir = os.path.join(d, "bin")

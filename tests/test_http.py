@@ -128,7 +128,7 @@ def test_slow_client_does_not_block(hd, targets):
 def promtool():
     exe = shutil.which("promtool")
     if not exe:
-        pytest.skip("promtool is not installed (Debian prometheus)")
+        pytest.skip("promtool is not installed: apt-get install prometheus")
     return exe
 
 
@@ -166,7 +166,7 @@ def prom_query(port, q):
 def test_prometheus_scrapes_rising_live_bytes(hd, targets, tmp_path):
     exe = shutil.which("prometheus")
     if not exe:
-        pytest.skip("prometheus is not installed (Debian prometheus)")
+        pytest.skip("prometheus is not installed: apt-get install prometheus")
     leak = targets.start([default_python(), workload("service.py"), "2", "0"])
     leak_pid = int(leak.wait_for(r"ready (\d+)").group(1))
     idle = targets.start([default_python(), target_script("idle.py")])

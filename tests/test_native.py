@@ -46,7 +46,8 @@ def has_numpy(exe):
 def numpy_interpreter(pyid):
     exe, _ = interpreter(pyid)
     if not has_numpy(exe):
-        pytest.skip("%s has no numpy (Debian's python3.11 gets it from python3-numpy)" % pyid)
+        pytest.skip("%s has no numpy: pip install numpy into it (Debian's python3.11: apt-get install python3-numpy)"
+                    % pyid)
     return exe
 
 
@@ -55,7 +56,7 @@ def libnt(tmp_path_factory):
     """A small C library calling libc's malloc/free through its PLT, built with cc."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        pytest.skip("no C compiler to build the test library")
+        pytest.skip("no C compiler to build the test library: apt-get install build-essential")
     d = tmp_path_factory.mktemp("libnt")
     src = d / "nt.c"
     src.write_text(LIB_SRC)
@@ -340,7 +341,7 @@ def libnf(tmp_path_factory):
     .dynsym; nf_hidden is in no symbol table: it must be shown as an offset, not as a neighbour)."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        pytest.skip("no C compiler to build the test library")
+        pytest.skip("no C compiler to build the test library: apt-get install build-essential")
     d = tmp_path_factory.mktemp("libnf")
     src = d / "nf.c"
     src.write_text(NF_SRC)
@@ -469,7 +470,7 @@ def test_native_frames_cplusplus_demangled(daemon, targets, tmp_path):
     and the collapsed stacks; the library's .dynsym has it mangled (_ZN12memprof_test4PoolIiE4grab...)."""
     gxx = shutil.which("g++") or shutil.which("c++")
     if not gxx:
-        pytest.skip("no C++ compiler (g++) to build the test library")
+        pytest.skip("no C++ compiler (g++) to build the test library: apt-get install build-essential")
     exe, _ = interpreter("debian-3.11")
     src, lib = tmp_path / "cx.cc", str(tmp_path / "libcx.so")
     src.write_text(CX_SRC)
@@ -543,10 +544,10 @@ def test_unpatchable_got_told_python_tracking_continues(daemon, targets, tmp_pat
     cannot be patched. memprofd attach says so in one line (and memprof status), the attach succeeds
     and Python allocations are tracked."""
     if os.uname().machine != "x86_64":
-        pytest.skip("the target's seccomp filter is written for x86_64")
+        pytest.skip("does not apply here: the target's seccomp filter is written for x86_64")
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        pytest.skip("no C compiler to build the test library")
+        pytest.skip("no C compiler to build the test library: apt-get install build-essential")
     exe, _ = interpreter("debian-3.11")
     src = tmp_path / "nt.c"
     src.write_text(LIB_SRC)
@@ -584,10 +585,10 @@ def late_relro_lib(tmp_path):
     """(path, address): a full-RELRO libnt_late.so linked at a fixed address (ld.so's hint), which
     native_seccomp.py's filter covers before the library is loaded ('late')."""
     if os.uname().machine != "x86_64":
-        pytest.skip("the target's seccomp filter is written for x86_64")
+        pytest.skip("does not apply here: the target's seccomp filter is written for x86_64")
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        pytest.skip("no C compiler to build the test library")
+        pytest.skip("no C compiler to build the test library: apt-get install build-essential")
     src = tmp_path / "nt.c"
     src.write_text(LIB_SRC)
     lib, at = str(tmp_path / "libnt_late.so"), 0x5A0000000000
@@ -655,7 +656,7 @@ def test_scan_races_dlopen_of_full_relro_library(daemon, targets, tmp_path):
     target in ld.so). The target keeps looping; the attach/detach cycles leave it unharmed."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        pytest.skip("no C compiler to build the test libraries")
+        pytest.skip("no C compiler to build the test libraries: apt-get install build-essential")
     exe, _ = interpreter("debian-3.11")
     n = 600
     (tmp_path / "helper.c").write_text("".join("int lf_h%d(int x) { return x + %d; }\n" % (i, i) for i in range(n)))

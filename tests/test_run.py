@@ -80,7 +80,7 @@ def test_same_lines_as_memory_profiler(daemon, tmp_path):
     """Debian's python3.11 -m memory_profiler on the same file lists the same lines,
     and the line that adds the most memory is the same one."""
     if "debian-3.11" not in INTERPRETERS:
-        pytest.skip("Debian's /usr/bin/python3.11 is not installed")
+        pytest.skip("Debian's /usr/bin/python3.11 is not installed: apt-get install python3.11")
     exe = INTERPRETERS["debian-3.11"][0]
     if subprocess.run([exe, "-c", "import memory_profiler"], capture_output=True).returncode:
         pytest.skip("python3-memory-profiler is not installed (scripts/install-deps.sh)")

@@ -68,8 +68,47 @@ def test_types_counts_a_million_objects(pyid, daemon, targets):
     assert by["int"]["count"] >= HEAP_N * 0.99 and js["all"] is True
     assert by["__main__.MyBigFatObject"]["bytes"] >= 40 * HEAP_N
 
-    out = ok(daemon.run("types", "--pid", t.pid, "--sort", "size", "--limit", "2"))
-    assert len(out.splitlines()) == 4 and out.splitlines()[1].split()[0] in ("list", "MyBigFatObject", "dict")
+
+# Many small objects and a few big ones: count order and size order disagree, far from any tie.
+SIZES_HEAP = """
+import os, sys, time
+class Small:
+    __slots__ = ("a",)
+small = [Small() for _ in range(200000)]   # 200,000 objects of ~56 bytes each: ~11 MB
+big = [[None] * 10000 for _ in range(500)]  # 500 lists of ~80 KB each: ~40 MB, and 500 of the lists
+print("ready", os.getpid(), sys.getsizeof(small[0]), sys.getsizeof(big[0]) * 500 + sys.getsizeof(small), flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def _size(cell):
+    num, unit = re.match(r"^([\d.]+) (B|KiB|MiB|GiB)$", cell).groups()
+    return float(num) * 1024 ** ["B", "KiB", "MiB", "GiB"].index(unit)
+
+
+def test_types_sort_size_orders_by_bytes(daemon, targets):
+    """`types --sort size` puts list (500 x 80 KB) first and Small (200,000 x ~56 B) below it; by count (the default)
+    Small is first. Every row of both is in order of its own column, and the sizes agree with sys.getsizeof."""
+    t = targets.start([default_python(), "-u", "-c", SIZES_HEAP])
+    small_size, lists = map(int, t.wait_for(r"^ready \d+ (\d+) (\d+)").group(0).split()[2:])
+    daemon.attach(t.pid)
+    rows = {}
+    for sort in ("count", "size"):
+        out = ok(daemon.run("types", "--pid", t.pid, "--sort", sort, "--limit", "10"))
+        rows[sort] = [(m.group(1), int(m.group(2)), _size(m.group(3)))
+                      for m in re.finditer(r"^(\S+)\s+(\d+)\s+([\d.]+ \w+)$", out, re.M)]
+        assert len(rows[sort]) == 10, out
+        col = 1 if sort == "count" else 2
+        assert [r[col] for r in rows[sort]] == sorted((r[col] for r in rows[sort]), reverse=True), out
+    assert rows["count"][0][0] == "Small" and rows["count"][0][1] >= 200000, rows["count"]
+    name, count, size = rows["size"][0]
+    # the 500 big lists and `small` (their getsizeof: lists), within the column's one decimal (0.05 MiB), plus the
+    # interpreter's own few hundred lists (~0.1 MiB here; 1 MiB allowed)
+    half = 0.05 * 2**20
+    assert name == "list" and lists - half <= size <= lists + half + 2**20, (lists, rows["size"])
+    small = [r for r in rows["size"] if r[0] == "Small"]
+    assert small and abs(small[0][2] - 200000 * small_size) <= half, rows["size"]
 
 
 # ---------------------------------------------------------------- growth

@@ -116,6 +116,16 @@ def linked_base(path):
     return min(int(m.group(1), 16) for m in re.finditer(r"^\s*LOAD\s+0x[0-9a-f]+\s+0x([0-9a-f]+)", out, re.M))
 
 
+def agent_ranges(pid):
+    """[(start, end)] of the agent's mappings in pid."""
+    with open("/proc/%d/maps" % pid) as f:
+        return [tuple(int(a, 16) for a in l.split()[0].split("-")) for l in f if "libmemprof_agent" in l]
+
+
+def in_agent(pid, addr):
+    return any(lo <= addr < hi for lo, hi in agent_ranges(pid))
+
+
 def read_got(pid, paths):
     """{(path, symbol, offset): value} for the hooked entries of paths in pid."""
     vals = {}
@@ -294,7 +304,9 @@ def test_library_unloaded_while_hooked(daemon, targets, libnt):
     t = start(targets, exe)
     daemon.attach(t.pid, "--native")
     send(t, "lib %s" % libnt)
-    assert any(v != 0 for v in read_got(t.pid, [libnt]).values())
+    # patched at its dlopen: every hooked entry of the library now points into the agent (into libc before)
+    got = read_got(t.pid, [libnt])
+    assert got and all(in_agent(t.pid, v) for v in got.values()), (got, agent_ranges(t.pid))
     send(t, "ctypes %s 10 1000" % libnt)
     send(t, "cfree")
     send(t, "unload")

@@ -349,3 +349,82 @@ def test_exit_final_figures_and_atexit(pyid, daemon, targets):
     t.proc.stdin.flush()
     assert t.proc.wait(timeout=30) == 0
     assert "atexit ran, 1 MiB held" in "\n".join(read_until(t, r"^atexit ran"))
+
+
+# ---------------------------------------------------------------- tracking options: --max-frames, --interval
+
+DEEP = """
+import os, sys, time
+def down(n):
+    if n == 0:
+        out = []
+        for _ in range(200):
+            out.append(bytearray(100000))  # 20 MB held 42 frames deep: <module>, 41 calls of down()
+        return out
+    return down(n - 1)
+print("ready", os.getpid(), flush=True)
+sys.stdin.readline()
+held = down(40)
+print("built", flush=True)
+while True:
+    time.sleep(0.05)
+    junk = [bytearray(1000) for _ in range(100)]
+"""
+DEEP_LINE, DEEP_CALL, DEEP_TOP = 7, 9, 12  # the bytearray line, down()'s call of itself, <module>'s call
+
+
+def deep_stacks(daemon, pid):
+    """[(frames, bytes)] of the collapsed stacks (outermost frame first) holding the deep line's bytes."""
+    r = daemon.run("export", "--pid", pid, "--format", "collapsed")
+    assert r.returncode == 0, r.stderr
+    out = []
+    for line in r.stdout.splitlines():
+        stack, nbytes = line.rsplit(" ", 1)
+        if stack.split(";")[-1] == "<string>:down:%d" % DEEP_LINE:
+            out.append((stack.split(";"), int(nbytes)))
+    return out
+
+
+@pytest.mark.parametrize("frames", [8, 0])
+def test_max_frames_truncates_stacks(daemon, targets, frames):
+    """attach --max-frames N keeps the innermost N Python frames per sample: the 20 MB held 42 frames deep comes
+    back as stacks of N frames, all down(); without the option (0 here) the default 64 keeps all 42."""
+    t = targets.start([default_python(), "-u", "-c", DEEP], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    # sampling (exact mode keeps one frame): 1 in 4 KiB, so each 100 KB array is sampled (p = 1 - e^-24) and counted
+    # as its own size
+    daemon.attach(t.pid, "--sample-rate", "4096", *(["--max-frames", frames] if frames else []))
+    t.proc.stdin.write("go\n")
+    t.proc.stdin.flush()
+    t.wait_for(r"^built")
+    # all 200 arrays (20,000,000 bytes), once a report that followed the build is in; above, their object headers
+    # (~60 bytes each) and the list's growth (a few KB: at most a few 4 KiB samples): 100 KB allowed
+    deadline = time.time() + 30
+    while time.time() < deadline and sum(b for _, b in deep_stacks(daemon, t.pid)) < 20e6:
+        time.sleep(0.2)
+    stacks = deep_stacks(daemon, t.pid)
+    assert 20e6 <= sum(b for _, b in stacks) <= 20.1e6, stacks
+    want = frames or 42
+    assert {len(s) for s, _ in stacks} == {want}, [(len(s), s[:2], b) for s, b in stacks]
+    outer = "<string>:down:%d" % DEEP_CALL if frames else "<string>:<module>:%d" % DEEP_TOP
+    assert all(s[0] == outer and all(f.startswith("<string>:down:") for f in s[1:]) for s, _ in stacks), stacks
+
+
+def test_interval_spaces_reports(daemon, targets):
+    """attach --interval 2000: the agent reports every 2 s (the default is 250 ms). The last report's time (`top
+    --json` timestamp) polled every 0.1 s: the median gap between reports is 2 s, within [1.6, 3.0] s (the agent's
+    timer, plus scheduling on a loaded machine; a report missed by the polling would double one gap, not the
+    median)."""
+    t = targets.start([default_python(), "-u", workload("service.py"), "2", "0"])
+    pid = int(t.wait_for(r"ready (\d+)").group(1))
+    daemon.attach(pid, "--interval", "2000")
+    seen = []
+    deadline = time.time() + 40
+    while len(seen) < 6 and time.time() < deadline:
+        ts = top_json(daemon, pid)["timestamp"]
+        if ts and (not seen or ts != seen[-1]):
+            seen.append(ts)
+        time.sleep(0.1)
+    gaps = sorted(b - a for a, b in zip(seen[1:], seen[2:]))  # the first report may come early, at attach
+    assert len(gaps) >= 4, seen
+    assert 1.6 <= gaps[len(gaps) // 2] <= 3.0, gaps

@@ -145,11 +145,21 @@ def run_alloc_lines(daemon, targets, exe, attach_args, oracle=False, env=None):
     t.proc.stdin.write("go\n")
     t.proc.stdin.flush()
     out = read_until(t, r"^built$")
+    built = time.time()
     truth = {int(l.split()[1]): int(l.split()[2]) for l in out if l.startswith("truth ")}
     tm = {int(l.split()[1]): int(l.split()[2]) for l in out if l.startswith("tm ")}
-    time.sleep(1.0)  # a few report intervals
-    data = top_json(daemon, t.pid, "--by", "line", "--limit", "0", "--no-fold")
-    return t, truth, tm, data
+    return t, truth, tm, report_after(daemon, t.pid, built, "--by", "line", "--limit", "0", "--no-fold")
+
+
+def report_after(daemon, pid, when, *extra, timeout=30):
+    """`top --json` once it shows a report the agent sent after WHEN (its timestamp: the last report's time)."""
+    deadline = time.time() + timeout
+    while True:
+        data = top_json(daemon, pid, *extra)
+        if data["timestamp"] > when or time.time() > deadline:
+            assert data["timestamp"] > when, "no report after %.3f within %d s: %r" % (when, timeout, data)
+            return data
+        time.sleep(0.05)
 
 
 def check_sampled_lines(daemon, targets, exe, env=None):

@@ -260,13 +260,47 @@ def test_unknown_type_and_bad_addresses(daemon, targets, tmp_path):
         assert r.returncode == 0 and r.stdout.startswith("usage: memprof %s" % cmd)
 
 
-def test_target_exits_mid_census(daemon, targets):
+# A big heap and a thread that touches a file (argv[1]) every 5 ms: it stops while the agent's census holds the GIL.
+TICKING_HEAP = """
+import os, sys, threading, time
+class MyBigFatObject:
+    def __init__(self):
+        self.children = []
+objs = [MyBigFatObject() for _ in range(3000000)]
+def tick():
+    while True:
+        os.utime(sys.argv[1])
+        time.sleep(0.005)
+threading.Thread(target=tick, daemon=True).start()
+print("ready", os.getpid(), flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_target_exits_mid_census(daemon, targets, tmp_path):
+    """Killed while the agent walks its heap (its ticker silent for 100 ms after the request went out: the walk holds
+    the GIL), the target takes the request down with it: one clear line, promptly."""
     exe, version = interpreter("pyenv-3.8")
-    t = start_heap(targets, daemon, exe, n=3000000)
-    started = time.time()
-    proc = subprocess.Popen([os.path.join(ROOT, "build", "memprof"), "types", "--pid", str(t.pid), "--all"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon.env)
-    time.sleep(0.3)
+    ticks = tmp_path / "ticks"
+    ticks.write_text("")
+    for attempt in range(5):
+        t = targets.start([exe, "-u", "-c", TICKING_HEAP, str(ticks)])
+        t.wait_for(r"^ready \d+", timeout=180)
+        daemon.attach(t.pid, "--no-track")
+        started = time.time()
+        proc = subprocess.Popen([os.path.join(ROOT, "build", "memprof"), "types", "--pid", str(t.pid), "--all"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon.env)
+        last, seen = time.time(), os.stat(ticks).st_mtime_ns
+        while proc.poll() is None and time.time() - last < 0.1:
+            time.sleep(0.005)
+            if os.stat(ticks).st_mtime_ns != seen:
+                last, seen = time.time(), os.stat(ticks).st_mtime_ns
+        if proc.poll() is None:
+            break  # silent for 100 ms with the census pending: it is under way
+        t.kill()  # the census finished first (a fast machine): again
+    else:
+        raise AssertionError("the census always finished before its walk could be caught")
     t.kill()
     out, err = proc.communicate(timeout=60)
     # 4 (no such process) when the daemon saw the exit, 1 when it saw only the agent's connection close first

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import SUPPORTED_IDS, agent_mapped, interpreter, target_script
-from test_alloc import read_until
+from test_alloc import read_until, report_after
 
 TARGET = target_script("native_np.py")
 HOLD_BYTES = 20 * 10000000
@@ -153,7 +153,7 @@ def test_numpy_line_holds_200mb_churn_holds_nothing(pyid, daemon, targets, tmp_p
     daemon.attach(t.pid, "--native")
     send(t, "hold")
     send(t, "churn")
-    time.sleep(1.0)  # a few report intervals
+    report_after(daemon, t.pid, time.time())  # a report the agent sent after the target's answer
     data = top_json(daemon, t.pid)
     hold, churn = marked_line("HOLD_LINE"), marked_line("CHURN_LINE")
     assert abs(own_live(data, hold) - HOLD_BYTES) <= 0.10 * HOLD_BYTES, (own_live(data, hold), data["rows"][:3])
@@ -187,7 +187,7 @@ def test_numpy_line_holds_200mb_churn_holds_nothing(pyid, daemon, targets, tmp_p
     assert m and abs(float(m.group(2)) * 2**20 - HOLD_BYTES) <= 0.1 * HOLD_BYTES, out
     assert 'id="native"' in svg.read_text() and ">native part<" in svg.read_text()
     send(t, "release")
-    time.sleep(1.0)
+    report_after(daemon, t.pid, time.time())  # a report the agent sent after the target's answer
     assert own_live(top_json(daemon, t.pid), hold) <= 0.01 * HOLD_BYTES
     daemon.detach(t.pid)
 
@@ -201,13 +201,13 @@ def test_ctypes_two_threads_without_gil(pyid, daemon, targets, libnt):
     daemon.attach(t.pid, "--native", "--sample-rate", "65536")
     n, size = 400, 100000
     send(t, "ctypes %s %d %d" % (libnt, n, size))
-    time.sleep(1.0)
+    report_after(daemon, t.pid, time.time())  # a report the agent sent after the target's answer
     data = top_json(daemon, t.pid)
     line = marked_line("CTYPES_LINE")
     truth = 2 * n * size
     assert abs(own_live(data, line) - truth) <= 0.10 * truth, (own_live(data, line), truth, data["rows"][:3])
     send(t, "cfree")
-    time.sleep(1.0)
+    report_after(daemon, t.pid, time.time())  # a report the agent sent after the target's answer
     assert abs(own_live(top_json(daemon, t.pid), line)) <= 0.02 * truth
     daemon.detach(t.pid)
 
@@ -391,7 +391,7 @@ def test_native_frames_ctypes_library_names(daemon, targets, libnf, tmp_path):
         t = start(targets, exe)
         daemon.attach(t.pid, "--native", "--native-frames", "--sample-rate", "65536")
         send(t, "nf %s 200 100000" % lib)
-        time.sleep(1.0)
+        report_after(daemon, t.pid, time.time())  # a report the agent sent after the target's answer
         ex = export_data(daemon, t.pid)
         mine = [(py, nat, live) for py, nat, live in hybrid_stacks(ex)
                 if py and os.path.basename(py[-1]["file"]) == "native_np.py" and py[-1]["line"] == line]
@@ -431,7 +431,7 @@ def test_native_frames_numpy_hybrid_stack(daemon, targets):
     t = start(targets, exe)
     daemon.attach(t.pid, "--native", "--native-frames")
     send(t, "hold")
-    time.sleep(1.0)
+    report_after(daemon, t.pid, time.time())  # a report the agent sent after the target's answer
     hold = marked_line("HOLD_LINE")
     ex = export_data(daemon, t.pid)
     mine = [(py, nat, live) for py, nat, live in hybrid_stacks(ex)
@@ -492,7 +492,7 @@ def test_native_frames_cplusplus_demangled(daemon, targets, tmp_path):
     t = start(targets, exe)
     daemon.attach(t.pid, "--native", "--native-frames", "--sample-rate", "65536")
     send(t, "nf %s 200 100000" % lib)
-    time.sleep(1.0)
+    report_after(daemon, t.pid, time.time())  # a report the agent sent after the target's answer
     line = marked_line("NF_LINE")
     ex = export_data(daemon, t.pid)
     mine = [nat for py, nat, _ in hybrid_stacks(ex)
@@ -541,7 +541,7 @@ def python_tracking_carries_on(daemon, t):
     holds its 20 MB (within 20%) though the library could not be patched; top's JSON for more checks."""
     send(t, "py")
     send(t, "c 100 100000")
-    time.sleep(1.0)
+    report_after(daemon, t.pid, time.time())  # a report the agent sent after the target's answer
     data = top_json(daemon, t.pid)
     with open(target_script("native_seccomp.py")) as f:
         py_line = [n for n, text in enumerate(f, 1) if "# PY_LINE" in text][0]

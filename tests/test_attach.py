@@ -569,6 +569,11 @@ def test_interrupted_attach_leaves_target_clean(daemon, targets):
     b1 = int(t.wait_for(r"^beat (\d+)").group(1))
     b2 = int(t.wait_for(r"^beat (\d+)").group(1))
     assert b2 == b1 + 1 and "ERROR" not in t.output() and t.proc.poll() is None
+    # the race this is about: at least one interrupt landed while the attach was under way (the daemon logs the
+    # attach its client abandoned)
+    with open(daemon.log) as f:
+        cancelled = f.read().count("pid %d: attach cancelled by its client" % t.pid)
+    assert cancelled >= 1, "no interrupt landed mid-attach: " + daemon.log_tail()
 
 
 def test_protocol_mismatch_is_refused_clearly(daemon):

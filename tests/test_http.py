@@ -287,3 +287,31 @@ def test_remote_needs_flag_and_token(tmp_path):
         p.terminate()
         p.wait(timeout=30)
         log.close()
+
+
+@pytest.mark.parametrize("top", [3, 0])
+def test_metrics_top_limits_site_series(tmp_path, targets, top):
+    """--metrics-top N: /metrics carries N memprof_site_live_bytes series per process (service.py has more sites
+    than that), 0 none; the default is 10."""
+    d = HttpDaemon(str(tmp_path))
+    d.start_http("--metrics-top", str(top))
+    try:
+        t = targets.start([default_python(), workload("service.py"), "2", "0"])
+        pid = int(t.wait_for(r"ready (\d+)").group(1))
+        d.attach(pid, "--sample-rate", "4096")
+        t.wait_for("beat 2")
+        at = time.time()
+        deadline = time.time() + 30
+        while True:  # a report after the workers ran a while: more than 3 sites by then
+            data = json.loads(d.run("top", "--pid", pid, "--once", "--json", "--limit", "0").stdout)
+            if data["timestamp"] > at and len(data["rows"]) > 3 or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        assert len(data["rows"]) > 3, data["rows"]
+        status, body, _ = d.get("/metrics")
+        assert status == 200
+        series = [l for l in body.decode().splitlines()
+                  if l.startswith("memprof_site_live_bytes{") and 'pid="%d"' % pid in l]
+        assert len(series) == top, series
+    finally:
+        d.stop()

@@ -1,6 +1,7 @@
 """Fixtures for memprof's integration tests: the interpreters on this machine,
 a private daemon, and targets that are always cleaned up (killed by pid, never
 left ptrace-stopped)."""
+import fnmatch
 import os
 import re
 import shutil
@@ -149,7 +150,6 @@ def _require_patterns():
 
 def required(reason):
     """Whether a skip for REASON (or a missing thing of that name) must fail this run instead (MEMPROF_REQUIRE)."""
-    import fnmatch
     on, excused = _require_patterns()
     return on and not reason.startswith(NOT_HERE) and not any(fnmatch.fnmatchcase(reason, p) for p in excused)
 

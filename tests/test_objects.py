@@ -187,6 +187,14 @@ def test_backrefs_graph_of_x(pyid, daemon, targets, tmp_path):
     svg = str(tmp_path / "x.svg")
     ok(daemon.run("backrefs", "--pid", t.pid, "--addr", x, "-o", svg, "--max-depth", "2"))
     assert "<svg" in open(svg).read()
+    # --max-depth 1: x and what refers to it directly (the same referrers as above), nothing behind them
+    one = str(tmp_path / "x1.dot")
+    ok(daemon.run("backrefs", "--pid", t.pid, "--addr", x, "-o", one, "--max-depth", "1"))
+    d1 = open(one).read()
+    e1 = dot_edges(d1)
+    assert {d for (_, d) in e1} == {xid}, e1
+    assert {s for (s, _) in e1} == {s for (s, d) in edges if d == xid}, (e1, into_x)
+    assert "module\\n__main__" not in dot_labels(d1).values() and "module\\n__main__" in labels.values()
 
 
 @pytest.mark.parametrize("pyid", SUPPORTED_IDS)

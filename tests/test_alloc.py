@@ -443,3 +443,58 @@ def test_interval_spaces_reports(daemon, targets):
     gaps = sorted(b - a for a, b in zip(seen[1:], seen[2:]))  # the first report may come early, at attach
     assert len(gaps) >= 4, seen
     assert 1.6 <= gaps[len(gaps) // 2] <= 3.0, gaps
+
+
+# ---------------------------------------------------------------- snapshot and diff against the truth
+
+GROW_SHRINK = """
+import os, sys
+print("ready", os.getpid(), flush=True)
+sys.stdin.readline()
+a = [bytearray(1 << 20) for _ in range(32)]
+print("built", flush=True)
+sys.stdin.readline()
+b = [bytearray(1 << 20) for _ in range(16)]
+del a[:8]
+print("built", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _mib(cell):
+    num, unit = re.match(r"^([\d.]+) (B|KiB|MiB|GiB)$", cell.strip()).groups()
+    return float(num) * 1024 ** ["B", "KiB", "MiB", "GiB"].index(unit) / 2**20
+
+
+def test_snapshot_diff_numbers(daemon, targets, tmp_path):
+    """Two snapshots around a known change (line 8 allocates 16 MiB, 8 of line 5's 32 MiB freed): diff says +8 MiB
+    live, +16 MiB at line 8 (0 -> 16), -8 MiB at line 5 (32 -> 24). Sampled 1 in 64 KiB, each 1 MiB array is sampled
+    (p = 1 - e^-16) and counted as its size; each figure within 0.1 MiB (the column's rounding, 0.05, and the
+    arrays' headers and lists, ~2 KiB)."""
+    t = targets.start([default_python(), "-u", "-c", GROW_SHRINK], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    daemon.attach(t.pid, "--sample-rate", "65536")
+    snaps = []
+    for name in ("a", "b"):
+        t.proc.stdin.write("go\n")
+        t.proc.stdin.flush()
+        t.wait_for(r"^built")
+        report_after(daemon, t.pid, time.time())
+        snaps.append(str(tmp_path / ("%s.mps" % name)))
+        r = daemon.run("snapshot", "--pid", t.pid, "-o", snaps[-1])
+        assert r.returncode == 0, r.stderr
+    r = daemon.run("diff", *snaps)
+    assert r.returncode == 0, r.stderr
+    m = re.match(r"^live: (.+) -> (.+) \(\+(.+)\) over [\d.]+ s$", r.stdout.splitlines()[0])
+    assert m, r.stdout
+    for got, want in zip(m.groups(), (32, 40, 8)):
+        assert abs(_mib(got) - want) <= 0.1, r.stdout
+    rows = {}
+    for line in r.stdout.split("by function:")[0].splitlines():
+        row = re.match(r"^  ([+-]) +(\S+ \S+) +(\S+ \S+) -> (\S+ \S+) +<string>:(\d+) ", line)
+        if row:
+            sign, delta, before, after, n = row.groups()
+            rows[int(n)] = ((1 if sign == "+" else -1) * _mib(delta), _mib(before), _mib(after))
+    assert set(rows) == {5, 8}, r.stdout
+    for n, want in ((8, (16, 0, 16)), (5, (-8, 32, 24))):
+        assert all(abs(g - w) <= 0.1 for g, w in zip(rows[n], want)), (n, rows[n], r.stdout)

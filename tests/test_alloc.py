@@ -469,8 +469,9 @@ def _mib(cell):
 def test_snapshot_diff_numbers(daemon, targets, tmp_path):
     """Two snapshots around a known change (line 8 allocates 16 MiB, 8 of line 5's 32 MiB freed): diff says +8 MiB
     live, +16 MiB at line 8 (0 -> 16), -8 MiB at line 5 (32 -> 24). Sampled 1 in 64 KiB, each 1 MiB array is sampled
-    (p = 1 - e^-16) and counted as its size; each figure within 0.1 MiB (the column's rounding, 0.05, and the
-    arrays' headers and lists, ~2 KiB)."""
+    (p = 1 - e^-16) and counted as its size, while a small allocation that happens to be sampled counts 64 KiB: each
+    line within 0.2 MiB (the column's rounding, 0.05, and two such samples), the totals within 0.3 MiB (the
+    interpreter's own buffers too: 68 KiB at a readline seen)."""
     t = targets.start([default_python(), "-u", "-c", GROW_SHRINK], stdin=subprocess.PIPE)
     t.wait_for(r"^ready \d+")
     daemon.attach(t.pid, "--sample-rate", "65536")
@@ -488,13 +489,13 @@ def test_snapshot_diff_numbers(daemon, targets, tmp_path):
     m = re.match(r"^live: (.+) -> (.+) \(\+(.+)\) over [\d.]+ s$", r.stdout.splitlines()[0])
     assert m, r.stdout
     for got, want in zip(m.groups(), (32, 40, 8)):
-        assert abs(_mib(got) - want) <= 0.1, r.stdout
+        assert abs(_mib(got) - want) <= 0.3, r.stdout
     rows = {}
     for line in r.stdout.split("by function:")[0].splitlines():
         row = re.match(r"^  ([+-]) +(\S+ \S+) +(\S+ \S+) -> (\S+ \S+) +<string>:(\d+) ", line)
         if row:
             sign, delta, before, after, n = row.groups()
             rows[int(n)] = ((1 if sign == "+" else -1) * _mib(delta), _mib(before), _mib(after))
-    assert set(rows) == {5, 8}, r.stdout
+    assert {5, 8} <= set(rows), r.stdout
     for n, want in ((8, (16, 0, 16)), (5, (-8, 32, 24))):
-        assert all(abs(g - w) <= 0.1 for g, w in zip(rows[n], want)), (n, rows[n], r.stdout)
+        assert all(abs(g - w) <= 0.2 for g, w in zip(rows[n], want)), (n, rows[n], r.stdout)

@@ -427,9 +427,9 @@ def test_max_frames_truncates_stacks(daemon, targets, frames):
 
 def test_interval_spaces_reports(daemon, targets):
     """attach --interval 2000: the agent reports every 2 s (the default is 250 ms). The last report's time (`top
-    --json` timestamp) polled every 0.1 s: the median gap between reports is 2 s, within [1.6, 3.0] s (the agent's
-    timer, plus scheduling on a loaded machine; a report missed by the polling would double one gap, not the
-    median)."""
+    --json` timestamp) polled every 0.1 s: the median gap between reports is 2 s, within [1.6, 4.0] s (below: the
+    agent's timer is never early by more than scheduling jitter; above: a loaded machine delays reports, and a report
+    the polling misses doubles a gap; the default 250 ms and twice the interval both fall outside)."""
     t = targets.start([default_python(), "-u", workload("service.py"), "2", "0"])
     pid = int(t.wait_for(r"ready (\d+)").group(1))
     daemon.attach(pid, "--interval", "2000")
@@ -442,7 +442,7 @@ def test_interval_spaces_reports(daemon, targets):
         time.sleep(0.1)
     gaps = sorted(b - a for a, b in zip(seen[1:], seen[2:]))  # the first report may come early, at attach
     assert len(gaps) >= 4, seen
-    assert 1.6 <= gaps[len(gaps) // 2] <= 3.0, gaps
+    assert 1.6 <= gaps[len(gaps) // 2] < 4.0, gaps
 
 
 # ---------------------------------------------------------------- snapshot and diff against the truth

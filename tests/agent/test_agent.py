@@ -325,7 +325,7 @@ def test_offsets(python):
 def test_embedded(python, mode, load):
     facts = py_facts(python)
     if not facts["embed"]:
-        pytest.skip("no shared libpython to embed")
+        pytest.skip("does not apply here: %s has no shared libpython the host can embed" % python)
     f = Faked("--script", "sleep:0.2,census,detach")
     facts["pylib"] = facts["embed"]
     p = subprocess.run([EMBED, facts["embed"], AGENT, agent_arg(f.sock, facts), mode, load],

@@ -391,7 +391,7 @@ void alloc_leak_suspects(int pid, int limit, FILE *out)
     rows_free(rows, n);
     view_free(&v);
     if (suspect_rounds++ == 0) return; /* the baseline */
-    qsort(suspects, nsuspects, sizeof *suspects, suspect_cmp);
+    if (nsuspects) qsort(suspects, nsuspects, sizeof *suspects, suspect_cmp); /* none yet: suspects is NULL */
     for (size_t k = 0; k < nsuspects && (!limit || (int)shown < limit); k++) {
         struct suspect *s = &suspects[k];
         if (s->last - s->first < 1.0 || !s->grew) continue; /* under a byte: sampling noise */

@@ -1,6 +1,7 @@
 """Fixtures for memprof's integration tests: the interpreters on this machine,
 a private daemon, and targets that are always cleaned up (killed by pid, never
 left ptrace-stopped)."""
+import fnmatch
 import os
 import re
 import shutil
@@ -8,6 +9,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -22,26 +24,47 @@ MEMPROF = os.path.join(BUILD, "memprof")
 WORKLOADS = os.path.join(ROOT, "tests", "workloads")
 TARGETS = os.path.join(ROOT, "tests", "targets")
 
+# Debian roots (scripts/mkroot.sh: sid for Python 3.13-3.15 and the container tests) are cached in $MEMPROF_CACHE,
+# by default /var/cache/memprof (where CI keeps them; building one needs root anyway). A missing root is built
+# there when the run starts (a few minutes, once, from Debian's mirror; mkroot's progress is printed); with
+# MEMPROF_OFFLINE=1 nothing is downloaded: a root already in the cache (or in build/cache, mkroot.sh's own
+# default) is used, and without one its tests are skipped, saying so.
+CACHE = os.environ.get("MEMPROF_CACHE") or "/var/cache/memprof"
+OFFLINE = os.environ.get("MEMPROF_OFFLINE", "") not in ("", "0")
+
+
+_ROOTS = {}
+
+
 def debian_root(name):
-    """(tarball, None) of scripts/mkroot.sh NAME, or (None, why not). With $MEMPROF_CACHE set (CI sets it), a
-    missing root is built there (a minute, once, from Debian's mirror); without, only one already in
-    build/cache is used, so a plain `make test` on a new machine downloads nothing and says so."""
-    cache = os.environ.get("MEMPROF_CACHE")
-    if not cache:
-        tarball = os.path.join(ROOT, "build", "cache", "%s.tar.gz" % name)
-        if os.path.isfile(tarball):
-            return tarball, None
-        return None, ("no Debian %s root: MEMPROF_CACHE=DIR make test builds one with scripts/mkroot.sh %s"
-                      % (name, name))
-    try:
-        r = subprocess.run(["sh", os.path.join(ROOT, "scripts", "mkroot.sh"), name], capture_output=True, text=True,
-                           timeout=1800, cwd=ROOT, env=dict(os.environ, MEMPROF_CACHE=cache))
+    """(tarball, None) of scripts/mkroot.sh NAME, built into CACHE if missing (unless offline), or (None, why not)."""
+    if name not in _ROOTS:
+        _ROOTS[name] = _debian_root(name)
+    return _ROOTS[name]
+
+
+def _debian_root(name):
+    for d in (CACHE, os.path.join(ROOT, "build", "cache")):
+        tarball = os.path.join(d, "%s.tar.gz" % name)
+        if os.path.isfile(tarball) and os.path.getsize(tarball) > 0:
+            return os.path.abspath(tarball), None
+    if OFFLINE:
+        return None, ("no Debian %s root in %s (MEMPROF_OFFLINE=1: not built; as root, without it, make test "
+                      "builds one with scripts/mkroot.sh %s)" % (name, CACHE, name))
+    if os.geteuid() != 0:
+        return None, "no Debian %s root in %s: building one needs root (run make test as root)" % (name, CACHE)
+    sys.stderr.write("memprof tests: building the Debian %s root into %s with scripts/mkroot.sh %s (a few minutes, "
+                     "once; MEMPROF_OFFLINE=1 skips its tests instead)\n" % (name, CACHE, name))
+    sys.stderr.flush()
+    try:  # mkroot's progress goes to stderr, as it comes; its last line on stdout is the tarball
+        r = subprocess.run(["sh", os.path.join(ROOT, "scripts", "mkroot.sh"), name], stdout=subprocess.PIPE,
+                           text=True, timeout=1800, cwd=ROOT, env=dict(os.environ, MEMPROF_CACHE=CACHE))
     except subprocess.TimeoutExpired:
         return None, "scripts/mkroot.sh %s took more than 30 min" % name
     tarball = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
     if r.returncode != 0 or not os.path.isfile(tarball):
-        return None, "no Debian %s root (scripts/mkroot.sh %s failed: %s)" % (
-            name, name, (r.stderr.strip().splitlines() or ["?"])[-1])
+        return None, ("no Debian %s root: scripts/mkroot.sh %s failed (exit %d; its errors are above the test header)"
+                      % (name, name, r.returncode))
     return os.path.abspath(tarball), None
 
 
@@ -64,7 +87,7 @@ exec chroot "$r" /usr/bin/env --chdir="$PWD" %(inside)s "$@"' %(root)s "$@"
 
 def _sid_interpreters():
     if os.geteuid() != 0:
-        SID_NOTE.append("the sid root needs root (chroot, mount namespaces)")
+        SID_NOTE.append("the sid root needs root (chroot, mount namespaces): run make test as root")
         return {}
     if not os.path.exists(os.path.join(SID_ROOT, ".extracted")):
         tarball, why = debian_root("sid")
@@ -95,10 +118,69 @@ def _sid_interpreters():
     return found
 
 
-INTERPRETERS.update(_sid_interpreters())
 SID_IDS = ["sid-3.%d" % m for m in SID_MINORS]
 SUPPORTED_IDS = SUPPORTED_IDS + SID_IDS
 
+
+def pytest_configure(config):
+    """Before collection, with the terminal not yet captured: the sid root (built now if missing, with progress)
+    and its interpreters; the MEMPROF_REQUIRE setting checked."""
+    _require_patterns()
+    INTERPRETERS.update(_sid_interpreters())
+
+
+# ---- Skips. A test skips only for what this machine lacks, and says what to install (pytest -rs lists the reasons
+# in the summary), or with a reason starting "does not apply here" for a fact of the machine nobody installs (the
+# kernel's settings, the architecture, a pid namespace). CI (.ci/run) and make check-fresh set MEMPROF_REQUIRE: every
+# other skip is then a failure (they provision every interpreter, root and tool the suite uses), except those whose
+# reason matches a "!PATTERN" (fnmatch) entry: MEMPROF_REQUIRE=all,!pyenv-* lets pyenv's interpreters be missing.
+NOT_HERE = "does not apply here"
+
+
+def _require_patterns():
+    """(required?, [excused patterns]) from MEMPROF_REQUIRE: empty (nothing required) or all[,!PATTERN...]."""
+    value = os.environ.get("MEMPROF_REQUIRE", "")
+    items = [i.strip() for i in value.split(",") if i.strip()]
+    if not items:
+        return False, []
+    if items[0] != "all" or not all(i.startswith("!") for i in items[1:]):
+        raise pytest.UsageError("MEMPROF_REQUIRE=%s: expected all[,!PATTERN...]" % value)
+    return True, [i[1:] for i in items[1:]]
+
+
+def required(reason):
+    """Whether a skip for REASON (or a missing thing of that name) must fail this run instead (MEMPROF_REQUIRE)."""
+    on, excused = _require_patterns()
+    return on and not reason.startswith(NOT_HERE) and not any(fnmatch.fnmatchcase(reason, p) for p in excused)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    rep = (yield).get_result()
+    _fail_required_skip(rep)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    rep = (yield).get_result()
+    _fail_required_skip(rep)
+
+
+def _fail_required_skip(rep):
+    if not rep.skipped or hasattr(rep, "wasxfail") or not isinstance(rep.longrepr, tuple):
+        return
+    reason = rep.longrepr[2]
+    reason = reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+    if required(reason):
+        rep.outcome = "failed"
+        rep.longrepr = ("MEMPROF_REQUIRE=%s: this run provisions everything the tests use, so this skip is a "
+                        "failure: %s (%s:%s)" % (os.environ["MEMPROF_REQUIRE"], reason, rep.longrepr[0],
+                                                 rep.longrepr[1]))
+
+
+def lacking(name, install):
+    """Skip: this machine lacks NAME (a tool, an interpreter, a library); INSTALL says how to get it."""
+    pytest.skip("%s is not installed: %s" % (name, install))
 
 
 def default_python():
@@ -106,7 +188,7 @@ def default_python():
     for pyid in ["debian-3.11"] + SUPPORTED_IDS:
         if pyid in INTERPRETERS:
             return INTERPRETERS[pyid][0]
-    pytest.skip("no supported Python on this machine")
+    pytest.skip("no supported Python is installed: apt-get install python3.11 (Debian 12), or pyenv install 3.12")
 
 
 def interpreter(pyid):
@@ -114,8 +196,17 @@ def interpreter(pyid):
     if pyid not in INTERPRETERS:
         if pyid in SID_IDS and SID_NOTE:
             pytest.skip("%s: %s" % (pyid, SID_NOTE[0]))
-        pytest.skip("%s is not installed on this machine" % pyid)
+        pytest.skip("%s is not installed: %s" % (pyid, _install_hint(pyid)))
     return INTERPRETERS[pyid]
+
+
+def _install_hint(pyid):
+    if pyid.startswith("pyenv-"):
+        return "pyenv install %s (pyenv's newest patch of each minor is used)" % pyid[len("pyenv-"):]
+    if pyid == "debian-3.11":
+        return "apt-get install python3.11 (Debian 12's python3)"
+    return ("the sid root has no python3.%s (sid does not package it yet; rm %s/sid.tar.gz rebuilds the root)"
+            % (pyid.rsplit(".", 1)[1], CACHE))
 
 
 def pytest_report_header(config):

@@ -148,11 +148,21 @@ def run_alloc_lines(daemon, targets, exe, attach_args, oracle=False, env=None):
     t.proc.stdin.write("go\n")
     t.proc.stdin.flush()
     out = read_until(t, r"^built$")
+    built = time.time()
     truth = {int(l.split()[1]): int(l.split()[2]) for l in out if l.startswith("truth ")}
     tm = {int(l.split()[1]): int(l.split()[2]) for l in out if l.startswith("tm ")}
-    time.sleep(1.0)  # a few report intervals
-    data = top_json(daemon, t.pid, "--by", "line", "--limit", "0", "--no-fold")
-    return t, truth, tm, data
+    return t, truth, tm, report_after(daemon, t.pid, built, "--by", "line", "--limit", "0", "--no-fold")
+
+
+def report_after(daemon, pid, when, *extra, timeout=30):
+    """`top --json` once it shows a report the agent sent after WHEN (its timestamp: the last report's time)."""
+    deadline = time.time() + timeout
+    while True:
+        data = top_json(daemon, pid, *extra)
+        if data["timestamp"] > when or time.time() > deadline:
+            assert data["timestamp"] > when, "no report after %.3f within %d s: %r" % (when, timeout, data)
+            return data
+        time.sleep(0.05)
 
 
 def check_sampled_lines(daemon, targets, exe, env=None):
@@ -184,7 +194,7 @@ def test_sampled_accuracy_other_allocators(pyid, allocator, daemon, targets):
     per-thread countdowns and watch every free."""
     exe, version = interpreter(pyid)
     if allocator == "mimalloc" and tuple(int(x) for x in version.split(".")[:2]) < (3, 13):
-        pytest.skip("PYTHONMALLOC=mimalloc is CPython 3.13's (this is %s)" % version)
+        pytest.skip("does not apply here: PYTHONMALLOC=mimalloc is CPython 3.13's (this is %s)" % version)
     check_sampled_lines(daemon, targets, exe, env=dict(os.environ, PYTHONMALLOC=allocator))
 
 
@@ -220,8 +230,13 @@ def test_fork_children_run_untracked(pyid, mode, daemon, targets):
     t.proc.stdin.flush()
     out = read_until(t, r"^parent alive", timeout=90)
     assert "fork ok 13" in out, out
-    data = top_json(daemon, t.pid)
+    data = report_after(daemon, t.pid, time.time(), "--by", "line", "--limit", "0", "--no-fold")
     assert data["state"] == "attached"
+    if mode:  # exact: work()'s lines (10-11) counted for the parent's own calls only, none of the children's
+        n = sum(r["allocations"] for r in data["rows"] if r["file"].endswith("alloc_fork.py") and r["line"] in (10, 11))
+        # the parent makes 3,500 bytes objects there (work(3000), work(500)), with the lists' growth and, on some
+        # versions, an int each (3,563 to 10,059 seen); the children's 14,000 objects would add 14,000 to 28,000
+        assert 3500 <= n <= 14000, [r for r in data["rows"] if r["file"].endswith("alloc_fork.py")]
     daemon.detach(t.pid)
     t.proc.stdin.write("bye\n")
     t.proc.stdin.flush()
@@ -479,3 +494,138 @@ def test_exit_final_figures_and_atexit(pyid, daemon, targets):
     t.proc.stdin.flush()
     assert t.proc.wait(timeout=30) == 0
     assert "atexit ran, 1 MiB held" in "\n".join(read_until(t, r"^atexit ran"))
+
+
+# ---------------------------------------------------------------- tracking options: --max-frames, --interval
+
+DEEP = """
+import os, sys, time
+def down(n):
+    if n == 0:
+        out = []
+        for _ in range(200):
+            out.append(bytearray(100000))  # 20 MB held 42 frames deep: <module>, 41 calls of down()
+        return out
+    return down(n - 1)
+print("ready", os.getpid(), flush=True)
+sys.stdin.readline()
+held = down(40)
+print("built", flush=True)
+while True:
+    time.sleep(0.05)
+    junk = [bytearray(1000) for _ in range(100)]
+"""
+DEEP_LINE, DEEP_CALL, DEEP_TOP = 7, 9, 12  # the bytearray line, down()'s call of itself, <module>'s call
+
+
+def deep_stacks(daemon, pid):
+    """[(frames, bytes)] of the collapsed stacks (outermost frame first) holding the deep line's bytes."""
+    r = daemon.run("export", "--pid", pid, "--format", "collapsed")
+    assert r.returncode == 0, r.stderr
+    out = []
+    for line in r.stdout.splitlines():
+        stack, nbytes = line.rsplit(" ", 1)
+        if stack.split(";")[-1] == "<string>:down:%d" % DEEP_LINE:
+            out.append((stack.split(";"), int(nbytes)))
+    return out
+
+
+@pytest.mark.parametrize("frames", [8, 0])
+def test_max_frames_truncates_stacks(daemon, targets, frames):
+    """attach --max-frames N keeps the innermost N Python frames per sample: the 20 MB held 42 frames deep comes
+    back as stacks of N frames, all down(); without the option (0 here) the default 64 keeps all 42."""
+    t = targets.start([default_python(), "-u", "-c", DEEP], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    # sampling (exact mode keeps one frame): 1 in 4 KiB, so each 100 KB array is sampled (p = 1 - e^-24) and counted
+    # as its own size
+    daemon.attach(t.pid, "--sample-rate", "4096", *(["--max-frames", frames] if frames else []))
+    t.proc.stdin.write("go\n")
+    t.proc.stdin.flush()
+    t.wait_for(r"^built")
+    # all 200 arrays (20,000,000 bytes), once a report that followed the build is in; above, their object headers
+    # (~60 bytes each) and the list's growth (a few KB: at most a few 4 KiB samples): 100 KB allowed
+    deadline = time.time() + 30
+    while time.time() < deadline and sum(b for _, b in deep_stacks(daemon, t.pid)) < 20e6:
+        time.sleep(0.2)
+    stacks = deep_stacks(daemon, t.pid)
+    assert 20e6 <= sum(b for _, b in stacks) <= 20.1e6, stacks
+    want = frames or 42
+    assert {len(s) for s, _ in stacks} == {want}, [(len(s), s[:2], b) for s, b in stacks]
+    outer = "<string>:down:%d" % DEEP_CALL if frames else "<string>:<module>:%d" % DEEP_TOP
+    assert all(s[0] == outer and all(f.startswith("<string>:down:") for f in s[1:]) for s, _ in stacks), stacks
+
+
+def test_interval_spaces_reports(daemon, targets):
+    """attach --interval 2000: the agent reports every 2 s (the default is 250 ms). The last report's time (`top
+    --json` timestamp) polled every 0.1 s: the median gap between reports is 2 s, within [1.6, 4.0] s (below: the
+    agent's timer is never early by more than scheduling jitter; above: a loaded machine delays reports, and a report
+    the polling misses doubles a gap; the default 250 ms and twice the interval both fall outside)."""
+    t = targets.start([default_python(), "-u", workload("service.py"), "2", "0"])
+    pid = int(t.wait_for(r"ready (\d+)").group(1))
+    daemon.attach(pid, "--interval", "2000")
+    seen = []
+    deadline = time.time() + 40
+    while len(seen) < 6 and time.time() < deadline:
+        ts = top_json(daemon, pid)["timestamp"]
+        if ts and (not seen or ts != seen[-1]):
+            seen.append(ts)
+        time.sleep(0.1)
+    gaps = sorted(b - a for a, b in zip(seen[1:], seen[2:]))  # the first report may come early, at attach
+    assert len(gaps) >= 4, seen
+    assert 1.6 <= gaps[len(gaps) // 2] < 4.0, gaps
+
+
+# ---------------------------------------------------------------- snapshot and diff against the truth
+
+GROW_SHRINK = """
+import os, sys
+print("ready", os.getpid(), flush=True)
+sys.stdin.readline()
+a = [bytearray(1 << 20) for _ in range(32)]
+print("built", flush=True)
+sys.stdin.readline()
+b = [bytearray(1 << 20) for _ in range(16)]
+del a[:8]
+print("built", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _mib(cell):
+    num, unit = re.match(r"^([\d.]+) (B|KiB|MiB|GiB)$", cell.strip()).groups()
+    return float(num) * 1024 ** ["B", "KiB", "MiB", "GiB"].index(unit) / 2**20
+
+
+def test_snapshot_diff_numbers(daemon, targets, tmp_path):
+    """Two snapshots around a known change (line 8 allocates 16 MiB, 8 of line 5's 32 MiB freed): diff says +8 MiB
+    live, +16 MiB at line 8 (0 -> 16), -8 MiB at line 5 (32 -> 24). Sampled 1 in 64 KiB, each 1 MiB array is sampled
+    (p = 1 - e^-16) and counted as its size, while a small allocation that happens to be sampled counts 64 KiB: each
+    line within 0.2 MiB (the column's rounding, 0.05, and two such samples), the totals within 0.3 MiB (the
+    interpreter's own buffers too: 68 KiB at a readline seen)."""
+    t = targets.start([default_python(), "-u", "-c", GROW_SHRINK], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    daemon.attach(t.pid, "--sample-rate", "65536")
+    snaps = []
+    for name in ("a", "b"):
+        t.proc.stdin.write("go\n")
+        t.proc.stdin.flush()
+        t.wait_for(r"^built")
+        report_after(daemon, t.pid, time.time())
+        snaps.append(str(tmp_path / ("%s.mps" % name)))
+        r = daemon.run("snapshot", "--pid", t.pid, "-o", snaps[-1])
+        assert r.returncode == 0, r.stderr
+    r = daemon.run("diff", *snaps)
+    assert r.returncode == 0, r.stderr
+    m = re.match(r"^live: (.+) -> (.+) \(\+(.+)\) over [\d.]+ s$", r.stdout.splitlines()[0])
+    assert m, r.stdout
+    for got, want in zip(m.groups(), (32, 40, 8)):
+        assert abs(_mib(got) - want) <= 0.3, r.stdout
+    rows = {}
+    for line in r.stdout.split("by function:")[0].splitlines():
+        row = re.match(r"^  ([+-]) +(\S+ \S+) +(\S+ \S+) -> (\S+ \S+) +<string>:(\d+) ", line)
+        if row:
+            sign, delta, before, after, n = row.groups()
+            rows[int(n)] = ((1 if sign == "+" else -1) * _mib(delta), _mib(before), _mib(after))
+    assert {5, 8} <= set(rows), r.stdout
+    for n, want in ((8, (16, 0, 16)), (5, (-8, 32, 24))):
+        assert all(abs(g - w) <= 0.2 for g, w in zip(rows[n], want)), (n, rows[n], r.stdout)

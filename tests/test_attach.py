@@ -4,6 +4,7 @@ socket privacy and agent authentication; the daemon dying under a target."""
 import hashlib
 import json
 import os
+import platform
 import re
 import signal
 import socket
@@ -88,7 +89,7 @@ def test_attach_status_detach_reattach(pyid, daemon, targets):
 
 # ------------------------------------------------- targets blocked in syscalls
 
-BLOCK_SECONDS = 30
+BLOCK_SECONDS = 60  # long enough for 30 targets to be blocked, attached, detached and attached again on a loaded machine
 STDIN_DATA = hashlib.sha256(b"memprof").digest() * 4096  # 128 KiB, more than a pipe buffer
 
 
@@ -107,9 +108,9 @@ def blocked(daemon):
                        stdin=subprocess.PIPE if mode == "stdin" else subprocess.DEVNULL)
             started[(pyid, mode)] = t
     try:
-        for t in started.values():
+        for (pyid, mode), t in started.items():
             t.wait_for(r"^ready \d+")
-        time.sleep(0.5)  # let each reach its blocking call
+            wait_blocked(t.pid, mode)
         events = {}
         for key, t in started.items():
             out = []
@@ -125,6 +126,25 @@ def blocked(daemon):
     finally:
         for t in started.values():
             t.kill()
+
+
+# x86_64 system call numbers each mode of blocked.py waits in: time.sleep (clock_nanosleep; select, pselect6 before
+# 3.11 on some builds), sys.stdin.read (read), select.select (select, pselect6)
+BLOCKING_CALLS = {"sleep": {230, 35, 23, 270}, "stdin": {0}, "select": {23, 270, 7, 271}}
+
+
+def wait_blocked(pid, mode, timeout=30):
+    """Until pid's main thread sleeps in the system call its mode blocks in (/proc/PID/syscall)."""
+    deadline = time.time() + timeout
+    while True:
+        with open("/proc/%d/syscall" % pid) as f:
+            call = f.read().split()[0]
+        state, _ = proc_state(pid)
+        if state == "S" and (platform.machine() != "x86_64" or call.isdigit() and int(call) in BLOCKING_CALLS[mode]):
+            return
+        assert time.time() < deadline, "pid %d (%s) is not blocked in its call: state %s, syscall %s" % (
+            pid, mode, state, call)
+        time.sleep(0.02)
 
 
 def _blocked_result(blocked, pyid, mode):
@@ -214,7 +234,7 @@ def test_daemon_itself(daemon):
 def test_kernel_thread(daemon):
     pid = kernel_thread()
     if pid is None:
-        pytest.skip("no kernel thread is visible in this pid namespace")
+        pytest.skip("does not apply here: no kernel thread is visible in this pid namespace")
     expect_refused(daemon, pid, r"pid %d: is a kernel thread" % pid, EXIT_UNSUPPORTED)
 
 
@@ -293,7 +313,7 @@ def nobody_env():
     """Environment for running memprof as nobody: its own socket, and copies of the programs in a directory
     nobody can reach (a checkout under /root is not)."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to run a second user's daemon")
+        pytest.skip("needs root to run a second user's daemon: run make test as root")
     d = tempfile.mkdtemp(prefix="memprof-nobody-")  # /tmp itself: nobody must reach it
     os.chmod(d, 0o755)
     bindir = os.path.join(d, "bin")
@@ -729,6 +749,11 @@ def test_interrupted_attach_leaves_target_clean(daemon, targets):
     b1 = int(t.wait_for(r"^beat (\d+)").group(1))
     b2 = int(t.wait_for(r"^beat (\d+)").group(1))
     assert b2 == b1 + 1 and "ERROR" not in t.output() and t.proc.poll() is None
+    # the race this is about: at least one interrupt landed while the attach was under way (the daemon logs the
+    # attach its client abandoned)
+    with open(daemon.log) as f:
+        cancelled = f.read().count("pid %d: attach cancelled by its client" % t.pid)
+    assert cancelled >= 1, "no interrupt landed mid-attach: " + daemon.log_tail()
 
 
 def test_protocol_mismatch_is_refused_clearly(daemon):

@@ -21,7 +21,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def need_go():
     if not GO:
-        pytest.skip("go is not installed (Debian golang-go): go tool pprof cannot be run")
+        pytest.skip("go is not installed (go tool pprof reads the profiles): apt-get install golang-go")
 
 
 def pprof(*args, timeout=120):
@@ -162,7 +162,7 @@ def chromium_dom(url, tmp_path):
 
 def test_flamegraph_renders_and_search_highlights_leak(daemon, targets, tmp_path):
     if not CHROMIUM:
-        pytest.skip("chromium is not installed (Debian chromium): the page cannot be rendered")
+        pytest.skip("chromium is not installed (it renders the page): apt-get install chromium")
     t = targets.start([default_python(), workload("service.py"), "2", "0"])
     pid = int(t.wait_for(r"ready (\d+)").group(1))
     daemon.attach(pid, "--sample-rate", "16384")

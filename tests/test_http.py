@@ -66,6 +66,26 @@ def one_line(body):
     return text.endswith("\n") and text.count("\n") == 1
 
 
+def test_pprof_over_http_read_by_go_pprof(hd, targets, tmp_path):
+    """What /debug/pprof/heap and /allocs serve, read by go tool pprof: live bytes (inuse_space) by default for heap,
+    allocated bytes (alloc_space) for allocs, and service.py's handle() among the functions."""
+    if not GO:
+        pytest.skip("go is not installed (go tool pprof reads the profiles): apt-get install golang-go")
+    t = targets.start([default_python(), workload("service.py"), "2", "0"])
+    pid = int(t.wait_for(r"ready (\d+)").group(1))
+    hd.attach(pid, "--sample-rate", "16384")
+    t.wait_for("beat 2")
+    for what, kind in (("heap", "inuse_space"), ("allocs", "alloc_space")):
+        status, body, _ = hd.get("/debug/pprof/%s?pid=%d" % (what, pid))
+        assert status == 200 and body[:2] == b"\x1f\x8b", (what, status, body[:200])
+        path = tmp_path / ("%s.pb.gz" % what)
+        path.write_bytes(body)
+        env = dict(os.environ, HOME=os.environ.get("HOME", "/tmp"), PPROF_TMPDIR=str(tmp_path))
+        r = subprocess.run([GO, "tool", "pprof", "-top", str(path)], capture_output=True, text=True, timeout=120,
+                           env=env)
+        assert r.returncode == 0 and "Type: %s" % kind in r.stdout and "handle" in r.stdout, r.stdout + r.stderr
+
+
 def test_pprof_over_http(hd, targets, tmp_path):
     t = targets.start([default_python(), workload("service.py"), "2", "0"])
     pid = int(t.wait_for(r"ready (\d+)").group(1))
@@ -73,11 +93,6 @@ def test_pprof_over_http(hd, targets, tmp_path):
     t.wait_for("beat 2")
     status, body, headers = hd.get("/debug/pprof/heap?pid=%d" % pid)
     assert status == 200 and body[:2] == b"\x1f\x8b", (status, body[:200])
-    path = tmp_path / "heap.pb.gz"
-    path.write_bytes(body)
-    if GO:
-        r = subprocess.run([GO, "tool", "pprof", "-top", str(path)], capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0 and "Type: inuse_space" in r.stdout and "handle" in r.stdout, r.stdout + r.stderr
     status, body, _ = hd.get("/debug/pprof/allocs?pid=%d" % pid)
     assert status == 200 and body[:2] == b"\x1f\x8b"
     status, body, _ = hd.get("/debug/pprof/")
@@ -129,7 +144,7 @@ def test_slow_client_does_not_block(hd, targets):
 def promtool():
     exe = shutil.which("promtool")
     if not exe:
-        pytest.skip("promtool is not installed (Debian prometheus)")
+        pytest.skip("promtool is not installed: apt-get install prometheus")
     return exe
 
 
@@ -172,7 +187,7 @@ def prom_query(port, q):
 def test_prometheus_scrapes_rising_live_bytes(hd, targets, tmp_path):
     exe = shutil.which("prometheus")
     if not exe:
-        pytest.skip("prometheus is not installed (Debian prometheus)")
+        pytest.skip("prometheus is not installed: apt-get install prometheus")
     leak = targets.start([default_python(), workload("service.py"), "2", "0"])
     leak_pid = int(leak.wait_for(r"ready (\d+)").group(1))
     idle = targets.start([default_python(), target_script("idle.py")])
@@ -253,6 +268,12 @@ def test_remote_needs_flag_and_token(tmp_path):
         assert d.get("/metrics", {"Authorization": "Bearer wrong"})[0] == 401
         status, body, _ = d.get("/metrics", {"Authorization": "Bearer s3cret-token"})
         assert status == 200 and b"memprof_sessions" in body
+        # the profiles too (they name the program's files and functions): every route asks for the token
+        for path in ("/debug/pprof/", "/debug/pprof/heap?pid=1", "/debug/pprof/allocs?pid=1", "/nowhere"):
+            assert d.get(path)[0] == 401, path
+            assert d.get(path, {"Authorization": "Bearer wrong"})[0] == 401, path
+        assert d.get("/debug/pprof/", {"Authorization": "Bearer s3cret-token"})[0] == 200
+        assert d.get("/debug/pprof/heap?pid=1", {"Authorization": "Bearer s3cret-token"})[0] == 404  # not attached
     finally:
         d.stop()
     # a non-loopback address with the flag: served, with a warning
@@ -276,3 +297,31 @@ def test_remote_needs_flag_and_token(tmp_path):
         p.terminate()
         p.wait(timeout=30)
         log.close()
+
+
+@pytest.mark.parametrize("top", [3, 0])
+def test_metrics_top_limits_site_series(tmp_path, targets, top):
+    """--metrics-top N: /metrics carries N memprof_site_live_bytes series per process (service.py has more sites
+    than that), 0 none; the default is 10."""
+    d = HttpDaemon(str(tmp_path))
+    d.start_http("--metrics-top", str(top))
+    try:
+        t = targets.start([default_python(), workload("service.py"), "2", "0"])
+        pid = int(t.wait_for(r"ready (\d+)").group(1))
+        d.attach(pid, "--sample-rate", "4096")
+        t.wait_for("beat 2")
+        at = time.time()
+        deadline = time.time() + 30
+        while True:  # a report after the workers ran a while: more than 3 sites by then
+            data = json.loads(d.run("top", "--pid", pid, "--once", "--json", "--limit", "0").stdout)
+            if data["timestamp"] > at and len(data["rows"]) > 3 or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        assert len(data["rows"]) > 3, data["rows"]
+        status, body, _ = d.get("/metrics")
+        assert status == 200
+        series = [l for l in body.decode().splitlines()
+                  if l.startswith("memprof_site_live_bytes{") and 'pid="%d"' % pid in l]
+        assert len(series) == top, series
+    finally:
+        d.stop()

@@ -36,7 +36,7 @@ def make(*args, timeout=600):
 
 def need(tool):
     if not shutil.which(tool):
-        pytest.skip("%s is not installed (scripts/install-deps.sh installs it)" % tool)
+        pytest.skip("%s is not installed: scripts/install-deps.sh installs it" % tool)
 
 
 def files_under(top):

@@ -25,8 +25,8 @@ def ipython_python(pyid="debian-3.11"):
         r = subprocess.run([exe, "-c", "import IPython"], capture_output=True, text=True, timeout=60)
         _has_ipython[exe] = r.returncode == 0
     if not _has_ipython[exe]:
-        pytest.skip("%s (%s) has no IPython: the extension needs it (Debian: apt-get install python3-ipython)"
-                    % (pyid, exe))
+        pytest.skip("%s has no IPython (the extension needs it): pip install ipython into %s (Debian's python3.11: "
+                    "apt-get install python3-ipython)" % (pyid, exe))
     return exe
 
 

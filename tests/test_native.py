@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import SUPPORTED_IDS, agent_mapped, interpreter, target_script
-from test_alloc import read_until
+from test_alloc import read_until, report_after
 
 TARGET = target_script("native_np.py")
 HOLD_BYTES = 20 * 10000000
@@ -46,7 +46,8 @@ def has_numpy(exe):
 def numpy_interpreter(pyid):
     exe, _ = interpreter(pyid)
     if not has_numpy(exe):
-        pytest.skip("%s has no numpy (Debian's python3.11 gets it from python3-numpy)" % pyid)
+        pytest.skip("%s has no numpy: pip install numpy into it (Debian's python3.11: apt-get install python3-numpy)"
+                    % pyid)
     return exe
 
 
@@ -55,7 +56,7 @@ def libnt(tmp_path_factory):
     """A small C library calling libc's malloc/free through its PLT, built with cc."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        pytest.skip("no C compiler to build the test library")
+        pytest.skip("no C compiler to build the test library: apt-get install build-essential")
     d = tmp_path_factory.mktemp("libnt")
     src = d / "nt.c"
     src.write_text(LIB_SRC)
@@ -115,6 +116,16 @@ def linked_base(path):
     return min(int(m.group(1), 16) for m in re.finditer(r"^\s*LOAD\s+0x[0-9a-f]+\s+0x([0-9a-f]+)", out, re.M))
 
 
+def agent_ranges(pid):
+    """[(start, end)] of the agent's mappings in pid."""
+    with open("/proc/%d/maps" % pid) as f:
+        return [tuple(int(a, 16) for a in l.split()[0].split("-")) for l in f if "libmemprof_agent" in l]
+
+
+def in_agent(pid, addr):
+    return any(lo <= addr < hi for lo, hi in agent_ranges(pid))
+
+
 def read_got(pid, paths):
     """{(path, symbol, offset): value} for the hooked entries of paths in pid."""
     vals = {}
@@ -142,7 +153,7 @@ def test_numpy_line_holds_200mb_churn_holds_nothing(pyid, daemon, targets, tmp_p
     daemon.attach(t.pid, "--native")
     send(t, "hold")
     send(t, "churn")
-    time.sleep(1.0)  # a few report intervals
+    report_after(daemon, t.pid, time.time())  # a report the agent sent after the target's answer
     data = top_json(daemon, t.pid)
     hold, churn = marked_line("HOLD_LINE"), marked_line("CHURN_LINE")
     assert abs(own_live(data, hold) - HOLD_BYTES) <= 0.10 * HOLD_BYTES, (own_live(data, hold), data["rows"][:3])
@@ -176,7 +187,7 @@ def test_numpy_line_holds_200mb_churn_holds_nothing(pyid, daemon, targets, tmp_p
     assert m and abs(float(m.group(2)) * 2**20 - HOLD_BYTES) <= 0.1 * HOLD_BYTES, out
     assert 'id="native"' in svg.read_text() and ">native part<" in svg.read_text()
     send(t, "release")
-    time.sleep(1.0)
+    report_after(daemon, t.pid, time.time())  # a report the agent sent after the target's answer
     assert own_live(top_json(daemon, t.pid), hold) <= 0.01 * HOLD_BYTES
     daemon.detach(t.pid)
 
@@ -190,13 +201,13 @@ def test_ctypes_two_threads_without_gil(pyid, daemon, targets, libnt):
     daemon.attach(t.pid, "--native", "--sample-rate", "65536")
     n, size = 400, 100000
     send(t, "ctypes %s %d %d" % (libnt, n, size))
-    time.sleep(1.0)
+    report_after(daemon, t.pid, time.time())  # a report the agent sent after the target's answer
     data = top_json(daemon, t.pid)
     line = marked_line("CTYPES_LINE")
     truth = 2 * n * size
     assert abs(own_live(data, line) - truth) <= 0.10 * truth, (own_live(data, line), truth, data["rows"][:3])
     send(t, "cfree")
-    time.sleep(1.0)
+    report_after(daemon, t.pid, time.time())  # a report the agent sent after the target's answer
     assert abs(own_live(top_json(daemon, t.pid), line)) <= 0.02 * truth
     daemon.detach(t.pid)
 
@@ -293,7 +304,9 @@ def test_library_unloaded_while_hooked(daemon, targets, libnt):
     t = start(targets, exe)
     daemon.attach(t.pid, "--native")
     send(t, "lib %s" % libnt)
-    assert any(v != 0 for v in read_got(t.pid, [libnt]).values())
+    # patched at its dlopen: every hooked entry of the library now points into the agent (into libc before)
+    got = read_got(t.pid, [libnt])
+    assert got and all(in_agent(t.pid, v) for v in got.values()), (got, agent_ranges(t.pid))
     send(t, "ctypes %s 10 1000" % libnt)
     send(t, "cfree")
     send(t, "unload")
@@ -340,7 +353,7 @@ def libnf(tmp_path_factory):
     .dynsym; nf_hidden is in no symbol table: it must be shown as an offset, not as a neighbour)."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        pytest.skip("no C compiler to build the test library")
+        pytest.skip("no C compiler to build the test library: apt-get install build-essential")
     d = tmp_path_factory.mktemp("libnf")
     src = d / "nf.c"
     src.write_text(NF_SRC)
@@ -378,7 +391,7 @@ def test_native_frames_ctypes_library_names(daemon, targets, libnf, tmp_path):
         t = start(targets, exe)
         daemon.attach(t.pid, "--native", "--native-frames", "--sample-rate", "65536")
         send(t, "nf %s 200 100000" % lib)
-        time.sleep(1.0)
+        report_after(daemon, t.pid, time.time())  # a report the agent sent after the target's answer
         ex = export_data(daemon, t.pid)
         mine = [(py, nat, live) for py, nat, live in hybrid_stacks(ex)
                 if py and os.path.basename(py[-1]["file"]) == "native_np.py" and py[-1]["line"] == line]
@@ -427,7 +440,7 @@ def test_native_frames_numpy_hybrid_stack(daemon, targets):
     t = start(targets, exe)
     daemon.attach(t.pid, "--native", "--native-frames")
     send(t, "hold")
-    time.sleep(1.0)
+    report_after(daemon, t.pid, time.time())  # a report the agent sent after the target's answer
     hold = marked_line("HOLD_LINE")
     ex = export_data(daemon, t.pid)
     mine = [(py, nat, live) for py, nat, live in hybrid_stacks(ex)
@@ -478,7 +491,7 @@ def test_native_frames_cplusplus_demangled(daemon, targets, tmp_path):
     and the collapsed stacks; the library's .dynsym has it mangled (_ZN12memprof_test4PoolIiE4grab...)."""
     gxx = shutil.which("g++") or shutil.which("c++")
     if not gxx:
-        pytest.skip("no C++ compiler (g++) to build the test library")
+        pytest.skip("no C++ compiler (g++) to build the test library: apt-get install build-essential")
     exe, _ = interpreter("debian-3.11")
     src, lib = tmp_path / "cx.cc", str(tmp_path / "libcx.so")
     src.write_text(CX_SRC)
@@ -488,7 +501,7 @@ def test_native_frames_cplusplus_demangled(daemon, targets, tmp_path):
     t = start(targets, exe)
     daemon.attach(t.pid, "--native", "--native-frames", "--sample-rate", "65536")
     send(t, "nf %s 200 100000" % lib)
-    time.sleep(1.0)
+    report_after(daemon, t.pid, time.time())  # a report the agent sent after the target's answer
     line = marked_line("NF_LINE")
     ex = export_data(daemon, t.pid)
     mine = [nat for py, nat, _ in hybrid_stacks(ex)
@@ -537,7 +550,7 @@ def python_tracking_carries_on(daemon, t):
     holds its 20 MB (within 20%) though the library could not be patched; top's JSON for more checks."""
     send(t, "py")
     send(t, "c 100 100000")
-    time.sleep(1.0)
+    report_after(daemon, t.pid, time.time())  # a report the agent sent after the target's answer
     data = top_json(daemon, t.pid)
     with open(target_script("native_seccomp.py")) as f:
         py_line = [n for n, text in enumerate(f, 1) if "# PY_LINE" in text][0]
@@ -552,10 +565,10 @@ def test_unpatchable_got_told_python_tracking_continues(daemon, targets, tmp_pat
     cannot be patched. memprofd attach says so in one line (and memprof status), the attach succeeds
     and Python allocations are tracked."""
     if os.uname().machine != "x86_64":
-        pytest.skip("the target's seccomp filter is written for x86_64")
+        pytest.skip("does not apply here: the target's seccomp filter is written for x86_64")
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        pytest.skip("no C compiler to build the test library")
+        pytest.skip("no C compiler to build the test library: apt-get install build-essential")
     exe, _ = interpreter("debian-3.11")
     src = tmp_path / "nt.c"
     src.write_text(LIB_SRC)
@@ -593,10 +606,10 @@ def late_relro_lib(tmp_path):
     """(path, address): a full-RELRO libnt_late.so linked at a fixed address (ld.so's hint), which
     native_seccomp.py's filter covers before the library is loaded ('late')."""
     if os.uname().machine != "x86_64":
-        pytest.skip("the target's seccomp filter is written for x86_64")
+        pytest.skip("does not apply here: the target's seccomp filter is written for x86_64")
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        pytest.skip("no C compiler to build the test library")
+        pytest.skip("no C compiler to build the test library: apt-get install build-essential")
     src = tmp_path / "nt.c"
     src.write_text(LIB_SRC)
     lib, at = str(tmp_path / "libnt_late.so"), 0x5A0000000000
@@ -664,7 +677,7 @@ def test_scan_races_dlopen_of_full_relro_library(daemon, targets, tmp_path):
     target in ld.so). The target keeps looping; the attach/detach cycles leave it unharmed."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        pytest.skip("no C compiler to build the test libraries")
+        pytest.skip("no C compiler to build the test libraries: apt-get install build-essential")
     exe, _ = interpreter("debian-3.11")
     n = 600
     (tmp_path / "helper.c").write_text("".join("int lf_h%d(int x) { return x + %d; }\n" % (i, i) for i in range(n)))

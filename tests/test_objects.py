@@ -70,8 +70,47 @@ def test_types_counts_a_million_objects(pyid, daemon, targets):
     assert by["int"]["count"] >= HEAP_N * 0.99 and js["all"] is True
     assert by["__main__.MyBigFatObject"]["bytes"] >= 40 * HEAP_N
 
-    out = ok(daemon.run("types", "--pid", t.pid, "--sort", "size", "--limit", "2"))
-    assert len(out.splitlines()) == 4 and out.splitlines()[1].split()[0] in ("list", "MyBigFatObject", "dict")
+
+# Many small objects and a few big ones: count order and size order disagree, far from any tie.
+SIZES_HEAP = """
+import os, sys, time
+class Small:
+    __slots__ = ("a",)
+small = [Small() for _ in range(200000)]   # 200,000 objects of ~56 bytes each: ~11 MB
+big = [[None] * 10000 for _ in range(500)]  # 500 lists of ~80 KB each: ~40 MB, and 500 of the lists
+print("ready", os.getpid(), sys.getsizeof(small[0]), sys.getsizeof(big[0]) * 500 + sys.getsizeof(small), flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def _size(cell):
+    num, unit = re.match(r"^([\d.]+) (B|KiB|MiB|GiB)$", cell).groups()
+    return float(num) * 1024 ** ["B", "KiB", "MiB", "GiB"].index(unit)
+
+
+def test_types_sort_size_orders_by_bytes(daemon, targets):
+    """`types --sort size` puts list (500 x 80 KB) first and Small (200,000 x ~56 B) below it; by count (the default)
+    Small is first. Every row of both is in order of its own column, and the sizes agree with sys.getsizeof."""
+    t = targets.start([default_python(), "-u", "-c", SIZES_HEAP])
+    small_size, lists = map(int, t.wait_for(r"^ready \d+ (\d+) (\d+)").group(0).split()[2:])
+    daemon.attach(t.pid)
+    rows = {}
+    for sort in ("count", "size"):
+        out = ok(daemon.run("types", "--pid", t.pid, "--sort", sort, "--limit", "10"))
+        rows[sort] = [(m.group(1), int(m.group(2)), _size(m.group(3)))
+                      for m in re.finditer(r"^(\S+)\s+(\d+)\s+([\d.]+ \w+)$", out, re.M)]
+        assert len(rows[sort]) == 10, out
+        col = 1 if sort == "count" else 2
+        assert [r[col] for r in rows[sort]] == sorted((r[col] for r in rows[sort]), reverse=True), out
+    assert rows["count"][0][0] == "Small" and rows["count"][0][1] >= 200000, rows["count"]
+    name, count, size = rows["size"][0]
+    # the 500 big lists and `small` (their getsizeof: lists), within the column's one decimal (0.05 MiB), plus the
+    # interpreter's own few hundred lists (~0.1 MiB here; 1 MiB allowed)
+    half = 0.05 * 2**20
+    assert name == "list" and lists - half <= size <= lists + half + 2**20, (lists, rows["size"])
+    small = [r for r in rows["size"] if r[0] == "Small"]
+    assert small and abs(small[0][2] - 200000 * small_size) <= half, rows["size"]
 
 
 # ---------------------------------------------------------------- growth
@@ -150,6 +189,14 @@ def test_backrefs_graph_of_x(pyid, daemon, targets, tmp_path):
     svg = str(tmp_path / "x.svg")
     ok(daemon.run("backrefs", "--pid", t.pid, "--addr", x, "-o", svg, "--max-depth", "2"))
     assert "<svg" in open(svg).read()
+    # --max-depth 1: x and what refers to it directly (the same referrers as above), nothing behind them
+    one = str(tmp_path / "x1.dot")
+    ok(daemon.run("backrefs", "--pid", t.pid, "--addr", x, "-o", one, "--max-depth", "1"))
+    d1 = open(one).read()
+    e1 = dot_edges(d1)
+    assert {d for (_, d) in e1} == {xid}, e1
+    assert {s for (s, _) in e1} == {s for (s, d) in edges if d == xid}, (e1, into_x)
+    assert "module\\n__main__" not in dot_labels(d1).values() and "module\\n__main__" in labels.values()
 
 
 @pytest.mark.parametrize("pyid", SUPPORTED_IDS)
@@ -228,13 +275,47 @@ def test_unknown_type_and_bad_addresses(daemon, targets, tmp_path):
         assert r.returncode == 0 and r.stdout.startswith("usage: memprof %s" % cmd)
 
 
-def test_target_exits_mid_census(daemon, targets):
+# A big heap and a thread that touches a file (argv[1]) every 5 ms: it stops while the agent's census holds the GIL.
+TICKING_HEAP = """
+import os, sys, threading, time
+class MyBigFatObject:
+    def __init__(self):
+        self.children = []
+objs = [MyBigFatObject() for _ in range(3000000)]
+def tick():
+    while True:
+        os.utime(sys.argv[1])
+        time.sleep(0.005)
+threading.Thread(target=tick, daemon=True).start()
+print("ready", os.getpid(), flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_target_exits_mid_census(daemon, targets, tmp_path):
+    """Killed while the agent walks its heap (its ticker silent for 100 ms after the request went out: the walk holds
+    the GIL), the target takes the request down with it: one clear line, promptly."""
     exe, version = interpreter("pyenv-3.8")
-    t = start_heap(targets, daemon, exe, n=3000000)
-    started = time.time()
-    proc = subprocess.Popen([os.path.join(ROOT, "build", "memprof"), "types", "--pid", str(t.pid), "--all"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon.env)
-    time.sleep(0.3)
+    ticks = tmp_path / "ticks"
+    ticks.write_text("")
+    for attempt in range(5):
+        t = targets.start([exe, "-u", "-c", TICKING_HEAP, str(ticks)])
+        t.wait_for(r"^ready \d+", timeout=180)
+        daemon.attach(t.pid, "--no-track")
+        started = time.time()
+        proc = subprocess.Popen([os.path.join(ROOT, "build", "memprof"), "types", "--pid", str(t.pid), "--all"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon.env)
+        last, seen = time.time(), os.stat(ticks).st_mtime_ns
+        while proc.poll() is None and time.time() - last < 0.1:
+            time.sleep(0.005)
+            if os.stat(ticks).st_mtime_ns != seen:
+                last, seen = time.time(), os.stat(ticks).st_mtime_ns
+        if proc.poll() is None:
+            break  # silent for 100 ms with the census pending: it is under way
+        t.kill()  # the census finished first (a fast machine): again
+    else:
+        raise AssertionError("the census always finished before its walk could be caught")
     t.kill()
     out, err = proc.communicate(timeout=60)
     # 4 (no such process) when the daemon saw the exit, 1 when it saw only the agent's connection close first

@@ -275,3 +275,69 @@ def test_bad_input(daemon, targets, tmp_path):
         r = daemon.run(cmd, "--help")
         assert r.returncode == 0 and r.stdout.startswith("usage: memprof %s" % cmd), r.stdout
         assert "--socket PATH" in r.stdout and "--session ID" in r.stdout, r.stdout
+
+
+HOLD_64 = """
+import os, sys, time
+print("ready", os.getpid(), flush=True)
+sys.stdin.readline()
+held = [bytearray(1 << 20) for _ in range(64)]
+print("held", time.time(), flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+
+def _bytes(label):
+    num, unit = re.match(r"^([\d.]+)(?: (KiB|MiB|GiB))?$", label).groups()
+    return float(num) * {None: 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]
+
+
+def test_plot_heights_are_the_bytes(daemon, targets):
+    """The plot's lines stand at the process's real figures, read through its own y axis: the tracked heap at the
+    64 MiB the target holds, RSS at its VmRSS, the peak label and marker at the heap's top."""
+    t = targets.start([default_python(), "-u", "-c", HOLD_64], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    # 1 sample per 64 KiB: each 1 MiB array is sampled (p = 1 - e^-16) and counted as its size
+    daemon.attach(t.pid, "--sample-rate", "65536")
+    t.proc.stdin.write("go\n")
+    t.proc.stdin.flush()
+    held_at = float(t.wait_for(r"^held ([\d.]+)").group(1))
+    # two history points (one a second) after the arrays exist: the plot's last point shows them
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        hist = json.loads(daemon.run("export", "--pid", t.pid).stdout)["history"]
+        if len([p for p in hist if p["t"] > held_at]) >= 2:
+            break
+        time.sleep(0.2)
+    with open("/proc/%d/status" % t.pid) as f:
+        vmrss = int(re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+    r = daemon.run("plot", "--pid", t.pid, "-o", "-")
+    assert r.returncode == 0, r.stderr
+    root = ET.fromstring(r.stdout)
+    # the y axis: its labels (bottom up), each on a horizontal grid line (the label's text sits on a baseline below)
+    labels = [_bytes("".join(e.itertext()))
+              for g in root.iter(SVG + "g") if g.get("class") == "yticks" for e in g.iter(SVG + "text")]
+    rows = sorted({float(l.get("y1")) for g in root.iter(SVG + "g") if g.get("class") == "grid"
+                   for l in g.iter(SVG + "line") if l.get("y1") == l.get("y2")}, reverse=True)
+    assert len(labels) == len(rows) >= 3 and labels[0] == 0, (labels, rows)
+    (y0, b0), (y1, b1) = (rows[0], labels[0]), (rows[-1], labels[-1])
+
+    def at(y):  # the bytes a pixel row stands for, by the axis's own labels
+        return b0 + (y - y0) * (b1 - b0) / (y1 - y0)
+
+    series = {p.get("id"): points(p) for p in root.iter(SVG + "polyline")}
+    heap, rss = at(series["heap"][-1][1]), at(series["rss"][-1][1])
+    truth = 64 * 2**20
+    # the heap: the 64 arrays (and their list, headers: < 0.1%); a pixel is ~0.2 MiB of an 80 MiB axis: 1% allowed
+    assert truth * 0.99 <= heap <= truth * 1.01, (heap, truth, hist[-1])
+    # RSS: the process's VmRSS read just before the plot, the target idle since (1 px, and 1 MiB of drift allowed)
+    assert abs(rss - vmrss) <= 2**20 + (b1 - b0) / abs(y1 - y0), (rss, vmrss)
+    # the peak: its marker on the heap line's highest point, its label the same bytes
+    top_y = min(y for _, y in series["heap"])
+    circles = [c for g in root.iter(SVG + "g") if g.get("class") == "peaks" for c in g.iter(SVG + "circle")]
+    assert circles and any(abs(float(c.get("cy")) - top_y) < 0.2 for c in circles), (top_y, circles)
+    label = [shown(e) for g in root.iter(SVG + "g") if g.get("class") == "peak" for e in g.iter(SVG + "text")
+             if shown(e).startswith("peak ")]
+    m = re.match(r"^peak ([\d.]+ (?:KiB|MiB|GiB)) at [\d.]+ s", label[0] if label else "")
+    assert m and truth * 0.99 <= _bytes(m.group(1)) <= truth * 1.01, label

@@ -29,7 +29,7 @@ def _why_not():
     if os.geteuid() != 0:
         return "memprof rss needs root (CAP_BPF and CAP_PERFMON)"
     if not os.path.exists("/sys/kernel/btf/vmlinux"):
-        return "this kernel has no BTF (/sys/kernel/btf/vmlinux)"
+        return "does not apply here: this kernel has no BTF (/sys/kernel/btf/vmlinux)"
     r = subprocess.run([MEMPROF, "rss", "--pid", str(os.getpid()), "--once", "--interval", "0.1"],
                        capture_output=True, text=True, timeout=60)
     if "built without" in r.stderr:
@@ -169,16 +169,18 @@ def test_transparent_huge_pages_weighed_whole(targets):
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
             mode = f.read()
     except OSError:
-        pytest.skip("this kernel has no transparent huge pages")
+        pytest.skip("does not apply here: this kernel has no transparent huge pages")
     if "[never]" in mode:
-        pytest.skip("transparent huge pages are off here (/sys/kernel/mm/transparent_hugepage/enabled: never)")
+        pytest.skip("does not apply here: transparent huge pages are off "
+                    "(/sys/kernel/mm/transparent_hugepage/enabled: never)")
     py, _ = interpreter("debian-3.11")
     mb = 200
     t = start_touch(targets, py, mb, "huge")
     final = watch_touch(t, SMALL)  # 100 huge faults: about 12 recorded (the default would record one or two)
     huge = anon_huge(t.pid)
     if huge < 0.5 * mb * 2**20:
-        pytest.skip("the kernel granted only %d MiB of huge pages (memory fragmented)" % (huge >> 20))
+        pytest.skip("does not apply here: the kernel granted only %d MiB of huge pages (memory fragmented)"
+                    % (huge >> 20))
     on_line = sum(r["faulted_bytes"] for r in final["rows"]
                   if r["file"].endswith("rss_touch.py") and r["line"] == touch_line())
     # 4 KiB pages are sampled (1 in 8); the huge pages smaps saw mapped go to the rows whose recorded faults
@@ -503,7 +505,8 @@ def test_tracked_heap_beside_rss(targets, tmp_path, pyid, native):
     native: attached with --native, a numpy array's 50 MiB counted as native at its line."""
     py, ver = interpreter(pyid)
     if native and subprocess.run([py, "-c", "import numpy"], capture_output=True, timeout=60).returncode:
-        pytest.skip("%s has no numpy (Debian's python3.11 gets it from python3-numpy)" % pyid)
+        pytest.skip("%s has no numpy: pip install numpy into it (Debian's python3.11: apt-get install python3-numpy)"
+                    % pyid)
     mb = 100
     t = targets.start([py, workload("tracked_heap.py"), str(mb)] + (["numpy"] if native else []),
                       stdin=subprocess.PIPE)

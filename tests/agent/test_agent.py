@@ -229,7 +229,9 @@ def test_gil_wait_busy_target(python):
     # The agent got the GIL from a thread that never blocks (it had to ask it to
     # switch) and said hello; how long that took is the benchmark's business.
     wait = float(hellos(out)[0]["gil_wait_ms"])
-    assert wait >= 0, out
+    # measured, not a placeholder: more than nothing (12 us to 50 ms seen on a loaded 2-core VM: the switch
+    # interval is 5 ms, the rest is scheduling), less than the 10 s no attach would survive
+    assert 0 < wait < 10000, out
 
 
 def test_daemon_killed(python):
@@ -323,7 +325,7 @@ def test_offsets(python):
 def test_embedded(python, mode, load):
     facts = py_facts(python)
     if not facts["embed"]:
-        pytest.skip("no shared libpython to embed")
+        pytest.skip("does not apply here: %s has no shared libpython the host can embed" % python)
     f = Faked("--script", "sleep:0.2,census,detach")
     facts["pylib"] = facts["embed"]
     p = subprocess.run([EMBED, facts["embed"], AGENT, agent_arg(f.sock, facts), mode, load],

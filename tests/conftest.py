@@ -419,16 +419,20 @@ def pb_frame(payload):
     return struct.pack("<I", len(payload)) + payload
 
 
-def pb_varint(n):
+# The two protobuf encoders as source: run here, and prepended to the scripts tests run as another user or inside a
+# target (they cannot import this file), so every hand-made message is encoded by the same lines.
+PB_SRC = """
+def varint(n):
     out = b""
     while True:
         b, n = n & 0x7f, n >> 7
         out += bytes([b | (0x80 if n else 0)])
         if not n:
             return out
-
-
-def pb_field(num, wire, data):
-    """One protobuf field: wire 0 = varint, 2 = length-delimited bytes."""
-    key = pb_varint(num << 3 | wire)
-    return key + (pb_varint(data) if wire == 0 else pb_varint(len(data)) + data)
+def field(num, wire, data):
+    # one protobuf field: wire 0 = varint, 2 = length-delimited bytes
+    return varint(num << 3 | wire) + (varint(data) if wire == 0 else varint(len(data)) + data)
+"""
+_pb = {}
+exec(PB_SRC, _pb)
+pb_varint, pb_field = _pb["varint"], _pb["field"]

@@ -19,7 +19,7 @@ import pytest
 from proctools import agent_gone, agent_threads
 from pythons import kernel_thread
 from test_agent_socket import as_attacker, attacker, shared_dir  # noqa: F401 (fixtures: a real other user)
-from conftest import (INTERPRETERS, default_python, MEMPROF, MEMPROFD, SUPPORTED_IDS, UNSUPPORTED_IDS, Target, agent_mapped, interpreter,
+from conftest import (INTERPRETERS, PB_SRC, default_python, MEMPROF, MEMPROFD, SUPPORTED_IDS, UNSUPPORTED_IDS, Target, agent_mapped, interpreter,
                       proc_state, target_script, workload, pb_field, pb_frame)
 
 
@@ -416,17 +416,8 @@ def test_agent_with_bad_token_is_refused(daemon):
 
 
 SYS_PY = "/usr/bin/python3"  # readable by the attacker user
-AGENT_HELLO = """
+AGENT_HELLO = PB_SRC + """
 import os, socket, struct, sys
-def varint(n):
-    out = b""
-    while True:
-        b, n = n & 0x7f, n >> 7
-        out += bytes([b | (0x80 if n else 0)])
-        if not n:
-            return out
-def field(num, wire, data):
-    return varint(num << 3 | wire) + (varint(data) if wire == 0 else varint(len(data)) + data)
 name, token = sys.argv[1], sys.argv[2].encode()
 hello = field(1, 0, 1) + field(2, 0, 1) + field(3, 2, token) + field(4, 2, field(1, 0, os.getpid()))
 env = field(1, 2, hello)
@@ -444,17 +435,8 @@ print(r)
 """
 
 
-GIL_HELD = """
+GIL_HELD = PB_SRC + """
 import ctypes, os, socket, struct, sys, time
-def varint(n):
-    out = b""
-    while True:
-        b, n = n & 0x7f, n >> 7
-        out += bytes([b | (0x80 if n else 0)])
-        if not n:
-            return out
-def field(num, wire, data):
-    return varint(num << 3 | wire) + (varint(data) if wire == 0 else varint(len(data)) + data)
 print("ready %d" % os.getpid(), flush=True)
 sys.stdin.readline()
 s = socket.socket(socket.AF_UNIX)  # connected by this process: the daemon sees its pid

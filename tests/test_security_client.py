@@ -12,24 +12,15 @@ import time
 
 import pytest
 
-from conftest import BUILD, ROOT, Target, default_python, target_script
+from conftest import BUILD, PB_SRC, ROOT, Target, default_python, target_script
 
 PREFIX = "mpsq"
 
 # A fake memprofd: answers a hello, and any request with a RunReply naming LIB (what `memprof run` preloads);
 # appends the bytes each connection sent to RECORD.
-FAKE_DAEMON = r'''
+FAKE_DAEMON = PB_SRC + r'''
 import socket, struct, sys
 path, lib, record = sys.argv[1:4]
-def varint(n):
-    out = b""
-    while True:
-        b, n = n & 0x7f, n >> 7
-        out += bytes([b | (0x80 if n else 0)])
-        if not n:
-            return out
-def field(num, wire, data):
-    return varint(num << 3 | wire) + (varint(data) if wire == 0 else varint(len(data)) + data)
 s = socket.socket(socket.AF_UNIX)
 s.bind(path)
 s.listen(16)

@@ -30,10 +30,16 @@
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 
-#define MAX_FRAMES_TAB 16384      /* distinct (file, function, line) */
-#define MAX_STACKS 8192           /* distinct stacks */
+/* Exact mode interns every line that allocates, and a one-frame stack for each:
+ * importing IPython alone reaches ~23,000 (a table that fills sends every later
+ * allocation to "<other>", the user's @profile'd lines included). The tables
+ * are mapped lazily, so only what is used costs memory. The daemon takes frame
+ * ids below 65536 (daemon/alloc.c NATIVE_BASE). */
+#define MAX_FRAMES_TAB 65536      /* distinct (file, function, line) */
+#define MAX_STACKS 65536          /* distinct stacks */
 #define STACK_ARENA (1u << 20)    /* frame ids of all stacks */
-#define STR_ARENA (2u << 20)      /* file and function names */
+#define STR_ARENA (4u << 20)      /* file and function names, each stored once (str_cache) */
+#define STR_CACHE 1024            /* recent names -> their offset, direct mapped */
 #define CODE_CACHE 16384          /* (code, offset) -> frame, direct mapped */
 #define MAX_BLOCKS_SAMPLED (1u << 20)
 #define MAX_BLOCKS_EXACT (8u << 20)
@@ -109,12 +115,13 @@ static uint32_t nframes, frames_sent;
 static uint32_t *frame_index;   /* 2*MAX_FRAMES_TAB slots of id+1 */
 static char *strs;
 static uint32_t strs_len;
+static uint32_t str_cache[STR_CACHE]; /* offsets into strs; 0 (the "?") is empty */
 static uint32_t *stack_off, *stack_hash, *stack_index;
 static uint16_t *stack_len;
 static uint32_t nstacks, stacks_sent;
 static uint32_t *stack_frames;
 static uint32_t stack_frames_len;
-static uint32_t *frame_stack;   /* exact: one-frame stack of a frame, or UINT32_MAX */
+static uint32_t *frame_stack;   /* exact: one-frame stack of a frame + 1, or 0 */
 static struct delta *deltas;
 static double *stack_live, *stack_peak; /* since tracking began: the peak live bytes per stack */
 static double heap_live, heap_peak, heap_alloc_bytes, heap_alloc_count; /* all stacks (memprof_heap_stats) */
@@ -219,6 +226,16 @@ static uint32_t str_add(const char *s)
     return off;
 }
 
+/* s stored once for the frames that name it (a file's lines share its name). */
+static uint32_t str_intern(const char *s, uint32_t h)
+{
+    uint32_t *slot = &str_cache[h & (STR_CACHE - 1)], off;
+    if (*slot && !strcmp(strs + *slot, s)) return *slot;
+    off = str_add(s);
+    if (off) *slot = off;
+    return off;
+}
+
 /* "<listcomp>", "f.<locals>.<genexpr>"...: code that runs in a frame of its own
  * although the user wrote it inside a line of the enclosing function (3.12+
  * inlines list, dict and set comprehensions; generator expressions stay apart). */
@@ -234,7 +251,7 @@ static int is_comprehension(const char *func)
 
 static uint32_t frame_intern(const char *file, const char *func, int line, int firstline)
 {
-    uint32_t h = hash_bytes(hash_bytes(2166136261u, file, strlen(file)), func, strlen(func));
+    uint32_t hfile = hash_bytes(2166136261u, file, strlen(file)), h = hash_bytes(hfile, func, strlen(func));
     uint32_t mask = 2 * MAX_FRAMES_TAB - 1, i;
     h = hash_bytes(h, &line, sizeof line);
     for (i = h & mask;; i = (i + 1) & mask) {
@@ -247,8 +264,8 @@ static uint32_t frame_intern(const char *file, const char *func, int line, int f
             return id - 1;
     }
     if (nframes >= MAX_FRAMES_TAB) return FRAME_OTHER;
-    frames[nframes] = (struct frame){str_add(file), str_add(func), (uint32_t)line, (uint32_t)firstline, h,
-                                     is_comprehension(func)};
+    frames[nframes] = (struct frame){str_intern(file, hfile), str_intern(func, hash_bytes(2166136261u, func, strlen(func))),
+                                     (uint32_t)line, (uint32_t)firstline, h, is_comprehension(func)};
     frame_index[i] = ++nframes;
     return nframes - 1;
 }
@@ -472,9 +489,11 @@ static void exact_alloc(void *p, size_t size)
     samples++;
     if (n > 1) {
         st = stack_intern(ids, n);
-    } else if ((st = frame_stack[ids[0]]) == UINT32_MAX) {
+    } else if (frame_stack[ids[0]]) {
+        st = frame_stack[ids[0]] - 1;
+    } else {
         st = stack_intern(ids, 1);
-        frame_stack[ids[0]] = st;
+        frame_stack[ids[0]] = st + 1;
     }
     if (block_put(p, size, st) < 0) dropped++;
     delta_add(st, (double)size, 1, 0);
@@ -976,7 +995,7 @@ static int tables_alloc(void)
         tables_free();
         return -1;
     }
-    memset(frame_stack, 0xff, MAX_FRAMES_TAB * sizeof *frame_stack);
+    memset(str_cache, 0, sizeof str_cache);
     strs[0] = '?';
     strs_len = 2;
     nframes = frames_sent = nstacks = stacks_sent = stack_frames_len = ndirty = 0;
@@ -984,7 +1003,7 @@ static int tables_alloc(void)
     sample_ns = 0;
     for (uint32_t i = 0; i < FRAME_FIRST; i++) {
         frame_intern(names[i], names[i], 0, 0);
-        frame_stack[i] = stack_intern(&i, 1);
+        frame_stack[i] = stack_intern(&i, 1) + 1;
     }
     return 0;
 }
@@ -1170,16 +1189,21 @@ static double thread_cpu_s(void)
 int hooks_collect(Memprof__AllocReport *r)
 {
     static uint64_t seq;
-    uint32_t f0, f1, s0, s1, nd;
+    uint32_t f0, f1, s0, s1, nd, cap;
     struct delta *dv = NULL;
     uint32_t *ds = NULL;
     double *pk = NULL;
     double cost_ns;
     memprof__alloc_report__init(r);
     if (!frames) return -1;
-    dv = malloc(MAX_STACKS * sizeof *dv);
-    ds = malloc(MAX_STACKS * sizeof *ds);
-    pk = malloc(MAX_STACKS * sizeof *pk);
+    /* room for the stacks dirty now and some more (no malloc under the lock):
+     * any beyond it stay dirty for the next report */
+    lock_take();
+    cap = ndirty + 1024 < MAX_STACKS ? ndirty + 1024 : MAX_STACKS;
+    lock_give();
+    dv = malloc(cap * sizeof *dv);
+    ds = malloc(cap * sizeof *ds);
+    pk = malloc(cap * sizeof *pk);
     if (!dv || !ds || !pk) {
         free(dv);
         free(ds);
@@ -1189,15 +1213,16 @@ int hooks_collect(Memprof__AllocReport *r)
     lock_take();
     f0 = frames_sent, f1 = frames_sent = nframes;
     s0 = stacks_sent, s1 = stacks_sent = nstacks;
-    nd = ndirty;
+    nd = ndirty < cap ? ndirty : cap;
+    ndirty -= nd; /* the last nd are taken */
     for (uint32_t i = 0; i < nd; i++) {
-        ds[i] = dirty[i];
-        dv[i] = deltas[dirty[i]];
-        pk[i] = stack_peak[dirty[i]];
-        deltas[dirty[i]] = (struct delta){0, 0, 0, 0};
-        is_dirty[dirty[i]] = 0;
+        uint32_t st = dirty[ndirty + i];
+        ds[i] = st;
+        dv[i] = deltas[st];
+        pk[i] = stack_peak[st];
+        deltas[st] = (struct delta){0, 0, 0, 0};
+        is_dirty[st] = 0;
     }
-    ndirty = 0;
     r->dropped = dropped;
     r->samples = samples;
     cost_ns = sample_ns + (exact_mode ? events * EXACT_EVENT_NS : 0);

@@ -14,8 +14,8 @@
 #include "symbolize.h"
 #include "util.h"
 
-#define MAX_IDS 65536          /* the agent caps frames at 16384, stacks at 8192 */
-#define NATIVE_BASE 32768      /* native frames (named here) take ids from here up, below MAX_IDS */
+#define MAX_IDS 131072         /* the agent caps frames and stacks at 65536 (agent/hooks.c) */
+#define NATIVE_BASE 65536      /* native frames (named here) take ids from here up, below MAX_IDS */
 #define MAX_NATIVE_PCS 64      /* per stack */
 #define MAX_PROFILED 256   /* @profile'd functions kept per session */
 #define HISTORY 600            /* snapshots: one a second for ten minutes */
@@ -244,7 +244,7 @@ static void define(struct alloc_data *a, const Memprof__AllocReport *r, pid_t pi
 {
     for (size_t i = 0; i < r->n_frames; i++) {
         const Memprof__AllocFrame *f = r->frames[i];
-        if (f->id >= NATIVE_BASE) continue; /* the agent's ids stay below 16384 */
+        if (f->id >= NATIVE_BASE) continue; /* the agent's ids stay below NATIVE_BASE */
         if (grow((void **)&a->frames, &a->nframes, (size_t)f->id + 1, sizeof *a->frames) < 0) continue;
         free(a->frames[f->id].file);
         free(a->frames[f->id].func);

@@ -198,6 +198,49 @@ def test_sampled_accuracy_other_allocators(pyid, allocator, daemon, targets):
     check_sampled_lines(daemon, targets, exe, env=dict(os.environ, PYTHONMALLOC=allocator))
 
 
+MANY_LINES_TARGET = '''
+import os, sys
+print("ready", os.getpid(), flush=True)
+sys.stdin.readline()
+exec(compile("\\n".join("x%d = [%d, 0]" % (i, i) for i in range(20000)), "generated.py", "exec"))
+
+def hold():
+    return bytearray(3000000)  # HOLD
+
+kept = hold()
+print("held", flush=True)
+sys.stdin.readline()
+'''
+
+
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_exact_attach_after_many_lines(pyid, daemon, targets, tmp_path):
+    """Attached --exact, the target runs 20,000 lines that allocate (as an IPython kernel's first cells can), then
+    holds a bytearray: its line still counts it at its true size (the agent's tables filled at 8,192 distinct lines,
+    and every later allocation went to "<other>")."""
+    exe, _ = interpreter(pyid)
+    script = tmp_path / "many_lines_target.py"
+    script.write_text(MANY_LINES_TARGET)
+    line = next(n for n, text in enumerate(MANY_LINES_TARGET.splitlines(), 1) if "# HOLD" in text)
+    t = targets.start([exe, "-u", str(script)], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    daemon.attach(t.pid, "--exact", "--interval", "100")
+    t.proc.stdin.write("go\n")
+    t.proc.stdin.flush()
+    read_until(t, r"^held$")
+    deadline = time.time() + 15
+    while True:
+        held = live_by_line(top_json(daemon, t.pid, "--by", "line"), "many_lines_target.py").get(line, 0)
+        if held or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    # sys.getsizeof(bytearray(3000000)) is 3000057: the buffer and the object, within a few bytes by version
+    assert abs(held - 3000057) <= 4096, held
+    t.proc.stdin.write("bye\n")
+    t.proc.stdin.flush()
+    assert t.proc.wait(timeout=30) == 0
+
+
 @pytest.mark.parametrize("pyid", SUPPORTED_IDS)
 def test_exact_matches_tracemalloc(pyid, daemon, targets):
     exe, _ = interpreter(pyid)

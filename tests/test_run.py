@@ -233,8 +233,8 @@ print(len(imported()), len(via_module()), memory_profiler.profile is profile)
 print("memory_usage:", callable(getattr(memory_profiler, "memory_usage", None)))
 ''')
     has_real = subprocess.run([exe, "-c", "import memory_profiler"], capture_output=True).returncode == 0
-    # sampling finely (not --exact: after memory_profiler's import of IPython, exact mode records nothing on 3.11,
-    # a separate fault), so that each ~3 MB allocation is surely sampled
+    # sampling finely, so that each ~3 MB allocation is surely sampled (--exact after IPython's import:
+    # test_exact_after_importing_ipython)
     r = run(daemon, [exe, script], "--sample-rate", "65536", cwd=str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
     # the program's own output only: memory_profiler's report (on stdout) did not run
@@ -249,6 +249,51 @@ print("memory_usage:", callable(getattr(memory_profiler, "memory_usage", None)))
         p = subprocess.run([exe, "-c", "import memory_profiler as m; print(m.profile.__module__)"],
                            capture_output=True, text=True, timeout=60)
         assert p.stdout == "memory_profiler\n", p
+
+
+EXACT_AFTER = '''
+@profile
+def f():
+    return bytearray(3000000)
+
+print(len(f()))
+'''
+
+
+def exact_bytearray_row(r):
+    """The increment (MiB) of f's bytearray line in a --exact report, asserting it is f's only report."""
+    assert r.returncode == 0 and r.stdout.endswith("3000000\n"), r.stdout + r.stderr
+    t = tables(r.stderr)
+    assert set(t) == {"f"}, r.stderr
+    rows = [row for row in t["f"][0][1] if row[1] is not None]
+    assert rows, r.stderr
+    return max(row[1] for row in rows)
+
+
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_exact_after_many_lines(pyid, daemon, tmp_path):
+    """Exact mode interns every line that allocates: after 20,000 of them (importing IPython runs ~23,000), the
+    @profile'd function's allocation still counts at its own line, at its true size (the agent's tables filled at
+    8,192 and every later allocation went to "<other>": the report said "no allocations recorded")."""
+    exe, _ = interpreter(pyid)
+    script = tmp_path / "many_lines.py"
+    script.write_text('''
+exec(compile("\\n".join("x%d = [%d, 0]" % (i, i) for i in range(20000)), "generated.py", "exec"))
+''' + EXACT_AFTER)
+    r = run(daemon, [exe, script], "--exact", cwd=str(tmp_path))
+    # a 3,000,000-byte bytearray (sys.getsizeof 3000057), within the column's rounding and the interpreter's own
+    # small objects (as test_profile_builtin_forms)
+    assert abs(exact_bytearray_row(r) - 3000057 / 2**20) <= 0.06, r.stderr
+
+
+def test_exact_after_importing_ipython(daemon, tmp_path):
+    """The case that showed it: a script importing IPython (as memory_profiler does), run --exact."""
+    from test_ipython import ipython_python
+    exe = ipython_python()
+    script = tmp_path / "with_ipython.py"
+    script.write_text("import IPython\n" + EXACT_AFTER)
+    r = run(daemon, [exe, script], "--exact", cwd=str(tmp_path), timeout=300)
+    assert abs(exact_bytearray_row(r) - 3000057 / 2**20) <= 0.06, r.stderr
 
 
 def test_function_option_and_kept_session(daemon, tmp_path):

@@ -4,7 +4,7 @@
 set -eu
 BUILD_PKGS="build-essential pkg-config libelf-dev libdw-dev libbpf-dev bpftool clang libprotobuf-c-dev protobuf-c-compiler
       zlib1g-dev libmicrohttpd-dev python3 graphviz procps"
-TEST_PKGS="dpkg-dev man-db groff-base bash-completion
+TEST_PKGS="dpkg-dev man-db groff-base bash-completion libclang-rt-dev
       python3-pytest gdb bc curl musl-tools
       python3-memory-profiler python3-objgraph python3-psutil python3-numpy
       golang-go chromium prometheus

@@ -309,3 +309,55 @@ def test_bad_usage(daemon):
     assert r.returncode == 2 and "--sample-rate needs" in r.stderr
     r = daemon.run("run", "--help")
     assert r.returncode == 0 and "@profile" in r.stdout
+
+
+SIGNALLED = '''
+import os, signal, sys
+def on(sig, frame):
+    print("got", sig, flush=True)
+    sys.exit(40 + sig)
+for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    signal.signal(s, on)
+print("ready", os.getpid(), flush=True)
+while True:
+    signal.pause()
+'''
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_signals_reach_the_program(daemon, sig, tmp_path):
+    """SIGTERM and SIGHUP sent to memprof run are forwarded to the program; a terminal's Ctrl-C (SIGINT to the whole
+    process group) reaches the program, and memprof run itself lives on: the program's handler runs ("got N"), its
+    exit status (40 + N) is memprof run's, and memprof run still reports the session at the end."""
+    from conftest import default_python
+    script = tmp_path / "signalled.py"
+    script.write_text(SIGNALLED)
+    # a process group of its own, as a shell gives a foreground job: Ctrl-C's SIGINT goes to the group, not pytest
+    p = subprocess.Popen([MEMPROF, "run", "--", default_python(), "-u", str(script)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=daemon.env, start_new_session=True)
+    prog = None
+    try:
+        line = p.stdout.readline()
+        m = re.match(r"^ready (\d+)$", line)
+        assert m, (line, p.stderr.read() if p.poll() is not None else "")
+        prog = int(m.group(1))
+        assert prog != p.pid
+        if sig == signal.SIGINT:
+            os.killpg(p.pid, sig)
+        else:
+            os.kill(p.pid, sig)
+        p.wait(timeout=60)
+        assert p.returncode == 40 + sig, p.returncode  # not memprof run killed by the signal (-N)
+        out, err = p.communicate(timeout=60)
+        assert out == "got %d\n" % sig, (out, err)
+        assert re.search(r"^memprof: pid %d kept as session \d+" % prog, err, re.M), err
+    finally:
+        # what a broken forward would leave running: the program (checked to be ours), then memprof run
+        try:
+            if prog and "signalled.py" in open("/proc/%d/cmdline" % prog).read():
+                os.kill(prog, signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=30)

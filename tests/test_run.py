@@ -147,8 +147,25 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("pyid", SUPPORTED_IDS)
 def test_pool_follow_fork(pyid, daemon, tmp_path):
     exe, _ = interpreter(pyid)
+    check_pool(daemon, exe, tmp_path, "fork")
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_pool_follow_fork_spawn_and_forkserver(daemon, tmp_path, method):
+    """--follow-fork follows multiprocessing's other start methods: a spawned worker (a new interpreter, exec'd) and
+    a worker the forkserver forks are sessions too, each with its report; without it they run untracked."""
+    from conftest import default_python
+    check_pool(daemon, default_python(), tmp_path, method)
+
+
+def check_pool(daemon, exe, tmp_path, method):
     script = tmp_path / "pool.py"
-    script.write_text(POOL)
+    src = POOL.replace('set_start_method("fork")', 'set_start_method("%s")' % method)
+    if method != "fork":
+        # a spawned interpreter has memprof's builtin profile only when followed: without --follow-fork (the second
+        # run below) the worker re-imports the script without it, as under memory_profiler
+        src = 'import builtins\nprofile = getattr(builtins, "profile", lambda f: f)\n' + src
+    script.write_text(src)
     r = run(daemon, [exe, script], "--follow-fork", cwd=str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "total 600000" in r.stdout, r.stdout

@@ -578,9 +578,9 @@ def test_tracked_heap_beside_rss(targets, tmp_path, pyid, native):
 
 # --by KEY: one row per key (function, leaf native frame, mapping), its bytes the sum of its faults; --limit N rows.
 # rss_touch.py 64 faults 64 MiB of shared memory (a /dev/zero mapping) at touch()'s lines, in libc's memcpy, and 1 MiB
-# of anonymous memory (its row is not checked: seen absent once); sampled 1 in 8 (2,048 samples of the 16,384 faults: a standard error of 2.2%), each key's bytes
-# within 10% of its truth (4.5 standard errors); without the grouping the keys repeat, without --limit the rows do not
-# stop at N.
+# of anonymous memory (its row is not checked: seen absent once); sampled 1 in 8 (2,048 samples of the 16,384 faults:
+# a standard error of 2.2%), each key's bytes within 10% of its truth (4.5 standard errors); without the grouping the
+# keys repeat, without --limit the rows do not stop at N.
 @pytest.mark.parametrize("by,limit", [("function", 2), ("native", 2), ("mapping", 20)])
 def test_rss_by_and_limit(targets, by, limit):
     t = start_touch(targets, default_python(), 64)

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import SUPPORTED_IDS, agent_mapped, interpreter, target_script
+from conftest import SUPPORTED_IDS, Daemon, agent_mapped, interpreter, target_script
 from test_alloc import read_until, report_after
 
 TARGET = target_script("native_np.py")
@@ -485,10 +485,13 @@ extern "C" void *nf_outer(std::size_t n)
 """
 
 
-def test_native_frames_cplusplus_demangled(daemon, targets, tmp_path):
+@pytest.mark.parametrize("demangle", [None, "full", "no"])
+def test_native_frames_cplusplus_demangled(daemon, targets, tmp_path, demangle):
     """A C++ library built with g++ (a template member function in a namespace calls malloc): its native
     frame is named demangled, without parameter list (memprof_test::Pool<int>::grab), in the json export
-    and the collapsed stacks; the library's .dynsym has it mangled (_ZN12memprof_test4PoolIiE4grab...)."""
+    and the collapsed stacks; the library's .dynsym has it mangled (_ZN12memprof_test4PoolIiE4grab...).
+    MEMPROF_DEMANGLE=full in memprofd's environment keeps the signature (as c++filt prints it), =no the mangled
+    name."""
     gxx = shutil.which("g++") or shutil.which("c++")
     if not gxx:
         pytest.skip("no C++ compiler (g++) to build the test library: apt-get install build-essential")
@@ -498,6 +501,21 @@ def test_native_frames_cplusplus_demangled(daemon, targets, tmp_path):
     subprocess.run([gxx, "-shared", "-fPIC", "-O0", "-g", "-o", lib, str(src)], check=True)
     mangled = [n for n in _syms(lib, "-D") if "4PoolIiE4grab" in n]
     assert mangled and mangled[0].startswith("_ZN12memprof_test"), sorted(_syms(lib, "-D"))
+    want = {None: "memprof_test::Pool<int>::grab", "no": mangled[0],
+            "full": subprocess.run(["c++filt", mangled[0]], capture_output=True, text=True).stdout.strip()}[demangle]
+    if demangle:  # a daemon of the test's own, started with the variable
+        os.makedirs(str(tmp_path / "d"))
+        daemon = Daemon(str(tmp_path / "d"))
+        daemon.env["MEMPROF_DEMANGLE"] = demangle
+        daemon.start()
+    try:
+        check_cplusplus_frames(daemon, targets, exe, lib, want)
+    finally:
+        if demangle:
+            daemon.stop()
+
+
+def check_cplusplus_frames(daemon, targets, exe, lib, want):
     t = start(targets, exe)
     daemon.attach(t.pid, "--native", "--native-frames", "--sample-rate", "65536")
     send(t, "nf %s 200 100000" % lib)
@@ -509,11 +527,11 @@ def test_native_frames_cplusplus_demangled(daemon, targets, tmp_path):
     assert mine, [[f["function"] for f in nat] for _, nat, _ in hybrid_stacks(ex)]
     names = [f["function"] for f in mine[0]]
     k = names.index("nf_outer")
-    assert names[k + 1:] == ["memprof_test::Pool<int>::grab"], names
+    assert names[k + 1:] == [want], names
     assert mine[0][-1]["file"].endswith("cx.cc") and mine[0][-1]["line"] > 0, mine[0][-1]
-    assert not any(n.startswith("_Z") for n in names), names
+    assert not any(n.startswith("_Z") for n in names) or want.startswith("_Z"), names
     folded = daemon.run("export", "--pid", t.pid, "--format", "collapsed").stdout.splitlines()
-    assert any(re.search(r";nf_outer \(libcx\.so\);memprof_test::Pool<int>::grab \(libcx\.so\) \d+$", l)
+    assert any(re.search(r";nf_outer \(libcx\.so\);%s \(libcx\.so\) \d+$" % re.escape(want), l)
                for l in folded), folded[:5]
     daemon.detach(t.pid)
 

@@ -297,6 +297,37 @@ def test_run_native_profile_report(daemon, tmp_path):
         assert (m or not native) and lo <= held <= hi, (native, r.stderr)
 
 
+def test_lines_native_only(daemon, tmp_path):
+    """memprof lines --native-only counts only what C code allocated: of f()'s Python list (2,000,000 pointers,
+    16,000,056 bytes) and numpy's array (20,000,000 bytes of data, malloc'd by numpy), the report shows the array's
+    line alone; without the option both lines. Sampled 1 in 64 KiB (memprof run's default), each big block is sampled
+    and counted as its size (p = 1 - e^-244); a small allocation sampled counts 64 KiB: each line within 0.25 MiB
+    (three such samples and the column's rounding)."""
+    from conftest import MEMPROF
+    exe = numpy_interpreter("debian-3.11")
+    script = tmp_path / "np_lines.py"
+    script.write_text("import numpy as np\n\n\ndef f():\n    a = [0] * 2000000\n    b = np.zeros(2500000)\n"
+                      "    return a, b\n\n\nx = f()\nprint('done')\n")
+    r = subprocess.run([MEMPROF, "run", "--native", "--", exe, str(script)], capture_output=True, text=True,
+                       timeout=120, env=daemon.env)
+    assert r.returncode == 0 and "done" in r.stdout, r.stdout + r.stderr
+    pid = int(re.search(r"^memprof: pid (\d+) kept as session", r.stderr, re.M).group(1))
+
+    def increments(*extra):
+        out = daemon.run("lines", "--pid", pid, "--function", "f", *extra)
+        assert out.returncode == 0, out.stderr
+        rows = {}
+        for l in out.stdout.splitlines():
+            m = re.match(r"^\s*(\d+)\s+\S+ MiB\s+(-?[\d.]+) MiB\s+\d+\s", l)
+            if m:
+                rows[int(m.group(1))] = float(m.group(2))
+        return rows, out.stdout
+    both, text = increments()
+    assert abs(both.get(5, 0) - 16000056 / 2**20) <= 0.25 and abs(both.get(6, 0) - 20e6 / 2**20) <= 0.25, text
+    only, text = increments("--native-only")
+    assert abs(only.get(5, 0)) <= 0.25 and abs(only.get(6, 0) - 20e6 / 2**20) <= 0.25, text
+
+
 def test_library_unloaded_while_hooked(daemon, targets, libnt):
     """A library loaded after attach is patched (dlopen hook); dlclosed while
     hooked, it is never written to at detach, and the others are restored."""

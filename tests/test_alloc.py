@@ -353,10 +353,19 @@ def test_rss_below_tracked_live_is_explained(daemon, tmp_path):
 
 # ---------------------------------------------------------------- top on an 80x24 terminal
 
+TOP_ROW = re.compile(r"^\s*(\S+ \S+)\s+(\S+ \S+)\s+([\d.]+)%\s+(\S+ \S+)/s\s+(\d+)  (.*)$")
+
+
+def screen_bytes(cell):
+    num, unit = re.match(r"^([\d.]+) (B|KiB|MiB|GiB)$", cell).groups()
+    return float(num) * 1024 ** ["B", "KiB", "MiB", "GiB"].index(unit)
+
+
 def test_top_fits_80x24_keys_pause_help_zero_rows_last(daemon, targets, tmp_path):
     """`memprof top` on an 80x24 terminal (a pty told its size with TIOCSWINSZ): every line fits the width (a long
     location loses its leading directories, not its file:line (function)), the screen is at most 24 lines with the
-    title first and a key legend last; p marks the screen paused, ? and h open and close a help; the line
+    title first and a key legend last; p marks the screen paused, ? and h open and close a help; f shows rows by
+    function, s cycles the order (the rows then descend in that column), l goes back to lines; the line
     allocating while holding nothing is shown ahead of the 30 callers whose every figure is zero."""
     deep = tmp_path / ("a-directory-name-long-enough-to-need-eliding-" * 2) / "pkg"
     deep.mkdir(parents=True)
@@ -411,6 +420,22 @@ def test_top_fits_80x24_keys_pause_help_zero_rows_last(daemon, targets, tmp_path
         assert any(l.startswith("  OWN LIVE ") for l in lines) and "back to the table" in lines[-1], lines
         os.write(master, b"h")
         lines = screen(lambda ls: "keys" not in ls)
+        assert any(l.endswith(churn) for l in lines), lines
+        os.write(master, b"p")  # resumed: f, s and l redraw with new figures
+        # f: rows by function, churn's row named by its function first
+        os.write(master, b"f")
+        lines = screen(lambda ls: any(l.endswith("LOCATION (by function)") for l in ls))
+        assert any(re.search(r"  churn \(.*top_screen\.py:\d+\)$", l) for l in lines), lines
+        assert not any(l.endswith(churn) for l in lines), lines
+        # s: the next order (total live, then alloc rate): the rows descend in that column
+        for name, col in (("total live", 1), ("alloc rate", 3)):
+            os.write(master, b"s")
+            lines = screen(lambda ls: "s sort (%s)" % name in ls[-1] and any(l.endswith("(by function)") for l in ls))
+            figures = [screen_bytes(m.group(col + 1)) for l in lines for m in [TOP_ROW.match(l)] if m]
+            assert len(figures) >= 3 and figures == sorted(figures, reverse=True), (name, lines)
+        # l: back to rows by line, the order kept
+        os.write(master, b"l")
+        lines = screen(lambda ls: "s sort (alloc rate)" in ls[-1] and not any("(by function)" in l for l in ls))
         assert any(l.endswith(churn) for l in lines), lines
         os.write(master, b"q")
         assert top.wait(timeout=10) == 0

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import default_python, target_script, workload
-from test_alloc import leak_line, run_alloc_lines
+from test_alloc import leak_line, report_after, run_alloc_lines
 
 GO = shutil.which("go")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -190,6 +190,112 @@ def test_flamegraph_renders_and_search_highlights_leak(daemon, targets, tmp_path
     assert ("all live", ) in [(n, ) for n, c in frames] and all(c.lower() != "#e600e6" for n, c in frames), frames
     r = daemon.run("flamegraph", "--pid", pid, "-o", tmp_path / "alloc.html", "--allocated")
     assert r.returncode == 0 and "allocated" in r.stdout, r.stderr
+
+
+# ---------------------------------------------------------------- the exports against what the program did
+
+# Line 5 holds 24 arrays of 1 MiB; line 7 allocates 64 more, one at a time, and frees each (none live at the end).
+KNOWN = """
+import os, sys
+print("ready", os.getpid(), flush=True)
+sys.stdin.readline()
+held = [bytearray(1 << 20) for _ in range(24)]
+for _ in range(64):
+    x = bytearray(1 << 20)
+del x
+print("built", sum(sys.getsizeof(b) for b in held), sys.getsizeof(bytearray(1 << 20)), flush=True)
+sys.stdin.readline()
+"""
+HELD_LINE, CHURN_LINE = 5, 7
+
+
+@pytest.fixture
+def known(daemon, targets):
+    """KNOWN run under tracking, sampled 1 in 64 KiB: (pid, bytes line 5 holds, bytes line 7 allocated), the truth
+    from the program's own sys.getsizeof, once a report that followed the work is in."""
+    t = targets.start([default_python(), "-u", "-c", KNOWN], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    daemon.attach(t.pid, "--sample-rate", "65536")
+    t.proc.stdin.write("go\n")
+    t.proc.stdin.flush()
+    m = t.wait_for(r"^built (\d+) (\d+)")
+    report_after(daemon, t.pid, time.time())
+    yield t.pid, int(m.group(1)), 64 * int(m.group(2))
+    t.proc.stdin.write("go\n")
+    t.proc.stdin.flush()
+
+
+# Tolerance of each line's figure, the same for every export: sampled 1 in 64 KiB, each 1 MiB array is sampled
+# (p = 1 - e^-16) and counted as its own size, while a small allocation of the line that happens to be sampled (the
+# comprehension's list of 24 pointers) counts 64 KiB: 0.2 MiB allows three such samples; a 2x or 10x error, a
+# swapped live/allocated or a figure scaled by the rate is far outside.
+TOL = 0.2 * 2**20
+
+
+def by_line(pairs):
+    """{line: bytes} summed over [(leaf frame line of <string>, bytes)]."""
+    out = {}
+    for line, nbytes in pairs:
+        out[line] = out.get(line, 0) + nbytes
+    return out
+
+
+def test_pprof_values_are_what_the_program_did(daemon, known, tmp_path):
+    """go tool pprof reads, at line 5, the bytes the program holds there (inuse_space) and, at line 7, the 64 MiB
+    it allocated and freed (alloc_space), nothing live."""
+    need_go()
+    pid, held, churned = known
+    path = str(tmp_path / "known.pb.gz")
+    export(daemon, ["--pid", pid], "pprof", path)
+    for index, want in (("inuse_space", {HELD_LINE: held, CHURN_LINE: 0}),
+                        ("alloc_space", {HELD_LINE: held, CHURN_LINE: churned})):
+        text = pprof("-top", "-lines", "-unit=B", "-sample_index=" + index, path)
+        got = by_line((int(m.group(1)), flat) for flat, _, name in top_rows(text)
+                      for m in [re.search(r"<string>:(\d+)$", name)] if m)
+        for line, nbytes in want.items():
+            assert abs(got.get(line, 0) - nbytes) <= TOL, (index, line, got.get(line, 0), nbytes, text)
+
+
+def test_speedscope_values_are_what_the_program_did(daemon, known, tmp_path):
+    """speedscope's live profile weighs the stacks ending at line 5 as the bytes the program holds there, and its
+    allocated profile weighs line 7 as the 64 MiB allocated; line 7 holds nothing live."""
+    pid, held, churned = known
+    path = str(tmp_path / "known.speedscope.json")
+    export(daemon, ["--pid", pid], "speedscope", path)
+    d = json.load(open(path))
+    frames = d["shared"]["frames"]
+    for profile, want in zip(d["profiles"], ({HELD_LINE: held, CHURN_LINE: 0}, {HELD_LINE: held, CHURN_LINE: churned})):
+        got = by_line((frames[s[-1]]["line"], w) for s, w in zip(profile["samples"], profile["weights"])
+                      if s and frames[s[-1]]["file"] == "<string>")
+        for line, nbytes in want.items():
+            assert abs(got.get(line, 0) - nbytes) <= TOL, (profile["name"], line, got.get(line, 0), nbytes)
+
+
+def flame_data(path):
+    html = open(path).read()
+    at = html.index("const DATA = ") + len("const DATA = ")
+    return json.JSONDecoder().raw_decode(html, at)[0]
+
+
+def test_flamegraph_allocated_is_what_the_program_allocated(daemon, known, tmp_path):
+    """The page's data (the tree the browser draws): with --allocated, the frame of line 7 is 64 MiB wide and line
+    5's the bytes it holds; without, line 7 has no frame (nothing live) and line 5 is what the program holds."""
+    pid, held, churned = known
+    for extra, want in (((), {HELD_LINE: held, CHURN_LINE: 0}), (("--allocated",), {HELD_LINE: held, CHURN_LINE: churned})):
+        path = str(tmp_path / ("flame%s.html" % "".join(extra)))
+        r = daemon.run("flamegraph", "--pid", pid, "-o", path, *extra)
+        assert r.returncode == 0, r.stderr
+        tree, got = flame_data(path), {}
+
+        def walk(node):  # a <string> frame's own bytes: its value less its children's
+            own = node["value"] - sum(c["value"] for c in node.get("children", []))
+            if node.get("file") == "<string>":
+                got[node["line"]] = got.get(node["line"], 0) + own
+            for c in node.get("children", []):
+                walk(c)
+        walk(tree)
+        for line, nbytes in want.items():
+            assert abs(got.get(line, 0) - nbytes) <= TOL, (extra, line, got.get(line, 0), nbytes, got)
 
 
 def test_bad_input(daemon, targets, tmp_path):

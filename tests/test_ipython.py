@@ -117,6 +117,67 @@ def test_mprun_function_defined_in_session(daemon, tmp_path):
     assert "big = [2] * (3 * 10**6)" in saved
 
 
+MPRUN_R_TOP = """%load_ext memprof
+def f():
+    small = [1] * 1000
+    big = [2] * (3 * 10**6)
+    return len(big)
+def hold():
+    global kept
+    kept = bytearray(20 * 10**6)
+r = %mprun -r -q -f f f()
+print("RETURNED", type(r).__name__, repr(r))
+hold()
+import json, os, subprocess, time
+deadline = time.time() + 60
+while time.time() < deadline and json.loads(subprocess.run([os.environ["MEMPROF"], "top", "--pid", str(os.getpid()),
+        "--once", "--json"], capture_output=True, text=True).stdout)["live"] < 20e6:
+    time.sleep(0.1)
+%memprof_top --by function --limit 3
+print("BY LINE")
+%memprof_top --limit 3
+"""
+
+
+def top_first_row(text):
+    """(own live MiB, location) of the first row of a `memprof top` table, and the table's [by ...] title."""
+    by = re.search(r"LOCATION\s+\[by (\w+),", text)
+    row = re.search(r"LOCATION.*\n\s*([\d.]+) (B|KiB|MiB|GiB)\s.*?\s\d+  (.+)$", text, re.M)
+    assert by and row, text
+    mib = float(row.group(1)) * 1024 ** ["B", "KiB", "MiB", "GiB"].index(row.group(2)) / 2**20
+    return by.group(1), mib, row.group(3)
+
+
+@pytest.mark.parametrize("rate", [None, "65536"])
+def test_mprun_r_memprof_top_by_and_sample_rate(daemon, tmp_path, rate):
+    """%mprun -r returns the report as a string (-q: not printed); %memprof_top --by function names hold(), which
+    holds 20 MB, and by default (by line) its line; MEMPROF_SAMPLE_RATE=65536 before %load_ext samples 1 in 64 KiB
+    (the default is exact). The figures are the program's: big = [2] * (3 * 10**6) holds 24,000,056 bytes (22.89
+    MiB), kept = bytearray(20 * 10**6) 20,000,057 (19.07 MiB); exact, or each sampled as its own size (p = 1 - e^-300):
+    within 0.1 MiB (the column's rounding and one 64 KiB sample of a small allocation)."""
+    exe = ipython_python()
+    env = ext_env(daemon, **({"MEMPROF_SAMPLE_RATE": rate} if rate else {}))
+    rc, out, err = run_ipython(exe, daemon, tmp_path, MPRUN_R_TOP, env=env)
+    assert rc == 0, out + err
+    mode = "sampling" if rate else "exact"
+    assert "memprof: tracking this process (pid %s, %s mode)" % (re.search(r"pid (\d+)", out).group(1), mode) in out, out
+    m = re.search(r"^RETURNED (\w+) (.*)$", out, re.M)
+    assert m and m.group(1) == "str", out
+    report = eval(m.group(2))
+    assert not re.search(r"^Line #", out, re.M), out  # -q: returned, not printed
+    assert "(function f, pid" in report and "%s mode" % mode in report, report
+    big = [inc for inc, occ, txt in table_rows(report).values() if "big = [2] * (3 * 10**6)" in txt]
+    assert len(big) == 1 and abs(big[0] - 24000056 / 2**20) <= 0.1, report
+    by_function, by_line = out.split("BY LINE")
+    assert ("mode sampling (1 per 64.0 KiB)" if rate else "mode exact") in by_function, by_function
+    by, mib, where = top_first_row(by_function)
+    assert by == "function" and re.match(r"^hold \(<ipython-input-[^>]+>:6\)$", where), by_function
+    assert abs(mib - 20000057 / 2**20) <= 0.1, by_function
+    by, mib, where = top_first_row(by_line)
+    assert by == "line" and re.match(r"^<ipython-input-[^>]+>:8 \(hold\)$", where), by_line
+    assert abs(mib - 20000057 / 2**20) <= 0.1, by_line
+
+
 def test_load_ext_twice_and_top(daemon, tmp_path):
     exe = ipython_python()
     code = ("%load_ext memprof\n"
@@ -257,7 +318,9 @@ def test_kernel_bad_input(kernel):
     out, err, error = kernel.run("%mprun -f boom boom()")
     assert error == ("ValueError", "boom 2000000"), (out, err, error)
     rows = table_rows(out)
-    assert any("held = [0] * (2 * 10**6)" in r[2] and r[0] > 14 for r in rows.values()), out  # the report first
+    # the report first, with the list's size (2,000,000 pointers and a 56-byte header: 15.26 MiB; exact mode, within
+    # the column's rounding)
+    assert any("held = [0] * (2 * 10**6)" in r[2] and abs(r[0] - 16000056 / 2**20) <= 0.1 for r in rows.values()), out
     out, err, error = kernel.run("%memit [0] * 10**6; 1/0")
     assert error and error[0] == "ZeroDivisionError" and "peak memory:" in out, (out, err, error)
     out, err, error = kernel.run("%load_ext memprof")
@@ -301,7 +364,14 @@ def test_kernel_mprun_asks_only_for_its_files_and_raises_the_users_traceback(ker
     data = json.loads(r.stdout)
     assert data["frames"] and {f["file"] for f in data["frames"]} == {cell_file}, data["frames"]
     assert "history" not in data and len(data["stacks"]) < 50, len(data["stacks"])
-    assert data["totals"]["allocated"] > 20000 * 64, data["totals"]
+    # the figures are the program's (exact mode): boom's list of 2,000,000 pointers, 16,000,056 bytes, allocated
+    # at line 2 of its cell (the list and its items); within 64 bytes (a sampled mode, or a 2x, is outside)
+    assert data["mode"] == "exact", data["mode"]
+    big = {f["id"] for f in data["frames"] if f["function"] == "boom" and f["line"] == 2}
+    at_big = [s for s in data["stacks"] if s["frames"] and s["frames"][0] in big]
+    assert abs(sum(s["alloc_bytes"] for s in at_big) - 16000056) <= 64, at_big
+    # the session's total takes in at least the 20,000 held bytearrays (121 bytes each, sys.getsizeof) and that list
+    assert data["totals"]["allocated"] >= 20000 * 121 + 16000056, data["totals"]
 
 
 def test_kernel_attached_from_outside(kernel, daemon):

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import SUPPORTED_IDS, agent_mapped, interpreter, target_script
+from conftest import SUPPORTED_IDS, Daemon, agent_mapped, interpreter, target_script
 from test_alloc import read_until, report_after
 
 TARGET = target_script("native_np.py")
@@ -297,6 +297,37 @@ def test_run_native_profile_report(daemon, tmp_path):
         assert (m or not native) and lo <= held <= hi, (native, r.stderr)
 
 
+def test_lines_native_only(daemon, tmp_path):
+    """memprof lines --native-only counts only what C code allocated: of f()'s Python list (2,000,000 pointers,
+    16,000,056 bytes) and numpy's array (20,000,000 bytes of data, malloc'd by numpy), the report shows the array's
+    line alone; without the option both lines. Sampled 1 in 64 KiB (memprof run's default), each big block is sampled
+    and counted as its size (p = 1 - e^-244); a small allocation sampled counts 64 KiB: each line within 0.25 MiB
+    (three such samples and the column's rounding)."""
+    from conftest import MEMPROF
+    exe = numpy_interpreter("debian-3.11")
+    script = tmp_path / "np_lines.py"
+    script.write_text("import numpy as np\n\n\ndef f():\n    a = [0] * 2000000\n    b = np.zeros(2500000)\n"
+                      "    return a, b\n\n\nx = f()\nprint('done')\n")
+    r = subprocess.run([MEMPROF, "run", "--native", "--", exe, str(script)], capture_output=True, text=True,
+                       timeout=120, env=daemon.env)
+    assert r.returncode == 0 and "done" in r.stdout, r.stdout + r.stderr
+    pid = int(re.search(r"^memprof: pid (\d+) kept as session", r.stderr, re.M).group(1))
+
+    def increments(*extra):
+        out = daemon.run("lines", "--pid", pid, "--function", "f", *extra)
+        assert out.returncode == 0, out.stderr
+        rows = {}
+        for l in out.stdout.splitlines():
+            m = re.match(r"^\s*(\d+)\s+\S+ MiB\s+(-?[\d.]+) MiB\s+\d+\s", l)
+            if m:
+                rows[int(m.group(1))] = float(m.group(2))
+        return rows, out.stdout
+    both, text = increments()
+    assert abs(both.get(5, 0) - 16000056 / 2**20) <= 0.25 and abs(both.get(6, 0) - 20e6 / 2**20) <= 0.25, text
+    only, text = increments("--native-only")
+    assert abs(only.get(5, 0)) <= 0.25 and abs(only.get(6, 0) - 20e6 / 2**20) <= 0.25, text
+
+
 def test_library_unloaded_while_hooked(daemon, targets, libnt):
     """A library loaded after attach is patched (dlopen hook); dlclosed while
     hooked, it is never written to at detach, and the others are restored."""
@@ -485,10 +516,13 @@ extern "C" void *nf_outer(std::size_t n)
 """
 
 
-def test_native_frames_cplusplus_demangled(daemon, targets, tmp_path):
+@pytest.mark.parametrize("demangle", [None, "full", "no"])
+def test_native_frames_cplusplus_demangled(daemon, targets, tmp_path, demangle):
     """A C++ library built with g++ (a template member function in a namespace calls malloc): its native
     frame is named demangled, without parameter list (memprof_test::Pool<int>::grab), in the json export
-    and the collapsed stacks; the library's .dynsym has it mangled (_ZN12memprof_test4PoolIiE4grab...)."""
+    and the collapsed stacks; the library's .dynsym has it mangled (_ZN12memprof_test4PoolIiE4grab...).
+    MEMPROF_DEMANGLE=full in memprofd's environment keeps the signature (as c++filt prints it), =no the mangled
+    name."""
     gxx = shutil.which("g++") or shutil.which("c++")
     if not gxx:
         pytest.skip("no C++ compiler (g++) to build the test library: apt-get install build-essential")
@@ -498,6 +532,21 @@ def test_native_frames_cplusplus_demangled(daemon, targets, tmp_path):
     subprocess.run([gxx, "-shared", "-fPIC", "-O0", "-g", "-o", lib, str(src)], check=True)
     mangled = [n for n in _syms(lib, "-D") if "4PoolIiE4grab" in n]
     assert mangled and mangled[0].startswith("_ZN12memprof_test"), sorted(_syms(lib, "-D"))
+    want = {None: "memprof_test::Pool<int>::grab", "no": mangled[0],
+            "full": subprocess.run(["c++filt", mangled[0]], capture_output=True, text=True).stdout.strip()}[demangle]
+    if demangle:  # a daemon of the test's own, started with the variable
+        os.makedirs(str(tmp_path / "d"))
+        daemon = Daemon(str(tmp_path / "d"))
+        daemon.env["MEMPROF_DEMANGLE"] = demangle
+        daemon.start()
+    try:
+        check_cplusplus_frames(daemon, targets, exe, lib, want)
+    finally:
+        if demangle:
+            daemon.stop()
+
+
+def check_cplusplus_frames(daemon, targets, exe, lib, want):
     t = start(targets, exe)
     daemon.attach(t.pid, "--native", "--native-frames", "--sample-rate", "65536")
     send(t, "nf %s 200 100000" % lib)
@@ -509,11 +558,11 @@ def test_native_frames_cplusplus_demangled(daemon, targets, tmp_path):
     assert mine, [[f["function"] for f in nat] for _, nat, _ in hybrid_stacks(ex)]
     names = [f["function"] for f in mine[0]]
     k = names.index("nf_outer")
-    assert names[k + 1:] == ["memprof_test::Pool<int>::grab"], names
+    assert names[k + 1:] == [want], names
     assert mine[0][-1]["file"].endswith("cx.cc") and mine[0][-1]["line"] > 0, mine[0][-1]
-    assert not any(n.startswith("_Z") for n in names), names
+    assert not any(n.startswith("_Z") for n in names) or want.startswith("_Z"), names
     folded = daemon.run("export", "--pid", t.pid, "--format", "collapsed").stdout.splitlines()
-    assert any(re.search(r";nf_outer \(libcx\.so\);memprof_test::Pool<int>::grab \(libcx\.so\) \d+$", l)
+    assert any(re.search(r";nf_outer \(libcx\.so\);%s \(libcx\.so\) \d+$" % re.escape(want), l)
                for l in folded), folded[:5]
     daemon.detach(t.pid)
 

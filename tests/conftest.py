@@ -247,19 +247,30 @@ class Target:
                                      text=True, bufsize=1, env=env)
         self.pid = self.proc.pid
         self.lines = []
+        self._raw = b""  # read from stdout, not yet a line (readline)
 
     def readline(self, timeout=30):
+        """The next line, read from the pipe itself into a buffer of our own (self._raw): select on the file
+        object would miss lines that arrived in one burst and wait in its buffer."""
         import select
+        fd = self.proc.stdout.fileno()
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            r, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.time()))
-            if r:
-                line = self.proc.stdout.readline()
-                if not line:
+        while b"\n" not in self._raw:
+            r, _, _ = select.select([fd], [], [], max(0.0, deadline - time.time()))
+            if not r:
+                if time.time() >= deadline:
+                    raise TimeoutError("no output from %s within %ss; so far: %r" % (self.argv, timeout,
+                                                                                   self.lines[-5:]))
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                if not self._raw:
                     return None
-                self.lines.append(line.rstrip("\n"))
-                return self.lines[-1]
-        raise TimeoutError("no output from %s within %ss; so far: %r" % (self.argv, timeout, self.lines[-5:]))
+                self._raw += b"\n"  # the last line, unterminated
+            self._raw += chunk
+        line, self._raw = self._raw.split(b"\n", 1)
+        self.lines.append(line.decode(errors="replace"))
+        return self.lines[-1]
 
     def wait_for(self, pattern, timeout=30):
         deadline = time.time() + timeout

@@ -42,28 +42,15 @@ def live_by_line(data, filename):
 
 
 def read_until(t, pattern, timeout=60):
-    """Lines of t's output up to the one matching pattern (included). Reads the
-    pipe unbuffered: Target.readline's select misses lines that arrived in one
-    burst and sit in the file object's buffer. Call only after the target
-    stopped printing (blocked on stdin) so that the buffer is empty."""
-    fd = t.proc.stdout.fileno()
-    buf = getattr(t, "_raw", b"")
+    """Lines of t's output up to the one matching pattern (included)."""
     lines = []
     deadline = time.time() + timeout
     while True:
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            line = line.decode(errors="replace")
-            lines.append(line)
-            t.lines.append(line)
-            if re.search(pattern, line):
-                t._raw = buf
-                return lines
-        r, _, _ = select.select([fd], [], [], max(0.0, deadline - time.time()))
-        assert r, "no %r from %s within %ss; so far: %r" % (pattern, t.argv, timeout, lines[-10:])
-        chunk = os.read(fd, 65536)
-        assert chunk, "target exited before %r: %r" % (pattern, lines[-10:])
-        buf += chunk
+        line = t.readline(max(0.1, deadline - time.time()))
+        assert line is not None, "target exited before %r: %r" % (pattern, lines[-10:])
+        lines.append(line)
+        if re.search(pattern, line):
+            return lines
 
 
 # ---------------------------------------------------------------- service.py

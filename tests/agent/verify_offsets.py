@@ -1,6 +1,7 @@
 """verify_offsets.py -- run by test_agent.py under each interpreter: walks this
 thread's frames with the agent's offset table (offsets_check.so) and compares
-them with what the interpreter reports. Prints "ok N" or the mismatch."""
+them with what the interpreter reports (a function's qualified name where the
+interpreter has one, 3.11+, as the agent records it). Prints "ok N" or the mismatch."""
 import ctypes
 import sys
 import threading
@@ -9,16 +10,20 @@ lib = ctypes.PyDLL(sys.argv[1])
 buf = ctypes.create_string_buffer(1 << 16)
 
 
+def name(c):
+    return getattr(c, "co_qualname", c.co_name)
+
+
 def inner():
     exp = []
     f = sys._getframe(1)
     while f:
         c = f.f_code
-        exp.append((c.co_name, c.co_filename, c.co_firstlineno, f.f_lineno))
+        exp.append((name(c), c.co_filename, c.co_firstlineno, f.f_lineno))
         f = f.f_back
     rc = lib.oc_walk(buf, len(buf)); line = sys._getframe().f_lineno
     c = sys._getframe().f_code
-    return rc, [(c.co_name, c.co_filename, c.co_firstlineno, line)] + exp
+    return rc, [(name(c), c.co_filename, c.co_firstlineno, line)] + exp
 
 
 def middle():

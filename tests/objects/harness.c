@@ -105,6 +105,13 @@ int client_call(int fd, const Envelope *req, Envelope **reply, int timeout_ms, c
     return -1;
 }
 
+int client_check_agent(const char *lib, char *real, size_t reallen, char *err)
+{
+    (void)lib, (void)real, (void)reallen;
+    mp_err(err, "harness: no agent to load");
+    return -1;
+}
+
 int client_agent_call(int fd, int pid, Memprof__AgentRequest *req, Envelope **env,
                       Memprof__AgentReply **reply, int timeout_ms, char *err)
 {

@@ -92,13 +92,25 @@ struct alloc_data {
     struct natives nat;
 };
 
+/* Room for n entries: the power of two at or above it (16 at least). */
+static size_t room_for(size_t n)
+{
+    size_t c = 16;
+    while (c < n) c <<= 1;
+    return c;
+}
+
+/* *n entries become want, zeroed; the array is reallocated only when it outgrows its power of two (ids come
+ * one at a time: an exact-mode agent defines ~20,000 frames at once, and a realloc per id copied them all). */
 static int grow(void **arr, size_t *n, size_t want, size_t elsize)
 {
-    void *p;
+    void *p = *arr;
     if (want <= *n) return 0;
     if (want > MAX_IDS) return -1;
-    p = realloc(*arr, want * elsize);
-    if (!p) return -1;
+    if (!p || room_for(want) > room_for(*n)) {
+        p = realloc(p, room_for(want) * elsize);
+        if (!p) return -1;
+    }
     memset((char *)p + *n * elsize, 0, (want - *n) * elsize);
     *arr = p;
     *n = want;

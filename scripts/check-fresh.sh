@@ -2,7 +2,8 @@
 # check-fresh.sh -- the README's two commands on a fresh Debian 12 root, then the .deb on a root with no build tools.
 #
 # 1. A minbase bookworm root with only build-essential, git and ca-certificates (scripts/mkroot.sh, cached),
-#    a clean `git archive` of HEAD copied into it (no ../shared beside it), and inside it, as root:
+#    a clean `git archive` of HEAD copied into its /opt/memprof (open to the users the security tests create; no
+#    ../shared beside it), and inside it, as root:
 #    `make demo`, then `make test`. Both must exit 0; the demo must show an attached session and a census;
 #    the test summary must have no failure and no skip but for what a fresh Debian 12 does not have (pyenv's
 #    interpreters; numpy and IPython in other Pythons than Debian's python3.11) and facts of the machine ("does not
@@ -78,13 +79,13 @@ make_root() { # DIR NAME
 echo "== check-fresh: Debian 12 root ($(elapsed))"
 root="$work/bookworm"
 make_root "$root" bookworm
-mkdir -p "$root/root/memprof"
-git archive HEAD | tar -x -C "$root/root/memprof"
+mkdir -p "$root/opt/memprof"
+git archive HEAD | tar -x -C "$root/opt/memprof"
 in_root "$root" 'command -v python3 || true; ls /root/.pyenv 2>/dev/null || true' >"$out/before.log" 2>&1
 
 echo "== make demo ($(elapsed))"
 s=$(date +%s)
-rc=0; in_root "$root" 'cd /root/memprof && make demo' >"$out/demo.log" 2>&1 || rc=$?
+rc=0; in_root "$root" 'cd /opt/memprof && make demo' >"$out/demo.log" 2>&1 || rc=$?
 echo "make demo: exit $rc in $(( $(date +%s) - s )) s" | tee -a "$out/summary"
 [ $rc -eq 0 ] || { tail -n 30 "$out/demo.log"; fail "make demo exited $rc"; }
 grep -q '^attached to pid' "$out/demo.log" || fail "the demo shows no attached session"
@@ -101,7 +102,7 @@ cp "$sid" "$root/var/cache/memprof/sid.tar.gz"
 if [ -d "$MEMPROF_CACHE/sid-debs" ]; then cp -r "$MEMPROF_CACHE/sid-debs" "$root/var/cache/memprof/"; fi
 s=$(date +%s)
 require='all,!pyenv-*,!* has no numpy*,!* has no IPython*'
-rc=0; in_root "$root" "cd /root/memprof && MEMPROF_REQUIRE='$require' make test" >"$out/test.log" 2>&1 || rc=$?
+rc=0; in_root "$root" "cd /opt/memprof && MEMPROF_REQUIRE='$require' make test" >"$out/test.log" 2>&1 || rc=$?
 summary=$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$out/test.log" | tail -n 1)
 echo "make test: exit $rc in $(( $(date +%s) - s )) s: $summary" | tee -a "$out/summary"
 [ $rc -eq 0 ] || { tail -n 40 "$out/test.log"; fail "make test exited $rc"; }
@@ -126,9 +127,9 @@ fi
 grep -E 'MISSING|not found' "$out/test.log" | sed -n '1,20p' >>"$out/summary" || true
 
 echo "== make deb ($(elapsed))"
-rc=0; in_root "$root" 'cd /root/memprof && make deb' >"$out/deb.log" 2>&1 || rc=$?
+rc=0; in_root "$root" 'cd /opt/memprof && make deb' >"$out/deb.log" 2>&1 || rc=$?
 [ $rc -eq 0 ] || { tail -n 20 "$out/deb.log"; fail "make deb exited $rc"; }
-deb=$(ls "$root"/root/memprof/build/memprof_*_amd64.deb 2>/dev/null | head -n 1)
+deb=$(ls "$root"/opt/memprof/build/memprof_*_amd64.deb 2>/dev/null | head -n 1)
 [ -n "$deb" ] || fail "make deb made no build/memprof_*_amd64.deb"
 cp "$deb" "$out/"
 

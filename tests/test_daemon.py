@@ -154,8 +154,10 @@ def test_agent_message_from_a_client_is_refused_with_bad_request(daemon):
 
 
 def memprof_mappings(pid):
+    """The target's mappings of the agent (the memfd or its copy in the target's /tmp), whatever the checkout's path
+    (its path may say memprof too: check-fresh's /opt/memprof, and the sid interpreters run from below it)."""
     with open("/proc/%d/maps" % pid) as f:
-        return [l for l in f.read().splitlines() if "memprof" in l]
+        return [l for l in f.read().splitlines() if "libmemprof" in l or "/.memprof-" in l]
 
 
 def test_daemon_killed_with_8_tracking_targets(fresh_daemon, targets):

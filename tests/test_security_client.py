@@ -16,6 +16,29 @@ from conftest import BUILD, PB_SRC, ROOT, Target, default_python, target_script
 
 PREFIX = "mpsq"
 
+
+def _others_can_reach(path):
+    """Whether a user other than the owner can read path: it and every directory above it open to others."""
+    mode = os.stat(path).st_mode
+    if not mode & stat.S_IROTH:
+        return False
+    d = os.path.dirname(os.path.abspath(path))
+    while True:
+        if not os.stat(d).st_mode & stat.S_IXOTH:
+            return False
+        if d == "/":
+            return True
+        d = os.path.dirname(d)
+
+
+# The users these tests create run memprof, the agent and the test's targets from the checkout: a checkout under a
+# directory closed to others (root's /root, mode 700) cannot be theirs to run, and every test here would pass for the
+# wrong reason (their command refused with EACCES). check-fresh and CI keep the checkout open to others.
+pytestmark = pytest.mark.skipif(
+    not all(_others_can_reach(p) for p in (os.path.join(BUILD, "memprof"), os.path.join(ROOT, "tests", "targets", "idle.py"))),
+    reason="does not apply here: the checkout (%s) cannot be read by other users, whom these tests play; clone it "
+           "where they can (e.g. /opt or /srv)" % ROOT)
+
 # A fake memprofd: answers a hello, and any request with a RunReply naming LIB (what `memprof run` preloads);
 # appends the bytes each connection sent to RECORD.
 FAKE_DAEMON = PB_SRC + r'''

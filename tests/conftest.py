@@ -443,6 +443,18 @@ def varint(n):
 def field(num, wire, data):
     # one protobuf field: wire 0 = varint, 2 = length-delimited bytes
     return varint(num << 3 | wire) + (varint(data) if wire == 0 else varint(len(data)) + data)
+def agent_hello(token, pid):
+    # an agent's hello frame: Envelope{Hello{protocol 1, role agent, token, AgentInfo{pid}}}, length first
+    env = field(1, 2, field(1, 0, 1) + field(2, 0, 1) + field(3, 2, token) + field(4, 2, field(1, 0, pid)))
+    return len(env).to_bytes(4, "little") + env
+def read_to_close(sock):
+    # everything the peer sends until it closes the connection
+    r = b""
+    while True:
+        b = sock.recv(4096)
+        if not b:
+            return r
+        r += b
 """
 _pb = {}
 exec(PB_SRC, _pb)

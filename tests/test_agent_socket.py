@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import Daemon, pb_field, pb_frame, target_script
+from conftest import PB_SRC, Daemon, pb_field, pb_frame, target_script
 
 ATTACKER = "mpagatk"
 PY = "/usr/bin/python3"
@@ -354,7 +354,7 @@ def test_thousand_idle_connections(limited_daemon, attacker, targets):
     assert lines < 40, lines  # refusals at most one line a second, plus the attach's own lines
 
 
-REFUSED_HELLOS = """
+REFUSED_HELLOS = PB_SRC + """
 name, n = sys.argv[1], int(sys.argv[2])
 hello = bytes.fromhex(sys.argv[3])
 answered = 0
@@ -363,13 +363,7 @@ for i in range(n):
     c.settimeout(10)
     c.connect("\\0" + name)
     c.sendall(hello)
-    r = b""
-    while True:
-        b = c.recv(4096)
-        if not b:
-            break
-        r += b
-    answered += b"no attach in progress" in r
+    answered += b"no attach in progress" in read_to_close(c)
     c.close()
 print(answered)
 """

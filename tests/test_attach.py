@@ -419,19 +419,11 @@ SYS_PY = "/usr/bin/python3"  # readable by the attacker user
 AGENT_HELLO = PB_SRC + """
 import os, socket, struct, sys
 name, token = sys.argv[1], sys.argv[2].encode()
-hello = field(1, 0, 1) + field(2, 0, 1) + field(3, 2, token) + field(4, 2, field(1, 0, os.getpid()))
-env = field(1, 2, hello)
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.settimeout(10)
 s.connect("\\0" + name)
-s.sendall(struct.pack("<I", len(env)) + env)
-r = b""
-while True:
-    b = s.recv(4096)
-    if not b:
-        break
-    r += b
-print(r)
+s.sendall(agent_hello(token, os.getpid()))
+print(read_to_close(s))
 """
 
 
@@ -444,16 +436,8 @@ s.connect("\\0" + sys.argv[1])
 pid = os.getpid()
 if os.fork() == 0:  # a child holding that connection sends a hello with a wrong token when told
     sys.stdin.readline()
-    hello = field(1, 0, 1) + field(2, 0, 1) + field(3, 2, b"0" * 32) + field(4, 2, field(1, 0, pid))
-    env = field(1, 2, hello)
-    s.sendall(struct.pack("<I", len(env)) + env)
-    r = b""
-    while True:
-        b = s.recv(4096)
-        if not b:
-            break
-        r += b
-    print("own hello got %r" % r, flush=True)
+    s.sendall(agent_hello(b"0" * 32, pid))
+    print("own hello got %r" % read_to_close(s), flush=True)
     os._exit(0)
 ctypes.PyDLL(None).sleep(5)  # a C call that keeps the GIL: the injected agent cannot say hello before it returns
 print("woke", flush=True)

@@ -137,7 +137,7 @@ unit: $(BUILD)/test_wire
 # MEMPROF_OFFLINE=1 downloads nothing (those tests skip, saying so). MEMPROF_REQUIRE=all[,!PATTERN...] (CI,
 # check-fresh): a skip for anything missing fails instead (tests/conftest.py).
 test: deps-test all $(BUILD)/test_wire $(addprefix $(BUILD)/fuzz_,$(FUZZ_TARGETS))
-	$(PYTHON) -m pytest -p no:cacheprovider -rs tests
+	$(PYTHON) -m pytest -p no:cacheprovider -rsfE tests
 
 # deps first, then a new make for the build, so the libraries it installed are
 # the ones the build finds.
@@ -157,7 +157,7 @@ test-asan: $(BUILD)/libmemprof_agent.so
 	rm -rf $(BUILD)/asan/reports && mkdir -p $(BUILD)/asan/reports
 	MEMPROF_BUILD=$(BUILD)/asan ASAN_OPTIONS=log_path=$(abspath $(BUILD))/asan/reports/asan:detect_leaks=1 \
 	    UBSAN_OPTIONS=log_path=$(abspath $(BUILD))/asan/reports/ubsan:print_stacktrace=1 \
-	    $(PYTHON) -m pytest -p no:cacheprovider -rs $(ASAN_TESTS) $(if $(ASAN_SELECT),-k '$(ASAN_SELECT)')
+	    $(PYTHON) -m pytest -p no:cacheprovider -rsfE $(ASAN_TESTS) $(if $(ASAN_SELECT),-k '$(ASAN_SELECT)')
 	@if ls $(BUILD)/asan/reports/* >/dev/null 2>&1; then cat $(BUILD)/asan/reports/*; \
 	    echo "test-asan: sanitizer reports above" >&2; exit 1; fi
 	@echo "test-asan: 0 sanitizer reports"

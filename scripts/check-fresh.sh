@@ -105,7 +105,7 @@ require='all,!pyenv-*,!* has no numpy*,!* has no IPython*'
 rc=0; in_root "$root" "cd /opt/memprof && MEMPROF_REQUIRE='$require' make test" >"$out/test.log" 2>&1 || rc=$?
 summary=$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$out/test.log" | tail -n 1)
 echo "make test: exit $rc in $(( $(date +%s) - s )) s: $summary" | tee -a "$out/summary"
-[ $rc -eq 0 ] || { tail -n 40 "$out/test.log"; fail "make test exited $rc"; }
+[ $rc -eq 0 ] || { tail -n 40 "$out/test.log"; grep -E "^(FAILED|ERROR) " "$out/test.log" | tee -a "$out/summary"; fail "make test exited $rc"; }
 echo "$summary" | grep -q ' passed' || fail "make test printed no passed count"
 echo "$summary" | grep -qE ' (failed|error)' && fail "make test reported failures"
 # Skips: those $require excuses and facts of the machine only (the conftest fails any other under MEMPROF_REQUIRE;

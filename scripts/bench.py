@@ -1,6 +1,6 @@
 """bench.py -- `make bench`: memprof against its peers, measured in the same run, as ratios.
 
-Prints a Markdown table for the README. memprof runs on the project's workloads
+Prints the Markdown table of docs/benchmarks.md. memprof runs on the project's workloads
 (tests/workloads). The peers (gdb injection, tracemalloc and memory_profiler
 runs, objgraph) are the scripts of ../shared/bench/peers (MEMPROF_SHARED): an
 optional extra, measured only when present (their rows say n/a otherwise).

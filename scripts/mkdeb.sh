@@ -23,8 +23,12 @@ $MAKE --no-print-directory install BUILD="$PKG/build" DESTDIR="$(cd "$STAGE" && 
 for f in "$STAGE"/usr/bin/memprof "$STAGE"/usr/bin/memprofd "$STAGE"/usr/lib/memprof/libmemprof_agent.so; do
     strip --strip-unneeded --remove-section=.comment --remove-section=.note "$f"
 done
-# Debian's layout: man pages compressed.
+# Debian's layout: man pages compressed, the license as the package's copyright file.
 gzip -9n "$STAGE"/usr/share/man/man1/memprof.1 "$STAGE"/usr/share/man/man8/memprofd.8
+install -D -m 644 LICENSE "$STAGE/usr/share/doc/memprof/copyright"
+# The supported CPythons as common/pyversions.h defines them, for the description.
+PYRANGE=$(sed -n 's/^#define MP_PY_\(MIN\|MAX\)_MINOR \([0-9]*\)$/3.\2/p' common/pyversions.h | paste -sd-)
+[ -n "$PYRANGE" ] || { echo "mkdeb: no MP_PY_MIN_MINOR/MP_PY_MAX_MINOR in common/pyversions.h" >&2; exit 1; }
 
 mkdir -p "$STAGE/DEBIAN" # also how dpkg-shlibdeps recognises the package root
 printf 'Source: memprof\n\nPackage: memprof\nArchitecture: any\n' >"$PKG/src/debian/control"
@@ -43,7 +47,7 @@ Depends: $DEPENDS
 Section: devel
 Priority: optional
 Description: memory profiler for live CPython processes
- memprofd attaches to a running CPython 3.8-3.13 process (ptrace, about a
+ memprofd attaches to a running CPython $PYRANGE process (ptrace, about a
  millisecond stopped) and injects an agent that samples allocations and
  counts objects; memprof shows where memory goes by line and function
  (top, lines, diff, plot, export), what objects exist and why they stay

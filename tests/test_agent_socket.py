@@ -1,6 +1,6 @@
 """The agent socket attacked by another local user (a real one, created here and removed after): idle and
 half-sent connections, decode bombs before and after a hello, refused-hello floods. memprofd's memory, its
-answers to its own clients and its log stay bounded (README "Security")."""
+answers to its own clients and its log stay bounded (docs/security.md)."""
 import json
 import os
 import re

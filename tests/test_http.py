@@ -220,11 +220,11 @@ def test_prometheus_scrapes_rising_live_bytes(hd, targets, tmp_path):
         assert values[-1] > values[0], values
         res = prom_query(port, 'memprof_tracked_live_bytes{pid="%d"}' % leak_pid)
         assert res and res[0]["metric"]["job"] == "memprof" and "command" not in res[0]["metric"], res
-        # the README's join: the command from the one info series
+        # docs/http.md's join: the command from the one info series
         res = prom_query(port, 'memprof_tracked_live_bytes{pid="%d"} * on(pid) group_left(command) '
                                'memprof_process_info' % leak_pid)
         assert res and "service.py" in res[0]["metric"]["command"], res
-        # the README's query for the fastest-growing process
+        # docs/http.md's query for the fastest-growing process
         res = prom_query(port, "topk(1, deriv(memprof_tracked_live_bytes[1m]))")
         assert res and res[0]["metric"]["pid"] == str(leak_pid), res
         assert prom_query(port, 'memprof_tracked_live_bytes{pid="%d"}' % idle_pid)

@@ -24,7 +24,7 @@ from conftest import MEMPROFD, Daemon
 from proctools import free_port
 from test_http import HttpDaemon, prom_query
 
-HTTP_LIMIT = 128  # daemon/http.c: connections at once (README "Security")
+HTTP_LIMIT = 128  # daemon/http.c: connections at once (docs/security.md)
 HTTP_IDLE = 5  # seconds without a byte before memprofd closes a connection
 PARTIAL = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"  # headers never finished
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -390,4 +390,8 @@ def test_deb_depends_and_contents(installed, work, version):
             mode = sum(0o400 >> i for i, ch in enumerate(perms[1:10]) if ch != "-")
             packaged[re.sub(r"^\./usr/", "", path)] = mode
     expected = {re.sub(r"(/man\d/.*)$", r"\1.gz", p): m for p, m in EXPECTED.items()}
+    expected["share/doc/memprof/copyright"] = 0o644  # Debian's place for the license
     assert packaged == expected
+    h = open(os.path.join(ROOT, "common/pyversions.h")).read()
+    lo, hi = (re.search(r"#define MP_PY_%s_MINOR (\d+)" % k, h).group(1) for k in ("MIN", "MAX"))
+    assert "CPython 3.%s-3.%s process" % (lo, hi) in field("Description"), field("Description")

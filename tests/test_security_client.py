@@ -1,4 +1,4 @@
-"""Who the client talks to (README "Security"): another local user -- a real one the test creates -- squats a user's
+"""Who the client talks to (docs/security.md): another local user -- a real one the test creates -- squats a user's
 default socket directory (/tmp/memprof-UID), listens there as a fake memprofd naming a library, plants the log as a
 symlink, or names a library from a trusted socket; memprof, memprofd attach/detach/stop/serve and memprof inproc
 refuse each with one line, send the squatter no byte, load nothing and write nothing. And the default still works."""

@@ -126,7 +126,7 @@ const char *mp_user_name(uid_t uid, char *out, size_t outlen)
     return out;
 }
 
-/* Why dir, as fstat'ed, cannot be trusted with the daemon's socket and log, or NULL: README "Security". */
+/* Why dir, as fstat'ed, cannot be trusted with the daemon's socket and log, or NULL: docs/security.md. */
 static const char *dir_fault(const struct stat *st, int daemon, char *fix, size_t fixlen, const char *dir)
 {
     uid_t me = geteuid();

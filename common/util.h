@@ -53,7 +53,7 @@ int mp_token_equal(const char *a, const char *b);
 /* Whether a Python file is library code rather than the user's: the standard
  * library (.../lib/pythonX.Y/, lib64 too, <frozen ...>) or an installed package
  * (site-packages, dist-packages). The views show what library code allocates at
- * the user's line that called it (README "Library frames"). */
+ * the user's line that called it (docs/commands.md, "Library frames"). */
 int mp_is_library_file(const char *file);
 
 #endif

@@ -174,6 +174,20 @@ def test_man_page_renders_without_warnings_and_covers_help(installed, page, exe)
     assert not missing, "%s does not document: %s" % (page, ", ".join(missing))
 
 
+
+def test_man_pages_name_no_option_help_lacks():
+    """The other way round: an option the man pages' source names is one some command's --help has (man pages are
+    written by hand; --help is made from the option tables, common/opts.h)."""
+    known = {"--help", "--version", "--now"}  # --now: systemctl enable --now memprofd
+    for exe in (MEMPROF, MEMPROFD):
+        for opts in commands_and_options(exe).values():
+            known |= opts
+    for page in ("docs/man/memprof.1", "docs/man/memprofd.8"):
+        text = open(os.path.join(ROOT, page)).read().replace("\\-", "-")
+        stale = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", text)) - known
+        assert not stale, "%s names options no --help has: %s" % (page, ", ".join(sorted(stale)))
+
+
 # ---------------------------------------------------------------- completion
 
 def complete(installed, prog, *words):

@@ -4,6 +4,7 @@ DESTDIR ?=
 BUILD   ?= build
 # CFLAGS, the warnings (-Werror; WERROR= to relax), the dependency files: shared with tests/objects and tests/inject.
 include mk/flags.mk
+.DEFAULT_GOAL := all
 # Libraries are asked of pkg-config when a rule first needs them, not when make parses this file: `make demo`
 # installs them (deps) before anything is compiled. A library is linked only into the program that uses it.
 DAEMON_PKGS = libelf libdw libprotobuf-c
@@ -62,7 +63,7 @@ $(OBJ)/host/cli/%.o:    DIR_CFLAGS = -Icli -Iclient -Iprobe -Iagent
 COMPILE.pic = $(CC) $(COMMON_CFLAGS) -fPIC -fvisibility=hidden -ftls-model=initial-exec -Iagent $(DEPFLAGS)
 # libFuzzer targets: clang, ASan+UBSan, the version "fuzz", memprof without rss (its BPF loader stays out).
 FUZZ_CC = clang
-FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined $(STD_CFLAGS) -I$(BUILD)/gen -Iproto -Icommon \
+FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined $(STD_CFLAGS) $(WARNINGS) -I$(BUILD)/gen -Iproto -Icommon \
               -DMEMPROF_VERSION='"fuzz"'
 COMPILE.fuzz = $(FUZZ_CC) $(FUZZ_CFLAGS) $(DIR_CFLAGS) $(DEPFLAGS)
 $(OBJ)/fuzz/%.o:     DIR_CFLAGS = -Iclient -Iprobe -Iagent

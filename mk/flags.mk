@@ -4,10 +4,12 @@ CFLAGS ?= -O2 -g
 # Warnings are errors in development and CI builds; WERROR= (empty) keeps them warnings, for a compiler newer than
 # the ones memprof is built with here.
 WERROR ?= -Werror
-WARNINGS = -Wall -Wextra $(WERROR) -Wno-format-truncation
-# The language and the feature macros (no warnings: the fuzz targets, built with clang, take these alone).
+WARNINGS = -Wall -Wextra $(WERROR)
+# (gcc's only: clang, which builds the fuzz targets, has no such option)
+GCC_WARNINGS = -Wno-format-truncation
+# The language and the feature macros.
 STD_CFLAGS = -std=gnu11 -D_GNU_SOURCE -fno-strict-aliasing
-BASE_CFLAGS = $(STD_CFLAGS) $(WARNINGS)
+BASE_CFLAGS = $(STD_CFLAGS) $(WARNINGS) $(GCC_WARNINGS)
 # A dependency file beside each object (OBJ.d): a header's change recompiles exactly the objects that include it;
 # -MP keeps a deleted header from breaking the build.
 DEPFLAGS = -MMD -MP

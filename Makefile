@@ -23,7 +23,6 @@ PYTHON  ?= /usr/bin/python3
 # ---------------------------------------------------------------- sources
 # What each program links, as source files: a whole folder by wildcard (a new .c there needs no edit here), a list
 # where a program takes only some files of a folder.
-GEN      = $(BUILD)/gen/memprof.pb-c.c $(BUILD)/gen/memprof.pb-c.h
 # pprof's profile.proto (our copy of its messages) and the profile builder: memprof and memprofd only.
 PPROF_SRC = $(BUILD)/gen/profile.pb-c.c common/pprof.c
 WIRE_SRC = $(BUILD)/gen/memprof.pb-c.c proto/wire.c common/util.c

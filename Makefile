@@ -2,31 +2,32 @@
 PREFIX  ?= /usr/local
 DESTDIR ?=
 BUILD   ?= build
-CC      ?= cc
-# Libraries are asked of pkg-config when a rule runs, not when make parses this
-# file: `make demo` installs them (deps) before anything is compiled.
-# A library is linked only into the program that uses it.
+# CFLAGS, the warnings (-Werror; WERROR= to relax), the dependency files: shared with tests/objects and tests/inject.
+include mk/flags.mk
+.DEFAULT_GOAL := all
+# Libraries are asked of pkg-config when a rule first needs them, not when make parses this file: `make demo`
+# installs them (deps) before anything is compiled. A library is linked only into the program that uses it.
 DAEMON_PKGS = libelf libdw libprotobuf-c
-PKG_CFLAGS = $(shell pkg-config --cflags $(DAEMON_PKGS) 2>/dev/null)
-PKG_LIBS   = $(shell pkg-config --libs $(DAEMON_PKGS) 2>/dev/null)
-PB_LIBS    = $(shell pkg-config --libs libprotobuf-c 2>/dev/null)
+PKG_CFLAGS = $(call once,PKG_CFLAGS,pkg-config --cflags $(DAEMON_PKGS) 2>/dev/null)
+PKG_LIBS   = $(call once,PKG_LIBS,pkg-config --libs $(DAEMON_PKGS) 2>/dev/null)
+PB_LIBS    = $(call once,PB_LIBS,pkg-config --libs libprotobuf-c 2>/dev/null)
 # pprof profiles are gzip'd (zlib: memprof and memprofd); memprofd's HTTP endpoint is libmicrohttpd.
-Z_CFLAGS   = $(shell pkg-config --cflags zlib 2>/dev/null)
-Z_LIBS     = $(shell pkg-config --libs zlib 2>/dev/null)
-MHD_CFLAGS = $(shell pkg-config --cflags libmicrohttpd 2>/dev/null)
-MHD_LIBS   = $(shell pkg-config --libs libmicrohttpd 2>/dev/null)
-CFLAGS  ?= -O2 -g
+Z_CFLAGS   = $(call once,Z_CFLAGS,pkg-config --cflags zlib 2>/dev/null)
+Z_LIBS     = $(call once,Z_LIBS,pkg-config --libs zlib 2>/dev/null)
+MHD_CFLAGS = $(call once,MHD_CFLAGS,pkg-config --cflags libmicrohttpd 2>/dev/null)
+MHD_LIBS   = $(call once,MHD_LIBS,pkg-config --libs libmicrohttpd 2>/dev/null)
+# make test-asan: the sanitizers, in compiling and linking memprofd and memprof (in a build tree of their own).
 SANITIZE ?=
-CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -Wno-format-truncation -D_GNU_SOURCE -fno-strict-aliasing \
-           -I$(BUILD)/gen -Iproto -Icommon $(PKG_CFLAGS) $(SANITIZE)
 PYTHON  ?= /usr/bin/python3
 
-GEN      = $(BUILD)/gen/memprof.pb-c.c $(BUILD)/gen/memprof.pb-c.h
+# ---------------------------------------------------------------- sources
+# What each program links, as source files: a whole folder by wildcard (a new .c there needs no edit here), a list
+# where a program takes only some files of a folder.
 # pprof's profile.proto (our copy of its messages) and the profile builder: memprof and memprofd only.
 PPROF_SRC = $(BUILD)/gen/profile.pb-c.c common/pprof.c
 WIRE_SRC = $(BUILD)/gen/memprof.pb-c.c proto/wire.c common/util.c
 # The client library: connect, handshake, typed calls; linked by memprof and memprofd (attach/detach/stop).
-CLIENT_SRC = client/client.c client/errors.c
+CLIENT_SRC = $(wildcard client/*.c)
 # The option parser (table per command, --help from it) of memprof and memprofd.
 OPTS_SRC = common/opts.c
 # C++ names of native frames (memprofd, memprof rss): libstdc++'s demangler (build-essential's g++ brings it).
@@ -38,8 +39,60 @@ PROBE_SRC = $(wildcard probe/*.c)
 AGENT_SRC  = $(wildcard agent/*.c)
 DAEMON_SRC = $(wildcard daemon/*.c)
 CLI_SRC    = $(filter-out cli/main.c,$(wildcard cli/*.c))
-HDRS = $(wildcard proto/*.h common/*.h client/*.h probe/*.h agent/*.h daemon/*.h cli/*.h bpf/*.h) $(BUILD)/gen/memprof.pb-c.h \
-       $(BUILD)/gen/profile.pb-c.h
+# The daemon and memprof rss share the agent's CPython ABI table (pyabi.c: data only).
+MEMPROFD_SRC = $(DAEMON_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(PROBE_SRC) agent/pyabi.c $(WIRE_SRC) $(PPROF_SRC) $(DEMANGLE_SRC)
+RSS_SRC  = $(PROBE_SRC) agent/pyabi.c
+MEMPROF_SRC = cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC) $(RSS_SRC) $(DEMANGLE_SRC)
+
+# ---------------------------------------------------------------- objects
+# One object per source, with its dependency file (-MMD) beside it, in a tree per set of flags: obj/host (memprofd,
+# memprof, test_wire), obj/pic (the agent: position-independent, hidden symbols), obj/fuzz (clang, libFuzzer).
+# A source's object is obj/TREE/ + its path, .o for .c; a generated one's is obj/TREE/gen/ + its name.
+OBJ = $(BUILD)/obj
+objs = $(foreach s,$(2),$(if $(filter $(BUILD)/gen/%,$(s)),$(OBJ)/$(1)/gen/$(notdir $(s:.c=.o)),$(OBJ)/$(1)/$(s:.c=.o)))
+VERSION_CFLAGS = -DMEMPROF_VERSION='"$(MEMPROF_VERSION)"' -DMEMPROF_AGENT_PATH='"$(AGENT_PATH)"'
+COMMON_CFLAGS = $(CFLAGS) $(BASE_CFLAGS) -I$(BUILD)/gen -Iproto -Icommon $(PKG_CFLAGS) $(SANITIZE) $(VERSION_CFLAGS)
+# DIR_CFLAGS: the -I a folder's files were written for (sources include headers by name alone).
+COMPILE.host = $(CC) $(COMMON_CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) $(DIR_CFLAGS) $(DEPFLAGS)
+$(OBJ)/host/%.o:        DIR_CFLAGS = -Iclient -Iprobe -Iagent
+$(OBJ)/host/daemon/%.o: DIR_CFLAGS = -Idaemon -Iclient -Iprobe -Iagent
+$(OBJ)/host/cli/%.o:    DIR_CFLAGS = -Icli -Iclient -Iprobe -Iagent
+# The agent runs inside the target: PIC, hidden symbols but its entry point, no dependency on Python headers (it
+# resolves the C API at run time).
+COMPILE.pic = $(CC) $(COMMON_CFLAGS) -fPIC -fvisibility=hidden -ftls-model=initial-exec -Iagent $(DEPFLAGS)
+# libFuzzer targets: clang, ASan+UBSan, the version "fuzz", memprof without rss (its BPF loader stays out).
+FUZZ_CC = clang
+FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined $(STD_CFLAGS) $(WARNINGS) -I$(BUILD)/gen -Iproto -Icommon \
+              -DMEMPROF_VERSION='"fuzz"'
+COMPILE.fuzz = $(FUZZ_CC) $(FUZZ_CFLAGS) $(DIR_CFLAGS) $(DEPFLAGS)
+$(OBJ)/fuzz/%.o:     DIR_CFLAGS = -Iclient -Iprobe -Iagent
+$(OBJ)/fuzz/cli/%.o: DIR_CFLAGS = -DMEMPROF_NO_RSS -Icli -Iclient
+$(OBJ)/fuzz/agent/%.o: DIR_CFLAGS = -Iagent
+$(OBJ)/fuzz/tests/fuzz/fuzz_snapshot.o:     DIR_CFLAGS = -DMEMPROF_NO_RSS -Icli -Iclient
+$(OBJ)/fuzz/tests/fuzz/fuzz_agent_arg.o:    DIR_CFLAGS = -Iagent
+$(OBJ)/fuzz/tests/fuzz/fuzz_alloc_report.o: DIR_CFLAGS = -Idaemon -Iprobe -Iagent
+# (fuzz_snapshot calls memprof's main under another name)
+$(OBJ)/fuzz/cli/main.o: DIR_CFLAGS = -DMEMPROF_NO_RSS -Icli -Iclient -Dmain=memprof_cli_main
+
+# The generated headers exist before any object compiles (order-only: their dependency files take over after).
+GEN_HDRS = $(BUILD)/gen/memprof.pb-c.h $(BUILD)/gen/profile.pb-c.h $(BUILD)/gen/rss_config.h
+define OBJ_RULES
+$$(OBJ)/$(1)/%.o: %.c | $$(GEN_HDRS)
+	@mkdir -p $$(@D)
+	$$(COMPILE.$(1)) -c -o $$@ $$<
+$$(OBJ)/$(1)/gen/%.o: $$(BUILD)/gen/%.c | $$(GEN_HDRS)
+	@mkdir -p $$(@D)
+	$$(COMPILE.$(1)) -c -o $$@ $$<
+endef
+$(foreach t,host pic fuzz,$(eval $(call OBJ_RULES,$(t))))
+# The files that print the version or the agent's path: rebuilt when either changes (version.stamp, below).
+VERSION_SRC := $(shell grep -lE '"version\.h"|MEMPROF_VERSION|MEMPROF_AGENT_PATH' $(wildcard */*.c) /dev/null)
+$(call objs,host,$(VERSION_SRC)) $(call objs,pic,$(VERSION_SRC)): $(BUILD)/version.stamp
+
+AGENT_OBJS    = $(call objs,pic,$(AGENT_SRC) $(WIRE_SRC))
+MEMPROFD_OBJS = $(call objs,host,$(MEMPROFD_SRC))
+MEMPROF_OBJS  = $(call objs,host,$(MEMPROF_SRC))
+TEST_WIRE_OBJS = $(call objs,host,tests/unit/test_wire.c $(WIRE_SRC))
 
 BINS = $(BUILD)/memprofd $(BUILD)/memprof $(BUILD)/libmemprof_agent.so
 .PHONY: all test unit demo bench fuzz fuzz-long install clean deps deps-test check-fresh test-asan
@@ -52,11 +105,11 @@ deps:
 deps-test:
 	@sh scripts/install-deps.sh all
 
-$(BUILD)/gen/memprof.pb-c.c $(BUILD)/gen/memprof.pb-c.h: proto/memprof.proto
+$(BUILD)/gen/memprof.pb-c.c $(BUILD)/gen/memprof.pb-c.h &: proto/memprof.proto
 	@mkdir -p $(BUILD)/gen
 	protoc-c --proto_path=proto --c_out=$(BUILD)/gen proto/memprof.proto
 
-$(BUILD)/gen/profile.pb-c.c $(BUILD)/gen/profile.pb-c.h: proto/profile.proto
+$(BUILD)/gen/profile.pb-c.c $(BUILD)/gen/profile.pb-c.h &: proto/profile.proto
 	@mkdir -p $(BUILD)/gen
 	protoc-c --proto_path=proto --c_out=$(BUILD)/gen proto/profile.proto
 
@@ -75,37 +128,31 @@ $(BUILD)/flame.html: web/flame.html.in scripts/inline-page.sh $(FLAMEGRAPH_DIST)
 $(BUILD)/flame_page.o: cli/flame_page.S $(BUILD)/flame.html
 	$(CC) -c -DFLAME_HTML='"$(BUILD)/flame.html"' -o $@ cli/flame_page.S
 
-# The agent runs inside the target: PIC, hidden symbols but its entry point, no
-# dependency on Python headers (it resolves the C API at run time). protobuf-c is
-# linked in statically (a container's root rarely has libprotobuf-c.so.1); the
-# version script keeps its symbols local, which also lets its non-PIC archive link.
-PB_STATIC = $(shell pkg-config --variable=libdir libprotobuf-c 2>/dev/null)/libprotobuf-c.a
-$(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS) agent/agent.map
-	$(CC) $(CFLAGS) -fPIC -shared -fvisibility=hidden -ftls-model=initial-exec -Iagent \
-	    -Wl,-soname,libmemprof_agent.so -Wl,--version-script=agent/agent.map -Wl,-z,defs \
-	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_STATIC) -lpthread -ldl -lm
+# protobuf-c is linked into the agent statically (a container's root rarely has libprotobuf-c.so.1); the version
+# script keeps its symbols local, which also lets its non-PIC archive link.
+PB_STATIC = $(call once,PB_LIBDIR,pkg-config --variable=libdir libprotobuf-c 2>/dev/null)/libprotobuf-c.a
+$(BUILD)/libmemprof_agent.so: $(AGENT_OBJS) agent/agent.map
+	$(CC) $(CFLAGS) $(SANITIZE) $(LDFLAGS) -fPIC -shared -Wl,-soname,libmemprof_agent.so \
+	    -Wl,--version-script=agent/agent.map -Wl,-z,defs -o $@ $(AGENT_OBJS) $(PB_STATIC) -lpthread -ldl -lm
 
-# The daemon shares the agent's CPython ABI table (pyabi.c: data only).
-$(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(PROBE_SRC) agent/pyabi.c $(WIRE_SRC) $(PPROF_SRC) $(DEMANGLE_SRC) $(HDRS)
-	$(CC) $(CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) -Idaemon -Iclient -Iprobe -Iagent -o $@ $(DAEMON_SRC) $(CLIENT_SRC) \
-	    $(OPTS_SRC) $(PROBE_SRC) agent/pyabi.c \
-	    $(WIRE_SRC) $(PPROF_SRC) $(DEMANGLE_SRC) $(PKG_LIBS) $(Z_LIBS) $(MHD_LIBS) $(DEMANGLE_LIBS) -lm
-
-# memprof rss: BPF programs (bpf/*.bpf.c) compiled against the kernel's BTF (vmlinux.h, generated) and loaded by
-# memprof through a bpftool skeleton; bpf/build.sh writes rss_config.h saying whether that could be built.
-RSS_SRC  = $(PROBE_SRC) agent/pyabi.c
-RSS_LIBS = $(shell pkg-config --libs libbpf libdw libelf 2>/dev/null)
-$(BUILD)/rss.stamp: bpf/rss.bpf.c bpf/rss.h bpf/build.sh
-	sh bpf/build.sh $(BUILD)
-
-$(BUILD)/memprof: cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC) $(RSS_SRC) $(HDRS) \
-	    $(BUILD)/flame_page.o $(BUILD)/rss.stamp $(DEMANGLE_SRC)
-	$(CC) $(CFLAGS) $(Z_CFLAGS) -Icli -Iclient -Iprobe -Iagent -o $@ cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) \
-	    $(WIRE_SRC) $(PPROF_SRC) $(RSS_SRC) $(DEMANGLE_SRC) $(BUILD)/flame_page.o $(PB_LIBS) $(Z_LIBS) $(RSS_LIBS) \
+$(BUILD)/memprofd: $(MEMPROFD_OBJS)
+	$(CC) $(CFLAGS) $(SANITIZE) $(LDFLAGS) -o $@ $(MEMPROFD_OBJS) $(PKG_LIBS) $(Z_LIBS) $(MHD_LIBS) \
 	    $(DEMANGLE_LIBS) -lm
 
-$(BUILD)/test_wire: tests/unit/test_wire.c $(WIRE_SRC) $(HDRS)
-	$(CC) $(CFLAGS) -o $@ tests/unit/test_wire.c $(WIRE_SRC) $(PB_LIBS)
+# memprof rss: BPF programs (bpf/*.bpf.c) compiled against the kernel's BTF (vmlinux.h, generated) and loaded by
+# memprof through a bpftool skeleton; bpf/build.sh writes rss_config.h saying whether that could be built (and the
+# stamp only if it could: without, every make looks again, after make deps say).
+RSS_LIBS = $(call once,RSS_LIBS,pkg-config --libs libbpf libdw libelf 2>/dev/null)
+$(BUILD)/rss.stamp: bpf/rss.bpf.c bpf/rss.h bpf/build.sh
+	sh bpf/build.sh $(BUILD)
+$(BUILD)/gen/rss_config.h $(BUILD)/gen/rss.skel.h: $(BUILD)/rss.stamp ;
+
+$(BUILD)/memprof: $(MEMPROF_OBJS) $(BUILD)/flame_page.o
+	$(CC) $(CFLAGS) $(SANITIZE) $(LDFLAGS) -o $@ $(MEMPROF_OBJS) $(BUILD)/flame_page.o $(PB_LIBS) $(Z_LIBS) \
+	    $(RSS_LIBS) $(DEMANGLE_LIBS) -lm
+
+$(BUILD)/test_wire: $(TEST_WIRE_OBJS)
+	$(CC) $(CFLAGS) $(SANITIZE) $(LDFLAGS) -o $@ $(TEST_WIRE_OBJS) $(PB_LIBS)
 
 # libFuzzer targets (clang only), one per decoder: fuzz_decode, every frame and message a daemon, agent or
 # client reads off a socket (wire.c); fuzz_snapshot, the snapshot files `memprof diff` reads (cli/cmd_diff.c);
@@ -113,21 +160,26 @@ $(BUILD)/test_wire: tests/unit/test_wire.c $(WIRE_SRC) $(HDRS)
 # daemon makes of agents' allocation reports and the views it serves from them (daemon/alloc.c). Each starts
 # from its seeds and regression inputs in tests/fuzz/corpus/TARGET.
 FUZZ_TARGETS = decode snapshot agent_arg alloc_report
-FUZZ_CC = clang -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE -I$(BUILD)/gen -Iproto -Icommon \
-          -DMEMPROF_VERSION='"fuzz"'
-$(BUILD)/fuzz_decode: tests/fuzz/fuzz_decode.c $(WIRE_SRC) $(HDRS)
-	$(FUZZ_CC) -o $@ tests/fuzz/fuzz_decode.c $(WIRE_SRC) $(PB_LIBS)
-# (memprof rss as its stub, as in tests/objects: its BPF loader stays out)
-$(BUILD)/fuzz_snapshot: tests/fuzz/fuzz_snapshot.c cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC) $(HDRS)
-	$(FUZZ_CC) -DMEMPROF_NO_RSS -Icli -Iclient -Dmain=memprof_cli_main -c cli/main.c -o $(BUILD)/fuzz_cli_main.o
-	$(FUZZ_CC) -DMEMPROF_NO_RSS -Icli -Iclient -o $@ tests/fuzz/fuzz_snapshot.c $(BUILD)/fuzz_cli_main.o \
-	    $(filter-out cli/cmd_diff.c cli/rss_%.c,$(CLI_SRC)) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC) \
-	    $(PB_LIBS) $(Z_LIBS) -lm
-$(BUILD)/fuzz_agent_arg: tests/fuzz/fuzz_agent_arg.c $(AGENT_SRC) $(WIRE_SRC) $(HDRS)
-	$(FUZZ_CC) -Iagent -o $@ tests/fuzz/fuzz_agent_arg.c $(filter-out agent/agent.c agent/launch.c,$(AGENT_SRC)) \
-	    $(WIRE_SRC) $(PB_LIBS) -lpthread -ldl -lm
-$(BUILD)/fuzz_alloc_report: tests/fuzz/fuzz_alloc_report.c daemon/alloc.c daemon/session.c $(WIRE_SRC) $(HDRS)
-	$(FUZZ_CC) -Idaemon -Iprobe -Iagent -o $@ tests/fuzz/fuzz_alloc_report.c $(WIRE_SRC) $(PB_LIBS) -lm
+FUZZ_decode_OBJS = $(call objs,fuzz,tests/fuzz/fuzz_decode.c $(WIRE_SRC))
+FUZZ_decode_LIBS = $(PB_LIBS)
+# (memprof rss as its stub, as in tests/objects: its BPF loader stays out; the harness includes cmd_diff.c)
+FUZZ_snapshot_OBJS = $(call objs,fuzz,tests/fuzz/fuzz_snapshot.c cli/main.c \
+    $(filter-out cli/cmd_diff.c cli/rss_%.c,$(CLI_SRC)) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC))
+FUZZ_snapshot_LIBS = $(PB_LIBS) $(Z_LIBS) -lm
+# (the harness includes agent.c)
+FUZZ_agent_arg_OBJS = $(call objs,fuzz,tests/fuzz/fuzz_agent_arg.c \
+    $(filter-out agent/agent.c agent/launch.c,$(AGENT_SRC)) $(WIRE_SRC))
+FUZZ_agent_arg_LIBS = $(PB_LIBS) -lpthread -ldl -lm
+# (the harness includes alloc.c and session.c)
+FUZZ_alloc_report_OBJS = $(call objs,fuzz,tests/fuzz/fuzz_alloc_report.c $(WIRE_SRC))
+FUZZ_alloc_report_LIBS = $(PB_LIBS) -lm
+.SECONDEXPANSION:
+$(addprefix $(BUILD)/fuzz_,$(FUZZ_TARGETS)): $(BUILD)/fuzz_%: $$(FUZZ_$$*_OBJS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $(FUZZ_$*_OBJS) $(FUZZ_$*_LIBS)
+
+ALL_OBJS = $(AGENT_OBJS) $(MEMPROFD_OBJS) $(MEMPROF_OBJS) $(TEST_WIRE_OBJS) \
+           $(foreach t,$(FUZZ_TARGETS),$(FUZZ_$(t)_OBJS))
+-include $(sort $(ALL_OBJS:.o=.d))
 
 unit: $(BUILD)/test_wire
 	$(BUILD)/test_wire
@@ -240,14 +292,13 @@ clean:
 # ---------------------------------------------------------------- version
 .PHONY: uninstall deb version FORCE
 # One place: the VERSION file, plus the commit (and .dirty) inside a git checkout.
-# Every program and the agent get it as -DMEMPROF_VERSION, and memprofd the
-# agent's installed path; the stamp rebuilds them when either changes.
+# Every object gets it as -DMEMPROF_VERSION, and the agent's installed path as
+# -DMEMPROF_AGENT_PATH; the stamp rebuilds the objects of the files that use
+# either (VERSION_SRC) when it changes.
 VERSION_BASE := $(shell cat VERSION)
 GIT_DESC     := $(if $(wildcard .git),$(shell git describe --always --dirty --exclude='*' 2>/dev/null))
 MEMPROF_VERSION ?= $(VERSION_BASE)$(if $(GIT_DESC),+g$(subst -,.,$(GIT_DESC)))
 AGENT_PATH = $(PREFIX)/lib/memprof/libmemprof_agent.so
-CFLAGS  += -DMEMPROF_VERSION='"$(MEMPROF_VERSION)"' -DMEMPROF_AGENT_PATH='"$(AGENT_PATH)"'
 $(BUILD)/version.stamp: FORCE
 	@mkdir -p $(BUILD)
 	@echo '$(MEMPROF_VERSION) $(AGENT_PATH)' | cmp -s - $@ || echo '$(MEMPROF_VERSION) $(AGENT_PATH)' > $@
-$(BINS) $(BUILD)/test_wire: $(BUILD)/version.stamp

@@ -126,8 +126,9 @@ $(BUILD)/fuzz_snapshot: tests/fuzz/fuzz_snapshot.c cli/main.c $(CLI_SRC) $(CLIEN
 $(BUILD)/fuzz_agent_arg: tests/fuzz/fuzz_agent_arg.c $(AGENT_SRC) $(WIRE_SRC) $(HDRS)
 	$(FUZZ_CC) -Iagent -o $@ tests/fuzz/fuzz_agent_arg.c $(filter-out agent/agent.c agent/launch.c,$(AGENT_SRC)) \
 	    $(WIRE_SRC) $(PB_LIBS) -lpthread -ldl -lm
-$(BUILD)/fuzz_alloc_report: tests/fuzz/fuzz_alloc_report.c daemon/alloc.c daemon/session.c $(WIRE_SRC) $(HDRS)
-	$(FUZZ_CC) -Idaemon -Iprobe -Iagent -o $@ tests/fuzz/fuzz_alloc_report.c $(WIRE_SRC) $(PB_LIBS) -lm
+FUZZ_ALLOC_SRC = daemon/alloc.c daemon/session.c daemon/conn.c daemon/loop.c daemon/logging.c
+$(BUILD)/fuzz_alloc_report: tests/fuzz/fuzz_alloc_report.c $(FUZZ_ALLOC_SRC) $(WIRE_SRC) $(HDRS)
+	$(FUZZ_CC) -Idaemon -Iprobe -Iagent -o $@ tests/fuzz/fuzz_alloc_report.c $(FUZZ_ALLOC_SRC) $(WIRE_SRC) $(PB_LIBS) -lm
 
 unit: $(BUILD)/test_wire
 	$(BUILD)/test_wire

@@ -3,7 +3,7 @@
 #ifndef MEMPROF_ATTACH_H
 #define MEMPROF_ATTACH_H
 
-#include "server.h"
+#include "conn.h"
 
 /* Handlers of the dispatch table (dispatch.c): clients' requests, then agents' messages. */
 void attach_on_attach(struct conn *c, const Envelope *env);
@@ -17,15 +17,14 @@ void attach_on_agent_reply(struct conn *c, const Envelope *env);
 int attach_agent_hello(struct conn *c, const Memprof__Hello *h, char *err);
 /* After the hello: sends the agent its TrackingConfig; its reply makes the session attached. */
 void attach_agent_hello_done(struct conn *c);
+/* A connection closed (the transport's closed callback, serve.c): an agent's session ends or is undone, a
+ * client's requests are forgotten. */
 void attach_agent_gone(struct conn *c);
 void attach_client_gone(struct conn *c);
 long attach_tick(void);            /* timeouts, detach progress, exit detection; ms until it must run again, -1: nothing pending */
 void attach_detach_all(void);      /* on stop */
 int attach_busy(void);             /* sessions still being attached or detached */
-/* A one-time agent token: 32 hex characters of getrandom. -1 without randomness. */
-int attach_make_token(char out[33]);
-/* Tracking settings of an attach or a run, the defaults filled in (0 = default). */
-void attach_tracking(Memprof__TrackingConfig *t, int enabled, int exact, uint64_t rate, uint32_t frames,
-                     uint32_t interval_ms, uint32_t default_interval_ms);
+/* The agent library injected into targets and preloaded by runs (memprofd serve --agent). */
+extern const char *attach_agent_lib;
 
 #endif

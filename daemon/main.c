@@ -9,10 +9,11 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "attach.h"
 #include "defaults.h"
 #include "http.h"
 #include "opts.h"
-#include "server.h"
+#include "serve.h"
 #include "pyversions.h"
 #include "util.h"
 #include "version.h"
@@ -130,15 +131,15 @@ static int cmd_serve(int argc, char **argv)
         if (mp_default_socket(path, sizeof path) < 0) return fail("cannot work out the socket path");
         sock = path;
     }
-    server_agent_lib = agent ? agent : find_agent();
-    if (!server_agent_lib)
+    attach_agent_lib = agent ? agent : find_agent();
+    if (!attach_agent_lib)
         return fail("cannot find libmemprof_agent.so next to memprofd nor at " MEMPROF_AGENT_PATH
                     " (set MEMPROF_AGENT or use --agent)");
-    if (access(server_agent_lib, R_OK) < 0) {
-        mp_errno(err, "agent library %s", server_agent_lib);
+    if (access(attach_agent_lib, R_OK) < 0) {
+        mp_errno(err, "agent library %s", attach_agent_lib);
         return fail("%s", err);
     }
-    if (server_run(sock, err) < 0) return fail("%s", err);
+    if (serve_run(sock, err) < 0) return fail("%s", err);
     return MP_EXIT_OK;
 }
 

@@ -45,8 +45,6 @@ struct call {
 static struct call *calls;
 static uint64_t next_call_id = 1;
 
-const char *attach_agent_lib;
-
 /* A session's life ends here, its allocation data first (alloc.c's, which session.c does not know). */
 static void end_session(struct session *s)
 {
@@ -337,7 +335,7 @@ static int attach_by_ptrace(struct session *s, char *err)
     s->method = ATTACH_PTRACE;
     /* The agent is handed a connected socket (it works across network namespaces);
      * the abstract socket name stays its way in when that cannot be made. */
-    if (inject_load(pid, attach_agent_lib, "memprof_agent_start", agent_arg(s, arg, sizeof arg), INJECT_SOCKET, &res,
+    if (inject_load(pid, session_agent_lib, "memprof_agent_start", agent_arg(s, arg, sizeof arg), INJECT_SOCKET, &res,
                     err) < 0) {
         server_log("attach to pid %d failed: %s", (int)pid, err);
         s->handle = res.handle; /* its thread started all the same: attach_fail undoes it */
@@ -404,7 +402,7 @@ void attach_on_attach(struct conn *c, const Envelope *in)
     s->attach_started = mp_now();
     s->attach_waiter = c->id;
     session_tracking(&s->track, !req->no_tracking, req->exact, req->sample_rate, req->max_frames, req->interval_ms,
-                    MP_DEFAULT_INTERVAL_MS);
+                     MP_DEFAULT_INTERVAL_MS);
     s->track.native = req->native && !req->exact;
     s->track.native_frames = s->track.native && req->native_frames;
     if (session_make_token(s->token) < 0) {
@@ -422,7 +420,7 @@ void attach_on_attach(struct conn *c, const Envelope *in)
         char why[MP_ERRLEN];
         const struct pyabi *abi = pyabi_for((uint32_t)py.major << 24 | (uint32_t)py.minor << 16);
         int usable = rx_usable(pid, &py, why) == 0;
-        if (usable && rx_start(pid, &s->py, attach_agent_lib, agent_arg(s, arg, sizeof arg), &s->rx, err) == 0) {
+        if (usable && rx_start(pid, &s->py, session_agent_lib, agent_arg(s, arg, sizeof arg), &s->rx, err) == 0) {
             s->method = ATTACH_REMOTE_EXEC;
             s->deadline = mp_now() + ATTACH_TIMEOUT;
             conn_wake_tick();

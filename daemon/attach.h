@@ -24,7 +24,5 @@ void attach_client_gone(struct conn *c);
 long attach_tick(void);            /* timeouts, detach progress, exit detection; ms until it must run again, -1: nothing pending */
 void attach_detach_all(void);      /* on stop */
 int attach_busy(void);             /* sessions still being attached or detached */
-/* The agent library injected into targets and preloaded by runs (memprofd serve --agent). */
-extern const char *attach_agent_lib;
 
 #endif

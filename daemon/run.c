@@ -13,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "attach.h"
 #include "defaults.h"
 #include "logging.h"
 #include "procinfo.h"
@@ -43,7 +42,7 @@ static void reply(struct conn *c, const char *error, const struct run *r, const 
     if (r) {
         rr.run = r->id;
         rr.agent_env = (char *)env;
-        rr.agent_lib = (char *)attach_agent_lib;
+        rr.agent_lib = (char *)session_agent_lib;
     }
     e.msg_case = MEMPROF__ENVELOPE__MSG_RUN_REPLY;
     e.run_reply = &rr;

@@ -19,6 +19,7 @@
 #include "http.h"
 #include "logging.h"
 #include "loop.h"
+#include "session.h"
 #include "util.h"
 #include "version.h"
 
@@ -113,7 +114,7 @@ int serve_run(const char *socket_path, char *err)
         loop_add_fd(sfd, LOOP_READ, signal_event, NULL, err) < 0 || http_start(err) < 0)
         return -1;
     server_log("memprofd " MEMPROF_VERSION " listening on %s (agents on @%s), agent library %s, %ld file descriptors",
-               socket_path, conn_agent_sock, attach_agent_lib, conn_fd_limit());
+               socket_path, conn_agent_sock, session_agent_lib, conn_fd_limit());
     conn_run();
     server_log("stopped");
     conn_shutdown();

@@ -12,6 +12,7 @@
 #define MAX_ENDED_SESSIONS 64
 
 struct session *sessions;
+const char *session_agent_lib;
 
 static int live(const struct session *s)
 {

@@ -58,6 +58,8 @@ struct session {
 };
 
 extern struct session *sessions;
+/* The agent library injected into targets and preloaded by runs (memprofd serve --agent). */
+extern const char *session_agent_lib;
 
 struct session *session_find(pid_t pid);       /* live (attaching/attached/detaching) first */
 struct session *session_by_id(uint32_t id);

@@ -1,5 +1,5 @@
 /* attach.h -- session lifecycle (attach, agent hello, detach, exit) and the
- * client requests about sessions; the event loop calls these. */
+ * client requests about sessions; the dispatch table, hello.c and the transport's callbacks (serve.c) call these. */
 #ifndef MEMPROF_ATTACH_H
 #define MEMPROF_ATTACH_H
 
@@ -21,6 +21,7 @@ void attach_agent_hello_done(struct conn *c);
  * client's requests are forgotten. */
 void attach_agent_gone(struct conn *c);
 void attach_client_gone(struct conn *c);
+/* The transport's tick, stopping and busy callbacks (serve.c): */
 long attach_tick(void);            /* timeouts, detach progress, exit detection; ms until it must run again, -1: nothing pending */
 void attach_detach_all(void);      /* on stop */
 int attach_busy(void);             /* sessions still being attached or detached */

@@ -68,6 +68,7 @@ COMPILE.fuzz = $(FUZZ_CC) $(FUZZ_CFLAGS) $(DIR_CFLAGS) $(DEPFLAGS)
 $(OBJ)/fuzz/%.o:     DIR_CFLAGS = -Iclient -Iprobe -Iagent
 $(OBJ)/fuzz/cli/%.o: DIR_CFLAGS = -DMEMPROF_NO_RSS -Icli -Iclient
 $(OBJ)/fuzz/agent/%.o: DIR_CFLAGS = -Iagent
+$(OBJ)/fuzz/daemon/%.o: DIR_CFLAGS = -Idaemon -Iclient -Iprobe -Iagent
 $(OBJ)/fuzz/tests/fuzz/fuzz_snapshot.o:     DIR_CFLAGS = -DMEMPROF_NO_RSS -Icli -Iclient
 $(OBJ)/fuzz/tests/fuzz/fuzz_agent_arg.o:    DIR_CFLAGS = -Iagent
 $(OBJ)/fuzz/tests/fuzz/fuzz_alloc_report.o: DIR_CFLAGS = -Idaemon -Iprobe -Iagent
@@ -170,8 +171,9 @@ FUZZ_snapshot_LIBS = $(PB_LIBS) $(Z_LIBS) -lm
 FUZZ_agent_arg_OBJS = $(call objs,fuzz,tests/fuzz/fuzz_agent_arg.c \
     $(filter-out agent/agent.c agent/launch.c,$(AGENT_SRC)) $(WIRE_SRC))
 FUZZ_agent_arg_LIBS = $(PB_LIBS) -lpthread -ldl -lm
-# (the harness includes alloc.c and session.c)
-FUZZ_alloc_report_OBJS = $(call objs,fuzz,tests/fuzz/fuzz_alloc_report.c $(WIRE_SRC))
+# (the daemon's allocation views with the real transport under them; only what reads the target is stubbed)
+FUZZ_ALLOC_SRC = daemon/alloc.c daemon/session.c daemon/conn.c daemon/loop.c daemon/logging.c
+FUZZ_alloc_report_OBJS = $(call objs,fuzz,tests/fuzz/fuzz_alloc_report.c $(FUZZ_ALLOC_SRC) $(WIRE_SRC))
 FUZZ_alloc_report_LIBS = $(PB_LIBS) -lm
 .SECONDEXPANSION:
 $(addprefix $(BUILD)/fuzz_,$(FUZZ_TARGETS)): $(BUILD)/fuzz_%: $$(FUZZ_$$*_OBJS)

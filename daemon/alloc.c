@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "logging.h"
 #include "loop.h"
 #include "procinfo.h"
 #include "symbolize.h"

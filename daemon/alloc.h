@@ -3,7 +3,7 @@
 #ifndef MEMPROF_ALLOC_H
 #define MEMPROF_ALLOC_H
 
-#include "server.h"
+#include "conn.h"
 #include "session.h"
 
 /* Fold one agent report into the session's data (created on first use). */

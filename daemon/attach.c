@@ -8,13 +8,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <unistd.h>
 
 #include "alloc.h"
 #include "defaults.h"
 #include "elfsym.h"
 #include "inject.h"
+#include "logging.h"
+#include "metrics.h"
 #include "procinfo.h"
 #include "pyabi.h"
 #include "pyprobe.h"
@@ -43,6 +44,23 @@ struct call {
 };
 static struct call *calls;
 static uint64_t next_call_id = 1;
+
+/* A session's life ends here, its allocation data first (alloc.c's, which session.c does not know). */
+static void end_session(struct session *s)
+{
+    alloc_free(s->alloc);
+    session_free(s);
+}
+
+/* Ended: kept for status (its allocation data too, for queries), its native frames no longer named; the
+ * oldest ended sessions beyond the history bound go. */
+static void retire(struct session *s, enum sess_state state)
+{
+    struct session *old;
+    session_retire(s, state);
+    alloc_session_ended(s);
+    while ((old = session_beyond_history())) end_session(old);
+}
 
 static void send_env(struct conn *c, Envelope *env) { conn_send(c, env); }
 
@@ -149,7 +167,7 @@ static void undo_later(struct session *s, const char *why, int close_conn)
         conn_close(ac);
     }
     server_log("pid %d: %s; memprofd unloads the agent once its thread has ended", (int)s->pid, why);
-    server_wake_tick();
+    conn_wake_tick();
 }
 
 /* An attach that failed: the client hears why; what got into the target is undone (undo_later) unless
@@ -170,29 +188,10 @@ static void attach_fail(struct session *s, Memprof__ErrorReply__Code code, const
         struct conn *ac = s->agent_conn ? conn_by_id(s->agent_conn) : NULL;
         s->agent_conn = 0; /* so that closing it finds no session */
         if (ac) conn_close(ac);
-        session_free(s);
+        end_session(s);
         return;
     }
     undo_later(s, "the attach failed", 1);
-}
-
-int attach_make_token(char out[33])
-{
-    unsigned char rnd[16];
-    if (getrandom(rnd, sizeof rnd, 0) != sizeof rnd) return -1;
-    for (int i = 0; i < 16; i++) sprintf(out + 2 * i, "%02x", rnd[i]);
-    return 0;
-}
-
-void attach_tracking(Memprof__TrackingConfig *t, int enabled, int exact, uint64_t rate, uint32_t frames,
-                     uint32_t interval_ms, uint32_t default_interval_ms)
-{
-    memprof__tracking_config__init(t);
-    t->enabled = enabled;
-    t->exact = exact;
-    t->sample_rate = rate ? rate : MP_DEFAULT_SAMPLE_RATE;
-    t->max_frames = frames ? frames : MP_DEFAULT_MAX_FRAMES;
-    t->interval_ms = interval_ms ? interval_ms : default_interval_ms;
 }
 
 /* Checks that need no ptrace: who may attach to what, and is it a Python we support. 0, or -1 with err
@@ -244,7 +243,7 @@ static int attach_method_of(const char *name, int *method)
  * settings follow on the wire, attach_agent_hello_done). */
 static const char *agent_arg(const struct session *s, char *arg, size_t len)
 {
-    snprintf(arg, len, "sock=@%s token=%s pylib=%s", server_agent_sock, s->token, s->py.pylib);
+    snprintf(arg, len, "sock=@%s token=%s pylib=%s", conn_agent_sock, s->token, s->py.pylib);
     return arg;
 }
 
@@ -336,7 +335,7 @@ static int attach_by_ptrace(struct session *s, char *err)
     s->method = ATTACH_PTRACE;
     /* The agent is handed a connected socket (it works across network namespaces);
      * the abstract socket name stays its way in when that cannot be made. */
-    if (inject_load(pid, server_agent_lib, "memprof_agent_start", agent_arg(s, arg, sizeof arg), INJECT_SOCKET, &res,
+    if (inject_load(pid, session_agent_lib, "memprof_agent_start", agent_arg(s, arg, sizeof arg), INJECT_SOCKET, &res,
                     err) < 0) {
         server_log("attach to pid %d failed: %s", (int)pid, err);
         s->handle = res.handle; /* its thread started all the same: attach_fail undoes it */
@@ -344,7 +343,7 @@ static int attach_by_ptrace(struct session *s, char *err)
     }
     s->handle = res.handle;
     s->stop_ms = res.stop_ms;
-    if (res.sock_fd >= 0 && !server_adopt_agent(res.sock_fd))
+    if (res.sock_fd >= 0 && !conn_adopt_agent(res.sock_fd))
         server_log("pid %d: could not keep the socket made in it; the agent connects by name", (int)pid);
     if (res.sock_note[0]) server_log("pid %d: no socket pair (%s); the agent connects by name", (int)pid, res.sock_note);
     s->retries = res.retries;
@@ -355,7 +354,7 @@ static int attach_by_ptrace(struct session *s, char *err)
         return -1;
     }
     s->deadline = mp_now() + ATTACH_TIMEOUT;
-    server_wake_tick();
+    conn_wake_tick();
     server_log("injected agent into pid %d (Python %s) by %s: stopped %.2f ms, %u retries", (int)pid, s->py.version,
                res.how, res.stop_ms, res.retries);
     return 0;
@@ -402,29 +401,29 @@ void attach_on_attach(struct conn *c, const Envelope *in)
     proc_container(pid, s->container, sizeof s->container);
     s->attach_started = mp_now();
     s->attach_waiter = c->id;
-    attach_tracking(&s->track, !req->no_tracking, req->exact, req->sample_rate, req->max_frames, req->interval_ms,
-                    MP_DEFAULT_INTERVAL_MS);
+    session_tracking(&s->track, !req->no_tracking, req->exact, req->sample_rate, req->max_frames, req->interval_ms,
+                     MP_DEFAULT_INTERVAL_MS);
     s->track.native = req->native && !req->exact;
     s->track.native_frames = s->track.native && req->native_frames;
-    if (attach_make_token(s->token) < 0) {
+    if (session_make_token(s->token) < 0) {
         reply_attach_error(c->id, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, "no randomness for a token");
-        session_free(s);
+        end_session(s);
         return;
     }
     if (attach_method_of(req->method, &s->method_asked) < 0) {
         snprintf(err, sizeof err, "unknown attach method '%s' (auto, ptrace or remote-exec)", req->method);
         reply_attach_error(c->id, MEMPROF__ERROR_REPLY__CODE__BAD_REQUEST, err);
-        session_free(s);
+        end_session(s);
         return;
     }
     if (s->method_asked != ATTACH_PTRACE) {
         char why[MP_ERRLEN];
         const struct pyabi *abi = pyabi_for((uint32_t)py.major << 24 | (uint32_t)py.minor << 16);
         int usable = rx_usable(pid, &py, why) == 0;
-        if (usable && rx_start(pid, &s->py, server_agent_lib, agent_arg(s, arg, sizeof arg), &s->rx, err) == 0) {
+        if (usable && rx_start(pid, &s->py, session_agent_lib, agent_arg(s, arg, sizeof arg), &s->rx, err) == 0) {
             s->method = ATTACH_REMOTE_EXEC;
             s->deadline = mp_now() + ATTACH_TIMEOUT;
-            server_wake_tick();
+            conn_wake_tick();
             server_log("pid %d (Python %s): remote-exec request written; waiting for its main thread", (int)pid,
                        py.version);
             return;
@@ -433,7 +432,7 @@ void attach_on_attach(struct conn *c, const Envelope *in)
         if (s->method_asked == ATTACH_REMOTE_EXEC) {
             snprintf(err, sizeof err, "pid %d: cannot attach by remote-exec: %s", (int)pid, why);
             reply_attach_error(c->id, proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), err);
-            session_free(s);
+            end_session(s);
             return;
         }
         if (abi && (abi->caps & PYABI_REMOTE_EXEC))
@@ -555,17 +554,10 @@ static void attach_agent_ready(struct session *s)
     }
 }
 
-static struct session *session_of_agent(struct conn *c)
-{
-    for (struct session *s = sessions; s; s = s->next)
-        if (s->agent_conn == c->id) return s;
-    return NULL;
-}
-
 void attach_agent_hello_done(struct conn *c)
 {
     Memprof__AgentRequest req = MEMPROF__AGENT_REQUEST__INIT;
-    struct session *s = session_of_agent(c);
+    struct session *s = session_of_agent(c->id);
     struct call *k;
     if (!s) return;
     if (!(k = call_new(s->pid, 0, 0))) {
@@ -596,7 +588,7 @@ static struct call *call_new(pid_t pid, uint64_t client_conn, uint64_t client_id
     k->client_conn = client_conn;
     k->client_id = client_id;
     k->deadline = mp_now() + CALL_TIMEOUT;
-    server_wake_tick();
+    conn_wake_tick();
     k->next = calls;
     calls = k;
     return k;
@@ -642,7 +634,7 @@ static void start_detach(struct session *s, uint64_t waiter, double timeout)
     s->detach_waiter = waiter;
     s->detach_acked = 0;
     s->deadline = mp_now() + timeout;
-    server_wake_tick();
+    conn_wake_tick();
     req.id = k->id;
     req.body_case = MEMPROF__AGENT_REQUEST__BODY_DETACH;
     d.pid = s->pid;
@@ -763,7 +755,8 @@ void attach_on_ps(struct conn *c, const Envelope *in)
 
 void attach_on_alloc_report(struct conn *c, const Envelope *env)
 {
-    struct session *s = session_of_agent(c);
+    struct session *s = session_of_agent(c->id);
+    metrics_alloc_report();
     if (!s) return;
     alloc_report(s, env->alloc_report);
     if (env->alloc_report->final) s->exiting = 1;
@@ -776,9 +769,10 @@ void attach_on_alloc_report(struct conn *c, const Envelope *env)
 
 void attach_on_agent_reply(struct conn *c, const Envelope *env)
 {
-    struct session *s = session_of_agent(c);
+    struct session *s = session_of_agent(c->id);
     const Memprof__AgentReply *r = env->agent_reply;
     if (!s) return;
+    if (r->body_case == MEMPROF__AGENT_REPLY__BODY_CENSUS && (!r->error || !*r->error)) metrics_census(s, r->census);
     for (struct call *k = calls; k; k = k->next) {
         if (k->id != r->id || k->pid != s->pid) continue;
         if (!k->client_conn && r->body_case == MEMPROF__AGENT_REPLY__BODY_DETACH) s->detach_acked = 1;
@@ -823,7 +817,7 @@ static void fail_calls_of(pid_t pid, Memprof__ErrorReply__Code code, const char 
 
 void attach_agent_gone(struct conn *c)
 {
-    struct session *s = session_of_agent(c);
+    struct session *s = session_of_agent(c->id);
     char why[160];
     if (!s) return;
     s->agent_conn = 0;
@@ -839,12 +833,12 @@ void attach_agent_gone(struct conn *c)
         snprintf(why, sizeof why, "pid %d: the process exited", (int)s->pid);
         server_log("pid %d exited; session kept", (int)s->pid);
         fail_calls_of(s->pid, MEMPROF__ERROR_REPLY__CODE__NO_SUCH_PROCESS, why);
-        session_retire(s, SESS_EXITED);
+        retire(s, SESS_EXITED);
     } else {
         snprintf(why, sizeof why, "pid %d: the agent disconnected", (int)s->pid);
         server_log("pid %d: agent connection lost", (int)s->pid);
         fail_calls_of(s->pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, why);
-        session_retire(s, SESS_LOST);
+        retire(s, SESS_LOST);
     }
 }
 
@@ -873,7 +867,7 @@ static void finish_detach(struct session *s)
     server_log("pid %d %s%s", (int)s->pid, s->undo ? "undone" : "detached", unloaded ? ", agent unloaded" : "");
     reply_detach(s->detach_waiter, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, NULL, stop_ms, unloaded);
     s->detach_waiter = 0;
-    session_retire(s, proc_alive(s->pid) ? SESS_DETACHED : SESS_EXITED);
+    retire(s, proc_alive(s->pid) ? SESS_DETACHED : SESS_EXITED);
 }
 
 long attach_tick(void)
@@ -885,7 +879,7 @@ long attach_tick(void)
         next = s->next;
         if (s->state == SESS_ATTACHING && s->rx.active && !s->agent_conn && !rx_poll(s->pid, &s->rx) &&
             now > s->rx.deadline && proc_alive(s->pid)) {
-            if (!remote_exec_timeout(s)) session_free(s);
+            if (!remote_exec_timeout(s)) end_session(s);
             continue;
         }
         if (s->state == SESS_ATTACHING && ((s->deadline && now > s->deadline) || !proc_alive(s->pid)))
@@ -912,11 +906,11 @@ long attach_tick(void)
             char err[MP_ERRLEN];
             snprintf(err, sizeof err, "pid %d: the process exited during the attach", (int)s->pid);
             reply_attach_error(s->attach_waiter, MEMPROF__ERROR_REPLY__CODE__NO_SUCH_PROCESS, err);
-            session_free(s);
+            end_session(s);
         } else if (s->state == SESS_DETACHING && !proc_alive(s->pid)) {
             reply_detach(s->detach_waiter, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, NULL, 0, 0);
             server_log("pid %d exited while detaching", (int)s->pid);
-            session_retire(s, SESS_EXITED);
+            retire(s, SESS_EXITED);
         } else if (s->state == SESS_DETACHING) {
             int agent_runs, stopped;
             undo_scan(s, &agent_runs, &stopped);

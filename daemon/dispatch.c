@@ -6,18 +6,32 @@
 
 #include "alloc.h"
 #include "attach.h"
-#include "metrics.h"
+#include "hello.h"
+#include "logging.h"
 #include "run.h"
 
 typedef void handler_fn(struct conn *c, const Envelope *env);
+
+/* A client's Stop: the reply, then the transport winds down (attach.c detaches every session). */
+static void on_stop(struct conn *c, const Envelope *env)
+{
+    Envelope r = MEMPROF__ENVELOPE__INIT;
+    Memprof__StopReply sr = MEMPROF__STOP_REPLY__INIT;
+    (void)env;
+    r.msg_case = MEMPROF__ENVELOPE__MSG_STOP_REPLY;
+    r.stop_reply = &sr;
+    server_log("stop requested by pid %d", (int)c->peer_pid);
+    conn_send(c, &r);
+    conn_request_stop();
+}
 
 static const struct route {
     Memprof__Envelope__MsgCase msg;
     enum conn_kind kind;
     handler_fn *fn;
 } routes[] = {
-    {MEMPROF__ENVELOPE__MSG_HELLO, CONN_NEW, server_on_hello},
-    {MEMPROF__ENVELOPE__MSG_STOP, CONN_CLIENT, server_on_stop},
+    {MEMPROF__ENVELOPE__MSG_HELLO, CONN_NEW, hello_on_hello},
+    {MEMPROF__ENVELOPE__MSG_STOP, CONN_CLIENT, on_stop},
     {MEMPROF__ENVELOPE__MSG_ATTACH, CONN_CLIENT, attach_on_attach},
     {MEMPROF__ENVELOPE__MSG_DETACH, CONN_CLIENT, attach_on_detach},
     {MEMPROF__ENVELOPE__MSG_STATUS, CONN_CLIENT, attach_on_status},
@@ -25,8 +39,8 @@ static const struct route {
     {MEMPROF__ENVELOPE__MSG_AGENT_CALL, CONN_CLIENT, attach_on_agent_call},
     {MEMPROF__ENVELOPE__MSG_ALLOC_QUERY, CONN_CLIENT, alloc_on_query},
     {MEMPROF__ENVELOPE__MSG_RUN, CONN_CLIENT, run_on_request},
-    {MEMPROF__ENVELOPE__MSG_ALLOC_REPORT, CONN_AGENT, metrics_on_alloc_report}, /* counts, then attach.c's */
-    {MEMPROF__ENVELOPE__MSG_AGENT_REPLY, CONN_AGENT, metrics_on_agent_reply},   /* notes censuses, then attach.c's */
+    {MEMPROF__ENVELOPE__MSG_ALLOC_REPORT, CONN_AGENT, attach_on_alloc_report},
+    {MEMPROF__ENVELOPE__MSG_AGENT_REPLY, CONN_AGENT, attach_on_agent_reply},
 };
 
 static const char *kind_name(enum conn_kind k)
@@ -43,7 +57,7 @@ void dispatch(struct conn *c, const Envelope *env)
             return;
         }
     if (c->kind == CONN_NEW) {
-        server_refuse_hello(c, "expected a hello first");
+        hello_refuse(c, "expected a hello first");
         return;
     }
     if (env->msg_case == MEMPROF__ENVELOPE__MSG__NOT_SET)

@@ -20,7 +20,7 @@
 #include "loop.h"
 #include "metrics.h"
 #include "pprof.h"
-#include "server.h"
+#include "logging.h"
 #include "session.h"
 #include "util.h"
 

@@ -12,7 +12,8 @@
 #include "defaults.h"
 #include "http.h"
 #include "opts.h"
-#include "server.h"
+#include "serve.h"
+#include "session.h"
 #include "pyversions.h"
 #include "util.h"
 #include "version.h"
@@ -130,15 +131,15 @@ static int cmd_serve(int argc, char **argv)
         if (mp_default_socket(path, sizeof path) < 0) return fail("cannot work out the socket path");
         sock = path;
     }
-    server_agent_lib = agent ? agent : find_agent();
-    if (!server_agent_lib)
+    session_agent_lib = agent ? agent : find_agent();
+    if (!session_agent_lib)
         return fail("cannot find libmemprof_agent.so next to memprofd nor at " MEMPROF_AGENT_PATH
                     " (set MEMPROF_AGENT or use --agent)");
-    if (access(server_agent_lib, R_OK) < 0) {
-        mp_errno(err, "agent library %s", server_agent_lib);
+    if (access(session_agent_lib, R_OK) < 0) {
+        mp_errno(err, "agent library %s", session_agent_lib);
         return fail("%s", err);
     }
-    if (server_run(sock, err) < 0) return fail("%s", err);
+    if (serve_run(sock, err) < 0) return fail("%s", err);
     return MP_EXIT_OK;
 }
 

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "alloc.h"
-#include "attach.h"
+#include "conn.h"
 #include "procinfo.h"
 #include "session.h"
 #include "util.h"
@@ -31,18 +31,7 @@ struct census_note {
 static unsigned long long agent_reports;
 static struct census_note *censuses;
 
-static struct session *session_of_conn(const struct conn *c)
-{
-    for (struct session *s = sessions; s; s = s->next)
-        if (s->agent_conn == c->id) return s;
-    return NULL;
-}
-
-void metrics_on_alloc_report(struct conn *c, const Envelope *env)
-{
-    agent_reports++;
-    attach_on_alloc_report(c, env);
-}
+void metrics_alloc_report(void) { agent_reports++; }
 
 static int by_bytes(const void *a, const void *b)
 {
@@ -57,7 +46,7 @@ static void census_free(struct census_note *n)
 }
 
 /* Keep the largest types of a census that passes through to a client. */
-static void note_census(const struct session *s, const Memprof__CensusReply *r)
+void metrics_census(const struct session *s, const Memprof__CensusReply *r)
 {
     struct census_note *n, **pp;
     Memprof__TypeCount **sorted;
@@ -85,15 +74,6 @@ static void note_census(const struct session *s, const Memprof__CensusReply *r)
     free(sorted);
     n->next = censuses;
     censuses = n;
-}
-
-void metrics_on_agent_reply(struct conn *c, const Envelope *env)
-{
-    const Memprof__AgentReply *r = env->agent_reply;
-    struct session *s;
-    if (r->body_case == MEMPROF__AGENT_REPLY__BODY_CENSUS && (!r->error || !*r->error) && (s = session_of_conn(c)))
-        note_census(s, r->census);
-    attach_on_agent_reply(c, env);
 }
 
 /* ------------------------------------------------------------ exposition */
@@ -253,7 +233,7 @@ static void health(FILE *f)
     }
     head(f, "memprof_agent_reports_total", "counter", "Allocation reports received from agents.");
     fprintf(f, "memprof_agent_reports_total %llu\n", agent_reports);
-    server_conn_counts(&clients, &agents);
+    conn_counts(&clients, &agents);
     head(f, "memprof_client_connections", "gauge", "Connected memprof clients.");
     fprintf(f, "memprof_client_connections %u\n", clients);
     head(f, "memprof_agent_connections", "gauge", "Connected agents.");

@@ -5,11 +5,14 @@
 
 #include <stddef.h>
 
-#include "server.h"
+#include "wire.h"
 
-/* Dispatch-table handlers (dispatch.c): count or note, then hand on to attach.c's. */
-void metrics_on_alloc_report(struct conn *c, const Envelope *env);
-void metrics_on_agent_reply(struct conn *c, const Envelope *env);
+struct session;
+
+/* The sink attach.c feeds as agents' messages pass: an allocation report came in; a census reached a
+ * session's client (its largest types are kept for the exposition). */
+void metrics_alloc_report(void);
+void metrics_census(const struct session *s, const Memprof__CensusReply *r);
 
 /* The exposition text (malloc'd, *len bytes), at most top_n sites and types per session; NULL without memory. */
 char *metrics_render(unsigned top_n, size_t *len);

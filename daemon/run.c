@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "attach.h"
 #include "defaults.h"
+#include "logging.h"
 #include "procinfo.h"
 #include "session.h"
 #include "util.h"
@@ -42,7 +42,7 @@ static void reply(struct conn *c, const char *error, const struct run *r, const 
     if (r) {
         rr.run = r->id;
         rr.agent_env = (char *)env;
-        rr.agent_lib = (char *)server_agent_lib;
+        rr.agent_lib = (char *)session_agent_lib;
     }
     e.msg_case = MEMPROF__ENVELOPE__MSG_RUN_REPLY;
     e.run_reply = &rr;
@@ -58,7 +58,7 @@ void run_on_request(struct conn *c, const Envelope *in)
         reply(c, "out of memory", NULL, NULL);
         return;
     }
-    if (attach_make_token(r->token) < 0) {
+    if (session_make_token(r->token) < 0) {
         free(r);
         reply(c, "no randomness for a token", NULL, NULL);
         return;
@@ -68,14 +68,14 @@ void run_on_request(struct conn *c, const Envelope *in)
     r->client_pid = c->peer_pid;
     r->uid = c->peer_uid;
     r->follow = req->follow_fork;
-    attach_tracking(&r->track, 1, req->exact, req->sample_rate, req->max_frames, req->interval_ms, MP_RUN_INTERVAL_MS);
+    session_tracking(&r->track, 1, req->exact, req->sample_rate, req->max_frames, req->interval_ms, MP_RUN_INTERVAL_MS);
     r->track.native = req->native && !req->exact;
     r->track.native_frames = r->track.native && req->native_frames;
     r->next = runs;
     runs = r;
     /* what the agent needs before its hello (follow: whether the program's children keep it preloaded);
      * the tracking settings follow on the wire */
-    snprintf(env, sizeof env, "sock=@%s token=%s follow=%d", server_agent_sock, r->token, r->follow);
+    snprintf(env, sizeof env, "sock=@%s token=%s follow=%d", conn_agent_sock, r->token, r->follow);
     server_log("run %u for pid %d (uid %d)%s", r->id, (int)c->peer_pid, (int)c->peer_uid,
                r->follow ? ", following forks" : "");
     reply(c, NULL, r, env);
@@ -137,7 +137,7 @@ struct session *run_agent_hello(struct conn *c, const Memprof__Hello *h, char *e
     s->track = r->track;
     s->attach_started = mp_now();
     s->deadline = mp_now() + 15.0; /* attach_tick drops it if the hello goes no further */
-    server_wake_tick();
+    conn_wake_tick();
     snprintf(s->token, sizeof s->token, "%s", r->token);
     r->sessions++;
     server_log("run %u: pid %d started%s", r->id, (int)c->peer_pid, s->ppid ? " (a child)" : "");

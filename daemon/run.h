@@ -2,7 +2,7 @@
 #ifndef MEMPROF_RUN_H
 #define MEMPROF_RUN_H
 
-#include "server.h"
+#include "conn.h"
 
 struct session;
 

@@ -1,14 +1,18 @@
-/* session.c -- the session table: creation, lookup, retirement and description. */
+/* session.c -- the session table: creation, lookup, retirement and description; a session's agent token
+ * and tracking settings. */
 #include "session.h"
 
-#include "alloc.h"
-
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+
+#include "defaults.h"
 
 #define MAX_ENDED_SESSIONS 64
 
 struct session *sessions;
+const char *session_agent_lib;
 
 static int live(const struct session *s)
 {
@@ -30,6 +34,13 @@ struct session *session_by_id(uint32_t id)
 {
     for (struct session *s = sessions; s; s = s->next)
         if (s->id == id) return s;
+    return NULL;
+}
+
+struct session *session_of_agent(uint64_t conn_id)
+{
+    for (struct session *s = sessions; s; s = s->next)
+        if (conn_id && s->agent_conn == conn_id) return s;
     return NULL;
 }
 
@@ -58,28 +69,41 @@ void session_free(struct session *s)
     free(s->executable);
     for (size_t i = 0; i < s->argc; i++) free(s->argv[i]);
     free(s->argv);
-    alloc_free(s->alloc);
     free(s);
 }
 
 void session_retire(struct session *s, enum sess_state state)
 {
     s->state = state;
-    alloc_session_ended(s);
     s->agent_conn = 0;
     s->deadline = 0;
-    session_trim();
 }
 
-void session_trim(void)
+struct session *session_beyond_history(void)
 {
     size_t ended = 0;
-    struct session *s, *next;
-    for (s = sessions; s; s = next) {
-        next = s->next;
-        if (live(s)) continue;
-        if (++ended > MAX_ENDED_SESSIONS) session_free(s);
-    }
+    for (struct session *s = sessions; s; s = s->next)
+        if (!live(s) && ++ended > MAX_ENDED_SESSIONS) return s;
+    return NULL;
+}
+
+int session_make_token(char out[33])
+{
+    unsigned char rnd[16];
+    if (getrandom(rnd, sizeof rnd, 0) != sizeof rnd) return -1;
+    for (int i = 0; i < 16; i++) sprintf(out + 2 * i, "%02x", rnd[i]);
+    return 0;
+}
+
+void session_tracking(Memprof__TrackingConfig *t, int enabled, int exact, uint64_t rate, uint32_t frames,
+                      uint32_t interval_ms, uint32_t default_interval_ms)
+{
+    memprof__tracking_config__init(t);
+    t->enabled = enabled;
+    t->exact = exact;
+    t->sample_rate = rate ? rate : MP_DEFAULT_SAMPLE_RATE;
+    t->max_frames = frames ? frames : MP_DEFAULT_MAX_FRAMES;
+    t->interval_ms = interval_ms ? interval_ms : default_interval_ms;
 }
 
 Memprof__SessionInfo__State session_state_proto(enum sess_state st)

@@ -58,17 +58,26 @@ struct session {
 };
 
 extern struct session *sessions;
+/* The agent library injected into targets and preloaded by runs (memprofd serve --agent). */
+extern const char *session_agent_lib;
 
 struct session *session_find(pid_t pid);       /* live (attaching/attached/detaching) first */
 struct session *session_by_id(uint32_t id);
+struct session *session_of_agent(uint64_t conn_id); /* the session whose agent is on that connection */
 struct session *session_new(pid_t pid);
+/* Unlinks and frees s; its allocation data (s->alloc) is its owner's to free first (attach.c). */
 void session_free(struct session *s);
-void session_retire(struct session *s, enum sess_state state); /* keeps it for status */
+void session_retire(struct session *s, enum sess_state state); /* ended, kept for status */
+/* An ended session beyond the history bound (the newest ended ones are kept), for its owner to free; NULL when none. */
+struct session *session_beyond_history(void);
 const char *session_state_name(enum sess_state st); /* as clients print it (wire_state_name) */
 Memprof__SessionInfo__State session_state_proto(enum sess_state st);
 void session_fill_info(const struct session *s, Memprof__SessionInfo *info);
 void session_info_clear(Memprof__SessionInfo *info);
-/* Drop the oldest ended sessions beyond the history bound. */
-void session_trim(void);
+/* A one-time agent token: 32 hex characters of getrandom. -1 without randomness. */
+int session_make_token(char out[33]);
+/* Tracking settings of an attach or a run, the defaults filled in (0 = default). */
+void session_tracking(Memprof__TrackingConfig *t, int enabled, int exact, uint64_t rate, uint32_t frames,
+                      uint32_t interval_ms, uint32_t default_interval_ms);
 
 #endif

@@ -17,7 +17,7 @@ from conftest import PB_SRC, Daemon, pb_field, pb_frame, target_script
 
 ATTACKER = "mpagatk"
 PY = "/usr/bin/python3"
-HELLO_MAX = 64 << 10  # daemon/server.c
+HELLO_MAX = 64 << 10  # daemon/hello.c
 WIRE_MAX_MSG = 16 << 20  # proto/wire.h
 STATUS_BOUND_S = 1.0  # a `memprof status` run (process start included) during an attack; ~10-30 ms when idle
 

@@ -1,12 +1,20 @@
 /* fuzz_alloc_report.c -- libFuzzer target: what memprofd makes of an agent's allocation reports
  * (daemon/alloc.c: frame, stack and delta ids, counters, timestamps, history) and the views it builds
  * from them for clients (alloc_view: AllocData with history; the /metrics top sites). The input is a
- * stream of frames as on the agent's socket; every AllocReport in it goes to one session. */
-#include "../../daemon/alloc.c"
-#include "../../daemon/session.c"
+ * stream of frames as on the agent's socket; every AllocReport in it goes to one session. Linked with the
+ * real session table and transport (session.c, conn.c, loop.c, logging.c: no connection is ever made here);
+ * what reads the target (procinfo.c, libdwfl) is stubbed. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
-/* The rest of the daemon, as far as alloc.c and session.c reach: never called with a connection here. */
-void conn_send(struct conn *c, const Envelope *env) { (void)c, (void)env; abort(); }
+#include "alloc.h"
+#include "procinfo.h"
+#include "session.h"
+#include "symbolize.h"
+#include "util.h"
+
+/* /proc of a target that does not exist: never asked by what is fuzzed, but for its RSS. */
 int proc_may_access(uid_t uid, pid_t pid, char *err) { (void)uid, (void)pid, (void)err; abort(); }
 Memprof__ErrorReply__Code proc_error_code(pid_t pid, Memprof__ErrorReply__Code otherwise)
 {
@@ -14,9 +22,6 @@ Memprof__ErrorReply__Code proc_error_code(pid_t pid, Memprof__ErrorReply__Code o
     abort();
 }
 unsigned long long proc_rss(pid_t pid) { (void)pid; return 1 << 20; }
-void server_log(const char *fmt, ...) { (void)fmt; }
-struct conn *conn_by_id(uint64_t id) { (void)id; abort(); }
-long long loop_add_timer(long ms, loop_timer_fn *fn, void *data) { (void)ms, (void)fn, (void)data; abort(); }
 /* libdwfl stays out: every address is named after itself, in one of 4 modules (the interning is fuzzed) */
 struct symbolizer *sym_open(pid_t pid, int lines) { (void)pid, (void)lines; return (struct symbolizer *)&sym_open; }
 void sym_close(struct symbolizer *y) { (void)y; }
@@ -57,6 +62,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         alloc_totals(s, &t);
         alloc_top_sites(s, 10, sites);
     }
+    alloc_free(s->alloc);
     session_free(s);
     return 0;
 }

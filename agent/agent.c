@@ -28,8 +28,10 @@
 #include "hooks.h"
 #include "native.h"
 #include "launch.h"
+#include "log.h"
 #include "pyapi.h"
 #include "pycall.h"
+#include "track.h"
 #include "version.h"
 #include "wire.h"
 
@@ -80,30 +82,10 @@ struct session {
 static struct agent_conf conf;
 static atomic_int running;          /* 1 from a successful start to the thread's end */
 static atomic_int sock_fd = -1;     /* the session's socket, for the fork-child handler */
-static int debug;
 static int atfork_registered;
 static int launched;                /* started by memprof run (preloaded), not injected */
 static int wake_fd = -1;            /* eventfd the agent thread polls: a final report is wanted */
 static atomic_int final_asked, final_done, conn_ready;
-
-/* ------------------------------------------------------------ logging */
-
-void agent_log(const char *fmt, ...)
-{
-    char line[768];
-    va_list ap;
-    int n;
-    ssize_t w;
-    if (!debug) return;
-    n = snprintf(line, sizeof line, "memprof-agent[%d]: ", (int)getpid());
-    va_start(ap, fmt);
-    vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
-    va_end(ap);
-    n = (int)strlen(line);
-    line[n++] = '\n';
-    w = write(STDERR_FILENO, line, (size_t)n); /* no stdio: never its locks */
-    (void)w;
-}
 
 /* Whether NAME is set to something other than "" or "0" in the environment the
  * process started with. /proc/self/environ, not getenv: getenv races with the
@@ -386,7 +368,7 @@ static void agent_tick(struct session *s, int final)
         s->coalesced++;
         return;
     }
-    if (hooks_collect(&r) < 0) return;
+    if (track_collect(&r) < 0) return;
     r.reports_coalesced = s->coalesced;
     r.final = final;
     r.n_profiled = pycall_profiled_take(&r.profiled);
@@ -396,7 +378,7 @@ static void agent_tick(struct session *s, int final)
     if (wire_encode(&env, &s->pend, &s->pend_len, err) < 0) agent_log("report: %s", err);
     pycall_profiled_free(r.profiled, r.n_profiled);
     r.profiled = NULL, r.n_profiled = 0;
-    hooks_report_free(&r);
+    track_report_free(&r);
     s->pend_off = 0;
     pend_push(s);
 }
@@ -469,26 +451,6 @@ static void agent_undo(void)
 }
 
 /* ------------------------------------------------------------ handlers */
-
-/* Until census.c exists: so that the library links and answers. */
-__attribute__((weak)) int census_handle(const Memprof__CensusRequest *req,
-                                        Memprof__AgentReply *reply, char *err)
-{
-    (void)req;
-    (void)reply;
-    mp_err(err, "object census not supported by this agent");
-    return -1;
-}
-__attribute__((weak)) void census_free(Memprof__AgentReply *reply) { (void)reply; }
-__attribute__((weak)) int backrefs_handle(const Memprof__BackrefsRequest *req,
-                                          Memprof__AgentReply *reply, char *err)
-{
-    (void)req;
-    (void)reply;
-    mp_err(err, "back-references not supported by this agent");
-    return -1;
-}
-__attribute__((weak)) void backrefs_free(Memprof__AgentReply *reply) { (void)reply; }
 
 /* ---------------------------------------------------------- requests */
 
@@ -1001,7 +963,7 @@ static void agent_run(struct session *s)
 {
     char err[MP_ERRLEN] = "";
     prctl(PR_SET_NAME, AGENT_THREAD_NAME, 0, 0, 0); /* in top -H, py-spy, gdb (named so from birth: spawn_thread) */
-    debug = conf.debug || environ_flag("MEMPROF_AGENT_DEBUG");
+    agent_debug = conf.debug || environ_flag("MEMPROF_AGENT_DEBUG");
     agent_log("thread started (sock=%s pylib=%s interval=%u ms)", conf.sock,
               conf.pylib[0] ? conf.pylib : "-", conf.interval_ms);
     if (!atfork_registered && pthread_atfork(NULL, NULL, agent_atfork_child) == 0)
@@ -1137,7 +1099,7 @@ int agent_launch_configure(const char *arg, int *follow, char *err)
         return -1;
     }
     *follow = conf.follow;
-    debug = conf.debug || environ_flag("MEMPROF_AGENT_DEBUG");
+    agent_debug = conf.debug || environ_flag("MEMPROF_AGENT_DEBUG");
     return 0;
 }
 

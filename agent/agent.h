@@ -27,9 +27,6 @@ uint32_t pyapi_hexversion(void);
 const struct pyabi *pyapi_abi(void);
 const char *pyapi_abi_error(void);
 
-/* One line to stderr when MEMPROF_AGENT_DEBUG / debug=1; else nothing. */
-void agent_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
 
 /* Request handlers run on the agent thread with the GIL held (the core takes
  * it, measures how long, and fills AgentReply.gil_ms). They fill reply->body,

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "agent.h"
+#include "log.h"
 #include "util.h"
 
 #define METH_VARARGS 0x0001

@@ -57,7 +57,7 @@ static unsigned npatched;
 
 
 /* The definitions a hook may replace: the address this agent takes, the global one, libc's. */
-static void hooks_fill(void)
+static void table_fill(void)
 {
     void *libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
     for (size_t i = 0; i < nhooks; i++) {
@@ -443,7 +443,7 @@ int got_init(struct got_hook *table, size_t n, char *err)
     }
     hooks = table;
     nhooks = n;
-    hooks_fill();
+    table_fill();
     /* a previous session's notes (the agent stayed loaded) are not this one's */
     note[0] = 0;
     nfailed_objs = nlate = 0;

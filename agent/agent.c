@@ -413,7 +413,7 @@ static void agent_track(void)
     } else {
         agent_log("allocation hooks installed (%s, rate %llu)", conf.exact ? "exact" : "sampling",
                   (unsigned long long)conf.rate);
-        if (pycall_atexit_register() < 0) agent_log("no atexit callback: the last figures may be partial");
+        if (pycall_atexit_register(agent_final_report) < 0) agent_log("no atexit callback: the last figures may be partial");
         native_start();
     }
     gil_give(state);
@@ -1137,7 +1137,7 @@ int agent_launch_setup(char *err)
     if (conf.track) {
         hc = (struct hooks_conf){.rate = conf.rate, .frames = conf.frames, .exact = conf.exact};
         if ((rc = hooks_install(&hc, err)) == 0) {
-            if (pycall_atexit_register() < 0) agent_log("no atexit callback: the last figures may be partial");
+            if (pycall_atexit_register(agent_final_report) < 0) agent_log("no atexit callback: the last figures may be partial");
             int prc = pycall_profile_install();
             agent_log("hooks installed before the first line (%s, rate %llu)%s", conf.exact ? "exact" : "sampling",
                       (unsigned long long)conf.rate,

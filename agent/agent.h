@@ -28,6 +28,11 @@ const struct pyabi *pyapi_abi(void);
 const char *pyapi_abi_error(void);
 
 
+/* Freeze the hooks and have the agent thread send everything it has now; waits up to wait_s for the
+ * write. Any thread, GIL not needed. The process's end calls it (pycall's atexit callback, launch.c's
+ * _exit). */
+void agent_final_report(double wait_s);
+
 /* Request handlers run on the agent thread with the GIL held (the core takes
  * it, measures how long, and fills AgentReply.gil_ms). They fill reply->body,
  * or return -1 with err set. What they allocate into the reply is released by

@@ -408,7 +408,7 @@ static int capture(uint32_t *ids, int max)
 
 void track_sample(void *p, size_t size)
 {
-    uint32_t ids[MAX_FRAMES_TAB < 512 ? MAX_FRAMES_TAB : 512];
+    uint32_t ids[MAX_FRAMES_TAB < MP_MAX_FRAMES ? MAX_FRAMES_TAB : MP_MAX_FRAMES];
     double t0 = now_ns(), w = weight(size);
     int n = capture(ids, (int)max_frames);
     uint32_t st;
@@ -563,7 +563,7 @@ int track_native_ready(char *err)
 
 void track_native_alloc(void *p, size_t size, const uint64_t *pcs, int npcs)
 {
-    uint32_t ids[513 + 2 * TRACK_MAX_NATIVE];
+    uint32_t ids[MP_MAX_FRAMES + 1 + 2 * TRACK_MAX_NATIVE]; /* Python frames, FRAME_NATIVE, the pcs */
     double w = weight(size);
     int n;
     uint32_t st;
@@ -664,8 +664,8 @@ int track_start(uint64_t r, uint32_t frames_max, int exact, char *err)
 {
     char werr[MP_ERRLEN];
     walk_ok = pyapi_walk_init(werr) == 0; /* without it: sites are "<unknown>" */
-    rate = r ? (double)r : 512.0 * 1024;
-    max_frames = frames_max ? (frames_max > 512 ? 512 : frames_max) : 64;
+    rate = (double)(r ? r : MP_DEFAULT_SAMPLE_RATE);
+    max_frames = frames_max ? (frames_max > MP_MAX_FRAMES ? MP_MAX_FRAMES : frames_max) : MP_DEFAULT_MAX_FRAMES;
     exact_mode = exact;
     if (tables_alloc() < 0) {
         mp_err(err, "cannot allocate the allocation tables");

@@ -24,12 +24,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "conf.h"
 #include "defaults.h"
+#include "gil.h"
 #include "hooks.h"
 #include "native.h"
 #include "launch.h"
+#include "log.h"
 #include "pyapi.h"
 #include "pycall.h"
+#include "track.h"
 #include "version.h"
 #include "wire.h"
 
@@ -46,27 +50,6 @@
 #define LAUNCH_WAIT_S 15.0      /* memprof run: for the tracking settings, before the first line */
 #define AGENT_THREAD_NAME "memprof-agent" /* memprofd's attach.c looks for it (AGENT_THREAD) */
 
-/* What the injector asked for: only what it takes to connect (the argument), then the tracking
- * settings the daemon sends after the hello (conf_tracking). The argument is written by
- * memprof_agent_start only while no agent thread runs; the settings only by the agent thread. */
-struct agent_conf {
-    char sock[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* "@abstract" or a path */
-    char token[256];
-    char pylib[PATH_MAX];
-    int debug;
-    int fd;               /* a socket already connected to memprofd (injected across namespaces), or -1 */
-    int follow;           /* memprof run --follow-fork: forked children are sessions too */
-    uint64_t handle;      /* remote-exec: our dlopen handle (ctypes), reported for the unload */
-    uint64_t busy_us;     /* remote-exec: how long its script had run before starting us */
-    /* from the daemon's TrackingConfig: */
-    uint64_t rate;        /* mean bytes between samples */
-    uint32_t frames;      /* max Python frames per stack */
-    uint32_t interval_ms; /* flush interval */
-    int exact, track;
-    int native;           /* native allocations too (native.c) */
-    int native_frames;    /* and their native call chains */
-};
-
 /* One connection to the daemon, owned by the agent thread. */
 struct session {
     int fd;
@@ -80,268 +63,10 @@ struct session {
 static struct agent_conf conf;
 static atomic_int running;          /* 1 from a successful start to the thread's end */
 static atomic_int sock_fd = -1;     /* the session's socket, for the fork-child handler */
-static int debug;
 static int atfork_registered;
 static int launched;                /* started by memprof run (preloaded), not injected */
 static int wake_fd = -1;            /* eventfd the agent thread polls: a final report is wanted */
 static atomic_int final_asked, final_done, conn_ready;
-
-/* ------------------------------------------------------------ logging */
-
-void agent_log(const char *fmt, ...)
-{
-    char line[768];
-    va_list ap;
-    int n;
-    ssize_t w;
-    if (!debug) return;
-    n = snprintf(line, sizeof line, "memprof-agent[%d]: ", (int)getpid());
-    va_start(ap, fmt);
-    vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
-    va_end(ap);
-    n = (int)strlen(line);
-    line[n++] = '\n';
-    w = write(STDERR_FILENO, line, (size_t)n); /* no stdio: never its locks */
-    (void)w;
-}
-
-/* Whether NAME is set to something other than "" or "0" in the environment the
- * process started with. /proc/self/environ, not getenv: getenv races with the
- * target's own setenv/putenv (os.environ) and may read a freed array. */
-static int environ_flag(const char *name)
-{
-    size_t klen = strlen(name), pos = 0;
-    int match = 1, found = 0;
-    char buf[4096];
-    ssize_t n;
-    int fd = open("/proc/self/environ", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    while (!found && (n = read(fd, buf, sizeof buf)) > 0) {
-        for (ssize_t i = 0; i < n && !found; i++, pos++) {
-            char c = buf[i];
-            if (c == 0) {
-                pos = (size_t)-1; /* ++ makes it 0 */
-                match = 1;
-            } else if (!match) {
-                continue;
-            } else if (pos < klen) {
-                match = c == name[pos];
-            } else if (pos == klen) {
-                match = c == '=';
-            } else {
-                found = c != '0';
-                match = 0;
-            }
-        }
-    }
-    close(fd);
-    return found;
-}
-
-/* ------------------------------------------------------------ arguments */
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-/* Values cannot hold whitespace; %XX escapes stand for any byte (a path with
- * a space: %20). Decoded in place. */
-static int unescape(char *s)
-{
-    char *o = s;
-    for (; *s; s++) {
-        if (*s == '%') {
-            int hi = hexval(s[1]), lo = hi < 0 ? -1 : hexval(s[2]);
-            if (lo < 0 || (hi == 0 && lo == 0)) return -1;
-            *o++ = (char)(hi << 4 | lo);
-            s += 2;
-        } else {
-            *o++ = *s;
-        }
-    }
-    *o = 0;
-    return 0;
-}
-
-static int parse_u64(const char *s, uint64_t max, uint64_t *out)
-{
-    char *end;
-    unsigned long long v;
-    if (*s < '0' || *s > '9') return -1;
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno || *end || v > max) return -1;
-    *out = v;
-    return 0;
-}
-
-static int copy_value(char *dst, size_t dstlen, const char *val)
-{
-    size_t n = strlen(val);
-    if (n >= dstlen) return -1;
-    memcpy(dst, val, n + 1);
-    return 0;
-}
-
-/* The argument's keys: sock, token, fd (memprofd's socket pair in this process), pylib (the file
- * holding the C API), handle and busy_us (remote-exec), follow (memprof run --follow-fork), debug.
- * Tracking settings are not among them: they come over the wire (conf_tracking). */
-static int conf_set(struct agent_conf *c, const char *key, const char *val)
-{
-    uint64_t v;
-    if (!strcmp(key, "sock")) {
-        /* "@" alone would be the unnamed abstract address */
-        if (!strcmp(val, "@") || !*val) return -1;
-        return copy_value(c->sock, sizeof c->sock, val);
-    }
-    if (!strcmp(key, "token")) return copy_value(c->token, sizeof c->token, val);
-    if (!strcmp(key, "pylib")) return copy_value(c->pylib, sizeof c->pylib, val);
-    if (!strcmp(key, "handle")) {
-        if (parse_u64(val, UINT64_MAX, &c->handle) < 0) return -1;
-    } else if (!strcmp(key, "busy_us")) {
-        if (parse_u64(val, UINT64_MAX, &c->busy_us) < 0) return -1;
-    } else if (!strcmp(key, "fd")) {
-        if (parse_u64(val, INT_MAX, &v) < 0) return -1;
-        c->fd = (int)v;
-    } else if (!strcmp(key, "debug") || !strcmp(key, "follow")) {
-        if (parse_u64(val, 1, &v) < 0) return -1;
-        *(key[0] == 'd' ? &c->debug : &c->follow) = (int)v;
-    }
-    /* other keys: from another version of the daemon, ignored */
-    return 0;
-}
-
-/* "key=value key=value ..." into c; buf is modified. */
-static int conf_parse(struct agent_conf *c, char *buf)
-{
-    char *save = NULL, *tok;
-    memset(c, 0, sizeof *c);
-    c->rate = MP_DEFAULT_SAMPLE_RATE;
-    c->frames = MP_DEFAULT_MAX_FRAMES;
-    c->interval_ms = MP_DEFAULT_INTERVAL_MS;
-    c->track = 0; /* no hook before the daemon's TrackingConfig */
-    c->fd = -1;
-    for (tok = strtok_r(buf, " \t\n", &save); tok; tok = strtok_r(NULL, " \t\n", &save)) {
-        char *eq = strchr(tok, '=');
-        if (!eq || eq == tok) return -1;
-        *eq = 0;
-        if (unescape(eq + 1) < 0 || conf_set(c, tok, eq + 1) < 0) return -1;
-    }
-    return c->sock[0] ? 0 : -1;
-}
-
-/* The daemon's TrackingConfig into conf: 0 is the default, the limits applied (common/defaults.h). */
-static void conf_tracking(struct agent_conf *c, const Memprof__TrackingConfig *t)
-{
-    c->track = t->enabled;
-    c->exact = t->exact;
-    c->native = t->native && !t->exact;
-    c->native_frames = c->native && t->native_frames;
-    c->rate = t->sample_rate ? t->sample_rate : MP_DEFAULT_SAMPLE_RATE;
-    c->frames = !t->max_frames ? MP_DEFAULT_MAX_FRAMES : t->max_frames > MP_MAX_FRAMES ? MP_MAX_FRAMES : t->max_frames;
-}
-
-static uint32_t interval_of(uint32_t ms)
-{
-    return !ms ? MP_DEFAULT_INTERVAL_MS : ms < MP_MIN_INTERVAL_MS ? MP_MIN_INTERVAL_MS
-                                        : ms > MP_MAX_INTERVAL_MS ? MP_MAX_INTERVAL_MS : ms;
-}
-
-/* ------------------------------------------------------------ the GIL */
-
-/* CPython 3.10.8+ (the gh-96387 change to take_gil): a thread waiting for the
- * GIL that has asked the holder to drop it (it does after 5 ms) and then sees
- * the runtime finalizing resets that request through its interpreter state
- * before it exits. If the holder finalized completely before the waiter got
- * the CPU again, that state has been freed (3.10 is the last version with a
- * heap-allocated main interpreter) and the process dies (SIGSEGV in
- * RESET_GIL_DROP_REQUEST): e.g. an embedder holding the GIL while the agent
- * waits in PyGILState_Ensure, then calling Py_FinalizeEx and living on. So on
- * 3.10 the agent makes the thread state PyGILState_Ensure would make, with an
- * on_delete callback: Py_FinalizeEx clears the other threads' states right
- * after it starts finalizing (_PyThreadState_DeleteExcept, GIL held), long
- * before it frees the interpreter. The callback closes the gate and holds
- * finalization there until the agent thread, ended by take_gil, has left it.
- * Versions that need it have PYABI_TSTATE_GATE and the two PyThreadState
- * fields (gilstate_counter, on_delete) in their pyabi entry. */
-#define GATE_IN_TAKE 1   /* from making the thread state to holding the GIL */
-#define GATE_CLOSED 2    /* the interpreter cleared our thread state: no more takes */
-#define GATE_WAIT_S 5.0  /* at most, in the callback */
-
-static atomic_int gil_gate;
-static int gil_mode; /* 0 undecided, 1 PyGILState_Ensure alone, 2 the 3.10 way */
-static void *gil_tstate;
-static const struct pyabi *gil_abi; /* the entry with PYABI_TSTATE_GATE, in mode 2 */
-static void *(*ThreadState_New)(void *);
-static void *(*InterpreterState_Main)(void);
-
-#define TS_FIELD(ts, off, type) (*(type volatile *)((char *)(ts) + (off)))
-
-/* on_delete of the agent's thread state, on the thread clearing it (which
- * holds the GIL): finalization, or PyOS_AfterFork_Child in a forked child. */
-static void gil_tstate_cleared(void *unused)
-{
-    struct timespec ts = {0, 1000000};
-    double deadline = mp_now() + GATE_WAIT_S;
-    (void)unused;
-    if (!(atomic_fetch_or(&gil_gate, GATE_CLOSED) & GATE_IN_TAKE)) return;
-    while ((atomic_load(&gil_gate) & GATE_IN_TAKE) && mp_now() < deadline) nanosleep(&ts, NULL);
-}
-
-/* On the agent thread's way out (CPython may end it inside PyGILState_Ensure). */
-static void gil_exit(void)
-{
-    Dl_info self;
-    int g = atomic_fetch_and(&gil_gate, ~GATE_IN_TAKE); /* lets a waiting callback go on */
-    /* a thread state left for the interpreter to clear calls back into this
-     * library: keep it mapped for good (the process is finalizing) */
-    if ((g & GATE_IN_TAKE) && !(g & GATE_CLOSED) && dladdr((void *)gil_tstate_cleared, &self) &&
-        self.dli_fname)
-        dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
-}
-
-/* Take the GIL for this thread, unless the interpreter is finalizing: then
- * PyGILState_Ensure may crash (cpython#124619, #132948) or end this thread.
- * The check races with a finalization starting right after it; in that window
- * CPython 3.8-3.13 end the thread inside Ensure (pthread_exit), which
- * agent_main's cleanup handler turns into a normal agent exit. */
-static int gil_take(int *state)
-{
-    void *interp;
-    int open = 0;
-    if (!gil_mode) {
-        const char *v = PY.GetVersion(); /* formats constants: no GIL needed */
-        gil_abi = pyabi_for(pyapi_parse_version(v, NULL, 0));
-        ThreadState_New = (void *(*)(void *))pyapi_sym("PyThreadState_New");
-        InterpreterState_Main = (void *(*)(void))pyapi_sym("PyInterpreterState_Main");
-        gil_mode = gil_abi && (gil_abi->caps & PYABI_TSTATE_GATE) && ThreadState_New && InterpreterState_Main ? 2 : 1;
-    }
-    if (gil_mode == 1) {
-        if (pyapi_finalizing()) return -1;
-        *state = PY.GILState_Ensure();
-        return 0;
-    }
-    if (!atomic_compare_exchange_strong(&gil_gate, &open, GATE_IN_TAKE)) return -1;
-    if (pyapi_finalizing() || !(interp = InterpreterState_Main()) ||
-        !(gil_tstate = ThreadState_New(interp))) {
-        atomic_fetch_and(&gil_gate, ~GATE_IN_TAKE);
-        return -1;
-    }
-    /* PyThreadState_New bound it to this thread; counter 0 as in Ensure: the
-     * matching PyGILState_Release deletes it */
-    TS_FIELD(gil_tstate, gil_abi->ts.gilstate_counter, int) = 0;
-    TS_FIELD(gil_tstate, gil_abi->ts.on_delete, void *) = (void *)gil_tstate_cleared;
-    *state = PY.GILState_Ensure();
-    TS_FIELD(gil_tstate, gil_abi->ts.on_delete, void *) = NULL; /* we hold the GIL: no one clears it */
-    atomic_fetch_and(&gil_gate, ~GATE_IN_TAKE);
-    return 0;
-}
-
-static void gil_give(int state) { PY.GILState_Release(state); }
 
 /* ------------------------------------------------------------ hook points */
 
@@ -386,7 +111,7 @@ static void agent_tick(struct session *s, int final)
         s->coalesced++;
         return;
     }
-    if (hooks_collect(&r) < 0) return;
+    if (track_collect(&r) < 0) return;
     r.reports_coalesced = s->coalesced;
     r.final = final;
     r.n_profiled = pycall_profiled_take(&r.profiled);
@@ -396,7 +121,7 @@ static void agent_tick(struct session *s, int final)
     if (wire_encode(&env, &s->pend, &s->pend_len, err) < 0) agent_log("report: %s", err);
     pycall_profiled_free(r.profiled, r.n_profiled);
     r.profiled = NULL, r.n_profiled = 0;
-    hooks_report_free(&r);
+    track_report_free(&r);
     s->pend_off = 0;
     pend_push(s);
 }
@@ -431,7 +156,7 @@ static void agent_track(void)
     } else {
         agent_log("allocation hooks installed (%s, rate %llu)", conf.exact ? "exact" : "sampling",
                   (unsigned long long)conf.rate);
-        if (pycall_atexit_register() < 0) agent_log("no atexit callback: the last figures may be partial");
+        if (pycall_atexit_register(agent_final_report) < 0) agent_log("no atexit callback: the last figures may be partial");
         native_start();
     }
     gil_give(state);
@@ -469,26 +194,6 @@ static void agent_undo(void)
 }
 
 /* ------------------------------------------------------------ handlers */
-
-/* Until census.c exists: so that the library links and answers. */
-__attribute__((weak)) int census_handle(const Memprof__CensusRequest *req,
-                                        Memprof__AgentReply *reply, char *err)
-{
-    (void)req;
-    (void)reply;
-    mp_err(err, "object census not supported by this agent");
-    return -1;
-}
-__attribute__((weak)) void census_free(Memprof__AgentReply *reply) { (void)reply; }
-__attribute__((weak)) int backrefs_handle(const Memprof__BackrefsRequest *req,
-                                          Memprof__AgentReply *reply, char *err)
-{
-    (void)req;
-    (void)reply;
-    mp_err(err, "back-references not supported by this agent");
-    return -1;
-}
-__attribute__((weak)) void backrefs_free(Memprof__AgentReply *reply) { (void)reply; }
 
 /* ---------------------------------------------------------- requests */
 
@@ -549,7 +254,7 @@ static int on_tracking(const Memprof__AgentRequest *req, Memprof__AgentReply *re
     static Memprof__TrackingConfig tracking;
     int handed = 0;
     (void)err;
-    conf.interval_ms = interval_of(req->tracking->interval_ms);
+    conf.interval_ms = conf_interval(req->tracking->interval_ms);
     if (!hooks_installed()) {
         conf_tracking(&conf, req->tracking);
         pthread_mutex_lock(&launch_mu);
@@ -600,47 +305,23 @@ static const struct request_route {
     {MEMPROF__AGENT_REQUEST__BODY_TRACKING, on_tracking, 0, NULL, 0},
 };
 
-/* The GIL of the handler handle_locked runs: its state, whether it is held, and how long the
- * handler gave it back for (agent_gil_yield). Only the agent thread touches them. */
-static int locked_state, locked_held;
-static double locked_released;
-
-int agent_gil_yield(void (*off)(void *), void *arg)
-{
-    struct timespec pause = {0, 200000}; /* long enough for a waiting thread to wake and take it */
-    double t = mp_now();
-    if (!locked_held) return -1;
-    gil_give(locked_state);
-    locked_held = 0;
-    if (off) off(arg);
-    nanosleep(&pause, NULL);
-    if (gil_take(&locked_state) < 0) return -1;
-    locked_held = 1;
-    locked_released += mp_now() - t;
-    return 0;
-}
-
 /* Run a handler with the GIL held, timing how long it is held. -2 when the interpreter is finalizing. */
 static int handle_locked(const struct request_route *r, const Memprof__AgentRequest *req,
                          Memprof__AgentReply *reply, char *err)
 {
     int rc;
     double t0;
-    if (gil_take(&locked_state) < 0) {
+    if (gil_handler_enter() < 0) {
         mp_err(err, "the Python interpreter is shutting down");
         return -2;
     }
-    locked_held = 1;
-    locked_released = 0;
     t0 = mp_now();
     rc = r->fn(req, reply, err);
-    reply->gil_ms = (mp_now() - t0 - locked_released) * 1e3;
-    if (!locked_held) { /* a yield found the interpreter finalizing */
+    reply->gil_ms = (mp_now() - t0 - gil_handler_released()) * 1e3;
+    if (gil_handler_leave() < 0) { /* a yield found the interpreter finalizing */
         mp_err(err, "the Python interpreter is shutting down");
         return -2;
     }
-    locked_held = 0;
-    gil_give(locked_state);
     return rc;
 }
 
@@ -937,7 +618,7 @@ static void agent_atfork_child(void)
     int fd = atomic_exchange(&sock_fd, -1);
     int was_running = atomic_load(&running);
     if (fd >= 0) close(fd);
-    atomic_store(&gil_gate, 0); /* no agent thread here to wait for */
+    gil_atfork_child(); /* no agent thread here to wait for */
     /* the parent's agent thread may have held it at the fork */
     pthread_mutex_init(&launch_mu, NULL);
     pthread_cond_init(&launch_cv, NULL);
@@ -1001,7 +682,7 @@ static void agent_run(struct session *s)
 {
     char err[MP_ERRLEN] = "";
     prctl(PR_SET_NAME, AGENT_THREAD_NAME, 0, 0, 0); /* in top -H, py-spy, gdb (named so from birth: spawn_thread) */
-    debug = conf.debug || environ_flag("MEMPROF_AGENT_DEBUG");
+    agent_debug = conf.debug || conf_environ_flag("MEMPROF_AGENT_DEBUG");
     agent_log("thread started (sock=%s pylib=%s interval=%u ms)", conf.sock,
               conf.pylib[0] ? conf.pylib : "-", conf.interval_ms);
     if (!atfork_registered && pthread_atfork(NULL, NULL, agent_atfork_child) == 0)
@@ -1062,8 +743,7 @@ static void *agent_main(void *unused)
 {
     struct session s = {.fd = -1};
     (void)unused;
-    atomic_store(&gil_gate, 0);
-    gil_mode = 0;
+    gil_thread_start();
     pthread_cleanup_push(agent_cleanup, &s);
     agent_run(&s);
     pthread_cleanup_pop(1);
@@ -1137,7 +817,7 @@ int agent_launch_configure(const char *arg, int *follow, char *err)
         return -1;
     }
     *follow = conf.follow;
-    debug = conf.debug || environ_flag("MEMPROF_AGENT_DEBUG");
+    agent_debug = conf.debug || conf_environ_flag("MEMPROF_AGENT_DEBUG");
     return 0;
 }
 
@@ -1175,7 +855,7 @@ int agent_launch_setup(char *err)
     if (conf.track) {
         hc = (struct hooks_conf){.rate = conf.rate, .frames = conf.frames, .exact = conf.exact};
         if ((rc = hooks_install(&hc, err)) == 0) {
-            if (pycall_atexit_register() < 0) agent_log("no atexit callback: the last figures may be partial");
+            if (pycall_atexit_register(agent_final_report) < 0) agent_log("no atexit callback: the last figures may be partial");
             int prc = pycall_profile_install();
             agent_log("hooks installed before the first line (%s, rate %llu)%s", conf.exact ? "exact" : "sampling",
                       (unsigned long long)conf.rate,

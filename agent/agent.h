@@ -27,23 +27,19 @@ uint32_t pyapi_hexversion(void);
 const struct pyabi *pyapi_abi(void);
 const char *pyapi_abi_error(void);
 
-/* One line to stderr when MEMPROF_AGENT_DEBUG / debug=1; else nothing. */
-void agent_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Freeze the hooks and have the agent thread send everything it has now; waits up to wait_s for the
+ * write. Any thread, GIL not needed. The process's end calls it (pycall's atexit callback, launch.c's
+ * _exit). */
+void agent_final_report(double wait_s);
 
 /* Request handlers run on the agent thread with the GIL held (the core takes
- * it, measures how long, and fills AgentReply.gil_ms). They fill reply->body,
+ * it (gil.h), measures how long, and fills AgentReply.gil_ms). They fill reply->body,
  * or return -1 with err set. What they allocate into the reply is released by
  * the matching *_free after the reply is sent. */
 int census_handle(const Memprof__CensusRequest *req, Memprof__AgentReply *reply, char *err);
 void census_free(Memprof__AgentReply *reply);
 int backrefs_handle(const Memprof__BackrefsRequest *req, Memprof__AgentReply *reply, char *err);
 void backrefs_free(Memprof__AgentReply *reply);
-/* For a handler that works in slices: give the GIL back to the target's threads for a moment
- * (running off(arg) meanwhile, when not NULL: work that needs no Python object) and take it again
- * (the time between is not counted in gil_ms). 0 with the GIL held again; -1 when the interpreter
- * is finalizing: then the GIL is not held, and the handler must return at once without touching
- * any Python object (what it holds is left to the exiting process). */
-int agent_gil_yield(void (*off)(void *), void *arg);
 
 #endif

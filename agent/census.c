@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gil.h"
 #include "heap.h"
 
 /* ---------------------------------------------------------------- census */
@@ -166,7 +167,7 @@ static int census_big(struct census *c, char *err)
             c->walk_gil_ms += (t - t0) * 1e3;
             if ((t - t0) * 1e3 > c->gil_max_ms) c->gil_max_ms = (t - t0) * 1e3;
             if ((thread_cpu_s() - c0) * 1e3 > c->cpu_max_ms) c->cpu_max_ms = (thread_cpu_s() - c0) * 1e3;
-            if (agent_gil_yield(census_off, c) < 0) {
+            if (gil_yield(census_off, c) < 0) {
                 c->lost = 1;
                 mp_err(err, "the Python interpreter is shutting down");
                 return -1;

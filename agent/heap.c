@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "gil.h"
 #include "heap.h"
 
 const struct pyabi *abi;
@@ -425,7 +426,7 @@ int heap_walk_sliced(struct heap *h, heap_fn fn, void *arg, char *err)
         if (done) break;
         /* give the GIL back; a collection the target started meanwhile must end before we go on */
         do {
-            if (agent_gil_yield(h->off, h->off_arg) < 0) {
+            if (gil_yield(h->off, h->off_arg) < 0) {
                 h->lost = 1;
                 mp_err(err, "the Python interpreter is shutting down");
                 return -1;

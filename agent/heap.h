@@ -188,13 +188,13 @@ int heap_walk(const struct heap *h, heap_fn fn, void *arg);
 
 #define SLICE_S 0.004 /* GIL time of one slice of heap_walk_sliced */
 
-/* The same in slices of about SLICE_S, giving the GIL back between them (agent_gil_yield): fn
+/* The same in slices of about SLICE_S, giving the GIL back between them (gil_yield): fn
  * never sees a pointer kept across a release. What it counts: every object tracked when the walk
  * began and still alive when the walk reaches it, once. Not: objects created during the walk; an
  * object freed (or untracked) before the walk reaches it; an object a collection moved meanwhile.
  * 0, what fn stopped with, or -1 and err (then h->lost says whether the GIL is still held). */
 int heap_walk_sliced(struct heap *h, heap_fn fn, void *arg, char *err);
-/* Run between slices, without the GIL (agent_gil_yield's off): e.g. growing a table. */
+/* Run between slices, without the GIL (gil_yield's off): e.g. growing a table. */
 void heap_set_off(struct heap *h, void (*off)(void *), void *arg);
 double thread_cpu_s(void); /* this thread's CPU time, in seconds */
 

@@ -1,23 +1,13 @@
-/* native.c -- native allocations: the GOT/PLT entries of loaded libraries for
- * malloc, free, mmap & co. point at hooks here, which sample by bytes (the same
- * Poisson sampler and weights as the PyMem hooks) into hooks.c's tables.
+/* native.c -- native allocations: hooks for malloc, free, mmap & co., which
+ * sample by bytes (the same Poisson sampler and weights as the PyMem hooks)
+ * into the recorder (track.c), passing their unwound native frames in. got.c
+ * points the GOT/PLT entries of loaded libraries at them.
  *
- * Which objects: every one dl_iterate_phdr lists but libc and ld.so (their
- * calls are the originals), the vdso, this agent (its calls reach the
- * originals: that is how the hooks call them) and the Python executable or
- * libpython: CPython's own malloc calls serve its RAW domain, which the PyMem
- * hooks count already. Of those only dlopen is patched, so that extension
- * modules imported later are patched as they load.
- *
- * Which entries: JUMP_SLOT and GLOB_DAT relocations (DT_JMPREL, DT_RELA,
- * DT_REL) of an undefined symbol named as a hook, whose value is libc's
- * function, the global definition (dlsym RTLD_DEFAULT: an LD_PRELOAD'd
- * allocator), the address this agent takes (a non-PIE executable's PLT stub)
- * or still a lazy-binding stub inside the object: another tool's hook is left
- * alone. The hooks call what this agent's own calls reach. RELRO pages are made writable for the
- * store and read-only again. Every (address, original) is kept; uninstall
- * walks the objects still loaded and puts back each entry that still holds a
- * hook (an object unloaded meanwhile is never written to).
+ * Which objects (got.c): every loaded one but libc and ld.so, the vdso, this
+ * agent and the Python executable or libpython: CPython's own malloc calls
+ * serve its RAW domain, which the PyMem hooks count already. Of those only
+ * dlopen is patched, so that extension modules imported later are patched as
+ * they load.
  *
  * The dlopen hook searches a bare name as its caller would (dlopen_as) and
  * patches what got loaded. A library loaded otherwise (dlmopen, a dlsym'd
@@ -26,8 +16,7 @@
  * at the attach in native_note (the TrackingConfig reply), loaded later in
  * native_late_note (sent with every AllocReport from then on).
  *
- * Concurrency: patching runs inside dl_iterate_phdr callbacks, which the
- * loader lock serializes. The hooks' fast paths count bytes down in a
+ * Concurrency: the hooks' fast paths count bytes down in a
  * thread-local and call the original; the slow paths (sample, free of a
  * sampled block) are counted in `inflight` so uninstall can wait for them.
  *
@@ -37,13 +26,11 @@
  * so walking them would give wrong chains). libgcc_s is loaded when asked for.
  * The chain starts at the hooked call's caller and ends at the first frame in
  * the Python executable or libpython (the Python frames take over there), or
- * after MAX_NATIVE frames. Only raw return addresses: the daemon names them. */
+ * after TRACK_MAX_NATIVE frames. Only raw return addresses: the daemon names them. */
 #include "native.h"
 
 #include <dlfcn.h>
-#include <elf.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <link.h>
 #include <malloc.h>
 #include <stdarg.h>
@@ -56,33 +43,19 @@
 #include <unistd.h>
 #include <unwind.h>
 
-#include "agent.h"
-#include "hooks.h"
+#include "got.h"
+#include "log.h"
+#include "track.h"
 #include "util.h"
 
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
-
-#define REC_SLOTS (1u << 16) /* patched entries kept: (address, original) */
-
-#if defined(__x86_64__)
-#define R_JUMP_SLOT R_X86_64_JUMP_SLOT
-#define R_GLOB_DAT R_X86_64_GLOB_DAT
-#elif defined(__aarch64__)
-#define R_JUMP_SLOT R_AARCH64_JUMP_SLOT
-#define R_GLOB_DAT R_AARCH64_GLOB_DAT
-#else
-#error "native.c: relocation types for this architecture"
-#endif
-#define R_TYPE(info) ELF64_R_TYPE(info)
-#define R_SYM(info) ELF64_R_SYM(info)
 
 static __thread int64_t countdown;
 static __thread int started; /* the thread has drawn its first gap (hit) */
 static atomic_int active;    /* sampling (else the hooks only pass through) */
 static atomic_int inflight;
 static int installed;
-static unsigned npatched;
 
 /* ------------------------------------------------------------ native frames */
 
@@ -90,7 +63,7 @@ typedef _Unwind_Reason_Code (*backtrace_fn)(_Unwind_Trace_Fn, void *);
 typedef uintptr_t (*getip_fn)(struct _Unwind_Context *);
 static backtrace_fn unwind_backtrace; /* non-NULL: native frames on */
 static getip_fn unwind_getip;
-static uintptr_t self_lo, self_hi;    /* this agent's text: its frames are skipped */
+static uintptr_t self_base, self_lo, self_hi; /* this agent's text: its frames are skipped */
 #define MAX_INTERP 4
 static uintptr_t interp_lo[MAX_INTERP], interp_hi[MAX_INTERP]; /* the executable, libpython */
 static int ninterp;
@@ -118,14 +91,17 @@ static _Unwind_Reason_Code unwind_one(struct _Unwind_Context *ctx, void *arg)
     return u->n < u->max ? _URC_NO_REASON : _URC_END_OF_STACK;
 }
 
-int native_unwind(uint64_t *pcs, int max)
+/* The calling thread's native return addresses from the hooked call's caller
+ * outwards, up to the first frame inside the Python interpreter (its frames
+ * are the Python stack) or max; how many. 0 when native frames are off. With
+ * the recorder's guard set (the unwinder may allocate). */
+static int unwind(uint64_t *pcs, int max)
 {
     struct unwind_state u = {pcs, 0, max};
     if (!unwind_backtrace || max <= 0) return 0;
     unwind_backtrace(unwind_one, &u);
     return u.n;
 }
-
 /* The address range of an object's PT_LOAD segments. */
 static void load_range(const struct dl_phdr_info *info, uintptr_t *lo, uintptr_t *hi)
 {
@@ -160,15 +136,25 @@ int native_frames_enable(char *err)
  * thread's first call finds the countdown at 0: it draws its first gap and
  * samples only if this allocation reaches it (as if the gap had been drawn
  * before; dropping the first hit would miss, say, a thread's first 10 MB array). */
+static void record(void *p, size_t size)
+{
+    uint64_t pcs[TRACK_MAX_NATIVE];
+    int npcs;
+    if (!track_enter()) return;
+    npcs = unwind(pcs, TRACK_MAX_NATIVE); /* first: the hook's frames are the innermost */
+    track_native_alloc(p, size, pcs, npcs);
+    track_leave();
+}
+
 static void hit(void *p, size_t size)
 {
     if (!started) {
         started = 1;
-        countdown = hooks_next_gap() - (int64_t)size;
+        countdown = track_next_gap() - (int64_t)size;
         if (countdown > 0) return;
     }
-    countdown = hooks_next_gap();
-    if (p && atomic_load_explicit(&active, memory_order_relaxed)) hooks_native_alloc(p, size);
+    countdown = track_next_gap();
+    if (p && atomic_load_explicit(&active, memory_order_relaxed)) record(p, size);
 }
 
 #define COUNT(size) likely((countdown -= (int64_t)(size)) > 0)
@@ -177,7 +163,7 @@ static void hit(void *p, size_t size)
 
 static void forget(const void *p)
 {
-    if (atomic_load_explicit(&active, memory_order_relaxed)) hooks_native_free(p);
+    if (atomic_load_explicit(&active, memory_order_relaxed)) track_native_free(p);
 }
 
 static __attribute__((noinline)) void *malloc_slow(size_t n)
@@ -218,7 +204,7 @@ static __attribute__((noinline)) void *realloc_slow(void *old, size_t n, int due
 {
     void *p;
     ENTER();
-    if (old && hooks_maybe_sampled(old)) forget(old);
+    if (old && track_maybe_sampled(old)) forget(old);
     p = realloc(old, n);
     if (due) hit(p, n);
     LEAVE();
@@ -227,7 +213,7 @@ static __attribute__((noinline)) void *realloc_slow(void *old, size_t n, int due
 static void *h_realloc(void *old, size_t n)
 {
     int more = COUNT(n);
-    if (likely(more && (!old || !hooks_maybe_sampled(old)))) return realloc(old, n);
+    if (likely(more && (!old || !track_maybe_sampled(old)))) return realloc(old, n);
     return realloc_slow(old, n, !more);
 }
 
@@ -250,7 +236,7 @@ static __attribute__((noinline)) void free_slow(void *p)
 }
 static void h_free(void *p)
 {
-    if (likely(!p || !hooks_maybe_sampled(p))) {
+    if (likely(!p || !track_maybe_sampled(p))) {
         free(p);
         return;
     }
@@ -300,7 +286,7 @@ static void *h_pvalloc(size_t n) { return COUNT(n) ? pvalloc(n) : al_slow(AL_PVA
 /* Anonymous mappings only: a file mapping is the file's pages, not a heap.
  * A munmap of a sampled mapping's start forgets all of it (a partial unmap
  * is rare). The slow paths never allocate: mmap stays async-signal-safe
- * (hooks_native_alloc is reentrancy-guarded and takes a spinlock only with
+ * (the recorder is entered reentrancy-guarded and takes a spinlock only with
  * the guard set, so a signal handler on the same thread passes through). */
 static __attribute__((noinline)) void *mmap_slow(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
@@ -328,14 +314,14 @@ static __attribute__((noinline)) int munmap_slow(void *addr, size_t len)
 }
 static int h_munmap(void *addr, size_t len)
 {
-    if (likely(!hooks_maybe_sampled(addr))) return munmap(addr, len);
+    if (likely(!track_maybe_sampled(addr))) return munmap(addr, len);
     return munmap_slow(addr, len);
 }
 
 static void *h_mremap(void *old, size_t olen, size_t nlen, int flags, ...)
 {
     void *naddr = NULL, *p;
-    int more = COUNT(nlen), tracked = hooks_maybe_sampled(old);
+    int more = COUNT(nlen), tracked = track_maybe_sampled(old);
     if (flags & MREMAP_FIXED) {
         va_list ap;
         va_start(ap, flags);
@@ -351,7 +337,6 @@ static void *h_mremap(void *old, size_t olen, size_t nlen, int flags, ...)
     return p;
 }
 
-static void scan_all(int late);
 
 /* dlopen as the caller would have: ld.so searches a bare name with the
  * caller's DT_RPATH/DT_RUNPATH (and $ORIGIN), and a call from here would use
@@ -392,482 +377,85 @@ static void *h_dlopen(const char *file, int mode)
     void *h;
     ENTER();
     h = dlopen_as(file, mode, __builtin_return_address(0));
-    if (h && atomic_load(&active)) scan_all(1);
+    if (h && atomic_load(&active)) got_scan(1);
     LEAVE();
     return h;
 }
 
 /* ------------------------------------------------------------ the table of hooks */
 
-struct hook {
-    const char *name;
-    void *hook;
-    void *real; /* the address this agent's code takes (a non-PIE executable's PLT stub, maybe) */
-    void *def;  /* dlsym(RTLD_DEFAULT): the definition (an LD_PRELOAD'd allocator's, maybe) */
-    void *libc; /* libc's own */
+/* One row per hooked function: its name, the hook, the function this agent's own calls reach (what
+ * the hook calls), and whether it is the loader's (patched in the interpreter's objects too). */
+#define NATIVE_HOOKS(X)                                                                                   \
+    X(malloc, h_malloc, malloc, 0)                                                                        \
+    X(calloc, h_calloc, calloc, 0)                                                                        \
+    X(realloc, h_realloc, realloc, 0)                                                                     \
+    X(reallocarray, h_reallocarray, reallocarray, 0)                                                      \
+    X(free, h_free, free, 0)                                                                              \
+    X(posix_memalign, h_posix_memalign, posix_memalign, 0)                                                \
+    X(aligned_alloc, h_aligned_alloc, aligned_alloc, 0)                                                   \
+    X(memalign, h_memalign, memalign, 0)                                                                  \
+    X(valloc, h_valloc, valloc, 0)                                                                        \
+    X(pvalloc, h_pvalloc, pvalloc, 0)                                                                     \
+    X(mmap, h_mmap, mmap, 0)                                                                              \
+    X(mmap64, h_mmap, mmap, 0) /* LP64: the same function as mmap */                                      \
+    X(munmap, h_munmap, munmap, 0)                                                                        \
+    X(mremap, h_mremap, mremap, 0)                                                                        \
+    X(dlopen, h_dlopen, dlopen, 1)
+
+static struct got_hook hooks[] = {
+#define X(name, hook, real, loader) {#name, (void *)hook, (void *)real, loader, NULL, NULL},
+    NATIVE_HOOKS(X)
+#undef X
 };
-static struct hook hooks[] = {
-    {.name = "malloc", .hook = (void *)h_malloc},
-    {.name = "calloc", .hook = (void *)h_calloc},
-    {.name = "realloc", .hook = (void *)h_realloc},
-    {.name = "reallocarray", .hook = (void *)h_reallocarray},
-    {.name = "free", .hook = (void *)h_free},
-    {.name = "posix_memalign", .hook = (void *)h_posix_memalign},
-    {.name = "aligned_alloc", .hook = (void *)h_aligned_alloc},
-    {.name = "memalign", .hook = (void *)h_memalign},
-    {.name = "valloc", .hook = (void *)h_valloc},
-    {.name = "pvalloc", .hook = (void *)h_pvalloc},
-    {.name = "mmap", .hook = (void *)h_mmap},
-    {.name = "mmap64", .hook = (void *)h_mmap}, /* LP64: the same function as mmap */
-    {.name = "munmap", .hook = (void *)h_munmap},
-    {.name = "mremap", .hook = (void *)h_mremap},
-    {.name = "dlopen", .hook = (void *)h_dlopen},
-};
-#define NHOOKS (sizeof hooks / sizeof hooks[0])
-#define HOOK_DLOPEN (NHOOKS - 1)
-
-static void hooks_fill(void)
-{
-    void *r[NHOOKS] = {(void *)malloc, (void *)calloc, (void *)realloc, (void *)reallocarray, (void *)free,
-                       (void *)posix_memalign, (void *)aligned_alloc, (void *)memalign, (void *)valloc,
-                       (void *)pvalloc, (void *)mmap, (void *)mmap, (void *)munmap, (void *)mremap,
-                       (void *)dlopen};
-    void *libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
-    for (size_t i = 0; i < NHOOKS; i++) {
-        hooks[i].real = r[i];
-        hooks[i].def = dlsym(RTLD_DEFAULT, hooks[i].name);
-        hooks[i].libc = libc ? dlsym(libc, hooks[i].name) : NULL;
-        if (!hooks[i].def) hooks[i].def = r[i];
-        if (!hooks[i].libc) hooks[i].libc = r[i];
-    }
-    if (libc) dlclose(libc);
-}
-
-static int hook_of_name(const char *name)
-{
-    for (size_t i = 0; i < NHOOKS; i++)
-        if (name[0] == hooks[i].name[0] && !strcmp(name, hooks[i].name)) return (int)i;
-    return -1;
-}
-
-/* ------------------------------------------------------------ (address, original) */
-
-struct rec {
-    uintptr_t addr, orig;
-};
-static struct rec *recs; /* open addressing on addr; mmap'd */
-static unsigned nrecs;
-
-static struct rec *rec_find(uintptr_t addr, int add)
-{
-    uint32_t mask = REC_SLOTS - 1, i = (uint32_t)((addr >> 3) * 2654435761u) & mask;
-    if (!recs) return NULL;
-    for (;; i = (i + 1) & mask) {
-        if (recs[i].addr == addr) return &recs[i];
-        if (!recs[i].addr) break;
-    }
-    if (!add || nrecs + 1 > REC_SLOTS * 3 / 4) return NULL;
-    nrecs++;
-    recs[i].addr = addr;
-    return &recs[i];
-}
-
-/* ------------------------------------------------------------ walking the objects */
-
-enum { OBJ_SKIP, OBJ_DLOPEN_ONLY, OBJ_ALL };
-
-static uintptr_t self_base;
-static const char *self_name;
-
-static int classify(const struct dl_phdr_info *info)
-{
-    const char *name = info->dlpi_name ? info->dlpi_name : "", *base = strrchr(name, '/');
-    base = base ? base + 1 : name;
-    if (info->dlpi_addr == self_base || (self_name && !strcmp(name, self_name))) return OBJ_SKIP;
-    if (!strncmp(base, "linux-vdso", 10) || !strncmp(base, "linux-gate", 10)) return OBJ_SKIP;
-    if (!strncmp(base, "libc.so", 7) || !strncmp(base, "libc-", 5) || !strncmp(base, "ld-linux", 8) ||
-        !strncmp(base, "ld-", 3) || !strncmp(base, "ld64", 4))
-        return OBJ_SKIP;
-    if (!name[0] || !strncmp(base, "libpython", 9)) return OBJ_DLOPEN_ONLY; /* the executable, libpython */
-    return OBJ_ALL;
-}
-
-struct walk {
-    int restore;
-    int kind;
-    uintptr_t base;
-    const ElfW(Sym) *symtab;
-    const char *strtab;
-    uintptr_t relro_lo, relro_hi; /* pages made read-only after relocation */
-    const struct dl_phdr_info *info;
-    unsigned patched, restored, failed, foreign, allocs, unready; /* allocs: entries of allocation functions patched */
-    const char *fail_obj; /* the first object with an entry that could not be written, and why */
-    int fail_errno;
-    int obj_errno; /* the current object's first failure (0: the patch table was full) */
-    int late;      /* a scan after native_install's: a new failure is told as a late note */
-};
-
-static uintptr_t dyn_ptr(const struct walk *w, ElfW(Addr) v)
-{
-    /* glibc relocates these d_ptr values in place; other loaders may not */
-    return v < w->base ? w->base + v : v;
-}
-
-static int in_object(const struct walk *w, uintptr_t v)
-{
-    for (int i = 0; i < w->info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &w->info->dlpi_phdr[i];
-        uintptr_t lo = w->base + ph->p_vaddr;
-        if (ph->p_type == PT_LOAD && v >= lo && v < lo + ph->p_memsz) return 1;
-    }
-    return 0;
-}
-
-static int got_write(struct walk *w, uintptr_t addr, uintptr_t val)
-{
-    long ps = sysconf(_SC_PAGESIZE);
-    uintptr_t page = addr & ~(uintptr_t)(ps - 1);
-    int ro = page >= w->relro_lo && page < w->relro_hi;
-    if (ro && mprotect((void *)page, (size_t)ps, PROT_READ | PROT_WRITE) != 0) {
-        if (!w->fail_obj) w->fail_obj = w->info->dlpi_name, w->fail_errno = errno;
-        if (!w->obj_errno) w->obj_errno = errno;
-        return -1;
-    }
-    __atomic_store_n((uintptr_t *)addr, val, __ATOMIC_RELEASE);
-    if (ro) mprotect((void *)page, (size_t)ps, PROT_READ);
-    return 0;
-}
-
-static void one_reloc(struct walk *w, ElfW(Addr) offset, ElfW(Xword) info)
-{
-    unsigned type = (unsigned)R_TYPE(info);
-    const ElfW(Sym) *sym;
-    uintptr_t addr, cur;
-    int h;
-    if (type != R_JUMP_SLOT && type != R_GLOB_DAT) return;
-    sym = &w->symtab[R_SYM(info)];
-    if (!R_SYM(info) || sym->st_shndx != SHN_UNDEF) return;
-    h = hook_of_name(w->strtab + sym->st_name);
-    if (h < 0) return;
-    addr = w->base + offset;
-    cur = __atomic_load_n((uintptr_t *)addr, __ATOMIC_ACQUIRE);
-    if (w->restore) {
-        struct rec *r;
-        if (cur != (uintptr_t)hooks[h].hook) return;
-        r = rec_find(addr, 0);
-        if (got_write(w, addr, r ? r->orig : (uintptr_t)hooks[h].real) == 0) w->restored++;
-        else w->failed++;
-        return;
-    }
-    if (w->kind == OBJ_DLOPEN_ONLY && h != (int)HOOK_DLOPEN) return;
-    if (cur == (uintptr_t)hooks[h].hook) return; /* ours already */
-    if (cur != (uintptr_t)hooks[h].real && cur != (uintptr_t)hooks[h].def && cur != (uintptr_t)hooks[h].libc &&
-        !in_object(w, cur)) {
-        w->foreign++;
-        return; /* someone else's */
-    }
-    {
-        struct rec *r = rec_find(addr, 1);
-        if (!r) {
-            w->failed++;
-            return;
-        }
-        r->orig = cur;
-    }
-    if (got_write(w, addr, (uintptr_t)hooks[h].hook) == 0) {
-        w->patched++;
-        w->allocs += h != (int)HOOK_DLOPEN;
-    } else {
-        w->failed++;
-    }
-}
-
-static int ranges_cb(struct dl_phdr_info *info, size_t size, void *arg)
-{
-    uintptr_t lo, hi;
-    int kind = classify(info);
-    (void)size, (void)arg;
-    load_range(info, &lo, &hi);
-    if (info->dlpi_addr == self_base) self_lo = lo, self_hi = hi;
-    else if (kind == OBJ_DLOPEN_ONLY && ninterp < MAX_INTERP) interp_lo[ninterp] = lo, interp_hi[ninterp++] = hi;
-    return 0;
-}
-
-/* Whether the page at addr is writable now, from /proc/self/maps (-1: not found). Under the loader's
- * lock (dl_iterate_phdr): the static buffer is not shared. No allocation. */
-static int page_writable(uintptr_t addr)
-{
-    static char buf[8192];
-    size_t have = 0;
-    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC), found = -1;
-    if (fd < 0) return -1;
-    for (;;) {
-        ssize_t n = read(fd, buf + have, sizeof buf - 1 - have);
-        char *line = buf, *nl;
-        if (n <= 0) break;
-        have += (size_t)n;
-        buf[have] = 0;
-        while ((nl = strchr(line, '\n')) != NULL) {
-            unsigned long lo, hi;
-            char perms[8];
-            if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 && addr >= lo && addr < hi) {
-                found = perms[1] == 'w';
-                break;
-            }
-            line = nl + 1;
-        }
-        if (found >= 0) break;
-        have -= (size_t)(line - buf);
-        memmove(buf, line, have);
-        if (have >= sizeof buf - 1) have = 0; /* a line longer than the buffer: drop it */
-    }
-    close(fd);
-    return found;
-}
-
-/* Objects seen fully relocated (RELRO read-only): they stay so, and need no look at the maps again. An
- * unload (dlpi_subs changes) empties the set: a new object may be loaded at a known one's address. Under
- * the loader's lock. */
-#define READY_MAX 512
-static uintptr_t ready[READY_MAX];
-static unsigned nready;
-static unsigned long long ready_subs;
-
-static int relocating(const struct dl_phdr_info *info, uintptr_t relro)
-{
-    int wr;
-    if (info->dlpi_subs != ready_subs) nready = 0, ready_subs = info->dlpi_subs;
-    for (unsigned i = 0; i < nready; i++)
-        if (ready[i] == relro) return 0;
-    if ((wr = page_writable(relro)) == 1) return 1;
-    if (wr == 0 && nready < READY_MAX) ready[nready++] = relro;
-    return 0;
-}
-
-/* Objects with entries that could not be patched, told once each (a scan at every dlopen meets them again):
- * by load address and name. An object unloaded and another loaded at its address under the same name is
- * not told again. Under the loader's lock. */
-#define FAILED_MAX 64
-static struct {
-    uintptr_t base;
-    char name[64];
-} failed_objs[FAILED_MAX];
-static unsigned nfailed_objs, nlate;
-static char late_note[512]; /* native_late_note: the last library loaded after the attach that failed */
-static atomic_int late_set;
-
-static const char *obj_base(const char *name)
-{
-    const char *b = strrchr(name, '/');
-    return b ? b + 1 : name;
-}
-
-/* An object of w had n entries that could not be patched: remember it; a new one found by a late scan
- * becomes the late note (one line: the library and why). */
-static void failed_object(struct walk *w, unsigned n)
-{
-    const char *name = obj_base(w->info->dlpi_name ? w->info->dlpi_name : "");
-    for (unsigned i = 0; i < nfailed_objs; i++)
-        if (failed_objs[i].base == w->base && !strncmp(failed_objs[i].name, name, sizeof failed_objs[i].name - 1))
-            return;
-    if (nfailed_objs < FAILED_MAX) {
-        failed_objs[nfailed_objs].base = w->base;
-        snprintf(failed_objs[nfailed_objs++].name, sizeof failed_objs[0].name, "%s", name);
-    }
-    if (!w->late) return;
-    nlate++;
-    snprintf(late_note, sizeof late_note,
-             "native: %s, loaded after the attach: %u allocation entr%s could not be patched (its read-only GOT: "
-             "%s%s): what it allocates is not seen%s; Python allocations are tracked",
-             name[0] ? name : "a library", n, n == 1 ? "y" : "ies", w->obj_errno ? "mprotect: " : "",
-             w->obj_errno ? strerror(w->obj_errno) : "the patch table is full",
-             nlate > 1 ? " (nor what the other libraries loaded since and not patched allocate)" : "");
-    atomic_store(&late_set, 1);
-    agent_log("%s", late_note);
-}
-
-static int copy_late_cb(struct dl_phdr_info *info, size_t size, void *arg)
-{
-    (void)info, (void)size;
-    snprintf(arg, sizeof late_note, "%s", late_note);
-    return 1;
-}
-
-int native_late_note(char *buf, size_t len)
-{
-    char copy[sizeof late_note];
-    if (!atomic_load(&late_set)) return 0;
-    dl_iterate_phdr(copy_late_cb, copy); /* under the loader's lock, as the writers */
-    snprintf(buf, len, "%s", copy);
-    return buf[0] != 0;
-}
-
-static int walk_cb(struct dl_phdr_info *info, size_t size, void *arg)
-{
-    struct walk *w = arg;
-    const ElfW(Dyn) *dyn = NULL;
-    uintptr_t jmprel = 0, rela = 0, rel = 0;
-    size_t pltrelsz = 0, relasz = 0, relsz = 0;
-    long pltrel = 0, ps = sysconf(_SC_PAGESIZE);
-    unsigned failed0;
-    (void)size;
-    /* A scan that waited for the loader lock while uninstall restored the
-     * entries must not patch them again: active is cleared before the restore,
-     * which holds the same lock. */
-    if (!w->restore && !atomic_load(&active)) return 1;
-    w->kind = classify(info);
-    if (w->kind == OBJ_SKIP) return 0;
-    w->base = info->dlpi_addr;
-    w->info = info;
-    w->relro_lo = w->relro_hi = 0;
-    for (int i = 0; i < info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        if (ph->p_type == PT_DYNAMIC) dyn = (const ElfW(Dyn) *)(w->base + ph->p_vaddr);
-        if (ph->p_type == PT_GNU_RELRO) {
-            w->relro_lo = (w->base + ph->p_vaddr) & ~(uintptr_t)(ps - 1);
-            w->relro_hi = (w->base + ph->p_vaddr + ph->p_memsz) & ~(uintptr_t)(ps - 1);
-        }
-    }
-    if (!dyn) return 0;
-    /* dl_iterate_phdr lists an object dlopen (another thread's) has added but not finished relocating:
-     * its RELRO pages are still writable then. Making one read-only under the loader's feet would crash
-     * it; the object is left for a later scan (agent tick) instead. */
-    if (w->relro_hi > w->relro_lo && relocating(info, w->relro_lo)) {
-        w->unready++;
-        return 0;
-    }
-    for (; dyn->d_tag != DT_NULL; dyn++) {
-        switch (dyn->d_tag) {
-        case DT_SYMTAB: w->symtab = (const ElfW(Sym) *)dyn_ptr(w, dyn->d_un.d_ptr); break;
-        case DT_STRTAB: w->strtab = (const char *)dyn_ptr(w, dyn->d_un.d_ptr); break;
-        case DT_JMPREL: jmprel = dyn_ptr(w, dyn->d_un.d_ptr); break;
-        case DT_PLTRELSZ: pltrelsz = dyn->d_un.d_val; break;
-        case DT_PLTREL: pltrel = (long)dyn->d_un.d_val; break;
-        case DT_RELA: rela = dyn_ptr(w, dyn->d_un.d_ptr); break;
-        case DT_RELASZ: relasz = dyn->d_un.d_val; break;
-        case DT_REL: rel = dyn_ptr(w, dyn->d_un.d_ptr); break;
-        case DT_RELSZ: relsz = dyn->d_un.d_val; break;
-        }
-    }
-    if (!w->symtab || !w->strtab) return 0;
-    failed0 = w->failed;
-    w->obj_errno = 0;
-    if (jmprel && pltrel == DT_RELA)
-        for (size_t i = 0; i < pltrelsz / sizeof(ElfW(Rela)); i++) {
-            const ElfW(Rela) *r = (const ElfW(Rela) *)jmprel + i;
-            one_reloc(w, r->r_offset, r->r_info);
-        }
-    if (jmprel && pltrel == DT_REL)
-        for (size_t i = 0; i < pltrelsz / sizeof(ElfW(Rel)); i++) {
-            const ElfW(Rel) *r = (const ElfW(Rel) *)jmprel + i;
-            one_reloc(w, r->r_offset, r->r_info);
-        }
-    for (size_t i = 0; rela && i < relasz / sizeof(ElfW(Rela)); i++) {
-        const ElfW(Rela) *r = (const ElfW(Rela) *)rela + i;
-        one_reloc(w, r->r_offset, r->r_info);
-    }
-    for (size_t i = 0; rel && i < relsz / sizeof(ElfW(Rel)); i++) {
-        const ElfW(Rel) *r = (const ElfW(Rel) *)rel + i;
-        one_reloc(w, r->r_offset, r->r_info);
-    }
-    if (!w->restore && w->failed > failed0) failed_object(w, w->failed - failed0);
-    return 0;
-}
-
-static unsigned long long seen_adds; /* dlpi_adds at the last scan */
-
-static int adds_cb(struct dl_phdr_info *info, size_t size, void *arg)
-{
-    (void)size;
-    *(unsigned long long *)arg = info->dlpi_adds;
-    return 1;
-}
-
-static char note[512]; /* native_note: the first problem seen */
-
-static void scan_all(int late)
-{
-    struct walk w;
-    unsigned long long adds = 0;
-    memset(&w, 0, sizeof w);
-    w.late = late;
-    dl_iterate_phdr(adds_cb, &adds);
-    dl_iterate_phdr(walk_cb, &w);
-    seen_adds = w.unready ? adds - 1 : adds; /* an object still being loaded: scan again at the next tick */
-    __atomic_add_fetch(&npatched, w.patched, __ATOMIC_RELAXED);
-    if (w.failed && !late) {
-        const char *obj = w.fail_obj && w.fail_obj[0] ? w.fail_obj : "a library", *base = strrchr(obj, '/');
-        agent_log("native: %u GOT entries could not be patched", w.failed);
-        if (!note[0]) /* the objects that failed at the attach */
-            snprintf(note, sizeof note,
-                     "native: %u allocation entr%s of %s%s could not be patched (its read-only GOT: mprotect: %s): "
-                     "what it allocates is not seen; Python allocations are tracked",
-                     w.failed, w.failed == 1 ? "y" : "ies", base ? base + 1 : obj, w.failed > 1 ? " and others" : "",
-                     w.fail_errno ? strerror(w.fail_errno) : "table full");
-    }
-    if (w.foreign) agent_log("native: %u GOT entries already point elsewhere (another tool's hooks?): left alone", w.foreign);
-}
-
-const char *native_note(void) { return note; }
 
 /* ------------------------------------------------------------ install / remove */
 
+/* This agent's text and the interpreter's objects, for the unwinder. */
+static int ranges_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    uintptr_t lo, hi;
+    int kind = got_classify(info);
+    (void)size, (void)arg;
+    load_range(info, &lo, &hi);
+    if (info->dlpi_addr == self_base) self_lo = lo, self_hi = hi;
+    else if (kind == GOT_LOADER && ninterp < MAX_INTERP) interp_lo[ninterp] = lo, interp_hi[ninterp++] = hi;
+    return 0;
+}
+
 int native_installed(void) { return installed; }
 void native_atfork_child(void) { atomic_store(&inflight, 0); }
-unsigned native_patched(void) { return npatched; }
+const char *native_note(void) { return got_note(); }
+int native_late_note(char *buf, size_t len) { return got_late_note(buf, len); }
 
 int native_install(char *err)
 {
     Dl_info self;
     if (installed) return 0;
-    if (hooks_native_ready(err) < 0) return -1;
-    if (dladdr((void *)native_install, &self)) {
-        self_base = (uintptr_t)self.dli_fbase;
-        self_name = self.dli_fname;
-    }
-    if (!recs) {
-        void *m = mmap(NULL, REC_SLOTS * sizeof *recs, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (m == MAP_FAILED) {
-            mp_err(err, "native: no memory for the patch table");
-            return -1;
-        }
-        recs = m;
-    }
-    hooks_fill();
-    /* a previous session's notes (the agent stayed loaded) are not this one's */
-    note[0] = 0;
-    nfailed_objs = nlate = 0;
-    atomic_store(&late_set, 0);
+    if (track_native_ready(err) < 0) return -1;
+    if (dladdr((void *)native_install, &self)) self_base = (uintptr_t)self.dli_fbase;
+    if (got_init(hooks, sizeof hooks / sizeof hooks[0], err) < 0) return -1;
     ninterp = 0;
     dl_iterate_phdr(ranges_cb, NULL);
     atomic_store(&active, 1);
     installed = 1;
-    scan_all(0);
-    agent_log("native: %u GOT entries patched%s", npatched, unwind_backtrace ? ", native frames on" : "");
-    if (!npatched && !note[0])
-        snprintf(note, sizeof note, "native: no loaded library calls malloc or dlopen through a GOT this agent can "
-                                    "patch (statically linked?): only Python allocations are tracked");
+    got_scan(0);
+    agent_log("native: %u GOT entries patched%s", got_patched(), unwind_backtrace ? ", native frames on" : "");
     return 0;
 }
 
 void native_rescan(void)
 {
-    unsigned long long adds = 0;
-    if (!installed) return;
-    dl_iterate_phdr(adds_cb, &adds);
-    if (adds != seen_adds) scan_all(1);
+    if (installed) got_rescan();
 }
 
 int native_uninstall(void)
 {
-    struct walk w;
+    unsigned failed;
     if (!installed) return 0;
     atomic_store(&active, 0);
-    memset(&w, 0, sizeof w);
-    w.restore = 1;
-    dl_iterate_phdr(walk_cb, &w);
+    failed = got_restore();
     installed = 0;
-    agent_log("native: %u GOT entries restored%s", w.restored, w.failed ? " (some could not be written)" : "");
-    if (hooks_quiesce(&inflight) < 0) return -1; /* the slow paths, then the fast paths' grace period */
-    return w.failed ? -1 : 0;
+    if (track_quiesce(&inflight) < 0) return -1; /* the slow paths, then the fast paths' grace period */
+    return failed ? -1 : 0;
 }

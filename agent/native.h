@@ -1,4 +1,5 @@
-/* native.h -- native allocations: GOT patching of loaded libraries for malloc & co. */
+/* native.h -- native allocations: hooks for malloc & co. in the GOTs of loaded libraries (got.c),
+ * feeding the recorder (track.h). */
 #ifndef MEMPROF_NATIVE_H
 #define MEMPROF_NATIVE_H
 
@@ -10,13 +11,8 @@
  * hooks count); after hooks_install (sampling). 0, or -1 with err. Any thread. */
 int native_install(char *err);
 /* With native_install: also unwind each sampled allocation's native call chain
- * (native_unwind). Before native_install; -1 with err when no unwinder. */
+ * (libgcc's unwinder). Before native_install; -1 with err when no unwinder. */
 int native_frames_enable(char *err);
-/* The calling thread's native return addresses from the hooked call's caller
- * outwards, up to the first frame inside the Python interpreter (its frames
- * are the Python stack) or max; how many. 0 when native frames are off. Called
- * by hooks_native_alloc with its reentrancy guard set. */
-int native_unwind(uint64_t *pcs, int max);
 /* One line for the user when native tracking is off or partial ("" when all
  * is well): what could not be patched and why. Valid after native_install. */
 const char *native_note(void);
@@ -33,7 +29,5 @@ int native_uninstall(void);
 int native_installed(void);
 /* In a forked child: only this thread survives (no hook code runs elsewhere). */
 void native_atfork_child(void);
-/* Entries patched (for the log and the tests). */
-unsigned native_patched(void);
 
 #endif

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "agent.h"
+#include "log.h"
 #include "util.h"
 
 #define METH_VARARGS 0x0001
@@ -105,6 +106,7 @@ static int call_in(const char *module, const char *name, void *arg)
 /* ------------------------------------------------------------ atexit */
 
 static void *exit_fn;
+static void (*exit_report)(double wait_s); /* pycall_atexit_register's */
 
 static void *on_exit_cb(void *self, void *unused)
 {
@@ -113,7 +115,7 @@ static void *on_exit_cb(void *self, void *unused)
     (void)unused;
     /* without the GIL while the agent thread writes: it may be waiting for it */
     ts = A.SaveThread();
-    agent_final_report(PYCALL_FINAL_WAIT_S);
+    exit_report(PYCALL_FINAL_WAIT_S);
     A.RestoreThread(ts);
     A.IncRef(A.None);
     return A.None;
@@ -122,9 +124,10 @@ static void *on_exit_cb(void *self, void *unused)
 static struct py_methoddef exit_def = {"memprof_final_report", (void *)on_exit_cb, METH_NOARGS,
                                        "memprof: send the final allocation figures to memprofd"};
 
-int pycall_atexit_register(void)
+int pycall_atexit_register(void (*report)(double wait_s))
 {
     if (exit_fn) return 0;
+    exit_report = report;
     if (resolve() < 0 || !(exit_fn = A.CFunction_NewEx(&exit_def, NULL, NULL))) {
         if (resolved > 0) A.ErrClear();
         return -1;

@@ -9,8 +9,9 @@
 /* How long the exiting thread waits, at most, for the final report to be written. */
 #define PYCALL_FINAL_WAIT_S 1.0
 
-/* With the GIL held. 0 done, -1 failed (the Python error is cleared). */
-int pycall_atexit_register(void);
+/* Have the interpreter's atexit call report(PYCALL_FINAL_WAIT_S) (without the GIL). With the GIL
+ * held. 0 done, -1 failed (the Python error is cleared). */
+int pycall_atexit_register(void (*report)(double wait_s));
 /* -1: still registered (the library must then stay loaded). */
 int pycall_atexit_unregister(void);
 int pycall_atexit_registered(void);
@@ -23,9 +24,5 @@ size_t pycall_profiled_take(Memprof__AllocFrame ***out);
 void pycall_profiled_free(Memprof__AllocFrame **v, size_t n);
 /* In a follow-fork child: every recorded function is sent again. */
 void pycall_atfork_child(void);
-
-/* agent.c: freeze the hooks and have the agent thread send everything it has
- * now; waits up to wait_s for the write. Any thread, GIL not needed. */
-void agent_final_report(double wait_s);
 
 #endif

@@ -15,7 +15,7 @@
 #include "symbolize.h"
 #include "util.h"
 
-#define MAX_IDS 131072         /* the agent caps frames and stacks at 65536 (agent/hooks.c) */
+#define MAX_IDS 131072         /* the agent caps frames and stacks at 65536 (agent/track.c) */
 #define NATIVE_BASE 65536      /* native frames (named here) take ids from here up, below MAX_IDS */
 #define MAX_NATIVE_PCS 64      /* per stack */
 #define MAX_PROFILED 256   /* @profile'd functions kept per session */

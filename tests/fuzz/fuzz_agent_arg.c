@@ -1,7 +1,8 @@
 /* fuzz_agent_arg.c -- libFuzzer target: the agent's start argument (memprof_agent_start, MEMPROF_RUN)
  * through its parser, and a TrackingConfig as the daemon sends it through the agent's limits. The input
- * is the argument, then after a NUL byte the TrackingConfig's protobuf bytes. The parser is static in
- * agent/agent.c: the file is compiled into this one (no agent thread is started). */
+ * is the argument, then after a NUL byte the TrackingConfig's protobuf bytes. The parser is agent/conf.c;
+ * configure and conf are static in agent/agent.c: the file is compiled into this one (no agent thread
+ * is started). */
 #include "../../agent/agent.c"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -24,7 +25,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     free(arg);
     if (nul && (t = memprof__tracking_config__unpack(NULL, size - alen - 1, nul + 1))) {
-        uint32_t ms = interval_of(t->interval_ms);
+        uint32_t ms = conf_interval(t->interval_ms);
         conf_tracking(&conf, t);
         if (conf.frames < 1 || conf.frames > MP_MAX_FRAMES || !conf.rate || (conf.native && conf.exact) ||
             ms < MP_MIN_INTERVAL_MS || ms > MP_MAX_INTERVAL_MS)

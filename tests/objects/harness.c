@@ -34,7 +34,7 @@ const struct pyabi *pyapi_abi(void) { return pyabi_for(pyapi_hexversion()); }
 
 const char *pyapi_abi_error(void) { return "unsupported Python (memprof supports " MP_PY_RANGE ")"; }
 
-/* ------------------------------------------------ the GIL, as agent.c takes it */
+/* ------------------------------------------------ the GIL, as agent/gil.c takes it */
 
 static int gil_take(void)
 {
@@ -51,7 +51,7 @@ static void gil_give(int state)
 static int handler_state;
 static double handler_released;
 
-int agent_gil_yield(void (*off)(void *), void *arg)
+int gil_yield(void (*off)(void *), void *arg)
 {
     double t = mp_now();
     gil_give(handler_state);

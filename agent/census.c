@@ -9,7 +9,10 @@
  * are read from builtin objects' memory (never a user __repr__/__eq__/__hash__). The
  * only C API calls are lookups on builtin types (PyDict_Next, getset/member getters of
  * function/frame/code objects) made after the heap walks, with the collector paused, and the
- * sliced walk's own: its marker lists (PyList_New) and references to the types it counts.
+ * sliced walk's own: its marker lists (PyList_New), references to the types it counts and to
+ * the long lists it visits in chunks, and (backrefs.c) to the objects of a graph or chain until
+ * its reply is built. Dropping the last of those frees an object the target let go of meanwhile:
+ * its deallocator (and a finalizer) runs then, as the target's own release would have run it.
  * Memory is malloc'd hash tables, capped, freed before the handler returns. */
 #include <stdio.h>
 #include <stdlib.h>

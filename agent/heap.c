@@ -123,43 +123,6 @@ int pm_grow(struct pmap *m)
 
 /* ---------------------------------------------------------------- heap walk */
 
-#define GC_PTR(g, off) (FLD(g, off, uintptr_t) & ~(uintptr_t)3)
-
-/* One generation list, from both ends at once: walking a linked list is one
- * cache miss after another, and two independent chains of misses overlap. */
-static int heap_walk_list(uintptr_t head, heap_fn fn, void *arg)
-{
-    uintptr_t f = GC_PTR(head, 0), b = GC_PTR(head, 8);
-    uint64_t n = 0;
-    int rc;
-    while (f && b && f != head && n < HEAP_MAX) {
-        uintptr_t nf, nb;
-        if ((rc = fn((pyobj *)(f + 16), arg))) return rc;
-        if (f == b) break;
-        if ((rc = fn((pyobj *)(b + 16), arg))) return rc;
-        nf = GC_PTR(f, 0);
-        nb = GC_PTR(b, 8);
-        if (nf == b) break;
-        f = nf;
-        b = nb;
-        n += 2;
-    }
-    return 0;
-}
-
-/* Every tracked object once (in no particular order). Returns what fn stopped with. */
-int heap_walk(const struct heap *h, heap_fn fn, void *arg)
-{
-    int rc = 0;
-    if (h->gc) {
-        for (int i = 0; i < h->nheads && !rc; i++) rc = heap_walk_list(h->heads[i], fn, arg);
-        return rc;
-    }
-    for (ssize_t i = 0; i < h->len && !rc; i++)
-        if (h->items[i] != h->list) rc = fn(h->items[i], arg);
-    return rc;
-}
-
 static int gc_state_valid(char *gc)
 {
     uintptr_t heads[4];

@@ -61,7 +61,6 @@ typedef int (*inquiry_fn)(pyobj *);
 #define MAX_GRAPH_NODES 20000
 #define MAX_CHAIN_NODES 2000000
 #define BUDGET_S 10.0              /* GIL time a backrefs/chain request may take */
-#define HEAP_MAX 2000000000ull     /* more than this on one walk: a corrupt list */
 
 /* ---------------------------------------------------------------- the C API (heap.c) */
 
@@ -185,15 +184,15 @@ typedef int (*heap_fn)(pyobj *o, void *arg);
 /* Lists the tracked objects and pauses the collector; heap_close resumes it. 0, or -1 and err. */
 int heap_open(struct heap *h, char *err);
 void heap_close(struct heap *h);
-/* Every tracked object once (in no particular order). Returns what fn stopped with. */
-int heap_walk(const struct heap *h, heap_fn fn, void *arg);
 
 #define SLICE_S 0.004 /* GIL time of one slice of heap_walk_sliced */
 
-/* The same in slices of about SLICE_S, giving the GIL back between them (agent_gil_yield): fn
+/* Every tracked object in slices of about SLICE_S, giving the GIL back between them (agent_gil_yield): fn
  * never sees a pointer kept across a release. What it counts: every object tracked when the walk
  * began and still alive when the walk reaches it, once. Not: objects created during the walk; an
  * object freed (or untracked) before the walk reaches it; an object a collection moved meanwhile.
+ * It may be called again on the same heap (backrefs: one walk per level), each walk anew; the
+ * slice open when it returns stays open (heap_slice_end).
  * 0, what fn stopped with, or -1 and err (then h->lost says whether the GIL is still held). */
 int heap_walk_sliced(struct heap *h, heap_fn fn, void *arg, char *err);
 /* Run between slices, without the GIL (agent_gil_yield's off): e.g. growing a table. */

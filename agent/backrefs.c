@@ -643,6 +643,7 @@ int backrefs_handle(const Memprof__BackrefsRequest *req, Memprof__AgentReply *re
     } else {
         if (graph_search(&b, err) < 0 || graph_reply(&b, r) < 0) goto fail;
     }
+    heap_slice_stats(&b.heap, &r->slices, &r->gil_max_ms, &r->gil_max_cpu_ms); /* not counting the release */
     rc = 0;
     goto out;
 fail:

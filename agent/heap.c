@@ -388,6 +388,14 @@ double heap_gil_s(const struct heap *h)
     return h->gil_sum_s + (h->s_open ? mp_now() - h->s_t0 : 0);
 }
 
+void heap_slice_stats(const struct heap *h, uint32_t *slices, double *max_ms, double *cpu_max_ms)
+{
+    double t = h->s_open ? mp_now() - h->s_t0 : 0, c = h->s_open ? thread_cpu_s() - h->s_c0 : 0;
+    *slices = h->slices + (unsigned)h->s_open;
+    *max_ms = (t > h->gil_max_s ? t : h->gil_max_s) * 1e3;
+    *cpu_max_ms = (c > h->cpu_max_s ? c : h->cpu_max_s) * 1e3;
+}
+
 int heap_yield(struct heap *h, char *err)
 {
     double t = mp_now();

@@ -209,6 +209,8 @@ void heap_slice_end(struct heap *h);
 int heap_yield(struct heap *h, char *err); /* 0, or -1 and err (h->lost: the GIL is not held) */
 static inline int heap_slice_due(const struct heap *h) { return h->s_open && mp_now() - h->s_t0 > SLICE_S; }
 double heap_gil_s(const struct heap *h); /* the GIL time of the slices so far, the open one too */
+/* Their count and longest (ms, wall and CPU) so far, the open one too. */
+void heap_slice_stats(const struct heap *h, uint32_t *slices, double *max_ms, double *cpu_max_ms);
 
 /* Long containers, visited in chunks of their own between slices: a list of millions of items is
  * traversed by one tp_traverse call, far longer than a slice. Each is held by a reference until

@@ -1,6 +1,18 @@
 /* backrefs.c -- who holds an object: back-reference graphs (objgraph's show_backrefs) and the
  * shortest reference chain to a module (find_backref_chain), built level by level with one heap
- * pass per level, under the GIL, within a GIL-time budget. */
+ * pass per level, within a GIL-time budget. Each pass is sliced (heap_walk_sliced: the target runs
+ * between slices); every object that becomes a node is held by a reference until the reply is
+ * built, so no address kept across a slice dangles or is reused.
+ *
+ * What a sliced search finds: each edge existed when its referrer was traversed, with the GIL
+ * held; a level's referrers are the objects tracked when its pass began, alive when the pass
+ * reached them, that referred to a node then. Missed: objects created during a pass, moved by a
+ * collection the target ran meanwhile, or references made to a node after its referrer was
+ * passed. A chain's links each existed, though maybe not all at one instant. On a heap that does
+ * not change, the same nodes and edges as one stop-the-world search; long lists (more than
+ * BIG_ITEMS items) are searched after the rest of a pass, so which referrers --too-many keeps,
+ * which matching objects --max-start samples and which module at the same distance ends a chain
+ * may differ. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +29,7 @@ struct node {
     uint32_t depth, nref, kept, skipped;
     uint32_t parent;    /* chain: the node this one was found as a referrer of */
     uint8_t start, module;
+    uint8_t held;       /* we hold a reference to it (all but an --addr not yet found live) */
 };
 
 struct edge {
@@ -26,6 +39,7 @@ struct edge {
 struct br {
     const Memprof__BackrefsRequest *req;
     struct heap heap;
+    struct heap_big big;  /* long lists met by this pass, searched after it */
     struct node *nodes;
     size_t nn, ncap, max_nodes;
     struct edge *edges;
@@ -73,6 +87,10 @@ static long br_node(struct br *b, pyobj *o, uint32_t depth, uint32_t parent, int
     n->depth = depth;
     n->parent = parent;
     n->module = (uint8_t)module;
+    if (o != b->want) { /* a live object (the --addr is held once found live: br_found) */
+        api.IncRef(o);
+        n->held = 1;
+    }
     return (long)b->nn++;
 }
 
@@ -89,6 +107,51 @@ static int br_edge(struct br *b, uint32_t src, uint32_t dst)
     b->edges[b->ne].dst = dst;
     b->ne++;
     return 0;
+}
+
+/* --- sliced passes */
+
+/* The --addr, seen live (tracked, or referred to by a live object): held from now on. */
+static void br_found(struct br *b)
+{
+    if (b->found) return;
+    b->found = 1;
+    api.IncRef(b->want);
+    b->nodes[0].held = 1;
+}
+
+/* Grows a map before a slice would have to (rehashing under the GIL is the pause slices avoid). */
+static void pm_ahead(struct pmap *m, int *failed)
+{
+    if (m->keys && !*failed && (m->n + 1) * 20 > (m->mask + 1) * 7 && m->mask + 1 < MAX_SET_SLOTS)
+        if (pm_grow(m) < 0) *failed = 1;
+}
+
+/* Between slices, without the GIL. */
+static void br_off(void *arg)
+{
+    struct br *b = arg;
+    pm_ahead(&b->index, &b->failed);
+    pm_ahead(&b->seen, &b->failed);
+}
+
+static void big_start(pyobj *o, void *arg) { ((struct br *)arg)->cur = o; }
+
+static int big_after(void *arg)
+{
+    struct br *b = arg;
+    return b->failed || b->stop;
+}
+
+/* One pass: fn on every tracked object, in slices, then visit on the items of the long lists fn
+ * put aside (as their tp_traverse would). 0, or -1 and err (the GIL lost, a walk failed). */
+static int br_pass(struct br *b, heap_fn fn, visit_fn visit, char *err)
+{
+    int rc = heap_walk_sliced(&b->heap, fn, b, err);
+    if (rc >= 0 && visit && !b->failed && !b->stop)
+        rc = heap_big_visit(&b->heap, &b->big, big_start, visit, big_after, b, err);
+    heap_big_release(&b->big, &b->heap);
+    return rc < 0 ? -1 : 0;
 }
 
 /* --- start objects */
@@ -151,15 +214,18 @@ static int find_untracked_one(pyobj *o, void *arg)
 {
     struct br *b = arg;
     traverse_fn tr = TP_TRAVERSE(OB_TYPE(o));
+    if (heap_big_list(o)) {
+        if (heap_big_push(&b->big, o) < 0) b->failed = 1;
+        return b->failed;
+    }
     if (tr) tr(o, find_visit, b);
     return b->failed;
 }
 
-static int find_untracked(struct br *b)
+static int find_untracked(struct br *b, char *err)
 {
     if (pm_init(&b->seen, 1 << 16, 0) < 0) return -1;
-    heap_walk(&b->heap, find_untracked_one, b);
-    return b->failed ? -1 : 0;
+    return br_pass(b, find_untracked_one, find_visit, err);
 }
 
 static int find_typed_one(pyobj *o, void *arg)
@@ -266,8 +332,11 @@ static int find_starts(struct br *b, Memprof__BackrefsReply *r, char *err)
         mp_err(err, "backrefs: give a type name or an address");
         return -1;
     }
-    heap_walk(&b->heap, find_typed_one, b);
-    if (!b->matched && find_untracked(b) < 0) goto oom;
+    if (br_pass(b, find_typed_one, NULL, err) < 0) return -1;
+    if (!b->matched && find_untracked(b, err) < 0) {
+        if (!err[0]) goto oom;
+        return -1;
+    }
     if (b->failed) goto oom;
     if (!b->matched) {
         suggest(b, r, err);
@@ -291,7 +360,7 @@ static int level_visit(pyobj *r, void *arg)
     if (!r || !(ix = pm_get(&b->frontier, (uintptr_t)r))) return 0;
     ti = *ix;
     t = &b->nodes[ti];
-    if (r == b->want) b->found = 1; /* referenced by a live object: live */
+    if (r == b->want) br_found(b); /* referenced by a live object: live */
     if (t->last_src == (uintptr_t)b->cur) return 0;
     t->last_src = (uintptr_t)b->cur;
     t->nref++;
@@ -320,29 +389,35 @@ static int level_one(pyobj *o, void *arg)
 {
     struct br *b = arg;
     traverse_fn tr = TP_TRAVERSE(OB_TYPE(o));
-    if (o == b->want) b->found = 1; /* a tracked object: live */
+    if (o == b->want) br_found(b); /* a tracked object: live */
     if (!tr) return 0;
+    if (heap_big_list(o)) {
+        if (heap_big_push(&b->big, o) < 0) b->failed = 1;
+        return b->failed;
+    }
     b->cur = o;
     tr(o, level_visit, b);
     return b->failed || b->stop;
 }
 
+static int level_frontier(const struct node *n, uint32_t d) { return n->depth == d && !(n->module && !n->start); }
+
 /* Find the referrers of every node at depth d (not modules) in one pass over
- * the tracked objects. Returns the number of frontier nodes, or -1. */
-static long level_pass(struct br *b, uint32_t d)
+ * the tracked objects. Returns the number of frontier nodes, or -1 (err set unless out of memory). */
+static long level_pass(struct br *b, uint32_t d, char *err)
 {
     long nf = 0;
     pm_free(&b->frontier);
-    if (pm_init(&b->frontier, 64, 1) < 0) return -1;
+    for (size_t i = 0; i < b->nn; i++) nf += level_frontier(&b->nodes[i], d);
+    if (pm_init(&b->frontier, (size_t)nf + 64, 1) < 0) return -1; /* sized: never rehashed in a slice */
     for (size_t i = 0; i < b->nn; i++) {
         struct node *n = &b->nodes[i];
-        if (n->depth != d || (n->module && !n->start)) continue;
+        if (!level_frontier(n, d)) continue;
         if (pm_put(&b->frontier, n->addr, (uint32_t)i) < 0) return -1;
         n->last_src = 0;
-        nf++;
     }
     if (!nf) return 0;
-    heap_walk(&b->heap, level_one, b);
+    if (br_pass(b, level_one, level_visit, err) < 0) return -1;
     return b->failed ? -1 : nf;
 }
 
@@ -363,16 +438,15 @@ static int check_want(struct br *b, char *err)
 
 static int graph_search(struct br *b, char *err)
 {
-    double t0 = mp_now();
     for (uint32_t d = 0; d < b->max_depth; d++) {
-        long nf = level_pass(b, d);
+        long nf = level_pass(b, d, err);
         if (nf < 0) {
-            mp_err(err, "backrefs: out of memory");
+            if (!err[0] || b->failed) mp_err(err, "backrefs: out of memory");
             return -1;
         }
         if (check_want(b, err) < 0) return -1;
         if (!nf) break;
-        if (mp_now() - t0 > BUDGET_S) break; /* draw what we have */
+        if (heap_gil_s(&b->heap) > BUDGET_S) break; /* draw what we have */
     }
     return 0;
 }
@@ -381,13 +455,12 @@ static int graph_search(struct br *b, char *err)
  * (held by a running frame, C code or the interpreter) is the fallback root. */
 static long chain_search(struct br *b, char *err)
 {
-    double t0 = mp_now();
     long root = -1;
     for (uint32_t d = 0; d < b->max_depth; d++) {
         size_t before = b->nn;
-        long nf = level_pass(b, d);
+        long nf = level_pass(b, d, err);
         if (nf < 0) {
-            mp_err(err, "chain: out of memory");
+            if (!err[0] || b->failed) mp_err(err, "chain: out of memory");
             return -1;
         }
         if (check_want(b, err) < 0) return -1;
@@ -401,7 +474,7 @@ static long chain_search(struct br *b, char *err)
             mp_err(err, "chain: gave up after %zu objects without reaching a module", b->nn);
             return -1;
         }
-        if (mp_now() - t0 > BUDGET_S) {
+        if (heap_gil_s(&b->heap) > BUDGET_S) {
             mp_err(err, "chain: gave up after %.0f s (%u levels) without reaching a module", BUDGET_S, d + 1);
             return -1;
         }
@@ -507,8 +580,23 @@ static int chain_reply(struct br *b, long root, Memprof__BackrefsReply *r)
     return 0;
 }
 
+/* Drops the references to the nodes, giving the GIL back between slices (a chain may hold
+ * millions), then the types'. Not once the GIL is lost. */
+static void br_release(struct br *b)
+{
+    char err[MP_ERRLEN];
+    for (size_t i = 0; i < b->nn && !b->heap.lost; i++) {
+        if (b->nodes[i].held) api.DecRef((pyobj *)b->nodes[i].addr);
+        b->nodes[i].held = 0;
+        if (!(i & 255) && heap_slice_due(&b->heap)) heap_yield(&b->heap, err);
+    }
+    if (!b->heap.lost) tt_release(&b->tt);
+}
+
 static void br_free(struct br *b)
 {
+    br_release(b);
+    heap_big_release(&b->big, &b->heap);
     heap_close(&b->heap);
     free(b->nodes);
     free(b->edges);
@@ -544,7 +632,9 @@ int backrefs_handle(const Memprof__BackrefsRequest *req, Memprof__AgentReply *re
         mp_err(err, "backrefs: out of memory");
         goto out;
     }
+    b.tt.hold = 1; /* a type may die between slices, and another be made at its address */
     if (heap_open(&b.heap, err) < 0) goto out;
+    heap_set_off(&b.heap, br_off, &b);
     if (find_starts(&b, r, err) < 0) goto out;
     r->matched = b.matched;
     if (b.chain) {
@@ -553,6 +643,7 @@ int backrefs_handle(const Memprof__BackrefsRequest *req, Memprof__AgentReply *re
     } else {
         if (graph_search(&b, err) < 0 || graph_reply(&b, r) < 0) goto fail;
     }
+    heap_slice_stats(&b.heap, &r->slices, &r->gil_max_ms, &r->gil_max_cpu_ms); /* not counting the release */
     rc = 0;
     goto out;
 fail:

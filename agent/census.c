@@ -9,7 +9,10 @@
  * are read from builtin objects' memory (never a user __repr__/__eq__/__hash__). The
  * only C API calls are lookups on builtin types (PyDict_Next, getset/member getters of
  * function/frame/code objects) made after the heap walks, with the collector paused, and the
- * sliced walk's own: its marker lists (PyList_New) and references to the types it counts.
+ * sliced walk's own: its marker lists (PyList_New), references to the types it counts and to
+ * the long lists it visits in chunks, and (backrefs.c) to the objects of a graph or chain until
+ * its reply is built. Dropping the last of those frees an object the target let go of meanwhile:
+ * its deallocator (and a finalizer) runs then, as the target's own release would have run it.
  * Memory is malloc'd hash tables, capped, freed before the handler returns. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,8 +28,7 @@ struct census {
     struct pmap seen;    /* --all: untracked objects already counted */
     pyobj **stack;       /* --all: untracked containers still to traverse */
     size_t sp, scap;
-    pyobj **big;         /* --all: lists too long for one slice, held by a reference */
-    size_t nbig, bigcap;
+    struct heap_big big; /* --all: long lists and dicts, traversed after the walk in slices */
     int all, failed;
     int lost; /* the walk could not take the GIL back: touch no Python object */
     unsigned slices;
@@ -34,20 +36,10 @@ struct census {
     int64_t tracked_change;
 };
 
-#define BIG_ITEMS 4096 /* --all: a list or dict longer than this is traversed after the walk, in slices */
-
-/* Put a long list aside (with a reference) for census_big. 0, or 1 when out of memory. */
+/* Put a long list or dict aside (with a reference) for heap_big_visit. 0, or 1 when out of memory. */
 static int census_defer(struct census *c, pyobj *o)
 {
-    if (c->nbig == c->bigcap) {
-        size_t ncap = c->bigcap ? c->bigcap * 2 : 64;
-        pyobj **nb = realloc(c->big, ncap * sizeof *nb);
-        if (!nb) return c->failed = 1;
-        c->big = nb;
-        c->bigcap = ncap;
-    }
-    api.IncRef(o);
-    c->big[c->nbig++] = o;
+    if (heap_big_push(&c->big, o) < 0) return c->failed = 1;
     return 0;
 }
 
@@ -74,7 +66,7 @@ static int census_visit(pyobj *r, void *arg)
     if (t->kind != SK_FIXED)
         t->bytes += obj_size(r, t) - (!gc && t->pre >= 16 && (TP_FLAGS(tp) & F_HAVE_GC) ? 16 : 0);
     if (gc && TP_TRAVERSE(tp)) {
-        if (tp == api.dict_t && FLD(r, 0x10, ssize_t) > BIG_ITEMS) /* a long untracked dict */
+        if (heap_big_dict(r)) /* a long untracked dict */
             return census_defer(c, r);
         if (c->sp == c->scap) {
             size_t ncap = c->scap ? c->scap * 2 : 1024;
@@ -119,68 +111,20 @@ static int census_one(pyobj *o, void *arg)
     t->count++;
     if (t->kind != SK_FIXED) t->bytes += obj_size(o, t);
     if (!c->all) return 0;
-    if ((tp == api.list_t && OB_SIZE(o) > BIG_ITEMS) || (tp == api.dict_t && FLD(o, 0x10, ssize_t) > BIG_ITEMS))
-        return census_defer(c, o);
+    if (heap_big_list(o) || heap_big_dict(o)) return census_defer(c, o);
     census_traverse(c, o);
     return c->failed;
 }
 
-/* Up to 256 items of a list, or entries of a dict (PyDict_Next: its position stays valid, and
- * bounds-checked, across changes), from *pos on. 1 when there are no more. */
-static int big_chunk(struct census *c, pyobj *o, ssize_t *pos)
+/* After each chunk of a long list: the untracked containers its items led to. */
+static int census_drain(void *arg)
 {
-    if (OB_TYPE(o) == api.dict_t) {
-        pyobj *k, *v;
-        for (int j = 0; j < 256; j++) {
-            if (!api.Dict_Next(o, pos, &k, &v)) return 1;
-            census_visit(k, c);
-            census_visit(v, c);
-        }
-        return 0;
-    } else {
-        ssize_t n = OB_SIZE(o), e = *pos + 256 < n ? *pos + 256 : n;
-        pyobj **items = FLD(o, abi->list.items, pyobj **);
-        for (; *pos < e && !c->failed; ++*pos) census_visit(items[*pos], c);
-        return *pos >= OB_SIZE(o);
+    struct census *c = arg;
+    while (c->sp && !c->failed) {
+        pyobj *u = c->stack[--c->sp];
+        TP_TRAVERSE(OB_TYPE(u))(u, census_visit, c);
     }
-}
-
-/* --all: the items of the long lists and dicts census_one put aside, in slices of about SLICE_S
- * like the walk. Each is held by a reference; a list's length and item array are read afresh in
- * every slice (the target may change it between them: an item moved meanwhile may be missed,
- * none is counted twice). -1 when the GIL could not be taken back. */
-static int census_big(struct census *c, char *err)
-{
-    double t0 = mp_now(), c0 = thread_cpu_s(), t;
-    for (size_t k = 0; k < c->nbig && !c->failed; k++) {
-        pyobj *o = c->big[k];
-        ssize_t pos = 0;
-        int done = 0;
-        while (!c->failed && !done) {
-            done = big_chunk(c, o, &pos);
-            while (c->sp && !c->failed) {
-                pyobj *u = c->stack[--c->sp];
-                TP_TRAVERSE(OB_TYPE(u))(u, census_visit, c);
-            }
-            if ((t = mp_now()) - t0 < SLICE_S) continue;
-            c->slices++;
-            c->walk_gil_ms += (t - t0) * 1e3;
-            if ((t - t0) * 1e3 > c->gil_max_ms) c->gil_max_ms = (t - t0) * 1e3;
-            if ((thread_cpu_s() - c0) * 1e3 > c->cpu_max_ms) c->cpu_max_ms = (thread_cpu_s() - c0) * 1e3;
-            if (gil_yield(census_off, c) < 0) {
-                c->lost = 1;
-                mp_err(err, "the Python interpreter is shutting down");
-                return -1;
-            }
-            t0 = mp_now();
-            c0 = thread_cpu_s();
-        }
-    }
-    t = mp_now();
-    c->walk_gil_ms += (t - t0) * 1e3;
-    if ((t - t0) * 1e3 > c->gil_max_ms) c->gil_max_ms = (t - t0) * 1e3;
-    if ((thread_cpu_s() - c0) * 1e3 > c->cpu_max_ms) c->cpu_max_ms = (thread_cpu_s() - c0) * 1e3;
-    return 0;
+    return c->failed;
 }
 
 static int census_walk(struct census *c, char *err)
@@ -190,16 +134,17 @@ static int census_walk(struct census *c, char *err)
     if (heap_open(&h, err) < 0) return -1;
     heap_set_off(&h, census_off, c);
     rc = heap_walk_sliced(&h, census_one, c, err);
+    c->tracked_change = (int64_t)h.gen0_count1 - h.gen0_count0;
+    /* the collector stays paused until the lists put aside are done */
+    if (rc >= 0 && c->big.n && heap_big_visit(&h, &c->big, NULL, census_visit, census_drain, c, err) < 0) rc = -1;
+    heap_slice_end(&h);
     c->lost = h.lost;
     c->slices = h.slices;
     c->gil_max_ms = h.gil_max_s * 1e3;
     c->cpu_max_ms = h.cpu_max_s * 1e3;
     c->walk_gil_ms = h.gil_sum_s * 1e3;
-    c->tracked_change = (int64_t)h.gen0_count1 - h.gen0_count0;
-    /* the collector stays paused until the lists put aside are done */
-    if (rc >= 0 && c->nbig) rc = census_big(c, err);
     c->walk_ms = (mp_now() - h.t_start) * 1e3;
-    if (c->lost) h.lost = 1;
+    heap_big_release(&c->big, &h);
     heap_close(&h);
     if (rc < 0) return -1;
     if (c->failed) {
@@ -278,11 +223,7 @@ int census_handle(const Memprof__CensusRequest *req, Memprof__AgentReply *reply,
     if (census_walk(&c, err) < 0) goto out;
     rc = census_reply(&c, reply, t0, err);
 out:
-    if (!c.lost) {
-        tt_release(&c.tt);
-        for (size_t i = 0; i < c.nbig; i++) api.DecRef(c.big[i]);
-    }
-    free(c.big);
+    if (!c.lost) tt_release(&c.tt);
     tt_free(&c.tt);
     pm_free(&c.seen);
     free(c.stack);

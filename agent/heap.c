@@ -124,43 +124,6 @@ int pm_grow(struct pmap *m)
 
 /* ---------------------------------------------------------------- heap walk */
 
-#define GC_PTR(g, off) (FLD(g, off, uintptr_t) & ~(uintptr_t)3)
-
-/* One generation list, from both ends at once: walking a linked list is one
- * cache miss after another, and two independent chains of misses overlap. */
-static int heap_walk_list(uintptr_t head, heap_fn fn, void *arg)
-{
-    uintptr_t f = GC_PTR(head, 0), b = GC_PTR(head, 8);
-    uint64_t n = 0;
-    int rc;
-    while (f && b && f != head && n < HEAP_MAX) {
-        uintptr_t nf, nb;
-        if ((rc = fn((pyobj *)(f + 16), arg))) return rc;
-        if (f == b) break;
-        if ((rc = fn((pyobj *)(b + 16), arg))) return rc;
-        nf = GC_PTR(f, 0);
-        nb = GC_PTR(b, 8);
-        if (nf == b) break;
-        f = nf;
-        b = nb;
-        n += 2;
-    }
-    return 0;
-}
-
-/* Every tracked object once (in no particular order). Returns what fn stopped with. */
-int heap_walk(const struct heap *h, heap_fn fn, void *arg)
-{
-    int rc = 0;
-    if (h->gc) {
-        for (int i = 0; i < h->nheads && !rc; i++) rc = heap_walk_list(h->heads[i], fn, arg);
-        return rc;
-    }
-    for (ssize_t i = 0; i < h->len && !rc; i++)
-        if (h->items[i] != h->list) rc = fn(h->items[i], arg);
-    return rc;
-}
-
 static int gc_state_valid(char *gc)
 {
     uintptr_t heads[4];
@@ -215,14 +178,15 @@ static void heap_pause_gc(struct heap *h)
     h->paused = 1;
 }
 
+static void heap_drop_marks(struct heap *h);
+
 void heap_close(struct heap *h)
 {
     if (h->lost) { /* without the GIL, the process finalizing: leave it all as it is */
         memset(h, 0, sizeof *h);
         return;
     }
-    for (int i = 0; i < 8; i++)
-        if (h->mark[i]) api.DecRef(h->mark[i]); /* an empty list: untracks and frees itself */
+    heap_drop_marks(h);
     if (h->paused && h->was_enabled) {
         if (h->gc) FLD(h->gc, abi->gc.enabled, int) = 1;
         else if (api.GC_Enable) api.GC_Enable();
@@ -399,50 +363,160 @@ double thread_cpu_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+void heap_slice_open(struct heap *h)
+{
+    if (h->s_open) return;
+    h->s_t0 = mp_now();
+    h->s_c0 = thread_cpu_s();
+    h->s_open = 1;
+}
+
+void heap_slice_end(struct heap *h)
+{
+    double t, c;
+    if (!h->s_open) return;
+    t = mp_now() - h->s_t0;
+    c = thread_cpu_s() - h->s_c0;
+    h->slices++;
+    if (t > h->gil_max_s) h->gil_max_s = t;
+    if (c > h->cpu_max_s) h->cpu_max_s = c;
+    h->gil_sum_s += t;
+    h->s_open = 0;
+}
+
+double heap_gil_s(const struct heap *h)
+{
+    return h->gil_sum_s + (h->s_open ? mp_now() - h->s_t0 : 0);
+}
+
+void heap_slice_stats(const struct heap *h, uint32_t *slices, double *max_ms, double *cpu_max_ms)
+{
+    double t = h->s_open ? mp_now() - h->s_t0 : 0, c = h->s_open ? thread_cpu_s() - h->s_c0 : 0;
+    *slices = h->slices + (unsigned)h->s_open;
+    *max_ms = (t > h->gil_max_s ? t : h->gil_max_s) * 1e3;
+    *cpu_max_ms = (c > h->cpu_max_s ? c : h->cpu_max_s) * 1e3;
+}
+
+int heap_yield(struct heap *h, char *err)
+{
+    double t = mp_now();
+    heap_slice_end(h);
+    /* give the GIL back; a collection the target started meanwhile must end before we go on */
+    do {
+        if (gil_yield(h->off, h->off_arg) < 0) {
+            h->lost = 1;
+            mp_err(err, "the Python interpreter is shutting down");
+            return -1;
+        }
+        if (mp_now() - t > COLLECTING_WAIT_S) {
+            mp_err(err, "object census: the target stayed in a garbage collection for %.0f s", COLLECTING_WAIT_S);
+            heap_slice_open(h);
+            return -1;
+        }
+    } while (h->gc && FLD(h->gc, abi->gc.collecting, int));
+    heap_slice_open(h);
+    return 0;
+}
+
+/* The markers of a finished walk (each an empty list: untracks and frees itself). */
+static void heap_drop_marks(struct heap *h)
+{
+    if (h->lost) return;
+    for (int i = 0; i < 8; i++) {
+        if (h->mark[i]) api.DecRef(h->mark[i]);
+        h->mark[i] = NULL;
+    }
+}
+
 int heap_walk_sliced(struct heap *h, heap_fn fn, void *arg, char *err)
 {
-    double t0 = mp_now(), c0 = thread_cpu_s();
     int rc = 0;
-    h->t_start = t0;
+    heap_slice_open(h);
+    h->t_start = mp_now();
+    h->seg = 0;
+    h->pos = 0;
     if (h->gc) {
+        heap_drop_marks(h);
         if (heap_marks(h, err) < 0) return -1;
         h->gen0_count0 = GEN0_COUNT(h);
     }
     for (;;) {
-        double deadline = t0 + SLICE_S, t;
+        double deadline = h->s_t0 + SLICE_S;
         int done;
         if (h->gc) {
-            done = 0;
             while (h->seg < h->nheads && slice_list(h, h->seg, fn, arg, deadline, &rc) && !rc) h->seg++;
             done = rc || h->seg >= h->nheads;
         } else {
             done = slice_items(h, fn, arg, deadline, &rc) || rc;
         }
-        t = mp_now();
-        h->slices++;
-        if (t - t0 > h->gil_max_s) h->gil_max_s = t - t0;
-        if (thread_cpu_s() - c0 > h->cpu_max_s) h->cpu_max_s = thread_cpu_s() - c0;
-        h->gil_sum_s += t - t0;
         if (done) break;
-        /* give the GIL back; a collection the target started meanwhile must end before we go on */
-        do {
-            if (gil_yield(h->off, h->off_arg) < 0) {
-                h->lost = 1;
-                mp_err(err, "the Python interpreter is shutting down");
-                return -1;
-            }
-            if (mp_now() - t > COLLECTING_WAIT_S) {
-                mp_err(err, "object census: the target stayed in a garbage collection for %.0f s",
-                       COLLECTING_WAIT_S);
-                return -1;
-            }
-        } while (h->gc && FLD(h->gc, abi->gc.collecting, int));
-        t0 = mp_now();
-        c0 = thread_cpu_s();
+        if (heap_yield(h, err) < 0) return -1;
     }
     h->t_end = mp_now();
     if (h->gc) h->gen0_count1 = GEN0_COUNT(h);
+    heap_drop_marks(h);
     return rc;
+}
+
+/* ---------------------------------------------------------------- long containers */
+
+int heap_big_push(struct heap_big *q, pyobj *o)
+{
+    if (q->n == q->cap) {
+        size_t ncap = q->cap ? q->cap * 2 : 64;
+        pyobj **nv = realloc(q->v, ncap * sizeof *nv);
+        if (!nv) return -1;
+        q->v = nv;
+        q->cap = ncap;
+    }
+    api.IncRef(o);
+    q->v[q->n++] = o;
+    return 0;
+}
+
+/* Up to 256 items of a list, or entries of a dict (PyDict_Next: its position stays valid, and
+ * bounds-checked, across changes), from *pos on. 1 when there are no more or fn stopped. */
+static int big_chunk(pyobj *o, ssize_t *pos, visit_fn fn, void *arg)
+{
+    if (OB_TYPE(o) == api.dict_t) {
+        pyobj *k, *v;
+        for (int j = 0; j < 256; j++) {
+            if (!api.Dict_Next(o, pos, &k, &v)) return 1;
+            if (fn(k, arg) || fn(v, arg)) return 1;
+        }
+        return 0;
+    } else {
+        ssize_t n = OB_SIZE(o), e = *pos + 256 < n ? *pos + 256 : n;
+        pyobj **items = FLD(o, abi->list.items, pyobj **);
+        for (; *pos < e; ++*pos)
+            if (fn(items[*pos], arg)) return 1;
+        return *pos >= OB_SIZE(o);
+    }
+}
+
+int heap_big_visit(struct heap *h, struct heap_big *q, void (*start)(pyobj *, void *), visit_fn fn,
+                   int (*after)(void *), void *arg, char *err)
+{
+    heap_slice_open(h);
+    for (size_t k = 0; k < q->n; k++) {
+        ssize_t pos = 0;
+        int done = 0;
+        while (!done) {
+            if (start) start(q->v[k], arg);
+            done = big_chunk(q->v[k], &pos, fn, arg);
+            if (after && after(arg)) return 1;
+            if (heap_slice_due(h) && heap_yield(h, err) < 0) return -1;
+        }
+    }
+    return 0;
+}
+
+void heap_big_release(struct heap_big *q, const struct heap *h)
+{
+    if (!h->lost)
+        for (size_t i = 0; i < q->n; i++) api.DecRef(q->v[i]);
+    free(q->v);
+    memset(q, 0, sizeof *q);
 }
 
 /* ---------------------------------------------------------------- types */

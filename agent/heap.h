@@ -61,7 +61,6 @@ typedef int (*inquiry_fn)(pyobj *);
 #define MAX_GRAPH_NODES 20000
 #define MAX_CHAIN_NODES 2000000
 #define BUDGET_S 10.0              /* GIL time a backrefs/chain request may take */
-#define HEAP_MAX 2000000000ull     /* more than this on one walk: a corrupt list */
 
 /* ---------------------------------------------------------------- the C API (heap.c) */
 
@@ -172,6 +171,8 @@ struct heap {
     int lost;            /* the GIL could not be taken back (finalizing): touch nothing */
     unsigned slices;
     double gil_max_s, cpu_max_s, gil_sum_s, t_start, t_end;
+    double s_t0, s_c0;   /* the open slice: when it took the GIL, in wall and thread CPU time */
+    int s_open;
     int gen0_count0, gen0_count1; /* generations[0].count at the start and end (gc path) */
     void (*off)(void *);
     void *off_arg;
@@ -183,20 +184,55 @@ typedef int (*heap_fn)(pyobj *o, void *arg);
 /* Lists the tracked objects and pauses the collector; heap_close resumes it. 0, or -1 and err. */
 int heap_open(struct heap *h, char *err);
 void heap_close(struct heap *h);
-/* Every tracked object once (in no particular order). Returns what fn stopped with. */
-int heap_walk(const struct heap *h, heap_fn fn, void *arg);
 
 #define SLICE_S 0.004 /* GIL time of one slice of heap_walk_sliced */
 
-/* The same in slices of about SLICE_S, giving the GIL back between them (gil_yield): fn
+/* Every tracked object in slices of about SLICE_S, giving the GIL back between them (gil_yield): fn
  * never sees a pointer kept across a release. What it counts: every object tracked when the walk
  * began and still alive when the walk reaches it, once. Not: objects created during the walk; an
  * object freed (or untracked) before the walk reaches it; an object a collection moved meanwhile.
+ * It may be called again on the same heap (backrefs: one walk per level), each walk anew; the
+ * slice open when it returns stays open (heap_slice_end).
  * 0, what fn stopped with, or -1 and err (then h->lost says whether the GIL is still held). */
 int heap_walk_sliced(struct heap *h, heap_fn fn, void *arg, char *err);
 /* Run between slices, without the GIL (gil_yield's off): e.g. growing a table. */
 void heap_set_off(struct heap *h, void (*off)(void *), void *arg);
 double thread_cpu_s(void); /* this thread's CPU time, in seconds */
+
+/* The slices of one request: heap_walk_sliced and every other sliced loop (long lists, releasing
+ * references) share them. A slice opens when the GIL is taken and stays open across loops; it
+ * ends in heap_yield, which gives the GIL back (running off), takes it again once no collection
+ * runs and opens the next one, or in heap_slice_end when the request is done. Their count,
+ * longest (wall and CPU) and total are h->slices, gil_max_s, cpu_max_s and gil_sum_s. */
+void heap_slice_open(struct heap *h); /* opens one unless one is open */
+void heap_slice_end(struct heap *h);
+int heap_yield(struct heap *h, char *err); /* 0, or -1 and err (h->lost: the GIL is not held) */
+static inline int heap_slice_due(const struct heap *h) { return h->s_open && mp_now() - h->s_t0 > SLICE_S; }
+double heap_gil_s(const struct heap *h); /* the GIL time of the slices so far, the open one too */
+/* Their count and longest (ms, wall and CPU) so far, the open one too. */
+void heap_slice_stats(const struct heap *h, uint32_t *slices, double *max_ms, double *cpu_max_ms);
+
+/* Long containers, visited in chunks of their own between slices: a list of millions of items is
+ * traversed by one tp_traverse call, far longer than a slice. Each is held by a reference until
+ * heap_big_release; its length and item array are read afresh for every chunk (the target may
+ * change it between them: an item moved meanwhile may be missed, none is visited twice). */
+#define BIG_ITEMS 4096
+
+struct heap_big {
+    pyobj **v;
+    size_t n, cap;
+};
+
+/* A list (or dict) of more than BIG_ITEMS items, to be put aside rather than traversed. */
+static inline int heap_big_list(pyobj *o) { return OB_TYPE(o) == api.list_t && OB_SIZE(o) > BIG_ITEMS; }
+static inline int heap_big_dict(pyobj *o) { return OB_TYPE(o) == api.dict_t && FLD(o, 0x10, ssize_t) > BIG_ITEMS; }
+int heap_big_push(struct heap_big *q, pyobj *o); /* takes a reference; 0, or -1 out of memory */
+/* Each one's items (a dict's keys and values, by PyDict_Next) to fn, in chunks of 256, giving the
+ * GIL back whenever a slice is due: start(o, arg) before each chunk, after(arg) after it (nonzero
+ * stops). fn returning nonzero ends that container. 0, 1 when after stopped, -1 and err. */
+int heap_big_visit(struct heap *h, struct heap_big *q, void (*start)(pyobj *, void *), visit_fn fn,
+                   int (*after)(void *), void *arg, char *err);
+void heap_big_release(struct heap_big *q, const struct heap *h); /* drops them (not when h->lost) */
 
 /* ---------------------------------------------------------------- types and sizes (heap.c) */
 

@@ -766,8 +766,11 @@ int cmd_backrefs(int argc, char **argv)
         return cli_fail("%s", err);
     }
     for (size_t i = 0; i < r->n_nodes; i++) objects += !r->nodes[i]->more;
-    printf("Graph written to %s (%zu objects, %" PRIu64 " matching %s; GIL held %.1f ms)\n", o.output,
+    printf("Graph written to %s (%zu objects, %" PRIu64 " matching %s; GIL held %.1f ms", o.output,
            objects, r->matched, o.addr ? "address" : o.type_name, reply->gil_ms);
+    if (r->slices > 1)
+        printf(" in %u slices, longest %.1f ms (%.1f ms of CPU)", r->slices, r->gil_max_ms, r->gil_max_cpu_ms);
+    printf(")\n");
     wire_free(env);
     return 0;
 }

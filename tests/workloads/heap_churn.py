@@ -1,7 +1,8 @@
 """A heap of N long-lived objects beside a thread that allocates and frees objects all the time, and
 a 1 ms ticker thread that measures the target's longest pause: a target for sliced heap walks."""
 # Usage: python heap_churn.py N CHURN_PER_S [COLLECT_MS]
-# Prints 'ready PID' once the heap is built. Stable: N objects (each a tracked instance) made before
+# Prints 'ready PID x=0xADDRESS' once the heap is built (x: a list held as in backrefs.py, by y, [x],
+# {'a': x} and the module's globals, for backrefs and chain). Stable: N objects (each a tracked instance) made before
 # 'ready' and never freed. Churn: at most KEEP alive at any time, CHURN_PER_S made (and as many
 # freed) a second. COLLECT_MS > 0: the churn thread also calls gc.collect() that often.
 # SIGUSR1: prints 'gap MS' (the ticker's longest gap since the last SIGUSR1) and starts anew.
@@ -32,6 +33,8 @@ class Churn:
         self.items = [1, 2]
 
 
+x = [1]
+y = [x, [x], {"a": x}]
 gap = [0.0]
 churn_on = threading.Event()
 churn_on.set()
@@ -85,7 +88,7 @@ def main():
         threading.Thread(target=churn, args=(rate, collect_ms), daemon=True).start()
     else:
         stopped.set()
-    print("ready %d" % os.getpid(), flush=True)
+    print("ready %d x=%s" % (os.getpid(), hex(id(x))), flush=True)
     announced = False
     while True:
         time.sleep(0.05)

@@ -138,12 +138,7 @@ static void unmap(void *p, size_t bytes)
 }
 
 static inline uint64_t ptr_hash(uintptr_t p) { return (uint64_t)(p >> 4) * 0x9E3779B97F4A7C15ull; }
-static inline uint32_t bit_of(const void *p) { return (uint32_t)(ptr_hash((uintptr_t)p) >> 48); }
-static inline int bit_test(const void *p)
-{
-    uint32_t b = bit_of(p);
-    return bitmap[b >> 3] >> (b & 7) & 1;
-}
+static inline uint32_t bit_of(const void *p) { return track_bit_of(p); }
 
 static uint32_t hash_bytes(uint32_t h, const void *data, size_t n)
 {

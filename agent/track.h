@@ -34,9 +34,14 @@ extern atomic_int track_passthrough TRACK_HIDDEN;
 /* The sampled-block bitmap (TRACK_BITMAP_BITS bits): a clear bit means "not sampled". Static storage:
  * safe to test even after the tables are gone. */
 extern uint8_t track_bitmap[] TRACK_HIDDEN;
+/* A block's bit in the sampled bitmap: the top 16 bits of its address's hash (ptr_hash in track.c). */
+static inline uint32_t track_bit_of(const void *p)
+{
+    return (uint32_t)(((uint64_t)((uintptr_t)p >> 4) * 0x9E3779B97F4A7C15ull) >> 48);
+}
 static inline int track_maybe_sampled(const void *p)
 {
-    uint32_t b = (uint32_t)(((uint64_t)((uintptr_t)p >> 4) * 0x9E3779B97F4A7C15ull) >> 48);
+    uint32_t b = track_bit_of(p);
     return track_bitmap[b >> 3] >> (b & 7) & 1;
 }
 

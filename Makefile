@@ -129,14 +129,18 @@ $(BUILD)/fuzz_agent_arg: tests/fuzz/fuzz_agent_arg.c $(AGENT_SRC) $(WIRE_SRC) $(
 $(BUILD)/fuzz_alloc_report: tests/fuzz/fuzz_alloc_report.c daemon/alloc.c daemon/session.c $(WIRE_SRC) $(HDRS)
 	$(FUZZ_CC) -Idaemon -Iprobe -Iagent -o $@ tests/fuzz/fuzz_alloc_report.c $(WIRE_SRC) $(PB_LIBS) -lm
 
-unit: $(BUILD)/test_wire
+$(BUILD)/test_procfs: tests/unit/test_procfs.c probe/procfs.c common/util.c $(HDRS)
+	$(CC) $(CFLAGS) -Iprobe -o $@ tests/unit/test_procfs.c probe/procfs.c common/util.c
+
+unit: $(BUILD)/test_wire $(BUILD)/test_procfs
 	$(BUILD)/test_wire
+	$(BUILD)/test_procfs
 
 # The whole suite (tests/: also the C unit tests and every saved fuzz input replayed through its libFuzzer target).
 # The Debian sid root it needs is built into MEMPROF_CACHE (default /var/cache/memprof) on the first run;
 # MEMPROF_OFFLINE=1 downloads nothing (those tests skip, saying so). MEMPROF_REQUIRE=all[,!PATTERN...] (CI,
 # check-fresh): a skip for anything missing fails instead (tests/conftest.py).
-test: deps-test all $(BUILD)/test_wire $(addprefix $(BUILD)/fuzz_,$(FUZZ_TARGETS))
+test: deps-test all $(BUILD)/test_wire $(BUILD)/test_procfs $(addprefix $(BUILD)/fuzz_,$(FUZZ_TARGETS))
 	$(PYTHON) -m pytest -p no:cacheprovider -rsfE tests
 
 # deps first, then a new make for the build, so the libraries it installed are

@@ -35,6 +35,9 @@ DEMANGLE_LIBS = -lstdc++
 # Reading a live process from outside (its maps, ELF symbols, memory, CPython version, native names with
 # libdwfl): memprofd (attach, native frames) and memprof rss.
 PROBE_SRC = $(wildcard probe/*.c)
+# The CPython layouts (one entry per minor version, the field accessor, the str decoders): data and inline
+# helpers only, linked by the agent, memprofd and memprof.
+PYABI_SRC = common/pyabi.c
 AGENT_SRC  = $(wildcard agent/*.c)
 DAEMON_SRC = $(wildcard daemon/*.c)
 CLI_SRC    = $(filter-out cli/main.c,$(wildcard cli/*.c))
@@ -80,27 +83,26 @@ $(BUILD)/flame_page.o: cli/flame_page.S $(BUILD)/flame.html
 # linked in statically (a container's root rarely has libprotobuf-c.so.1); the
 # version script keeps its symbols local, which also lets its non-PIC archive link.
 PB_STATIC = $(shell pkg-config --variable=libdir libprotobuf-c 2>/dev/null)/libprotobuf-c.a
-$(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(WIRE_SRC) $(HDRS) agent/agent.map
+$(BUILD)/libmemprof_agent.so: $(AGENT_SRC) $(PYABI_SRC) $(WIRE_SRC) $(HDRS) agent/agent.map
 	$(CC) $(CFLAGS) -fPIC -shared -fvisibility=hidden -ftls-model=initial-exec -Iagent \
 	    -Wl,-soname,libmemprof_agent.so -Wl,--version-script=agent/agent.map -Wl,-z,defs \
-	    -o $@ $(AGENT_SRC) $(WIRE_SRC) $(PB_STATIC) -lpthread -ldl -lm
+	    -o $@ $(AGENT_SRC) $(PYABI_SRC) $(WIRE_SRC) $(PB_STATIC) -lpthread -ldl -lm
 
-# The daemon shares the agent's CPython ABI table (pyabi.c: data only).
-$(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(PROBE_SRC) agent/pyabi.c $(WIRE_SRC) $(PPROF_SRC) $(DEMANGLE_SRC) $(HDRS)
-	$(CC) $(CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) -Idaemon -Iclient -Iprobe -Iagent -o $@ $(DAEMON_SRC) $(CLIENT_SRC) \
-	    $(OPTS_SRC) $(PROBE_SRC) agent/pyabi.c \
+$(BUILD)/memprofd: $(DAEMON_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(PROBE_SRC) $(PYABI_SRC) $(WIRE_SRC) $(PPROF_SRC) $(DEMANGLE_SRC) $(HDRS)
+	$(CC) $(CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) -Idaemon -Iclient -Iprobe -o $@ $(DAEMON_SRC) $(CLIENT_SRC) \
+	    $(OPTS_SRC) $(PROBE_SRC) $(PYABI_SRC) \
 	    $(WIRE_SRC) $(PPROF_SRC) $(DEMANGLE_SRC) $(PKG_LIBS) $(Z_LIBS) $(MHD_LIBS) $(DEMANGLE_LIBS) -lm
 
 # memprof rss: BPF programs (bpf/*.bpf.c) compiled against the kernel's BTF (vmlinux.h, generated) and loaded by
 # memprof through a bpftool skeleton; bpf/build.sh writes rss_config.h saying whether that could be built.
-RSS_SRC  = $(PROBE_SRC) agent/pyabi.c
+RSS_SRC  = $(PROBE_SRC) $(PYABI_SRC)
 RSS_LIBS = $(shell pkg-config --libs libbpf libdw libelf 2>/dev/null)
 $(BUILD)/rss.stamp: bpf/rss.bpf.c bpf/rss.h bpf/build.sh
 	sh bpf/build.sh $(BUILD)
 
 $(BUILD)/memprof: cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC) $(RSS_SRC) $(HDRS) \
 	    $(BUILD)/flame_page.o $(BUILD)/rss.stamp $(DEMANGLE_SRC)
-	$(CC) $(CFLAGS) $(Z_CFLAGS) -Icli -Iclient -Iprobe -Iagent -o $@ cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) \
+	$(CC) $(CFLAGS) $(Z_CFLAGS) -Icli -Iclient -Iprobe -o $@ cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) \
 	    $(WIRE_SRC) $(PPROF_SRC) $(RSS_SRC) $(DEMANGLE_SRC) $(BUILD)/flame_page.o $(PB_LIBS) $(Z_LIBS) $(RSS_LIBS) \
 	    $(DEMANGLE_LIBS) -lm
 
@@ -123,9 +125,9 @@ $(BUILD)/fuzz_snapshot: tests/fuzz/fuzz_snapshot.c cli/main.c $(CLI_SRC) $(CLIEN
 	$(FUZZ_CC) -DMEMPROF_NO_RSS -Icli -Iclient -o $@ tests/fuzz/fuzz_snapshot.c $(BUILD)/fuzz_cli_main.o \
 	    $(filter-out cli/cmd_diff.c cli/rss_%.c,$(CLI_SRC)) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC) \
 	    $(PB_LIBS) $(Z_LIBS) -lm
-$(BUILD)/fuzz_agent_arg: tests/fuzz/fuzz_agent_arg.c $(AGENT_SRC) $(WIRE_SRC) $(HDRS)
+$(BUILD)/fuzz_agent_arg: tests/fuzz/fuzz_agent_arg.c $(AGENT_SRC) $(PYABI_SRC) $(WIRE_SRC) $(HDRS)
 	$(FUZZ_CC) -Iagent -o $@ tests/fuzz/fuzz_agent_arg.c $(filter-out agent/agent.c agent/launch.c,$(AGENT_SRC)) \
-	    $(WIRE_SRC) $(PB_LIBS) -lpthread -ldl -lm
+	    $(PYABI_SRC) $(WIRE_SRC) $(PB_LIBS) -lpthread -ldl -lm
 $(BUILD)/fuzz_alloc_report: tests/fuzz/fuzz_alloc_report.c daemon/alloc.c daemon/session.c $(WIRE_SRC) $(HDRS)
 	$(FUZZ_CC) -Idaemon -Iprobe -Iagent -o $@ tests/fuzz/fuzz_alloc_report.c $(WIRE_SRC) $(PB_LIBS) -lm
 

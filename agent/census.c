@@ -73,7 +73,7 @@ static int census_visit(pyobj *r, void *arg)
     if (t->kind != SK_FIXED)
         t->bytes += obj_size(r, t) - (!gc && t->pre >= 16 && (TP_FLAGS(tp) & F_HAVE_GC) ? 16 : 0);
     if (gc && TP_TRAVERSE(tp)) {
-        if (tp == api.dict_t && FLD(r, 0x10, ssize_t) > BIG_ITEMS) /* a long untracked dict */
+        if (tp == api.dict_t && PYABI_AT(r, 0x10, ssize_t) > BIG_ITEMS) /* a long untracked dict */
             return census_defer(c, r);
         if (c->sp == c->scap) {
             size_t ncap = c->scap ? c->scap * 2 : 1024;
@@ -118,7 +118,7 @@ static int census_one(pyobj *o, void *arg)
     t->count++;
     if (t->kind != SK_FIXED) t->bytes += obj_size(o, t);
     if (!c->all) return 0;
-    if ((tp == api.list_t && OB_SIZE(o) > BIG_ITEMS) || (tp == api.dict_t && FLD(o, 0x10, ssize_t) > BIG_ITEMS))
+    if ((tp == api.list_t && OB_SIZE(o) > BIG_ITEMS) || (tp == api.dict_t && PYABI_AT(o, 0x10, ssize_t) > BIG_ITEMS))
         return census_defer(c, o);
     census_traverse(c, o);
     return c->failed;
@@ -138,7 +138,7 @@ static int big_chunk(struct census *c, pyobj *o, ssize_t *pos)
         return 0;
     } else {
         ssize_t n = OB_SIZE(o), e = *pos + 256 < n ? *pos + 256 : n;
-        pyobj **items = FLD(o, abi->list.items, pyobj **);
+        pyobj **items = PYABI_AT(o, abi->list.items, pyobj **);
         for (; *pos < e && !c->failed; ++*pos) census_visit(items[*pos], c);
         return *pos >= OB_SIZE(o);
     }

@@ -123,7 +123,7 @@ int pm_grow(struct pmap *m)
 
 /* ---------------------------------------------------------------- heap walk */
 
-#define GC_PTR(g, off) (FLD(g, off, uintptr_t) & ~(uintptr_t)3)
+#define GC_PTR(g, off) (PYABI_AT(g, off, uintptr_t) & ~(uintptr_t)3)
 
 /* One generation list, from both ends at once: walking a linked list is one
  * cache miss after another, and two independent chains of misses overlap. */
@@ -165,15 +165,15 @@ static int gc_state_valid(char *gc)
     uintptr_t heads[4];
     /* the generation0 pointer: 3.14.0's incremental collector has none, and
      * then this fails and the census lists objects with gc.get_objects() */
-    if (FLD(gc, abi->gc.generation0, uintptr_t) != (uintptr_t)(gc + abi->gc.generations)) return 0;
+    if (PYABI_AT(gc, abi->gc.generation0, uintptr_t) != (uintptr_t)(gc + abi->gc.generations)) return 0;
     for (int i = 0; i < 3; i++) heads[i] = (uintptr_t)(gc + abi->gc.generations + 24 * i);
     heads[3] = (uintptr_t)(gc + abi->gc.permanent);
     for (int i = 0; i < 4; i++) {
-        uintptr_t next = FLD(heads[i], 0, uintptr_t) & ~(uintptr_t)3;
-        uintptr_t prev = FLD(heads[i], 8, uintptr_t) & ~(uintptr_t)3;
+        uintptr_t next = PYABI_AT(heads[i], 0, uintptr_t) & ~(uintptr_t)3;
+        uintptr_t prev = PYABI_AT(heads[i], 8, uintptr_t) & ~(uintptr_t)3;
         if (!next || !prev) return 0;
-        if ((FLD(next, 8, uintptr_t) & ~(uintptr_t)3) != heads[i]) return 0;
-        if ((FLD(prev, 0, uintptr_t) & ~(uintptr_t)3) != heads[i]) return 0;
+        if ((PYABI_AT(next, 8, uintptr_t) & ~(uintptr_t)3) != heads[i]) return 0;
+        if ((PYABI_AT(prev, 0, uintptr_t) & ~(uintptr_t)3) != heads[i]) return 0;
     }
     return 1;
 }
@@ -203,8 +203,8 @@ static int gc_module_call(const char *name)
 static void heap_pause_gc(struct heap *h)
 {
     if (h->gc) {
-        h->was_enabled = FLD(h->gc, abi->gc.enabled, int);
-        FLD(h->gc, abi->gc.enabled, int) = 0;
+        h->was_enabled = PYABI_AT(h->gc, abi->gc.enabled, int);
+        PYABI_AT(h->gc, abi->gc.enabled, int) = 0;
     } else if (api.GC_Disable) {
         h->was_enabled = api.GC_Disable();
     } else {
@@ -223,7 +223,7 @@ void heap_close(struct heap *h)
     for (int i = 0; i < 8; i++)
         if (h->mark[i]) api.DecRef(h->mark[i]); /* an empty list: untracks and frees itself */
     if (h->paused && h->was_enabled) {
-        if (h->gc) FLD(h->gc, abi->gc.enabled, int) = 1;
+        if (h->gc) PYABI_AT(h->gc, abi->gc.enabled, int) = 1;
         else if (api.GC_Enable) api.GC_Enable();
         else gc_module_call("enable");
     }
@@ -242,7 +242,7 @@ int heap_open(struct heap *h, char *err)
 #endif
     if (base && gc_state_valid(base + abi->gc.state)) {
         h->gc = base + abi->gc.state;
-        if (FLD(h->gc, abi->gc.collecting, int)) {
+        if (PYABI_AT(h->gc, abi->gc.collecting, int)) {
             mp_err(err, "the target is in the middle of a garbage collection; try again");
             h->gc = NULL;
             return -1;
@@ -270,7 +270,7 @@ int heap_open(struct heap *h, char *err)
         return -1;
     }
     h->len = OB_SIZE(h->list);
-    h->items = FLD(h->list, abi->list.items, pyobj **);
+    h->items = PYABI_AT(h->list, abi->list.items, pyobj **);
     return 0;
 }
 
@@ -381,7 +381,7 @@ static int slice_items(struct heap *h, heap_fn fn, void *arg, double deadline, i
     return 1;
 }
 
-#define GEN0_COUNT(h) FLD((h)->gc, abi->gc.generations + 20, int) /* generations[0].count */
+#define GEN0_COUNT(h) PYABI_AT((h)->gc, abi->gc.generations + 20, int) /* generations[0].count */
 #define COLLECTING_WAIT_S 10.0
 
 void heap_set_off(struct heap *h, void (*off)(void *), void *arg)
@@ -435,7 +435,7 @@ int heap_walk_sliced(struct heap *h, heap_fn fn, void *arg, char *err)
                        COLLECTING_WAIT_S);
                 return -1;
             }
-        } while (h->gc && FLD(h->gc, abi->gc.collecting, int));
+        } while (h->gc && PYABI_AT(h->gc, abi->gc.collecting, int));
         t0 = mp_now();
         c0 = thread_cpu_s();
     }
@@ -449,10 +449,10 @@ int heap_walk_sliced(struct heap *h, heap_fn fn, void *arg, char *err)
 /* Inline values of 3.13 instances: allocated with the object. */
 static uint64_t inline_values_size(char *tp)
 {
-    char *keys = FLD(tp, abi->type.cached_keys, char *);
+    char *keys = PYABI_AT(tp, abi->type.cached_keys, char *);
     ssize_t size;
     if (!keys) return 0;
-    size = FLD(keys, 16, ssize_t) + FLD(keys, 24, ssize_t); /* dk_usable + dk_nentries */
+    size = PYABI_AT(keys, 16, ssize_t) + PYABI_AT(keys, 24, ssize_t); /* dk_usable + dk_nentries */
     if (size < 0 || size > 1 << 16) return 0;
     return (uint64_t)(((size + 7) & ~7) + (size + 1) * 8);
 }
@@ -514,22 +514,22 @@ void tt_free(struct ttab *tt)
 
 uint64_t dict_extra(pyobj *o)
 {
-    char *keys = FLD(o, abi->dict.keys, char *);
-    int has_values = FLD(o, abi->dict.values, char *) != NULL;
+    char *keys = PYABI_AT(o, abi->dict.keys, char *);
+    int has_values = PYABI_AT(o, abi->dict.values, char *) != NULL;
     uint64_t extra = 0;
     if (!keys) return 0;
     if (!(abi->caps & PYABI_DICT_KEYS_V2)) {
-        ssize_t size = FLD(keys, 8, ssize_t), usable, es;
+        ssize_t size = PYABI_AT(keys, 8, ssize_t), usable, es;
         if (size <= 0 || size > ((ssize_t)1 << 40)) return 0;
         usable = (size << 1) / 3;
         es = size <= 0xff ? 1 : size <= 0xffff ? 2 : size <= 0xffffffffL ? 4 : 8;
         if (has_values) extra += (uint64_t)usable * 8;
-        if (FLD(keys, 0, ssize_t) == 1) extra += 40 + (uint64_t)(es * size + 24 * usable);
+        if (PYABI_AT(keys, 0, ssize_t) == 1) extra += 40 + (uint64_t)(es * size + 24 * usable);
     } else {
-        unsigned log2 = FLD(keys, 8, uint8_t), log2ib = FLD(keys, 9, uint8_t), kind = FLD(keys, 10, uint8_t);
+        unsigned log2 = PYABI_AT(keys, 8, uint8_t), log2ib = PYABI_AT(keys, 9, uint8_t), kind = PYABI_AT(keys, 10, uint8_t);
         if (log2 > 40 || log2ib > 43) return 0;
-        if (has_values) extra += (uint64_t)(FLD(keys, 16, ssize_t) + FLD(keys, 24, ssize_t)) * 8;
-        if (FLD(keys, 0, ssize_t) == 1)
+        if (has_values) extra += (uint64_t)(PYABI_AT(keys, 16, ssize_t) + PYABI_AT(keys, 24, ssize_t)) * 8;
+        if (PYABI_AT(keys, 0, ssize_t) == 1)
             extra += 32 + ((uint64_t)1 << log2ib) + ((((uint64_t)1 << log2) << 1) / 3) * (kind ? 16 : 24);
     }
     return extra;
@@ -537,10 +537,10 @@ uint64_t dict_extra(pyobj *o)
 
 uint64_t str_size(pyobj *o)
 {
-    uint32_t state = FLD(o, abi->str.state, uint32_t);
-    unsigned kind = (state >> 2) & 7, compact = (state >> 5) & 1, ascii = (state >> 6) & 1;
-    uint64_t len = (uint64_t)FLD(o, 0x10, ssize_t);
-    if (compact && ascii) return abi->str.ascii_size + len + 1;
-    if (compact) return abi->str.compact_size + (len + 1) * kind;
-    return abi->str.compact_size + 8 + (FLD(o, abi->str.compact_size, void *) ? (len + 1) * kind : 0);
+    uint32_t state = pyabi_str_state(abi, o);
+    unsigned kind = pyabi_str_kind(state);
+    uint64_t len = (uint64_t)PYABI_AT(o, 0x10, ssize_t);
+    if (pyabi_str_compact(state) && pyabi_str_ascii(state)) return abi->str.ascii_size + len + 1;
+    if (pyabi_str_compact(state)) return abi->str.compact_size + (len + 1) * kind;
+    return abi->str.compact_size + 8 + (PYABI_AT(o, abi->str.compact_size, void *) ? (len + 1) * kind : 0);
 }

@@ -179,7 +179,6 @@ int pyapi_finalizing(void)
 
 /* ------------------------------------------------------------ frame walking */
 
-#define FIELD(p, off, type) (*(type *)((char *)(p) + (off)))
 #define WALK_MAX_DEPTH 1024 /* guards against a corrupt (cyclic) chain */
 
 static void *code_type;
@@ -206,13 +205,13 @@ void *pyapi_tstate_if_gil(void)
     /* 3.8-3.11: the GIL holder's state (any thread's); 3.12+: this thread's
      * while attached. The thread id tells whether it is ours. */
     ts = PY.ThreadState_Get();
-    if (!ts || FIELD(ts, offsets->ts.thread_id, unsigned long) != (unsigned long)pthread_self()) return NULL;
+    if (!ts || PYABI_AT(ts, offsets->ts.thread_id, unsigned long) != (unsigned long)pthread_self()) return NULL;
     return ts;
 }
 
 void *pyapi_frame_code(void *frame)
 {
-    uintptr_t bits = FIELD(frame, offsets->frame.code, uintptr_t);
+    uintptr_t bits = PYABI_AT(frame, offsets->frame.code, uintptr_t);
     return (void *)(bits & ~offsets->frame.executable_tag); /* 3.14+: a tagged _PyStackRef */
 }
 
@@ -220,12 +219,12 @@ void *pyapi_top_frame(void *ts)
 {
     const struct pyabi *o = offsets;
     void *cf;
-    if (o->caps & PYABI_FRAME_OBJECTS) return FIELD(ts, o->ts.frame, void *);
+    if (o->caps & PYABI_FRAME_OBJECTS) return PYABI_AT(ts, o->ts.frame, void *);
     if (o->caps & PYABI_CFRAME) {
-        cf = FIELD(ts, o->ts.cframe, void *);
-        return cf ? FIELD(cf, o->ts.cframe_current, void *) : NULL;
+        cf = PYABI_AT(ts, o->ts.cframe, void *);
+        return cf ? PYABI_AT(cf, o->ts.cframe_current, void *) : NULL;
     }
-    return FIELD(ts, o->ts.current_frame, void *);
+    return PYABI_AT(ts, o->ts.current_frame, void *);
 }
 
 int pyapi_walk(void *ts, struct pyframe *out, int max)
@@ -235,20 +234,20 @@ int pyapi_walk(void *ts, struct pyframe *out, int max)
     void *frame;
     if (!o || !ts) return 0;
     for (frame = pyapi_top_frame(ts); frame && n < max && depth < WALK_MAX_DEPTH;
-         frame = FIELD(frame, o->frame.back, void *), depth++) {
+         frame = PYABI_AT(frame, o->frame.back, void *), depth++) {
         void *code = pyapi_frame_code(frame);
         int lasti;
-        if (!code || FIELD(code, PYABI_OB_TYPE, void *) != code_type) continue; /* 3.13+ f_executable */
+        if (!code || PYABI_AT(code, PYABI_OB_TYPE, void *) != code_type) continue; /* 3.13+ f_executable */
         if (o->frame.owner >= 0) {
-            int owner = FIELD(frame, o->frame.owner, char);
+            int owner = PYABI_AT(frame, o->frame.owner, char);
             char *first = (char *)code + o->code.code_adaptive;
-            char *instr = FIELD(frame, o->frame.instr, char *);
+            char *instr = PYABI_AT(frame, o->frame.instr, char *);
             if (owner >= o->frame.first_not_python) continue; /* shim or entry frame */
-            if (owner != o->frame.owned_by_generator && instr < first + 2 * FIELD(code, o->code.firsttraceable, int))
+            if (owner != o->frame.owned_by_generator && instr < first + 2 * PYABI_AT(code, o->code.firsttraceable, int))
                 continue; /* incomplete: not started yet */
             lasti = (int)(instr - first);
         } else {
-            lasti = FIELD(frame, o->frame.lasti, int);
+            lasti = PYABI_AT(frame, o->frame.lasti, int);
             if ((o->caps & PYABI_LASTI_UNITS) && lasti > 0) lasti *= 2; /* 3.10 counts code units */
         }
         out[n].code = code;
@@ -260,30 +259,26 @@ int pyapi_walk(void *ts, struct pyframe *out, int max)
 
 void pyapi_code_key(void *code, void **file, void **name, int *firstline)
 {
-    *file = FIELD(code, offsets->code.filename, void *);
-    *name = FIELD(code, pyabi_code_name(offsets), void *);
-    *firstline = FIELD(code, offsets->code.firstlineno, int);
+    *file = PYABI_AT(code, offsets->code.filename, void *);
+    *name = PYABI_AT(code, pyabi_code_name(offsets), void *);
+    *firstline = PYABI_AT(code, offsets->code.firstlineno, int);
 }
 
 /* A str's UTF-8 text. Compact ASCII strings (nearly every file and function
- * name) are read in place: no allocation, no exception possible. State bits:
- * compact bit 5, ascii bit 6; the text follows the PyASCIIObject. */
+ * name) are read in place: no allocation, no exception possible. */
 static const char *str_utf8(void *str)
 {
-    unsigned state;
+    const char *s;
     if (!str) return "?";
-    state = FIELD(str, offsets->str.state, unsigned);
-    if ((state >> 5 & 1) && (state >> 6 & 1)) return (const char *)str + offsets->str.ascii_size;
-    {
-        const char *s = as_utf8(str);
-        return s ? s : "?";
-    }
+    if ((s = pyabi_str_ascii_chars(offsets, str))) return s;
+    s = as_utf8(str);
+    return s ? s : "?";
 }
 
 void pyapi_code_where(const struct pyframe *f, const char **file, const char **func, int *firstline, int *line)
 {
-    *file = str_utf8(FIELD(f->code, offsets->code.filename, void *));
-    *func = str_utf8(FIELD(f->code, pyabi_code_name(offsets), void *));
-    *firstline = FIELD(f->code, offsets->code.firstlineno, int);
+    *file = str_utf8(PYABI_AT(f->code, offsets->code.filename, void *));
+    *func = str_utf8(PYABI_AT(f->code, pyabi_code_name(offsets), void *));
+    *firstline = PYABI_AT(f->code, offsets->code.firstlineno, int);
     *line = addr2line(f->code, f->lasti);
 }

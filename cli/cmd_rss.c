@@ -17,7 +17,6 @@
 
 #include "client.h"
 #include "opts.h"
-#include "procfs.h"
 #include "util.h"
 
 static const char about_rss[] =
@@ -46,6 +45,7 @@ static int rss_run(const struct rss_args *a)
                     "(make deps) and rebuild on a kernel with BTF", MEMPROF_RSS_WHY);
 }
 #else
+#include "procfs.h"
 #include "pyabi.h"
 #include "pyversions.h"
 #include "rss.h"

@@ -10,58 +10,59 @@
 const struct pyabi *abi;
 struct capi api;
 
-static const char *const func_getters[7] = {
-    "PyFunction_GetCode", "PyFunction_GetGlobals", "PyFunction_GetDefaults",
-    "PyFunction_GetKwDefaults", "PyFunction_GetClosure", "PyFunction_GetAnnotations",
-    "PyFunction_GetModule"};
-
 /* ---------------------------------------------------------------- the C API */
 
 int api_load(char *err)
 {
-    struct { void **slot; const char *name; } req[] = {
-        {(void **)&api.Dict_Next, "PyDict_Next"},
-        {(void **)&api.Dict_GetItemString, "PyDict_GetItemString"},
-        {(void **)&api.GetAttrString, "PyObject_GetAttrString"},
-        {(void **)&api.DecRef, "Py_DecRef"},
-        {(void **)&api.Err_Clear, "PyErr_Clear"},
-        {(void **)&api.IsSubtype, "PyType_IsSubtype"},
-        {(void **)&api.Import, "PyImport_ImportModule"},
-        {(void **)&api.CallMethod, "PyObject_CallMethod"},
-        {(void **)&api.Frame_GetLineNumber, "PyFrame_GetLineNumber"},
-        {(void **)&api.type_t, "PyType_Type"}, {(void **)&api.module_t, "PyModule_Type"},
-        {(void **)&api.dict_t, "PyDict_Type"}, {(void **)&api.list_t, "PyList_Type"},
-        {(void **)&api.tuple_t, "PyTuple_Type"}, {(void **)&api.set_t, "PySet_Type"},
-        {(void **)&api.frozenset_t, "PyFrozenSet_Type"}, {(void **)&api.str_t, "PyUnicode_Type"},
-        {(void **)&api.long_t, "PyLong_Type"}, {(void **)&api.bool_t, "PyBool_Type"},
-        {(void **)&api.float_t, "PyFloat_Type"}, {(void **)&api.bytes_t, "PyBytes_Type"},
-        {(void **)&api.bytearray_t, "PyByteArray_Type"},
-        {(void **)&api.function_t, "PyFunction_Type"}, {(void **)&api.method_t, "PyMethod_Type"},
-        {(void **)&api.cfunction_t, "PyCFunction_Type"}, {(void **)&api.cell_t, "PyCell_Type"},
-        {(void **)&api.frame_t, "PyFrame_Type"}, {(void **)&api.code_t, "PyCode_Type"},
-        {(void **)&api.gen_t, "PyGen_Type"}, {(void **)&api.coro_t, "PyCoro_Type"},
-        {(void **)&api.asyncgen_t, "PyAsyncGen_Type"},
-        {(void **)&api.none, "_Py_NoneStruct"}, {(void **)&api.true_, "_Py_TrueStruct"},
-        {(void **)&api.List_New, "PyList_New"}, {(void **)&api.IncRef, "Py_IncRef"},
+#define OPT PYAPI_OPTIONAL
+    const struct pyapi_symbol table[] = {
+        {(void **)&api.Dict_Next, "PyDict_Next", 0},
+        {(void **)&api.Dict_GetItemString, "PyDict_GetItemString", 0},
+        {(void **)&api.GetAttrString, "PyObject_GetAttrString", 0},
+        {(void **)&api.DecRef, "Py_DecRef", 0},
+        {(void **)&api.Err_Clear, "PyErr_Clear", 0},
+        {(void **)&api.IsSubtype, "PyType_IsSubtype", 0},
+        {(void **)&api.Import, "PyImport_ImportModule", 0},
+        {(void **)&api.CallMethod, "PyObject_CallMethod", 0},
+        {(void **)&api.Frame_GetLineNumber, "PyFrame_GetLineNumber", 0},
+        {(void **)&api.type_t, "PyType_Type", 0}, {(void **)&api.module_t, "PyModule_Type", 0},
+        {(void **)&api.dict_t, "PyDict_Type", 0}, {(void **)&api.list_t, "PyList_Type", 0},
+        {(void **)&api.tuple_t, "PyTuple_Type", 0}, {(void **)&api.set_t, "PySet_Type", 0},
+        {(void **)&api.frozenset_t, "PyFrozenSet_Type", 0}, {(void **)&api.str_t, "PyUnicode_Type", 0},
+        {(void **)&api.long_t, "PyLong_Type", 0}, {(void **)&api.bool_t, "PyBool_Type", 0},
+        {(void **)&api.float_t, "PyFloat_Type", 0}, {(void **)&api.bytes_t, "PyBytes_Type", 0},
+        {(void **)&api.bytearray_t, "PyByteArray_Type", 0},
+        {(void **)&api.function_t, "PyFunction_Type", 0}, {(void **)&api.method_t, "PyMethod_Type", 0},
+        {(void **)&api.cfunction_t, "PyCFunction_Type", 0}, {(void **)&api.cell_t, "PyCell_Type", 0},
+        {(void **)&api.frame_t, "PyFrame_Type", 0}, {(void **)&api.code_t, "PyCode_Type", 0},
+        {(void **)&api.gen_t, "PyGen_Type", 0}, {(void **)&api.coro_t, "PyCoro_Type", 0},
+        {(void **)&api.asyncgen_t, "PyAsyncGen_Type", 0},
+        {(void **)&api.none, "_Py_NoneStruct", 0}, {(void **)&api.true_, "_Py_TrueStruct", 0},
+        {(void **)&api.List_New, "PyList_New", 0}, {(void **)&api.IncRef, "Py_IncRef", 0},
+        /* the census does without these where a version lacks them */
+        {(void **)&api.InterpreterState_Main, "PyInterpreterState_Main", OPT},
+        {(void **)&api.runtime, "_PyRuntime", OPT},
+        {(void **)&api.GC_Disable, "PyGC_Disable", OPT}, {(void **)&api.GC_Enable, "PyGC_Enable", OPT},
+        {(void **)&api.Func_Get[0], "PyFunction_GetCode", OPT},
+        {(void **)&api.Func_Get[1], "PyFunction_GetGlobals", OPT},
+        {(void **)&api.Func_Get[2], "PyFunction_GetDefaults", OPT},
+        {(void **)&api.Func_Get[3], "PyFunction_GetKwDefaults", OPT},
+        {(void **)&api.Func_Get[4], "PyFunction_GetClosure", OPT},
+        {(void **)&api.Func_Get[5], "PyFunction_GetAnnotations", OPT},
+        {(void **)&api.Func_Get[6], "PyFunction_GetModule", OPT},
     };
+#undef OPT
+    const struct pyapi_symbol *missing;
     abi = pyapi_abi();
     if (!abi) {
         mp_err(err, "object census: %s", pyapi_abi_error());
         return -1;
     }
     if (api.ready) return 0;
-    for (size_t i = 0; i < sizeof req / sizeof req[0]; i++) {
-        *req[i].slot = pyapi_sym(req[i].name);
-        if (!*req[i].slot) {
-            mp_err(err, "object census: the interpreter does not export %s", req[i].name);
-            return -1;
-        }
+    if ((missing = pyapi_resolve(table, sizeof table / sizeof table[0]))) {
+        mp_err(err, "object census: the interpreter does not export %s", missing->names);
+        return -1;
     }
-    api.InterpreterState_Main = (void *(*)(void))pyapi_sym("PyInterpreterState_Main");
-    api.runtime = pyapi_sym("_PyRuntime");
-    api.GC_Disable = (int (*)(void))pyapi_sym("PyGC_Disable");
-    api.GC_Enable = (int (*)(void))pyapi_sym("PyGC_Enable");
-    for (int i = 0; i < 7; i++) api.Func_Get[i] = (pyobj * (*)(pyobj *)) pyapi_sym(func_getters[i]);
     api.ready = 1;
     return 0;
 }

@@ -24,22 +24,17 @@ void *pyapi_sym(const char *name)
     return p ? p : dlsym(RTLD_DEFAULT, name);
 }
 
-/* The first of names that is exported; names differ between versions. */
-static void *sym_any(const char *const *names)
-{
-    for (; *names; names++) {
-        void *p = pyapi_sym(*names);
-        if (p) return p;
-    }
-    return NULL;
-}
-
 int pyapi_init(const char *pylib, char *err)
 {
-    static const char *const finalizing[] = {"Py_IsFinalizing", "_Py_IsFinalizing", NULL};
-    static const char *const tstate[] = {"PyThreadState_GetUnchecked",
-                                         "_PyThreadState_UncheckedGet", NULL};
-    const char *missing = NULL;
+    const struct pyapi_symbol table[] = {
+        {(void **)&PY.IsInitialized, "Py_IsInitialized", 0},
+        {(void **)&PY.IsFinalizing, "Py_IsFinalizing/_Py_IsFinalizing", 0},
+        {(void **)&PY.GILState_Ensure, "PyGILState_Ensure", 0},
+        {(void **)&PY.GILState_Release, "PyGILState_Release", 0},
+        {(void **)&PY.GetVersion, "Py_GetVersion", 0},
+        {(void **)&PY.ThreadState_Get, "PyThreadState_GetUnchecked/_PyThreadState_UncheckedGet", PYAPI_OPTIONAL},
+    };
+    const struct pyapi_symbol *missing;
 
     pyapi_fini();
     /* RTLD_NOLOAD: never load a Python into the target, only find the one in
@@ -47,20 +42,8 @@ int pyapi_init(const char *pylib, char *err)
      * scope, where such executables export the API. */
     if (pylib && *pylib) lib = dlopen(pylib, RTLD_NOLOAD | RTLD_LAZY);
 
-    PY.IsInitialized = (int (*)(void))pyapi_sym("Py_IsInitialized");
-    PY.IsFinalizing = (int (*)(void))sym_any(finalizing);
-    PY.GILState_Ensure = (int (*)(void))pyapi_sym("PyGILState_Ensure");
-    PY.GILState_Release = (void (*)(int))pyapi_sym("PyGILState_Release");
-    PY.GetVersion = (const char *(*)(void))pyapi_sym("Py_GetVersion");
-    PY.ThreadState_Get = (void *(*)(void))sym_any(tstate);
-
-    if (!PY.IsInitialized) missing = "Py_IsInitialized";
-    else if (!PY.IsFinalizing) missing = "Py_IsFinalizing/_Py_IsFinalizing";
-    else if (!PY.GILState_Ensure) missing = "PyGILState_Ensure";
-    else if (!PY.GILState_Release) missing = "PyGILState_Release";
-    else if (!PY.GetVersion) missing = "Py_GetVersion";
-    if (missing) {
-        mp_err(err, "Python C API function %s not found in %s", missing,
+    if ((missing = pyapi_resolve(table, sizeof table / sizeof table[0]))) {
+        mp_err(err, "Python C API function %s not found in %s", missing->names,
                pylib && *pylib ? pylib : "the process");
         return -1;
     }
@@ -122,9 +105,7 @@ uint32_t pyapi_exported_hexversion(void)
  * and Py_TRACE_REFS which adds two pointers to every object) are not covered. */
 static int release_build(void)
 {
-    static const char *const debug_syms[] = {"_Py_NegativeRefcount", "_Py_RefTotal",
-                                             "_Py_GetRefTotal", "_Py_PrintReferences", NULL};
-    return !sym_any(debug_syms);
+    return !pyapi_sym_any("_Py_NegativeRefcount/_Py_RefTotal/_Py_GetRefTotal/_Py_PrintReferences");
 }
 
 int pyapi_load_version(char *err)
@@ -187,10 +168,13 @@ static const char *(*as_utf8)(void *);
 
 int pyapi_walk_init(char *err)
 {
-    code_type = pyapi_sym("PyCode_Type");
-    addr2line = (int (*)(void *, int))pyapi_sym("PyCode_Addr2Line");
-    as_utf8 = (const char *(*)(void *))pyapi_sym("PyUnicode_AsUTF8");
-    if (!offsets || !PY.ThreadState_Get || !code_type || !addr2line || !as_utf8) {
+    const struct pyapi_symbol table[] = {
+        {&code_type, "PyCode_Type", 0},
+        {(void **)&addr2line, "PyCode_Addr2Line", 0},
+        {(void **)&as_utf8, "PyUnicode_AsUTF8", 0},
+    };
+    const struct pyapi_symbol *missing = pyapi_resolve(table, sizeof table / sizeof table[0]);
+    if (!offsets || !PY.ThreadState_Get || missing) {
         if (!offsets && abi_error[0]) mp_err(err, "%s", abi_error);
         else mp_err(err, "Python %s: no frame layout or C API for stack capture", version[0] ? version : "?");
         return -1;

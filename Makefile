@@ -39,9 +39,11 @@ PROBE_SRC = $(wildcard probe/*.c)
 AGENT_SRC  = $(wildcard agent/*.c)
 DAEMON_SRC = $(wildcard daemon/*.c)
 CLI_SRC    = $(filter-out cli/main.c,$(wildcard cli/*.c))
-# The daemon and memprof rss share the agent's CPython ABI table (pyabi.c: data only).
-MEMPROFD_SRC = $(DAEMON_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(PROBE_SRC) agent/pyabi.c $(WIRE_SRC) $(PPROF_SRC) $(DEMANGLE_SRC)
-RSS_SRC  = $(PROBE_SRC) agent/pyabi.c
+# The CPython layouts (one entry per minor version, the field accessor, the str decoders): data and inline
+# helpers only, linked by the agent, memprofd and memprof.
+PYABI_SRC = common/pyabi.c
+MEMPROFD_SRC = $(DAEMON_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(PROBE_SRC) $(PYABI_SRC) $(WIRE_SRC) $(PPROF_SRC) $(DEMANGLE_SRC)
+RSS_SRC  = $(PROBE_SRC) $(PYABI_SRC)
 MEMPROF_SRC = cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC) $(RSS_SRC) $(DEMANGLE_SRC)
 
 # ---------------------------------------------------------------- objects
@@ -90,10 +92,11 @@ $(foreach t,host pic fuzz,$(eval $(call OBJ_RULES,$(t))))
 VERSION_SRC := $(shell grep -lE '"version\.h"|MEMPROF_VERSION|MEMPROF_AGENT_PATH' $(wildcard */*.c) /dev/null)
 $(call objs,host,$(VERSION_SRC)) $(call objs,pic,$(VERSION_SRC)): $(BUILD)/version.stamp
 
-AGENT_OBJS    = $(call objs,pic,$(AGENT_SRC) $(WIRE_SRC))
+AGENT_OBJS    = $(call objs,pic,$(AGENT_SRC) $(PYABI_SRC) $(WIRE_SRC))
 MEMPROFD_OBJS = $(call objs,host,$(MEMPROFD_SRC))
 MEMPROF_OBJS  = $(call objs,host,$(MEMPROF_SRC))
 TEST_WIRE_OBJS = $(call objs,host,tests/unit/test_wire.c $(WIRE_SRC))
+TEST_PROCFS_OBJS = $(call objs,host,tests/unit/test_procfs.c probe/procfs.c common/util.c)
 
 BINS = $(BUILD)/memprofd $(BUILD)/memprof $(BUILD)/libmemprof_agent.so
 .PHONY: all test unit demo bench fuzz fuzz-long install clean deps deps-test check-fresh test-asan
@@ -154,6 +157,8 @@ $(BUILD)/memprof: $(MEMPROF_OBJS) $(BUILD)/flame_page.o
 
 $(BUILD)/test_wire: $(TEST_WIRE_OBJS)
 	$(CC) $(CFLAGS) $(SANITIZE) $(LDFLAGS) -o $@ $(TEST_WIRE_OBJS) $(PB_LIBS)
+$(BUILD)/test_procfs: $(TEST_PROCFS_OBJS)
+	$(CC) $(CFLAGS) $(SANITIZE) $(LDFLAGS) -o $@ $(TEST_PROCFS_OBJS)
 
 # libFuzzer targets (clang only), one per decoder: fuzz_decode, every frame and message a daemon, agent or
 # client reads off a socket (wire.c); fuzz_snapshot, the snapshot files `memprof diff` reads (cli/cmd_diff.c);
@@ -169,7 +174,7 @@ FUZZ_snapshot_OBJS = $(call objs,fuzz,tests/fuzz/fuzz_snapshot.c cli/main.c \
 FUZZ_snapshot_LIBS = $(PB_LIBS) $(Z_LIBS) -lm
 # (the harness includes agent.c)
 FUZZ_agent_arg_OBJS = $(call objs,fuzz,tests/fuzz/fuzz_agent_arg.c \
-    $(filter-out agent/agent.c agent/launch.c,$(AGENT_SRC)) $(WIRE_SRC))
+    $(filter-out agent/agent.c agent/launch.c,$(AGENT_SRC)) $(PYABI_SRC) $(WIRE_SRC))
 FUZZ_agent_arg_LIBS = $(PB_LIBS) -lpthread -ldl -lm
 # (the daemon's allocation views with the real transport under them; only what reads the target is stubbed)
 FUZZ_ALLOC_SRC = daemon/alloc.c daemon/session.c daemon/conn.c daemon/loop.c daemon/logging.c
@@ -179,18 +184,19 @@ FUZZ_alloc_report_LIBS = $(PB_LIBS) -lm
 $(addprefix $(BUILD)/fuzz_,$(FUZZ_TARGETS)): $(BUILD)/fuzz_%: $$(FUZZ_$$*_OBJS)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $(FUZZ_$*_OBJS) $(FUZZ_$*_LIBS)
 
-ALL_OBJS = $(AGENT_OBJS) $(MEMPROFD_OBJS) $(MEMPROF_OBJS) $(TEST_WIRE_OBJS) \
+ALL_OBJS = $(AGENT_OBJS) $(MEMPROFD_OBJS) $(MEMPROF_OBJS) $(TEST_WIRE_OBJS) $(TEST_PROCFS_OBJS) \
            $(foreach t,$(FUZZ_TARGETS),$(FUZZ_$(t)_OBJS))
 -include $(sort $(ALL_OBJS:.o=.d))
 
-unit: $(BUILD)/test_wire
+unit: $(BUILD)/test_wire $(BUILD)/test_procfs
 	$(BUILD)/test_wire
+	$(BUILD)/test_procfs
 
 # The whole suite (tests/: also the C unit tests and every saved fuzz input replayed through its libFuzzer target).
 # The Debian sid root it needs is built into MEMPROF_CACHE (default /var/cache/memprof) on the first run;
 # MEMPROF_OFFLINE=1 downloads nothing (those tests skip, saying so). MEMPROF_REQUIRE=all[,!PATTERN...] (CI,
 # check-fresh): a skip for anything missing fails instead (tests/conftest.py).
-test: deps-test all $(BUILD)/test_wire $(addprefix $(BUILD)/fuzz_,$(FUZZ_TARGETS))
+test: deps-test all $(BUILD)/test_wire $(BUILD)/test_procfs $(addprefix $(BUILD)/fuzz_,$(FUZZ_TARGETS))
 	$(PYTHON) -m pytest -p no:cacheprovider -rsfE tests
 
 # deps first, then a new make for the build, so the libraries it installed are

@@ -20,6 +20,20 @@ AGENT_API int memprof_agent_start(const char *arg);
 /* The Python C API, resolved with dlsym from the interpreter's own image
  * (libpython or the executable). NULL when not exported. */
 void *pyapi_sym(const char *name);
+/* One row of a table of C-API symbols a part of the agent needs: where its address goes, its name (or the
+ * names it has had between versions, "Py_IsFinalizing/_Py_IsFinalizing": the first exported wins), and
+ * whether that part can do without it (the slot is then left NULL). */
+struct pyapi_symbol {
+    void **slot;
+    const char *names;
+    int optional;
+};
+#define PYAPI_OPTIONAL 1
+/* Resolves every row of a table with pyapi_sym (pysym.c). NULL when every required symbol was found, else
+ * the first required row that was not (its names say which). */
+const struct pyapi_symbol *pyapi_resolve(const struct pyapi_symbol *table, size_t n);
+/* The address of the first of names ("A/B/C") that is exported; NULL when none is. */
+void *pyapi_sym_any(const char *names);
 /* PY_VERSION_HEX of the running interpreter, e.g. 0x030b07f0. */
 uint32_t pyapi_hexversion(void);
 /* Its pyabi entry, checked against the interpreter; NULL when there is none,

@@ -38,8 +38,6 @@ static const struct pyabi *gil_abi; /* the entry with PYABI_TSTATE_GATE, in mode
 static void *(*ThreadState_New)(void *);
 static void *(*InterpreterState_Main)(void);
 
-#define TS_FIELD(ts, off, type) (*(type volatile *)((char *)(ts) + (off)))
-
 /* on_delete of the agent's thread state, on the thread clearing it (which
  * holds the GIL): finalization, or PyOS_AfterFork_Child in a forked child. */
 static void gil_tstate_cleared(void *unused)
@@ -92,10 +90,10 @@ int gil_take(int *state)
     }
     /* PyThreadState_New bound it to this thread; counter 0 as in Ensure: the
      * matching PyGILState_Release deletes it */
-    TS_FIELD(gil_tstate, gil_abi->ts.gilstate_counter, int) = 0;
-    TS_FIELD(gil_tstate, gil_abi->ts.on_delete, void *) = (void *)gil_tstate_cleared;
+    PYABI_AT(gil_tstate, gil_abi->ts.gilstate_counter, int volatile) = 0;
+    PYABI_AT(gil_tstate, gil_abi->ts.on_delete, void * volatile) = (void *)gil_tstate_cleared;
     *state = PY.GILState_Ensure();
-    TS_FIELD(gil_tstate, gil_abi->ts.on_delete, void *) = NULL; /* we hold the GIL: no one clears it */
+    PYABI_AT(gil_tstate, gil_abi->ts.on_delete, void * volatile) = NULL; /* we hold the GIL: no one clears it */
     atomic_fetch_and(&gil_gate, ~GATE_IN_TAKE);
     return 0;
 }

@@ -11,58 +11,59 @@
 const struct pyabi *abi;
 struct capi api;
 
-static const char *const func_getters[7] = {
-    "PyFunction_GetCode", "PyFunction_GetGlobals", "PyFunction_GetDefaults",
-    "PyFunction_GetKwDefaults", "PyFunction_GetClosure", "PyFunction_GetAnnotations",
-    "PyFunction_GetModule"};
-
 /* ---------------------------------------------------------------- the C API */
 
 int api_load(char *err)
 {
-    struct { void **slot; const char *name; } req[] = {
-        {(void **)&api.Dict_Next, "PyDict_Next"},
-        {(void **)&api.Dict_GetItemString, "PyDict_GetItemString"},
-        {(void **)&api.GetAttrString, "PyObject_GetAttrString"},
-        {(void **)&api.DecRef, "Py_DecRef"},
-        {(void **)&api.Err_Clear, "PyErr_Clear"},
-        {(void **)&api.IsSubtype, "PyType_IsSubtype"},
-        {(void **)&api.Import, "PyImport_ImportModule"},
-        {(void **)&api.CallMethod, "PyObject_CallMethod"},
-        {(void **)&api.Frame_GetLineNumber, "PyFrame_GetLineNumber"},
-        {(void **)&api.type_t, "PyType_Type"}, {(void **)&api.module_t, "PyModule_Type"},
-        {(void **)&api.dict_t, "PyDict_Type"}, {(void **)&api.list_t, "PyList_Type"},
-        {(void **)&api.tuple_t, "PyTuple_Type"}, {(void **)&api.set_t, "PySet_Type"},
-        {(void **)&api.frozenset_t, "PyFrozenSet_Type"}, {(void **)&api.str_t, "PyUnicode_Type"},
-        {(void **)&api.long_t, "PyLong_Type"}, {(void **)&api.bool_t, "PyBool_Type"},
-        {(void **)&api.float_t, "PyFloat_Type"}, {(void **)&api.bytes_t, "PyBytes_Type"},
-        {(void **)&api.bytearray_t, "PyByteArray_Type"},
-        {(void **)&api.function_t, "PyFunction_Type"}, {(void **)&api.method_t, "PyMethod_Type"},
-        {(void **)&api.cfunction_t, "PyCFunction_Type"}, {(void **)&api.cell_t, "PyCell_Type"},
-        {(void **)&api.frame_t, "PyFrame_Type"}, {(void **)&api.code_t, "PyCode_Type"},
-        {(void **)&api.gen_t, "PyGen_Type"}, {(void **)&api.coro_t, "PyCoro_Type"},
-        {(void **)&api.asyncgen_t, "PyAsyncGen_Type"},
-        {(void **)&api.none, "_Py_NoneStruct"}, {(void **)&api.true_, "_Py_TrueStruct"},
-        {(void **)&api.List_New, "PyList_New"}, {(void **)&api.IncRef, "Py_IncRef"},
+#define OPT PYAPI_OPTIONAL
+    const struct pyapi_symbol table[] = {
+        {(void **)&api.Dict_Next, "PyDict_Next", 0},
+        {(void **)&api.Dict_GetItemString, "PyDict_GetItemString", 0},
+        {(void **)&api.GetAttrString, "PyObject_GetAttrString", 0},
+        {(void **)&api.DecRef, "Py_DecRef", 0},
+        {(void **)&api.Err_Clear, "PyErr_Clear", 0},
+        {(void **)&api.IsSubtype, "PyType_IsSubtype", 0},
+        {(void **)&api.Import, "PyImport_ImportModule", 0},
+        {(void **)&api.CallMethod, "PyObject_CallMethod", 0},
+        {(void **)&api.Frame_GetLineNumber, "PyFrame_GetLineNumber", 0},
+        {(void **)&api.type_t, "PyType_Type", 0}, {(void **)&api.module_t, "PyModule_Type", 0},
+        {(void **)&api.dict_t, "PyDict_Type", 0}, {(void **)&api.list_t, "PyList_Type", 0},
+        {(void **)&api.tuple_t, "PyTuple_Type", 0}, {(void **)&api.set_t, "PySet_Type", 0},
+        {(void **)&api.frozenset_t, "PyFrozenSet_Type", 0}, {(void **)&api.str_t, "PyUnicode_Type", 0},
+        {(void **)&api.long_t, "PyLong_Type", 0}, {(void **)&api.bool_t, "PyBool_Type", 0},
+        {(void **)&api.float_t, "PyFloat_Type", 0}, {(void **)&api.bytes_t, "PyBytes_Type", 0},
+        {(void **)&api.bytearray_t, "PyByteArray_Type", 0},
+        {(void **)&api.function_t, "PyFunction_Type", 0}, {(void **)&api.method_t, "PyMethod_Type", 0},
+        {(void **)&api.cfunction_t, "PyCFunction_Type", 0}, {(void **)&api.cell_t, "PyCell_Type", 0},
+        {(void **)&api.frame_t, "PyFrame_Type", 0}, {(void **)&api.code_t, "PyCode_Type", 0},
+        {(void **)&api.gen_t, "PyGen_Type", 0}, {(void **)&api.coro_t, "PyCoro_Type", 0},
+        {(void **)&api.asyncgen_t, "PyAsyncGen_Type", 0},
+        {(void **)&api.none, "_Py_NoneStruct", 0}, {(void **)&api.true_, "_Py_TrueStruct", 0},
+        {(void **)&api.List_New, "PyList_New", 0}, {(void **)&api.IncRef, "Py_IncRef", 0},
+        /* the census does without these where a version lacks them */
+        {(void **)&api.InterpreterState_Main, "PyInterpreterState_Main", OPT},
+        {(void **)&api.runtime, "_PyRuntime", OPT},
+        {(void **)&api.GC_Disable, "PyGC_Disable", OPT}, {(void **)&api.GC_Enable, "PyGC_Enable", OPT},
+        {(void **)&api.Func_Get[0], "PyFunction_GetCode", OPT},
+        {(void **)&api.Func_Get[1], "PyFunction_GetGlobals", OPT},
+        {(void **)&api.Func_Get[2], "PyFunction_GetDefaults", OPT},
+        {(void **)&api.Func_Get[3], "PyFunction_GetKwDefaults", OPT},
+        {(void **)&api.Func_Get[4], "PyFunction_GetClosure", OPT},
+        {(void **)&api.Func_Get[5], "PyFunction_GetAnnotations", OPT},
+        {(void **)&api.Func_Get[6], "PyFunction_GetModule", OPT},
     };
+#undef OPT
+    const struct pyapi_symbol *missing;
     abi = pyapi_abi();
     if (!abi) {
         mp_err(err, "object census: %s", pyapi_abi_error());
         return -1;
     }
     if (api.ready) return 0;
-    for (size_t i = 0; i < sizeof req / sizeof req[0]; i++) {
-        *req[i].slot = pyapi_sym(req[i].name);
-        if (!*req[i].slot) {
-            mp_err(err, "object census: the interpreter does not export %s", req[i].name);
-            return -1;
-        }
+    if ((missing = pyapi_resolve(table, sizeof table / sizeof table[0]))) {
+        mp_err(err, "object census: the interpreter does not export %s", missing->names);
+        return -1;
     }
-    api.InterpreterState_Main = (void *(*)(void))pyapi_sym("PyInterpreterState_Main");
-    api.runtime = pyapi_sym("_PyRuntime");
-    api.GC_Disable = (int (*)(void))pyapi_sym("PyGC_Disable");
-    api.GC_Enable = (int (*)(void))pyapi_sym("PyGC_Enable");
-    for (int i = 0; i < 7; i++) api.Func_Get[i] = (pyobj * (*)(pyobj *)) pyapi_sym(func_getters[i]);
     api.ready = 1;
     return 0;
 }
@@ -129,15 +130,15 @@ static int gc_state_valid(char *gc)
     uintptr_t heads[4];
     /* the generation0 pointer: 3.14.0's incremental collector has none, and
      * then this fails and the census lists objects with gc.get_objects() */
-    if (FLD(gc, abi->gc.generation0, uintptr_t) != (uintptr_t)(gc + abi->gc.generations)) return 0;
+    if (PYABI_AT(gc, abi->gc.generation0, uintptr_t) != (uintptr_t)(gc + abi->gc.generations)) return 0;
     for (int i = 0; i < 3; i++) heads[i] = (uintptr_t)(gc + abi->gc.generations + 24 * i);
     heads[3] = (uintptr_t)(gc + abi->gc.permanent);
     for (int i = 0; i < 4; i++) {
-        uintptr_t next = FLD(heads[i], 0, uintptr_t) & ~(uintptr_t)3;
-        uintptr_t prev = FLD(heads[i], 8, uintptr_t) & ~(uintptr_t)3;
+        uintptr_t next = PYABI_AT(heads[i], 0, uintptr_t) & ~(uintptr_t)3;
+        uintptr_t prev = PYABI_AT(heads[i], 8, uintptr_t) & ~(uintptr_t)3;
         if (!next || !prev) return 0;
-        if ((FLD(next, 8, uintptr_t) & ~(uintptr_t)3) != heads[i]) return 0;
-        if ((FLD(prev, 0, uintptr_t) & ~(uintptr_t)3) != heads[i]) return 0;
+        if ((PYABI_AT(next, 8, uintptr_t) & ~(uintptr_t)3) != heads[i]) return 0;
+        if ((PYABI_AT(prev, 0, uintptr_t) & ~(uintptr_t)3) != heads[i]) return 0;
     }
     return 1;
 }
@@ -167,8 +168,8 @@ static int gc_module_call(const char *name)
 static void heap_pause_gc(struct heap *h)
 {
     if (h->gc) {
-        h->was_enabled = FLD(h->gc, abi->gc.enabled, int);
-        FLD(h->gc, abi->gc.enabled, int) = 0;
+        h->was_enabled = PYABI_AT(h->gc, abi->gc.enabled, int);
+        PYABI_AT(h->gc, abi->gc.enabled, int) = 0;
     } else if (api.GC_Disable) {
         h->was_enabled = api.GC_Disable();
     } else {
@@ -188,7 +189,7 @@ void heap_close(struct heap *h)
     }
     heap_drop_marks(h);
     if (h->paused && h->was_enabled) {
-        if (h->gc) FLD(h->gc, abi->gc.enabled, int) = 1;
+        if (h->gc) PYABI_AT(h->gc, abi->gc.enabled, int) = 1;
         else if (api.GC_Enable) api.GC_Enable();
         else gc_module_call("enable");
     }
@@ -207,7 +208,7 @@ int heap_open(struct heap *h, char *err)
 #endif
     if (base && gc_state_valid(base + abi->gc.state)) {
         h->gc = base + abi->gc.state;
-        if (FLD(h->gc, abi->gc.collecting, int)) {
+        if (PYABI_AT(h->gc, abi->gc.collecting, int)) {
             mp_err(err, "the target is in the middle of a garbage collection; try again");
             h->gc = NULL;
             return -1;
@@ -235,7 +236,7 @@ int heap_open(struct heap *h, char *err)
         return -1;
     }
     h->len = OB_SIZE(h->list);
-    h->items = FLD(h->list, abi->list.items, pyobj **);
+    h->items = PYABI_AT(h->list, abi->list.items, pyobj **);
     return 0;
 }
 
@@ -346,7 +347,7 @@ static int slice_items(struct heap *h, heap_fn fn, void *arg, double deadline, i
     return 1;
 }
 
-#define GEN0_COUNT(h) FLD((h)->gc, abi->gc.generations + 20, int) /* generations[0].count */
+#define GEN0_COUNT(h) PYABI_AT((h)->gc, abi->gc.generations + 20, int) /* generations[0].count */
 #define COLLECTING_WAIT_S 10.0
 
 void heap_set_off(struct heap *h, void (*off)(void *), void *arg)
@@ -413,7 +414,7 @@ int heap_yield(struct heap *h, char *err)
             heap_slice_open(h);
             return -1;
         }
-    } while (h->gc && FLD(h->gc, abi->gc.collecting, int));
+    } while (h->gc && PYABI_AT(h->gc, abi->gc.collecting, int));
     heap_slice_open(h);
     return 0;
 }
@@ -487,7 +488,7 @@ static int big_chunk(pyobj *o, ssize_t *pos, visit_fn fn, void *arg)
         return 0;
     } else {
         ssize_t n = OB_SIZE(o), e = *pos + 256 < n ? *pos + 256 : n;
-        pyobj **items = FLD(o, abi->list.items, pyobj **);
+        pyobj **items = PYABI_AT(o, abi->list.items, pyobj **);
         for (; *pos < e; ++*pos)
             if (fn(items[*pos], arg)) return 1;
         return *pos >= OB_SIZE(o);
@@ -524,10 +525,10 @@ void heap_big_release(struct heap_big *q, const struct heap *h)
 /* Inline values of 3.13 instances: allocated with the object. */
 static uint64_t inline_values_size(char *tp)
 {
-    char *keys = FLD(tp, abi->type.cached_keys, char *);
+    char *keys = PYABI_AT(tp, abi->type.cached_keys, char *);
     ssize_t size;
     if (!keys) return 0;
-    size = FLD(keys, 16, ssize_t) + FLD(keys, 24, ssize_t); /* dk_usable + dk_nentries */
+    size = PYABI_AT(keys, 16, ssize_t) + PYABI_AT(keys, 24, ssize_t); /* dk_usable + dk_nentries */
     if (size < 0 || size > 1 << 16) return 0;
     return (uint64_t)(((size + 7) & ~7) + (size + 1) * 8);
 }
@@ -589,22 +590,22 @@ void tt_free(struct ttab *tt)
 
 uint64_t dict_extra(pyobj *o)
 {
-    char *keys = FLD(o, abi->dict.keys, char *);
-    int has_values = FLD(o, abi->dict.values, char *) != NULL;
+    char *keys = PYABI_AT(o, abi->dict.keys, char *);
+    int has_values = PYABI_AT(o, abi->dict.values, char *) != NULL;
     uint64_t extra = 0;
     if (!keys) return 0;
     if (!(abi->caps & PYABI_DICT_KEYS_V2)) {
-        ssize_t size = FLD(keys, 8, ssize_t), usable, es;
+        ssize_t size = PYABI_AT(keys, 8, ssize_t), usable, es;
         if (size <= 0 || size > ((ssize_t)1 << 40)) return 0;
         usable = (size << 1) / 3;
         es = size <= 0xff ? 1 : size <= 0xffff ? 2 : size <= 0xffffffffL ? 4 : 8;
         if (has_values) extra += (uint64_t)usable * 8;
-        if (FLD(keys, 0, ssize_t) == 1) extra += 40 + (uint64_t)(es * size + 24 * usable);
+        if (PYABI_AT(keys, 0, ssize_t) == 1) extra += 40 + (uint64_t)(es * size + 24 * usable);
     } else {
-        unsigned log2 = FLD(keys, 8, uint8_t), log2ib = FLD(keys, 9, uint8_t), kind = FLD(keys, 10, uint8_t);
+        unsigned log2 = PYABI_AT(keys, 8, uint8_t), log2ib = PYABI_AT(keys, 9, uint8_t), kind = PYABI_AT(keys, 10, uint8_t);
         if (log2 > 40 || log2ib > 43) return 0;
-        if (has_values) extra += (uint64_t)(FLD(keys, 16, ssize_t) + FLD(keys, 24, ssize_t)) * 8;
-        if (FLD(keys, 0, ssize_t) == 1)
+        if (has_values) extra += (uint64_t)(PYABI_AT(keys, 16, ssize_t) + PYABI_AT(keys, 24, ssize_t)) * 8;
+        if (PYABI_AT(keys, 0, ssize_t) == 1)
             extra += 32 + ((uint64_t)1 << log2ib) + ((((uint64_t)1 << log2) << 1) / 3) * (kind ? 16 : 24);
     }
     return extra;
@@ -612,10 +613,10 @@ uint64_t dict_extra(pyobj *o)
 
 uint64_t str_size(pyobj *o)
 {
-    uint32_t state = FLD(o, abi->str.state, uint32_t);
-    unsigned kind = (state >> 2) & 7, compact = (state >> 5) & 1, ascii = (state >> 6) & 1;
-    uint64_t len = (uint64_t)FLD(o, 0x10, ssize_t);
-    if (compact && ascii) return abi->str.ascii_size + len + 1;
-    if (compact) return abi->str.compact_size + (len + 1) * kind;
-    return abi->str.compact_size + 8 + (FLD(o, abi->str.compact_size, void *) ? (len + 1) * kind : 0);
+    uint32_t state = pyabi_str_state(abi, o);
+    unsigned kind = pyabi_str_kind(state);
+    uint64_t len = (uint64_t)PYABI_AT(o, 0x10, ssize_t);
+    if (pyabi_str_compact(state) && pyabi_str_ascii(state)) return abi->str.ascii_size + len + 1;
+    if (pyabi_str_compact(state)) return abi->str.compact_size + (len + 1) * kind;
+    return abi->str.compact_size + 8 + (PYABI_AT(o, abi->str.compact_size, void *) ? (len + 1) * kind : 0);
 }

@@ -11,7 +11,7 @@
 
 #include "agent.h"
 
-/* Every CPython layout fact used below comes from agent/pyabi.h: constants for
+/* Every CPython layout fact used below comes from common/pyabi.h: constants for
  * what every supported version shares, the running version's entry (abi) for the
  * rest. Read at fixed offsets, the same in every supported version (LP64):
  * str length 0x10; dict ma_used 0x10; long digits 0x18;
@@ -26,23 +26,22 @@ typedef int (*visit_fn)(pyobj *, void *);
 typedef int (*traverse_fn)(pyobj *, visit_fn, void *);
 typedef int (*inquiry_fn)(pyobj *);
 
-#define FLD(p, off, T) (*(T *)((char *)(p) + (off)))
-#define OB_REFCNT(o) FLD(o, PYABI_OB_REFCNT, ssize_t)
-#define OB_TYPE(o) FLD(o, PYABI_OB_TYPE, char *)
-#define OB_SIZE(o) FLD(o, PYABI_OB_SIZE, ssize_t)
-#define GC_NEXT(o) FLD((char *)(o) - PYABI_GC_HEAD, 0, uintptr_t)
-#define TP_NAME(t) FLD(t, PYABI_TP_NAME, const char *)
-#define TP_BASICSIZE(t) FLD(t, PYABI_TP_BASICSIZE, ssize_t)
-#define TP_ITEMSIZE(t) FLD(t, PYABI_TP_ITEMSIZE, ssize_t)
-#define TP_FLAGS(t) FLD(t, PYABI_TP_FLAGS, unsigned long)
-#define TP_TRAVERSE(t) FLD(t, PYABI_TP_TRAVERSE, traverse_fn)
-#define TP_MEMBERS(t) FLD(t, PYABI_TP_MEMBERS, char *)
-#define TP_BASE(t) FLD(t, PYABI_TP_BASE, char *)
-#define TP_DICT(t) FLD(t, PYABI_TP_DICT, pyobj *)
-#define TP_DICTOFFSET(t) FLD(t, PYABI_TP_DICTOFFSET, ssize_t)
-#define TP_IS_GC(t) FLD(t, PYABI_TP_IS_GC, inquiry_fn)
-#define TP_BASES(t) FLD(t, PYABI_TP_BASES, pyobj *)
-#define TP_MRO(t) FLD(t, PYABI_TP_MRO, pyobj *)
+#define OB_REFCNT(o) PYABI_AT(o, PYABI_OB_REFCNT, ssize_t)
+#define OB_TYPE(o) PYABI_AT(o, PYABI_OB_TYPE, char *)
+#define OB_SIZE(o) PYABI_AT(o, PYABI_OB_SIZE, ssize_t)
+#define GC_NEXT(o) PYABI_AT((char *)(o) - PYABI_GC_HEAD, 0, uintptr_t)
+#define TP_NAME(t) PYABI_AT(t, PYABI_TP_NAME, const char *)
+#define TP_BASICSIZE(t) PYABI_AT(t, PYABI_TP_BASICSIZE, ssize_t)
+#define TP_ITEMSIZE(t) PYABI_AT(t, PYABI_TP_ITEMSIZE, ssize_t)
+#define TP_FLAGS(t) PYABI_AT(t, PYABI_TP_FLAGS, unsigned long)
+#define TP_TRAVERSE(t) PYABI_AT(t, PYABI_TP_TRAVERSE, traverse_fn)
+#define TP_MEMBERS(t) PYABI_AT(t, PYABI_TP_MEMBERS, char *)
+#define TP_BASE(t) PYABI_AT(t, PYABI_TP_BASE, char *)
+#define TP_DICT(t) PYABI_AT(t, PYABI_TP_DICT, pyobj *)
+#define TP_DICTOFFSET(t) PYABI_AT(t, PYABI_TP_DICTOFFSET, ssize_t)
+#define TP_IS_GC(t) PYABI_AT(t, PYABI_TP_IS_GC, inquiry_fn)
+#define TP_BASES(t) PYABI_AT(t, PYABI_TP_BASES, pyobj *)
+#define TP_MRO(t) PYABI_AT(t, PYABI_TP_MRO, pyobj *)
 
 #define F_INLINE_VALUES (1UL << 2) /* 3.13 */
 #define F_MANAGED_WEAKREF (1UL << 3) /* 3.12+ */
@@ -225,7 +224,7 @@ struct heap_big {
 
 /* A list (or dict) of more than BIG_ITEMS items, to be put aside rather than traversed. */
 static inline int heap_big_list(pyobj *o) { return OB_TYPE(o) == api.list_t && OB_SIZE(o) > BIG_ITEMS; }
-static inline int heap_big_dict(pyobj *o) { return OB_TYPE(o) == api.dict_t && FLD(o, 0x10, ssize_t) > BIG_ITEMS; }
+static inline int heap_big_dict(pyobj *o) { return OB_TYPE(o) == api.dict_t && PYABI_AT(o, 0x10, ssize_t) > BIG_ITEMS; }
 int heap_big_push(struct heap_big *q, pyobj *o); /* takes a reference; 0, or -1 out of memory */
 /* Each one's items (a dict's keys and values, by PyDict_Next) to fn, in chunks of 256, giving the
  * GIL back whenever a slice is due: start(o, arg) before each chunk, after(arg) after it (nonzero
@@ -306,15 +305,15 @@ static inline uint64_t obj_size(pyobj *o, const struct tinfo *t)
         n = OB_SIZE(o);
         if (n < 0) n = -n;
         return t->fixed + (n < ((ssize_t)1 << 36) ? (uint64_t)n * (uint64_t)t->itemsize : 0);
-    case SK_LIST: return t->fixed + (uint64_t)FLD(o, abi->list.items + 8, ssize_t) * 8; /* allocated */
+    case SK_LIST: return t->fixed + (uint64_t)PYABI_AT(o, abi->list.items + 8, ssize_t) * 8; /* allocated */
     case SK_DICT: return t->fixed + dict_extra(o);
     case SK_SET:
-        return t->fixed + (FLD(o, 0x28, char *) != (char *)o + 0x40 ? (uint64_t)(FLD(o, 0x20, ssize_t) + 1) * 16 : 0);
-    case SK_BYTEARRAY: return t->fixed + (uint64_t)FLD(o, 0x18, ssize_t);
+        return t->fixed + (PYABI_AT(o, 0x28, char *) != (char *)o + 0x40 ? (uint64_t)(PYABI_AT(o, 0x20, ssize_t) + 1) * 16 : 0);
+    case SK_BYTEARRAY: return t->fixed + (uint64_t)PYABI_AT(o, 0x18, ssize_t);
     case SK_STR: return t->fixed - (uint64_t)TP_BASICSIZE(t->tp) + str_size(o);
     case SK_LONG:
         if (abi->caps & PYABI_LONG_TAG) {
-            uint64_t nd = FLD(o, abi->longobj.tag, uintptr_t) >> 3;
+            uint64_t nd = PYABI_AT(o, abi->longobj.tag, uintptr_t) >> 3;
             return t->fixed + (nd ? nd : 1) * 4;
         }
         n = OB_SIZE(o);

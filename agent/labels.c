@@ -23,14 +23,13 @@ struct str_view {
  * string is in a form we do not read (3.8-3.11 not-ready wstr strings). */
 static int str_view(pyobj *s, struct str_view *v)
 {
-    uint32_t state = FLD(s, abi->str.state, uint32_t);
-    unsigned kind = (state >> 2) & 7, compact = (state >> 5) & 1, ascii = (state >> 6) & 1;
-    v->len = FLD(s, 0x10, ssize_t);
+    uint32_t state = pyabi_str_state(abi, s);
+    unsigned kind = pyabi_str_kind(state);
+    v->len = PYABI_AT(s, 0x10, ssize_t);
     v->kind = kind;
     if (kind != 1 && kind != 2 && kind != 4) return 0;
-    if (compact && ascii) v->data = (const unsigned char *)s + abi->str.ascii_size;
-    else if (compact) v->data = (const unsigned char *)s + abi->str.compact_size;
-    else v->data = FLD(s, abi->str.compact_size, const unsigned char *);
+    if (pyabi_str_compact(state)) v->data = (const unsigned char *)s + pyabi_str_data(abi, state);
+    else v->data = PYABI_AT(s, abi->str.compact_size, const unsigned char *);
     return v->data != NULL && v->len >= 0;
 }
 
@@ -171,7 +170,7 @@ static int long_value(pyobj *o, __int128 *out)
     int neg;
     __int128 v = 0;
     if (abi->caps & PYABI_LONG_TAG) {
-        uintptr_t tag = FLD(o, abi->longobj.tag, uintptr_t);
+        uintptr_t tag = PYABI_AT(o, abi->longobj.tag, uintptr_t);
         nd = (ssize_t)(tag >> 3);
         neg = (tag & 3) == 2;
     } else {
@@ -180,7 +179,7 @@ static int long_value(pyobj *o, __int128 *out)
         if (neg) nd = -nd;
     }
     if (nd > 4) return 0;
-    for (ssize_t i = nd - 1; i >= 0; i--) v = (v << 30) | (FLD(o, 0x18 + 4 * i, uint32_t) & 0x3fffffff);
+    for (ssize_t i = nd - 1; i >= 0; i--) v = (v << 30) | (PYABI_AT(o, 0x18 + 4 * i, uint32_t) & 0x3fffffff);
     *out = neg ? -v : v;
     return 1;
 }
@@ -280,27 +279,27 @@ void obj_label(pyobj *o, struct sb *b)
     char *tp = OB_TYPE(o);
     unsigned long fl = TP_FLAGS(tp);
     if (fl & F_TYPE_SUB) type_short((char *)o, b);
-    else if (is_sub(tp, api.module_t)) sb_str(b, FLD(o, abi->module.name, pyobj *));
+    else if (is_sub(tp, api.module_t)) sb_str(b, PYABI_AT(o, abi->module.name, pyobj *));
     else if (is_sub(tp, api.cfunction_t)) {
-        char *ml = FLD(o, 0x10, char *);
-        sb_puts(b, ml && FLD(ml, 0, const char *) ? FLD(ml, 0, const char *) : "?");
+        char *ml = PYABI_AT(o, 0x10, char *);
+        sb_puts(b, ml && PYABI_AT(ml, 0, const char *) ? PYABI_AT(ml, 0, const char *) : "?");
     } else if (tp == api.method_t) {
-        pyobj *fn = FLD(o, 0x10, pyobj *);
+        pyobj *fn = PYABI_AT(o, 0x10, pyobj *);
         if (fn && OB_TYPE(fn) == api.function_t) sb_attr_str(b, fn, "__name__", 0);
         else sb_puts(b, "method");
-        if (FLD(o, 0x18, pyobj *)) sb_puts(b, " (bound)");
+        if (PYABI_AT(o, 0x18, pyobj *)) sb_puts(b, " (bound)");
     } else if (tp == api.function_t) function_label(o, b);
     else if (tp == api.frame_t) frame_label(o, b);
     else if (fl & (F_TUPLE_SUB | F_LIST_SUB)) sb_printf(b, "%zd items", OB_SIZE(o));
-    else if (fl & F_DICT_SUB) sb_printf(b, "%zd items", FLD(o, 0x10, ssize_t));
-    else if (is_sub(tp, api.set_t)) sb_printf(b, "%zd items", FLD(o, 0x18, ssize_t));
+    else if (fl & F_DICT_SUB) sb_printf(b, "%zd items", PYABI_AT(o, 0x10, ssize_t));
+    else if (is_sub(tp, api.set_t)) sb_printf(b, "%zd items", PYABI_AT(o, 0x18, ssize_t));
     else if (fl & F_UNICODE_SUB) sb_str_repr(b, o);
     else if (tp == api.bool_t) sb_puts(b, o == api.true_ ? "True" : "False");
     else if (fl & F_LONG_SUB) {
         __int128 v;
         if (long_value(o, &v)) sb_int128(b, v);
         else sb_puts(b, "<big int>");
-    } else if (tp == api.float_t) sb_float(b, FLD(o, 0x10, double));
+    } else if (tp == api.float_t) sb_float(b, PYABI_AT(o, 0x10, double));
     else if (o == api.none) sb_puts(b, "None");
     else if (tp == api.code_t) {
         sb_puts(b, "<code object ");
@@ -333,20 +332,20 @@ static pyobj *dict_of(pyobj *src, char *tp)
     unsigned long fl = TP_FLAGS(tp);
     ssize_t off;
     if (fl & F_TYPE_SUB) return TP_DICT((char *)src);
-    if (is_sub(tp, api.module_t)) return FLD(src, 0x10, pyobj *);
+    if (is_sub(tp, api.module_t)) return PYABI_AT(src, 0x10, pyobj *);
     if (abi->dict.inst_values != PYABI_VALUES_NONE && (fl & F_MANAGED_DICT)) {
-        uintptr_t d = FLD(src, -24, uintptr_t);
+        uintptr_t d = PYABI_AT(src, -24, uintptr_t);
         if (abi->dict.inst_values == PYABI_VALUES_TAGGED && (d & 1)) return NULL; /* values, no dict */
         return (pyobj *)d;
     }
     off = TP_DICTOFFSET(tp);
-    if (off > 0) return FLD(src, off, pyobj *);
+    if (off > 0) return PYABI_AT(src, off, pyobj *);
     if (off < 0 && !(fl & F_LONG_SUB)) { /* 3.12+ long: ob_size is lv_tag */
         ssize_t n = OB_SIZE(src), size;
         if (n > (1 << 28) || n < -(1 << 28)) return NULL;
         size = TP_BASICSIZE(tp) + (n < 0 ? -n : n) * TP_ITEMSIZE(tp);
         size = (size + 7) & ~(ssize_t)7;
-        return FLD(src, size + off, pyobj *);
+        return PYABI_AT(src, size + off, pyobj *);
     }
     return NULL;
 }
@@ -359,27 +358,27 @@ static int managed_attr(pyobj *src, char *tp, pyobj *dst, struct sb *b)
     ssize_t n;
     unsigned kind;
     if (abi->dict.inst_values == PYABI_VALUES_NONE || !(fl & F_MANAGED_DICT) || !(fl & F_HEAPTYPE)) return 0;
-    if (abi->dict.inst_values == PYABI_VALUES_PREHEADER) values = FLD(src, -32, char *);
+    if (abi->dict.inst_values == PYABI_VALUES_PREHEADER) values = PYABI_AT(src, -32, char *);
     else if (abi->dict.inst_values == PYABI_VALUES_TAGGED) {
-        uintptr_t d = FLD(src, -24, uintptr_t);
+        uintptr_t d = PYABI_AT(src, -24, uintptr_t);
         if (d & 1) values = (char *)(d + 1); /* stored as values - 1 */
     } else if (fl & F_INLINE_VALUES) {
         values = (char *)src + TP_BASICSIZE(tp);
-        if (!FLD(values, 3, uint8_t)) values = NULL; /* not valid: the dict has them */
+        if (!PYABI_AT(values, 3, uint8_t)) values = NULL; /* not valid: the dict has them */
     }
-    keys = FLD(tp, abi->type.cached_keys, char *);
+    keys = PYABI_AT(tp, abi->type.cached_keys, char *);
     if (!values || !keys) return 0;
-    n = FLD(keys, 24, ssize_t);
-    kind = FLD(keys, 10, uint8_t);
+    n = PYABI_AT(keys, 24, ssize_t);
+    kind = PYABI_AT(keys, 10, uint8_t);
     if (abi->dict.inst_values == PYABI_VALUES_INLINE) {
-        if (n > FLD(values, 0, uint8_t)) n = FLD(values, 0, uint8_t);
+        if (n > PYABI_AT(values, 0, uint8_t)) n = PYABI_AT(values, 0, uint8_t);
         values += 8;
     }
-    entries = keys + 32 + ((size_t)1 << FLD(keys, 9, uint8_t));
+    entries = keys + 32 + ((size_t)1 << PYABI_AT(keys, 9, uint8_t));
     for (ssize_t i = 0; i < n && i < 4096; i++) {
-        if (FLD(values, 8 * i, pyobj *) != dst) continue;
+        if (PYABI_AT(values, 8 * i, pyobj *) != dst) continue;
         sb_puts(b, ".");
-        sb_str(b, FLD(entries, (kind ? 16 : 24) * i + (kind ? 0 : 8), pyobj *));
+        sb_str(b, PYABI_AT(entries, (kind ? 16 : 24) * i + (kind ? 0 : 8), pyobj *));
         return 1;
     }
     return 0;
@@ -392,12 +391,12 @@ static int member_attr(pyobj *src, char *tp, pyobj *dst, struct sb *b)
     int depth = 0;
     for (char *t = tp; t && depth < 64; t = TP_BASE(t), depth++) {
         char *m = TP_MEMBERS(t);
-        for (int i = 0; m && FLD(m, 0, const char *) && i < 1000; m += PYABI_MEMBERDEF_SIZE, i++) {
-            int type = FLD(m, 8, int), flags = FLD(m, 24, int);
-            ssize_t off = FLD(m, 16, ssize_t);
+        for (int i = 0; m && PYABI_AT(m, 0, const char *) && i < 1000; m += PYABI_MEMBERDEF_SIZE, i++) {
+            int type = PYABI_AT(m, 8, int), flags = PYABI_AT(m, 24, int);
+            ssize_t off = PYABI_AT(m, 16, ssize_t);
             if ((type != 6 && type != 16) || (flags & 8) || off < 16 || off + 8 > TP_BASICSIZE(tp)) continue;
-            if (FLD(src, off, pyobj *) == dst) {
-                sb_printf(b, ".%s", FLD(m, 0, const char *));
+            if (PYABI_AT(src, off, pyobj *) == dst) {
+                sb_printf(b, ".%s", PYABI_AT(m, 0, const char *));
                 return 1;
             }
         }
@@ -412,7 +411,7 @@ static void key_label(pyobj *k, struct sb *b)
     sb_puts(b, "[");
     if (TP_FLAGS(kt) & F_UNICODE_SUB) sb_str_repr(b, k);
     else if ((TP_FLAGS(kt) & F_LONG_SUB) && kt != api.bool_t && long_value(k, &v)) sb_int128(b, v);
-    else if (kt == api.float_t) sb_float(b, FLD(k, 0x10, double));
+    else if (kt == api.float_t) sb_float(b, PYABI_AT(k, 0x10, double));
     else {
         sb_puts(b, "<");
         type_short(kt, b);
@@ -428,13 +427,13 @@ static int special_attr(pyobj *src, char *tp, pyobj *dst, struct sb *b)
         for (int i = 0; i < 7 && !name; i++)
             if (api.Func_Get[i] && api.Func_Get[i](src) == dst) name = func_attrs[i];
     } else if (tp == api.cell_t) {
-        if (FLD(src, 0x10, pyobj *) == dst) name = "cell_contents";
+        if (PYABI_AT(src, 0x10, pyobj *) == dst) name = "cell_contents";
     } else if (tp == api.frame_t) {
-        char *f = abi->frameobj.iframe >= 0 ? FLD(src, abi->frameobj.iframe, char *) : (char *)src;
-        if (f && FLD(f, abi->frameobj.locals, pyobj *) == dst) name = "f_locals";
-        else if (f && FLD(f, abi->frameobj.globals, pyobj *) == dst) name = "f_globals";
+        char *f = abi->frameobj.iframe >= 0 ? PYABI_AT(src, abi->frameobj.iframe, char *) : (char *)src;
+        if (f && PYABI_AT(f, abi->frameobj.locals, pyobj *) == dst) name = "f_locals";
+        else if (f && PYABI_AT(f, abi->frameobj.globals, pyobj *) == dst) name = "f_globals";
     } else if (is_sub(tp, api.cfunction_t)) {
-        if (FLD(src, 0x18, pyobj *) == dst) name = "__self__";
+        if (PYABI_AT(src, 0x18, pyobj *) == dst) name = "__self__";
     } else if (TP_FLAGS(tp) & F_TYPE_SUB) {
         if (TP_MRO((char *)src) == dst) name = "__mro__";
         else if (TP_BASES((char *)src) == dst) name = "__bases__";
@@ -471,7 +470,7 @@ void edge_label(pyobj *src, pyobj *dst, struct sb *b)
         return;
     }
     if (fl & (F_LIST_SUB | F_TUPLE_SUB)) {
-        pyobj **items = (fl & F_LIST_SUB) ? FLD(src, abi->list.items, pyobj **) : &FLD(src, abi->tuple.items, pyobj *);
+        pyobj **items = (fl & F_LIST_SUB) ? PYABI_AT(src, abi->list.items, pyobj **) : &PYABI_AT(src, abi->tuple.items, pyobj *);
         ssize_t n = OB_SIZE(src);
         for (ssize_t i = 0; items && i < n; i++)
             if (items[i] == dst) {

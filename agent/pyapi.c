@@ -24,22 +24,17 @@ void *pyapi_sym(const char *name)
     return p ? p : dlsym(RTLD_DEFAULT, name);
 }
 
-/* The first of names that is exported; names differ between versions. */
-static void *sym_any(const char *const *names)
-{
-    for (; *names; names++) {
-        void *p = pyapi_sym(*names);
-        if (p) return p;
-    }
-    return NULL;
-}
-
 int pyapi_init(const char *pylib, char *err)
 {
-    static const char *const finalizing[] = {"Py_IsFinalizing", "_Py_IsFinalizing", NULL};
-    static const char *const tstate[] = {"PyThreadState_GetUnchecked",
-                                         "_PyThreadState_UncheckedGet", NULL};
-    const char *missing = NULL;
+    const struct pyapi_symbol table[] = {
+        {(void **)&PY.IsInitialized, "Py_IsInitialized", 0},
+        {(void **)&PY.IsFinalizing, "Py_IsFinalizing/_Py_IsFinalizing", 0},
+        {(void **)&PY.GILState_Ensure, "PyGILState_Ensure", 0},
+        {(void **)&PY.GILState_Release, "PyGILState_Release", 0},
+        {(void **)&PY.GetVersion, "Py_GetVersion", 0},
+        {(void **)&PY.ThreadState_Get, "PyThreadState_GetUnchecked/_PyThreadState_UncheckedGet", PYAPI_OPTIONAL},
+    };
+    const struct pyapi_symbol *missing;
 
     pyapi_fini();
     /* RTLD_NOLOAD: never load a Python into the target, only find the one in
@@ -47,20 +42,8 @@ int pyapi_init(const char *pylib, char *err)
      * scope, where such executables export the API. */
     if (pylib && *pylib) lib = dlopen(pylib, RTLD_NOLOAD | RTLD_LAZY);
 
-    PY.IsInitialized = (int (*)(void))pyapi_sym("Py_IsInitialized");
-    PY.IsFinalizing = (int (*)(void))sym_any(finalizing);
-    PY.GILState_Ensure = (int (*)(void))pyapi_sym("PyGILState_Ensure");
-    PY.GILState_Release = (void (*)(int))pyapi_sym("PyGILState_Release");
-    PY.GetVersion = (const char *(*)(void))pyapi_sym("Py_GetVersion");
-    PY.ThreadState_Get = (void *(*)(void))sym_any(tstate);
-
-    if (!PY.IsInitialized) missing = "Py_IsInitialized";
-    else if (!PY.IsFinalizing) missing = "Py_IsFinalizing/_Py_IsFinalizing";
-    else if (!PY.GILState_Ensure) missing = "PyGILState_Ensure";
-    else if (!PY.GILState_Release) missing = "PyGILState_Release";
-    else if (!PY.GetVersion) missing = "Py_GetVersion";
-    if (missing) {
-        mp_err(err, "Python C API function %s not found in %s", missing,
+    if ((missing = pyapi_resolve(table, sizeof table / sizeof table[0]))) {
+        mp_err(err, "Python C API function %s not found in %s", missing->names,
                pylib && *pylib ? pylib : "the process");
         return -1;
     }
@@ -122,9 +105,7 @@ uint32_t pyapi_exported_hexversion(void)
  * and Py_TRACE_REFS which adds two pointers to every object) are not covered. */
 static int release_build(void)
 {
-    static const char *const debug_syms[] = {"_Py_NegativeRefcount", "_Py_RefTotal",
-                                             "_Py_GetRefTotal", "_Py_PrintReferences", NULL};
-    return !sym_any(debug_syms);
+    return !pyapi_sym_any("_Py_NegativeRefcount/_Py_RefTotal/_Py_GetRefTotal/_Py_PrintReferences");
 }
 
 int pyapi_load_version(char *err)
@@ -179,7 +160,6 @@ int pyapi_finalizing(void)
 
 /* ------------------------------------------------------------ frame walking */
 
-#define FIELD(p, off, type) (*(type *)((char *)(p) + (off)))
 #define WALK_MAX_DEPTH 1024 /* guards against a corrupt (cyclic) chain */
 
 static void *code_type;
@@ -188,10 +168,13 @@ static const char *(*as_utf8)(void *);
 
 int pyapi_walk_init(char *err)
 {
-    code_type = pyapi_sym("PyCode_Type");
-    addr2line = (int (*)(void *, int))pyapi_sym("PyCode_Addr2Line");
-    as_utf8 = (const char *(*)(void *))pyapi_sym("PyUnicode_AsUTF8");
-    if (!offsets || !PY.ThreadState_Get || !code_type || !addr2line || !as_utf8) {
+    const struct pyapi_symbol table[] = {
+        {&code_type, "PyCode_Type", 0},
+        {(void **)&addr2line, "PyCode_Addr2Line", 0},
+        {(void **)&as_utf8, "PyUnicode_AsUTF8", 0},
+    };
+    const struct pyapi_symbol *missing = pyapi_resolve(table, sizeof table / sizeof table[0]);
+    if (!offsets || !PY.ThreadState_Get || missing) {
         if (!offsets && abi_error[0]) mp_err(err, "%s", abi_error);
         else mp_err(err, "Python %s: no frame layout or C API for stack capture", version[0] ? version : "?");
         return -1;
@@ -206,13 +189,13 @@ void *pyapi_tstate_if_gil(void)
     /* 3.8-3.11: the GIL holder's state (any thread's); 3.12+: this thread's
      * while attached. The thread id tells whether it is ours. */
     ts = PY.ThreadState_Get();
-    if (!ts || FIELD(ts, offsets->ts.thread_id, unsigned long) != (unsigned long)pthread_self()) return NULL;
+    if (!ts || PYABI_AT(ts, offsets->ts.thread_id, unsigned long) != (unsigned long)pthread_self()) return NULL;
     return ts;
 }
 
 void *pyapi_frame_code(void *frame)
 {
-    uintptr_t bits = FIELD(frame, offsets->frame.code, uintptr_t);
+    uintptr_t bits = PYABI_AT(frame, offsets->frame.code, uintptr_t);
     return (void *)(bits & ~offsets->frame.executable_tag); /* 3.14+: a tagged _PyStackRef */
 }
 
@@ -220,12 +203,12 @@ void *pyapi_top_frame(void *ts)
 {
     const struct pyabi *o = offsets;
     void *cf;
-    if (o->caps & PYABI_FRAME_OBJECTS) return FIELD(ts, o->ts.frame, void *);
+    if (o->caps & PYABI_FRAME_OBJECTS) return PYABI_AT(ts, o->ts.frame, void *);
     if (o->caps & PYABI_CFRAME) {
-        cf = FIELD(ts, o->ts.cframe, void *);
-        return cf ? FIELD(cf, o->ts.cframe_current, void *) : NULL;
+        cf = PYABI_AT(ts, o->ts.cframe, void *);
+        return cf ? PYABI_AT(cf, o->ts.cframe_current, void *) : NULL;
     }
-    return FIELD(ts, o->ts.current_frame, void *);
+    return PYABI_AT(ts, o->ts.current_frame, void *);
 }
 
 int pyapi_walk(void *ts, struct pyframe *out, int max)
@@ -235,20 +218,20 @@ int pyapi_walk(void *ts, struct pyframe *out, int max)
     void *frame;
     if (!o || !ts) return 0;
     for (frame = pyapi_top_frame(ts); frame && n < max && depth < WALK_MAX_DEPTH;
-         frame = FIELD(frame, o->frame.back, void *), depth++) {
+         frame = PYABI_AT(frame, o->frame.back, void *), depth++) {
         void *code = pyapi_frame_code(frame);
         int lasti;
-        if (!code || FIELD(code, PYABI_OB_TYPE, void *) != code_type) continue; /* 3.13+ f_executable */
+        if (!code || PYABI_AT(code, PYABI_OB_TYPE, void *) != code_type) continue; /* 3.13+ f_executable */
         if (o->frame.owner >= 0) {
-            int owner = FIELD(frame, o->frame.owner, char);
+            int owner = PYABI_AT(frame, o->frame.owner, char);
             char *first = (char *)code + o->code.code_adaptive;
-            char *instr = FIELD(frame, o->frame.instr, char *);
+            char *instr = PYABI_AT(frame, o->frame.instr, char *);
             if (owner >= o->frame.first_not_python) continue; /* shim or entry frame */
-            if (owner != o->frame.owned_by_generator && instr < first + 2 * FIELD(code, o->code.firsttraceable, int))
+            if (owner != o->frame.owned_by_generator && instr < first + 2 * PYABI_AT(code, o->code.firsttraceable, int))
                 continue; /* incomplete: not started yet */
             lasti = (int)(instr - first);
         } else {
-            lasti = FIELD(frame, o->frame.lasti, int);
+            lasti = PYABI_AT(frame, o->frame.lasti, int);
             if ((o->caps & PYABI_LASTI_UNITS) && lasti > 0) lasti *= 2; /* 3.10 counts code units */
         }
         out[n].code = code;
@@ -260,30 +243,26 @@ int pyapi_walk(void *ts, struct pyframe *out, int max)
 
 void pyapi_code_key(void *code, void **file, void **name, int *firstline)
 {
-    *file = FIELD(code, offsets->code.filename, void *);
-    *name = FIELD(code, pyabi_code_name(offsets), void *);
-    *firstline = FIELD(code, offsets->code.firstlineno, int);
+    *file = PYABI_AT(code, offsets->code.filename, void *);
+    *name = PYABI_AT(code, pyabi_code_name(offsets), void *);
+    *firstline = PYABI_AT(code, offsets->code.firstlineno, int);
 }
 
 /* A str's UTF-8 text. Compact ASCII strings (nearly every file and function
- * name) are read in place: no allocation, no exception possible. State bits:
- * compact bit 5, ascii bit 6; the text follows the PyASCIIObject. */
+ * name) are read in place: no allocation, no exception possible. */
 static const char *str_utf8(void *str)
 {
-    unsigned state;
+    const char *s;
     if (!str) return "?";
-    state = FIELD(str, offsets->str.state, unsigned);
-    if ((state >> 5 & 1) && (state >> 6 & 1)) return (const char *)str + offsets->str.ascii_size;
-    {
-        const char *s = as_utf8(str);
-        return s ? s : "?";
-    }
+    if ((s = pyabi_str_ascii_chars(offsets, str))) return s;
+    s = as_utf8(str);
+    return s ? s : "?";
 }
 
 void pyapi_code_where(const struct pyframe *f, const char **file, const char **func, int *firstline, int *line)
 {
-    *file = str_utf8(FIELD(f->code, offsets->code.filename, void *));
-    *func = str_utf8(FIELD(f->code, pyabi_code_name(offsets), void *));
-    *firstline = FIELD(f->code, offsets->code.firstlineno, int);
+    *file = str_utf8(PYABI_AT(f->code, offsets->code.filename, void *));
+    *func = str_utf8(PYABI_AT(f->code, pyabi_code_name(offsets), void *));
+    *firstline = PYABI_AT(f->code, offsets->code.firstlineno, int);
     *line = addr2line(f->code, f->lasti);
 }

@@ -55,34 +55,29 @@ static int resolved;
 
 static int resolve(void)
 {
+    const struct pyapi_symbol table[] = {
+        {(void **)&A.ImportModule, "PyImport_ImportModule", 0},
+        {(void **)&A.GetAttrString, "PyObject_GetAttrString", 0},
+        {(void **)&A.SetAttrString, "PyObject_SetAttrString", 0},
+        {(void **)&A.HasAttrString, "PyObject_HasAttrString", 0},
+        {(void **)&A.CallFunctionObjArgs, "PyObject_CallFunctionObjArgs", 0},
+        {(void **)&A.CFunction_NewEx, "PyCFunction_NewEx", 0},
+        {(void **)&A.IncRef, "Py_IncRef", 0},
+        {(void **)&A.DecRef, "Py_DecRef", 0},
+        {(void **)&A.ErrClear, "PyErr_Clear", 0},
+        {(void **)&A.CallableCheck, "PyCallable_Check", 0},
+        {(void **)&A.TupleSize, "PyTuple_Size", 0},
+        {(void **)&A.TupleGetItem, "PyTuple_GetItem", 0},
+        {(void **)&A.AsUTF8, "PyUnicode_AsUTF8", 0},
+        {(void **)&A.AsLong, "PyLong_AsLong", 0},
+        {(void **)&A.SaveThread, "PyEval_SaveThread", 0},
+        {(void **)&A.RestoreThread, "PyEval_RestoreThread", 0},
+        {(void **)&A.FromString, "PyUnicode_FromString", 0},
+        {(void **)&A.DictNew, "PyDict_New", 0},
+        {&A.None, "_Py_NoneStruct", 0},
+    };
     if (resolved) return resolved > 0 ? 0 : -1;
-#define R(field, name) (*(void **)&A.field = pyapi_sym(name))
-    R(ImportModule, "PyImport_ImportModule");
-    R(GetAttrString, "PyObject_GetAttrString");
-    R(SetAttrString, "PyObject_SetAttrString");
-    R(HasAttrString, "PyObject_HasAttrString");
-    R(CallFunctionObjArgs, "PyObject_CallFunctionObjArgs");
-    R(CFunction_NewEx, "PyCFunction_NewEx");
-    R(IncRef, "Py_IncRef");
-    R(DecRef, "Py_DecRef");
-    R(ErrClear, "PyErr_Clear");
-    R(CallableCheck, "PyCallable_Check");
-    R(TupleSize, "PyTuple_Size");
-    R(TupleGetItem, "PyTuple_GetItem");
-    R(AsUTF8, "PyUnicode_AsUTF8");
-    R(AsLong, "PyLong_AsLong");
-    R(SaveThread, "PyEval_SaveThread");
-    R(RestoreThread, "PyEval_RestoreThread");
-    R(FromString, "PyUnicode_FromString");
-    R(DictNew, "PyDict_New");
-    R(None, "_Py_NoneStruct");
-#undef R
-    resolved = A.ImportModule && A.GetAttrString && A.SetAttrString && A.HasAttrString && A.CallFunctionObjArgs &&
-                       A.CFunction_NewEx && A.IncRef && A.DecRef && A.ErrClear && A.CallableCheck && A.TupleSize &&
-                       A.TupleGetItem && A.AsUTF8 && A.AsLong && A.SaveThread && A.RestoreThread && A.FromString &&
-                       A.DictNew && A.None
-                   ? 1
-                   : -1;
+    resolved = pyapi_resolve(table, sizeof table / sizeof table[0]) ? -1 : 1;
     return resolved > 0 ? 0 : -1;
 }
 

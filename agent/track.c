@@ -501,15 +501,11 @@ void track_freed(track_meta m)
 static void *(*this_tstate)(void); /* PyGILState_GetThisThreadState: safe without the GIL */
 static int (*addr2line_nogil)(void *, int);
 
-/* A str's text when it is compact ASCII (read in place, as pyapi's str_utf8),
- * else "?": without the GIL no Python API may run. */
 /* A compact ASCII str's characters, read in place (no GIL: no call into Python), else "?". */
 static const char *ascii_or_what(void *str, const struct pyabi *abi)
 {
-    unsigned state;
-    if (!str) return "?";
-    state = *(unsigned *)((char *)str + abi->str.state);
-    return (state >> 5 & 1) && (state >> 6 & 1) ? (const char *)str + abi->str.ascii_size : "?";
+    const char *s = str ? pyabi_str_ascii_chars(abi, str) : NULL;
+    return s ? s : "?";
 }
 
 /* The frame ids of the calling thread's stack while it does not hold the GIL:

@@ -45,6 +45,7 @@ static int rss_run(const struct rss_args *a)
                     "(make deps) and rebuild on a kernel with BTF", MEMPROF_RSS_WHY);
 }
 #else
+#include "procfs.h"
 #include "pyabi.h"
 #include "pyversions.h"
 #include "rss.h"
@@ -58,34 +59,25 @@ static void on_signal(int sig) { (void)sig; stop = 1; }
 /* Needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN): from CapEff. */
 static int privileged(void)
 {
-    char buf[4096], *p;
+    char buf[4096];
+    const char *p;
     unsigned long long eff;
-    if (mp_read_file("/proc/self/status", buf, sizeof buf) <= 0 || !(p = strstr(buf, "CapEff:"))) return geteuid() == 0;
-    eff = strtoull(p + 7, NULL, 16);
+    if (procfs_status(getpid(), 0, buf, sizeof buf) < 0 || !(p = procfs_field(buf, "CapEff"))) return geteuid() == 0;
+    eff = strtoull(p, NULL, 16);
     return (eff >> 21 & 1) || ((eff >> 38 & 1) && (eff >> 39 & 1));
 }
 
 /* The pid of pid in its own pid namespace (the last of NSpid), 0 when unknown. */
 static int ns_pid_of(int pid)
 {
-    char path[64], buf[4096], *p, *end;
-    int last = 0;
-    snprintf(path, sizeof path, "/proc/%d/status", pid);
-    if (mp_read_file(path, buf, sizeof buf) <= 0 || !(p = strstr(buf, "\nNSpid:"))) return 0;
-    for (p += 8; *p && *p != '\n'; p = end) {
-        long v = strtol(p, &end, 10);
-        if (end == p) break;
-        last = (int)v;
-    }
-    return last;
+    char buf[4096];
+    return procfs_status(pid, 0, buf, sizeof buf) < 0 ? 0 : (int)procfs_nspid(buf);
 }
 
 static int pid_alive(int pid)
 {
-    char path[64], buf[512], *p;
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    if (mp_read_file(path, buf, sizeof buf) <= 0 || !(p = strrchr(buf, ')'))) return 0;
-    return p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
+    char st = procfs_state(pid, 0);
+    return st && st != 'Z' && st != 'X';
 }
 
 static int on_event(void *ctx, const struct rss_event *e)

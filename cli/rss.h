@@ -33,7 +33,7 @@ void rss_trace_close(struct rss_trace *t);
  * 0, or -1 with err (a verifier's refusal in its own words). */
 int rss_trace_check(const struct rss_cfg *cfg, char *err);
 
-/* The Python part of cfg for pid (CPython 3.11+ with its offsets in agent/pyabi.c): 0 and *abi, or -1 with
+/* The Python part of cfg for pid (CPython 3.11+ with its offsets in common/pyabi.c): 0 and *abi, or -1 with
  * why ("Python 3.10: ..."): then native stacks only. version gets "3.11.2" ("" when not Python). */
 int rss_python_cfg(pid_t pid, struct rss_cfg *cfg, const struct pyabi **abi, char *version, size_t vlen,
                    char *why);

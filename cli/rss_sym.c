@@ -101,10 +101,9 @@ static char *read_str(struct rss_sym *s, uint64_t str)
     uint64_t len = rd64(s->pid, str + 16, &ok);
     char *buf;
     if (!ok || procmem_read(s->pid, str + s->abi->str.state, &state, sizeof state) < 0) return NULL;
-    if (!(state >> 5 & 1) || (state >> 2 & 7) != 1 || len > 4096) return NULL; /* compact, 1-byte kind */
+    if (!pyabi_str_compact(state) || pyabi_str_kind(state) != 1 || len > 4096) return NULL; /* 1 byte a char */
     if (!(buf = malloc(len + 1))) return NULL;
-    if (procmem_read(s->pid, str + (uint64_t)((state >> 6 & 1) ? s->abi->str.ascii_size : s->abi->str.compact_size),
-                     buf, len) < 0) {
+    if (procmem_read(s->pid, str + (uint64_t)pyabi_str_data(s->abi, state), buf, len) < 0) {
         free(buf);
         return NULL;
     }

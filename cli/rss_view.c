@@ -12,6 +12,7 @@
 
 #include "commands.h"
 #include "memprof.pb-c.h"
+#include "procfs.h"
 #include "rss_tracked.h"
 
 #define NSLOTS (1 << 16)
@@ -55,15 +56,14 @@ struct rss_view {
 /* /proc/PID/status: VmRSS, RssAnon, RssFile, RssShmem; ok 0 when gone (a zombie's has no VmRSS). */
 static void read_status(int pid, struct figures *f)
 {
-    char path[64], buf[8192];
-    static const char *keys[] = {"\nVmRSS:", "\nRssAnon:", "\nRssFile:", "\nRssShmem:"};
+    char buf[8192];
+    static const char *keys[] = {"VmRSS", "RssAnon", "RssFile", "RssShmem"};
     uint64_t *dst[] = {&f->vmrss, &f->anon, &f->file, &f->shmem};
     f->ok = 0;
-    snprintf(path, sizeof path, "/proc/%d/status", pid);
-    if (mp_read_file(path, buf, sizeof buf) <= 0) return;
+    if (procfs_status(pid, 0, buf, sizeof buf) < 0) return;
     for (int k = 0; k < 4; k++) {
-        const char *p = strstr(buf, keys[k]);
-        if (p) *dst[k] = strtoull(p + strlen(keys[k]), NULL, 10) * 1024;
+        const char *p = procfs_field(buf, keys[k]);
+        if (p) *dst[k] = strtoull(p, NULL, 10) * 1024;
     }
     f->ok = f->vmrss > 0;
 }

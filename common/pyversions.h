@@ -2,7 +2,7 @@
 #ifndef MEMPROF_PYVERSIONS_H
 #define MEMPROF_PYVERSIONS_H
 
-/* Python 3.MIN ... 3.MAX: every minor in between has an entry in agent/pyabi.c
+/* Python 3.MIN ... 3.MAX: every minor in between has an entry in common/pyabi.c
  * (checked there at compile time). */
 #define MP_PY_MIN_MINOR 8
 #define MP_PY_MAX_MINOR 15

@@ -16,6 +16,7 @@
 #include "inject.h"
 #include "logging.h"
 #include "metrics.h"
+#include "procfs.h"
 #include "procinfo.h"
 #include "pyabi.h"
 #include "pyprobe.h"
@@ -123,7 +124,7 @@ static void fail_calls_of(pid_t pid, Memprof__ErrorReply__Code code, const char 
  * debugger's stop: no ptrace of ours then)? */
 static void undo_scan(const struct session *s, int *agent_runs, int *stopped)
 {
-    char path[64], buf[512];
+    char path[64];
     struct dirent *de;
     DIR *d;
     *agent_runs = *stopped = 0;
@@ -137,16 +138,11 @@ static void undo_scan(const struct session *s, int *agent_runs, int *stopped)
     if (!(d = opendir(path))) return;
     while ((de = readdir(d))) {
         int tid = atoi(de->d_name);
-        const char *open, *close;
-        if (tid <= 0) continue;
-        snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)s->pid, tid);
-        if (mp_read_file(path, buf, sizeof buf) <= 0 || !(open = strchr(buf, '(')) || !(close = strrchr(buf, ')')) ||
-            close[1] != ' ')
-            continue;
-        if (close[2] == 'T' || close[2] == 't') *stopped = 1;
-        if (close[2] == 'Z' || close[2] == 'X') continue;
-        if ((size_t)(close - open - 1) == strlen(AGENT_THREAD) && !strncmp(open + 1, AGENT_THREAD, strlen(AGENT_THREAD)))
-            *agent_runs = 1;
+        struct procfs_stat st;
+        if (tid <= 0 || procfs_stat(s->pid, tid, &st) < 0) continue;
+        if (st.state == 'T' || st.state == 't') *stopped = 1;
+        if (st.state == 'Z' || st.state == 'X') continue;
+        if (!strcmp(st.comm, AGENT_THREAD)) *agent_runs = 1;
     }
     closedir(d);
 }

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "elfsym.h"
+#include "procfs.h"
 #include "util.h"
 
 /* Drops what the loader never reads: the bytes past the last segment's file extent
@@ -129,13 +130,12 @@ int deliver_fill_memfd(pid_t pid, int fd, const struct libbytes *lb, struct file
 /* fsuid and fsgid of pid (the 4th fields of Uid: and Gid:). */
 static int target_fsids(pid_t pid, uid_t *uid, gid_t *gid)
 {
-    char path[64], buf[4096];
+    char buf[4096];
     const char *u, *g;
     unsigned a[4], b[4];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    if (mp_read_file(path, buf, sizeof buf) <= 0 || !(u = strstr(buf, "\nUid:")) || !(g = strstr(buf, "\nGid:")) ||
-        sscanf(u + 5, "%u %u %u %u", &a[0], &a[1], &a[2], &a[3]) != 4 ||
-        sscanf(g + 5, "%u %u %u %u", &b[0], &b[1], &b[2], &b[3]) != 4)
+    if (procfs_status(pid, 0, buf, sizeof buf) < 0 || !(u = procfs_field(buf, "Uid")) ||
+        !(g = procfs_field(buf, "Gid")) || sscanf(u, "%u %u %u %u", &a[0], &a[1], &a[2], &a[3]) != 4 ||
+        sscanf(g, "%u %u %u %u", &b[0], &b[1], &b[2], &b[3]) != 4)
         return -1;
     *uid = a[3];
     *gid = b[3];

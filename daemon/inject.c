@@ -42,6 +42,7 @@
 
 #include "deliver.h"
 #include "elfsym.h"
+#include "procfs.h"
 #include "util.h"
 
 #define CALL_TIMEOUT     5.0  /* s, the calls of one stub run */
@@ -286,10 +287,9 @@ static int find_gadgets(struct target *t, struct elfimg *img)
 /* With a CET shadow stack, the exit gadget's `ret` to an address we pushed would fault. */
 static int has_shadow_stack(pid_t pid)
 {
-    char path[64], buf[4096];
+    char buf[4096];
     const char *p;
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    if (mp_read_file(path, buf, sizeof buf) <= 0 || !(p = strstr(buf, "x86_Thread_features:"))) return 0;
+    if (procfs_status(pid, 0, buf, sizeof buf) < 0 || !(p = procfs_field(buf, "x86_Thread_features"))) return 0;
     const char *end = strchr(p, '\n');
     const char *hit = strstr(p, "shstk");
     return hit && (!end || hit < end);
@@ -412,23 +412,12 @@ out:
 
 /* ---- process and thread state ----------------------------------------------------------- */
 
-/* State letter of a task from /proc/PID/task/TID/stat; 0 when it is gone. */
-static char task_state(pid_t pid, pid_t tid)
-{
-    char path[80], buf[1024];
-    const char *p;
-    snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)tid);
-    if (mp_read_file(path, buf, sizeof buf) <= 0 || !(p = strrchr(buf, ')')) || !p[1]) return 0;
-    return p[2];
-}
-
 static int tracer_of(pid_t pid)
 {
-    char path[64], buf[4096];
+    char buf[4096];
     const char *p;
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    if (mp_read_file(path, buf, sizeof buf) <= 0 || !(p = strstr(buf, "TracerPid:"))) return 0;
-    return atoi(p + 10);
+    if (procfs_status(pid, 0, buf, sizeof buf) < 0 || !(p = procfs_field(buf, "TracerPid"))) return 0;
+    return atoi(p);
 }
 
 static void stopped_error(pid_t pid, char *err)
@@ -879,11 +868,10 @@ static int map_scratch(struct hijack *h, const char **strs, int nstrs, char *err
  * seccomp SIGSYS was reported first)? */
 static int own_signal_pending(const struct hijack *h)
 {
-    char path[80], buf[4096];
+    char buf[4096];
     const char *p;
-    snprintf(path, sizeof path, "/proc/%d/task/%d/status", (int)h->pid, (int)h->tid);
-    if (mp_read_file(path, buf, sizeof buf) <= 0 || !(p = strstr(buf, "SigPnd:"))) return 0;
-    unsigned long long mask = strtoull(p + 7, NULL, 16);
+    if (procfs_status(h->pid, h->tid, buf, sizeof buf) < 0 || !(p = procfs_field(buf, "SigPnd"))) return 0;
+    unsigned long long mask = strtoull(p, NULL, 16);
     return (mask & (1ULL << (SIGTRAP - 1))) || (mask & (1ULL << (SIGSYS - 1)));
 }
 
@@ -994,7 +982,7 @@ static int with_thread(pid_t pid, const char **strs, int nstrs, work_fn work, vo
             mp_err(err, "pid %d: no such process", (int)pid);
             break;
         }
-        st = task_state(pid, proc_live_task(pid));
+        st = procfs_state(pid, proc_live_task(pid));
         if (st == 'T') {
             stopped_error(pid, err);
             break;
@@ -1007,7 +995,7 @@ static int with_thread(pid_t pid, const char **strs, int nstrs, work_fn work, vo
         h->t = &t;
         h->pid = pid;
         h->tid = tids[attempt % (unsigned)n];
-        st = task_state(pid, h->tid);
+        st = procfs_state(pid, h->tid);
         if (st == 'Z' || st == 'X' || st == 'D' || st == 0) {
             if (n == 1 && st != 'D') {
                 if (st)

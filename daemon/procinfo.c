@@ -11,37 +11,25 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "procfs.h"
 #include "pyprobe.h"
 #include "util.h"
 
 int proc_uid(pid_t pid, uid_t *uid)
 {
-    char path[64], buf[4096], *p;
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    if (mp_read_file(path, buf, sizeof buf) < 0) return -1;
-    p = strstr(buf, "\nUid:");
-    if (!p) return -1;
-    *uid = (uid_t)strtoul(p + 5, NULL, 10);
+    char buf[4096];
+    const char *p;
+    if (procfs_status(pid, 0, buf, sizeof buf) < 0 || !(p = procfs_field(buf, "Uid"))) return -1;
+    *uid = (uid_t)strtoul(p, NULL, 10);
     return 0;
 }
 
-char proc_state(pid_t pid)
-{
-    char path[64], buf[1024], *p;
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    if (mp_read_file(path, buf, sizeof buf) <= 0) return 0;
-    p = strrchr(buf, ')');
-    return (p && p[1] == ' ') ? p[2] : 0;
-}
+char proc_state(pid_t pid) { return procfs_state(pid, 0); }
 
 pid_t proc_ppid(pid_t pid)
 {
-    char path[64], buf[1024], *p;
-    int ppid = 0;
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    if (mp_read_file(path, buf, sizeof buf) <= 0 || !(p = strrchr(buf, ')'))) return 0;
-    if (sscanf(p + 1, " %*c %d", &ppid) != 1) return 0;
-    return (pid_t)ppid;
+    struct procfs_stat st;
+    return procfs_stat(pid, 0, &st) < 0 ? 0 : st.ppid;
 }
 
 int proc_alive(pid_t pid)
@@ -67,25 +55,16 @@ unsigned long long proc_rss(pid_t pid)
     return rss * (unsigned long long)sysconf(_SC_PAGESIZE);
 }
 
-/* The NSpid: line of a status file: its last field, or 0. */
-static pid_t nspid_of(const char *status_path)
+/* The NSpid: of a process (tid 0) or thread: its last field, or 0. */
+static pid_t nspid_of(pid_t pid, pid_t tid)
 {
-    char buf[4096], *p, *end;
-    pid_t last = 0;
-    if (mp_read_file(status_path, buf, sizeof buf) <= 0 || !(p = strstr(buf, "\nNSpid:"))) return 0;
-    p += 7;
-    end = strchr(p, '\n');
-    if (end) *end = 0;
-    for (char *tok = strtok(p, " \t"); tok; tok = strtok(NULL, " \t")) last = (pid_t)atoi(tok);
-    return last;
+    char buf[4096];
+    return procfs_status(pid, tid, buf, sizeof buf) < 0 ? 0 : procfs_nspid(buf);
 }
 
 pid_t proc_ns_pid(pid_t pid)
 {
-    char path[64];
-    pid_t n;
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    n = nspid_of(path);
+    pid_t n = nspid_of(pid, 0);
     return n > 0 ? n : pid;
 }
 
@@ -100,8 +79,7 @@ pid_t proc_host_tid(pid_t pid, pid_t ns_tid)
     while (!found && (de = readdir(d))) {
         int tid = atoi(de->d_name);
         if (tid <= 0) continue;
-        snprintf(path, sizeof path, "/proc/%d/task/%d/status", (int)pid, tid);
-        if (nspid_of(path) == ns_tid) found = tid;
+        if (nspid_of(pid, tid) == ns_tid) found = tid;
     }
     closedir(d);
     return found;

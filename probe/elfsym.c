@@ -14,6 +14,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "procfs.h"
 #include "util.h"
 
 #define DELETED_SUFFIX " (deleted)"
@@ -24,18 +25,9 @@ const char *path_base(const char *path)
     return s ? s + 1 : path;
 }
 
-static char task_state(pid_t pid, pid_t tid)
-{
-    char path[80], buf[512];
-    const char *p;
-    snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)tid);
-    if (mp_read_file(path, buf, sizeof buf) <= 0 || !(p = strrchr(buf, ')')) || !p[1]) return 0;
-    return p[2];
-}
-
 pid_t proc_live_task(pid_t pid)
 {
-    char path[64], st = task_state(pid, pid);
+    char path[64], st = procfs_state(pid, pid);
     struct dirent *de;
     pid_t found = pid;
     DIR *d;
@@ -44,7 +36,7 @@ pid_t proc_live_task(pid_t pid)
     if (!(d = opendir(path))) return pid;
     while ((de = readdir(d))) {
         pid_t tid = (pid_t)atoi(de->d_name);
-        if (tid > 0 && tid != pid && (st = task_state(pid, tid)) && st != 'Z' && st != 'X') {
+        if (tid > 0 && tid != pid && (st = procfs_state(pid, tid)) && st != 'Z' && st != 'X') {
             found = tid;
             break;
         }

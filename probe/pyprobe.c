@@ -9,10 +9,9 @@
 #include <unistd.h>
 
 #include "elfsym.h"
+#include "procfs.h"
 #include "pyabi.h"
 #include "util.h"
-
-#define PF_KTHREAD 0x00200000u
 
 static void perm_denied(pid_t pid, char *err)
 {
@@ -27,24 +26,16 @@ static void perm_denied(pid_t pid, char *err)
 /* Exists, not a zombie, not a kernel thread: from /proc/PID/stat. */
 static int check_stat(pid_t pid, pid_t task, char *err)
 {
-    char path[64], buf[1024], state = 0;
-    unsigned flags = 0;
-    const char *p;
-
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)task);
-    if (mp_read_file(path, buf, sizeof buf) <= 0 || !(p = strrchr(buf, ')'))) {
+    struct procfs_stat st;
+    if (procfs_stat(task, 0, &st) < 0) {
         mp_err(err, "pid %d: no such process", (int)pid);
         return -1;
     }
-    if (sscanf(p + 1, " %c %*d %*d %*d %*d %*d %u", &state, &flags) < 2) {
-        mp_err(err, "pid %d: no such process", (int)pid);
-        return -1;
-    }
-    if (state == 'Z' || state == 'X') {
+    if (st.state == 'Z' || st.state == 'X') {
         mp_err(err, "pid %d: is a zombie (it has exited)", (int)pid);
         return -1;
     }
-    if (flags & PF_KTHREAD) {
+    if (st.flags & PROCFS_PF_KTHREAD) {
         mp_err(err, "pid %d: is a kernel thread", (int)pid);
         return -1;
     }

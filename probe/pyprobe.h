@@ -18,7 +18,7 @@ struct pyinfo {
     int shared;              /* 1: libpython shared library; 0: linked into the executable */
     uint64_t runtime;        /* address of _PyRuntime (3.13+: its _Py_DebugOffsets), 0 when unknown */
     char abi_error[MP_ERRLEN]; /* why a supported version still cannot be profiled (its
-                                  _Py_DebugOffsets disagree with agent/pyabi.c, a
+                                  _Py_DebugOffsets disagree with common/pyabi.c, a
                                   free-threaded build); "" when it can */
 };
 
@@ -28,7 +28,7 @@ struct pyinfo {
  *   "pid N: permission denied ...". Version support is NOT checked here. */
 int pyprobe(pid_t pid, struct pyinfo *info, char *err);
 
-/* 1 when info's version has an entry in agent/pyabi.c and nothing in the
+/* 1 when info's version has an entry in common/pyabi.c and nothing in the
  * target contradicts it (abi_error empty). */
 int pyprobe_supported(const struct pyinfo *info);
 

@@ -51,7 +51,7 @@ def helpers():
     subprocess.check_call(["cc"] + CFLAGS + ["-o", EMBED, "tests/agent/embed.c", "-ldl"], cwd=ROOT)
     subprocess.check_call(["cc"] + CFLAGS + ["-fPIC", "-shared", "-fvisibility=hidden", "-o",
                                              OFFSETS, "tests/agent/offsets_check.c",
-                                             "agent/pyapi.c", "agent/pyabi.c", "common/util.c", "-ldl"], cwd=ROOT)
+                                             "agent/pyapi.c", "agent/pysym.c", "common/pyabi.c", "common/util.c", "-ldl"], cwd=ROOT)
 
 
 class Faked:

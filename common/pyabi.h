@@ -1,8 +1,10 @@
 /* pyabi.h -- the CPython ABI memprof reads directly: one entry per minor version,
  * grouped by struct, with named capabilities. Every per-version fact lives in
  * pyabi.c; the agent (frame walk, GIL, census, hooks) and the daemon (probe,
- * _Py_DebugOffsets cross-check) only ask this module. Pure data: no dlsym, no
- * Python calls, so it links into the daemon and the test harnesses as well. */
+ * _Py_DebugOffsets cross-check) only ask this module. Data and inline
+ * helpers only (the field accessor PYABI_AT, the str state decoders): no dlsym,
+ * no Python calls, so it lives in common/ and links into the agent, memprofd,
+ * memprof and the test harnesses alike. */
 #ifndef MEMPROF_PYABI_H
 #define MEMPROF_PYABI_H
 
@@ -142,6 +144,29 @@ int pyabi_supported(int major, int minor);
  * -1 with err naming the first field that differs, a free-threaded build, a
  * missing cookie or another version. */
 int pyabi_check_debug_offsets(const struct pyabi *abi, uint32_t hexversion, const void *buf, size_t len, char *err);
+
+/* The field of type T at byte offset off of the object at p, as an lvalue: the one way memprof reads a
+ * CPython struct of its own process by the offsets of this table (PYABI_AT(ts, abi->ts.interp, void *)). */
+#define PYABI_AT(p, off, T) (*(T *)((char *)(p) + (off)))
+
+/* A str's PyASCIIObject.state (abi->str.state), its bits the same in every supported version: kind 2-4 (1, 2
+ * or 4 bytes a character), compact 5 (the characters follow the header), ascii 6. */
+static inline unsigned pyabi_str_kind(uint32_t state) { return state >> 2 & 7; }
+static inline int pyabi_str_compact(uint32_t state) { return state >> 5 & 1; }
+static inline int pyabi_str_ascii(uint32_t state) { return state >> 6 & 1; }
+/* Where a compact str's characters start: after its PyASCIIObject when ascii, else after its
+ * PyCompactUnicodeObject (where a str that is not compact keeps a pointer to them). */
+static inline int pyabi_str_data(const struct pyabi *a, uint32_t state)
+{
+    return pyabi_str_ascii(state) ? a->str.ascii_size : a->str.compact_size;
+}
+/* A str of this process: its state; its characters in place when it is compact ASCII, else NULL. */
+static inline uint32_t pyabi_str_state(const struct pyabi *a, const void *str) { return PYABI_AT(str, a->str.state, uint32_t); }
+static inline const char *pyabi_str_ascii_chars(const struct pyabi *a, const void *str)
+{
+    uint32_t state = pyabi_str_state(a, str);
+    return pyabi_str_compact(state) && pyabi_str_ascii(state) ? (const char *)str + a->str.ascii_size : NULL;
+}
 
 /* The code object's field that names its function in every view: co_qualname
  * (Class.method, outer.<locals>.inner) where it exists (3.11+), else co_name. */

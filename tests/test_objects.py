@@ -376,28 +376,29 @@ def census_json(daemon, t, *extra):
 def test_census_gives_the_gil_back_on_3m_objects(daemon, targets):
     """A 1 ms ticker thread in the target keeps ticking while `types` and `types --all` walk 3M
     objects (stop-the-world, the census alone held the GIL 17 ms per million, and more on a busy
-    machine). The ticker's gap is wall time, which a loaded machine stretches: the best of three
-    is held to 50 ms for `types` and 500 ms for `types --all` (stop-the-world: 1.5-2.4 s); every
-    slice, in the agent thread's CPU time, to 15 ms."""
+    machine): its longest gap is shorter than the walk's GIL time in all (the best of three), and
+    every slice, in the agent thread's CPU time, is within 15 ms. No absolute time is asserted."""
     exe = default_python()
     t = targets.start([exe, "-u", workload("heap_churn.py"), "3000000", "0"])
     t.wait_for(r"^ready \d+", timeout=300)
     daemon.attach(t.pid)
     for extra in ((), ("--all",)):
-        gaps = []
+        gaps, totals = [], []
         for _ in range(3):
             ticker_gap(t)
             js = census_json(daemon, t, *extra)
             gaps.append(ticker_gap(t))
+            totals.append(js["gil_ms"])
             print("types %s on %d objects: ticker's longest gap %.1f ms; GIL %.1f ms in %d slices (longest %.1f ms, "
                   "%.1f ms of CPU) over %.0f ms" % (" ".join(extra), js["objects"], gaps[-1], js["gil_ms"],
                                                     js["slices"], js["gil_max_ms"], js["gil_max_cpu_ms"], js["walk_ms"]))
             assert census_counts(js)["__main__.Stable"] == 3000000, js["by_type"][:5]
             assert js["slices"] >= 3 and js["gil_ms"] >= js["gil_max_ms"] > 0
             assert js["gil_max_cpu_ms"] < 15, js
-        # stop-the-world on this heap: `types` 18-24 ms, `types --all` 1.5-2.4 s (2-core machine, shared)
-        bound = 500 if extra else 50
-        assert min(gaps) < bound, "the target stood still %s ms during a census of %d objects" % (gaps, js["objects"])
+        # Stop-the-world, the ticker stands still for the whole walk; sliced, its longest gap is shorter than
+        # the GIL time the walk took in all (a ratio within one run, not a time: a loaded machine stretches both)
+        assert min(g / h for g, h in zip(gaps, totals)) < 0.9, \
+            "the target stood still %s ms during a census of %d objects holding the GIL %s ms" % (gaps, js["objects"], totals)
 
 
 def census_counts(js):
@@ -492,8 +493,9 @@ def test_backrefs_and_chain_of_a_churning_heap(pyid, collect_ms, daemon, targets
 
 def test_backrefs_and_chain_give_the_gil_back_on_2m_objects(daemon, targets, tmp_path):
     """A 1 ms ticker thread in the target keeps ticking while `backrefs --max-depth 3` and `chain`
-    search 2M objects (stop-the-world, a depth-3 graph held the GIL 200-400 ms, a chain 100-200 ms).
-    The ticker's gap is wall time, which a loaded machine stretches: the best of three is held to 50 ms."""
+    search 2M objects (stop-the-world, a depth-3 graph held the GIL 200-400 ms, a chain 100-200 ms):
+    the ticker's longest gap is under half the command's time (the best of three), and backrefs reports
+    its slices. No absolute time is asserted."""
     exe = default_python()
     t = targets.start([exe, "-u", workload("heap_churn.py"), "2000000", "0"])
     x = t.wait_for(r"^ready \d+ x=(0x[0-9a-f]+)", timeout=300).group(1)
@@ -502,20 +504,25 @@ def test_backrefs_and_chain_give_the_gil_back_on_2m_objects(daemon, targets, tmp
     stood = {}
     for cmd in (("backrefs", "--addr", x, "--max-depth", "3", "-o", dot), ("chain", "--addr", x),
                 ("chain", "--type", "Stable")):
-        gaps = []
+        gaps, totals = [], []
         for _ in range(3):
             ticker_gap(t)
+            t0 = time.monotonic()
             out = ok(daemon.run(cmd[0], "--pid", t.pid, *cmd[1:], timeout=300))
+            totals.append((time.monotonic() - t0) * 1e3)
             gaps.append(ticker_gap(t))
             held = re.search(GRAPH_GIL, out, re.M)
             print("%s on 2M objects: ticker's longest gap %.1f ms%s" % (" ".join(cmd[:2]), gaps[-1],
                                                                       "; " + held.group(0) if held else ""))
-            if held:  # every slice, in the agent thread's CPU time, within 15 ms (as the census's)
-                assert held.group(1) and int(held.group(1)) >= 3 and float(held.group(3)) < 15, out
+            if cmd[0] == "backrefs":  # sliced: 3 slices or more, each within 15 ms of the agent thread's CPU time
+                assert held and held.group(1) and int(held.group(1)) >= 3 and float(held.group(3)) < 15, out
         if cmd[0] == "backrefs":
             check_x_graph(open(dot).read(), x)
-        stood[" ".join(cmd[:2])] = gaps
-    assert all(min(g) < 50 for g in stood.values()), "the target stood still (ms) during each on 2M objects: %s" % stood
+        stood[" ".join(cmd[:2])] = (gaps, totals)
+    # stop-the-world, the ticker stands still for most of the command (the search is most of it); sliced, for a
+    # small part of it (a ratio within one run: a loaded machine stretches both)
+    assert all(min(g / w for g, w in zip(*v)) < 0.5 for v in stood.values()), \
+        "the target stood still during each on 2M objects (gaps, the command's ms): %s" % stood
 
 
 # ---------------------------------------------------------------- the engine alone

@@ -95,7 +95,7 @@ void agent_log(const char *fmt, ...)
     int n;
     ssize_t w;
     if (!debug) return;
-    n = snprintf(line, sizeof line, "memprof-agent[%d]: ", (int)getpid());
+    n = snprintf(line, sizeof line, "memprof-agent[%d] %.3f: ", (int)getpid(), mp_now() * 1e3); /* monotonic ms */
     va_start(ap, fmt);
     vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
     va_end(ap);
@@ -309,7 +309,23 @@ static void gil_exit(void)
  * The check races with a finalization starting right after it; in that window
  * CPython 3.8-3.13 end the thread inside Ensure (pthread_exit), which
  * agent_main's cleanup handler turns into a normal agent exit. */
+static double gil_t0; /* debug: when the agent last asked for / got the GIL */
+
+static int gil_take_(int *state);
 static int gil_take(int *state)
+{
+    int rc;
+    gil_t0 = mp_now();
+    rc = gil_take_(state);
+    if (rc == 0 && debug) {
+        double t = mp_now();
+        agent_log("gil taken after %.3f ms", (t - gil_t0) * 1e3);
+        gil_t0 = t;
+    }
+    return rc;
+}
+
+static int gil_take_(int *state)
 {
     void *interp;
     int open = 0;
@@ -341,7 +357,12 @@ static int gil_take(int *state)
     return 0;
 }
 
-static void gil_give(int state) { PY.GILState_Release(state); }
+static void gil_give(int state)
+{
+    double held = (mp_now() - gil_t0) * 1e3;
+    PY.GILState_Release(state);
+    if (debug) agent_log("gil held %.3f ms", held);
+}
 
 /* ------------------------------------------------------------ hook points */
 

@@ -14,7 +14,7 @@ import sys
 
 ROOT = os.path.dirname(BUILD)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-import conftest  # noqa: E402  (finds the sid interpreters, mounts what their chroot needs)
+import conftest  # noqa: E402  (finds the sid interpreters: wrappers that enter their chroot in a mount namespace)
 
 MEMPROFD = os.path.join(BUILD, "memprofd")
 N = int(os.environ.get("BENCH_ATTACH_RUNS", "20"))
@@ -98,17 +98,14 @@ def alloc_rows(exe, version):
 
 
 def main():
-    sid = {k: v for k, v in conftest.INTERPRETERS.items() if k in ("sid-3.14", "sid-3.15")}
+    sid = {k: v for k, v in conftest._sid_interpreters().items() if k in ("sid-3.14", "sid-3.15")}
     if not sid:
         print("bench_py314: skipped: %s" % (conftest.SID_NOTE or ["no sid interpreters"])[0], file=sys.stderr)
         return
-    try:
-        if "sid-3.14" in sid:
-            attach_rows(*sid["sid-3.14"])
-        for pyid in sorted(sid):
-            alloc_rows(*sid[pyid])
-    finally:
-        conftest.sid_unmount()
+    if "sid-3.14" in sid:
+        attach_rows(*sid["sid-3.14"])
+    for pyid in sorted(sid):
+        alloc_rows(*sid[pyid])
 
 
 main()

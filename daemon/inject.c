@@ -8,8 +8,9 @@
  *  - if that thread is not at a blocking syscall (parked in it, or just returned), it may
  *    hold the GIL, which would hold back the other Python threads: on the first round over
  *    the threads let it go and try the next at once;
- *  - if it is in libc/ld.so/a malloc library and not at a blocking syscall, it may hold
- *    the malloc or loader lock: let it go, wait 0.5-2 ms, retry;
+ *  - if it is in libc/ld.so/a malloc library and not parked in a blocking syscall (or, in
+ *    glibc's libc, just back from one), it may hold the malloc or loader lock: let it go,
+ *    wait 0.5-2 ms, retry;
  *  - save its registers and FPU/AVX state; mmap a private page by single-stepping a
  *    `syscall` instruction of libc; copy the stub below and the strings there; run it:
  *    it saves errno, makes a program of calls (libc functions or raw syscalls, results
@@ -199,7 +200,7 @@ struct target {
     uint64_t syscall_insn;            /* 0f 05, single-stepped for mmap/munmap */
     uint64_t exit_gadget, exit_trap;  /* 0f 05 c3 and cc in libc's text, or 0 */
     uint64_t dlopen_flags;
-    struct { uint64_t lo, hi; } unsafe[16]; /* libc, ld.so, malloc libraries */
+    struct { uint64_t lo, hi; int libc; } unsafe[16]; /* libc, ld.so, malloc libraries */
     int nunsafe;
 };
 
@@ -381,6 +382,7 @@ static int resolve_target(pid_t pid, struct target *t, char *err)
         int unsafe = is_libc(p) || is_ldso(p) || strstr(path_base(p), "malloc");
         if (unsafe && t->nunsafe < (int)(sizeof t->unsafe / sizeof t->unsafe[0])) {
             t->unsafe[t->nunsafe].lo = maps[i].lo;
+            t->unsafe[t->nunsafe].libc = is_libc(p) && !base_is(p, "ld-musl"); /* musl's is its loader too */
             t->unsafe[t->nunsafe++].hi = maps[i].hi;
         }
         if (is_libc(p) && libc < 0) libc = i;
@@ -581,25 +583,35 @@ static int parked_in_syscall(const struct user_regs_struct *r)
     return blocking_syscall(nr);
 }
 
-/* At a blocking syscall: parked in it, or stopped as it returned (the interrupt came as it
- * completed: rip just after its `syscall` instruction, nothing to restart). Either way the
- * thread is in its C library's syscall wrapper, and a Python thread there has almost always
- * released the GIL (Py_BEGIN_ALLOW_THREADS around a blocking call, or waiting for the GIL). */
-static int at_syscall(const struct hijack *h)
+/* Stopped as a blocking syscall returned (the interrupt came as it completed): rip just
+ * after its `syscall` instruction, nothing to restart. */
+static int returned_from_syscall(const struct hijack *h)
 {
     const struct user_regs_struct *r = &h->saved;
     long rv = (long)r->rax;
     unsigned char insn[2];
-    if (parked_in_syscall(r)) return 1;
     if ((long)r->orig_rax < 0 || !blocking_syscall((long)r->orig_rax) || (rv <= -512 && rv >= -516)) return 0;
     return procmem_read(h->tid, r->rip - 2, insn, sizeof insn) == 0 && insn[0] == 0x0f && insn[1] == 0x05;
 }
 
+/* At a blocking syscall, parked in it or just returned: a Python thread there has almost
+ * always released the GIL (Py_BEGIN_ALLOW_THREADS around a blocking call, or waiting for
+ * the GIL). */
+static int at_syscall(const struct hijack *h)
+{
+    return parked_in_syscall(&h->saved) || returned_from_syscall(h);
+}
+
+/* In libc/ld.so/a malloc library and not parked in a blocking syscall: it may hold the malloc
+ * or the loader lock. Just returned from one counts as parked only in glibc's libc: ld.so
+ * (and musl's libc, its own loader) reads and opens files holding the loader lock, and a
+ * dlopen on that thread would nest in it. */
 static int unsafe_moment(const struct hijack *h)
 {
     uint64_t ip = h->saved.rip;
     for (int i = 0; i < h->t->nunsafe; i++)
-        if (ip >= h->t->unsafe[i].lo && ip < h->t->unsafe[i].hi) return !at_syscall(h);
+        if (ip >= h->t->unsafe[i].lo && ip < h->t->unsafe[i].hi)
+            return !parked_in_syscall(&h->saved) && !(h->t->unsafe[i].libc && returned_from_syscall(h));
     return 0;
 }
 

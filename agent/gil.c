@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "agent.h"
+#include "log.h"
 #include "pyabi.h"
 #include "pyapi.h"
 #include "util.h"
@@ -66,7 +67,23 @@ void gil_exit(void)
  * The check races with a finalization starting right after it; in that window
  * CPython 3.8-3.13 end the thread inside Ensure (pthread_exit), which
  * the agent thread's cleanup handler turns into a normal agent exit. */
+static double gil_t0; /* debug: when the agent last asked for / got the GIL */
+
+static int gil_take_(int *state);
 int gil_take(int *state)
+{
+    int rc;
+    gil_t0 = mp_now();
+    rc = gil_take_(state);
+    if (rc == 0 && agent_debug) {
+        double t = mp_now();
+        agent_log("gil taken after %.3f ms", (t - gil_t0) * 1e3);
+        gil_t0 = t;
+    }
+    return rc;
+}
+
+static int gil_take_(int *state)
 {
     void *interp;
     int open = 0;
@@ -98,7 +115,12 @@ int gil_take(int *state)
     return 0;
 }
 
-void gil_give(int state) { PY.GILState_Release(state); }
+void gil_give(int state)
+{
+    double held = (mp_now() - gil_t0) * 1e3;
+    PY.GILState_Release(state);
+    if (agent_debug) agent_log("gil held %.3f ms", held);
+}
 
 void gil_thread_start(void)
 {

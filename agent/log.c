@@ -1,5 +1,6 @@
 /* log.c -- the agent's debug log (agent_log): one line to stderr, without stdio, when asked for. */
 #include "log.h"
+#include "util.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -15,7 +16,7 @@ void agent_log(const char *fmt, ...)
     int n;
     ssize_t w;
     if (!agent_debug) return;
-    n = snprintf(line, sizeof line, "memprof-agent[%d]: ", (int)getpid());
+    n = snprintf(line, sizeof line, "memprof-agent[%d] %.3f: ", (int)getpid(), mp_now() * 1e3); /* monotonic ms */
     va_start(ap, fmt);
     vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
     va_end(ap);

@@ -5,8 +5,12 @@
  *  - resolve dlopen & co. in the target's libc from its ELF file, before stopping anything;
  *  - PTRACE_SEIZE + PTRACE_INTERRUPT one thread (the main thread first, the others in turn
  *    on retries); the other threads keep running;
- *  - if that thread is in libc/ld.so/a malloc library and not parked in a blocking
- *    syscall, it may hold the malloc or loader lock: let it go, wait 0.5-2 ms, retry;
+ *  - if that thread is not at a blocking syscall (parked in it, or just returned), it may
+ *    hold the GIL, which would hold back the other Python threads: on the first round over
+ *    the threads let it go and try the next at once;
+ *  - if it is in libc/ld.so/a malloc library and not parked in a blocking syscall (or, in
+ *    glibc's libc, just back from one), it may hold the malloc or loader lock: let it go,
+ *    wait 0.5-2 ms, retry;
  *  - save its registers and FPU/AVX state; mmap a private page by single-stepping a
  *    `syscall` instruction of libc; copy the stub below and the strings there; run it:
  *    it saves errno, makes a program of calls (libc functions or raw syscalls, results
@@ -49,6 +53,7 @@
 #define STOP_TIMEOUT     5.0  /* s, for a thread to reach a ptrace stop */
 #define RETRY_SECONDS    2.0  /* give up retrying unsafe moments after this long */
 #define MAX_TRIES        200
+#define PICKY_TRIES      8    /* first tries: only a thread at a blocking syscall (not holding the GIL) */
 #define BOOST_NICE       (-15) /* our nice value while a target is stopped */
 #define RED_ZONE         256  /* bytes left untouched below the thread's rsp */
 #define XSTATE_MAX       (16 * 1024)
@@ -196,7 +201,7 @@ struct target {
     uint64_t syscall_insn;            /* 0f 05, single-stepped for mmap/munmap */
     uint64_t exit_gadget, exit_trap;  /* 0f 05 c3 and cc in libc's text, or 0 */
     uint64_t dlopen_flags;
-    struct { uint64_t lo, hi; } unsafe[16]; /* libc, ld.so, malloc libraries */
+    struct { uint64_t lo, hi; int libc; } unsafe[16]; /* libc, ld.so, malloc libraries */
     int nunsafe;
 };
 
@@ -377,6 +382,7 @@ static int resolve_target(pid_t pid, struct target *t, char *err)
         int unsafe = is_libc(p) || is_ldso(p) || strstr(path_base(p), "malloc");
         if (unsafe && t->nunsafe < (int)(sizeof t->unsafe / sizeof t->unsafe[0])) {
             t->unsafe[t->nunsafe].lo = maps[i].lo;
+            t->unsafe[t->nunsafe].libc = is_libc(p) && !base_is(p, "ld-musl"); /* musl's is its loader too */
             t->unsafe[t->nunsafe++].hi = maps[i].hi;
         }
         if (is_libc(p) && libc < 0) libc = i;
@@ -550,22 +556,51 @@ static const long blocking_syscalls[] = {
     SYS_io_uring_enter,
 };
 
+static int blocking_syscall(long nr)
+{
+    for (size_t i = 0; i < sizeof blocking_syscalls / sizeof blocking_syscalls[0]; i++)
+        if (blocking_syscalls[i] == nr) return 1;
+    return 0;
+}
+
 /* Stopped while blocked in a syscall: the kernel will restart it (or return EINTR). */
 static int parked_in_syscall(const struct user_regs_struct *r)
 {
     long nr = (long)r->orig_rax, rv = (long)r->rax;
     if (nr < 0) return 0;
     if (rv != -EINTR && rv != -512 && rv != -513 && rv != -514 && rv != -516) return 0;
-    for (size_t i = 0; i < sizeof blocking_syscalls / sizeof blocking_syscalls[0]; i++)
-        if (blocking_syscalls[i] == nr) return 1;
-    return 0;
+    return blocking_syscall(nr);
 }
 
+/* Stopped as a blocking syscall returned (the interrupt came as it completed): rip just
+ * after its `syscall` instruction, nothing to restart. */
+static int returned_from_syscall(const struct hijack *h)
+{
+    const struct user_regs_struct *r = &h->saved;
+    long rv = (long)r->rax;
+    unsigned char insn[2];
+    if ((long)r->orig_rax < 0 || !blocking_syscall((long)r->orig_rax) || (rv <= -512 && rv >= -516)) return 0;
+    return procmem_read(h->tid, r->rip - 2, insn, sizeof insn) == 0 && insn[0] == 0x0f && insn[1] == 0x05;
+}
+
+/* At a blocking syscall, parked in it or just returned: a Python thread there has almost
+ * always released the GIL (Py_BEGIN_ALLOW_THREADS around a blocking call, or waiting for
+ * the GIL). */
+static int at_syscall(const struct hijack *h)
+{
+    return parked_in_syscall(&h->saved) || returned_from_syscall(h);
+}
+
+/* In libc/ld.so/a malloc library and not parked in a blocking syscall: it may hold the malloc
+ * or the loader lock. Just returned from one counts as parked only in glibc's libc: ld.so
+ * (and musl's libc, its own loader) reads and opens files holding the loader lock, and a
+ * dlopen on that thread would nest in it. */
 static int unsafe_moment(const struct hijack *h)
 {
     uint64_t ip = h->saved.rip;
     for (int i = 0; i < h->t->nunsafe; i++)
-        if (ip >= h->t->unsafe[i].lo && ip < h->t->unsafe[i].hi) return !parked_in_syscall(&h->saved);
+        if (ip >= h->t->unsafe[i].lo && ip < h->t->unsafe[i].hi)
+            return !parked_in_syscall(&h->saved) && !(h->t->unsafe[i].libc && returned_from_syscall(h));
     return 0;
 }
 
@@ -937,7 +972,12 @@ static void sleep_us(long us)
     while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {}
 }
 
-/* Stops a thread of pid at a safe moment (retrying), runs work() on it, puts it back. */
+/* Stops a thread of pid at a safe moment (retrying), runs work() on it, puts it back. Other
+ * threads keep running, unless the stopped one holds a lock they want: the GIL above all.
+ * So the first tries (one round over the threads, at most PICKY_TRIES) take a thread only
+ * at a blocking syscall, where Python threads have released the GIL, and pass over one
+ * running code (most likely Python's, with the GIL) at once to the next; after them, any
+ * thread not in libc/ld.so/malloc will do, as with a single thread. */
 static int with_thread(pid_t pid, const char **strs, int nstrs, work_fn work, void *ctx, double *stop_ms,
                        unsigned *retries, char *err)
 {
@@ -974,7 +1014,7 @@ static int with_thread(pid_t pid, const char **strs, int nstrs, work_fn work, vo
 
     for (unsigned attempt = 0;; attempt++) {
         pid_t tids[256];
-        int n = list_threads(pid, tids, 256), r;
+        int n = list_threads(pid, tids, 256), r, picky;
         double t0 = 0;
         char st;
 
@@ -1011,12 +1051,16 @@ static int with_thread(pid_t pid, const char **strs, int nstrs, work_fn work, vo
             in_d = 0;
         }
         if (r == 0 && ptrace(PTRACE_GETREGS, h->tid, 0, &h->saved) < 0) r = 2;
-        if (r == 0 && !unsafe_moment(h)) {
+        if (r == 0) TRACE("tid %d (#%u of %d) rip %llx orig_rax %lld rax %lld at syscall %d unsafe %d", (int)h->tid,
+                          attempt, n, h->saved.rip, (long long)h->saved.orig_rax, (long long)h->saved.rax,
+                          at_syscall(h), unsafe_moment(h));
+        picky = n > 1 && attempt < (unsigned)(n < PICKY_TRIES ? n : PICKY_TRIES);
+        if (r == 0 && !unsafe_moment(h) && (!picky || at_syscall(h))) {
             rc = hijack_run(h, strs, nstrs, work, ctx, err);
             *stop_ms += ((h->t_resumed ? h->t_resumed : mp_now()) - t0) * 1e3;
             break;
         }
-        if (r == 0) { /* maybe holding the malloc or loader lock: let it run on */
+        if (r == 0) { /* maybe holding the malloc or loader lock, or the GIL: let it run on */
             detach(h);
             *stop_ms += (h->t_resumed - t0) * 1e3;
             if (retries) (*retries)++;
@@ -1039,7 +1083,7 @@ static int with_thread(pid_t pid, const char **strs, int nstrs, work_fn work, vo
                        (int)pid, attempt + 1, RETRY_SECONDS);
             break;
         }
-        sleep_us(500 + (long)((attempt * 397u) % 1500u));
+        if (!picky) sleep_us(500 + (long)((attempt * 397u) % 1500u)); /* picky: the next thread at once */
     }
     if (boosted) setpriority(PRIO_PROCESS, 0, oldnice);
     pthread_sigmask(SIG_SETMASK, &old, NULL);

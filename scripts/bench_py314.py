@@ -1,8 +1,8 @@
 """bench_py314.py -- CPython 3.14/3.15 (Debian sid's, in the chroot tests/conftest.py
 sets up), exec'd by bench.py: attach on 3.14 by ptrace and by remote-exec (end to
-end, how long the target was stopped, how long its main thread ran the loader,
-and the longest gap a ticking Python thread saw during the attach: median / max
-of BENCH_ATTACH_RUNS), and sampling/exact overhead on alloc_churn.py on 3.14 and
+end, how long the target was stopped, how long its main thread ran the loader:
+median / max of BENCH_ATTACH_RUNS; the longest gap a ticking Python thread saw is
+bench_attach_gap.py's, per interpreter), and sampling/exact overhead on alloc_churn.py on 3.14 and
 3.15 (fastest of BENCH_PY314_RUNS interleaved rounds, as for 3.11).
 Globals from bench.py: row, BUILD, WORKLOADS, PY, ENV.
 """
@@ -14,7 +14,7 @@ import sys
 
 ROOT = os.path.dirname(BUILD)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-import conftest  # noqa: E402  (finds the sid interpreters, mounts what their chroot needs)
+import conftest  # noqa: E402  (finds the sid interpreters: wrappers that enter their chroot in a mount namespace)
 
 MEMPROFD = os.path.join(BUILD, "memprofd")
 N = int(os.environ.get("BENCH_ATTACH_RUNS", "20"))
@@ -29,35 +29,18 @@ def med_max(v, fmt="%.2f"):
 def attach_rows(exe, version):
     p = subprocess.Popen([exe, "-u", os.path.join(ROOT, "tests", "targets", "gap_probe.py")], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    res = {m: {"wall": [], "stop": [], "loader": [], "gap": []} for m in ("ptrace", "remote-exec", "none")}
+    res = {m: {"wall": [], "stop": [], "loader": []} for m in ("ptrace", "remote-exec")}
     import time
-
-    def ask(cmd, answer):
-        p.stdin.write(cmd + "\n")
-        while True:
-            line = p.stdout.readline()
-            if not line:
-                sys.exit("bench_py314: gap_probe.py exited")
-            if line.startswith(answer):
-                return line
 
     try:
         p.stdout.readline()
         time.sleep(1)
         for _ in range(N):
-            for method in ("ptrace", "remote-exec", "none"):
-                ask("reset", "reset")
+            for method in ("ptrace", "remote-exec"):
                 t = time.perf_counter()
-                if method == "none":  # the same window without an attach: the ticker's own jitter
-                    time.sleep(statistics.median(res["ptrace"]["wall"]) / 1e3)
-                else:
-                    r = subprocess.run([MEMPROFD, "attach", "--pid", str(p.pid), "--method", method],
-                                       capture_output=True, text=True, env=ENV)
+                r = subprocess.run([MEMPROFD, "attach", "--pid", str(p.pid), "--method", method],
+                                   capture_output=True, text=True, env=ENV)
                 res[method]["wall"].append((time.perf_counter() - t) * 1e3)
-                gap = float(re.search(r"gap ([\d.]+)", ask("report", "gap")).group(1))
-                res[method]["gap"].append(gap)
-                if method == "none":
-                    continue
                 m = re.search(r"target stopped ([\d.]+) ms", r.stdout)
                 if not m:
                     sys.exit("bench_py314: attach failed: %s" % (r.stdout + r.stderr))
@@ -78,8 +61,6 @@ def attach_rows(exe, version):
     row(what + ": target threads stopped", med_max(rx["stop"]) + " ms", med_max(pt["stop"]) + " ms",
         "ptrace: the hijacked thread; remote-exec: none")
     row(what + ": main thread running the loader (remote-exec)", med_max(rx["loader"]) + " ms", "", "")
-    row(what + ": longest gap of a 1 ms ticker thread during the attach", med_max(rx["gap"]) + " ms",
-        med_max(pt["gap"]) + " ms", "no attach, same window: %s ms" % med_max(res["none"]["gap"]))
 
 
 def churn(exe, attach_args=None):
@@ -117,17 +98,14 @@ def alloc_rows(exe, version):
 
 
 def main():
-    sid = {k: v for k, v in conftest.INTERPRETERS.items() if k in ("sid-3.14", "sid-3.15")}
+    sid = {k: v for k, v in conftest._sid_interpreters().items() if k in ("sid-3.14", "sid-3.15")}
     if not sid:
         print("bench_py314: skipped: %s" % (conftest.SID_NOTE or ["no sid interpreters"])[0], file=sys.stderr)
         return
-    try:
-        if "sid-3.14" in sid:
-            attach_rows(*sid["sid-3.14"])
-        for pyid in sorted(sid):
-            alloc_rows(*sid[pyid])
-    finally:
-        conftest.sid_unmount()
+    if "sid-3.14" in sid:
+        attach_rows(*sid["sid-3.14"])
+    for pyid in sorted(sid):
+        alloc_rows(*sid[pyid])
 
 
 main()

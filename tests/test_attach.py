@@ -182,6 +182,30 @@ def test_select_waits_its_timeout(pyid, blocked):
     assert float(elapsed) >= BLOCK_SECONDS - 0.01
 
 
+
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_attach_while_main_thread_holds_gil_in_c(pyid, daemon, targets):
+    """The injector passes over a thread running code (it may hold the GIL) for one at a blocking syscall
+    (daemon/inject.c, with_thread): here the main thread is mostly inside a C call holding the GIL and the
+    other thread waits for the GIL or sleeps. The attach still works, every result stays right, the other
+    thread keeps ticking, and the detach leaves the process as it was."""
+    exe, _ = interpreter(pyid)
+    t = targets.start([exe, "-u", target_script("gil_ticker.py"), "0.3"])
+    t.wait_for(r"^ready %d" % t.pid)
+    t.wait_for(r"^sum 2 ")
+    daemon.attach(t.pid, "--method", "ptrace")
+    rounds = int(t.wait_for(r"^sum (\d+) ").group(1))
+    for _ in range(3):
+        t.wait_for(r"^sum ")
+    daemon.detach(t.pid)
+    t.wait_for(r"^sum %d " % (rounds + 5))
+    seen = [tuple(map(int, l.split()[1:])) for l in t.lines if l.startswith("sum ")]
+    for k, (i, n, v, _) in enumerate(seen):
+        assert (i, v) == (k + 1, n * (n - 1) // 2), "pid %d: round %d summed %d to %d" % (t.pid, i, n, v)
+    ticks = [s[3] for s in seen]
+    assert ticks == sorted(ticks) and ticks[-1] > ticks[rounds - 1] > ticks[1], ticks
+    assert_untouched(t.pid)
+
 # ------------------------------------------------------------------- bad input
 
 # The exit-status table (common/exitcodes.h): the category comes from the daemon's ErrorReply.Code, never the text.

@@ -182,7 +182,7 @@ int alloc_load(const char *path, Envelope **reply, char *err)
 }
 
 /* Ask the daemon for pid's allocation data: 0, or -1 with err set. */
-int view_fetch(int pid, struct view *v, char *err)
+static int view_fetch(int pid, struct view *v, char *err)
 {
     Envelope *reply;
     if (alloc_fetch(pid, 0, 0, &reply, err) < 0) return -1;

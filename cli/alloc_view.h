@@ -73,9 +73,8 @@ void frame_set(struct view *v, unsigned id, const char *file, const char *func, 
 void view_frames(struct view *v, const Memprof__AllocData *d);
 void view_from_data(struct view *v, const Memprof__AllocData *d);
 double view_live(const struct view *v);
-/* pid's allocation data from the daemon into v: 0, or -1 with err set. */
-int view_fetch(int pid, struct view *v, char *err);
-/* The same for a command: 0, or the exit status after printing the error (cli_fail_call). */
+/* pid's allocation data from the daemon into v, for a command: 0, or the exit status after printing the error
+ * (cli_fail_call). */
 int view_get(int pid, struct view *v);
 
 /* v's stacks summed by line or function, sorted: *out (rows_free it), the number of rows. */

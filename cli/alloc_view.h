@@ -42,7 +42,7 @@ struct view {
 };
 
 /* A row: one line or one function, summed. */
-struct row {
+struct alloc_row {
     char *key; /* "file\tline" or "file\tfunc\tfirst" */
     unsigned frame;
     double own, total, rate, allocs;
@@ -78,9 +78,9 @@ double view_live(const struct view *v);
 int view_get(int pid, struct view *v);
 
 /* v's stacks summed by line or function, sorted: *out (rows_free it), the number of rows. */
-size_t rows_build(const struct view *v, enum by by, enum sort sort, struct row **out);
-void rows_free(struct row *rows, size_t n);
+size_t rows_build(const struct view *v, enum by by, enum sort sort, struct alloc_row **out);
+void rows_free(struct alloc_row *rows, size_t n);
 /* "file:line (func)" or "func (file:first)", escaped for a table. */
-void location(const struct view *v, const struct row *r, enum by by, char *out, size_t len);
+void location(const struct view *v, const struct alloc_row *r, enum by by, char *out, size_t len);
 
 #endif

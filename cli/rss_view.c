@@ -12,6 +12,7 @@
 
 #include "commands.h"
 #include "memprof.pb-c.h"
+#include "wire.h"
 #include "rss_tracked.h"
 
 #define NSLOTS (1 << 16)
@@ -489,17 +490,19 @@ int rss_view_save(struct rss_view *v, const char *path, char *err)
     Memprof__AllocData d = MEMPROF__ALLOC_DATA__INIT;
     Memprof__SessionInfo si = MEMPROF__SESSION_INFO__INIT;
     size_t nf = 0, ns = 0, maxf = (size_t)v->nrows * ROW_STACK + 1, len;
-    Memprof__AllocFrame *fa = calloc(maxf, sizeof *fa), **fp = calloc(maxf, sizeof *fp);
-    Memprof__AllocStack *sa = calloc((size_t)v->nrows + 1, sizeof *sa), **sp = calloc((size_t)v->nrows + 1, sizeof *sp);
-    Memprof__AllocStat *ta = calloc((size_t)v->nrows + 1, sizeof *ta), **tp = calloc((size_t)v->nrows + 1, sizeof *tp);
-    Memprof__AllocPoint *ha = calloc((size_t)v->ntl + 1, sizeof *ha), **hp = calloc((size_t)v->ntl + 1, sizeof *hp);
+    Memprof__AllocFrame *fa = NULL, **fp = NULL;
+    Memprof__AllocStack *sa = NULL, **sp = NULL;
+    Memprof__AllocStat *ta = NULL, **tp = NULL;
+    Memprof__AllocPoint *ha = NULL, **hp = NULL;
+    int ok = WIRE_ARRAYS(fa, fp, maxf) && WIRE_ARRAYS(sa, sp, (size_t)v->nrows) &&
+             WIRE_ARRAYS(ta, tp, (size_t)v->nrows) && WIRE_ARRAYS(ha, hp, (size_t)v->ntl);
     uint32_t *ids = calloc(maxf, sizeof *ids);
     char **names = calloc(maxf, sizeof *names), note[256], *argv[64];
     uint8_t *buf = NULL;
     FILE *f;
     int rc = -1;
 
-    if (!fa || !fp || !sa || !sp || !ta || !tp || !ha || !hp || !ids || !names) {
+    if (!ok || !ids || !names) {
         mp_err(err, "out of memory");
         goto out;
     }

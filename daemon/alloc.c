@@ -525,11 +525,7 @@ static int history_fill(const struct alloc_data *a, struct history_out *h)
 {
     size_t total = 0, k = 0;
     for (size_t i = 0; i < a->hist_len; i++) total += a->hist_nsites[(a->hist_head + i) % HISTORY];
-    h->points = calloc(a->hist_len + 1, sizeof *h->points);
-    h->ptrs = calloc(a->hist_len + 1, sizeof *h->ptrs);
-    h->sites = calloc(total + 1, sizeof *h->sites);
-    h->site_ptrs = calloc(total + 1, sizeof *h->site_ptrs);
-    if (!h->points || !h->ptrs || !h->sites || !h->site_ptrs) return -1;
+    if (!WIRE_ARRAYS(h->points, h->ptrs, a->hist_len) || !WIRE_ARRAYS(h->sites, h->site_ptrs, total)) return -1;
     for (size_t i = 0; i < a->hist_len; i++) {
         size_t slot = (a->hist_head + i) % HISTORY;
         Memprof__AllocPoint *p = &h->points[i];
@@ -575,13 +571,8 @@ int alloc_reply_fill(struct session *s, int history, struct alloc_reply *v, char
     }
     d->profiled = a->profiled;
     d->n_profiled = a->nprofiled;
-    v->fa = calloc(a->nframes + 1, sizeof *v->fa);
-    v->fp = calloc(a->nframes + 1, sizeof *v->fp);
-    v->sa = calloc(a->nstacks + 1, sizeof *v->sa);
-    v->sp = calloc(a->nstacks + 1, sizeof *v->sp);
-    v->ta = calloc(a->nstacks + 1, sizeof *v->ta);
-    v->tp = calloc(a->nstacks + 1, sizeof *v->tp);
-    if (!v->fa || !v->fp || !v->sa || !v->sp || !v->ta || !v->tp || (history && history_fill(a, &v->h) < 0)) {
+    if (!WIRE_ARRAYS(v->fa, v->fp, a->nframes) || !WIRE_ARRAYS(v->sa, v->sp, a->nstacks) ||
+        !WIRE_ARRAYS(v->ta, v->tp, a->nstacks) || (history && history_fill(a, &v->h) < 0)) {
         alloc_reply_free(v);
         mp_err(err, "out of memory");
         return -1;

@@ -50,8 +50,8 @@
 #define LAUNCH_WAIT_S 15.0      /* memprof run: for the tracking settings, before the first line */
 #define AGENT_THREAD_NAME "memprof-agent" /* memprofd's attach.c looks for it (AGENT_THREAD) */
 
-/* One connection to the daemon, owned by the agent thread. */
-struct session {
+/* The agent's link to the daemon: one connection, owned by the agent thread. */
+struct agent_link {
     int fd;
     struct wire_rbuf rb;
     double gil_wait_ms;
@@ -71,7 +71,7 @@ static atomic_int final_asked, final_done, conn_ready;
 /* ------------------------------------------------------------ hook points */
 
 /* Write what the socket takes now of the pending report. 1: all written. */
-static int pend_push(struct session *s)
+static int pend_push(struct agent_link *s)
 {
     while (s->pend && s->pend_off < s->pend_len) {
         ssize_t w = send(s->fd, s->pend + s->pend_off, s->pend_len - s->pend_off, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -86,7 +86,7 @@ static int pend_push(struct session *s)
 }
 
 /* Before a reply: the rest of a half-sent report must go first. */
-static int pend_flush(struct session *s, char *err)
+static int pend_flush(struct agent_link *s, char *err)
 {
     int rc = 0;
     if (s->pend && s->pend_off < s->pend_len)
@@ -100,7 +100,7 @@ static int pend_flush(struct session *s, char *err)
 /* Runs every flush interval on the agent thread, without the GIL: sends the
  * allocation deltas. Never waits for the daemon: while a report is still
  * being written, the deltas keep accumulating in the tables (coalesced). */
-static void agent_tick(struct session *s, int final)
+static void agent_tick(struct agent_link *s, int final)
 {
     Memprof__AllocReport r;
     Envelope env = MEMPROF__ENVELOPE__INIT;
@@ -327,7 +327,7 @@ static int handle_locked(const struct request_route *r, const Memprof__AgentRequ
 
 /* Answer one request. Returns 1 when the session must end (detach, shutdown,
  * or the reply could not be sent), else 0. */
-static int session_request(struct session *s, const Memprof__AgentRequest *req)
+static int link_request(struct agent_link *s, const Memprof__AgentRequest *req)
 {
     Memprof__AgentReply reply = MEMPROF__AGENT_REPLY__INIT;
     Envelope env = MEMPROF__ENVELOPE__INIT;
@@ -367,7 +367,7 @@ static int session_request(struct session *s, const Memprof__AgentRequest *req)
 
 /* ------------------------------------------------------------ connection */
 
-static void session_close(struct session *s)
+static void link_close(struct agent_link *s)
 {
     if (s->fd >= 0) {
         /* forget it before closing: a fork in between leaks it in the child
@@ -382,7 +382,7 @@ static void session_close(struct session *s)
     s->pend_len = s->pend_off = 0;
 }
 
-static int session_connect(struct session *s, char *err)
+static int link_connect(struct agent_link *s, char *err)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     size_t n = strlen(conf.sock);
@@ -462,7 +462,7 @@ static void self_info_fill(struct self_info *si, Memprof__AgentInfo *ai)
 }
 
 /* Send our Hello; with want_reply, wait for and check the daemon's answer. */
-static int session_hello(struct session *s, int want_reply, char *err)
+static int link_hello(struct agent_link *s, int want_reply, char *err)
 {
     Memprof__Hello hello = MEMPROF__HELLO__INIT;
     Memprof__AgentInfo ai = MEMPROF__AGENT_INFO__INIT;
@@ -517,7 +517,7 @@ static int session_hello(struct session *s, int want_reply, char *err)
 
 /* The process is exiting (agent_final_report): everything counted so far goes
  * out now, written in full. */
-static void final_flush(struct session *s)
+static void final_flush(struct agent_link *s)
 {
     char err[MP_ERRLEN];
     eventfd_t v;
@@ -545,7 +545,7 @@ void agent_final_report(double wait_s)
 }
 
 /* Serve requests until detach, an error, or the daemon goes away. */
-static void session_loop(struct session *s)
+static void link_loop(struct agent_link *s)
 {
     char err[MP_ERRLEN];
     double last_tick = mp_now(), next_tick;
@@ -586,7 +586,7 @@ static void session_loop(struct session *s)
             while ((r = wire_take(&s->rb, &env, err)) == 1) {
                 int stop = 0;
                 if (env->msg_case == MEMPROF__ENVELOPE__MSG_AGENT_REQUEST)
-                    stop = session_request(s, env->agent_request);
+                    stop = link_request(s, env->agent_request);
                 else
                     agent_log("ignoring a %s message", wire_name(env));
                 wire_free(env);
@@ -663,7 +663,7 @@ static int wait_initialized(char *err)
 }
 
 /* Take the GIL once: proves we can, measures how long it takes, reads the version. */
-static int gil_probe(struct session *s, char *err)
+static int gil_probe(struct agent_link *s, char *err)
 {
     int state;
     double t0 = mp_now();
@@ -678,7 +678,7 @@ static int gil_probe(struct session *s, char *err)
     return 0;
 }
 
-static void agent_run(struct session *s)
+static void agent_run(struct agent_link *s)
 {
     char err[MP_ERRLEN] = "";
     prctl(PR_SET_NAME, AGENT_THREAD_NAME, 0, 0, 0); /* in top -H, py-spy, gdb (named so from birth: spawn_thread) */
@@ -692,18 +692,18 @@ static void agent_run(struct session *s)
         /* memprof run: the API and the version were set up on a Python thread
          * before the program's first line (launch.c), which waits for the
          * tracking settings the daemon sends after the hello (on_tracking) */
-        if (session_connect(s, err) < 0 || session_hello(s, 1, err) < 0) {
+        if (link_connect(s, err) < 0 || link_hello(s, 1, err) < 0) {
             agent_log("%s", err);
             return;
         }
         agent_log("connected (memprof run)");
-        session_loop(s);
+        link_loop(s);
         return;
     }
     if (pyapi_init(conf.pylib, err) < 0) {
         /* Not a Python we can drive: say who we are, then leave. */
         agent_log("%s", err);
-        if (session_connect(s, err) == 0) session_hello(s, 0, err);
+        if (link_connect(s, err) == 0) link_hello(s, 0, err);
         return;
     }
     agent_log("C API found in the %s", pyapi_where());
@@ -713,12 +713,12 @@ static void agent_run(struct session *s)
     }
     /* No hook yet: the daemon's first request is the tracking settings
      * (on_tracking); it reports the attach done once they are in force. */
-    if (session_connect(s, err) < 0 || session_hello(s, 1, err) < 0) {
+    if (link_connect(s, err) < 0 || link_hello(s, 1, err) < 0) {
         agent_log("%s", err);
         return;
     }
     agent_log("attached");
-    session_loop(s);
+    link_loop(s);
 }
 
 /* Runs on the normal way out and when CPython ends the thread inside
@@ -726,11 +726,11 @@ static void agent_run(struct session *s)
  * of this library runs on this thread (only the return into libc). */
 static void agent_cleanup(void *arg)
 {
-    struct session *s = arg;
+    struct agent_link *s = arg;
     gil_exit();
     atomic_store(&conn_ready, 0);
     agent_undo();
-    session_close(s);
+    link_close(s);
     if (!launched) pyapi_fini(); /* memprof run: launch.c's audit hook and the exit path keep using it */
     agent_log("thread exits");
     pthread_mutex_lock(&launch_mu);
@@ -741,7 +741,7 @@ static void agent_cleanup(void *arg)
 
 static void *agent_main(void *unused)
 {
-    struct session s = {.fd = -1};
+    struct agent_link s = {.fd = -1};
     (void)unused;
     gil_thread_start();
     pthread_cleanup_push(agent_cleanup, &s);

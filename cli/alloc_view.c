@@ -182,7 +182,7 @@ int alloc_load(const char *path, Envelope **reply, char *err)
 }
 
 /* Ask the daemon for pid's allocation data: 0, or -1 with err set. */
-int view_fetch(int pid, struct view *v, char *err)
+static int view_fetch(int pid, struct view *v, char *err)
 {
     Envelope *reply;
     if (alloc_fetch(pid, 0, 0, &reply, err) < 0) return -1;
@@ -207,25 +207,25 @@ static void row_key(const struct view *v, unsigned fid, enum by by, char *key, s
     else snprintf(key, len, "%s\t%s\t%u", f->file, f->func, f->first);
 }
 
-static struct row *row_get(struct row **rows, size_t *n, size_t *cap, const char *key, unsigned fid)
+static struct alloc_row *row_get(struct alloc_row **rows, size_t *n, size_t *cap, const char *key, unsigned fid)
 {
     for (size_t i = 0; i < *n; i++)
         if (!strcmp((*rows)[i].key, key)) return &(*rows)[i];
     if (*n == *cap) {
         size_t nc = *cap ? *cap * 2 : 64;
-        struct row *r = realloc(*rows, nc * sizeof *r);
+        struct alloc_row *r = realloc(*rows, nc * sizeof *r);
         if (!r) return NULL;
         *rows = r;
         *cap = nc;
     }
-    (*rows)[*n] = (struct row){strdup(key), fid, 0, 0, 0, 0, (size_t)-1, 0};
+    (*rows)[*n] = (struct alloc_row){strdup(key), fid, 0, 0, 0, 0, (size_t)-1, 0};
     return &(*rows)[(*n)++];
 }
 
 static enum sort g_sort;
 static int row_cmp(const void *a, const void *b)
 {
-    const struct row *x = a, *y = b;
+    const struct alloc_row *x = a, *y = b;
     double kx = g_sort == SORT_OWN ? x->own : g_sort == SORT_TOTAL ? x->total : g_sort == SORT_RATE ? x->rate : x->allocs;
     double ky = g_sort == SORT_OWN ? y->own : g_sort == SORT_TOTAL ? y->total : g_sort == SORT_RATE ? y->rate : y->allocs;
     return kx < ky ? 1 : kx > ky ? -1 : strcmp(x->key, y->key);
@@ -265,9 +265,9 @@ static int is_comprehension(const struct view *v, unsigned fid)
     return !strcmp(f, "<listcomp>") || !strcmp(f, "<dictcomp>") || !strcmp(f, "<setcomp>") || !strcmp(f, "<genexpr>");
 }
 
-size_t rows_build(const struct view *v, enum by by, enum sort sort, struct row **out)
+size_t rows_build(const struct view *v, enum by by, enum sort sort, struct alloc_row **out)
 {
-    struct row *rows = NULL;
+    struct alloc_row *rows = NULL;
     size_t n = 0, cap = 0;
     char key[1024];
     for (size_t i = 0; i < v->nstacks; i++) {
@@ -281,7 +281,7 @@ size_t rows_build(const struct view *v, enum by by, enum sort sort, struct row *
         while (own + 1 < s->n && (is_comprehension(v, s->frames[own]) || (alloc_fold_ctors && is_ctor(v, s->frames[own]))))
             own++;
         for (size_t k = own; k < s->n; k++) {
-            struct row *r;
+            struct alloc_row *r;
             if (k > own && !alloc_show_libraries && v->frames[s->frames[k]].lib) continue; /* user code's rows only */
             row_key(v, s->frames[k], by, key, sizeof key);
             if (!(r = row_get(&rows, &n, &cap, key, s->frames[k]))) continue;
@@ -303,13 +303,13 @@ size_t rows_build(const struct view *v, enum by by, enum sort sort, struct row *
     return n;
 }
 
-void rows_free(struct row *rows, size_t n)
+void rows_free(struct alloc_row *rows, size_t n)
 {
     for (size_t i = 0; i < n; i++) free(rows[i].key);
     free(rows);
 }
 
-void location(const struct view *v, const struct row *r, enum by by, char *out, size_t len)
+void location(const struct view *v, const struct alloc_row *r, enum by by, char *out, size_t len)
 {
     const struct frame *f = &v->frames[r->frame];
     char raw[2048];
@@ -362,7 +362,7 @@ static int suspect_cmp(const void *a, const void *b)
 void alloc_leak_suspects(int pid, int limit, FILE *out)
 {
     struct view v;
-    struct row *rows;
+    struct alloc_row *rows;
     size_t n, shown = 0;
     char err[MP_ERRLEN], g[32], l[32];
     memset(&v, 0, sizeof v);

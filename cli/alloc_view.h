@@ -42,7 +42,7 @@ struct view {
 };
 
 /* A row: one line or one function, summed. */
-struct row {
+struct alloc_row {
     char *key; /* "file\tline" or "file\tfunc\tfirst" */
     unsigned frame;
     double own, total, rate, allocs;
@@ -73,15 +73,14 @@ void frame_set(struct view *v, unsigned id, const char *file, const char *func, 
 void view_frames(struct view *v, const Memprof__AllocData *d);
 void view_from_data(struct view *v, const Memprof__AllocData *d);
 double view_live(const struct view *v);
-/* pid's allocation data from the daemon into v: 0, or -1 with err set. */
-int view_fetch(int pid, struct view *v, char *err);
-/* The same for a command: 0, or the exit status after printing the error (cli_fail_call). */
+/* pid's allocation data from the daemon into v, for a command: 0, or the exit status after printing the error
+ * (cli_fail_call). */
 int view_get(int pid, struct view *v);
 
 /* v's stacks summed by line or function, sorted: *out (rows_free it), the number of rows. */
-size_t rows_build(const struct view *v, enum by by, enum sort sort, struct row **out);
-void rows_free(struct row *rows, size_t n);
+size_t rows_build(const struct view *v, enum by by, enum sort sort, struct alloc_row **out);
+void rows_free(struct alloc_row *rows, size_t n);
 /* "file:line (func)" or "func (file:first)", escaped for a table. */
-void location(const struct view *v, const struct row *r, enum by by, char *out, size_t len);
+void location(const struct view *v, const struct alloc_row *r, enum by by, char *out, size_t len);
 
 #endif

@@ -207,7 +207,7 @@ static int growth_cmp(const void *x, const void *y)
 
 static void diff_by(const struct view *a, const struct view *b, enum by by, int limit)
 {
-    struct row *ra, *rb;
+    struct alloc_row *ra, *rb;
     size_t na = rows_build(a, by, SORT_OWN, &ra), nb = rows_build(b, by, SORT_OWN, &rb), n = 0;
     struct growth *g = calloc(na + nb + 1, sizeof *g);
     char x[32], y[32], z[32];

@@ -194,32 +194,32 @@ static double gil_of(const Memprof__AgentReply *r, double inner)
 /* ---------------------------------------------------------------- census tables */
 
 /* One row per displayed name: types of the same name are merged, as objgraph does. */
-struct row {
+struct type_row {
     char *name;
     uint64_t count, bytes;
 };
 
 struct table {
-    struct row *rows;
+    struct type_row *rows;
     size_t n;
     uint64_t objects, bytes;
 };
 
 static int row_by_name(const void *a, const void *b)
 {
-    return strcmp(((const struct row *)a)->name, ((const struct row *)b)->name);
+    return strcmp(((const struct type_row *)a)->name, ((const struct type_row *)b)->name);
 }
 
 static int row_by_count(const void *a, const void *b)
 {
-    const struct row *x = a, *y = b;
+    const struct type_row *x = a, *y = b;
     if (x->count != y->count) return x->count < y->count ? 1 : -1;
     return strcmp(x->name, y->name);
 }
 
 static int row_by_size(const void *a, const void *b)
 {
-    const struct row *x = a, *y = b;
+    const struct type_row *x = a, *y = b;
     if (x->bytes != y->bytes) return x->bytes < y->bytes ? 1 : -1;
     return strcmp(x->name, y->name);
 }
@@ -268,7 +268,7 @@ static int table_make(const Memprof__CensusReply *c, int longnames, struct table
     return 0;
 }
 
-static int name_width(const struct row *rows, size_t n)
+static int name_width(const struct type_row *rows, size_t n)
 {
     char name[TYPE_CELL];
     int w = 20;
@@ -277,7 +277,7 @@ static int name_width(const struct row *rows, size_t n)
     return w > 60 ? 60 : w;
 }
 
-static void print_rows(struct row *rows, size_t n, int limit)
+static void print_rows(struct type_row *rows, size_t n, int limit)
 {
     char sz[32], name[TYPE_CELL];
     size_t shown = limit && (size_t)limit < n ? (size_t)limit : n;
@@ -422,7 +422,7 @@ static void growth_print(const struct opts *o, const struct table *prev, const s
         if (!n) {
             printf("no type changed\n");
         } else {
-            struct row *names = calloc(shown + 1, sizeof *names);
+            struct type_row *names = calloc(shown + 1, sizeof *names);
             int w;
             for (size_t i = 0; names && i < shown; i++) names[i].name = (char *)ch[i].name;
             w = names ? name_width(names, shown) : 20;

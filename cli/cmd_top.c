@@ -96,20 +96,20 @@ struct screen {
     int paused, help;
 };
 
-static double sort_key(const struct row *r, enum sort sort)
+static double sort_key(const struct alloc_row *r, enum sort sort)
 {
     return sort == SORT_OWN ? r->own : sort == SORT_TOTAL ? r->total : sort == SORT_RATE ? r->rate : r->allocs;
 }
 
 /* Every figure of the row reads 0 (a caller of what was freed): nothing to look at. */
-static int row_zero(const struct row *r)
+static int row_zero(const struct alloc_row *r)
 {
     return r->own < 0.5 && r->total < 0.5 && r->rate < 0.5 && r->allocs < 0.5;
 }
 
 static int tail_cmp(const void *a, const void *b)
 {
-    const struct row *x = a, *y = b;
+    const struct alloc_row *x = a, *y = b;
     if (row_zero(x) != row_zero(y)) return row_zero(x) - row_zero(y);
     if (x->rate != y->rate) return x->rate < y->rate ? 1 : -1;
     if (x->allocs != y->allocs) return x->allocs < y->allocs ? 1 : -1;
@@ -119,7 +119,7 @@ static int tail_cmp(const void *a, const void *b)
 
 /* Rows tied at 0 in the sort column (the sort column's tail) ordered by what they still show: a line allocating
  * 14 MiB/s that holds nothing comes before the dozens of its callers whose every figure is zero, which go last. */
-static void zero_rows_last(struct row *rows, size_t n, enum sort sort)
+static void zero_rows_last(struct alloc_row *rows, size_t n, enum sort sort)
 {
     size_t k = n;
     while (k > 0 && sort_key(&rows[k - 1], sort) <= 0) k--;
@@ -209,7 +209,7 @@ static const char *rss_note(const struct view *v, double live)
 }
 
 /* NATIVE: the share of OWN LIVE that C code allocated ("" when the session does not track native allocations) */
-static void native_share(const struct view *v, const struct row *r, char *out, size_t len)
+static void native_share(const struct view *v, const struct alloc_row *r, char *out, size_t len)
 {
     out[0] = 0;
     if (v->has_native)
@@ -246,7 +246,7 @@ static void screen_line(FILE *o, const struct screen *scr, int *used, const char
 
 /* The view on a terminal: the title and figures packed into its width, as many rows as fit between them and the
  * key legend on the last line, each location elided to the width; or the help in place of the rows. */
-static void draw_top(FILE *o, const struct view *v, const struct row *rows, size_t n, enum by by, enum sort sort,
+static void draw_top(FILE *o, const struct view *v, const struct alloc_row *rows, size_t n, enum by by, enum sort sort,
                      int limit, const struct screen *scr)
 {
     char line[2048], loc[1200], cmd[121], ver[64], where[512], fields[8][200], a[32], b[32], c[32], d[32], nat[16];
@@ -303,7 +303,7 @@ static void draw_top(FILE *o, const struct view *v, const struct row *rows, size
 static void print_top(FILE *o, const struct view *v, enum by by, enum sort sort, int limit, int json,
                       const struct screen *scr)
 {
-    struct row *rows;
+    struct alloc_row *rows;
     size_t n = rows_build(v, by, sort, &rows);
     double live = view_live(v);
     char a[32], b[32], c[32], d[32], loc[1200];

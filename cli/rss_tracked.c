@@ -64,7 +64,7 @@ void rss_tracked_fetch(int pid, int gone, struct rss_tracked *t)
     Envelope *reply;
     const Memprof__SessionInfo *si;
     struct view v;
-    struct row *rows;
+    struct alloc_row *rows;
     size_t n;
     rss_tracked_clear(t);
     alloc_fold_ctors = 0; /* joined with where pages are faulted in: what __init__ allocates stays in __init__ */

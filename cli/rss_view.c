@@ -13,13 +13,14 @@
 #include "commands.h"
 #include "memprof.pb-c.h"
 #include "procfs.h"
+#include "wire.h"
 #include "rss_tracked.h"
 
 #define NSLOTS (1 << 16)
 #define MAX_ROWS 50000
 #define ROW_STACK RSS_MAX_STACK /* native frames a row keeps: as many as an event brings */
 
-struct row {
+struct rss_row {
     char *key, *file, *func, *native, *mapping;
     char *stack[ROW_STACK];
     int line, nstack;
@@ -34,7 +35,7 @@ struct rss_view {
     struct rss_opts o;
     struct rss_trace *trace;
     struct rss_sym *sym;
-    struct row *rows;
+    struct rss_row *rows;
     int nrows, cap;
     int slots[NSLOTS]; /* row index + 1 */
     uint64_t faulted, mapped, unmapped, iv_faulted, iv_mapped, iv_unmapped, events, iv_events, with_python;
@@ -109,7 +110,7 @@ static void share_huge(struct rss_view *v, uint64_t before, uint64_t now)
     for (int i = 0; i < v->nrows; i++) all += v->rows[i].iv_huge;
     v->huge_pending = all ? 0 : grown;
     for (int i = 0; i < v->nrows && all; i++) {
-        struct row *r = &v->rows[i];
+        struct rss_row *r = &v->rows[i];
         uint64_t part;
         if (!r->iv_huge) continue;
         seen += r->iv_huge;
@@ -178,21 +179,21 @@ static uint32_t hash(const char *s)
     return h;
 }
 
-static struct row *row_for(struct rss_view *v, const char *key)
+static struct rss_row *row_for(struct rss_view *v, const char *key)
 {
     uint32_t h = hash(key) & (NSLOTS - 1);
     while (v->slots[h]) {
-        struct row *r = &v->rows[v->slots[h] - 1];
+        struct rss_row *r = &v->rows[v->slots[h] - 1];
         if (!strcmp(r->key, key)) return r;
         h = (h + 1) & (NSLOTS - 1);
     }
     if (v->nrows >= MAX_ROWS) return NULL;
     if (v->nrows == v->cap) {
-        struct row *n = realloc(v->rows, (size_t)(v->cap = v->cap ? 2 * v->cap : 256) * sizeof *n);
+        struct rss_row *n = realloc(v->rows, (size_t)(v->cap = v->cap ? 2 * v->cap : 256) * sizeof *n);
         if (!n) return NULL;
         v->rows = n;
     }
-    struct row *r = &v->rows[v->nrows++];
+    struct rss_row *r = &v->rows[v->nrows++];
     memset(r, 0, sizeof *r);
     r->key = strdup(key);
     v->slots[h] = v->nrows;
@@ -206,7 +207,7 @@ void rss_view_event(struct rss_view *v, const struct rss_event *e)
     int line = -1, py = 0, nframes = e->nstack > 0 ? e->nstack / 8 : 0;
     uint64_t fault = 0, map = 0, unmap = 0;
     int huge = 0;
-    struct row *r;
+    struct rss_row *r;
 
     v->events++;
     v->iv_events++;
@@ -273,7 +274,7 @@ void rss_view_event(struct rss_view *v, const struct rss_event *e)
 
 static int by_faulted(const void *a, const void *b)
 {
-    const struct row *x = a, *y = b;
+    const struct rss_row *x = a, *y = b;
     if (x->faulted != y->faulted) return x->faulted < y->faulted ? 1 : -1;
     if (x->mapped != y->mapped) return x->mapped < y->mapped ? 1 : -1;
     return strcmp(x->key, y->key);
@@ -325,7 +326,7 @@ static void print_json(struct rss_view *v, double t, double dt, uint64_t faults,
     }
     fputs("],\"rows\":[", f);
     for (int i = 0; i < v->nrows && i < v->o.limit; i++) {
-        const struct row *r = &v->rows[i];
+        const struct rss_row *r = &v->rows[i];
         fputs(i ? ",{" : "{", f);
         jstr(f, "file", r->file);
         fprintf(f, ",\"line\":%d,", r->line);
@@ -400,7 +401,7 @@ static void print_text(struct rss_view *v, FILE *f, double t, double dt, uint64_
             v->o.by == RSS_BY_MAPPING ? "MAPPING" : v->o.by == RSS_BY_NATIVE ? "NATIVE FUNCTION"
                                                                               : "PYTHON LINE / FUNCTION  [NATIVE]");
     for (int i = 0; i < v->nrows && i < v->o.limit; i++) {
-        const struct row *r = &v->rows[i];
+        const struct rss_row *r = &v->rows[i];
         char where[700], tracked[40] = "";
         if (column && r->file[0]) snprintf(tracked, sizeof tracked, "%10s ",
                                            cli_bytes(rss_tracked_at(&v->tracked, r->file, r->line), e, sizeof e));
@@ -489,17 +490,19 @@ int rss_view_save(struct rss_view *v, const char *path, char *err)
     Memprof__AllocData d = MEMPROF__ALLOC_DATA__INIT;
     Memprof__SessionInfo si = MEMPROF__SESSION_INFO__INIT;
     size_t nf = 0, ns = 0, maxf = (size_t)v->nrows * ROW_STACK + 1, len;
-    Memprof__AllocFrame *fa = calloc(maxf, sizeof *fa), **fp = calloc(maxf, sizeof *fp);
-    Memprof__AllocStack *sa = calloc((size_t)v->nrows + 1, sizeof *sa), **sp = calloc((size_t)v->nrows + 1, sizeof *sp);
-    Memprof__AllocStat *ta = calloc((size_t)v->nrows + 1, sizeof *ta), **tp = calloc((size_t)v->nrows + 1, sizeof *tp);
-    Memprof__AllocPoint *ha = calloc((size_t)v->ntl + 1, sizeof *ha), **hp = calloc((size_t)v->ntl + 1, sizeof *hp);
+    Memprof__AllocFrame *fa = NULL, **fp = NULL;
+    Memprof__AllocStack *sa = NULL, **sp = NULL;
+    Memprof__AllocStat *ta = NULL, **tp = NULL;
+    Memprof__AllocPoint *ha = NULL, **hp = NULL;
+    int ok = WIRE_ARRAYS(fa, fp, maxf) && WIRE_ARRAYS(sa, sp, (size_t)v->nrows) &&
+             WIRE_ARRAYS(ta, tp, (size_t)v->nrows) && WIRE_ARRAYS(ha, hp, (size_t)v->ntl);
     uint32_t *ids = calloc(maxf, sizeof *ids);
     char **names = calloc(maxf, sizeof *names), note[256], *argv[64];
     uint8_t *buf = NULL;
     FILE *f;
     int rc = -1;
 
-    if (!fa || !fp || !sa || !sp || !ta || !tp || !ha || !hp || !ids || !names) {
+    if (!ok || !ids || !names) {
         mp_err(err, "out of memory");
         goto out;
     }
@@ -527,7 +530,7 @@ int rss_view_save(struct rss_view *v, const char *path, char *err)
     d.first_report = v->wall_start;
     d.rss_bytes = v->now.vmrss;
     for (int i = 0; i < v->nrows; i++) {
-        const struct row *r = &v->rows[i];
+        const struct rss_row *r = &v->rows[i];
         Memprof__AllocStack *st = &sa[ns];
         Memprof__AllocStat *t = &ta[ns];
         size_t first = nf;
@@ -604,7 +607,7 @@ void rss_view_free(struct rss_view *v)
 {
     if (!v) return;
     for (int i = 0; i < v->nrows; i++) {
-        struct row *r = &v->rows[i];
+        struct rss_row *r = &v->rows[i];
         free(r->key), free(r->file), free(r->func), free(r->native), free(r->mapping);
         for (int k = 0; k < r->nstack; k++) free(r->stack[k]);
     }

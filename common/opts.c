@@ -16,6 +16,8 @@
 #define WIDTH 79
 
 static void fail_line(const struct opt_cmd *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The help of c, as --help prints it. */
+static void opts_help(const struct opt_cmd *c, FILE *f);
 
 static void fail_line(const struct opt_cmd *c, const char *fmt, ...)
 {
@@ -225,7 +227,7 @@ static void usage_word(FILE *f, const char *word, size_t *col, size_t indent)
     *col += len;
 }
 
-void opts_help(const struct opt_cmd *c, FILE *f)
+static void opts_help(const struct opt_cmd *c, FILE *f)
 {
     size_t col, indent = strlen("usage: ") + strlen(c->prog);
     char word[160];

@@ -65,7 +65,4 @@ int opts_parse(const struct opt_cmd *c, int argc, char **argv, int *status);
  * prints "PROG: MESSAGE (try PROG --help)" on stderr and returns MP_EXIT_USAGE. */
 int opts_usage_error(const struct opt_cmd *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* The help of c, as --help prints it. */
-void opts_help(const struct opt_cmd *c, FILE *f);
-
 #endif

@@ -102,7 +102,8 @@ pid_t mp_parse_pid(const char *s)
     return (pid_t)v;
 }
 
-int mp_mkdirs(const char *dir, mode_t mode)
+/* mkdir -p: missing parents 0755, the last component with mode. */
+static int mp_mkdirs(const char *dir, mode_t mode)
 {
     char buf[PATH_MAX];
     snprintf(buf, sizeof buf, "%s", dir);

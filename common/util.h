@@ -35,9 +35,6 @@ const char *mp_user_name(uid_t uid, char *out, size_t outlen);
  * and the fix (errno: ENOENT when it does not exist, EPERM when it is refused). */
 int mp_open_socket_dir(const char *dir, int create, int daemon, char *err);
 
-/* mkdir -p: missing parents 0755, the last component with mode. */
-int mp_mkdirs(const char *dir, mode_t mode);
-
 /* Read a whole small file (e.g. under /proc) into buf, NUL-terminated. Returns
  * bytes read or -1. */
 ssize_t mp_read_file(const char *path, char *buf, size_t buflen);

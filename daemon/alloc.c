@@ -525,11 +525,7 @@ static int history_fill(const struct alloc_data *a, struct history_out *h)
 {
     size_t total = 0, k = 0;
     for (size_t i = 0; i < a->hist_len; i++) total += a->hist_nsites[(a->hist_head + i) % HISTORY];
-    h->points = calloc(a->hist_len + 1, sizeof *h->points);
-    h->ptrs = calloc(a->hist_len + 1, sizeof *h->ptrs);
-    h->sites = calloc(total + 1, sizeof *h->sites);
-    h->site_ptrs = calloc(total + 1, sizeof *h->site_ptrs);
-    if (!h->points || !h->ptrs || !h->sites || !h->site_ptrs) return -1;
+    if (!WIRE_ARRAYS(h->points, h->ptrs, a->hist_len) || !WIRE_ARRAYS(h->sites, h->site_ptrs, total)) return -1;
     for (size_t i = 0; i < a->hist_len; i++) {
         size_t slot = (a->hist_head + i) % HISTORY;
         Memprof__AllocPoint *p = &h->points[i];
@@ -547,14 +543,14 @@ static int history_fill(const struct alloc_data *a, struct history_out *h)
     return 0;
 }
 
-void alloc_view_free(struct alloc_view *v)
+void alloc_reply_free(struct alloc_reply *v)
 {
     free(v->fa), free(v->fp), free(v->sa), free(v->sp), free(v->ta), free(v->tp);
     free(v->h.points), free(v->h.ptrs), free(v->h.sites), free(v->h.site_ptrs);
     memset(v, 0, sizeof *v);
 }
 
-int alloc_view(struct session *s, int history, struct alloc_view *v, char *err)
+int alloc_reply_fill(struct session *s, int history, struct alloc_reply *v, char *err)
 {
     struct alloc_data *a = s->alloc;
     Memprof__AllocData *d = &v->d;
@@ -575,14 +571,9 @@ int alloc_view(struct session *s, int history, struct alloc_view *v, char *err)
     }
     d->profiled = a->profiled;
     d->n_profiled = a->nprofiled;
-    v->fa = calloc(a->nframes + 1, sizeof *v->fa);
-    v->fp = calloc(a->nframes + 1, sizeof *v->fp);
-    v->sa = calloc(a->nstacks + 1, sizeof *v->sa);
-    v->sp = calloc(a->nstacks + 1, sizeof *v->sp);
-    v->ta = calloc(a->nstacks + 1, sizeof *v->ta);
-    v->tp = calloc(a->nstacks + 1, sizeof *v->tp);
-    if (!v->fa || !v->fp || !v->sa || !v->sp || !v->ta || !v->tp || (history && history_fill(a, &v->h) < 0)) {
-        alloc_view_free(v);
+    if (!WIRE_ARRAYS(v->fa, v->fp, a->nframes) || !WIRE_ARRAYS(v->sa, v->sp, a->nstacks) ||
+        !WIRE_ARRAYS(v->ta, v->tp, a->nstacks) || (history && history_fill(a, &v->h) < 0)) {
+        alloc_reply_free(v);
         mp_err(err, "out of memory");
         return -1;
     }
@@ -698,21 +689,21 @@ static void answer_query(struct conn *c, const Envelope *in, double deadline)
     char err[MP_ERRLEN];
     Memprof__ErrorReply__Code code;
     struct session *s = query_session(c, in->alloc_query, err, &code);
-    struct alloc_view v;
+    struct alloc_reply v;
     Envelope env = MEMPROF__ENVELOPE__INIT;
     if (!s) {
         reply_error(c, code, err);
         return;
     }
     if (s->state == SESS_ATTACHED && !s->alloc && s->track.enabled && wait_first_report(c, in, s, deadline)) return;
-    if (alloc_view(s, in->alloc_query->history, &v, err) < 0) {
+    if (alloc_reply_fill(s, in->alloc_query->history, &v, err) < 0) {
         reply_error(c, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, err);
         return;
     }
     env.msg_case = MEMPROF__ENVELOPE__MSG_ALLOC_DATA;
     env.alloc_data = &v.d;
     conn_send(c, &env);
-    alloc_view_free(&v);
+    alloc_reply_free(&v);
 }
 
 int alloc_totals(const struct session *s, struct alloc_totals *t)

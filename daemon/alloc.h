@@ -14,14 +14,14 @@ void alloc_free(struct alloc_data *a);
 /* The session's target is gone or detached: its native frames can no longer be named (files closed). */
 void alloc_session_ended(struct session *s);
 
-/* The history as AllocPoints with their sites: arrays owned by an alloc_view. */
+/* The history as AllocPoints with their sites: arrays owned by an alloc_reply. */
 struct history_out {
     Memprof__AllocPoint *points, **ptrs;
     Memprof__AllocPointSite *sites, **site_ptrs;
 };
 /* A session's AllocData (what an AllocQuery gets), borrowing the session's strings: valid until the next
  * report folds in, so use it at once. */
-struct alloc_view {
+struct alloc_reply {
     Memprof__AllocData d;
     Memprof__SessionInfo info;
     Memprof__AllocFrame *fa, **fp;
@@ -29,8 +29,8 @@ struct alloc_view {
     Memprof__AllocStat *ta, **tp;
     struct history_out h;
 };
-int alloc_view(struct session *s, int history, struct alloc_view *v, char *err);
-void alloc_view_free(struct alloc_view *v);
+int alloc_reply_fill(struct session *s, int history, struct alloc_reply *v, char *err);
+void alloc_reply_free(struct alloc_reply *v);
 
 /* For /metrics: a session's totals (-1 before its first report), and its n largest sites by live bytes
  * (innermost frame, constructors folded into their caller, as memprof top shows them). */

@@ -710,9 +710,8 @@ void attach_on_status(struct conn *c, const Envelope *in)
     Memprof__StatusReply r = MEMPROF__STATUS_REPLY__INIT;
     size_t n = 0;
     for (struct session *s = sessions; s; s = s->next) n++;
-    Memprof__SessionInfo *infos = calloc(n ? n : 1, sizeof *infos);
-    Memprof__SessionInfo **ptrs = calloc(n ? n : 1, sizeof *ptrs);
-    if (!infos || !ptrs) {
+    Memprof__SessionInfo *infos, **ptrs;
+    if (!WIRE_ARRAYS(infos, ptrs, n)) {
         free(infos);
         free(ptrs);
         conn_send_error(c, "out of memory");

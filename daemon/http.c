@@ -198,7 +198,7 @@ static enum MHD_Result route_heap(struct MHD_Connection *c, int allocated, const
 {
     struct query q = {0};
     struct session *s = NULL;
-    struct alloc_view v;
+    struct alloc_reply v;
     char err[MP_ERRLEN];
     uint8_t *gz;
     size_t len;
@@ -221,12 +221,12 @@ static enum MHD_Result route_heap(struct MHD_Connection *c, int allocated, const
         if (!s || s->state == SESS_ATTACHING || (s->state != SESS_ATTACHED && !s->alloc))
             return fail(c, 404, "session %ld: no such session with allocation data (/debug/pprof/ lists them)\n", id);
     }
-    if (alloc_view(s, 0, &v, err) < 0) return fail(c, 404, "%s\n", err);
+    if (alloc_reply_fill(s, 0, &v, err) < 0) return fail(c, 404, "%s\n", err);
     if (pprof_heap(&v.d, allocated, &gz, &len, err) < 0) {
-        alloc_view_free(&v);
+        alloc_reply_free(&v);
         return fail(c, 500, "%s\n", err);
     }
-    alloc_view_free(&v);
+    alloc_reply_free(&v);
     (void)what;
     return reply(c, 200, "application/octet-stream", gz, len, 1);
 }

@@ -106,7 +106,7 @@ void session_tracking(Memprof__TrackingConfig *t, int enabled, int exact, uint64
     t->interval_ms = interval_ms ? interval_ms : default_interval_ms;
 }
 
-Memprof__SessionInfo__State session_state_proto(enum sess_state st)
+static Memprof__SessionInfo__State session_state_proto(enum sess_state st)
 {
     static const Memprof__SessionInfo__State proto[] = {
         MEMPROF__SESSION_INFO__STATE__ATTACHING, MEMPROF__SESSION_INFO__STATE__ATTACHED,
@@ -141,9 +141,4 @@ void session_fill_info(const struct session *s, Memprof__SessionInfo *info)
     info->agent_version = (char *)s->agent_version;
     info->native_note = (char *)s->native_note;
     info->native_late_note = (char *)s->native_late;
-}
-
-void session_info_clear(Memprof__SessionInfo *info)
-{
-    (void)info; /* every field points into the session */
 }

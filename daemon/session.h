@@ -71,9 +71,8 @@ void session_retire(struct session *s, enum sess_state state); /* ended, kept fo
 /* An ended session beyond the history bound (the newest ended ones are kept), for its owner to free; NULL when none. */
 struct session *session_beyond_history(void);
 const char *session_state_name(enum sess_state st); /* as clients print it (wire_state_name) */
-Memprof__SessionInfo__State session_state_proto(enum sess_state st);
+/* info's fields point into s (nothing to free): valid while s is. */
 void session_fill_info(const struct session *s, Memprof__SessionInfo *info);
-void session_info_clear(Memprof__SessionInfo *info);
 /* A one-time agent token: 32 hex characters of getrandom. -1 without randomness. */
 int session_make_token(char out[33]);
 /* Tracking settings of an attach or a run, the defaults filled in (0 = default). */

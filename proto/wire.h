@@ -22,6 +22,11 @@
 
 typedef Memprof__Envelope Envelope;
 
+/* A repeated message field's storage: n zeroed messages (calloc'd, room for n + 1: never 0 bytes) and as many
+ * pointers for the field to hold. True when both were allocated; on false, free both (either may be NULL). */
+#define WIRE_ARRAYS(msgs, ptrs, n) \
+    ((msgs) = calloc((n) + 1, sizeof *(msgs)), (ptrs) = calloc((n) + 1, sizeof *(ptrs)), (msgs) && (ptrs))
+
 /* Encode env as one frame into a malloc'd buffer. */
 int wire_encode(const Envelope *env, uint8_t **out, size_t *outlen, char *err);
 

@@ -1,6 +1,6 @@
 /* fuzz_alloc_report.c -- libFuzzer target: what memprofd makes of an agent's allocation reports
  * (daemon/alloc.c: frame, stack and delta ids, counters, timestamps, history) and the views it builds
- * from them for clients (alloc_view: AllocData with history; the /metrics top sites). The input is a
+ * from them for clients (alloc_reply_fill: AllocData with history; the /metrics top sites). The input is a
  * stream of frames as on the agent's socket; every AllocReport in it goes to one session. Linked with the
  * real session table and transport (session.c, conn.c, loop.c, logging.c: no connection is ever made here);
  * what reads the target (procinfo.c, libdwfl) is stubbed. */
@@ -40,7 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct wire_rbuf rb = {0};
     struct session *s = session_new(4242);
-    struct alloc_view v;
+    struct alloc_reply v;
     struct alloc_totals t;
     struct alloc_site sites[10];
     Envelope *env;
@@ -58,7 +58,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     wire_rbuf_free(&rb);
     if (s->alloc) {
         for (int history = 0; history < 2; history++)
-            if (alloc_view(s, history, &v, err) == 0) alloc_view_free(&v);
+            if (alloc_reply_fill(s, history, &v, err) == 0) alloc_reply_free(&v);
         alloc_totals(s, &t);
         alloc_top_sites(s, 10, sites);
     }

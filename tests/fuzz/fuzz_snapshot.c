@@ -13,7 +13,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char path[64];
     struct view v;
-    struct row *rows;
+    struct alloc_row *rows;
     size_t n;
     int fd;
     if (!sink_ready) { /* what diff prints goes nowhere */

@@ -5,20 +5,8 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "procfs.h"
-
-static int passed, failed;
-
-#define CHECK(cond, name)                                                    \
-    do {                                                                     \
-        if (cond) {                                                          \
-            passed++;                                                        \
-            printf("ok      %s\n", name);                                    \
-        } else {                                                             \
-            failed++;                                                        \
-            printf("FAILED  %s (%s:%d: %s)\n", name, __FILE__, __LINE__, #cond); \
-        }                                                                    \
-    } while (0)
 
 static void test_stat_lines(void)
 {

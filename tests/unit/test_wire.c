@@ -6,20 +6,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "wire.h"
-
-static int passed, failed;
-
-#define CHECK(cond, name)                                                    \
-    do {                                                                     \
-        if (cond) {                                                          \
-            passed++;                                                        \
-            printf("ok      %s\n", name);                                    \
-        } else {                                                             \
-            failed++;                                                        \
-            printf("FAILED  %s (%s:%d: %s)\n", name, __FILE__, __LINE__, #cond); \
-        }                                                                    \
-    } while (0)
 
 static void make_status(Envelope *env, Memprof__StatusRequest *st)
 {

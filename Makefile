@@ -162,7 +162,7 @@ $(BUILD)/test_procfs: $(TEST_PROCFS_OBJS)
 
 # libFuzzer targets (clang only), one per decoder: fuzz_decode, every frame and message a daemon, agent or
 # client reads off a socket (wire.c); fuzz_snapshot, the snapshot files `memprof diff` reads (cli/cmd_diff.c);
-# fuzz_agent_arg, the agent's start argument and MEMPROF_RUN (agent/agent.c); fuzz_alloc_report, what the
+# fuzz_agent_arg, the agent's start argument and MEMPROF_RUN (agent/state.c, agent/conf.c); fuzz_alloc_report, what the
 # daemon makes of agents' allocation reports and the views it serves from them (daemon/alloc.c). Each starts
 # from its seeds and regression inputs in tests/fuzz/corpus/TARGET.
 FUZZ_TARGETS = decode snapshot agent_arg alloc_report
@@ -172,9 +172,9 @@ FUZZ_decode_LIBS = $(PB_LIBS)
 FUZZ_snapshot_OBJS = $(call objs,fuzz,tests/fuzz/fuzz_snapshot.c cli/main.c \
     $(filter-out cli/cmd_diff.c cli/rss_%.c,$(CLI_SRC)) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC))
 FUZZ_snapshot_LIBS = $(PB_LIBS) $(Z_LIBS) -lm
-# (the harness includes agent.c)
+# (the agent without launch.c: its constructor and _exit wrapper stay out)
 FUZZ_agent_arg_OBJS = $(call objs,fuzz,tests/fuzz/fuzz_agent_arg.c \
-    $(filter-out agent/agent.c agent/launch.c,$(AGENT_SRC)) $(PYABI_SRC) $(WIRE_SRC))
+    $(filter-out agent/launch.c,$(AGENT_SRC)) $(PYABI_SRC) $(WIRE_SRC))
 FUZZ_agent_arg_LIBS = $(PB_LIBS) -lpthread -ldl -lm
 # (the daemon's allocation views with the real transport under them; only what reads the target is stubbed)
 FUZZ_ALLOC_SRC = daemon/alloc.c daemon/session.c daemon/conn.c daemon/loop.c daemon/logging.c

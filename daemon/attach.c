@@ -30,7 +30,7 @@
 #define DETACH_TIMEOUT 5.0
 #define CALL_TIMEOUT 120.0    /* a census of a huge heap may take a while */
 #define UNDO_POLL_MS 200      /* how often an undo looks whether the agent's thread has ended */
-#define AGENT_THREAD "memprof-agent" /* the name agent.c gives its thread from birth (spawn_thread) */
+#define AGENT_THREAD "memprof-agent" /* the name agent/start.c gives its thread from birth (agent_spawn_thread) */
 
 enum { ATTACH_AUTO, ATTACH_PTRACE, ATTACH_REMOTE_EXEC };
 

@@ -1,17 +1,17 @@
 /* fork.c -- a fork of the target: the child forgets the parent's session, or, under memprof run
  * --follow-fork, starts one of its own. */
-#include "fork.h"
+#include "agent/fork.h"
 
 #include <pthread.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "gil.h"
-#include "hooks.h"
-#include "uplink.h"
-#include "native.h"
-#include "pycall.h"
-#include "state.h"
+#include "agent/gil.h"
+#include "agent/hooks.h"
+#include "agent/native.h"
+#include "agent/pycall.h"
+#include "agent/state.h"
+#include "agent/uplink.h"
 
 static int atfork_registered;
 static int (*respawn)(void); /* start.c's agent_spawn_thread: the fork child's agent thread */

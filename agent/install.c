@@ -1,17 +1,17 @@
 /* install.c -- what the agent puts into the target with the daemon's settings (allocation hooks, native
  * tracking, the atexit callback), and takes out again on every way out. */
-#include "install.h"
+#include "agent/install.h"
 
 #include <dlfcn.h>
 #include <stdio.h>
 
-#include "agent.h"
-#include "gil.h"
-#include "hooks.h"
-#include "log.h"
-#include "native.h"
-#include "pycall.h"
-#include "state.h"
+#include "agent/agent.h"
+#include "agent/gil.h"
+#include "agent/hooks.h"
+#include "agent/log.h"
+#include "agent/native.h"
+#include "agent/pycall.h"
+#include "agent/state.h"
 
 static char native_off[MP_ERRLEN + 32]; /* why native tracking (or its frames) is off, for the reply to the daemon's TrackingConfig (and a later hello) */
 

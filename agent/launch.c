@@ -22,14 +22,14 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "agent.h"
-#include "hooks.h"
-#include "install.h"
-#include "log.h"
-#include "pyapi.h"
-#include "pycall.h"
-#include "start.h"
-#include "state.h"
+#include "agent/agent.h"
+#include "agent/hooks.h"
+#include "agent/install.h"
+#include "agent/log.h"
+#include "agent/pyapi.h"
+#include "agent/pycall.h"
+#include "agent/start.h"
+#include "agent/state.h"
 
 /* MEMPROF_RUN's settings (the attach argument's key=value form). */
 static int agent_launch_configure(const char *arg, int *follow, char *err)

@@ -1,14 +1,14 @@
 /* requests.c -- the daemon's requests to the agent: one handler each (tracking settings, census,
  * back-references, detach) and the route table that runs them, with the GIL where they need it. */
-#include "requests.h"
+#include "agent/requests.h"
 
-#include "agent.h"
-#include "gil.h"
-#include "hooks.h"
-#include "install.h"
-#include "native.h"
-#include "state.h"
-#include "util.h"
+#include "agent/agent.h"
+#include "agent/gil.h"
+#include "agent/hooks.h"
+#include "agent/install.h"
+#include "agent/native.h"
+#include "agent/state.h"
+#include "common/util.h"
 
 /* A request's handler fills reply (its body) or err; returns 0, -1 (error), or -2 (the interpreter is
  * finalizing: the session ends). */

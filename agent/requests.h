@@ -2,7 +2,7 @@
 #ifndef MEMPROF_REQUESTS_H
 #define MEMPROF_REQUESTS_H
 
-#include "memprof.pb-c.h"
+#include "gen/memprof.pb-c.h"
 
 /* Run req's handler into reply (its body) or err: 0, -1 (an error, an unknown request), or -2 (the
  * interpreter is finalizing). *stop: the session ends once the reply is sent (detach, finalizing). */

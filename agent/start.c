@@ -1,6 +1,6 @@
 /* start.c -- the agent's start: memprof_agent_start on the target's hijacked thread, and the agent's own
  * thread: wait for Python, take the GIL once, connect and serve, clean up on every way out. */
-#include "agent.h"
+#include "agent/agent.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -11,14 +11,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "fork.h"
-#include "gil.h"
-#include "install.h"
-#include "uplink.h"
-#include "log.h"
-#include "pyapi.h"
-#include "start.h"
-#include "state.h"
+#include "agent/fork.h"
+#include "agent/gil.h"
+#include "agent/install.h"
+#include "agent/log.h"
+#include "agent/pyapi.h"
+#include "agent/start.h"
+#include "agent/state.h"
+#include "agent/uplink.h"
 
 /* Pages are only committed when touched, so this costs what is used. It is
  * larger than the agent core needs because request handlers run the target's

@@ -1,15 +1,15 @@
 /* state.c -- the agent's shared state: its settings and flags, the start argument parsed into them, and the
  * handoffs between its threads (memprof run's wait for the tracking settings, the final report). */
-#include "state.h"
+#include "agent/state.h"
 
 #include <pthread.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <time.h>
 
-#include "agent.h"
-#include "hooks.h"
-#include "util.h"
+#include "agent/agent.h"
+#include "agent/hooks.h"
+#include "common/util.h"
 
 #define AGENT_ARG_MAX 8192
 

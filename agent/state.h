@@ -4,7 +4,7 @@
 #define MEMPROF_STATE_H
 
 #include <stdatomic.h>
-#include "conf.h"
+#include "agent/conf.h"
 
 #define AGENT_POLL_NS 10000000L /* the agent thread's sleep between two looks (Python initialized, a full backlog) */
 #define LAUNCH_WAIT_S 15.0      /* memprof run: for the tracking settings, before the first line */

@@ -1,6 +1,6 @@
 /* uplink.c -- the agent's connection to memprofd: connect, hello, the request loop, the allocation reports
  * sent every interval without waiting for the daemon, and the final one at the process's end. */
-#include "uplink.h"
+#include "agent/uplink.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -15,16 +15,16 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "hooks.h"
-#include "install.h"
-#include "log.h"
-#include "native.h"
-#include "pyapi.h"
-#include "pycall.h"
-#include "requests.h"
-#include "state.h"
-#include "track.h"
-#include "version.h"
+#include "agent/hooks.h"
+#include "agent/install.h"
+#include "agent/log.h"
+#include "agent/native.h"
+#include "agent/pyapi.h"
+#include "agent/pycall.h"
+#include "agent/requests.h"
+#include "agent/state.h"
+#include "agent/track.h"
+#include "common/version.h"
 
 #define IO_TIMEOUT_MS 5000      /* connect, hello, hello reply */
 #define REPLY_TIMEOUT_MS 10000  /* one reply (a census may be megabytes) */

@@ -5,7 +5,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
-#include "wire.h"
+#include "proto/wire.h"
 
 struct agent_link {
     int fd;

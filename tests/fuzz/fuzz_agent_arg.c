@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "conf.h"
-#include "defaults.h"
-#include "state.h"
+#include "agent/conf.h"
+#include "agent/state.h"
+#include "common/defaults.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

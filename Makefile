@@ -53,29 +53,20 @@ MEMPROF_SRC = cli/main.c $(CLI_SRC) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPRO
 OBJ = $(BUILD)/obj
 objs = $(foreach s,$(2),$(if $(filter $(BUILD)/gen/%,$(s)),$(OBJ)/$(1)/gen/$(notdir $(s:.c=.o)),$(OBJ)/$(1)/$(s:.c=.o)))
 VERSION_CFLAGS = -DMEMPROF_VERSION='"$(MEMPROF_VERSION)"' -DMEMPROF_AGENT_PATH='"$(AGENT_PATH)"'
-COMMON_CFLAGS = $(CFLAGS) $(BASE_CFLAGS) -I$(BUILD)/gen -Iproto -Icommon $(PKG_CFLAGS) $(SANITIZE) $(VERSION_CFLAGS)
-# DIR_CFLAGS: the -I a folder's files were written for (sources include headers by name alone).
-COMPILE.host = $(CC) $(COMMON_CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) $(DIR_CFLAGS) $(DEPFLAGS)
-$(OBJ)/host/%.o:        DIR_CFLAGS = -Iclient -Iprobe -Iagent
-$(OBJ)/host/daemon/%.o: DIR_CFLAGS = -Idaemon -Iclient -Iprobe -Iagent
-$(OBJ)/host/cli/%.o:    DIR_CFLAGS = -Icli -Iclient -Iprobe -Iagent
+COMMON_CFLAGS = $(CFLAGS) $(BASE_CFLAGS) $(INCLUDES) $(PKG_CFLAGS) $(SANITIZE) $(VERSION_CFLAGS)
+COMPILE.host = $(CC) $(COMMON_CFLAGS) $(Z_CFLAGS) $(MHD_CFLAGS) $(DEPFLAGS)
 # The agent runs inside the target: PIC, hidden symbols but its entry point, no dependency on Python headers (it
 # resolves the C API at run time).
-COMPILE.pic = $(CC) $(COMMON_CFLAGS) -fPIC -fvisibility=hidden -ftls-model=initial-exec -Iagent $(DEPFLAGS)
+COMPILE.pic = $(CC) $(COMMON_CFLAGS) -fPIC -fvisibility=hidden -ftls-model=initial-exec $(DEPFLAGS)
 # libFuzzer targets: clang, ASan+UBSan, the version "fuzz", memprof without rss (its BPF loader stays out).
 FUZZ_CC = clang
-FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined $(STD_CFLAGS) $(WARNINGS) -I$(BUILD)/gen -Iproto -Icommon \
+FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined $(STD_CFLAGS) $(WARNINGS) $(INCLUDES) \
               -DMEMPROF_VERSION='"fuzz"'
-COMPILE.fuzz = $(FUZZ_CC) $(FUZZ_CFLAGS) $(DIR_CFLAGS) $(DEPFLAGS)
-$(OBJ)/fuzz/%.o:     DIR_CFLAGS = -Iclient -Iprobe -Iagent
-$(OBJ)/fuzz/cli/%.o: DIR_CFLAGS = -DMEMPROF_NO_RSS -Icli -Iclient
-$(OBJ)/fuzz/agent/%.o: DIR_CFLAGS = -Iagent
-$(OBJ)/fuzz/daemon/%.o: DIR_CFLAGS = -Idaemon -Iclient -Iprobe -Iagent
-$(OBJ)/fuzz/tests/fuzz/fuzz_snapshot.o:     DIR_CFLAGS = -DMEMPROF_NO_RSS -Icli -Iclient
-$(OBJ)/fuzz/tests/fuzz/fuzz_agent_arg.o:    DIR_CFLAGS = -Iagent
-$(OBJ)/fuzz/tests/fuzz/fuzz_alloc_report.o: DIR_CFLAGS = -Idaemon -Iprobe -Iagent
+# FUZZ_NO_RSS: the objects of memprof's files (and the harness that includes one), built without rss.
+COMPILE.fuzz = $(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_NO_RSS) $(DEPFLAGS)
+$(OBJ)/fuzz/cli/%.o $(OBJ)/fuzz/tests/fuzz/fuzz_snapshot.o: FUZZ_NO_RSS = -DMEMPROF_NO_RSS
 # (fuzz_snapshot calls memprof's main under another name)
-$(OBJ)/fuzz/cli/main.o: DIR_CFLAGS = -DMEMPROF_NO_RSS -Icli -Iclient -Dmain=memprof_cli_main
+$(OBJ)/fuzz/cli/main.o: FUZZ_NO_RSS = -DMEMPROF_NO_RSS -Dmain=memprof_cli_main
 
 # The generated headers exist before any object compiles (order-only: their dependency files take over after).
 GEN_HDRS = $(BUILD)/gen/memprof.pb-c.h $(BUILD)/gen/profile.pb-c.h $(BUILD)/gen/rss_config.h
@@ -89,7 +80,7 @@ $$(OBJ)/$(1)/gen/%.o: $$(BUILD)/gen/%.c | $$(GEN_HDRS)
 endef
 $(foreach t,host pic fuzz,$(eval $(call OBJ_RULES,$(t))))
 # The files that print the version or the agent's path: rebuilt when either changes (version.stamp, below).
-VERSION_SRC := $(shell grep -lE '"version\.h"|MEMPROF_VERSION|MEMPROF_AGENT_PATH' $(wildcard */*.c) /dev/null)
+VERSION_SRC := $(shell grep -lE '"common/version\.h"|MEMPROF_VERSION|MEMPROF_AGENT_PATH' $(wildcard */*.c) /dev/null)
 $(call objs,host,$(VERSION_SRC)) $(call objs,pic,$(VERSION_SRC)): $(BUILD)/version.stamp
 
 AGENT_OBJS    = $(call objs,pic,$(AGENT_SRC) $(PYABI_SRC) $(WIRE_SRC))
@@ -162,7 +153,7 @@ $(BUILD)/test_procfs: $(TEST_PROCFS_OBJS)
 
 # libFuzzer targets (clang only), one per decoder: fuzz_decode, every frame and message a daemon, agent or
 # client reads off a socket (wire.c); fuzz_snapshot, the snapshot files `memprof diff` reads (cli/cmd_diff.c);
-# fuzz_agent_arg, the agent's start argument and MEMPROF_RUN (agent/agent.c); fuzz_alloc_report, what the
+# fuzz_agent_arg, the agent's start argument and MEMPROF_RUN (agent/state.c, agent/conf.c); fuzz_alloc_report, what the
 # daemon makes of agents' allocation reports and the views it serves from them (daemon/alloc.c). Each starts
 # from its seeds and regression inputs in tests/fuzz/corpus/TARGET.
 FUZZ_TARGETS = decode snapshot agent_arg alloc_report
@@ -172,9 +163,9 @@ FUZZ_decode_LIBS = $(PB_LIBS)
 FUZZ_snapshot_OBJS = $(call objs,fuzz,tests/fuzz/fuzz_snapshot.c cli/main.c \
     $(filter-out cli/cmd_diff.c cli/rss_%.c,$(CLI_SRC)) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC))
 FUZZ_snapshot_LIBS = $(PB_LIBS) $(Z_LIBS) -lm
-# (the harness includes agent.c)
+# (the agent without launch.c: its constructor and _exit wrapper stay out)
 FUZZ_agent_arg_OBJS = $(call objs,fuzz,tests/fuzz/fuzz_agent_arg.c \
-    $(filter-out agent/agent.c agent/launch.c,$(AGENT_SRC)) $(PYABI_SRC) $(WIRE_SRC))
+    $(filter-out agent/launch.c,$(AGENT_SRC)) $(PYABI_SRC) $(WIRE_SRC))
 FUZZ_agent_arg_LIBS = $(PB_LIBS) -lpthread -ldl -lm
 # (the daemon's allocation views with the real transport under them; only what reads the target is stubbed)
 FUZZ_ALLOC_SRC = daemon/alloc.c daemon/session.c daemon/conn.c daemon/loop.c daemon/logging.c

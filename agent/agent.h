@@ -4,9 +4,9 @@
 #define MEMPROF_AGENT_H
 
 #include <stdint.h>
-#include "memprof.pb-c.h"
-#include "pyabi.h"
-#include "util.h"
+#include "common/pyabi.h"
+#include "common/util.h"
+#include "gen/memprof.pb-c.h"
 
 #define AGENT_API __attribute__((visibility("default")))
 

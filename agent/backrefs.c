@@ -19,7 +19,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "heap.h"
+#include "agent/heap.h"
 
 /* ---------------------------------------------------------------- backrefs */
 

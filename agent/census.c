@@ -18,8 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gil.h"
-#include "heap.h"
+#include "agent/gil.h"
+#include "agent/heap.h"
 
 /* ---------------------------------------------------------------- census */
 

@@ -1,6 +1,6 @@
 /* conf.c -- the agent's configuration: the start argument (memprof_agent_start, MEMPROF_RUN), the
  * daemon's TrackingConfig with its limits, and flags from the environment the process started with. */
-#include "conf.h"
+#include "agent/conf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "defaults.h"
+#include "common/defaults.h"
 
 /* Whether NAME is set to something other than "" or "0" in the environment the
  * process started with. /proc/self/environ, not getenv: getenv races with the

@@ -5,7 +5,7 @@
 #include <limits.h>
 #include <stdint.h>
 #include <sys/un.h>
-#include "memprof.pb-c.h"
+#include "gen/memprof.pb-c.h"
 
 /* What the injector asked for: only what it takes to connect (the argument), then the tracking
  * settings the daemon sends after the hello (conf_tracking). The argument is written by

@@ -1,17 +1,17 @@
 /* gil.c -- the agent thread's way to the GIL (gil.h): PyGILState_Ensure when the interpreter is not
  * finalizing, through the 3.10 gate where that version needs it; a request handler's GIL and its
  * yields. */
-#include "gil.h"
+#include "agent/gil.h"
 
 #include <dlfcn.h>
 #include <stdatomic.h>
 #include <time.h>
 
-#include "agent.h"
-#include "log.h"
-#include "pyabi.h"
-#include "pyapi.h"
-#include "util.h"
+#include "agent/agent.h"
+#include "agent/log.h"
+#include "agent/pyapi.h"
+#include "common/pyabi.h"
+#include "common/util.h"
 
 /* CPython 3.10.8+ (the gh-96387 change to take_gil): a thread waiting for the
  * GIL that has asked the holder to drop it (it does after 5 ms) and then sees

@@ -21,7 +21,7 @@
  *
  * Concurrency: patching runs inside dl_iterate_phdr callbacks, which the
  * loader lock serializes. */
-#include "got.h"
+#include "agent/got.h"
 
 #include <dlfcn.h>
 #include <elf.h>
@@ -33,8 +33,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "log.h"
-#include "util.h"
+#include "agent/log.h"
+#include "common/util.h"
 
 #define REC_SLOTS (1u << 16) /* patched entries kept: (address, original) */
 

@@ -5,8 +5,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "gil.h"
-#include "heap.h"
+#include "agent/gil.h"
+#include "agent/heap.h"
 
 const struct pyabi *abi;
 struct capi api;

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <sys/types.h>
 
-#include "agent.h"
+#include "agent/agent.h"
 
 /* Every CPython layout fact used below comes from common/pyabi.h: constants for
  * what every supported version shares, the running version's entry (abi) for the

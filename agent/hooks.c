@@ -2,17 +2,17 @@
  * the RAW, MEM and OBJ allocators, which count bytes down to Poisson-sampled
  * allocations (or, exact, take every one) and hand them to the recorder.
  * hooks_install picks one set of wrappers per domain. */
-#include "hooks.h"
+#include "agent/hooks.h"
 
 #include <dlfcn.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#include "agent.h"
-#include "pyapi.h"
-#include "track.h"
-#include "util.h"
+#include "agent/agent.h"
+#include "agent/pyapi.h"
+#include "agent/track.h"
+#include "common/util.h"
 
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)

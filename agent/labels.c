@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "heap.h"
+#include "agent/heap.h"
 
 static const char *const func_attrs[7] = {"__code__",    "__globals__", "__defaults__", "__kwdefaults__",
                                           "__closure__", "__annotations__", "__module__"};

@@ -22,10 +22,76 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "agent.h"
-#include "launch.h"
-#include "pyapi.h"
-#include "pycall.h"
+#include "agent/agent.h"
+#include "agent/hooks.h"
+#include "agent/install.h"
+#include "agent/log.h"
+#include "agent/pyapi.h"
+#include "agent/pycall.h"
+#include "agent/start.h"
+#include "agent/state.h"
+
+/* MEMPROF_RUN's settings (the attach argument's key=value form). */
+static int agent_launch_configure(const char *arg, int *follow, char *err)
+{
+    if (agent_configure(arg) < 0) {
+        mp_err(err, "malformed MEMPROF_RUN settings");
+        return -1;
+    }
+    *follow = agent_conf.follow;
+    agent_debug = agent_conf.debug || conf_environ_flag("MEMPROF_AGENT_DEBUG");
+    return 0;
+}
+
+/* With the GIL held, once the interpreter is initialized: start the agent thread, wait for the daemon's
+ * tracking settings (it connects and says hello meanwhile; it needs no GIL for that), install the hooks,
+ * the atexit callback and the profile builtin with them. Without the settings in LAUNCH_WAIT_S (or the
+ * thread gave up: no daemon, refused) nothing is hooked. */
+static int agent_launch_setup(char *err)
+{
+    struct hooks_conf hc;
+    int idle = 0, rc;
+    if (pyapi_load_version(err) < 0) return -1;
+    if (!pyapi_abi()) {
+        mp_err(err, "%s", pyapi_abi_error());
+        return -1;
+    }
+    agent_preloaded = 1;
+    if (!atomic_compare_exchange_strong(&agent_running, &idle, 1)) return 0;
+    launch_set(LAUNCH_WAITING);
+    if (agent_spawn_thread() != 0) {
+        atomic_store(&agent_running, 0);
+        launch_set(LAUNCH_DONE);
+        mp_err(err, "cannot start the agent thread");
+        return -1;
+    }
+    if (launch_wait(LAUNCH_WAITING, mp_now() + LAUNCH_WAIT_S) != LAUNCH_GOT) {
+        launch_set(LAUNCH_DONE);
+        if (atomic_load(&agent_running))
+            mp_err(err, "no tracking settings from memprofd within %.0f s", LAUNCH_WAIT_S);
+        else
+            mp_err(err, "the agent's session with memprofd ended before its tracking settings came "
+                        "(MEMPROF_AGENT_DEBUG=1 says why)");
+        return -1;
+    }
+    rc = 0;
+    if (agent_conf.track) {
+        hc = (struct hooks_conf){.rate = agent_conf.rate, .frames = agent_conf.frames, .exact = agent_conf.exact};
+        if ((rc = hooks_install(&hc, err)) == 0) {
+            if (pycall_atexit_register(agent_final_report) < 0) agent_log("no atexit callback: the last figures may be partial");
+            int prc = pycall_profile_install();
+            agent_log("hooks installed before the first line (%s, rate %llu)%s", agent_conf.exact ? "exact" : "sampling",
+                      (unsigned long long)agent_conf.rate,
+                      prc < 0 ? "; no profile builtin" : prc > 0 ? "; profile builtin already defined" : "");
+            native_start();
+        }
+    }
+    launch_set(LAUNCH_DONE); /* the agent thread answers the daemon with what is in force */
+    return rc;
+}
+
+/* 1 once agent_launch_setup succeeded. */
+static int agent_launched(void) { return agent_preloaded; }
 
 static int setup_state; /* 0 waiting, 1 in progress (the GIL serializes), 2 done */
 

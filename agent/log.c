@@ -1,6 +1,6 @@
 /* log.c -- the agent's debug log (agent_log): one line to stderr, without stdio, when asked for. */
-#include "log.h"
-#include "util.h"
+#include "agent/log.h"
+#include "common/util.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -27,7 +27,7 @@
  * The chain starts at the hooked call's caller and ends at the first frame in
  * the Python executable or libpython (the Python frames take over there), or
  * after TRACK_MAX_NATIVE frames. Only raw return addresses: the daemon names them. */
-#include "native.h"
+#include "agent/native.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -43,10 +43,10 @@
 #include <unistd.h>
 #include <unwind.h>
 
-#include "got.h"
-#include "log.h"
-#include "track.h"
-#include "util.h"
+#include "agent/got.h"
+#include "agent/log.h"
+#include "agent/track.h"
+#include "common/util.h"
 
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)

@@ -1,5 +1,5 @@
 /* pyapi.c -- resolves the Python C API at run time and walks Python frames with the layout pyabi.c gives. */
-#include "pyapi.h"
+#include "agent/pyapi.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "agent.h"
-#include "util.h"
+#include "agent/agent.h"
+#include "common/util.h"
 
 struct pyapi PY;
 

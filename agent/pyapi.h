@@ -6,7 +6,7 @@
 
 #include <stdint.h>
 
-#include "pyabi.h"
+#include "common/pyabi.h"
 
 /* Functions the agent core cannot work without; pyapi_init fails when one is
  * missing. Optional ones are looked up with pyapi_sym when needed. */

@@ -6,16 +6,16 @@
  *     decorator: it records which functions the script wants reports for and
  *     returns them unchanged (no wrapper, no cost per call); and `import
  *     memory_profiler` gives a module whose profile is that builtin. */
-#include "pycall.h"
+#include "agent/pycall.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "agent.h"
-#include "log.h"
-#include "util.h"
+#include "agent/agent.h"
+#include "agent/log.h"
+#include "common/util.h"
 
 #define METH_VARARGS 0x0001
 #define METH_KEYWORDS 0x0002

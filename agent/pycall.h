@@ -4,7 +4,7 @@
 #define MEMPROF_PYCALL_H
 
 #include <stddef.h>
-#include "memprof.pb-c.h"
+#include "gen/memprof.pb-c.h"
 
 /* How long the exiting thread waits, at most, for the final report to be written. */
 #define PYCALL_FINAL_WAIT_S 1.0

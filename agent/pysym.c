@@ -2,7 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "agent.h"
+#include "agent/agent.h"
 
 void *pyapi_sym_any(const char *names)
 {

@@ -7,7 +7,7 @@
  * because RAW wrappers run on any thread without the GIL and the agent thread
  * collects without it. The code-object cache is only touched by threads holding
  * the GIL. No Python API is called while the spinlock is held. */
-#include "track.h"
+#include "agent/track.h"
 
 #include <math.h>
 #include <sched.h>
@@ -20,10 +20,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "agent.h"
-#include "defaults.h"
-#include "pyapi.h"
-#include "util.h"
+#include "agent/agent.h"
+#include "agent/pyapi.h"
+#include "common/defaults.h"
+#include "common/util.h"
 
 /* Exact mode interns every line that allocates, and a one-frame stack for each:
  * importing IPython alone reaches ~23,000 (a table that fills sends every later

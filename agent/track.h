@@ -7,7 +7,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
-#include "memprof.pb-c.h"
+#include "gen/memprof.pb-c.h"
 
 /* Declared hidden, so that the front-ends' fast paths reach them as directly as this file's own. */
 #define TRACK_HIDDEN __attribute__((visibility("hidden")))

@@ -11,10 +11,10 @@ for t in bpftool clang pkg-config; do command -v $t >/dev/null 2>&1 || { why="no
     why="the build machine's kernel has no readable BTF (/sys/kernel/btf/vmlinux)"
 if [ -z "$why" ]; then
     case $(uname -m) in x86_64) arch=x86 ;; aarch64) arch=arm64 ;; *) arch=$(uname -m) ;; esac
-    if ! bpftool btf dump file /sys/kernel/btf/vmlinux format c > "$B/vmlinux.h.tmp" 2>"$B/bpf-build.log"; then
+    if ! bpftool btf dump file /sys/kernel/btf/vmlinux format c > "$B/gen/vmlinux.h.tmp" 2>"$B/bpf-build.log"; then
         why="bpftool could not dump /sys/kernel/btf/vmlinux"
-    elif mv "$B/vmlinux.h.tmp" "$B/vmlinux.h" &&
-        ! clang -target bpf -O2 -g -D__TARGET_ARCH_$arch -I"$B" -Ibpf $(pkg-config --cflags libbpf) \
+    elif mv "$B/gen/vmlinux.h.tmp" "$B/gen/vmlinux.h" &&
+        ! clang -target bpf -O2 -g -D__TARGET_ARCH_$arch -I. -I"$B" $(pkg-config --cflags libbpf) \
             -c bpf/rss.bpf.c -o "$B/rss.bpf.o" 2>>"$B/bpf-build.log"; then
         cat "$B/bpf-build.log" >&2
         echo "build.sh: clang failed on bpf/rss.bpf.c" >&2

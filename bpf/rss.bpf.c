@@ -1,11 +1,11 @@
 /* rss.bpf.c -- memprof rss in the kernel: one process's page faults, mmap/munmap/mremap/brk and (--rss-stat)
  * rss_stat. Sampled faults and the mappings go into a ring buffer with the user stack and (CPython 3.11+) the
  * Python frames. Dual MIT/GPL: the kernel lends its tracing helpers only to GPL-compatible programs. */
-#include "vmlinux.h"
+#include "gen/vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
-#include "rss.h"
+#include "bpf/rss.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 

@@ -6,9 +6,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "client.h"
-#include "commands.h"
-#include "alloc_view.h"
+#include "cli/alloc_view.h"
+#include "cli/commands.h"
+#include "client/client.h"
 
 const char *sort_names[SORT_N] = {"own live", "total live", "alloc rate", "allocations"};
 

@@ -5,7 +5,7 @@
 
 #include <stdio.h>
 
-#include "memprof.pb-c.h"
+#include "gen/memprof.pb-c.h"
 
 enum by { BY_LINE, BY_FUNCTION };
 enum sort { SORT_OWN, SORT_TOTAL, SORT_RATE, SORT_ALLOCS, SORT_N };

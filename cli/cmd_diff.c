@@ -6,9 +6,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "client.h"
-#include "commands.h"
-#include "alloc_view.h"
+#include "cli/alloc_view.h"
+#include "cli/commands.h"
+#include "client/client.h"
 
 static const char *about_snapshot =
     "Save the allocation data of an attached (or exited) process to FILE, for\n"

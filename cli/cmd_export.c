@@ -7,9 +7,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "client.h"
-#include "commands.h"
-#include "pprof.h"
+#include "cli/commands.h"
+#include "client/client.h"
+#include "common/pprof.h"
 
 static const char *about_export =
     "Write the allocation data of an attached or ended session (memprof status\n"

@@ -9,8 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "client.h"
-#include "commands.h"
+#include "cli/commands.h"
+#include "client/client.h"
 
 extern const char flame_page[]; /* build/flame.html, embedded by flame_page.S */
 

@@ -8,8 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "client.h"
-#include "commands.h"
+#include "cli/commands.h"
+#include "client/client.h"
 
 static const char *about_ipython_path =
     "Print the directory holding memprof's IPython extension (the `memprof`\n"

@@ -7,10 +7,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "client.h"
-#include "commands.h"
-#include "alloc_view.h"
-#include "exitcodes.h"
+#include "cli/alloc_view.h"
+#include "cli/commands.h"
+#include "client/client.h"
+#include "common/exitcodes.h"
 
 static const char *about_lines =
     "memory_profiler's line-by-line report for one function of an attached\n"

@@ -10,8 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "client.h"
-#include "commands.h"
+#include "cli/commands.h"
+#include "client/client.h"
 
 #define CALL_TIMEOUT_MS 120000 /* a chain on a huge heap takes a few levels of passes */
 #define TYPE_CELL 1024        /* a type name in a table, escaped (cli_esc) */

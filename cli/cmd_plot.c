@@ -10,8 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "client.h"
-#include "commands.h"
+#include "cli/commands.h"
+#include "client/client.h"
 
 static const char *about_plot =
     "Plot an attached or ended session's memory over time, like mprof plot: RSS\n"

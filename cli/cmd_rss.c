@@ -1,11 +1,11 @@
 /* cmd_rss.c -- `memprof rss --pid N`: where resident memory comes from, seen from eBPF with nothing injected. */
-#include "rss_config.h"
+#include "gen/rss_config.h"
 #ifdef MEMPROF_NO_RSS /* a build that leaves rss out (tests/objects' harness) */
 #undef MEMPROF_HAVE_RSS
 #define MEMPROF_HAVE_RSS 0
 #define MEMPROF_RSS_WHY "left out of this build"
 #endif
-#include "commands.h"
+#include "cli/commands.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -15,9 +15,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "client.h"
-#include "opts.h"
-#include "util.h"
+#include "client/client.h"
+#include "common/opts.h"
+#include "common/util.h"
 
 static const char about_rss[] =
     "Live view of a process's resident memory from eBPF (root; no agent is loaded\n"
@@ -45,11 +45,11 @@ static int rss_run(const struct rss_args *a)
                     "(make deps) and rebuild on a kernel with BTF", MEMPROF_RSS_WHY);
 }
 #else
-#include "procfs.h"
-#include "pyabi.h"
-#include "pyversions.h"
-#include "rss.h"
-#include "rss_view.h"
+#include "cli/rss.h"
+#include "cli/rss_view.h"
+#include "common/pyabi.h"
+#include "common/pyversions.h"
+#include "probe/procfs.h"
 
 #define RSS_PID_INIT_INO 0xEFFFFFFCu /* include/linux/proc_ns.h */
 

@@ -13,11 +13,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "client.h"
-#include "commands.h"
-#include "alloc_view.h"
-#include "defaults.h"
-#include "pyversions.h"
+#include "cli/alloc_view.h"
+#include "cli/commands.h"
+#include "client/client.h"
+#include "common/defaults.h"
+#include "common/pyversions.h"
 
 #define SETTLE_S 5.0        /* after the program ends, for its sessions' final reports */
 #define MAX_FUNCS 64

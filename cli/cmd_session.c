@@ -6,10 +6,10 @@
 #include <unistd.h>
 #include <pwd.h>
 
-#include "client.h"
-#include "commands.h"
-#include "version.h"
-#include "pyversions.h"
+#include "cli/commands.h"
+#include "client/client.h"
+#include "common/pyversions.h"
+#include "common/version.h"
 
 static const char *about_status =
     "List the daemon's sessions: attached processes and ended ones it keeps.\n";

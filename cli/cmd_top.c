@@ -10,9 +10,9 @@
 #include <termios.h>
 #include <unistd.h>
 
-#include "client.h"
-#include "commands.h"
-#include "alloc_view.h"
+#include "cli/alloc_view.h"
+#include "cli/commands.h"
+#include "client/client.h"
 
 static const char *about_top =
     "Live view of where an attached process allocates and what it holds, like\n"

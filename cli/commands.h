@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#include "opts.h"
+#include "common/opts.h"
 
 int cmd_status(int argc, char **argv);
 int cmd_ps(int argc, char **argv);

@@ -4,9 +4,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "client.h"
-#include "commands.h"
-#include "version.h"
+#include "cli/commands.h"
+#include "client/client.h"
+#include "common/version.h"
 
 struct command {
     const char *name;

@@ -7,8 +7,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "../bpf/rss.h"
-#include "util.h"
+#include "bpf/rss.h"
+#include "common/util.h"
 
 struct pyabi;
 

@@ -1,18 +1,18 @@
 /* rss_sym.c -- memprof rss's names: native frames (probe/symbolize.c), Python frames (code objects read from the target's
  * memory, lines from co_linetable) and mappings (/proc/PID/maps). */
-#include "rss_config.h"
+#include "gen/rss_config.h"
 #if MEMPROF_HAVE_RSS
-#include "rss.h"
+#include "cli/rss.h"
 
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "elfsym.h"
-#include "pyabi.h"
-#include "pyprobe.h"
-#include "symbolize.h"
+#include "common/pyabi.h"
+#include "probe/elfsym.h"
+#include "probe/pyprobe.h"
+#include "probe/symbolize.h"
 
 #define NCACHE 8192 /* per kind; a full table is simply cleared */
 

@@ -1,8 +1,8 @@
 /* rss_trace.c -- memprof rss's BPF side from user space: load the skeleton, attach it (syscall tracepoints, a page
  * fault perf event per thread of the target), read the ring buffer and the counters. */
-#include "rss_config.h"
+#include "gen/rss_config.h"
 #if MEMPROF_HAVE_RSS
-#include "rss.h"
+#include "cli/rss.h"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -20,7 +20,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "rss.skel.h"
+#include "gen/rss.skel.h"
 
 /* A thread's page fault perf event and on_fault's link to it (destroying the link closes the event). */
 struct fault_event {

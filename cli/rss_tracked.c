@@ -1,14 +1,14 @@
 /* rss_tracked.c -- memprof rss beside a memprofd session on the same process: its tracked live heap, by line. */
-#include "rss_tracked.h"
+#include "cli/rss_tracked.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "alloc_view.h"
-#include "client.h"
-#include "commands.h"
+#include "cli/alloc_view.h"
+#include "cli/commands.h"
+#include "client/client.h"
 
 #define CONNECT_REPLY_MS 3000 /* a daemon that is there answers from its own tables */
 

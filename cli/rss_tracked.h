@@ -4,7 +4,7 @@
 
 #include <stddef.h>
 
-#include "util.h"
+#include "common/util.h"
 
 /* One line's live bytes as the agent attributes them (top's OWN LIVE by line). */
 struct rss_tracked_line {

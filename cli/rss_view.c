@@ -1,7 +1,7 @@
 /* rss_view.c -- memprof rss's rows, RSS figures and timeline, shown as a live table or JSON lines. */
-#include "rss_config.h"
+#include "gen/rss_config.h"
 #if MEMPROF_HAVE_RSS
-#include "rss_view.h"
+#include "cli/rss_view.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -10,11 +10,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "commands.h"
-#include "memprof.pb-c.h"
-#include "procfs.h"
-#include "wire.h"
-#include "rss_tracked.h"
+#include "cli/commands.h"
+#include "cli/rss_tracked.h"
+#include "gen/memprof.pb-c.h"
+#include "probe/procfs.h"
+#include "proto/wire.h"
 
 #define NSLOTS (1 << 16)
 #define MAX_ROWS 50000

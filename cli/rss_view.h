@@ -2,7 +2,7 @@
 #ifndef MEMPROF_CLI_RSS_VIEW_H
 #define MEMPROF_CLI_RSS_VIEW_H
 
-#include "rss.h"
+#include "cli/rss.h"
 
 enum rss_by { RSS_BY_LINE, RSS_BY_FUNCTION, RSS_BY_NATIVE, RSS_BY_MAPPING };
 

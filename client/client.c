@@ -1,5 +1,5 @@
 /* client.c -- connecting to memprofd (starting it when needed) and request/reply calls. */
-#include "client.h"
+#include "client/client.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -14,8 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "exitcodes.h"
-#include "util.h"
+#include "common/exitcodes.h"
+#include "common/util.h"
 
 const char *client_socket_opt;
 

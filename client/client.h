@@ -2,7 +2,7 @@
 #ifndef MEMPROF_CLIENT_H
 #define MEMPROF_CLIENT_H
 
-#include "wire.h"
+#include "proto/wire.h"
 
 /* Connect to the daemon at socket (NULL: the default) and shake hands. With
  * spawn set and no daemon running, start `memprofd serve` in the background

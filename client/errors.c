@@ -1,8 +1,8 @@
 /* errors.c -- what the last failed call to memprofd was (ErrorReply.Code) and the exit status it maps to
  * (apart from client.c: tests/objects' harness links it beside its stand-in calls). */
-#include "client.h"
-#include "exitcodes.h"
-#include "util.h"
+#include "client/client.h"
+#include "common/exitcodes.h"
+#include "common/util.h"
 
 static Memprof__ErrorReply__Code last_code;
 

@@ -1,5 +1,5 @@
 /* demangle.c -- C++ symbol names for display, with libstdc++'s demangler (__cxa_demangle, its C ABI). */
-#include "demangle.h"
+#include "common/demangle.h"
 
 #include <stdio.h>
 #include <stdlib.h>

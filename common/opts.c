@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "opts.h"
-#include "util.h"
+#include "common/opts.h"
+#include "common/util.h"
 
 #define OPTS_MAX 40   /* options in one table */
 #define VAL_BASE 1000 /* getopt value of the table's option i: VAL_BASE + i */

@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "exitcodes.h"
+#include "common/exitcodes.h"
 
 /* What an option's argument is, and where it goes (dest's type):
  *   OPT_FLAG     no argument; *(int *)dest = 1

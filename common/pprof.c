@@ -1,6 +1,6 @@
 /* pprof.c -- AllocData to a pprof heap profile: interned strings, functions and locations, one sample per
  * stack, packed with protobuf-c (profile.proto) and gzip-compressed with zlib. */
-#include "pprof.h"
+#include "common/pprof.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -9,8 +9,8 @@
 #include <string.h>
 #include <zlib.h>
 
-#include "profile.pb-c.h"
-#include "util.h"
+#include "common/util.h"
+#include "gen/profile.pb-c.h"
 
 typedef Perftools__Profiles__Profile Profile;
 typedef Perftools__Profiles__Sample Sample;

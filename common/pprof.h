@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "memprof.pb-c.h"
+#include "gen/memprof.pb-c.h"
 
 /* Sample types alloc_objects/count, alloc_space/bytes, inuse_objects/count, inuse_space/bytes (the
  * default one inuse_space, or alloc_space when allocated is set); period_type space/bytes, period the

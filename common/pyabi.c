@@ -1,10 +1,10 @@
 /* pyabi.c -- every per-version CPython fact memprof relies on: one entry per minor version, grouped by struct. */
-#include "pyabi.h"
+#include "common/pyabi.h"
 
 #include <stdio.h>
 #include <string.h>
 
-#include "util.h"
+#include "common/util.h"
 
 /* Shared by many entries: what did not move between the versions named. */
 

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "pyversions.h"
+#include "common/pyversions.h"
 
 /* The same in every supported version (release builds, LP64): PyObject and
  * PyVarObject, PyGC_Head (16 bytes just before a tracked object), the

@@ -1,5 +1,5 @@
 /* util.c -- error buffers, clocks, default paths and /proc reading shared by all programs. */
-#include "util.h"
+#include "common/util.h"
 
 #include <errno.h>
 #include <fcntl.h>

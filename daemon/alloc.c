@@ -2,18 +2,18 @@
  * per-stack totals (allocated, freed, live, peak, recent rate) and a bounded
  * history of totals and of the top sites, and answers AllocQuery. Kept after
  * the target exits. */
-#include "alloc.h"
+#include "daemon/alloc.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "logging.h"
-#include "loop.h"
-#include "procinfo.h"
-#include "symbolize.h"
-#include "util.h"
+#include "common/util.h"
+#include "daemon/logging.h"
+#include "daemon/loop.h"
+#include "daemon/procinfo.h"
+#include "probe/symbolize.h"
 
 #define MAX_IDS 131072         /* the agent caps frames and stacks at 65536 (agent/track.c) */
 #define NATIVE_BASE 65536      /* native frames (named here) take ids from here up, below MAX_IDS */

@@ -3,8 +3,8 @@
 #ifndef MEMPROF_ALLOC_H
 #define MEMPROF_ALLOC_H
 
-#include "conn.h"
-#include "session.h"
+#include "daemon/conn.h"
+#include "daemon/session.h"
 
 /* Fold one agent report into the session's data (created on first use). */
 void alloc_report(struct session *s, const Memprof__AllocReport *r);

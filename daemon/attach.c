@@ -1,6 +1,6 @@
 /* attach.c -- session lifecycle: inject, wait for the agent's hello, forward
  * requests, detach and unload, notice exits; and status/ps for clients. */
-#include "attach.h"
+#include "daemon/attach.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -10,27 +10,27 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "alloc.h"
-#include "defaults.h"
-#include "elfsym.h"
-#include "inject.h"
-#include "logging.h"
-#include "metrics.h"
-#include "procfs.h"
-#include "procinfo.h"
-#include "pyabi.h"
-#include "pyprobe.h"
-#include "remote_exec.h"
-#include "run.h"
-#include "session.h"
-#include "util.h"
-#include "version.h"
+#include "common/defaults.h"
+#include "common/pyabi.h"
+#include "common/util.h"
+#include "common/version.h"
+#include "daemon/alloc.h"
+#include "daemon/inject.h"
+#include "daemon/logging.h"
+#include "daemon/metrics.h"
+#include "daemon/procinfo.h"
+#include "daemon/remote_exec.h"
+#include "daemon/run.h"
+#include "daemon/session.h"
+#include "probe/elfsym.h"
+#include "probe/procfs.h"
+#include "probe/pyprobe.h"
 
 #define ATTACH_TIMEOUT 15.0   /* seconds for the agent to say hello */
 #define DETACH_TIMEOUT 5.0
 #define CALL_TIMEOUT 120.0    /* a census of a huge heap may take a while */
 #define UNDO_POLL_MS 200      /* how often an undo looks whether the agent's thread has ended */
-#define AGENT_THREAD "memprof-agent" /* the name agent.c gives its thread from birth (spawn_thread) */
+#define AGENT_THREAD "memprof-agent" /* the name agent/start.c gives its thread from birth (agent_spawn_thread) */
 
 enum { ATTACH_AUTO, ATTACH_PTRACE, ATTACH_REMOTE_EXEC };
 

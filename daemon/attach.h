@@ -3,7 +3,7 @@
 #ifndef MEMPROF_ATTACH_H
 #define MEMPROF_ATTACH_H
 
-#include "conn.h"
+#include "daemon/conn.h"
 
 /* Handlers of the dispatch table (dispatch.c): clients' requests, then agents' messages. */
 void attach_on_attach(struct conn *c, const Envelope *env);

@@ -1,7 +1,7 @@
 /* conn.c -- memprofd's transport on the event loop (loop.c): a private client socket and an abstract socket
  * for agents, per-connection output queues so that no peer can block the daemon, and the work between two
  * rounds of the loop. What messages mean is the callbacks' business (conn.h); nothing here calls above it. */
-#include "conn.h"
+#include "daemon/conn.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -15,9 +15,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "logging.h"
-#include "loop.h"
-#include "util.h"
+#include "common/util.h"
+#include "daemon/logging.h"
+#include "daemon/loop.h"
 
 char conn_agent_sock[108];
 

@@ -6,7 +6,7 @@
 
 #include <stdint.h>
 #include <sys/types.h>
-#include "wire.h"
+#include "proto/wire.h"
 
 enum conn_kind { CONN_NEW, CONN_CLIENT, CONN_AGENT };
 

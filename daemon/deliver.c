@@ -1,7 +1,7 @@
 /* deliver.c -- the host side of loading the agent into a target that may live in a container:
  * the library's bytes, written into a memfd of the target or into a private copy in the
  * target's /tmp, and one end of a socket taken out of the target (pidfd_getfd). */
-#include "deliver.h"
+#include "daemon/deliver.h"
 
 #include <elf.h>
 #include <errno.h>
@@ -17,9 +17,9 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-#include "elfsym.h"
-#include "procfs.h"
-#include "util.h"
+#include "common/util.h"
+#include "probe/elfsym.h"
+#include "probe/procfs.h"
 
 /* Drops what the loader never reads: the bytes past the last segment's file extent
  * (debug info, .symtab, section headers), when the section headers are among them. Less

@@ -1,14 +1,14 @@
 /* dispatch.c -- the daemon's dispatch table: one row per message a connection of a kind may send.
  * A new message is a schema entry in proto/memprof.proto, one handler, and one row here. */
-#include "dispatch.h"
+#include "daemon/dispatch.h"
 
 #include <stdio.h>
 
-#include "alloc.h"
-#include "attach.h"
-#include "hello.h"
-#include "logging.h"
-#include "run.h"
+#include "daemon/alloc.h"
+#include "daemon/attach.h"
+#include "daemon/hello.h"
+#include "daemon/logging.h"
+#include "daemon/run.h"
 
 typedef void handler_fn(struct conn *c, const Envelope *env);
 

@@ -2,7 +2,7 @@
 #ifndef MEMPROF_DISPATCH_H
 #define MEMPROF_DISPATCH_H
 
-#include "conn.h"
+#include "daemon/conn.h"
 
 /* Runs env's handler for c's kind; a message without one gets a typed error (clients) or a log line
  * (agents). */

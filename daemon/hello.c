@@ -1,15 +1,15 @@
 /* hello.c -- a connection's first message: the hello that makes it a client or an agent (its role, its
  * protocol, the socket it came in on), and the bounds on a connection before it. */
-#include "hello.h"
+#include "daemon/hello.h"
 
 #include <stdio.h>
 #include <unistd.h>
 
-#include "attach.h"
-#include "logging.h"
-#include "loop.h"
-#include "util.h"
-#include "version.h"
+#include "common/util.h"
+#include "common/version.h"
+#include "daemon/attach.h"
+#include "daemon/logging.h"
+#include "daemon/loop.h"
 
 /* Bounded before trust. Until its hello a connection is a stranger (the agent socket's name is readable by
  * every local user in /proc/net/unix): it may buffer one frame of HELLO_MAX bytes, must say hello within

@@ -3,7 +3,7 @@
 #ifndef MEMPROF_HELLO_H
 #define MEMPROF_HELLO_H
 
-#include "conn.h"
+#include "daemon/conn.h"
 
 /* The transport's callbacks for connections before their hello (conn.h's admit, accepted, make_room). */
 int hello_admit(int from_agent_socket, int short_of_fds, pid_t pid, uid_t uid);

@@ -3,7 +3,7 @@
  * thread, no lock and nothing ever waits on a peer; every client is bounded (connections, idle time, request
  * size). Routes: /metrics, /debug/pprof/ (the sessions), /debug/pprof/heap and /allocs (?pid=N or
  * ?session=ID). Loopback only unless allowed; an optional bearer token. */
-#include "http.h"
+#include "daemon/http.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -16,13 +16,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "alloc.h"
-#include "loop.h"
-#include "metrics.h"
-#include "pprof.h"
-#include "logging.h"
-#include "session.h"
-#include "util.h"
+#include "common/pprof.h"
+#include "common/util.h"
+#include "daemon/alloc.h"
+#include "daemon/logging.h"
+#include "daemon/loop.h"
+#include "daemon/metrics.h"
+#include "daemon/session.h"
 
 /* Bounds on what clients may hold. A scraper keeps one connection; a browser a handful. */
 #define HTTP_MAX_CONNECTIONS 128 /* all clients together */

@@ -22,7 +22,7 @@
  * fill the memfd and take our end of the socket), closes + dlopen + close + dlsym +
  * start (one run, which unmaps the page) -- a copy already loaded needs no memfd. No byte
  * of the target's code is changed: other threads never see anything. */
-#include "inject.h"
+#include "daemon/inject.h"
 
 #include <dirent.h>
 #include <elf.h>
@@ -44,10 +44,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "deliver.h"
-#include "elfsym.h"
-#include "procfs.h"
-#include "util.h"
+#include "common/util.h"
+#include "daemon/deliver.h"
+#include "probe/elfsym.h"
+#include "probe/procfs.h"
 
 #define CALL_TIMEOUT     5.0  /* s, the calls of one stub run */
 #define STOP_TIMEOUT     5.0  /* s, for a thread to reach a ptrace stop */

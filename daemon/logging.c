@@ -1,13 +1,13 @@
 /* logging.c -- memprofd's log lines on stderr, and the rate-limited ones about peers turned away. */
-#include "logging.h"
+#include "daemon/logging.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "loop.h"
-#include "util.h"
+#include "common/util.h"
+#include "daemon/loop.h"
 
 #define REFUSALS_PER_S 1
 

@@ -1,6 +1,6 @@
 /* loop.c -- memprofd's event loop: an fd-indexed table of file events and a list of timers over one epoll.
  * Nothing runs at a fixed interval: the loop sleeps until a file event or the earliest timer. */
-#include "loop.h"
+#include "daemon/loop.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -8,7 +8,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
-#include "util.h"
+#include "common/util.h"
 
 struct file_event {
     int mask; /* 0: unused */

@@ -8,15 +8,15 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "client.h"
-#include "defaults.h"
-#include "http.h"
-#include "opts.h"
-#include "serve.h"
-#include "session.h"
-#include "pyversions.h"
-#include "util.h"
-#include "version.h"
+#include "client/client.h"
+#include "common/defaults.h"
+#include "common/opts.h"
+#include "common/pyversions.h"
+#include "common/util.h"
+#include "common/version.h"
+#include "daemon/http.h"
+#include "daemon/serve.h"
+#include "daemon/session.h"
 
 #ifndef MEMPROF_AGENT_PATH
 #error "MEMPROF_AGENT_PATH is set by the Makefile from PREFIX"

@@ -1,18 +1,18 @@
 /* metrics.c -- the Prometheus text exposition of memprofd (format 0.0.4): per attached session one
  * memprof_process_info series carrying its python and command, the numeric series keyed by pid alone, its top-N
  * sites by live bytes and top-N types of its last census, and the daemon's health. Names and units follow Prometheus' conventions (_bytes, _total for counters). */
-#include "metrics.h"
+#include "daemon/metrics.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "alloc.h"
-#include "conn.h"
-#include "procinfo.h"
-#include "session.h"
-#include "util.h"
+#include "common/util.h"
+#include "daemon/alloc.h"
+#include "daemon/conn.h"
+#include "daemon/procinfo.h"
+#include "daemon/session.h"
 
 #define CENSUS_KEEP 64 /* types kept per session from its last census (the largest by bytes) */
 #define COMMAND_MAX 160

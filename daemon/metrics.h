@@ -5,7 +5,7 @@
 
 #include <stddef.h>
 
-#include "wire.h"
+#include "proto/wire.h"
 
 struct session;
 

@@ -1,5 +1,5 @@
 /* procinfo.c -- /proc readers for ownership, liveness and the `memprof ps` listing. */
-#include "procinfo.h"
+#include "daemon/procinfo.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -11,9 +11,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "procfs.h"
-#include "pyprobe.h"
-#include "util.h"
+#include "common/util.h"
+#include "probe/procfs.h"
+#include "probe/pyprobe.h"
 
 int proc_uid(pid_t pid, uid_t *uid)
 {

@@ -3,7 +3,7 @@
 #define MEMPROF_PROCINFO_H
 
 #include <sys/types.h>
-#include "wire.h"
+#include "proto/wire.h"
 
 /* Real uid of pid, -1 when it does not exist. */
 int proc_uid(pid_t pid, uid_t *uid);

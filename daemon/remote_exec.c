@@ -1,6 +1,6 @@
 /* remote_exec.c -- PEP 768 attach: a script in the target's /tmp, its path and the pending flag written
  * into the main thread's state through _Py_DebugOffsets, as sys.remote_exec() does. */
-#include "remote_exec.h"
+#include "daemon/remote_exec.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -10,9 +10,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "elfsym.h"
-#include "pyabi.h"
-#include "util.h"
+#include "common/pyabi.h"
+#include "common/util.h"
+#include "probe/elfsym.h"
 
 #define SCRIPT_NAME "attach.py"
 #define EVAL_PLEASE_STOP_BIT 32 /* _PY_EVAL_PLEASE_STOP_BIT (1 << 5), 3.14 and 3.15 */

@@ -6,8 +6,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "deliver.h"
-#include "pyprobe.h"
+#include "daemon/deliver.h"
+#include "probe/pyprobe.h"
 
 #define RX_SAFE_POINT_S 2.0 /* the main thread must take the request within this */
 

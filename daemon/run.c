@@ -7,17 +7,17 @@
  * client's parent may also say hello: `memprof inproc`, started by an
  * interpreter loading the agent itself (the IPython extension). A run
  * lasts as long as its client's connection. */
-#include "run.h"
+#include "daemon/run.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "defaults.h"
-#include "logging.h"
-#include "procinfo.h"
-#include "session.h"
-#include "util.h"
+#include "common/defaults.h"
+#include "common/util.h"
+#include "daemon/logging.h"
+#include "daemon/procinfo.h"
+#include "daemon/session.h"
 
 #define MAX_DEPTH 64 /* parent links followed from an agent up to the client */
 

@@ -2,7 +2,7 @@
 #ifndef MEMPROF_RUN_H
 #define MEMPROF_RUN_H
 
-#include "conn.h"
+#include "daemon/conn.h"
 
 struct session;
 

@@ -1,7 +1,7 @@
 /* serve.c -- memprofd serve: the wiring. The transport (conn.c on loop.c) gets its callbacks here: messages
  * to the dispatch table, closed connections to hello.c and attach.c, deadlines and the stop to attach.c; and
  * the daemon's own setup around it: its socket directory and lock, signals, the HTTP endpoint. */
-#include "serve.h"
+#include "daemon/serve.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -12,16 +12,16 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
-#include "attach.h"
-#include "conn.h"
-#include "dispatch.h"
-#include "hello.h"
-#include "http.h"
-#include "logging.h"
-#include "loop.h"
-#include "session.h"
-#include "util.h"
-#include "version.h"
+#include "common/util.h"
+#include "common/version.h"
+#include "daemon/attach.h"
+#include "daemon/conn.h"
+#include "daemon/dispatch.h"
+#include "daemon/hello.h"
+#include "daemon/http.h"
+#include "daemon/logging.h"
+#include "daemon/loop.h"
+#include "daemon/session.h"
 
 /* A closed connection: a stranger leaves its list; an agent's session and a client's requests hear of it. */
 static void closed(struct conn *c)

@@ -1,13 +1,13 @@
 /* session.c -- the session table: creation, lookup, retirement and description; a session's agent token
  * and tracking settings. */
-#include "session.h"
+#include "daemon/session.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 
-#include "defaults.h"
+#include "common/defaults.h"
 
 #define MAX_ENDED_SESSIONS 64
 

@@ -6,9 +6,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "pyprobe.h"
-#include "remote_exec.h"
-#include "wire.h"
+#include "daemon/remote_exec.h"
+#include "probe/pyprobe.h"
+#include "proto/wire.h"
 
 struct alloc_data;
 

@@ -1,5 +1,5 @@
 /* elfsym.c -- a live process's mapped ELF files: /proc/PID/maps, load bias, symbols, memory. */
-#include "elfsym.h"
+#include "probe/elfsym.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -14,8 +14,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "procfs.h"
-#include "util.h"
+#include "common/util.h"
+#include "probe/procfs.h"
 
 #define DELETED_SUFFIX " (deleted)"
 

@@ -1,11 +1,11 @@
 /* procfs.c -- the one reader of /proc/PID/stat and /proc/PID/status for memprofd and memprof. */
-#include "procfs.h"
+#include "probe/procfs.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "util.h"
+#include "common/util.h"
 
 int procfs_parse_stat(const char *buf, struct procfs_stat *st)
 {

@@ -1,5 +1,5 @@
 /* pyprobe.c -- is a process CPython, and which version: read from the target's memory. */
-#include "pyprobe.h"
+#include "probe/pyprobe.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -8,10 +8,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "elfsym.h"
-#include "procfs.h"
-#include "pyabi.h"
-#include "util.h"
+#include "common/pyabi.h"
+#include "common/util.h"
+#include "probe/elfsym.h"
+#include "probe/procfs.h"
 
 static void perm_denied(pid_t pid, char *err)
 {

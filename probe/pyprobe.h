@@ -8,8 +8,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "pyversions.h" /* the supported range: MP_PY_MIN_MINOR ... MP_PY_MAX_MINOR */
-#include "util.h"
+#include "common/pyversions.h" /* the supported range: MP_PY_MIN_MINOR ... MP_PY_MAX_MINOR */
+#include "common/util.h"
 
 struct pyinfo {
     int major, minor, micro;

@@ -10,7 +10,7 @@
  * whose file was deleted or replaced since (" (deleted)") is not opened: offsets only. The vDSO is read
  * from the target's memory (libdwfl's own dwfl_linux_proc_find_elf).
  * Addresses in no reported module make the maps be read again, at most once a second. */
-#include "symbolize.h"
+#include "probe/symbolize.h"
 
 #include <elfutils/libdwfl.h>
 #include <fcntl.h>
@@ -21,9 +21,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "demangle.h"
-#include "elfsym.h"
-#include "util.h"
+#include "common/demangle.h"
+#include "common/util.h"
+#include "probe/elfsym.h"
 
 struct symbolizer {
     Dwfl *dwfl;

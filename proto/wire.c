@@ -1,5 +1,5 @@
 /* wire.c -- length-prefixed protobuf framing shared by agent, daemon and CLI. */
-#include "wire.h"
+#include "proto/wire.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "util.h"
+#include "common/util.h"
 
 static void put_le32(uint8_t *p, uint32_t v)
 {

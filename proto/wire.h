@@ -5,8 +5,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "memprof.pb-c.h"
-#include "util.h"
+#include "common/util.h"
+#include "gen/memprof.pb-c.h"
 
 #define MEMPROF_PROTOCOL 1
 #define WIRE_MAX_MSG (16u << 20) /* 16 MiB: a census or graph of a big heap fits */

@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "wire.h"
+#include "proto/wire.h"
 
 static const char *script = "detach";
 static const char *refuse = "";

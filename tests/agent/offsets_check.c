@@ -4,8 +4,8 @@
  * library and called through ctypes.PyDLL (with the GIL held). */
 #include <stdio.h>
 
-#include "pyapi.h"
-#include "util.h"
+#include "agent/pyapi.h"
+#include "common/util.h"
 
 __attribute__((visibility("default"))) int oc_walk(char *out, int outlen);
 

@@ -8,11 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "alloc.h"
-#include "procinfo.h"
-#include "session.h"
-#include "symbolize.h"
-#include "util.h"
+#include "common/util.h"
+#include "daemon/alloc.h"
+#include "daemon/procinfo.h"
+#include "daemon/session.h"
+#include "probe/symbolize.h"
 
 /* /proc of a target that does not exist: never asked by what is fuzzed, but for its RSS. */
 int proc_may_access(uid_t uid, pid_t pid, char *err) { (void)uid, (void)pid, (void)err; abort(); }

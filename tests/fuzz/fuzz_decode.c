@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "wire.h"
+#include "proto/wire.h"
 
 /* Every frame complete in rb; -1 when the stream is bad (a peer closes the connection). */
 static int take_all(struct wire_rbuf *rb)

@@ -1,7 +1,7 @@
 /* fuzz_snapshot.c -- libFuzzer target: arbitrary bytes as a snapshot file (`memprof snapshot`'s
  * format) through the reader `memprof diff` uses, then the tables and the diff built from it. The
  * reader and its helpers are static in cli/cmd_diff.c: the file is compiled into this one. */
-#include "../../cli/cmd_diff.c"
+#include "cli/cmd_diff.c"
 
 #include <sys/mman.h>
 

@@ -1,6 +1,6 @@
 /* groupstop.c -- the job-control race: a target stopped after the state check but
  * before PTRACE_SEIZE must be recognised by stop_thread() and left stopped. */
-#include "../../daemon/inject.c"
+#include "daemon/inject.c"
 
 int main(int argc, char **argv)
 {

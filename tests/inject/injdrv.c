@@ -4,9 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "inject.h"
-#include "pyprobe.h"
-#include "util.h"
+#include "common/util.h"
+#include "daemon/inject.h"
+#include "probe/pyprobe.h"
 
 static int usage(void)
 {

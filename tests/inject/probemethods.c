@@ -1,6 +1,6 @@
 /* probemethods.c -- runs each of pyprobe's three version readers on its own against a
  * live process, to check every fallback works (includes pyprobe.c for its statics). */
-#include "../../probe/pyprobe.c"
+#include "probe/pyprobe.c"
 
 int main(int argc, char **argv)
 {

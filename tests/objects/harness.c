@@ -9,10 +9,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "agent.h"
-#include "client.h"
-#include "util.h"
-#include "wire.h"
+#include "agent/agent.h"
+#include "client/client.h"
+#include "common/util.h"
+#include "proto/wire.h"
 
 #define HARNESS_API __attribute__((visibility("default")))
 

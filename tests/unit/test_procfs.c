@@ -5,8 +5,8 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "procfs.h"
+#include "probe/procfs.h"
+#include "tests/unit/check.h"
 
 static void test_stat_lines(void)
 {

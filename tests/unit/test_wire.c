@@ -6,8 +6,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "wire.h"
+#include "proto/wire.h"
+#include "tests/unit/check.h"
 
 static void make_status(Envelope *env, Memprof__StatusRequest *st)
 {

@@ -14,7 +14,7 @@ if [ -z "$why" ]; then
     if ! bpftool btf dump file /sys/kernel/btf/vmlinux format c > "$B/gen/vmlinux.h.tmp" 2>"$B/bpf-build.log"; then
         why="bpftool could not dump /sys/kernel/btf/vmlinux"
     elif mv "$B/gen/vmlinux.h.tmp" "$B/gen/vmlinux.h" &&
-        ! clang -target bpf -O2 -g -D__TARGET_ARCH_$arch -I. -I"$B" $(pkg-config --cflags libbpf) \
+        ! clang -target bpf -O2 -g -D__TARGET_ARCH_$arch -iquote . -iquote "$B" $(pkg-config --cflags libbpf) \
             -c bpf/rss.bpf.c -o "$B/rss.bpf.o" 2>>"$B/bpf-build.log"; then
         cat "$B/bpf-build.log" >&2
         echo "build.sh: clang failed on bpf/rss.bpf.c" >&2

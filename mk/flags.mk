@@ -11,9 +11,10 @@ GCC_WARNINGS = -Wno-format-truncation
 STD_CFLAGS = -std=gnu11 -D_GNU_SOURCE -fno-strict-aliasing
 BASE_CFLAGS = $(STD_CFLAGS) $(WARNINGS) $(GCC_WARNINGS)
 # Sources include a project header by its path from the checkout's root ("agent/track.h"), a generated one by its
-# path from the build tree ("gen/memprof.pb-c.h"): one -I for each. ROOT: the root, from the including Makefile.
+# path from the build tree ("gen/memprof.pb-c.h"): one -iquote for each (quoted includes only: <bpf/libbpf.h> never
+# finds the project's bpf/ folder). ROOT: the root, from the including Makefile.
 ROOT ?= .
-INCLUDES = -I$(ROOT) -I$(BUILD)
+INCLUDES = -iquote $(ROOT) -iquote $(BUILD)
 # A dependency file beside each object (OBJ.d): a header's change recompiles exactly the objects that include it;
 # -MP keeps a deleted header from breaking the build.
 DEPFLAGS = -MMD -MP

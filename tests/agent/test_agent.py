@@ -22,7 +22,7 @@ FAKED = os.path.join(BUILD, "faked")
 EMBED = os.path.join(BUILD, "embed")
 OFFSETS = os.path.join(BUILD, "offsets_check.so")
 CFLAGS = ["-O1", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE",
-          "-I.", "-I" + BUILD]
+          "-iquote", ".", "-iquote", BUILD]
 WIRE = [os.path.join(BUILD, "gen", "memprof.pb-c.c"), "proto/wire.c", "common/util.c"]
 
 

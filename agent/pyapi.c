@@ -182,7 +182,9 @@ int pyapi_walk_init(char *err)
     return 0;
 }
 
-void *pyapi_tstate_if_gil(void)
+/* The helpers below are static inline, so that pyapi_top_site inlines them (calls between this library's
+ * exported functions are not: -fPIC); the pyapi_ functions wrap them. */
+static inline void *tstate_if_gil(void)
 {
     void *ts;
     if (!offsets || !PY.ThreadState_Get) return NULL;
@@ -193,13 +195,17 @@ void *pyapi_tstate_if_gil(void)
     return ts;
 }
 
-void *pyapi_frame_code(void *frame)
+void *pyapi_tstate_if_gil(void) { return tstate_if_gil(); }
+
+static inline void *frame_code(void *frame)
 {
     uintptr_t bits = PYABI_AT(frame, offsets->frame.code, uintptr_t);
     return (void *)(bits & ~offsets->frame.executable_tag); /* 3.14+: a tagged _PyStackRef */
 }
 
-void *pyapi_top_frame(void *ts)
+void *pyapi_frame_code(void *frame) { return frame_code(frame); }
+
+static inline void *top_frame(void *ts)
 {
     const struct pyabi *o = offsets;
     void *cf;
@@ -211,15 +217,17 @@ void *pyapi_top_frame(void *ts)
     return PYABI_AT(ts, o->ts.current_frame, void *);
 }
 
-int pyapi_walk(void *ts, struct pyframe *out, int max)
+void *pyapi_top_frame(void *ts) { return top_frame(ts); }
+
+static inline int walk(void *ts, struct pyframe *out, int max)
 {
     const struct pyabi *o = offsets;
     int n = 0, depth = 0;
     void *frame;
     if (!o || !ts) return 0;
-    for (frame = pyapi_top_frame(ts); frame && n < max && depth < WALK_MAX_DEPTH;
+    for (frame = top_frame(ts); frame && n < max && depth < WALK_MAX_DEPTH;
          frame = PYABI_AT(frame, o->frame.back, void *), depth++) {
-        void *code = pyapi_frame_code(frame);
+        void *code = frame_code(frame);
         int lasti;
         if (!code || PYABI_AT(code, PYABI_OB_TYPE, void *) != code_type) continue; /* 3.13+ f_executable */
         if (o->frame.owner >= 0) {
@@ -241,11 +249,43 @@ int pyapi_walk(void *ts, struct pyframe *out, int max)
     return n;
 }
 
-void pyapi_code_key(void *code, void **file, void **name, int *firstline)
+int pyapi_walk(void *ts, struct pyframe *out, int max) { return walk(ts, out, max); }
+
+static inline void code_key(void *code, void **file, void **name, int *firstline)
 {
     *file = PYABI_AT(code, offsets->code.filename, void *);
     *name = PYABI_AT(code, pyabi_code_name(offsets), void *);
     *firstline = PYABI_AT(code, offsets->code.firstlineno, int);
+}
+
+void pyapi_code_key(void *code, void **file, void **name, int *firstline) { code_key(code, file, name, firstline); }
+
+int pyapi_top_site(struct pyframe *out, void **file, void **name, int *firstline)
+{
+    const struct pyabi *o = offsets;
+    void *ts = tstate_if_gil(), *frame, *code;
+    if (!ts) return -1;
+    /* Nearly always the innermost frame is the one: pyapi_walk's tests for it, on locals (the stores to
+     * out would make the compiler reload every offset, -fno-strict-aliasing); any other case walks. */
+    frame = top_frame(ts);
+    code = frame ? frame_code(frame) : NULL;
+    if (code && PYABI_AT(code, PYABI_OB_TYPE, void *) == code_type && o->frame.owner >= 0) {
+        int owner = PYABI_AT(frame, o->frame.owner, char);
+        char *first = (char *)code + o->code.code_adaptive;
+        char *instr = PYABI_AT(frame, o->frame.instr, char *);
+        if (owner < o->frame.first_not_python &&
+            (owner == o->frame.owned_by_generator || instr >= first + 2 * PYABI_AT(code, o->code.firsttraceable, int))) {
+            *file = PYABI_AT(code, o->code.filename, void *);
+            *name = PYABI_AT(code, pyabi_code_name(o), void *);
+            *firstline = PYABI_AT(code, o->code.firstlineno, int);
+            out->code = code;
+            out->lasti = (int)(instr - first);
+            return 1;
+        }
+    }
+    if (!walk(ts, out, 1)) return 0;
+    code_key(out->code, file, name, firstline);
+    return 1;
 }
 
 /* A str's UTF-8 text. Compact ASCII strings (nearly every file and function

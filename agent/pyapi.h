@@ -82,6 +82,11 @@ int pyapi_walk(void *tstate, struct pyframe *out, int max);
 /* What identifies a code object for caching (its filename and name objects,
  * def line): equal keys at one address mean the same code. */
 void pyapi_code_key(void *code, void **file, void **name, int *firstline);
+/* One call for the innermost frame (the exact-mode hooks' fast path): pyapi_tstate_if_gil, then
+ * pyapi_walk(ts, out, 1) and pyapi_code_key of its code. 1 with them; 0 when this thread holds the GIL but
+ * the walk finds no Python frame; -1 when it does not hold the GIL. Safe without the GIL. */
+int pyapi_top_site(struct pyframe *out, void **file, void **name, int *firstline)
+    __attribute__((visibility("hidden")));
 /* UTF-8 filename, function name (qualified on 3.11+: pyabi_code_name), def line and the line of lasti. GIL held. */
 void pyapi_code_where(const struct pyframe *f, const char **file, const char **func, int *firstline,
                       int *line);

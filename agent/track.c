@@ -305,7 +305,7 @@ static int blocks_grow(void)
     return 0;
 }
 
-static int block_put(const void *p, size_t size, uint32_t stack)
+static inline __attribute__((always_inline)) int block_put(const void *p, size_t size, uint32_t stack)
 {
     size_t mask, i;
     if ((bcount + 1) * 2 > bcap && blocks_grow() < 0) return -1;
@@ -319,7 +319,7 @@ static int block_put(const void *p, size_t size, uint32_t stack)
 }
 
 /* Remove p; returns its meta or 0 when absent. Backward-shift deletion. */
-static track_meta block_take(const void *p)
+static inline __attribute__((always_inline)) track_meta block_take(const void *p)
 {
     size_t mask, i, j;
     track_meta meta;
@@ -360,16 +360,14 @@ static void bit_clear(const void *p)
 
 /* ------------------------------------------------------------ stacks (GIL) */
 
-/* Frame id of one raw frame, through the code cache. */
-static uint32_t frame_resolve(const struct pyframe *f)
+/* Frame id of one raw frame whose code's key (pyapi_code_key) is file, name, first: through the code cache. */
+static inline uint32_t frame_cached(const struct pyframe *f, void *file, void *name, int first)
 {
-    void *file, *name;
-    int first, line;
+    int line;
     const char *sfile, *sfunc;
     uint32_t slot = (uint32_t)(((uintptr_t)f->code >> 4) * 2654435761u ^ (uint32_t)f->lasti * 40503u) & (CODE_CACHE - 1);
     struct code_ent *e = &code_cache[slot];
     uint32_t id;
-    pyapi_code_key(f->code, &file, &name, &first);
     if (e->code == f->code && e->lasti == f->lasti && e->file == file && e->name == name && e->firstline == first)
         return e->frame;
     pyapi_code_where(f, &sfile, &sfunc, &first, &line);
@@ -380,9 +378,29 @@ static uint32_t frame_resolve(const struct pyframe *f)
     return id;
 }
 
+/* Frame id of one raw frame, through the code cache. */
+static uint32_t frame_resolve(const struct pyframe *f)
+{
+    void *file, *name;
+    int first;
+    pyapi_code_key(f->code, &file, &name, &first);
+    return frame_cached(f, file, name, first);
+}
+
+/* capture(ids, 1) in one call into pyapi.c and no frame array: every allocation in exact mode. */
+static inline int capture_top(uint32_t *ids)
+{
+    struct pyframe f;
+    void *file, *name;
+    int first, r = walk_ok ? pyapi_top_site(&f, &file, &name, &first) : -1;
+    ids[0] = r > 0 ? frame_cached(&f, file, name, first) : r == 0 ? FRAME_NOPY : FRAME_NOGIL;
+    return 1;
+}
+
 /* The frame ids of the calling thread's stack, innermost first. */
 static int capture(uint32_t *ids, int max)
 {
+    if (max == 1) return capture_top(ids);
     struct pyframe raw[max];
     void *ts = walk_ok ? pyapi_tstate_if_gil() : NULL;
     int n;

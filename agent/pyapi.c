@@ -64,6 +64,8 @@ void pyapi_fini(void)
     version[0] = 0;
     offsets = NULL;
     abi_error[0] = 0;
+    /* off; the offsets stay as they were, for a reader that has already taken get_ts */
+    __atomic_store_n(&pyapi_S.get_ts, NULL, __ATOMIC_RELEASE);
 }
 
 uint32_t pyapi_parse_version(const char *s, char *out, int outlen)
@@ -174,24 +176,57 @@ int pyapi_walk_init(char *err)
         {(void **)&as_utf8, "PyUnicode_AsUTF8", 0},
     };
     const struct pyapi_symbol *missing = pyapi_resolve(table, sizeof table / sizeof table[0]);
+    const struct pyabi *o = offsets;
+    __atomic_store_n(&pyapi_S.get_ts, NULL, __ATOMIC_RELEASE);
     if (!offsets || !PY.ThreadState_Get || missing) {
         if (!offsets && abi_error[0]) mp_err(err, "%s", abi_error);
         else mp_err(err, "Python %s: no frame layout or C API for stack capture", version[0] ? version : "?");
         return -1;
     }
+    pyapi_S = (struct pyapi_site){
+        .get_ts = NULL,
+        .code_type = code_type,
+        .exec_tag = o->frame.executable_tag,
+        .kind = o->caps & PYABI_FRAME_OBJECTS ? PYAPI_SITE_FRAME_OBJECTS
+                : o->caps & PYABI_CFRAME     ? PYAPI_SITE_CFRAME
+                                             : PYAPI_SITE_CURRENT_FRAME,
+        .ts_thread_id = o->ts.thread_id,
+        .ts_frame = o->caps & PYABI_FRAME_OBJECTS ? o->ts.frame : o->caps & PYABI_CFRAME ? o->ts.cframe : o->ts.current_frame,
+        .cframe_current = o->ts.cframe_current,
+        .frame_code = o->frame.code,
+        .frame_owner = o->frame.owner,
+        .frame_instr = o->frame.instr,
+        .frame_lasti = o->frame.lasti,
+        .lasti_units = !!(o->caps & PYABI_LASTI_UNITS),
+        .first_not_python = o->frame.first_not_python,
+        .owned_by_generator = o->frame.owned_by_generator,
+        .code_adaptive = o->code.code_adaptive,
+        .code_firsttraceable = o->code.firsttraceable,
+        .code_filename = o->code.filename,
+        .code_name = pyabi_code_name(o),
+        .code_firstlineno = o->code.firstlineno,
+    };
+    /* last: pyapi_site_fast takes a non-NULL get_ts for "filled" */
+    __atomic_store_n(&pyapi_S.get_ts, PY.ThreadState_Get, __ATOMIC_RELEASE);
     return 0;
 }
 
 /* The helpers below are static inline, so that pyapi_top_site inlines them (calls between this library's
  * exported functions are not: -fPIC); the pyapi_ functions wrap them. */
+/* pthread_self() of this thread, kept (initial-exec TLS: one load, where pthread_self is a call into libc). */
+__thread unsigned long pyapi_self;
+struct pyapi_site pyapi_S;
+
 static inline void *tstate_if_gil(void)
 {
     void *ts;
+    unsigned long me = pyapi_self;
     if (!offsets || !PY.ThreadState_Get) return NULL;
+    if (__builtin_expect(!me, 0)) pyapi_self = me = (unsigned long)pthread_self();
     /* 3.8-3.11: the GIL holder's state (any thread's); 3.12+: this thread's
      * while attached. The thread id tells whether it is ours. */
     ts = PY.ThreadState_Get();
-    if (!ts || PYABI_AT(ts, offsets->ts.thread_id, unsigned long) != (unsigned long)pthread_self()) return NULL;
+    if (!ts || PYABI_AT(ts, offsets->ts.thread_id, unsigned long) != me) return NULL;
     return ts;
 }
 

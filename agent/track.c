@@ -396,10 +396,14 @@ static __attribute__((noinline)) void code_fill(struct code_ent *e, const struct
     *e = (struct code_ent){f->code, file, name, first, f->lasti, id, 0};
 }
 
+static inline uint32_t code_slot(const struct pyframe *f)
+{
+    return (uint32_t)(((uintptr_t)f->code >> 4) * 2654435761u ^ (uint32_t)f->lasti * 40503u) & (CODE_CACHE - 1);
+}
+
 static inline struct code_ent *code_entry(const struct pyframe *f, void *file, void *name, int first)
 {
-    uint32_t slot = (uint32_t)(((uintptr_t)f->code >> 4) * 2654435761u ^ (uint32_t)f->lasti * 40503u) & (CODE_CACHE - 1);
-    struct code_ent *e = &code_cache[slot];
+    struct code_ent *e = &code_cache[code_slot(f)];
     if (!(e->code == f->code && e->lasti == f->lasti && e->file == file && e->name == name && e->firstline == first))
         code_fill(e, f, file, name, first);
     return e;
@@ -503,22 +507,16 @@ static inline __attribute__((always_inline)) void exact_record(void *p, size_t s
  * or generator expression, with the frames it runs in up to the first other
  * one, so that the line that wrote it counts it (as sampling's whole stacks
  * do, and as 3.12+'s inlined comprehensions are counted anyway). */
-void track_exact(void *p, size_t size)
+static __attribute__((noinline)) void exact_slow(void *p, size_t size, int r, const struct pyframe *f, void *file,
+                                                 void *name, int first)
 {
     uint32_t ids[COMP_DEPTH + 1];
-    struct pyframe f;
     struct code_ent *e = NULL;
-    void *file, *name;
-    int first, n = 1, r = walk_ok ? pyapi_site_fast(&f, &file, &name, &first) : -1;
+    int n = 1;
     uint32_t st;
     int comp;
     if (r > 0) {
-        /* A site seen before (same code object, same instruction, same key): its stack, no other lookup. */
-        e = code_entry(&f, file, name, first);
-        if (e->stack) {
-            st = e->stack - 1;
-            goto record;
-        }
+        e = code_entry(f, file, name, first);
         ids[0] = e->frame;
     } else {
         ids[0] = r == 0 ? FRAME_NOPY : FRAME_NOGIL;
@@ -545,11 +543,26 @@ void track_exact(void *p, size_t size)
     /* The entry is this thread's while it holds the GIL (code_fill may have run since the probe, nothing
      * else); a comprehension's frame keeps taking the way above (its stack is the enclosing frames'). */
     if (e && !comp) e->stack = st + 1;
-    return;
-record:
-    lock_take();
-    exact_record(p, size, st);
-    lock_give();
+}
+
+void track_exact(void *p, size_t size)
+{
+    struct pyframe f = {NULL, 0};
+    void *file = NULL, *name = NULL;
+    int first = 0, r = walk_ok ? pyapi_site_fast(&f, &file, &name, &first) : -1;
+    if (r > 0) {
+        /* A site seen before (same code object, same instruction, same key): its stack, no other lookup. */
+        uint32_t slot = code_slot(&f);
+        struct code_ent *e = &code_cache[slot];
+        uint32_t st = e->stack;
+        if (st && e->code == f.code && e->lasti == f.lasti && e->file == file && e->name == name && e->firstline == first) {
+            lock_take();
+            exact_record(p, size, st - 1);
+            lock_give();
+            return;
+        }
+    }
+    exact_slow(p, size, r, &f, file, name, first);
 }
 
 track_meta track_take(const void *p)

@@ -6,7 +6,9 @@
  * Locking: the frame/stack/block tables and deltas are guarded by one spinlock,
  * because RAW wrappers run on any thread without the GIL and the agent thread
  * collects without it. The code-object cache is only touched by threads holding
- * the GIL. No Python API is called while the spinlock is held. */
+ * the GIL; in exact mode its entries also keep their site's stack id, so that a
+ * repeat allocation site costs one probe (track_exact). No Python API is called
+ * while the spinlock is held. */
 #include "track.h"
 
 #include <math.h>

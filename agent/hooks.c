@@ -46,9 +46,9 @@ static atomic_int inflight;
  * allocators are back (under the GIL) none is inside one. RAW wrappers run on
  * any thread without the GIL: their slow paths are counted. */
 #define INFLIGHT_INC(d) \
-    if ((d)->id == 0) atomic_fetch_add_explicit(&inflight, 1, memory_order_acquire)
+    if ((d) == &doms[0]) atomic_fetch_add_explicit(&inflight, 1, memory_order_acquire)
 #define INFLIGHT_DEC(d) \
-    if ((d)->id == 0) atomic_fetch_sub_explicit(&inflight, 1, memory_order_release)
+    if ((d) == &doms[0]) atomic_fetch_sub_explicit(&inflight, 1, memory_order_release)
 
 /* The fast paths only count down and tail-call the saved allocator. Which
  * requests count where depends on what lies below a wrapper (enum wrap_kind):

@@ -64,6 +64,8 @@ void pyapi_fini(void)
     version[0] = 0;
     offsets = NULL;
     abi_error[0] = 0;
+    /* off; the offsets stay as they were, for a reader that has already taken get_ts */
+    __atomic_store_n(&pyapi_S.get_ts, NULL, __ATOMIC_RELEASE);
 }
 
 uint32_t pyapi_parse_version(const char *s, char *out, int outlen)
@@ -174,32 +176,71 @@ int pyapi_walk_init(char *err)
         {(void **)&as_utf8, "PyUnicode_AsUTF8", 0},
     };
     const struct pyapi_symbol *missing = pyapi_resolve(table, sizeof table / sizeof table[0]);
+    const struct pyabi *o = offsets;
+    __atomic_store_n(&pyapi_S.get_ts, NULL, __ATOMIC_RELEASE);
     if (!offsets || !PY.ThreadState_Get || missing) {
         if (!offsets && abi_error[0]) mp_err(err, "%s", abi_error);
         else mp_err(err, "Python %s: no frame layout or C API for stack capture", version[0] ? version : "?");
         return -1;
     }
+    pyapi_S = (struct pyapi_site){
+        .get_ts = NULL,
+        .code_type = code_type,
+        .exec_tag = o->frame.executable_tag,
+        .kind = o->caps & PYABI_FRAME_OBJECTS ? PYAPI_SITE_FRAME_OBJECTS
+                : o->caps & PYABI_CFRAME     ? PYAPI_SITE_CFRAME
+                                             : PYAPI_SITE_CURRENT_FRAME,
+        .ts_thread_id = o->ts.thread_id,
+        .ts_frame = o->caps & PYABI_FRAME_OBJECTS ? o->ts.frame : o->caps & PYABI_CFRAME ? o->ts.cframe : o->ts.current_frame,
+        .cframe_current = o->ts.cframe_current,
+        .frame_code = o->frame.code,
+        .frame_owner = o->frame.owner,
+        .frame_instr = o->frame.instr,
+        .frame_lasti = o->frame.lasti,
+        .lasti_units = !!(o->caps & PYABI_LASTI_UNITS),
+        .first_not_python = o->frame.first_not_python,
+        .owned_by_generator = o->frame.owned_by_generator,
+        .code_adaptive = o->code.code_adaptive,
+        .code_firsttraceable = o->code.firsttraceable,
+        .code_filename = o->code.filename,
+        .code_name = pyabi_code_name(o),
+        .code_firstlineno = o->code.firstlineno,
+    };
+    /* last: pyapi_site_fast takes a non-NULL get_ts for "filled" */
+    __atomic_store_n(&pyapi_S.get_ts, PY.ThreadState_Get, __ATOMIC_RELEASE);
     return 0;
 }
 
-void *pyapi_tstate_if_gil(void)
+/* The helpers below are static inline, so that pyapi_top_site inlines them (calls between this library's
+ * exported functions are not: -fPIC); the pyapi_ functions wrap them. */
+/* pthread_self() of this thread, kept (initial-exec TLS: one load, where pthread_self is a call into libc). */
+__thread unsigned long pyapi_self;
+struct pyapi_site pyapi_S;
+
+static inline void *tstate_if_gil(void)
 {
     void *ts;
+    unsigned long me = pyapi_self;
     if (!offsets || !PY.ThreadState_Get) return NULL;
+    if (__builtin_expect(!me, 0)) pyapi_self = me = (unsigned long)pthread_self();
     /* 3.8-3.11: the GIL holder's state (any thread's); 3.12+: this thread's
      * while attached. The thread id tells whether it is ours. */
     ts = PY.ThreadState_Get();
-    if (!ts || PYABI_AT(ts, offsets->ts.thread_id, unsigned long) != (unsigned long)pthread_self()) return NULL;
+    if (!ts || PYABI_AT(ts, offsets->ts.thread_id, unsigned long) != me) return NULL;
     return ts;
 }
 
-void *pyapi_frame_code(void *frame)
+void *pyapi_tstate_if_gil(void) { return tstate_if_gil(); }
+
+static inline void *frame_code(void *frame)
 {
     uintptr_t bits = PYABI_AT(frame, offsets->frame.code, uintptr_t);
     return (void *)(bits & ~offsets->frame.executable_tag); /* 3.14+: a tagged _PyStackRef */
 }
 
-void *pyapi_top_frame(void *ts)
+void *pyapi_frame_code(void *frame) { return frame_code(frame); }
+
+static inline void *top_frame(void *ts)
 {
     const struct pyabi *o = offsets;
     void *cf;
@@ -211,15 +252,17 @@ void *pyapi_top_frame(void *ts)
     return PYABI_AT(ts, o->ts.current_frame, void *);
 }
 
-int pyapi_walk(void *ts, struct pyframe *out, int max)
+void *pyapi_top_frame(void *ts) { return top_frame(ts); }
+
+static inline int walk(void *ts, struct pyframe *out, int max)
 {
     const struct pyabi *o = offsets;
     int n = 0, depth = 0;
     void *frame;
     if (!o || !ts) return 0;
-    for (frame = pyapi_top_frame(ts); frame && n < max && depth < WALK_MAX_DEPTH;
+    for (frame = top_frame(ts); frame && n < max && depth < WALK_MAX_DEPTH;
          frame = PYABI_AT(frame, o->frame.back, void *), depth++) {
-        void *code = pyapi_frame_code(frame);
+        void *code = frame_code(frame);
         int lasti;
         if (!code || PYABI_AT(code, PYABI_OB_TYPE, void *) != code_type) continue; /* 3.13+ f_executable */
         if (o->frame.owner >= 0) {
@@ -241,11 +284,43 @@ int pyapi_walk(void *ts, struct pyframe *out, int max)
     return n;
 }
 
-void pyapi_code_key(void *code, void **file, void **name, int *firstline)
+int pyapi_walk(void *ts, struct pyframe *out, int max) { return walk(ts, out, max); }
+
+static inline void code_key(void *code, void **file, void **name, int *firstline)
 {
     *file = PYABI_AT(code, offsets->code.filename, void *);
     *name = PYABI_AT(code, pyabi_code_name(offsets), void *);
     *firstline = PYABI_AT(code, offsets->code.firstlineno, int);
+}
+
+void pyapi_code_key(void *code, void **file, void **name, int *firstline) { code_key(code, file, name, firstline); }
+
+int pyapi_top_site(struct pyframe *out, void **file, void **name, int *firstline)
+{
+    const struct pyabi *o = offsets;
+    void *ts = tstate_if_gil(), *frame, *code;
+    if (!ts) return -1;
+    /* Nearly always the innermost frame is the one: pyapi_walk's tests for it, on locals (the stores to
+     * out would make the compiler reload every offset, -fno-strict-aliasing); any other case walks. */
+    frame = top_frame(ts);
+    code = frame ? frame_code(frame) : NULL;
+    if (code && PYABI_AT(code, PYABI_OB_TYPE, void *) == code_type && o->frame.owner >= 0) {
+        int owner = PYABI_AT(frame, o->frame.owner, char);
+        char *first = (char *)code + o->code.code_adaptive;
+        char *instr = PYABI_AT(frame, o->frame.instr, char *);
+        if (owner < o->frame.first_not_python &&
+            (owner == o->frame.owned_by_generator || instr >= first + 2 * PYABI_AT(code, o->code.firsttraceable, int))) {
+            *file = PYABI_AT(code, o->code.filename, void *);
+            *name = PYABI_AT(code, pyabi_code_name(o), void *);
+            *firstline = PYABI_AT(code, o->code.firstlineno, int);
+            out->code = code;
+            out->lasti = (int)(instr - first);
+            return 1;
+        }
+    }
+    if (!walk(ts, out, 1)) return 0;
+    code_key(out->code, file, name, firstline);
+    return 1;
 }
 
 /* A str's UTF-8 text. Compact ASCII strings (nearly every file and function

@@ -82,6 +82,66 @@ int pyapi_walk(void *tstate, struct pyframe *out, int max);
 /* What identifies a code object for caching (its filename and name objects,
  * def line): equal keys at one address mean the same code. */
 void pyapi_code_key(void *code, void **file, void **name, int *firstline);
+/* One call for the innermost frame (the exact-mode hooks' fast path): pyapi_tstate_if_gil, then
+ * pyapi_walk(ts, out, 1) and pyapi_code_key of its code. 1 with them; 0 when this thread holds the GIL but
+ * the walk finds no Python frame; -1 when it does not hold the GIL. Safe without the GIL. */
+int pyapi_top_site(struct pyframe *out, void **file, void **name, int *firstline)
+    __attribute__((visibility("hidden")));
+/* What pyapi_site_fast reads, flattened from the ABI entry by pyapi_walk_init (hidden globals: one load
+ * each, no pointer chasing, and no call for the common case). get_ts NULL: no fast path. */
+struct pyapi_site {
+    void *(*get_ts)(void); /* PY.ThreadState_Get */
+    void *code_type;
+    uintptr_t exec_tag;
+    int kind;              /* where the top frame is: PYAPI_SITE_* */
+    int ts_thread_id, ts_frame, cframe_current;
+    int frame_code, frame_owner, frame_instr, frame_lasti, lasti_units;
+    int first_not_python, owned_by_generator;
+    int code_adaptive, code_firsttraceable, code_filename, code_name, code_firstlineno;
+};
+enum { PYAPI_SITE_FRAME_OBJECTS, PYAPI_SITE_CFRAME, PYAPI_SITE_CURRENT_FRAME };
+extern struct pyapi_site pyapi_S __attribute__((visibility("hidden")));
+/* pthread_self() of the calling thread, 0 until pyapi_site_fast first needs it (constant for a thread;
+ * a fork's child, a copy of the forking thread, has the same). */
+extern __thread unsigned long pyapi_self __attribute__((visibility("hidden")));
+
+/* pyapi_top_site inlined into its caller for the usual case -- this thread holds the GIL and its innermost
+ * frame is a complete Python frame -- with the same tests and results; any other case calls it. */
+static inline __attribute__((always_inline)) int pyapi_site_fast(struct pyframe *out, void **file, void **name,
+                                                                int *firstline)
+{
+    const struct pyapi_site *S = &pyapi_S;
+    unsigned long me = pyapi_self;
+    void *(*get_ts)(void) = __atomic_load_n(&S->get_ts, __ATOMIC_ACQUIRE);
+    char *ts, *frame, *code;
+    int lasti;
+    if (__builtin_expect(!get_ts || !me, 0)) return pyapi_top_site(out, file, name, firstline);
+    ts = get_ts();
+    if (!ts || PYABI_AT(ts, S->ts_thread_id, unsigned long) != me) return -1;
+    frame = PYABI_AT(ts, S->ts_frame, char *);
+    if (S->kind == PYAPI_SITE_CFRAME && frame) frame = PYABI_AT(frame, S->cframe_current, char *);
+    if (!frame) return pyapi_top_site(out, file, name, firstline);
+    code = (char *)(PYABI_AT(frame, S->frame_code, uintptr_t) & ~S->exec_tag);
+    if (!code || PYABI_AT(code, PYABI_OB_TYPE, void *) != S->code_type) return pyapi_top_site(out, file, name, firstline);
+    if (S->frame_owner >= 0) {
+        int owner = PYABI_AT(frame, S->frame_owner, char);
+        char *first = code + S->code_adaptive;
+        char *instr = PYABI_AT(frame, S->frame_instr, char *);
+        if (owner >= S->first_not_python ||
+            (owner != S->owned_by_generator && instr < first + 2 * PYABI_AT(code, S->code_firsttraceable, int)))
+            return pyapi_top_site(out, file, name, firstline);
+        lasti = (int)(instr - first);
+    } else {
+        lasti = PYABI_AT(frame, S->frame_lasti, int);
+        if (S->lasti_units && lasti > 0) lasti *= 2;
+    }
+    *file = PYABI_AT(code, S->code_filename, void *);
+    *name = PYABI_AT(code, S->code_name, void *);
+    *firstline = PYABI_AT(code, S->code_firstlineno, int);
+    out->code = code;
+    out->lasti = lasti;
+    return 1;
+}
 /* UTF-8 filename, function name (qualified on 3.11+: pyabi_code_name), def line and the line of lasti. GIL held. */
 void pyapi_code_where(const struct pyframe *f, const char **file, const char **func, int *firstline,
                       int *line);

@@ -6,7 +6,9 @@
  * Locking: the frame/stack/block tables and deltas are guarded by one spinlock,
  * because RAW wrappers run on any thread without the GIL and the agent thread
  * collects without it. The code-object cache is only touched by threads holding
- * the GIL. No Python API is called while the spinlock is held. */
+ * the GIL; in exact mode its entries also keep their site's stack id, so that a
+ * repeat allocation site costs one probe (track_exact). No Python API is called
+ * while the spinlock is held. */
 #include "agent/track.h"
 
 #include <math.h>
@@ -60,6 +62,7 @@ struct code_ent {
     void *code, *file, *name;
     int firstline, lasti;
     uint32_t frame;
+    uint32_t stack; /* exact: the one-frame stack of frame + 1, once known (0: not yet, or a comprehension's) */
 };
 
 struct blk {
@@ -69,6 +72,15 @@ struct blk {
 
 struct delta {
     double ab, ac, fb, fc;
+};
+
+/* A stack's accounting, together (one base pointer, one cache line per event): what changed since the
+ * last report, and since tracking began the live bytes and their peak. */
+struct acct {
+    struct delta d;
+    double live, peak;
+    uint32_t dirty; /* on the dirty list */
+    uint32_t pad[3];
 };
 
 /* ------------------------------------------------------------ state */
@@ -100,11 +112,9 @@ static uint32_t nstacks, stacks_sent;
 static uint32_t *stack_frames;
 static uint32_t stack_frames_len;
 static uint32_t *frame_stack;   /* exact: one-frame stack of a frame + 1, or 0 */
-static struct delta *deltas;
-static double *stack_live, *stack_peak; /* since tracking began: the peak live bytes per stack */
+static struct acct *accts;      /* per stack */
 static double heap_live, heap_peak, heap_alloc_bytes, heap_alloc_count; /* all stacks (memprof_heap_stats) */
 static uint32_t *dirty;
-static uint8_t *is_dirty;
 static uint32_t ndirty;
 static struct blk *blocks;
 static size_t bcap, bcount;
@@ -261,24 +271,34 @@ static uint32_t stack_intern(const uint32_t *ids, int n)
     return nstacks - 1;
 }
 
+/* Every load before the first store: the agent is built -fno-strict-aliasing, and a store through a
+ * double * would make the compiler load the globals again. */
 static inline void delta_add(uint32_t stack, double bytes, double count, int is_free)
 {
-    struct delta *d = &deltas[stack];
+    struct acct *a = &accts[stack];
+    double live = a->live, hlive = heap_live;
+    uint32_t was_dirty = a->dirty;
     if (is_free) {
-        d->fb += bytes;
-        d->fc += count;
-        stack_live[stack] -= bytes;
-        heap_live -= bytes;
+        double fb = a->d.fb + bytes, fc = a->d.fc + count;
+        a->d.fb = fb;
+        a->d.fc = fc;
+        a->live = live - bytes;
+        heap_live = hlive - bytes;
     } else {
-        d->ab += bytes;
-        d->ac += count;
-        if ((stack_live[stack] += bytes) > stack_peak[stack]) stack_peak[stack] = stack_live[stack];
-        heap_alloc_bytes += bytes;
-        heap_alloc_count += count;
-        if ((heap_live += bytes) > heap_peak) heap_peak = heap_live;
+        double ab = a->d.ab + bytes, ac = a->d.ac + count, peak = a->peak, hpeak = heap_peak;
+        double hab = heap_alloc_bytes + bytes, hac = heap_alloc_count + count;
+        live += bytes, hlive += bytes;
+        a->d.ab = ab;
+        a->d.ac = ac;
+        a->live = live;
+        if (live > peak) a->peak = live;
+        heap_alloc_bytes = hab;
+        heap_alloc_count = hac;
+        heap_live = hlive;
+        if (hlive > hpeak) heap_peak = hlive;
     }
-    if (!is_dirty[stack]) {
-        is_dirty[stack] = 1;
+    if (!was_dirty) {
+        a->dirty = 1;
         dirty[ndirty++] = stack;
     }
 }
@@ -305,44 +325,47 @@ static int blocks_grow(void)
     return 0;
 }
 
-static int block_put(const void *p, size_t size, uint32_t stack)
+static inline __attribute__((always_inline)) int block_put(const void *p, size_t size, uint32_t stack)
 {
-    size_t mask, i;
-    if ((bcount + 1) * 2 > bcap && blocks_grow() < 0) return -1;
-    mask = bcap - 1;
-    for (i = ptr_hash((uintptr_t)p) & mask; blocks[i].ptr; i = (i + 1) & mask)
-        if (blocks[i].ptr == (uintptr_t)p) break; /* stale entry (freed unseen): replace */
-    if (!blocks[i].ptr) bcount++;
-    blocks[i].ptr = (uintptr_t)p;
-    blocks[i].meta = (track_meta)size << TRACK_META_STACK_BITS | stack;
+    size_t mask, i, count = bcount;
+    struct blk *b;
+    if ((count + 1) * 2 > bcap && blocks_grow() < 0) return -1;
+    b = blocks, mask = bcap - 1;
+    for (i = ptr_hash((uintptr_t)p) & mask; b[i].ptr; i = (i + 1) & mask)
+        if (b[i].ptr == (uintptr_t)p) break; /* stale entry (freed unseen): replace */
+    if (!b[i].ptr) bcount = count + 1;
+    b[i].ptr = (uintptr_t)p;
+    b[i].meta = (track_meta)size << TRACK_META_STACK_BITS | stack;
     return 0;
 }
 
 /* Remove p; returns its meta or 0 when absent. Backward-shift deletion. */
-static track_meta block_take(const void *p)
+static inline __attribute__((always_inline)) track_meta block_take(const void *p)
 {
-    size_t mask, i, j;
+    size_t mask, i, j, cap = bcap;
+    struct blk *b = blocks;
     track_meta meta;
-    if (!bcap) return 0;
-    mask = bcap - 1;
+    if (!cap) return 0;
+    mask = cap - 1;
     for (i = ptr_hash((uintptr_t)p) & mask;; i = (i + 1) & mask) {
-        if (!blocks[i].ptr) return 0;
-        if (blocks[i].ptr == (uintptr_t)p) break;
+        if (!b[i].ptr) return 0;
+        if (b[i].ptr == (uintptr_t)p) break;
     }
-    meta = blocks[i].meta;
+    meta = b[i].meta;
     bcount--;
     for (j = i;;) {
         size_t k;
-        blocks[i].ptr = 0;
+        uintptr_t q;
+        b[i].ptr = 0;
         for (;;) {
             j = (j + 1) & mask;
-            if (!blocks[j].ptr) return meta;
-            k = ptr_hash(blocks[j].ptr) & mask;
+            if (!(q = b[j].ptr)) return meta;
+            k = ptr_hash(q) & mask;
             /* move j to i unless its home k lies cyclically in (i, j] */
             if (i <= j ? (i < k && k <= j) : (i < k || k <= j)) continue;
             break;
         }
-        blocks[i] = blocks[j];
+        b[i] = b[j];
         i = j;
     }
 }
@@ -360,29 +383,63 @@ static void bit_clear(const void *p)
 
 /* ------------------------------------------------------------ stacks (GIL) */
 
-/* Frame id of one raw frame, through the code cache. */
-static uint32_t frame_resolve(const struct pyframe *f)
+/* The code cache's entry for one raw frame whose code's key (pyapi_code_key) is file, name, first,
+ * filled on a miss. */
+static __attribute__((noinline)) void code_fill(struct code_ent *e, const struct pyframe *f, void *file, void *name,
+                                                int first)
 {
-    void *file, *name;
-    int first, line;
+    int line;
     const char *sfile, *sfunc;
-    uint32_t slot = (uint32_t)(((uintptr_t)f->code >> 4) * 2654435761u ^ (uint32_t)f->lasti * 40503u) & (CODE_CACHE - 1);
-    struct code_ent *e = &code_cache[slot];
     uint32_t id;
-    pyapi_code_key(f->code, &file, &name, &first);
-    if (e->code == f->code && e->lasti == f->lasti && e->file == file && e->name == name && e->firstline == first)
-        return e->frame;
     pyapi_code_where(f, &sfile, &sfunc, &first, &line);
     lock_take();
     id = frame_intern(sfile, sfunc, line < 0 ? 0 : line, first);
     lock_give();
-    *e = (struct code_ent){f->code, file, name, first, f->lasti, id};
-    return id;
+    *e = (struct code_ent){f->code, file, name, first, f->lasti, id, 0};
+}
+
+static inline uint32_t code_slot(const struct pyframe *f)
+{
+    return (uint32_t)(((uintptr_t)f->code >> 4) * 2654435761u ^ (uint32_t)f->lasti * 40503u) & (CODE_CACHE - 1);
+}
+
+static inline struct code_ent *code_entry(const struct pyframe *f, void *file, void *name, int first)
+{
+    struct code_ent *e = &code_cache[code_slot(f)];
+    if (!(e->code == f->code && e->lasti == f->lasti && e->file == file && e->name == name && e->firstline == first))
+        code_fill(e, f, file, name, first);
+    return e;
+}
+
+/* Frame id of one raw frame whose code's key is file, name, first: through the code cache. */
+static inline uint32_t frame_cached(const struct pyframe *f, void *file, void *name, int first)
+{
+    return code_entry(f, file, name, first)->frame;
+}
+
+/* Frame id of one raw frame, through the code cache. */
+static uint32_t frame_resolve(const struct pyframe *f)
+{
+    void *file, *name;
+    int first;
+    pyapi_code_key(f->code, &file, &name, &first);
+    return frame_cached(f, file, name, first);
+}
+
+/* capture(ids, 1) in one call into pyapi.c and no frame array: every allocation in exact mode. */
+static inline int capture_top(uint32_t *ids)
+{
+    struct pyframe f;
+    void *file, *name;
+    int first, r = walk_ok ? pyapi_site_fast(&f, &file, &name, &first) : -1;
+    ids[0] = r > 0 ? frame_cached(&f, file, name, first) : r == 0 ? FRAME_NOPY : FRAME_NOGIL;
+    return 1;
 }
 
 /* The frame ids of the calling thread's stack, innermost first. */
 static int capture(uint32_t *ids, int max)
 {
+    if (max == 1) return capture_top(ids);
     struct pyframe raw[max];
     void *ts = walk_ok ? pyapi_tstate_if_gil() : NULL;
     int n;
@@ -426,11 +483,24 @@ void track_free(const void *p)
     if (meta) {
         size_t size = track_meta_size(meta);
         uint32_t st = track_meta_stack(meta);
-        double w = weight(size);
-        if (!exact_mode) bit_clear(p);
-        delta_add(st, w * (double)size, w, 1);
+        if (exact_mode) {
+            delta_add(st, (double)size, 1, 1);
+        } else {
+            double w = weight(size);
+            bit_clear(p);
+            delta_add(st, w * (double)size, w, 1);
+        }
     }
     lock_give();
+}
+
+/* Exact: one allocation of stack st (the lock held). */
+static inline __attribute__((always_inline)) void exact_record(void *p, size_t size, uint32_t st)
+{
+    events++;
+    samples++;
+    if (block_put(p, size, st) < 0) dropped++;
+    delta_add(st, (double)size, 1, 0);
 }
 
 #define COMP_DEPTH 8 /* nested comprehensions followed to their enclosing function */
@@ -439,12 +509,21 @@ void track_free(const void *p)
  * or generator expression, with the frames it runs in up to the first other
  * one, so that the line that wrote it counts it (as sampling's whole stacks
  * do, and as 3.12+'s inlined comprehensions are counted anyway). */
-void track_exact(void *p, size_t size)
+static __attribute__((noinline)) void exact_slow(void *p, size_t size, int r, const struct pyframe *f, void *file,
+                                                 void *name, int first)
 {
     uint32_t ids[COMP_DEPTH + 1];
-    int n = capture(ids, 1);
+    struct code_ent *e = NULL;
+    int n = 1;
     uint32_t st;
-    if (frames[ids[0]].comp) { /* entries below nframes are immutable: no lock needed */
+    int comp;
+    if (r > 0) {
+        e = code_entry(f, file, name, first);
+        ids[0] = e->frame;
+    } else {
+        ids[0] = r == 0 ? FRAME_NOPY : FRAME_NOGIL;
+    }
+    if ((comp = frames[ids[0]].comp)) { /* entries below nframes are immutable: no lock needed */
         n = capture(ids, COMP_DEPTH + 1);
         for (int i = 0; i < n; i++)
             if (!frames[ids[i]].comp) {
@@ -453,8 +532,6 @@ void track_exact(void *p, size_t size)
             }
     }
     lock_take();
-    events++;
-    samples++;
     if (n > 1) {
         st = stack_intern(ids, n);
     } else if (frame_stack[ids[0]]) {
@@ -463,9 +540,31 @@ void track_exact(void *p, size_t size)
         st = stack_intern(ids, 1);
         frame_stack[ids[0]] = st + 1;
     }
-    if (block_put(p, size, st) < 0) dropped++;
-    delta_add(st, (double)size, 1, 0);
+    exact_record(p, size, st);
     lock_give();
+    /* The entry is this thread's while it holds the GIL (code_fill may have run since the probe, nothing
+     * else); a comprehension's frame keeps taking the way above (its stack is the enclosing frames'). */
+    if (e && !comp) e->stack = st + 1;
+}
+
+void track_exact(void *p, size_t size)
+{
+    struct pyframe f = {NULL, 0};
+    void *file = NULL, *name = NULL;
+    int first = 0, r = walk_ok ? pyapi_site_fast(&f, &file, &name, &first) : -1;
+    if (r > 0) {
+        /* A site seen before (same code object, same instruction, same key): its stack, no other lookup. */
+        uint32_t slot = code_slot(&f);
+        struct code_ent *e = &code_cache[slot];
+        uint32_t st = e->stack;
+        if (st && e->code == f.code && e->lasti == f.lasti && e->file == file && e->name == name && e->firstline == first) {
+            lock_take();
+            exact_record(p, size, st - 1);
+            lock_give();
+            return;
+        }
+    }
+    exact_slow(p, size, r, &f, file, name, first);
 }
 
 track_meta track_take(const void *p)
@@ -597,17 +696,13 @@ static void tables_free(void)
     unmap(stack_len, MAX_STACKS * sizeof *stack_len);
     unmap(stack_frames, STACK_ARENA * sizeof *stack_frames);
     unmap(frame_stack, MAX_FRAMES_TAB * sizeof *frame_stack);
-    unmap(deltas, MAX_STACKS * sizeof *deltas);
-    unmap(stack_live, MAX_STACKS * sizeof *stack_live);
-    unmap(stack_peak, MAX_STACKS * sizeof *stack_peak);
+    unmap(accts, MAX_STACKS * sizeof *accts);
     unmap(dirty, MAX_STACKS * sizeof *dirty);
-    unmap(is_dirty, MAX_STACKS);
     unmap(blocks, bcap * sizeof *blocks);
     unmap(bitcount, BITMAP_BITS * sizeof *bitcount);
     unmap(code_cache, CODE_CACHE * sizeof *code_cache);
     frames = NULL, frame_index = NULL, strs = NULL, stack_off = stack_hash = stack_index = NULL;
-    stack_len = NULL, stack_frames = frame_stack = dirty = NULL, deltas = NULL, is_dirty = NULL;
-    stack_live = stack_peak = NULL;
+    stack_len = NULL, stack_frames = frame_stack = dirty = NULL, accts = NULL;
     blocks = NULL, bitcount = NULL, code_cache = NULL;
     bcap = bcount = 0;
 }
@@ -624,16 +719,13 @@ static int tables_alloc(void)
     stack_len = map_zero(MAX_STACKS * sizeof *stack_len);
     stack_frames = map_zero(STACK_ARENA * sizeof *stack_frames);
     frame_stack = map_zero(MAX_FRAMES_TAB * sizeof *frame_stack);
-    deltas = map_zero(MAX_STACKS * sizeof *deltas);
-    stack_live = map_zero(MAX_STACKS * sizeof *stack_live);
-    stack_peak = map_zero(MAX_STACKS * sizeof *stack_peak);
+    accts = map_zero(MAX_STACKS * sizeof *accts);
     dirty = map_zero(MAX_STACKS * sizeof *dirty);
-    is_dirty = map_zero(MAX_STACKS);
     memset(bitmap, 0, sizeof bitmap);
     bitcount = map_zero(BITMAP_BITS * sizeof *bitcount);
     code_cache = map_zero(CODE_CACHE * sizeof *code_cache);
     if (!frames || !frame_index || !strs || !stack_off || !stack_hash || !stack_index || !stack_len ||
-        !stack_frames || !frame_stack || !deltas || !stack_live || !stack_peak || !dirty || !is_dirty || !bitcount || !code_cache ||
+        !stack_frames || !frame_stack || !accts || !dirty || !bitcount || !code_cache ||
         blocks_grow() < 0) {
         tables_free();
         return -1;
@@ -691,13 +783,8 @@ void track_atfork_follow(void)
     /* The child is a session of its own: it starts with no deltas and no
      * blocks (what it inherited was the parent's), and sends every frame and
      * stack again to its new daemon connection. */
-    for (uint32_t i = 0; i < ndirty; i++) {
-        deltas[dirty[i]] = (struct delta){0, 0, 0, 0};
-        is_dirty[dirty[i]] = 0;
-    }
     ndirty = 0;
-    memset(stack_live, 0, MAX_STACKS * sizeof *stack_live);
-    memset(stack_peak, 0, MAX_STACKS * sizeof *stack_peak);
+    memset(accts, 0, nstacks * sizeof *accts); /* those above were never touched */
     heap_live = heap_peak = heap_alloc_bytes = heap_alloc_count = 0;
     if (bcap) memset(blocks, 0, bcap * sizeof *blocks);
     bcount = 0;
@@ -771,10 +858,10 @@ int track_collect(Memprof__AllocReport *r)
     for (uint32_t i = 0; i < nd; i++) {
         uint32_t st = dirty[ndirty + i];
         ds[i] = st;
-        dv[i] = deltas[st];
-        pk[i] = stack_peak[st];
-        deltas[st] = (struct delta){0, 0, 0, 0};
-        is_dirty[st] = 0;
+        dv[i] = accts[st].d;
+        pk[i] = accts[st].peak;
+        accts[st].d = (struct delta){0, 0, 0, 0};
+        accts[st].dirty = 0;
     }
     r->dropped = dropped;
     r->samples = samples;

@@ -245,6 +245,38 @@ def test_exact_matches_tracemalloc(pyid, daemon, targets):
     assert "agent unloaded" in r.stdout, r.stdout
 
 
+@pytest.mark.parametrize("pyid", SUPPORTED_IDS)
+def test_exact_cached_sites_stay_exact(pyid, daemon, targets):
+    """Exact mode caches each allocating instruction's stack (code object and offset -> stack): counts through
+    one cached site must stay exact for every size, both domains (pymalloc and RAW), a realloc'd buffer, frees
+    from another thread, and code objects replaced at a reused address by code of another file."""
+    exe, _ = interpreter(pyid)
+    t = targets.start([exe, "-u", target_script("exact_sites.py")], stdin=subprocess.PIPE)
+    t.wait_for(r"^ready \d+")
+    daemon.attach(t.pid, "--exact", "--interval", "100")
+    t.proc.stdin.write("go\n")
+    t.proc.stdin.flush()
+    out = read_until(t, r"^built$")
+    data = report_after(daemon, t.pid, time.time(), "--by", "line", "--limit", "0", "--no-fold")
+    assert data["mode"] == "exact"
+    rows = {}
+    for r in data["rows"]:
+        key = (os.path.basename(r["file"]), r["line"])
+        live, allocs = rows.get(key, (0, 0))
+        rows[key] = (live + r["own_live"], allocs + r["allocations"])
+    truth = [l.split()[1:] for l in out if l.startswith("truth ")]
+    assert len(truth) == 202, out[-5:]
+    for name, line, live, allocs in truth:
+        got = rows.get((name, int(line)), (0, 0))
+        assert got[0] == int(live), "%s:%s: live %r, true %s (%r)" % (name, line, got[0], live, got)
+        if int(allocs) >= 0:
+            assert got[1] == int(allocs), "%s:%s: %r allocations, true %s" % (name, line, got[1], allocs)
+    daemon.detach(t.pid)
+    t.proc.stdin.write("bye\n")
+    t.proc.stdin.flush()
+    assert t.proc.wait(timeout=30) == 0, t.output()
+
+
 # ---------------------------------------------------------------- fork
 
 @pytest.mark.parametrize("pyid", SUPPORTED_IDS)

@@ -18,8 +18,13 @@
 AGENT_API int memprof_agent_start(const char *arg);
 
 /* The Python C API, resolved with dlsym from the interpreter's own image
- * (libpython or the executable). NULL when not exported. */
+ * (libpython or the executable). NULL when not exported. (pysym.c) */
 void *pyapi_sym(const char *name);
+/* Where pyapi_sym looks first: the libpython at pylib when it is loaded (never loads it), else nothing more than
+ * the global scope; close forgets it. pyapi_sym_lib: that handle, or NULL. */
+void pyapi_sym_open(const char *pylib);
+void pyapi_sym_close(void);
+void *pyapi_sym_lib(void);
 /* One row of a table of C-API symbols a part of the agent needs: where its address goes, its name (or the
  * names it has had between versions, "Py_IsFinalizing/_Py_IsFinalizing": the first exported wins), and
  * whether that part can do without it (the slot is then left NULL). */

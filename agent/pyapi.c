@@ -12,17 +12,10 @@
 
 struct pyapi PY;
 
-static void *lib;                 /* dlopen(pylib, RTLD_NOLOAD) handle, or NULL */
 static uint32_t hexversion;
 static char version[32];
 static const struct pyabi *offsets;
 static char abi_error[MP_ERRLEN];
-
-void *pyapi_sym(const char *name)
-{
-    void *p = lib ? dlsym(lib, name) : NULL;
-    return p ? p : dlsym(RTLD_DEFAULT, name);
-}
 
 int pyapi_init(const char *pylib, char *err)
 {
@@ -37,10 +30,7 @@ int pyapi_init(const char *pylib, char *err)
     const struct pyapi_symbol *missing;
 
     pyapi_fini();
-    /* RTLD_NOLOAD: never load a Python into the target, only find the one in
-     * use. Fails for an executable with a static libpython: then the global
-     * scope, where such executables export the API. */
-    if (pylib && *pylib) lib = dlopen(pylib, RTLD_NOLOAD | RTLD_LAZY);
+    pyapi_sym_open(pylib);
 
     if ((missing = pyapi_resolve(table, sizeof table / sizeof table[0]))) {
         mp_err(err, "Python C API function %s not found in %s", missing->names,
@@ -52,13 +42,13 @@ int pyapi_init(const char *pylib, char *err)
 
 const char *pyapi_where(void)
 {
-    return lib && PY.IsInitialized == dlsym(lib, "Py_IsInitialized") ? "pylib handle" : "global scope";
+    return pyapi_sym_lib() && PY.IsInitialized == dlsym(pyapi_sym_lib(), "Py_IsInitialized") ? "pylib handle"
+                                                                                            : "global scope";
 }
 
 void pyapi_fini(void)
 {
-    if (lib) dlclose(lib);
-    lib = NULL;
+    pyapi_sym_close();
     memset(&PY, 0, sizeof PY);
     hexversion = 0;
     version[0] = 0;

@@ -31,9 +31,6 @@ const char *pyapi_where(void);
 /* Drop the library reference pyapi_init took. PY is cleared. */
 void pyapi_fini(void);
 
-/* dlsym on pyapi_init's handle, then the global scope. NULL when not exported. */
-void *pyapi_sym(const char *name);
-
 /* With the GIL held: read Py_GetVersion, derive the hex version, select the
  * ABI entry and, on 3.13+, check it against the interpreter's _Py_DebugOffsets.
  * Fails when the version string cannot be parsed. */

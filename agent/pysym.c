@@ -1,8 +1,35 @@
-/* pysym.c -- the agent's tables of C-API symbols resolved: each row's names tried in turn, some rows optional. */
+/* pysym.c -- the Python C API's symbols found in the interpreter's image: one name, a name that changed between
+ * versions, a table of rows (some optional). The bottom of the agent: it calls no other agent file. */
+#include <dlfcn.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "agent/agent.h"
+
+static void *lib; /* dlopen(pylib, RTLD_NOLOAD) handle, or NULL */
+
+void pyapi_sym_open(const char *pylib)
+{
+    pyapi_sym_close();
+    /* RTLD_NOLOAD: never load a Python into the target, only find the one in
+     * use. Fails for an executable with a static libpython: then the global
+     * scope, where such executables export the API. */
+    if (pylib && *pylib) lib = dlopen(pylib, RTLD_NOLOAD | RTLD_LAZY);
+}
+
+void pyapi_sym_close(void)
+{
+    if (lib) dlclose(lib);
+    lib = NULL;
+}
+
+void *pyapi_sym_lib(void) { return lib; }
+
+void *pyapi_sym(const char *name)
+{
+    void *p = lib ? dlsym(lib, name) : NULL;
+    return p ? p : dlsym(RTLD_DEFAULT, name);
+}
 
 void *pyapi_sym_any(const char *names)
 {

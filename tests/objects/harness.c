@@ -18,9 +18,8 @@
 
 int memprof_cli_main(int argc, char **argv); /* cli/main.c built with -Dmain=memprof_cli_main */
 
-/* ------------------------------------------------ what agent/pyapi.c provides */
-
-void *pyapi_sym(const char *name) { return dlsym(RTLD_DEFAULT, name); }
+/* ------------------------------------------------ what agent/pyapi.c provides (pyapi_sym: agent/pysym.c, no
+ * pylib handle opened, so the global scope) */
 
 uint32_t pyapi_hexversion(void)
 {

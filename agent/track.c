@@ -677,7 +677,9 @@ void track_native_alloc(void *p, size_t size, const uint64_t *pcs, int npcs)
 
 void track_native_free(const void *p)
 {
-    if (T.guard || !track_on) return;
+    /* paused for good (frozen at exit: the final report is out) — a free now would be counted after it, and a
+     * later report would show the process's teardown instead of its last figures */
+    if (T.guard || !track_on || atomic_load_explicit(&track_passthrough, memory_order_relaxed)) return;
     T.guard = 1;
     if (frames) track_free(p);
     T.guard = 0;

@@ -297,6 +297,24 @@ def test_run_native_profile_report(daemon, tmp_path):
         assert (m or not native) and lo <= held <= hi, (native, r.stderr)
 
 
+def test_final_report_stands_while_teardown_frees_native(daemon, tmp_path):
+    """The final report is the process's last figures: a native block freed during interpreter teardown, after the
+    atexit report, with a report interval (250 ms) passing before the process ends, is not subtracted from it."""
+    from conftest import MEMPROF
+    exe = numpy_interpreter("debian-3.11")
+    script = tmp_path / "teardown.py"
+    script.write_text("import time\nimport numpy as np\n\n\nclass Holder:\n    def __init__(self):\n"
+                      "        self.arr = np.zeros(2500000)  # HOLD\n\n    def __del__(self, sleep=time.sleep):\n"
+                      "        self.arr = None\n        sleep(0.6)\n\n\nh = Holder()\nprint('done')\n")
+    r = subprocess.run([MEMPROF, "run", "--native", "--", exe, str(script)], capture_output=True, text=True,
+                       timeout=120, env=daemon.env)
+    assert r.returncode == 0 and "done" in r.stdout, r.stdout + r.stderr
+    pid = int(re.search(r"^memprof: pid (\d+) kept as session", r.stderr, re.M).group(1))
+    top = top_json(daemon, pid)
+    held = sum(row["own_live"] for row in top["rows"] if row["file"] == str(script) and row["line"] == 7)
+    assert abs(held - 20e6) <= 0.05 * 20e6, [(row["file"], row["line"], row["own_live"]) for row in top["rows"][:5]]
+
+
 def test_lines_native_only(daemon, tmp_path):
     """memprof lines --native-only counts only what C code allocated: of f()'s Python list (2,000,000 pointers,
     16,000,056 bytes) and numpy's array (20,000,000 bytes of data, malloc'd by numpy), the report shows the array's

@@ -14,6 +14,7 @@ struct procfs_stat {
     char state; /* 'R', 'S', 'T', 't', 'Z', 'X', ... */
     pid_t ppid;
     unsigned flags; /* PF_* */
+    unsigned long long starttime; /* clock ticks after boot (field 22); 0 when the line stops short */
 };
 
 /* Parses the text of a stat file; 0, or -1 when it has no ") S ppid pgrp session tty tpgid flags". */

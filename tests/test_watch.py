@@ -16,7 +16,7 @@ WATCHED = target_script("watched.py")
 PROMISED_S = 3.0  # docs/watch.md: a new matching process is attached within 3 s of its start (two scans of 1 s)
 SLACK_S = 4.0     # this machine's 2 cores are shared with other jobs: an attach may wait for a core
 # Debian's interpreter and two of pyenv's (the oldest and newest supported this machine has, when it has them)
-WATCH_IDS = ["debian-3.11", "pyenv-3.8", "pyenv-3.13"]
+WATCH_IDS = ["debian-3.11", "pyenv-3.8", "pyenv-3.13", "sid-3.14"]
 
 
 def marker():
@@ -255,3 +255,49 @@ def test_daemon_rss_flat_over_200_matching_processes(tmp_path):
                 p.kill()
                 p.wait()
         d.stop()
+
+
+def cgroup_root():
+    """A cgroup hierarchy this test may make a directory in (a named v1 one without controllers, else v2), or a
+    skip."""
+    for root in ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        if os.path.exists(os.path.join(root, "cgroup.procs")) and os.access(root, os.W_OK):
+            return root
+    pytest.skip("does not apply here: no cgroup hierarchy this test may write to (it runs as root on the host)")
+
+
+def test_container_rule_matches_the_id_in_the_cgroup_path(tmp_path, targets):
+    """Two processes in cgroups named as a container runtime names them (systemd's docker-ID.scope, a fresh
+    random 64-digit id each), a third in none: container=PREFIX of the first id attaches the first only."""
+    py, _ = interpreter("debian-3.11")
+    root = cgroup_root()
+    ids = [uuid.uuid4().hex + uuid.uuid4().hex for _ in range(2)]
+    parent = os.path.join(root, "memprof-test-%s" % ids[0][:8])
+    dirs = [os.path.join(parent, "docker-%s.scope" % i) for i in ids]
+    tag = marker()
+    d = start_daemon(tmp_path, "--watch", "container=%s command=%s" % (ids[0][:12].upper(), tag))
+    ts = []
+    try:
+        for path in dirs:
+            os.makedirs(path)
+        ts = [start_watched(targets, py, tag) for _ in range(3)]
+        for t, path in zip(ts, dirs):
+            with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                f.write(str(t.pid))
+        with open("/proc/%d/cgroup" % ts[0].pid) as f:
+            assert ids[0] in f.read()
+        assert wait_until(lambda: attached(d, ts[0]), 20), d.log_tail()
+        time.sleep(2.5)  # two more scans
+        assert session_of(d, ts[1].pid) is None and session_of(d, ts[2].pid) is None, d.log_tail()
+    finally:
+        d.stop()
+        for t in ts:
+            t.kill()
+        for path in dirs + [parent]:
+            deadline = time.time() + 10
+            while os.path.exists(path):
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    assert time.time() < deadline, "cgroup %s still busy" % path
+                    time.sleep(0.1)

@@ -326,6 +326,7 @@ static int started_by_run(pid_t pid)
 /* Why memprofd must leave pid alone whatever the rules say, or NULL. */
 static const char *excluded(pid_t pid, pid_t ppid)
 {
+    if (pid == getpid()) return "memprofd itself";
     if (ppid == getpid()) return "a child of memprofd";
     if (conn_peer_is_client(pid)) return "a client of memprofd";
     if (started_by_run(pid)) return "started by memprof run (its own session)";
@@ -341,7 +342,7 @@ static int consider(const struct rule *r, pid_t pid, pid_t ppid, const char *cmd
     Memprof__AttachRequest req;
     if ((why = excluded(pid, ppid))) {
         server_log("watch: pid %d (%.200s) matches rule '%s' but is %s: left alone", (int)pid, cmd, r->text, why);
-        return 1;
+        return 1; /* never attached, not even tried */
     }
     if (watched_live() >= watch_max) {
         if (!at_bound)
@@ -386,7 +387,6 @@ static void scan(void)
     DIR *d = opendir("/proc");
     struct dirent *de;
     char cmd[4096];
-    pid_t self = getpid();
     size_t kept = 0;
     if (!d) return;
     scan_no++;
@@ -397,7 +397,7 @@ static void scan(void)
         const struct rule *r;
         struct session *s;
         pid_t pid;
-        if (!isdigit((unsigned char)de->d_name[0]) || (pid = mp_parse_pid(de->d_name)) <= 0 || pid == self) continue;
+        if (!isdigit((unsigned char)de->d_name[0]) || (pid = mp_parse_pid(de->d_name)) <= 0) continue;
         /* a kernel thread's or a zombie's is empty */
         if (mp_proc_cmdline(pid, cmd, sizeof cmd) < 0 || !cmd[0] || !(r = match(pid, cmd))) continue;
         if (procfs_stat(pid, 0, &st) < 0 || st.state == 'Z' || st.state == 'X' || (st.flags & PROCFS_PF_KTHREAD))

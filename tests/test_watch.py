@@ -140,7 +140,8 @@ def test_refusals_logged_once_and_never_retried(tmp_path, targets):
         time.sleep(5)  # five more scans
         text = log(d)
         assert len(re.findall(line, text)) == 1, text
-        assert not re.search(r"pid %d\b" % d.proc.pid, text.split("watch: rule")[-1]), text
+        assert len(re.findall(r"pid %d \(.*is memprofd itself: left alone" % d.proc.pid, text)) == 1, text
+        assert not re.search(r"pid %d\b.*attaching" % d.proc.pid, text), text
         mine = [s for s in sessions(d) if tag in s["command"]]  # the run's program: its one session
         assert len(mine) == 1 and mine[0]["watch_rule"] == "" and mine[0]["state"] == "attached", mine
         child = mine[0]["pid"]

@@ -115,6 +115,13 @@ def test_watch_attaches_matching_processes_only(pyid, tmp_path, targets):
         data = json.loads(top.stdout)
         assert data["state"] == "exited" and data["live"] > 0 and data["rows"], data
         assert "watched.py" in json.dumps(data["rows"]), data["rows"]
+        # one killed (no atexit, no final report): what it last reported stays
+        killed = matching[2]
+        assert wait_until(lambda: json.loads(d.run("top", "--pid", killed.pid, "--once", "--json").stdout)["rows"], 20)
+        killed.kill()
+        assert wait_until(lambda: (session_of(d, killed.pid) or {}).get("state") == "exited", 20), d.log_tail()
+        data = json.loads(d.run("top", "--pid", killed.pid, "--once", "--json").stdout)
+        assert data["state"] == "exited" and data["rows"], data
         # the service restarted (a new pid): attached again
         again = start_watched(targets, py, tag)
         assert again.pid != gone.pid

@@ -168,9 +168,9 @@ static int cmd_serve(int argc, char **argv)
         {"watch", 0, OPT_CALL, NULL, "RULE",
          "attach to every process that matches RULE, now and as they\n"
          "start (a /proc scan every second), with RULE's settings\n"
-         "(repeatable; see below)", .what = "a rule", .set = set_watch},
+         "(repeatable; see below)", .what = "a rule (64 --watch and --watch-file at most)", .set = set_watch},
         {"watch-file", 0, OPT_CALL, NULL, "FILE",
-         "rules from FILE, one a line (# comments, blank lines)", .what = "a file", .set = set_watch_file},
+         "rules from FILE, one a line (# comments, blank lines)", .what = "a file (64 --watch and --watch-file at most)", .set = set_watch_file},
         {"watch-max", 0, OPT_UINT, &wmax, "N",
          "at most N sessions attached by rules at once (default 64);\n"
          "a new matching process waits until one ends", 1, 100000},

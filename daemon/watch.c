@@ -26,6 +26,7 @@
 #define WATCH_SCAN_MS 1000  /* the /proc scan's period */
 #define WATCH_KNOWN_MAX 4096 /* matching processes remembered (tried, or waiting for their second scan) */
 #define WATCH_TERMS_MAX 16   /* terms of one rule */
+#define WATCH_READY_MAX 64   /* settled processes queued for an attach each (one a round of the loop) */
 
 struct rule {
     char *text;
@@ -51,6 +52,14 @@ static unsigned n_rules;
 static struct known *known;
 static size_t n_known, known_cap;
 static unsigned scan_no;
+/* Settled processes (matched in two scans running), attached one per round of the loop so that a burst of
+ * new processes blocks the loop no longer than one attach does; each is checked again before its attach. */
+static struct ready {
+    struct known k;
+    const struct rule *r;
+} ready[WATCH_READY_MAX];
+static size_t n_ready;
+static double next_scan;
 static long long timer_id;
 static int stopped, at_bound, full_logged;
 unsigned watch_max = 64;
@@ -416,7 +425,10 @@ static void scan(void)
             continue;
         }
         e->scan = scan_no;
-        if (!e->tried && !stopped) e->tried = consider(r, pid, st.ppid, cmd);
+        if (!e->tried && !stopped && n_ready < WATCH_READY_MAX) { /* else: the next scan */
+            e->tried = 1;
+            ready[n_ready++] = (struct ready){*e, r};
+        }
     }
     closedir(d);
     /* processes that ended, exec'd into something the rules do not match, or were not seen: forgotten */
@@ -425,19 +437,50 @@ static void scan(void)
     n_known = kept;
 }
 
+/* Attach the first queued process if it is still the one that settled (same start time and command line). */
+static void attach_next(void)
+{
+    struct ready q = ready[0];
+    struct procfs_stat st;
+    struct known *e;
+    char cmd[4096];
+    memmove(ready, ready + 1, --n_ready * sizeof *ready);
+    if (mp_proc_cmdline(q.k.pid, cmd, sizeof cmd) < 0 || fnv1a(cmd) != q.k.cmd || procfs_stat(q.k.pid, 0, &st) < 0 ||
+        st.starttime != q.k.start || st.state == 'Z' || st.state == 'X')
+        return; /* gone, or exec'd: the next scan sees what it is now */
+    if (consider(q.r, q.k.pid, st.ppid, cmd)) return;
+    /* at the bound: these wait for a scan after a watched session has ended */
+    for (size_t i = 0; i <= n_ready; i++) {
+        pid_t pid = i < n_ready ? ready[i].k.pid : q.k.pid;
+        if ((e = known_find(pid))) e->tried = 0;
+    }
+    n_ready = 0;
+}
+
 static long on_timer(long long id, void *data)
 {
+    double now = mp_now();
+    long ms;
     (void)id;
     (void)data;
     if (stopped) return LOOP_NOMORE;
-    scan();
-    return WATCH_SCAN_MS;
+    if (n_ready) {
+        attach_next();
+    } else if (now >= next_scan) {
+        scan();
+        next_scan = now + WATCH_SCAN_MS / 1000.0;
+    }
+    if (n_ready) return 1; /* the next one after a round of the loop (its file events first) */
+    ms = (long)((next_scan - mp_now()) * 1000.0) + 1;
+    return ms < 1 ? 1 : ms;
 }
 
 int watch_start(char *err)
 {
     if (!rules) return 0;
     stopped = 0;
+    n_ready = 0;
+    next_scan = 0;
     if ((timer_id = loop_add_timer(0, on_timer, NULL)) < 0) {
         mp_err(err, "out of memory for the watch timer");
         return -1;

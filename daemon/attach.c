@@ -863,7 +863,7 @@ void attach_agent_gone(struct conn *c)
         attach_fail(s, proc_error_code(s->pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), why);
         return;
     }
-    if (!proc_alive(s->pid) || s->exiting) {
+    if (proc_exiting(s->pid) || s->exiting) {
         snprintf(why, sizeof why, "pid %d: the process exited", (int)s->pid);
         server_log("pid %d exited; session kept", (int)s->pid);
         fail_calls_of(s->pid, MEMPROF__ERROR_REPLY__CODE__NO_SUCH_PROCESS, why);

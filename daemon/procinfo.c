@@ -38,6 +38,12 @@ int proc_alive(pid_t pid)
     return st && st != 'Z' && st != 'X';
 }
 
+int proc_exiting(pid_t pid)
+{
+    struct procfs_stat st;
+    return procfs_stat(pid, 0, &st) < 0 || st.state == 'Z' || st.state == 'X' || (st.flags & PROCFS_PF_EXITING);
+}
+
 int proc_thread_alive(pid_t pid, int tid)
 {
     char path[64];

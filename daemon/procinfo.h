@@ -11,6 +11,9 @@ int proc_uid(pid_t pid, uid_t *uid);
 char proc_state(pid_t pid);
 pid_t proc_ppid(pid_t pid);          /* 0 when unknown */
 int proc_alive(pid_t pid);           /* exists and is not a zombie */
+/* Gone, a zombie, or on its way there (PF_EXITING: a SIGKILLed process closes its files, the agent's socket
+ * among them, before it is a zombie). */
+int proc_exiting(pid_t pid);
 int proc_thread_alive(pid_t pid, int tid);
 unsigned long long proc_rss(pid_t pid);
 /* pid inside its innermost pid namespace (last field of NSpid), pid itself when none. */

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #define PROCFS_PF_KTHREAD 0x00200000u /* flags: a kernel thread */
+#define PROCFS_PF_EXITING 0x00000004u /* flags: in the kernel's exit path (its files may be closed already) */
 
 /* The fields of a stat line memprof uses. comm may hold spaces and ')': it runs from the first '(' to the
  * last ')', and the fields are read after that last ')'. */

@@ -23,8 +23,9 @@ static const char *example_status =
     "\n"
     "ID names a session for `memprof plot/export/diff --session ID`, also once it\n"
     "has ended and its pid has been reused. The line below the table is the daemon's\n"
-    "version; an attached agent of another version is named after it. --json gives\n"
-    "each session's agent_version and the daemon_version.\n";
+    "version; an attached agent of another version is named after it, and a session\n"
+    "attached by a `memprofd serve --watch` rule names its rule. --json gives each\n"
+    "session's agent_version, watch_rule and the daemon_version.\n";
 
 static const char *about_ps =
     "List the Python processes you may attach to (your own; all for root).\n";
@@ -103,6 +104,8 @@ int cmd_status(int argc, char **argv)
             cli_json_str(stdout, s->native_note);
             printf(", \"native_late_note\": ");
             cli_json_str(stdout, s->native_late_note);
+            printf(", \"watch_rule\": ");
+            cli_json_str(stdout, s->watch_rule);
             printf("}");
         }
         printf("]\n");
@@ -135,6 +138,13 @@ int cmd_status(int argc, char **argv)
         if (s->state != MEMPROF__SESSION_INFO__STATE__ATTACHED || !*s->agent_version || !strcmp(s->agent_version, dver)) continue;
         printf("session %u (pid %d): agent %s differs from memprofd %s (detach and attach again)\n", s->id, s->pid,
                s->agent_version, dver);
+    }
+    for (size_t i = 0; i < r->n_sessions; i++) { /* attached by a memprofd serve --watch rule: which */
+        Memprof__SessionInfo *s = r->sessions[i];
+        char erule[4 * 1024];
+        if (s->watch_rule && *s->watch_rule)
+            printf("session %u (pid %d): attached by --watch '%s'\n", s->id, s->pid,
+                   cli_esc(s->watch_rule, erule, sizeof erule));
     }
     for (size_t i = 0; i < r->n_sessions; i++) { /* --native that could not patch everything: at the attach, since */
         Memprof__SessionInfo *s = r->sessions[i];

@@ -28,7 +28,8 @@ static void fail_line(const struct opt_cmd *c, const char *fmt, ...)
     va_end(ap);
     for (char *p = msg; *p; p++) /* one line, whatever the argument held */
         if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
-    fprintf(stderr, "%s: %s\n", c->prog, msg);
+    if (c->err) snprintf(c->err, MP_ERRLEN, "%s", msg);
+    else fprintf(stderr, "%s: %s\n", c->prog, msg);
 }
 
 int opts_usage_error(const struct opt_cmd *c, const char *fmt, ...)

@@ -51,6 +51,8 @@ struct opt_cmd {
     int stop_at_arg;      /* options end at the first positional argument (memprof run: the program's own follow) */
     const char *about;    /* --help: the paragraph(s) after the usage line */
     const char *more;     /* --help: text after the option list (examples); may be NULL */
+    char *err;            /* when set (MP_ERRLEN bytes), a bad option's line goes here, without PROG, instead of
+                           * stderr (memprofd serve --watch: a rule's tracking settings) */
 };
 
 /* Parse argv (argv[0] is the command's name) against c. Returns the index in

@@ -166,12 +166,22 @@ static void undo_later(struct session *s, const char *why, int close_conn)
     conn_wake_tick();
 }
 
+static int starting; /* in attach_start: a refusal is its caller's to tell */
+
+/* A watched session's attach that failed after attach_start returned, said once here (watch.c tries a process
+ * once). */
+static void log_watch_failure(const struct session *s, const char *msg)
+{
+    if (s->watch_rule && !starting) server_log("watch: %s (rule '%s'; not retried)", msg, s->watch_rule);
+}
+
 /* An attach that failed: the client hears why; what got into the target is undone (undo_later) unless
  * nothing did (no agent thread started: inject.c unloaded the library itself). */
 static void attach_fail(struct session *s, Memprof__ErrorReply__Code code, const char *msg)
 {
     char full[MP_ERRLEN];
     int undo = (s->handle || s->method == ATTACH_REMOTE_EXEC || s->agent_conn) && proc_alive(s->pid);
+    log_watch_failure(s, msg);
     fail_calls_of(s->pid, code, msg); /* the tracking settings' call, if sent */
     s->config_call = 0;
     snprintf(full, sizeof full, "%s%s", msg,
@@ -192,7 +202,7 @@ static void attach_fail(struct session *s, Memprof__ErrorReply__Code code, const
 
 /* Checks that need no ptrace: who may attach to what, and is it a Python we support. 0, or -1 with err
  * and *code, the failure's category, told by what is true of pid (proc_error_code), never by err's text. */
-static int attach_precheck(struct conn *c, pid_t pid, struct pyinfo *py, char *err, Memprof__ErrorReply__Code *code)
+static int attach_precheck(uid_t uid, pid_t pid, struct pyinfo *py, char *err, Memprof__ErrorReply__Code *code)
 {
     char st;
     *code = MEMPROF__ERROR_REPLY__CODE__UNSUPPORTED_TARGET;
@@ -200,7 +210,7 @@ static int attach_precheck(struct conn *c, pid_t pid, struct pyinfo *py, char *e
         mp_err(err, "pid %d: is memprofd itself", (int)pid);
         return -1;
     }
-    if (proc_may_access(c->peer_uid, pid, err) < 0) {
+    if (proc_may_access(uid, pid, err) < 0) {
         *code = proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__PERMISSION_DENIED);
         return -1;
     }
@@ -356,61 +366,82 @@ static int attach_by_ptrace(struct session *s, char *err)
     return 0;
 }
 
+const char *const attach_methods[3] = {"auto", "ptrace", "remote-exec"};
+
+int attach_settings_check(const Memprof__AttachRequest *req, const char *dashes, char *err)
+{
+    if (req->native && (req->exact || req->no_tracking)) {
+        mp_err(err, "%snative samples native allocations: not with %sexact or %sno-track", dashes, dashes, dashes);
+        return -1;
+    }
+    if (req->native_frames && !req->native) {
+        mp_err(err, "%snative-frames goes with %snative", dashes, dashes);
+        return -1;
+    }
+    return 0;
+}
+
 void attach_on_attach(struct conn *c, const Envelope *in)
 {
-    const Memprof__AttachRequest *req = in->attach;
-    char err[MP_ERRLEN], arg[PATH_MAX + 512];
+    char err[MP_ERRLEN];
+    attach_start(c->peer_uid, c->id, in->attach, NULL, err);
+}
+
+/* A refusal: the waiter hears it, attach_start's caller too (err). */
+static int refuse(uint64_t waiter, Memprof__ErrorReply__Code code, const char *msg, char *err)
+{
+    if (msg != err) snprintf(err, MP_ERRLEN, "%s", msg);
+    reply_attach_error(waiter, code, err);
+    return -1;
+}
+
+int attach_start(uid_t uid, uint64_t waiter, const Memprof__AttachRequest *req, const char *watch_rule, char *err)
+{
+    char arg[PATH_MAX + 512];
     struct pyinfo py;
     struct session *s = session_find(req->pid);
     pid_t pid = req->pid;
 
     if (s && (s->state == SESS_ATTACHED || s->state == SESS_ATTACHING || s->state == SESS_DETACHING)) {
-        if (proc_may_access(c->peer_uid, pid, err) < 0) {
-            reply_attach_error(c->id, proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__PERMISSION_DENIED), err);
-        } else if (s->state == SESS_ATTACHED) {
-            reply_attach_ok(c->id, s, 1);
-        } else if (s->undo) {
-            snprintf(err, sizeof err,
+        if (proc_may_access(uid, pid, err) < 0)
+            return refuse(waiter, proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__PERMISSION_DENIED), err, err);
+        if (s->state == SESS_ATTACHED) {
+            reply_attach_ok(waiter, s, 1);
+            return 0;
+        }
+        if (s->undo) {
+            snprintf(err, MP_ERRLEN,
                      "pid %d: memprofd is still undoing an attach or detach that did not finish (the agent's thread "
                      "has not ended: is the process stopped, or is its main thread holding the GIL?); retry once "
                      "memprof status shows it detached", (int)pid);
-            reply_attach_error(c->id, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, err);
-        } else {
-            snprintf(err, sizeof err, "pid %d: a session is %s", (int)pid, session_state_name(s->state));
-            reply_attach_error(c->id, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, err);
+            return refuse(waiter, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, err, err);
         }
-        return;
+        snprintf(err, MP_ERRLEN, "pid %d: a session is %s", (int)pid, session_state_name(s->state));
+        return refuse(waiter, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, err, err);
     }
     Memprof__ErrorReply__Code code;
-    if (attach_precheck(c, pid, &py, err, &code) < 0) {
-        reply_attach_error(c->id, code, err);
-        return;
-    }
+    if (attach_precheck(uid, pid, &py, err, &code) < 0) return refuse(waiter, code, err, err);
     s = session_new(pid);
-    if (!s) {
-        reply_attach_error(c->id, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, "out of memory");
-        return;
-    }
+    if (!s) return refuse(waiter, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, "out of memory", err);
     s->py = py;
+    s->watch_rule = watch_rule;
     proc_uid(pid, &s->uid);
     s->ns_pid = proc_ns_pid(pid);
     proc_container(pid, s->container, sizeof s->container);
     s->attach_started = mp_now();
-    s->attach_waiter = c->id;
+    s->attach_waiter = waiter;
     session_tracking(&s->track, !req->no_tracking, req->exact, req->sample_rate, req->max_frames, req->interval_ms,
                      MP_DEFAULT_INTERVAL_MS);
     s->track.native = req->native && !req->exact;
     s->track.native_frames = s->track.native && req->native_frames;
     if (session_make_token(s->token) < 0) {
-        reply_attach_error(c->id, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, "no randomness for a token");
         end_session(s);
-        return;
+        return refuse(waiter, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, "no randomness for a token", err);
     }
     if (attach_method_of(req->method, &s->method_asked) < 0) {
-        snprintf(err, sizeof err, "unknown attach method '%s' (auto, ptrace or remote-exec)", req->method);
-        reply_attach_error(c->id, MEMPROF__ERROR_REPLY__CODE__BAD_REQUEST, err);
+        snprintf(err, MP_ERRLEN, "unknown attach method '%s' (auto, ptrace or remote-exec)", req->method);
         end_session(s);
-        return;
+        return refuse(waiter, MEMPROF__ERROR_REPLY__CODE__BAD_REQUEST, err, err);
     }
     if (s->method_asked != ATTACH_PTRACE) {
         char why[MP_ERRLEN];
@@ -422,19 +453,26 @@ void attach_on_attach(struct conn *c, const Envelope *in)
             conn_wake_tick();
             server_log("pid %d (Python %s): remote-exec request written; waiting for its main thread", (int)pid,
                        py.version);
-            return;
+            return 0;
         }
         if (usable) snprintf(why, sizeof why, "%s", err);
         if (s->method_asked == ATTACH_REMOTE_EXEC) {
-            snprintf(err, sizeof err, "pid %d: cannot attach by remote-exec: %s", (int)pid, why);
-            reply_attach_error(c->id, proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), err);
+            snprintf(err, MP_ERRLEN, "pid %d: cannot attach by remote-exec: %s", (int)pid, why);
+            code = proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN);
             end_session(s);
-            return;
+            return refuse(waiter, code, err, err);
         }
         if (abi && (abi->caps & PYABI_REMOTE_EXEC))
             snprintf(s->note, sizeof s->note, "remote-exec not used: %s; attached by ptrace", why);
     }
-    if (attach_by_ptrace(s, err) < 0) attach_fail(s, proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), err);
+    if (attach_by_ptrace(s, err) < 0) {
+        /* its session ends (or undoes what got in) here; the waiter hears it from attach_fail */
+        starting = 1;
+        attach_fail(s, proc_error_code(pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), err);
+        starting = 0;
+        return -1;
+    }
+    return 0;
 }
 
 /* The remote-exec request was not taken in time: withdraw it, and go by ptrace
@@ -449,6 +487,7 @@ static int remote_exec_timeout(struct session *s)
                  "pid %d: its main thread did not reach a safe point within %.0f s (blocked in C code?); "
                  "the remote-exec request was withdrawn (--method ptrace attaches anyway)",
                  (int)s->pid, RX_SAFE_POINT_S);
+        log_watch_failure(s, err);
         reply_attach_error(s->attach_waiter, MEMPROF__ERROR_REPLY__CODE__UNKNOWN, err);
         return 0;
     }
@@ -824,7 +863,7 @@ void attach_agent_gone(struct conn *c)
         attach_fail(s, proc_error_code(s->pid, MEMPROF__ERROR_REPLY__CODE__UNKNOWN), why);
         return;
     }
-    if (!proc_alive(s->pid) || s->exiting) {
+    if (proc_exiting(s->pid) || s->exiting) {
         snprintf(why, sizeof why, "pid %d: the process exited", (int)s->pid);
         server_log("pid %d exited; session kept", (int)s->pid);
         fail_calls_of(s->pid, MEMPROF__ERROR_REPLY__CODE__NO_SUCH_PROCESS, why);
@@ -900,6 +939,7 @@ long attach_tick(void)
         } else if (s->state == SESS_ATTACHING && !proc_alive(s->pid) && !s->agent_conn) {
             char err[MP_ERRLEN];
             snprintf(err, sizeof err, "pid %d: the process exited during the attach", (int)s->pid);
+            log_watch_failure(s, err);
             reply_attach_error(s->attach_waiter, MEMPROF__ERROR_REPLY__CODE__NO_SUCH_PROCESS, err);
             end_session(s);
         } else if (s->state == SESS_DETACHING && !proc_alive(s->pid)) {

@@ -63,6 +63,13 @@ void conn_counts(unsigned *clients, unsigned *agents)
     }
 }
 
+int conn_peer_is_client(pid_t pid)
+{
+    for (struct conn *c = conns; c; c = c->next)
+        if (!c->closing && c->kind != CONN_AGENT && c->peer_pid == pid) return 1;
+    return 0;
+}
+
 struct conn *conn_by_id(uint64_t id)
 {
     int fd = (int)(id & ((1u << CONN_FD_BITS) - 1));

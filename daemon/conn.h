@@ -86,6 +86,8 @@ void conn_drop(struct conn *c, const char *why);
 /* Our end of a socket pair made in a target at injection: an agent connection like one accepted on the
  * agent socket (its peer credentials are the target's). Conn id, or 0 (fd closed). */
 uint64_t conn_adopt_agent(int fd);
+/* Is pid at the other end of an open connection that is not an agent's (a client, or one before its hello)? */
+int conn_peer_is_client(pid_t pid);
 /* Connections now open, by kind (for /metrics). */
 void conn_counts(unsigned *clients, unsigned *agents);
 

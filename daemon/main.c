@@ -14,9 +14,11 @@
 #include "common/pyversions.h"
 #include "common/util.h"
 #include "common/version.h"
+#include "daemon/attach.h"
 #include "daemon/http.h"
 #include "daemon/serve.h"
 #include "daemon/session.h"
+#include "daemon/watch.h"
 
 #ifndef MEMPROF_AGENT_PATH
 #error "MEMPROF_AGENT_PATH is set by the Makefile from PREFIX"
@@ -91,11 +93,59 @@ static const char *find_agent(void)
     return NULL;
 }
 
+/* --watch RULE and --watch-file FILE, in the order given: parsed once the options are (watch.c). */
+struct watch_args {
+    const char *arg[64];
+    int is_file[64];
+    int n;
+};
+static struct watch_args watch_args;
+
+static int add_watch_arg(const char *arg, int is_file)
+{
+    if (watch_args.n == (int)(sizeof watch_args.arg / sizeof watch_args.arg[0])) return -1;
+    watch_args.is_file[watch_args.n] = is_file;
+    watch_args.arg[watch_args.n++] = arg;
+    return 0;
+}
+static int set_watch(const char *arg, void *dest) { return (void)dest, add_watch_arg(arg, 0); }
+static int set_watch_file(const char *arg, void *dest) { return (void)dest, add_watch_arg(arg, 1); }
+
+/* The rules of --watch and --watch-file: 0, or MP_EXIT_USAGE after one line naming the rule (or the file's
+ * line) and the problem. */
+static int parse_watch_args(void)
+{
+    char err[MP_ERRLEN], line[MP_ERRLEN + 300];
+    for (int i = 0; i < watch_args.n; i++) {
+        const char *a = watch_args.arg[i];
+        if ((watch_args.is_file[i] ? watch_add_file(a, err) : watch_add_rule(a, err)) == 0) continue;
+        if (watch_args.is_file[i]) snprintf(line, sizeof line, "%s", err);
+        else snprintf(line, sizeof line, "--watch '%s': %s", a, err);
+        for (char *p = line; *p; p++) /* one line, whatever the rule held */
+            if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
+        fprintf(stderr, "memprofd serve: %s\n", line);
+        return MP_EXIT_USAGE;
+    }
+    return 0;
+}
+
+static const char *more_serve =
+    "A watch RULE is blank-separated terms that must all match: command=REGEX\n"
+    "(POSIX extended, against the command line, arguments joined by spaces;\n"
+    "quote a value with blanks: command='a b'), user=NAME|UID, container=ID\n"
+    "(a prefix of the 64-digit id in /proc/PID/cgroup); and memprofd attach's\n"
+    "settings without dashes: sample-rate=BYTES, exact, max-frames=N,\n"
+    "interval=MS, no-track, method=M, native, native-frames.\n"
+    "\n"
+    "example:\n"
+    "  $ memprofd serve --watch 'command=gunicorn user=www-data native'\n";
+
 static int cmd_serve(int argc, char **argv)
 {
     char path[PATH_MAX], err[MP_ERRLEN];
     const char *sock = NULL, *agent = NULL;
-    int rc;
+    int rc, watch_max_given = 0;
+    unsigned wmax = 0;
     const struct opt opts[] = {
         {"socket", 0, OPT_STRING, &sock, "PATH", "listen here (default: /run/memprof/memprofd.sock for root,\n"
                                                  "$XDG_RUNTIME_DIR/memprof/memprofd.sock or /tmp/memprof-UID/...)"},
@@ -115,9 +165,23 @@ static int cmd_serve(int argc, char **argv)
         {"metrics-top", 0, OPT_UINT, &http_config.top_n, "N",
          "sites by live bytes and census types per process in\n"
          "/metrics (default 10; 0: none; at most 1000: each is a series)", 0, 1000},
+        {"watch", 0, OPT_CALL, NULL, "RULE",
+         "attach to every process that matches RULE, now and as they\n"
+         "start (a /proc scan every second), with RULE's settings\n"
+         "(repeatable; see below)", .what = "a rule (64 --watch and --watch-file at most)", .set = set_watch},
+        {"watch-file", 0, OPT_CALL, NULL, "FILE",
+         "rules from FILE, one a line (# comments, blank lines)", .what = "a file (64 --watch and --watch-file at most)", .set = set_watch_file},
+        {"watch-max", 0, OPT_UINT, &wmax, "N",
+         "at most N sessions attached by rules at once (default 64);\n"
+         "a new matching process waits until one ends", 1, 100000},
         {0}};
-    const struct opt_cmd cmd = {"memprofd serve", opts, .about = about_serve};
+    const struct opt_cmd cmd = {"memprofd serve", opts, .about = about_serve, .more = more_serve};
+    watch_args.n = 0;
     if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
+    for (int i = 1; i < argc; i++) watch_max_given |= !strncmp(argv[i], "--watch-max", 11);
+    if ((rc = parse_watch_args())) return rc;
+    if (watch_max_given && !watch_active()) return opts_usage_error(&cmd, "--watch-max goes with --watch or --watch-file");
+    if (wmax) watch_max = wmax;
     {
         /* what the options say (the address, its options) is a usage error; an unreadable token file is not */
         const char *token = http_config.token_file;
@@ -161,39 +225,21 @@ static int cmd_attach(int argc, char **argv)
 {
     Memprof__AttachRequest req = MEMPROF__ATTACH_REQUEST__INIT;
     Envelope env = MEMPROF__ENVELOPE__INIT, *reply;
+    char err[MP_ERRLEN];
     double t0 = mp_now();
     int fd, rc, method = 0;
     /* the rows write into req's fields (int32_t, uint32_t, protobuf_c_boolean: int, unsigned, int) */
     const struct opt opts[] = {
         {"pid", 'p', OPT_PID, &req.pid, "PID", "the process", .required = 1},
-        {"sample-rate", 0, OPT_U64, &req.sample_rate, "BYTES", "mean bytes between allocation samples (default " MP_STR(MP_DEFAULT_SAMPLE_RATE) ")"},
-        {"exact", 0, OPT_FLAG, &req.exact, NULL, "count every allocation (slower) instead of sampling"},
-        {"max-frames", 0, OPT_UINT, &req.max_frames, "N", "Python frames kept per sample (default " MP_STR(MP_DEFAULT_MAX_FRAMES) ")"},
-        {"interval", 0, OPT_UINT, &req.interval_ms, "MS", "how often the agent reports (default " MP_STR(MP_DEFAULT_INTERVAL_MS) ")"},
-        {"no-track", 0, OPT_FLAG, &req.no_tracking, NULL, "attach without allocation tracking"},
-        {"method", 0, OPT_CHOICE, &method, "M",
-         "how the agent gets in: auto (default: remote-exec where it\n"
-         "works, else ptrace), ptrace (stop a thread briefly and\n"
-         "load it), remote-exec (Python 3.14+, PEP 768: the main\n"
-         "thread loads it at its next safe point; nothing is stopped)",
-         .choices = "auto|ptrace|remote-exec"},
-        {"native", 0, OPT_FLAG, &req.native, NULL, "also native allocations (malloc, mmap... of C extensions),\n"
-                                                   "attributed to the Python line running (not with --exact)"},
-        {"native-frames", 0, OPT_FLAG, &req.native_frames, NULL,
-         "with --native: each sampled native allocation keeps its\n"
-         "native call chain, named by memprofd (libdw): C functions\n"
-         "under the Python line in memprof export and flamegraph"},
+        ATTACH_SETTINGS_OPTS(&req, &method),
         CLIENT_SOCKET_OPT,
         {0}};
-    const char *methods[] = {"auto", "ptrace", "remote-exec"};
     const struct opt_cmd cmd = {"memprofd attach", opts, .about = about_attach, .more = example_attach};
     _Static_assert(sizeof req.pid == sizeof(int) && sizeof req.max_frames == sizeof(unsigned) &&
                        sizeof req.exact == sizeof(int), "the option rows write int and unsigned");
     if (opts_parse(&cmd, argc, argv, &rc) < 0) return rc;
-    if (req.native && (req.exact || req.no_tracking))
-        return opts_usage_error(&cmd, "--native samples native allocations: not with --exact or --no-track");
-    if (req.native_frames && !req.native) return opts_usage_error(&cmd, "--native-frames goes with --native");
-    req.method = (char *)methods[method];
+    if (attach_settings_check(&req, "--", err) < 0) return opts_usage_error(&cmd, "%s", err);
+    req.method = (char *)attach_methods[method];
     env.msg_case = MEMPROF__ENVELOPE__MSG_ATTACH;
     env.attach = &req;
     if ((rc = call(&env, 1, 60000, &reply, &fd))) return rc;

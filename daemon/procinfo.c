@@ -38,6 +38,12 @@ int proc_alive(pid_t pid)
     return st && st != 'Z' && st != 'X';
 }
 
+int proc_exiting(pid_t pid)
+{
+    struct procfs_stat st;
+    return procfs_stat(pid, 0, &st) < 0 || st.state == 'Z' || st.state == 'X' || (st.flags & PROCFS_PF_EXITING);
+}
+
 int proc_thread_alive(pid_t pid, int tid)
 {
     char path[64];
@@ -142,6 +148,29 @@ void proc_container(pid_t pid, char *out, size_t outlen)
         return;
     }
     snprintf(out, outlen, "ns:%s", diff);
+}
+
+int proc_container_id(pid_t pid, char out[65])
+{
+    char path[64], buf[8192];
+    ssize_t n;
+    out[0] = 0;
+    snprintf(path, sizeof path, "/proc/%d/cgroup", (int)pid);
+    if ((n = mp_read_file(path, buf, sizeof buf)) <= 0) return -1;
+    /* docker-ID.scope, libpod-ID.scope, cri-containerd-ID.scope, crio-ID.scope, /docker/ID, kubepods/.../ID:
+     * the last run of exactly 64 hex digits of any hierarchy's path */
+    for (ssize_t i = 0, run = 0; i <= n; i++) {
+        if (i < n && isxdigit((unsigned char)buf[i])) {
+            run++;
+            continue;
+        }
+        if (run == 64) {
+            for (int k = 0; k < 64; k++) out[k] = (char)tolower((unsigned char)buf[i - 64 + k]);
+            out[64] = 0;
+        }
+        run = 0;
+    }
+    return out[0] ? 0 : -1;
 }
 
 int proc_may_access(uid_t client, pid_t pid, char *err)

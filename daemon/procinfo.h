@@ -11,6 +11,9 @@ int proc_uid(pid_t pid, uid_t *uid);
 char proc_state(pid_t pid);
 pid_t proc_ppid(pid_t pid);          /* 0 when unknown */
 int proc_alive(pid_t pid);           /* exists and is not a zombie */
+/* Gone, a zombie, or on its way there (PF_EXITING: a SIGKILLed process closes its files, the agent's socket
+ * among them, before it is a zombie). */
+int proc_exiting(pid_t pid);
 int proc_thread_alive(pid_t pid, int tid);
 unsigned long long proc_rss(pid_t pid);
 /* pid inside its innermost pid namespace (last field of NSpid), pid itself when none. */
@@ -21,6 +24,9 @@ pid_t proc_host_tid(pid_t pid, pid_t ns_tid);
  * cgroup's last component with a long id cut to 12 characters ("docker-3f2a1b0c9d8e"),
  * or the namespaces that differ ("ns:mnt,pid,net"). "" for a process of the host. */
 void proc_container(pid_t pid, char *out, size_t outlen);
+/* The container id in pid's cgroup paths (/proc/PID/cgroup): the last run of exactly 64 hex digits, as
+ * docker, podman, containerd and CRI-O name their cgroups, lower case. 0, or -1 when there is none. */
+int proc_container_id(pid_t pid, char out[65]);
 /* May a client of uid `client` profile pid? 0 yes; -1 with a one-line err. */
 int proc_may_access(uid_t client, pid_t pid, char *err);
 /* The category of a failed check on pid, by what is true of pid now: NO_SUCH_PROCESS when it is

@@ -1,6 +1,6 @@
 /* serve.c -- memprofd serve: the wiring. The transport (conn.c on loop.c) gets its callbacks here: messages
  * to the dispatch table, closed connections to hello.c and attach.c, deadlines and the stop to attach.c; and
- * the daemon's own setup around it: its socket directory and lock, signals, the HTTP endpoint. */
+ * the daemon's own setup around it: its socket directory and lock, signals, the HTTP endpoint, the watch. */
 #include "daemon/serve.h"
 
 #include <fcntl.h>
@@ -22,6 +22,7 @@
 #include "daemon/logging.h"
 #include "daemon/loop.h"
 #include "daemon/session.h"
+#include "daemon/watch.h"
 
 /* A closed connection: a stranger leaves its list; an agent's session and a client's requests hear of it. */
 static void closed(struct conn *c)
@@ -31,11 +32,18 @@ static void closed(struct conn *c)
     attach_client_gone(c);
 }
 
+/* A stop: the watch attaches nothing more, every session is detached. */
+static void stopping(void)
+{
+    watch_stop();
+    attach_detach_all();
+}
+
 static const struct conn_callbacks wiring = {
     .message = dispatch,
     .closed = closed,
     .tick = attach_tick,
-    .stopping = attach_detach_all,
+    .stopping = stopping,
     .busy = attach_busy,
     .admit = hello_admit,
     .accepted = hello_accepted,
@@ -115,11 +123,13 @@ int serve_run(const char *socket_path, char *err)
         return -1;
     server_log("memprofd " MEMPROF_VERSION " listening on %s (agents on @%s), agent library %s, %ld file descriptors",
                socket_path, conn_agent_sock, session_agent_lib, conn_fd_limit());
+    if (watch_start(err) < 0) return -1;
     conn_run();
     server_log("stopped");
     conn_shutdown();
     http_stop();
     loop_free();
+    watch_free();
     close(sfd);
     close(lock_fd);
     return 0;

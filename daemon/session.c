@@ -141,4 +141,5 @@ void session_fill_info(const struct session *s, Memprof__SessionInfo *info)
     info->agent_version = (char *)s->agent_version;
     info->native_note = (char *)s->native_note;
     info->native_late_note = (char *)s->native_late;
+    info->watch_rule = (char *)(s->watch_rule ? s->watch_rule : "");
 }

@@ -54,6 +54,7 @@ struct session {
     char note[768];             /* for the client, a line each: why auto went by ptrace; fork under -W error */
     char native_note[512];      /* --native: why it is off or partial (the agent's hello), "" when all is well */
     char native_late[512];      /* --native: a library loaded since that could not be patched (AllocReport) */
+    const char *watch_rule;     /* attached by this serve --watch rule (its text, watch.c's), NULL otherwise */
     struct session *next;
 };
 

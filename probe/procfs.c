@@ -19,6 +19,10 @@ int procfs_parse_stat(const char *buf, struct procfs_stat *st)
         return -1;
     }
     st->ppid = (pid_t)ppid;
+    /* fields 10 to 21, then the start time */
+    if (sscanf(close + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+               &st->starttime) != 1)
+        st->starttime = 0;
     n = (size_t)(close - open - 1);
     if (n >= sizeof st->comm) n = sizeof st->comm - 1;
     memcpy(st->comm, open + 1, n);

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #define PROCFS_PF_KTHREAD 0x00200000u /* flags: a kernel thread */
+#define PROCFS_PF_EXITING 0x00000004u /* flags: in the kernel's exit path (its files may be closed already) */
 
 /* The fields of a stat line memprof uses. comm may hold spaces and ')': it runs from the first '(' to the
  * last ')', and the fields are read after that last ')'. */
@@ -14,6 +15,7 @@ struct procfs_stat {
     char state; /* 'R', 'S', 'T', 't', 'Z', 'X', ... */
     pid_t ppid;
     unsigned flags; /* PF_* */
+    unsigned long long starttime; /* clock ticks after boot (field 22); 0 when the line stops short */
 };
 
 /* Parses the text of a stat file; 0, or -1 when it has no ") S ppid pgrp session tty tpgid flags". */

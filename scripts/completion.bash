@@ -47,10 +47,11 @@ _memprof_value()
             else COMPREPLY=($(compgen -W "json collapsed pprof speedscope" -- "$cur")); fi ;;
         --method) COMPREPLY=($(compgen -W "auto ptrace remote-exec" -- "$cur")) ;;
         --agent) _memprof_files so ;;
-        --socket | -o | --output | --file | --save | --rss | --http-token-file) _memprof_files ;;
+        --socket | -o | --output | --file | --save | --rss | --http-token-file | --watch-file) _memprof_files ;;
+        --watch) COMPREPLY=($(compgen -W "command= user= container=" -- "$cur")); compopt -o nospace 2>/dev/null ;;
         --function | --type | --addr | --limit | --interval | --count | --max-depth | --too-many | --max-start | \
             --window | --title | --sample-rate | --max-frames | --duration | --sample | --http | \
-            --metrics-top) COMPREPLY=() ;;
+            --metrics-top | --watch-max) COMPREPLY=() ;;
         *) return 1 ;;
     esac
     return 0
@@ -116,7 +117,7 @@ _memprofd()
     fi
     _memprof_value "$prev" "$cmd" "" && return 0
     case $cmd in
-        serve) opts="--socket --agent --http --http-allow-remote --http-token-file --metrics-top" ;;
+        serve) opts="--socket --agent --http --http-allow-remote --http-token-file --metrics-top --watch --watch-file --watch-max" ;;
         attach) opts="--pid --sample-rate --exact --max-frames --interval --no-track --method --native --native-frames --socket" ;;
         detach) opts="--pid --socket" ;;
         stop) opts="--socket" ;;

@@ -322,7 +322,8 @@ def targets():
 
 
 class Daemon:
-    def __init__(self, tmpdir):
+    def __init__(self, tmpdir, args=()):
+        self.args = [str(a) for a in args]  # more options of memprofd serve (--watch RULE...)
         self.dir = tmpdir
         self.socket = os.path.join(tmpdir, "run", "memprofd.sock")
         self.log = os.path.join(tmpdir, "memprofd.log")
@@ -331,7 +332,7 @@ class Daemon:
 
     def start(self):
         self.logf = open(self.log, "a")
-        self.proc = subprocess.Popen([MEMPROFD, "serve", "--socket", self.socket], stdout=self.logf,
+        self.proc = subprocess.Popen([MEMPROFD, "serve", "--socket", self.socket] + self.args, stdout=self.logf,
                                      stderr=subprocess.STDOUT, env=self.env)
         # Ready when it accepts a connection: the socket file of a daemon killed before may still be there,
         # and a client that finds it dead would start a daemon of its own (left running after the test).

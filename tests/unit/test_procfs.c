@@ -19,6 +19,12 @@ static void test_stat_lines(void)
           "comm with spaces and parentheses: fields after the last ')'");
     CHECK(procfs_parse_stat("9 () Z 2 9 9 0 -1 0 0", &st) == 0 && st.state == 'Z' && st.comm[0] == 0,
           "empty comm");
+    CHECK(procfs_parse_stat("4242 (my prog) S 1 4242 4242 0 -1 4194560 226 0 0 0 1 0 0 0 20 0 1 0 98765432 9961472 "
+                            "1020 18446744073709551615", &st) == 0 && st.starttime == 98765432ULL &&
+              st.ppid == 1 && !strcmp(st.comm, "my prog"),
+          "start time (field 22), after a comm with a space");
+    CHECK(procfs_parse_stat("42 (python3) S 1 42 42 0 -1 4194560 100 0 0 0", &st) == 0 && st.starttime == 0,
+          "a line that stops before the start time: 0, the rest parsed");
     CHECK(procfs_parse_stat("9 (x) Z 2", &st) < 0 && st.state == 0, "truncated line");
     CHECK(procfs_parse_stat("9 (x)", &st) < 0, "nothing after comm");
     CHECK(procfs_parse_stat("garbage", &st) < 0, "garbage");

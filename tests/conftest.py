@@ -2,6 +2,7 @@
 a private daemon, and targets that are always cleaned up (killed by pid, never
 left ptrace-stopped)."""
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -410,6 +411,13 @@ def fresh_daemon(tmp_path):
     d.start()
     yield d
     d.stop()
+
+
+def status_json(daemon):
+    """`memprof status --json` of daemon: its sessions, oldest first."""
+    r = daemon.run("status", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
 
 
 def workload(name):

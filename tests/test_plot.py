@@ -12,18 +12,12 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import SUPPORTED_IDS, default_python, interpreter, target_script, workload
+from conftest import SUPPORTED_IDS, default_python, interpreter, status_json, target_script, workload
 from test_alloc import leak_line
 
 SVG = "{http://www.w3.org/2000/svg}"
 # folded stacks: file:function:line frames, outermost first, then live bytes
 COLLAPSED_LINE = re.compile(r"^[^;\n]+:[^;\n]*:\d+(;[^;\n]+:[^;\n]*:\d+)* \d+$")
-
-
-def status_json(daemon):
-    r = daemon.run("status", "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def session_of(daemon, pid):

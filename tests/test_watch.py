@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import MEMPROF, MEMPROFD, Daemon, interpreter, target_script
+from conftest import MEMPROF, MEMPROFD, Daemon, interpreter, status_json, target_script
 
 WATCHED = target_script("watched.py")
 PROMISED_S = 3.0  # docs/watch.md: a new matching process is attached within 3 s of its start (two scans of 1 s)
@@ -29,15 +29,9 @@ def start_daemon(tmp_path, *args):
     return d
 
 
-def sessions(d):
-    r = d.run("status", "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
 def session_of(d, pid):
     """pid's newest session, or None."""
-    mine = [s for s in sessions(d) if s["pid"] == pid]
+    mine = [s for s in status_json(d) if s["pid"] == pid]
     return max(mine, key=lambda s: s["id"]) if mine else None
 
 
@@ -149,12 +143,12 @@ def test_refusals_logged_once_and_never_retried(tmp_path, targets):
         assert len(re.findall(line, text)) == 1, text
         assert len(re.findall(r"pid %d \(.*is memprofd itself: left alone" % d.proc.pid, text)) == 1, text
         assert not re.search(r"pid %d\b.*attaching" % d.proc.pid, text), text
-        mine = [s for s in sessions(d) if tag in s["command"]]  # the run's program: its one session
+        mine = [s for s in status_json(d) if tag in s["command"]]  # the run's program: its one session
         assert len(mine) == 1 and mine[0]["watch_rule"] == "" and mine[0]["state"] == "attached", mine
         child = mine[0]["pid"]
         assert not re.search(r"pid %d \(.*attaching" % child, text), text
         assert len(re.findall(r"pid %d \(.*is a client of memprofd: left alone" % run.pid, text)) == 1, text
-        assert [s for s in sessions(d) if s["pid"] in (sh.pid, d.proc.pid, run.pid)] == []
+        assert [s for s in status_json(d) if s["pid"] in (sh.pid, d.proc.pid, run.pid)] == []
         finish(run)
     finally:
         d.stop()
@@ -169,7 +163,7 @@ def test_watch_max_bounds_watched_sessions(tmp_path, targets):
         assert wait_until(lambda: len([t for t in ts if attached(d, t)]) == 2, 30), d.log_tail()
         time.sleep(3)  # three more scans: still two
         on = [t for t in ts if attached(d, t)]
-        assert len(on) == 2 and [s for s in sessions(d) if s["state"] == "attaching"] == [], sessions(d)
+        assert len(on) == 2 and [s for s in status_json(d) if s["state"] == "attaching"] == [], status_json(d)
         waiting = [t for t in ts if t not in on][0]
         assert len(re.findall(r"2 watched sessions, the bound \(--watch-max\)", log(d))) == 1, log(d)
         finish(on[0])  # room for the one waiting
@@ -253,7 +247,7 @@ def test_daemon_rss_flat_over_200_matching_processes(tmp_path):
         text = log(d)
         n_attached = len(re.findall(r"attached: Python", text))
         assert n_attached >= 100, "only %d of 200 attached; log:\n%s" % (n_attached, d.log_tail(40))
-        assert len(sessions(d)) <= 64, len(sessions(d))
+        assert len(status_json(d)) <= 64, len(status_json(d))
         assert max(after) - before < 3072, "RSS %d KiB -> %s KiB over 100 watched processes; log:\n%s" % (
             before, after, d.log_tail())
         assert d.proc.poll() is None

@@ -57,6 +57,16 @@ def sums_right(t):
     return len(rounds)
 
 
+def round_ended(t):
+    """The target's lines since, if any came within a second: a 'took' line says its hold ended (and how long
+    it really held the GIL)."""
+    try:
+        t.readline(1)
+    except TimeoutError:
+        pass
+    return t.lines[-3:]
+
+
 def wait_undone(daemon, t, newer_than, timeout):
     """Waits for pid to have no agent mapped, no agent thread, and no session attaching or detaching."""
     deadline = time.time() + timeout
@@ -172,21 +182,23 @@ def test_gil_held_through_attach(pyid, daemon, targets):
 
 @pytest.mark.parametrize("pyid", IDS)
 def test_gil_held_through_detach(pyid, daemon, targets):
-    """A detach while the main thread holds the GIL for 8 s gives up waiting after 5 s, saying memprofd
-    finishes it; the session shows detaching, then detached with the agent unloaded."""
+    """A detach while the main thread holds the GIL for 12 s gives up waiting after 5 s, saying memprofd
+    finishes it; the session shows detaching, then detached with the agent unloaded. (12 s: a hold is timed by
+    a sum calibrated just before it, and this shared machine's speed can double within seconds.)"""
     t = gil_target(targets, pyid, 0)
     before = newest_session_id(daemon)
     daemon.attach(t.pid, "--method", "ptrace")
-    tell(t, "hold 8")
-    t.wait_for(r"^holding 8")
+    tell(t, "hold 12")
+    t.wait_for(r"^holding 12")
     time.sleep(0.2)  # into its sum
     r = daemon.memprofd("detach", "--pid", t.pid, timeout=30)
-    assert r.returncode != 0 and "memprofd unloads it as soon as it has" in r.stderr, (r.stdout, r.stderr)
+    assert r.returncode != 0 and "memprofd unloads it as soon as it has" in r.stderr, (r.stdout, r.stderr,
+                                                                                        round_ended(t))
     assert status_of(daemon, t.pid, before)["state"] == "detaching"
     again = daemon.memprofd("attach", "--pid", t.pid)
     assert again.returncode != 0 and "still undoing" in again.stderr, again.stderr
     tell(t, "hold 0")
-    s = wait_undone(daemon, t, before, 30)
+    s = wait_undone(daemon, t, before, 40)
     assert s["state"] == "detached", s
     assert re.search(r"pid %d undone, agent unloaded" % t.pid, daemon.log_tail(40)), daemon.log_tail(40)
     still_fine(daemon, t, before)

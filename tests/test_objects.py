@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SUPPORTED_IDS, default_python, interpreter, workload
+from conftest import MEMPROF, ROOT, SUPPORTED_IDS, default_python, interpreter, workload
 
 OBJECTS = os.path.join(ROOT, "tests", "objects")
 HEAP_N = 1000000
@@ -282,7 +282,7 @@ def test_unknown_type_and_bad_addresses(daemon, targets, tmp_path):
 
     r = daemon.run("backrefs", "--pid", t.pid, "--type", "MyBigFatObject", "-o", str(tmp_path / "a.jpg"))
     assert r.returncode == 2 and "must end in .dot, .png or .svg" in r.stderr
-    env_run = subprocess.run([os.path.join(ROOT, "build", "memprof"), "backrefs", "--pid", str(t.pid), "--type",
+    env_run = subprocess.run([MEMPROF, "backrefs", "--pid", str(t.pid), "--type",
                               "MyBigFatObject", "-o", str(tmp_path / "a.png")], capture_output=True, text=True,
                              env=dict(daemon.env, PATH="/nonexistent"), timeout=60)
     assert env_run.returncode == 1 and "Graphviz 'dot' not found" in env_run.stderr
@@ -342,7 +342,7 @@ def test_target_exits_mid_census(daemon, targets, tmp_path):
         t.wait_for(r"^ready \d+", timeout=180)
         daemon.attach(t.pid, "--no-track")
         started, base = time.time(), agent_cpu_ms(t.pid)
-        proc = subprocess.Popen([os.path.join(ROOT, "build", "memprof"), "types", "--pid", str(t.pid), "--all"],
+        proc = subprocess.Popen([MEMPROF, "types", "--pid", str(t.pid), "--all"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon.env)
         while proc.poll() is None and agent_cpu_ms(t.pid) - base < 50:
             time.sleep(0.005)

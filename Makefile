@@ -188,7 +188,7 @@ unit: $(BUILD)/test_wire $(BUILD)/test_procfs
 # MEMPROF_OFFLINE=1 downloads nothing (those tests skip, saying so). MEMPROF_REQUIRE=all[,!PATTERN...] (CI,
 # check-fresh): a skip for anything missing fails instead (tests/conftest.py).
 test: deps-test all $(BUILD)/test_wire $(BUILD)/test_procfs $(addprefix $(BUILD)/fuzz_,$(FUZZ_TARGETS))
-	$(PYTHON) -m pytest -p no:cacheprovider -rsfE tests
+	$(PYTHON) -m pytest -p no:cacheprovider -rsfE --durations=15 tests
 
 # deps first, then a new make for the build, so the libraries it installed are
 # the ones the build finds.

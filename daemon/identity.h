@@ -8,7 +8,7 @@
 struct proc_ident {
     char container[13];     /* the container id's first 12 hex digits (as docker/podman ps show it), "" on the host */
     char pod_uid[37];       /* from a kubepods cgroup path, "" when the cgroup is not a pod's */
-    char pod[64];           /* the pod's name (its HOSTNAME, which the kubelet sets), only for a pod */
+    char pod[64];           /* the pod's name (its HOSTNAME, set by the runtime), only for a pod */
     char pod_namespace[64]; /* POD_NAMESPACE (downward API) or the service account's namespace file, only for a pod */
 };
 

@@ -269,7 +269,8 @@ def test_remote_needs_flag_and_token(tmp_path):
         status, body, _ = d.get("/metrics", {"Authorization": "Bearer s3cret-token"})
         assert status == 200 and b"memprof_sessions" in body
         # the profiles too (they name the program's files and functions): every route asks for the token
-        for path in ("/debug/pprof/", "/debug/pprof/heap?pid=1", "/debug/pprof/allocs?pid=1", "/nowhere"):
+        for path in ("/debug/pprof/", "/debug/pprof/?format=json", "/debug/pprof/targets", "/debug/pprof/heap?pid=1",
+                     "/debug/pprof/allocs?pid=1", "/nowhere"):
             assert d.get(path)[0] == 401, path
             assert d.get(path, {"Authorization": "Bearer wrong"})[0] == 401, path
         assert d.get("/debug/pprof/", {"Authorization": "Bearer s3cret-token"})[0] == 200

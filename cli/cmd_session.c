@@ -19,13 +19,20 @@ static const char *example_status =
     "  $ memprof status\n"
     "  ID   PID      PYTHON   STATE      MODE      ATTACHED SINCE        STOPPED  COMMAND\n"
     "  3    4242     3.11.2   attached   sampling  2026-11-23 20:31:02   1.10 ms  python3 service.py\n"
+    "  4    5120     3.12.3   attached   sampling  2026-11-23 20:32:10   0.95 ms  [pid 1 in cri-containerd-3f2a1b0c9d8e] [pod shop/web-7d4b9-xk2lp] python3 app.py\n"
     "  memprofd 0.5.0\n"
     "\n"
     "ID names a session for `memprof plot/export/diff --session ID`, also once it\n"
     "has ended and its pid has been reused. The line below the table is the daemon's\n"
     "version; an attached agent of another version is named after it, and a session\n"
     "attached by a `memprofd serve --watch` rule names its rule. --json gives each\n"
-    "session's agent_version, watch_rule and the daemon_version.\n";
+    "session's agent_version, watch_rule and the daemon_version.\n"
+    "\n"
+    "A process in a container shows its pid there and which container; one in a\n"
+    "Kubernetes pod (a kubepods cgroup) its namespace/pod, read once at the attach\n"
+    "(POD_NAMESPACE or the service account's namespace file, and HOSTNAME). --json\n"
+    "gives container_id (12 hex digits, as docker/podman ps), pod, namespace and\n"
+    "pod_uid (\"\" when unknown).\n";
 
 static const char *about_ps =
     "List the Python processes you may attach to (your own; all for root).\n";
@@ -34,7 +41,11 @@ static const char *example_ps =
     "example:\n"
     "  $ memprof ps\n"
     "  PID      USER       PYTHON   RSS         ATTACHED  COMMAND\n"
-    "  4242     root       3.11.2   24.1 MiB    yes       python3 service.py\n";
+    "  4242     root       3.11.2   24.1 MiB    yes       python3 service.py\n"
+    "  5120     root       3.12.3   31.0 MiB    no        [pid 1 in cri-containerd-3f2a1b0c9d8e] [pod shop/web-7d4b9-xk2lp] python3 app.py\n"
+    "\n"
+    "--json gives each process's container (the hint shown), container_id, pod,\n"
+    "namespace and pod_uid, as memprof status --json.\n";
 
 /* Parse --json / --socket of `memprof NAME`: 0 to go on, or -1 with *status the exit status. */
 static int parse_simple(int argc, char **argv, const char *prog, const char *about, const char *more, int *json,
@@ -79,7 +90,8 @@ int cmd_status(int argc, char **argv)
 {
     Envelope *reply;
     int json = 0, rc;
-    char cmd[1024], since[32], where[128], ecmd[4 * sizeof cmd], ever[64], ewhere[4 * sizeof where];
+    char cmd[1024], since[32], where[128], ecmd[4 * sizeof cmd], ever[64], ewhere[4 * sizeof where], who[256],
+        ewho[4 * sizeof who];
     if (parse_simple(argc, argv, "memprof status", about_status, example_status, &json, &rc) < 0) return rc;
     if (request(MEMPROF__ENVELOPE__MSG_STATUS, &reply)) return MP_EXIT_FAIL;
     Memprof__StatusReply *r = reply->status_reply;
@@ -94,6 +106,7 @@ int cmd_status(int argc, char **argv)
             printf(", \"state\": \"%s\", \"mode\": \"%s\", \"attached_since\": %.3f, \"stop_ms\": %.3f, \"ns_pid\": %d, "
                    "\"container\": ", wire_state_name(s->state), wire_mode_name(s->mode), s->attached_since, s->stop_ms, s->ns_pid ? s->ns_pid : s->pid);
             cli_json_str(stdout, s->container);
+            cli_json_identity(stdout, s->container_id, s->pod, s->pod_namespace, s->pod_uid);
             printf(", \"command\": ");
             cli_json_str(stdout, cmd);
             printf(", \"agent_version\": ");
@@ -123,9 +136,12 @@ int cmd_status(int argc, char **argv)
             if (t) strftime(since, sizeof since, "%Y-%m-%d %H:%M:%S", localtime(&t));
             else snprintf(since, sizeof since, "-");
             join_argv(s->argv, s->n_argv, cmd, sizeof cmd);
-            printf("%-4u %-8d %-8s %-10s %-9s %-21s %5.2f ms  %s%s\n", s->id, s->pid,
+            cli_container(s->ns_pid, s->container, where, sizeof where);
+            printf("%-4u %-8d %-8s %-10s %-9s %-21s %5.2f ms  %s%s%s\n", s->id, s->pid,
                    cli_esc(s->python_version, ever, sizeof ever), wire_state_name(s->state), wire_mode_name(s->mode), since, s->stop_ms,
-                   cli_esc(cli_container(s->ns_pid, s->container, where, sizeof where), ewhere, sizeof ewhere),
+                   cli_esc(where, ewhere, sizeof ewhere),
+                   cli_esc(cli_identity(s->container, s->container_id, s->pod, s->pod_namespace, who, sizeof who), ewho,
+                           sizeof ewho),
                    cli_esc(cmd, ecmd, sizeof ecmd));
         }
     }
@@ -183,7 +199,8 @@ int cmd_ps(int argc, char **argv)
 {
     Envelope *reply;
     int json = 0, rc;
-    char rss[32], where[128], ewhere[4 * sizeof where], nb[1024], kmark[1100], ekmark[4 * sizeof kmark];
+    char rss[32], where[128], ewhere[4 * sizeof where], nb[1024], kmark[1100], ekmark[4 * sizeof kmark], who[256],
+        ewho[4 * sizeof who];
     if (parse_simple(argc, argv, "memprof ps", about_ps, example_ps, &json, &rc) < 0) return rc;
     if (request(MEMPROF__ENVELOPE__MSG_PS, &reply)) return MP_EXIT_FAIL;
     Memprof__PsReply *r = reply->ps_reply;
@@ -197,6 +214,7 @@ int cmd_ps(int argc, char **argv)
                    e->supported ? "true" : "false", (unsigned long long)e->rss_bytes, e->attached ? "true" : "false",
                    e->ns_pid ? e->ns_pid : e->pid);
             cli_json_str(stdout, e->container);
+            cli_json_identity(stdout, e->container_id, e->pod, e->pod_namespace, e->pod_uid);
             kernel_mark(e, nb, sizeof nb, kmark, sizeof kmark);
             printf(", \"kernel\": %s, \"notebook\": ", kmark[0] ? "true" : "false");
             cli_json_str(stdout, nb);
@@ -215,9 +233,11 @@ int cmd_ps(int argc, char **argv)
             char user[16], ver[40], ever[64], cmd[201];
             snprintf(user, sizeof user, "%s", pw ? pw->pw_name : "?");
             snprintf(ver, sizeof ver, "%s%s", e->python_version, e->supported ? "" : "!");
-            printf("%-8d %-10s %-8s %-11s %-9s %s%s%s\n", e->pid, user, cli_esc(ver, ever, sizeof ever),
+            printf("%-8d %-10s %-8s %-11s %-9s %s%s%s%s\n", e->pid, user, cli_esc(ver, ever, sizeof ever),
                    cli_bytes((double)e->rss_bytes, rss, sizeof rss), e->attached ? "yes" : "no",
                    cli_esc(cli_container(e->ns_pid, e->container, where, sizeof where), ewhere, sizeof ewhere),
+                   cli_esc(cli_identity(e->container, e->container_id, e->pod, e->pod_namespace, who, sizeof who), ewho,
+                           sizeof ewho),
                    cli_esc(kernel_mark(e, nb, sizeof nb, kmark, sizeof kmark), ekmark, sizeof ekmark),
                    cli_esc(e->cmdline, cmd, sizeof cmd)); /* the first 200 characters, as before */
         }

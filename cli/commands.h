@@ -79,5 +79,11 @@ const char *cli_bytes(double n, char *buf, size_t len);
 /* "[pid 1 in docker-3f2a1b0c9d8e] " for a process in a container (its pid there and a
  * hint which container), "" for one of the host. */
 const char *cli_container(int ns_pid, const char *container, char *buf, size_t len);
+/* "[container 3f2a1b0c9d8e, pod shop/web-7d4b9] ": the container id when the hint does not already show it, and
+ * the Kubernetes namespace/pod when known; "" when neither. */
+const char *cli_identity(const char *hint, const char *container_id, const char *pod, const char *ns, char *buf,
+                         size_t len);
+/* The identity fields of a JSON object: , "container_id": ..., "pod": ..., "namespace": ..., "pod_uid": ... */
+void cli_json_identity(FILE *f, const char *container_id, const char *pod, const char *ns, const char *pod_uid);
 
 #endif

@@ -100,6 +100,30 @@ const char *cli_container(int ns_pid, const char *container, char *buf, size_t l
     return buf;
 }
 
+const char *cli_identity(const char *hint, const char *container_id, const char *pod, const char *ns, char *buf,
+                         size_t len)
+{
+    int id = container_id && *container_id && !(hint && strstr(hint, container_id));
+    int k8s = (pod && *pod) || (ns && *ns);
+    buf[0] = 0;
+    if (id || k8s)
+        snprintf(buf, len, "[%s%s%s%s%s%s%s] ", id ? "container " : "", id ? container_id : "", id && k8s ? ", " : "",
+                 k8s ? "pod " : "", ns ? ns : "", ns && *ns && pod && *pod ? "/" : "", k8s && pod ? pod : "");
+    return buf;
+}
+
+void cli_json_identity(FILE *f, const char *container_id, const char *pod, const char *ns, const char *pod_uid)
+{
+    fputs(", \"container_id\": ", f);
+    cli_json_str(f, container_id ? container_id : "");
+    fputs(", \"pod\": ", f);
+    cli_json_str(f, pod ? pod : "");
+    fputs(", \"namespace\": ", f);
+    cli_json_str(f, ns ? ns : "");
+    fputs(", \"pod_uid\": ", f);
+    cli_json_str(f, pod_uid ? pod_uid : "");
+}
+
 const char *cli_bytes(double n, char *buf, size_t len)
 {
     const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};

@@ -97,7 +97,7 @@ struct builder {
     Mapping **mapp;
     size_t nmaps;
     struct table mods;
-    int64_t comments[4];
+    int64_t comments[5];
     Function *fa;
     Function **fp;
     Location *la;
@@ -339,6 +339,24 @@ static int add_samples(struct builder *b, const Memprof__AllocData *d)
     return 0;
 }
 
+static const char *or_empty(const char *s) { return s ? s : ""; }
+
+/* A comment naming where the process runs, the parts known only ("container 3f2a1b0c9d8e, pod shop/web-7d4b9,
+ * pod uid 0f6b..."); none on the host. */
+static int identity(struct builder *b, const Memprof__SessionInfo *s)
+{
+    const char *id = or_empty(s->container_id), *pod = or_empty(s->pod), *ns = or_empty(s->pod_namespace),
+               *uid = or_empty(s->pod_uid);
+    char text[256] = "";
+    size_t n = 0;
+    if (*id) n += (size_t)snprintf(text + n, sizeof text - n, "container %.64s", id);
+    if ((*pod || *ns) && n < sizeof text)
+        n += (size_t)snprintf(text + n, sizeof text - n, "%spod %.63s%s%.63s", n ? ", " : "", ns, *ns && *pod ? "/" : "", pod);
+    if (*uid && n < sizeof text) n += (size_t)snprintf(text + n, sizeof text - n, "%spod uid %.36s", n ? ", " : "", uid);
+    if (!n) return 0;
+    return (b->comments[b->p.n_comment++] = strf(b, "%s", text)) < 0 ? -1 : 0;
+}
+
 static int build(struct builder *b, const Memprof__AllocData *d, int allocated)
 {
     static const char *types[4][2] = {
@@ -381,6 +399,7 @@ static int build(struct builder *b, const Memprof__AllocData *d, int allocated)
                                                   s->python_version ? s->python_version : "?")) < 0 ||
             (b->comments[b->p.n_comment++] = str_owned(b, cmd)) < 0)
             return -1;
+        if (identity(b, s) < 0) return -1;
     }
     if ((b->comments[b->p.n_comment++] = str(b, d->exact ? "mode exact: every allocation counted"
                                                          : "mode sampling: values are unbiased estimates")) < 0)

@@ -428,6 +428,7 @@ int attach_start(uid_t uid, uint64_t waiter, const Memprof__AttachRequest *req, 
     proc_uid(pid, &s->uid);
     s->ns_pid = proc_ns_pid(pid);
     proc_container(pid, s->container, sizeof s->container);
+    proc_ident(pid, &s->ident);
     s->attach_started = mp_now();
     s->attach_waiter = waiter;
     session_tracking(&s->track, !req->no_tracking, req->exact, req->sample_rate, req->max_frames, req->interval_ms,

@@ -1,8 +1,9 @@
 /* http.c -- memprofd's HTTP endpoint: libmicrohttpd in its external-epoll mode on the daemon's own event loop
  * (its epoll fd is a file event, MHD_get_timeout a timer; run_mhd says why a run may need a second), so no
  * thread, no lock and nothing ever waits on a peer; every client is bounded (connections, idle time, request
- * size). Routes: /metrics, /debug/pprof/ (the sessions), /debug/pprof/heap and /allocs (?pid=N or
- * ?session=ID). Loopback only unless allowed; an optional bearer token. */
+ * size). Routes: /metrics, /debug/pprof/ (the sessions, HTML or JSON), /debug/pprof/targets (Prometheus HTTP
+ * SD), /debug/pprof/heap and /allocs (?pid=N or ?session=ID). Loopback only unless allowed; an optional bearer
+ * token. */
 #include "daemon/http.h"
 
 #include <arpa/inet.h>
@@ -19,6 +20,7 @@
 #include "common/pprof.h"
 #include "common/util.h"
 #include "daemon/alloc.h"
+#include "daemon/discovery.h"
 #include "daemon/logging.h"
 #include "daemon/loop.h"
 #include "daemon/metrics.h"
@@ -168,7 +170,7 @@ static enum MHD_Result fail(struct MHD_Connection *c, unsigned status, const cha
 /* ------------------------------------------------------------ routes */
 
 struct query {
-    const char *pid, *session, *bad_key, *debug;
+    const char *pid, *session, *bad_key, *debug, *format;
 };
 
 static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
@@ -178,6 +180,7 @@ static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char 
     if (!strcmp(key, "pid")) q->pid = value ? value : "";
     else if (!strcmp(key, "session")) q->session = value ? value : "";
     else if (!strcmp(key, "debug")) q->debug = value ? value : "";
+    else if (!strcmp(key, "format")) q->format = value ? value : "";
     else if (strcmp(key, "gc") && strcmp(key, "seconds") && !q->bad_key) q->bad_key = key; /* Go's, ignored */
     return MHD_YES;
 }
@@ -242,23 +245,48 @@ static void html_text(FILE *f, const char *s)
     }
 }
 
+/* ?format=json, or a client that accepts application/json (and not HTML first, as a browser). */
+static int wants_json(struct MHD_Connection *c, const struct query *q)
+{
+    const char *accept = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT);
+    const char *json = accept ? strstr(accept, "application/json") : NULL, *html = accept ? strstr(accept, "text/html") : NULL;
+    if (q->format) return !strcmp(q->format, "json");
+    return json && (!html || json < html);
+}
+
 static enum MHD_Result route_index(struct MHD_Connection *c)
 {
+    struct query q = {0};
     char *buf = NULL;
     size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) return MHD_NO;
+    FILE *f;
+    MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, query_arg, &q);
+    if (q.format && strcmp(q.format, "json") && strcmp(q.format, "html"))
+        return fail(c, 400, "format=%s: give format=json or format=html\n", q.format);
+    if (wants_json(c, &q)) {
+        if (!(buf = discovery_sessions_json(&len))) return fail(c, 500, "out of memory\n");
+        return reply(c, 200, "application/json", buf, len, 1);
+    }
+    if (!(f = open_memstream(&buf, &len))) return MHD_NO;
     fputs("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>memprofd: /debug/pprof/</title></head>\n"
           "<body><h1>memprofd /debug/pprof/</h1>\n<p>Heap profiles (pprof) of the processes memprofd is attached "
-          "to: <code>go tool pprof URL</code>. Metrics: <a href=\"/metrics\">/metrics</a>.</p>\n"
+          "to: <code>go tool pprof URL</code>. Metrics: <a href=\"/metrics\">/metrics</a>. This list as JSON: "
+          "<a href=\"?format=json\">?format=json</a>; as Prometheus HTTP service discovery: "
+          "<a href=\"targets\">targets</a>.</p>\n"
           "<table border=\"1\" cellpadding=\"4\">\n<tr><th>pid</th><th>session</th><th>state</th><th>Python</th>"
-          "<th>command</th><th>profiles</th></tr>\n",
+          "<th>container</th><th>pod</th><th>command</th><th>profiles</th></tr>\n",
           f);
     for (const struct session *s = sessions; s; s = s->next) {
         int live = s->state == SESS_ATTACHED;
         if (!live && !s->alloc) continue;
         fprintf(f, "<tr><td>%d</td><td>%u</td><td>%s</td><td>", (int)s->pid, s->id, session_state_name(s->state));
         html_text(f, s->py.version);
+        fputs("</td><td>", f);
+        html_text(f, s->ident.container);
+        fputs("</td><td>", f);
+        html_text(f, s->ident.pod_namespace);
+        if (s->ident.pod_namespace[0] && s->ident.pod[0]) fputc('/', f);
+        html_text(f, s->ident.pod);
         fputs("</td><td>", f);
         for (size_t i = 0; i < s->argc; i++) {
             if (i) fputc(' ', f);
@@ -277,6 +305,24 @@ static enum MHD_Result route_index(struct MHD_Connection *c)
         return MHD_NO;
     }
     return reply(c, 200, "text/html; charset=utf-8", buf, len, 1);
+}
+
+/* The Host the scraper used, when it is a plain HOST:PORT (it goes back into the list verbatim), else the
+ * address we listen on. */
+static const char *scrape_host(struct MHD_Connection *c)
+{
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    if (!h || !*h || strlen(h) > 255 || strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]") != strlen(h))
+        return http_config.listen;
+    return h;
+}
+
+static enum MHD_Result route_targets(struct MHD_Connection *c)
+{
+    size_t len;
+    char *text = discovery_targets(scrape_host(c), &len);
+    if (!text) return fail(c, 500, "out of memory\n");
+    return reply(c, 200, "application/json", text, len, 1);
 }
 
 static enum MHD_Result route_metrics(struct MHD_Connection *c)
@@ -318,8 +364,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (!strcmp(url, "/metrics")) return route_metrics(c);
     if (!strcmp(url, "/debug/pprof/heap")) return route_heap(c, 0, "heap");
     if (!strcmp(url, "/debug/pprof/allocs")) return route_heap(c, 1, "allocs");
+    if (!strcmp(url, "/debug/pprof/targets")) return route_targets(c);
     if (!strcmp(url, "/debug/pprof/") || !strcmp(url, "/debug/pprof") || !strcmp(url, "/")) return route_index(c);
-    return fail(c, 404, "%s: not found (try /metrics or /debug/pprof/)\n", url);
+    return fail(c, 404, "%s: not found (try /metrics, /debug/pprof/ or /debug/pprof/targets)\n", url);
 }
 
 /* ------------------------------------------------------------ the loop */

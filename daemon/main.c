@@ -155,7 +155,8 @@ static int cmd_serve(int argc, char **argv)
         {"http", 0, OPT_STRING, &http_config.listen, "HOST:PORT",
          "also serve HTTP (off by default): /metrics (Prometheus),\n"
          "/debug/pprof/heap?pid=N and /allocs?pid=N (pprof, for go tool\n"
-         "pprof, Parca, Pyroscope), /debug/pprof/ (the sessions).\n"
+         "pprof, Parca, Pyroscope), /debug/pprof/ (the sessions; JSON\n"
+         "with ?format=json), /debug/pprof/targets (Prometheus HTTP SD).\n"
          "A loopback address, e.g. 127.0.0.1:9464, unless:"},
         {"http-allow-remote", 0, OPT_FLAG, &http_config.allow_remote, NULL,
          "allow a non-loopback address (anyone reaching it reads\n"

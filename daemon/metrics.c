@@ -1,5 +1,6 @@
 /* metrics.c -- the Prometheus text exposition of memprofd (format 0.0.4): per attached session one
- * memprof_process_info series carrying its python and command, the numeric series keyed by pid alone, its top-N
+ * memprof_process_info series carrying its python, command, pod and namespace, the numeric series keyed by pid
+ * and container, its top-N
  * sites by live bytes and top-N types of its last census, and the daemon's health. Names and units follow Prometheus' conventions (_bytes, _total for counters). */
 #include "daemon/metrics.h"
 
@@ -97,8 +98,17 @@ static void head(FILE *f, const char *name, const char *type, const char *help)
 
 static int exposed(const struct session *s) { return s->state == SESS_ATTACHED; }
 
-/* The free-text labels (python, command) once per process, in an info series (value 1), as Prometheus' practice
- * has it: the numeric series carry pid alone and join it with `* on(pid) group_left(command) memprof_process_info`. */
+/* The labels that name a process among a fleet's: its pid, and its container id ("" on the host: pids of
+ * different containers may be equal). */
+static void key(FILE *f, const char *name, const struct session *s)
+{
+    fprintf(f, "%s{pid=\"%d\",container=", name, (int)s->pid);
+    label_value(f, s->ident.container, sizeof s->ident.container);
+}
+
+/* The descriptive labels (pod, namespace, python, command) once per process, in an info series (value 1), as
+ * Prometheus' practice has it: the numeric series carry pid and container alone and join them with
+ * `* on(pid, container) group_left(command) memprof_process_info`. pod and namespace only where known. */
 static void process_info(FILE *f)
 {
     int any = 0;
@@ -108,8 +118,19 @@ static void process_info(FILE *f)
         if (!exposed(s)) continue;
         for (size_t i = 0; i < s->argc && len < COMMAND_MAX; i++)
             len += (size_t)snprintf(cmd + len, sizeof cmd - len, "%s%s", i ? " " : "", s->argv[i]);
-        if (!any++) head(f, "memprof_process_info", "gauge", "An attached process: its Python version and command line (value 1).");
-        fprintf(f, "memprof_process_info{pid=\"%d\",python=", (int)s->pid);
+        if (!any++)
+            head(f, "memprof_process_info", "gauge",
+                 "An attached process: its Kubernetes pod and namespace where known, Python version and command line (value 1).");
+        key(f, "memprof_process_info", s);
+        if (s->ident.pod[0]) {
+            fputs(",pod=", f);
+            label_value(f, s->ident.pod, sizeof s->ident.pod);
+        }
+        if (s->ident.pod_namespace[0]) {
+            fputs(",namespace=", f);
+            label_value(f, s->ident.pod_namespace, sizeof s->ident.pod_namespace);
+        }
+        fputs(",python=", f);
         label_value(f, s->py.version, 32);
         fputs(",command=", f);
         label_value(f, cmd, COMMAND_MAX);
@@ -141,7 +162,8 @@ static void per_session(FILE *f, const char *name, const char *type, const char 
         default: v = t.peak_live; break;
         }
         if (!any++) head(f, name, type, help);
-        fprintf(f, "%s{pid=\"%d\"}", name, (int)s->pid);
+        key(f, name, s);
+        fputc('}', f);
         num(f, v < 0 ? 0 : v);
     }
 }
@@ -165,7 +187,8 @@ static void top_sites(FILE *f, unsigned top_n)
                 head(f, "memprof_site_live_bytes", "gauge",
                      "Live bytes allocated at a line (what constructors allocate counted where the object was created); the largest sites of each process only.");
             snprintf(site, sizeof site, "%s:%u", base_name(sites[i].file), sites[i].line);
-            fprintf(f, "memprof_site_live_bytes{pid=\"%d\",site=", (int)s->pid);
+            key(f, "memprof_site_live_bytes", s);
+            fputs(",site=", f);
             label_value(f, site, sizeof site);
             fputs(",function=", f);
             label_value(f, sites[i].function, 128);
@@ -206,12 +229,14 @@ static void census_types(FILE *f, unsigned top_n)
         for (const struct census_note *n = censuses; n; n = n->next) {
             const struct session *s = live_session(n->session);
             if (m == 2) {
-                fprintf(f, "%s{pid=\"%d\"}", names[m], (int)s->pid);
+                key(f, names[m], s);
+                fputc('}', f);
                 num(f, n->when);
                 continue;
             }
             for (size_t i = 0; i < n->n && i < top_n; i++) {
-                fprintf(f, "%s{pid=\"%d\",type=", names[m], (int)s->pid);
+                key(f, names[m], s);
+                fputs(",type=", f);
                 label_value(f, n->types[i].name, 128);
                 fputc('}', f);
                 num(f, m ? n->types[i].bytes : n->types[i].count);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "daemon/identity.h"
 #include "probe/procfs.h"
 #include "probe/pyprobe.h"
 
@@ -217,6 +218,7 @@ Memprof__ErrorReply__Code proc_error_code(pid_t pid, Memprof__ErrorReply__Code o
 static int add_entry(Memprof__PsReply *out, pid_t pid, uid_t uid, const struct pyinfo *py)
 {
     Memprof__PsEntry *e = calloc(1, sizeof *e), **np;
+    struct proc_ident id;
     char cmd[4096];
     if (!e) return -1;
     np = realloc(out->procs, (out->n_procs + 1) * sizeof *np);
@@ -238,6 +240,11 @@ static int add_entry(Memprof__PsReply *out, pid_t pid, uid_t uid, const struct p
     if (e->ns_pid == pid) e->ns_pid = 0;
     proc_container(pid, cmd, sizeof cmd);
     e->container = strdup(cmd);
+    proc_ident(pid, &id);
+    e->container_id = strdup(id.container);
+    e->pod = strdup(id.pod);
+    e->pod_namespace = strdup(id.pod_namespace);
+    e->pod_uid = strdup(id.pod_uid);
     out->procs[out->n_procs++] = e;
     return 0;
 }
@@ -273,6 +280,10 @@ void proc_list_free(Memprof__PsReply *out)
         free(out->procs[i]->cmdline);
         free(out->procs[i]->note);
         free(out->procs[i]->container);
+        free(out->procs[i]->container_id);
+        free(out->procs[i]->pod);
+        free(out->procs[i]->pod_namespace);
+        free(out->procs[i]->pod_uid);
         free(out->procs[i]);
     }
     free(out->procs);

@@ -134,6 +134,7 @@ struct session *run_agent_hello(struct conn *c, const Memprof__Hello *h, char *e
     s->uid = c->peer_uid;
     s->run = r->id;
     s->ppid = r->sessions ? proc_ppid(c->peer_pid) : 0;
+    proc_ident(c->peer_pid, &s->ident);
     s->track = r->track;
     s->attach_started = mp_now();
     s->deadline = mp_now() + 15.0; /* attach_tick drops it if the hello goes no further */

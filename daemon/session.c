@@ -126,6 +126,10 @@ void session_fill_info(const struct session *s, Memprof__SessionInfo *info)
     info->ppid = s->ppid;
     info->ns_pid = s->ns_pid != s->pid ? s->ns_pid : 0;
     info->container = (char *)s->container;
+    info->container_id = (char *)s->ident.container;
+    info->pod = (char *)s->ident.pod;
+    info->pod_namespace = (char *)s->ident.pod_namespace;
+    info->pod_uid = (char *)s->ident.pod_uid;
     info->python_version = (char *)s->py.version;
     info->state = session_state_proto(s->state);
     info->attached_since = s->attached_since;

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "daemon/identity.h"
 #include "daemon/remote_exec.h"
 #include "probe/pyprobe.h"
 #include "proto/wire.h"
@@ -46,6 +47,7 @@ struct session {
     pid_t ppid;                 /* memprof run: parent pid, for a child's session */
     pid_t ns_pid;               /* pid inside its own pid namespace (== pid on the host) */
     char container[64];         /* container hint (procinfo.h), "" on the host */
+    struct proc_ident ident;    /* container id, pod, namespace: read once, at the attach or the run's hello */
     int exiting;                /* the agent sent its final report: the process is ending */
     int method_asked;           /* attach.c's ATTACH_AUTO, ATTACH_PTRACE or ATTACH_REMOTE_EXEC */
     int method;                 /* how the agent went in: ATTACH_PTRACE or ATTACH_REMOTE_EXEC */

@@ -162,11 +162,11 @@ def test_promtool_accepts_exposition(hd, targets):
     assert r.returncode == 0, r.stdout + r.stderr
     for name in ("memprof_process_rss_bytes", "memprof_tracked_live_bytes", "memprof_allocated_bytes_total",
                  "memprof_samples_total", "memprof_dropped_samples_total"):
-        assert re.search(r'^%s\{pid="%d"\} ' % (name, pid), text, re.M), name  # keyed by pid alone
+        assert re.search(r'^%s\{pid="%d",container=""\} ' % (name, pid), text, re.M), name  # pid and container
     # the free-text labels once per process, in one info series (Prometheus practice), not on every series
     info = [l for l in text.splitlines() if l.startswith("memprof_process_info{")]
-    assert len(info) == 1 and re.match(r'memprof_process_info\{pid="%d",python="3\.[^"]+",command="[^"]*service\.py'
-                                       r' 2 0"\} 1$' % pid, info[0]), info
+    assert len(info) == 1 and re.match(r'memprof_process_info\{pid="%d",container="",python="3\.[^"]+",'
+                                       r'command="[^"]*service\.py 2 0"\} 1$' % pid, info[0]), info
     assert text.count("command=") == 1, [l for l in text.splitlines() if "command=" in l]
     sites = [l for l in text.splitlines() if l.startswith("memprof_site_live_bytes{")]
     assert 0 < len(sites) <= 10 and 'site="service.py:' in sites[0], sites
@@ -221,7 +221,7 @@ def test_prometheus_scrapes_rising_live_bytes(hd, targets, tmp_path):
         res = prom_query(port, 'memprof_tracked_live_bytes{pid="%d"}' % leak_pid)
         assert res and res[0]["metric"]["job"] == "memprof" and "command" not in res[0]["metric"], res
         # docs/http.md's join: the command from the one info series
-        res = prom_query(port, 'memprof_tracked_live_bytes{pid="%d"} * on(pid) group_left(command) '
+        res = prom_query(port, 'memprof_tracked_live_bytes{pid="%d"} * on(pid, container) group_left(command) '
                                'memprof_process_info' % leak_pid)
         assert res and "service.py" in res[0]["metric"]["command"], res
         # docs/http.md's query for the fastest-growing process
@@ -269,7 +269,8 @@ def test_remote_needs_flag_and_token(tmp_path):
         status, body, _ = d.get("/metrics", {"Authorization": "Bearer s3cret-token"})
         assert status == 200 and b"memprof_sessions" in body
         # the profiles too (they name the program's files and functions): every route asks for the token
-        for path in ("/debug/pprof/", "/debug/pprof/heap?pid=1", "/debug/pprof/allocs?pid=1", "/nowhere"):
+        for path in ("/debug/pprof/", "/debug/pprof/?format=json", "/debug/pprof/targets", "/debug/pprof/heap?pid=1",
+                     "/debug/pprof/allocs?pid=1", "/nowhere"):
             assert d.get(path)[0] == 401, path
             assert d.get(path, {"Authorization": "Bearer wrong"})[0] == 401, path
         assert d.get("/debug/pprof/", {"Authorization": "Bearer s3cret-token"})[0] == 200

@@ -4,8 +4,8 @@ Prints the Markdown table of docs/benchmarks.md. memprof runs on the project's w
 (tests/workloads). The peers (gdb injection, tracemalloc and memory_profiler
 runs, objgraph) are the scripts of ../shared/bench/peers (MEMPROF_SHARED): an
 optional extra, measured only when present (their rows say n/a otherwise).
-BENCH_PARTS=fleet,kill9 runs only those scripts/bench_*.py after the attach rows;
-BENCH_QUICK=1 shortens bench_fleet's windows (120 s -> 30 s) and bench_kill9's for development.
+BENCH_PARTS=fleet,kill9,watch runs only those scripts/bench_*.py after the attach rows;
+BENCH_QUICK=1 shortens the windows of bench_fleet (120 s -> 30 s), bench_watch (600 s -> 60 s) and bench_kill9, for development.
 """
 import os
 import re

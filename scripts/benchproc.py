@@ -40,9 +40,9 @@ def percentile(values, p):
 
 
 class Daemon:
-    """memprofd serve on a socket of its own (and --http on a free loopback port if http)."""
+    """memprofd serve on a socket of its own (and --http on a free loopback port if http; serve_args added)."""
 
-    def __init__(self, build, http=False):
+    def __init__(self, build, http=False, serve_args=()):
         self.build = build
         self.tmp = tempfile.mkdtemp(prefix="memprof-bench-")
         self.socket = os.path.join(self.tmp, "run", "memprofd.sock")
@@ -52,6 +52,7 @@ class Daemon:
         if http:
             self.port = free_port()
             argv += ["--http", "127.0.0.1:%d" % self.port]
+        argv += list(serve_args)
         self.logf = open(os.path.join(self.tmp, "memprofd.log"), "w")
         self.proc = subprocess.Popen(argv, stdout=self.logf, stderr=subprocess.STDOUT, env=self.env)
         self.pid = self.proc.pid

@@ -12,16 +12,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-from proctools import agent_threads, free_port  # noqa: E402,F401 (the benches call them as bp.*)
+from proctools import agent_threads, cpu_seconds, free_port  # noqa: E402,F401 (the benches call them as bp.*)
 
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    """utime + stime of pid (all its threads), in seconds."""
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
 
 
 def status_field(pid, name):

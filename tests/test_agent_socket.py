@@ -14,6 +14,7 @@ import time
 import pytest
 
 from conftest import PB_SRC, Daemon, pb_field, pb_frame, target_script
+from proctools import cpu_seconds
 
 ATTACKER = "mpagatk"
 PY = "/usr/bin/python3"
@@ -72,11 +73,6 @@ def mem(pid):
     """(VmRSS, VmHWM) in KiB."""
     st = open("/proc/%d/status" % pid).read()
     return tuple(int(re.search(r"^%s:\s+(\d+) kB" % k, st, re.M).group(1)) for k in ("VmRSS", "VmHWM"))
-
-
-def cpu_s(pid):
-    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed_status(d):
@@ -325,7 +321,7 @@ def test_thousand_idle_connections(limited_daemon, attacker, targets):
     t.wait_for(r"^ready")
     quiet = [timed_status(d) for _ in range(3)]
     rss0, hwm0 = mem(d.proc.pid)
-    cpu0, lines0 = cpu_s(d.proc.pid), log_lines(d)
+    cpu0, lines0 = cpu_seconds(d.proc.pid), log_lines(d)
     p = as_attacker(attacker, FLOOD, name, 1000, 8.0, background=True)
     time.sleep(1.5)
     took = [timed_status(d)]
@@ -340,7 +336,7 @@ def test_thousand_idle_connections(limited_daemon, attacker, targets):
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     out = json.loads(out.splitlines()[-1])
-    cpu = cpu_s(d.proc.pid) - cpu0
+    cpu = cpu_seconds(d.proc.pid) - cpu0
     lines = log_lines(d) - lines0
     nofile = re.search(r"(\d+) file descriptors", open(d.log).readline()).group(1)
     print("nofile %s: VmRSS %d -> %d KiB, VmHWM %d -> %d KiB; daemon CPU %.2f s in ~9 s; status %s s (before the"
@@ -424,9 +420,9 @@ def test_out_of_fds_does_not_spin(limited_daemon, attacker):
         if not got:  # closed unanswered: the daemon had no fd left for it
             break
         assert len(clients) < 200, "the daemon never ran out of fds"
-    cpu0 = cpu_s(d.proc.pid)
+    cpu0 = cpu_seconds(d.proc.pid)
     out = json.loads(as_attacker(attacker, FLOOD, name, 300, 4.0).splitlines()[-1])
-    cpu = cpu_s(d.proc.pid) - cpu0
+    cpu = cpu_seconds(d.proc.pid) - cpu0
     for c in clients:
         c.close()
     time.sleep(0.5)

@@ -21,7 +21,7 @@ import urllib.request
 import pytest
 
 from conftest import MEMPROFD, Daemon
-from proctools import free_port
+from proctools import cpu_seconds, free_port
 from test_http import HttpDaemon, prom_query
 
 HTTP_LIMIT = 128  # daemon/http.c: connections at once (docs/security.md)
@@ -36,12 +36,6 @@ def hd(tmp_path):
     d.start_http()
     yield d
     d.stop()
-
-
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metrics(d, timeout):

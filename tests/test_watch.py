@@ -4,13 +4,17 @@ watched sessions; malformed rules and files; the daemon's RSS over 200 matching 
 import json
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 
 import pytest
 
 from conftest import MEMPROF, MEMPROFD, Daemon, interpreter, status_json, target_script
+from proctools import cpu_seconds
+from test_agent_socket import attacker  # noqa: F401 (a fixture: a real unprivileged user)
 
 WATCHED = target_script("watched.py")
 PROMISED_S = 3.0  # docs/watch.md: a new matching process is attached within 3 s of its start (two scans of 1 s)
@@ -303,3 +307,77 @@ def test_container_rule_matches_the_id_in_the_cgroup_path(tmp_path, targets):
                 except OSError:
                     assert time.time() < deadline, "cgroup %s still busy" % path
                     time.sleep(0.1)
+
+
+def test_process_forking_1000_children_a_minute(tmp_path, targets):
+    """A matching process that forks 1,000 short-lived children a minute: it is attached once, its children (the
+    same command line, each gone within 0.3 s) never settle across two scans, so none is tried or logged; the
+    daemon's CPU stays small and its clients are answered."""
+    py, _ = interpreter("debian-3.11")
+    tag = marker()
+    d = start_daemon(tmp_path, "--watch", "command=" + tag)
+    try:
+        t = targets.start([py, target_script("forker.py"), tag], stdin=subprocess.PIPE)
+        t.started = time.time()
+        t.wait_for(r"^ready \d+")
+        assert_attached_in_time(d, t, "command=" + tag)
+        cpu0, w0 = cpu_seconds(d.proc.pid), time.monotonic()
+        time.sleep(15)
+        cpu = (cpu_seconds(d.proc.pid) - cpu0) / (time.monotonic() - w0)
+        t0 = time.monotonic()
+        assert attached(d, t)
+        took = time.monotonic() - t0
+        t.proc.stdin.write("q\n")
+        t.proc.stdin.flush()
+        forked = int(t.wait_for(r"^forked (\d+)").group(1))
+        t.proc.wait(timeout=30)
+        text = log(d)
+        tried = re.findall(r"watch: pid (\d+) ", text)
+        print("forked %d in 15 s+; daemon CPU %.1f%% of a core; status in %.3f s; watch lines %s" % (
+            forked, cpu * 100, took, sorted(set(tried))))
+        assert forked >= 200, forked
+        assert set(tried) - {str(d.proc.pid)} == {str(t.pid)}, text  # the parent only (and memprofd left alone)
+        assert cpu < 0.10, cpu
+        assert took < 5, took
+    finally:
+        d.stop()
+
+
+def test_process_the_daemon_may_not_ptrace_is_refused_once(targets, attacker, monkeypatch):
+    """memprofd run by an unprivileged user, its rule matching a root process: refused once (it may not ptrace
+    it), the reason logged, never retried; the process unharmed."""
+    uid, gid = attacker
+    py, _ = interpreter("debian-3.11")
+    tag = marker()
+    home = tempfile.mkdtemp(prefix="mpwatch-")
+    os.chown(home, uid, gid)
+    d = Daemon(home, ["--watch", "command=" + tag])
+    popen = subprocess.Popen
+
+    def drop():
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+
+    with monkeypatch.context() as m:
+        m.setattr(subprocess, "Popen", lambda *a, **kw: popen(*a, preexec_fn=drop, **kw))
+        d.start()
+    try:
+        assert os.stat("/proc/%d" % d.proc.pid).st_uid == uid
+        t = start_watched(targets, py, tag)
+        line = r"watch: pid %d not attached: [^\n]*(permission|ptrace)[^\n]*not retried" % t.pid
+        assert wait_until(lambda: re.search(line, log(d)), 15), d.log_tail()
+        time.sleep(5)  # five more scans
+        text = log(d)
+        print(re.search(line, text).group(0))
+        assert len(re.findall(line, text)) == 1, text
+        assert len(re.findall(r"watch: pid %d \(" % t.pid, text)) == 1, text  # one 'attaching', one refusal
+        assert t.proc.poll() is None
+        finish(t)
+        assert t.proc.returncode == 0
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+        d.logf.close()
+        shutil.rmtree(home, ignore_errors=True)

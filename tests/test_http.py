@@ -2,6 +2,7 @@
 process's live bytes rise and picks it as the fastest-growing one), promtool accepts the exposition,
 /debug/pprof/heap read by go tool pprof, 404/400/405/401 with one-line reasons, a slow client does not
 stop the endpoint, loopback-only unless allowed, a port in use; every process started here is killed."""
+import contextlib
 import json
 import os
 import re
@@ -184,25 +185,36 @@ def prom_query(port, q):
     return d["data"]["result"]
 
 
-def test_prometheus_scrapes_rising_live_bytes(hd, targets, tmp_path):
+@contextlib.contextmanager
+def prometheus(tmp_path, config):
+    """Debian's prometheus on a free loopback port with config (its YAML text), in tmp_path; yields the port and
+    kills it after."""
     exe = shutil.which("prometheus")
     if not exe:
         pytest.skip("prometheus is not installed: apt-get install prometheus")
+    port = free_port()
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text(config)
+    with open(tmp_path / "prometheus.log", "w") as log:
+        prom = subprocess.Popen([exe, "--config.file", str(cfg), "--storage.tsdb.path", str(tmp_path / "tsdb"),
+                                 "--web.listen-address", "127.0.0.1:%d" % port], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield port, prom
+        finally:
+            prom.kill()
+            prom.wait(timeout=30)
+
+
+def test_prometheus_scrapes_rising_live_bytes(hd, targets, tmp_path):
     leak = targets.start([default_python(), workload("service.py"), "2", "0"])
     leak_pid = int(leak.wait_for(r"ready (\d+)").group(1))
     idle = targets.start([default_python(), target_script("idle.py")])
     idle_pid = int(idle.wait_for(r"ready (\d+)").group(1))
     hd.attach(leak_pid, "--sample-rate", "16384")
     hd.attach(idle_pid, "--sample-rate", "16384")
-    port = free_port()
-    cfg = tmp_path / "prometheus.yml"
-    cfg.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+    with prometheus(tmp_path, "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
                    "scrape_configs:\n  - job_name: memprof\n    static_configs:\n"
-                   "      - targets: ['127.0.0.1:%d']\n" % hd.port)
-    log = open(tmp_path / "prometheus.log", "w")
-    prom = subprocess.Popen([exe, "--config.file", str(cfg), "--storage.tsdb.path", str(tmp_path / "tsdb"),
-                             "--web.listen-address", "127.0.0.1:%d" % port], stdout=log, stderr=subprocess.STDOUT)
-    try:
+                   "      - targets: ['127.0.0.1:%d']\n" % hd.port) as (port, prom):
         deadline = time.time() + 90
         values = []
         while time.time() < deadline:
@@ -228,10 +240,6 @@ def test_prometheus_scrapes_rising_live_bytes(hd, targets, tmp_path):
         res = prom_query(port, "topk(1, deriv(memprof_tracked_live_bytes[1m]))")
         assert res and res[0]["metric"]["pid"] == str(leak_pid), res
         assert prom_query(port, 'memprof_tracked_live_bytes{pid="%d"}' % idle_pid)
-    finally:
-        prom.kill()
-        prom.wait(timeout=30)
-        log.close()
 
 
 def test_listen_address_rules(tmp_path):

@@ -6,7 +6,6 @@ bounded; every process started here is killed."""
 import errno
 import json
 import os
-import pwd
 import select
 import signal
 import shutil
@@ -22,20 +21,12 @@ import pytest
 
 from conftest import MEMPROFD, Daemon
 from proctools import cpu_seconds, free_port
-from test_http import HttpDaemon, prom_query
+from test_http import HttpDaemon, hd, prom_query  # noqa: F401 (hd: a fixture)
 
 HTTP_LIMIT = 128  # daemon/http.c: connections at once (docs/security.md)
 HTTP_IDLE = 5  # seconds without a byte before memprofd closes a connection
 PARTIAL = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"  # headers never finished
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture
-def hd(tmp_path):
-    d = HttpDaemon(str(tmp_path))
-    d.start_http()
-    yield d
-    d.stop()
 
 
 def metrics(d, timeout):

@@ -17,19 +17,10 @@ import uuid
 import pytest
 
 from conftest import default_python, target_script, workload
-from proctools import free_port
-from test_http import HttpDaemon, promtool
-from test_watch import cgroup_root
+from test_http import hd, prometheus, promtool  # noqa: F401 (hd: a fixture)
+from test_watch import cgroup_root, remove_cgroups
 
 POD_NAME = "web-7d4b9-xk2lp"
-
-
-@pytest.fixture
-def hd(tmp_path):
-    d = HttpDaemon(str(tmp_path))
-    d.start_http()
-    yield d
-    d.stop()
 
 
 @pytest.fixture
@@ -58,14 +49,7 @@ def pod_cgroup():
         return pod_uid, cid
 
     yield place
-    for path in made:
-        deadline = time.time() + 10
-        while os.path.exists(path):
-            try:
-                os.rmdir(path)
-            except OSError:
-                assert time.time() < deadline, "cgroup %s still busy" % path
-                time.sleep(0.1)
+    remove_cgroups(made)
 
 
 def row(table, pid):
@@ -224,24 +208,15 @@ def test_prometheus_http_sd_finds_one_pprof_target_per_process(pod_cgroup, targe
     """A real Prometheus given http_sd_configs on /debug/pprof/targets and metrics_path /debug/pprof/heap (as Parca's
     scrape config takes it) scrapes http://HOST:PORT/debug/pprof/heap?pid=N for each attached process, with its
     labels."""
-    exe = shutil.which("prometheus")
-    if not exe:
-        pytest.skip("prometheus is not installed: apt-get install prometheus")
     t = targets.start([default_python(), target_script("idle.py")], env=dict(os.environ, HOSTNAME=POD_NAME,
                                                                                  POD_NAMESPACE="shop"))
     pid = int(t.wait_for(r"ready (\d+)").group(1))
     _, cid = pod_cgroup(pid)
     hd.attach(pid)
-    port = free_port()
-    cfg = tmp_path / "prometheus.yml"
-    cfg.write_text("scrape_configs:\n  - job_name: memprof-heap\n    scrape_interval: 1s\n"
+    with prometheus(tmp_path, "scrape_configs:\n  - job_name: memprof-heap\n    scrape_interval: 1s\n"
                    "    metrics_path: /debug/pprof/heap\n"
                    "    http_sd_configs:\n      - url: http://127.0.0.1:%d/debug/pprof/targets\n"
-                   "        refresh_interval: 1s\n" % hd.port)
-    log = open(tmp_path / "prometheus.log", "w")
-    prom = subprocess.Popen([exe, "--config.file", str(cfg), "--storage.tsdb.path", str(tmp_path / "tsdb"),
-                             "--web.listen-address", "127.0.0.1:%d" % port], stdout=log, stderr=subprocess.STDOUT)
-    try:
+                   "        refresh_interval: 1s\n" % hd.port) as (port, prom):
         deadline = time.time() + 60
         active = []
         while time.time() < deadline and not active:
@@ -259,7 +234,3 @@ def test_prometheus_http_sd_finds_one_pprof_target_per_process(pod_cgroup, targe
         labels = active[0]["labels"]
         assert (labels["pid"], labels["container"], labels["pod"], labels["namespace"]) == (
             str(pid), cid[:12], POD_NAME, "shop"), labels
-    finally:
-        prom.kill()
-        prom.wait(timeout=30)
-        log.close()

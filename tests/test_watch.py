@@ -272,6 +272,18 @@ def cgroup_root():
     pytest.skip("does not apply here: no cgroup hierarchy this test may write to (it runs as root on the host)")
 
 
+def remove_cgroups(paths):
+    """rmdir each cgroup of paths (innermost first), waiting up to 10 s for the processes in it to be gone."""
+    for path in paths:
+        deadline = time.time() + 10
+        while os.path.exists(path):
+            try:
+                os.rmdir(path)
+            except OSError:
+                assert time.time() < deadline, "cgroup %s still busy" % path
+                time.sleep(0.1)
+
+
 def test_container_rule_matches_the_id_in_the_cgroup_path(tmp_path, targets):
     """Two processes in cgroups named as a container runtime names them (systemd's docker-ID.scope, a fresh
     random 64-digit id each), a third in none: container=PREFIX of the first id attaches the first only."""
@@ -299,14 +311,7 @@ def test_container_rule_matches_the_id_in_the_cgroup_path(tmp_path, targets):
         d.stop()
         for t in ts:
             t.kill()
-        for path in dirs + [parent]:
-            deadline = time.time() + 10
-            while os.path.exists(path):
-                try:
-                    os.rmdir(path)
-                except OSError:
-                    assert time.time() < deadline, "cgroup %s still busy" % path
-                    time.sleep(0.1)
+        remove_cgroups(dirs + [parent])
 
 
 def test_process_forking_1000_children_a_minute(tmp_path, targets):

@@ -133,9 +133,10 @@ static const char *more_serve =
     "A watch RULE is blank-separated terms that must all match: command=REGEX\n"
     "(POSIX extended, against the command line, arguments joined by spaces;\n"
     "quote a value with blanks: command='a b'), user=NAME|UID, container=ID\n"
-    "(a prefix of the 64-digit id in /proc/PID/cgroup); and memprofd attach's\n"
-    "settings without dashes: sample-rate=BYTES, exact, max-frames=N,\n"
-    "interval=MS, no-track, method=M, native, native-frames.\n"
+    "(a prefix of the 64-digit id in /proc/PID/cgroup), pod=NAME and\n"
+    "namespace=NAME (a Kubernetes pod's, shell patterns: pod='web-*'); and\n"
+    "memprofd attach's settings without dashes: sample-rate=BYTES, exact,\n"
+    "max-frames=N, interval=MS, no-track, method=M, native, native-frames.\n"
     "\n"
     "example:\n"
     "  $ memprofd serve --watch 'command=gunicorn user=www-data native'\n";

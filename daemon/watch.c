@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fnmatch.h>
 #include <pwd.h>
 #include <regex.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include "common/util.h"
 #include "daemon/attach.h"
 #include "daemon/conn.h"
+#include "daemon/identity.h"
 #include "daemon/logging.h"
 #include "daemon/loop.h"
 #include "daemon/procinfo.h"
@@ -34,6 +36,7 @@ struct rule {
     regex_t command;
     uid_t uid;
     char container[65];           /* an id prefix, lower case; "" when the rule names none */
+    char pod[64], pod_namespace[64]; /* shell patterns (fnmatch) of the Kubernetes pod and namespace, or "" */
     Memprof__AttachRequest req;   /* the settings (the pid is filled in per attach) */
     struct rule *next;
 };
@@ -131,6 +134,18 @@ static int parse_container(struct rule *r, const char *v, char *err)
     return 0;
 }
 
+/* pod=PATTERN or namespace=PATTERN into out[64]: a shell pattern of a Kubernetes name (web-*). */
+static int parse_k8s(char out[64], const char *term, const char *v, char *err)
+{
+    size_t n = strlen(v);
+    if (out[0]) return mp_err(err, "%s= given twice", term), -1;
+    if (n == 0 || n > 63 || strspn(v, "abcdefghijklmnopqrstuvwxyz0123456789.-*?[]!") != n)
+        return mp_err(err, "%s=%s: give the %s's name or a shell pattern of it (web-*): lower-case letters, digits, "
+                      "'.', '-' and * ? [ ], at most 63", term, v, term), -1;
+    memcpy(out, v, n + 1);
+    return 0;
+}
+
 /* A tracking term, "sample-rate=N" or "native": one of memprofd attach's settings, parsed by its table. */
 static int parse_setting(struct rule *r, int *method, const char *term, char *err)
 {
@@ -143,7 +158,8 @@ static int parse_setting(struct rule *r, int *method, const char *term, char *er
     for (const struct opt *p = opts; p->name && !o; p++)
         if (strlen(p->name) == klen && !strncmp(p->name, term, klen)) o = p;
     if (!o) {
-        mp_err(err, "unknown term '%.*s' (command=REGEX, user=NAME, container=ID, or one of memprofd attach's "
+        mp_err(err, "unknown term '%.*s' (command=REGEX, user=NAME, container=ID, pod=NAME, namespace=NAME, or one "
+               "of memprofd attach's "
                "settings: sample-rate=BYTES, exact, max-frames=N, interval=MS, no-track, method=M, native, "
                "native-frames)", (int)klen, term);
         return -1;
@@ -213,6 +229,12 @@ int watch_add_rule(const char *text, char *err)
         } else if (!strncmp(t, "container=", 10)) {
             rc = r->container[0] ? (mp_err(err, "container= given twice"), -1) : parse_container(r, t + 10, err);
             matchers++;
+        } else if (!strncmp(t, "pod=", 4)) {
+            rc = parse_k8s(r->pod, "pod", t + 4, err);
+            matchers++;
+        } else if (!strncmp(t, "namespace=", 10)) {
+            rc = parse_k8s(r->pod_namespace, "namespace", t + 10, err);
+            matchers++;
         } else {
             rc = parse_setting(r, &method, t, err);
         }
@@ -222,7 +244,8 @@ int watch_add_rule(const char *text, char *err)
         }
     }
     if (!matchers) {
-        mp_err(err, "no command=, user= or container= term: it would attach to every Python process");
+        mp_err(err, "no command=, user=, container=, pod= or namespace= term: it would attach to every Python "
+               "process");
         rule_free(r);
         return -1;
     }
@@ -306,6 +329,12 @@ static const struct rule *match(pid_t pid, const char *cmd)
         if (r->container[0] &&
             (proc_container_id(pid, id) < 0 || strncmp(id, r->container, strlen(r->container)) != 0))
             continue;
+        if (r->pod[0] || r->pod_namespace[0]) { /* the dearest: reads the environment of a pod's process */
+            struct proc_ident ident;
+            proc_ident(pid, &ident);
+            if (r->pod[0] && fnmatch(r->pod, ident.pod, 0) != 0) continue;
+            if (r->pod_namespace[0] && fnmatch(r->pod_namespace, ident.pod_namespace, 0) != 0) continue;
+        }
         return r;
     }
     return NULL;

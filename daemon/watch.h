@@ -5,8 +5,8 @@
 /* At most this many sessions attached by rules at once (--watch-max); a new matching process waits for one to end. */
 extern unsigned watch_max;
 
-/* A rule: blank-separated terms, all of which must match (command=REGEX, user=NAME|UID, container=ID-PREFIX)
- * and memprofd attach's settings (sample-rate=BYTES, native...). 0, or -1 with err naming the problem. */
+/* A rule: blank-separated terms, all of which must match (command=REGEX, user=NAME|UID, container=ID-PREFIX,
+ * pod=PATTERN, namespace=PATTERN) and memprofd attach's settings (sample-rate=BYTES, native...). 0, or -1 with err naming the problem. */
 int watch_add_rule(const char *text, char *err);
 /* The rules of a file, one a line (# comments, blank lines); 0, or -1 with err naming the line and the problem. */
 int watch_add_file(const char *path, char *err);

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import default_python, target_script, workload
 from test_http import hd, prometheus, promtool  # noqa: F401 (hd: a fixture)
-from test_watch import cgroup_root, remove_cgroups
+from test_watch import WATCHED, attached, cgroup_root, marker, remove_cgroups, session_of, start_daemon, wait_until
 
 POD_NAME = "web-7d4b9-xk2lp"
 
@@ -234,3 +234,29 @@ def test_prometheus_http_sd_finds_one_pprof_target_per_process(pod_cgroup, targe
         labels = active[0]["labels"]
         assert (labels["pid"], labels["container"], labels["pod"], labels["namespace"]) == (
             str(pid), cid[:12], POD_NAME, "shop"), labels
+
+
+def test_watch_rule_selects_by_pod_and_namespace(pod_cgroup, targets, tmp_path):
+    """memprofd serve --watch "pod='web-*' namespace=shop": a web pod's process in namespace shop is attached; a
+    db pod's in shop, a web pod's in another namespace and a host process whose environment says web/shop (not
+    a pod: its cgroup is no kubepods one) are not."""
+    tag = marker()
+    rule = "pod='web-*' namespace=shop command=" + tag
+    d = start_daemon(tmp_path, "--watch", rule)
+    try:
+        ts = {}
+        for name, pod, ns in (("web", POD_NAME, "shop"), ("db", "db-0", "shop"), ("web-other", POD_NAME, "other"),
+                              ("host", POD_NAME, "shop")):
+            t = targets.start([default_python(), WATCHED, tag], stdin=subprocess.PIPE,
+                              env=dict(os.environ, HOSTNAME=pod, POD_NAMESPACE=ns))
+            pid = int(t.wait_for(r"ready (\d+)").group(1))
+            if name != "host":
+                pod_cgroup(pid, "systemd" if name != "db" else "cgroupfs")
+            ts[name] = t
+        s = wait_until(lambda: attached(d, ts["web"]), 20)
+        assert s and s["watch_rule"] == rule, d.log_tail(30)
+        time.sleep(2.5)  # two more scans
+        for name in ("db", "web-other", "host"):
+            assert session_of(d, ts[name].pid) is None, (name, d.log_tail(30))
+    finally:
+        d.stop()

@@ -179,11 +179,13 @@ def test_watch_max_bounds_watched_sessions(tmp_path, targets):
 BAD = [
     (["--watch", "command=("], r"--watch 'command=\(': command=\(: bad regular expression"),
     (["--watch", "command=x colour=red"], r"--watch 'command=x colour=red': unknown term 'colour'"),
-    (["--watch", "native"], r"--watch 'native': no command=, user= or container= term"),
+    (["--watch", "native"], r"--watch 'native': no command=, user=, container=, pod= or namespace= term"),
     (["--watch", "command=x sample-rate=lots"], r"sample-rate needs a whole number .*got 'lots'"),
     (["--watch", "command=x native exact"], r"native samples native allocations: not with exact"),
     (["--watch", "user=no_such_user_here"], r"user=no_such_user_here: no such user"),
     (["--watch", "container=web"], r"container=web: give the container's id"),
+    (["--watch", "pod=Web/1"], r"pod=Web/1: give the pod's name or a shell pattern of it"),
+    (["--watch", "namespace=shop namespace=db"], r"namespace= given twice"),
     (["--watch", ""], r"--watch '': empty rule"),
     (["--watch-max", "3"], r"--watch-max goes with --watch"),
 ]

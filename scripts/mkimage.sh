@@ -57,6 +57,7 @@ chmod 700 "$root/run/memprof"
 tar -C "$root" -cf "$work/rootfs.tar" .
 # memprofd serve in the foreground by default (the DaemonSet's container); kubectl debug and podman run name a command.
 $PODMAN import --change 'CMD ["memprofd", "serve"]' --change 'WORKDIR /' \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change "LABEL org.opencontainers.image.title=memprof org.opencontainers.image.version=$version" \
     "$work/rootfs.tar" "$tag" >/dev/null
 $PODMAN tag "$tag" localhost/memprof:latest

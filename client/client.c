@@ -109,14 +109,17 @@ static void daemon_binary(char *out, size_t outlen)
     snprintf(out, outlen, "memprofd");
 }
 
-/* Whether pid 1 of this pid namespace, which adopts the daemon spawn_daemon orphans, reaps the children it adopts:
- * it catches or ignores SIGCHLD (/proc/1/status; systemd, init, a shell, tini, pause do). A Python that is pid 1
- * (`kubectl debug --target`, `podman run --pid=container:app`: the debug container shares the app's namespace) does
- * not: the daemon would end a zombie in it, and its container's cgroup could not be removed. 0 with err then. */
+/* Whether the daemon spawn_daemon orphans may be left to pid 1 of this pid namespace, which adopts it. Yes when pid 1
+ * reaps the children it adopts (it catches or ignores SIGCHLD, /proc/1/status: systemd, init, a shell, tini, pause
+ * do), or when it is of our own container (same mount namespace: the zombie ends with it). Not when it is another
+ * container's process that does not reap, a Python that is pid 1 with a debug container sharing its namespace
+ * (`kubectl debug --target`, `podman run --pid=container:app`): the daemon would end a zombie in the app, and the
+ * debug container's cgroup could not be removed. 0 with err then. */
 static int init_reaps(char *err)
 {
     char line[256], cmd[128] = "";
     unsigned long long cgt = 0, ign = 0, sigchld = 1ULL << (SIGCHLD - 1);
+    struct stat ours, its;
     int seen = 0;
     FILE *f;
     if (getpid() == 1 || !(f = fopen("/proc/1/status", "re"))) return 1; /* no /proc: nothing to go by */
@@ -124,6 +127,10 @@ static int init_reaps(char *err)
         seen += sscanf(line, "SigCgt: %llx", &cgt) == 1 || sscanf(line, "SigIgn: %llx", &ign) == 1;
     fclose(f);
     if (seen < 2 || (cgt | ign) & sigchld) return 1;
+    /* (pid 1's namespace unreadable, another uid's without CAP_SYS_PTRACE: not ours either) */
+    if (stat("/proc/self/ns/mnt", &ours) == 0 && stat("/proc/1/ns/mnt", &its) == 0 && ours.st_ino == its.st_ino &&
+        ours.st_dev == its.st_dev)
+        return 1;
     if ((f = fopen("/proc/1/cmdline", "re"))) {
         size_t n = fread(cmd, 1, sizeof cmd - 1, f);
         for (size_t i = 0; i + 1 < n; i++)

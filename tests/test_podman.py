@@ -364,3 +364,15 @@ def test_daemonset_pod_spec(podman, memprof_image, containers, targets, tmp_path
     podman.rm(name, wait=10)  # SIGTERM: memprofd detaches what it attached
     assert agent_gone(t.pid) and mapped_memprof(t.pid) == []
     assert t.proc.poll() is None and "ERROR" not in t.output()
+
+
+def test_daemon_started_in_own_container(podman, memprof_image, containers):
+    """memprof starts a daemon in the background in a container whose pid 1 is its own and does not reap
+    (`sleep`): the daemon ends with the container, so that is allowed, unlike a debug container's case above."""
+    name = "memprof-test-own-%d" % os.getpid()
+    containers.append(name)
+    podman.run("run", "--detach", "--name", name, "--network", "none", memprof_image, "sleep", "600")
+    r = podman.run("exec", name, "memprof", "ps")
+    assert r.stdout == "no Python processes you may attach to\n", r.stdout
+    st = podman.run("exec", name, "memprof", "status").stdout
+    assert "memprofd " in st, st

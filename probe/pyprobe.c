@@ -35,8 +35,8 @@ static void perm_denied(pid_t pid, char *err)
     /* Root in a container without the capability (podman's, Docker's and Kubernetes' defaults omit it): the target
      * is another uid's, or holds capabilities this process lacks. Say which capability and how it is granted. */
     if (geteuid() == 0 && have_sys_ptrace() == 0)
-        mp_err(err, "pid %d: permission denied: this memprofd lacks CAP_SYS_PTRACE (a container's default capabilities "
-                    "omit it): run its container with --cap-add SYS_PTRACE (podman, docker), kubectl debug "
+        mp_err(err, "pid %d: permission denied: this memprofd lacks CAP_SYS_PTRACE, which a process of another uid or "
+                    "one not dumpable needs (a container's default capabilities omit it): run its container with --cap-add SYS_PTRACE (podman, docker), kubectl debug "
                     "--profile=general, or securityContext.capabilities.add: [SYS_PTRACE]", (int)pid);
     else if (geteuid() == 0) /* "try as root" would be no help: say what stands in the way */
         mp_err(err, "pid %d: permission denied even as root: the process is not dumpable (prctl PR_SET_DUMPABLE 0, "

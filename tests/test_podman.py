@@ -268,8 +268,8 @@ def test_debug_container(podman, sid_image, memprof_image, containers, workdir, 
     podman.wait_log(nocap, r"listening on /run/memprof/memprofd\.sock")
     r = podman.run("exec", nocap, "memprofd", "attach", "--pid", "1", check=False)
     assert r.returncode != 0, r.stdout
-    assert ("memprofd: pid 1: permission denied: this memprofd lacks CAP_SYS_PTRACE (a container's default "
-            "capabilities omit it): run its container with --cap-add SYS_PTRACE (podman, docker), kubectl debug "
+    assert ("memprofd: pid 1: permission denied: this memprofd lacks CAP_SYS_PTRACE, which a process of another "
+            "uid or one not dumpable needs (a container's default capabilities omit it): run its container with --cap-add SYS_PTRACE (podman, docker), kubectl debug "
             "--profile=general, or securityContext.capabilities.add: [SYS_PTRACE]") in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert mapped_memprof(host_pid) == [] and "ERROR" not in podman.run("logs", app).stdout

@@ -127,9 +127,10 @@ static int init_reaps(char *err)
         seen += sscanf(line, "SigCgt: %llx", &cgt) == 1 || sscanf(line, "SigIgn: %llx", &ign) == 1;
     fclose(f);
     if (seen < 2 || (cgt | ign) & sigchld) return 1;
-    /* (pid 1's namespace unreadable, another uid's without CAP_SYS_PTRACE: not ours either) */
-    if (stat("/proc/self/ns/mnt", &ours) == 0 && stat("/proc/1/ns/mnt", &its) == 0 && ours.st_ino == its.st_ino &&
-        ours.st_dev == its.st_dev)
+    /* pid 1's namespace unreadable (another uid's without CAP_SYS_PTRACE; some VMs' init, even to root): nothing
+     * to go by, the daemon is started */
+    if (stat("/proc/self/ns/mnt", &ours) < 0 || stat("/proc/1/ns/mnt", &its) < 0 ||
+        (ours.st_ino == its.st_ino && ours.st_dev == its.st_dev))
         return 1;
     if ((f = fopen("/proc/1/cmdline", "re"))) {
         size_t n = fread(cmd, 1, sizeof cmd - 1, f);

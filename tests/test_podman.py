@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import BUILD, MEMPROF, ROOT, debian_root, default_python, lacking, workload
+from conftest import BUILD, MEMPROF, ROOT, debian_root, default_python, interpreter, lacking, workload
 from proctools import agent_gone
 from test_alloc import leak_line
 
@@ -203,8 +203,9 @@ def wait_leak_line(run_top):
 
 # ---------------------------------------------------------------- (a) the host's memprofd, a target in a container
 
-@pytest.mark.parametrize("py", ["python3.13", "python3.14"])
+@pytest.mark.parametrize("py", ["python3.13", "python3.14", "python3.15"])
 def test_host_daemon_attaches_podman_target(podman, sid_image, daemon, containers, workdir, tmp_path, py):
+    interpreter("sid-" + py[len("python"):])  # the sid root has it (else the suite's usual skip)
     name, pid = start_app(podman, containers, sid_image, workdir, py)
     with open("/proc/%d/status" % pid) as f:
         assert re.search(r"^NSpid:\s+%d\s+1$" % pid, f.read(), re.M)  # PID 1 of its namespace

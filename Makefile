@@ -282,6 +282,13 @@ uninstall:
 deb:
 	BUILD='$(BUILD)' MEMPROF_VERSION='$(MEMPROF_VERSION)' sh scripts/mkdeb.sh
 
+# The OCI image localhost/memprof:VERSION (and :latest), offline: a Debian 12 minbase root with the .deb, imported
+# with podman import (scripts/mkimage.sh; root). PODMAN='podman --root DIR' imports elsewhere. Containerfile builds
+# the same from debian:bookworm-slim where a registry is at hand.
+PODMAN ?= podman
+image: deb
+	PODMAN='$(PODMAN)' sh scripts/mkimage.sh $(BUILD)/memprof_$(MEMPROF_VERSION)_$$(dpkg-architecture -qDEB_HOST_ARCH).deb
+
 version:
 	@echo $(MEMPROF_VERSION)
 
@@ -289,7 +296,7 @@ clean:
 	rm -rf $(BUILD)
 
 # ---------------------------------------------------------------- version
-.PHONY: uninstall deb version FORCE
+.PHONY: uninstall deb image version FORCE
 # One place: the VERSION file, plus the commit (and .dirty) inside a git checkout.
 # Every object gets it as -DMEMPROF_VERSION, and the agent's installed path as
 # -DMEMPROF_AGENT_PATH; the stamp rebuilds the objects of the files that use

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,6 +109,42 @@ static void daemon_binary(char *out, size_t outlen)
     snprintf(out, outlen, "memprofd");
 }
 
+/* Whether the daemon spawn_daemon orphans may be left to pid 1 of this pid namespace, which adopts it. Yes when pid 1
+ * reaps the children it adopts (it catches or ignores SIGCHLD, /proc/1/status: systemd, init, a shell, tini, pause
+ * do), or when it is of our own container (same mount namespace: the zombie ends with it). Not when it is another
+ * container's process that does not reap, a Python that is pid 1 with a debug container sharing its namespace
+ * (`kubectl debug --target`, `podman run --pid=container:app`): the daemon would end a zombie in the app, and the
+ * debug container's cgroup could not be removed. 0 with err then. */
+static int init_reaps(char *err)
+{
+    char line[256], cmd[128] = "";
+    unsigned long long cgt = 0, ign = 0, sigchld = 1ULL << (SIGCHLD - 1);
+    struct stat ours, its;
+    int seen = 0;
+    FILE *f;
+    if (getpid() == 1 || !(f = fopen("/proc/1/status", "re"))) return 1; /* no /proc: nothing to go by */
+    while (fgets(line, sizeof line, f))
+        seen += sscanf(line, "SigCgt: %llx", &cgt) == 1 || sscanf(line, "SigIgn: %llx", &ign) == 1;
+    fclose(f);
+    if (seen < 2 || (cgt | ign) & sigchld) return 1;
+    /* pid 1's namespace unreadable (another uid's without CAP_SYS_PTRACE; some VMs' init, even to root): nothing
+     * to go by, the daemon is started */
+    if (stat("/proc/self/ns/mnt", &ours) < 0 || stat("/proc/1/ns/mnt", &its) < 0 ||
+        (ours.st_ino == its.st_ino && ours.st_dev == its.st_dev))
+        return 1;
+    if ((f = fopen("/proc/1/cmdline", "re"))) {
+        size_t n = fread(cmd, 1, sizeof cmd - 1, f);
+        for (size_t i = 0; i + 1 < n; i++)
+            if (!cmd[i]) cmd[i] = ' ';
+        cmd[n] = 0;
+        fclose(f);
+    }
+    mp_err(err, "memprofd is not running, and one started from here would be adopted by pid 1 (%s), which does not "
+                "reap children: start memprofd serve as this container's command (the memprof image's default) "
+                "and run memprof in it (podman exec, kubectl exec)", cmd[0] ? cmd : "?");
+    return 0;
+}
+
 /* Start `memprofd serve --socket path` in the background, its output appended to memprofd.log beside the socket.
  * The directory is checked first as the daemon will check it (created 0700 if missing), so that the user reads
  * why here rather than in the log, and the log is opened in it without following a symlink. Returns the log's fd
@@ -118,6 +155,7 @@ static int spawn_daemon(const char *path, off_t *from, char *err)
     struct stat st;
     pid_t child;
     int status, dfd, log;
+    if (!init_reaps(err)) return -1;
     daemon_binary(bin, sizeof bin);
     if (socket_dir(path, dir, sizeof dir, err) < 0 || (dfd = mp_open_socket_dir(dir, 1, 1, err)) < 0) return -1;
     log = openat(dfd, "memprofd.log", O_RDWR | O_CREAT | O_APPEND | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);

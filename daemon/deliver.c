@@ -184,6 +184,17 @@ int deliver_tmp_copy(pid_t pid, const struct libbytes *lb, struct tmpcopy *tc, c
     snprintf(tc->path, sizeof tc->path, "/tmp/%s/%s", tc->name, lb->base);
     old_gid = (gid_t)setfsgid(gid);
     old_uid = (uid_t)setfsuid(uid);
+    /* setfsuid says nothing when it fails: ask again (-1 never takes, and answers the current one). Without
+     * CAP_SETUID/CAP_SETGID (a container's root with capabilities dropped) the files would be ours, and the
+     * target, another uid, could not load them: refuse here, so that `auto` goes by ptrace and memfd. */
+    if ((uid_t)setfsuid((uid_t)-1) != uid || (gid_t)setfsgid((gid_t)-1) != gid) {
+        setfsuid(old_uid);
+        setfsgid(old_gid);
+        mp_err(err, "pid %d: cannot write into its /tmp as its uid %u: this memprofd lacks CAP_SETUID or CAP_SETGID",
+               (int)pid, (unsigned)uid);
+        deliver_tmp_remove(tc);
+        return -1;
+    }
     if (mkdirat(tc->tmpfd, tc->name, 0711) < 0) {
         e = errno, step = "creating a directory in";
     } else if ((tc->dirfd = openat(tc->tmpfd, tc->name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0) {

@@ -13,9 +13,32 @@
 #include "probe/elfsym.h"
 #include "probe/procfs.h"
 
+/* Whether CAP_SYS_PTRACE (19) is in this process's effective set, from /proc/self/status: 1, 0, or -1 unknown. */
+static int have_sys_ptrace(void)
+{
+    char line[256];
+    unsigned long long eff;
+    int have = -1;
+    FILE *f = fopen("/proc/self/status", "re");
+    if (!f) return -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "CapEff: %llx", &eff) == 1) {
+            have = (eff >> 19) & 1;
+            break;
+        }
+    fclose(f);
+    return have;
+}
+
 static void perm_denied(pid_t pid, char *err)
 {
-    if (geteuid() == 0) /* "try as root" would be no help: say what stands in the way */
+    /* Root in a container without the capability (podman's, Docker's and Kubernetes' defaults omit it): the target
+     * is another uid's, or holds capabilities this process lacks. Say which capability and how it is granted. */
+    if (geteuid() == 0 && have_sys_ptrace() == 0)
+        mp_err(err, "pid %d: permission denied: this memprofd lacks CAP_SYS_PTRACE, which a process of another uid or "
+                    "one not dumpable needs (a container's default capabilities omit it): run its container with --cap-add SYS_PTRACE (podman, docker), kubectl debug "
+                    "--profile=general, or securityContext.capabilities.add: [SYS_PTRACE]", (int)pid);
+    else if (geteuid() == 0) /* "try as root" would be no help: say what stands in the way */
         mp_err(err, "pid %d: permission denied even as root: the process is not dumpable (prctl PR_SET_DUMPABLE 0, "
                     "a setuid program, init) and this memprofd lacks CAP_SYS_PTRACE over it (another user namespace, "
                     "or the capability dropped)", (int)pid);

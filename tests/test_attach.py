@@ -366,7 +366,7 @@ def test_permission_denied_for_other_users_process(daemon, targets, nobody_env):
 
 def test_permission_denied_as_root_says_not_dumpable(targets, tmp_path):
     """Root told "try as root" is told nothing: a process that is not dumpable (as pid 1 often is), seen by a
-    memprofd without CAP_SYS_PTRACE over it, is refused with the reason."""
+    memprofd without CAP_SYS_PTRACE, is refused with the reason: the capability, and how a container gets it."""
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv (util-linux) to run a memprofd without CAP_SYS_PTRACE")
     t = targets.start([default_python(), "-u", "-c",
@@ -386,7 +386,8 @@ def test_permission_denied_as_root_says_not_dumpable(targets, tmp_path):
         r = subprocess.run([MEMPROFD, "attach", "--pid", str(t.pid), "--socket", sock], capture_output=True,
                            text=True, timeout=60)
         assert r.returncode == EXIT_PERMISSION and r.stderr.count("\n") == 1, r
-        assert "pid %d: permission denied even as root: the process is not dumpable" % t.pid in r.stderr, r.stderr
+        assert ("pid %d: permission denied: this memprofd lacks CAP_SYS_PTRACE, which a process of another uid or one "
+                "not dumpable needs" % t.pid) in r.stderr, r.stderr
         assert "try as root" not in r.stderr, r.stderr
         assert_untouched(t.pid)
     finally:

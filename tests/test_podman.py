@@ -21,6 +21,7 @@ import pytest
 from conftest import BUILD, MEMPROF, ROOT, debian_root, default_python, interpreter, lacking, workload
 from proctools import agent_gone
 from test_alloc import leak_line
+from test_watch import PROMISED_S, SLACK_S, marker, session_of, start_daemon, wait_until
 
 # The skip check-fresh excuses (scripts/check-fresh.sh's $require): its fresh root is a mount and pid namespace
 # with no cgroup hierarchy mounted, where runc cannot make a container.
@@ -212,7 +213,8 @@ def test_host_daemon_attaches_podman_target(podman, sid_image, daemon, container
     r = daemon.attach(pid)
     assert "attached to pid %d: Python %s." % (pid, py[len("python"):]) in r.stdout, r.stdout
     st = [s for s in json.loads(daemon.run("status", "--json").stdout) if s["pid"] == pid][-1]
-    assert st["ns_pid"] == 1 and st["container"].startswith("libpod-"), st
+    cid = podman.run("inspect", "--format", "{{.Id}}", name).stdout.strip()
+    assert st["ns_pid"] == 1 and st["container"].startswith("libpod-") and st["container_id"] == cid[:12], st
 
     wait_leak_line(lambda: daemon.run("top", "--pid", pid, "--once", "--json", "--by", "line", "--limit", "3"))
     types = daemon.run("types", "--pid", pid, "--limit", "20")
@@ -357,10 +359,10 @@ def test_daemonset_pod_spec(podman, memprof_image, containers, targets, tmp_path
     deadline = time.time() + 15
     while True:
         r = get("/metrics", token)
-        if re.search(r'^memprof_tracked_live_bytes\{pid="%d"\} [1-9]' % t.pid, r.stdout, re.M) or time.time() > deadline:
+        if re.search(r'^memprof_tracked_live_bytes\{pid="%d"[^}]*\} [1-9]' % t.pid, r.stdout, re.M) or time.time() > deadline:
             break
         time.sleep(0.5)
-    assert r.stdout.endswith("\n200") and re.search(r'^memprof_tracked_live_bytes\{pid="%d"\} [1-9]' % t.pid,
+    assert r.stdout.endswith("\n200") and re.search(r'^memprof_tracked_live_bytes\{pid="%d"[^}]*\} [1-9]' % t.pid,
                                                    r.stdout, re.M), r.stdout[-2000:]
     # root on the node: memprof through the hostPath socket directory
     st = subprocess.run([MEMPROF, "status", "--socket", os.path.join(sockdir, "memprofd.sock")], capture_output=True,
@@ -383,3 +385,61 @@ def test_daemon_started_in_own_container(podman, memprof_image, containers):
     assert r.stdout == "no Python processes you may attach to\n", r.stdout
     st = podman.run("exec", name, "memprof", "status").stdout
     assert "memprofd " in st, st
+
+
+# ---------------------------------------------------------------- the watch policy over containers
+
+
+def live(d, pid):
+    """pid's session (a container's process, by its host pid) if it is attached."""
+    s = session_of(d, pid)
+    return s if s and s["state"] == "attached" else None
+
+
+def test_watch_policy_over_podman_containers(podman, sid_image, containers, workdir, tmp_path):
+    """memprofd serve --watch on the host, seven containers started: the five whose command matches are attached
+    within the promised time, with their container ids, the two others never; one restarted is attached again (a
+    new process, a new session); one whose service ends by itself keeps its final profile, still served."""
+    tag = marker()
+    rule = "command='service\\.py 1 [0-9]+ %s'" % tag
+    d = start_daemon(tmp_path, "--watch", rule)
+    started = {}
+    try:
+        for i, (seconds, word) in enumerate([(0, tag)] * 4 + [(20, tag)] + [(0, "other-" + tag)] * 2):
+            name = "memprof-test-watch-%d-%d" % (os.getpid(), i)
+            containers.append(name)
+            t0 = time.time()
+            podman.run("run", "--detach", "--name", name, "--network", "none", "--volume", "%s:/srv:ro" % workdir,
+                       sid_image, "python3.13", "-u", SERVICE, "1", seconds, word)
+            started[name] = (t0, word == tag)
+        names = list(started)
+        pids = {n: podman.pid(n) for n in names}
+        for n in names[:5]:
+            s = wait_until(lambda: live(d, pids[n]), PROMISED_S + SLACK_S + 10)
+            assert s, "%s (pid %d) not attached: %s" % (n, pids[n], d.log_tail(30))
+            late = s["attached_since"] - started[n][0]
+            cid = podman.run("inspect", "--format", "{{.Id}}", n).stdout.strip()
+            assert s["watch_rule"] == rule and s["container_id"] == cid[:12] and s["ns_pid"] == 1, s
+            assert late <= PROMISED_S + SLACK_S, "%s attached %.1f s after its start" % (n, late)
+        time.sleep(2.5)  # two more scans
+        for n in names[5:]:
+            assert session_of(d, pids[n]) is None, (n, d.log_tail(30))
+
+        # restarted: a new process (another host pid), attached again as a new session
+        old = session_of(d, pids[names[0]])
+        t0 = time.time()
+        podman.run("restart", "--time", "0", names[0])
+        new_pid = podman.pid(names[0])
+        assert new_pid != pids[names[0]]
+        s = wait_until(lambda: live(d, new_pid), PROMISED_S + SLACK_S + 10)
+        assert s and s["id"] != old["id"] and s["attached_since"] - t0 <= PROMISED_S + SLACK_S + 2, d.log_tail(30)
+
+        # the one that ends by itself (20 s): its session ended, its final profile served
+        ending = pids[names[4]]
+        assert wait_until(lambda: (session_of(d, ending) or {}).get("state") == "exited", 40), d.log_tail(30)
+        top = d.run("top", "--pid", ending, "--once", "--json", "--by", "line", "--limit", "3")
+        assert top.returncode == 0, top.stderr
+        rows = json.loads(top.stdout)["rows"]
+        assert rows and rows[0]["file"] == SERVICE and rows[0]["line"] == leak_line(), rows
+    finally:
+        d.stop()

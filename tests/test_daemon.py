@@ -222,15 +222,21 @@ def test_target_exits_mid_request(what, daemon, targets, tmp_path):
     assert hit, "the target never died mid-request: every %s finished before the kill" % what
 
 
+# 100 cycles where the two attach paths run (ptrace: Debian's 3.11, the interpreter CI's sanitized build runs too;
+# remote-exec: 3.14), 25 on the others: a leak of one mapping or fd a cycle shows either way (the suite's hour).
+CYCLES = {"debian-3.11": 100, "sid-3.14": 100}
+
+
 @pytest.mark.parametrize("pyid", SUPPORTED_IDS)
-def test_100_attach_detach_cycles_on_8_threads(pyid, daemon, targets):
+def test_attach_detach_cycles_on_8_threads(pyid, daemon, targets):
     exe, _ = interpreter(pyid)
+    cycles = CYCLES.get(pyid, 25)
     t = targets.start([exe, "-u", target_script("threads_alloc.py")])
     t.wait_for(r"^ready")
     t.wait_for(r"^tick")
     with open("/proc/%d/maps" % t.pid) as f:
         baseline = len(f.read().splitlines())
-    for i in range(100):
+    for i in range(cycles):
         daemon.attach(t.pid)
         daemon.detach(t.pid)
         assert memprof_mappings(t.pid) == [], "cycle %d: %s" % (i, memprof_mappings(t.pid))
@@ -239,7 +245,7 @@ def test_100_attach_detach_cycles_on_8_threads(pyid, daemon, targets):
         assert state not in ("t", "T", "Z", None) and tracer == 0, (i, state, tracer)
     with open("/proc/%d/maps" % t.pid) as f:
         after = len(f.read().splitlines())
-    assert after <= baseline + 16, "mappings grew from %d to %d over 100 cycles" % (baseline, after)
+    assert after <= baseline + 16, "mappings grew from %d to %d over %d cycles" % (baseline, after, cycles)
     fds = os.listdir("/proc/%d/fd" % t.pid)
     m = t.wait_for(r"^tick \d+ (\d+)")
     assert m.group(1) == "8" and t.proc.poll() is None and "Traceback" not in t.output(), t.output()

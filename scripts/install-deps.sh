@@ -9,14 +9,15 @@ TEST_PKGS="dpkg-dev man-db groff-base bash-completion libclang-rt-dev
       python3-memory-profiler python3-objgraph python3-psutil python3-numpy
       golang-go chromium prometheus
       python3-ipython python3-ipykernel python3-jupyter-client
-      podman runc python3-yaml"
+      podman runc uidmap slirp4netns fuse-overlayfs python3-yaml"
 case "${1:-all}" in
     build) PKGS=$BUILD_PKGS ;;
     all) PKGS="$BUILD_PKGS $TEST_PKGS" ;;
     *) echo "usage: install-deps.sh [build|all]" >&2; exit 2 ;;
 esac
 # podman and runc: tests/test_podman.py (make image, containers; runc named: Debian's podman would take crun, which
-# refuses hybrid cgroup hosts); python3-yaml reads deploy/kubernetes there.
+# refuses hybrid cgroup hosts), with the recommends it was tested with (uidmap, slirp4netns, fuse-overlayfs: apt
+# here skips recommends); python3-yaml reads deploy/kubernetes there.
 # npm fetches d3-flame-graph for memprof flamegraph's page at build time; Debian's npm package, unless an
 # npm is already there (NodeSource's nodejs ships its own and conflicts with Debian's).
 command -v npm >/dev/null 2>&1 || PKGS="$PKGS npm"

@@ -4,6 +4,7 @@
 # usage: scripts/mkroot.sh NAME      prints the tarball's path on stdout
 #   bookworm  Debian 12 minbase + what someone who clones a C project has (build-essential git ca-certificates)
 #   bookworm-bare  Debian 12 minbase only: no compiler, for installing the .deb
+#   bookworm-python  Debian 12 minbase + python3 (3.11): a stranger's Python image, for the podman tests
 #   sid       Debian sid minbase + the Pythons that only sid has (python3.13, python3.14, python3.15 where sid has them)
 # The tarball is kept in $MEMPROF_CACHE (default build/cache) and reused; delete it to rebuild.
 set -eu
@@ -13,8 +14,9 @@ mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 case "$name" in
     bookworm) suite=bookworm; include=build-essential,git,ca-certificates; extra="" ;;
     bookworm-bare) suite=bookworm; include=ca-certificates; extra="" ;;
+    bookworm-python) suite=bookworm; include=ca-certificates,python3; extra="" ;;
     sid) suite=sid; include=ca-certificates; extra="python3.13 python3.14 python3.15" ;;
-    *) echo "usage: mkroot.sh bookworm|sid" >&2; exit 2 ;;
+    *) echo "usage: mkroot.sh bookworm|bookworm-bare|bookworm-python|sid" >&2; exit 2 ;;
 esac
 tarball="$cache/$name.tar.gz"
 if [ -s "$tarball" ]; then echo "$tarball"; exit 0; fi

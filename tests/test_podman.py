@@ -123,23 +123,33 @@ def podman():
             shutil.rmtree(made[0], ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def sid_image(podman):
-    """The suite's Debian sid root (python3.13-3.15), imported as an image."""
-    tarball, why = debian_root("sid")
+def import_root(podman, name, tag):
+    """scripts/mkroot.sh NAME's root (built into the cache if missing), imported as the image TAG."""
+    tarball, why = debian_root(name)
     if not tarball:
         pytest.skip(why)
     # can this machine run a container at all (overlayfs storage, cgroups, runc)? Under MEMPROF_REQUIRE (CI) this
     # skip fails the run; check-fresh excuses it (its root has no cgroup hierarchy mounted)
-    for step in (("import", tarball, "localhost/memprof-test-sid:latest"),
-                 ("run", "--rm", "--network", "none", "localhost/memprof-test-sid:latest", "true")):
+    for step in (("import", tarball, tag), ("run", "--rm", "--network", "none", tag, "true")):
         try:
             r = podman.run(*step, check=False, timeout=600)
         except subprocess.TimeoutExpired:
             pytest.skip("%s: podman %s took more than 10 min" % (CANNOT_RUN, step[0]))
         if r.returncode != 0:
             pytest.skip("%s: podman %s failed: %s" % (CANNOT_RUN, step[0], (r.stderr.strip().splitlines() or ["?"])[-1]))
-    return "localhost/memprof-test-sid:latest"
+    return tag
+
+
+@pytest.fixture(scope="module")
+def sid_image(podman):
+    """The suite's Debian sid root (python3.13-3.15), imported as an image."""
+    return import_root(podman, "sid", "localhost/memprof-test-sid:latest")
+
+
+@pytest.fixture(scope="module")
+def bookworm_image(podman):
+    """Debian 12 minbase with its python3 (3.11): an image as a stranger's Python service would use."""
+    return import_root(podman, "bookworm-python", "localhost/memprof-test-bookworm:latest")
 
 
 @pytest.fixture(scope="module")
@@ -204,10 +214,14 @@ def wait_leak_line(run_top):
 
 # ---------------------------------------------------------------- (a) the host's memprofd, a target in a container
 
-@pytest.mark.parametrize("py", ["python3.13", "python3.14", "python3.15"])
-def test_host_daemon_attaches_podman_target(podman, sid_image, daemon, containers, workdir, tmp_path, py):
-    interpreter("sid-" + py[len("python"):])  # the sid root has it (else the suite's usual skip)
-    name, pid = start_app(podman, containers, sid_image, workdir, py)
+@pytest.mark.parametrize("py", ["python3.13", "python3.14", "python3.15", "bookworm-python3.11"])
+def test_host_daemon_attaches_podman_target(podman, request, daemon, containers, workdir, tmp_path, py):
+    if py.startswith("bookworm-"):
+        image, py = request.getfixturevalue("bookworm_image"), py[len("bookworm-"):]
+    else:
+        interpreter("sid-" + py[len("python"):])  # the sid root has it (else the suite's usual skip)
+        image = request.getfixturevalue("sid_image")
+    name, pid = start_app(podman, containers, image, workdir, py)
     with open("/proc/%d/status" % pid) as f:
         assert re.search(r"^NSpid:\s+%d\s+1$" % pid, f.read(), re.M)  # PID 1 of its namespace
     r = daemon.attach(pid)

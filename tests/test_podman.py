@@ -147,8 +147,9 @@ def sid_image(podman):
 
 
 @pytest.fixture(scope="module")
-def bookworm_image(podman):
-    """Debian 12 minbase with its python3 (3.11): an image as a stranger's Python service would use."""
+def bookworm_image(podman, sid_image):
+    """Debian 12 minbase with its python3 (3.11): an image as a stranger's Python service would use. After
+    sid_image, which tells whether containers can run here at all, before a root is built for nothing."""
     return import_root(podman, "bookworm-python", "localhost/memprof-test-bookworm:latest")
 
 

@@ -161,7 +161,7 @@ FUZZ_decode_OBJS = $(call objs,fuzz,tests/fuzz/fuzz_decode.c $(WIRE_SRC))
 FUZZ_decode_LIBS = $(PB_LIBS)
 # (memprof rss as its stub, as in tests/objects: its BPF loader stays out; the harness includes cmd_diff.c)
 FUZZ_snapshot_OBJS = $(call objs,fuzz,tests/fuzz/fuzz_snapshot.c cli/main.c \
-    $(filter-out cli/cmd_diff.c cli/rss_%.c,$(CLI_SRC)) $(CLIENT_SRC) $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC))
+    $(filter-out cli/cmd_diff.c cli/rss_%.c,$(CLI_SRC)) $(CLIENT_SRC) probe/procfs.c $(OPTS_SRC) $(WIRE_SRC) $(PPROF_SRC))
 FUZZ_snapshot_LIBS = $(PB_LIBS) $(Z_LIBS) -lm
 # (the agent without launch.c: its constructor and _exit wrapper stay out)
 FUZZ_agent_arg_OBJS = $(call objs,fuzz,tests/fuzz/fuzz_agent_arg.c \

@@ -17,6 +17,7 @@
 
 #include "common/exitcodes.h"
 #include "common/util.h"
+#include "probe/procfs.h"
 
 const char *client_socket_opt;
 
@@ -117,28 +118,20 @@ static void daemon_binary(char *out, size_t outlen)
  * debug container's cgroup could not be removed. 0 with err then. */
 static int init_reaps(char *err)
 {
-    char line[256], cmd[128] = "";
-    unsigned long long cgt = 0, ign = 0, sigchld = 1ULL << (SIGCHLD - 1);
+    char status[8192], cmd[128];
+    const char *cgt, *ign;
+    unsigned long long sigchld = 1ULL << (SIGCHLD - 1);
     struct stat ours, its;
-    int seen = 0;
-    FILE *f;
-    if (getpid() == 1 || !(f = fopen("/proc/1/status", "re"))) return 1; /* no /proc: nothing to go by */
-    while (fgets(line, sizeof line, f))
-        seen += sscanf(line, "SigCgt: %llx", &cgt) == 1 || sscanf(line, "SigIgn: %llx", &ign) == 1;
-    fclose(f);
-    if (seen < 2 || (cgt | ign) & sigchld) return 1;
+    /* no /proc, or no such lines: nothing to go by */
+    if (getpid() == 1 || procfs_status(1, 0, status, sizeof status) < 0 || !(cgt = procfs_field(status, "SigCgt")) ||
+        !(ign = procfs_field(status, "SigIgn")) || (strtoull(cgt, NULL, 16) | strtoull(ign, NULL, 16)) & sigchld)
+        return 1;
     /* pid 1's namespace unreadable (another uid's without CAP_SYS_PTRACE; some VMs' init, even to root): nothing
      * to go by, the daemon is started */
     if (stat("/proc/self/ns/mnt", &ours) < 0 || stat("/proc/1/ns/mnt", &its) < 0 ||
         (ours.st_ino == its.st_ino && ours.st_dev == its.st_dev))
         return 1;
-    if ((f = fopen("/proc/1/cmdline", "re"))) {
-        size_t n = fread(cmd, 1, sizeof cmd - 1, f);
-        for (size_t i = 0; i + 1 < n; i++)
-            if (!cmd[i]) cmd[i] = ' ';
-        cmd[n] = 0;
-        fclose(f);
-    }
+    if (mp_proc_cmdline(1, cmd, sizeof cmd) < 0) cmd[0] = 0;
     mp_err(err, "memprofd is not running, and one started from here would be adopted by pid 1 (%s), which does not "
                 "reap children: start memprofd serve as this container's command (the memprof image's default) "
                 "and run memprof in it (podman exec, kubectl exec)", cmd[0] ? cmd : "?");

@@ -54,16 +54,13 @@ static size_t pod_uid_at(const char *p, char out[37])
 }
 
 /* kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<UID>.slice/... (systemd driver) or
- * /kubepods/burstable/pod<UID>/... (cgroupfs driver), in any of pid's cgroup lines. */
-static void pod_uid_of(pid_t pid, char out[37])
+ * /kubepods/burstable/pod<UID>/... (cgroupfs driver), in any line of cgroup (a /proc/PID/cgroup's text). */
+static void pod_uid_in(const char *cgroup, char out[37])
 {
-    char path[64], buf[8192];
     out[0] = 0;
-    snprintf(path, sizeof path, "/proc/%d/cgroup", (int)pid);
-    if (mp_read_file(path, buf, sizeof buf) <= 0) return;
-    for (char *k = strstr(buf, "kubepods"); k; k = strstr(k + 1, "kubepods")) {
-        char *end = strchr(k, '\n');
-        for (char *p = strstr(k, "pod"); p && (!end || p < end); p = strstr(p + 3, "pod"))
+    for (const char *k = strstr(cgroup, "kubepods"); k; k = strstr(k + 1, "kubepods")) {
+        const char *end = strchr(k, '\n');
+        for (const char *p = strstr(k, "pod"); p && (!end || p < end); p = strstr(p + 3, "pod"))
             if ((p[-1] == '-' || p[-1] == '/') && pod_uid_at(p + 3, out)) return;
     }
 }
@@ -129,10 +126,13 @@ static void sa_namespace(pid_t pid, char out[64])
 
 void proc_ident(pid_t pid, struct proc_ident *out)
 {
-    char id[65];
+    char path[64], cgroup[PROC_CGROUP_MAX], id[65];
+    ssize_t n;
     memset(out, 0, sizeof *out);
-    if (proc_container_id(pid, id) == 0) snprintf(out->container, sizeof out->container, "%.12s", id);
-    pod_uid_of(pid, out->pod_uid);
+    snprintf(path, sizeof path, "/proc/%d/cgroup", (int)pid);
+    if ((n = mp_read_file(path, cgroup, sizeof cgroup)) <= 0) return; /* gone, or no cgroups: nothing known */
+    if (cgroup_container_id(cgroup, (size_t)n, id) == 0) snprintf(out->container, sizeof out->container, "%.12s", id);
+    pod_uid_in(cgroup, out->pod_uid);
     if (!out->pod_uid[0]) return; /* HOSTNAME is a pod's name only in a pod */
     environ_of(pid, out->pod, out->pod_namespace);
     if (!out->pod_namespace[0]) sa_namespace(pid, out->pod_namespace);

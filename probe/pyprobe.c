@@ -16,18 +16,10 @@
 /* Whether CAP_SYS_PTRACE (19) is in this process's effective set, from /proc/self/status: 1, 0, or -1 unknown. */
 static int have_sys_ptrace(void)
 {
-    char line[256];
-    unsigned long long eff;
-    int have = -1;
-    FILE *f = fopen("/proc/self/status", "re");
-    if (!f) return -1;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "CapEff: %llx", &eff) == 1) {
-            have = (eff >> 19) & 1;
-            break;
-        }
-    fclose(f);
-    return have;
+    char status[8192];
+    const char *eff;
+    if (procfs_status(getpid(), 0, status, sizeof status) < 0 || !(eff = procfs_field(status, "CapEff"))) return -1;
+    return (int)(strtoull(eff, NULL, 16) >> 19 & 1);
 }
 
 static void perm_denied(pid_t pid, char *err)

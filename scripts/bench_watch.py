@@ -44,14 +44,6 @@ def samples(port):
             for m in re.finditer(r'^memprof_samples_total\{pid="(\d+)"[^}]*\} (\S+)$', text, re.M)}
 
 
-def served(t, t0, t1):
-    """Requests per second from the beats read in [t0, t1], the first one dropped (the switch's second)."""
-    b = [x for x in t.beats if t0 <= x[0] <= t1][1:]
-    if len(b) < 2:
-        raise RuntimeError("target %d: too few beats in a round" % t.pid)
-    return (b[-1][1] - b[0][1]) / (b[-1][0] - b[0][0])
-
-
 STATES = (("detached", None), ("attached", ()), ("hooks only", ("--sample-rate", "1000000000000")))
 
 
@@ -68,7 +60,7 @@ def throughput(d):
                     d.attach(t.pid, *args)
                 t0 = time.monotonic()
                 time.sleep(4.2)
-                rates[name].append(served(t, t0, time.monotonic()))
+                rates[name].append(t.rate(t0, time.monotonic(), skip=1))  # not the switch's second
                 if args is not None:
                     r = d.run("memprofd", "detach", "--pid", t.pid)
                     if r.returncode:

@@ -128,9 +128,10 @@ class Target:
                 raise RuntimeError("target %d: no beat %d: %s" % (self.pid, beats, "".join(self.lines[-5:])))
             time.sleep(0.05)
 
-    def rate(self, t0, t1):
-        """Requests served per second between the first and the last beat read in [t0, t1]."""
-        b = [x for x in self.beats if t0 <= x[0] <= t1]
+    def rate(self, t0, t1, skip=0):
+        """Requests served per second between the first and the last beat read in [t0, t1], its first skip beats
+        left out."""
+        b = [x for x in self.beats if t0 <= x[0] <= t1][skip:]
         if len(b) < 2:
             raise RuntimeError("target %d: fewer than 2 beats in the window" % self.pid)
         return (b[-1][1] - b[0][1]) / (b[-1][0] - b[0][0])

@@ -21,7 +21,7 @@ import pytest
 from conftest import BUILD, MEMPROF, ROOT, debian_root, default_python, interpreter, lacking, workload
 from proctools import agent_gone
 from test_alloc import leak_line
-from test_watch import PROMISED_S, SLACK_S, marker, session_of, start_daemon, wait_until
+from test_watch import PROMISED_S, SLACK_S, attached, marker, session_of, start_daemon, wait_until
 
 # The skip check-fresh excuses (scripts/check-fresh.sh's $require): its fresh root is a mount and pid namespace
 # with no cgroup hierarchy mounted, where runc cannot make a container.
@@ -405,12 +405,6 @@ def test_daemon_started_in_own_container(podman, memprof_image, containers):
 # ---------------------------------------------------------------- the watch policy over containers
 
 
-def live(d, pid):
-    """pid's session (a container's process, by its host pid) if it is attached."""
-    s = session_of(d, pid)
-    return s if s and s["state"] == "attached" else None
-
-
 def test_watch_policy_over_podman_containers(podman, sid_image, containers, workdir, tmp_path):
     """memprofd serve --watch on the host, seven containers started: the five whose command matches are attached
     within the promised time, with their container ids, the two others never; one restarted is attached again (a
@@ -430,7 +424,7 @@ def test_watch_policy_over_podman_containers(podman, sid_image, containers, work
         names = list(started)
         pids = {n: podman.pid(n) for n in names}
         for n in names[:5]:
-            s = wait_until(lambda: live(d, pids[n]), PROMISED_S + SLACK_S + 10)
+            s = wait_until(lambda: attached(d, pids[n]), PROMISED_S + SLACK_S + 10)
             assert s, "%s (pid %d) not attached: %s" % (n, pids[n], d.log_tail(30))
             late = s["attached_since"] - started[n][0]
             cid = podman.run("inspect", "--format", "{{.Id}}", n).stdout.strip()
@@ -446,7 +440,7 @@ def test_watch_policy_over_podman_containers(podman, sid_image, containers, work
         podman.run("restart", "--time", "0", names[0])
         new_pid = podman.pid(names[0])
         assert new_pid != pids[names[0]]
-        s = wait_until(lambda: live(d, new_pid), PROMISED_S + SLACK_S + 10)
+        s = wait_until(lambda: attached(d, new_pid), PROMISED_S + SLACK_S + 10)
         assert s and s["id"] != old["id"] and s["attached_since"] - t0 <= PROMISED_S + SLACK_S + 2, d.log_tail(30)
 
         # the one that ends by itself (20 s): its session ended, its final profile served

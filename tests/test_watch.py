@@ -69,7 +69,8 @@ def finish(t):
 
 
 def attached(d, t):
-    s = session_of(d, t.pid)
+    """The session of t (a target, or a pid) if it is attached."""
+    s = session_of(d, getattr(t, "pid", t))
     return s if s and s["state"] == "attached" else None
 
 

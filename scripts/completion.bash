@@ -48,7 +48,7 @@ _memprof_value()
         --method) COMPREPLY=($(compgen -W "auto ptrace remote-exec" -- "$cur")) ;;
         --agent) _memprof_files so ;;
         --socket | -o | --output | --file | --save | --rss | --http-token-file | --watch-file) _memprof_files ;;
-        --watch) COMPREPLY=($(compgen -W "command= user= container=" -- "$cur")); compopt -o nospace 2>/dev/null ;;
+        --watch) COMPREPLY=($(compgen -W "command= user= container= pod= namespace=" -- "$cur")); compopt -o nospace 2>/dev/null ;;
         --function | --type | --addr | --limit | --interval | --count | --max-depth | --too-many | --max-start | \
             --window | --title | --sample-rate | --max-frames | --duration | --sample | --http | \
             --metrics-top | --watch-max) COMPREPLY=() ;;

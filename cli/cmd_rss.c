@@ -59,11 +59,8 @@ static void on_signal(int sig) { (void)sig; stop = 1; }
 /* Needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN): from CapEff. */
 static int privileged(void)
 {
-    char buf[4096];
-    const char *p;
-    unsigned long long eff;
-    if (procfs_status(getpid(), 0, buf, sizeof buf) < 0 || !(p = procfs_field(buf, "CapEff"))) return geteuid() == 0;
-    eff = strtoull(p, NULL, 16);
+    long long eff = procfs_self_caps();
+    if (eff < 0) return geteuid() == 0;
     return (eff >> 21 & 1) || ((eff >> 38 & 1) && (eff >> 39 & 1));
 }
 

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/util.h"
 
@@ -84,4 +85,12 @@ pid_t procfs_nspid(const char *status)
         last = (pid_t)v;
     }
     return last;
+}
+
+long long procfs_self_caps(void)
+{
+    char status[8192];
+    const char *eff;
+    if (procfs_status(getpid(), 0, status, sizeof status) < 0 || !(eff = procfs_field(status, "CapEff"))) return -1;
+    return (long long)(strtoull(eff, NULL, 16) & 0x7fffffffffffffffULL);
 }

@@ -32,5 +32,7 @@ int procfs_status(pid_t pid, pid_t tid, char *buf, size_t len);
 const char *procfs_field(const char *status, const char *key);
 /* The last number of the NSpid: line (the pid in the innermost pid namespace); 0 when there is none. */
 pid_t procfs_nspid(const char *status);
+/* This process's effective capabilities (CapEff: bit N is capability N); -1 when unreadable. */
+long long procfs_self_caps(void);
 
 #endif

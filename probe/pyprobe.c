@@ -16,10 +16,8 @@
 /* Whether CAP_SYS_PTRACE (19) is in this process's effective set, from /proc/self/status: 1, 0, or -1 unknown. */
 static int have_sys_ptrace(void)
 {
-    char status[8192];
-    const char *eff;
-    if (procfs_status(getpid(), 0, status, sizeof status) < 0 || !(eff = procfs_field(status, "CapEff"))) return -1;
-    return (int)(strtoull(eff, NULL, 16) >> 19 & 1);
+    long long caps = procfs_self_caps();
+    return caps < 0 ? -1 : (int)(caps >> 19 & 1);
 }
 
 static void perm_denied(pid_t pid, char *err)

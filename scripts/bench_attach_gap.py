@@ -1,7 +1,9 @@
 """bench_attach_gap.py -- how long an attach holds back the target's other Python threads: the longest gap a
 1 ms ticker thread of tests/targets/gap_probe.py sees during `memprofd attach` (median / p90 / max of
 BENCH_ATTACH_RUNS attaches, each followed by a detach), per interpreter: ptrace on Debian's python3.11 and
-pyenv's 3.8-3.13, remote-exec (and ptrace) on sid's 3.14/3.15; beside it the same window without an attach.
+pyenv's 3.8-3.13, remote-exec (and ptrace) on sid's 3.14/3.15; beside it, interleaved, the same window while
+`memprofd --version` runs (a process started and ended, nothing done to the target: what starting the client alone
+costs the target on this machine) and with nothing run at all.
 Exec'd by bench.py (globals row, BUILD, ENV); also runs alone: python3 scripts/bench_attach_gap.py [ID...]
 (BENCH_ATTACH_RUNS, default 20), printing the rows. On a shared machine, BENCH_GAP_WRAP="nice -n -19" or "chrt -f 10" (root) runs the
 target and `memprofd attach` (and so a daemon it starts) under that command, so that other jobs' CPU use
@@ -43,10 +45,10 @@ def stats(v):
 
 
 def gaps(exe, methods):
-    """{method: [gap ms of each attach]} and 'none': the same window with no attach."""
+    """{method: [gap ms of each attach]}, 'exec': the window of a `memprofd --version`, 'none': nothing run."""
     p = subprocess.Popen(NICE + [exe, "-u", os.path.join(ROOT, "tests", "targets", "gap_probe.py")], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    res = {m: [] for m in methods + ["none"]}
+    res = {m: [] for m in methods + ["exec", "none"]}
     walls = []
 
     def ask(cmd, answer):
@@ -62,10 +64,12 @@ def gaps(exe, methods):
         p.stdout.readline()
         time.sleep(1)
         for _ in range(N):
-            for method in methods + ["none"]:
+            for method in methods + ["exec", "none"]:
                 ask("reset", "reset")
                 if method == "none":  # the ticker's own jitter over an attach's duration
                     time.sleep(statistics.median(walls) / 1e3)
+                elif method == "exec":  # a process of ours started and ended, the target left alone
+                    subprocess.run(NICE + [MEMPROFD, "--version"], stdout=subprocess.DEVNULL, env=ENV)
                 else:
                     t = time.perf_counter()
                     r = subprocess.run(NICE + [MEMPROFD, "attach", "--pid", str(p.pid), "--method", method],
@@ -74,7 +78,7 @@ def gaps(exe, methods):
                     if r.returncode:
                         sys.exit("bench_attach_gap: attach failed: %s" % (r.stdout + r.stderr))
                 res[method].append(float(re.search(r"gap ([\d.]+)", ask("report", "gap")).group(1)))
-                if method != "none":
+                if method in methods:
                     subprocess.run([MEMPROFD, "detach", "--pid", str(p.pid)], capture_output=True, env=ENV,
                                    check=True)
     finally:
@@ -98,7 +102,8 @@ def main(ids):
             print("attach gap %s %s: %s" % (pyid, m, " ".join("%.2f" % x for x in v)), file=sys.stderr)
         for m in methods:
             row("%s (%s) attach by %s: longest gap of a 1 ms ticker thread, median / p90 / max of %d" %
-                (pyid, ver, m, N), stats(res[m]), stats(res["none"]), "no attach, same window")
+                (pyid, ver, m, N), stats(res[m]), stats(res["exec"]),
+                "`memprofd --version` run instead (nothing run: %s)" % stats(res["none"]))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build")
@@ -106,6 +107,7 @@ def main():
     print("bench: Python %s, %d cores" % (PY, os.cpu_count()), file=sys.stderr)
     if not HAVE_PEERS:
         print("bench: %s not found: peers not measured (n/a)" % PEERS, file=sys.stderr)
+    failed = []
     try:
         bench_attach(env)
         parts = os.environ.get("BENCH_PARTS")  # e.g. "objects,alloc"; default: all
@@ -115,7 +117,11 @@ def main():
                     continue
                 ns = {"__name__": "bench_part", "row": row, "BUILD": BUILD, "WORKLOADS": WORKLOADS,
                       "PEERS": PEERS, "HAVE_PEERS": HAVE_PEERS, "PY": PY, "ENV": env, "start_target": start_target, "stop_target": stop_target}
-                exec(compile(open(os.path.join(ROOT, "scripts", extra)).read(), extra, "exec"), ns)
+                try:  # one part's failure loses neither the other parts nor the rows so far
+                    exec(compile(open(os.path.join(ROOT, "scripts", extra)).read(), extra, "exec"), ns)
+                except Exception:
+                    traceback.print_exc()
+                    failed.append(extra)
     finally:
         subprocess.run([os.path.join(BUILD, "memprofd"), "stop"], capture_output=True, env=env)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -124,6 +130,8 @@ def main():
     print("|---|---|---|---|")
     for what, ours, peer, name in rows:
         print("| %s | %s | %s | %s |" % (what, ours, peer, name))
+    if failed:
+        sys.exit("bench: failed: %s (its rows are missing above)" % ", ".join(failed))
 
 
 if __name__ == "__main__":

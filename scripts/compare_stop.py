@@ -1,6 +1,6 @@
-"""bench_stop.py -- how long `memprofd attach` stops the target, builds compared side by side.
+"""compare_stop.py -- how long `memprofd attach` stops the target, builds compared side by side.
 
-Usage: python3 scripts/bench_stop.py ROUNDS PER_ROUND LABEL=BUILD_DIR [LABEL=BUILD_DIR ...]
+Usage: python3 scripts/compare_stop.py ROUNDS PER_ROUND LABEL=BUILD_DIR [LABEL=BUILD_DIR ...]
 Each attach: a private memprofd of that build, a fresh Debian python3.11 running
 tests/workloads/service.py 4, `memprofd attach`, its "target stopped X ms". The builds
 alternate attach by attach, so a busy spell of the machine hits them alike. Prints each

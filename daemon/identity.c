@@ -13,7 +13,6 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "daemon/procinfo.h"
 
 #define ENVIRON_MAX (4 << 20) /* bytes of /proc/PID/environ read at most (exec's limit is of that order) */
 #define SA_NAMESPACE "var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -138,4 +137,34 @@ void proc_ident(pid_t pid, struct proc_ident *out)
     if (!out->pod_namespace[0]) sa_namespace(pid, out->pod_namespace);
     if (!k8s_name(out->pod)) out->pod[0] = 0;
     if (!k8s_name(out->pod_namespace) || strchr(out->pod_namespace, '.')) out->pod_namespace[0] = 0;
+}
+
+int proc_container_id(pid_t pid, char out[65])
+{
+    char path[64], buf[PROC_CGROUP_MAX];
+    ssize_t n;
+    out[0] = 0;
+    snprintf(path, sizeof path, "/proc/%d/cgroup", (int)pid);
+    if ((n = mp_read_file(path, buf, sizeof buf)) <= 0) return -1;
+    return cgroup_container_id(buf, (size_t)n, out);
+}
+
+int cgroup_container_id(const char *buf, size_t len, char out[65])
+{
+    ssize_t n = (ssize_t)len;
+    out[0] = 0;
+    /* docker-ID.scope, libpod-ID.scope, cri-containerd-ID.scope, crio-ID.scope, /docker/ID, kubepods/.../ID:
+     * the last run of exactly 64 hex digits of any hierarchy's path */
+    for (ssize_t i = 0, run = 0; i <= n; i++) {
+        if (i < n && isxdigit((unsigned char)buf[i])) {
+            run++;
+            continue;
+        }
+        if (run == 64) {
+            for (int k = 0; k < 64; k++) out[k] = (char)tolower((unsigned char)buf[i - 64 + k]);
+            out[64] = 0;
+        }
+        run = 0;
+    }
+    return out[0] ? 0 : -1;
 }

@@ -151,36 +151,6 @@ void proc_container(pid_t pid, char *out, size_t outlen)
     snprintf(out, outlen, "ns:%s", diff);
 }
 
-int proc_container_id(pid_t pid, char out[65])
-{
-    char path[64], buf[PROC_CGROUP_MAX];
-    ssize_t n;
-    out[0] = 0;
-    snprintf(path, sizeof path, "/proc/%d/cgroup", (int)pid);
-    if ((n = mp_read_file(path, buf, sizeof buf)) <= 0) return -1;
-    return cgroup_container_id(buf, (size_t)n, out);
-}
-
-int cgroup_container_id(const char *buf, size_t len, char out[65])
-{
-    ssize_t n = (ssize_t)len;
-    out[0] = 0;
-    /* docker-ID.scope, libpod-ID.scope, cri-containerd-ID.scope, crio-ID.scope, /docker/ID, kubepods/.../ID:
-     * the last run of exactly 64 hex digits of any hierarchy's path */
-    for (ssize_t i = 0, run = 0; i <= n; i++) {
-        if (i < n && isxdigit((unsigned char)buf[i])) {
-            run++;
-            continue;
-        }
-        if (run == 64) {
-            for (int k = 0; k < 64; k++) out[k] = (char)tolower((unsigned char)buf[i - 64 + k]);
-            out[64] = 0;
-        }
-        run = 0;
-    }
-    return out[0] ? 0 : -1;
-}
-
 int proc_may_access(uid_t client, pid_t pid, char *err)
 {
     uid_t owner;

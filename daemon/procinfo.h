@@ -24,12 +24,6 @@ pid_t proc_host_tid(pid_t pid, pid_t ns_tid);
  * cgroup's last component with a long id cut to 12 characters ("docker-3f2a1b0c9d8e"),
  * or the namespaces that differ ("ns:mnt,pid,net"). "" for a process of the host. */
 void proc_container(pid_t pid, char *out, size_t outlen);
-/* The container id in pid's cgroup paths (/proc/PID/cgroup): the last run of exactly 64 hex digits, as
- * docker, podman, containerd and CRI-O name their cgroups, lower case. 0, or -1 when there is none. */
-int proc_container_id(pid_t pid, char out[65]);
-/* The same from the text of a /proc/PID/cgroup already read (len bytes). */
-int cgroup_container_id(const char *buf, size_t len, char out[65]);
-#define PROC_CGROUP_MAX 8192 /* bytes of /proc/PID/cgroup read */
 /* May a client of uid `client` profile pid? 0 yes; -1 with a one-line err. */
 int proc_may_access(uid_t client, pid_t pid, char *err);
 /* The category of a failed check on pid, by what is true of pid now: NO_SUCH_PROCESS when it is

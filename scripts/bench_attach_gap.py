@@ -81,6 +81,7 @@ def gaps(exe, methods):
                 if method in methods:
                     subprocess.run([MEMPROFD, "detach", "--pid", str(p.pid)], capture_output=True, env=ENV,
                                    check=True)
+                time.sleep(0.05)  # what the detach (outside every window) holds up settles before the next reset
     finally:
         p.kill()
         p.wait()

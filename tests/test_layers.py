@@ -14,7 +14,8 @@ LOWER = {"common", "proto", "probe", "client"}
 INTERPOSED = {"_exit"}
 # a definition: at column 0, [static] [__attribute__((...))] type name(params) then its body's '{' (on the next line,
 # or on the same one for a one-line function)
-DEF = re.compile(r"^(?:__attribute__\(\(.*?\)\)[ \t]+)?(static[ \t]+)?(?:__attribute__\(\(.*?\)\)[ \t]+)?(?:[A-Za-z_]\w*[ \t\*]+)+?([a-z_]\w*)\([^;{}]*\)\s*\{",
+ATTR = r"(?:__attribute__\(\(.*?\)\)[ \t]+)?"
+DEF = re.compile(r"^" + ATTR + r"(static[ \t]+)?" + ATTR + r"(?:[A-Za-z_]\w*[ \t\*]+)+?([a-z_]\w*)\([^;{}]*\)\s*\{",
                  re.M)
 
 
@@ -96,9 +97,9 @@ def test_no_loops_among_the_files_of_daemon_and_agent():
     for d in ("daemon", "agent"):
         nodes = {f for f in sources() if f.startswith(d + "/")}
         found = loops(nodes, edges)
-        assert not found, "%s/ files call each other in a loop: %s" % (
-            d, "; ".join(" <-> ".join("%s (%s)" % (f, ", ".join("%s->%s" % (g, edges[f][g]) for g in c if g in edges[f]))
-                                      for f in c) for c in found))
+        described = ["; ".join("%s calls %s" % (f, ", ".join("%s (%s)" % (g, edges[f][g]) for g in c if g in edges[f]))
+                               for f in c) for c in found]
+        assert not found, "%s/ files call each other in a loop: %s" % (d, " | ".join(described))
 
 
 def test_no_call_from_a_lower_layer_up():

@@ -123,13 +123,20 @@ static void sa_namespace(pid_t pid, char out[64])
     close(fd);
 }
 
+/* The text of /proc/PID/cgroup (NUL-terminated) and its length; <= 0 when it cannot be read. */
+static ssize_t cgroup_text(pid_t pid, char buf[PROC_CGROUP_MAX])
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/cgroup", (int)pid);
+    return mp_read_file(path, buf, PROC_CGROUP_MAX);
+}
+
 void proc_ident(pid_t pid, struct proc_ident *out)
 {
-    char path[64], cgroup[PROC_CGROUP_MAX], id[65];
+    char cgroup[PROC_CGROUP_MAX], id[65];
     ssize_t n;
     memset(out, 0, sizeof *out);
-    snprintf(path, sizeof path, "/proc/%d/cgroup", (int)pid);
-    if ((n = mp_read_file(path, cgroup, sizeof cgroup)) <= 0) return; /* gone, or no cgroups: nothing known */
+    if ((n = cgroup_text(pid, cgroup)) <= 0) return; /* gone, or no cgroups: nothing known */
     if (cgroup_container_id(cgroup, (size_t)n, id) == 0) snprintf(out->container, sizeof out->container, "%.12s", id);
     pod_uid_in(cgroup, out->pod_uid);
     if (!out->pod_uid[0]) return; /* HOSTNAME is a pod's name only in a pod */
@@ -141,11 +148,10 @@ void proc_ident(pid_t pid, struct proc_ident *out)
 
 int proc_container_id(pid_t pid, char out[65])
 {
-    char path[64], buf[PROC_CGROUP_MAX];
+    char buf[PROC_CGROUP_MAX];
     ssize_t n;
     out[0] = 0;
-    snprintf(path, sizeof path, "/proc/%d/cgroup", (int)pid);
-    if ((n = mp_read_file(path, buf, sizeof buf)) <= 0) return -1;
+    if ((n = cgroup_text(pid, buf)) <= 0) return -1;
     return cgroup_container_id(buf, (size_t)n, out);
 }
 

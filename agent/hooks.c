@@ -49,6 +49,8 @@ static atomic_int inflight;
     if ((d) == &doms[0]) atomic_fetch_add_explicit(&inflight, 1, memory_order_acquire)
 #define INFLIGHT_DEC(d) \
     if ((d) == &doms[0]) atomic_fetch_sub_explicit(&inflight, 1, memory_order_release)
+/* Whether the recorder may take the caller for the GIL's holder (track.h): MEM and OBJ callers hold it. */
+#define WHO(d) ((d) == &doms[0] ? TRACK_ANY : TRACK_GIL)
 
 /* The fast paths only count down and tail-call the saved allocator. Which
  * requests count where depends on what lies below a wrapper (enum wrap_kind):
@@ -188,14 +190,14 @@ static __attribute__((noinline)) void *s_realloc_slow(struct domain *d, void *pt
     INFLIGHT_INC(d);
     T.guard = 1;
     /* Take the old block out before the address can be handed out again. */
-    if (ptr && track_maybe_sampled(ptr)) meta = track_take(ptr);
+    if (ptr && track_maybe_sampled(ptr)) meta = track_take(ptr, WHO(d));
     keep = T.countdown;
     first = cd == &T.countdown && !T.init;
     p = d->saved.realloc(d->saved.ctx, ptr, c <= 0 && !first ? sampled_size(d, size) : size);
     T.countdown = keep;
     if (meta) {
-        if (!p) track_untake(ptr, meta); /* failed: the old block lives on */
-        else track_freed(meta);
+        if (!p) track_untake(ptr, meta, WHO(d)); /* failed: the old block lives on */
+        else track_freed(meta, WHO(d));
     }
     if (c <= 0) {
         *cd = track_next_gap();
@@ -226,7 +228,7 @@ static inline __attribute__((always_inline)) void free_tracked(struct domain *d,
     }
     INFLIGHT_INC(d);
     T.guard = 1;
-    track_free(ptr);
+    track_free(ptr, WHO(d));
     d->saved.free(d->saved.ctx, ptr);
     T.guard = 0;
     INFLIGHT_DEC(d);
@@ -279,12 +281,12 @@ static inline __attribute__((always_inline)) void *x_realloc(struct domain *d, v
     void *p;
     track_meta meta = 0;
     EXACT_ENTER(d, d->saved.realloc(d->saved.ctx, ptr, size));
-    if (ptr) meta = track_take(ptr);
+    if (ptr) meta = track_take(ptr, WHO(d));
     p = d->saved.realloc(d->saved.ctx, ptr, size);
     if (!p) {
-        if (meta) track_untake(ptr, meta);
+        if (meta) track_untake(ptr, meta, WHO(d));
     } else {
-        if (meta) track_freed(meta);
+        if (meta) track_freed(meta, WHO(d));
         track_exact(p, size);
     }
     EXACT_LEAVE(d);

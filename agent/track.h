@@ -70,14 +70,17 @@ int64_t track_next_gap(void);
 void track_sample(void *p, size_t size);
 /* Exact mode: every allocation, by its top frame (and a comprehension's enclosing frames). */
 void track_exact(void *p, size_t size);
+/* Who calls the four below: TRACK_GIL, a caller holding the GIL (the MEM and OBJ domains, by the API's
+ * rule); TRACK_ANY, one that may not (RAW), which exact mode asks. */
+enum { TRACK_ANY, TRACK_GIL };
 /* A free of p whose bit is set (sampling) or any free (exact). */
-void track_free(const void *p);
+void track_free(const void *p, int who);
 /* Remove p from the block table (and its bit, sampling): its meta, 0 when it was not tracked. */
-track_meta track_take(const void *p);
+track_meta track_take(const void *p, int who);
 /* Put back what track_take removed (a realloc that failed: the old block lives on). */
-void track_untake(const void *p, track_meta m);
+void track_untake(const void *p, track_meta m, int who);
 /* Count as freed what track_take removed (a realloc that succeeded). */
-void track_freed(track_meta m);
+void track_freed(track_meta m, int who);
 
 /* ---- native allocations (native.c) */
 

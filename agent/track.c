@@ -383,7 +383,7 @@ static int blocks_grow(void)
 #define BMAP_TOP (1u << 17)   /* 1 GiB regions of the 47-bit address space */
 #define BMAP_MID 512u         /* 2 MiB regions of one */
 #define BMAP_LEAF (1u << 17)  /* 16-byte slots of one */
-#define BMAP_MAX_LEAVES 1024u /* 2 GiB of address space, up to 1 GiB of records */
+#define BMAP_MAX_LEAVES 256u  /* 512 MiB of address space, up to 256 MiB of records (the hash table's most) */
 
 static track_meta ***bmap; /* BMAP_TOP slots, each NULL or BMAP_MID leaves (each NULL or BMAP_LEAF records) */
 static atomic_uint bmap_leaves;

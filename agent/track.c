@@ -200,7 +200,8 @@ static int64_t next_gap(void)
 static inline double weight(size_t size)
 {
     double s = size ? (double)size : 1.0;
-    return exact_mode ? 1.0 : 1.0 / (1.0 - exp(-s / rate));
+    if (exact_mode) return 1.0;
+    return 1.0 / (1.0 - exp(-s / rate));
 }
 
 /* ------------------------------------------------------------ interning (lock) */
@@ -617,7 +618,7 @@ void track_sample(void *p, size_t size)
     lock_give();
 }
 
-/* Count the free of a block whose record was meta (lock held when sampling). */
+/* Count the free of a block whose record was meta (the accounting's writer: see Locking). */
 static inline void count_free(track_meta meta)
 {
     size_t size = track_meta_size(meta);
@@ -630,7 +631,7 @@ void track_free(const void *p, int who)
     track_meta meta;
     if (exact_mode && exact_writer(who)) {
         x_events++;
-        if ((meta = block_take(p, 0))) delta_add(track_meta_stack(meta), (double)track_meta_size(meta), 1, 1);
+        if ((meta = block_take(p, 0))) count_free(meta);
         return;
     }
     lock_take();
@@ -1052,15 +1053,7 @@ int track_collect(Memprof__AllocReport *r)
     tv = malloc((s1 + 1) * sizeof *tv);
     ds = malloc((s1 + 1) * sizeof *ds);
     pk = malloc((s1 + 1) * sizeof *pk);
-    if (!tv || !ds || !pk) {
-        free(tv);
-        free(ds);
-        free(pk);
-        lock_take();
-        frames_sent = f0, stacks_sent = s0; /* sent next time */
-        lock_give();
-        return -1;
-    }
+    if (!tv || !ds || !pk) goto unsent;
     nd = changed_stacks(s1, ds, tv, pk);
 
     /* entries below the counts are immutable: read them without the lock */
@@ -1078,12 +1071,9 @@ int track_collect(Memprof__AllocReport *r)
     Memprof__AllocDelta *da = calloc(nd + 1, sizeof *da);
     if (!r->frames || !r->stacks || !r->deltas || !fa || !sa || !da) {
         r->n_frames = r->n_stacks = r->n_deltas = 0;
-        free(fa), free(sa), free(da), free(tv), free(ds), free(pk);
-        lock_take();
-        frames_sent = f0, stacks_sent = s0; /* sent next time; the deltas too (sent is unchanged) */
-        lock_give();
+        free(fa), free(sa), free(da);
         track_report_free(r);
-        return -1;
+        goto unsent;
     }
     /* element blocks hang off index 0; empty ones are not needed */
     if (f1 == f0) free(fa), fa = NULL;
@@ -1137,6 +1127,14 @@ int track_collect(Memprof__AllocReport *r)
     free(ds);
     free(pk);
     return 0;
+unsent: /* the frames and stacks go in the next report; the deltas too (sent is unchanged) */
+    free(tv);
+    free(ds);
+    free(pk);
+    lock_take();
+    frames_sent = f0, stacks_sent = s0;
+    lock_give();
+    return -1;
 }
 
 void track_report_free(Memprof__AllocReport *r)

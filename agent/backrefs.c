@@ -19,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "agent/gil.h"
 #include "agent/heap.h"
 
 /* ---------------------------------------------------------------- backrefs */
@@ -52,7 +53,7 @@ struct br {
     uint64_t matched;
     /* finding start objects */
     struct ttab tt;       /* types seen: matching and suggestions */
-    struct pmap seen;     /* untracked objects already looked at */
+    struct aset seen;     /* untracked objects already looked at */
     pyobj *want;          /* --addr: not dereferenced until found live */
     int found, stop;
     long stop_node;       /* chain: the module that ended the search */
@@ -132,7 +133,6 @@ static void br_off(void *arg)
 {
     struct br *b = arg;
     pm_ahead(&b->index, &b->failed);
-    pm_ahead(&b->seen, &b->failed);
 }
 
 static void big_start(pyobj *o, void *arg) { ((struct br *)arg)->cur = o; }
@@ -201,7 +201,7 @@ static int find_visit(pyobj *r, void *arg)
     if (!r) return 0;
     tp = OB_TYPE(r);
     if ((TP_FLAGS(tp) & F_HAVE_GC) && obj_is_gc(tp, r) && GC_NEXT(r)) return 0;
-    rc = pm_put(&b->seen, (uintptr_t)r, 0);
+    rc = as_add(&b->seen, (uintptr_t)r);
     if (rc < 0) b->failed = 1;
     if (rc <= 0) return b->failed;
     if (type_wanted(b, tp)) br_start(b, r);
@@ -224,7 +224,6 @@ static int find_untracked_one(pyobj *o, void *arg)
 
 static int find_untracked(struct br *b, char *err)
 {
-    if (pm_init(&b->seen, 1 << 16, 0) < 0) return -1;
     return br_pass(b, find_untracked_one, find_visit, err);
 }
 
@@ -598,11 +597,11 @@ static void br_free(struct br *b)
     br_release(b);
     heap_big_release(&b->big, &b->heap);
     heap_close(&b->heap);
-    free(b->nodes);
-    free(b->edges);
-    pm_free(&b->index);
-    pm_free(&b->frontier);
-    pm_free(&b->seen);
+    gil_free_after(b->nodes);
+    gil_free_after(b->edges);
+    pm_free_after(&b->index);
+    pm_free_after(&b->frontier);
+    as_free(&b->seen);
     tt_free(&b->tt);
 }
 

@@ -13,7 +13,8 @@
  * the long lists it visits in chunks, and (backrefs.c) to the objects of a graph or chain until
  * its reply is built. Dropping the last of those frees an object the target let go of meanwhile:
  * its deallocator (and a finalizer) runs then, as the target's own release would have run it.
- * Memory is malloc'd hash tables, capped, freed before the handler returns. */
+ * Memory is malloc'd hash tables and address bitmaps, capped, freed by the handler (the large ones
+ * once it has given the GIL back). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +26,7 @@
 
 struct census {
     struct ttab tt;
-    struct pmap seen;    /* --all: untracked objects already counted */
+    struct aset seen;    /* --all: untracked objects already counted */
     pyobj **stack;       /* --all: untracked containers still to traverse */
     size_t sp, scap;
     struct heap_big big; /* --all: long lists and dicts, traversed after the walk in slices */
@@ -55,7 +56,7 @@ static int census_visit(pyobj *r, void *arg)
         gc = obj_is_gc(tp, r);
         if (gc && GC_NEXT(r)) return 0; /* tracked: counted by the walk */
     }
-    rc = pm_put(&c->seen, (uintptr_t)r, 0);
+    rc = as_add(&c->seen, (uintptr_t)r);
     if (rc == 0) return 0;
     if (rc < 0 || !(t = tt_get(&c->tt, tp))) {
         c->failed = 1;
@@ -93,15 +94,6 @@ static void census_traverse(struct census *c, pyobj *o)
     }
 }
 
-/* Between slices, without the GIL: the set of untracked objects seen grows here, not in a slice
- * (rehashing millions of keys under the GIL would be the pause the slices avoid). */
-static void census_off(void *arg)
-{
-    struct census *c = arg;
-    if (c->all && c->seen.keys && !c->failed && (c->seen.n + 1) * 20 > (c->seen.mask + 1) * 7)
-        if (pm_grow(&c->seen) < 0) c->failed = 1;
-}
-
 static int census_one(pyobj *o, void *arg)
 {
     struct census *c = arg;
@@ -132,7 +124,6 @@ static int census_walk(struct census *c, char *err)
     struct heap h;
     int rc;
     if (heap_open(&h, err) < 0) return -1;
-    heap_set_off(&h, census_off, c);
     rc = heap_walk_sliced(&h, census_one, c, err);
     c->tracked_change = (int64_t)h.gen0_count1 - h.gen0_count0;
     /* the collector stays paused until the lists put aside are done */
@@ -148,8 +139,8 @@ static int census_walk(struct census *c, char *err)
     heap_close(&h);
     if (rc < 0) return -1;
     if (c->failed) {
-        mp_err(err, "object census stopped: out of memory or more than %u untracked objects",
-               MAX_SET_SLOTS / 10 * 7);
+        mp_err(err, "object census stopped: out of memory (or objects over more than %u GiB of addresses)",
+               (unsigned)(((uint64_t)AS_MAX_REGIONS << AS_REGION_SHIFT) >> 30));
         return -1;
     }
     return 0;
@@ -214,7 +205,7 @@ int census_handle(const Memprof__CensusRequest *req, Memprof__AgentReply *reply,
     int rc = -1;
     if (api_load(err) < 0) return -1;
     memset(&c, 0, sizeof c);
-    if (tt_init(&c.tt) < 0 || (req->all && pm_init(&c.seen, 1 << 16, 0) < 0)) {
+    if (tt_init(&c.tt) < 0) {
         mp_err(err, "object census: out of memory");
         goto out;
     }
@@ -225,8 +216,8 @@ int census_handle(const Memprof__CensusRequest *req, Memprof__AgentReply *reply,
 out:
     if (!c.lost) tt_release(&c.tt);
     tt_free(&c.tt);
-    pm_free(&c.seen);
-    free(c.stack);
+    as_free(&c.seen);
+    gil_free_after(c.stack);
     return rc;
 }
 

@@ -5,6 +5,7 @@
 
 #include <dlfcn.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "agent/agent.h"
@@ -134,6 +135,14 @@ void gil_atfork_child(void) { atomic_store(&gil_gate, 0); }
  * handler gave it back for (gil_yield). Only the agent thread touches them. */
 static int locked_state, locked_held;
 static double locked_released;
+static void *freed_after[16];
+static int nfreed_after;
+
+void gil_free_after(void *p)
+{
+    if (locked_held && nfreed_after < (int)(sizeof freed_after / sizeof freed_after[0])) freed_after[nfreed_after++] = p;
+    else free(p);
+}
 
 int gil_yield(void (*off)(void *), void *arg)
 {
@@ -162,8 +171,9 @@ double gil_handler_released(void) { return locked_released; }
 
 int gil_handler_leave(void)
 {
-    if (!locked_held) return -1;
+    int held = locked_held;
+    if (held) gil_give(locked_state);
     locked_held = 0;
-    gil_give(locked_state);
-    return 0;
+    while (nfreed_after) free(freed_after[--nfreed_after]);
+    return held ? 0 : -1;
 }

@@ -28,4 +28,8 @@ int gil_handler_leave(void);
  * any Python object (what it holds is left to the exiting process). */
 int gil_yield(void (*off)(void *), void *arg);
 
+/* Memory a handler is done with, freed once it has given the GIL back (unmapping a table of millions
+ * of entries takes tens of milliseconds: the target would wait for it); at once outside a handler. */
+void gil_free_after(void *p);
+
 #endif

@@ -65,6 +65,9 @@ def walk_gaps(n):
                 ("chain", "chain", "--addr", x)]
         ours = {}
         for _ in range(ROUNDS):  # the commands interleaved, round by round
+            _gap(p)
+            time.sleep(0.3)
+            ours.setdefault("nothing run", []).append((_gap(p), 300.0))
             for name, *argv in cmds:
                 _gap(p)
                 t = time.monotonic()
@@ -83,12 +86,12 @@ def walk_gaps(n):
         gaps = [g for g, _ in runs]
         op = name.split()[0]
         pg = peer.get(op) if name != "types --all" else None
-        row("%s objects (target RSS %.1f GiB): `%s`, a 1 ms ticker's longest gap, median / max of %d (command's time)"
-            % (format(n, ","), rss, name, ROUNDS),
+        row("%s on %s objects (RSS %.1f GiB): a 1 ms ticker's longest gap, median / max of %d (the command's time)"
+            % ("`%s`" % name if name != "nothing run" else "nothing run, 300 ms", format(n, ","), rss, ROUNDS),
             "%.1f / %.1f ms (%.0f ms)" % (statistics.median(gaps), max(gaps), statistics.median([m for _, m in runs])),
-            "%.0f ms (%.0f ms)" % (pg[1], pg[0]) if pg else "n/a",
-            (PEER_NAMES[op] + " in-process, its gap (its time)") if op in PEER_NAMES and name != "types --all"
-            else "objgraph counts tracked objects only")
+            "%.0f ms (%.0f ms)" % (pg[1], pg[0]) if pg else "n/a" if op in PEER_NAMES or name == "types --all" else "",
+            "objgraph counts tracked objects only" if name == "types --all"
+            else (PEER_NAMES[op] + " in-process: its gap (its time)") if op in PEER_NAMES else "")
 
 
 HAVE_OBJGRAPH = subprocess.run([PY, "-c", "import objgraph"], capture_output=True).returncode == 0

@@ -133,6 +133,34 @@ def test_types_sort_size_orders_by_bytes(daemon, targets):
 
 # ---------------------------------------------------------------- growth
 
+
+SHARED_HEAP = """
+import os, time
+# 150,000 bytes objects of 2,000 bytes (300 MB: about 150 regions of 2 MiB, past the first size of the region
+# table), each held by two lists, and 300,000 floats, each held three times
+blobs = [b"%08d" % i + bytes(1992) for i in range(150000)]
+again = list(reversed(blobs))
+floats = [i + 0.5 for i in range(300000)]
+thrice = [floats, floats[:], floats[::-1]]
+print("ready", os.getpid(), flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_types_all_counts_each_untracked_object_once(daemon, targets):
+    """`types --all` counts an untracked object once however many tracked objects refer to it, across a few
+    hundred megabytes of addresses: 150,000 bytes objects held twice over 300 MB, 300,000 floats held three
+    times; beside them only the interpreter's own (hundreds to a few thousand)."""
+    t = targets.start([default_python(), "-u", "-c", SHARED_HEAP])
+    t.wait_for(r"^ready \d+", timeout=120)
+    daemon.attach(t.pid, "--no-track")
+    js = census_json(daemon, t, "--all")
+    counts = census_counts(js)
+    print("bytes %d, float %d, in %d slices" % (counts.get("bytes", 0), counts.get("float", 0), js["slices"]))
+    assert 150000 <= counts["bytes"] <= 150000 + 20000, counts["bytes"]
+    assert 300000 <= counts["float"] <= 300000 + 5000, counts["float"]
+
 @pytest.mark.parametrize("pyid", SUPPORTED_IDS)
 def test_growth_shows_a_thousand_per_second(pyid, daemon, targets):
     exe, version = interpreter(pyid)

@@ -14,8 +14,11 @@ PB_LIBS    = $(call once,PB_LIBS,pkg-config --libs libprotobuf-c 2>/dev/null)
 # pprof profiles are gzip'd (zlib: memprof and memprofd); memprofd's HTTP endpoint is libmicrohttpd.
 Z_CFLAGS   = $(call once,Z_CFLAGS,pkg-config --cflags zlib 2>/dev/null)
 Z_LIBS     = $(call once,Z_LIBS,pkg-config --libs zlib 2>/dev/null)
+# memprofd loads libmicrohttpd when --http asks for it (daemon/mhd.c), by the soname of the one pkg-config finds:
+# its other commands start without it and the TLS libraries it links.
 MHD_CFLAGS = $(call once,MHD_CFLAGS,pkg-config --cflags libmicrohttpd 2>/dev/null)
-MHD_LIBS   = $(call once,MHD_LIBS,pkg-config --libs libmicrohttpd 2>/dev/null)
+MHD_LIBDIR = $(call once,MHD_LIBDIR,pkg-config --variable=libdir libmicrohttpd 2>/dev/null)
+MHD_SONAME = $(call once,MHD_SONAME,objdump -p $(MHD_LIBDIR)/libmicrohttpd.so 2>/dev/null | sed -n 's/^ *SONAME *//p')
 # make test-asan: the sanitizers, in compiling and linking memprofd and memprof (in a build tree of their own).
 SANITIZE ?=
 PYTHON  ?= /usr/bin/python3
@@ -67,6 +70,7 @@ COMPILE.fuzz = $(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_NO_RSS) $(DEPFLAGS)
 $(OBJ)/fuzz/cli/%.o $(OBJ)/fuzz/tests/fuzz/fuzz_snapshot.o: FUZZ_NO_RSS = -DMEMPROF_NO_RSS
 # (fuzz_snapshot calls memprof's main under another name)
 $(OBJ)/fuzz/cli/main.o: FUZZ_NO_RSS = -DMEMPROF_NO_RSS -Dmain=memprof_cli_main
+$(OBJ)/host/daemon/mhd.o: COMPILE.host += -DMEMPROF_MHD_SONAME='"$(MHD_SONAME)"'
 
 # The generated headers exist before any object compiles (order-only: their dependency files take over after).
 GEN_HDRS = $(BUILD)/gen/memprof.pb-c.h $(BUILD)/gen/profile.pb-c.h $(BUILD)/gen/rss_config.h
@@ -131,8 +135,7 @@ $(BUILD)/libmemprof_agent.so: $(AGENT_OBJS) agent/agent.map
 	    -Wl,--version-script=agent/agent.map -Wl,-z,defs -o $@ $(AGENT_OBJS) $(PB_STATIC) -lpthread -ldl -lm
 
 $(BUILD)/memprofd: $(MEMPROFD_OBJS)
-	$(CC) $(CFLAGS) $(SANITIZE) $(LDFLAGS) -o $@ $(MEMPROFD_OBJS) $(PKG_LIBS) $(Z_LIBS) $(MHD_LIBS) \
-	    $(DEMANGLE_LIBS) -lm
+	$(CC) $(CFLAGS) $(SANITIZE) $(LDFLAGS) -o $@ $(MEMPROFD_OBJS) $(PKG_LIBS) $(Z_LIBS) $(DEMANGLE_LIBS) -ldl -lm
 
 # memprof rss: BPF programs (bpf/*.bpf.c) compiled against the kernel's BTF (vmlinux.h, generated) and loaded by
 # memprof through a bpftool skeleton; bpf/build.sh writes rss_config.h saying whether that could be built (and the

@@ -9,7 +9,6 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
-#include <microhttpd.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +23,7 @@
 #include "daemon/logging.h"
 #include "daemon/loop.h"
 #include "daemon/metrics.h"
+#include "daemon/mhd.h"
 #include "daemon/session.h"
 
 /* Bounds on what clients may hold. A scraper keeps one connection; a browser a handful. */
@@ -139,16 +139,16 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const ch
                              int must_free)
 {
     struct MHD_Response *r =
-        MHD_create_response_from_buffer(len, body, must_free ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+        mhd_fn.create_response_from_buffer(len, body, must_free ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
     enum MHD_Result ok;
     if (!r) {
         if (must_free) free(body);
         return MHD_NO;
     }
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
-    if (status == MHD_HTTP_UNAUTHORIZED) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
-    ok = MHD_queue_response(c, status, r);
-    MHD_destroy_response(r);
+    mhd_fn.add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    if (status == MHD_HTTP_UNAUTHORIZED) mhd_fn.add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    ok = mhd_fn.queue_response(c, status, r);
+    mhd_fn.destroy_response(r);
     return ok;
 }
 
@@ -206,7 +206,7 @@ static enum MHD_Result route_heap(struct MHD_Connection *c, int allocated, const
     uint8_t *gz;
     size_t len;
     long id;
-    MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, query_arg, &q);
+    mhd_fn.get_connection_values(c, MHD_GET_ARGUMENT_KIND, query_arg, &q);
     if (q.bad_key) return fail(c, 400, "unknown parameter '%s': give pid=N or session=ID\n", q.bad_key);
     if (q.debug && strcmp(q.debug, "0"))
         return fail(c, 400, "debug=%s: only the binary profile is served (read it with go tool pprof)\n", q.debug);
@@ -248,7 +248,7 @@ static void html_text(FILE *f, const char *s)
 /* ?format=json, or a client that accepts application/json (and not HTML first, as a browser). */
 static int wants_json(struct MHD_Connection *c, const struct query *q)
 {
-    const char *accept = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT);
+    const char *accept = mhd_fn.lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT);
     const char *json = accept ? strstr(accept, "application/json") : NULL, *html = accept ? strstr(accept, "text/html") : NULL;
     if (q->format) return !strcmp(q->format, "json");
     return json && (!html || json < html);
@@ -260,7 +260,7 @@ static enum MHD_Result route_index(struct MHD_Connection *c)
     char *buf = NULL;
     size_t len = 0;
     FILE *f;
-    MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, query_arg, &q);
+    mhd_fn.get_connection_values(c, MHD_GET_ARGUMENT_KIND, query_arg, &q);
     if (q.format && strcmp(q.format, "json") && strcmp(q.format, "html"))
         return fail(c, 400, "format=%s: give format=json or format=html\n", q.format);
     if (wants_json(c, &q)) {
@@ -311,7 +311,7 @@ static enum MHD_Result route_index(struct MHD_Connection *c)
  * address we listen on. */
 static const char *scrape_host(struct MHD_Connection *c)
 {
-    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    const char *h = mhd_fn.lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
     if (!h || !*h || strlen(h) > 255 || strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]") != strlen(h))
         return http_config.listen;
     return h;
@@ -330,7 +330,7 @@ static enum MHD_Result route_metrics(struct MHD_Connection *c)
     struct query q = {0};
     size_t len;
     char *text;
-    MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, query_arg, &q);
+    mhd_fn.get_connection_values(c, MHD_GET_ARGUMENT_KIND, query_arg, &q);
     if (q.bad_key || q.pid || q.session) return fail(c, 400, "/metrics takes no parameters\n");
     if (!(text = metrics_render(http_config.top_n, &len))) return fail(c, 500, "out of memory\n");
     return reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, 1);
@@ -341,7 +341,7 @@ static int authorized(struct MHD_Connection *c)
     const char *h;
     size_t n;
     if (!token[0]) return 1;
-    h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    h = mhd_fn.lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (!h || strncasecmp(h, "Bearer ", 7)) return 0;
     h += 7;
     n = strlen(token);
@@ -401,7 +401,7 @@ static void rearm(void);
 
 static unsigned connections(void)
 {
-    const union MHD_DaemonInfo *i = MHD_get_daemon_info(mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    const union MHD_DaemonInfo *i = mhd_fn.get_daemon_info(mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
     return i ? i->num_connections : 0;
 }
 
@@ -416,8 +416,8 @@ static unsigned connections(void)
 static void run_mhd(void)
 {
     unsigned before = connections();
-    MHD_run(mhd);
-    if (connections() < before) MHD_run(mhd);
+    mhd_fn.run(mhd);
+    if (connections() < before) mhd_fn.run(mhd);
 }
 
 static long on_timer(long long id, void *data)
@@ -435,7 +435,7 @@ static void rearm(void)
     MHD_UNSIGNED_LONG_LONG ms;
     if (mhd_timer) loop_del_timer(mhd_timer);
     mhd_timer = 0;
-    if (MHD_get_timeout(mhd, &ms) == MHD_YES) mhd_timer = loop_add_timer(ms > 60000 ? 60000 : (long)ms, on_timer, NULL);
+    if (mhd_fn.get_timeout(mhd, &ms) == MHD_YES) mhd_timer = loop_add_timer(ms > 60000 ? 60000 : (long)ms, on_timer, NULL);
 }
 
 static void on_ready(int fd, int mask, void *data)
@@ -452,7 +452,7 @@ int http_start(char *err)
     const union MHD_DaemonInfo *info;
     int one = 1;
     if (!http_config.listen) return 0;
-    if (http_check(err) < 0 || parse_listen(http_config.listen, &ss, &len, err) < 0) return -1;
+    if (http_check(err) < 0 || parse_listen(http_config.listen, &ss, &len, err) < 0 || mhd_load(err) < 0) return -1;
     listen_fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (listen_fd < 0) {
         mp_errno(err, "http socket");
@@ -465,7 +465,7 @@ int http_start(char *err)
         listen_fd = -1;
         return -1;
     }
-    mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG | (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0), 0,
+    mhd = mhd_fn.start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG | (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0), 0,
                            NULL, NULL, on_request, NULL,
                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first: it logs the options after it */
                            MHD_OPTION_LISTEN_SOCKET, listen_fd,
@@ -481,7 +481,7 @@ int http_start(char *err)
         listen_fd = -1;
         return -1;
     }
-    info = MHD_get_daemon_info(mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    info = mhd_fn.get_daemon_info(mhd, MHD_DAEMON_INFO_EPOLL_FD);
     mhd_epfd = info ? info->epoll_fd : -1;
     if (mhd_epfd < 0 || loop_add_fd(mhd_epfd, LOOP_READ, on_ready, NULL, err) < 0) {
         if (mhd_epfd < 0) mp_err(err, "libmicrohttpd has no epoll fd");
@@ -509,7 +509,7 @@ void http_stop(void)
     mhd_timer = 0;
     if (mhd_epfd >= 0) loop_del_fd(mhd_epfd, LOOP_READ | LOOP_WRITE);
     mhd_epfd = -1;
-    if (mhd) MHD_stop_daemon(mhd);
+    if (mhd) mhd_fn.stop_daemon(mhd);
     mhd = NULL;
     if (listen_fd >= 0) close(listen_fd);
     listen_fd = -1;

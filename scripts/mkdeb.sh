@@ -32,8 +32,16 @@ PYRANGE=$(sed -n 's/^#define MP_PY_\(MIN\|MAX\)_MINOR \([0-9]*\)$/3.\2/p' common
 
 mkdir -p "$STAGE/DEBIAN" # also how dpkg-shlibdeps recognises the package root
 printf 'Source: memprof\n\nPackage: memprof\nArchitecture: any\n' >"$PKG/src/debian/control"
+# memprofd loads libmicrohttpd with dlopen (daemon/mhd.c): a program linked to it that takes the addresses of the
+# functions memprofd calls (daemon/mhd.h's list) lets dpkg-shlibdeps say which version has them.
+printf '#include "daemon/mhd.h"\n#define ADDR(name) (void *)&MHD_##name,\nvoid *const used[] = {MHD_FNS(ADDR)};\n%s\n' \
+    'int main(void) { return !used[0]; }' >"$PKG/mhd_used.c"
+${CC:-cc} -iquote . $(pkg-config --cflags libmicrohttpd) -o "$STAGE/mhd_used" "$PKG/mhd_used.c" \
+    $(pkg-config --libs libmicrohttpd)
 DEPENDS=$(cd "$PKG/src" && dpkg-shlibdeps -O -edebian/memprof/usr/bin/memprofd -edebian/memprof/usr/bin/memprof \
-              -edebian/memprof/usr/lib/memprof/libmemprof_agent.so | sed -n 's/^shlibs:Depends=//p')
+              -edebian/memprof/usr/lib/memprof/libmemprof_agent.so -edebian/memprof/mhd_used | sed -n 's/^shlibs:Depends=//p')
+rm -f "$STAGE/mhd_used" "$PKG/mhd_used.c"
+case "$DEPENDS" in *libmicrohttpd*) ;; *) echo "mkdeb: no libmicrohttpd in Depends ($DEPENDS)" >&2; exit 1 ;; esac
 [ -n "$DEPENDS" ] || { echo "mkdeb: dpkg-shlibdeps found no dependencies" >&2; exit 1; }
 
 (cd "$STAGE" && find usr -type f | LC_ALL=C sort | xargs md5sum) >"$STAGE/DEBIAN/md5sums"

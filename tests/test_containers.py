@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tarfile
 import tempfile
@@ -405,3 +406,28 @@ def test_memprof_run_inside_container(sid_with_memprof, userns):
                      re.M), out
     assert mounts_under(root) == [], mounts_under(root)
     assert not os.path.exists(os.path.join(root, "run", "memprof")), "the container's /run was a private tmpfs"
+
+
+def test_packaged_memprofd_serves_http(sid_with_memprof):
+    """The .deb's memprofd is not linked to libmicrohttpd (its other commands start without it and its TLS
+    libraries) but loads it for --http: in the sid root, where the package's Depends brought it, /metrics
+    answers, and the daemon's log says where it serves."""
+    root = sid_with_memprof
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fetch = ("import sys, time, urllib.request\nfor _ in range(100):\n    try:\n"
+             "        sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()); break\n"
+             "    except OSError: time.sleep(0.1)\n")
+    script = ('ldd /usr/bin/memprofd; mkdir -m 700 /tmp/mp; memprofd serve --socket /tmp/mp/m.sock --http 127.0.0.1:%d '
+              '2>/tmp/log & '
+              '%s -c "$0" http://127.0.0.1:%d/metrics; kill $!; wait; cat /tmp/log' % (port, PY, port))
+    r = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc=%s/proc" % root,
+                        "sh", "-c", 'mount -t tmpfs tmpfs "$0/tmp" && exec chroot "$0" env -i '
+                        'PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root sh -c "$1" "$2"', root, script, fetch],
+                       capture_output=True, text=True, timeout=120)
+    out = r.stdout
+    assert "libmicrohttpd" not in out.split("# HELP", 1)[0], out
+    assert re.search(r"^memprof_client_connections \d+$", out, re.M), out + r.stderr
+    assert "serving http://127.0.0.1:%d/metrics" % port in out, out + r.stderr
+    assert mounts_under(root) == [], mounts_under(root)

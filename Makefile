@@ -92,6 +92,8 @@ MEMPROFD_OBJS = $(call objs,host,$(MEMPROFD_SRC))
 MEMPROF_OBJS  = $(call objs,host,$(MEMPROF_SRC))
 TEST_WIRE_OBJS = $(call objs,host,tests/unit/test_wire.c $(WIRE_SRC))
 TEST_PROCFS_OBJS = $(call objs,host,tests/unit/test_procfs.c probe/procfs.c common/util.c)
+TEST_ASET_OBJS = $(call objs,host,tests/unit/test_aset.c agent/aset.c)
+$(TEST_ASET_OBJS): COMPILE.host += -DAS_MAX_REGIONS=4096u
 
 BINS = $(BUILD)/memprofd $(BUILD)/memprof $(BUILD)/libmemprof_agent.so
 .PHONY: all test unit demo bench fuzz fuzz-long install clean deps deps-test check-fresh test-asan
@@ -153,6 +155,8 @@ $(BUILD)/test_wire: $(TEST_WIRE_OBJS)
 	$(CC) $(CFLAGS) $(SANITIZE) $(LDFLAGS) -o $@ $(TEST_WIRE_OBJS) $(PB_LIBS)
 $(BUILD)/test_procfs: $(TEST_PROCFS_OBJS)
 	$(CC) $(CFLAGS) $(SANITIZE) $(LDFLAGS) -o $@ $(TEST_PROCFS_OBJS)
+$(BUILD)/test_aset: $(TEST_ASET_OBJS)
+	$(CC) $(CFLAGS) $(SANITIZE) $(LDFLAGS) -o $@ $(TEST_ASET_OBJS)
 
 # libFuzzer targets (clang only), one per decoder: fuzz_decode, every frame and message a daemon, agent or
 # client reads off a socket (wire.c); fuzz_snapshot, the snapshot files `memprof diff` reads (cli/cmd_diff.c);
@@ -178,19 +182,20 @@ FUZZ_alloc_report_LIBS = $(PB_LIBS) -lm
 $(addprefix $(BUILD)/fuzz_,$(FUZZ_TARGETS)): $(BUILD)/fuzz_%: $$(FUZZ_$$*_OBJS)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $(FUZZ_$*_OBJS) $(FUZZ_$*_LIBS)
 
-ALL_OBJS = $(AGENT_OBJS) $(MEMPROFD_OBJS) $(MEMPROF_OBJS) $(TEST_WIRE_OBJS) $(TEST_PROCFS_OBJS) \
+ALL_OBJS = $(AGENT_OBJS) $(MEMPROFD_OBJS) $(MEMPROF_OBJS) $(TEST_WIRE_OBJS) $(TEST_PROCFS_OBJS) $(TEST_ASET_OBJS) \
            $(foreach t,$(FUZZ_TARGETS),$(FUZZ_$(t)_OBJS))
 -include $(sort $(ALL_OBJS:.o=.d))
 
-unit: $(BUILD)/test_wire $(BUILD)/test_procfs
+unit: $(BUILD)/test_wire $(BUILD)/test_procfs $(BUILD)/test_aset
 	$(BUILD)/test_wire
 	$(BUILD)/test_procfs
+	$(BUILD)/test_aset
 
 # The whole suite (tests/: also the C unit tests and every saved fuzz input replayed through its libFuzzer target).
 # The Debian sid root it needs is built into MEMPROF_CACHE (default /var/cache/memprof) on the first run;
 # MEMPROF_OFFLINE=1 downloads nothing (those tests skip, saying so). MEMPROF_REQUIRE=all[,!PATTERN...] (CI,
 # check-fresh): a skip for anything missing fails instead (tests/conftest.py).
-test: deps-test all $(BUILD)/test_wire $(BUILD)/test_procfs $(addprefix $(BUILD)/fuzz_,$(FUZZ_TARGETS))
+test: deps-test all $(BUILD)/test_wire $(BUILD)/test_procfs $(BUILD)/test_aset $(addprefix $(BUILD)/fuzz_,$(FUZZ_TARGETS))
 	$(PYTHON) -m pytest -p no:cacheprovider -rsfE --durations=15 tests
 
 # deps first, then a new make for the build, so the libraries it installed are

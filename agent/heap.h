@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include "agent/agent.h"
+#include "agent/aset.h"
 
 /* Every CPython layout fact used below comes from common/pyabi.h: constants for
  * what every supported version shares, the running version's entry (abi) for the
@@ -148,41 +149,6 @@ static inline int pm_put(struct pmap *m, uintptr_t k, uint32_t v)
     m->keys[i] = k;
     if (m->vals) m->vals[i] = v;
     m->n++;
-    return 1;
-}
-
-/* ---------------------------------------------------------------- address sets (heap.c) */
-
-/* Objects seen, one bit per 16 bytes of address (two objects never start in the same 16 bytes:
- * each is 16 bytes or more), in a bitmap per 2 MiB region: about a bit per object, where a
- * pointer set takes 11 bytes and rehashes. For the untracked objects of `types --all`, which can
- * be tens of millions. */
-#define AS_REGION_SHIFT 21
-#define AS_MAX_REGIONS (1u << 16) /* 1 GiB of bitmaps, 128 GiB of address range */
-struct aregion {
-    uintptr_t key; /* address >> AS_REGION_SHIFT, plus one (0: an empty slot) */
-    uint64_t *bits;
-};
-struct aset {
-    struct aregion *v;
-    size_t mask, n;
-    uintptr_t last_key;
-    uint64_t *last_bits;
-};
-
-void as_free(struct aset *s);
-uint64_t *as_region(struct aset *s, uintptr_t key); /* the region's bitmap, made if new; NULL: no memory */
-
-/* Adds a: 1 added, 0 already there, -1 out of memory (or past AS_MAX_REGIONS). */
-static inline int as_add(struct aset *s, uintptr_t a)
-{
-    uintptr_t key = (a >> AS_REGION_SHIFT) + 1;
-    uint64_t *bits = key == s->last_key ? s->last_bits : as_region(s, key), bit;
-    size_t i = (a >> 4) & ((1u << (AS_REGION_SHIFT - 4)) - 1);
-    if (!bits) return -1;
-    bit = (uint64_t)1 << (i & 63);
-    if (bits[i >> 6] & bit) return 0;
-    bits[i >> 6] |= bit;
     return 1;
 }
 

@@ -1,5 +1,6 @@
-"""Runs the C unit tests: build/test_wire (framing with truncated, oversized and garbage input) and
-build/test_procfs (probe/procfs.c: stat lines whose name holds spaces and ')', status fields, a renamed process)."""
+"""Runs the C unit tests: build/test_wire (framing with truncated, oversized and garbage input),
+build/test_procfs (probe/procfs.c: stat lines whose name holds spaces and ')', status fields, a renamed process)
+and build/test_aset (agent/aset.c: addresses counted once, the region table's growth and cap)."""
 import os
 import re
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 from conftest import BUILD, ROOT
 
 
-@pytest.mark.parametrize("name,at_least", [("test_wire", 15), ("test_procfs", 20)])
+@pytest.mark.parametrize("name,at_least", [("test_wire", 15), ("test_procfs", 20), ("test_aset", 8)])
 def test_c_unit_tests(name, at_least):
     exe = os.path.join(BUILD, name)
     # `make` alone does not build it (`make test` does): build it here, as tests/objects builds its harness

@@ -6,6 +6,7 @@ in-process walks on the same heap with the same ticker (tests/workloads/objgraph
 BENCH_WALK_SIZES (default 1000000,10000000,30000000) and BENCH_WALK_ROUNDS (default 5) change it."""
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -80,7 +81,7 @@ def walk_gaps(n):
         subprocess.run([os.path.join(BUILD, "memprofd"), "detach", "--pid", str(p.pid)], env=ENV, capture_output=True)
     finally:
         stop_target(p)
-        subprocess.run(["rm", "-rf", tmp])
+        shutil.rmtree(tmp, ignore_errors=True)
     peer = _objgraph(n) if HAVE_OBJGRAPH else {}
     for name, runs in ours.items():
         gaps = [g for g, _ in runs]

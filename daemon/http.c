@@ -466,14 +466,14 @@ int http_start(char *err)
         return -1;
     }
     mhd = mhd_fn.start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG | (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0), 0,
-                           NULL, NULL, on_request, NULL,
-                           MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first: it logs the options after it */
-                           MHD_OPTION_LISTEN_SOCKET, listen_fd,
-                           MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS,
-                           MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-                           (unsigned)(is_loopback(&ss) ? HTTP_MAX_CONNECTIONS : HTTP_MAX_PER_REMOTE_IP),
-                           MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT,
-                           MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_MEMORY_LIMIT, MHD_OPTION_END);
+                              NULL, NULL, on_request, NULL,
+                              MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first: it logs the options after it */
+                              MHD_OPTION_LISTEN_SOCKET, listen_fd,
+                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS,
+                              MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                              (unsigned)(is_loopback(&ss) ? HTTP_MAX_CONNECTIONS : HTTP_MAX_PER_REMOTE_IP),
+                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT,
+                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_MEMORY_LIMIT, MHD_OPTION_END);
     if (!mhd) {
         mp_err(err, "cannot start the HTTP server on %s (libmicrohttpd refused; see the log above)",
                http_config.listen);

@@ -47,16 +47,11 @@ static void gil_give(int state)
     release(state);
 }
 
-static int handler_state, handler_held;
+static int handler_state;
 static double handler_released;
-static void *freed_after[16];
-static int nfreed_after;
 
-void gil_free_after(void *p)
-{
-    if (handler_held && nfreed_after < 16) freed_after[nfreed_after++] = p;
-    else free(p);
-}
+/* gil.c defers these frees until the GIL is given back (a pause the target would see); here nothing waits */
+void gil_free_after(void *p) { free(p); }
 
 int gil_yield(void (*off)(void *), void *arg)
 {
@@ -73,15 +68,12 @@ static int run_handler(const Memprof__AgentRequest *req, Memprof__AgentReply *re
     int rc;
     double t0;
     handler_state = gil_take();
-    handler_held = 1;
     handler_released = 0;
     t0 = mp_now();
     if (req->body_case == MEMPROF__AGENT_REQUEST__BODY_CENSUS) rc = census_handle(req->census, rep, err);
     else rc = backrefs_handle(req->backrefs, rep, err);
     rep->gil_ms = (mp_now() - t0 - handler_released) * 1e3;
     gil_give(handler_state);
-    handler_held = 0;
-    while (nfreed_after) free(freed_after[--nfreed_after]);
     return rc;
 }
 
